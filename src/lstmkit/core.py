@@ -1,0 +1,142 @@
+"""The LSTM core: ``nn.LSTM`` with packing, optional layer norm and optional carried state.
+
+Why a wrapper at all: three things every LSTM pipeline needs and ``nn.LSTM`` leaves to the
+caller — (1) packing by lengths so that padded steps never enter the recurrence (otherwise the
+final state of a short sequence is the state after reading its padding); (2) Keras-style
+``stateful`` training (truncated BPTT over contiguous streams), which Lightning 2 removed; and
+(3) a uniform summary of the sequence (last valid step / mean / max) for heads that classify
+or regress a whole sequence.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+State = tuple[torch.Tensor, torch.Tensor]
+POOLINGS = ("none", "last", "mean", "max")
+
+
+class LSTMCore(nn.Module):
+    """Multi-layer LSTM over padded batches.
+
+    Args:
+        input_size: features per step coming out of the encoder.
+        hidden_size: LSTM cell size.
+        num_layers: stacked layers.
+        bidirectional: read the sequence both ways (not with ``stateful``).
+        dropout: dropout between stacked layers (``nn.LSTM``'s ``dropout``) and on the output.
+        proj_size: if > 0, project hidden states to this size (LSTMP, Sak et al. 2014).
+        layer_norm: layer-normalise the per-step outputs.
+        stateful: carry ``(h, c)`` from one batch to the next (detached), per stream; the
+            datamodule must then yield contiguous streams (row ``b`` of batch ``i+1``
+            continues row ``b`` of batch ``i``). Reset with :meth:`reset_state`.
+    """
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int = 128,
+        num_layers: int = 1,
+        bidirectional: bool = False,
+        dropout: float = 0.0,
+        proj_size: int = 0,
+        layer_norm: bool = False,
+        stateful: bool = False,
+    ) -> None:
+        super().__init__()
+        if stateful and bidirectional:
+            raise ValueError("stateful=true cannot be combined with bidirectional=true: "
+                             "the backward direction would need the future of the stream")
+        if proj_size and proj_size >= hidden_size:
+            raise ValueError(f"proj_size ({proj_size}) must be smaller than hidden_size ({hidden_size})")
+        self.lstm = nn.LSTM(
+            input_size,
+            hidden_size,
+            num_layers=num_layers,
+            batch_first=True,
+            bidirectional=bidirectional,
+            dropout=dropout if num_layers > 1 else 0.0,
+            proj_size=proj_size,
+        )
+        self.num_directions = 2 if bidirectional else 1
+        self.step_size = proj_size or hidden_size
+        self.out_features = self.step_size * self.num_directions
+        self.norm = nn.LayerNorm(self.out_features) if layer_norm else nn.Identity()
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.stateful = stateful
+        self._states: dict[str, State] = {}
+
+    def reset_state(self, stream: str | None = None) -> None:
+        """Forget carried state (all streams, or one)."""
+        if stream is None:
+            self._states.clear()
+        else:
+            self._states.pop(stream, None)
+
+    def forward(
+        self, x: torch.Tensor, lengths: torch.Tensor, stream: str | None = None
+    ) -> tuple[torch.Tensor, State]:
+        """Run the LSTM.
+
+        Args:
+            x: ``(B, T, input_size)`` padded inputs.
+            lengths: ``(B,)`` valid steps per row.
+            stream: name of the carried-state stream (``"train"``, ``"val"``...); only used
+                when ``stateful``. ``None`` starts from zeros and carries nothing.
+
+        Returns:
+            outputs ``(B, T, out_features)`` (zeros at padded steps) and the final ``(h, c)``,
+            each ``(num_layers * num_directions, B, size)``.
+        """
+        state = self._initial_state(x.shape[0], stream)
+        lengths_cpu = lengths.detach().to("cpu", torch.int64)
+        if bool((lengths_cpu == x.shape[1]).all()):
+            # Equal lengths (LM streams, fixed windows): packing would only cost time.
+            outputs, (h, c) = self.lstm(x, state)
+        else:
+            packed = pack_padded_sequence(x, lengths_cpu, batch_first=True, enforce_sorted=False)
+            packed_out, (h, c) = self.lstm(packed, state)
+            outputs, _ = pad_packed_sequence(packed_out, batch_first=True, total_length=x.shape[1])
+        if self.stateful and stream is not None:
+            self._states[stream] = (h.detach(), c.detach())
+        outputs = self.dropout(self.norm(outputs))
+        return outputs, (h, c)
+
+    def _initial_state(self, batch_size: int, stream: str | None) -> State | None:
+        if not (self.stateful and stream is not None) or stream not in self._states:
+            return None
+        h, c = self._states[stream]
+        if h.shape[1] != batch_size:
+            # A ragged last batch cannot continue the streams; start it fresh.
+            return None
+        return h, c
+
+
+def summarise(
+    outputs: torch.Tensor, lengths: torch.Tensor, how: str, num_directions: int = 1
+) -> torch.Tensor:
+    """Reduce per-step outputs ``(B, T, D)`` to one vector per sequence ``(B, D)``.
+
+    ``last`` takes the last *valid* step of the forward direction and the first step of the
+    backward direction (each direction's final state), never a padded step.
+    ``mean`` / ``max`` pool over valid steps only.
+    """
+    if how == "none":
+        return outputs
+    batch, steps, dim = outputs.shape
+    idx = (lengths.to(outputs.device, torch.int64) - 1).clamp(min=0)
+    if how == "last":
+        fwd = outputs[torch.arange(batch, device=outputs.device), idx]
+        if num_directions == 1:
+            return fwd
+        half = dim // 2
+        return torch.cat([fwd[:, :half], outputs[:, 0, half:]], dim=-1)
+    mask = torch.arange(steps, device=outputs.device)[None, :] < lengths.to(outputs.device)[:, None]
+    if how == "mean":
+        total = (outputs * mask[..., None]).sum(dim=1)
+        return total / lengths.to(outputs.device).clamp(min=1)[:, None].to(outputs.dtype)
+    if how == "max":
+        return outputs.masked_fill(~mask[..., None], float("-inf")).amax(dim=1)
+    raise ValueError(f"unknown pooling {how!r}; expected one of {POOLINGS}")

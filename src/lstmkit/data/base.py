@@ -1,0 +1,194 @@
+"""Shared data plumbing: per-batch padding, length bucketing, the base datamodule.
+
+Every pipeline's datamodule subclasses :class:`SequenceDataModule`: it implements
+``build()`` (read or generate the splits, fit vocabulary/normaliser on the train split only,
+return the :class:`~lstmkit.types.DataSpec`) and ``make_predict_batch()`` (raw user input ->
+:class:`~lstmkit.types.Batch` with the stored spec). Loading, batching and bucketing live here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import lightning as L
+import torch
+from torch.nn.utils.rnn import pad_sequence
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, Sampler, SequentialSampler
+
+from lstmkit.errors import ConfigError
+from lstmkit.types import Batch, DataSpec
+
+Example = tuple[torch.Tensor, torch.Tensor]
+
+
+class SequenceDataset(Dataset[Example]):
+    """A list of ``(input, target)`` tensor pairs; ``lengths`` is precomputed for bucketing."""
+
+    def __init__(self, inputs: Sequence[torch.Tensor], targets: Sequence[torch.Tensor]) -> None:
+        if len(inputs) != len(targets):
+            raise ValueError(f"{len(inputs)} inputs for {len(targets)} targets")
+        self.inputs = list(inputs)
+        self.targets = list(targets)
+        self.lengths = [int(x.shape[0]) for x in self.inputs]
+
+    def __len__(self) -> int:
+        return len(self.inputs)
+
+    def __getitem__(self, index: int) -> Example:
+        return self.inputs[index], self.targets[index]
+
+
+class PadCollate:
+    """Pad a list of examples to the longest in the batch (never to a global maximum).
+
+    Inputs are padded with ``pad_value``; targets are stacked when they all have one shape,
+    otherwise padded with ``target_pad`` and returned with ``target_lengths`` (CTC labels).
+    A class (not a closure) so that it pickles into dataloader worker processes.
+    """
+
+    def __init__(self, pad_value: float = 0.0, target_pad: float = 0.0, sequence_targets: bool = False) -> None:
+        self.pad_value = pad_value
+        self.target_pad = target_pad
+        self.sequence_targets = sequence_targets
+
+    def __call__(self, examples: list[Example]) -> Batch:
+        inputs = [x for x, _ in examples]
+        targets = [y for _, y in examples]
+        lengths = torch.tensor([x.shape[0] for x in inputs], dtype=torch.int64)
+        padded = pad_sequence(inputs, batch_first=True, padding_value=self.pad_value)
+        if self.sequence_targets:
+            target_lengths = torch.tensor([y.shape[0] for y in targets], dtype=torch.int64)
+            stacked = pad_sequence(targets, batch_first=True, padding_value=self.target_pad)
+            return Batch(padded, lengths, stacked, target_lengths)
+        return Batch(padded, lengths, torch.stack(targets))
+
+
+class BucketBatchSampler(BatchSampler):
+    """Batches of similar length, to cut padding (and wasted LSTM steps) on variable-length data.
+
+    It draws indices from ``sampler`` (random, sequential or Lightning's DistributedSampler,
+    which Lightning substitutes under DDP through the ``sampler`` argument), sorts each pool of
+    ``batch_size * pool_factor`` indices by length, cuts it into batches and shuffles the batch
+    order, so batches stay random while padding shrinks.
+    """
+
+    def __init__(
+        self,
+        sampler: Sampler[int] | Sequence[int],
+        batch_size: int,
+        drop_last: bool,
+        lengths: Sequence[int] = (),
+        pool_factor: int = 50,
+        shuffle_batches: bool = True,
+    ) -> None:
+        super().__init__(sampler, batch_size, drop_last)
+        self.lengths = list(lengths)
+        self.pool_factor = pool_factor
+        self.shuffle_batches = shuffle_batches
+
+    def __iter__(self) -> Iterator[list[int]]:
+        pool: list[int] = []
+        for index in self.sampler:
+            pool.append(index)
+            if len(pool) == self.batch_size * self.pool_factor:
+                yield from self._batches(pool)
+                pool = []
+        if pool:
+            yield from self._batches(pool)
+
+    def _batches(self, pool: list[int]) -> Iterator[list[int]]:
+        pool.sort(key=lambda i: self.lengths[i])
+        batches = [pool[i : i + self.batch_size] for i in range(0, len(pool), self.batch_size)]
+        if self.drop_last and batches and len(batches[-1]) < self.batch_size:
+            batches.pop()
+        order = torch.randperm(len(batches)).tolist() if self.shuffle_batches else range(len(batches))
+        for k in order:
+            yield batches[k]
+
+
+class SequenceDataModule(L.LightningDataModule):
+    """Base datamodule: splits + DataSpec + padded, optionally length-bucketed loaders.
+
+    Args:
+        batch_size: examples per batch (per process under DDP).
+        num_workers: dataloader worker processes.
+        bucketing: group examples of similar length into batches (train and eval).
+        pin_memory: pin host memory (helps host->GPU copies).
+        spec: a stored DataSpec (from a checkpoint): reuse its vocabulary / normaliser
+            instead of fitting new ones, as ``eval`` must.
+    """
+
+    collate: PadCollate = PadCollate()
+
+    def __init__(
+        self,
+        batch_size: int = 32,
+        num_workers: int = 0,
+        bucketing: bool = False,
+        pin_memory: bool = False,
+        spec: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        if batch_size < 1:
+            raise ConfigError(f"data.batch_size must be >= 1, got {batch_size}")
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.bucketing = bucketing
+        self.pin_memory = pin_memory
+        self.fixed_spec = DataSpec.from_dict(spec) if spec else None
+        self.splits: dict[str, Dataset[Example]] = {}
+        self._spec: DataSpec | None = None
+
+    # -- to implement -------------------------------------------------------------------------
+    def build(self) -> DataSpec:
+        """Fill ``self.splits`` (``train``/``val``/``test``) and return the DataSpec.
+
+        When ``self.fixed_spec`` is set, encode with it instead of fitting anything.
+        """
+        raise NotImplementedError
+
+    @classmethod
+    def make_predict_batch(cls, spec: DataSpec, inputs: list[Any]) -> Batch:
+        """Turn raw user inputs (texts, file paths...) into a batch, using the stored spec."""
+        raise NotImplementedError(f"{cls.__name__} does not support predict")
+
+    # -- shared machinery ---------------------------------------------------------------------
+    @property
+    def spec(self) -> DataSpec:
+        if self._spec is None:
+            raise RuntimeError("call setup() before reading the DataSpec")
+        return self._spec
+
+    def setup(self, stage: str | None = None) -> None:
+        if self._spec is None:  # idempotent: train.py sets up before Lightning does again
+            spec = self.build()
+            spec.datamodule = f"{type(self).__module__}.{type(self).__qualname__}"
+            self._spec = spec
+
+    def train_dataloader(self) -> DataLoader[Batch]:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader[Batch]:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader[Batch]:
+        return self._loader("test", shuffle=False)
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader[Batch]:
+        if split not in self.splits:
+            raise ConfigError(f"{type(self).__name__} has no {split!r} split")
+        dataset = self.splits[split]
+        common: dict[str, Any] = {
+            "collate_fn": self.collate,
+            "num_workers": self.num_workers,
+            "pin_memory": self.pin_memory,
+            "persistent_workers": self.num_workers > 0,
+        }
+        lengths = getattr(dataset, "lengths", None)
+        if self.bucketing and lengths is not None:
+            sampler: Sampler[int] = RandomSampler(dataset) if shuffle else SequentialSampler(dataset)
+            batches = BucketBatchSampler(sampler, self.batch_size, False, lengths=lengths,
+                                         shuffle_batches=shuffle)
+            return DataLoader(dataset, batch_sampler=batches, **common)
+        return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle, **common)

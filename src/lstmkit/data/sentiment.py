@@ -1,0 +1,252 @@
+"""Sentiment analysis data: a generated review corpus by default, the user's files with ``path``.
+
+The embedded corpus is generated (seeded, deterministic) with the structure that makes
+sentiment hard for bag-of-words models and learnable for an LSTM: aspect clauses with graded
+adjectives, intensifiers, negation that flips polarity (``not bad``), contrast where the
+clause after ``but`` dominates, neutral filler sentences and varied length.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lstmkit.data.base import PadCollate, SequenceDataModule, SequenceDataset
+from lstmkit.data.text import PAD, UNK, build_vocab, encode, read_labelled_text, tokenize
+from lstmkit.errors import DataError
+from lstmkit.types import Batch, DataSpec
+
+_ASPECTS = [
+    "the acting", "the plot", "the script", "the soundtrack", "the cinematography", "the ending",
+    "the dialogue", "the cast", "the pacing", "the visual effects", "the story", "the humour",
+    "the lead performance", "the direction", "the editing", "the score", "the characters",
+    "the set design", "the costumes", "the final act", "the opening scene", "this film",
+    "this movie", "the sequel", "the premise", "the villain", "the twist",
+]
+# (word, strength)
+_POSITIVE = [
+    ("wonderful", 2), ("brilliant", 2), ("excellent", 2), ("superb", 2), ("moving", 1),
+    ("gripping", 1), ("charming", 1), ("delightful", 2), ("clever", 1), ("beautiful", 1),
+    ("solid", 1), ("enjoyable", 1), ("good", 1), ("great", 2), ("fantastic", 2),
+    ("memorable", 1), ("stunning", 2), ("funny", 1), ("fresh", 1), ("touching", 1),
+    ("masterful", 2), ("engaging", 1), ("likeable", 1), ("witty", 1),
+]
+_NEGATIVE = [
+    ("dull", 1), ("boring", 1), ("awful", 2), ("terrible", 2), ("clumsy", 1),
+    ("predictable", 1), ("weak", 1), ("bland", 1), ("messy", 1), ("tedious", 1),
+    ("forgettable", 1), ("bad", 1), ("poor", 1), ("disappointing", 1), ("lifeless", 2),
+    ("dreadful", 2), ("painful", 2), ("shallow", 1), ("confusing", 1), ("lazy", 1),
+    ("unbearable", 2), ("flat", 1), ("silly", 1), ("pointless", 2),
+]
+_INTENSIFIERS = [("very", 1.5), ("really", 1.5), ("truly", 1.5), ("incredibly", 2.0), ("quite", 1.2),
+                 ("rather", 1.0), ("somewhat", 0.6), ("absolutely", 2.0), ("a bit", 0.6), ("", 1.0)]
+_NEGATIONS = ["not", "never", "hardly", "not at all", "far from"]
+_CLAUSES = [
+    "{a} was {i} {adj}", "{a} is {i} {adj}", "i found {a} {i} {adj}", "{a} felt {i} {adj}",
+    "honestly , {a} was {i} {adj}", "{a} turned out {i} {adj}", "overall {a} seemed {i} {adj}",
+]
+_NEG_CLAUSES = ["{a} was {n} {adj}", "{a} is {n} {adj}", "i would {n} call {a} {adj}",
+                "{a} felt {n} {adj}"]
+_FILLERS = [
+    "i saw it on a rainy sunday afternoon", "my friends recommended it to me last week",
+    "it runs a little over two hours", "the trailer had been everywhere for months",
+    "we went to the late show downtown", "i had read the novel years ago",
+    "the theater was half empty", "it is based on a true story",
+    "the director also made a documentary about the war", "my sister dragged me along",
+    "it was released in the spring", "there were a lot of children in the audience",
+    "i watched it at home with the family", "the film is set in a small coastal town",
+    "the studio spent a fortune on marketing", "it opened the festival this year",
+    "the running time surprised me", "i went in knowing very little about it",
+]
+_ENDINGS_POS = ["highly recommended", "i would watch it again", "worth every minute", "go see it"]
+_ENDINGS_NEG = ["save your money", "i would not watch it again", "a waste of an evening", "skip it"]
+
+
+def _clause(rng: random.Random) -> tuple[str, float]:
+    polarity = rng.choice((1, -1))
+    adj, strength = rng.choice(_POSITIVE if polarity > 0 else _NEGATIVE)
+    aspect = rng.choice(_ASPECTS)
+    if rng.random() < 0.25:
+        template = rng.choice(_NEG_CLAUSES)
+        # "not bad" is mildly positive, "not great" mildly negative
+        return template.format(a=aspect, n=rng.choice(_NEGATIONS), adj=adj), -0.6 * polarity * strength
+    intens, weight = rng.choice(_INTENSIFIERS)
+    text = rng.choice(_CLAUSES).format(a=aspect, i=intens, adj=adj).replace("  ", " ")
+    return text, polarity * strength * weight
+
+
+def generate_reviews(n: int, seed: int = 0, noise: float = 0.02) -> list[tuple[str, str]]:
+    """``n`` (review, label) pairs; labels follow the weighted clause polarities.
+
+    The clause after ``but`` counts double; ``noise`` of the labels are flipped, as in real
+    annotations, so accuracy saturates below 100 %.
+    """
+    rng = random.Random(seed)
+    reviews: list[tuple[str, str]] = []
+    while len(reviews) < n:
+        sentences: list[str] = []
+        score = 0.0
+        for _ in range(rng.randint(1, 4)):
+            if rng.random() < 0.35:
+                sentences.append(rng.choice(_FILLERS))
+            text, value = _clause(rng)
+            if rng.random() < 0.3:
+                second, value2 = _clause(rng)
+                text, value = f"{text} , but {second}", value + 2.0 * value2
+            sentences.append(text)
+            score += value
+        if abs(score) < 0.5:
+            continue  # genuinely mixed reviews carry no clear label
+        if rng.random() < 0.15:
+            sentences.append(rng.choice(_ENDINGS_POS if score > 0 else _ENDINGS_NEG))
+        label = "positive" if score > 0 else "negative"
+        if rng.random() < noise:
+            label = "negative" if label == "positive" else "positive"
+        reviews.append((" . ".join(sentences) + " .", label))
+    return reviews
+
+
+_SPLIT_NAMES = {"train": ("train",), "val": ("dev", "valid", "val", "validation"), "test": ("test",)}
+
+
+class SentimentDataModule(SequenceDataModule):
+    """Labelled texts -> token ids; classes from the train split.
+
+    Args:
+        path: ``None`` for the generated corpus; a file (CSV/TSV/JSONL/``<label> <text>``
+            lines), split by ``val_fraction``/``test_fraction``; or a folder whose file names
+            contain ``train``/``dev|valid|val``/``test`` (their split is kept).
+        text_column / label_column: column or key names in CSV/TSV/JSONL files.
+        format: ``auto`` (by extension), ``csv``, ``tsv``, ``jsonl`` or ``prefixed``.
+        label_names: optional mapping from raw labels to class names (e.g. ``{0: negative}``).
+        num_examples: size of the generated corpus (train + val + test).
+        min_count / max_vocab: vocabulary built on the train split only.
+        tokenizer: ``word``, ``whitespace`` (pre-tokenized files) or ``char``.
+        max_length: truncate longer texts to this many tokens (``None`` keeps all).
+        seed: seed for generation and for splitting a single file.
+    """
+
+    def __init__(
+        self,
+        path: str | None = None,
+        text_column: str = "text",
+        label_column: str = "label",
+        format: str = "auto",  # noqa: A002 - config key
+        label_names: dict[str, str] | None = None,
+        num_examples: int = 8000,
+        val_fraction: float = 0.1,
+        test_fraction: float = 0.1,
+        min_count: int = 1,
+        max_vocab: int | None = 30000,
+        tokenizer: str = "word",
+        lowercase: bool = True,
+        max_length: int | None = None,
+        seed: int = 0,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.path = path
+        self.text_column, self.label_column, self.format = text_column, label_column, format
+        self.label_names = {str(k): str(v) for k, v in (label_names or {}).items()}
+        self.num_examples = num_examples
+        self.val_fraction, self.test_fraction = val_fraction, test_fraction
+        self.min_count, self.max_vocab = min_count, max_vocab
+        self.tokenizer = {"level": tokenizer, "lowercase": lowercase}
+        self.max_length = max_length
+        self.seed = seed
+        self.collate = PadCollate(pad_value=0)
+
+    # -- reading --------------------------------------------------------------------------
+    def _read_splits(self) -> dict[str, list[tuple[str, int, str, str]]]:
+        """Split name -> list of (source, row, text, label)."""
+        if self.path is None:
+            pairs = generate_reviews(self.num_examples, seed=self.seed)
+            rows = [("<generated>", i + 1, t, y) for i, (t, y) in enumerate(pairs)]
+            return self._split(rows)
+        path = Path(self.path).expanduser()
+        if not path.exists():
+            raise DataError("data.path does not exist", path=path)
+        if path.is_file():
+            return self._split(self._read_file(path))
+        files = {p.name.lower(): p for p in sorted(path.iterdir()) if p.is_file()}
+        found: dict[str, Path] = {}
+        for split, names in _SPLIT_NAMES.items():
+            for name, file in files.items():
+                stem = name.split(".")[0]
+                if any(stem.endswith(n) or f".{n}" in name or stem == n for n in names):
+                    found.setdefault(split, file)
+        if "train" not in found:
+            raise DataError(
+                "folder has no training file; expected names containing train / dev|valid|val / "
+                f"test, found {sorted(files)}", path=path,
+            )
+        splits = {s: self._read_file(f) for s, f in found.items()}
+        if "val" not in splits or "test" not in splits:
+            # carve the missing splits out of train, keeping the given ones
+            carved = self._split(splits["train"])
+            splits.setdefault("val", carved["val"])
+            splits.setdefault("test", carved["test"])
+            splits["train"] = carved["train"]
+        return splits
+
+    def _read_file(self, path: Path) -> list[tuple[str, int, str, str]]:
+        return [(str(path), row, text, label) for row, text, label in
+                read_labelled_text(path, self.text_column, self.label_column, self.format)]
+
+    def _split(self, rows: list[Any]) -> dict[str, list[Any]]:
+        rows = list(rows)
+        random.Random(self.seed).shuffle(rows)
+        n_val = int(round(len(rows) * self.val_fraction))
+        n_test = int(round(len(rows) * self.test_fraction))
+        return {"val": rows[:n_val], "test": rows[n_val : n_val + n_test], "train": rows[n_val + n_test :]}
+
+    # -- building -------------------------------------------------------------------------
+    def _tokens(self, text: str) -> list[str]:
+        tokens = tokenize(text, **self.tokenizer)
+        return tokens[: self.max_length] if self.max_length else tokens
+
+    def build(self) -> DataSpec:
+        splits = self._read_splits()
+        if self.fixed_spec is not None:
+            spec = self.fixed_spec
+            self.tokenizer = dict(spec.tokenizer or self.tokenizer)
+        else:
+            train_tokens = [self._tokens(text) for _, _, text, _ in splits["train"]]
+            vocab = build_vocab(train_tokens, self.min_count, self.max_vocab, specials=(PAD, UNK))
+            labels = sorted({self.label_names.get(y, y) for *_, y in splits["train"]})
+            if len(labels) < 2:
+                raise DataError(f"the training split has only the label(s) {labels}; need two or more",
+                                path=self.path)
+            spec = DataSpec(input_kind="tokens", vocab=vocab, classes=labels, pad_id=0,
+                            tokenizer={**self.tokenizer, "max_length": self.max_length})
+        index = {tok: i for i, tok in enumerate(spec.vocab or [])}
+        class_index = {c: i for i, c in enumerate(spec.classes or [])}
+        for split, rows in splits.items():
+            inputs, targets = [], []
+            for source, row, text, label in rows:
+                name = self.label_names.get(label, label)
+                if name not in class_index:
+                    raise DataError(
+                        f"label {label!r} is not one of the classes {list(class_index)} "
+                        "learnt from the training split", path=source, row=row, field=self.label_column,
+                    )
+                ids = encode(self._tokens(text), index, unk_id=1) or [1]
+                inputs.append(torch.tensor(ids, dtype=torch.int64))
+                targets.append(torch.tensor(class_index[name]))
+            self.splits[split] = SequenceDataset(inputs, targets)
+        return spec
+
+    @classmethod
+    def make_predict_batch(cls, spec: DataSpec, inputs: list[Any]) -> Batch:
+        settings = dict(spec.tokenizer or {})
+        max_length = settings.pop("max_length", None)
+        index = {tok: i for i, tok in enumerate(spec.vocab or [])}
+        examples = []
+        for text in inputs:
+            tokens = tokenize(str(text), **settings)[: max_length or None]
+            ids = encode(tokens, index, unk_id=1) or [1]
+            examples.append((torch.tensor(ids, dtype=torch.int64), torch.tensor(0)))
+        return PadCollate(pad_value=spec.pad_id)(examples)

@@ -1,0 +1,84 @@
+"""Token embedding encoder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from lstmkit.errors import DataError
+from lstmkit.types import DataSpec
+
+
+class EmbeddingEncoder(nn.Module):
+    """Token ids ``(B, T)`` -> embeddings ``(B, T, dim)``; lengths unchanged.
+
+    Args:
+        spec: gives the vocabulary size and the padding id (whose vector stays zero).
+        dim: embedding size.
+        dropout: dropout on the embeddings (Zaremba et al. 2014 apply it to the LSTM input).
+        pretrained: optional path to a ``.pt`` tensor ``(vocab_size, dim)`` or a word-vector
+            text file (``word v1 v2 ...`` per line, GloVe/word2vec text format); words missing
+            from it keep their random initialisation.
+        freeze: keep the pretrained matrix fixed.
+        sparse: sparse gradients (cheaper for large vocabularies with SGD / SparseAdam).
+    """
+
+    def __init__(
+        self,
+        spec: DataSpec,
+        dim: int = 128,
+        dropout: float = 0.0,
+        pretrained: str | None = None,
+        freeze: bool = False,
+        sparse: bool = False,
+    ) -> None:
+        super().__init__()
+        self.embedding = nn.Embedding(spec.vocab_size, dim, padding_idx=spec.pad_id, sparse=sparse)
+        if pretrained:
+            self._load_pretrained(Path(pretrained), spec)
+            self.embedding.weight.requires_grad_(not freeze)
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.out_features = dim
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The embedding matrix (heads may tie their output layer to it)."""
+        return self.embedding.weight
+
+    def forward(self, inputs: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.dropout(self.embedding(inputs)), lengths
+
+    def _load_pretrained(self, path: Path, spec: DataSpec) -> None:
+        if not path.exists():
+            raise DataError("pretrained embedding file not found", path=path)
+        weight = self.embedding.weight.data
+        if path.suffix in {".pt", ".pth"}:
+            matrix = torch.load(path, weights_only=True, map_location="cpu")
+            if not isinstance(matrix, torch.Tensor) or tuple(matrix.shape) != tuple(weight.shape):
+                raise DataError(
+                    f"expected a tensor of shape {tuple(weight.shape)} (vocab_size, dim), "
+                    f"found {getattr(matrix, 'shape', type(matrix).__name__)}",
+                    path=path,
+                )
+            weight.copy_(matrix)
+            return
+        index = {tok: i for i, tok in enumerate(spec.vocab or [])}
+        with path.open(encoding="utf-8") as fh:
+            for row, line in enumerate(fh, start=1):
+                parts = line.rstrip().split(" ")
+                if len(parts) == 2 and row == 1:
+                    continue  # word2vec header "count dim"
+                if parts[0] not in index:
+                    continue
+                if len(parts) - 1 != weight.shape[1]:
+                    raise DataError(
+                        f"expected {weight.shape[1]} numbers after the word, found {len(parts) - 1}",
+                        path=path, row=row,
+                    )
+                try:
+                    weight[index[parts[0]]] = torch.tensor([float(v) for v in parts[1:]])
+                except ValueError as err:
+                    raise DataError(f"non-numeric vector value ({err})", path=path, row=row) from None
+        weight[spec.pad_id].zero_()

@@ -1,0 +1,44 @@
+"""User-facing errors.
+
+Every problem with user input is raised as :class:`LstmkitError` (or a subclass) where it is
+first seen, with the file and the row/field in the message. The CLI prints these without a
+traceback (``--verbose`` or ``HYDRA_FULL_ERROR=1`` shows it) and exits non-zero.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class LstmkitError(Exception):
+    """An error the user can fix; the message says what and where."""
+
+
+class DataError(LstmkitError):
+    """Bad input data: names the file, the row or field, what was found and what was expected."""
+
+    def __init__(
+        self,
+        message: str,
+        path: str | Path | None = None,
+        row: int | None = None,
+        field: str | None = None,
+    ) -> None:
+        where = []
+        if path is not None:
+            where.append(str(path))
+        if row is not None:
+            where.append(f"row {row}")
+        if field is not None:
+            where.append(f"field {field!r}")
+        prefix = ", ".join(where)
+        super().__init__(f"{prefix}: {message}" if prefix else message)
+        self.path, self.row, self.field = path, row, field
+
+
+class ConfigError(LstmkitError):
+    """A configuration value that cannot work (wrong combination, missing device...)."""
+
+
+class CheckpointError(LstmkitError):
+    """A file that is not a usable lstmkit checkpoint for the requested command."""

@@ -1,0 +1,57 @@
+"""The head interface shared by every task."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from torchmetrics import MetricCollection
+
+from lstmkit.types import Batch
+
+
+class Head(nn.Module):
+    """Base class of all heads.
+
+    Subclasses set ``pooling``, ``monitor`` (a key logged by :meth:`metrics`, prefixed with
+    ``val/``) and ``mode`` (``"max"`` or ``"min"``), and implement the methods below.
+    """
+
+    pooling: str = "none"
+    monitor: str = "val/loss"
+    mode: str = "min"
+
+    def forward(self, features: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def loss(self, outputs: torch.Tensor, lengths: torch.Tensor, batch: Batch) -> torch.Tensor:
+        raise NotImplementedError
+
+    def metrics(self) -> MetricCollection:
+        """A fresh metric collection; the module clones it per split with a ``val/`` prefix."""
+        raise NotImplementedError
+
+    def update_metrics(
+        self, metrics: MetricCollection, outputs: torch.Tensor, lengths: torch.Tensor, batch: Batch
+    ) -> None:
+        """Update ``metrics`` (from :meth:`metrics` or :meth:`figure_metrics`) with a batch."""
+        raise NotImplementedError
+
+    def figure_metrics(self) -> MetricCollection | None:
+        """Optional non-scalar metrics (confusion matrix, collected predictions) for test plots."""
+        return None
+
+    def figures(self, figure_metrics: MetricCollection) -> dict[str, Any]:
+        """Matplotlib figures (name -> Figure) made from :meth:`figure_metrics` at test end.
+
+        The module saves them as PNG under ``<run dir>/plots/`` and logs them to the loggers.
+        """
+        return {}
+
+    def decode(self, outputs: torch.Tensor, lengths: torch.Tensor) -> list[dict[str, Any]]:
+        """Post-process raw outputs into one plain-typed prediction per sample."""
+        raise NotImplementedError
+
+    def bind(self, encoder: nn.Module) -> None:  # noqa: B027 - optional hook
+        """Called once after construction with the encoder (e.g. to tie weights)."""

@@ -1,0 +1,100 @@
+"""Dense -> softmax -> pick class."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from torchmetrics import MetricCollection
+from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix, MulticlassF1Score
+
+from lstmkit.heads.base import Head
+from lstmkit.types import Batch, DataSpec
+
+
+class ClassificationHead(Head):
+    """Sequence classification: a summary of the sequence -> class probabilities.
+
+    Args:
+        spec: gives the class names.
+        in_features: size of the LSTM output.
+        pooling: ``last`` (final state of each direction), ``mean`` or ``max`` over valid steps.
+        hidden: optional hidden dense layer size (0 = a single linear layer).
+        dropout: dropout before each dense layer.
+        label_smoothing: cross-entropy label smoothing.
+        class_weights: optional per-class loss weights (imbalanced data).
+    """
+
+    monitor = "val/acc"
+    mode = "max"
+
+    def __init__(
+        self,
+        spec: DataSpec,
+        in_features: int,
+        pooling: str = "last",
+        hidden: int = 0,
+        dropout: float = 0.0,
+        label_smoothing: float = 0.0,
+        class_weights: list[float] | None = None,
+    ) -> None:
+        super().__init__()
+        self.classes = list(spec.classes or [])
+        num_classes = spec.num_classes
+        self.pooling = pooling
+        layers: list[nn.Module] = [nn.Dropout(dropout)] if dropout > 0 else []
+        if hidden:
+            layers += [nn.Linear(in_features, hidden), nn.GELU()]
+            layers += [nn.Dropout(dropout)] if dropout > 0 else []
+            in_features = hidden
+        layers.append(nn.Linear(in_features, num_classes))
+        self.net = nn.Sequential(*layers)
+        self.label_smoothing = label_smoothing
+        weights = torch.tensor(class_weights, dtype=torch.float32) if class_weights else None
+        if weights is not None and len(weights) != num_classes:
+            raise ValueError(f"class_weights has {len(weights)} values for {num_classes} classes")
+        self.register_buffer("class_weights", weights, persistent=False)
+
+    def forward(self, features: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        return self.net(features)  # (B, C) logits
+
+    def loss(self, outputs: torch.Tensor, lengths: torch.Tensor, batch: Batch) -> torch.Tensor:
+        return F.cross_entropy(
+            outputs, batch.targets, weight=self.class_weights, label_smoothing=self.label_smoothing
+        )
+
+    def metrics(self) -> MetricCollection:
+        n = len(self.classes)
+        return MetricCollection(
+            {
+                "acc": MulticlassAccuracy(num_classes=n, average="micro"),
+                "f1": MulticlassF1Score(num_classes=n, average="macro"),
+            }
+        )
+
+    def figure_metrics(self) -> MetricCollection:
+        return MetricCollection({"confusion": MulticlassConfusionMatrix(num_classes=len(self.classes))})
+
+    def figures(self, figure_metrics: MetricCollection) -> dict[str, Any]:
+        metric = next(iter(figure_metrics.values()))
+        fig, _ = metric.plot(labels=self.classes)
+        return {"confusion_matrix": fig}
+
+    def update_metrics(
+        self, metrics: MetricCollection, outputs: torch.Tensor, lengths: torch.Tensor, batch: Batch
+    ) -> None:
+        metrics.update(outputs.detach(), batch.targets)
+
+    def decode(self, outputs: torch.Tensor, lengths: torch.Tensor) -> list[dict[str, Any]]:
+        probs = outputs.float().softmax(dim=-1)
+        best = probs.argmax(dim=-1)
+        return [
+            {
+                "label": self.classes[int(k)],
+                "probability": round(float(p[k]), 4),
+                "probabilities": {c: round(float(v), 4) for c, v in zip(self.classes, p)},
+            }
+            for k, p in zip(best, probs)
+        ]

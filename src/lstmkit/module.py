@@ -1,0 +1,145 @@
+"""SequenceModel: the one LightningModule of every task — encoder -> LSTM core -> head.
+
+The constructor takes plain dicts only (component specs with a ``_target_`` and the
+:class:`~lstmkit.types.DataSpec` as a dict) and builds the parts itself, so
+``save_hyperparameters`` stores nothing but plain types and
+``SequenceModel.load_from_checkpoint(path)`` rebuilds the model — vocabulary and normaliser
+included — without the original config, with ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+from torch import nn
+
+from lstmkit.build import build
+from lstmkit.core import LSTMCore, summarise
+from lstmkit.heads.base import Head
+from lstmkit.plots import save_and_log
+from lstmkit.types import Batch, DataSpec
+
+
+class SequenceModel(L.LightningModule):
+    """Encoder -> LSTM -> head, trained, evaluated and used for prediction the same way for every task.
+
+    Args:
+        spec: the datamodule's DataSpec as a dict.
+        encoder: encoder spec, e.g. ``{"_target_": "lstmkit.encoders.EmbeddingEncoder", "dim": 128}``.
+        core: :class:`~lstmkit.core.LSTMCore` options (hidden_size, num_layers, ...).
+        head: head spec, e.g. ``{"_target_": "lstmkit.heads.ClassificationHead"}``.
+        optimizer: optimiser spec (a partial taking the parameter groups), e.g. AdamW.
+        scheduler: optional schedule spec: a factory from :mod:`lstmkit.optim` plus
+            ``interval`` (``step`` / ``epoch``).
+        l1: L1 penalty on weight matrices added to the loss (L2 is the optimiser's weight decay).
+        data: the datamodule config the model was trained with (``eval`` reuses it).
+        task: task name, recorded so ``predict`` can tell a checkpoint's task.
+    """
+
+    def __init__(
+        self,
+        spec: dict[str, Any],
+        encoder: dict[str, Any],
+        core: dict[str, Any],
+        head: dict[str, Any],
+        optimizer: dict[str, Any] | None = None,
+        scheduler: dict[str, Any] | None = None,
+        l1: float = 0.0,
+        data: dict[str, Any] | None = None,
+        task: str = "",
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.spec = DataSpec.from_dict(spec)
+        self.encoder: nn.Module = build(encoder, spec=self.spec)
+        self.core = LSTMCore(input_size=self.encoder.out_features, **core)
+        self.head: Head = build(head, spec=self.spec, in_features=self.core.out_features)
+        self.head.bind(self.encoder)
+        self.metrics = nn.ModuleDict(
+            {split: self.head.metrics().clone(prefix=f"{split}/") for split in ("val", "test")}
+        )
+        figure_metrics = self.head.figure_metrics()
+        self.figure_metrics = figure_metrics.clone(prefix="test/") if figure_metrics is not None else None
+        self.l1 = l1
+
+    # -- the pipeline -----------------------------------------------------------------------
+    def forward(
+        self, inputs: torch.Tensor, lengths: torch.Tensor, stream: str | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Raw head outputs and their lengths (the encoder may subsample time)."""
+        features, lengths = self.encoder(inputs, lengths)  # (B, T', F)
+        outputs, _ = self.core(features, lengths, stream=stream)  # (B, T', D)
+        pooled = summarise(outputs, lengths, self.head.pooling, self.core.num_directions)
+        return self.head(pooled, lengths), lengths
+
+    def _step(self, batch: Batch, split: str) -> torch.Tensor:
+        outputs, lengths = self(batch.inputs, batch.lengths, stream=split)
+        loss = self.head.loss(outputs, lengths, batch)
+        if split == "train":
+            if self.l1 > 0:
+                loss = loss + self.l1 * sum(p.abs().sum() for p in self.parameters() if p.dim() > 1)
+            self.log("train/loss", loss, prog_bar=True, batch_size=len(batch))
+        else:
+            self.head.update_metrics(self.metrics[split], outputs, lengths, batch)
+            if split == "test" and self.figure_metrics is not None:
+                self.head.update_metrics(self.figure_metrics, outputs, lengths, batch)
+            self.log(f"{split}/loss", loss, sync_dist=True, batch_size=len(batch))
+            self.log_dict(self.metrics[split], prog_bar=split == "val", batch_size=len(batch))
+        return loss
+
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "train")
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "val")
+
+    def test_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "test")
+
+    def predict_step(self, batch: Batch, batch_idx: int) -> list[dict[str, Any]]:
+        outputs, lengths = self(batch.inputs, batch.lengths)
+        return self.head.decode(outputs, lengths)
+
+    # Carried LSTM state (stateful=true) starts fresh at every epoch of every loop.
+    def on_train_epoch_start(self) -> None:
+        self.core.reset_state("train")
+
+    def on_validation_epoch_start(self) -> None:
+        self.core.reset_state("val")
+
+    def on_test_epoch_start(self) -> None:
+        self.core.reset_state("test")
+        if self.figure_metrics is not None:
+            self.figure_metrics.reset()
+
+    def on_test_epoch_end(self) -> None:
+        if self.figure_metrics is None or self.trainer.sanity_checking:
+            return
+        figures = self.head.figures(self.figure_metrics)  # computed on every rank (metric sync)
+        if figures and self.trainer.is_global_zero:
+            save_and_log(figures, self.trainer.default_root_dir, self.loggers, step=self.global_step)
+
+    # -- optimisation -----------------------------------------------------------------------
+    def configure_optimizers(self) -> Any:
+        spec = dict(self.hparams.optimizer or {"_target_": "torch.optim.AdamW", "_partial_": True})
+        decay = [p for p in self.parameters() if p.requires_grad and p.dim() > 1]
+        no_decay = [p for p in self.parameters() if p.requires_grad and p.dim() <= 1]
+        groups = [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
+        optimizer = build(spec)(groups)
+        if not self.hparams.scheduler:
+            return optimizer
+        sched_spec = dict(self.hparams.scheduler)
+        interval = sched_spec.pop("interval", "step")
+        total = int(self.trainer.estimated_stepping_batches) if interval == "step" else int(
+            self.trainer.max_epochs or 1
+        )
+        kwargs: dict[str, Any] = {}
+        if sched_spec.get("_target_", "").endswith(".plateau"):
+            kwargs["mode"] = self.head.mode
+        scheduler = build(sched_spec)(optimizer, total_steps=max(1, total), **kwargs)
+        config: dict[str, Any] = {"scheduler": scheduler, "interval": interval}
+        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            config.update(interval="epoch", monitor=self.head.monitor)
+        return {"optimizer": optimizer, "lr_scheduler": config}

@@ -1,0 +1,97 @@
+"""The contract between datamodule, encoder, LSTM core and head.
+
+Two small types travel through every pipeline:
+
+* :class:`Batch` — what a dataloader yields: padded inputs plus their true lengths, so that
+  padding never reaches the recurrence, the loss or the metrics.
+* :class:`DataSpec` — what a datamodule knows about its data once it is set up (vocabulary,
+  feature count, class names, normaliser statistics...). Encoder and head are built from it,
+  so a config never repeats a number the data already knows, and it is stored in every
+  checkpoint as plain types so a model can be rebuilt (and fed raw input) without the config.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+import torch
+
+
+@dataclass
+class Batch:
+    """A padded mini-batch.
+
+    Attributes:
+        inputs: padded inputs, ``(B, T)`` token ids or ``(B, T, F)`` features / ``(B, S)`` samples.
+        lengths: ``(B,)`` number of valid steps of each row of ``inputs``.
+        targets: class ids ``(B,)``, regression targets ``(B, H)``, token ids ``(B, T)`` or
+            padded label sequences ``(B, L)`` (CTC), depending on the head.
+        target_lengths: ``(B,)`` valid length of each target row, for sequence targets.
+    """
+
+    inputs: torch.Tensor
+    lengths: torch.Tensor
+    targets: torch.Tensor | None = None
+    target_lengths: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return int(self.inputs.shape[0])
+
+
+@dataclass
+class DataSpec:
+    """Everything the model must know about the data, in plain (checkpoint-safe) types.
+
+    Attributes:
+        input_kind: ``"tokens"`` (integer ids), ``"features"`` (float vectors per step) or
+            ``"waveform"`` (raw audio samples).
+        datamodule: import path of the datamodule class; it turns raw user input into a
+            :class:`Batch` at predict time (``make_predict_batch``), so predict needs no config.
+        vocab: token strings for ``tokens`` inputs (index = id).
+        num_features: size of each input step for ``features`` inputs.
+        classes: output class names (classification) or output alphabet (CTC).
+        pad_id: id used to pad token inputs.
+        blank_id: CTC blank index into ``classes``.
+        target_names: names of regression outputs.
+        normaliser: fitted statistics (train split only), e.g. ``{"mean": [...], "std": [...]}``.
+        sample_rate: audio sample rate the model expects.
+        tokenizer: settings needed to tokenize raw text exactly as at training time.
+        extra: anything else a pipeline needs at predict time (window length, horizon...).
+    """
+
+    input_kind: str
+    datamodule: str = ""
+    vocab: list[str] | None = None
+    num_features: int | None = None
+    classes: list[str] | None = None
+    pad_id: int = 0
+    blank_id: int | None = None
+    target_names: list[str] | None = None
+    normaliser: dict[str, Any] | None = None
+    sample_rate: int | None = None
+    tokenizer: dict[str, Any] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def vocab_size(self) -> int:
+        if not self.vocab:
+            raise ValueError("this DataSpec has no vocabulary (input_kind=%r)" % self.input_kind)
+        return len(self.vocab)
+
+    @property
+    def num_classes(self) -> int:
+        if not self.classes:
+            raise ValueError("this DataSpec has no class names")
+        return len(self.classes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DataSpec:
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown DataSpec fields {sorted(unknown)}; known: {sorted(known)}")
+        return cls(**data)
