@@ -1,0 +1,111 @@
+"""The ``lstmkit`` console script: ``lstmkit <command> [hydra overrides...]``.
+
+Commands map to packaged config files (``conf/<command>.yaml``) and to functions in
+:mod:`lstmkit.commands`. Everything after the command is plain Hydra: overrides, ``-m`` for
+sweeps, ``--cfg job`` to print the composed config, ``--help``.
+
+The command word is kept in ``LSTMKIT_COMMAND`` as well: Lightning's DDP launcher re-executes
+``sys.argv`` for each extra rank, and the re-executed process must run the same command.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Callable
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+COMMANDS = {
+    "train": "lstmkit.commands.train:train",
+    "eval": "lstmkit.commands.evaluate:evaluate",
+    "predict": "lstmkit.commands.predict:predict",
+    "export": "lstmkit.commands.export:export",
+}
+USAGE = """usage: lstmkit <command> [overrides ...] [-m] [--verbose]
+
+commands:
+  train     train (and test) a model:        lstmkit train task=sentiment model.hidden_size=256
+  eval      evaluate a checkpoint:           lstmkit eval ckpt_path=<run>/checkpoints/best.ckpt
+  predict   predict from raw input:          lstmkit predict ckpt_path=... input="what a film"
+  export    export to ONNX / TorchScript:    lstmkit export ckpt_path=... format=onnx
+
+Overrides are Hydra's (key=value, -m for sweeps, --cfg job to print the config,
+<command> --help for every option). --verbose shows full tracebacks.
+"""
+
+
+def config_dir() -> str:
+    """The packaged configs (installed wheel), or the checkout's ``conf/`` (editable install)."""
+    packaged = resources.files("lstmkit") / "conf"
+    if packaged.is_dir():
+        return str(packaged)
+    return str(Path(__file__).resolve().parents[2] / "conf")
+
+
+def _load(target: str) -> Callable[[Any], Any]:
+    module, _, name = target.partition(":")
+    return getattr(__import__(module, fromlist=[name]), name)
+
+
+def _task(command: str) -> Callable[[Any], Any]:
+    def run(cfg: Any) -> Any:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        from lstmkit.errors import LstmkitError
+
+        try:
+            return _load(COMMANDS[command])(cfg)
+        except LstmkitError as err:
+            if os.environ.get("HYDRA_FULL_ERROR") == "1":
+                raise
+            if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+                # one failing trial must not end a sweep: report it, score it as missing
+                logging.getLogger("lstmkit").error("trial failed: %s", err)
+                return float("nan")
+            print(f"lstmkit {command}: error: {err}", file=sys.stderr)
+            raise SystemExit(2) from None
+        finally:
+            _finish_wandb()
+
+    return run
+
+
+def _finish_wandb() -> None:
+    """Close the W&B run of this job so the next sweep job starts its own."""
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and getattr(wandb, "run", None) is not None:
+        wandb.finish()
+
+
+def main(argv: list[str] | None = None) -> Any:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if "--verbose" in args:
+        args.remove("--verbose")
+        os.environ["HYDRA_FULL_ERROR"] = "1"
+    if args and args[0] in COMMANDS:
+        command = args.pop(0)
+        os.environ["LSTMKIT_COMMAND"] = command
+    elif args and args[0] in {"-h", "--help", "help"}:
+        print(USAGE)
+        return None
+    elif os.environ.get("LSTMKIT_COMMAND") in COMMANDS and os.environ.get("LOCAL_RANK"):
+        command = os.environ["LSTMKIT_COMMAND"]  # a DDP rank re-executed by Lightning
+    else:
+        print(USAGE, file=sys.stderr)
+        given = args[0] if args else "nothing"
+        print(f"lstmkit: error: expected a command ({', '.join(COMMANDS)}), got {given!r}", file=sys.stderr)
+        raise SystemExit(2)
+
+    import hydra
+
+    sys.argv = [sys.argv[0], *args]
+    app = hydra.main(version_base="1.3", config_path=config_dir(), config_name=command)(_task(command))
+    return app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""The CLI's commands: each takes the composed Hydra config and does one job."""

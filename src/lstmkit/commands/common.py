@@ -1,0 +1,60 @@
+"""Helpers shared by the commands: plain configs, loggers, the final metrics table."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.utils import instantiate
+from lightning.pytorch.utilities import rank_zero_only
+from omegaconf import DictConfig, OmegaConf
+from rich.console import Console
+from rich.table import Table
+
+log = logging.getLogger("lstmkit")
+
+
+def plain(node: Any) -> Any:
+    """A resolved config node as plain Python containers (safe to store in checkpoints)."""
+    if node is None:
+        return None
+    if isinstance(node, DictConfig) or OmegaConf.is_config(node):
+        return OmegaConf.to_container(node, resolve=True)
+    return node
+
+
+def instantiate_group(group: DictConfig | None) -> list[Any]:
+    """Instantiate every entry of a callbacks / logger group that has a ``_target_``."""
+    if not group:
+        return []
+    return [instantiate(entry) for entry in group.values() if entry and "_target_" in entry]
+
+
+def scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
+    out = {}
+    for key, value in metrics.items():
+        if isinstance(value, torch.Tensor) and value.numel() == 1:
+            out[key] = float(value)
+        elif isinstance(value, (int, float)):
+            out[key] = float(value)
+    return dict(sorted(out.items()))
+
+
+@rank_zero_only
+def report(metrics: dict[str, float], out_dir: str | Path | None, title: str = "metrics") -> None:
+    """Print the final metrics table and write ``metrics.json`` into the run directory."""
+    table = Table(title=title)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in metrics.items():
+        table.add_row(key, "nan" if math.isnan(value) else f"{value:.4f}")
+    Console().print(table)
+    if out_dir is not None:
+        path = Path(out_dir) / "metrics.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(metrics, indent=2) + "\n")
+        log.info("metrics written to %s", path)

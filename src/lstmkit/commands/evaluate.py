@@ -1,0 +1,38 @@
+"""``lstmkit eval``: test a checkpoint on its data (or on other files with ``data.path=``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from lstmkit.build import build
+from lstmkit.checkpoints import load_model
+from lstmkit.commands.common import instantiate_group, plain, report, scalar_metrics
+from lstmkit.errors import CheckpointError, ConfigError
+
+
+def evaluate(cfg: DictConfig) -> float | None:
+    if cfg.get("seed") is not None:
+        L.seed_everything(cfg.seed, workers=True)
+    model = load_model(cfg.ckpt_path)
+    data_cfg: dict[str, Any] = dict(model.hparams.get("data") or {})
+    if not data_cfg:
+        raise CheckpointError(f"{cfg.ckpt_path}: checkpoint stores no data config to evaluate on")
+    data_cfg.update({k: v for k, v in (plain(cfg.get("data")) or {}).items() if v is not None})
+    datamodule = build(data_cfg, spec=model.hparams.spec)
+    datamodule.setup("test")
+    trainer: L.Trainer = instantiate(cfg.trainer, logger=instantiate_group(cfg.get("logger")) or False)
+    if cfg.split == "test":
+        results = trainer.test(model, datamodule=datamodule)
+    elif cfg.split == "val":
+        results = trainer.validate(model, datamodule=datamodule)
+    else:
+        raise ConfigError(f"split={cfg.split!r}: expected test or val")
+    metrics = scalar_metrics(results[0] if results else {})
+    report(metrics, HydraConfig.get().runtime.output_dir, title=f"eval on {cfg.split}: {cfg.ckpt_path}")
+    value = metrics.get(f"{cfg.split}/{model.head.monitor.split('/', 1)[-1]}")
+    return value

@@ -1,0 +1,49 @@
+"""``lstmkit predict``: raw inputs -> the head's decoded predictions, from a checkpoint alone."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+
+from lstmkit.build import build, check_target
+from lstmkit.checkpoints import load_model
+from lstmkit.data.text import read_text
+from lstmkit.errors import ConfigError
+
+
+def collect_inputs(cfg: DictConfig) -> list[Any]:
+    inputs: list[Any] = []
+    if cfg.get("input") is not None:
+        raw = cfg.input
+        inputs.extend(list(raw) if not isinstance(raw, (str, int, float)) else [raw])
+    if cfg.get("input_file"):
+        text = read_text(Path(cfg.input_file))
+        inputs.extend(line for line in text.splitlines() if line.strip())
+    if not inputs:
+        raise ConfigError('nothing to predict: pass input="..." (or input=[a,b]) or input_file=<file>')
+    return inputs
+
+
+def predict(cfg: DictConfig) -> list[dict[str, Any]]:
+    model = load_model(cfg.ckpt_path, map_location=cfg.get("device", "cpu"))
+    spec = model.spec
+    datamodule_cls = build({"_target_": check_target(spec.datamodule), "_partial_": True}).func
+    inputs = collect_inputs(cfg)
+    results: list[dict[str, Any]] = []
+    with torch.inference_mode():
+        for start in range(0, len(inputs), int(cfg.batch_size)):
+            chunk = inputs[start : start + int(cfg.batch_size)]
+            batch = datamodule_cls.make_predict_batch(spec, chunk)
+            batch.inputs = batch.inputs.to(model.device)
+            batch.lengths = batch.lengths.to(model.device)
+            for raw, result in zip(chunk, model.predict_step(batch, 0)):
+                results.append({"input": raw, **result})
+    lines = [json.dumps(r, ensure_ascii=False) for r in results]
+    print("\n".join(lines))
+    if cfg.get("output"):
+        Path(cfg.output).write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return results

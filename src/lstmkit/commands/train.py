@@ -1,0 +1,85 @@
+"""``lstmkit train``: build data, model, callbacks, loggers and trainer from the config; fit; test."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ModelCheckpoint
+from omegaconf import DictConfig, open_dict
+
+from lstmkit.commands.common import instantiate_group, log, plain, report, scalar_metrics
+from lstmkit.errors import ConfigError
+from lstmkit.module import SequenceModel
+
+
+def resolve_ckpt_path(ckpt_path: str | None, cfg: DictConfig) -> str | None:
+    """``last`` -> the newest ``last.ckpt`` among this task's earlier runs; a path -> checked."""
+    if not ckpt_path:
+        return None
+    if ckpt_path == "last":
+        runs = Path(cfg.paths.log_dir) / str(cfg.task_name)
+        candidates = sorted(runs.glob("**/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
+        if not candidates:
+            raise ConfigError(f"ckpt_path=last: no checkpoints/last.ckpt under {runs}")
+        return str(candidates[-1])
+    if not Path(ckpt_path).exists():
+        raise ConfigError(f"ckpt_path={ckpt_path}: file not found")
+    return str(ckpt_path)
+
+
+def build_model(cfg: DictConfig, datamodule: Any) -> SequenceModel:
+    return SequenceModel(
+        spec=datamodule.spec.to_dict(),
+        encoder=plain(cfg.encoder),
+        core=plain(cfg.model),
+        head=plain(cfg.head),
+        optimizer=plain(cfg.optimizer),
+        scheduler=plain(cfg.get("scheduler")) or None,
+        l1=float(cfg.l1),
+        data=plain(cfg.data),
+        task=str(cfg.task_name),
+    )
+
+
+def train(cfg: DictConfig) -> float | None:
+    """Train (and test) one configuration; returns the monitored validation metric."""
+    if cfg.get("seed") is not None:
+        L.seed_everything(cfg.seed, workers=True)
+    datamodule = instantiate(cfg.data, _convert_="all")
+    datamodule.setup("fit")
+    model = build_model(cfg, datamodule)
+    with open_dict(cfg):
+        cfg.monitor = cfg.monitor or model.head.monitor
+        cfg.monitor_mode = cfg.monitor_mode or model.head.mode
+    callbacks = instantiate_group(cfg.get("callbacks"))
+    loggers = instantiate_group(cfg.get("logger"))
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    for logger in trainer.loggers:
+        logger.log_hyperparams(plain(cfg))
+    out_dir = HydraConfig.get().runtime.output_dir
+    log.info("run directory: %s", out_dir)
+
+    metrics: dict[str, float] = {}
+    checkpoint = next((c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)), None)
+    monitored = str(cfg.monitor)
+    if cfg.get("train", True):
+        trainer.fit(model, datamodule=datamodule, ckpt_path=resolve_ckpt_path(cfg.get("ckpt_path"), cfg),
+                    weights_only=True)
+        metrics.update(scalar_metrics(trainer.callback_metrics))
+        if checkpoint is not None and checkpoint.best_model_score is not None:
+            monitored = f"{cfg.monitor}_best"
+            metrics[monitored] = float(checkpoint.best_model_score)
+    if cfg.get("test", True):
+        best = checkpoint.best_model_path if checkpoint is not None else ""
+        if best:
+            log.info("testing the best checkpoint %s", best)
+        trainer.test(model, datamodule=datamodule, ckpt_path=best or None, weights_only=True)
+        metrics.update(scalar_metrics(trainer.callback_metrics))
+    report(metrics, out_dir, title=f"{cfg.task_name}: final metrics")
+    value = metrics.get(monitored)
+    return None if value is None or math.isnan(value) else value
