@@ -212,7 +212,9 @@ class SentimentDataModule(SequenceDataModule):
         splits = self._read_splits()
         if self.fixed_spec is not None:
             spec = self.fixed_spec
-            self.tokenizer = dict(spec.tokenizer or self.tokenizer)
+            stored = dict(spec.tokenizer or {})
+            self.max_length = stored.pop("max_length", self.max_length)
+            self.tokenizer = stored or self.tokenizer
         else:
             train_tokens = [self._tokens(text) for _, _, text, _ in splits["train"]]
             vocab = build_vocab(train_tokens, self.min_count, self.max_vocab, specials=(PAD, UNK))
