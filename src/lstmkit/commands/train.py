@@ -9,7 +9,7 @@ from typing import Any
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, ProgressBar
 from omegaconf import DictConfig, open_dict
 
 from lstmkit.commands.common import instantiate_group, log, plain, report, scalar_metrics
@@ -57,7 +57,11 @@ def train(cfg: DictConfig) -> float | None:
         cfg.monitor = cfg.monitor or model.head.monitor
         cfg.monitor_mode = cfg.monitor_mode or model.head.mode
     callbacks = instantiate_group(cfg.get("callbacks"))
+    if not cfg.trainer.get("enable_progress_bar", True):
+        callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     loggers = instantiate_group(cfg.get("logger"))
+    if not loggers:  # nothing to log learning rates to
+        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     for logger in trainer.loggers:
         logger.log_hyperparams(plain(cfg))

@@ -1,0 +1,31 @@
+# The two commands: `make train` (set up + train the default task) and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PYTEST_WORKERS ?= 2
+
+.PHONY: setup train test test-all lint bench-quality bench-speed clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+setup: $(STAMP)                      ## create .venv and install lstmkit with its dev tools
+
+train: $(STAMP)                      ## train the default task (sentiment) on its embedded data
+	$(BIN)/lstmkit train
+
+test: $(STAMP)                       ## the test suite (what CI runs)
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --timeout 900 -m "not slow"
+
+test-all: $(STAMP)                   ## including slow real-data runs
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --timeout 3600
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests scripts
+
+clean:
+	rm -rf logs outputs multirun dist build .pytest_cache

@@ -1,0 +1,105 @@
+"""The console script end to end: train -> eval -> predict, resume, multirun, errors, wheel install."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+from .conftest import QUICK, REPO, run_cli
+
+TINY = ["data.num_examples=300", "data.batch_size=16", "model.hidden_size=16", "encoder.dim=16"]
+
+
+def _run_dir(root: Path, task: str = "sentiment") -> Path:
+    runs = sorted((root / "logs" / task / "runs").iterdir())
+    assert runs, f"no run directory under {root}/logs/{task}/runs"
+    return runs[-1]
+
+
+def test_train_eval_predict_through_the_console_script(tmp_path: Path) -> None:
+    run_cli("train", *TINY, *QUICK, cwd=tmp_path)
+    run = _run_dir(tmp_path)
+    assert (run / ".hydra" / "config.yaml").exists()
+    assert (run / "checkpoints" / "best.ckpt").exists() and (run / "checkpoints" / "last.ckpt").exists()
+    trained = json.loads((run / "metrics.json").read_text())
+    assert 0.0 <= trained["test/acc"] <= 1.0
+    assert (run / "plots" / "confusion_matrix.png").stat().st_size > 0
+
+    evaluated = run_cli("eval", f"ckpt_path={run}/checkpoints/best.ckpt", "trainer.limit_test_batches=2",
+                        "trainer.enable_progress_bar=false", cwd=tmp_path)
+    assert "test/acc" in evaluated.stdout
+    eval_run = _run_dir(tmp_path, "eval")
+    assert json.loads((eval_run / "metrics.json").read_text())["test/acc"] == trained["test/acc"]
+
+    predicted = run_cli("predict", f"ckpt_path={run}/checkpoints/best.ckpt", "input=what a wonderful film",
+                        cwd=tmp_path)
+    line = json.loads(predicted.stdout.strip().splitlines()[-1])
+    assert line["input"] == "what a wonderful film"
+    assert line["label"] in {"negative", "positive"} and 0.5 <= line["probability"] <= 1.0
+
+
+def test_resume_continues_from_the_checkpoint(tmp_path: Path) -> None:
+    run_cli("train", *TINY, *QUICK, cwd=tmp_path)
+    first = _run_dir(tmp_path)
+    run_cli("train", *TINY, *QUICK, "trainer.max_epochs=2", "ckpt_path=last", "test=false", cwd=tmp_path)
+    second = _run_dir(tmp_path)
+    assert second != first
+    with (second / "csv" / "metrics.csv").open() as fh:
+        epochs = {row["epoch"] for row in csv.DictReader(fh) if row.get("epoch")}
+    assert epochs == {"1"}, f"resumed run should only train epoch 1, logged {epochs}"
+
+
+def test_multirun_runs_each_value(tmp_path: Path) -> None:
+    proc = run_cli("train", "-m", "optimizer.lr=1e-3,3e-3", *TINY, *QUICK, "test=false", cwd=tmp_path)
+    sweeps = sorted((tmp_path / "logs" / "sentiment" / "multiruns").iterdir())
+    jobs = sorted(p for p in sweeps[-1].iterdir() if p.is_dir() and p.name.isdigit())
+    assert [j.name for j in jobs] == ["0", "1"], proc.stdout
+    lrs = [json.loads((j / "metrics.json").read_text()) for j in jobs]
+    assert all("val/acc" in m for m in lrs)
+
+
+def test_errors_are_one_clear_line(tmp_path: Path) -> None:
+    proc = run_cli("train", "data.path=no/such/file.csv", cwd=tmp_path, check=False)
+    assert proc.returncode == 2
+    assert "no/such/file.csv: data.path does not exist" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    proc = run_cli("fly", cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and "expected a command" in proc.stderr
+    proc = run_cli("predict", f"ckpt_path={tmp_path}/missing.ckpt", "input=x", cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and "checkpoint not found" in proc.stderr
+
+
+def test_python_dash_m_works(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, "-m", "lstmkit", "train", "--cfg", "job"], cwd=tmp_path,
+                          capture_output=True, text=True, check=True)
+    assert "hidden_size: 128" in proc.stdout
+
+
+def test_installed_wheel_runs_from_another_directory(tmp_path: Path) -> None:
+    """Build the wheel, install it into a scratch venv and train from an unrelated folder."""
+    dist = tmp_path / "dist"
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                    str(dist), str(REPO)], check=True, capture_output=True)
+    wheel = next(dist.glob("lstmkit-*.whl"))
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    site = next((venv / "lib").glob("python3*/site-packages"))
+    # the dependencies come from the project's venv; lstmkit itself only from the wheel
+    (site / "deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site), str(wheel)],
+                   check=True, capture_output=True)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    python = venv / "bin" / "python"
+    where = subprocess.run([str(python), "-c", "import lstmkit, lstmkit.cli as c; print(lstmkit.__file__);"
+                            "print(c.config_dir())"], cwd=elsewhere, capture_output=True, text=True, check=True)
+    module_file, conf = where.stdout.split()
+    assert module_file.startswith(str(site)) and conf.startswith(str(site))
+    proc = subprocess.run([str(python), "-m", "lstmkit", "train", "debug=fdr", *TINY], cwd=elsewhere,
+                          capture_output=True, text=True, env={"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "test/acc" in proc.stdout

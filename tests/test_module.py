@@ -1,0 +1,115 @@
+"""SequenceModel: every optimiser x schedule config builds and steps; checkpoints are pickle-free."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+
+from lstmkit.checkpoints import load_model, read_checkpoint
+from lstmkit.cli import config_dir
+from lstmkit.commands.train import build_model, train
+from lstmkit.data.sentiment import SentimentDataModule
+from lstmkit.errors import CheckpointError
+from lstmkit.module import SequenceModel
+
+from .conftest import QUICK
+
+CONF = Path(config_dir())
+OPTIMIZERS = sorted(p.stem for p in (CONF / "optimizer").glob("*.yaml"))
+SCHEDULERS = sorted(p.stem for p in (CONF / "scheduler").glob("*.yaml"))
+TASKS = sorted(p.stem for p in (CONF / "task").glob("*.yaml"))
+
+TINY_DATA = ["data.num_examples=200", "data.batch_size=16", "model.hidden_size=8", "encoder.dim=8"]
+
+
+@pytest.fixture(scope="module")
+def tiny_datamodule() -> SentimentDataModule:
+    dm = SentimentDataModule(num_examples=120, batch_size=16)
+    dm.setup()
+    return dm
+
+
+@pytest.mark.parametrize("optimizer", OPTIMIZERS)
+@pytest.mark.parametrize("scheduler", SCHEDULERS)
+def test_optimizer_and_scheduler_combinations_take_a_step(make_cfg, tiny_datamodule, optimizer, scheduler) -> None:
+    cfg = make_cfg([f"optimizer={optimizer}", f"scheduler={scheduler}", *TINY_DATA])
+    model = build_model(cfg, tiny_datamodule)
+    before = [p.detach().clone() for p in model.parameters()]
+    trainer = L.Trainer(max_steps=2, limit_val_batches=1, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, accelerator="cpu",
+                        num_sanity_val_steps=0)
+    trainer.fit(model, datamodule=tiny_datamodule)
+    assert trainer.global_step == 2
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert torch.isfinite(trainer.callback_metrics["train/loss"])
+
+
+@pytest.mark.parametrize("variant", [
+    ["model.bidirectional=true", "head.pooling=mean"],
+    ["model.num_layers=2", "model.dropout=0.2", "model.proj_size=4", "head.pooling=max", "head.hidden=8"],
+    ["model.layer_norm=true", "head.label_smoothing=0.1", "l1=1e-4"],
+])
+def test_core_and_head_variants_train(make_cfg, tiny_datamodule, variant) -> None:
+    cfg = make_cfg([*TINY_DATA, *variant])
+    model = build_model(cfg, tiny_datamodule)
+    trainer = L.Trainer(max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, accelerator="cpu", num_sanity_val_steps=0, limit_val_batches=1)
+    trainer.fit(model, datamodule=tiny_datamodule)
+    assert torch.isfinite(trainer.callback_metrics["train/loss"])
+
+
+def test_l1_penalty_is_added_to_the_loss(make_cfg, tiny_datamodule) -> None:
+    torch.manual_seed(0)
+    plain = build_model(make_cfg([*TINY_DATA]), tiny_datamodule)
+    torch.manual_seed(0)
+    penalised = build_model(make_cfg([*TINY_DATA, "l1=0.01"]), tiny_datamodule)
+    penalised.log = plain.log = lambda *a, **k: None  # no trainer attached
+    batch = next(iter(tiny_datamodule.train_dataloader()))
+    plain.eval(), penalised.eval()
+    l1 = sum(p.abs().sum() for p in plain.parameters() if p.dim() > 1)
+    diff = penalised.training_step(batch, 0) - plain.training_step(batch, 0)
+    torch.testing.assert_close(diff, 0.01 * l1)
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_every_task_preset_runs_end_to_end(make_cfg, task) -> None:
+    cfg = make_cfg([f"task={task}", "debug=fdr", "logger=none", "callbacks=none"])
+    train(cfg)  # raises on any failure
+
+
+def test_checkpoint_round_trip_without_pickle(make_cfg, tmp_path: Path) -> None:
+    cfg = make_cfg([*TINY_DATA, *QUICK, "logger=none"])
+    train(cfg)
+    path = tmp_path / "checkpoints" / "last.ckpt"
+    raw = torch.load(path, map_location="cpu", weights_only=True)  # no pickle globals needed
+    assert raw["hyper_parameters"]["spec"]["vocab"][:2] == ["<pad>", "<unk>"]
+    model = load_model(path)
+    again = SequenceModel.load_from_checkpoint(path, map_location="cpu", weights_only=True).eval()
+    dm = SentimentDataModule(num_examples=200, batch_size=16, spec=raw["hyper_parameters"]["spec"])
+    dm.setup()
+    batch = next(iter(dm.test_dataloader()))
+    out_a, _ = model(batch.inputs, batch.lengths)
+    out_b, _ = again(batch.inputs, batch.lengths)
+    torch.testing.assert_close(out_a, out_b)
+    assert model.spec.vocab == dm.spec.vocab
+
+
+def test_bad_checkpoints_get_clear_errors(tmp_path: Path) -> None:
+    not_ckpt = tmp_path / "notes.ckpt"
+    not_ckpt.write_text("hello")
+    with pytest.raises(CheckpointError, match="not a readable lstmkit checkpoint"):
+        read_checkpoint(not_ckpt)
+    with pytest.raises(CheckpointError, match="not found"):
+        read_checkpoint(tmp_path / "missing.ckpt")
+    other = tmp_path / "other.ckpt"
+    torch.save({"state_dict": {}, "hyper_parameters": {"lr": 1}}, other)
+    with pytest.raises(CheckpointError, match="not written by lstmkit"):
+        read_checkpoint(other)
+    evil = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {}, "hyper_parameters": {"spec": {"input_kind": "tokens"}, "core": {},
+                "encoder": {"_target_": "os.system", "command": "echo pwned"}, "head": {}}}, evil)
+    with pytest.raises(CheckpointError, match="refusing to build 'os.system'"):
+        load_model(evil)

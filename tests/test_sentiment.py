@@ -1,0 +1,111 @@
+"""Sentiment data: the generated corpus, the real-format loaders and their errors, bucketing."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from lstmkit.data.base import BucketBatchSampler
+from lstmkit.data.sentiment import SentimentDataModule, generate_reviews
+from lstmkit.errors import DataError
+
+from .conftest import shared_data
+
+
+def test_generated_corpus_is_deterministic_and_varied() -> None:
+    a, b = generate_reviews(500, seed=3), generate_reviews(500, seed=3)
+    assert a == b
+    assert generate_reviews(50, seed=4) != a[:50]
+    labels = [y for _, y in a]
+    assert 0.35 < labels.count("positive") / len(labels) < 0.65
+    lengths = [len(t.split()) for t, _ in a]
+    assert min(lengths) < 12 and max(lengths) > 40  # varied length
+    assert any(" not " in t or " never " in t for t, _ in a)  # negation present
+    assert any(" but " in t for t, _ in a)  # contrast present
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("fmt", ["csv", "tsv", "jsonl", "prefixed"])
+def test_loaders_read_every_format(tmp_path: Path, fmt: str) -> None:
+    rows = [("a great film", "pos"), ("a dull film", "neg")] * 10
+    if fmt == "csv":
+        path = _write(tmp_path / "d.csv", "review,sentiment\n" + "".join(f'"{t}",{y}\n' for t, y in rows))
+    elif fmt == "tsv":
+        path = _write(tmp_path / "d.tsv", "review\tsentiment\n" + "".join(f"{t}\t{y}\n" for t, y in rows))
+    elif fmt == "jsonl":
+        path = _write(tmp_path / "d.jsonl", "".join(json.dumps({"review": t, "sentiment": y}) + "\n" for t, y in rows))
+    else:
+        path = _write(tmp_path / "d.txt", "".join(f"{y} {t}\n" for t, y in rows))
+    dm = SentimentDataModule(path=str(path), text_column="review", label_column="sentiment", batch_size=4)
+    dm.setup()
+    assert dm.spec.classes == ["neg", "pos"]
+    assert sum(len(s) for s in dm.splits.values()) == 20  # nothing lost
+    batch = next(iter(dm.train_dataloader()))
+    assert batch.inputs.dtype == torch.int64 and batch.lengths.max() == batch.inputs.shape[1]
+
+
+def test_folder_keeps_its_splits_and_label_names(tmp_path: Path) -> None:
+    for name, n in [("stsa.binary.train", 12), ("stsa.binary.dev", 3), ("stsa.binary.test", 5)]:
+        _write(tmp_path / name, "".join(f"{i % 2} film number {i}\n" for i in range(n)))
+    dm = SentimentDataModule(path=str(tmp_path), label_names={0: "negative", 1: "positive"})
+    dm.setup()
+    assert {k: len(v) for k, v in dm.splits.items()} == {"train": 12, "val": 3, "test": 5}
+    assert dm.spec.classes == ["negative", "positive"]
+
+
+def test_bad_inputs_name_the_file_and_row(tmp_path: Path) -> None:
+    missing = SentimentDataModule(path=str(tmp_path / "nope.csv"))
+    with pytest.raises(DataError, match="nope.csv: data.path does not exist"):
+        missing.setup()
+    bad_column = _write(tmp_path / "c.csv", "text,stars\nfine,1\n")
+    with pytest.raises(DataError, match=r"c.csv, row 1, field 'label': no column 'label'.*\['text', 'stars'\]"):
+        SentimentDataModule(path=str(bad_column)).setup()
+    empty_label = _write(tmp_path / "e.csv", "text,label\nfine,1\nokay,\n")
+    with pytest.raises(DataError, match=r"e.csv, row 3, field 'label': empty or missing label"):
+        SentimentDataModule(path=str(empty_label)).setup()
+    latin1 = tmp_path / "l.txt"
+    latin1.write_bytes("1 caf\xe9 good\n".encode("latin-1"))
+    with pytest.raises(DataError, match=r"l.txt, row 1: not valid UTF-8"):
+        SentimentDataModule(path=str(latin1)).setup()
+    _write(tmp_path / "empty.tsv", "  \n")
+    with pytest.raises(DataError, match="file is empty"):
+        SentimentDataModule(path=str(tmp_path / "empty.tsv")).setup()
+
+
+def test_unknown_label_in_test_split_is_an_error(tmp_path: Path) -> None:
+    _write(tmp_path / "train.txt", "0 bad\n1 good\n0 awful\n1 great\n")
+    _write(tmp_path / "dev.txt", "0 bad\n")
+    _write(tmp_path / "test.txt", "1 good\n2 meh\n")
+    with pytest.raises(DataError, match=r"test.txt, row 2, field 'label': label '2' is not one of the classes"):
+        SentimentDataModule(path=str(tmp_path)).setup()
+
+
+def test_bucketing_covers_every_example_once_and_cuts_padding() -> None:
+    dm = SentimentDataModule(num_examples=800, batch_size=16, bucketing=True)
+    dm.setup()
+    dataset = dm.splits["train"]
+    sampler = BucketBatchSampler(range(len(dataset)), 16, False, lengths=dataset.lengths)
+    seen = [i for batch in sampler for i in batch]
+    assert sorted(seen) == list(range(len(dataset)))
+
+    def padding(loader) -> int:
+        return sum(int(b.inputs.numel() - b.lengths.sum()) for b in loader)
+
+    plain = SentimentDataModule(num_examples=800, batch_size=16, bucketing=False)
+    plain.setup()
+    assert padding(dm.train_dataloader()) < 0.5 * padding(plain.train_dataloader())
+
+
+def test_real_sst2_files_load_with_their_splits() -> None:
+    root = shared_data("sentiment")
+    dm = SentimentDataModule(path=str(root), tokenizer="whitespace", label_names={0: "negative", 1: "positive"})
+    dm.setup()
+    assert {k: len(v) for k, v in dm.splits.items()} == {"train": 6920, "val": 872, "test": 1821}
+    assert dm.spec.classes == ["negative", "positive"]
