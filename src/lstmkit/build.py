@@ -7,9 +7,8 @@ checkpoint run any importable callable, so only targets under the allowed prefix
 
 from __future__ import annotations
 
-from typing import Any
-
 import functools
+from typing import Any
 
 from hydra.utils import get_object
 

@@ -50,26 +50,57 @@ def _load(target: str) -> Callable[[Any], Any]:
     return getattr(__import__(module, fromlist=[name]), name)
 
 
+def _user_error(err: BaseException) -> BaseException | None:
+    """The user-fixable error behind ``err`` (ours, or Lightning's misconfiguration), if any."""
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    from lstmkit.errors import LstmkitError
+
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, (LstmkitError, MisconfigurationException)):
+            return seen
+        seen = seen.__cause__
+    return None
+
+
 def _task(command: str) -> Callable[[Any], Any]:
     def run(cfg: Any) -> Any:
         from hydra.core.hydra_config import HydraConfig
         from hydra.types import RunMode
 
-        from lstmkit.errors import LstmkitError
+        from lstmkit.sweeps import write_result
+
+        hydra_cfg = HydraConfig.get() if HydraConfig.initialized() else None
+        multirun = hydra_cfg is not None and hydra_cfg.mode == RunMode.MULTIRUN
+        record = command == "train" and hydra_cfg is not None and os.environ.get("LOCAL_RANK", "0") == "0"
+
+        def result(value: Any, error: str | None = None) -> None:
+            if record:
+                write_result(hydra_cfg.runtime.output_dir, list(hydra_cfg.overrides.task),
+                             cfg.get("monitor"), cfg.get("monitor_mode"), value, error)
 
         try:
-            return _load(COMMANDS[command])(cfg)
-        except LstmkitError as err:
+            value = _load(COMMANDS[command])(cfg)
+        except Exception as err:
             if os.environ.get("HYDRA_FULL_ERROR") == "1":
                 raise
-            if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
-                # one failing trial must not end a sweep: report it, score it as missing
-                logging.getLogger("lstmkit").error("trial failed: %s", err)
+            user_error = _user_error(err)
+            if multirun:
+                # one failing trial (bad combination, divergence, out of memory) must not end a
+                # sweep: record it, score it as missing, go on with the next trial
+                message = str(user_error or f"{type(err).__name__}: {err}")
+                logging.getLogger("lstmkit").error("trial failed: %s", message)
+                result(None, message)
                 return float("nan")
-            print(f"lstmkit {command}: error: {err}", file=sys.stderr)
+            if user_error is None:
+                raise
+            print(f"lstmkit {command}: error: {user_error}", file=sys.stderr)
             raise SystemExit(2) from None
         finally:
             _finish_wandb()
+        result(value)
+        return value
 
     return run
 

@@ -14,6 +14,8 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from lstmkit.errors import ConfigError
+
 State = tuple[torch.Tensor, torch.Tensor]
 POOLINGS = ("none", "last", "mean", "max")
 
@@ -47,10 +49,10 @@ class LSTMCore(nn.Module):
     ) -> None:
         super().__init__()
         if stateful and bidirectional:
-            raise ValueError("stateful=true cannot be combined with bidirectional=true: "
+            raise ConfigError("model.stateful=true cannot be combined with bidirectional=true: "
                              "the backward direction would need the future of the stream")
         if proj_size and proj_size >= hidden_size:
-            raise ValueError(f"proj_size ({proj_size}) must be smaller than hidden_size ({hidden_size})")
+            raise ConfigError(f"model.proj_size ({proj_size}) must be smaller than model.hidden_size ({hidden_size})")
         self.lstm = nn.LSTM(
             input_size,
             hidden_size,

@@ -36,7 +36,7 @@ class DataError(LstmkitError):
         self.path, self.row, self.field = path, row, field
 
 
-class ConfigError(LstmkitError):
+class ConfigError(LstmkitError, ValueError):
     """A configuration value that cannot work (wrong combination, missing device...)."""
 
 

@@ -14,6 +14,7 @@ from typing import Any
 import lightning as L
 import torch
 from torch import nn
+from torchmetrics import MeanMetric
 
 from lstmkit.build import build
 from lstmkit.core import LSTMCore, summarise
@@ -60,6 +61,8 @@ class SequenceModel(L.LightningModule):
         self.metrics = nn.ModuleDict(
             {split: self.head.metrics().clone(prefix=f"{split}/") for split in ("val", "test")}
         )
+        # the evaluation loss as a metric too: weighted by batch size and exact across DDP ranks
+        self.losses = nn.ModuleDict({split: MeanMetric() for split in ("val", "test")})
         figure_metrics = self.head.figure_metrics()
         self.figure_metrics = figure_metrics.clone(prefix="test/") if figure_metrics is not None else None
         self.l1 = l1
@@ -85,7 +88,8 @@ class SequenceModel(L.LightningModule):
             self.head.update_metrics(self.metrics[split], outputs, lengths, batch)
             if split == "test" and self.figure_metrics is not None:
                 self.head.update_metrics(self.figure_metrics, outputs, lengths, batch)
-            self.log(f"{split}/loss", loss, sync_dist=True, batch_size=len(batch))
+            self.losses[split].update(loss.detach(), weight=len(batch))
+            self.log(f"{split}/loss", self.losses[split], batch_size=len(batch))
             self.log_dict(self.metrics[split], prog_bar=split == "val", batch_size=len(batch))
         return loss
 
@@ -120,6 +124,12 @@ class SequenceModel(L.LightningModule):
         figures = self.head.figures(self.figure_metrics)  # computed on every rank (metric sync)
         if figures and self.trainer.is_global_zero:
             save_and_log(figures, self.trainer.default_root_dir, self.loggers, step=self.global_step)
+
+    # The W&B run id travels with the checkpoint so that a resumed run continues the same run.
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        for logger in self.loggers:
+            if type(logger).__name__ == "WandbLogger":
+                checkpoint["wandb_run_id"] = str(logger.version)
 
     # -- optimisation -----------------------------------------------------------------------
     def configure_optimizers(self) -> Any:

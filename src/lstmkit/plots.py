@@ -8,7 +8,7 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")  # headless: runs on servers and in CI
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
 
 def save_and_log(figures: dict[str, Any], out_dir: str | Path, loggers: list[Any], step: int = 0) -> list[Path]:

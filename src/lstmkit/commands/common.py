@@ -37,9 +37,7 @@ def instantiate_group(group: DictConfig | None) -> list[Any]:
 def scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
     out = {}
     for key, value in metrics.items():
-        if isinstance(value, torch.Tensor) and value.numel() == 1:
-            out[key] = float(value)
-        elif isinstance(value, (int, float)):
+        if isinstance(value, torch.Tensor) and value.numel() == 1 or isinstance(value, (int, float)):
             out[key] = float(value)
     return dict(sorted(out.items()))
 

@@ -8,10 +8,13 @@ from typing import Any
 
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, ProgressBar
 from omegaconf import DictConfig, open_dict
 
+from lstmkit.callbacks import StopOnNonFiniteLoss
+from lstmkit.checkpoints import read_checkpoint
 from lstmkit.commands.common import instantiate_group, log, plain, report, scalar_metrics
 from lstmkit.errors import ConfigError
 from lstmkit.module import SequenceModel
@@ -30,6 +33,36 @@ def resolve_ckpt_path(ckpt_path: str | None, cfg: DictConfig) -> str | None:
     if not Path(ckpt_path).exists():
         raise ConfigError(f"ckpt_path={ckpt_path}: file not found")
     return str(ckpt_path)
+
+
+def check_strategy(cfg: DictConfig) -> None:
+    """Refuse the one combination that silently goes wrong: script-relaunching DDP inside a sweep.
+
+    Lightning's ``ddp`` re-executes the command line for every extra rank; inside a Hydra
+    multirun each rank would then run the whole sweep itself (with Optuna, different trials in
+    one process group). ``ddp_spawn`` (``trainer=ddp_cpu``) or the submitit launcher work.
+    """
+    strategy = str(cfg.trainer.get("strategy", "auto"))
+    if HydraConfig.get().mode == RunMode.MULTIRUN and strategy == "ddp":
+        raise ConfigError(
+            "trainer.strategy=ddp cannot run inside a Hydra multirun (each rank would re-run the sweep); "
+            "use trainer.strategy=ddp_spawn, hydra/launcher=submitit_slurm, or single runs"
+        )
+
+
+def configure_wandb(cfg: DictConfig, ckpt_path: str | None) -> None:
+    """Group sweep trials in W&B, and continue the same W&B run when resuming a checkpoint."""
+    wandb_cfg = (cfg.get("logger") or {}).get("wandb")
+    if not wandb_cfg:
+        return
+    with open_dict(cfg):
+        if HydraConfig.get().mode == RunMode.MULTIRUN and not wandb_cfg.get("group"):
+            wandb_cfg.group = Path(HydraConfig.get().sweep.dir).name
+        if ckpt_path and not wandb_cfg.get("id"):
+            run_id = read_checkpoint(ckpt_path).get("wandb_run_id")
+            if run_id:
+                wandb_cfg.id = run_id
+                wandb_cfg.resume = "allow"
 
 
 def build_model(cfg: DictConfig, datamodule: Any) -> SequenceModel:
@@ -56,9 +89,12 @@ def train(cfg: DictConfig) -> float | None:
     with open_dict(cfg):
         cfg.monitor = cfg.monitor or model.head.monitor
         cfg.monitor_mode = cfg.monitor_mode or model.head.mode
-    callbacks = instantiate_group(cfg.get("callbacks"))
+    callbacks = [*instantiate_group(cfg.get("callbacks")), StopOnNonFiniteLoss()]
     if not cfg.trainer.get("enable_progress_bar", True):
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
+    check_strategy(cfg)
+    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), cfg) if cfg.get("train", True) else None
+    configure_wandb(cfg, ckpt_path)
     loggers = instantiate_group(cfg.get("logger"))
     if not loggers:  # nothing to log learning rates to
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
@@ -72,8 +108,7 @@ def train(cfg: DictConfig) -> float | None:
     checkpoint = next((c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)), None)
     monitored = str(cfg.monitor)
     if cfg.get("train", True):
-        trainer.fit(model, datamodule=datamodule, ckpt_path=resolve_ckpt_path(cfg.get("ckpt_path"), cfg),
-                    weights_only=True)
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
         metrics.update(scalar_metrics(trainer.callback_metrics))
         if checkpoint is not None and checkpoint.best_model_score is not None:
             monitored = f"{cfg.monitor}_best"

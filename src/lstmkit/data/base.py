@@ -13,8 +13,17 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.nn.utils.rnn import pad_sequence
-from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, Sampler, SequentialSampler
+from torch.utils.data import (
+    BatchSampler,
+    DataLoader,
+    Dataset,
+    DistributedSampler,
+    RandomSampler,
+    Sampler,
+    SequentialSampler,
+)
 
 from lstmkit.errors import ConfigError
 from lstmkit.types import Batch, DataSpec
@@ -185,10 +194,27 @@ class SequenceDataModule(L.LightningDataModule):
             "pin_memory": self.pin_memory,
             "persistent_workers": self.num_workers > 0,
         }
+        sampler = self._sampler(dataset, shuffle)
         lengths = getattr(dataset, "lengths", None)
         if self.bucketing and lengths is not None:
-            sampler: Sampler[int] = RandomSampler(dataset) if shuffle else SequentialSampler(dataset)
             batches = BucketBatchSampler(sampler, self.batch_size, False, lengths=lengths,
                                          shuffle_batches=shuffle)
             return DataLoader(dataset, batch_sampler=batches, **common)
-        return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle, **common)
+        return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, **common)
+
+    def _sampler(self, dataset: Dataset[Example], shuffle: bool) -> Sampler[int]:
+        """Samplers that shard by rank under DDP (the trainer sets ``use_distributed_sampler: false``).
+
+        Training shards with :class:`DistributedSampler` (padded to equal shards, as gradient
+        sync needs). Evaluation shards *without* padding, so no sample is counted twice and the
+        synced torchmetrics equal a single-process evaluation exactly.
+        """
+        trainer = getattr(self, "trainer", None)
+        world = trainer.world_size if trainer is not None else 1
+        if world <= 1:
+            return RandomSampler(dataset) if shuffle else SequentialSampler(dataset)
+        rank = trainer.global_rank
+        if shuffle:
+            return DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True,
+                                      seed=torch.initial_seed() % 2**31)
+        return UnrepeatedDistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=False)

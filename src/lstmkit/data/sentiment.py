@@ -134,7 +134,7 @@ class SentimentDataModule(SequenceDataModule):
         path: str | None = None,
         text_column: str = "text",
         label_column: str = "label",
-        format: str = "auto",  # noqa: A002 - config key
+        format: str = "auto",
         label_names: dict[str, str] | None = None,
         num_examples: int = 8000,
         val_fraction: float = 0.1,
@@ -199,8 +199,8 @@ class SentimentDataModule(SequenceDataModule):
     def _split(self, rows: list[Any]) -> dict[str, list[Any]]:
         rows = list(rows)
         random.Random(self.seed).shuffle(rows)
-        n_val = int(round(len(rows) * self.val_fraction))
-        n_test = int(round(len(rows) * self.test_fraction))
+        n_val = round(len(rows) * self.val_fraction)
+        n_test = round(len(rows) * self.test_fraction)
         return {"val": rows[:n_val], "test": rows[n_val : n_val + n_test], "train": rows[n_val + n_test :]}
 
     # -- building -------------------------------------------------------------------------

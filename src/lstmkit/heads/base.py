@@ -53,5 +53,5 @@ class Head(nn.Module):
         """Post-process raw outputs into one plain-typed prediction per sample."""
         raise NotImplementedError
 
-    def bind(self, encoder: nn.Module) -> None:  # noqa: B027 - optional hook
+    def bind(self, encoder: nn.Module) -> None:
         """Called once after construction with the encoder (e.g. to tie weights)."""

@@ -1,0 +1,69 @@
+"""Sweep bookkeeping: one ``result.json`` per job, a summary table per sweep.
+
+``write_result`` runs at the end of every job (also a failed one); ``SweepSummary`` is a Hydra
+callback (``hydra.callbacks`` in ``conf/hydra/default.yaml``) that collects them when the
+multirun ends into ``summary.csv`` and ``summary.md`` beside the job folders, best first.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+
+def write_result(out_dir: str | Path, overrides: list[str], monitor: str | None, mode: str | None,
+                 objective: float | None, error: str | None = None) -> None:
+    value = None if objective is None or (isinstance(objective, float) and math.isnan(objective)) else objective
+    record = {"status": "failed" if error else "ok", "monitor": monitor, "mode": mode, "objective": value,
+              "overrides": overrides, "error": error}
+    path = Path(out_dir) / "result.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=2) + "\n")
+
+
+def summarise_sweep(sweep_dir: str | Path) -> list[dict[str, Any]]:
+    """Collect every job's result into summary.csv / summary.md; returns the rows, best first."""
+    sweep_dir = Path(sweep_dir)
+    rows = []
+    for path in sorted(sweep_dir.glob("*/result.json"), key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0):
+        record = json.loads(path.read_text())
+        rows.append({"job": path.parent.name, **record})
+    if not rows:
+        return rows
+    mode = next((r["mode"] for r in rows if r.get("mode")), "max")
+    ok = [r for r in rows if r["objective"] is not None]
+    ok.sort(key=lambda r: r["objective"], reverse=mode == "max")
+    ordered = ok + [r for r in rows if r["objective"] is None]
+    with (sweep_dir / "summary.csv").open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["job", "status", "monitor", "objective", "overrides", "error"])
+        for r in ordered:
+            writer.writerow([r["job"], r["status"], r["monitor"], r["objective"], " ".join(r["overrides"]),
+                             r["error"] or ""])
+    lines = [f"# Sweep summary: {sweep_dir.name}", ""]
+    if ok:
+        best = ok[0]
+        lines += [(f"Best: job {best['job']} with {best['monitor']} = {best['objective']:.4f} "
+                  f"({' '.join(best['overrides'])})"), ""]
+    lines += ["| job | status | objective | overrides | error |", "|---|---|---|---|---|"]
+    for r in ordered:
+        value = "" if r["objective"] is None else f"{r['objective']:.4f}"
+        error = (r["error"] or "").replace("|", "/")[:200]
+        lines.append(f"| {r['job']} | {r['status']} | {value} | {' '.join(r['overrides'])} | {error} |")
+    (sweep_dir / "summary.md").write_text("\n".join(lines) + "\n")
+    return ordered
+
+
+class SweepSummary(Callback):
+    """Hydra callback: write the sweep summary when a multirun ends."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        rows = summarise_sweep(config.hydra.sweep.dir)
+        if rows:
+            print(Path(config.hydra.sweep.dir, "summary.md").read_text())

@@ -1,0 +1,67 @@
+"""Sweeps: grid, joblib and Optuna multiruns; failing trials are reported and the sweep goes on."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+import yaml
+from torch.optim import SGD
+
+from lstmkit.callbacks import DivergedError, StopOnNonFiniteLoss
+
+from .conftest import QUICK, run_cli
+
+TINY = ["data.num_examples=200", "data.batch_size=16", "model.hidden_size=8", "encoder.dim=8", "test=false"]
+
+
+def _sweep_dir(root: Path) -> Path:
+    return sorted((root / "logs" / "sentiment" / "multiruns").iterdir())[-1]
+
+
+def _summary(sweep: Path) -> list[dict[str, str]]:
+    with (sweep / "summary.csv").open() as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_failing_trial_is_reported_and_the_sweep_goes_on(tmp_path: Path) -> None:
+    proc = run_cli("train", "-m", "model.proj_size=0,999", *TINY, *QUICK, cwd=tmp_path)
+    rows = _summary(_sweep_dir(tmp_path))
+    assert [r["status"] for r in rows] == ["ok", "failed"], proc.stdout
+    assert "proj_size (999) must be smaller" in rows[1]["error"]
+    assert float(rows[0]["objective"]) >= 0.0
+    assert "Best: job 0" in (_sweep_dir(tmp_path) / "summary.md").read_text()
+
+
+def test_optuna_sweep_optimises_the_heads_metric(tmp_path: Path) -> None:
+    run_cli("train", "hparams_search=sentiment_optuna", "hydra.sweeper.n_trials=2", "model.hidden_size=choice(8,16)",
+            "data.batch_size=choice(16,32)", *TINY[:1], *TINY[3:], *QUICK, cwd=tmp_path)
+    sweep = _sweep_dir(tmp_path)
+    results = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    rows = _summary(sweep)
+    assert len(rows) == 2 and all(r["status"] == "ok" for r in rows)
+    assert all(r["monitor"] == "val/acc" for r in rows)
+    assert results["best_value"] == pytest.approx(max(float(r["objective"]) for r in rows))
+
+
+def test_parallel_trials_with_the_joblib_launcher(tmp_path: Path) -> None:
+    run_cli("train", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "optimizer.lr=1e-3,3e-3",
+            *TINY, *QUICK, cwd=tmp_path)
+    sweep = _sweep_dir(tmp_path)
+    rows = _summary(sweep)
+    assert sorted(r["job"] for r in rows) == ["0", "1"] and all(r["status"] == "ok" for r in rows)
+    lrs = {float(json.loads((sweep / j / "result.json").read_text())["overrides"][0].split("=")[1])
+           for j in ("0", "1")}
+    assert lrs == {1e-3, 3e-3}
+
+
+def test_divergence_stops_with_a_clear_error() -> None:
+    trainer = SimpleNamespace(current_epoch=2, global_step=17, optimizers=[SGD([torch.zeros(1)], lr=0.5)])
+    callback = StopOnNonFiniteLoss()
+    callback.on_train_batch_end(trainer, None, {"loss": torch.tensor(1.0)}, None, 3)  # finite: nothing
+    with pytest.raises(DivergedError, match=r"loss became nan at epoch 2, step 17, batch 3 \(learning rate 0.5\)"):
+        callback.on_train_batch_end(trainer, None, {"loss": torch.tensor(float("nan"))}, None, 3)
