@@ -34,8 +34,15 @@ def predict(cfg: DictConfig) -> list[dict[str, Any]]:
     datamodule_cls = build({"_target_": check_target(spec.datamodule), "_partial_": True}).func
     inputs = collect_inputs(cfg)
     results: list[dict[str, Any]] = []
+    if cfg.get("generate"):
+        generate = getattr(model.head, "generate", None)
+        if generate is None:
+            raise ConfigError(f"generate={cfg.generate}: this checkpoint's {type(model.head).__name__} cannot generate")
+        results = [{"input": raw, **generate(model, str(raw), int(cfg.generate),
+                                            temperature=float(cfg.get("temperature") or 0.0), seed=cfg.get("seed"))}
+                   for raw in inputs]
     with torch.inference_mode():
-        for start in range(0, len(inputs), int(cfg.batch_size)):
+        for start in range(0, len(inputs) if not results else 0, int(cfg.batch_size)):
             chunk = inputs[start : start + int(cfg.batch_size)]
             batch = datamodule_cls.make_predict_batch(spec, chunk)
             batch.inputs = batch.inputs.to(model.device)

@@ -1,0 +1,464 @@
+"""Stock price forecasting data: daily OHLCV series -> windows of ``window`` days -> the next closes.
+
+Sources: a generated market by default (:func:`generate_ohlcv`), or CSV files with ``data.path``
+(one file, a file holding many tickers in a ``Name``/``Ticker`` column, or a folder of
+``*.csv``, one per ticker). Columns are matched case-insensitively: ``date``, ``open``, ``high``,
+``low``, ``close``, ``volume``, optionally ``Adj Close`` (``adj_close``).
+
+Splits are chronological per ticker (first 70 / 15 / 15 % of its days, or ``val_start`` /
+``test_start`` dates). A window belongs to the split that holds its *targets*; val and test
+windows may read the end of the previous split as input history (the forecaster would have
+it), train windows never read val or test days, and the normaliser is fitted on train days
+only. Batches carry raw values; the model normalises them itself
+(:class:`~lstmkit.encoders.features.FeatureEncoder`) from the statistics stored in
+``DataSpec.normaliser``, so a checkpoint alone turns a new CSV into a forecast in dollars.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import Dataset
+
+from lstmkit.data.base import PadCollate, SequenceDataModule
+from lstmkit.encoders.features import KINDS, fit_feature_normaliser
+from lstmkit.errors import ConfigError, DataError
+from lstmkit.heads.regression import to_target_space
+from lstmkit.types import Batch, DataSpec
+
+log = logging.getLogger("lstmkit")
+
+DEFAULT_FEATURES = ("open", "high", "low", "close", "volume")
+PRICE_COLUMNS = ("open", "high", "low", "close", "adj_close")
+_CANONICAL = {
+    "adjclose": "adj_close", "adjusted_close": "adj_close", "adj_close": "adj_close",
+    "name": "ticker", "symbol": "ticker", "ticker": "ticker", "datetime": "date", "timestamp": "date",
+}
+_GAP_DAYS = 10  # calendar days; longer gaps than a long weekend + holiday are reported
+SYNTHETIC_TICKERS = ("SYNA", "SYNB", "SYNC", "SYND", "SYNE", "SYNF", "SYNG", "SYNH")
+
+
+def canonical(column: str) -> str:
+    """``"Adj Close"`` -> ``adj_close``, ``"Name"`` -> ``ticker``, ``"Open"`` -> ``open``."""
+    key = re.sub(r"[\s\-_.]+", "_", str(column).strip().lower()).strip("_")
+    return _CANONICAL.get(key, key)
+
+
+# -- the embedded default: a generated market --------------------------------------------------
+def generate_ohlcv(
+    num_tickers: int = 4, num_days: int = 1200, seed: int = 0, start: str = "2016-01-04"
+) -> pd.DataFrame:
+    """Seeded daily OHLCV of ``num_tickers`` synthetic tickers, in the real files' long format.
+
+    A pure random walk cannot be forecast better than persistence, so the generator plants a
+    learnable signal on top of realistic dynamics — and says so:
+
+    * a hidden *fundamental* log-price follows a geometric Brownian motion whose drift and
+      volatility switch between three Markov regimes (calm bull, normal, turbulent bear), with
+      mild momentum (AR(1) 0.1 on its daily returns);
+    * the **close overshoots** the fundamental by a transient error of about one daily
+      volatility that reverts the next day (short-term overreaction) — the learnable part;
+    * the intraday range is centred on the fundamental, so the high/low midpoint reveals the
+      overshoot; the open starts from the previous close; low <= open, close <= high always;
+    * volume rises with the regime's volatility and with the size of the overshoot.
+
+    A least-squares fit on ten days of normalised features reaches a test MASE of 0.82-0.87
+    (seeds 0 and 42; persistence = 1). On real daily prices expect MASE ~1.
+    """
+    if num_tickers > len(SYNTHETIC_TICKERS):
+        raise ConfigError(f"data.num_tickers={num_tickers}: at most {len(SYNTHETIC_TICKERS)} generated tickers")
+    drift = np.array([6e-4, 2e-4, -1.2e-3])
+    vol = np.array([0.008, 0.013, 0.024])
+    transition = np.array([[0.985, 0.012, 0.003], [0.010, 0.980, 0.010], [0.010, 0.030, 0.960]])
+    cumulative = transition.cumsum(axis=1)
+    dates = pd.bdate_range(start, periods=num_days).strftime("%Y-%m-%d")
+    frames = []
+    for k in range(num_tickers):
+        rng = np.random.default_rng([seed, k])
+        scale = rng.uniform(0.7, 1.2)  # each ticker's own volatility level
+        level = np.log(rng.uniform(20.0, 300.0))
+        volume0 = np.log(rng.uniform(2e5, 2e7))
+        draws = rng.random(num_days)
+        noise = rng.standard_normal((num_days, 6))
+        regime, fundamental, overshoot, previous_return = 1, level, 0.0, 0.0
+        rows = np.empty((num_days, 5))
+        for t in range(num_days):
+            regime = int(np.searchsorted(cumulative[regime], draws[t]))
+            sigma = vol[regime] * scale
+            previous_close = fundamental + overshoot
+            step = drift[regime] + 0.1 * (previous_return - drift[regime]) + sigma * noise[t, 0]
+            previous_return = step
+            fundamental += step
+            overshoot = sigma * noise[t, 1]
+            open_ = np.exp(previous_close + 0.3 * sigma * noise[t, 2])
+            close = np.exp(fundamental + overshoot)
+            reach = abs(0.5 * sigma * noise[t, 3]) + 0.3 * sigma
+            high = max(open_, close, np.exp(fundamental + reach))
+            low = min(open_, close, np.exp(fundamental - reach))
+            volume = np.exp(volume0 + np.log(sigma / 0.013) + 0.4 * abs(overshoot) / sigma + 0.3 * noise[t, 4])
+            rows[t] = (open_, high, low, close, round(volume))
+        frame = pd.DataFrame(rows.round(4), columns=list(DEFAULT_FEATURES))
+        frame.insert(0, "date", dates)
+        frame["Name"] = SYNTHETIC_TICKERS[k]
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True)
+
+
+# -- reading and validating --------------------------------------------------------------------
+@dataclass
+class Series:
+    """One ticker's validated rows, sorted by date.
+
+    Attributes:
+        ticker: the ticker (``Name``/``Ticker`` column, else the file name).
+        source: the file it came from (or ``<generated>``), for messages.
+        dates: ``(N,)`` ``datetime64[D]``.
+        values: ``(N, F)`` float64 in the spec's feature order.
+    """
+
+    ticker: str
+    source: str
+    dates: np.ndarray
+    values: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.dates)
+
+
+def read_ohlcv(path: str | Path, features: list[str]) -> list[Series]:
+    """All tickers of a CSV file, or of every ``*.csv`` in a folder."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise DataError("file or folder not found", path=path)
+    files = sorted(p for p in path.iterdir() if p.suffix.lower() == ".csv") if path.is_dir() else [path]
+    if not files:
+        raise DataError("folder has no *.csv files (expected one OHLCV file per ticker)", path=path)
+    series: list[Series] = []
+    seen: dict[str, str] = {}
+    for file in files:
+        for item in validate_frame(_read_csv(file), str(file), features, default_ticker=file.stem):
+            if item.ticker in seen:
+                raise DataError(f"ticker {item.ticker!r} appears in two files ({seen[item.ticker]} and this "
+                                "one); give each ticker one file", path=file, field="ticker")
+            seen[item.ticker] = item.source
+            series.append(item)
+    return series
+
+
+def _read_csv(path: Path) -> pd.DataFrame:
+    try:
+        return pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
+    except pd.errors.EmptyDataError:
+        raise DataError("empty file; expected a CSV with a header row date,open,high,low,close,volume",
+                        path=path) from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as err:
+        raise DataError(f"not a readable CSV file ({str(err).strip().splitlines()[-1]})", path=path) from None
+
+
+def validate_frame(frame: pd.DataFrame, source: str, features: list[str], default_ticker: str) -> list[Series]:
+    """Check one table row by row and split it per ticker.
+
+    Raises :class:`DataError` naming the file, the row (line number, header = 1) and the
+    column for: a missing column, a bad date, a non-numeric / NaN / infinite value, a
+    non-positive price, a negative volume, a duplicate date of a ticker. Unsorted dates are
+    sorted with a warning (files exported newest-first are common and unambiguous).
+    """
+    columns: dict[str, str] = {}
+    for name in frame.columns:
+        key = canonical(name)
+        if key in columns:
+            raise DataError(f"columns {columns[key]!r} and {name!r} both mean {key!r}", path=source, field=name)
+        columns[key] = str(name)
+    missing = [c for c in ("date", *features) if c not in columns]
+    if missing:
+        raise DataError(
+            f"missing column(s) {missing}; found {[str(c) for c in frame.columns]}; expected "
+            f"date, {', '.join(features)} (any case; 'Adj Close' for adj_close)",
+            path=source, field=missing[0],
+        )
+    if frame.empty:
+        raise DataError("no data rows below the header", path=source)
+    lines = np.arange(len(frame)) + 2  # header is line 1
+
+    raw_dates = frame[columns["date"]].astype(str).str.strip()
+    parsed = pd.to_datetime(raw_dates, errors="coerce", format="mixed")
+    _first_bad(parsed.isna().to_numpy(), raw_dates, lines, source, columns["date"], "a date (YYYY-MM-DD)")
+    dates = parsed.to_numpy().astype("datetime64[D]")
+
+    values = np.empty((len(frame), len(features)))
+    for j, feature in enumerate(features):
+        raw = frame[columns[feature]]
+        numbers = pd.to_numeric(raw.astype(str).str.strip().str.replace(",", "", regex=False), errors="coerce")
+        numbers = numbers.to_numpy(dtype=float)
+        _first_bad(~np.isfinite(numbers), raw, lines, source, columns[feature], "a finite number")
+        if feature in PRICE_COLUMNS:
+            _first_bad(numbers <= 0, raw, lines, source, columns[feature], "a positive price")
+        else:
+            _first_bad(numbers < 0, raw, lines, source, columns[feature], "a non-negative number")
+        values[:, j] = numbers
+
+    if "ticker" in columns:
+        tickers = frame[columns["ticker"]].astype(str).str.strip().to_numpy()
+        _first_bad(tickers == "", pd.Series(tickers), lines, source, columns["ticker"], "a ticker name")
+    else:
+        tickers = np.full(len(frame), default_ticker)
+    out = []
+    for ticker in sorted(set(tickers)):
+        idx = np.flatnonzero(tickers == ticker)
+        out.append(_one_ticker(str(ticker), source, dates[idx], values[idx], lines[idx], columns["date"]))
+    return out
+
+
+def _first_bad(bad: np.ndarray, raw: pd.Series, lines: np.ndarray, source: str, column: str, expected: str) -> None:
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        value = raw.iloc[i]
+        found = "an empty value" if str(value).strip() == "" else repr(value)
+        raise DataError(f"expected {expected}, found {found}", path=source, row=int(lines[i]), field=column)
+
+
+def _one_ticker(
+    ticker: str, source: str, dates: np.ndarray, values: np.ndarray, lines: np.ndarray, date_column: str
+) -> Series:
+    order = np.argsort(dates, kind="stable")
+    if (order != np.arange(len(order))).any():
+        log.warning("%s: ticker %s: rows are not in date order; sorted them by date", source, ticker)
+        dates, values, lines = dates[order], values[order], lines[order]
+    repeated = np.flatnonzero(dates[1:] == dates[:-1])
+    if len(repeated):
+        i = int(repeated[0]) + 1
+        raise DataError(f"duplicate date {dates[i]} for ticker {ticker!r} (also on row {lines[i - 1]}); "
+                        "expected one row per ticker and day", path=source, row=int(lines[i]), field=date_column)
+    gaps = np.diff(dates).astype(int)
+    if len(gaps) and gaps.max() > _GAP_DAYS:
+        k = int(gaps.argmax())
+        log.warning("%s: ticker %s: %d gap(s) longer than %d days (largest: %s -> %s); windows step over "
+                    "trading rows, so a gap counts as one day", source, ticker, int((gaps > _GAP_DAYS).sum()),
+                    _GAP_DAYS, dates[k], dates[k + 1])
+    return Series(ticker, source, dates, values)
+
+
+# -- windows ----------------------------------------------------------------------------------
+class WindowDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
+    """Windows cut on the fly from whole series: ``(window, F)`` raw inputs, ``(horizon,)`` targets.
+
+    Args:
+        series: one ``(N_k, F)`` tensor per ticker.
+        anchors: ``(M, 2)`` rows ``(ticker index, t)``; ``t`` is the window's last day.
+    """
+
+    def __init__(self, series: list[torch.Tensor], anchors: torch.Tensor, window: int, horizon: int,
+                 target: int) -> None:
+        self.series, self.anchors = series, anchors
+        self.window, self.horizon, self.target = window, horizon, target
+        self.lengths = [window] * len(anchors)
+
+    def __len__(self) -> int:
+        return len(self.anchors)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        k, t = (int(v) for v in self.anchors[index])
+        values = self.series[k]
+        return values[t - self.window + 1 : t + 1], values[t + 1 : t + 1 + self.horizon, self.target]
+
+
+class StockDataModule(SequenceDataModule):
+    """OHLCV series -> chronological splits -> windows of raw values; normaliser fitted on train days.
+
+    Args:
+        path: ``None`` for the generated market; a CSV file or a folder of ``*.csv``.
+        features: input columns per day, in order (add ``adj_close`` if the files have it).
+        target: the column to forecast (must be one of ``features``).
+        window: days per input window.
+        horizon: days ahead to forecast (the next ``horizon`` values of ``target``).
+        normalise: ``log_returns`` (scale free: each price relative to the previous close,
+            volume relative to the previous volume, then z-scored; targets are log-returns from
+            the last close), ``zscore`` or ``minmax`` (one set of statistics over all train
+            rows: suits one ticker or tickers at similar price levels).
+        train_fraction / val_fraction: chronological split of each ticker's days.
+        val_start / test_start: split by dates instead (``YYYY-MM-DD``; both or neither).
+        tickers: keep only these tickers (``None`` = all).
+        num_tickers / num_days: size of the generated market.
+        seed: generator seed.
+    """
+
+    def __init__(
+        self,
+        path: str | None = None,
+        features: list[str] | None = None,
+        target: str = "close",
+        window: int = 30,
+        horizon: int = 1,
+        normalise: str = "log_returns",
+        train_fraction: float = 0.7,
+        val_fraction: float = 0.15,
+        val_start: str | None = None,
+        test_start: str | None = None,
+        tickers: list[str] | None = None,
+        num_tickers: int = 4,
+        num_days: int = 1200,
+        seed: int = 0,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.path = path
+        self.features = [canonical(f) for f in (features or DEFAULT_FEATURES)]
+        self.target = canonical(target)
+        self.window, self.horizon = int(window), int(horizon)
+        self.normalise = normalise
+        self.train_fraction, self.val_fraction = train_fraction, val_fraction
+        self.val_start, self.test_start = val_start, test_start
+        self.tickers = [str(t) for t in tickers] if tickers else None
+        self.num_tickers, self.num_days, self.seed = num_tickers, num_days, seed
+        self.collate = PadCollate(pad_value=0.0)
+        self.series: list[Series] = []
+
+    # -- building -------------------------------------------------------------------------
+    def build(self) -> DataSpec:
+        if self.fixed_spec is not None:  # eval: the checkpoint decides what the model reads
+            extra = self.fixed_spec.extra
+            self.features, self.target = list(extra["features"]), extra["target"]
+            self.window, self.horizon = int(extra["window"]), int(extra["horizon"])
+        self._check_options()
+        self.series = self._read()
+        bounds = [self._bounds(s) for s in self.series]
+        spec = self.fixed_spec or self._fit_spec(bounds)
+        tensors = [torch.tensor(s.values, dtype=torch.float32) for s in self.series]
+        target = self.features.index(self.target)
+        for split, anchors in self._anchors(bounds).items():
+            self.splits[split] = WindowDataset(tensors, anchors, self.window, self.horizon, target)
+        sizes = ", ".join(f"{k} {len(v)}" for k, v in self.splits.items())
+        log.info("stock windows (%d tickers, window %d, horizon %d): %s", len(self.series), self.window,
+                 self.horizon, sizes)
+        return spec
+
+    def _check_options(self) -> None:
+        if self.normalise not in KINDS:
+            raise ConfigError(f"data.normalise={self.normalise!r}: expected one of {KINDS}")
+        if self.target not in self.features:
+            raise ConfigError(f"data.target={self.target!r} must be one of data.features {self.features}")
+        if self.window < 2 or self.horizon < 1:
+            raise ConfigError(f"data.window must be >= 2 and data.horizon >= 1 (got {self.window}, {self.horizon})")
+        if (self.val_start is None) != (self.test_start is None):
+            raise ConfigError("give both data.val_start and data.test_start (dates), or neither (fractions)")
+        if self.val_start is not None:
+            try:
+                starts = [np.datetime64(str(d), "D") for d in (self.val_start, self.test_start)]
+            except ValueError:
+                raise ConfigError(f"data.val_start={self.val_start!r} / data.test_start={self.test_start!r}: "
+                                  "expected dates YYYY-MM-DD") from None
+            if starts[0] >= starts[1]:
+                raise ConfigError("data.val_start must come before data.test_start")
+        if not (0 < self.train_fraction and 0 < self.val_fraction and self.train_fraction + self.val_fraction < 1):
+            raise ConfigError("data.train_fraction and data.val_fraction must be > 0 and sum to < 1")
+
+    def _read(self) -> list[Series]:
+        if self.path is None:
+            frame = generate_ohlcv(self.num_tickers, self.num_days, self.seed)
+            series = validate_frame(frame, "<generated>", self.features, default_ticker="SYN")
+        else:
+            series = read_ohlcv(self.path, self.features)
+        if self.tickers:
+            missing = sorted(set(self.tickers) - {s.ticker for s in series})
+            if missing:
+                raise DataError(f"data.tickers {missing} not found; the data has {[s.ticker for s in series]}",
+                                path=self.path)
+            series = [s for s in series if s.ticker in self.tickers]
+        return series
+
+    def _bounds(self, series: Series) -> tuple[int, int]:
+        """``(n_train, n_train + n_val)`` of one ticker; checked long enough for the window."""
+        n = len(series)
+        if self.val_start is not None:
+            n_train = int(np.searchsorted(series.dates, np.datetime64(str(self.val_start), "D")))
+            val_end = int(np.searchsorted(series.dates, np.datetime64(str(self.test_start), "D")))
+        else:
+            n_train = int(n * self.train_fraction)
+            val_end = n_train + int(n * self.val_fraction)
+        w, h = self.window, self.horizon
+        if n_train < w + h or val_end - n_train < h or n - val_end < h:
+            needed = math.ceil((w + h) / self.train_fraction) if self.val_start is None else w + 3 * h
+            raise DataError(
+                f"ticker {series.ticker!r} is too short: {n} rows ({n_train} train / {val_end - n_train} val / "
+                f"{n - val_end} test); a window of {w} days with horizon {h} needs at least {w + h} train rows "
+                f"and {h} in val and in test (about {needed} rows in all)",
+                path=series.source,
+            )
+        return n_train, val_end
+
+    def _anchors(self, bounds: list[tuple[int, int]]) -> dict[str, torch.Tensor]:
+        """Last input day ``t`` of every window, per split, chosen by where its targets lie."""
+        w, h = self.window, self.horizon
+        out: dict[str, list[tuple[int, int]]] = {"train": [], "val": [], "test": []}
+        for k, (series, (n_train, val_end)) in enumerate(zip(self.series, bounds)):
+            ranges = {"train": (w - 1, n_train - h), "val": (max(w - 1, n_train - 1), val_end - h),
+                      "test": (max(w - 1, val_end - 1), len(series) - h)}
+            for split, (first, stop) in ranges.items():
+                out[split].extend((k, t) for t in range(first, stop))
+        return {split: torch.tensor(rows, dtype=torch.int64).reshape(-1, 2) for split, rows in out.items()}
+
+    def _fit_spec(self, bounds: list[tuple[int, int]]) -> DataSpec:
+        """The normaliser, from train days only."""
+        train = [torch.tensor(s.values[:n_train]) for s, (n_train, _) in zip(self.series, bounds)]
+        close = self.features.index("close") if "close" in self.features else None
+        base = [close if f in ("open", "high", "low", "close") and close is not None else j
+                for j, f in enumerate(self.features)]
+        offset = [0.0 if f in PRICE_COLUMNS else 1.0 for f in self.features]
+        normaliser = fit_feature_normaliser(self.normalise, train, base=base, offset=offset)
+        normaliser["target"] = self._fit_target(train, normaliser)
+        return DataSpec(
+            input_kind="features",
+            num_features=len(self.features),
+            target_names=[f"{self.target}_t+{h + 1}" for h in range(self.horizon)],
+            normaliser=normaliser,
+            extra={"features": self.features, "target": self.target, "window": self.window,
+                   "horizon": self.horizon, "tickers": [s.ticker for s in self.series]},
+        )
+
+    def _fit_target(self, train: list[torch.Tensor], normaliser: dict[str, Any]) -> dict[str, Any]:
+        j = self.features.index(self.target)
+        relative = self.normalise == "log_returns"
+        if relative:  # log-returns from the last day of each train window, per horizon step
+            w, h = self.window, self.horizon
+            values = torch.cat([
+                to_target_space(s[w:].unfold(0, h, 1)[:, j], s[w - 1 : len(s) - h, j], relative=True)
+                for s in train
+            ])  # (N, H)
+            shift, scale = values.mean(dim=0).tolist(), values.std(dim=0).tolist()
+        elif self.normalise == "minmax":
+            low, high = normaliser["min"][j], normaliser["max"][j]
+            shift, scale = [low] * self.horizon, [high - low] * self.horizon
+        else:
+            shift, scale = [normaliser["mean"][j]] * self.horizon, [normaliser["std"][j]] * self.horizon
+        return {"feature": j, "name": self.target, "relative": relative, "shift": shift, "scale": scale}
+
+    # -- predict --------------------------------------------------------------------------
+    @classmethod
+    def make_predict_batch(cls, spec: DataSpec, inputs: list[Any]) -> Batch:
+        """CSV paths (or folders) -> the last ``window`` days of each ticker in them.
+
+        One input may hold several tickers, giving several batch rows; ``inputs`` is rewritten
+        in place to one label per row (``{"file", "ticker", "last_date"}``) so that a caller
+        pairing inputs with predictions stays aligned and prints which forecast is which.
+        """
+        features, window = list(spec.extra["features"]), int(spec.extra["window"])
+        horizon = int(spec.extra["horizon"])
+        examples, labels = [], []
+        for item in inputs:
+            for series in read_ohlcv(str(item), features):
+                if len(series) < window:
+                    raise DataError(f"ticker {series.ticker!r} has {len(series)} rows; the model reads windows "
+                                    f"of {window} days", path=series.source)
+                x = torch.tensor(series.values[-window:], dtype=torch.float32)  # (window, F)
+                examples.append((x, torch.zeros(horizon)))
+                labels.append({"file": series.source, "ticker": series.ticker, "last_date": str(series.dates[-1])})
+        inputs[:] = labels
+        return PadCollate(pad_value=0.0)(examples)

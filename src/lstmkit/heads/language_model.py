@@ -1,0 +1,275 @@
+"""Dense -> softmax over the vocabulary at every step: next-word prediction.
+
+Language models are reported by cross-entropy (nats per token) and perplexity, its
+exponential. Both are token-weighted means over a whole split, so the metrics below accumulate
+summed per-token losses and token counts (synced across processes) and exponentiate only at
+the end; a mean of per-batch perplexities would be a different, larger number.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import torch
+from hydra.utils import get_object
+from torch import nn
+from torch.nn import functional as F
+from torchmetrics import MeanMetric, Metric, MetricCollection
+
+from lstmkit.build import check_target
+from lstmkit.data.text import EOS
+from lstmkit.errors import ConfigError
+from lstmkit.heads.base import Head
+from lstmkit.types import Batch, DataSpec
+
+IGNORE = -100  # target id of padded steps (F.cross_entropy's default ignore_index)
+
+
+# -- metrics: all take (nll, targets, correct, valid), each (N,) over the batch's steps ------------
+class TokenCrossEntropy(MeanMetric):
+    """Mean next-token cross-entropy in nats over every valid token seen."""
+
+    higher_is_better = False
+
+    def update(  # type: ignore[override]
+        self, nll: torch.Tensor, targets: torch.Tensor, correct: torch.Tensor, valid: torch.Tensor
+    ) -> None:
+        super().update(nll, valid)
+
+
+class TokenPerplexity(TokenCrossEntropy):
+    """``exp`` of the token-weighted mean cross-entropy (= ``torchmetrics.text.Perplexity``,
+    without a second softmax over the vocabulary)."""
+
+    def compute(self) -> torch.Tensor:
+        return super().compute().exp()
+
+
+class TokenAccuracy(MeanMetric):
+    """Share of valid tokens whose most probable next word is the right one."""
+
+    higher_is_better = True
+
+    def update(  # type: ignore[override]
+        self, nll: torch.Tensor, targets: torch.Tensor, correct: torch.Tensor, valid: torch.Tensor
+    ) -> None:
+        super().update(correct.float(), valid)
+
+
+class FrequencyBandLoss(Metric):
+    """Summed cross-entropy and token count per frequency band of the target word.
+
+    Vocabulary ids are ranks by training frequency (after the specials), so a band is an id
+    range: specials (``<unk>``, ``<eos>``), the 10 most frequent words, ranks 11-100, 101-1000...
+    """
+
+    full_state_update = False
+
+    def __init__(self, vocab_size: int, num_specials: int = 3) -> None:
+        super().__init__()
+        edges, self.names = [num_specials], ["<unk> <eos>"]
+        rank = 10
+        while edges[-1] < vocab_size:
+            edges.append(min(vocab_size, num_specials + rank))
+            low = 1 if rank == 10 else rank // 10 + 1
+            self.names.append(f"{low}-{edges[-1] - num_specials}")
+            rank *= 10
+        self.register_buffer("edges", torch.tensor(edges), persistent=False)  # band b: [edges[b-1], edges[b])
+        self.add_state("nll_sum", default=torch.zeros(len(edges)), dist_reduce_fx="sum")
+        self.add_state("count", default=torch.zeros(len(edges)), dist_reduce_fx="sum")
+
+    def update(  # type: ignore[override]
+        self, nll: torch.Tensor, targets: torch.Tensor, correct: torch.Tensor, valid: torch.Tensor
+    ) -> None:
+        band = torch.bucketize(targets.clamp(min=0), self.edges, right=True)  # specials -> 0
+        self.nll_sum.scatter_add_(0, band, nll * valid)
+        self.count.scatter_add_(0, band, valid.to(self.count.dtype))
+
+    def compute(self) -> dict[str, torch.Tensor]:
+        return {"nll_sum": self.nll_sum, "count": self.count}
+
+
+class LanguageModelHead(Head):
+    """Next-token distribution at every step: ``(B, T, D)`` LSTM outputs -> ``(B, T, V)`` logits.
+
+    Args:
+        spec: gives the vocabulary (the output classes) and the padding id.
+        in_features: size of the LSTM output.
+        tie_weights: share the output matrix with the input embedding (Press & Wolf 2017;
+            Inan et al. 2017): fewer parameters and usually lower perplexity. The vector fed to
+            the output layer must then have the embedding size: use ``model.proj_size`` or
+            ``model.hidden_size`` equal to ``encoder.dim``, or ``projection``.
+        projection: if > 0, a linear layer from the LSTM output to this size before the output
+            layer (set it to ``encoder.dim`` to tie weights with any LSTM size).
+        dropout: dropout on the LSTM outputs before the output layer.
+        top_k: how many next words :meth:`decode` returns.
+    """
+
+    pooling = "none"
+    monitor = "val/perplexity"
+    mode = "min"
+
+    def __init__(
+        self,
+        spec: DataSpec,
+        in_features: int,
+        tie_weights: bool = False,
+        projection: int = 0,
+        dropout: float = 0.0,
+        top_k: int = 5,
+    ) -> None:
+        super().__init__()
+        if top_k < 1:
+            raise ConfigError(f"head.top_k must be >= 1, got {top_k}")
+        self.vocab = list(spec.vocab or [])
+        self.pad_id = spec.pad_id
+        self.in_features = in_features
+        self.tie_weights = tie_weights
+        self.top_k = top_k
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.projection = nn.Linear(in_features, projection) if projection > 0 else nn.Identity()
+        self.decoder = nn.Linear(projection or in_features, spec.vocab_size)
+
+    def bind(self, encoder: nn.Module) -> None:
+        """Tie the output layer to the encoder's embedding matrix when asked to."""
+        if not self.tie_weights:
+            return
+        weight = getattr(encoder, "weight", None)
+        if not isinstance(weight, nn.Parameter):
+            raise ConfigError(f"head.tie_weights=true needs an encoder with an embedding matrix (.weight), "
+                              f"such as EmbeddingEncoder; got {type(encoder).__name__}")
+        dim = weight.shape[1]
+        if tuple(weight.shape) != tuple(self.decoder.weight.shape):
+            raise ConfigError(
+                f"head.tie_weights=true: the output layer would share the embedding matrix "
+                f"{tuple(weight.shape)} (vocabulary x encoder.dim), so it needs {dim} inputs, but it gets "
+                f"{self.decoder.in_features} (the LSTM output size). Set model.proj_size={dim} "
+                f"(needs model.hidden_size > {dim}), model.hidden_size={dim} (unidirectional), "
+                f"or head.projection={dim}"
+            )
+        self.decoder.weight = weight
+
+    def forward(self, features: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.projection(self.dropout(features)))  # (B, T, V) logits
+
+    def loss(self, outputs: torch.Tensor, lengths: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """Mean cross-entropy over every valid step: one call on ``(B*T, V)`` logits."""
+        targets = self._targets(batch.targets, lengths)
+        return F.cross_entropy(outputs.flatten(0, 1), targets.flatten(), ignore_index=IGNORE)
+
+    def metrics(self) -> MetricCollection:
+        return MetricCollection({"ce": TokenCrossEntropy(), "perplexity": TokenPerplexity(),
+                                 "acc": TokenAccuracy()})
+
+    def figure_metrics(self) -> MetricCollection:
+        return MetricCollection({"by_frequency": FrequencyBandLoss(len(self.vocab))})
+
+    def update_metrics(
+        self, metrics: MetricCollection, outputs: torch.Tensor, lengths: torch.Tensor, batch: Batch
+    ) -> None:
+        logits = outputs.detach().flatten(0, 1)  # (B*T, V)
+        targets = self._targets(batch.targets, lengths).flatten()  # (B*T,)
+        nll = F.cross_entropy(logits, targets, ignore_index=IGNORE, reduction="none")  # 0 where ignored
+        valid = (targets != IGNORE).to(nll.dtype)
+        correct = logits.argmax(dim=-1) == targets
+        metrics.update(nll, targets, correct, valid)
+
+    def figures(self, figure_metrics: MetricCollection) -> dict[str, Any]:
+        import matplotlib.pyplot as plt
+
+        metric = next(iter(figure_metrics.values()))
+        state = metric.compute()
+        count = state["count"].cpu()
+        keep = count > 0
+        if not bool(keep.any()):
+            return {}
+        ppl = (state["nll_sum"].cpu()[keep] / count[keep]).exp()
+        names = [n for n, k in zip(metric.names, keep.tolist()) if k]
+        share = count[keep] / count.sum()
+        fig, ax = plt.subplots(figsize=(6.5, 3.8))
+        bars = ax.bar(names, ppl.tolist(), color="tab:blue")
+        for bar, s in zip(bars, share.tolist()):
+            ax.annotate(f"{100 * s:.0f}% of tokens", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                        ha="center", va="bottom", fontsize=8)
+        ax.set_yscale("log")
+        ax.set_xlabel("target word's frequency rank in the training text")
+        ax.set_ylabel("test perplexity")
+        total = float((state["nll_sum"].sum() / count.sum()).exp())
+        ax.set_title(f"Perplexity by word frequency (overall {total:.1f})")
+        fig.tight_layout()
+        return {"perplexity_by_frequency": fig}
+
+    def decode(self, outputs: torch.Tensor, lengths: torch.Tensor) -> list[dict[str, Any]]:
+        """The ``top_k`` most probable next words after each sequence's last valid step."""
+        rows = torch.arange(len(outputs), device=outputs.device)
+        last = outputs.detach()[rows, lengths.to(outputs.device) - 1]  # (B, V) after the last valid step
+        probs = last.float().softmax(dim=-1)
+        probs[:, self.pad_id] = 0.0
+        best = probs.topk(min(self.top_k, probs.shape[-1]), dim=-1)
+        return [
+            {"next_words": [self.vocab[int(i)] for i in ids],
+             "probabilities": [round(float(p), 4) for p in values]}
+            for ids, values in zip(best.indices, best.values)
+        ]
+
+    def generate(
+        self, model: nn.Module, prompt: str, n_words: int = 20, temperature: float = 0.0, seed: int | None = None
+    ) -> dict[str, Any]:
+        """:func:`generate` with this head's model: a hook a generic ``predict`` command can look for."""
+        return generate(model, model.spec, prompt, n_words, temperature=temperature, seed=seed)
+
+    def _targets(self, targets: torch.Tensor | None, lengths: torch.Tensor) -> torch.Tensor:
+        """``(B, T)`` target ids with padded steps set to :data:`IGNORE`."""
+        if targets is None:
+            raise ValueError("LanguageModelHead needs next-token targets (B, T) in the batch")
+        steps = torch.arange(targets.shape[1], device=targets.device)
+        return targets.masked_fill(steps[None, :] >= lengths.to(targets.device)[:, None], IGNORE)
+
+
+def generate(
+    model: nn.Module,
+    spec: DataSpec,
+    prompt: str,
+    n_words: int = 20,
+    temperature: float = 0.0,
+    seed: int | None = None,
+) -> dict[str, Any]:
+    """Continue ``prompt`` by ``n_words`` tokens (characters for a char-level model).
+
+    ``temperature=0`` picks the most probable token each step (greedy); ``> 0`` samples from
+    the softmax of ``logits / temperature`` with a generator seeded by ``seed``. Each step reruns
+    the model on the whole text so far (no state is carried between calls), which keeps this
+    independent of the encoder and the core and is cheap for the short texts people generate.
+    ``<eos>`` is rendered as a line break.
+    """
+    if n_words < 0:
+        raise ConfigError(f"n_words must be >= 0, got {n_words}")
+    if temperature < 0:
+        raise ConfigError(f"temperature must be >= 0, got {temperature}")
+    vocab = list(spec.vocab or [])
+    datamodule = get_object(check_target(spec.datamodule))
+    batch = datamodule.make_predict_batch(spec, [prompt])
+    device = next(model.parameters()).device
+    ids = batch.inputs[0].to(device)  # (T,)
+    generator = torch.Generator(device=device).manual_seed(
+        seed if seed is not None else random.SystemRandom().randrange(2**31))
+    words: list[str] = []
+    was_training = model.training
+    model.eval()
+    with torch.inference_mode():
+        for _ in range(n_words):
+            logits, _ = model(ids[None, :], torch.tensor([len(ids)], device=device))
+            last = logits[0, -1].float()  # (V,)
+            last[spec.pad_id] = float("-inf")
+            if temperature == 0:
+                next_id = int(last.argmax())
+            else:
+                probs = (last / temperature).softmax(dim=-1)
+                next_id = int(torch.multinomial(probs, 1, generator=generator))
+            words.append(vocab[next_id])
+            ids = torch.cat([ids, torch.tensor([next_id], device=device)])
+    model.train(was_training)
+    joiner = "" if (spec.tokenizer or {}).get("level") == "char" else " "
+    text = joiner.join("\n" if w == EOS else w for w in words)
+    return {"prompt": prompt, "words": words, "text": text.replace(" \n ", "\n").replace(" \n", "\n")}

@@ -1,0 +1,263 @@
+"""Forecasting head: a summary of the window -> dense(horizon) -> the next values of one input feature.
+
+Trained in normalised space, evaluated in the data's own units. The target is one of the
+input features (a stock's close), so the head can always compare itself with the naive
+*persistence* forecast (the next value = the last value of the window) on exactly the same
+targets: a forecaster that does not beat persistence has learnt nothing, whatever its MAE.
+MASE (mean absolute scaled error, Hyndman & Koehler 2006) is the ratio of the two MAEs, scale
+free (comparable across tickers), and the monitored metric.
+
+Batches carry raw values (the encoder normalises, see :mod:`lstmkit.encoders.features`):
+``inputs (B, T, F)`` and ``targets (B, H)`` = the next ``H`` values of feature
+``normaliser["target"]["feature"]``. The target is normalised as
+``(g(y) - shift[h]) / scale[h]`` with ``g(y) = log(y / last)`` (``relative``: log-returns
+from the last value of the window) or ``g(y) = y``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from torchmetrics import CatMetric, Metric, MetricCollection
+from torchmetrics.regression import MeanAbsoluteError, MeanAbsolutePercentageError, MeanSquaredError
+
+from lstmkit.errors import ConfigError
+from lstmkit.heads.base import Head
+from lstmkit.plots import plt  # the headless (Agg) pyplot
+from lstmkit.types import Batch, DataSpec
+
+LOSSES = ("mse", "huber")
+
+
+def to_target_space(levels: torch.Tensor, last: torch.Tensor, relative: bool) -> torch.Tensor:
+    """``g(y)`` before scaling: log-returns from ``last`` ``(B,)`` if ``relative``, else ``y``. ``(B, H)``."""
+    return torch.log(levels / last[:, None]) if relative else levels
+
+
+def from_target_space(values: torch.Tensor, last: torch.Tensor, relative: bool) -> torch.Tensor:
+    """Inverse of :func:`to_target_space`. ``(B, H)``."""
+    return last[:, None] * torch.exp(values) if relative else values
+
+
+class MeanAbsoluteScaledError(Metric):
+    """MAE of the forecast divided by MAE of a baseline forecast on the same targets.
+
+    ``update(preds, baseline, target)``; < 1 means the model beats the baseline. Sums are
+    synchronised across processes before the ratio is taken (never a mean of batch ratios).
+    """
+
+    is_differentiable = False
+    higher_is_better = False
+    full_state_update = False
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.add_state("model_error", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("baseline_error", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, preds: torch.Tensor, baseline: torch.Tensor, target: torch.Tensor) -> None:
+        self.model_error += (preds - target).abs().sum().double()
+        self.baseline_error += (baseline - target).abs().sum().double()
+
+    def compute(self) -> torch.Tensor:
+        return (self.model_error / self.baseline_error.clamp(min=1e-12)).float()
+
+
+class RegressionHead(Head):
+    """Dense(horizon) forecaster of one input feature, with a persistence baseline beside it.
+
+    Args:
+        spec: ``normaliser["target"]`` gives the forecast feature (index into the inputs),
+            whether targets are ``relative`` (log-returns) and the per-horizon ``shift`` /
+            ``scale``; ``target_names`` names the outputs.
+        in_features: size of the LSTM summary.
+        pooling: ``last`` (the state after the last day of the window), ``mean`` or ``max``.
+        hidden: optional hidden dense layer (0 = a single linear layer).
+        dropout: dropout before each dense layer.
+        loss: ``mse`` or ``huber`` (robust to the fat tails of returns), in normalised space.
+        huber_delta: Huber's threshold, in normalised units.
+        plot_points: most test points drawn in the forecast-vs-actual plot.
+
+    Metrics, in the data's units: ``mae``, ``rmse``, ``mape`` (a fraction: 0.012 = 1.2 %),
+    the same three for the persistence forecast (``naive_*``), and ``mase`` = mae / naive_mae.
+    """
+
+    monitor = "val/mase"
+    mode = "min"
+
+    def __init__(
+        self,
+        spec: DataSpec,
+        in_features: int,
+        pooling: str = "last",
+        hidden: int = 0,
+        dropout: float = 0.0,
+        loss: str = "mse",
+        huber_delta: float = 1.0,
+        plot_points: int = 250,
+    ) -> None:
+        super().__init__()
+        target = (spec.normaliser or {}).get("target")
+        if not target:
+            raise ConfigError(
+                "RegressionHead forecasts future values of an input feature: the DataSpec's "
+                "normaliser needs a 'target' entry {feature, relative, shift, scale} (see data/stock.py)"
+            )
+        if loss not in LOSSES:
+            raise ConfigError(f"head.loss={loss!r}: expected one of {LOSSES}")
+        self.pooling = pooling
+        self.feature = int(target["feature"])
+        self.relative = bool(target.get("relative", False))
+        shift = torch.tensor(target["shift"], dtype=torch.float32)
+        self.horizon = int(shift.numel())
+        self.register_buffer("shift", shift, persistent=False)
+        self.register_buffer("scale", torch.tensor(target["scale"], dtype=torch.float32), persistent=False)
+        self.target_name = str(target.get("name", "value"))
+        self.names = list(spec.target_names or [f"{self.target_name}_t+{h + 1}" for h in range(self.horizon)])
+        layers: list[nn.Module] = [nn.Dropout(dropout)] if dropout > 0 else []
+        if hidden:
+            layers += [nn.Linear(in_features, hidden), nn.GELU()]
+            layers += [nn.Dropout(dropout)] if dropout > 0 else []
+            in_features = hidden
+        layers.append(nn.Linear(in_features, self.horizon))
+        self.net = nn.Sequential(*layers)
+        self.loss_name, self.huber_delta = loss, huber_delta
+        self.plot_points = plot_points
+        self._encoder: nn.Module | None = None
+
+    def bind(self, encoder: nn.Module) -> None:
+        # A plain reference (not a submodule): decode reads the raw inputs the encoder saw.
+        object.__setattr__(self, "_encoder", encoder)
+
+    # -- model ----------------------------------------------------------------------------
+    def forward(self, features: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        return self.net(features)  # (B, H) normalised forecast
+
+    def last_values(self, inputs: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """The raw forecast feature on the last valid step of each window ``(B,)``."""
+        rows = torch.arange(inputs.shape[0], device=inputs.device)
+        return inputs[rows, lengths.to(inputs.device) - 1, self.feature].double()
+
+    def normalise(self, levels: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
+        return ((to_target_space(levels.double(), last, self.relative) - self.shift) / self.scale).float()
+
+    def denormalise(self, outputs: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
+        values = outputs.double() * self.scale.double() + self.shift.double()
+        return from_target_space(values, last, self.relative)  # (B, H) in data units
+
+    def loss(self, outputs: torch.Tensor, lengths: torch.Tensor, batch: Batch) -> torch.Tensor:
+        target = self.normalise(batch.targets, self.last_values(batch.inputs, batch.lengths))
+        if self.loss_name == "huber":
+            return F.huber_loss(outputs, target, delta=self.huber_delta)
+        return F.mse_loss(outputs, target)
+
+    # -- metrics --------------------------------------------------------------------------
+    def metrics(self) -> MetricCollection:
+        return MetricCollection(
+            {
+                "mae": MeanAbsoluteError(),
+                "rmse": MeanSquaredError(squared=False),
+                "mape": MeanAbsolutePercentageError(),
+                "naive_mae": MeanAbsoluteError(),
+                "naive_rmse": MeanSquaredError(squared=False),
+                "naive_mape": MeanAbsolutePercentageError(),
+                "mase": MeanAbsoluteScaledError(),
+            },
+            compute_groups=False,  # members get different inputs; shared state would mix them
+        )
+
+    def figure_metrics(self) -> MetricCollection:
+        return MetricCollection(
+            {"forecast": CatMetric(), "naive": CatMetric(), "actual": CatMetric()}, compute_groups=False
+        )
+
+    def update_metrics(
+        self, metrics: MetricCollection, outputs: torch.Tensor, lengths: torch.Tensor, batch: Batch
+    ) -> None:
+        last = self.last_values(batch.inputs, batch.lengths)
+        forecast = self.denormalise(outputs.detach(), last).float()  # (B, H)
+        actual = batch.targets.float()
+        naive = last.float()[:, None].expand_as(actual)  # persistence: every step = last value
+        arguments = {
+            "forecast": (forecast,), "naive": (naive,), "actual": (actual,),
+            "mase": (forecast, naive, actual),
+        }
+        for name, metric in metrics.items(keep_base=True, copy_state=False):
+            if name in arguments:
+                metric.update(*arguments[name])
+            elif name.startswith("naive_"):
+                metric.update(naive.flatten(), actual.flatten())
+            else:
+                metric.update(forecast.flatten(), actual.flatten())
+
+    def figures(self, figure_metrics: MetricCollection) -> dict[str, Any]:
+        values = {name: metric.compute() for name, metric in figure_metrics.items(keep_base=True)}
+        if not all(isinstance(v, torch.Tensor) and v.numel() for v in values.values()):
+            return {}
+        forecast, naive, actual = (values[k].reshape(-1, self.horizon).cpu() for k in ("forecast", "naive", "actual"))
+        return {"forecast": forecast_figure(forecast[:, 0], naive[:, 0], actual[:, 0], self.names[0],
+                                            self.plot_points)}
+
+    # -- predict --------------------------------------------------------------------------
+    def decode(
+        self, outputs: torch.Tensor, lengths: torch.Tensor, batch: Batch | None = None
+    ) -> list[dict[str, Any]]:
+        if batch is not None:
+            inputs, raw_lengths = batch.inputs, batch.lengths
+        elif self._encoder is not None and getattr(self._encoder, "last_inputs", None) is not None:
+            inputs, raw_lengths = self._encoder.last_inputs
+        else:
+            raise RuntimeError("RegressionHead.decode needs the raw inputs: pass the batch, or bind an "
+                               "encoder that records them (FeatureEncoder)")
+        last = self.last_values(inputs, raw_lengths)
+        prices = self.denormalise(outputs.detach(), last)
+        return [
+            {f"last_{self.target_name}": round(float(v), 4), "forecast": {n: round(float(p), 4) for n, p in zip(self.names, row)}}
+            for v, row in zip(last, prices)
+        ]
+
+
+def contiguous_prefix(naive: torch.Tensor, actual: torch.Tensor) -> int:
+    """Length of the leading run of consecutive windows of one series.
+
+    Test windows come in time order per series; within a run, window ``i+1``'s last value is
+    window ``i``'s first target, so the first mismatch marks where the next series starts.
+    """
+    if len(actual) < 2:
+        return len(actual)
+    same = torch.isclose(naive[1:], actual[:-1], rtol=1e-5, atol=1e-6)
+    breaks = (~same).nonzero()
+    return int(breaks[0]) + 1 if len(breaks) else len(actual)
+
+
+def forecast_figure(
+    forecast: torch.Tensor, naive: torch.Tensor, actual: torch.Tensor, name: str, max_points: int
+) -> Any:
+    """Forecast vs actual (first series of the test split) and the change scatter (all of it)."""
+    fig, (ax_line, ax_scatter) = plt.subplots(1, 2, figsize=(13, 4.2), gridspec_kw={"width_ratios": [2.2, 1]})
+    n = min(contiguous_prefix(naive, actual), max_points)
+    steps = range(n)
+    ax_line.plot(steps, actual[:n], color="black", lw=1.4, label="actual")
+    ax_line.plot(steps, forecast[:n], color="tab:blue", lw=1.1, label="LSTM forecast")
+    ax_line.plot(steps, naive[:n], color="tab:orange", lw=1.0, ls="--", label="persistence (last value)")
+    ax_line.set_xlabel("test window (first series, in time order)")
+    ax_line.set_ylabel(name)
+    ax_line.legend(loc="best", fontsize=8)
+    model_mae = float((forecast - actual).abs().mean())
+    naive_mae = float((naive - actual).abs().mean())
+    ax_line.set_title(f"{name}: MAE {model_mae:.4g} vs persistence {naive_mae:.4g} "
+                      f"(MASE {model_mae / max(naive_mae, 1e-12):.3f}, all test windows)")
+    predicted = 100 * (forecast / naive - 1)
+    realised = 100 * (actual / naive - 1)
+    ax_scatter.scatter(predicted, realised, s=4, alpha=0.35, color="tab:blue")
+    ax_scatter.axhline(0, color="grey", lw=0.6)
+    ax_scatter.axvline(0, color="grey", lw=0.6)
+    hit = float(((predicted > 0) == (realised > 0)).float().mean())
+    ax_scatter.set_title(f"predicted vs realised change (%), direction right {hit:.1%}")
+    ax_scatter.set_xlabel("predicted change from last value (%)")
+    ax_scatter.set_ylabel("realised change (%)")
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,349 @@
+"""Next-word prediction: generator, BPTT streams, loaders and their errors, head, CLI, notebook."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from lstmkit.data.language_model import NextWordDataModule, TokenStream, batchify, generate_corpus
+from lstmkit.data.text import EOS, PAD, UNK
+from lstmkit.errors import ConfigError, DataError
+from lstmkit.heads.language_model import LanguageModelHead, generate
+from lstmkit.module import SequenceModel
+from lstmkit.types import Batch, DataSpec
+
+ROOT = Path(__file__).resolve().parents[1]
+REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "lm"
+HEAD = "lstmkit.heads.language_model.LanguageModelHead"
+
+
+def tiny_module(path: Path | str | None = None, **options) -> NextWordDataModule:
+    settings = {"num_tokens": 6000, "batch_size": 4, "bptt": 5, **options}
+    dm = NextWordDataModule(path=str(path) if path else None, **settings)
+    dm.setup()
+    return dm
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def tiny_model(spec: DataSpec, dim: int = 8, hidden: int = 8, **head) -> SequenceModel:
+    torch.manual_seed(0)
+    return SequenceModel(spec.to_dict(), {"_target_": "lstmkit.encoders.EmbeddingEncoder", "dim": dim},
+                         {"hidden_size": hidden, "stateful": True}, {"_target_": HEAD, **head}).eval()
+
+
+# -- the generated corpus ----------------------------------------------------------------------
+def test_generator_is_deterministic_english_like_and_zipfian() -> None:
+    lines = generate_corpus(200_000, seed=3)
+    assert lines == generate_corpus(200_000, seed=3)
+    assert lines[:50] != generate_corpus(200_000, seed=4)[:50]
+    tokens = [w for line in lines for w in line.split()]
+    assert 190_000 <= len(tokens) + len(lines) <= 202_000  # <eos> included
+    counts = Counter(tokens)
+    assert 2000 <= len(counts) <= 5000
+    ranked = [c for _, c in counts.most_common()]
+    assert ranked[0] > 5 * ranked[20] > 5 * ranked[300]  # a steep head and a long tail
+    assert sum(1 for c in ranked if c <= 3) > 200  # rare words exist
+    text = "\n".join(lines)
+    assert all(line.endswith((" .", " ?")) for line in lines)
+    # agreement: never "they is", "do he", "does they"; the relative clause keeps the head noun's number
+    assert not re.search(r"\b(they (is|was)|(he|she) (are|were)|do (he|she)|does they)\b", text)
+    relative = r"^(?:the|these|some|this|a|an)(?: \w+)? (\w+) that \w+ \w+ (is|are) "
+    relatives = re.findall(relative, text, re.MULTILINE)
+    assert len(relatives) > 500
+    plural_nouns = {n for n, verb in relatives if verb == "are"}
+    assert not plural_nouns & {n for n, verb in relatives if verb == "is"}
+
+
+def test_pronouns_refer_back_to_the_protagonist() -> None:
+    lines = generate_corpus(20_000, seed=0)
+    female = {"mary", "sarah", "emma", "anna", "maria", "julia", "alice", "clara", "grace", "olivia"}
+    male = {"james", "john", "robert", "michael", "william", "david", "thomas", "peter", "paul", "mark"}
+    checked = 0
+    for i, line in enumerate(lines):
+        first = line.split()[0]
+        if first in female | male and re.match(rf"{first} \w+ , an? ", line):
+            surname = line.split()[1]
+            for follow in lines[i + 1 : i + 4]:
+                if follow.startswith(f"{surname} ") and re.search(r" (his|her) ", follow):
+                    assert (" her " in follow) == (first in female), (line, follow)
+                    checked += 1
+    assert checked > 10
+
+
+# -- streams and windows -----------------------------------------------------------------------
+def test_windows_continue_each_stream_and_targets_are_the_next_tokens() -> None:
+    dm = tiny_module()
+    stream = dm.splits["train"].ids
+    batches = list(dm.train_dataloader())
+    # no shuffling: the same windows every epoch
+    assert all(torch.equal(a.inputs, b.inputs) for a, b in zip(batches, dm.train_dataloader()))
+    per_row = len(stream) // 4
+    rows = stream[: per_row * 4].view(4, per_row)
+    for i, batch in enumerate(batches):
+        assert batch.inputs.shape == batch.targets.shape and batch.inputs.shape[0] == 4
+        assert torch.equal(batch.lengths, torch.full((4,), batch.inputs.shape[1]))
+        torch.testing.assert_close(batch.inputs, rows[:, i * 5 : i * 5 + batch.inputs.shape[1]])
+        torch.testing.assert_close(batch.targets, rows[:, i * 5 + 1 : i * 5 + 1 + batch.inputs.shape[1]])
+        if i:
+            assert torch.equal(batch.inputs[:, 0], batches[i - 1].targets[:, -1])
+    assert sum(b.inputs.shape[1] for b in batches) == per_row - 1  # every token but the last is read
+    assert len(dm.train_dataloader()) == len(batches) == math.ceil((per_row - 1) / 5)
+
+
+def test_each_ddp_rank_reads_its_own_contiguous_part() -> None:
+    dm = tiny_module()
+    ids = dm.splits["val"].ids
+    parts = []
+    for rank in range(2):
+        dm.trainer = SimpleNamespace(global_rank=rank, world_size=2)
+        batches = list(dm.val_dataloader())
+        parts.append(torch.cat([b.inputs for b in batches], dim=1))  # (B, L-1) per rank
+    dm.trainer = None
+    assert parts[0].shape == parts[1].shape  # equal window counts: no rank waits for the other
+    half = len(ids) // 2
+    assert torch.equal(parts[0][0], ids[: parts[0].shape[1]])
+    assert torch.equal(parts[1][0], ids[half : half + parts[1].shape[1]])
+
+
+def test_lines_end_with_eos_and_the_vocabulary_comes_from_train_only(tmp_path: Path) -> None:
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    body = "the cat sat on the mat .\n\nthe dog sat .\n" * 40
+    write(folder / "ptb.train.txt", body)
+    write(folder / "ptb.valid.txt", "the zebra sat .\n" * 40)
+    write(folder / "ptb.test.txt", body)
+    write(folder / "README.md", "not a split")
+    dm = tiny_module(folder)
+    vocab = dm.spec.vocab
+    assert vocab[:3] == [PAD, UNK, EOS] and "zebra" not in vocab and "the" in vocab
+    ids = dm.splits["train"].ids.tolist()
+    assert ids.count(2) == 80 and len(ids) == 40 * (8 + 5)  # blank lines skipped
+    assert [vocab[i] for i in dm.splits["val"].ids[:5]] == ["the", UNK, "sat", ".", EOS]
+    assert dm.splits["val"].source.endswith("ptb.valid.txt")
+
+
+def test_a_missing_split_is_cut_from_the_end_of_train(tmp_path: Path) -> None:
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    words = " ".join(f"w{i % 50}" for i in range(2000))
+    write(folder / "train.txt", words)
+    write(folder / "valid.txt", words)
+    dm = tiny_module(folder, test_fraction=0.25)
+    assert len(dm.splits["test"].ids) == int(2001 * 0.25)
+    assert len(dm.splits["train"].ids) == 2001 - int(2001 * 0.25)
+    assert len(dm.splits["val"].ids) == 2001
+
+
+def test_one_file_is_cut_into_contiguous_parts(tmp_path: Path) -> None:
+    lines = [" ".join(f"t{i}" for i in range(k, k + 9)) for k in range(300)]
+    file = write(tmp_path / "book.txt", "\n".join(lines))
+    dm = tiny_module(file, min_count=1)
+    streams = {s: [dm.spec.vocab[i] for i in dm.splits[s].ids] for s in ("train", "val", "test")}
+    total = sum(len(s) for s in streams.values())
+    assert total == 3000 and len(streams["val"]) == len(streams["test"]) == 300
+    whole = [t for line in lines for t in [*line.split(), EOS]]
+    assert streams["train"] == whole[:2400]  # contiguous, in order, not shuffled lines
+    assert streams["val"] == [t if t in dm.spec.vocab else UNK for t in whole[2400:2700]]
+    assert UNK in streams["val"]  # words first seen after the train part
+
+
+def test_char_level_and_lowercase_options(tmp_path: Path) -> None:
+    file = write(tmp_path / "abc.txt", "Abc ab\n" * 500)
+    dm = tiny_module(file, tokenizer="char", lowercase=True)
+    assert dm.spec.vocab == [PAD, UNK, EOS, "a", "b", " ", "c"]
+    assert [dm.spec.vocab[i] for i in dm.splits["train"].ids[:7]] == ["a", "b", "c", " ", "a", "b", EOS]
+
+
+def test_fixed_spec_reuses_vocabulary_and_tokenizer(tmp_path: Path) -> None:
+    trained = tiny_module(tokenizer="whitespace", lowercase=True)
+    file = write(tmp_path / "new.txt", "The He Said sharply .\n" * 200)
+    dm = tiny_module(file, spec=trained.spec.to_dict())
+    assert dm.spec.vocab == trained.spec.vocab and dm.tokenizer == {"level": "whitespace", "lowercase": True}
+    vocab = dm.spec.vocab
+    assert [vocab[i] for i in dm.splits["train"].ids[:6]] == ["the", "he", "said", UNK, ".", EOS]
+
+
+@pytest.mark.parametrize(("make", "message"), [
+    (lambda d: d / "nope", "data.path does not exist"),
+    (lambda d: write(d / "empty.txt", "  \n\n"), "empty.txt: file is empty"),
+    (lambda d: (d / "bad.txt").write_bytes(b"fine line\nbad \xff byte\n") and d / "bad.txt",
+     "bad.txt, row 2: not valid UTF-8"),
+    (lambda d: write(d / "short.txt", "just a few words\n"), "short.txt (train part): too little text"),
+])
+def test_bad_inputs_name_the_file(tmp_path: Path, make, message: str) -> None:
+    with pytest.raises(DataError, match=re.escape(message)):
+        tiny_module(make(tmp_path))
+
+
+def test_folder_errors_list_what_was_found(tmp_path: Path) -> None:
+    write(tmp_path / "notes.txt", "a b c\n" * 100)
+    with pytest.raises(DataError, match=r"no training file.*notes\.txt"):
+        tiny_module(tmp_path)
+    write(tmp_path / "a.train.txt", "a b c\n" * 100)
+    write(tmp_path / "b.train.txt", "a b c\n" * 100)
+    with pytest.raises(DataError, match="several files look like the train split"):
+        tiny_module(tmp_path)
+
+
+def test_too_little_text_for_a_window_explains_the_fix(tmp_path: Path) -> None:
+    stream = TokenStream(torch.arange(40), "tiny.txt")
+    assert batchify(stream, 4, 9).shape == (4, 10)
+    with pytest.raises(DataError, match=r"tiny\.txt: too little text: 40 tokens.*needs 44 tokens.*bptt"):
+        batchify(stream, 4, 10)
+    with pytest.raises(DataError, match=r"per process \(2 processes\)"):
+        batchify(stream, 4, 9, rank=1, world_size=2)
+    with pytest.raises(ConfigError, match="data.bptt"):
+        NextWordDataModule(bptt=0)
+    with pytest.raises(ConfigError, match="data.tokenizer='bpe'"):
+        NextWordDataModule(tokenizer="bpe")
+
+
+def test_real_ptb_loads_with_the_standard_vocabulary() -> None:
+    if not REAL.exists():
+        pytest.skip(f"real data not found at {REAL} (clone the repo beside shared/ to run this test)")
+    dm = tiny_module(REAL, tokenizer="whitespace", batch_size=20, bptt=35)
+    assert len(dm.spec.vocab) == 10_001  # PTB's 10k (incl. <unk>, <eos>) + <pad>
+    assert {s: len(dm.splits[s].ids) for s in ("train", "val", "test")} == {
+        "train": 929_589, "val": 73_760, "test": 82_430}
+    assert dm.splits["train"].source.endswith("ptb.train.txt")
+    assert (dm.splits["val"].ids == 1).sum() > 0  # PTB's own <unk> maps to ours
+
+
+# -- head --------------------------------------------------------------------------------------
+def test_head_shapes_loss_ignores_padding_and_decodes_top_k() -> None:
+    spec = DataSpec(input_kind="tokens", vocab=[PAD, UNK, EOS, "a", "b", "c", "d"])
+    head = LanguageModelHead(spec, in_features=4, top_k=3)
+    logits = head(torch.randn(2, 5, 4), torch.tensor([5, 3])).detach()
+    assert logits.shape == (2, 5, 7)
+    targets = torch.randint(1, 7, (2, 5))
+    batch = Batch(torch.zeros(2, 5, dtype=torch.long), torch.tensor([5, 3]), targets)
+    keep = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]], dtype=torch.bool)
+    expected = F.cross_entropy(logits[keep], targets[keep])
+    torch.testing.assert_close(head.loss(logits, batch.lengths, batch), expected)
+
+    decoded = head.decode(logits, torch.tensor([5, 3]))
+    probs = logits[1, 2].softmax(-1)
+    probs[0] = 0
+    top = probs.topk(3)
+    assert decoded[1]["next_words"] == [spec.vocab[i] for i in top.indices]
+    assert decoded[1]["probabilities"] == [round(float(p), 4) for p in top.values]
+    assert all(PAD not in d["next_words"] and d["probabilities"] == sorted(d["probabilities"], reverse=True)
+               for d in decoded)
+
+
+def test_perplexity_is_exp_of_the_token_mean_over_the_split_not_a_mean_of_batches() -> None:
+    spec = DataSpec(input_kind="tokens", vocab=[PAD, UNK, EOS, *"abcdefghij"])
+    head = LanguageModelHead(spec, in_features=3)
+    metrics = head.metrics()
+    torch.manual_seed(1)
+    all_nll = []
+    per_batch_ppl = []
+    for steps, valid in [(4, [4, 4]), (7, [7, 2])]:
+        logits = 3 * torch.randn(2, steps, len(spec.vocab))
+        targets = torch.randint(1, len(spec.vocab), (2, steps))
+        lengths = torch.tensor(valid)
+        head.update_metrics(metrics, logits, lengths, Batch(targets, lengths, targets))
+        mask = torch.arange(steps)[None] < lengths[:, None]
+        nll = F.cross_entropy(logits[mask], targets[mask], reduction="none")
+        all_nll.append(nll)
+        per_batch_ppl.append(nll.mean().exp())
+    values = metrics.compute()
+    token_mean = torch.cat(all_nll).mean()
+    torch.testing.assert_close(values["ce"], token_mean)
+    torch.testing.assert_close(values["perplexity"], token_mean.exp())
+    assert not torch.isclose(values["perplexity"], torch.stack(per_batch_ppl).mean())
+
+
+def test_weight_tying_shares_the_embedding_or_explains_the_size_mismatch() -> None:
+    spec = tiny_module().spec
+    tied = tiny_model(spec, dim=8, hidden=8, tie_weights=True)
+    assert tied.head.decoder.weight is tied.encoder.weight
+    n_untied = sum(p.numel() for p in tiny_model(spec).parameters())
+    assert n_untied - sum(p.numel() for p in tied.parameters()) == len(spec.vocab) * 8
+    with pytest.raises(ConfigError, match=r"model\.proj_size=8.*head\.projection=8"):
+        tiny_model(spec, dim=8, hidden=12, tie_weights=True)
+    projected = tiny_model(spec, dim=8, hidden=12, tie_weights=True, projection=8)
+    assert projected.head.decoder.weight is projected.encoder.weight
+    state = projected.state_dict()
+    reloaded = tiny_model(spec, dim=8, hidden=12, tie_weights=True, projection=8)
+    reloaded.load_state_dict(state)
+    assert reloaded.head.decoder.weight is reloaded.encoder.weight
+
+
+def test_predict_batch_prompts_and_generation() -> None:
+    spec = tiny_module().spec
+    batch = NextWordDataModule.make_predict_batch(spec, ["The said", "", "zzzqx the"])
+    vocab = spec.vocab
+    assert batch.lengths.tolist() == [3, 1, 3]
+    assert [vocab[i] for i in batch.inputs[0]] == [EOS, UNK, "said"]  # case kept: lowercase=false
+    assert [vocab[i] for i in batch.inputs[2]] == [EOS, UNK, "the"]
+    model = tiny_model(spec)
+    (result, *_) = model.predict_step(batch, 0)
+    assert len(result["next_words"]) == 5 and len(set(result["next_words"])) == 5
+
+    greedy = generate(model, spec, "the said", n_words=30)
+    assert greedy == model.head.generate(model, "the said", n_words=30) and len(greedy["words"]) == 30
+    sampled = generate(model, spec, "the said", n_words=30, temperature=1.5, seed=5)
+    assert sampled == generate(model, spec, "the said", n_words=30, temperature=1.5, seed=5)
+    assert sampled["words"] != greedy["words"]
+    assert sampled["words"] != generate(model, spec, "the said", n_words=30, temperature=1.5, seed=6)["words"]
+    assert PAD not in sampled["words"] and EOS not in sampled["text"]
+    with pytest.raises(ConfigError, match="temperature"):
+        generate(model, spec, "the", n_words=2, temperature=-1)
+
+
+# -- the console script and the notebook -------------------------------------------------------
+def lstmkit(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    env.pop("HYDRA_FULL_ERROR", None)
+    return subprocess.run([str(Path(sys.executable).parent / "lstmkit"), *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300, check=False)
+
+
+def test_cli_train_plots_then_predict(tmp_path: Path) -> None:
+    tiny = ["task=next_word", "data.num_tokens=20000", "data.batch_size=8", "encoder.dim=16",
+            "model.hidden_size=16", "trainer.max_epochs=1", "trainer.limit_train_batches=3",
+            "trainer.limit_val_batches=2", "trainer.limit_test_batches=2",
+            "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]
+    run = lstmkit("train", *tiny, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    (ckpt,) = (tmp_path / "logs" / "next_word" / "runs").glob("*/checkpoints/last.ckpt")
+    run_dir = ckpt.parents[1]
+    assert (run_dir / "plots" / "perplexity_by_frequency.png").stat().st_size > 10_000
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["test/perplexity"] == pytest.approx(math.exp(metrics["test/ce"]), rel=1e-4)
+    assert 1 < metrics["test/perplexity"] < 5000
+
+    run = lstmkit("predict", f"ckpt_path={ckpt}", "input=[the company said,she]", cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    rows = [json.loads(line) for line in run.stdout.splitlines() if line.startswith("{")]
+    assert [r["input"] for r in rows] == ["the company said", "she"]
+    assert all(len(r["next_words"]) == 5 and len(r["probabilities"]) == 5 for r in rows)
+
+
+
+def test_notebook_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    nb = nbformat.read(ROOT / "notebooks" / "next_word.ipynb", as_version=4)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setenv("LSTMKIT_NOTEBOOK_DIR", str(tmp_path))
+    # kernel "python3" with argv[0] "python" runs as this interpreter (jupyter_client's rule)
+    nbclient.NotebookClient(nb, timeout=300, kernel_name="python3",
+                            resources={"metadata": {"path": str(tmp_path)}}).execute()
+    assert list(tmp_path.glob("logs/next_word/runs/*/plots/perplexity_by_frequency.png"))

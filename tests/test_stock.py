@@ -1,0 +1,313 @@
+"""Stock forecasting: generator, CSV loaders and their errors, chronological splits, encoder, head, CLI, notebook."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from lstmkit.commands.predict import predict
+from lstmkit.data.stock import StockDataModule, generate_ohlcv, read_ohlcv
+from lstmkit.encoders.features import FeatureEncoder, fit_feature_normaliser
+from lstmkit.errors import DataError
+from lstmkit.heads.regression import RegressionHead
+from lstmkit.module import SequenceModel
+from lstmkit.types import Batch, DataSpec
+
+ROOT = Path(__file__).resolve().parents[1]
+REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "stocks" / "sp500_5yr"
+FEATURES = ["open", "high", "low", "close", "volume"]
+
+
+def write_csv(path: Path, frame: pd.DataFrame) -> Path:
+    frame.to_csv(path, index=False)
+    return path
+
+
+def one_ticker(days: int = 80, seed: int = 1) -> pd.DataFrame:
+    return generate_ohlcv(1, days, seed=seed).drop(columns="Name")
+
+
+def tiny_module(path: Path | None = None, **options) -> StockDataModule:
+    settings = {"window": 8, "horizon": 1, "num_tickers": 2, "num_days": 120, "batch_size": 16, **options}
+    dm = StockDataModule(path=str(path) if path else None, **settings)
+    dm.setup()
+    return dm
+
+
+# -- generator ---------------------------------------------------------------------------------
+def test_generator_is_deterministic_and_realistic() -> None:
+    a, b = generate_ohlcv(3, 150, seed=5), generate_ohlcv(3, 150, seed=5)
+    pd.testing.assert_frame_equal(a, b)
+    assert not generate_ohlcv(3, 150, seed=6)["close"].equals(a["close"])
+    assert sorted(a["Name"].unique()) == ["SYNA", "SYNB", "SYNC"]
+    assert (a["low"] <= a[["open", "close"]].min(axis=1)).all()
+    assert (a["high"] >= a[["open", "close"]].max(axis=1)).all()
+    assert (a["volume"] > 0).all() and (a[["open", "high", "low", "close"]] > 0).all().all()
+    returns = np.log(a[a["Name"] == "SYNA"]["close"]).diff().dropna()
+    assert 0.003 < returns.std() < 0.05  # daily volatility of a stock, not of a toy
+    # the planted overreaction signal: next-day returns revert (negative lag-1 autocorrelation)
+    assert returns.autocorr(1) < -0.1
+
+
+# -- loaders -------------------------------------------------------------------------------------
+def test_yahoo_style_file_with_adj_close_reads_case_insensitively(tmp_path: Path) -> None:
+    frame = one_ticker(40)
+    frame.columns = ["Date", "Open", "High", "Low", "Close", "Volume"]
+    frame.insert(5, "Adj Close", frame["Close"] * 0.98)
+    path = write_csv(tmp_path / "ACME.csv", frame)
+    (series,) = read_ohlcv(path, [*FEATURES, "adj_close"])
+    assert series.ticker == "ACME" and len(series) == 40
+    np.testing.assert_allclose(series.values[:, 5], frame["Adj Close"].to_numpy())
+    assert str(series.dates[0]) == frame["Date"].iloc[0]
+
+
+def test_many_tickers_in_one_file_and_one_file_per_ticker_agree(tmp_path: Path) -> None:
+    frame = generate_ohlcv(3, 60, seed=2)
+    write_csv(tmp_path / "all.csv", frame)
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    for name, part in frame.groupby("Name"):
+        write_csv(folder / f"{name}.csv", part.drop(columns="Name"))
+    together = read_ohlcv(tmp_path / "all.csv", FEATURES)
+    apart = read_ohlcv(folder, FEATURES)
+    assert [s.ticker for s in together] == [s.ticker for s in apart] == ["SYNA", "SYNB", "SYNC"]
+    for x, y in zip(together, apart):
+        np.testing.assert_array_equal(x.values, y.values)
+
+
+def test_unsorted_dates_are_sorted_with_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    frame = one_ticker(30)
+    path = write_csv(tmp_path / "rev.csv", frame.iloc[::-1])
+    with caplog.at_level(logging.WARNING, logger="lstmkit"):
+        (series,) = read_ohlcv(path, FEATURES)
+    assert "not in date order" in caplog.text
+    assert (np.diff(series.dates).astype(int) > 0).all()
+    np.testing.assert_allclose(series.values[:, 3], frame["close"].to_numpy())
+
+
+@pytest.mark.parametrize(
+    ("column", "row", "value", "message"),
+    [
+        ("close", 5, "abc", "expected a finite number, found 'abc'"),
+        ("volume", 7, "nan", "expected a finite number, found 'nan'"),
+        ("open", 4, "inf", "expected a finite number, found 'inf'"),
+        ("high", 9, "", "expected a finite number, found an empty value"),
+        ("low", 3, "-1.5", "expected a positive price, found '-1.5'"),
+        ("date", 6, "yesterday", "expected a date (YYYY-MM-DD), found 'yesterday'"),
+    ],
+)
+def test_bad_values_name_file_row_and_column(tmp_path: Path, column: str, row: int, value: str, message: str) -> None:
+    frame = one_ticker(20).astype(str)
+    frame.loc[row - 2, column] = value  # row = line number, the header is line 1
+    path = write_csv(tmp_path / "bad.csv", frame)
+    with pytest.raises(DataError) as err:
+        read_ohlcv(path, FEATURES)
+    assert str(err.value) == f"{path}, row {row}, field {column!r}: {message}"
+
+
+def test_duplicate_dates_and_missing_columns_are_errors(tmp_path: Path) -> None:
+    frame = one_ticker(20)
+    frame.loc[6, "date"] = frame.loc[5, "date"]
+    path = write_csv(tmp_path / "dup.csv", frame)
+    with pytest.raises(DataError, match=r"dup\.csv, row 8, field 'date': duplicate date .* \(also on row 7\)"):
+        read_ohlcv(path, FEATURES)
+    path = write_csv(tmp_path / "novol.csv", one_ticker(20).drop(columns="volume"))
+    with pytest.raises(DataError, match=r"novol\.csv, field 'volume': missing column\(s\) \['volume'\]"):
+        read_ohlcv(path, FEATURES)
+    with pytest.raises(DataError, match="empty file"):
+        read_ohlcv(write_csv(tmp_path / "empty.csv", pd.DataFrame()), FEATURES)
+    with pytest.raises(DataError, match="file or folder not found"):
+        read_ohlcv(tmp_path / "nope.csv", FEATURES)
+
+
+def test_too_short_series_names_ticker_rows_and_window(tmp_path: Path) -> None:
+    frame = generate_ohlcv(2, 200, seed=3)
+    frame = frame[(frame["Name"] == "SYNA") | (frame.index % 200 < 25)]  # SYNB keeps 25 days
+    path = write_csv(tmp_path / "short.csv", frame)
+    with pytest.raises(DataError, match=r"short\.csv: ticker 'SYNB' is too short: 25 rows .*window of 30 days"):
+        tiny_module(path, window=30)
+
+
+# -- splits and normaliser -------------------------------------------------------------------------
+def test_splits_are_chronological_and_the_normaliser_sees_train_days_only(tmp_path: Path) -> None:
+    frame = generate_ohlcv(2, 120, seed=4)
+    dm = tiny_module(write_csv(tmp_path / "a.csv", frame))
+    assert set(dm.splits) == {"train", "val", "test"}
+    n_train, val_end = 84, 102  # 70 % / 15 % of 120 days per ticker
+    for split, (low, high) in {"train": (0, n_train), "val": (n_train, val_end), "test": (val_end, 120)}.items():
+        ds = dm.splits[split]
+        targets_at = ds.anchors[:, 1] + 1
+        assert targets_at.min() >= low and targets_at.max() < high, split
+        assert (ds.anchors[:, 1] - dm.window + 1 >= 0).all()
+        if split == "train":
+            assert (ds.anchors[:, 1] < n_train).all()  # train inputs never read later days
+    assert int(dm.splits["val"].anchors[:, 1].min()) == n_train - 1  # val may read train history
+    # the 8-day window of the first val example ends on the last train day, its target is the first val day
+    x, y = dm.splits["val"][0]
+    np.testing.assert_allclose(x[-1].numpy(), dm.series[0].values[n_train - 1], rtol=1e-6)
+    assert float(y[0]) == pytest.approx(dm.series[0].values[n_train, 3], rel=1e-6)
+
+    # wild values in val/test days must not move the fitted statistics
+    changed = frame.copy()
+    later = changed.groupby("Name").cumcount() >= n_train
+    changed.loc[later, ["open", "high", "low", "close"]] *= 50.0
+    for kind in ("log_returns", "zscore", "minmax"):
+        a = tiny_module(write_csv(tmp_path / "a.csv", frame), normalise=kind).spec.normaliser
+        b = tiny_module(write_csv(tmp_path / "b.csv", changed), normalise=kind).spec.normaliser
+        assert a == b, kind
+
+
+def test_date_boundaries_split_by_date(tmp_path: Path) -> None:
+    frame = generate_ohlcv(1, 100, seed=1, start="2020-01-01")
+    dm = tiny_module(write_csv(tmp_path / "d.csv", frame), val_start="2020-03-02", test_start="2020-04-01")
+    dates = dm.series[0].dates
+    for split, (low, high) in {"train": ("2020-01-01", "2020-03-02"), "val": ("2020-03-02", "2020-04-01"),
+                               "test": ("2020-04-01", "2100-01-01")}.items():
+        first_target = dates[dm.splits[split].anchors[:, 1] + 1]
+        assert (first_target >= np.datetime64(low)).all() and (first_target < np.datetime64(high)).all()
+
+
+def test_fixed_spec_reuses_the_stored_settings() -> None:
+    trained = tiny_module(window=10, horizon=2)
+    again = StockDataModule(num_tickers=2, num_days=120, window=99, spec=trained.spec.to_dict())
+    again.setup()
+    assert again.window == 10 and again.horizon == 2
+    assert again.spec.normaliser == trained.spec.normaliser
+    assert len(again.splits["test"]) == len(trained.splits["test"])
+
+
+@pytest.mark.skipif(not REAL.exists(), reason=f"real data not found at {REAL} (clone beside shared/)")
+def test_real_sp500_files_load_and_split_by_date() -> None:
+    series = read_ohlcv(REAL, FEATURES)
+    assert len(series) == 20 and {len(s) for s in series} == {1259}
+    assert "AAPL" in {s.ticker for s in series}
+    dm = tiny_module(REAL, window=30, val_start="2017-01-01", test_start="2017-09-01", tickers=["AAPL", "KO"])
+    assert dm.spec.extra["tickers"] == ["AAPL", "KO"]
+    test_days = sum(int((s.dates >= np.datetime64("2017-09-01")).sum()) for s in dm.series)
+    assert len(dm.splits["test"]) == test_days == 2 * 109  # trading days 2017-09-01 .. 2018-02-07
+    normaliser = dm.spec.normaliser
+    assert normaliser["kind"] == "log_returns" and 0.005 < normaliser["target"]["scale"][0] < 0.03
+
+
+# -- encoder and head ---------------------------------------------------------------------------------
+def test_feature_encoder_shapes_for_every_normaliser() -> None:
+    x = torch.rand(3, 12, 5) + 1.0
+    lengths = torch.full((3,), 12)
+    for kind, steps in (("log_returns", 11), ("zscore", 12), ("minmax", 12)):
+        stats = fit_feature_normaliser(kind, [x[0], x[1]], base=[3, 3, 3, 3, 4], offset=[0, 0, 0, 0, 1])
+        spec = DataSpec(input_kind="features", num_features=5, normaliser=stats)
+        out, out_lengths = FeatureEncoder(spec)(x, lengths)
+        assert out.shape == (3, steps, 5) and out_lengths.tolist() == [steps] * 3
+        projected, _ = FeatureEncoder(spec, project=7, dropout=0.1)(x, lengths)
+        assert projected.shape == (3, steps, 7)
+    # a plain {"mean", "std"} normaliser (other float-feature tasks) is a z-score
+    spec = DataSpec(input_kind="features", num_features=5, normaliser={"mean": [1.0] * 5, "std": [2.0] * 5})
+    out, _ = FeatureEncoder(spec)(torch.full((1, 4, 5), 3.0), torch.tensor([4]))
+    torch.testing.assert_close(out, torch.ones(1, 4, 5))
+    out, _ = FeatureEncoder(DataSpec(input_kind="features", num_features=5))(x, lengths)
+    torch.testing.assert_close(out, x)
+
+
+@pytest.mark.parametrize("kind", ["log_returns", "zscore", "minmax"])
+def test_head_round_trip_loss_and_persistence_metrics(kind: str) -> None:
+    dm = tiny_module(normalise=kind, horizon=3)
+    head = RegressionHead(dm.spec, in_features=4, loss="huber")
+    batch = next(iter(dm.val_dataloader()))
+    last = head.last_values(batch.inputs, batch.lengths)
+    normalised = head.normalise(batch.targets, last)
+    torch.testing.assert_close(head.denormalise(normalised, last).float(), batch.targets, rtol=1e-5, atol=1e-4)
+    assert torch.isfinite(head.loss(normalised, batch.lengths, batch)) and head.loss(normalised, None, batch) < 1e-8
+
+    def scores(levels: torch.Tensor) -> dict[str, float]:
+        metrics = head.metrics()
+        head.update_metrics(metrics, head.normalise(levels, last), batch.lengths, batch)
+        return {k: float(v) for k, v in metrics.compute().items()}
+
+    naive = scores(last[:, None].expand_as(batch.targets).float())
+    assert naive["mase"] == pytest.approx(1.0) and naive["mae"] == pytest.approx(naive["naive_mae"], rel=1e-5)
+    perfect = scores(batch.targets)
+    assert perfect["mase"] < 1e-4 and perfect["naive_mae"] == pytest.approx(naive["naive_mae"])
+    expected_mape = float(((last[:, None] - batch.targets).abs() / batch.targets).mean())
+    assert naive["naive_mape"] == pytest.approx(expected_mape, rel=1e-4)
+
+
+def test_model_decodes_prices_from_raw_windows() -> None:
+    dm = tiny_module(horizon=2)
+    model = SequenceModel(spec=dm.spec.to_dict(), encoder={"_target_": "lstmkit.encoders.features.FeatureEncoder"},
+                          core={"hidden_size": 8}, head={"_target_": "lstmkit.heads.regression.RegressionHead"}).eval()
+    batch = next(iter(dm.test_dataloader()))
+    rows = model.predict_step(batch, 0)
+    assert len(rows) == len(batch)
+    assert rows[0]["last_close"] == pytest.approx(float(batch.inputs[0, -1, 3]), rel=1e-5)
+    assert list(rows[0]["forecast"]) == ["close_t+1", "close_t+2"]
+    # an untrained model stays near the last close: forecasts are prices, not normalised values
+    assert all(abs(r["forecast"]["close_t+1"] / r["last_close"] - 1) < 0.2 for r in rows)
+    outputs, lengths = model(batch.inputs, batch.lengths)
+    explicit = model.head.decode(outputs, lengths, Batch(batch.inputs, batch.lengths))
+    assert explicit == rows
+
+
+def test_predict_batch_takes_the_last_window_of_every_ticker(tmp_path: Path) -> None:
+    dm = tiny_module()
+    path = write_csv(tmp_path / "two.csv", generate_ohlcv(2, 30, seed=8))
+    inputs: list = [str(path)]
+    batch = StockDataModule.make_predict_batch(dm.spec, inputs)
+    assert batch.inputs.shape == (2, 8, 5)
+    assert [i["ticker"] for i in inputs] == ["SYNA", "SYNB"] and inputs[0]["last_date"] == "2016-02-12"
+    with pytest.raises(DataError, match=r"ticker 'short' has 5 rows; the model reads windows of 8 days"):
+        StockDataModule.make_predict_batch(dm.spec, [str(write_csv(tmp_path / "short.csv", one_ticker(5)))])
+
+
+# -- end to end ------------------------------------------------------------------------------------------
+def lstmkit(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    env.pop("HYDRA_FULL_ERROR", None)
+    return subprocess.run([str(Path(sys.executable).parent / "lstmkit"), *args], cwd=cwd, env=env, check=False,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_cli_train_plots_then_predict(tmp_path: Path) -> None:
+    tiny = ["task=stock", "data.num_days=160", "data.window=10", "data.horizon=2", "model.hidden_size=8",
+            "trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
+            "trainer.limit_test_batches=1", "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]
+    run = lstmkit("train", *tiny, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    (ckpt,) = (tmp_path / "logs" / "stock" / "runs").glob("*/checkpoints/last.ckpt")
+    run_dir = ckpt.parents[1]
+    assert (run_dir / "plots" / "forecast.png").stat().st_size > 10_000
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert {"test/mae", "test/naive_mae", "test/mase", "test/rmse", "test/mape"} <= set(metrics)
+    assert metrics["test/mase"] == pytest.approx(metrics["test/mae"] / metrics["test/naive_mae"], rel=1e-4)
+
+    write_csv(tmp_path / "AAPL.csv", one_ticker(40).rename(columns=str.capitalize))
+    run = lstmkit("predict", f"ckpt_path={ckpt}", "input=AAPL.csv", cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    (row,) = [json.loads(line) for line in run.stdout.splitlines() if line.startswith("{")]
+    assert row["input"] == {"file": "AAPL.csv", "ticker": "AAPL", "last_date": "2016-02-26"}
+    assert row["last_close"] == pytest.approx(one_ticker(40)["close"].iloc[-1])
+    assert set(row["forecast"]) == {"close_t+1", "close_t+2"} and all(v > 0 for v in row["forecast"].values())
+    config = OmegaConf.create({"ckpt_path": str(ckpt), "input": str(tmp_path / "missing.csv"), "batch_size": 8})
+    with pytest.raises(DataError, match="missing.csv: file or folder not found"):
+        predict(config)  # the same command in-process (a second subprocess costs ~20 s on a busy machine)
+
+
+def test_notebook_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    nb = nbformat.read(ROOT / "notebooks" / "stock.ipynb", as_version=4)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setenv("LSTMKIT_NOTEBOOK_DIR", str(tmp_path))
+    # kernel "python3" with argv[0] "python" runs as this interpreter (jupyter_client's rule)
+    nbclient.NotebookClient(nb, timeout=300, kernel_name="python3",
+                            resources={"metadata": {"path": str(tmp_path)}}).execute()
+    assert list(tmp_path.glob("logs/stock/runs/*/plots/forecast.png"))
