@@ -76,7 +76,7 @@ class DataSpec:
     @property
     def vocab_size(self) -> int:
         if not self.vocab:
-            raise ValueError("this DataSpec has no vocabulary (input_kind=%r)" % self.input_kind)
+            raise ValueError(f"this DataSpec has no vocabulary (input_kind={self.input_kind!r})")
         return len(self.vocab)
 
     @property
