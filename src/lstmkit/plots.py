@@ -5,9 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import sys
+
 import matplotlib
 
-matplotlib.use("Agg")  # headless: runs on servers and in CI
+if "ipykernel" not in sys.modules:
+    matplotlib.use("Agg")  # headless: runs on servers and in CI; notebooks keep inline plots
 import matplotlib.pyplot as plt
 
 

@@ -32,7 +32,7 @@ def predict(cfg: DictConfig) -> list[dict[str, Any]]:
     model = load_model(cfg.ckpt_path, map_location=cfg.get("device", "cpu"))
     spec = model.spec
     datamodule_cls = build({"_target_": check_target(spec.datamodule), "_partial_": True}).func
-    inputs = collect_inputs(cfg)
+    inputs = datamodule_cls.predict_items(spec, collect_inputs(cfg))
     results: list[dict[str, Any]] = []
     if cfg.get("generate"):
         generate = getattr(model.head, "generate", None)

@@ -162,6 +162,11 @@ class SequenceDataModule(L.LightningDataModule):
         """Turn raw user inputs (texts, file paths...) into a batch, using the stored spec."""
         raise NotImplementedError(f"{cls.__name__} does not support predict")
 
+    @classmethod
+    def predict_items(cls, spec: DataSpec, inputs: list[Any]) -> list[Any]:
+        """Raw user inputs -> one item per prediction (e.g. a file of many ECG beats -> one per beat)."""
+        return list(inputs)
+
     # -- shared machinery ---------------------------------------------------------------------
     @property
     def spec(self) -> DataSpec:

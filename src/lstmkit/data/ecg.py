@@ -1,0 +1,477 @@
+"""ECG beats for anomaly detection: generated beats by default, UCR-format files with ``path``.
+
+One example is one heartbeat: ``T`` samples (140 in ECG5000) and a class number (1 = normal,
+2-5 = anomalous types in the UCR convention). The model only sees normal vs anomaly (the
+positive class is *anomaly*); the finer class is kept for the stratified split, so that the rare
+anomaly types appear in every split in proportion.
+
+The embedded beats are generated (seeded, deterministic) from the standard synthetic-ECG recipe
+(McSharry et al. 2003, "A dynamical model for generating synthetic electrocardiogram signals"):
+P wave, QRS complex and T wave as Gaussian bumps with per-beat variation in timing, width and
+amplitude, plus baseline wander and noise. Anomalies change the *shape* of the beat, as real ones
+do: premature ventricular contractions (no P wave, wide tall QRS, discordant T), supraventricular
+ectopic beats (premature, with an early, inverted or missing P wave), inverted / flattened T waves
+and ST elevation. Each anomaly has a severity, and mild ones resemble normal beats, so the task is
+learnable but not trivially separable.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from typing_extensions import Self
+
+from lstmkit.data.base import PadCollate, SequenceDataModule, SequenceDataset
+from lstmkit.data.text import read_text
+from lstmkit.errors import ConfigError, DataError
+from lstmkit.types import Batch, DataSpec
+
+NORMAL, ANOMALY = "normal", "anomaly"
+#: Names of the generated classes (the real ECG5000 classes are documented in docs/ecg.md).
+GENERATED_CLASSES = {1: "normal", 2: "pvc", 3: "supraventricular", 4: "inverted_t", 5: "st_elevation"}
+LABEL_COLUMNS = ("first", "last", "none")
+FORMATS = ("auto", "whitespace", "csv")
+_DATA_SUFFIXES = {".txt", ".tsv", ".csv", ".dat", ""}
+
+
+# -- generated beats ------------------------------------------------------------------------------
+def _bump(t: np.ndarray, centre: float, width: float, amplitude: float) -> np.ndarray:
+    return amplitude * np.exp(-0.5 * ((t - centre) / width) ** 2)
+
+
+def _beat(rng: np.random.Generator, t: np.ndarray, kind: int) -> np.ndarray:
+    """One beat of class ``kind`` (see :data:`GENERATED_CLASSES`) sampled at times ``t`` in [0, 1)."""
+    stretch = rng.uniform(0.93, 1.07)  # heart-rate variation stretches the beat around the R peak
+    shift = rng.normal(0.0, 0.008)
+    r_time = 0.38 + shift
+
+    def at(centre: float) -> float:
+        return r_time + (centre - 0.38) * stretch
+
+    def jitter(scale: float) -> float:
+        return 1.0 + rng.normal(0.0, scale)
+
+    p = {"centre": at(0.20), "width": 0.022 * jitter(0.1), "amp": 0.15 * jitter(0.12)}
+    q = {"centre": at(0.355), "width": 0.009 * jitter(0.1), "amp": -0.12 * jitter(0.15)}
+    r = {"centre": r_time, "width": 0.011 * jitter(0.08), "amp": 1.0 * jitter(0.08)}
+    s = {"centre": at(0.405), "width": 0.010 * jitter(0.1), "amp": -0.28 * jitter(0.15)}
+    tw = {"centre": at(0.66), "width": 0.055 * jitter(0.1), "amp": 0.32 * jitter(0.12)}
+    st_level = 0.0
+
+    severity = rng.uniform(0.25, 1.0)  # mild anomalies overlap with normal variation
+    if kind == 2:  # PVC: no P wave, wide and tall QRS, discordant (inverted) T wave, often early
+        p["amp"] = 0.0
+        widen = 1.0 + 2.2 * severity
+        for wave in (q, r, s):
+            wave["width"] *= widen
+        r["amp"] *= 1.0 + 0.5 * severity
+        s["amp"] *= 1.0 + 1.0 * severity
+        tw["amp"] = -abs(tw["amp"]) * (0.3 + 0.9 * severity)
+        early = 0.04 * severity
+        for wave in (q, r, s, tw):
+            wave["centre"] -= early
+    elif kind == 3:  # supraventricular ectopic: premature, P wave early / inverted / missing
+        early = 0.03 + 0.06 * severity
+        for wave in (q, r, s, tw):
+            wave["centre"] -= early
+        p["centre"] = q["centre"] - rng.uniform(0.06, 0.12)
+        p["amp"] *= rng.choice([-1.0, 0.0, 0.5]) * severity + (1.0 - severity) * 0.6
+    elif kind == 4:  # inverted (or, when mild, flattened) T wave
+        tw["amp"] *= 1.0 - 2.0 * severity
+    elif kind == 5:  # ST elevation: a raised plateau from the S wave into the T wave
+        st_level = 0.06 + 0.24 * severity
+
+    beat = sum(_bump(t, w["centre"], w["width"], w["amp"]) for w in (p, q, r, s, tw))
+    if st_level:
+        rise = 1.0 / (1.0 + np.exp(-(t - (s["centre"] + 0.02)) / 0.006))
+        fall = 1.0 / (1.0 + np.exp((t - tw["centre"]) / 0.03))
+        beat = beat + st_level * rise * fall
+    wander = rng.uniform(0.0, 0.06) * np.sin(2 * math.pi * rng.uniform(0.2, 0.8) * t + rng.uniform(0, 2 * math.pi))
+    drift = rng.normal(0.0, 0.03) * t
+    noise = rng.normal(0.0, rng.uniform(0.01, 0.03), size=t.shape)
+    gain = rng.uniform(0.7, 1.4)  # electrode gain: removed by per-beat normalisation
+    offset = rng.normal(0.0, 0.2)
+    return gain * (beat + wander + drift + noise) + offset
+
+
+def generate_beats(
+    num_beats: int = 3000, anomaly_fraction: float = 0.3, samples_per_beat: int = 140, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """``num_beats`` ECG-like beats ``(N, T)`` float32 and their classes ``(N,)`` (1 = normal).
+
+    Exactly ``round(num_beats * anomaly_fraction)`` beats are anomalous, spread evenly over the
+    four anomaly types (classes 2-5 of :data:`GENERATED_CLASSES`), in a seeded random order.
+    """
+    if not 0.0 <= anomaly_fraction < 1.0:
+        raise ConfigError(f"data.anomaly_fraction must be in [0, 1), got {anomaly_fraction}")
+    rng = np.random.default_rng(seed)
+    num_anomalies = round(num_beats * anomaly_fraction)
+    kinds = np.array([1] * (num_beats - num_anomalies) + [2 + i % 4 for i in range(num_anomalies)])
+    kinds = kinds[rng.permutation(num_beats)]
+    t = np.arange(samples_per_beat) / samples_per_beat
+    beats = np.stack([_beat(rng, t, int(k)) for k in kinds]) if num_beats else np.zeros((0, samples_per_beat))
+    return beats.astype(np.float32), kinds.astype(np.int64)
+
+
+def write_beats(path: str | Path, beats: np.ndarray, labels: np.ndarray | None = None) -> Path:
+    """Write beats in the UCR text format (label first, whitespace-separated, ``%e`` numbers)."""
+    path = Path(path)
+    rows = beats if labels is None else np.column_stack([np.asarray(labels, dtype=np.float64), beats])
+    np.savetxt(path, rows, fmt="%.7e")
+    return path
+
+
+# -- reading files ----------------------------------------------------------------------------------
+@dataclass
+class BeatTable:
+    """Beats read from one file: ``samples (N, T)``, ``labels (N,)`` (-1 = no label), file ``rows (N,)``."""
+
+    path: str
+    samples: np.ndarray
+    labels: np.ndarray
+    rows: np.ndarray
+
+    def take(self, index: np.ndarray) -> BeatTable:
+        return BeatTable(self.path, self.samples[index], self.labels[index], self.rows[index])
+
+
+def _is_number(cell: str) -> bool:
+    try:
+        float(cell)
+    except ValueError:
+        return False
+    return True
+
+
+def _parse_row(cells: list[str], path: Path, row: int) -> np.ndarray:
+    try:
+        values = np.array(cells, dtype=np.float64)
+    except ValueError:
+        column = next(j for j, c in enumerate(cells) if not _is_number(c))
+        raise DataError(f"expected a number, found {cells[column]!r}", path=path, row=row,
+                        field=f"column {column}") from None
+    bad = np.flatnonzero(~np.isfinite(values))
+    if bad.size:
+        column = int(bad[0])
+        raise DataError(f"found {cells[column]!r}; every value must be a finite number",
+                        path=path, row=row, field=f"column {column}")
+    return values
+
+
+def _label(value: float, known: set[int] | None, path: Path, row: int, column: int) -> int:
+    if not float(value).is_integer():
+        raise DataError(f"class label {value:g} is not a whole number", path=path, row=row,
+                        field=f"column {column}")
+    label = int(value)
+    if known is not None and label not in known:
+        raise DataError(
+            f"class label {label} is not a known class; expected one of {sorted(known)} "
+            "(set data.normal_labels / data.anomaly_labels for other class numbers)",
+            path=path, row=row, field=f"column {column}",
+        )
+    return label
+
+
+def read_beats(
+    path: str | Path,
+    label_column: str = "first",
+    fmt: str = "auto",
+    known_labels: set[int] | None = None,
+    samples_per_beat: int | None = None,
+    labels_required: bool = True,
+) -> BeatTable:
+    """Read one beat per row from a UCR text file (whitespace-separated) or a CSV file.
+
+    Args:
+        label_column: where the class number is: ``first`` (UCR), ``last`` or ``none``.
+        fmt: ``auto`` (CSV for ``.csv`` files or lines with commas), ``whitespace`` or ``csv``.
+        known_labels: class numbers accepted in the label column (``None`` = any whole number).
+        samples_per_beat: expected samples per beat; ``None`` takes the first row's count.
+        labels_required: ``False`` (predict) also accepts rows without the label column, i.e.
+            rows of exactly ``samples_per_beat`` values.
+
+    A first line made only of non-numbers is a header and is skipped. Every other problem
+    (ragged rows, non-numbers, NaN/inf, unknown labels) raises :class:`DataError` with the row.
+    """
+    path = Path(path)
+    if label_column not in LABEL_COLUMNS:
+        raise ConfigError(f"data.label_column={label_column!r}: expected one of {LABEL_COLUMNS}")
+    if fmt not in FORMATS:
+        raise ConfigError(f"data.format={fmt!r}: expected one of {FORMATS}")
+    if labels_required and label_column == "none":
+        raise ConfigError("data.label_column=none: training and evaluation need each beat's class label")
+    lines = read_text(path).splitlines()
+    first_line = next((line for line in lines if line.strip()), "")
+    comma = fmt == "csv" or (fmt == "auto" and (path.suffix.lower() == ".csv" or "," in first_line))
+    has_label = label_column != "none"
+    samples: list[np.ndarray] = []
+    labels: list[int] = []
+    rows: list[int] = []
+    expected, expected_from = None, ""
+    if samples_per_beat is not None:
+        expected = samples_per_beat + int(has_label)
+        expected_from = f"the model's {samples_per_beat} samples per beat"
+    first = True
+    for row, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        cells = [c.strip() for c in line.split(",")] if comma else line.split()
+        if first and not any(_is_number(c) for c in cells):
+            first = False
+            continue  # header line
+        first = False
+        values = _parse_row(cells, path, row)
+        labelled = has_label
+        if not labels_required and len(values) == samples_per_beat:
+            labelled = False  # predict: the label column is optional
+        elif expected is None:
+            expected, expected_from = len(values), f"row {row}"
+        elif len(values) != expected:
+            label_note = f" ({label_column} one is the label)" if has_label else ""
+            raise DataError(
+                f"row has {len(values)} values, expected {expected}{label_note} as in {expected_from}; "
+                "every beat must have the same number of samples",
+                path=path, row=row,
+            )
+        if labelled:
+            column = 0 if label_column == "first" else len(values) - 1
+            labels.append(_label(values[column], known_labels, path, row, column))
+            values = values[1:] if label_column == "first" else values[:-1]
+        else:
+            labels.append(-1)
+        samples.append(values)
+        rows.append(row)
+    if not samples:
+        raise DataError("file has no beats (only a header or blank lines)", path=path)
+    if samples[0].size == 0:
+        raise DataError("rows hold a label but no samples", path=path, row=rows[0])
+    return BeatTable(
+        str(path), np.stack(samples).astype(np.float32), np.array(labels, dtype=np.int64), np.array(rows)
+    )
+
+
+def stratified_split(labels: np.ndarray, fractions: dict[str, float], seed: int) -> dict[str, np.ndarray]:
+    """Indices per split, each class divided in the given proportions (the rest goes to ``train``).
+
+    Each split is shuffled, so evaluation batches mix the classes.
+    """
+    rng = np.random.default_rng(seed)
+    parts: dict[str, list[np.ndarray]] = {name: [] for name in ["train", *fractions]}
+    for label in np.unique(labels):
+        index = rng.permutation(np.flatnonzero(labels == label))
+        start = 0
+        for name, fraction in fractions.items():
+            count = round(len(index) * fraction)
+            parts[name].append(index[start : start + count])
+            start += count
+        parts["train"].append(index[start:])
+    return {name: rng.permutation(np.concatenate(chunks)) if chunks else np.zeros(0, np.int64)
+            for name, chunks in parts.items()}
+
+
+def _is_file(raw: str) -> bool:
+    try:
+        return Path(raw).expanduser().is_file()
+    except (OSError, ValueError):  # a line of numbers can be longer than any file name
+        return False
+
+
+class BeatInput(str):
+    """A beat to predict, named ``file:row``; carries its samples (JSON-serialises as its name)."""
+
+    samples: np.ndarray
+
+    def __new__(cls, name: str, samples: np.ndarray) -> Self:
+        item = super().__new__(cls, name)
+        item.samples = samples
+        return item
+
+
+# -- the datamodule -----------------------------------------------------------------------------------
+class EcgDataModule(SequenceDataModule):
+    """Heartbeats -> ``(T, 1)`` float sequences with a normal (0) / anomaly (1) target.
+
+    Args:
+        path: ``None`` for the generated beats; a file (split ``train/val/test`` by a seeded
+            stratified split); or a folder with ``*_TRAIN`` (and optionally ``*_TEST``) files,
+            whose split is kept (val is carved out of train).
+        format: ``auto``, ``whitespace`` (UCR text) or ``csv``.
+        label_column: ``first`` (UCR), ``last`` or ``none`` (predict only).
+        normal_labels / anomaly_labels: class numbers of each kind; other numbers are errors.
+        train_on: ``all``, or ``normal`` to drop anomalies from the *train* split only
+            (unsupervised detectors learn what normal looks like; val/test keep both kinds).
+        num_beats / anomaly_fraction / samples_per_beat: size of the generated data.
+        val_fraction / test_fraction: split fractions (of a single file; of the train file
+            for the validation split when a test file is given).
+        seed: seed for generation and splitting.
+    """
+
+    def __init__(
+        self,
+        path: str | None = None,
+        format: str = "auto",
+        label_column: str = "first",
+        normal_labels: list[int] | tuple[int, ...] = (1,),
+        anomaly_labels: list[int] | tuple[int, ...] = (2, 3, 4, 5),
+        train_on: str = "all",
+        num_beats: int = 3000,
+        anomaly_fraction: float = 0.3,
+        samples_per_beat: int = 140,
+        val_fraction: float = 0.2,
+        test_fraction: float = 0.2,
+        seed: int = 0,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if train_on not in ("all", "normal"):
+            raise ConfigError(f"data.train_on={train_on!r}: expected all or normal")
+        if label_column not in LABEL_COLUMNS:
+            raise ConfigError(f"data.label_column={label_column!r}: expected one of {LABEL_COLUMNS}")
+        if set(normal_labels) & set(anomaly_labels):
+            raise ConfigError(f"data.normal_labels {list(normal_labels)} and data.anomaly_labels "
+                              f"{list(anomaly_labels)} overlap")
+        if not (0 < val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
+            raise ConfigError(f"data.val_fraction={val_fraction} / data.test_fraction={test_fraction}: "
+                              "need 0 < val, 0 <= test and val + test < 1")
+        self.path = path
+        self.format = format
+        self.label_column = label_column
+        self.normal_labels = [int(v) for v in normal_labels]
+        self.anomaly_labels = [int(v) for v in anomaly_labels]
+        self.train_on = train_on
+        self.num_beats, self.anomaly_fraction = num_beats, anomaly_fraction
+        self.samples_per_beat = samples_per_beat
+        self.val_fraction, self.test_fraction = val_fraction, test_fraction
+        self.seed = seed
+        self.collate = PadCollate(pad_value=0.0)
+
+    # -- reading ------------------------------------------------------------------------------
+    def _read(self, path: Path, samples_per_beat: int | None) -> BeatTable:
+        known = set(self.normal_labels) | set(self.anomaly_labels)
+        return read_beats(path, self.label_column, self.format, known, samples_per_beat)
+
+    def _read_splits(self, samples_per_beat: int | None) -> dict[str, BeatTable]:
+        three_way = {"val": self.val_fraction, "test": self.test_fraction}
+        if self.path is None:
+            beats, kinds = generate_beats(self.num_beats, self.anomaly_fraction,
+                                          samples_per_beat or self.samples_per_beat, self.seed)
+            table = BeatTable("<generated>", beats, kinds, np.arange(1, len(kinds) + 1))
+            return self._split(table, three_way)
+        path = Path(self.path).expanduser()
+        if not path.exists():
+            raise DataError("data.path does not exist", path=path)
+        if path.is_file():
+            return self._split(self._read(path, samples_per_beat), three_way)
+        files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in _DATA_SUFFIXES
+                       and not p.name.upper().startswith(("SOURCE", "README", "LICENSE", ".")))
+        train = [p for p in files if p.stem.upper().endswith("TRAIN")]
+        test = [p for p in files if p.stem.upper().endswith("TEST")]
+        if len(train) != 1 or len(test) > 1:
+            if len(files) == 1:
+                return self._split(self._read(files[0], samples_per_beat), three_way)
+            raise DataError(
+                "expected one *_TRAIN file (and optionally one *_TEST file) in the folder, "
+                f"found {[p.name for p in files]}", path=path,
+            )
+        train_table = self._read(train[0], samples_per_beat)
+        if not test:
+            return self._split(train_table, three_way)
+        splits = self._split(train_table, {"val": self.val_fraction})
+        splits["test"] = self._read(test[0], train_table.samples.shape[1])
+        return splits
+
+    def _split(self, table: BeatTable, fractions: dict[str, float]) -> dict[str, BeatTable]:
+        index = stratified_split(table.labels, fractions, self.seed)
+        return {name: table.take(rows) for name, rows in index.items()}
+
+    # -- building -----------------------------------------------------------------------------
+    def build(self) -> DataSpec:
+        fixed = self.fixed_spec
+        stored_length = int(fixed.extra["samples_per_beat"]) if fixed is not None else None
+        splits = self._read_splits(stored_length)
+        anomaly = np.array(self.anomaly_labels)
+        train = splits["train"]
+        if self.train_on == "normal":
+            splits["train"] = train = train.take(np.flatnonzero(~np.isin(train.labels, anomaly)))
+        if len(train.labels) == 0:
+            raise DataError("the training split has no beats" +
+                            (" (train_on=normal and no normal beats)" if self.train_on == "normal" else ""),
+                            path=self.path)
+        if fixed is not None:
+            spec = fixed
+        else:
+            num_anomalies = int(np.isin(train.labels, anomaly).sum())
+            spec = DataSpec(
+                input_kind="features",
+                num_features=1,
+                classes=[NORMAL, ANOMALY],
+                extra={
+                    "samples_per_beat": int(train.samples.shape[1]),
+                    "label_column": self.label_column,
+                    "format": self.format,
+                    "normal_labels": self.normal_labels,
+                    "anomaly_labels": self.anomaly_labels,
+                    "train_counts": {NORMAL: len(train.labels) - num_anomalies, ANOMALY: num_anomalies},
+                },
+            )
+        for name, table in splits.items():
+            beats = torch.from_numpy(table.samples).unsqueeze(-1)  # (N, T, 1)
+            targets = torch.from_numpy(np.isin(table.labels, anomaly).astype(np.int64))  # 1 = anomaly
+            self.splits[name] = SequenceDataset(list(beats), list(targets))
+        return spec
+
+    # -- predict ------------------------------------------------------------------------------
+    @classmethod
+    def predict_items(cls, spec: DataSpec, inputs: list[Any]) -> list[Any]:
+        """Expand file paths into one :class:`BeatInput` per row (``beats.txt:7``); keep the rest."""
+        items: list[Any] = []
+        for raw in inputs:
+            if isinstance(raw, str) and not isinstance(raw, BeatInput) and _is_file(raw):
+                table = cls._read_predict_file(spec, Path(raw).expanduser())
+                items.extend(BeatInput(f"{raw}:{row}", beat) for row, beat in zip(table.rows, table.samples))
+            else:
+                items.append(raw)
+        return items
+
+    @staticmethod
+    def _read_predict_file(spec: DataSpec, path: Path) -> BeatTable:
+        extra = spec.extra
+        return read_beats(path, extra.get("label_column", "first"), extra.get("format", "auto"),
+                          None, int(extra["samples_per_beat"]), labels_required=False)
+
+    @classmethod
+    def make_predict_batch(cls, spec: DataSpec, inputs: list[Any]) -> Batch:
+        """Beats from file paths (every row), lines of numbers, lists / arrays of numbers or :class:`BeatInput`.
+
+        A beat may carry its label in the stored label column (it is ignored); otherwise it must
+        have exactly the model's samples per beat.
+        """
+        length = int(spec.extra["samples_per_beat"])
+        label_column = spec.extra.get("label_column", "first")
+        beats: list[np.ndarray] = []
+        for number, raw in enumerate(cls.predict_items(spec, list(inputs)), start=1):
+            if isinstance(raw, BeatInput):
+                beats.append(raw.samples)
+                continue
+            if isinstance(raw, str):
+                cells = raw.replace(",", " ").split()
+            else:  # a list, array or tensor of samples (or a stray number)
+                cells = [str(v) for v in np.ravel(np.asarray(raw, dtype=object))]
+            values = _parse_row(cells, Path("<input>"), number)
+            if len(values) == length + 1 and label_column in ("first", "last"):
+                values = values[1:] if label_column == "first" else values[:-1]
+            if len(values) != length:
+                raise DataError(
+                    f"expected a beat of {length} samples (optionally with its label), found {len(values)} "
+                    "values; pass a file path or one line of numbers per input",
+                    path="<input>", row=number,
+                )
+            beats.append(values.astype(np.float32))
+        inputs_t = torch.from_numpy(np.stack(beats).astype(np.float32)).unsqueeze(-1)  # (B, T, 1)
+        lengths = torch.full((len(beats),), length, dtype=torch.int64)
+        return Batch(inputs_t, lengths, torch.zeros(len(beats), dtype=torch.int64))

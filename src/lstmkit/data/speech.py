@@ -1,0 +1,581 @@
+"""Speech recognition data: generated utterances by default, a wav folder with ``path``.
+
+Every split holds mono float32 waveforms at ``sample_rate`` and their transcripts as
+character ids; the character vocabulary (``<blank>`` at 0, space at 1, then the characters
+of the *train* transcripts) is stored in the DataSpec, so a checkpoint can transcribe new
+files on its own.
+
+The embedded corpus is synthetic speech with the structure a CTC model must learn and
+nothing it could shortcut: each character is a distinct phone-like sound (a vowel-like
+harmonic source shaped by its own formants, a fricative noise band, or a short burst),
+spoken by 24 seeded "speakers" with their own pitch, vocal-tract scale, speaking rate,
+accent (per-sound formant shifts) and recording noise (8-30 dB SNR), with phones
+cross-faded into each other (a doubled letter is one longer sound, as in real speech),
+per-character duration jitter, silences between words, random padding and a random
+channel tilt. Utterances are one to three words from a 20-word vocabulary (the ten digit names
+and ten command words), so both CER and WER mean something.
+
+Real data (``path=``) is either
+
+* a manifest (CSV/TSV/JSONL with ``path`` and ``text`` columns, audio paths relative to
+  the manifest; optional ``split`` and ``speaker`` columns), or
+* a folder of wav files named the Free Spoken Digit way, ``<digit>_<speaker>_<n>.wav``,
+  whose transcript is the digit's English name (``7_jackson_32.wav`` -> ``seven``).
+
+Decisions documented once: characters outside the train vocabulary in val/test raise a
+:class:`~lstmkit.errors.DataError` naming the file and the characters (``unknown_chars:
+drop`` removes them with a warning instead); empty or silent clips raise a DataError
+(``empty_clips: skip`` skips them with a warning naming each file). Stereo files are mixed
+to mono and other sample rates resampled, with one logged note per split saying how many.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+import random
+import re
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import soundfile as sf
+import torch
+import torchaudio.functional as AF
+
+from lstmkit.data.base import PadCollate, SequenceDataModule, SequenceDataset
+from lstmkit.data.text import read_text
+from lstmkit.errors import ConfigError, DataError
+from lstmkit.types import Batch, DataSpec
+
+log = logging.getLogger("lstmkit")
+
+BLANK = "<blank>"
+DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+COMMAND_WORDS = ("yes", "no", "up", "down", "left", "right", "stop", "go", "on", "off")
+FSDD_NAME = re.compile(r"^(\d)_([A-Za-z0-9-]+)_(\d+)\.wav$", re.IGNORECASE)
+_MANIFEST_NAMES = ("manifest.csv", "manifest.tsv", "manifest.jsonl", "manifest.json")
+_SPLIT_ALIASES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "dev": "val",
+                  "test": "test"}
+
+
+# -- the generated corpus -------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Phone:
+    """How one character sounds: a formant-shaped voiced part and/or a noise band."""
+
+    formants: tuple[float, ...] = ()  # Hz; empty = unvoiced
+    noise: tuple[float, float, float] | None = None  # (low Hz, high Hz, level relative to voicing)
+    ms: float = 80.0  # typical duration
+    burst: bool = False  # plosive: short, fast decay after a closure
+
+
+_PHONES: dict[str, _Phone] = {
+    "a": _Phone((730, 1090, 2440), ms=95),
+    "e": _Phone((530, 1840, 2480), ms=85),
+    "i": _Phone((300, 2250, 3000), ms=80),
+    "o": _Phone((570, 840, 2410), ms=95),
+    "u": _Phone((400, 1020, 2240), ms=85),
+    "y": _Phone((260, 2600, 3300), ms=55),
+    "w": _Phone((300, 610, 2200), ms=55),
+    "r": _Phone((420, 1300, 1600), ms=65),
+    "l": _Phone((360, 1050, 2900), ms=65),
+    "n": _Phone((250, 1700), ms=65),
+    "v": _Phone((300, 1400), noise=(1000, 2800, 0.5), ms=65),
+    "z": _Phone((250,), noise=(3000, 3900, 0.8), ms=80),
+    "d": _Phone((300, 1700), noise=(2000, 3500, 1.0), ms=35, burst=True),
+    "g": _Phone((300, 1000), noise=(1200, 2200, 1.0), ms=40, burst=True),
+    "s": _Phone(noise=(3000, 3950, 1.0), ms=95),
+    "f": _Phone(noise=(1500, 3900, 0.45), ms=85),
+    "h": _Phone(noise=(400, 3000, 0.3), ms=60),
+    "t": _Phone(noise=(2500, 3900, 1.0), ms=35, burst=True),
+    "p": _Phone(noise=(300, 1500, 1.0), ms=35, burst=True),
+    "x": _Phone(noise=(1500, 3950, 0.9), ms=105),
+}
+
+
+@dataclass(frozen=True)
+class _Speaker:
+    name: str
+    f0: float  # Hz
+    tract: float  # formant / noise-band scale (vocal tract length)
+    rate: float  # speaking rate (> 1 = faster)
+    snr_db: float  # typical signal-to-noise ratio of the recordings
+    accent: dict[str, float]  # per-character formant shift (how this speaker says each sound)
+
+
+def _envelope(freqs: np.ndarray, formants: tuple[float, ...], scale: float) -> np.ndarray:
+    """Sum of resonance curves: the spectral envelope of a vowel-like sound."""
+    env = np.zeros_like(freqs)
+    for k, formant in enumerate(formants):
+        centre, width = formant * scale, 60.0 + 40.0 * k
+        env += (0.8**k) / (1.0 + ((freqs - centre) / width) ** 2)
+    return env
+
+
+def _render_phone(
+    char: str, n: int, speaker: _Speaker, phase: float, sr: int, rng: np.random.Generator
+) -> tuple[np.ndarray, float]:
+    """``n`` samples of one character; returns them and the glottal phase to continue from."""
+    phone = _PHONES[char]
+    scale = speaker.tract * speaker.accent[char]
+    freqs = np.fft.rfftfreq(n, 1.0 / sr)
+    out = np.zeros(n)
+    if phone.formants:
+        f0 = speaker.f0 * rng.uniform(0.92, 1.08) * np.linspace(1.03, 0.97, n)
+        phases = phase + np.cumsum(2 * np.pi * f0 / sr)
+        phase = float(phases[-1] % (2 * np.pi))
+        saw = (phases % (2 * np.pi)) / np.pi - 1.0  # harmonic-rich glottal source
+        voiced = np.fft.irfft(np.fft.rfft(saw) * _envelope(freqs, phone.formants, scale), n)
+        out += voiced / (voiced.std() + 1e-9)
+    if phone.noise is not None:
+        low, high, level = phone.noise
+        band = (freqs >= low * scale) & (freqs <= min(high * scale, 0.49 * sr))
+        hiss = np.fft.irfft(np.fft.rfft(rng.standard_normal(n)) * band, n)
+        out += level * hiss / (hiss.std() + 1e-9)
+    if phone.burst:
+        out *= np.exp(-np.arange(n) / (0.35 * n))
+    return out, phase
+
+
+def _render_word(word: str, speaker: _Speaker, sr: int, rng: np.random.Generator) -> np.ndarray:
+    """Phones overlap-added with cross-fades (no silence between them, as in fluent speech)."""
+    fade = int(0.012 * sr)
+    pieces, phase = [], 0.0
+    for char in word:
+        n = int(sr * _PHONES[char].ms / 1000.0 / speaker.rate * rng.uniform(0.75, 1.3)) + fade
+        if _PHONES[char].burst:  # the closure before a plosive
+            pieces.append(np.zeros(int(sr * rng.uniform(0.01, 0.025)) + fade))
+        samples, phase = _render_phone(char, n, speaker, phase, sr, rng)
+        pieces.append(samples * rng.uniform(0.6, 1.0))
+    ramp_in, ramp_out = np.linspace(0.0, 1.0, fade), np.linspace(1.0, 0.0, fade)
+    out = np.zeros(sum(len(p) - fade for p in pieces) + fade)
+    start = 0
+    for piece in pieces:
+        piece = piece.copy()
+        piece[:fade] *= ramp_in
+        piece[-fade:] *= ramp_out
+        out[start : start + len(piece)] += piece
+        start += len(piece) - fade
+    return out
+
+
+def make_speakers(count: int, seed: int) -> list[_Speaker]:
+    rng = np.random.default_rng(seed + 7919)
+    return [
+        _Speaker(f"spk{k:02d}", f0=float(rng.uniform(85, 240)), tract=float(rng.uniform(0.88, 1.14)),
+                 rate=float(rng.uniform(0.75, 1.3)), snr_db=float(rng.uniform(8, 30)),
+                 accent={c: float(rng.uniform(0.93, 1.07)) for c in sorted(_PHONES)})
+        for k in range(count)
+    ]
+
+
+def generate_utterances(
+    n: int, seed: int = 0, sample_rate: int = 8000, num_speakers: int = 24, max_words: int = 3
+) -> list[tuple[np.ndarray, str, str]]:
+    """``n`` seeded ``(waveform float32 (S,), transcript, speaker)`` synthetic utterances.
+
+    Deterministic for a given ``seed``; about 1 s of audio each on average.
+    """
+    rng = np.random.default_rng(seed)
+    speakers = make_speakers(num_speakers, seed)
+    words = DIGIT_WORDS + COMMAND_WORDS
+    utterances = []
+    for _ in range(n):
+        speaker = speakers[int(rng.integers(len(speakers)))]
+        chosen = [words[int(k)] for k in rng.integers(len(words), size=int(rng.integers(1, max_words + 1)))]
+        pieces = [np.zeros(int(sample_rate * rng.uniform(0.05, 0.3)))]
+        for k, word in enumerate(chosen):
+            if k:
+                pieces.append(np.zeros(int(sample_rate * rng.uniform(0.08, 0.25) / speaker.rate)))
+            pieces.append(_render_word(word, speaker, sample_rate, rng))
+        pieces.append(np.zeros(int(sample_rate * rng.uniform(0.05, 0.3))))
+        wave = np.concatenate(pieces)
+        tilt = rng.uniform(-0.6, 0.6)  # the microphone / channel colours the spectrum
+        wave = wave + tilt * np.concatenate([[0.0], wave[:-1]])
+        speech_rms = np.sqrt(np.mean(wave[np.abs(wave) > 0] ** 2))
+        snr = speaker.snr_db + rng.uniform(-4, 4)
+        wave = wave + speech_rms * 10 ** (-snr / 20) * rng.standard_normal(wave.shape[0])
+        wave = wave / (np.abs(wave).max() + 1e-9) * rng.uniform(0.2, 0.9)
+        utterances.append((wave.astype(np.float32), " ".join(chosen), speaker.name))
+    return utterances
+
+
+# -- reading audio --------------------------------------------------------------------------------
+_AUDIO_CACHE: dict[tuple[str, int, int, int], tuple[np.ndarray, int, int]] = {}
+
+
+def read_audio(path: str | Path, sample_rate: int) -> tuple[np.ndarray, int, int]:
+    """Decode a sound file to mono float32 at ``sample_rate`` with soundfile.
+
+    Returns ``(samples (S,), channels, original rate)`` so callers can report conversions.
+    Decoded arrays are cached in memory per (file, size, mtime, rate): reloading a corpus in
+    the same process (train then eval, tests, notebooks) costs nothing.
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise DataError("audio file not found", path=path)
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns, int(sample_rate))
+    if key in _AUDIO_CACHE:
+        return _AUDIO_CACHE[key]
+    try:
+        data, rate = sf.read(str(path), dtype="float32", always_2d=True)
+    except Exception as err:  # noqa: BLE001 - libsndfile raises several types for bad files
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise DataError(f"cannot decode audio ({first}); expected a WAV/FLAC/OGG file", path=path) from None
+    channels = int(data.shape[1])
+    wave = data.mean(axis=1) if channels > 1 else data[:, 0]
+    if rate != sample_rate and wave.size:
+        tensor = AF.resample(torch.from_numpy(np.ascontiguousarray(wave)), int(rate), int(sample_rate))
+        wave = tensor.numpy()
+    result = (np.ascontiguousarray(wave, dtype=np.float32), channels, int(rate))
+    _AUDIO_CACHE[key] = result
+    return result
+
+
+def fsdd_transcript(name: str) -> tuple[str, str, int] | None:
+    """``7_jackson_32.wav`` -> ``("seven", "jackson", 32)``; ``None`` for other names."""
+    match = FSDD_NAME.match(name)
+    if match is None:
+        return None
+    return DIGIT_WORDS[int(match.group(1))], match.group(2).lower(), int(match.group(3))
+
+
+def normalise_text(text: str, lowercase: bool = True) -> str:
+    text = " ".join(str(text).split())
+    return text.lower() if lowercase else text
+
+
+@dataclass
+class Utterance:
+    """One example before encoding: where it came from (for error messages) and what it says."""
+
+    source: str  # the wav file, or "<generated>"
+    text: str
+    speaker: str = ""
+    index: int = 0  # FSDD recording number; generated: position
+    row: int | None = None  # manifest row
+    split: str = ""  # from a manifest's split column
+    wave: np.ndarray | None = None
+
+
+class SpeechDataModule(SequenceDataModule):
+    """Waveforms ``(B, S)`` + sample counts -> character targets for CTC.
+
+    Args:
+        path: ``None`` for the generated corpus; a manifest file; a folder holding
+            ``manifest.{csv,tsv,jsonl}``; or a folder of FSDD-named wav files (or its parent
+            with a ``recordings/`` folder, as the FSDD repository is laid out).
+        format: ``auto``, ``manifest`` or ``fsdd``.
+        path_column / text_column: manifest columns (audio path relative to the manifest,
+            transcript); ``split_column`` (train/val|dev|valid/test) and ``speaker_column`` are
+            used when present.
+        sample_rate: every waveform is resampled to this rate (stored in the spec).
+        holdout_speakers: these speakers form the test split (speaker-independent testing);
+            otherwise FSDD uses its official split (recordings 0-4 of every speaker -> test),
+            a manifest its split column, and the rest a seeded random split.
+        val_fraction / test_fraction: carved (seeded) from the training data when a split is
+            not given otherwise.
+        lowercase: lowercase transcripts before building the vocabulary.
+        unknown_chars: ``error`` (DataError naming the file and characters) or ``drop``
+            (remove them, with a warning) for val/test characters missing from the vocabulary.
+        empty_clips: ``error`` or ``skip`` (with a warning naming each file) for clips with
+            no samples or a peak below ``silence_threshold``.
+        cache_dir: optional folder for a decoded-audio cache (one ``.pt`` per corpus), for
+            corpora where decoding or resampling is slow.
+        num_examples: size of the generated corpus; ``num_speakers`` / ``max_words`` shape it.
+        seed: seed for generation and splitting.
+    """
+
+    def __init__(
+        self,
+        path: str | None = None,
+        format: str = "auto",
+        path_column: str = "path",
+        text_column: str = "text",
+        split_column: str = "split",
+        speaker_column: str = "speaker",
+        sample_rate: int = 8000,
+        holdout_speakers: list[str] | None = None,
+        val_fraction: float = 0.1,
+        test_fraction: float = 0.1,
+        lowercase: bool = True,
+        unknown_chars: str = "error",
+        empty_clips: str = "error",
+        silence_threshold: float = 1e-4,
+        cache_dir: str | None = None,
+        num_examples: int = 1500,
+        num_speakers: int = 24,
+        max_words: int = 3,
+        seed: int = 0,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if unknown_chars not in {"error", "drop"}:
+            raise ConfigError(f"data.unknown_chars={unknown_chars!r}: expected error or drop")
+        if empty_clips not in {"error", "skip"}:
+            raise ConfigError(f"data.empty_clips={empty_clips!r}: expected error or skip")
+        if format not in {"auto", "manifest", "fsdd"}:
+            raise ConfigError(f"data.format={format!r}: expected auto, manifest or fsdd")
+        self.path, self.format = path, format
+        self.path_column, self.text_column = path_column, text_column
+        self.split_column, self.speaker_column = split_column, speaker_column
+        self.sample_rate = int(sample_rate)
+        self.holdout_speakers = [str(s).lower() for s in holdout_speakers or []]
+        self.val_fraction, self.test_fraction = val_fraction, test_fraction
+        self.lowercase = lowercase
+        self.unknown_chars, self.empty_clips = unknown_chars, empty_clips
+        self.silence_threshold = silence_threshold
+        self.cache_dir = cache_dir
+        self.num_examples, self.num_speakers, self.max_words = num_examples, num_speakers, max_words
+        self.seed = seed
+        self.collate = PadCollate(pad_value=0.0, target_pad=0, sequence_targets=True)
+
+    # -- finding the utterances ---------------------------------------------------------------
+    def _utterances(self) -> list[Utterance]:
+        if self.path is None:
+            generated = generate_utterances(self.num_examples, self.seed, self.sample_rate,
+                                            self.num_speakers, self.max_words)
+            return [Utterance("<generated>", text, speaker, index=i, wave=wave)
+                    for i, (wave, text, speaker) in enumerate(generated)]
+        path = Path(self.path).expanduser()
+        if not path.exists():
+            raise DataError("data.path does not exist", path=path)
+        fmt = self.format
+        if path.is_file():
+            if fmt == "fsdd":
+                raise DataError("format=fsdd expects a folder of wav files, found a file", path=path)
+            return self._read_manifest(path)
+        manifests = [path / name for name in _MANIFEST_NAMES if (path / name).is_file()]
+        if fmt in {"auto", "manifest"} and manifests:
+            return self._read_manifest(manifests[0])
+        if fmt == "manifest":
+            raise DataError(f"no manifest in this folder; expected one of {list(_MANIFEST_NAMES)}", path=path)
+        folder = path if any(path.glob("*.wav")) else path / "recordings"
+        if not any(folder.glob("*.wav")):
+            raise DataError(
+                "found no manifest and no .wav files (nor a recordings/ folder of them); expected "
+                f"one of {list(_MANIFEST_NAMES)} or FSDD-named wavs <digit>_<speaker>_<n>.wav", path=path,
+            )
+        return self._read_fsdd(folder)
+
+    def _read_fsdd(self, folder: Path) -> list[Utterance]:
+        utterances = []
+        for file in sorted(folder.glob("*.wav")):
+            parsed = fsdd_transcript(file.name)
+            if parsed is None:
+                raise DataError(
+                    "file name does not follow the Free Spoken Digit pattern <digit>_<speaker>_<n>.wav "
+                    "(e.g. 7_jackson_32.wav); use a manifest for other corpora", path=file,
+                )
+            text, speaker, index = parsed
+            utterances.append(Utterance(str(file), text, speaker, index=index, split=""))
+        # the official split: recordings 0-4 of every speaker are the test set
+        for utt in utterances:
+            utt.split = "" if self.holdout_speakers else ("test" if utt.index < 5 else "train")
+        return utterances
+
+    def _read_manifest(self, manifest: Path) -> list[Utterance]:
+        content = read_text(manifest)
+        suffix = manifest.suffix.lower()
+        records: list[tuple[int, dict[str, Any]]] = []
+        if suffix in {".csv", ".tsv"}:
+            reader = csv.DictReader(content.splitlines(), delimiter="," if suffix == ".csv" else "\t")
+            header = reader.fieldnames or []
+            for column in (self.path_column, self.text_column):
+                if column not in header:
+                    raise DataError(
+                        f"no column {column!r}; the header has {header}. Set data.path_column / "
+                        "data.text_column to the right names", path=manifest, row=1, field=column,
+                    )
+            records = [(row, dict(rec)) for row, rec in enumerate(reader, start=2)]
+        elif suffix in {".jsonl", ".json"}:
+            for row, line in enumerate(content.splitlines(), start=1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as err:
+                    raise DataError(f"invalid JSON ({err.msg})", path=manifest, row=row) from None
+                if not isinstance(record, dict):
+                    raise DataError("expected a JSON object per line", path=manifest, row=row)
+                records.append((row, record))
+        else:
+            raise DataError(f"unknown manifest type {suffix!r}; expected .csv, .tsv or .jsonl", path=manifest)
+        utterances = []
+        for row, record in records:
+            audio, text = record.get(self.path_column), record.get(self.text_column)
+            if audio is None or not str(audio).strip():
+                raise DataError("empty or missing audio path", path=manifest, row=row, field=self.path_column)
+            if text is None or not str(text).strip():
+                raise DataError("empty or missing transcript", path=manifest, row=row, field=self.text_column)
+            file = (manifest.parent / str(audio).strip()).resolve()
+            if not file.is_file():
+                raise DataError(f"audio file {file} not found (paths are relative to the manifest)",
+                                path=manifest, row=row, field=self.path_column)
+            split = str(record.get(self.split_column) or "").strip().lower()
+            if split and split not in _SPLIT_ALIASES:
+                raise DataError(f"unknown split {split!r}; expected one of {sorted(_SPLIT_ALIASES)}",
+                                path=manifest, row=row, field=self.split_column)
+            speaker = str(record.get(self.speaker_column) or "").strip().lower()
+            utterances.append(Utterance(str(file), str(text), speaker, row=row,
+                                        split=_SPLIT_ALIASES.get(split, "")))
+        if not utterances:
+            raise DataError("the manifest lists no utterances", path=manifest)
+        return utterances
+
+    # -- splitting ------------------------------------------------------------------------------
+    def _split(self, utterances: list[Utterance]) -> dict[str, list[Utterance]]:
+        rng = random.Random(self.seed)
+        if self.holdout_speakers:
+            speakers = {u.speaker for u in utterances}
+            missing = sorted(set(self.holdout_speakers) - speakers)
+            if missing:
+                raise ConfigError(f"data.holdout_speakers: no speaker(s) {missing} in the data; "
+                                  f"speakers are {sorted(speakers)}")
+            for utt in utterances:
+                utt.split = "test" if utt.speaker in self.holdout_speakers else "train"
+        splits: dict[str, list[Utterance]] = {"train": [], "val": [], "test": []}
+        unassigned = []
+        for utt in utterances:
+            (splits[utt.split] if utt.split else unassigned).append(utt)
+        rng.shuffle(unassigned)
+        if not splits["test"]:
+            n_test = round(len(unassigned) * self.test_fraction)
+            splits["test"], unassigned = unassigned[:n_test], unassigned[n_test:]
+        splits["train"] += unassigned
+        if not splits["val"]:
+            train = splits["train"]
+            rng.shuffle(train)
+            n_val = round(len(train) * self.val_fraction)
+            splits["val"], splits["train"] = train[:n_val], train[n_val:]
+        for name in ("train", "val", "test"):
+            if not splits[name]:
+                raise DataError(f"the {name} split is empty; give more data or other split settings",
+                                path=self.path)
+        return splits
+
+    # -- decoding audio -------------------------------------------------------------------------
+    def _load_waves(self, split: str, utterances: list[Utterance]) -> list[Utterance]:
+        """Decode every file (cached), report conversions once, handle empty clips."""
+        stereo, resampled, skipped = [], Counter(), []
+        cached = self._disk_cache(utterances)
+        kept = []
+        for utt in utterances:
+            if utt.wave is None:
+                if cached is not None and utt.source in cached:
+                    utt.wave = cached[utt.source]
+                else:
+                    utt.wave, channels, rate = read_audio(utt.source, self.sample_rate)
+                    if channels > 1:
+                        stereo.append(utt.source)
+                    if rate != self.sample_rate:
+                        resampled[rate] += 1
+            if utt.wave.size == 0 or float(np.abs(utt.wave).max()) < self.silence_threshold:
+                what = "has no samples" if utt.wave.size == 0 else (
+                    f"is silent (peak {float(np.abs(utt.wave).max()):.1e} < data.silence_threshold "
+                    f"{self.silence_threshold:g})")
+                if self.empty_clips == "error":
+                    raise DataError(f"clip {what}; remove it or set data.empty_clips=skip", path=utt.source,
+                                    row=utt.row)
+                log.warning("skipping %s: clip %s", utt.source, what)
+                skipped.append(utt.source)
+                continue
+            kept.append(utt)
+        if stereo:
+            log.info("%s: %d multi-channel file(s) mixed down to mono (mean of channels), e.g. %s",
+                     split, len(stereo), stereo[0])
+        for rate, count in sorted(resampled.items()):
+            log.info("%s: %d file(s) at %d Hz resampled to %d Hz", split, count, rate, self.sample_rate)
+        if skipped:
+            log.warning("%s: skipped %d empty/silent clip(s)", split, len(skipped))
+        if cached is None and self.cache_dir and self.path is not None:
+            self._write_disk_cache(kept)
+        return kept
+
+    def _cache_file(self, utterances: list[Utterance]) -> Path | None:
+        if not self.cache_dir or self.path is None:
+            return None
+        signature = hashlib.sha1(str(self.sample_rate).encode())
+        for utt in sorted(utterances, key=lambda u: u.source):
+            stat = Path(utt.source).stat()
+            signature.update(f"{utt.source}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+        return Path(self.cache_dir).expanduser() / f"speech-{signature.hexdigest()[:16]}.pt"
+
+    def _disk_cache(self, utterances: list[Utterance]) -> dict[str, np.ndarray] | None:
+        file = self._cache_file(utterances)
+        if file is None or not file.is_file():
+            return None
+        stored = torch.load(file, map_location="cpu", weights_only=True)
+        return {source: wave.numpy() for source, wave in stored.items()}
+
+    def _write_disk_cache(self, utterances: list[Utterance]) -> None:
+        file = self._cache_file(utterances)
+        if file is None:
+            return
+        file.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({u.source: torch.from_numpy(u.wave) for u in utterances if u.wave is not None}, file)
+        log.info("decoded audio cached in %s", file)
+
+    # -- building -------------------------------------------------------------------------------
+    def build(self) -> DataSpec:
+        splits = self._split(self._utterances())
+        for name in ("train", "val", "test"):
+            for utt in splits[name]:
+                utt.text = normalise_text(utt.text, self.lowercase)
+        if self.fixed_spec is not None:
+            spec = self.fixed_spec
+            self.sample_rate = int(spec.sample_rate or self.sample_rate)
+        else:
+            chars = {c for utt in splits["train"] for c in utt.text} - {" "}
+            classes = [BLANK, " ", *sorted(chars)]
+            spec = DataSpec(input_kind="waveform", classes=classes, blank_id=0, sample_rate=self.sample_rate,
+                            extra={"lowercase": self.lowercase})
+        index = {c: i for i, c in enumerate(spec.classes or [])}
+        for name in ("train", "val", "test"):
+            utterances = self._load_waves(name, splits[name])
+            inputs, targets = [], []
+            for utt in utterances:
+                ids = self._encode(utt, index, name)
+                if ids is None:
+                    continue
+                inputs.append(torch.from_numpy(utt.wave))
+                targets.append(torch.tensor(ids, dtype=torch.int64))
+            self.splits[name] = SequenceDataset(inputs, targets)
+        log.info("speech data: %s utterances (train/val/test), %d characters + blank",
+                 "/".join(str(len(self.splits[s])) for s in ("train", "val", "test")), len(index) - 1)
+        return spec
+
+    def _encode(self, utt: Utterance, index: dict[str, int], split: str) -> list[int] | None:
+        unknown = sorted({c for c in utt.text if c not in index})
+        text = utt.text
+        if unknown:
+            if self.unknown_chars == "error":
+                raise DataError(
+                    f"{split} transcript {utt.text!r} has character(s) {unknown} that are not in the "
+                    "vocabulary learnt from the training transcripts; fix the transcript or set "
+                    "data.unknown_chars=drop", path=utt.source, row=utt.row, field=self.text_column,
+                )
+            log.warning("%s: dropped character(s) %s not in the vocabulary from %r", utt.source, unknown, text)
+            text = " ".join("".join(c for c in text if c in index).split())
+            if not text:
+                log.warning("%s: transcript empty after dropping unknown characters; skipped", utt.source)
+                return None
+        return [index[c] for c in text]
+
+    @classmethod
+    def make_predict_batch(cls, spec: DataSpec, inputs: list[Any]) -> Batch:
+        """Wav paths -> padded mono waveforms at the model's sample rate (empty targets)."""
+        rate = int(spec.sample_rate or 8000)
+        examples = []
+        for item in inputs:
+            wave, _, _ = read_audio(str(item), rate)
+            if wave.size == 0:
+                raise DataError("clip has no samples", path=item)
+            examples.append((torch.from_numpy(wave), torch.zeros(0, dtype=torch.int64)))
+        return PadCollate(pad_value=0.0, sequence_targets=True)(examples)

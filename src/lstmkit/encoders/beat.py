@@ -1,0 +1,56 @@
+"""Per-beat normalisation of ECG (or any short, fixed-window) signals, inside the model."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from lstmkit.types import DataSpec
+
+
+class BeatEncoder(nn.Module):
+    """Raw beats ``(B, T)`` or ``(B, T, C)`` -> z-normalised beats ``(B, T, C)`` [+ differences].
+
+    Each beat is z-normalised on its own (mean and standard deviation over its *valid* samples,
+    per channel), the convention of the UCR archive: electrode gain and baseline offset vary
+    from recording to recording and carry no diagnosis, while the beat's shape does. Living in
+    the model (not in the datamodule), it is applied identically at train, predict and export time.
+
+    Args:
+        spec: gives the number of channels (``num_features``, 1 for single-lead ECG).
+        normalise: z-normalise each beat (off: pass the samples through unchanged).
+        difference: append the first difference ``x[t] - x[t-1]`` (0 at ``t = 0``) of the
+            normalised signal as extra channels: slopes make QRS width and onset explicit.
+        eps: lower bound of the standard deviation, so a flat beat stays flat instead of
+            amplifying its noise.
+
+    Output ``(B, T, C)`` or ``(B, T, 2C)`` with zeros at padded steps; lengths unchanged. The
+    first :attr:`signal_channels` channels are the normalised signal, the target that a
+    reconstruction head learns to predict.
+    """
+
+    def __init__(self, spec: DataSpec, normalise: bool = True, difference: bool = False, eps: float = 1e-3) -> None:
+        super().__init__()
+        self.signal_channels = int(spec.num_features or 1)
+        self.normalise = normalise
+        self.difference = difference
+        self.eps = eps
+        self.out_features = self.signal_channels * (2 if difference else 1)
+
+    def forward(self, inputs: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = inputs.float()
+        if x.dim() == 2:
+            x = x.unsqueeze(-1)  # (B, T, 1)
+        steps = x.shape[1]
+        mask = torch.arange(steps, device=x.device)[None, :] < lengths.to(x.device)[:, None]
+        mask = mask.unsqueeze(-1).to(x.dtype)  # (B, T, 1)
+        if self.normalise:
+            count = mask.sum(dim=1, keepdim=True).clamp(min=1.0)  # (B, 1, 1)
+            mean = (x * mask).sum(dim=1, keepdim=True) / count  # (B, 1, C)
+            var = (((x - mean) * mask) ** 2).sum(dim=1, keepdim=True) / count
+            x = (x - mean) / var.sqrt().clamp(min=self.eps)
+        x = x * mask
+        if self.difference:
+            diff = torch.cat([torch.zeros_like(x[:, :1]), x[:, 1:] - x[:, :-1]], dim=1)  # (B, T, C)
+            x = torch.cat([x, diff * mask], dim=-1)  # (B, T, 2C)
+        return x, lengths

@@ -1,0 +1,128 @@
+"""Waveform -> normalised log-Mel / MFCC frames, with SpecAugment and frame stacking."""
+
+from __future__ import annotations
+
+import torch
+import torchaudio.transforms as AT
+from torch import nn
+
+from lstmkit.errors import ConfigError
+from lstmkit.types import DataSpec
+
+
+class SpectrogramEncoder(nn.Module):
+    """Padded waveforms ``(B, S)`` + sample counts -> feature frames ``(B, T', F)`` + frame counts.
+
+    The front end lives inside the model (not in the datamodule) so that ``predict`` and
+    ``export`` feed raw audio to a checkpoint and get the features it was trained on.
+
+    Steps, each the usual choice in CTC recognisers:
+
+    1. log-Mel spectrogram (``torchaudio.transforms.MelSpectrogram``, ``log(x + 1e-6)``) or MFCC
+       (``torchaudio.transforms.MFCC`` over log-Mels; not dB, whose ``top_db`` clamp would
+       depend on the loudest utterance of the batch);
+    2. per-utterance mean/variance normalisation over the *valid* frames only (cepstral mean
+       and variance normalisation), so padding and loudness do not leak into the features;
+    3. SpecAugment (Park et al. 2019) frequency and time masks, in training mode only;
+    4. optional frame stacking with a stride (Sak et al. 2015's low frame rate): ``stack``
+       neighbouring frames are concatenated and every ``stride``-th kept, which shortens the
+       LSTM's sequence by ``stride`` at no loss of information.
+
+    Frame counts: with ``center=True`` an utterance of ``s`` samples has ``s // hop + 1``
+    frames, and ``ceil(frames / stride)`` after stacking.
+
+    Args:
+        spec: gives the sample rate.
+        features: ``logmel`` or ``mfcc``.
+        n_mels: Mel bands. n_mfcc: cepstral coefficients kept (``mfcc`` only).
+        n_fft / win_length / hop: STFT size, window and hop in samples (25 ms / 10 ms at
+            8 kHz: 200 / 80).
+        f_min / f_max: Mel filter-bank range in Hz (``None`` = Nyquist).
+        normalise: per-utterance mean/variance normalisation.
+        freq_mask / time_mask: SpecAugment maximum mask widths (bins / frames; 0 = off),
+            ``num_freq_masks`` / ``num_time_masks`` masks each, a time mask covering at most
+            ``time_mask_ratio`` of the (padded) frames.
+        stack / stride: frames concatenated / frame step after stacking (1 / 1 = off).
+    """
+
+    def __init__(
+        self,
+        spec: DataSpec,
+        features: str = "logmel",
+        n_mels: int = 40,
+        n_mfcc: int = 13,
+        n_fft: int = 200,
+        win_length: int | None = None,
+        hop: int = 80,
+        f_min: float = 0.0,
+        f_max: float | None = None,
+        normalise: bool = True,
+        freq_mask: int = 0,
+        time_mask: int = 0,
+        num_freq_masks: int = 2,
+        num_time_masks: int = 2,
+        time_mask_ratio: float = 0.2,
+        stack: int = 1,
+        stride: int = 1,
+    ) -> None:
+        super().__init__()
+        if not spec.sample_rate:
+            raise ConfigError("SpectrogramEncoder needs a DataSpec with sample_rate (a waveform datamodule)")
+        if stack < 1 or stride < 1:
+            raise ConfigError(f"encoder.stack ({stack}) and encoder.stride ({stride}) must be >= 1")
+        mel_options = {"n_fft": n_fft, "win_length": win_length, "hop_length": hop, "n_mels": n_mels,
+                       "f_min": f_min, "f_max": f_max, "center": True}
+        if features == "logmel":
+            self.frontend: nn.Module = AT.MelSpectrogram(sample_rate=spec.sample_rate, **mel_options)
+            size = n_mels
+        elif features == "mfcc":
+            self.frontend = AT.MFCC(sample_rate=spec.sample_rate, n_mfcc=n_mfcc, log_mels=True,
+                                    melkwargs=mel_options)
+            size = n_mfcc
+        else:
+            raise ConfigError(f"encoder.features={features!r}: expected logmel or mfcc")
+        self.log_mel = features == "logmel"
+        self.hop = hop
+        self.normalise = normalise
+        self.augment = nn.Sequential(
+            *[AT.FrequencyMasking(freq_mask, iid_masks=True) for _ in range(num_freq_masks if freq_mask else 0)],
+            *[AT.TimeMasking(time_mask, iid_masks=True, p=time_mask_ratio)
+              for _ in range(num_time_masks if time_mask else 0)],
+        )
+        self.stack, self.stride = stack, stride
+        self.out_features = size * stack
+
+    def frame_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
+        """Sample counts ``(B,)`` -> valid output frames ``(B,)`` (at least 1)."""
+        frames = torch.div(lengths, self.hop, rounding_mode="floor") + 1
+        return torch.div(frames + self.stride - 1, self.stride, rounding_mode="floor")
+
+    def forward(self, inputs: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        feats = self.frontend(inputs.float())  # (B, F, T)
+        if self.log_mel:
+            feats = torch.log(feats + 1e-6)
+        frames = torch.div(lengths.to(feats.device), self.hop, rounding_mode="floor") + 1
+        frames = frames.clamp(max=feats.shape[-1])
+        mask = torch.arange(feats.shape[-1], device=feats.device)[None, :] < frames[:, None]  # (B, T)
+        mask = mask[:, None, :]  # (B, 1, T)
+        if self.normalise:
+            count = frames.clamp(min=1)[:, None, None].to(feats.dtype)
+            mean = (feats * mask).sum(-1, keepdim=True) / count
+            var = (((feats - mean) * mask) ** 2).sum(-1, keepdim=True) / count
+            feats = (feats - mean) / torch.sqrt(var + 1e-5)
+        feats = feats * mask  # padded frames are exactly zero
+        if self.training and len(self.augment):
+            feats = self.augment(feats)  # masks fill with 0 = the utterance mean
+        feats = feats.transpose(1, 2)  # (B, T, F)
+        if self.stack > 1 or self.stride > 1:
+            feats = self._stack(feats)  # (B, ceil(T / stride), F * stack)
+        out_lengths = torch.div(frames + self.stride - 1, self.stride, rounding_mode="floor")
+        return feats, out_lengths.to(lengths.device)
+
+    def _stack(self, feats: torch.Tensor) -> torch.Tensor:
+        batch, steps, size = feats.shape
+        out_steps = -(-steps // self.stride)
+        needed = (out_steps - 1) * self.stride + self.stack
+        padded = nn.functional.pad(feats, (0, 0, 0, max(0, needed - steps)))  # zero frames at the end
+        windows = padded.unfold(1, self.stack, self.stride)  # (B, T', F, stack)
+        return windows.transpose(2, 3).reshape(batch, out_steps, size * self.stack)

@@ -1,0 +1,439 @@
+"""Anomaly detection heads: a score per sequence, and a threshold chosen on the validation split.
+
+Two ways to score a sequence (an ECG beat, a sensor window):
+
+* :class:`AnomalyHead` (supervised): a summary of the sequence -> dense(1) -> sigmoid = the
+  probability that the sequence is anomalous; trained with binary cross-entropy.
+* :class:`ReconstructionHead` (unsupervised): trained on normal sequences only, it predicts each
+  next sample (forecast) or rebuilds the whole sequence from its summary (autoencoder); the
+  score is the mean squared error, large where the model has never seen such a shape.
+
+Both then compare the score with a threshold. The threshold is *chosen on the validation
+split* (never on test) at the end of every validation epoch — maximising F1, or a quantile of the
+normal beats' scores — and kept in a buffer, so it is saved in the checkpoint with the weights it
+belongs to and test, eval and predict use it unchanged. Metrics (positive class = anomaly):
+AUROC and AUPRC, which do not depend on the threshold, and F1 / precision / recall at it.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from torchmetrics import Metric, MetricCollection
+from torchmetrics.functional.classification import (
+    binary_auroc,
+    binary_average_precision,
+    binary_f1_score,
+    binary_precision,
+    binary_recall,
+    binary_roc,
+)
+from torchmetrics.utilities import dim_zero_cat
+
+from lstmkit.errors import ConfigError
+from lstmkit.heads.base import Head
+from lstmkit.types import Batch, DataSpec
+
+THRESHOLD_RULES = ("f1", "quantile")
+STATS = ("auroc", "auprc", "f1", "precision", "recall", "threshold")
+
+
+# -- choosing the threshold ---------------------------------------------------------------------------
+def f1_threshold(scores: torch.Tensor, labels: torch.Tensor) -> float:
+    """The threshold that maximises F1 (flag ``score >= threshold``), midway between two scores.
+
+    Sorting once gives TP and FP for every cut; F1 = 2 TP / (TP + FP + P). Ties in F1 go to the
+    higher threshold (fewer false alarms); cutting midway generalises better than at a score.
+    """
+    order = scores.argsort(descending=True)
+    s, y = scores[order].double(), labels[order].double()
+    tp, fp = y.cumsum(0), (1 - y).cumsum(0)
+    f1 = 2 * tp / (tp + fp + y.sum())
+    distinct = torch.ones_like(s, dtype=torch.bool)
+    distinct[:-1] = s[1:] < s[:-1]  # only cut between different scores
+    k = int(torch.where(distinct, f1, torch.full_like(f1, -1.0)).argmax())
+    return float(s[k] if k == len(s) - 1 else (s[k] + s[k + 1]) / 2)
+
+
+def select_threshold(
+    scores: torch.Tensor, labels: torch.Tensor, rule: str = "f1", quantile: float = 0.99
+) -> float | None:
+    """Choose a threshold from validation scores (``labels``: 1 = anomaly).
+
+    ``f1``: maximise F1; ``quantile``: that quantile of the *normal* scores, i.e. a target
+    false-alarm rate of ``1 - quantile`` that needs no anomalous examples. ``f1`` without any
+    anomaly falls back to ``quantile``; ``None`` when nothing can be chosen.
+    """
+    if scores.numel() == 0:
+        return None
+    if rule == "f1" and bool((labels == 1).any()):
+        return f1_threshold(scores, labels)
+    normal = scores[labels == 0].double()
+    return float(torch.quantile(normal, quantile)) if normal.numel() else None
+
+
+def score_ranks(scores: torch.Tensor) -> torch.Tensor:
+    """Scores mapped to [0, 1] by dense rank (ties kept): same AUROC/AUPRC, no saturation.
+
+    torchmetrics passes scores outside [0, 1] through a sigmoid, where large errors tie at 1.0.
+    """
+    unique, inverse = torch.unique(scores, return_inverse=True)
+    return inverse.float() / max(len(unique) - 1, 1)
+
+
+# -- metrics ----------------------------------------------------------------------------------------
+class ScoreCollector(Metric):
+    """All (score, label) pairs of an epoch, gathered across processes."""
+
+    is_differentiable = False
+    higher_is_better = True
+    full_state_update = False
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.add_state("scores", default=[], dist_reduce_fx="cat")
+        self.add_state("labels", default=[], dist_reduce_fx="cat")
+
+    def update(self, scores: torch.Tensor, labels: torch.Tensor) -> None:
+        self.scores.append(scores.detach().float().flatten())
+        self.labels.append(labels.detach().long().flatten())
+
+    def compute(self) -> Any:
+        return dim_zero_cat(self.scores), dim_zero_cat(self.labels)
+
+
+class _HeadRef:
+    """The head that owns the threshold, shared by all clones of a metric.
+
+    ``MetricCollection.clone`` deep-copies its metrics; a val/test clone must still read and
+    write the *model's* threshold, so copying keeps the reference (unless the head itself is
+    being copied, as when the whole model is). It pickles with the model (``ddp_spawn``).
+    """
+
+    def __init__(self, head: ScoreHead) -> None:
+        self.head = head
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> _HeadRef:
+        return _HeadRef(memo.get(id(self.head), self.head))
+
+
+class DetectionStat(ScoreCollector):
+    """One detection statistic of an epoch: ``auroc``, ``auprc``, or at the threshold
+    ``f1`` / ``precision`` / ``recall`` / ``threshold`` itself.
+
+    With ``choose`` set (the validation collection; see :meth:`ScoreHead.update_metrics`) the
+    threshold is chosen from this epoch's scores and stored in the head first; otherwise the
+    stored one is used. Every statistic of the collection derives the same threshold from the
+    same (shared) state, so the order in which Lightning computes them does not matter.
+    """
+
+    def __init__(self, stat: str, owner: _HeadRef, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if stat not in STATS:
+            raise ValueError(f"unknown statistic {stat!r}; expected one of {STATS}")
+        self.stat = stat
+        self.owner = owner
+        self.choose = False
+
+    def compute(self) -> torch.Tensor:
+        scores, labels = super().compute()
+        if self.stat == "auroc":
+            return binary_auroc(score_ranks(scores), labels)
+        if self.stat == "auprc":
+            return binary_average_precision(score_ranks(scores), labels)
+        threshold = self.owner.head.resolve_threshold(scores, labels, choose=self.choose)
+        if self.stat == "threshold":
+            return torch.tensor(threshold, device=scores.device)
+        flagged = (scores >= threshold).long()
+        stat_fn = {"f1": binary_f1_score, "precision": binary_precision, "recall": binary_recall}[self.stat]
+        return stat_fn(flagged, labels, zero_division=0)
+
+
+# -- heads ------------------------------------------------------------------------------------------
+class ScoreHead(Head):
+    """Shared by anomaly heads: a score per sequence, the threshold buffer, metrics, plots, decode.
+
+    Subclasses implement ``forward``, ``loss`` and :meth:`scores` (raw outputs -> ``(B,)``).
+
+    Args:
+        threshold: rule used on the validation split: ``f1`` or ``quantile``.
+        quantile: quantile of the normal validation scores for ``threshold=quantile``.
+        initial_threshold: used until the first validation epoch chooses one.
+    """
+
+    monitor = "val/auroc"
+    mode = "max"
+    score_name = "anomaly score"
+    log_scale = False
+
+    def __init__(self, threshold: str = "f1", quantile: float = 0.99, initial_threshold: float = 0.5) -> None:
+        super().__init__()
+        if threshold not in THRESHOLD_RULES:
+            raise ConfigError(f"head.threshold={threshold!r}: expected one of {THRESHOLD_RULES}")
+        if not 0.0 < quantile < 1.0:
+            raise ConfigError(f"head.quantile={quantile}: expected a value in (0, 1)")
+        self.rule = threshold
+        self.quantile = quantile
+        self.register_buffer("threshold", torch.tensor(float(initial_threshold)))  # saved in checkpoints
+
+    def scores(self, outputs: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """Raw head outputs -> one anomaly score per sequence ``(B,)``; higher = more anomalous."""
+        raise NotImplementedError
+
+    def resolve_threshold(self, scores: torch.Tensor, labels: torch.Tensor, choose: bool) -> float:
+        """Choose (validation) and store, or read the stored threshold."""
+        if choose:
+            value = select_threshold(scores, labels, self.rule, self.quantile)
+            if value is not None:
+                with torch.no_grad():
+                    self.threshold.fill_(value)
+        return float(self.threshold)
+
+    def metrics(self) -> MetricCollection:
+        owner = _HeadRef(self)
+        return MetricCollection({stat: DetectionStat(stat, owner) for stat in STATS})
+
+    def update_metrics(
+        self, metrics: MetricCollection, outputs: torch.Tensor, lengths: torch.Tensor, batch: Batch
+    ) -> None:
+        # The module clones one collection per split ("val/", "test/"); only validation chooses.
+        choose = str(metrics.prefix or "").startswith("val")
+        for metric in metrics.values(copy_state=False):
+            if isinstance(metric, DetectionStat):
+                metric.choose = choose
+        metrics.update(self.scores(outputs, lengths).detach(), batch.targets)
+
+    def figure_metrics(self) -> MetricCollection:
+        return MetricCollection({"scores": ScoreCollector()})
+
+    def figures(self, figure_metrics: MetricCollection) -> dict[str, Any]:
+        import matplotlib.pyplot as plt
+
+        scores, labels = next(iter(figure_metrics.values())).compute()
+        scores, labels = scores.cpu().double(), labels.cpu()
+        threshold = float(self.threshold)
+        figures: dict[str, Any] = {}
+
+        fig, ax = plt.subplots(figsize=(6.4, 4.0))
+        positive = scores[scores > 0]
+        if self.log_scale and positive.numel():
+            low, high = float(positive.min()), float(max(positive.max(), threshold if math.isfinite(threshold) else 0))
+            bins: Any = torch.logspace(math.log10(low), math.log10(high * 1.01), 40).tolist()
+            ax.set_xscale("log")
+            scores = scores.clamp(min=low)
+        else:
+            bins = 40
+        for value, name, colour in ((0, "normal", "tab:blue"), (1, "anomaly", "tab:red")):
+            chosen = scores[labels == value]
+            if chosen.numel():
+                ax.hist(chosen.numpy(), bins=bins, alpha=0.6, color=colour, label=f"{name} ({chosen.numel()})")
+        if math.isfinite(threshold):
+            ax.axvline(threshold, color="black", linestyle="--", label=f"threshold {threshold:.4g}")
+        ax.set_xlabel(self.score_name)
+        ax.set_ylabel("test beats")
+        ax.set_title("Test scores: normal vs anomalous")
+        ax.legend()
+        figures["score_histogram"] = fig
+
+        if labels.unique().numel() == 2:
+            ranks = score_ranks(scores.float())
+            fpr, tpr, _ = binary_roc(ranks, labels)
+            auroc = float(binary_auroc(ranks, labels))
+            fig, ax = plt.subplots(figsize=(4.8, 4.8))
+            ax.plot(fpr.numpy(), tpr.numpy(), label=f"AUROC {auroc:.3f}")
+            ax.plot([0, 1], [0, 1], color="grey", linestyle=":")
+            flagged = scores >= threshold
+            ax.plot(float(flagged[labels == 0].double().mean()), float(flagged[labels == 1].double().mean()),
+                    "ko", label="at threshold")
+            ax.set_xlabel("false positive rate")
+            ax.set_ylabel("true positive rate")
+            ax.set_title("ROC (test)")
+            ax.legend(loc="lower right")
+            figures["roc_curve"] = fig
+        return figures
+
+    def decode(self, outputs: torch.Tensor, lengths: torch.Tensor) -> list[dict[str, Any]]:
+        threshold = float(self.threshold)
+        known = math.isfinite(threshold)
+        return [
+            {
+                "score": round(float(score), 6),
+                "anomaly": bool(known and float(score) >= threshold),
+                "threshold": round(threshold, 6) if known else None,
+            }
+            for score in self.scores(outputs, lengths).detach().float()
+        ]
+
+
+class AnomalyHead(ScoreHead):
+    """Supervised: summary of the sequence -> dense(1) -> sigmoid score -> threshold.
+
+    Args:
+        spec: the data description (``extra.train_counts`` for ``pos_weight=auto``).
+        in_features: size of the LSTM output.
+        pooling: ``last`` (final state), ``mean`` or ``max`` over valid steps.
+        hidden: optional hidden dense layer size (0 = a single linear layer).
+        dropout: dropout before each dense layer.
+        pos_weight: weight of the anomaly class in the BCE loss: ``None``, a number, or
+            ``auto`` (= normal / anomaly count of the train split), for rare anomalies.
+        threshold / quantile: how the validation split chooses the threshold (see :class:`ScoreHead`).
+    """
+
+    score_name = "anomaly probability"
+
+    def __init__(
+        self,
+        spec: DataSpec,
+        in_features: int,
+        pooling: str = "last",
+        hidden: int = 0,
+        dropout: float = 0.0,
+        pos_weight: float | str | None = None,
+        threshold: str = "f1",
+        quantile: float = 0.99,
+    ) -> None:
+        super().__init__(threshold, quantile, initial_threshold=0.5)
+        self.pooling = pooling
+        layers: list[nn.Module] = [nn.Dropout(dropout)] if dropout > 0 else []
+        if hidden:
+            layers += [nn.Linear(in_features, hidden), nn.GELU()]
+            layers += [nn.Dropout(dropout)] if dropout > 0 else []
+            in_features = hidden
+        layers.append(nn.Linear(in_features, 1))
+        self.net = nn.Sequential(*layers)
+        weight = self._pos_weight(pos_weight, spec)
+        self.register_buffer("pos_weight", weight, persistent=False)
+
+    @staticmethod
+    def _pos_weight(pos_weight: float | str | None, spec: DataSpec) -> torch.Tensor | None:
+        if pos_weight is None:
+            return None
+        if pos_weight == "auto":
+            counts = spec.extra.get("train_counts") or {}
+            normal, anomaly = counts.get("normal", 0), counts.get("anomaly", 0)
+            if not anomaly:
+                raise ConfigError("head.pos_weight=auto: the train split has no anomalies to weight "
+                                  f"(train counts {counts}); use the reconstruction head or data.train_on=all")
+            return torch.tensor(normal / anomaly)
+        try:
+            return torch.tensor(float(pos_weight))
+        except (TypeError, ValueError):
+            raise ConfigError(f"head.pos_weight={pos_weight!r}: expected null, a number or auto") from None
+
+    def forward(self, features: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        return self.net(features).squeeze(-1)  # (B,) logits
+
+    def loss(self, outputs: torch.Tensor, lengths: torch.Tensor, batch: Batch) -> torch.Tensor:
+        return F.binary_cross_entropy_with_logits(outputs, batch.targets.float(), pos_weight=self.pos_weight)
+
+    def scores(self, outputs: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        return outputs.float().sigmoid()
+
+
+class ReconstructionHead(ScoreHead):
+    """Unsupervised: predict the encoder's signal step by step; score = mean squared error.
+
+    ``target=next`` (forecast): a dense layer on every LSTM step predicts the *next* sample,
+    which the LSTM has not read yet. ``target=same`` (autoencoder, Malhotra et al. 2016): the
+    LSTM's summary of the whole sequence (``pooling``) is the bottleneck; a decoder LSTM unrolls
+    it over the sequence length and a dense layer rebuilds every sample. (Predicting the sample
+    the LSTM has just read would be the identity and detect nothing.)
+
+    The target is the encoder's output (its first ``signal_channels`` channels, e.g. the
+    normalised beat of :class:`~lstmkit.encoders.beat.BeatEncoder`), captured by a forward hook
+    registered in :meth:`bind`. The head's output carries prediction and target side by side,
+    ``(B, T, 2C)``, so loss, metrics and decoding need nothing else.
+
+    Args:
+        spec: the data description (unused; the encoder gives the channels).
+        in_features: size of the LSTM output.
+        target: ``next`` or ``same``.
+        pooling: summary for ``target=same`` (``last``, ``mean``, ``max``); ``next`` reads every step.
+        decoder_size: hidden size of the decoder LSTM (``target=same``).
+        positions: ``target=same``: feed the decoder where it is in the sequence (``t / L`` and
+            this many sine/cosine pairs), so it need not count steps from a constant input.
+        dropout: dropout before the output layer.
+        threshold / quantile: how the validation split chooses the threshold (see :class:`ScoreHead`).
+    """
+
+    log_scale = True
+
+    def __init__(
+        self,
+        spec: DataSpec,
+        in_features: int,
+        target: str = "same",
+        pooling: str = "last",
+        decoder_size: int = 64,
+        positions: int = 8,
+        dropout: float = 0.0,
+        threshold: str = "quantile",
+        quantile: float = 0.99,
+    ) -> None:
+        super().__init__(threshold, quantile, initial_threshold=math.inf)
+        if target not in ("next", "same"):
+            raise ConfigError(f"head.target={target!r}: expected next or same")
+        self.target = target
+        self.pooling = "none" if target == "next" else pooling
+        self.score_name = "forecast error (MSE)" if target == "next" else "reconstruction error (MSE)"
+        self.positions = positions
+        decoder_in = in_features + (2 * positions + 1 if positions else 0)
+        self.decoder = nn.LSTM(decoder_in, decoder_size, batch_first=True) if target == "same" else None
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.out_size = decoder_size if target == "same" else in_features
+        self.channels = 0
+        self.proj: nn.Module = nn.Identity()
+        self._signal: torch.Tensor | None = None
+
+    def bind(self, encoder: nn.Module) -> None:
+        """Size the output layer to the encoder's signal and capture that signal on every call."""
+        self.channels = int(getattr(encoder, "signal_channels", encoder.out_features))
+        self.proj = nn.Linear(self.out_size, self.channels)
+        encoder.register_forward_hook(self._capture_signal)
+
+    def _capture_signal(self, module: nn.Module, args: Any, output: tuple[torch.Tensor, torch.Tensor]) -> None:
+        self._signal = output[0][..., : self.channels]  # (B, T, C)
+
+    def forward(self, features: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        signal, self._signal = self._signal, None
+        if signal is None or not self.channels:
+            raise RuntimeError("ReconstructionHead needs its encoder's output: build it through SequenceModel")
+        if self.decoder is not None:
+            steps = signal.shape[1]
+            inputs = features.unsqueeze(1).expand(-1, steps, -1)  # (B, D) -> (B, T, D)
+            if self.positions:
+                inputs = torch.cat([inputs, self._clock(signal, lengths)], dim=-1)  # (B, T, D + 2P + 1)
+            hidden, _ = self.decoder(inputs)  # (B, T, decoder_size)
+            goal = signal
+        else:
+            hidden = features  # (B, T, D)
+            goal = torch.cat([signal[:, 1:], torch.zeros_like(signal[:, :1])], dim=1)  # x[t+1]
+        prediction = self.proj(self.dropout(hidden))  # (B, T, C)
+        return torch.cat([prediction, goal], dim=-1)  # (B, T, 2C)
+
+    def _clock(self, signal: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """Where each step lies in its sequence: ``t / L`` and ``sin, cos(2 pi k t / L)``, k = 1..P."""
+        steps = torch.arange(signal.shape[1], device=signal.device, dtype=signal.dtype)
+        phase = steps[None, :] / lengths.to(signal.device, signal.dtype).clamp(min=1)[:, None]  # (B, T)
+        angles = 2 * math.pi * phase.unsqueeze(-1) * torch.arange(
+            1, self.positions + 1, device=signal.device, dtype=signal.dtype)  # (B, T, P)
+        return torch.cat([phase.unsqueeze(-1), angles.sin(), angles.cos()], dim=-1)
+
+    def _squared_errors(self, outputs: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-step squared errors ``(B, T)`` summed over channels, and the valid-step mask ``(B, T)``."""
+        prediction, goal = outputs.float().split(self.channels, dim=-1)
+        valid = lengths.to(outputs.device) - (1 if self.target == "next" else 0)  # no x[T] to forecast
+        mask = torch.arange(outputs.shape[1], device=outputs.device)[None, :] < valid[:, None]
+        return ((prediction - goal) ** 2).sum(-1) * mask, mask
+
+    def loss(self, outputs: torch.Tensor, lengths: torch.Tensor, batch: Batch) -> torch.Tensor:
+        errors, mask = self._squared_errors(outputs, lengths)
+        return errors.sum() / (mask.sum() * self.channels).clamp(min=1)
+
+    def scores(self, outputs: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        errors, mask = self._squared_errors(outputs, lengths)
+        return errors.sum(1) / (mask.sum(1) * self.channels).clamp(min=1)  # (B,)

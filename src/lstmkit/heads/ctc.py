@@ -1,0 +1,339 @@
+"""Per-frame dense -> log-softmax over characters + blank -> CTC loss; greedy or beam decoding."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import defaultdict
+from typing import Any
+
+import torch
+import torchaudio.functional as AF
+from torch import nn
+from torch.nn import functional as F
+from torchmetrics import Metric, MetricCollection
+from torchmetrics.text import CharErrorRate, WordErrorRate
+
+from lstmkit.errors import ConfigError, DataError
+from lstmkit.heads.base import Head
+from lstmkit.types import Batch, DataSpec
+
+log = logging.getLogger("lstmkit")
+NEG_INF = float("-inf")
+
+
+def _logaddexp(a: float, b: float) -> float:
+    if a == NEG_INF:
+        return b
+    if b == NEG_INF:
+        return a
+    return max(a, b) + math.log1p(math.exp(-abs(a - b)))
+
+
+def greedy_decode(log_probs: torch.Tensor, lengths: torch.Tensor, blank: int) -> list[list[int]]:
+    """Best path: argmax per frame, merge repeats, drop blanks. ``log_probs`` is ``(B, T, C)``."""
+    best = log_probs.argmax(dim=-1).cpu()  # (B, T)
+    out = []
+    for row, length in zip(best, lengths.cpu().tolist()):
+        ids = torch.unique_consecutive(row[: int(length)])
+        out.append([int(i) for i in ids if int(i) != blank])
+    return out
+
+
+def prefix_beam_search(log_probs: torch.Tensor, blank: int, beam_size: int = 8, top_k: int | None = None) -> list[int]:
+    """CTC prefix beam search (Hannun et al. 2014, "First-pass LVCSR"), no language model.
+
+    Unlike the best path it sums the probability of every alignment of a prefix (blank- and
+    non-blank-ending separately), so a label spread thinly over several frames can win.
+    Pure Python on ``(T, C)`` log-probabilities of one utterance; each frame only extends
+    by the ``top_k`` most likely symbols (default ``beam_size``) plus each prefix's last one.
+    This is the fallback for ``torchaudio.models.decoder.ctc_decoder`` when the
+    ``flashlight-text`` package is missing.
+    """
+    top_k = min(top_k or beam_size, log_probs.shape[-1])
+    frames = log_probs.float().cpu()
+    candidates = frames.topk(top_k, dim=-1).indices.tolist()
+    rows = frames.tolist()
+    beams: dict[tuple[int, ...], tuple[float, float]] = {(): (0.0, NEG_INF)}  # prefix -> (p_blank, p_label)
+    for row, cand in zip(rows, candidates):
+        nxt: dict[tuple[int, ...], list[float]] = defaultdict(lambda: [NEG_INF, NEG_INF])
+        for prefix, (p_b, p_nb) in beams.items():
+            total = _logaddexp(p_b, p_nb)
+            last = prefix[-1] if prefix else None
+            symbols = set(cand) | ({last} if last is not None else set())
+            for c in symbols:
+                p = row[c]
+                if c == blank:
+                    entry = nxt[prefix]
+                    entry[0] = _logaddexp(entry[0], total + p)
+                elif c == last:
+                    same = nxt[prefix]  # "aa" without a blank between collapses to "a"
+                    same[1] = _logaddexp(same[1], p_nb + p)
+                    longer = nxt[prefix + (c,)]  # a repeated label needs a blank between
+                    longer[1] = _logaddexp(longer[1], p_b + p)
+                else:
+                    longer = nxt[prefix + (c,)]
+                    longer[1] = _logaddexp(longer[1], total + p)
+        ranked = sorted(nxt.items(), key=lambda kv: _logaddexp(*kv[1]), reverse=True)[:beam_size]
+        beams = {prefix: (scores[0], scores[1]) for prefix, scores in ranked}
+    best = max(beams.items(), key=lambda kv: _logaddexp(*kv[1]))[0]
+    return list(best)
+
+
+def _flashlight_decoder(tokens: list[str], blank: str, beam_size: int) -> Any | None:
+    """torchaudio's lexicon-free flashlight beam decoder, or ``None`` without flashlight-text."""
+    try:
+        from torchaudio.models.decoder import ctc_decoder
+    except (ImportError, RuntimeError):  # torchaudio raises RuntimeError when flashlight is missing
+        return None
+    sil = "|" if "|" in tokens else blank  # the word separator; our vocabulary always has a space
+    return ctc_decoder(lexicon=None, tokens=tokens, lm=None, nbest=1, beam_size=beam_size,
+                       blank_token=blank, sil_token=sil, log_add=True)
+
+
+class TranscriptExamples(Metric):
+    """Test-time collector for the figures: per-utterance errors and a few posteriorgrams."""
+
+    full_state_update = False
+
+    def __init__(self, max_examples: int = 4) -> None:
+        super().__init__()
+        self.max_examples = max_examples
+        self.add_state("edits", default=[], dist_reduce_fx="cat")
+        self.add_state("ref_lengths", default=[], dist_reduce_fx="cat")
+        self.add_state("posteriors", default=[], dist_reduce_fx=None)
+        self.add_state("references", default=[], dist_reduce_fx=None)
+        self.add_state("hypotheses", default=[], dist_reduce_fx=None)
+
+    def update(self, log_probs: torch.Tensor, lengths: torch.Tensor, refs: list[list[int]],
+               hyps: list[list[int]]) -> None:
+        edits = [AF.edit_distance(r, h) for r, h in zip(refs, hyps)]
+        self.edits.append(torch.tensor(edits, dtype=torch.float32, device=self.device))
+        self.ref_lengths.append(torch.tensor([len(r) for r in refs], dtype=torch.float32, device=self.device))
+        for k in range(min(len(refs), self.max_examples - len(self.posteriors))):
+            self.posteriors.append(log_probs[k, : int(lengths[k])].detach().exp().float())
+            self.references.append(torch.tensor(refs[k], dtype=torch.int64, device=self.device))
+            self.hypotheses.append(torch.tensor(hyps[k], dtype=torch.int64, device=self.device))
+
+    def compute(self) -> dict[str, Any]:
+        def cat(state: Any) -> torch.Tensor:
+            return torch.cat(state) if isinstance(state, list) else state
+
+        return {"edits": cat(self.edits) if len(self.edits) else torch.zeros(0),
+                "ref_lengths": cat(self.ref_lengths) if len(self.ref_lengths) else torch.zeros(0),
+                "posteriors": list(self.posteriors)[: self.max_examples],
+                "references": list(self.references)[: self.max_examples],
+                "hypotheses": list(self.hypotheses)[: self.max_examples]}
+
+
+class CTCHead(Head):
+    """Frame-wise character posteriors trained with CTC (Graves et al. 2006).
+
+    ``forward`` returns log-probabilities ``(B, T', C)`` over ``spec.classes`` (blank at
+    ``spec.blank_id``, space a character). The loss is ``F.ctc_loss`` with
+    ``zero_infinity=True``; before it, every utterance is checked: CTC needs at least as many
+    frames as labels plus one blank per repeated pair ("ee"), and an utterance with fewer
+    frames is impossible. ``too_short: error`` raises (naming the frame counts and
+    transcripts, and what to change); ``skip`` drops those utterances from the loss and logs
+    a running count. Nothing is dropped silently.
+
+    Decoding: ``greedy`` (best path) or ``beam``: torchaudio's lexicon-free
+    ``ctc_decoder`` (flashlight) when the ``flashlight-text`` package imports, else
+    :func:`prefix_beam_search` here. CER/WER (``torchmetrics.text``) are measured on the
+    decoded strings against the reference transcripts, with the configured decoder.
+
+    Args:
+        spec: gives the characters and the blank id.
+        in_features: size of the LSTM output per frame.
+        hidden: optional hidden dense layer per frame (0 = a single linear layer).
+        dropout: dropout before each dense layer.
+        decoder: ``greedy`` or ``beam``. beam_size: hypotheses kept per frame.
+        too_short: ``error`` or ``skip`` for utterances with too few frames.
+        plot_examples: test utterances drawn in the posteriorgram figure.
+    """
+
+    pooling = "none"
+    monitor = "val/cer"
+    mode = "min"
+
+    def __init__(
+        self,
+        spec: DataSpec,
+        in_features: int,
+        hidden: int = 0,
+        dropout: float = 0.0,
+        decoder: str = "greedy",
+        beam_size: int = 8,
+        too_short: str = "error",
+        plot_examples: int = 4,
+    ) -> None:
+        super().__init__()
+        if spec.blank_id is None or not spec.classes:
+            raise ConfigError("CTCHead needs a DataSpec with classes (characters) and blank_id")
+        if too_short not in {"error", "skip"}:
+            raise ConfigError(f"head.too_short={too_short!r}: expected error or skip")
+        self.classes = list(spec.classes)
+        self.blank = int(spec.blank_id)
+        layers: list[nn.Module] = [nn.Dropout(dropout)] if dropout > 0 else []
+        if hidden:
+            layers += [nn.Linear(in_features, hidden), nn.GELU()]
+            layers += [nn.Dropout(dropout)] if dropout > 0 else []
+            in_features = hidden
+        layers.append(nn.Linear(in_features, len(self.classes)))
+        self.net = nn.Sequential(*layers)
+        self.too_short = too_short
+        self.plot_examples = plot_examples
+        self.skipped = 0
+        self.use_decoder(decoder, beam_size)
+
+    def use_decoder(self, decoder: str, beam_size: int | None = None) -> None:
+        """Switch decoding (e.g. on a loaded checkpoint): ``greedy`` or ``beam`` with ``beam_size``."""
+        if decoder not in {"greedy", "beam"}:
+            raise ConfigError(f"head.decoder={decoder!r}: expected greedy or beam")
+        self.decoder = decoder
+        self.beam_size = int(beam_size or getattr(self, "beam_size", 8))
+        self._flashlight: Any = None
+        if decoder == "beam":
+            tokens = ["|" if c == " " else c for c in self.classes]
+            self._flashlight = _flashlight_decoder(tokens, self.classes[self.blank], self.beam_size)
+            if self._flashlight is None:
+                log.info("flashlight-text is not installed: beam search uses lstmkit's prefix beam search")
+
+    def forward(self, features: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        return self.net(features).log_softmax(dim=-1)  # (B, T', C)
+
+    # -- loss -------------------------------------------------------------------------------------
+    def loss(self, outputs: torch.Tensor, lengths: torch.Tensor, batch: Batch) -> torch.Tensor:
+        targets, target_lengths = batch.targets, batch.target_lengths
+        if targets is None or target_lengths is None:
+            raise ValueError("CTCHead needs padded label sequences with target_lengths")
+        lengths = lengths.to(outputs.device)
+        target_lengths = target_lengths.to(outputs.device)
+        short = lengths < self.required_frames(targets, target_lengths)
+        if bool(short.any()):
+            self._report_short(short, lengths, targets, target_lengths)
+        keep = ~short
+        if not bool(keep.any()):
+            return outputs.sum() * 0.0  # keeps the graph; every utterance was reported above
+        per_utt = F.ctc_loss(
+            outputs.transpose(0, 1).float(),  # (T', B, C)
+            targets, lengths, target_lengths,
+            blank=self.blank, reduction="none", zero_infinity=True,
+        )
+        per_utt = per_utt / target_lengths.clamp(min=1).to(per_utt.dtype)  # as reduction="mean"
+        return per_utt[keep].mean()
+
+    @staticmethod
+    def required_frames(targets: torch.Tensor, target_lengths: torch.Tensor) -> torch.Tensor:
+        """Fewest frames a CTC alignment needs: one per label, plus a blank per repeated pair."""
+        valid = torch.arange(targets.shape[1], device=targets.device)[None, :] < target_lengths[:, None]
+        repeats = ((targets[:, 1:] == targets[:, :-1]) & valid[:, 1:]).sum(dim=1)
+        return target_lengths + repeats
+
+    def _report_short(self, short: torch.Tensor, lengths: torch.Tensor, targets: torch.Tensor,
+                      target_lengths: torch.Tensor) -> None:
+        rows = short.nonzero().flatten().tolist()
+        need = self.required_frames(targets, target_lengths)
+        details = "; ".join(
+            f"{self._text(targets[r, : int(target_lengths[r])].tolist())!r}: {int(lengths[r])} frames, "
+            f"needs {int(need[r])}" for r in rows[:5])
+        if self.too_short == "error":
+            raise DataError(
+                f"{len(rows)} utterance(s) in this batch have fewer frames after the encoder's subsampling "
+                f"than CTC needs for their transcript ({details}). Use less subsampling "
+                "(encoder.stride / encoder.hop), or set head.too_short=skip to leave them out of the loss"
+            )
+        self.skipped += len(rows)
+        log.warning("CTC: skipped %d utterance(s) with too few frames (%d so far): %s",
+                    len(rows), self.skipped, details)
+
+    # -- decoding ---------------------------------------------------------------------------------
+    def _text(self, ids: list[int]) -> str:
+        return "".join(self.classes[i] for i in ids if i != self.blank)
+
+    def decode_ids(self, outputs: torch.Tensor, lengths: torch.Tensor) -> list[list[int]]:
+        """Label ids per utterance (blanks removed, repeats merged) with the configured decoder."""
+        if self.decoder == "greedy":
+            return greedy_decode(outputs, lengths, self.blank)
+        if self._flashlight is not None:
+            emissions = outputs.detach().float().cpu().contiguous()
+            hypotheses = self._flashlight(emissions, lengths.detach().cpu().to(torch.int32))
+            return [self._strip_silence([int(i) for i in hyps[0].tokens.tolist() if int(i) != self.blank])
+                    for hyps in hypotheses]
+        return [prefix_beam_search(outputs[b, : int(n)], self.blank, self.beam_size)
+                for b, n in enumerate(lengths.tolist())]
+
+    def _strip_silence(self, ids: list[int]) -> list[int]:
+        """Flashlight brackets hypotheses with the word separator (our space): drop those, merge runs."""
+        if " " not in self.classes:
+            return ids
+        space = self.classes.index(" ")
+        out: list[int] = []
+        for i in ids:
+            if i == space and (not out or out[-1] == space):
+                continue
+            out.append(i)
+        while out and out[-1] == space:
+            out.pop()
+        return out
+
+    def transcripts(self, ids: list[list[int]]) -> list[str]:
+        return [" ".join(self._text(row).split()) for row in ids]
+
+    def decode(self, outputs: torch.Tensor, lengths: torch.Tensor) -> list[dict[str, Any]]:
+        return [{"transcript": text} for text in self.transcripts(self.decode_ids(outputs, lengths))]
+
+    # -- metrics and figures ----------------------------------------------------------------------
+    def metrics(self) -> MetricCollection:
+        # compute_groups off: CER and WER have same-named states that must never be merged
+        return MetricCollection({"cer": CharErrorRate(), "wer": WordErrorRate()}, compute_groups=False)
+
+    def figure_metrics(self) -> MetricCollection:
+        return MetricCollection({"examples": TranscriptExamples(self.plot_examples)})
+
+    def update_metrics(
+        self, metrics: MetricCollection, outputs: torch.Tensor, lengths: torch.Tensor, batch: Batch
+    ) -> None:
+        assert batch.targets is not None and batch.target_lengths is not None
+        hyps = self.decode_ids(outputs.detach(), lengths)
+        refs = [row[: int(n)].tolist() for row, n in zip(batch.targets, batch.target_lengths)]
+        collected = [m for m in metrics.values() if isinstance(m, TranscriptExamples)]
+        if collected:
+            for metric in collected:
+                metric.update(outputs.detach(), lengths, refs, hyps)
+            return
+        metrics.update(self.transcripts(hyps), self.transcripts(refs))
+
+    def figures(self, figure_metrics: MetricCollection) -> dict[str, Any]:
+        import matplotlib.pyplot as plt
+
+        result = next(iter(figure_metrics.values())).compute()
+        figures: dict[str, Any] = {}
+        # compute() squeezes one-element tensors to scalars: reshape back to sequences
+        edits, ref_lengths = result["edits"].cpu().reshape(-1), result["ref_lengths"].cpu().reshape(-1)
+        if len(edits):
+            fig, ax = plt.subplots(figsize=(6, 3.5))
+            sizes = sorted({int(n) for n in ref_lengths.tolist()})
+            rates = [float(edits[ref_lengths == n].sum() / (n * (ref_lengths == n).sum())) for n in sizes]
+            counts = [int((ref_lengths == n).sum()) for n in sizes]
+            ax.bar(sizes, rates, color="tab:blue")
+            for x, y, c in zip(sizes, rates, counts):
+                ax.text(x, y, str(c), ha="center", va="bottom", fontsize=7)
+            ax.set_xlabel("reference length (characters)")
+            ax.set_ylabel("CER")
+            ax.set_title("test CER by transcript length (bar labels: utterances)")
+            figures["cer_by_length"] = fig
+        posteriors = result["posteriors"]
+        if posteriors:
+            fig, axes = plt.subplots(len(posteriors), 1, figsize=(8, 2.4 * len(posteriors)), squeeze=False)
+            labels = ["∅" if i == self.blank else ("␣" if c == " " else c) for i, c in enumerate(self.classes)]
+            for ax, probs, ref, hyp in zip(axes[:, 0], posteriors, result["references"], result["hypotheses"]):
+                ax.imshow(probs.cpu().T.numpy(), origin="lower", aspect="auto", cmap="magma", vmin=0, vmax=1)
+                ax.set_yticks(range(len(labels)), labels, fontsize=6)
+                ref_text, hyp_text = self._text(ref.reshape(-1).tolist()), self._text(hyp.reshape(-1).tolist())
+                ax.set_title(f"ref: {ref_text!r}   hyp: {hyp_text!r}", fontsize=9)
+            axes[-1, 0].set_xlabel("frame (after subsampling)")
+            fig.suptitle("CTC posteriors on test utterances")
+            fig.tight_layout()
+            figures["ctc_posteriors"] = fig
+        return figures

@@ -1,0 +1,329 @@
+"""ECG anomaly detection: generated beats, UCR/CSV loaders and their errors, encoder, heads, CLI."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torchmetrics import MetricCollection
+
+from lstmkit.checkpoints import load_model
+from lstmkit.commands.train import train
+from lstmkit.data.ecg import (
+    BeatInput,
+    EcgDataModule,
+    generate_beats,
+    read_beats,
+    stratified_split,
+    write_beats,
+)
+from lstmkit.encoders.beat import BeatEncoder
+from lstmkit.errors import ConfigError, DataError
+from lstmkit.heads.anomaly import AnomalyHead, ReconstructionHead, f1_threshold, select_threshold
+from lstmkit.module import SequenceModel
+from lstmkit.types import Batch, DataSpec
+
+from .conftest import QUICK, REPO, run_cli, shared_data
+
+SPEC = DataSpec(input_kind="features", num_features=1, classes=["normal", "anomaly"],
+                extra={"samples_per_beat": 140, "label_column": "first", "format": "auto",
+                       "train_counts": {"normal": 30, "anomaly": 10}})
+BEAT = {"_target_": "lstmkit.encoders.beat.BeatEncoder"}
+
+
+# -- generated beats ----------------------------------------------------------------------------------
+def test_generated_beats_are_deterministic_and_labelled() -> None:
+    beats, kinds = generate_beats(200, anomaly_fraction=0.3, samples_per_beat=140, seed=3)
+    again, kinds_again = generate_beats(200, anomaly_fraction=0.3, samples_per_beat=140, seed=3)
+    np.testing.assert_array_equal(beats, again)
+    np.testing.assert_array_equal(kinds, kinds_again)
+    assert not np.array_equal(generate_beats(200, seed=4)[0], beats)
+    assert beats.shape == (200, 140) and beats.dtype == np.float32 and np.isfinite(beats).all()
+    assert (kinds != 1).sum() == 60 and set(np.unique(kinds)) == {1, 2, 3, 4, 5}
+
+
+def test_generated_anomalies_change_the_beat_shape() -> None:
+    beats, kinds = generate_beats(800, anomaly_fraction=0.5, seed=0)
+    z = (beats - beats.mean(1, keepdims=True)) / beats.std(1, keepdims=True)
+    r_peak = z.argmax(1)
+    assert np.median(r_peak[kinds == 1]) == pytest.approx(0.38 * 140, abs=3)  # R peak where the model puts it
+    t_wave = slice(int(0.60 * 140), int(0.72 * 140))
+    normal_t, inverted_t = z[kinds == 1, t_wave].mean(), z[kinds == 4, t_wave].mean()
+    assert normal_t > 0.3 and inverted_t < normal_t - 0.4
+    # PVCs have no P wave and a wide QRS: fewer samples above half the R height than normal beats
+    def width(rows: np.ndarray) -> float:
+        return float((rows > rows.max(1, keepdims=True) / 2).sum(1).mean())
+
+    assert width(z[kinds == 2]) > 1.5 * width(z[kinds == 1])
+
+
+# -- reading files --------------------------------------------------------------------------------------
+def _ucr(path: Path, n: int = 20, seed: int = 0, length: int = 140) -> Path:
+    beats, kinds = generate_beats(n, anomaly_fraction=0.4, samples_per_beat=length, seed=seed)
+    return write_beats(path, beats, kinds)
+
+
+def test_ucr_and_csv_files_read_back(tmp_path: Path) -> None:
+    beats, kinds = generate_beats(12, anomaly_fraction=0.5, seed=1)
+    table = read_beats(write_beats(tmp_path / "X_TRAIN.txt", beats, kinds))
+    np.testing.assert_allclose(table.samples, beats, rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(table.labels, kinds)
+    lines = ["s" + ",s".join(str(i) for i in range(140)) + ",label"]  # header, label last
+    lines += [",".join(f"{v:.6f}" for v in b) + f",{k}" for b, k in zip(beats, kinds)]
+    (tmp_path / "beats.csv").write_text("\n".join(lines) + "\n")
+    table = read_beats(tmp_path / "beats.csv", label_column="last")
+    np.testing.assert_allclose(table.samples, beats, atol=1e-5)
+    np.testing.assert_array_equal(table.labels, kinds)
+    assert table.rows[0] == 2  # row numbers count the header
+    with pytest.raises(ConfigError, match="label_column=none"):
+        read_beats(tmp_path / "beats.csv", label_column="none")
+
+
+@pytest.mark.parametrize(
+    ("case", "expected"),
+    [
+        ("ragged", r"row 3: row has 101 values, expected 141 .* as in row 1"),
+        ("word", r"row 2, field 'column 5': expected a number, found 'abc'"),
+        ("nan", r"row 2, field 'column 7': found 'nan'; every value must be a finite number"),
+        ("inf", r"row 1, field 'column 3': found 'inf'"),
+        ("label", r"row 2, field 'column 0': class label 7 is not a known class; expected one of \[1, 2, 3, 4, 5\]"),
+        ("fraction", r"row 1, field 'column 0': class label 1.5 is not a whole number"),
+        ("empty", r"file is empty"),
+    ],
+)
+def test_bad_files_raise_errors_naming_file_and_row(tmp_path: Path, case: str, expected: str) -> None:
+    path = _ucr(tmp_path / "bad.txt", n=4)
+    rows = [line.split() for line in path.read_text().splitlines()]
+    if case == "ragged":
+        rows[2] = rows[2][:101]
+    elif case == "word":
+        rows[1][5] = "abc"
+    elif case == "nan":
+        rows[1][7] = "nan"
+    elif case == "inf":
+        rows[0][3] = "inf"
+    elif case == "label":
+        rows[1][0] = "7"
+    elif case == "fraction":
+        rows[0][0] = "1.5"
+    path.write_text("" if case == "empty" else "\n".join(" ".join(r) for r in rows) + "\n")
+    with pytest.raises(DataError, match=expected) as err:
+        EcgDataModule(path=str(path)).setup()
+    assert str(path) in str(err.value)
+
+
+def test_stratified_split_keeps_class_proportions(tmp_path: Path) -> None:
+    labels = np.array([1] * 70 + [2] * 20 + [4] * 10)
+    parts = stratified_split(labels, {"val": 0.2, "test": 0.2}, seed=5)
+    assert sorted(np.concatenate(list(parts.values())).tolist()) == list(range(100))  # a partition
+    assert {k: len(v) for k, v in parts.items()} == {"train": 60, "val": 20, "test": 20}
+    for index in parts.values():
+        assert np.bincount(labels[index], minlength=5)[[1, 2, 4]].tolist() in ([42, 12, 6], [14, 4, 2])
+    assert all(np.array_equal(parts[k], stratified_split(labels, {"val": 0.2, "test": 0.2}, 5)[k]) for k in parts)
+
+
+def test_single_file_is_split_60_20_20_and_train_on_normal_drops_train_anomalies(tmp_path: Path) -> None:
+    path = _ucr(tmp_path / "beats.txt", n=100)
+    dm = EcgDataModule(path=str(path), batch_size=8)
+    dm.setup()
+    assert {k: len(v) for k, v in dm.splits.items()} == {"train": 60, "val": 20, "test": 20}
+    unsup = EcgDataModule(path=str(path), train_on="normal", batch_size=8)
+    unsup.setup()
+    assert int(torch.stack(unsup.splits["train"].targets).sum()) == 0 and len(unsup.splits["train"]) == 36
+    for split in ("val", "test"):  # both kinds kept for AUROC
+        assert set(torch.stack(unsup.splits[split].targets).tolist()) == {0, 1}
+    assert unsup.spec.extra["train_counts"] == {"normal": 36, "anomaly": 0}
+    batch = next(iter(unsup.val_dataloader()))
+    assert batch.inputs.shape == (8, 140, 1) and batch.lengths.tolist() == [140] * 8
+
+
+def test_folder_keeps_its_test_file_and_carves_val_from_train(tmp_path: Path) -> None:
+    _ucr(tmp_path / "ECG_TRAIN.txt", n=50, seed=1)
+    _ucr(tmp_path / "ECG_TEST.txt", n=30, seed=2)
+    (tmp_path / "SOURCE.txt").write_text("where the data came from\n")
+    dm = EcgDataModule(path=str(tmp_path))
+    dm.setup()
+    assert {k: len(v) for k, v in dm.splits.items()} == {"train": 40, "val": 10, "test": 30}
+    _ucr(tmp_path / "ECG_TEST.txt", n=5, seed=2, length=120)
+    with pytest.raises(DataError, match=r"ECG_TEST.txt, row 1: row has 121 values, expected 141"):
+        EcgDataModule(path=str(tmp_path)).setup()
+
+
+def test_eval_reuses_the_stored_beat_length(tmp_path: Path) -> None:
+    path = _ucr(tmp_path / "short.txt", n=10, length=100)
+    with pytest.raises(DataError, match="expected 141 .* the model's 140 samples per beat"):
+        EcgDataModule(path=str(path), spec=SPEC.to_dict()).setup()
+
+
+def test_real_ecg5000_train_file() -> None:
+    folder = shared_data("ecg")
+    dm = EcgDataModule(path=str(folder), batch_size=32)
+    dm.setup()
+    sizes = {k: len(v) for k, v in dm.splits.items()}
+    assert sum(sizes.values()) == 500 and sizes["val"] == sizes["test"] == 99  # 20 % of each class, rounded
+    anomalies = sum(int(torch.stack(d.targets).sum()) for d in dm.splits.values())
+    assert anomalies == 500 - 292  # SOURCE.txt: 292 normal beats (class 1)
+    assert dm.spec.extra["samples_per_beat"] == 140
+
+
+# -- encoder ----------------------------------------------------------------------------------------------
+def test_beat_encoder_normalises_each_beat_over_its_valid_samples() -> None:
+    torch.manual_seed(0)
+    x = torch.randn(3, 50, 1) * torch.tensor([1.0, 5.0, 0.1])[:, None, None] + 7.0
+    lengths = torch.tensor([50, 30, 10])
+    out, out_lengths = BeatEncoder(SPEC, difference=True)(x, lengths)
+    assert out.shape == (3, 50, 2) and torch.equal(out_lengths, lengths)
+    for row, n in enumerate(lengths.tolist()):
+        valid = out[row, :n, 0]
+        assert abs(float(valid.mean())) < 1e-5 and float(valid.std(unbiased=False)) == pytest.approx(1.0, abs=1e-4)
+        assert torch.all(out[row, n:] == 0)  # padding stays zero
+        torch.testing.assert_close(out[row, 1:n, 1], valid[1:] - valid[:-1])
+    same, _ = BeatEncoder(SPEC)(3.0 * x[:, :, 0] - 2.0, lengths)  # (B, T) input, other gain and offset
+    torch.testing.assert_close(same, out[..., :1], atol=1e-4, rtol=1e-4)
+    flat, _ = BeatEncoder(SPEC)(torch.ones(1, 20, 1), torch.tensor([20]))
+    assert torch.all(flat == 0)
+
+
+# -- heads --------------------------------------------------------------------------------------------------
+def test_threshold_rules() -> None:
+    scores = torch.tensor([0.1, 0.2, 0.3, 0.35, 0.4, 0.8, 0.9])
+    labels = torch.tensor([0, 0, 0, 1, 0, 1, 1])
+    # flagging >= 0.35 catches all 3 anomalies with one false alarm: F1 = 6/7 beats 0.8 (>= 0.8 only)
+    assert f1_threshold(scores, labels) == pytest.approx(0.325)
+    assert select_threshold(scores, labels, "f1") == pytest.approx(0.325)
+    assert f1_threshold(torch.tensor([0.5, 0.5, 0.2]), torch.tensor([1, 0, 0])) == pytest.approx(0.35)  # ties stay whole
+    assert select_threshold(scores, labels, "quantile", 0.5) == pytest.approx(0.25)  # normals 0.1 .. 0.4
+    assert select_threshold(scores, torch.zeros(7), "f1", 0.99) == pytest.approx(float(torch.quantile(scores, 0.99)))
+    assert select_threshold(scores, torch.ones(7), "quantile") is None
+
+
+def _metrics(head: AnomalyHead | ReconstructionHead) -> tuple[MetricCollection, MetricCollection]:
+    collection = head.metrics()
+    return collection.clone(prefix="val/"), collection.clone(prefix="test/")
+
+
+def test_anomaly_head_threshold_is_chosen_on_val_and_reused_on_test() -> None:
+    head = AnomalyHead(SPEC, in_features=4, pos_weight="auto")
+    assert float(head.pos_weight) == pytest.approx(3.0)
+    logits = torch.tensor([-3.0, -2.0, -1.0, 0.5, 2.0, 3.0])
+    targets = torch.tensor([0, 0, 1, 0, 1, 1])
+    batch = Batch(torch.zeros(6, 5, 1), torch.full((6,), 5), targets)
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(logits, targets.float(), pos_weight=torch.tensor(3.0))
+    torch.testing.assert_close(head.loss(logits, batch.lengths, batch), expected)
+    assert head(torch.randn(6, 4), batch.lengths).shape == (6,)
+
+    val, test = _metrics(head)
+    head.update_metrics(val, logits, batch.lengths, batch)
+    result = {k: float(v) for k, v in val.compute().items()}
+    chosen = float(head.threshold)
+    assert result["val/threshold"] == pytest.approx(chosen)
+    # best F1 (6/7) flags the scores from sigmoid(-1) up: the cut lies midway to the next lower score
+    assert chosen == pytest.approx(float(torch.sigmoid(torch.tensor([-1.0, -2.0])).mean()))
+    assert result["val/recall"] == 1.0 and result["val/precision"] == pytest.approx(0.75)
+    assert result["val/auroc"] == pytest.approx(8 / 9)
+    # test never moves the threshold, whatever its scores
+    head.update_metrics(test, torch.tensor([5.0, 6.0]), torch.full((2,), 5), Batch(torch.zeros(2, 5, 1),
+                        torch.full((2,), 5), torch.tensor([0, 1])))
+    assert float(test.compute()["test/threshold"]) == pytest.approx(chosen) == float(head.threshold)
+    decoded = head.decode(torch.tensor([-3.0, 3.0]), torch.full((2,), 5))
+    assert [d["anomaly"] for d in decoded] == [False, True]
+    assert set(decoded[0]) == {"score", "anomaly", "threshold"} and decoded[1]["threshold"] == round(chosen, 6)
+
+
+@pytest.mark.parametrize("target", ["next", "same"])
+def test_reconstruction_head_scores_its_encoders_signal(target: str) -> None:
+    torch.manual_seed(0)
+    model = SequenceModel(spec=SPEC.to_dict(), encoder={**BEAT, "difference": True}, core={"hidden_size": 8},
+                          head={"_target_": "lstmkit.heads.anomaly.ReconstructionHead", "target": target,
+                                "decoder_size": 8})
+    x = torch.randn(4, 30, 1)
+    lengths = torch.tensor([30, 30, 20, 12])
+    outputs, _ = model(x, lengths)
+    assert outputs.shape == (4, 30, 2)  # prediction and target (the normalised signal) side by side
+    signal, _ = model.encoder(x, lengths)
+    goal = signal[:, 1:, :1] if target == "next" else signal[..., :1]
+    torch.testing.assert_close(outputs[:, : goal.shape[1], 1:], goal)
+    scores = model.head.scores(outputs, lengths)
+    loss = model.head.loss(outputs, lengths, Batch(x, lengths, torch.zeros(4)))
+    shift = 1 if target == "next" else 0
+    manual = [((outputs[i, : n - shift, 0] - outputs[i, : n - shift, 1]) ** 2).mean() for i, n in enumerate(lengths)]
+    torch.testing.assert_close(scores, torch.stack(manual))
+    assert loss.requires_grad and math.isfinite(float(loss))
+    perfect = torch.cat([outputs[..., 1:], outputs[..., 1:]], dim=-1)
+    assert torch.all(model.head.scores(perfect, lengths) == 0)
+    assert model.head.decode(outputs, lengths)[0]["threshold"] is None  # until validation chooses one
+    with pytest.raises(RuntimeError, match="needs its encoder's output"):
+        ReconstructionHead(SPEC, in_features=8)(torch.zeros(1, 3, 8), torch.tensor([3]))
+
+
+def test_predict_batch_accepts_files_lines_and_optional_labels(tmp_path: Path) -> None:
+    beats, kinds = generate_beats(3, seed=2)
+    labelled = write_beats(tmp_path / "with_labels.txt", beats, kinds)
+    unlabelled = write_beats(tmp_path / "no_labels.txt", beats)
+    items = EcgDataModule.predict_items(SPEC, [str(labelled), str(unlabelled)])
+    assert [str(i) for i in items] == [f"{labelled}:{r}" for r in (1, 2, 3)] + [f"{unlabelled}:{r}" for r in (1, 2, 3)]
+    batch = EcgDataModule.make_predict_batch(SPEC, items)
+    assert batch.inputs.shape == (6, 140, 1)
+    torch.testing.assert_close(batch.inputs[:3], batch.inputs[3:])
+    line = labelled.read_text().splitlines()[1]
+    single = EcgDataModule.make_predict_batch(SPEC, [line, " ".join(line.split()[1:])])
+    torch.testing.assert_close(single.inputs[0], single.inputs[1])
+    assert isinstance(items[0], BeatInput) and json.dumps(items[0]) == json.dumps(str(items[0]))
+    with pytest.raises(DataError, match="row 1: expected a beat of 140 samples"):
+        EcgDataModule.make_predict_batch(SPEC, ["1 2 3"])
+
+
+# -- end to end ---------------------------------------------------------------------------------------------
+TINY = ["data.num_beats=240", "data.batch_size=32", "model.hidden_size=16"]
+
+
+def test_unsupervised_preset_trains_in_process_and_stores_its_threshold(make_cfg, tmp_path: Path) -> None:
+    cfg = make_cfg(["task=ecg_unsupervised", *TINY, "head.decoder_size=16", *QUICK, "logger=none"])
+    train(cfg)
+    model = load_model(tmp_path / "checkpoints" / "last.ckpt")
+    assert isinstance(model.head, ReconstructionHead) and math.isfinite(float(model.head.threshold))
+    assert model.hparams.data["train_on"] == "normal"
+    assert {"score_histogram.png", "roc_curve.png"} <= {p.name for p in (tmp_path / "plots").iterdir()}
+
+
+def test_train_then_predict_through_the_console_script(tmp_path: Path) -> None:
+    run_cli("train", "task=ecg", *TINY, *QUICK, cwd=tmp_path)
+    run = max((tmp_path / "logs" / "ecg" / "runs").iterdir())
+    ckpt = run / "checkpoints" / "last.ckpt"
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert 0.0 <= metrics["test/auroc"] <= 1.0 and "test/f1" in metrics
+    for plot in ("score_histogram.png", "roc_curve.png"):
+        assert (run / "plots" / plot).stat().st_size > 0
+    # the threshold chosen on val is in the checkpoint, and test used it
+    threshold = float(torch.load(ckpt, weights_only=True)["state_dict"]["head.threshold"])
+    with open(next(run.glob("csv/**/metrics.csv"))) as fh:
+        logged = [float(r["val/threshold"]) for r in csv.DictReader(fh) if r.get("val/threshold")]
+    assert threshold == pytest.approx(logged[-1]) and metrics["test/threshold"] == pytest.approx(threshold)
+
+    beats, _ = generate_beats(4, seed=9)
+    beats_file = write_beats(tmp_path / "beats.txt", beats)  # no label column
+    out = run_cli("predict", f"ckpt_path={ckpt}", f"input_file={beats_file}", cwd=tmp_path)
+    lines = [json.loads(line) for line in out.stdout.strip().splitlines() if line.startswith("{")]
+    assert len(lines) == 4
+    for line in lines:
+        assert 0.0 <= line["score"] <= 1.0 and line["threshold"] == pytest.approx(threshold, abs=1e-6)
+        assert line["anomaly"] == (line["score"] >= line["threshold"])
+
+
+def test_notebook_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    notebook = nbformat.read(REPO / "notebooks" / "ecg.ipynb", as_version=4)
+    assert all(not cell.get("outputs") for cell in notebook.cells if cell.cell_type == "code")  # committed clean
+    monkeypatch.setenv("LSTMKIT_QUICK", "1")  # the kernel inherits it: a tiny training run
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    client = nbclient.NotebookClient(notebook, timeout=300, kernel_name="python3",
+                                     resources={"metadata": {"path": str(tmp_path)}})
+    client.execute()
+    text = "".join(o.get("text", "") for c in notebook.cells for o in c.get("outputs", []))
+    assert '"anomaly"' in text  # the predictions were printed

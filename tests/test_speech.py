@@ -1,0 +1,381 @@
+"""The speech (CTC) pipeline: generator, loaders, SpectrogramEncoder, CTCHead, CLI, notebook."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from lstmkit.data.speech import (
+    BLANK,
+    SpeechDataModule,
+    fsdd_transcript,
+    generate_utterances,
+    read_audio,
+)
+from lstmkit.encoders.spectrogram import SpectrogramEncoder
+from lstmkit.errors import ConfigError, DataError
+from lstmkit.heads.ctc import CTCHead, greedy_decode, prefix_beam_search
+from lstmkit.types import Batch, DataSpec
+
+REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "speech"
+ROOT = Path(__file__).resolve().parents[1]
+SR = 8000
+
+
+def tone(seconds: float = 0.3, freq: float = 440.0, sr: int = SR, channels: int = 1) -> np.ndarray:
+    t = np.arange(int(seconds * sr)) / sr
+    wave = (0.5 * np.sin(2 * np.pi * freq * t)).astype(np.float32)
+    return np.stack([wave] * channels, axis=1) if channels > 1 else wave
+
+
+def write_fsdd(folder: Path, speakers=("anna", "bob"), digits=(1, 2, 3), count: int = 7) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for speaker in speakers:
+        for digit in digits:
+            for n in range(count):
+                sf.write(folder / f"{digit}_{speaker}_{n}.wav", tone(0.2, 300 + 50 * digit), SR)
+
+
+def write_manifest(folder: Path, rows: list[dict], kind: str = "csv") -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for row in rows:
+        if not (folder / row["path"]).exists():
+            sf.write(folder / row["path"], tone(0.25), SR)
+    if kind == "csv":
+        path = folder / "manifest.csv"
+        keys = list(rows[0])
+        path.write_text("\n".join([",".join(keys)] + [",".join(str(r[k]) for k in keys) for r in rows]) + "\n")
+    else:
+        path = folder / "manifest.jsonl"
+        path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return path
+
+
+def split_rows(n_train: int = 6, val_text: str = "yes", test_text: str = "no") -> list[dict]:
+    rows = [{"path": f"tr{i}.wav", "text": "yes no" if i % 2 else "on off", "split": "train"}
+            for i in range(n_train)]
+    rows.append({"path": "va.wav", "text": val_text, "split": "val"})
+    rows.append({"path": "te.wav", "text": test_text, "split": "test"})
+    return rows
+
+
+# -- the generator -----------------------------------------------------------------------------------
+def test_generator_is_deterministic_and_varied():
+    a = generate_utterances(6, seed=3)
+    b = generate_utterances(6, seed=3)
+    c = generate_utterances(6, seed=4)
+    assert all(np.array_equal(x[0], y[0]) and x[1:] == y[1:] for x, y in zip(a, b))
+    assert any(x[1] != y[1] or x[0].shape != y[0].shape for x, y in zip(a, c))
+    for wave, text, speaker in a:
+        assert wave.dtype == np.float32 and 0.1 < wave.shape[0] / SR < 3.0
+        assert 1 <= len(text.split()) <= 3 and speaker.startswith("spk")
+        assert 0.1 < np.abs(wave).max() <= 1.0
+
+
+def test_generated_datamodule_spec_and_splits():
+    dm = SpeechDataModule(num_examples=40, batch_size=8, seed=1)
+    dm.setup()
+    spec = dm.spec
+    assert spec.input_kind == "waveform" and spec.sample_rate == SR and spec.blank_id == 0
+    assert spec.classes[:2] == [BLANK, " "] and "e" in spec.classes
+    sizes = {k: len(v) for k, v in dm.splits.items()}
+    assert sizes == {"train": 32, "val": 4, "test": 4}
+    batch = next(iter(dm.train_dataloader()))
+    assert batch.inputs.dtype == torch.float32 and batch.inputs.dim() == 2
+    assert batch.target_lengths is not None and int(batch.lengths.max()) == batch.inputs.shape[1]
+
+
+# -- real-format loaders -------------------------------------------------------------------------------
+def test_fsdd_names_and_official_split(tmp_path):
+    assert fsdd_transcript("7_jackson_32.wav") == ("seven", "jackson", 32)
+    assert fsdd_transcript("hello.wav") is None
+    write_fsdd(tmp_path / "recordings")
+    dm = SpeechDataModule(path=str(tmp_path), val_fraction=0.2)  # parent of recordings/ works too
+    dm.setup()
+    assert len(dm.splits["test"]) == 2 * 3 * 5  # recordings 0-4 of every speaker
+    assert len(dm.splits["train"]) + len(dm.splits["val"]) == 2 * 3 * 2
+    assert set(dm.spec.classes) == {BLANK, " ", *"onetwhr"}
+
+
+def test_fsdd_holdout_speakers(tmp_path):
+    write_fsdd(tmp_path, speakers=("anna", "bob", "carl"), count=3)
+    dm = SpeechDataModule(path=str(tmp_path), holdout_speakers=["carl"], val_fraction=0.2)
+    dm.setup()
+    assert len(dm.splits["test"]) == 3 * 3
+    assert len(dm.splits["train"]) + len(dm.splits["val"]) == 2 * 3 * 3
+    with pytest.raises(Exception, match="no speaker"):
+        SpeechDataModule(path=str(tmp_path), holdout_speakers=["zed"]).setup()
+
+
+def test_fsdd_bad_name_names_the_file(tmp_path):
+    write_fsdd(tmp_path, count=1)
+    sf.write(tmp_path / "hello.wav", tone(), SR)
+    with pytest.raises(DataError, match=r"hello\.wav.*<digit>_<speaker>_<n>\.wav"):
+        SpeechDataModule(path=str(tmp_path)).setup()
+
+
+@pytest.mark.parametrize("kind", ["csv", "jsonl"])
+def test_manifest_splits_and_relative_paths(tmp_path, kind):
+    write_manifest(tmp_path / "corpus", split_rows(), kind)
+    dm = SpeechDataModule(path=str(tmp_path / "corpus"))
+    dm.setup()
+    assert {k: len(v) for k, v in dm.splits.items()} == {"train": 6, "val": 1, "test": 1}
+    assert set(dm.spec.classes) == {BLANK, " ", *"yesnof"}
+    ids = dm.splits["val"][0][1].tolist()
+    assert "".join(dm.spec.classes[i] for i in ids) == "yes"
+
+
+def test_manifest_missing_column_and_audio(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "manifest.csv").write_text("file,text\nx.wav,yes\n")
+    with pytest.raises(DataError, match=r"manifest\.csv, row 1, field 'path'"):
+        SpeechDataModule(path=str(tmp_path / "a")).setup()
+    write_manifest(tmp_path / "b", split_rows())
+    (tmp_path / "b" / "tr3.wav").unlink()
+    with pytest.raises(DataError, match=r"manifest\.csv, row 5, field 'path'.*tr3\.wav not found"):
+        SpeechDataModule(path=str(tmp_path / "b")).setup()
+
+
+def test_corrupt_wav_names_the_file(tmp_path):
+    write_manifest(tmp_path, split_rows())
+    (tmp_path / "tr2.wav").write_bytes(b"RIFF\x00\x00garbage")
+    with pytest.raises(DataError, match=r"tr2\.wav: cannot decode audio"):
+        SpeechDataModule(path=str(tmp_path)).setup()
+
+
+def test_empty_clip_error_or_skip(tmp_path, caplog):
+    write_manifest(tmp_path, split_rows())
+    sf.write(tmp_path / "tr1.wav", np.zeros(800, dtype=np.float32), SR)
+    with pytest.raises(DataError, match=r"tr1\.wav, row 3: clip is silent.*empty_clips=skip"):
+        SpeechDataModule(path=str(tmp_path)).setup()
+    with caplog.at_level(logging.WARNING, logger="lstmkit"):
+        dm = SpeechDataModule(path=str(tmp_path), empty_clips="skip")
+        dm.setup()
+    assert len(dm.splits["train"]) == 5
+    assert "tr1.wav" in caplog.text and "silent" in caplog.text
+
+
+def test_stereo_and_resampling_are_converted_with_a_note(tmp_path, caplog):
+    write_manifest(tmp_path, split_rows())
+    sf.write(tmp_path / "tr0.wav", tone(0.5, channels=2), SR)
+    sf.write(tmp_path / "tr1.wav", tone(0.5, sr=16000), 16000)
+    with caplog.at_level(logging.INFO, logger="lstmkit"):
+        dm = SpeechDataModule(path=str(tmp_path), val_fraction=0.0)
+        dm.setup()
+    assert "mixed down to mono" in caplog.text and "16000 Hz resampled to 8000 Hz" in caplog.text
+    wave, channels, rate = read_audio(tmp_path / "tr1.wav", SR)
+    assert (channels, rate) == (1, 16000) and wave.shape == (4000,)
+    wave, channels, _ = read_audio(tmp_path / "tr0.wav", SR)
+    assert channels == 2 and wave.ndim == 1
+
+
+def test_unknown_characters_in_val_error_or_drop(tmp_path, caplog):
+    write_manifest(tmp_path, split_rows(val_text="yes!", test_text="zoo"))
+    with pytest.raises(DataError, match=r"va\.wav, row 8, field 'text'.*\['!'\]"):
+        SpeechDataModule(path=str(tmp_path)).setup()
+    with caplog.at_level(logging.WARNING, logger="lstmkit"):
+        dm = SpeechDataModule(path=str(tmp_path), unknown_chars="drop")
+        dm.setup()
+    assert "['z']" in caplog.text and "['!']" in caplog.text
+    assert dm.splits["test"][0][1].shape == (2,)  # "zoo" -> "oo"
+
+
+def test_predict_batch_reads_and_resamples(tmp_path):
+    sf.write(tmp_path / "a.wav", tone(0.5, sr=16000, channels=2), 16000)
+    sf.write(tmp_path / "b.wav", tone(0.2), SR)
+    spec = DataSpec(input_kind="waveform", classes=[BLANK, " ", "a"], blank_id=0, sample_rate=SR)
+    batch = SpeechDataModule.make_predict_batch(spec, [str(tmp_path / "a.wav"), str(tmp_path / "b.wav")])
+    assert batch.inputs.shape == (2, 4000) and batch.lengths.tolist() == [4000, 1600]
+    with pytest.raises(DataError, match=r"missing\.wav: audio file not found"):
+        SpeechDataModule.make_predict_batch(spec, [str(tmp_path / "missing.wav")])
+    sf.write(tmp_path / "empty.wav", np.zeros(0, dtype=np.float32), SR)
+    with pytest.raises(DataError, match=r"empty\.wav: clip has no samples"):
+        SpeechDataModule.make_predict_batch(spec, [str(tmp_path / "empty.wav")])
+
+
+def test_fixed_spec_reuses_the_vocabulary(tmp_path):
+    write_manifest(tmp_path, split_rows())
+    stored = DataSpec(input_kind="waveform", classes=[BLANK, " ", *"abcdefnosy"], blank_id=0, sample_rate=SR)
+    dm = SpeechDataModule(path=str(tmp_path), spec=stored.to_dict())
+    dm.setup()
+    assert dm.spec.classes == stored.classes
+    assert dm.splits["val"][0][1].tolist() == [stored.classes.index(c) for c in "yes"]
+
+
+def test_real_fsdd_loads():
+    if not (REAL / "recordings").is_dir():
+        pytest.skip(f"real FSDD data not found at {REAL} (see docs/speech.md)")
+    dm = SpeechDataModule(path=str(REAL / "recordings"), val_fraction=0.1)
+    dm.setup()
+    assert {k: len(v) for k, v in dm.splits.items()} == {"train": 2430, "val": 270, "test": 300}
+    assert dm.spec.classes == [BLANK, " ", *sorted(set("zero one two three four five six seven eight nine") - {" "})]
+
+
+# -- encoder -------------------------------------------------------------------------------------------
+SPEC = DataSpec(input_kind="waveform", classes=[BLANK, " ", "a", "b"], blank_id=0, sample_rate=SR)
+
+
+def test_encoder_shapes_lengths_and_padding_invariance():
+    torch.manual_seed(0)
+    enc = SpectrogramEncoder(SPEC, n_mels=20, hop=80, stack=3, stride=2, normalise=False).eval()
+    waves = [torch.randn(1000), torch.randn(2345)]
+    padded = torch.nn.utils.rnn.pad_sequence(waves, batch_first=True)
+    feats, lengths = enc(padded, torch.tensor([1000, 2345]))
+    assert enc.out_features == 60 and feats.shape[-1] == 60
+    assert lengths.tolist() == [-(-(1000 // 80 + 1) // 2), -(-(2345 // 80 + 1) // 2)]
+    assert feats.shape[1] == int(lengths.max())
+    alone, n = enc(waves[0][None], torch.tensor([1000]))
+    # frames do not depend on the batch's padding, except the last (its window reaches past the end)
+    assert torch.allclose(alone[0, : int(n) - 2], feats[0, : int(n) - 2], atol=1e-4)
+    assert feats[0, int(lengths[0]) :].abs().sum() == 0
+
+
+def test_encoder_normalises_and_augments_only_in_training():
+    torch.manual_seed(0)
+    enc = SpectrogramEncoder(SPEC, n_mels=20, freq_mask=5, time_mask=5)
+    x, lengths = torch.randn(3, 4000), torch.tensor([4000, 4000, 4000])
+    enc.eval()
+    a, _ = enc(x, lengths)
+    b, _ = enc(x, lengths)
+    assert torch.equal(a, b)
+    assert a.mean(dim=1).abs().max() < 1e-4 and (a.std(dim=1, unbiased=False) - 1).abs().max() < 1e-2
+    enc.train()
+    c, _ = enc(x, lengths)
+    assert not torch.equal(a, c) and (c == 0).sum() > (a == 0).sum()
+
+
+def test_encoder_mfcc():
+    enc = SpectrogramEncoder(SPEC, features="mfcc", n_mfcc=13, n_mels=23).eval()
+    feats, lengths = enc(torch.randn(2, 1600), torch.tensor([1600, 800]))
+    assert feats.shape == (2, 21, 13) and lengths.tolist() == [21, 11]
+
+
+# -- head ----------------------------------------------------------------------------------------------
+def peaky(path: list[int], classes: int = 4) -> torch.Tensor:
+    """(T, C) log-probs that put 0.9 on the given symbol per frame."""
+    probs = torch.full((len(path), classes), 0.1 / (classes - 1))
+    probs[torch.arange(len(path)), torch.tensor(path)] = 0.9
+    return probs.log()
+
+
+def test_head_loss_backward_and_decode():
+    head = CTCHead(SPEC, in_features=8)
+    feats = torch.randn(2, 6, 8, requires_grad=True)
+    out = head(feats, torch.tensor([6, 4]))
+    assert out.shape == (2, 6, 4) and torch.allclose(out.exp().sum(-1), torch.ones(2, 6))
+    batch = Batch(torch.zeros(2, 10), torch.tensor([10, 7]), torch.tensor([[2, 3, 2], [3, 0, 0]]),
+                  torch.tensor([3, 1]))
+    loss = head.loss(out, torch.tensor([6, 4]), batch)
+    loss.backward()
+    assert torch.isfinite(loss) and feats.grad is not None
+    log_probs = torch.stack([peaky([0, 2, 2, 0, 3, 1]), peaky([3, 0, 3, 3, 0, 0])])
+    assert greedy_decode(log_probs, torch.tensor([6, 4]), 0) == [[2, 3, 1], [3, 3]]
+    assert head.decode(log_probs, torch.tensor([6, 4])) == [{"transcript": "ab"}, {"transcript": "bb"}]
+
+
+def test_too_short_utterances_error_or_skip(caplog):
+    head = CTCHead(SPEC, in_features=4)
+    out = head(torch.randn(2, 3, 4), torch.tensor([3, 3]))
+    batch = Batch(torch.zeros(2, 9), torch.tensor([9, 9]), torch.tensor([[2, 2, 3], [2, 0, 0]]),
+                  torch.tensor([3, 1]))
+    with pytest.raises(DataError, match=r"'aab': 3 frames, needs 4.*encoder\.stride.*too_short=skip"):
+        head.loss(out, torch.tensor([3, 3]), batch)
+    head = CTCHead(SPEC, in_features=4, too_short="skip")
+    with caplog.at_level(logging.WARNING, logger="lstmkit"):
+        loss = head.loss(out, torch.tensor([3, 3]), batch)
+    assert torch.isfinite(loss) and head.skipped == 1 and "skipped 1 utterance" in caplog.text
+
+
+def test_prefix_beam_search_beats_best_path():
+    # best path is blank,blank (""), but "a" has more probability summed over its alignments
+    probs = torch.tensor([[0.4, 0.0, 0.35, 0.25], [0.4, 0.0, 0.35, 0.25]]).clamp(min=1e-9)
+    log_probs = probs.log()
+    assert greedy_decode(log_probs[None], torch.tensor([2]), 0) == [[]]
+    assert prefix_beam_search(log_probs, blank=0, beam_size=4) == [2]
+    # on confident outputs both agree, repeats separated by a blank survive
+    lp = peaky([2, 2, 0, 2, 3, 3, 1, 0])
+    assert prefix_beam_search(lp, blank=0, beam_size=4) == greedy_decode(lp[None], torch.tensor([8]), 0)[0]
+
+
+def test_beam_decoder_option_and_metrics():
+    head = CTCHead(SPEC, in_features=4, decoder="beam", beam_size=4)
+    log_probs = torch.stack([peaky([0, 2, 2, 0, 3, 1]), peaky([3, 0, 3, 3, 0, 0])])
+    lengths = torch.tensor([6, 4])
+    assert head.decode(log_probs, lengths) == [{"transcript": "ab"}, {"transcript": "bb"}]
+    # "a" spread thinly over two frames: greedy reads "", beam search "a"; switchable after loading
+    thin = torch.tensor([[0.4, 1e-9, 0.35, 0.25]] * 2).log()[None]
+    head.use_decoder("greedy")
+    assert head.decode(thin, torch.tensor([2])) == [{"transcript": ""}]
+    head.use_decoder("beam", beam_size=4)
+    assert head.decode(thin, torch.tensor([2])) == [{"transcript": "a"}]
+    with pytest.raises(ConfigError, match="greedy or beam"):
+        head.use_decoder("viterbi")
+    batch = Batch(torch.zeros(2, 10), lengths, torch.tensor([[2, 3, 1], [3, 2, 0]]), torch.tensor([3, 2]))
+    metrics = head.metrics()
+    head.update_metrics(metrics, log_probs, lengths, batch)
+    values = metrics.compute()
+    assert values["cer"] == pytest.approx(1 / 4) and values["wer"] == pytest.approx(1 / 2)
+    figure_metrics = head.figure_metrics()
+    head.update_metrics(figure_metrics, log_probs, lengths, batch)
+    # one-element and empty hypotheses (an untrained model) must plot too
+    silent = torch.stack([peaky([0, 0, 0, 0, 0, 0]), peaky([0, 3, 0, 0, 0, 0])])
+    single = Batch(torch.zeros(2, 10), lengths, torch.tensor([[2, 0], [3, 0]]), torch.tensor([1, 1]))
+    head.update_metrics(figure_metrics, silent, lengths, single)
+    figures = head.figures(figure_metrics)
+    assert set(figures) == {"cer_by_length", "ctc_posteriors"}
+    titles = [ax.get_title() for ax in figures["ctc_posteriors"].axes]
+    assert titles[2:] == ["ref: 'a'   hyp: ''", "ref: 'b'   hyp: 'b'"]
+
+
+# -- end to end ----------------------------------------------------------------------------------------
+def lstmkit(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    return subprocess.run([sys.executable, "-m", "lstmkit", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=240, check=False)
+
+
+def test_cli_train_then_predict(tmp_path):
+    tiny = ["data.num_examples=48", "data.batch_size=8", "model.hidden_size=16", "model.num_layers=1",
+            "trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
+            "trainer.limit_test_batches=1", "trainer.enable_progress_bar=false"]
+    run = lstmkit("train", "task=speech", *tiny, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    ckpts = list((tmp_path / "logs" / "speech" / "runs").glob("*/checkpoints/last.ckpt"))
+    assert len(ckpts) == 1
+    plots = {p.name for p in ckpts[0].parents[1].glob("plots/*.png")}
+    assert plots == {"cer_by_length.png", "ctc_posteriors.png"}
+    for k, (wave, _, _) in enumerate(generate_utterances(2, seed=9)):
+        sf.write(tmp_path / f"u{k}.wav", wave, SR)
+    run = lstmkit("predict", f"ckpt_path={ckpts[0]}", "input=[u0.wav,u1.wav]", cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    rows = [json.loads(line) for line in run.stdout.splitlines() if line.startswith("{")]
+    assert [r["input"] for r in rows] == ["u0.wav", "u1.wav"]
+    assert all(isinstance(r["transcript"], str) for r in rows)
+
+
+def test_notebook_runs(tmp_path):
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    nb = nbformat.read(ROOT / "notebooks" / "speech.ipynb", as_version=4)
+    # kernel "python3" with argv[0] "python" runs as this interpreter (jupyter_client's rule)
+    client = nbclient.NotebookClient(nb, timeout=300, kernel_name="python3",
+                                     resources={"metadata": {"path": str(tmp_path)}})
+    env_before = os.environ.get("OMP_NUM_THREADS")
+    os.environ["OMP_NUM_THREADS"] = "1"
+    try:
+        client.execute()
+    finally:
+        if env_before is None:
+            os.environ.pop("OMP_NUM_THREADS", None)
+        else:
+            os.environ["OMP_NUM_THREADS"] = env_before
+    assert list(tmp_path.glob("logs/speech/runs/*/checkpoints/last.ckpt"))
