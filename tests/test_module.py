@@ -15,7 +15,7 @@ from lstmkit.data.sentiment import SentimentDataModule
 from lstmkit.errors import CheckpointError
 from lstmkit.module import SequenceModel
 
-from .conftest import QUICK
+from .conftest import QUICK, shared_data
 
 CONF = Path(config_dir())
 OPTIMIZERS = sorted(p.stem for p in (CONF / "optimizer").glob("*.yaml"))
@@ -113,3 +113,14 @@ def test_bad_checkpoints_get_clear_errors(tmp_path: Path) -> None:
                 "encoder": {"_target_": "os.system", "command": "echo pwned"}, "head": {}}}, evil)
     with pytest.raises(CheckpointError, match="refusing to build 'os.system'"):
         load_model(evil)
+
+
+EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_recipe_runs_end_to_end(make_cfg, experiment) -> None:
+    root = shared_data("")  # the recipes read the real datasets
+    cfg = make_cfg([f"experiment={experiment}", f"paths.data_root={root}", "debug=fdr", "logger=none",
+                    "callbacks=none"])
+    train(cfg)
