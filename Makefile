@@ -25,7 +25,7 @@ test-all: $(STAMP)                   ## including slow real-data runs
 	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --timeout 3600
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests scripts
+	$(BIN)/ruff check src tests
 
 clean:
 	rm -rf logs outputs multirun dist build .pytest_cache

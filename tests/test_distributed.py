@@ -17,7 +17,7 @@ DATA = ["data.num_examples=301", "model.hidden_size=16", "encoder.dim=16", "trai
 
 
 def _latest(root: Path, task: str) -> Path:
-    return sorted((root / "logs" / task / "runs").iterdir())[-1]
+    return max((root / "logs" / task / "runs").iterdir())
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ TINY = ["data.num_examples=200", "data.batch_size=16", "model.hidden_size=8", "e
 
 
 def _sweep_dir(root: Path) -> Path:
-    return sorted((root / "logs" / "sentiment" / "multiruns").iterdir())[-1]
+    return max((root / "logs" / "sentiment" / "multiruns").iterdir())
 
 
 def _summary(sweep: Path) -> list[dict[str, str]]:
