@@ -22,6 +22,7 @@ COMMANDS = {
     "train": "lstmkit.commands.train:train",
     "eval": "lstmkit.commands.evaluate:evaluate",
     "predict": "lstmkit.commands.predict:predict",
+    "export": "lstmkit.commands.export:export",
 }
 USAGE = """usage: lstmkit <command> [overrides ...] [-m] [--verbose]
 
@@ -29,6 +30,7 @@ commands:
   train     train (and test) a model:        lstmkit train task=sentiment model.hidden_size=256
   eval      evaluate a checkpoint:           lstmkit eval ckpt_path=<run>/checkpoints/best.ckpt
   predict   predict from raw input:          lstmkit predict ckpt_path=... input="what a film"
+  export    export to ONNX / TorchScript:    lstmkit export ckpt_path=... format=onnx
 
 Overrides are Hydra's (key=value, -m for sweeps, --cfg job to print the config,
 <command> --help for every option). --verbose shows full tracebacks.

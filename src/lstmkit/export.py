@@ -1,0 +1,138 @@
+"""Export a trained model to ONNX or TorchScript, with a parity check against eager PyTorch.
+
+Packed sequences do not export (a known failure in torch.onnx and onnxruntime), so export
+swaps the LSTM core for :class:`UnpackedLSTM`: the same weights run over padded tensors, the
+backward direction reads each sequence reversed *within its own length* (an index gather), and
+padded steps are zeroed. That is mathematically the packed computation, and the parity check
+proves it on inputs with another batch size and length than the ones traced.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from lstmkit.core import LSTMCore, summarise
+from lstmkit.errors import LstmkitError
+from lstmkit.module import SequenceModel
+from lstmkit.types import DataSpec
+
+
+class ExportError(LstmkitError):
+    """The model could not be exported, or the exported model disagrees with PyTorch."""
+
+
+class UnpackedLSTM(nn.Module):
+    """An exportable, exact stand-in for :class:`LSTMCore` in eval mode (no carried state)."""
+
+    def __init__(self, core: LSTMCore) -> None:
+        super().__init__()
+        lstm = core.lstm
+        self.bidirectional = lstm.bidirectional
+        self.layers = nn.ModuleList()
+        for layer in range(lstm.num_layers):
+            directions = nn.ModuleList()
+            for suffix in ("", "_reverse")[: 2 if lstm.bidirectional else 1]:
+                w_ih = getattr(lstm, f"weight_ih_l{layer}{suffix}")
+                single = nn.LSTM(w_ih.shape[1], lstm.hidden_size, batch_first=True, proj_size=lstm.proj_size)
+                for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr"):
+                    source = getattr(lstm, f"{name}_l{layer}{suffix}", None)
+                    if source is not None:
+                        getattr(single, f"{name}_l0").data.copy_(source.data)
+                directions.append(single)
+            self.layers.append(directions)
+        self.norm = core.norm
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        steps = torch.arange(x.shape[1], device=x.device)[None, :]  # (1, T)
+        lengths = lengths.to(x.device)[:, None]  # (B, 1)
+        mask = steps < lengths  # (B, T)
+        reverse = torch.where(mask, lengths - 1 - steps, steps)  # reverse each row within its length
+        for directions in self.layers:
+            forward_out, _ = directions[0](x)
+            outputs = [forward_out]
+            if self.bidirectional:
+                index = reverse[..., None].expand(-1, -1, x.shape[-1])
+                backward_out, _ = directions[1](torch.gather(x, 1, index))
+                out_index = reverse[..., None].expand(-1, -1, backward_out.shape[-1])
+                outputs.append(torch.gather(backward_out, 1, out_index))
+            x = torch.cat(outputs, dim=-1) * mask[..., None].to(x.dtype)
+        return self.norm(x)
+
+
+class ExportModule(nn.Module):
+    """encoder -> unpacked LSTM -> pooling -> head: raw head outputs from ``(inputs, lengths)``."""
+
+    def __init__(self, model: SequenceModel) -> None:
+        super().__init__()
+        self.encoder = model.encoder
+        self.core = UnpackedLSTM(model.core)
+        self.head = model.head
+        self.pooling = model.head.pooling
+        self.num_directions = model.core.num_directions
+
+    def forward(self, inputs: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        features, lengths = self.encoder(inputs, lengths)
+        outputs = self.core(features, lengths)
+        return self.head(summarise(outputs, lengths, self.pooling, self.num_directions), lengths)
+
+
+def example_inputs(spec: DataSpec, batch: int, steps: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Synthetic inputs of the right kind and shape for tracing and parity checks."""
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.linspace(steps, max(2, steps // 2), batch).round().to(torch.int64)
+    if spec.input_kind == "tokens":
+        inputs = torch.randint(2, spec.vocab_size, (batch, steps), generator=g)
+        return inputs.masked_fill(torch.arange(steps)[None] >= lengths[:, None], spec.pad_id), lengths
+    if spec.input_kind == "waveform":
+        samples = steps * 400
+        return 0.1 * torch.randn(batch, samples, generator=g), lengths * 400
+    if spec.input_kind == "features":
+        width = int(spec.num_features or 1)
+        window = int(spec.extra.get("window", steps))
+        return torch.randn(batch, window, width, generator=g).abs() + 1.0, torch.full((batch,), window)
+    raise ExportError(f"cannot make example inputs for input_kind={spec.input_kind!r}")
+
+
+def export(model: SequenceModel, path: str | Path, fmt: str = "onnx", tolerance: float = 1e-4) -> dict[str, Any]:
+    """Export ``model`` to ``path`` and check it against eager outputs on differently shaped inputs."""
+    model = model.eval().cpu()
+    module = ExportModule(model).eval()
+    traced_inputs = example_inputs(model.spec, batch=3, steps=12)
+    check_inputs = example_inputs(model.spec, batch=5, steps=20, seed=1)
+    path = Path(path)
+    with torch.no_grad():
+        expected = model(*check_inputs)[0]
+        try:
+            if fmt == "torchscript":
+                scripted = torch.jit.trace(module, traced_inputs, check_trace=False)
+                scripted.save(str(path))
+                actual = torch.jit.load(str(path))(*check_inputs)
+            elif fmt == "onnx":
+                import onnxruntime
+
+                torch.onnx.export(
+                    module, traced_inputs, str(path), dynamo=False, input_names=["inputs", "lengths"],
+                    output_names=["outputs"], opset_version=17,
+                    dynamic_axes={"inputs": {0: "batch", 1: "time"}, "lengths": {0: "batch"},
+                                  "outputs": {0: "batch", 1: "time"}},
+                )
+                session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+                feeds = {"inputs": check_inputs[0].numpy(), "lengths": check_inputs[1].numpy()}
+                actual = torch.from_numpy(session.run(None, feeds)[0])
+            else:
+                raise ExportError(f"format={fmt!r}: expected onnx or torchscript")
+        except ExportError:
+            raise
+        except Exception as err:
+            raise ExportError(f"{fmt} export of {type(model.encoder).__name__} -> LSTM -> "
+                              f"{type(model.head).__name__} failed: {str(err).splitlines()[0]}") from err
+    if actual.shape != expected.shape:
+        raise ExportError(f"exported output shape {tuple(actual.shape)} != eager {tuple(expected.shape)}")
+    diff = float((actual.float() - expected.float()).abs().max())
+    if diff > tolerance:
+        raise ExportError(f"exported {fmt} model differs from PyTorch by {diff:.3g} (> {tolerance})")
+    return {"path": str(path), "format": fmt, "max_abs_diff": diff, "checked_shape": list(expected.shape)}
