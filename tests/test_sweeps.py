@@ -65,3 +65,24 @@ def test_divergence_stops_with_a_clear_error() -> None:
     callback.on_train_batch_end(trainer, None, {"loss": torch.tensor(1.0)}, None, 3)  # finite: nothing
     with pytest.raises(DivergedError, match=r"loss became nan at epoch 2, step 17, batch 3 \(learning rate 0.5\)"):
         callback.on_train_batch_end(trainer, None, {"loss": torch.tensor(float("nan"))}, None, 3)
+
+
+@pytest.mark.parametrize(("task", "direction"), [("sentiment", "maximize"), ("next_word", "minimize"),
+                                                 ("stock", "minimize"), ("speech", "minimize"), ("ecg", "maximize")])
+def test_optuna_configs_follow_the_heads_direction(make_cfg, task: str, direction: str) -> None:
+    from hydra.utils import get_class
+
+    cfg = make_cfg([f"hparams_search={task}_optuna"])
+    assert cfg.hydra.sweeper.direction == direction
+    assert cfg.task_name == task
+    head = get_class(cfg.head._target_)
+    assert (head.mode == "max") == (direction == "maximize")
+    assert "optimizer.lr" in cfg.hydra.sweeper.params
+
+
+def test_slurm_cluster_config_composes(make_cfg) -> None:
+    cfg = make_cfg(["cluster=slurm", "trainer.num_nodes=2", "trainer.devices=4", "hydra.launcher.partition=gpu"])
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher")
+    assert (launcher.nodes, launcher.gpus_per_node, launcher.tasks_per_node, launcher.partition) == (2, 4, 4, "gpu")
+    assert cfg.trainer.strategy == "ddp" and cfg.trainer.accelerator == "gpu" and cfg.trainer.num_nodes == 2

@@ -43,7 +43,8 @@ def check_strategy(cfg: DictConfig) -> None:
     one process group). ``ddp_spawn`` (``trainer=ddp_cpu``) or the submitit launcher work.
     """
     strategy = str(cfg.trainer.get("strategy", "auto"))
-    if HydraConfig.get().mode == RunMode.MULTIRUN and strategy == "ddp":
+    launcher = str(HydraConfig.get().launcher.get("_target_", ""))
+    if HydraConfig.get().mode == RunMode.MULTIRUN and strategy == "ddp" and "submitit" not in launcher:
         raise ConfigError(
             "trainer.strategy=ddp cannot run inside a Hydra multirun (each rank would re-run the sweep); "
             "use trainer.strategy=ddp_spawn, hydra/launcher=submitit_slurm, or single runs"
