@@ -35,3 +35,21 @@ class StopOnNonFiniteLoss(L.Callback):
                 "optimizer.lr, trainer.gradient_clip_val=1.0, or trainer.precision=32-true; the last "
                 "good checkpoints are kept"
             )
+
+
+class ReseedEachEpoch(L.Callback):
+    """Reseed every random generator at the start of each training epoch from ``(seed, epoch)``.
+
+    Why: a run resumed from an end-of-epoch checkpoint must replay the next epochs exactly as
+    the uninterrupted run would have. Lightning restores weights, optimiser, schedulers and
+    loop counters, but not the global RNG, and on resume it creates the data iterator at a
+    different moment than in an ongoing run. Making each epoch's randomness (shuffling,
+    bucketing, dropout, SpecAugment) a function of the seed and the epoch number alone removes
+    that history dependence, so a killed-and-resumed run reaches bit-identical metrics.
+    """
+
+    def __init__(self, seed: int) -> None:
+        self.seed = int(seed)
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        L.seed_everything(self.seed + 100_003 * trainer.current_epoch, workers=True, verbose=False)

@@ -1,11 +1,13 @@
-"""Load checkpoints safely (``weights_only=True``) with clear errors."""
+"""Write checkpoints atomically; load them safely (``weights_only=True``) with clear errors."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
 from lstmkit.errors import CheckpointError
 from lstmkit.module import SequenceModel
@@ -42,3 +44,37 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> Se
     except Exception as err:  # noqa: BLE001
         raise CheckpointError(f"{path}: checkpoint does not match this lstmkit version ({err})") from None
     return model.to(map_location).eval()
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Write each checkpoint to a temporary file beside it, fsync, then rename over the target.
+
+    Why: Lightning writes local checkpoints through an fsspec transaction whose temporary file
+    lives in the system temp dir; when that is another filesystem the final step is a copy,
+    and a run killed during the copy leaves a truncated ``last.ckpt`` that cannot be resumed.
+    ``os.replace`` within one directory is atomic, so the target is always either the previous
+    complete checkpoint or the new complete one.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} does not take storage_options")
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+        try:
+            with tmp.open("wb") as fh:
+                torch.save(checkpoint, fh)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, target)
+        finally:
+            tmp.unlink(missing_ok=True)
+        try:  # make the rename itself durable
+            fd = os.open(target.parent, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError:
+            pass

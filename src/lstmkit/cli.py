@@ -50,8 +50,29 @@ def _load(target: str) -> Callable[[Any], Any]:
     return getattr(__import__(module, fromlist=[name]), name)
 
 
-def _user_error(err: BaseException) -> BaseException | None:
-    """The user-fixable error behind ``err`` (ours, or Lightning's misconfiguration), if any."""
+def explain_runtime_error(err: BaseException) -> str | None:
+    """A plain explanation for the runtime failures users can act on (dead workers, OOM)."""
+    text = str(err)
+    if "DataLoader worker" in text and ("exited unexpectedly" in text or "killed by signal" in text):
+        first = text.strip().splitlines()[0]
+        return (f"a data-loading worker process died ({first}). This is usually the system running out of "
+                "memory (see `dmesg`) or a crash inside a custom dataset: rerun with data.num_workers=0 to "
+                "see the error in the main process, or lower data.batch_size / data.num_workers")
+    if isinstance(err, torch_oom()) or "CUDA out of memory" in text:
+        return ("the GPU ran out of memory: lower data.batch_size, use trainer.precision=bf16-mixed, or "
+                "shorten the sequences (in a sweep, this trial is recorded as failed and the sweep goes on)")
+    return None
+
+
+def torch_oom() -> tuple[type[BaseException], ...]:
+    import torch
+
+    oom = getattr(torch, "OutOfMemoryError", None)
+    return (oom,) if oom is not None else ()
+
+
+def _user_error(err: BaseException) -> str | None:
+    """The user-fixable problem behind ``err`` (ours, Lightning's misconfiguration...), if any."""
     from lightning.fabric.utilities.exceptions import MisconfigurationException
 
     from lstmkit.errors import LstmkitError
@@ -59,8 +80,11 @@ def _user_error(err: BaseException) -> BaseException | None:
     seen: BaseException | None = err
     while seen is not None:
         if isinstance(seen, (LstmkitError, MisconfigurationException)):
-            return seen
-        seen = seen.__cause__
+            return str(seen)
+        explained = explain_runtime_error(seen)
+        if explained:
+            return explained
+        seen = seen.__cause__ or seen.__context__
     return None
 
 
@@ -89,7 +113,7 @@ def _task(command: str) -> Callable[[Any], Any]:
             if multirun:
                 # one failing trial (bad combination, divergence, out of memory) must not end a
                 # sweep: record it, score it as missing, go on with the next trial
-                message = str(user_error or f"{type(err).__name__}: {err}")
+                message = user_error or f"{type(err).__name__}: {err}"
                 logging.getLogger("lstmkit").error("trial failed: %s", message)
                 result(None, message)
                 return float("nan")
@@ -137,7 +161,16 @@ def main(argv: list[str] | None = None) -> Any:
 
     sys.argv = [sys.argv[0], *args]
     app = hydra.main(version_base="1.3", config_path=config_dir(), config_name=command)(_task(command))
-    return app()
+    try:
+        return app()
+    except SystemExit as exc:
+        if exc.code == 1:  # Hydra rejected the command line: add a "did you mean" when we can
+            from lstmkit.suggest import suggest_override
+
+            hint = suggest_override(config_dir(), command, args)
+            if hint:
+                print(f"lstmkit {command}: {hint}", file=sys.stderr)
+        raise
 
 
 if __name__ == "__main__":

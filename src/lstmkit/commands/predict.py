@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +14,7 @@ from omegaconf import DictConfig
 from lstmkit.build import build, check_target
 from lstmkit.checkpoints import load_model
 from lstmkit.data.text import read_text
-from lstmkit.errors import ConfigError
+from lstmkit.errors import ConfigError, DataError, LstmkitError
 
 
 def collect_inputs(cfg: DictConfig) -> list[Any]:
@@ -28,11 +30,30 @@ def collect_inputs(cfg: DictConfig) -> list[Any]:
     return inputs
 
 
+@contextmanager
+def input_context(ckpt_path: str, model: Any, datamodule_cls: Any) -> Iterator[None]:
+    """Say which kind of checkpoint this is and what it predicts from, when an input does not fit.
+
+    Why: a stock checkpoint given a sentence otherwise answers "file not found", which does not
+    tell the user that they picked the wrong checkpoint.
+    """
+    try:
+        yield
+    except LstmkitError as err:
+        task = model.hparams.get("task") or "?"
+        raise DataError(
+            f"{err} (the checkpoint {ckpt_path} is a {task!r} model, which predicts from "
+            f"{datamodule_cls.predict_input})"
+        ) from None
+
+
 def predict(cfg: DictConfig) -> list[dict[str, Any]]:
     model = load_model(cfg.ckpt_path, map_location=cfg.get("device", "cpu"))
     spec = model.spec
     datamodule_cls = build({"_target_": check_target(spec.datamodule), "_partial_": True}).func
-    inputs = datamodule_cls.predict_items(spec, collect_inputs(cfg))
+    raw_inputs = collect_inputs(cfg)
+    with input_context(cfg.ckpt_path, model, datamodule_cls):
+        inputs = datamodule_cls.predict_items(spec, raw_inputs)
     results: list[dict[str, Any]] = []
     if cfg.get("generate"):
         generate = getattr(model.head, "generate", None)
@@ -44,7 +65,8 @@ def predict(cfg: DictConfig) -> list[dict[str, Any]]:
     with torch.inference_mode():
         for start in range(0, len(inputs) if not results else 0, int(cfg.batch_size)):
             chunk = inputs[start : start + int(cfg.batch_size)]
-            batch = datamodule_cls.make_predict_batch(spec, chunk)
+            with input_context(cfg.ckpt_path, model, datamodule_cls):
+                batch = datamodule_cls.make_predict_batch(spec, chunk)
             batch.inputs = batch.inputs.to(model.device)
             batch.lengths = batch.lengths.to(model.device)
             for raw, result in zip(chunk, model.predict_step(batch, 0)):

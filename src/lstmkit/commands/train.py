@@ -3,21 +3,52 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, ProgressBar
 from omegaconf import DictConfig, open_dict
 
-from lstmkit.callbacks import StopOnNonFiniteLoss
+from lstmkit.build import build
+from lstmkit.callbacks import ReseedEachEpoch, StopOnNonFiniteLoss
 from lstmkit.checkpoints import read_checkpoint
 from lstmkit.commands.common import instantiate_group, log, plain, report, scalar_metrics
-from lstmkit.errors import ConfigError
+from lstmkit.errors import ConfigError, LstmkitError
 from lstmkit.module import SequenceModel
+
+
+@contextmanager
+def config_stage(what: str) -> Iterator[None]:
+    """Turn a type or value error while building ``what`` into one line naming the overrides.
+
+    Why: ``model.hidden_size=abc`` otherwise ends in a traceback from inside ``nn.LSTM``. Errors
+    that are already ours (bad data files...) pass through unchanged.
+    """
+    try:
+        yield
+    except LstmkitError:
+        raise
+    except (TypeError, ValueError, InstantiationException) as err:
+        cause: BaseException | None = err
+        while cause is not None:
+            if isinstance(cause, LstmkitError):
+                raise cause from None
+            cause = cause.__cause__
+        inner = err.__cause__ if isinstance(err, InstantiationException) and err.__cause__ else err
+        message = str(inner).strip().splitlines()[0] if str(inner).strip() else type(inner).__name__
+        overrides = " ".join(HydraConfig.get().overrides.task) if HydraConfig.initialized() else ""
+        raise ConfigError(
+            f"cannot build the {what} from the config: {message} "
+            f"(command-line overrides: {overrides or 'none'}; --cfg job prints the composed config)"
+        ) from err
 
 
 def resolve_ckpt_path(ckpt_path: str | None, cfg: DictConfig) -> str | None:
@@ -49,6 +80,19 @@ def check_strategy(cfg: DictConfig) -> None:
             "trainer.strategy=ddp cannot run inside a Hydra multirun (each rank would re-run the sweep); "
             "use trainer.strategy=ddp_spawn, hydra/launcher=submitit_slurm, or single runs"
         )
+
+
+def check_device(cfg: DictConfig) -> None:
+    """Say plainly when the config asks for a GPU this machine does not have."""
+    accelerator = str(cfg.trainer.get("accelerator", "auto"))
+    if accelerator in {"gpu", "cuda"} and not torch.cuda.is_available():
+        build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
+        raise ConfigError(
+            f"trainer.accelerator={accelerator} asks for a CUDA GPU, but none is available "
+            f"(torch {torch.__version__}, {build}); use trainer=cpu (or trainer.accelerator=auto)"
+        )
+    if accelerator == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("trainer.accelerator=mps asks for Apple's GPU, which is not available; use trainer=cpu")
 
 
 def configure_wandb(cfg: DictConfig, ckpt_path: str | None) -> None:
@@ -84,22 +128,31 @@ def train(cfg: DictConfig) -> float | None:
     """Train (and test) one configuration; returns the monitored validation metric."""
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
-    datamodule = instantiate(cfg.data, _convert_="all")
-    datamodule.setup("fit")
-    model = build_model(cfg, datamodule)
+    with config_stage("data"):
+        datamodule = instantiate(cfg.data, _convert_="all")
+        datamodule.setup("fit")
+    with config_stage("model (encoder / model / head)"):
+        model = build_model(cfg, datamodule)
+    with config_stage("optimizer"):
+        build(plain(cfg.optimizer))([torch.zeros(1, requires_grad=True)])
     with open_dict(cfg):
         cfg.monitor = cfg.monitor or model.head.monitor
         cfg.monitor_mode = cfg.monitor_mode or model.head.mode
     callbacks = [*instantiate_group(cfg.get("callbacks")), StopOnNonFiniteLoss()]
+    if cfg.get("seed") is not None:
+        callbacks.append(ReseedEachEpoch(cfg.seed))
     if not cfg.trainer.get("enable_progress_bar", True):
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     check_strategy(cfg)
-    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), cfg) if cfg.get("train", True) else None
+    check_device(cfg)
+    requested = cfg.get("ckpt_path") or ("last" if cfg.get("resume") else None)
+    ckpt_path = resolve_ckpt_path(requested, cfg) if cfg.get("train", True) else None
     configure_wandb(cfg, ckpt_path)
     loggers = instantiate_group(cfg.get("logger"))
     if not loggers:  # nothing to log learning rates to
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    with config_stage("trainer"):
+        trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     for logger in trainer.loggers:
         logger.log_hyperparams(plain(cfg))
     out_dir = HydraConfig.get().runtime.output_dir

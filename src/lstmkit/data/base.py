@@ -128,6 +128,8 @@ class SequenceDataModule(L.LightningDataModule):
             instead of fitting new ones, as ``eval`` must.
     """
 
+    predict_input = "raw inputs"  # what `lstmkit predict input=...` expects (named in errors)
+
     collate: PadCollate = PadCollate()
 
     def __init__(
@@ -198,6 +200,9 @@ class SequenceDataModule(L.LightningDataModule):
             "num_workers": self.num_workers,
             "pin_memory": self.pin_memory,
             "persistent_workers": self.num_workers > 0,
+            # the loader's own generator seeds its workers, so creating an iterator does not
+            # draw from the global RNG (which would shift dropout masks after a resume)
+            "generator": torch.Generator().manual_seed(torch.initial_seed()),
         }
         sampler = self._sampler(dataset, shuffle)
         lengths = getattr(dataset, "lengths", None)

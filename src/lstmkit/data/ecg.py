@@ -311,6 +311,8 @@ class EcgDataModule(SequenceDataModule):
         seed: seed for generation and splitting.
     """
 
+    predict_input = "beat files (one beat per row) or comma-separated sample values"  # what `lstmkit predict input=...` expects (named in errors)
+
     def __init__(
         self,
         path: str | None = None,

@@ -614,6 +614,8 @@ class NextWordDataModule(SequenceDataModule):
     slice, and worker processes would each replay the whole stream.
     """
 
+    predict_input = "text prompts"  # what `lstmkit predict input=...` expects (named in errors)
+
     def __init__(
         self,
         path: str | None = None,

@@ -129,6 +129,8 @@ class SentimentDataModule(SequenceDataModule):
         seed: seed for generation and for splitting a single file.
     """
 
+    predict_input = "texts"  # what `lstmkit predict input=...` expects (named in errors)
+
     def __init__(
         self,
         path: str | None = None,

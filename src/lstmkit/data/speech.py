@@ -292,6 +292,8 @@ class SpeechDataModule(SequenceDataModule):
         seed: seed for generation and splitting.
     """
 
+    predict_input = "wav file paths"  # what `lstmkit predict input=...` expects (named in errors)
+
     def __init__(
         self,
         path: str | None = None,

@@ -290,6 +290,8 @@ class StockDataModule(SequenceDataModule):
         seed: generator seed.
     """
 
+    predict_input = "OHLCV CSV file paths"  # what `lstmkit predict input=...` expects (named in errors)
+
     def __init__(
         self,
         path: str | None = None,

@@ -1,0 +1,81 @@
+""""Did you mean ...?" for command-line overrides Hydra rejects.
+
+Hydra names the bad override and, for a mistyped key, proposes ``+key=value`` (which would add
+the typo to the config). After Hydra has failed, this module replays the overrides one by one
+against the packaged configs to find the first one that does not compose, and proposes the
+closest existing key or config-group option instead. It runs only on that failure path.
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+
+def _first_value(override: Any) -> str:
+    """``key=a,b`` (a sweep) -> ``key=a``: enough to check that the key exists."""
+    if override.is_sweep_override():
+        text = next(iter(override.sweep_string_iterator()), "")
+    else:
+        text = override.get_value_element_as_str()
+    return f"{override.get_key_element()}={text}"
+
+
+def _close(word: str, options: list[str]) -> str | None:
+    matches = difflib.get_close_matches(word, options, n=1, cutoff=0.6)
+    return matches[0] if matches else None
+
+
+def suggest_override(config_dir: str, config_name: str, args: list[str]) -> str | None:
+    """A hint for the first override in ``args`` that does not compose, or ``None``."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        overrides = OverridesParser.create().parse_overrides([a for a in args if not a.startswith("-")])
+    except Exception:  # noqa: BLE001 - a syntax error: Hydra's own message says where
+        return None
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(version_base="1.3", config_dir=config_dir):
+            loader = GlobalHydra.instance().config_loader()
+            accepted: list[str] = []
+            cfg: DictConfig = compose(config_name=config_name, overrides=[])
+            for override in overrides:
+                if override.is_hydra_override():
+                    continue
+                candidate = _first_value(override)
+                try:
+                    cfg = compose(config_name=config_name, overrides=[*accepted, candidate])
+                except Exception:  # noqa: BLE001 - this is the override Hydra rejected
+                    return _hint(override, cfg, loader.get_group_options)
+                accepted.append(candidate)
+    except Exception:  # noqa: BLE001 - a hint is best effort; Hydra's message already stands
+        return None
+    finally:
+        GlobalHydra.instance().clear()
+    return None
+
+
+def _hint(override: Any, cfg: DictConfig, group_options_of: Any) -> str | None:
+    """The closest config-group option or key for a rejected override."""
+    key = override.key_or_group
+    group_options = group_options_of(key) if "." not in key else []
+    if group_options and not override.is_delete():
+        guess = _close(str(override.value()), group_options)
+        if guess:
+            return f"did you mean {key}={guess}? ({key} options: {', '.join(group_options)})"
+        return f"{key} options: {', '.join(group_options)}"
+    parent_path, _, leaf = key.rpartition(".")
+    parent = OmegaConf.select(cfg, parent_path) if parent_path else cfg
+    if not isinstance(parent, DictConfig):
+        return None
+    keys = [str(k) for k in parent]
+    guess = _close(leaf, keys)
+    if guess:
+        full = f"{parent_path}.{guess}" if parent_path else guess
+        return f"did you mean {full}? ({key} is not a config key)"
+    return f"{parent_path} has the keys: {', '.join(keys)}" if parent_path else None

@@ -1,0 +1,184 @@
+"""Interrupted runs, reproducibility, atomic checkpoints, long runs, and the errors users meet first."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from lstmkit.checkpoints import AtomicCheckpointIO, read_checkpoint
+from lstmkit.cli import explain_runtime_error
+
+from .conftest import BIN, QUICK, run_cli
+
+# Dropout on, so a resume that replayed different random numbers would give different metrics.
+RUN = [
+    "data.num_examples=2000", "data.batch_size=16", "model.hidden_size=16", "encoder.dim=16",
+    "encoder.dropout=0.3", "trainer.max_epochs=3", "trainer.deterministic=true",
+    "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false", "logger=csv",
+]
+
+
+def _metrics(root: Path) -> dict[str, float]:
+    (run,) = [p for p in (root / "logs" / "sentiment" / "runs").iterdir() if (p / "metrics.json").exists()]
+    return json.loads((run / "metrics.json").read_text())
+
+
+def test_same_seed_same_config_gives_bit_identical_metrics(tmp_path: Path) -> None:
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        run_cli("train", *RUN, cwd=tmp_path / name)
+    first, second = _metrics(tmp_path / "a"), _metrics(tmp_path / "b")
+    assert first == second  # exact float equality, every metric
+    for name in ("c",):
+        (tmp_path / name).mkdir()
+        run_cli("train", *RUN, "seed=7", cwd=tmp_path / name)
+    assert _metrics(tmp_path / "c")["val/loss"] != first["val/loss"]  # the seed does reach the run
+
+
+def test_run_killed_mid_training_resumes_to_the_same_metrics(tmp_path: Path) -> None:
+    reference, killed = tmp_path / "reference", tmp_path / "killed"
+    reference.mkdir()
+    killed.mkdir()
+    run_cli("train", *RUN, cwd=reference)
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.Popen([str(BIN / "lstmkit"), "train", *RUN], cwd=killed, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    runs = killed / "logs" / "sentiment" / "runs"
+    while not list(runs.glob("*/checkpoints/last.ckpt")):  # the end of epoch 0 has been saved
+        assert proc.poll() is None, "the run finished before it could be killed"
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)  # no chance to clean up: like an OOM kill or a lost node
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert not list(runs.glob("*/metrics.json")), "the killed run must not have finished"
+    (last,) = runs.glob("*/checkpoints/last.ckpt")
+    assert read_checkpoint(last)["epoch"] in (0, 1)  # a complete checkpoint, never a torn file
+    assert not list(runs.glob("*/checkpoints/.*tmp*"))
+
+    run_cli("train", *RUN, "resume=true", cwd=killed)
+    resumed = _metrics(killed)
+    expected = _metrics(reference)
+    for key in ("val/loss", "val/acc", "val/acc_best", "test/acc", "test/f1", "test/loss"):
+        assert resumed[key] == expected[key], key
+
+
+def test_checkpoint_writes_are_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    io = AtomicCheckpointIO()
+    target = tmp_path / "last.ckpt"
+    io.save_checkpoint({"state_dict": {"w": torch.ones(3)}, "epoch": 1}, target)
+    assert torch.load(target, weights_only=True)["epoch"] == 1
+
+    def torn_save(obj: object, fh: object) -> None:  # a kill half-way through writing
+        fh.write(b"PK\x03\x04 half a zip")  # type: ignore[attr-defined]
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", torn_save)
+    with pytest.raises(KeyboardInterrupt):
+        io.save_checkpoint({"state_dict": {"w": torch.zeros(3)}, "epoch": 2}, target)
+    assert torch.load(target, weights_only=True)["epoch"] == 1  # the previous checkpoint is intact
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # no temp file left behind
+
+
+def _rss_mib() -> float:
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+class _RecordMemory(L.Callback):
+    def __init__(self) -> None:
+        self.rss: dict[int, float] = {}
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: object) -> None:
+        self.rss[trainer.global_step] = _rss_mib()
+
+
+@pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="needs Linux /proc to read resident memory")
+def test_memory_stays_flat_over_hundreds_of_steps(make_cfg) -> None:
+    from hydra.utils import instantiate
+
+    from lstmkit.commands.train import build_model
+
+    cfg = make_cfg(["data.num_examples=1200", "data.batch_size=8", "model.hidden_size=16", "encoder.dim=16"])
+    datamodule = instantiate(cfg.data, _convert_="all")
+    datamodule.setup("fit")
+    model = build_model(cfg, datamodule)
+    memory = _RecordMemory()
+    trainer = L.Trainer(max_steps=600, limit_val_batches=5, val_check_interval=50, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        callbacks=[memory])
+    trainer.fit(model, datamodule=datamodule)
+    assert trainer.global_step == 600
+    warm, end = memory.rss[100], memory.rss[600]
+    print(f"resident memory: step 100 {warm:.1f} MiB, step 600 {end:.1f} MiB")
+    # a leak of even one small tensor or graph per step would add far more than this over 500 steps
+    assert end - warm < 25, f"resident memory grew from {warm:.0f} MiB to {end:.0f} MiB"
+
+
+def test_dataloader_workers_run_end_to_end(tmp_path: Path) -> None:
+    run_cli("train", "data.num_workers=2", "data.num_examples=300", "model.hidden_size=16", "encoder.dim=16",
+            *QUICK, cwd=tmp_path)
+    assert "test/acc" in _metrics(tmp_path)
+
+
+class _DiesInWorker(Dataset[int]):
+    def __len__(self) -> int:
+        return 8
+
+    def __getitem__(self, index: int) -> int:
+        if index == 3:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return index
+
+
+def test_a_dead_dataloader_worker_is_reported_clearly() -> None:
+    loader = DataLoader(_DiesInWorker(), batch_size=2, num_workers=1)
+    with pytest.raises(RuntimeError) as err:
+        list(loader)
+    message = explain_runtime_error(err.value)
+    assert message is not None
+    assert "data-loading worker" in message and "data.num_workers=0" in message
+    assert explain_runtime_error(RuntimeError("shape mismatch")) is None
+
+
+def test_gpu_trainer_without_a_gpu_says_so(tmp_path: Path) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    proc = run_cli("train", "trainer=gpu", "debug=fdr", cwd=tmp_path, check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert "asks for a CUDA GPU, but none is available" in proc.stderr and "trainer=cpu" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize(("override", "hint"), [
+    ("model.hiden_size=32", "did you mean model.hidden_size?"),
+    ("task=sentimnt", "did you mean task=sentiment?"),
+    ("trainer.max_epoch=3", "did you mean trainer.max_epochs?"),
+])
+def test_config_typos_get_hydras_message_and_a_suggestion(tmp_path: Path, override: str, hint: str) -> None:
+    proc = run_cli("train", override, cwd=tmp_path, check=False)
+    assert proc.returncode == 1
+    key = override.split("=")[0]
+    assert key.split(".")[-1] in proc.stderr or "sentimnt" in proc.stderr  # Hydra's own message reaches the user
+    assert hint in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_wrongly_typed_override_names_the_overrides(tmp_path: Path) -> None:
+    proc = run_cli("train", "model.hidden_size=abc", cwd=tmp_path, check=False)
+    assert proc.returncode == 2
+    assert "cannot build the model" in proc.stderr and "model.hidden_size=abc" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    verbose = run_cli("train", "model.hidden_size=abc", "--verbose", cwd=tmp_path, check=False)
+    assert verbose.returncode != 0 and "Traceback" in verbose.stderr  # --verbose shows the stack
