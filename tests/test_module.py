@@ -100,8 +100,12 @@ def test_checkpoint_round_trip_without_pickle(make_cfg, tmp_path: Path) -> None:
 def test_bad_checkpoints_get_clear_errors(tmp_path: Path) -> None:
     not_ckpt = tmp_path / "notes.ckpt"
     not_ckpt.write_text("hello")
-    with pytest.raises(CheckpointError, match="not a readable lstmkit checkpoint"):
+    with pytest.raises(CheckpointError, match="not a PyTorch checkpoint: expected a zip archive"):
         read_checkpoint(not_ckpt)
+    pickled = tmp_path / "pickled.ckpt"
+    torch.save({"state_dict": {}, "hyper_parameters": {"spec": Path("x")}}, pickled)  # needs pickle to load
+    with pytest.raises(CheckpointError, match=r"pickled\.ckpt: not a readable lstmkit checkpoint \(Weights only"):
+        read_checkpoint(pickled)
     with pytest.raises(CheckpointError, match="not found"):
         read_checkpoint(tmp_path / "missing.ckpt")
     other = tmp_path / "other.ckpt"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,11 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"{path}: checkpoint not found")
     if path.is_dir():
         raise CheckpointError(f"{path}: expected a .ckpt file, found a folder (look in {path}/checkpoints)")
+    if not zipfile.is_zipfile(path):
+        with path.open("rb") as fh:
+            head = fh.read(16)
+        raise CheckpointError(f"{path}: not a PyTorch checkpoint: expected a zip archive written by torch.save, "
+                              f"found {path.stat().st_size} bytes starting with {head!r}")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any failure means "not a usable checkpoint"

@@ -1,0 +1,209 @@
+"""Every bad input in the README's table, through the command line: the message, the exit code.
+
+Each case builds its bad file(s) under a temporary folder, runs ``lstmkit <command>`` in-process
+(the same ``main`` as the console script) and checks that the user sees one clear line naming
+the file / row / field / key, with no traceback, and a non-zero exit; or, for inputs lstmkit
+repairs (stereo, other sample rates, unsorted dates), that the run goes on and says so.
+``test_readme_lists_every_case`` keeps this file and the README table in step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import soundfile as sf
+import torch
+from hydra.core.global_hydra import GlobalHydra
+
+from lstmkit.cli import main
+from lstmkit.data.stock import generate_ohlcv
+
+from .conftest import REPO
+
+FDR = ["debug=fdr", "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false", "logger=none"]
+SR = 8000
+
+
+@dataclass
+class Case:
+    """One row of the README table: how to make the bad input, and what the user must read."""
+
+    id: str
+    make: Callable[[Path], list[str]]  # builds files under the folder, returns the overrides
+    expect: str  # regex over the command's stderr (or log, for repairs)
+    command: str = "train"
+    exit_code: int = 2  # 0: lstmkit repairs the input and says so
+    extra: list[str] = field(default_factory=list)
+
+
+def _text(path: Path, content: str | bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(content, encoding="utf-8")
+    return path
+
+
+def _reviews(n: int = 40) -> str:
+    return "text,label\n" + "".join(f"{'good' if i % 2 else 'bad'} film number {i},{i % 2}\n" for i in range(n))
+
+
+def _splits(d: Path, test: str) -> list[str]:
+    _text(d / "train.txt", "0 bad\n1 good\n0 awful\n1 great\n")
+    _text(d / "dev.txt", "0 bad\n")
+    _text(d / "test.txt", test)
+    return [f"data.path={d}"]
+
+
+def _stock(d: Path, edit: Callable[[pd.DataFrame], pd.DataFrame] = lambda f: f, days: int = 200) -> list[str]:
+    frame = edit(generate_ohlcv(1, days, seed=3).drop(columns="Name").astype({"volume": object}))
+    frame.to_csv(d / "acme.csv", index=False)
+    return ["task=stock", f"data.path={d / 'acme.csv'}", "data.window=8"]
+
+
+def _tone(seconds: float = 0.3, sr: int = SR, channels: int = 1, amplitude: float = 0.5) -> np.ndarray:
+    t = np.arange(int(seconds * sr)) / sr
+    wave = (amplitude * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+    return np.stack([wave] * channels, axis=1) if channels > 1 else wave
+
+
+def _speech(d: Path, val_text: str = "yes", edit: Callable[[Path], None] = lambda d: None) -> list[str]:
+    rows = [(f"tr{i}.wav", "yes no" if i % 2 else "on off", "train") for i in range(6)]
+    rows += [("va.wav", val_text, "val"), ("te.wav", "no", "test")]
+    for name, _, _ in rows:
+        sf.write(d / name, _tone(), SR)
+    _text(d / "manifest.csv", "path,text,split\n" + "".join(f"{p},{t},{s}\n" for p, t, s in rows))
+    edit(d)
+    return ["task=speech", f"data.path={d}", "data.batch_size=4"]
+
+
+def _ecg(d: Path, edit: Callable[[list[list[str]]], None] = lambda rows: None) -> list[str]:
+    rng = np.random.default_rng(0)
+    rows = [[f"{1 + (i % 2) * (1 + i % 4)}.0", *(f"{v:.5f}" for v in rng.normal(size=60))] for i in range(40)]
+    edit(rows)
+    _text(d / "beats.txt", "\n".join(" ".join(r) for r in rows) + "\n")
+    return ["task=ecg", f"data.path={d / 'beats.txt'}"]
+
+
+def _set(frame: pd.DataFrame, row: int, column: str, value: object) -> pd.DataFrame:
+    frame = frame.astype({column: object})
+    frame.loc[row, column] = value
+    return frame
+
+
+def _trained_stock_checkpoint(d: Path) -> Path:
+    code = _run(["train", "task=stock", "data.num_tickers=1", "data.num_days=200", *FDR,
+                 f"hydra.run.dir={d / 'stock_run'}"], d)[0]
+    assert code == 0
+    return next((d / "stock_run" / "checkpoints").glob("*.ckpt"))
+
+
+CASES = [
+    Case("missing-file", lambda d: [f"data.path={d / 'nope.csv'}"], r"nope\.csv: data\.path does not exist"),
+    Case("missing-folder", lambda d: ["task=speech", f"data.path={d / 'no_such_dir'}"],
+         r"no_such_dir.*(does not exist|not found)"),
+    Case("empty-file", lambda d: [f"data.path={_text(d / 'empty.csv', '  ')}"], r"empty\.csv.*file is empty"),
+    Case("not-utf8", lambda d: ["data.path=" + str(_text(d / "l.txt", "1 caf\xe9 good".encode("latin-1")))],
+         r"l\.txt, row 1: not valid UTF-8"),
+    Case("missing-column", lambda d: ["data.path=" + str(_text(d / "c.csv", "text,stars\nfine,1\n"))],
+         r"c\.csv, row 1, field 'label': no column 'label'"),
+    Case("unknown-label", lambda d: _splits(d, test="1 good\n2 meh\n"),
+         r"test\.txt, row 2, field 'label': label '2' is not one of the classes"),
+    Case("too-little-text", lambda d: ["task=next_word", f"data.path={_text(d / 'short.txt', 'just a few words')}"],
+         r"short\.txt.*too little text"),
+    Case("non-numeric", lambda d: _stock(d, lambda f: _set(f, 3, "close", "abc")),
+         r"acme\.csv, row 5, field 'close': expected a finite number, found 'abc'"),
+    Case("nan-value", lambda d: _stock(d, lambda f: _set(f, 5, "volume", "nan")),
+         r"acme\.csv, row 7, field 'volume': expected a finite number, found 'nan'"),
+    Case("inf-value", lambda d: _stock(d, lambda f: _set(f, 2, "open", "inf")),
+         r"acme\.csv, row 4, field 'open': expected a finite number, found 'inf'"),
+    Case("duplicate-dates", lambda d: _stock(d, lambda f: _set(f, 6, "date", f.loc[5, "date"])),
+         r"acme\.csv, row 8, field 'date': duplicate date"),
+    Case("unsorted-dates", lambda d: _stock(d, lambda f: f.iloc[::-1]), r"not in date order", exit_code=0),
+    Case("missing-price-column", lambda d: _stock(d, lambda f: f.drop(columns="volume")),
+         r"acme\.csv, field 'volume': missing column"),
+    Case("series-too-short", lambda d: _stock(d, days=12), r"ticker 'acme' is too short: 12 rows"),
+    Case("corrupt-wav", lambda d: _speech(d, edit=lambda d: _text(d / "tr2.wav", b"RIFF\x00\x00garbage") and None),
+         r"tr2\.wav: cannot decode audio"),
+    Case("stereo-wav", lambda d: _speech(d, edit=lambda d: sf.write(d / "tr0.wav", _tone(channels=2), SR)),
+         r"mixed down to mono", exit_code=0),
+    Case("other-sample-rate", lambda d: _speech(d, edit=lambda d: sf.write(d / "tr1.wav", _tone(sr=16000), 16000)),
+         r"16000 Hz resampled to 8000 Hz", exit_code=0),
+    Case("silent-clip", lambda d: _speech(d, edit=lambda d: sf.write(d / "tr1.wav", np.zeros(800, np.float32), SR)),
+         r"tr1\.wav, row 3: clip is silent.*empty_clips=skip"),
+    Case("empty-clip", lambda d: _speech(d, edit=lambda d: sf.write(d / "tr3.wav", np.zeros(0, np.float32), SR)),
+         r"tr3\.wav, row 5: clip .*empty_clips=skip"),
+    Case("unknown-characters", lambda d: _speech(d, val_text="yes!"),
+         r"va\.wav, row 8, field 'text'.*\['!'\]"),
+    Case("ragged-ecg-rows", lambda d: _ecg(d, lambda rows: rows.__setitem__(2, rows[2][:30])),
+         r"beats\.txt, row 3: row has 30 values, expected 61"),
+    Case("ecg-nan", lambda d: _ecg(d, lambda rows: rows[1].__setitem__(7, "nan")),
+         r"beats\.txt, row 2, field 'column 7': found 'nan'"),
+    Case("ecg-unknown-class", lambda d: _ecg(d, lambda rows: rows[1].__setitem__(0, "7.0")),
+         r"beats\.txt, row 2, field 'column 0': class label 7 is not a known class"),
+    Case("config-key-typo", lambda d: ["model.hiden_size=32"], r"did you mean model\.hidden_size\?", exit_code=1),
+    Case("config-group-typo", lambda d: ["task=sentimnt"], r"did you mean task=sentiment\?", exit_code=1),
+    Case("wrong-type", lambda d: ["model.hidden_size=abc"],
+         r"cannot build the model .*hidden_size should be of type int.*model\.hidden_size=abc"),
+    Case("gpu-without-gpu", lambda d: ["trainer=gpu"], r"asks for a CUDA GPU, but none is available.*trainer=cpu"),
+    Case("not-a-checkpoint", lambda d: [f"ckpt_path={_text(d / 'notes.ckpt', 'hello')}", "input=x"],
+         r"notes\.ckpt: not a PyTorch checkpoint: expected a zip archive written by torch\.save, found 5 bytes", command="predict"),
+    Case("other-task-checkpoint", lambda d: [f"ckpt_path={_trained_stock_checkpoint(d)}", "input=what a film"],
+         r"what a film: file or folder not found \(the checkpoint .* is a 'stock' model, which predicts from "
+         r"OHLCV CSV file paths\)", command="predict"),
+    Case("nothing-to-predict", lambda d: [f"ckpt_path={_trained_stock_checkpoint(d)}"],
+         r"nothing to predict: pass input=", command="predict"),
+]
+
+
+def _run(args: list[str], cwd: Path) -> tuple[int, str]:
+    """``lstmkit <args>`` in this process; returns (exit code, stderr + run log)."""
+    stderr = io.StringIO()
+    old = os.getcwd()
+    os.chdir(cwd)
+    GlobalHydra.instance().clear()
+    code = 0
+    try:
+        with contextlib.redirect_stderr(stderr):
+            main(list(args))
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    finally:
+        os.chdir(old)
+        GlobalHydra.instance().clear()
+    logs = "".join(p.read_text() for p in cwd.rglob("*.log"))
+    return code, stderr.getvalue() + logs
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_bad_input_gets_a_clear_message(case: Case, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    if case.id == "gpu-without-gpu" and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    data = tmp_path / "data"
+    data.mkdir()
+    overrides = case.make(data)
+    run_dir = tmp_path / "run"
+    extra = FDR if case.command == "train" else []
+    code, output = _run([case.command, *overrides, *extra, *case.extra, f"hydra.run.dir={run_dir}",
+                         f"paths.log_dir={tmp_path / 'logs'}"], tmp_path)
+    assert code == case.exit_code, output[-3000:]
+    assert re.search(case.expect, output, flags=re.DOTALL), output[-3000:]
+    assert "Traceback" not in output
+
+
+def test_readme_lists_every_case() -> None:
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("### Bad input and the message it gets", 1)[1].split("\n## ", 1)[0]
+    listed = re.findall(r"^\| `([a-z0-9-]+)` \|", section, flags=re.MULTILINE)
+    assert sorted(listed) == sorted(c.id for c in CASES)
