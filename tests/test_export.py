@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ from lstmkit.commands.train import build_model
 from lstmkit.core import LSTMCore
 from lstmkit.export import ExportError, UnpackedLSTM
 from lstmkit.export import export as export_model
+from lstmkit.types import DataSpec
 
 from .conftest import QUICK, run_cli
 from .test_module import TASKS
@@ -43,6 +45,9 @@ def test_every_task_exports_with_parity(make_cfg, tmp_path: Path, task: str, fmt
     result = export_model(model, tmp_path / f"model.{fmt}", fmt=fmt)
     assert result["max_abs_diff"] <= 1e-4
     assert Path(result["path"]).stat().st_size > 0
+    # the vocabulary / normaliser a server needs travel as plain JSON, no pickle
+    record = json.loads(Path(result["spec_path"]).read_text())
+    assert record["task"] == task and DataSpec.from_dict(record["spec"]) == model.spec
 
 
 def test_export_command(tmp_path: Path) -> None:

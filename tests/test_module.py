@@ -95,6 +95,11 @@ def test_checkpoint_round_trip_without_pickle(make_cfg, tmp_path: Path) -> None:
     out_b, _ = again(batch.inputs, batch.lengths)
     torch.testing.assert_close(out_a, out_b)
     assert model.spec.vocab == dm.spec.vocab
+    # a checkpoint from an incompatible version (renamed / missing weights) gets a clear error
+    raw["state_dict"] = {k.replace("core.", "rnn."): v for k, v in raw["state_dict"].items()}
+    torch.save(raw, tmp_path / "old.ckpt")
+    with pytest.raises(CheckpointError, match=r"old\.ckpt: checkpoint does not match this lstmkit version"):
+        load_model(tmp_path / "old.ckpt")
 
 
 def test_bad_checkpoints_get_clear_errors(tmp_path: Path) -> None:

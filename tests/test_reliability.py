@@ -182,3 +182,26 @@ def test_wrongly_typed_override_names_the_overrides(tmp_path: Path) -> None:
     assert "Traceback" not in proc.stderr
     verbose = run_cli("train", "model.hidden_size=abc", "--verbose", cwd=tmp_path, check=False)
     assert verbose.returncode != 0 and "Traceback" in verbose.stderr  # --verbose shows the stack
+
+
+class PoisonWeights(L.Callback):
+    """Make the model diverge in its second epoch, after one good epoch has been checkpointed."""
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: object) -> None:
+        if trainer.current_epoch == 1 and trainer.fit_loop.epoch_loop.batch_progress.current.ready == 3:
+            with torch.no_grad():
+                next(pl_module.head.parameters()).fill_(float("inf"))
+
+
+def test_divergence_stops_the_run_and_keeps_the_last_good_checkpoint(make_cfg, tmp_path: Path) -> None:
+    from lstmkit.callbacks import DivergedError
+    from lstmkit.commands.train import train
+
+    cfg = make_cfg(["data.num_examples=300", "data.batch_size=16", "model.hidden_size=8", "encoder.dim=8",
+                    "trainer.max_epochs=3", "logger=none", "trainer.enable_progress_bar=false",
+                    "+callbacks.poison._target_=tests.test_reliability.PoisonWeights"])
+    with pytest.raises(DivergedError, match=r"training loss became nan at epoch 1, step \d+, batch 2 .*optimizer\.lr"):
+        train(cfg)
+    last = read_checkpoint(tmp_path / "checkpoints" / "last.ckpt")
+    assert last["epoch"] == 0
+    assert all(torch.isfinite(t).all() for t in last["state_dict"].values())

@@ -9,6 +9,7 @@ proves it on inputs with another batch size and length than the ones traced.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -135,4 +136,19 @@ def export(model: SequenceModel, path: str | Path, fmt: str = "onnx", tolerance:
     diff = float((actual.float() - expected.float()).abs().max())
     if diff > tolerance:
         raise ExportError(f"exported {fmt} model differs from PyTorch by {diff:.3g} (> {tolerance})")
-    return {"path": str(path), "format": fmt, "max_abs_diff": diff, "checked_shape": list(expected.shape)}
+    spec_path = write_spec(model, path)
+    return {"path": str(path), "format": fmt, "max_abs_diff": diff, "checked_shape": list(expected.shape),
+            "spec_path": str(spec_path)}
+
+
+def write_spec(model: SequenceModel, path: Path) -> Path:
+    """Write the DataSpec (vocabulary, classes, normaliser statistics, ids) as plain JSON beside ``path``.
+
+    Why: an exported graph maps ids/features to scores; serving it needs the same vocabulary and
+    normaliser the model was trained with, readable without lstmkit, torch or pickle.
+    """
+    spec_path = path.with_name(path.name + ".spec.json")
+    record = {"task": model.hparams.get("task", ""), "spec": model.spec.to_dict(),
+              "inputs": ["inputs", "lengths"], "outputs": ["outputs"]}
+    spec_path.write_text(json.dumps(record, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    return spec_path
