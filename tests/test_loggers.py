@@ -35,3 +35,16 @@ def test_many_loggers_write_their_files_and_resume_continues_the_wandb_run(tmp_p
     resumed = _runs(tmp_path)[-1]
     again = list((resumed / "wandb").glob("offline-run-*"))
     assert [p.name.rsplit("-", 1)[-1] for p in again] == [run_id]
+
+
+def test_data_preparation_progress_shows_on_terminals_only(monkeypatch, capsys) -> None:
+    import sys
+
+    from lstmkit.progress import track
+
+    assert list(track(range(500), "reading")) == list(range(500))  # not a terminal: plain pass-through
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
+    assert list(track(range(500), "decoding train audio")) == list(range(500))
+    assert list(track(range(5), "tiny")) == list(range(5))  # too short to deserve a bar
+    err = capsys.readouterr().err
+    assert "decoding train audio" in err and "tiny" not in err

@@ -50,6 +50,7 @@ import torchaudio.functional as AF
 from lstmkit.data.base import PadCollate, SequenceDataModule, SequenceDataset
 from lstmkit.data.text import read_text
 from lstmkit.errors import ConfigError, DataError
+from lstmkit.progress import track
 from lstmkit.types import Batch, DataSpec
 
 log = logging.getLogger("lstmkit")
@@ -468,7 +469,7 @@ class SpeechDataModule(SequenceDataModule):
         stereo, resampled, skipped = [], Counter(), []
         cached = self._disk_cache(utterances)
         kept = []
-        for utt in utterances:
+        for utt in track(utterances, f"decoding {split} audio"):
             if utt.wave is None:
                 if cached is not None and utt.source in cached:
                     utt.wave = cached[utt.source]

@@ -32,6 +32,7 @@ from lstmkit.data.base import PadCollate, SequenceDataModule
 from lstmkit.encoders.features import KINDS, fit_feature_normaliser
 from lstmkit.errors import ConfigError, DataError
 from lstmkit.heads.regression import to_target_space
+from lstmkit.progress import track
 from lstmkit.types import Batch, DataSpec
 
 log = logging.getLogger("lstmkit")
@@ -143,7 +144,7 @@ def read_ohlcv(path: str | Path, features: list[str]) -> list[Series]:
         raise DataError("folder has no *.csv files (expected one OHLCV file per ticker)", path=path)
     series: list[Series] = []
     seen: dict[str, str] = {}
-    for file in files:
+    for file in track(files, "reading price files"):
         for item in validate_frame(_read_csv(file), str(file), features, default_ticker=file.stem):
             if item.ticker in seen:
                 raise DataError(f"ticker {item.ticker!r} appears in two files ({seen[item.ticker]} and this "
