@@ -7,6 +7,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -65,6 +66,24 @@ def run_cli(*args: str, cwd: Path, check: bool = True, timeout: int = 600) -> su
     if check and proc.returncode != 0:
         raise AssertionError(f"lstmkit {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+def run_notebook(name: str, workdir: Path, monkeypatch: pytest.MonkeyPatch, **env: str) -> Any:
+    """Execute ``notebooks/<name>.ipynb`` (committed without outputs) in ``workdir``; returns it executed.
+
+    The kernel inherits the environment: one thread per worker, quick settings where the
+    notebook reads them, and ``LSTMKIT_NOTEBOOK_DIR`` for where its runs go.
+    """
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    notebook = nbformat.read(REPO / "notebooks" / f"{name}.ipynb", as_version=4)
+    assert all(not cell.get("outputs") for cell in notebook.cells if cell.cell_type == "code"), "commit it clean"
+    for key, value in {"OMP_NUM_THREADS": "1", "LSTMKIT_NOTEBOOK_DIR": str(workdir), **env}.items():
+        monkeypatch.setenv(key, value)
+    # kernel "python3" with argv[0] "python" runs as this interpreter (jupyter_client's rule)
+    nbclient.NotebookClient(notebook, timeout=300, kernel_name="python3",
+                            resources={"metadata": {"path": str(workdir)}}).execute()
+    return notebook
 
 
 QUICK = [

@@ -28,7 +28,7 @@ from lstmkit.heads.anomaly import AnomalyHead, ReconstructionHead, f1_threshold,
 from lstmkit.module import SequenceModel
 from lstmkit.types import Batch, DataSpec
 
-from .conftest import QUICK, REPO, run_cli, shared_data
+from .conftest import QUICK, run_cli, run_notebook, shared_data
 
 SPEC = DataSpec(input_kind="features", num_features=1, classes=["normal", "anomaly"],
                 extra={"samples_per_beat": 140, "label_column": "first", "format": "auto",
@@ -316,14 +316,6 @@ def test_train_then_predict_through_the_console_script(tmp_path: Path) -> None:
 
 
 def test_notebook_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    nbformat = pytest.importorskip("nbformat")
-    nbclient = pytest.importorskip("nbclient")
-    notebook = nbformat.read(REPO / "notebooks" / "ecg.ipynb", as_version=4)
-    assert all(not cell.get("outputs") for cell in notebook.cells if cell.cell_type == "code")  # committed clean
-    monkeypatch.setenv("LSTMKIT_QUICK", "1")  # the kernel inherits it: a tiny training run
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    client = nbclient.NotebookClient(notebook, timeout=300, kernel_name="python3",
-                                     resources={"metadata": {"path": str(tmp_path)}})
-    client.execute()
+    notebook = run_notebook("ecg", tmp_path, monkeypatch, LSTMKIT_QUICK="1")  # a tiny training run
     text = "".join(o.get("text", "") for c in notebook.cells for o in c.get("outputs", []))
     assert '"anomaly"' in text  # the predictions were printed

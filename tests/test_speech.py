@@ -26,6 +26,8 @@ from lstmkit.errors import ConfigError, DataError
 from lstmkit.heads.ctc import CTCHead, greedy_decode, prefix_beam_search
 from lstmkit.types import Batch, DataSpec
 
+from .conftest import run_notebook
+
 REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "speech"
 ROOT = Path(__file__).resolve().parents[1]
 SR = 8000
@@ -362,20 +364,6 @@ def test_cli_train_then_predict(tmp_path):
     assert all(isinstance(r["transcript"], str) for r in rows)
 
 
-def test_notebook_runs(tmp_path):
-    nbformat = pytest.importorskip("nbformat")
-    nbclient = pytest.importorskip("nbclient")
-    nb = nbformat.read(ROOT / "notebooks" / "speech.ipynb", as_version=4)
-    # kernel "python3" with argv[0] "python" runs as this interpreter (jupyter_client's rule)
-    client = nbclient.NotebookClient(nb, timeout=300, kernel_name="python3",
-                                     resources={"metadata": {"path": str(tmp_path)}})
-    env_before = os.environ.get("OMP_NUM_THREADS")
-    os.environ["OMP_NUM_THREADS"] = "1"
-    try:
-        client.execute()
-    finally:
-        if env_before is None:
-            os.environ.pop("OMP_NUM_THREADS", None)
-        else:
-            os.environ["OMP_NUM_THREADS"] = env_before
+def test_notebook_runs(tmp_path, monkeypatch):
+    run_notebook("speech", tmp_path, monkeypatch)
     assert list(tmp_path.glob("logs/speech/runs/*/checkpoints/last.ckpt"))

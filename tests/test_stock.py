@@ -23,6 +23,8 @@ from lstmkit.heads.regression import RegressionHead
 from lstmkit.module import SequenceModel
 from lstmkit.types import Batch, DataSpec
 
+from .conftest import run_notebook
+
 ROOT = Path(__file__).resolve().parents[1]
 REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "stocks" / "sp500_5yr"
 FEATURES = ["open", "high", "low", "close", "volume"]
@@ -302,12 +304,5 @@ def test_cli_train_plots_then_predict(tmp_path: Path) -> None:
 
 
 def test_notebook_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    nbformat = pytest.importorskip("nbformat")
-    nbclient = pytest.importorskip("nbclient")
-    nb = nbformat.read(ROOT / "notebooks" / "stock.ipynb", as_version=4)
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    monkeypatch.setenv("LSTMKIT_NOTEBOOK_DIR", str(tmp_path))
-    # kernel "python3" with argv[0] "python" runs as this interpreter (jupyter_client's rule)
-    nbclient.NotebookClient(nb, timeout=300, kernel_name="python3",
-                            resources={"metadata": {"path": str(tmp_path)}}).execute()
+    run_notebook("stock", tmp_path, monkeypatch)
     assert list(tmp_path.glob("logs/stock/runs/*/plots/forecast.png"))
