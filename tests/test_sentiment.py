@@ -12,7 +12,7 @@ from lstmkit.data.base import BucketBatchSampler
 from lstmkit.data.sentiment import SentimentDataModule, generate_reviews
 from lstmkit.errors import DataError
 
-from .conftest import shared_data
+from .conftest import run_notebook, shared_data
 
 
 def test_generated_corpus_is_deterministic_and_varied() -> None:
@@ -109,3 +109,10 @@ def test_real_sst2_files_load_with_their_splits() -> None:
     dm.setup()
     assert {k: len(v) for k, v in dm.splits.items()} == {"train": 6920, "val": 872, "test": 1821}
     assert dm.spec.classes == ["negative", "positive"]
+
+
+def test_notebook_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    notebook = run_notebook("sentiment", tmp_path, monkeypatch)
+    assert list(tmp_path.glob("logs/sentiment/runs/*/plots/confusion_matrix.png"))
+    text = "".join(o.get("text", "") for c in notebook.cells for o in c.get("outputs", []))
+    assert "test/acc" in text and "the acting was truly wonderful" in text
