@@ -24,8 +24,11 @@ test: $(STAMP)                       ## the test suite (what CI runs)
 test-all: $(STAMP)                   ## including slow real-data runs
 	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --timeout 3600
 
+bench-speed: $(STAMP)                ## lstmkit vs a plain PyTorch loop (and Keras, with .[bench]); --quick via ARGS
+	$(BIN)/python scripts/bench_speed.py $(ARGS)
+
 lint: $(STAMP)
-	$(BIN)/ruff check src tests
+	$(BIN)/ruff check src tests scripts
 
 clean:
 	rm -rf logs outputs multirun dist build .pytest_cache

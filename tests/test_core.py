@@ -11,7 +11,7 @@ from lstmkit.core import LSTMCore, summarise
 @pytest.mark.parametrize("bidirectional", [False, True])
 def test_packed_output_equals_each_sequence_unpadded(bidirectional: bool) -> None:
     torch.manual_seed(0)
-    core = LSTMCore(input_size=5, hidden_size=7, num_layers=2, bidirectional=bidirectional).eval()
+    core = LSTMCore(input_size=5, hidden_size=7, num_layers=2, bidirectional=bidirectional, kernel="packed").eval()
     lengths = torch.tensor([6, 2, 4])
     x = torch.randn(3, 6, 5)
     x[1, 2:] = 99.0  # padding garbage must not leak into anything
@@ -59,7 +59,7 @@ def test_state_is_detached_between_batches() -> None:
 )
 def test_output_shapes(bidirectional: bool, proj_size: int, expected: int) -> None:
     core = LSTMCore(input_size=5, hidden_size=8, num_layers=2, bidirectional=bidirectional, proj_size=proj_size,
-                    layer_norm=True)
+                    layer_norm=True, kernel="packed")
     out, (h, c) = core(torch.randn(4, 7, 5), torch.tensor([7, 3, 1, 5]))
     assert core.out_features == expected
     assert out.shape == (4, 7, expected)
@@ -83,3 +83,30 @@ def test_invalid_combinations_are_rejected() -> None:
         LSTMCore(input_size=3, bidirectional=True, stateful=True)
     with pytest.raises(ValueError, match="proj_size"):
         LSTMCore(input_size=3, hidden_size=4, proj_size=4)
+
+
+@pytest.mark.parametrize(("bidirectional", "proj_size", "layer_norm"), [(False, 0, False), (True, 0, False),
+                                                                       (True, 3, True), (False, 2, False)])
+def test_unpacked_kernel_equals_packing_in_outputs_and_gradients(bidirectional: bool, proj_size: int,
+                                                                 layer_norm: bool) -> None:
+    torch.manual_seed(0)
+    packed = LSTMCore(input_size=5, hidden_size=6, num_layers=2, bidirectional=bidirectional, proj_size=proj_size,
+                      layer_norm=layer_norm, kernel="packed")
+    unpacked = LSTMCore(input_size=5, hidden_size=6, num_layers=2, bidirectional=bidirectional,
+                        proj_size=proj_size, layer_norm=layer_norm, kernel="unpacked")
+    unpacked.load_state_dict(packed.state_dict())
+    lengths = torch.tensor([7, 2, 5, 1])
+    x = torch.randn(4, 7, 5)
+    x[1, 2:], x[2, 5:], x[3, 1:] = 50.0, -50.0, 9.0  # padding garbage
+    for core in (packed, unpacked):
+        core.train()
+    out_p, state = packed(x, lengths)
+    out_u, none = unpacked(x, lengths)
+    assert state is not None and none is None
+    torch.testing.assert_close(out_u, out_p, rtol=1e-5, atol=1e-6)
+    weights = torch.randn_like(out_p)
+    (out_p * weights).sum().backward()
+    (out_u * weights).sum().backward()
+    for (name, a), (_, b) in zip(packed.named_parameters(), unpacked.named_parameters()):
+        torch.testing.assert_close(b.grad, a.grad, rtol=1e-4, atol=1e-5, msg=name)
+    assert LSTMCore(input_size=5, hidden_size=6)._unpacked(x)  # auto: unpacked on CPU

@@ -1,10 +1,10 @@
 """Export a trained model to ONNX or TorchScript, with a parity check against eager PyTorch.
 
 Packed sequences do not export (a known failure in torch.onnx and onnxruntime), so export
-swaps the LSTM core for :class:`UnpackedLSTM`: the same weights run over padded tensors, the
-backward direction reads each sequence reversed *within its own length* (an index gather), and
-padded steps are zeroed. That is mathematically the packed computation, and the parity check
-proves it on inputs with another batch size and length than the ones traced.
+runs the LSTM core's unpacked kernel (:meth:`LSTMCore._run_unpacked`): the same weights over
+padded tensors, the backward direction reading each sequence reversed *within its own length*
+(an index gather), padded steps zeroed. That is mathematically the packed computation, and the
+parity check proves it on inputs with another batch size and length than the ones traced.
 """
 
 from __future__ import annotations
@@ -27,41 +27,18 @@ class ExportError(LstmkitError):
 
 
 class UnpackedLSTM(nn.Module):
-    """An exportable, exact stand-in for :class:`LSTMCore` in eval mode (no carried state)."""
+    """An exportable, exact stand-in for :class:`LSTMCore` in eval mode: its unpacked kernel.
+
+    The core's ``forward`` chooses a kernel from the data (a Python branch a trace would freeze),
+    so export calls the unpacked computation directly, for every batch.
+    """
 
     def __init__(self, core: LSTMCore) -> None:
         super().__init__()
-        lstm = core.lstm
-        self.bidirectional = lstm.bidirectional
-        self.layers = nn.ModuleList()
-        for layer in range(lstm.num_layers):
-            directions = nn.ModuleList()
-            for suffix in ("", "_reverse")[: 2 if lstm.bidirectional else 1]:
-                w_ih = getattr(lstm, f"weight_ih_l{layer}{suffix}")
-                single = nn.LSTM(w_ih.shape[1], lstm.hidden_size, batch_first=True, proj_size=lstm.proj_size)
-                for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr"):
-                    source = getattr(lstm, f"{name}_l{layer}{suffix}", None)
-                    if source is not None:
-                        getattr(single, f"{name}_l0").data.copy_(source.data)
-                directions.append(single)
-            self.layers.append(directions)
-        self.norm = core.norm
+        self.core = core
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        steps = torch.arange(x.shape[1], device=x.device)[None, :]  # (1, T)
-        lengths = lengths.to(x.device)[:, None]  # (B, 1)
-        mask = steps < lengths  # (B, T)
-        reverse = torch.where(mask, lengths - 1 - steps, steps)  # reverse each row within its length
-        for directions in self.layers:
-            forward_out, _ = directions[0](x)
-            outputs = [forward_out]
-            if self.bidirectional:
-                index = reverse[..., None].expand(-1, -1, x.shape[-1])
-                backward_out, _ = directions[1](torch.gather(x, 1, index))
-                out_index = reverse[..., None].expand(-1, -1, backward_out.shape[-1])
-                outputs.append(torch.gather(backward_out, 1, out_index))
-            x = torch.cat(outputs, dim=-1) * mask[..., None].to(x.dtype)
-        return self.norm(x)
+        return self.core.norm(self.core._run_unpacked(x, lengths.to(x.device)))
 
 
 class ExportModule(nn.Module):
