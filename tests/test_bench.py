@@ -43,7 +43,7 @@ def test_quick_benchmark_reports_every_section(tmp_path: Path) -> None:
             positive(training[impl], THROUGHPUT, f"training.{workload}.{impl}")
         assert math.isfinite(training["ratio"]) and training["ratio"] > 0
         assert training["same_model_loss_diff"] < 1e-5  # both sides start as the same model
-    positive(results["training"]["lm"]["lstmkit_fused_adamw"], THROUGHPUT, "training.lm.lstmkit_fused_adamw")
+    positive(results["training"]["lm"]["lstmkit_bf16"], THROUGHPUT, "training.lm.lstmkit_bf16")
 
     variable = results["variable_length"]
     for batching in ("bucketed", "unbucketed", "naive_padded", "bucketed_packed_kernel"):

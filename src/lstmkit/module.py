@@ -137,6 +137,10 @@ class SequenceModel(L.LightningModule):
         decay = [p for p in self.parameters() if p.requires_grad and p.dim() > 1]
         no_decay = [p for p in self.parameters() if p.requires_grad and p.dim() <= 1]
         groups = [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
+        if spec.get("fused") and self._trainer is not None and "mixed" in str(self.trainer.precision):
+            # Lightning's mixed-precision plugin refuses to clip the gradients of a fused optimizer
+            # (it would unscale them itself), so mixed-precision runs use the foreach kernel
+            spec["fused"] = False
         optimizer = build(spec)(groups)
         if not self.hparams.scheduler:
             return optimizer
