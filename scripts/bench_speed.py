@@ -971,7 +971,7 @@ def workload_name(key: str, size: dict[str, Any]) -> str:
         return (f"word LM, vocab {size['vocab']:,}, {size['layers']}×{size['hidden']} stateful, "
                 f"bptt {size['bptt']}, batch {size['batch']}")
     return (f"bi-LSTM classifier, vocab {size['vocab']:,}, emb {size['emb']}, hidden {size['hidden']}, "
-            f"batch {size['batch']}, packed")
+            f"batch {size['batch']}, variable lengths")
 
 
 def render_training(training: dict[str, Any]) -> list[str]:
