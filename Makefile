@@ -24,6 +24,9 @@ test: $(STAMP)                       ## the test suite (what CI runs)
 test-all: $(STAMP)                   ## including slow real-data runs
 	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --timeout 3600
 
+bench-quality: $(STAMP)              ## every task on its real data (../shared/data); ARGS="--quick" or "ecg --seeds 1 2 3"
+	$(BIN)/python scripts/bench_quality.py $(ARGS)
+
 bench-speed: $(STAMP)                ## lstmkit vs a plain PyTorch loop (and Keras, with .[bench]); --quick via ARGS
 	$(BIN)/python scripts/bench_speed.py $(ARGS)
 

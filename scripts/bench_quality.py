@@ -1,0 +1,488 @@
+#!/usr/bin/env python
+"""Quality benchmark (issue #6, "Quality"): train every task on its real dataset, record the test metric.
+
+For each requested task this runs ``lstmkit train experiment=<task>_real`` as a subprocess (the
+installed console script, or ``python -m lstmkit``), once per seed, with any extra Hydra overrides
+passed through. It reads the run directory from the log line ``run directory: ...``, takes the
+final metrics from that directory's ``metrics.json`` (the best checkpoint evaluated on the test
+split), the epochs run from the run's CSV log, the best epoch from ``checkpoints/best.ckpt`` and the
+parameter count from the model rebuilt from it, and writes
+
+* ``<out>/quality.json``: one record per run (task, metric, value, split, epochs, wall time,
+  parameters, seed, commit, every test metric; for ``stock`` the persistence baseline) and a
+  summary per task (mean / std / min / max over seeds, the target, whether it was met);
+* ``<out>/quality.md``: the same as a Markdown table, beside the published reference numbers.
+
+The recipes are ``conf/experiment/<task>_real.yaml``; each states its CPU budget and what it is
+expected to reach. The real datasets are read from ``--data-root`` (``paths.data_root``).
+
+    .venv/bin/python scripts/bench_quality.py                          # every task, seed from the recipe (42)
+    .venv/bin/python scripts/bench_quality.py ecg ecg_unsupervised --seeds 1 2 3 4 5
+    .venv/bin/python scripts/bench_quality.py stock optimizer.lr=1e-3  # extra overrides go to every run
+    .venv/bin/python scripts/bench_quality.py --quick                  # smoke check: seconds per task
+    nice -n 10 .venv/bin/python scripts/bench_quality.py --threads 1 speech
+
+Full runs take the budgets stated in the recipes (on 2 CPU cores: next_word about 45 min, speech about
+20 min, the others a few minutes per seed); ``--quick`` limits every run to one epoch of 3 train / 2 val /
+2 test batches, so its numbers only check the plumbing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime as dt
+import json
+import math
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class Task:
+    """What the benchmark reads from one task's run and what it compares it with."""
+
+    experiment: str
+    dataset: str
+    metric: str  # key in metrics.json
+    higher_is_better: bool
+    target: float  # the goal of issue #6 for this task
+    target_text: str
+    reference: str  # published numbers (Markdown), or a dash with the reason
+    extra_metrics: tuple[str, ...] = ()
+
+
+TASKS: dict[str, Task] = {
+    "next_word": Task(
+        "next_word_real", "PTB (Mikolov), 10k vocab", "test/perplexity", False, 100.0, "≤ 100",
+        "Zaremba et al. 2014: small (2×200) 114.5, medium (2×650, dropout 0.5) 82.7, large (2×1500) 78.4",
+        ("test/acc",),
+    ),
+    "sentiment": Task(
+        "sentiment_real", "SST-2 sentences (6,920 / 872 / 1,821)", "test/acc", True, 0.84, "≥ 84 %",
+        "Kim 2014 CNN-rand 82.7; Tai et al. 2015 LSTM 84.9, bi-LSTM 87.5 (both with GloVe and "
+        "phrase-level labels)",
+        ("test/f1",),
+    ),
+    "speech": Task(
+        "speech_real", "FSDD v1.0.9, official split", "test/cer", False, 0.015, "≤ 1.5 %",
+        "— (FSDD results are published as digit-classification accuracy, not CER)",
+        ("test/wer",),
+    ),
+    "stock": Task(
+        "stock_real", "20 S&P 500 tickers, test 2017-09-01..2018-02-07", "test/mase", False, 1.0, "< 1.0",
+        "persistence (next close = last close): MASE 1.0 by definition; no standard benchmark",
+        ("test/mae", "test/naive_mae", "test/mape", "test/naive_mape"),
+    ),
+    "ecg": Task(
+        "ecg_real", "ECG5000 TRAIN file (500 beats), stratified 60/20/20", "test/auroc", True, 0.995,
+        "AUROC ≥ 0.995, F1 ≥ 0.97",
+        "— (published ECG5000 results use the official 500 / 4,500 split and 5-class accuracy)",
+        ("test/f1", "test/auprc"),
+    ),
+    "ecg_unsupervised": Task(
+        "ecg_unsupervised_real", "ECG5000 TRAIN file, trained on normal beats only", "test/auroc", True, 0.97,
+        "AUROC ≥ 0.97",
+        "— (published ECG5000 results use the official 500 / 4,500 split)",
+        ("test/f1", "test/auprc"),
+    ),
+}
+PERCENT = {"test/acc", "test/cer", "test/wer", "test/mape", "test/naive_mape"}  # shown as percentages
+SECONDARY_TARGETS = {"ecg": ("test/f1", 0.97, True)}  # also part of the goal (mean of seeds)
+
+QUICK = [
+    "trainer.max_epochs=1",
+    "trainer.limit_train_batches=3",
+    "trainer.limit_val_batches=2",
+    "trainer.limit_test_batches=2",
+    "trainer.num_sanity_val_steps=0",
+    "trainer.max_time=null",
+]
+RUN_DIR = re.compile(r"run directory: (.+?)\s*$", re.MULTILINE)
+# Lightning's model summary: "Total params: 134 K" (rich) or "134 K     Total params" (plain)
+SUMMARY_LINE = re.compile(r"Total params:\s*([\d.]+\s*[KMGT]?)|([\d.]+\s*[KMGT]?)\s+Total params")
+
+
+# -- running --------------------------------------------------------------------------------------
+def lstmkit_command(python: str | None) -> list[str]:
+    """The console script beside this interpreter or in the repo's venv, else ``python -m lstmkit``."""
+    if python:
+        return [python, "-m", "lstmkit"]
+    for candidate in (Path(sys.executable).parent / "lstmkit", REPO / ".venv" / "bin" / "lstmkit"):
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return [str(candidate)]
+    found = shutil.which("lstmkit")
+    return [found] if found else [sys.executable, "-m", "lstmkit"]
+
+
+def git_commit() -> dict[str, Any]:
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=True,
+                                  timeout=30).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    commit = git("rev-parse", "HEAD")
+    return {"commit": commit or None, "dirty": bool(git("status", "--porcelain")) if commit else None}
+
+
+def run_one(task: str, seed: int | None, args: argparse.Namespace, overrides: list[str]) -> dict[str, Any]:
+    """Train one recipe once and read back what it wrote."""
+    spec = TASKS[task]
+    cmd = [*lstmkit_command(args.python), "train", f"experiment={spec.experiment}",
+           f"paths.data_root={args.data_root}", "trainer.enable_progress_bar=false"]
+    if args.log_dir:
+        cmd.append(f"paths.log_dir={args.log_dir}")
+    if seed is not None:
+        cmd.append(f"seed={seed}")
+    if args.quick:
+        cmd += QUICK
+    cmd += overrides
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "WANDB_MODE": "offline"}
+    if args.threads:
+        env["OMP_NUM_THREADS"] = str(args.threads)
+        env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    record: dict[str, Any] = {
+        "task": task, "experiment": spec.experiment, "dataset": spec.dataset, "metric": spec.metric,
+        "split": "test", "higher_is_better": spec.higher_is_better, "value": None, "seed": seed,
+        "quick": args.quick, "command": " ".join(cmd),
+    }
+    print(f"[bench_quality] {task} seed={seed}: {' '.join(cmd)}", flush=True)
+    start = time.perf_counter()
+    try:
+        proc = subprocess.run(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              timeout=args.timeout, check=False)
+        output, returncode = proc.stdout, proc.returncode
+    except subprocess.TimeoutExpired as err:
+        output = err.stdout.decode(errors="replace") if isinstance(err.stdout, bytes) else (err.stdout or "")
+        returncode = None
+        record["error"] = f"timed out after {args.timeout} s"
+    record["wall_time_s"] = round(time.perf_counter() - start, 1)
+    record["returncode"] = returncode
+    if args.verbose:
+        print(output, flush=True)
+    found = RUN_DIR.findall(output)
+    run_dir = Path(found[-1]) if found else None
+    if run_dir is not None and not run_dir.is_absolute():
+        run_dir = REPO / run_dir
+    record["run_dir"] = str(run_dir) if run_dir else None
+    metrics_file = run_dir / "metrics.json" if run_dir else None
+    if returncode != 0 or metrics_file is None or not metrics_file.exists():
+        tail = "\n".join(output.strip().splitlines()[-15:])
+        record.setdefault("error", f"exit code {returncode}; no metrics.json" if metrics_file is None
+                          or not metrics_file.exists() else f"exit code {returncode}")
+        record["log_tail"] = tail
+        print(f"[bench_quality] {task} seed={seed} FAILED ({record['error']}):\n{tail}", flush=True)
+        return record
+    metrics = {k: float(v) for k, v in json.loads(metrics_file.read_text()).items()}
+    record["metrics"] = {k: v for k, v in metrics.items() if k.startswith("test/")}
+    record["value"] = metrics.get(spec.metric)
+    record["val_best"] = next((v for k, v in metrics.items() if k.endswith("_best")), None)
+    record.update(checkpoint_facts(run_dir, output))
+    if seed is None:  # the recipe's own seed, as the run resolved it
+        resolved = run_dir / ".hydra" / "config.yaml"
+        match = re.search(r"^seed: (\d+)$", resolved.read_text(), re.MULTILINE) if resolved.exists() else None
+        record["seed"] = int(match.group(1)) if match else None
+    if task == "stock":
+        record["naive_baseline"] = {
+            "forecast": "persistence (next close = last close)",
+            "mase": 1.0,
+            **{k.removeprefix("test/naive_"): metrics[k] for k in ("test/naive_mae", "test/naive_rmse",
+                                                                   "test/naive_mape") if k in metrics},
+        }
+    value = record["value"]
+    print(f"[bench_quality] {task} seed={seed}: {spec.metric} = {value} in {record['wall_time_s']} s "
+          f"({record.get('epochs')} epochs)", flush=True)
+    return record
+
+
+def checkpoint_facts(run_dir: Path, output: str) -> dict[str, Any]:
+    """Epochs run (from the CSV log), the best epoch and the parameter count (from ``best.ckpt``).
+
+    ``last.ckpt`` cannot tell the epochs run: with a monitored metric, Lightning 2.6 rewrites it only
+    in epochs that also wrote a top-k checkpoint, so after early stopping it holds the best epoch.
+    """
+    facts: dict[str, Any] = {"epochs": epochs_logged(run_dir), "best_epoch": None, "params": None}
+    best = run_dir / "checkpoints" / "best.ckpt"
+    try:
+        import torch
+
+        if best.exists():
+            ckpt = torch.load(best, map_location="cpu", weights_only=True)
+            facts["best_epoch"] = int(ckpt.get("epoch", -1)) + 1  # Lightning stores the 0-based epoch
+            from lstmkit.checkpoints import load_model
+
+            facts["params"] = sum(p.numel() for p in load_model(best).parameters())  # tied weights once
+    except Exception as err:  # noqa: BLE001 - the counts are extras; the metric is what matters
+        facts["checkpoint_error"] = f"{type(err).__name__}: {err}"
+    if facts["params"] is None:  # Lightning's model summary, e.g. "Total params: 134 K"
+        match = SUMMARY_LINE.search(output)
+        if match:
+            facts["params_approx"] = (match.group(1) or match.group(2)).replace(" ", "")
+    return facts
+
+
+def epochs_logged(run_dir: Path) -> int | None:
+    """Training epochs in the run's CSV log (``logger=csv``, the default): the last epoch with
+    train or val rows, plus one. ``None`` without a CSV log."""
+    path = run_dir / "csv" / "metrics.csv"
+    if not path.exists():
+        return None
+    last = -1
+    with path.open(newline="") as fh:
+        for row in csv.DictReader(fh):
+            fitting = any(v not in (None, "") for k, v in row.items() if k and k.startswith(("train/", "val/")))
+            if fitting and (row.get("epoch") or "").isdigit():
+                last = max(last, int(row["epoch"]))
+    return last + 1 if last >= 0 else None
+
+
+# -- summarising ----------------------------------------------------------------------------------
+def summarise(task: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
+    spec = TASKS[task]
+    values = [r["value"] for r in runs if isinstance(r.get("value"), float) and math.isfinite(r["value"])]
+    summary: dict[str, Any] = {
+        "experiment": spec.experiment, "dataset": spec.dataset, "metric": spec.metric, "split": "test",
+        "higher_is_better": spec.higher_is_better, "runs": len(runs), "ok": len(values),
+        "target": spec.target_text, "reference": spec.reference,
+        "seeds": [r.get("seed") for r in runs],
+        "wall_time_s": round(sum(r.get("wall_time_s") or 0.0 for r in runs), 1),
+    }
+    if values:
+        mean = statistics.fmean(values)
+        summary.update(mean=mean, std=statistics.stdev(values) if len(values) > 1 else 0.0,
+                       min=min(values), max=max(values))
+        met = mean >= spec.target if spec.higher_is_better else (
+            mean < spec.target if task == "stock" else mean <= spec.target)
+        for key, goal, higher in [SECONDARY_TARGETS[task]] if task in SECONDARY_TARGETS else []:
+            others = [r["metrics"][key] for r in runs if key in r.get("metrics", {})]
+            if others:
+                summary[f"mean_{key}"] = statistics.fmean(others)
+                met = met and (summary[f"mean_{key}"] >= goal if higher else summary[f"mean_{key}"] <= goal)
+        summary["target_met"] = met
+        for key in spec.extra_metrics:
+            others = [r["metrics"][key] for r in runs if key in r.get("metrics", {})]
+            if others:
+                summary[f"mean_{key}"] = statistics.fmean(others)
+    return summary
+
+
+def fmt(value: float | None, percent: bool = False, digits: int = 4) -> str:
+    if value is None or not math.isfinite(value):
+        return "—"
+    if percent:
+        return f"{100 * value:.2f} %"
+    if abs(value) >= 100:
+        return f"{value:.1f}"
+    return f"{value:.{digits}f}"
+
+
+def duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
+
+
+def markdown(report: dict[str, Any]) -> str:
+    host = report["host"]
+    dirty = " (with uncommitted changes)" if report["dirty"] else ""
+    lines = [
+        "# lstmkit quality benchmark",
+        "",
+        (f"Generated {report['generated']} by `scripts/bench_quality.py` at commit "
+         f"`{(report['commit'] or 'unknown')[:12]}`{dirty}; {host['cpus']} CPUs, torch {host.get('torch') or '?'}, "
+         f"OMP_NUM_THREADS={host.get('omp_num_threads') or 'unset'}. Every value is on the held-out test split, "
+         "from the best checkpoint (chosen on val)."),
+        "",
+    ]
+    if report["quick"]:
+        lines += [("**`--quick` run: one epoch of 3 train / 2 val / 2 test batches per task. These numbers check "
+                   "the plumbing only; they say nothing about quality.**"), ""]
+    if report["overrides"]:
+        lines += [f"Extra overrides: `{' '.join(report['overrides'])}`", ""]
+    elif report["overrides"] is None:
+        lines += ["The runs differ in their extra overrides; see `command` in quality.json.", ""]
+    if report.get("merged_from_earlier"):
+        lines += [(f"Merged report (`--merge`): the runs of {', '.join(report['merged_from_earlier'])} come from an "
+                   "earlier invocation; each run's commit and command are in quality.json."), ""]
+    lines += [
+        ("| task | data | metric | lstmkit (mean ± std) | seeds | epochs (best) | wall time / run | parameters "
+         "| target | met | published reference |"),
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for task, summary in report["summary"].items():
+        spec = TASKS[task]
+        runs = [r for r in report["runs"] if r["task"] == task]
+        percent = spec.metric in PERCENT
+        if "mean" in summary:
+            value = fmt(summary["mean"], percent)
+            if summary["ok"] > 1:
+                value += f" ± {fmt(summary['std'], percent)}"
+        else:
+            value = "failed"
+        extras = [f"{k.removeprefix('test/')} {fmt(summary[f'mean_{k}'], k in PERCENT)}"
+                  for k in spec.extra_metrics if f"mean_{k}" in summary]
+        if extras:
+            value += f" ({', '.join(extras)})"
+        epochs = "/".join(str(r.get("epochs") or "—") for r in runs)
+        best = "/".join(str(r.get("best_epoch") or "—") for r in runs)
+        params = next((r.get("params") or r.get("params_approx") for r in runs
+                       if r.get("params") or r.get("params_approx")), None)
+        params_text = f"{params:,}" if isinstance(params, int) else (params or "—")
+        seeds = ", ".join("?" if s is None else str(s) for s in summary["seeds"])
+        wall = duration(sum(r.get("wall_time_s") or 0.0 for r in runs) / max(len(runs), 1))
+        met = {True: "yes", False: "no"}.get(summary.get("target_met"), "—")
+        lines.append(
+            f"| {task} | {spec.dataset} | {spec.metric.removeprefix('test/')} | {value} | {seeds} | {epochs} ({best}) "
+            f"| {wall} | {params_text} | {spec.target_text} | {met} | {spec.reference} |"
+        )
+    stock = [r for r in report["runs"] if r["task"] == "stock" and r.get("naive_baseline")]
+    if stock:
+        naive = stock[0]["naive_baseline"]
+        lines += ["", (f"Stock baseline (persistence on the same test days): MAE {fmt(naive.get('mae'))} $, RMSE "
+                       f"{fmt(naive.get('rmse'))} $, MAPE {fmt(naive.get('mape'), percent=True)}; "
+                       "MASE = model MAE / persistence MAE.")]
+    lines += ["", "## Runs", "",
+              "| task | seed | value | other test metrics | epochs (best) | wall time (s) | parameters | run directory |",
+              "|---|---|---|---|---|---|---|---|"]
+    for r in report["runs"]:
+        spec = TASKS[r["task"]]
+        if r.get("value") is not None:
+            value = fmt(r["value"], spec.metric in PERCENT)
+        else:
+            value = f"failed: {r.get('error')}"
+        others = ", ".join(f"{k.removeprefix('test/')} {fmt(r['metrics'][k], k in PERCENT)}"
+                           for k in spec.extra_metrics if k in r.get("metrics", {}))
+        seed = r["seed"] if r["seed"] is not None else "?"
+        lines.append(f"| {r['task']} | {seed} | {value} | {others or '—'} | {r.get('epochs') or '—'} "
+                     f"({r.get('best_epoch') or '—'}) | {r.get('wall_time_s')} | "
+                     f"{r.get('params') or r.get('params_approx') or '—'} | `{r.get('run_dir') or '—'}` |")
+    lines += [
+        "",
+        "## References",
+        "",
+        ("- Zaremba, Sutskever & Vinyals (2014), *Recurrent Neural Network Regularization*, arXiv:1409.2329, "
+         "Table 1 (PTB test perplexity)."),
+        "- Kim (2014), *Convolutional Neural Networks for Sentence Classification*, EMNLP, Table 2 (SST-2).",
+        ("- Tai, Socher & Manning (2015), *Improved Semantic Representations From Tree-Structured LSTM "
+         "Networks*, ACL, Table 2 (SST binary; GloVe vectors, trained on phrase-level labels)."),
+        ("- FSDD (Jakobovski, free-spoken-digit-dataset v1.0.9): no published CER; the official split "
+         "(recordings 0-4 of every speaker = test) is not speaker-independent."),
+        ("- ECG5000 (UCR archive, Dau et al. 2018): only the 500-beat TRAIN file is available here "
+         "(`shared/data/ecg/SOURCE.txt`), so results on a split of it are not comparable with published ones."),
+        "- Stock: MASE (Hyndman & Koehler 2006) against the persistence forecast on the same test days.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def host_info(threads: int | None) -> dict[str, Any]:
+    """The machine, and the OMP_NUM_THREADS the runs got (``--threads``, else the inherited value)."""
+    info: dict[str, Any] = {"cpus": os.cpu_count(), "platform": platform.platform(),
+                            "python": platform.python_version(),
+                            "omp_num_threads": str(threads) if threads else os.environ.get("OMP_NUM_THREADS")}
+    try:
+        import torch
+
+        info["torch"] = torch.__version__
+    except ImportError:
+        info["torch"] = None
+    return info
+
+
+# -- command line ---------------------------------------------------------------------------------
+def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[str], list[str]]:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=f"tasks: {', '.join(TASKS)} (default: all). Any key=value is passed to every run as a Hydra "
+               "override.")
+    parser.add_argument("items", nargs="*", metavar="TASK|OVERRIDE",
+                        help="tasks to run, and Hydra overrides (key=value) for every run")
+    parser.add_argument("--seeds", type=int, nargs="+", default=None,
+                        help="repeat each task with these seeds (default: the recipe's seed)")
+    parser.add_argument("--quick", action="store_true",
+                        help="1 epoch of 3 train / 2 val / 2 test batches per run: checks the plumbing in seconds")
+    parser.add_argument("--data-root", default=str(REPO.parent / "shared" / "data"),
+                        help="folder with lm/, sentiment/, speech/, stocks/, ecg/ (paths.data_root; "
+                             "default: ../shared/data beside the checkout)")
+    parser.add_argument("--out", default=str(REPO / "bench" / "results"),
+                        help="folder for quality.json and quality.md (default: bench/results)")
+    parser.add_argument("--log-dir", default=None,
+                        help="paths.log_dir for the runs (default: the recipes' logs/ in the repository)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="OMP_NUM_THREADS for the runs (with OMP_WAIT_POLICY=PASSIVE); default: inherited")
+    parser.add_argument("--timeout", type=float, default=None, help="seconds per run before it is killed")
+    parser.add_argument("--python", default=None,
+                        help="run `PYTHON -m lstmkit` instead of the installed console script")
+    parser.add_argument("--merge", action="store_true",
+                        help="keep the other tasks' runs of an existing <out>/quality.json and replace only "
+                             "the tasks run now")
+    parser.add_argument("--verbose", action="store_true", help="print every run's log")
+    args = parser.parse_args(argv)
+    tasks = [item for item in args.items if "=" not in item]
+    overrides = [item for item in args.items if "=" in item]
+    unknown = [t for t in tasks if t not in TASKS]
+    if unknown:
+        parser.error(f"unknown task(s) {unknown}; choose from {list(TASKS)}")
+    data_root = Path(args.data_root).expanduser()
+    if not data_root.is_dir():
+        parser.error(f"--data-root {data_root} is not a folder (expected lm/, sentiment/, speech/, stocks/, ecg/)")
+    args.data_root = str(data_root.resolve())
+    if args.log_dir:
+        args.log_dir = str(Path(args.log_dir).expanduser().resolve())
+    return args, tasks or list(TASKS), overrides
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, tasks, overrides = parse_args(argv)
+    seeds: list[int | None] = list(args.seeds) if args.seeds else [None]
+    commit = git_commit()
+    runs = [run_one(task, seed, args, overrides) for task in tasks for seed in seeds]
+    for run in runs:
+        run.update(commit=commit["commit"], overrides=overrides, threads=args.threads)
+    out = Path(args.out)
+    previous = out / "quality.json"
+    if args.merge and previous.exists():
+        old = json.loads(previous.read_text())
+        if bool(old.get("quick")) != args.quick:
+            print(f"[bench_quality] --merge: {previous} is {'a' if old.get('quick') else 'not a'} --quick report; "
+                  "not merging quick and full results", file=sys.stderr)
+            return 2
+        kept = [r for r in old.get("runs", []) if r.get("task") in TASKS and r["task"] not in tasks]
+        runs = kept + runs
+    else:
+        kept = []
+    done = [task for task in TASKS if any(r["task"] == task for r in runs)]
+    shared = {json.dumps(r.get("overrides", [])) for r in runs}
+    report: dict[str, Any] = {
+        "generated": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        **commit,
+        "host": host_info(args.threads),
+        "quick": args.quick,
+        "data_root": args.data_root,
+        "overrides": overrides if len(shared) == 1 else None,  # None: they differ per run (merged reports)
+        "merged_from_earlier": sorted({r["task"] for r in kept}),
+        "summary": {task: summarise(task, [r for r in runs if r["task"] == task]) for task in done},
+        "runs": sorted(runs, key=lambda r: done.index(r["task"])),
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    previous.write_text(json.dumps(report, indent=2) + "\n")
+    text = markdown(report)
+    (out / "quality.md").write_text(text)
+    print(text)
+    print(f"[bench_quality] wrote {previous} and {out / 'quality.md'}")
+    return 0 if all(r.get("value") is not None for r in runs) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,96 @@
+"""scripts/bench_quality.py and the experiment=<task>_real recipes it runs (issue #6, "Quality")."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lstmkit.cli import config_dir
+
+from .conftest import REPO, SHARED_DATA, shared_data
+
+SCRIPT = REPO / "scripts" / "bench_quality.py"
+REAL = sorted(p.stem for p in (Path(config_dir()) / "experiment").glob("*_real.yaml"))
+DATA_FOLDER = {"next_word": "lm", "sentiment": "sentiment", "speech": "speech", "stock": "stocks", "ecg": "ecg",
+               "ecg_unsupervised": "ecg"}
+
+
+def load_bench():
+    spec = importlib.util.spec_from_file_location("bench_quality", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["bench_quality"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_every_task_has_a_documented_real_recipe() -> None:
+    bench = load_bench()
+    assert {f"{task}_real" for task in bench.TASKS} == set(REAL)
+    for name in REAL:
+        text = (Path(config_dir()) / "experiment" / f"{name}.yaml").read_text()
+        assert text.startswith("# @package _global_"), name
+        assert "${paths.data_root}/" in text, f"{name} must read its data through paths.data_root"
+        assert "budget" in text.lower() and "expected" in text.lower(), f"{name} must state its budget and expectation"
+
+
+@pytest.mark.parametrize("experiment", REAL)
+def test_real_recipes_compose(make_cfg, experiment) -> None:
+    task = experiment.removesuffix("_real")
+    cfg = make_cfg([f"experiment={experiment}", "paths.data_root=/data/root"])
+    assert cfg.task_name == experiment
+    assert str(cfg.data.path).startswith(f"/data/root/{DATA_FOLDER[task]}")
+    assert cfg.trainer.max_epochs >= 1 and cfg.seed is not None
+    assert cfg.test is True  # every recipe ends on the held-out test split
+
+
+def test_quick_bench_writes_complete_finite_records(tmp_path: Path) -> None:
+    shared_data("")  # skips with a clear reason when ../shared/data is missing
+    for folder in set(DATA_FOLDER.values()):
+        shared_data(folder)
+    bench = load_bench()
+    out = tmp_path / "results"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--quick", "--data-root", str(SHARED_DATA), "--out", str(out),
+         "--log-dir", str(tmp_path / "logs"), "--timeout", "300"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900, check=False,
+    )
+    assert proc.returncode == 0, f"bench_quality failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+    report = json.loads((out / "quality.json").read_text())
+    assert report["quick"] is True and "commit" in report and "dirty" in report
+    assert set(report["summary"]) == set(bench.TASKS)
+    assert len(report["runs"]) == len(bench.TASKS)
+    for run in report["runs"]:
+        task = run["task"]
+        assert run["metric"] == bench.TASKS[task].metric and run["split"] == "test"
+        assert isinstance(run["value"], float) and math.isfinite(run["value"]), run
+        assert all(math.isfinite(v) for v in run["metrics"].values()), run
+        assert run["epochs"] == 1 and run["best_epoch"] == 1
+        assert isinstance(run["params"], int) and run["params"] > 0
+        assert run["wall_time_s"] > 0 and isinstance(run["seed"], int) and run["commit"] == report["commit"]
+        assert Path(run["run_dir"], "metrics.json").exists()
+        assert str(tmp_path / "logs") in run["run_dir"]
+    stock = next(r for r in report["runs"] if r["task"] == "stock")
+    assert stock["naive_baseline"]["mase"] == 1.0 and stock["naive_baseline"]["mae"] > 0
+    for summary in report["summary"].values():
+        assert summary["ok"] == 1 and math.isfinite(summary["mean"]) and isinstance(summary["target_met"], bool)
+    md = (out / "quality.md").read_text()
+    assert "--quick" in md and "published reference" in md
+    assert "114.5" in md and "82.7" in md and "84.9" in md  # Zaremba et al. 2014, Kim 2014, Tai et al. 2015
+    for task in bench.TASKS:
+        assert f"| {task} |" in md
+    assert "| nan" not in md.lower()
+
+
+def test_bad_task_and_missing_data_root_are_refused(tmp_path: Path) -> None:
+    for args in (["no_such_task"], ["--data-root", str(tmp_path / "missing")]):
+        proc = subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=60,
+                              check=False)
+        assert proc.returncode == 2 and "error:" in proc.stderr
