@@ -19,6 +19,7 @@ expected to reach. The real datasets are read from ``--data-root`` (``paths.data
     .venv/bin/python scripts/bench_quality.py                          # every task, seed from the recipe (42)
     .venv/bin/python scripts/bench_quality.py ecg ecg_unsupervised --seeds 1 2 3 4 5
     .venv/bin/python scripts/bench_quality.py stock optimizer.lr=1e-3  # extra overrides go to every run
+    .venv/bin/python scripts/bench_quality.py ecg --seeds 1 2 3 --merge # replace only ecg in bench/results
     .venv/bin/python scripts/bench_quality.py --quick                  # smoke check: seconds per task
     nice -n 10 .venv/bin/python scripts/bench_quality.py --threads 1 speech
 

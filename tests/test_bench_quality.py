@@ -94,3 +94,27 @@ def test_bad_task_and_missing_data_root_are_refused(tmp_path: Path) -> None:
         proc = subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=60,
                               check=False)
         assert proc.returncode == 2 and "error:" in proc.stderr
+
+
+def test_summary_targets_and_markdown_from_records() -> None:
+    bench = load_bench()
+
+    def run(task: str, seed: int, value: float, **metrics: float) -> dict:
+        return {"task": task, "seed": seed, "value": value, "metrics": {bench.TASKS[task].metric: value, **metrics},
+                "epochs": 3, "best_epoch": 2, "params": 1000, "wall_time_s": 1.0, "run_dir": "/x"}
+
+    ecg = [run("ecg", 1, 0.999, **{"test/f1": 0.99}), run("ecg", 2, 0.997, **{"test/f1": 0.94})]
+    summary = bench.summarise("ecg", ecg)
+    assert summary["mean"] == pytest.approx(0.998) and summary["mean_test/f1"] == pytest.approx(0.965)
+    assert summary["target_met"] is False  # AUROC reached, F1 (mean 0.965 < 0.97) not
+    assert bench.summarise("stock", [run("stock", 1, 0.999)])["target_met"] is True
+    assert bench.summarise("stock", [run("stock", 1, 1.0)])["target_met"] is False  # MASE must be < 1
+    assert bench.summarise("next_word", [run("next_word", 1, 100.0)])["target_met"] is True
+    failed = {"task": "speech", "seed": 1, "value": None, "error": "exit code 1", "wall_time_s": 2.0}
+    assert bench.summarise("speech", [failed])["ok"] == 0
+    report = {"generated": "now", "commit": "abc", "dirty": False, "quick": False, "overrides": [],
+              "host": {"cpus": 2, "torch": "2", "omp_num_threads": "1"}, "merged_from_earlier": [],
+              "summary": {"ecg": summary, "speech": bench.summarise("speech", [failed])}, "runs": [*ecg, failed]}
+    md = bench.markdown(report)
+    assert "| ecg |" in md and "0.9980 ± 0.0014" in md and "f1 0.9650" in md
+    assert "| speech |" in md and "failed" in md

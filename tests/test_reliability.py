@@ -205,3 +205,17 @@ def test_divergence_stops_the_run_and_keeps_the_last_good_checkpoint(make_cfg, t
     last = read_checkpoint(tmp_path / "checkpoints" / "last.ckpt")
     assert last["epoch"] == 0
     assert all(torch.isfinite(t).all() for t in last["state_dict"].values())
+
+
+def test_last_checkpoint_is_the_last_epoch_even_when_the_metric_stalls(make_cfg, tmp_path: Path) -> None:
+    """Lightning 2.6's ``save_last`` only rewrites ``last.ckpt`` when the best improves; resume needs the last epoch."""
+    from lstmkit.commands.train import train
+
+    cfg = make_cfg(["data.num_examples=200", "data.batch_size=32", "model.hidden_size=8", "encoder.dim=8",
+                    "optimizer.lr=0.0", "scheduler=none", "trainer.max_epochs=3", "logger=none", "test=false",
+                    "trainer.enable_progress_bar=false"])  # lr 0: val/acc never improves after epoch 0
+    train(cfg)
+    checkpoints = tmp_path / "checkpoints"
+    assert read_checkpoint(checkpoints / "best.ckpt")["epoch"] == 0
+    assert read_checkpoint(checkpoints / "last.ckpt")["epoch"] == 2
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["best.ckpt", "last.ckpt"]
