@@ -102,7 +102,9 @@ def _set(frame: pd.DataFrame, row: int, column: str, value: object) -> pd.DataFr
 
 
 def _trained_stock_checkpoint(d: Path) -> Path:
-    code = _run(["train", "task=stock", "data.num_tickers=1", "data.num_days=200", *FDR,
+    quick = ["trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
+             "trainer.limit_test_batches=1", "test=false", *FDR[1:]]  # fast_dev_run saves no checkpoint
+    code = _run(["train", "task=stock", "data.num_tickers=1", "data.num_days=200", *quick,
                  f"hydra.run.dir={d / 'stock_run'}"], d)[0]
     assert code == 0
     return next((d / "stock_run" / "checkpoints").glob("*.ckpt"))
