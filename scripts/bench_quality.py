@@ -209,6 +209,16 @@ def run_one(task: str, seed: int | None, args: argparse.Namespace, overrides: li
     return record
 
 
+def shown_path(path: str | None) -> str:
+    """A run directory as the committed Markdown shows it: relative to the repo, never this machine's path."""
+    if not path:
+        return "—"
+    try:
+        return str(Path(path).relative_to(REPO))
+    except ValueError:
+        return str(Path(*Path(path).parts[-3:]))  # <task>/runs/<date>
+
+
 def checkpoint_facts(run_dir: Path, output: str) -> dict[str, Any]:
     """Epochs run (from the CSV log), the best epoch and the parameter count (from ``best.ckpt``).
 
@@ -367,7 +377,7 @@ def markdown(report: dict[str, Any]) -> str:
         seed = r["seed"] if r["seed"] is not None else "?"
         lines.append(f"| {r['task']} | {seed} | {value} | {others or '—'} | {r.get('epochs') or '—'} "
                      f"({r.get('best_epoch') or '—'}) | {r.get('wall_time_s')} | "
-                     f"{r.get('params') or r.get('params_approx') or '—'} | `{r.get('run_dir') or '—'}` |")
+                     f"{r.get('params') or r.get('params_approx') or '—'} | `{shown_path(r.get('run_dir'))}` |")
     lines += [
         "",
         "## References",

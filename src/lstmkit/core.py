@@ -115,7 +115,7 @@ class LSTMCore(nn.Module):
             # Equal lengths (LM streams, fixed windows): packing would only cost time.
             outputs, final = self.lstm(x, state)
         elif self._unpacked(x):
-            outputs, final = self._run_unpacked(x, lengths.to(x.device)), None
+            outputs, final = self.run_unpacked(x, lengths.to(x.device)), None
         else:
             packed = pack_padded_sequence(x, lengths_cpu, batch_first=True, enforce_sorted=False)
             packed_out, final = self.lstm(packed, state)
@@ -130,7 +130,7 @@ class LSTMCore(nn.Module):
             return False
         return self.kernel == "unpacked" or x.device.type == "cpu"
 
-    def _run_unpacked(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    def run_unpacked(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """The packed computation over the padded tensor, one layer and direction at a time."""
         lstm = self.lstm
         steps = torch.arange(x.shape[1], device=x.device)[None, :]  # (1, T)

@@ -1,7 +1,7 @@
 """Export a trained model to ONNX or TorchScript, with a parity check against eager PyTorch.
 
 Packed sequences do not export (a known failure in torch.onnx and onnxruntime), so export
-runs the LSTM core's unpacked kernel (:meth:`LSTMCore._run_unpacked`): the same weights over
+runs the LSTM core's unpacked kernel (:meth:`LSTMCore.run_unpacked`): the same weights over
 padded tensors, the backward direction reading each sequence reversed *within its own length*
 (an index gather), padded steps zeroed. That is mathematically the packed computation, and the
 parity check proves it on inputs with another batch size and length than the ones traced.
@@ -38,7 +38,7 @@ class UnpackedLSTM(nn.Module):
         self.core = core
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        return self.core.norm(self.core._run_unpacked(x, lengths.to(x.device)))
+        return self.core.norm(self.core.run_unpacked(x, lengths.to(x.device)))
 
 
 class ExportModule(nn.Module):
