@@ -20,6 +20,7 @@ from lstmkit.data.language_model import NextWordDataModule, TokenStream, batchif
 from lstmkit.data.text import EOS, PAD, UNK
 from lstmkit.errors import ConfigError, DataError
 from lstmkit.heads.language_model import LanguageModelHead, generate
+from lstmkit.heads.losses import IGNORE, linear_cross_entropy
 from lstmkit.module import SequenceModel
 from lstmkit.types import Batch, DataSpec
 
@@ -246,6 +247,53 @@ def test_head_shapes_loss_ignores_padding_and_decodes_top_k() -> None:
     assert decoded[1]["probabilities"] == [round(float(p), 4) for p in top.values]
     assert all(PAD not in d["next_words"] and d["probabilities"] == sorted(d["probabilities"], reverse=True)
                for d in decoded)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_fused_linear_cross_entropy_equals_the_two_plain_calls(bias: bool) -> None:
+    torch.manual_seed(0)
+    x = torch.randn(30, 6, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(11, 6, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(11, dtype=torch.float64, requires_grad=True) if bias else None
+    targets = torch.randint(0, 11, (30,))
+    targets[[3, 17]] = IGNORE
+    inputs = [t for t in (x, weight, b) if t is not None]
+    expected = F.cross_entropy(F.linear(x, weight, b), targets, ignore_index=IGNORE)
+    fused = linear_cross_entropy(x, weight, b, targets)
+    torch.testing.assert_close(fused, expected)
+    scale = torch.tensor(2.5, dtype=torch.float64)  # a loss weight reaches the gradients
+    for got, want in zip(torch.autograd.grad(scale * fused, inputs), torch.autograd.grad(scale * expected, inputs)):
+        torch.testing.assert_close(got, want)
+    assert torch.autograd.gradcheck(lambda *a: linear_cross_entropy(*a, targets) if bias else
+                                    linear_cross_entropy(a[0], a[1], None, targets), tuple(inputs))
+
+
+def test_fused_training_step_matches_the_plain_one_tied_and_untied() -> None:
+    """One optimiser step with ``head.fused_loss`` true and false: same loss, same gradients."""
+    dm = tiny_module()
+    batch = next(iter(dm.train_dataloader()))
+    for tie in (False, True):
+        grads, losses = [], []
+        for fused in (True, False):
+            model = tiny_model(dm.spec, tie_weights=tie, fused_loss=fused, dropout=0.0).train()
+            loss = model.training_step(batch, 0)
+            loss.backward()
+            losses.append(loss.detach())
+            grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+        torch.testing.assert_close(losses[0], losses[1])
+        assert grads[0].keys() == grads[1].keys() and "encoder.embedding.weight" in grads[0]
+        for name in grads[0]:
+            torch.testing.assert_close(grads[0][name], grads[1][name], msg=name)
+
+
+def test_fused_loss_steps_aside_under_autocast() -> None:
+    """bf16 autocast keeps the plain path (its low-precision matmul is the point of the option)."""
+    x, weight = torch.randn(8, 4, requires_grad=True), torch.randn(5, 4, requires_grad=True)
+    targets = torch.randint(0, 5, (8,))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = linear_cross_entropy(x, weight, None, targets)
+    assert "_LinearCrossEntropy" not in type(loss.grad_fn).__name__
+    assert "_LinearCrossEntropy" in type(linear_cross_entropy(x, weight, None, targets).grad_fn).__name__
 
 
 def test_perplexity_is_exp_of_the_token_mean_over_the_split_not_a_mean_of_batches() -> None:

@@ -72,14 +72,24 @@ class SequenceModel(L.LightningModule):
         self, inputs: torch.Tensor, lengths: torch.Tensor, stream: str | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Raw head outputs and their lengths (the encoder may subsample time)."""
-        features, lengths = self.encoder(inputs, lengths)  # (B, T', F)
-        outputs, _ = self.core(features, lengths, stream=stream)  # (B, T', D)
-        pooled = summarise(outputs, lengths, self.head.pooling, self.core.num_directions)
+        pooled, lengths = self.features(inputs, lengths, stream=stream)
         return self.head(pooled, lengths), lengths
 
+    def features(
+        self, inputs: torch.Tensor, lengths: torch.Tensor, stream: str | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """What the head reads: the core's outputs pooled as the head asks, and their lengths."""
+        features, lengths = self.encoder(inputs, lengths)  # (B, T', F)
+        outputs, _ = self.core(features, lengths, stream=stream)  # (B, T', D)
+        return summarise(outputs, lengths, self.head.pooling, self.core.num_directions), lengths
+
     def _step(self, batch: Batch, split: str) -> torch.Tensor:
-        outputs, lengths = self(batch.inputs, batch.lengths, stream=split)
-        loss = self.head.loss(outputs, lengths, batch)
+        pooled, lengths = self.features(batch.inputs, batch.lengths, stream=split)
+        if split == "train":
+            loss = self.head.training_loss(pooled, lengths, batch)
+        else:
+            outputs = self.head(pooled, lengths)
+            loss = self.head.loss(outputs, lengths, batch)
         if split == "train":
             if self.l1 > 0:
                 loss = loss + self.l1 * sum(p.abs().sum() for p in self.parameters() if p.dim() > 1)

@@ -28,6 +28,15 @@ class Head(nn.Module):
     def loss(self, outputs: torch.Tensor, lengths: torch.Tensor, batch: Batch) -> torch.Tensor:
         raise NotImplementedError
 
+    def training_loss(self, features: torch.Tensor, lengths: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """The training loss straight from the core's (pooled) features.
+
+        Equal to ``loss(self(features, lengths), lengths, batch)``, which is what it does unless a
+        head can do better without its outputs (the language-model head fuses its output layer
+        with the cross-entropy). Validation and test keep the outputs for their metrics.
+        """
+        return self.loss(self(features, lengths), lengths, batch)
+
     def metrics(self) -> MetricCollection:
         """A fresh metric collection; the module clones it per split with a ``val/`` prefix."""
         raise NotImplementedError
