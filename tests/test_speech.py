@@ -14,6 +14,7 @@ import pytest
 import soundfile as sf
 import torch
 
+from lstmkit.checkpoints import load_model
 from lstmkit.data.speech import (
     BLANK,
     SpeechDataModule,
@@ -338,6 +339,45 @@ def test_beam_decoder_option_and_metrics():
     assert titles[2:] == ["ref: 'a'   hyp: ''", "ref: 'b'   hyp: 'b'"]
 
 
+def test_lexicon_decoding_keeps_to_the_words(tmp_path):
+    """A lexicon turns an almost-right spelling into the nearest listed word."""
+    words = ["ab", "ba", "b a"]
+    spec = DataSpec(input_kind="waveform", classes=[BLANK, " ", "a", "b"], blank_id=0, sample_rate=SR,
+                    extra={"words": ["ab", "ba"]})
+    # "a" then a weak "b" that loses to blank frame by frame: greedy and lexicon-free beam read "a"
+    probs = torch.tensor([[0.05, 0.01, 0.9, 0.04], [0.55, 0.01, 0.04, 0.4], [0.55, 0.01, 0.04, 0.4]])
+    log_probs, lengths = probs.log()[None], torch.tensor([3])
+    assert CTCHead(spec, in_features=4).decode(log_probs, lengths) == [{"transcript": "a"}]
+    head = CTCHead(spec, in_features=4, decoder="beam", beam_size=8, lexicon="train")
+    assert head.decode(log_probs, lengths) == [{"transcript": "ab"}]
+    listed = tmp_path / "words.txt"
+    listed.write_text("# no 'a' alone, no 'ab'\nb\nba\n\n", encoding="utf-8")
+    head.use_decoder("beam", 8, str(listed))
+    assert head.decode(log_probs, lengths) == [{"transcript": "b"}]
+    # every way to get it wrong says what is expected
+    with pytest.raises(ConfigError, match="needs head.decoder=beam"):
+        CTCHead(spec, in_features=4, lexicon="train")
+    with pytest.raises(ConfigError, match="no such file"):
+        head.use_decoder("beam", 8, str(tmp_path / "missing.txt"))
+    with pytest.raises(ConfigError, match="lists no training words"):
+        CTCHead(SPEC, in_features=4, decoder="beam", lexicon="train")
+    bad = tmp_path / "bad.txt"
+    bad.write_text("ab\n" + words[2] + "\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"bad\.txt, line 2: expected one word per line"):
+        head.use_decoder("beam", 8, str(bad))
+    bad.write_text("abc\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"'abc' has characters the model cannot emit: \['c'\]"):
+        head.use_decoder("beam", 8, str(bad))
+
+
+def test_training_words_are_kept_in_the_spec():
+    dm = SpeechDataModule(num_examples=40, batch_size=8, seed=1)
+    dm.setup()
+    words = dm.spec.extra["words"]
+    assert words == sorted(set(words)) and len(words) > 3
+    assert all(c in dm.spec.classes for w in words for c in w)
+
+
 # -- end to end ----------------------------------------------------------------------------------------
 def lstmkit(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
@@ -362,6 +402,17 @@ def test_cli_train_then_predict(tmp_path):
     rows = [json.loads(line) for line in run.stdout.splitlines() if line.startswith("{")]
     assert [r["input"] for r in rows] == ["u0.wav", "u1.wav"]
     assert all(isinstance(r["transcript"], str) for r in rows)
+    # decoding over the training words: every word of every transcript is one of them
+    words = set(load_model(ckpts[0]).spec.extra["words"])
+    run = lstmkit("predict", f"ckpt_path={ckpts[0]}", "input=[u0.wav,u1.wav]", "decode.decoder=beam",
+                  "decode.lexicon=train", "decode.beam_size=4", cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    rows = [json.loads(line) for line in run.stdout.splitlines() if line.startswith("{")]
+    assert len(rows) == 2 and all(set(r["transcript"].split()) <= words for r in rows)
+    run = lstmkit("eval", f"ckpt_path={ckpts[0]}", "split=val", "decode.decoder=beam", "decode.lexicon=train",
+                  "trainer.limit_val_batches=1", "trainer.enable_progress_bar=false", cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "'lexicon': 'train'" in run.stdout + run.stderr and "val/cer" in run.stdout
 
 
 def test_notebook_runs(tmp_path, monkeypatch):

@@ -27,6 +27,26 @@ def plain(node: Any) -> Any:
     return node
 
 
+def apply_decoding(model: torch.nn.Module, decode: DictConfig | dict[str, Any] | None) -> None:
+    """``decode.decoder / beam_size / lexicon`` from the command line, for heads that decode (CTC).
+
+    A loaded model decodes as it was trained unless one of them is set.
+    """
+    options = {k: v for k, v in (plain(decode) or {}).items() if v is not None}
+    if not options:
+        return
+    head = getattr(model, "head", None)
+    use_decoder = getattr(head, "use_decoder", None)
+    if use_decoder is None:
+        from lstmkit.errors import ConfigError
+
+        raise ConfigError(f"decode.{'/'.join(sorted(options))}: this model's head ({type(head).__name__}) has no "
+                          "decoder to switch (only CTC speech models have one)")
+    use_decoder(options.get("decoder", head.decoder), options.get("beam_size"),
+                options.get("lexicon", head.lexicon if options.get("decoder", head.decoder) == "beam" else None))
+    log.info("decoding with %s", {k: getattr(head, k) for k in ("decoder", "beam_size", "lexicon")})
+
+
 def instantiate_group(group: DictConfig | None) -> list[Any]:
     """Instantiate every entry of a callbacks / logger group that has a ``_target_``."""
     if not group:

@@ -11,7 +11,7 @@ from omegaconf import DictConfig
 
 from lstmkit.build import build
 from lstmkit.checkpoints import load_model
-from lstmkit.commands.common import instantiate_group, plain, report, scalar_metrics
+from lstmkit.commands.common import apply_decoding, instantiate_group, plain, report, scalar_metrics
 from lstmkit.errors import CheckpointError, ConfigError
 
 
@@ -19,6 +19,7 @@ def evaluate(cfg: DictConfig) -> float | None:
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
     model = load_model(cfg.ckpt_path)
+    apply_decoding(model, cfg.get("decode"))
     data_cfg: dict[str, Any] = dict(model.hparams.get("data") or {})
     if not data_cfg:
         raise CheckpointError(f"{cfg.ckpt_path}: checkpoint stores no data config to evaluate on")

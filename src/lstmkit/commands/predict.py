@@ -13,6 +13,7 @@ from omegaconf import DictConfig
 
 from lstmkit.build import build, check_target
 from lstmkit.checkpoints import load_model
+from lstmkit.commands.common import apply_decoding
 from lstmkit.data.text import read_text
 from lstmkit.errors import ConfigError, DataError, LstmkitError
 
@@ -49,6 +50,7 @@ def input_context(ckpt_path: str, model: Any, datamodule_cls: Any) -> Iterator[N
 
 def predict(cfg: DictConfig) -> list[dict[str, Any]]:
     model = load_model(cfg.ckpt_path, map_location=cfg.get("device", "cpu"))
+    apply_decoding(model, cfg.get("decode"))
     spec = model.spec
     datamodule_cls = build({"_target_": check_target(spec.datamodule), "_partial_": True}).func
     raw_inputs = collect_inputs(cfg)

@@ -537,8 +537,9 @@ class SpeechDataModule(SequenceDataModule):
         else:
             chars = {c for utt in splits["train"] for c in utt.text} - {" "}
             classes = [BLANK, " ", *sorted(chars)]
+            words = sorted({w for utt in splits["train"] for w in utt.text.split()})  # for head.lexicon=train
             spec = DataSpec(input_kind="waveform", classes=classes, blank_id=0, sample_rate=self.sample_rate,
-                            extra={"lowercase": self.lowercase})
+                            extra={"lowercase": self.lowercase, "words": words})
         index = {c: i for i, c in enumerate(spec.classes or [])}
         for name in ("train", "val", "test"):
             utterances = self._load_waves(name, splits[name])

@@ -80,15 +80,43 @@ def prefix_beam_search(log_probs: torch.Tensor, blank: int, beam_size: int = 8, 
     return list(best)
 
 
-def _flashlight_decoder(tokens: list[str], blank: str, beam_size: int) -> Any | None:
-    """torchaudio's lexicon-free flashlight beam decoder, or ``None`` without flashlight-text."""
+def _flashlight_decoder(tokens: list[str], blank: str, beam_size: int, lexicon: str | None = None) -> Any | None:
+    """torchaudio's flashlight beam decoder (lexicon-free, or over ``lexicon``, a flashlight
+    lexicon file), or ``None`` without flashlight-text."""
     try:
         from torchaudio.models.decoder import ctc_decoder
     except (ImportError, RuntimeError):  # torchaudio raises RuntimeError when flashlight is missing
         return None
     sil = "|" if "|" in tokens else blank  # the word separator; our vocabulary always has a space
-    return ctc_decoder(lexicon=None, tokens=tokens, lm=None, nbest=1, beam_size=beam_size,
+    return ctc_decoder(lexicon=lexicon, tokens=tokens, lm=None, nbest=1, beam_size=beam_size,
                        blank_token=blank, sil_token=sil, log_add=True)
+
+
+def read_lexicon(source: str, spec: DataSpec) -> list[str]:
+    """The words decoding may produce: ``train`` (every word of the training transcripts, kept in
+    the checkpoint's spec) or a text file with one word per line (``#`` comments, blank lines skipped)."""
+    if source == "train":
+        words = (spec.extra or {}).get("words")
+        if not words:
+            raise ConfigError("head.lexicon=train: this model's data spec lists no training words (a checkpoint "
+                              "from before lexicon support?); give head.lexicon=<file with one word per line>")
+        return list(words)
+    from pathlib import Path
+
+    path = Path(source).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"head.lexicon={source!r}: no such file (expected `train` or a file with one word per line)")
+    words = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        word = line.split("#", 1)[0].strip()
+        if not word:
+            continue
+        if len(word.split()) > 1:
+            raise DataError(f"{path}, line {number}: expected one word per line, got {line.strip()!r}")
+        words.append(word)
+    if not words:
+        raise DataError(f"{path}: the lexicon lists no words")
+    return words
 
 
 class TranscriptExamples(Metric):
@@ -148,6 +176,9 @@ class CTCHead(Head):
         hidden: optional hidden dense layer per frame (0 = a single linear layer).
         dropout: dropout before each dense layer.
         decoder: ``greedy`` or ``beam``. beam_size: hypotheses kept per frame.
+        lexicon: with ``decoder=beam``, restrict the hypotheses to these words (flashlight's lexicon
+            decoder): ``train`` for the words of the training transcripts, or a file with one word per
+            line. ``None``: any character sequence (lexicon-free).
         too_short: ``error`` or ``skip`` for utterances with too few frames.
         plot_examples: test utterances drawn in the posteriorgram figure.
     """
@@ -164,6 +195,7 @@ class CTCHead(Head):
         dropout: float = 0.0,
         decoder: str = "greedy",
         beam_size: int = 8,
+        lexicon: str | None = None,
         too_short: str = "error",
         plot_examples: int = 4,
     ) -> None:
@@ -184,20 +216,44 @@ class CTCHead(Head):
         self.too_short = too_short
         self.plot_examples = plot_examples
         self.skipped = 0
-        self.use_decoder(decoder, beam_size)
+        self.spec = spec
+        self.use_decoder(decoder, beam_size, lexicon)
 
-    def use_decoder(self, decoder: str, beam_size: int | None = None) -> None:
-        """Switch decoding (e.g. on a loaded checkpoint): ``greedy`` or ``beam`` with ``beam_size``."""
+    def use_decoder(self, decoder: str, beam_size: int | None = None, lexicon: str | None = None) -> None:
+        """Switch decoding (e.g. on a loaded checkpoint): ``greedy`` or ``beam`` with ``beam_size``,
+        optionally over a ``lexicon`` (see the class docstring)."""
         if decoder not in {"greedy", "beam"}:
             raise ConfigError(f"head.decoder={decoder!r}: expected greedy or beam")
+        if lexicon and decoder != "beam":
+            raise ConfigError(f"head.lexicon={lexicon!r} needs head.decoder=beam (greedy decoding has no lexicon)")
         self.decoder = decoder
         self.beam_size = int(beam_size or getattr(self, "beam_size", 8))
+        self.lexicon = lexicon
         self._flashlight: Any = None
         if decoder == "beam":
             tokens = ["|" if c == " " else c for c in self.classes]
-            self._flashlight = _flashlight_decoder(tokens, self.classes[self.blank], self.beam_size)
+            lexicon_file = self._write_lexicon(read_lexicon(lexicon, self.spec)) if lexicon else None
+            self._flashlight = _flashlight_decoder(tokens, self.classes[self.blank], self.beam_size, lexicon_file)
             if self._flashlight is None:
+                if lexicon:
+                    raise ConfigError("head.lexicon needs the flashlight-text package (pip install flashlight-text)")
                 log.info("flashlight-text is not installed: beam search uses lstmkit's prefix beam search")
+
+    def _write_lexicon(self, words: list[str]) -> str:
+        """Write ``words`` as a flashlight lexicon (``word<TAB>s p e l l i n g``) to a temporary file."""
+        import tempfile
+
+        known = set(self.classes) - {" "}
+        lines = []
+        for word in dict.fromkeys(words):
+            unknown = sorted(set(word) - known)
+            if unknown:
+                raise DataError(f"lexicon word {word!r} has characters the model cannot emit: {unknown} "
+                                f"(its characters: {''.join(sorted(known - {self.classes[self.blank]}))!r})")
+            lines.append(f"{word}\t{' '.join(word)}")
+        with tempfile.NamedTemporaryFile("w", suffix=".lexicon.txt", delete=False, encoding="utf-8") as handle:
+            handle.write("\n".join(lines) + "\n")
+        return handle.name
 
     def forward(self, features: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         return self.net(features).log_softmax(dim=-1)  # (B, T', C)
@@ -258,6 +314,9 @@ class CTCHead(Head):
         if self._flashlight is not None:
             emissions = outputs.detach().float().cpu().contiguous()
             hypotheses = self._flashlight(emissions, lengths.detach().cpu().to(torch.int32))
+            if self.lexicon:  # words from the lexicon, spelled with our characters
+                index = {c: i for i, c in enumerate(self.classes)}
+                return [[index[c] for c in " ".join(hyps[0].words)] if hyps else [] for hyps in hypotheses]
             return [self._strip_silence([int(i) for i in hyps[0].tokens.tolist() if int(i) != self.blank])
                     for hyps in hypotheses]
         return [prefix_beam_search(outputs[b, : int(n)], self.blank, self.beam_size)
