@@ -10,7 +10,10 @@ import torch
 
 from lstmkit.data.base import BucketBatchSampler
 from lstmkit.data.sentiment import SentimentDataModule, generate_reviews
-from lstmkit.errors import DataError
+from lstmkit.data.text import PAD, UNK
+from lstmkit.encoders import EmbeddingEncoder
+from lstmkit.errors import ConfigError, DataError
+from lstmkit.types import DataSpec
 
 from .conftest import run_notebook, shared_data
 
@@ -116,3 +119,23 @@ def test_notebook_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert list(tmp_path.glob("logs/sentiment/runs/*/plots/confusion_matrix.png"))
     text = "".join(o.get("text", "") for c in notebook.cells for o in c.get("outputs", []))
     assert "test/acc" in text and "the acting was truly wonderful" in text
+
+
+def test_word_dropout_hides_whole_words_in_training_only() -> None:
+    spec = DataSpec(input_kind="tokens", vocab=[PAD, UNK, *"abcdefgh"], pad_id=0)
+    encoder = EmbeddingEncoder(spec, dim=4, word_dropout=0.3)
+    ids = torch.randint(2, 10, (64, 50))
+    ids[:, 40:] = 0  # padding
+    lengths = torch.full((64,), 40)
+    torch.manual_seed(0)
+    out, _ = encoder.train()(ids, lengths)
+    unk, pad = encoder.embedding.weight[1], encoder.embedding.weight[0]
+    hidden = (out == unk).all(-1)
+    assert 0.25 < hidden[:, :40].float().mean() < 0.35  # about 30 % of the words
+    assert not hidden[:, 40:].any() and (out[:, 40:] == pad).all()  # padding is never replaced
+    evaluated, _ = encoder.eval()(ids, lengths)
+    assert torch.equal(evaluated, encoder.embedding(ids))
+    with pytest.raises(ConfigError, match=r"needs an <unk> token"):
+        EmbeddingEncoder(DataSpec(input_kind="tokens", vocab=[PAD, "a"], pad_id=0), word_dropout=0.1)
+    with pytest.raises(ConfigError, match=r"word_dropout must be in \[0, 1\)"):
+        EmbeddingEncoder(spec, word_dropout=1.0)

@@ -256,6 +256,24 @@ def test_encoder_normalises_and_augments_only_in_training():
     assert not torch.equal(a, c) and (c == 0).sum() > (a == 0).sum()
 
 
+def test_speed_perturbation_stretches_training_batches_only():
+    torch.manual_seed(0)
+    x, lengths = torch.randn(2, 8000), torch.tensor([8000, 4000])
+    plain = SpectrogramEncoder(SPEC, n_mels=20).train()
+    slow = SpectrogramEncoder(SPEC, n_mels=20, speed_factors=[0.8]).train()
+    (a, a_len), (b, b_len) = plain(x, lengths), slow(x, lengths)
+    assert a_len.tolist() == [101, 51] and b_len.tolist() == [126, 63]  # 1.25x the samples at speed 0.8
+    assert b.shape[1] == 126 and torch.all(b[1, 63:] == 0)  # padding stays exactly zero
+    slow.eval()
+    c, c_len = slow(x, lengths)
+    assert torch.equal(c_len, a_len) and torch.allclose(c, plain.eval()(x, lengths)[0])
+    mixed = SpectrogramEncoder(SPEC, n_mels=20, speed_factors=[0.9, 1.0, 1.1]).train()
+    seen = {int(mixed(x, lengths)[1][0]) for _ in range(12)}
+    assert seen == {112, 101, 91}  # every factor is drawn
+    with pytest.raises(ConfigError, match="between 0.5 and 2"):
+        SpectrogramEncoder(SPEC, speed_factors=[3.0])
+
+
 def test_encoder_mfcc():
     enc = SpectrogramEncoder(SPEC, features="mfcc", n_mfcc=13, n_mels=23).eval()
     feats, lengths = enc(torch.randn(2, 1600), torch.tensor([1600, 800]))

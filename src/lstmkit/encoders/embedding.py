@@ -7,7 +7,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from lstmkit.errors import DataError
+from lstmkit.data.text import UNK
+from lstmkit.errors import ConfigError, DataError
 from lstmkit.types import DataSpec
 
 
@@ -23,6 +24,10 @@ class EmbeddingEncoder(nn.Module):
             from it keep their random initialisation.
         freeze: keep the pretrained matrix fixed.
         sparse: sparse gradients (cheaper for large vocabularies with SGD / SparseAdam).
+        word_dropout: in training, replace each (non-padding) token by ``<unk>`` with this
+            probability (Iyyer et al. 2015; Bowman et al. 2016). Unlike ``dropout``, which thins
+            every vector, it hides whole words, so a classifier cannot lean on a few memorised
+            ones, and ``<unk>`` learns to stand in for words it will meet only at test time.
     """
 
     def __init__(
@@ -33,8 +38,17 @@ class EmbeddingEncoder(nn.Module):
         pretrained: str | None = None,
         freeze: bool = False,
         sparse: bool = False,
+        word_dropout: float = 0.0,
     ) -> None:
         super().__init__()
+        if not 0.0 <= word_dropout < 1.0:
+            raise ConfigError(f"encoder.word_dropout must be in [0, 1), got {word_dropout}")
+        vocab = list(spec.vocab or [])
+        if word_dropout > 0 and UNK not in vocab:
+            raise ConfigError(f"encoder.word_dropout needs an {UNK} token in the vocabulary (this data has none)")
+        self.word_dropout = word_dropout
+        self.unk_id = vocab.index(UNK) if UNK in vocab else -1
+        self.pad_id = spec.pad_id
         self.embedding = nn.Embedding(spec.vocab_size, dim, padding_idx=spec.pad_id, sparse=sparse)
         if pretrained:
             self._load_pretrained(Path(pretrained), spec)
@@ -48,6 +62,9 @@ class EmbeddingEncoder(nn.Module):
         return self.embedding.weight
 
     def forward(self, inputs: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.training and self.word_dropout > 0:
+            drop = torch.rand(inputs.shape, device=inputs.device) < self.word_dropout
+            inputs = inputs.masked_fill(drop & (inputs != self.pad_id), self.unk_id)
         return self.dropout(self.embedding(inputs)), lengths
 
     def _load_pretrained(self, path: Path, spec: DataSpec) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torchaudio.functional as AF
 import torchaudio.transforms as AT
 from torch import nn
 
@@ -18,6 +19,9 @@ class SpectrogramEncoder(nn.Module):
 
     Steps, each the usual choice in CTC recognisers:
 
+    0. speed perturbation (Ko et al. 2015), in training mode only: each batch is resampled to
+       play at one of ``speed_factors`` (e.g. 0.9 / 1.0 / 1.1), which changes tempo and pitch
+       together, as a different speaker would (``torchaudio.functional.speed``);
     1. log-Mel spectrogram (``torchaudio.transforms.MelSpectrogram``, ``log(x + 1e-6)``) or MFCC
        (``torchaudio.transforms.MFCC`` over log-Mels; not dB, whose ``top_db`` clamp would
        depend on the loudest utterance of the batch);
@@ -43,6 +47,7 @@ class SpectrogramEncoder(nn.Module):
             ``num_freq_masks`` / ``num_time_masks`` masks each, a time mask covering at most
             ``time_mask_ratio`` of the (padded) frames.
         stack / stride: frames concatenated / frame step after stacking (1 / 1 = off).
+        speed_factors: speeds a training batch is played at, one drawn per batch (empty = off).
     """
 
     def __init__(
@@ -64,6 +69,7 @@ class SpectrogramEncoder(nn.Module):
         time_mask_ratio: float = 0.2,
         stack: int = 1,
         stride: int = 1,
+        speed_factors: list[float] | tuple[float, ...] = (),
     ) -> None:
         super().__init__()
         if not spec.sample_rate:
@@ -91,6 +97,10 @@ class SpectrogramEncoder(nn.Module):
         )
         self.stack, self.stride = stack, stride
         self.out_features = size * stack
+        self.sample_rate = int(spec.sample_rate)
+        self.speed_factors = [float(f) for f in speed_factors or ()]
+        if any(not 0.5 <= f <= 2.0 for f in self.speed_factors):
+            raise ConfigError(f"encoder.speed_factors={self.speed_factors}: expected factors between 0.5 and 2")
 
     def frame_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
         """Sample counts ``(B,)`` -> valid output frames ``(B,)`` (at least 1)."""
@@ -98,7 +108,13 @@ class SpectrogramEncoder(nn.Module):
         return torch.div(frames + self.stride - 1, self.stride, rounding_mode="floor")
 
     def forward(self, inputs: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        feats = self.frontend(inputs.float())  # (B, F, T)
+        inputs = inputs.float()
+        if self.training and self.speed_factors:
+            factor = self.speed_factors[int(torch.randint(len(self.speed_factors), ()))]
+            if factor != 1.0:
+                inputs, lengths = AF.speed(inputs, self.sample_rate, factor, lengths.to(inputs.device))
+                lengths = lengths.clamp(max=inputs.shape[-1]).long()
+        feats = self.frontend(inputs)  # (B, F, T)
         if self.log_mel:
             feats = torch.log(feats + 1e-6)
         frames = torch.div(lengths.to(feats.device), self.hop, rounding_mode="floor") + 1
