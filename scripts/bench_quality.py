@@ -25,7 +25,7 @@ expected to reach. The real datasets are read from ``--data-root`` (``paths.data
 
 Full runs take the budgets stated in the recipes (on 2 CPU cores: next_word about 45 min, speech about
 20 min, the others a few minutes per seed); ``--quick`` limits every run to one epoch of 3 train / 2 val /
-2 test batches, so its numbers only check the plumbing.
+2 test batches (and the first fold only of tasks with folds), so its numbers only check the plumbing.
 """
 
 from __future__ import annotations
@@ -62,8 +62,10 @@ class Task:
     target_text: str
     reference: str  # published numbers (Markdown), or a dash with the reason
     extra_metrics: tuple[str, ...] = ()
+    folds: tuple[tuple[str, str], ...] = ()  # (label, override): one run per fold and seed
 
 
+FSDD_SPEAKERS = ("george", "jackson", "lucas", "nicolas", "theo", "yweweler")
 TASKS: dict[str, Task] = {
     "next_word": Task(
         "next_word_real", "PTB (Mikolov), 10k vocab", "test/perplexity", False, 100.0, "≤ 100",
@@ -80,6 +82,13 @@ TASKS: dict[str, Task] = {
         "speech_real", "FSDD v1.0.9, official split", "test/cer", False, 0.015, "≤ 1.5 %",
         "— (FSDD results are published as digit-classification accuracy, not CER)",
         ("test/wer",),
+    ),
+    "speech_loso": Task(
+        "speech_loso_real", "FSDD v1.0.9, leave one speaker out (6 folds)", "test/cer", False, 0.10,
+        "≤ 10 % (mean of the folds)",
+        "— (FSDD results are published as digit-classification accuracy, not CER)",
+        ("test/wer",),
+        tuple((name, f"data.holdout_speakers=[{name}]") for name in FSDD_SPEAKERS),
     ),
     "stock": Task(
         "stock_real", "20 S&P 500 tickers, test 2017-09-01..2018-02-07", "test/mase", False, 1.0, "< 1.0",
@@ -139,8 +148,9 @@ def git_commit() -> dict[str, Any]:
     return {"commit": commit or None, "dirty": bool(git("status", "--porcelain")) if commit else None}
 
 
-def run_one(task: str, seed: int | None, args: argparse.Namespace, overrides: list[str]) -> dict[str, Any]:
-    """Train one recipe once and read back what it wrote."""
+def run_one(task: str, seed: int | None, args: argparse.Namespace, overrides: list[str],
+            fold: tuple[str, str] | None = None) -> dict[str, Any]:
+    """Train one recipe once (on one fold, for tasks that have folds) and read back what it wrote."""
     spec = TASKS[task]
     cmd = [*lstmkit_command(args.python), "train", f"experiment={spec.experiment}",
            f"paths.data_root={args.data_root}", "trainer.enable_progress_bar=false"]
@@ -148,6 +158,8 @@ def run_one(task: str, seed: int | None, args: argparse.Namespace, overrides: li
         cmd.append(f"paths.log_dir={args.log_dir}")
     if seed is not None:
         cmd.append(f"seed={seed}")
+    if fold is not None:
+        cmd.append(fold[1])
     if args.quick:
         cmd += QUICK
     cmd += overrides
@@ -158,9 +170,9 @@ def run_one(task: str, seed: int | None, args: argparse.Namespace, overrides: li
     record: dict[str, Any] = {
         "task": task, "experiment": spec.experiment, "dataset": spec.dataset, "metric": spec.metric,
         "split": "test", "higher_is_better": spec.higher_is_better, "value": None, "seed": seed,
-        "quick": args.quick, "command": " ".join(cmd),
+        "quick": args.quick, "command": " ".join(cmd), "fold": fold[0] if fold else None,
     }
-    print(f"[bench_quality] {task} seed={seed}: {' '.join(cmd)}", flush=True)
+    print(f"[bench_quality] {task} seed={seed}{f' fold={fold[0]}' if fold else ''}: {' '.join(cmd)}", flush=True)
     start = time.perf_counter()
     try:
         proc = subprocess.run(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -269,6 +281,7 @@ def summarise(task: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
         "higher_is_better": spec.higher_is_better, "runs": len(runs), "ok": len(values),
         "target": spec.target_text, "reference": spec.reference,
         "seeds": [r.get("seed") for r in runs],
+        "folds": [r["fold"] for r in runs if r.get("fold")],
         "wall_time_s": round(sum(r.get("wall_time_s") or 0.0 for r in runs), 1),
     }
     if values:
@@ -350,7 +363,9 @@ def markdown(report: dict[str, Any]) -> str:
         params = next((r.get("params") or r.get("params_approx") for r in runs
                        if r.get("params") or r.get("params_approx")), None)
         params_text = f"{params:,}" if isinstance(params, int) else (params or "—")
-        seeds = ", ".join("?" if s is None else str(s) for s in summary["seeds"])
+        seeds = ", ".join(dict.fromkeys("?" if s is None else str(s) for s in summary["seeds"]))
+        if summary.get("folds"):
+            seeds += f" × {len(set(summary['folds']))} folds"
         wall = duration(sum(r.get("wall_time_s") or 0.0 for r in runs) / max(len(runs), 1))
         met = {True: "yes", False: "no"}.get(summary.get("target_met"), "—")
         lines.append(
@@ -375,6 +390,8 @@ def markdown(report: dict[str, Any]) -> str:
         others = ", ".join(f"{k.removeprefix('test/')} {fmt(r['metrics'][k], k in PERCENT)}"
                            for k in spec.extra_metrics if k in r.get("metrics", {}))
         seed = r["seed"] if r["seed"] is not None else "?"
+        if r.get("fold"):
+            seed = f"{seed}, fold {r['fold']}"
         lines.append(f"| {r['task']} | {seed} | {value} | {others or '—'} | {r.get('epochs') or '—'} "
                      f"({r.get('best_epoch') or '—'}) | {r.get('wall_time_s')} | "
                      f"{r.get('params') or r.get('params_approx') or '—'} | `{shown_path(r.get('run_dir'))}` |")
@@ -458,7 +475,9 @@ def main(argv: list[str] | None = None) -> int:
     args, tasks, overrides = parse_args(argv)
     seeds: list[int | None] = list(args.seeds) if args.seeds else [None]
     commit = git_commit()
-    runs = [run_one(task, seed, args, overrides) for task in tasks for seed in seeds]
+    runs = [run_one(task, seed, args, overrides, fold)
+            for task in tasks for seed in seeds
+            for fold in (TASKS[task].folds[:1] if args.quick else TASKS[task].folds) or (None,)]
     for run in runs:
         run.update(commit=commit["commit"], overrides=overrides, threads=args.threads)
     out = Path(args.out)

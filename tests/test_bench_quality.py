@@ -18,7 +18,7 @@ from .conftest import REPO, SHARED_DATA, shared_data
 
 SCRIPT = REPO / "scripts" / "bench_quality.py"
 REAL = sorted(p.stem for p in (Path(config_dir()) / "experiment").glob("*_real.yaml"))
-DATA_FOLDER = {"next_word": "lm", "sentiment": "sentiment", "speech": "speech", "stock": "stocks", "ecg": "ecg",
+DATA_FOLDER = {"next_word": "lm", "sentiment": "sentiment", "speech": "speech", "speech_loso": "speech", "stock": "stocks", "ecg": "ecg",
                "ecg_unsupervised": "ecg"}
 
 
@@ -66,7 +66,9 @@ def test_quick_bench_writes_complete_finite_records(tmp_path: Path) -> None:
     report = json.loads((out / "quality.json").read_text())
     assert report["quick"] is True and "commit" in report and "dirty" in report
     assert set(report["summary"]) == set(bench.TASKS)
-    assert len(report["runs"]) == len(bench.TASKS)
+    assert len(report["runs"]) == len(bench.TASKS)  # --quick: one fold of the fold tasks
+    loso = next(r for r in report["runs"] if r["task"] == "speech_loso")
+    assert loso["fold"] == bench.FSDD_SPEAKERS[0] and f"data.holdout_speakers=[{loso['fold']}]" in loso["command"]
     for run in report["runs"]:
         task = run["task"]
         assert run["metric"] == bench.TASKS[task].metric and run["split"] == "test"
