@@ -114,6 +114,9 @@ def test_summary_targets_and_markdown_from_records() -> None:
     assert bench.summarise("next_word", [run("next_word", 1, 100.0)])["target_met"] is True
     failed = {"task": "speech", "seed": 1, "value": None, "error": "exit code 1", "wall_time_s": 2.0}
     assert bench.summarise("speech", [failed])["ok"] == 0
+    good = {"task": "speech", "seed": 2, "value": 0.01, "metrics": {"test/cer": 0.01}, "wall_time_s": 2.0}
+    assert bench.summarise("speech", [good])["target_met"] is True
+    assert bench.summarise("speech", [good, failed])["target_met"] is False  # a failed run is not a pass
     report = {"generated": "now", "commit": "abc", "dirty": False, "quick": False, "overrides": [],
               "host": {"cpus": 2, "torch": "2", "omp_num_threads": "1"}, "merged_from_earlier": [],
               "summary": {"ecg": summary, "speech": bench.summarise("speech", [failed])}, "runs": [*ecg, failed]}

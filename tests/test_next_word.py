@@ -268,6 +268,19 @@ def test_fused_linear_cross_entropy_equals_the_two_plain_calls(bias: bool) -> No
                                     linear_cross_entropy(a[0], a[1], None, targets), tuple(inputs))
 
 
+def test_fused_loss_edge_cases() -> None:
+    x, weight = torch.randn(4, 3, requires_grad=True), torch.randn(5, 3, requires_grad=True)
+    ignored = torch.full((4,), IGNORE)
+    loss = linear_cross_entropy(x, weight, None, ignored)  # nothing to learn from: nan, as F.cross_entropy
+    assert torch.isnan(loss) and torch.isnan(F.cross_entropy(x @ weight.T, ignored))
+    loss.backward()
+    assert torch.equal(x.grad, torch.zeros_like(x)) and torch.equal(weight.grad, torch.zeros_like(weight))
+    loss = linear_cross_entropy(x, weight, None, torch.tensor([0, 1, 2, 3]))
+    (grad,) = torch.autograd.grad(loss, x, create_graph=True)
+    with pytest.raises(RuntimeError, match="does not require grad|once_differentiable"):
+        grad.sum().backward()  # second derivatives are refused, not wrong
+
+
 def test_fused_training_step_matches_the_plain_one_tied_and_untied() -> None:
     """One optimiser step with ``head.fused_loss`` true and false: same loss, same gradients."""
     dm = tiny_module()

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
+import pickle
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +18,7 @@ import soundfile as sf
 import torch
 
 from lstmkit.checkpoints import load_model
+from lstmkit.commands.common import apply_decoding
 from lstmkit.data.speech import (
     BLANK,
     SpeechDataModule,
@@ -261,7 +265,7 @@ def test_speed_perturbation_stretches_training_batches_only():
     x, lengths = torch.randn(2, 8000), torch.tensor([8000, 4000])
     plain = SpectrogramEncoder(SPEC, n_mels=20).train()
     slow = SpectrogramEncoder(SPEC, n_mels=20, speed_factors=[0.8]).train()
-    (a, a_len), (b, b_len) = plain(x, lengths), slow(x, lengths)
+    (_, a_len), (b, b_len) = plain(x, lengths), slow(x, lengths)
     assert a_len.tolist() == [101, 51] and b_len.tolist() == [126, 63]  # 1.25x the samples at speed 0.8
     assert b.shape[1] == 126 and torch.all(b[1, 63:] == 0)  # padding stays exactly zero
     slow.eval()
@@ -357,8 +361,11 @@ def test_beam_decoder_option_and_metrics():
     assert titles[2:] == ["ref: 'a'   hyp: ''", "ref: 'b'   hyp: 'b'"]
 
 
-def test_lexicon_decoding_keeps_to_the_words(tmp_path):
+def test_lexicon_decoding_keeps_to_the_words(tmp_path, monkeypatch):
     """A lexicon turns an almost-right spelling into the nearest listed word."""
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))  # where the flashlight lexicon files go
     words = ["ab", "ba", "b a"]
     spec = DataSpec(input_kind="waveform", classes=[BLANK, " ", "a", "b"], blank_id=0, sample_rate=SR,
                     extra={"words": ["ab", "ba"]})
@@ -372,20 +379,53 @@ def test_lexicon_decoding_keeps_to_the_words(tmp_path):
     listed.write_text("# no 'a' alone, no 'ab'\nb\nba\n\n", encoding="utf-8")
     head.use_decoder("beam", 8, str(listed))
     assert head.decode(log_probs, lengths) == [{"transcript": "b"}]
-    # every way to get it wrong says what is expected
+    # no lexicon file is left behind, and a beam head pickles (DDP spawn, deep copies) and still decodes
+    assert not list(scratch.iterdir())
+    clone = pickle.loads(pickle.dumps(head))
+    assert clone.decode(log_probs, lengths) == [{"transcript": "b"}]
+    assert copy.deepcopy(head).decode(log_probs, lengths) == [{"transcript": "b"}]
+    # every way to get it wrong says what is expected (the decoder is built on first use, so a checkpoint
+    # whose lexicon file is gone still loads and can be switched to greedy)
     with pytest.raises(ConfigError, match="needs head.decoder=beam"):
         CTCHead(spec, in_features=4, lexicon="train")
+    head.use_decoder("beam", 8, str(tmp_path / "missing.txt"))
     with pytest.raises(ConfigError, match="no such file"):
-        head.use_decoder("beam", 8, str(tmp_path / "missing.txt"))
+        head.decode(log_probs, lengths)
+    head.use_decoder("greedy")
+    assert head.decode(log_probs, lengths) == [{"transcript": "a"}]
     with pytest.raises(ConfigError, match="lists no training words"):
-        CTCHead(SPEC, in_features=4, decoder="beam", lexicon="train")
+        CTCHead(SPEC, in_features=4, decoder="beam", lexicon="train").decode(log_probs, lengths)
     bad = tmp_path / "bad.txt"
     bad.write_text("ab\n" + words[2] + "\n", encoding="utf-8")
+    head.use_decoder("beam", 8, str(bad))
     with pytest.raises(DataError, match=r"bad\.txt, line 2: expected one word per line"):
-        head.use_decoder("beam", 8, str(bad))
+        head.decode(log_probs, lengths)
     bad.write_text("abc\n", encoding="utf-8")
+    head.use_decoder("beam", 8, str(bad))
     with pytest.raises(DataError, match=r"'abc' has characters the model cannot emit: \['c'\]"):
-        head.use_decoder("beam", 8, str(bad))
+        head.decode(log_probs, lengths)
+
+
+def test_decode_overrides_of_eval_and_predict():
+    spec = DataSpec(input_kind="waveform", classes=[BLANK, " ", "a", "b"], blank_id=0, sample_rate=SR,
+                    extra={"words": ["ab"]})
+    model = torch.nn.Module()
+    model.head = CTCHead(spec, in_features=4)
+    apply_decoding(model, {"decoder": None, "beam_size": None, "lexicon": None})  # nothing set: as trained
+    assert (model.head.decoder, model.head.lexicon) == ("greedy", None)
+    apply_decoding(model, {"lexicon": "train"})  # a lexicon implies beam search
+    assert (model.head.decoder, model.head.lexicon) == ("beam", "train")
+    apply_decoding(model, {"beam_size": 3})  # keeps the lexicon
+    assert (model.head.decoder, model.head.beam_size, model.head.lexicon) == ("beam", 3, "train")
+    apply_decoding(model, {"lexicon": "none"})  # lexicon-free beam search
+    assert (model.head.decoder, model.head.lexicon) == ("beam", None)
+    apply_decoding(model, {"lexicon": "train"})
+    apply_decoding(model, {"decoder": "greedy"})
+    assert (model.head.decoder, model.head.lexicon) == ("greedy", None)
+    other = torch.nn.Module()
+    other.head = torch.nn.Linear(2, 2)
+    with pytest.raises(ConfigError, match="has no decoder to switch"):
+        apply_decoding(other, {"decoder": "beam"})
 
 
 def test_training_words_are_kept_in_the_spec():

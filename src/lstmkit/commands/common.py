@@ -30,7 +30,8 @@ def plain(node: Any) -> Any:
 def apply_decoding(model: torch.nn.Module, decode: DictConfig | dict[str, Any] | None) -> None:
     """``decode.decoder / beam_size / lexicon`` from the command line, for heads that decode (CTC).
 
-    A loaded model decodes as it was trained unless one of them is set.
+    A loaded model decodes as it was trained unless one of them is set. A lexicon implies beam
+    search; ``decode.lexicon=none`` decodes a lexicon-trained model without it.
     """
     options = {k: v for k, v in (plain(decode) or {}).items() if v is not None}
     if not options:
@@ -42,8 +43,12 @@ def apply_decoding(model: torch.nn.Module, decode: DictConfig | dict[str, Any] |
 
         raise ConfigError(f"decode.{'/'.join(sorted(options))}: this model's head ({type(head).__name__}) has no "
                           "decoder to switch (only CTC speech models have one)")
-    use_decoder(options.get("decoder", head.decoder), options.get("beam_size"),
-                options.get("lexicon", head.lexicon if options.get("decoder", head.decoder) == "beam" else None))
+    lexicon = options.get("lexicon", head.lexicon)
+    lexicon = None if str(lexicon).lower() in {"none", "null", "", "false"} else lexicon
+    decoder = options.get("decoder", "beam" if "lexicon" in options and lexicon else head.decoder)
+    if decoder == "greedy" and "lexicon" not in options:
+        lexicon = None  # decode.decoder=greedy on a lexicon-trained model
+    use_decoder(decoder, options.get("beam_size"), lexicon)
     log.info("decoding with %s", {k: getattr(head, k) for k in ("decoder", "beam_size", "lexicon")})
 
 

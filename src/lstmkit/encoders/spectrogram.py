@@ -21,7 +21,7 @@ class SpectrogramEncoder(nn.Module):
 
     0. speed perturbation (Ko et al. 2015), in training mode only: each batch is resampled to
        play at one of ``speed_factors`` (e.g. 0.9 / 1.0 / 1.1), which changes tempo and pitch
-       together, as a different speaker would (``torchaudio.functional.speed``);
+       together, as a different speaker would (resampling, as ``torchaudio.functional.speed``);
     1. log-Mel spectrogram (``torchaudio.transforms.MelSpectrogram``, ``log(x + 1e-6)``) or MFCC
        (``torchaudio.transforms.MFCC`` over log-Mels; not dB, whose ``top_db`` clamp would
        depend on the loudest utterance of the batch);
@@ -112,8 +112,7 @@ class SpectrogramEncoder(nn.Module):
         if self.training and self.speed_factors:
             factor = self.speed_factors[int(torch.randint(len(self.speed_factors), ()))]
             if factor != 1.0:
-                inputs, lengths = AF.speed(inputs, self.sample_rate, factor, lengths.to(inputs.device))
-                lengths = lengths.clamp(max=inputs.shape[-1]).long()
+                inputs, lengths = self._play_at(inputs, lengths, factor)
         feats = self.frontend(inputs)  # (B, F, T)
         if self.log_mel:
             feats = torch.log(feats + 1e-6)
@@ -134,6 +133,15 @@ class SpectrogramEncoder(nn.Module):
             feats = self._stack(feats)  # (B, ceil(T / stride), F * stack)
         out_lengths = torch.div(frames + self.stride - 1, self.stride, rounding_mode="floor")
         return feats, out_lengths.to(lengths.device)
+
+    def _play_at(self, inputs: torch.Tensor, lengths: torch.Tensor, factor: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """Resample so the batch plays ``factor`` times faster (``torchaudio.functional.speed``'s
+        method), with the source rate rounded to a multiple of 50 Hz: an exact ``factor * rate``
+        such as 0.95 x 22,050 shares no divisor with the rate and would need a huge filter."""
+        source = max(50, round(self.sample_rate * factor / 50.0) * 50)
+        out = AF.resample(inputs, source, self.sample_rate)
+        new_lengths = torch.ceil(lengths.to(inputs.device).double() * self.sample_rate / source).long()
+        return out, new_lengths.clamp(max=out.shape[-1])
 
     def _stack(self, feats: torch.Tensor) -> torch.Tensor:
         batch, steps, size = feats.shape

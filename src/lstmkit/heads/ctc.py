@@ -20,6 +20,7 @@ from lstmkit.types import Batch, DataSpec
 
 log = logging.getLogger("lstmkit")
 NEG_INF = float("-inf")
+_UNBUILT = "<unbuilt>"  # CTCHead._flashlight before the beam decoder is first needed (pickles by value)
 
 
 def _logaddexp(a: float, b: float) -> float:
@@ -113,7 +114,7 @@ def read_lexicon(source: str, spec: DataSpec) -> list[str]:
             continue
         if len(word.split()) > 1:
             raise DataError(f"{path}, line {number}: expected one word per line, got {line.strip()!r}")
-        words.append(word)
+        words.append(word.lower() if (spec.extra or {}).get("lowercase") else word)
     if not words:
         raise DataError(f"{path}: the lexicon lists no words")
     return words
@@ -221,23 +222,44 @@ class CTCHead(Head):
 
     def use_decoder(self, decoder: str, beam_size: int | None = None, lexicon: str | None = None) -> None:
         """Switch decoding (e.g. on a loaded checkpoint): ``greedy`` or ``beam`` with ``beam_size``,
-        optionally over a ``lexicon`` (see the class docstring)."""
+        optionally over a ``lexicon`` (see the class docstring).
+
+        The beam decoder itself is built on first use, so a checkpoint loads (and can be switched to
+        ``greedy``) even where its lexicon file or flashlight-text is missing.
+        """
         if decoder not in {"greedy", "beam"}:
             raise ConfigError(f"head.decoder={decoder!r}: expected greedy or beam")
         if lexicon and decoder != "beam":
             raise ConfigError(f"head.lexicon={lexicon!r} needs head.decoder=beam (greedy decoding has no lexicon)")
         self.decoder = decoder
         self.beam_size = int(beam_size or getattr(self, "beam_size", 8))
-        self.lexicon = lexicon
-        self._flashlight: Any = None
-        if decoder == "beam":
-            tokens = ["|" if c == " " else c for c in self.classes]
-            lexicon_file = self._write_lexicon(read_lexicon(lexicon, self.spec)) if lexicon else None
+        self.lexicon = lexicon or None
+        self._flashlight: Any = _UNBUILT
+
+    def _beam_decoder(self) -> Any | None:
+        """The flashlight decoder for the current settings (built once), or ``None`` without flashlight-text."""
+        if not (isinstance(self._flashlight, str) and self._flashlight == _UNBUILT):
+            return self._flashlight
+        import os
+
+        tokens = ["|" if c == " " else c for c in self.classes]
+        lexicon_file = self._write_lexicon(read_lexicon(self.lexicon, self.spec)) if self.lexicon else None
+        try:
             self._flashlight = _flashlight_decoder(tokens, self.classes[self.blank], self.beam_size, lexicon_file)
-            if self._flashlight is None:
-                if lexicon:
-                    raise ConfigError("head.lexicon needs the flashlight-text package (pip install flashlight-text)")
-                log.info("flashlight-text is not installed: beam search uses lstmkit's prefix beam search")
+        finally:
+            if lexicon_file:
+                os.unlink(lexicon_file)  # flashlight has read it into its trie
+        if self._flashlight is None:
+            if self.lexicon:
+                raise ConfigError("head.lexicon needs the flashlight-text package (pip install flashlight-text)")
+            log.info("flashlight-text is not installed: beam search uses lstmkit's prefix beam search")
+        return self._flashlight
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickling / deep copies (DDP spawn, callbacks) leave out flashlight's decoder; it is rebuilt on use."""
+        state = dict(self.__dict__)
+        state["_flashlight"] = _UNBUILT
+        return state
 
     def _write_lexicon(self, words: list[str]) -> str:
         """Write ``words`` as a flashlight lexicon (``word<TAB>s p e l l i n g``) to a temporary file."""
@@ -311,9 +333,10 @@ class CTCHead(Head):
         """Label ids per utterance (blanks removed, repeats merged) with the configured decoder."""
         if self.decoder == "greedy":
             return greedy_decode(outputs, lengths, self.blank)
-        if self._flashlight is not None:
+        flashlight = self._beam_decoder()
+        if flashlight is not None:
             emissions = outputs.detach().float().cpu().contiguous()
-            hypotheses = self._flashlight(emissions, lengths.detach().cpu().to(torch.int32))
+            hypotheses = flashlight(emissions, lengths.detach().cpu().to(torch.int32))
             if self.lexicon:  # words from the lexicon, spelled with our characters
                 index = {c: i for i, c in enumerate(self.classes)}
                 return [[index[c] for c in " ".join(hyps[0].words)] if hyps else [] for hyps in hypotheses]
