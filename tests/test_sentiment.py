@@ -139,3 +139,13 @@ def test_word_dropout_hides_whole_words_in_training_only() -> None:
         EmbeddingEncoder(DataSpec(input_kind="tokens", vocab=[PAD, "a"], pad_id=0), word_dropout=0.1)
     with pytest.raises(ConfigError, match=r"word_dropout must be in \[0, 1\)"):
         EmbeddingEncoder(spec, word_dropout=1.0)
+
+
+def test_embedding_init_std() -> None:
+    spec = DataSpec(input_kind="tokens", vocab=[PAD, UNK, *[f"w{i}" for i in range(500)]], pad_id=0)
+    torch.manual_seed(0)
+    weight = EmbeddingEncoder(spec, dim=64, init_std=0.05).embedding.weight
+    assert abs(float(weight[1:].std()) - 0.05) < 0.002 and torch.equal(weight[0], torch.zeros(64))
+    assert abs(float(EmbeddingEncoder(spec, dim=64).embedding.weight[1:].std()) - 1.0) < 0.05  # PyTorch's default
+    with pytest.raises(ConfigError, match="init_std must be > 0"):
+        EmbeddingEncoder(spec, init_std=0.0)

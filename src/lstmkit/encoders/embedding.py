@@ -28,6 +28,10 @@ class EmbeddingEncoder(nn.Module):
             probability (Iyyer et al. 2015; Bowman et al. 2016). Unlike ``dropout``, which thins
             every vector, it hides whole words, so a classifier cannot lean on a few memorised
             ones, and ``<unk>`` learns to stand in for words it will meet only at test time.
+        init_std: initialise the vectors from ``N(0, init_std)`` instead of PyTorch's ``N(0, 1)``.
+            A matrix tied to a language model's output layer wants a small scale (Zaremba et al.
+            and AWD-LSTM use ``U(-0.1, 0.1)``, std 0.058): with ``N(0, 1)`` the initial logits
+            are large and Adam needs hundreds of steps to shrink them.
     """
 
     def __init__(
@@ -39,6 +43,7 @@ class EmbeddingEncoder(nn.Module):
         freeze: bool = False,
         sparse: bool = False,
         word_dropout: float = 0.0,
+        init_std: float | None = None,
     ) -> None:
         super().__init__()
         if not 0.0 <= word_dropout < 1.0:
@@ -50,6 +55,13 @@ class EmbeddingEncoder(nn.Module):
         self.unk_id = vocab.index(UNK) if UNK in vocab else -1
         self.pad_id = spec.pad_id
         self.embedding = nn.Embedding(spec.vocab_size, dim, padding_idx=spec.pad_id, sparse=sparse)
+        if init_std is not None:
+            if init_std <= 0:
+                raise ConfigError(f"encoder.init_std must be > 0, got {init_std}")
+            with torch.no_grad():
+                self.embedding.weight.normal_(0.0, init_std)
+                if spec.pad_id is not None:
+                    self.embedding.weight[spec.pad_id].zero_()
         if pretrained:
             self._load_pretrained(Path(pretrained), spec)
             self.embedding.weight.requires_grad_(not freeze)
