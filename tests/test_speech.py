@@ -366,7 +366,6 @@ def test_lexicon_decoding_keeps_to_the_words(tmp_path, monkeypatch):
     scratch = tmp_path / "tmp"
     scratch.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(scratch))  # where the flashlight lexicon files go
-    words = ["ab", "ba", "b a"]
     spec = DataSpec(input_kind="waveform", classes=[BLANK, " ", "a", "b"], blank_id=0, sample_rate=SR,
                     extra={"words": ["ab", "ba"]})
     # "a" then a weak "b" that loses to blank frame by frame: greedy and lexicon-free beam read "a"
@@ -396,7 +395,7 @@ def test_lexicon_decoding_keeps_to_the_words(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match="lists no training words"):
         CTCHead(SPEC, in_features=4, decoder="beam", lexicon="train").decode(log_probs, lengths)
     bad = tmp_path / "bad.txt"
-    bad.write_text("ab\n" + words[2] + "\n", encoding="utf-8")
+    bad.write_text("ab\nb a\n", encoding="utf-8")
     head.use_decoder("beam", 8, str(bad))
     with pytest.raises(DataError, match=r"bad\.txt, line 2: expected one word per line"):
         head.decode(log_probs, lengths)

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import tempfile
 from collections import defaultdict
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -102,8 +105,6 @@ def read_lexicon(source: str, spec: DataSpec) -> list[str]:
             raise ConfigError("head.lexicon=train: this model's data spec lists no training words (a checkpoint "
                               "from before lexicon support?); give head.lexicon=<file with one word per line>")
         return list(words)
-    from pathlib import Path
-
     path = Path(source).expanduser()
     if not path.is_file():
         raise ConfigError(f"head.lexicon={source!r}: no such file (expected `train` or a file with one word per line)")
@@ -240,8 +241,6 @@ class CTCHead(Head):
         """The flashlight decoder for the current settings (built once), or ``None`` without flashlight-text."""
         if not (isinstance(self._flashlight, str) and self._flashlight == _UNBUILT):
             return self._flashlight
-        import os
-
         tokens = ["|" if c == " " else c for c in self.classes]
         lexicon_file = self._write_lexicon(read_lexicon(self.lexicon, self.spec)) if self.lexicon else None
         try:
@@ -263,8 +262,6 @@ class CTCHead(Head):
 
     def _write_lexicon(self, words: list[str]) -> str:
         """Write ``words`` as a flashlight lexicon (``word<TAB>s p e l l i n g``) to a temporary file."""
-        import tempfile
-
         known = set(self.classes) - {" "}
         lines = []
         for word in dict.fromkeys(words):
