@@ -20,6 +20,7 @@ expected to reach. The real datasets are read from ``--data-root`` (``paths.data
     .venv/bin/python scripts/bench_quality.py ecg ecg_unsupervised --seeds 1 2 3 4 5
     .venv/bin/python scripts/bench_quality.py stock optimizer.lr=1e-3  # extra overrides go to every run
     .venv/bin/python scripts/bench_quality.py ecg --seeds 1 2 3 --merge # replace only ecg in bench/results
+    .venv/bin/python scripts/bench_quality.py --merge-from /tmp/ptb/quality.json  # add a run made with --out /tmp/ptb
     .venv/bin/python scripts/bench_quality.py --quick                  # smoke check: seconds per task
     nice -n 10 .venv/bin/python scripts/bench_quality.py --threads 1 speech
 
@@ -457,6 +458,10 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
     parser.add_argument("--merge", action="store_true",
                         help="keep the other tasks' runs of an existing <out>/quality.json and replace only "
                              "the tasks run now")
+    parser.add_argument("--merge-from", nargs="+", default=[], metavar="JSON",
+                        help="also take the runs of these quality.json files (e.g. a long run written with "
+                             "another --out), each replacing the tasks it has; implies --merge. With no task "
+                             "named, nothing is run: the report is re-rendered from <out>/quality.json and them")
     parser.add_argument("--verbose", action="store_true", help="print every run's log")
     args = parser.parse_args(argv)
     tasks = [item for item in args.items if "=" not in item]
@@ -468,6 +473,13 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
     if not data_root.is_dir():
         parser.error(f"--data-root {data_root} is not a folder (expected lm/, sentiment/, speech/, stocks/, ecg/)")
     args.data_root = str(data_root.resolve())
+    args.merge_from = [Path(p).expanduser().resolve() for p in args.merge_from]
+    missing = [str(p) for p in args.merge_from if not p.is_file()]
+    if missing:
+        parser.error(f"--merge-from: no such file(s) {missing}")
+    args.merge = args.merge or bool(args.merge_from)
+    if not tasks and args.merge_from:
+        return args, [], overrides  # re-render only
     if args.log_dir:
         args.log_dir = str(Path(args.log_dir).expanduser().resolve())
     return args, tasks or list(TASKS), overrides
@@ -484,16 +496,21 @@ def main(argv: list[str] | None = None) -> int:
         run.update(commit=commit["commit"], overrides=overrides, threads=args.threads)
     out = Path(args.out)
     previous = out / "quality.json"
-    if args.merge and previous.exists():
-        old = json.loads(previous.read_text())
+    sources = ([previous] if args.merge and previous.exists() else []) + list(args.merge_from)
+    kept: list[dict[str, Any]] = []
+    for source in sources:  # later files replace the tasks they have; the runs made now replace all
+        old = json.loads(source.read_text())
         if bool(old.get("quick")) != args.quick:
-            print(f"[bench_quality] --merge: {previous} is {'a' if old.get('quick') else 'not a'} --quick report; "
+            print(f"[bench_quality] --merge: {source} is {'a' if old.get('quick') else 'not a'} --quick report; "
                   "not merging quick and full results", file=sys.stderr)
             return 2
-        kept = [r for r in old.get("runs", []) if r.get("task") in TASKS and r["task"] not in tasks]
-        runs = kept + runs
-    else:
-        kept = []
+        newer = [r for r in old.get("runs", []) if r.get("task") in TASKS]
+        kept = [r for r in kept if r["task"] not in {r["task"] for r in newer}] + newer
+    kept = [r for r in kept if r["task"] not in tasks]
+    runs = kept + runs
+    if not runs:
+        print("[bench_quality] nothing to report: no runs made and none to merge", file=sys.stderr)
+        return 2
     done = [task for task in TASKS if any(r["task"] == task for r in runs)]
     shared = {json.dumps(r.get("overrides", [])) for r in runs}
     report: dict[str, Any] = {

@@ -123,3 +123,30 @@ def test_summary_targets_and_markdown_from_records() -> None:
     md = bench.markdown(report)
     assert "| ecg |" in md and "0.9980 ± 0.0014" in md and "f1 0.9650" in md
     assert "| speech |" in md and "failed" in md
+
+
+def test_merge_from_re_renders_runs_of_other_reports(tmp_path: Path, capsys) -> None:
+    bench = load_bench()
+
+    def report(*runs: dict) -> dict:
+        return {"quick": False, "runs": list(runs)}
+
+    def run(task: str, value: float) -> dict:
+        return {"task": task, "seed": 1, "value": value, "metrics": {bench.TASKS[task].metric: value},
+                "epochs": 1, "best_epoch": 1, "params": 10, "wall_time_s": 1.0, "run_dir": "/x", "overrides": []}
+
+    out, other = tmp_path / "out", tmp_path / "ptb"
+    out.mkdir(), other.mkdir()
+    (out / "quality.json").write_text(json.dumps(report(run("stock", 0.99), run("next_word", 150.0))))
+    (other / "quality.json").write_text(json.dumps(report(run("next_word", 118.0))))
+    code = bench.main(["--out", str(out), "--data-root", str(tmp_path), "--merge-from", str(other / "quality.json")])
+    assert code == 0
+    merged = json.loads((out / "quality.json").read_text())
+    assert sorted((r["task"], r["value"]) for r in merged["runs"]) == [("next_word", 118.0), ("stock", 0.99)]
+    assert merged["summary"]["next_word"]["mean"] == pytest.approx(118.0)
+    assert "| next_word |" in (out / "quality.md").read_text()
+    (other / "quality.json").write_text(json.dumps({"quick": True, "runs": [run("ecg", 0.9)]}))
+    assert bench.main(["--out", str(out), "--data-root", str(tmp_path), "--merge-from",
+                       str(other / "quality.json")]) == 2  # quick and full results are not mixed
+    with pytest.raises(SystemExit):
+        bench.main(["--data-root", str(tmp_path), "--merge-from", str(tmp_path / "missing.json")])

@@ -123,6 +123,26 @@ def test_fsdd_holdout_speakers(tmp_path):
         SpeechDataModule(path=str(tmp_path), holdout_speakers=["zed"]).setup()
 
 
+def test_fsdd_val_speakers(tmp_path):
+    write_fsdd(tmp_path, speakers=("anna", "bob", "carl", "dora"), count=3)
+    dm = SpeechDataModule(path=str(tmp_path), holdout_speakers=["carl"], val_speakers=["dora"])
+    splits = dm._split(dm._utterances())
+    assert {u.speaker for u in splits["test"]} == {"carl"}
+    assert {u.speaker for u in splits["val"]} == {"dora"} and len(splits["val"]) == 3 * 3
+    assert {u.speaker for u in splits["train"]} == {"anna", "bob"} and len(splits["train"]) == 2 * 3 * 3
+    dm.setup()
+    assert [len(dm.splits[name]) for name in ("train", "val", "test")] == [18, 9, 9]
+    # with FSDD's official split the val speaker's test recordings move to val too
+    write_fsdd(tmp_path / "official", speakers=("anna", "bob", "dora"), count=7)
+    official = SpeechDataModule(path=str(tmp_path / "official"), val_speakers=["dora"])
+    splits = official._split(official._utterances())
+    assert "dora" not in {u.speaker for u in splits["test"] + splits["train"]} and len(splits["val"]) == 3 * 7
+    with pytest.raises(ConfigError, match="overlap"):
+        SpeechDataModule(path=str(tmp_path), holdout_speakers=["carl"], val_speakers=["carl"])
+    with pytest.raises(ConfigError, match="val_speakers: no speaker"):
+        SpeechDataModule(path=str(tmp_path), val_speakers=["zed"]).setup()
+
+
 def test_fsdd_bad_name_names_the_file(tmp_path):
     write_fsdd(tmp_path, count=1)
     sf.write(tmp_path / "hello.wav", tone(), SR)
@@ -278,6 +298,46 @@ def test_speed_perturbation_stretches_training_batches_only():
         SpectrogramEncoder(SPEC, speed_factors=[3.0])
 
 
+def test_silence_trimming_and_peak_level():
+    torch.manual_seed(0)
+    word = torch.from_numpy(tone(0.3, 500.0)).float() * 0.5
+    quiet = 1e-4 * torch.randn(4000)  # 0.5 s of near-silence (-70 dB) before the word, 0.25 s after
+    padded_word = torch.cat([quiet, word, quiet[:2000]])
+    x = torch.nn.utils.rnn.pad_sequence([padded_word, word], batch_first=True)
+    lengths = torch.tensor([len(padded_word), len(word)])
+    plain = SpectrogramEncoder(SPEC, n_mels=20).eval()
+    trim = SpectrogramEncoder(SPEC, n_mels=20, trim_db=30, trim_margin=2).eval()
+    _, plain_len = plain(x, lengths)
+    feats, trim_len = trim(x, lengths)
+    assert plain_len.tolist() == [len(padded_word) // 80 + 1, len(word) // 80 + 1]
+    # the word is 30 frames (+1 at either edge's window, + 2 margin frames each side); silence is gone
+    assert 30 <= int(trim_len[0]) <= 36 and int(trim_len[1]) == int(plain_len[1])
+    assert feats.shape[1] == int(plain_len.max()) and feats[0, int(trim_len[0]):].abs().sum() == 0
+    # the trimmed row is the untrimmed one shifted to start 2 margin frames before the word (frame 50)
+    raw, _ = SpectrogramEncoder(SPEC, n_mels=20, normalise=False).eval()(x, lengths)
+    raw_trim, _ = SpectrogramEncoder(SPEC, n_mels=20, normalise=False, trim_db=30).eval()(x, lengths)
+    n = int(trim_len[0])
+    assert torch.equal(raw_trim[0, :n], raw[0, 48 : 48 + n]) and torch.equal(raw_trim[1], raw[1])
+    # peak level: a quiet copy of the batch gives the same features
+    level = SpectrogramEncoder(SPEC, n_mels=20, level="peak", trim_db=30).eval()
+    torch.testing.assert_close(level(x * 0.01, lengths)[0], level(x, lengths)[0], atol=1e-4, rtol=1e-4)
+    offset = (x + 0.2) * (torch.arange(x.shape[1])[None, :] < lengths[:, None])  # a DC offset, padding still 0
+    torch.testing.assert_close(level(offset, lengths)[0], level(x, lengths)[0], atol=1e-3, rtol=1e-3)
+    # pre-emphasis tilts the spectrum up: the top Mel band gains on the bottom one, padding stays 0
+    flat, tilted = SpectrogramEncoder(SPEC, n_mels=20, normalise=False), SpectrogramEncoder(
+        SPEC, n_mels=20, normalise=False, preemphasis=0.97)
+    noise = torch.randn(1, 4000)
+    a, b = flat.eval()(noise, torch.tensor([4000]))[0], tilted.eval()(noise, torch.tensor([4000]))[0]
+    assert (b[0, :, -1] - b[0, :, 0]).mean() > (a[0, :, -1] - a[0, :, 0]).mean() + 2
+    with pytest.raises(ConfigError, match="preemphasis"):
+        SpectrogramEncoder(SPEC, preemphasis=1.5)
+    assert not torch.allclose(plain(x * 0.001, lengths)[0], plain(x, lengths)[0], atol=1e-2)  # the floor shows
+    with pytest.raises(ConfigError, match="trim_db"):
+        SpectrogramEncoder(SPEC, trim_db=-3)
+    with pytest.raises(ConfigError, match="level"):
+        SpectrogramEncoder(SPEC, level="rms")
+
+
 def test_encoder_mfcc():
     enc = SpectrogramEncoder(SPEC, features="mfcc", n_mfcc=13, n_mels=23).eval()
     feats, lengths = enc(torch.randn(2, 1600), torch.tensor([1600, 800]))
@@ -421,6 +481,17 @@ def test_decode_overrides_of_eval_and_predict():
     apply_decoding(model, {"lexicon": "train"})
     apply_decoding(model, {"decoder": "greedy"})
     assert (model.head.decoder, model.head.lexicon) == ("greedy", None)
+    with pytest.raises(ConfigError, match="decode.beam: expected"):
+        apply_decoding(model, {"beam": 4})
+    # the same rule from Python: the head resolves it, not the CLI
+    model.head.use_decoder(lexicon="train")
+    assert (model.head.decoder, model.head.lexicon) == ("beam", "train")
+    model.head.use_decoder(beam_size=5)
+    assert (model.head.decoder, model.head.beam_size, model.head.lexicon) == ("beam", 5, "train")
+    model.head.use_decoder("beam", lexicon=None)
+    assert (model.head.decoder, model.head.lexicon) == ("beam", None)
+    with pytest.raises(ConfigError, match="needs head.decoder=beam"):
+        model.head.use_decoder("greedy", lexicon="train")
     other = torch.nn.Module()
     other.head = torch.nn.Linear(2, 2)
     with pytest.raises(ConfigError, match="has no decoder to switch"):

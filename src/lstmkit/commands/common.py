@@ -15,6 +15,8 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 
+from lstmkit.errors import ConfigError
+
 log = logging.getLogger("lstmkit")
 
 
@@ -30,8 +32,9 @@ def plain(node: Any) -> Any:
 def apply_decoding(model: torch.nn.Module, decode: DictConfig | dict[str, Any] | None) -> None:
     """``decode.decoder / beam_size / lexicon`` from the command line, for heads that decode (CTC).
 
-    A loaded model decodes as it was trained unless one of them is set. A lexicon implies beam
-    search; ``decode.lexicon=none`` decodes a lexicon-trained model without it.
+    A loaded model decodes as it was trained unless one of them is set; the head's
+    ``use_decoder`` resolves the combination (a lexicon implies beam search,
+    ``decode.lexicon=none`` decodes a lexicon-trained model without it).
     """
     options = {k: v for k, v in (plain(decode) or {}).items() if v is not None}
     if not options:
@@ -39,16 +42,12 @@ def apply_decoding(model: torch.nn.Module, decode: DictConfig | dict[str, Any] |
     head = getattr(model, "head", None)
     use_decoder = getattr(head, "use_decoder", None)
     if use_decoder is None:
-        from lstmkit.errors import ConfigError
-
         raise ConfigError(f"decode.{'/'.join(sorted(options))}: this model's head ({type(head).__name__}) has no "
                           "decoder to switch (only CTC speech models have one)")
-    lexicon = options.get("lexicon", head.lexicon)
-    lexicon = None if str(lexicon).lower() in {"none", "null", "", "false"} else lexicon
-    decoder = options.get("decoder", "beam" if "lexicon" in options and lexicon else head.decoder)
-    if decoder == "greedy" and "lexicon" not in options:
-        lexicon = None  # decode.decoder=greedy on a lexicon-trained model
-    use_decoder(decoder, options.get("beam_size"), lexicon)
+    unknown = sorted(set(options) - {"decoder", "beam_size", "lexicon"})
+    if unknown:
+        raise ConfigError(f"decode.{unknown[0]}: expected decode.decoder, decode.beam_size or decode.lexicon")
+    use_decoder(**options)  # what is not given is kept
     log.info("decoding with %s", {k: getattr(head, k) for k in ("decoder", "beam_size", "lexicon")})
 
 

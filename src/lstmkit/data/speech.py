@@ -280,6 +280,9 @@ class SpeechDataModule(SequenceDataModule):
         holdout_speakers: these speakers form the test split (speaker-independent testing);
             otherwise FSDD uses its official split (recordings 0-4 of every speaker -> test),
             a manifest its split column, and the rest a seeded random split.
+        val_speakers: these speakers form the val split, so that early stopping and the best
+            checkpoint are chosen on voices the model has not trained on (model selection for
+            speaker-independent testing); otherwise val is ``val_fraction`` of train.
         val_fraction / test_fraction: carved (seeded) from the training data when a split is
             not given otherwise.
         lowercase: lowercase transcripts before building the vocabulary.
@@ -305,6 +308,7 @@ class SpeechDataModule(SequenceDataModule):
         speaker_column: str = "speaker",
         sample_rate: int = 8000,
         holdout_speakers: list[str] | None = None,
+        val_speakers: list[str] | None = None,
         val_fraction: float = 0.1,
         test_fraction: float = 0.1,
         lowercase: bool = True,
@@ -330,6 +334,10 @@ class SpeechDataModule(SequenceDataModule):
         self.split_column, self.speaker_column = split_column, speaker_column
         self.sample_rate = int(sample_rate)
         self.holdout_speakers = [str(s).lower() for s in holdout_speakers or []]
+        self.val_speakers = [str(s).lower() for s in val_speakers or []]
+        if set(self.holdout_speakers) & set(self.val_speakers):
+            raise ConfigError(f"data.val_speakers {self.val_speakers} and data.holdout_speakers "
+                              f"{self.holdout_speakers} overlap: a speaker is either val or test")
         self.val_fraction, self.test_fraction = val_fraction, test_fraction
         self.lowercase = lowercase
         self.unknown_chars, self.empty_clips = unknown_chars, empty_clips
@@ -435,14 +443,21 @@ class SpeechDataModule(SequenceDataModule):
     # -- splitting ------------------------------------------------------------------------------
     def _split(self, utterances: list[Utterance]) -> dict[str, list[Utterance]]:
         rng = random.Random(self.seed)
-        if self.holdout_speakers:
-            speakers = {u.speaker for u in utterances}
-            missing = sorted(set(self.holdout_speakers) - speakers)
+        speakers = {u.speaker for u in utterances}
+        for option, chosen in (("holdout_speakers", self.holdout_speakers), ("val_speakers", self.val_speakers)):
+            missing = sorted(set(chosen) - speakers)
             if missing:
-                raise ConfigError(f"data.holdout_speakers: no speaker(s) {missing} in the data; "
+                raise ConfigError(f"data.{option}: no speaker(s) {missing} in the data; "
                                   f"speakers are {sorted(speakers)}")
+        if self.holdout_speakers:
             for utt in utterances:
                 utt.split = "test" if utt.speaker in self.holdout_speakers else "train"
+        if self.val_speakers:
+            for utt in utterances:
+                if utt.speaker in self.val_speakers:
+                    utt.split = "val"
+                elif utt.split == "val":
+                    utt.split = "train"
         splits: dict[str, list[Utterance]] = {"train": [], "val": [], "test": []}
         unassigned = []
         for utt in utterances:

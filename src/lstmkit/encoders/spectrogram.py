@@ -19,13 +19,24 @@ class SpectrogramEncoder(nn.Module):
 
     Steps, each the usual choice in CTC recognisers:
 
-    0. speed perturbation (Ko et al. 2015), in training mode only: each batch is resampled to
+    0. level normalisation (``level=peak``): each waveform loses its DC offset (some sound
+       cards record one, and it lands in the lowest Mel band) and is scaled to a peak of 1, so
+       quiet and loud microphones meet the log's floor alike (the mean normalisation below
+       removes a gain anyway, but not where the signal sits near the floor); optional
+       pre-emphasis ``y[t] = x[t] - a x[t-1]`` (Kaldi's and HTK's 0.97) flattens the spectral
+       tilt that differs between voices and microphones;
+       speed perturbation (Ko et al. 2015), in training mode only: each batch is resampled to
        play at one of ``speed_factors`` (e.g. 0.9 / 1.0 / 1.1), which changes tempo and pitch
        together, as a different speaker would (resampling, as ``torchaudio.functional.speed``);
     1. log-Mel spectrogram (``torchaudio.transforms.MelSpectrogram``, ``log(x + 1e-6)``) or MFCC
        (``torchaudio.transforms.MFCC`` over log-Mels; not dB, whose ``top_db`` clamp would
        depend on the loudest utterance of the batch);
-    2. per-utterance mean/variance normalisation over the *valid* frames only (cepstral mean
+    2. silence trimming (``trim_db``): leading and trailing frames quieter than the
+       utterance's loudest by more than ``trim_db`` dB are dropped (``trim_margin`` frames
+       kept either side), as ``librosa.effects.trim`` does. A recording with long pauses
+       around the word would otherwise shift the normalisation statistics and show the
+       LSTM silences the training speakers never had;
+       then per-utterance mean/variance normalisation over the *valid* frames only (cepstral mean
        and variance normalisation), so padding and loudness do not leak into the features;
     3. SpecAugment (Park et al. 2019) frequency and time masks, in training mode only;
     4. optional frame stacking with a stride (Sak et al. 2015's low frame rate): ``stack``
@@ -48,6 +59,10 @@ class SpectrogramEncoder(nn.Module):
             ``time_mask_ratio`` of the (padded) frames.
         stack / stride: frames concatenated / frame step after stacking (1 / 1 = off).
         speed_factors: speeds a training batch is played at, one drawn per batch (empty = off).
+        level: ``none`` or ``peak`` (remove the DC offset and scale every waveform to a peak of 1).
+        preemphasis: pre-emphasis coefficient (0 = off; 0.97 as in Kaldi / HTK).
+        trim_db: trim leading / trailing frames this many dB below the loudest (``None`` = off);
+            ``trim_margin`` frames are kept on either side of the sound.
     """
 
     def __init__(
@@ -70,6 +85,10 @@ class SpectrogramEncoder(nn.Module):
         stack: int = 1,
         stride: int = 1,
         speed_factors: list[float] | tuple[float, ...] = (),
+        level: str = "none",
+        preemphasis: float = 0.0,
+        trim_db: float | None = None,
+        trim_margin: int = 2,
     ) -> None:
         super().__init__()
         if not spec.sample_rate:
@@ -101,14 +120,21 @@ class SpectrogramEncoder(nn.Module):
         self.speed_factors = [float(f) for f in speed_factors or ()]
         if any(not 0.5 <= f <= 2.0 for f in self.speed_factors):
             raise ConfigError(f"encoder.speed_factors={self.speed_factors}: expected factors between 0.5 and 2")
-
-    def frame_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
-        """Sample counts ``(B,)`` -> valid output frames ``(B,)`` (at least 1)."""
-        frames = torch.div(lengths, self.hop, rounding_mode="floor") + 1
-        return torch.div(frames + self.stride - 1, self.stride, rounding_mode="floor")
+        if level not in {"none", "peak"}:
+            raise ConfigError(f"encoder.level={level!r}: expected none or peak")
+        if trim_db is not None and trim_db <= 0:
+            raise ConfigError(f"encoder.trim_db={trim_db}: expected a positive number of dB (or null = off)")
+        if trim_margin < 0:
+            raise ConfigError(f"encoder.trim_margin={trim_margin}: expected >= 0 frames")
+        if not 0.0 <= preemphasis < 1.0:
+            raise ConfigError(f"encoder.preemphasis={preemphasis}: expected a coefficient in [0, 1)")
+        self.level, self.preemphasis = level, float(preemphasis)
+        self.trim_db, self.trim_margin = trim_db, int(trim_margin)
 
     def forward(self, inputs: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         inputs = inputs.float()
+        if self.level == "peak" or self.preemphasis:
+            inputs = self._condition(inputs, lengths)
         if self.training and self.speed_factors:
             factor = self.speed_factors[int(torch.randint(len(self.speed_factors), ()))]
             if factor != 1.0:
@@ -118,6 +144,8 @@ class SpectrogramEncoder(nn.Module):
             feats = torch.log(feats + 1e-6)
         frames = torch.div(lengths.to(feats.device), self.hop, rounding_mode="floor") + 1
         frames = frames.clamp(max=feats.shape[-1])
+        if self.trim_db is not None:
+            feats, frames = self._trim(inputs, feats, frames)
         mask = torch.arange(feats.shape[-1], device=feats.device)[None, :] < frames[:, None]  # (B, T)
         mask = mask[:, None, :]  # (B, 1, T)
         if self.normalise:
@@ -133,6 +161,42 @@ class SpectrogramEncoder(nn.Module):
             feats = self._stack(feats)  # (B, ceil(T / stride), F * stack)
         out_lengths = torch.div(frames + self.stride - 1, self.stride, rounding_mode="floor")
         return feats, out_lengths.to(lengths.device)
+
+    def _condition(self, inputs: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """DC removal and peak level (``level=peak``), then pre-emphasis; the padding stays 0."""
+        valid = torch.arange(inputs.shape[-1], device=inputs.device)[None, :] < lengths.to(inputs.device)[:, None]
+        if self.level == "peak":
+            mean = inputs.sum(-1, keepdim=True) / lengths.to(inputs.device).clamp(min=1)[:, None]
+            inputs = (inputs - mean) * valid
+            inputs = inputs / inputs.abs().amax(-1, keepdim=True).clamp(min=1e-8)
+        if self.preemphasis:
+            inputs = torch.cat([inputs[:, :1], inputs[:, 1:] - self.preemphasis * inputs[:, :-1]], dim=-1) * valid
+        return inputs
+
+    def _trim(self, inputs: torch.Tensor, feats: torch.Tensor, frames: torch.Tensor
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Drop leading / trailing quiet frames: shift each row left, shorten its frame count.
+
+        A frame's energy is that of the waveform around its centre (the ``hop`` samples either
+        side), measured on the waveform so that log-Mel and MFCC front ends trim alike. Shapes
+        stay as they are (no data-dependent sizes), so the encoder still traces for export.
+        """
+        steps = feats.shape[-1]
+        padded = nn.functional.pad(inputs, (self.hop, self.hop + steps * self.hop - inputs.shape[-1]))
+        blocks = padded[:, : (steps + 1) * self.hop].reshape(inputs.shape[0], steps + 1, self.hop)
+        power = blocks.pow(2).mean(-1)  # (B, T + 1): block t spans samples [(t - 1) hop, t hop)
+        energy = 10 * torch.log10(torch.maximum(power[:, :-1], power[:, 1:]) + 1e-10)  # (B, T)
+        index = torch.arange(steps, device=feats.device)
+        valid = index[None, :] < frames[:, None]
+        energy = energy.masked_fill(~valid, float("-inf"))
+        active = energy >= energy.amax(-1, keepdim=True) - self.trim_db
+        first = active.float().argmax(-1)  # first loud frame
+        last = steps - 1 - active.flip(-1).float().argmax(-1)  # last loud frame
+        first = (first - self.trim_margin).clamp(min=0)
+        last = torch.minimum(last + self.trim_margin, frames - 1)
+        source = (first[:, None] + index[None, :]).clamp(max=steps - 1)  # (B, T)
+        shifted = feats.gather(-1, source[:, None, :].expand(-1, feats.shape[1], -1))
+        return shifted, last - first + 1
 
     def _play_at(self, inputs: torch.Tensor, lengths: torch.Tensor, factor: float) -> tuple[torch.Tensor, torch.Tensor]:
         """Resample so the batch plays ``factor`` times faster (``torchaudio.functional.speed``'s

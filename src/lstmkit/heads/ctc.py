@@ -23,6 +23,7 @@ from lstmkit.types import Batch, DataSpec
 
 log = logging.getLogger("lstmkit")
 NEG_INF = float("-inf")
+_KEEP = object()  # CTCHead.use_decoder: "keep the current lexicon"
 _UNBUILT = "<unbuilt>"  # CTCHead._flashlight before the beam decoder is first needed (pickles by value)
 
 
@@ -221,20 +222,32 @@ class CTCHead(Head):
         self.spec = spec
         self.use_decoder(decoder, beam_size, lexicon)
 
-    def use_decoder(self, decoder: str, beam_size: int | None = None, lexicon: str | None = None) -> None:
+    def use_decoder(self, decoder: str | None = None, beam_size: int | None = None, lexicon: Any = _KEEP) -> None:
         """Switch decoding (e.g. on a loaded checkpoint): ``greedy`` or ``beam`` with ``beam_size``,
-        optionally over a ``lexicon`` (see the class docstring).
+        optionally over a ``lexicon`` (see the class docstring). What is not given is kept, with
+        the one rule the CLI's ``decode.*`` options and Python callers share:
+
+        - a lexicon implies beam search (``decoder`` left out -> ``beam``);
+        - ``lexicon="none"`` (or ``None``) decodes without one;
+        - ``decoder="greedy"`` with no lexicon given drops the model's lexicon.
 
         The beam decoder itself is built on first use, so a checkpoint loads (and can be switched to
         ``greedy``) even where its lexicon file or flashlight-text is missing.
         """
+        current = getattr(self, "lexicon", None)
+        if lexicon is _KEEP:
+            lexicon = None if decoder == "greedy" else current
+        elif lexicon is None or str(lexicon).strip().lower() in {"none", "null", "", "false"}:
+            lexicon = None
+        if decoder is None:
+            decoder = "beam" if lexicon else getattr(self, "decoder", "greedy")
         if decoder not in {"greedy", "beam"}:
             raise ConfigError(f"head.decoder={decoder!r}: expected greedy or beam")
         if lexicon and decoder != "beam":
             raise ConfigError(f"head.lexicon={lexicon!r} needs head.decoder=beam (greedy decoding has no lexicon)")
         self.decoder = decoder
         self.beam_size = int(beam_size or getattr(self, "beam_size", 8))
-        self.lexicon = lexicon or None
+        self.lexicon = str(lexicon) if lexicon else None
         self._flashlight: Any = _UNBUILT
 
     def _beam_decoder(self) -> Any | None:
