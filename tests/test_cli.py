@@ -103,3 +103,24 @@ def test_installed_wheel_runs_from_another_directory(tmp_path: Path) -> None:
                           capture_output=True, text=True, env={"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "test/acc" in proc.stdout
+
+
+def test_runs_started_in_the_same_second_get_their_own_folders() -> None:
+    """Run folders carry microseconds: parallel runs of one task must not share checkpoints."""
+    import re
+
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import OmegaConf
+
+    from lstmkit.cli import config_dir
+
+    dirs = []
+    for _ in range(3):
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(version_base="1.3", config_dir=config_dir()):
+            cfg = compose(config_name="train", return_hydra_config=True)
+            dirs.append(OmegaConf.select(cfg, "hydra.run.dir"))
+    GlobalHydra.instance().clear()
+    assert all(re.search(r"/sentiment/runs/\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d_\d{6}$", d) for d in dirs), dirs
+    assert len(set(dirs)) == 3
