@@ -299,6 +299,39 @@ def test_fused_training_step_matches_the_plain_one_tied_and_untied() -> None:
             torch.testing.assert_close(grads[0][name], grads[1][name], msg=name)
 
 
+def test_adaptive_softmax_is_a_distribution_and_trains_on_valid_steps_only() -> None:
+    dm = tiny_module()
+    vocab = dm.spec.vocab_size
+    batch = next(iter(dm.train_dataloader()))
+    model = tiny_model(dm.spec, adaptive_cutoffs=[20, 60], adaptive_div_value=2.0, dropout=0.0).train()
+    assert isinstance(model.head.decoder, torch.nn.AdaptiveLogSoftmaxWithLoss)
+    logp, lengths = model(batch.inputs, batch.lengths)
+    assert logp.shape == (*batch.inputs.shape, vocab)
+    torch.testing.assert_close(logp.exp().sum(-1), torch.ones(batch.inputs.shape), rtol=1e-5, atol=1e-5)
+    # the fast training loss is the mean NLL of the full distribution over the valid steps
+    short = torch.full_like(batch.lengths, 3)
+    loss = model.training_step(Batch(batch.inputs, short, batch.targets), 0)
+    want = F.nll_loss(logp[:, :3].flatten(0, 1), batch.targets[:, :3].flatten())
+    torch.testing.assert_close(loss, want)
+    cut = Batch(batch.inputs[:, :3], short, batch.targets[:, :3])
+    torch.testing.assert_close(model.head.loss(logp[:, :3], short, cut), want)  # eval's loss agrees
+    loss.backward()
+    assert model.head.decoder.head.weight.grad is not None and model.encoder.embedding.weight.grad is not None
+    nothing = model.head.training_loss(torch.zeros(2, 3, 8, requires_grad=True), torch.zeros(2, dtype=torch.long),
+                                       Batch(batch.inputs[:2, :3], torch.zeros(2, dtype=torch.long),
+                                             batch.targets[:2, :3]))
+    assert float(nothing.detach()) == 0.0
+    assert model.head.decode(logp.detach(), lengths)[0]["next_words"]  # top-k works on log-probabilities
+    with pytest.raises(ConfigError, match="adaptive_cutoffs"):
+        tiny_model(dm.spec, adaptive_cutoffs=[60, 20])
+    with pytest.raises(ConfigError, match="adaptive_cutoffs"):
+        tiny_model(dm.spec, adaptive_cutoffs=[vocab])
+    with pytest.raises(ConfigError, match="cannot be combined"):
+        tiny_model(dm.spec, adaptive_cutoffs=[20], tie_weights=True)
+    with pytest.raises(ConfigError, match="adaptive_div_value"):
+        tiny_model(dm.spec, adaptive_cutoffs=[20, 60])  # 8 features / 4**2 < 1
+
+
 def test_fused_loss_steps_aside_under_autocast() -> None:
     """bf16 autocast keeps the plain path (its low-precision matmul is the point of the option)."""
     x, weight = torch.randn(8, 4, requires_grad=True), torch.randn(5, 4, requires_grad=True)

@@ -106,6 +106,14 @@ class LanguageModelHead(Head):
         fused_loss: train with the output layer and the cross-entropy fused into one autograd
             node (:func:`~lstmkit.heads.losses.linear_cross_entropy`): same loss and gradients,
             fewer passes over the ``(N, V)`` logits. ``false`` runs the two plain calls.
+        adaptive_cutoffs: e.g. ``[2000, 6000]``: an adaptive softmax (Grave et al. 2017,
+            ``torch.nn.AdaptiveLogSoftmaxWithLoss``) instead of the full output layer. Words are
+            ids ranked by frequency, so the head cluster holds the frequent words most tokens
+            are, and the rare words sit in tail clusters behind smaller projections that only
+            the (few) tokens of those words pay for in training. Still a proper distribution
+            over the whole vocabulary, so perplexity stays exact; on CPU the output layer, most
+            of an LM's step, gets several times cheaper, which buys a larger LSTM in the same time.
+        adaptive_div_value: each tail cluster's projection is this many times smaller.
     """
 
     pooling = "none"
@@ -121,10 +129,24 @@ class LanguageModelHead(Head):
         dropout: float = 0.0,
         top_k: int = 5,
         fused_loss: bool = True,
+        adaptive_cutoffs: list[int] | None = None,
+        adaptive_div_value: float = 4.0,
     ) -> None:
         super().__init__()
         if top_k < 1:
             raise ConfigError(f"head.top_k must be >= 1, got {top_k}")
+        cutoffs = [int(c) for c in adaptive_cutoffs or []]
+        if cutoffs and not (all(a < b for a, b in zip([0, *cutoffs], cutoffs)) and cutoffs[-1] < spec.vocab_size):
+            raise ConfigError(f"head.adaptive_cutoffs={cutoffs}: expected increasing word ranks between 1 and "
+                              f"the vocabulary size - 1 ({spec.vocab_size - 1})")
+        size = projection or in_features
+        if cutoffs and int(size // adaptive_div_value ** len(cutoffs)) < 1:
+            raise ConfigError(f"head.adaptive_div_value={adaptive_div_value}: the last of {len(cutoffs)} tail clusters "
+                              f"would project {size} features to {size / adaptive_div_value ** len(cutoffs):.2g}; "
+                              "use a smaller div value or fewer cutoffs")
+        if cutoffs and tie_weights:
+            raise ConfigError("head.adaptive_cutoffs and head.tie_weights=true cannot be combined: the adaptive "
+                              "softmax has no single output matrix to share with the embedding")
         self.vocab = list(spec.vocab or [])
         self.pad_id = spec.pad_id
         self.in_features = in_features
@@ -133,7 +155,10 @@ class LanguageModelHead(Head):
         self.fused_loss = fused_loss
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.projection = nn.Linear(in_features, projection) if projection > 0 else nn.Identity()
-        self.decoder = nn.Linear(projection or in_features, spec.vocab_size)
+        self.adaptive = bool(cutoffs)
+        self.decoder: nn.Module = (
+            nn.AdaptiveLogSoftmaxWithLoss(size, spec.vocab_size, cutoffs, div_value=adaptive_div_value)
+            if cutoffs else nn.Linear(size, spec.vocab_size))
 
     def bind(self, encoder: nn.Module) -> None:
         """Tie the output layer to the encoder's embedding matrix when asked to."""
@@ -155,7 +180,10 @@ class LanguageModelHead(Head):
         self.decoder.weight = weight
 
     def forward(self, features: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        return self.decoder(self.projection(self.dropout(features)))  # (B, T, V) logits
+        hidden = self.projection(self.dropout(features))
+        if self.adaptive:  # log-probabilities: logits whose log-softmax is themselves
+            return self.decoder.log_prob(hidden.flatten(0, 1)).view(*hidden.shape[:-1], -1)
+        return self.decoder(hidden)  # (B, T, V) logits
 
     def loss(self, outputs: torch.Tensor, lengths: torch.Tensor, batch: Batch) -> torch.Tensor:
         """Mean cross-entropy over every valid step: one call on ``(B*T, V)`` logits."""
@@ -164,10 +192,15 @@ class LanguageModelHead(Head):
 
     def training_loss(self, features: torch.Tensor, lengths: torch.Tensor, batch: Batch) -> torch.Tensor:
         """The same mean cross-entropy as :meth:`loss`, without materialising logits twice over."""
-        if not self.fused_loss:
+        if not (self.fused_loss or self.adaptive):
             return super().training_loss(features, lengths, batch)
         hidden = self.projection(self.dropout(features))
         targets = self._targets(batch.targets, lengths)
+        if self.adaptive:  # only the valid steps: the adaptive softmax takes no ignore index
+            valid = targets.flatten() != IGNORE
+            if not bool(valid.any()):
+                return hidden.sum() * 0.0  # nothing to predict: a zero loss that still backpropagates
+            return self.decoder(hidden.flatten(0, 1)[valid], targets.flatten()[valid]).loss
         return linear_cross_entropy(hidden.flatten(0, 1), self.decoder.weight, self.decoder.bias, targets.flatten())
 
     def metrics(self) -> MetricCollection:
