@@ -459,9 +459,10 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
                         help="keep the other tasks' runs of an existing <out>/quality.json and replace only "
                              "the tasks run now")
     parser.add_argument("--merge-from", nargs="+", default=[], metavar="JSON",
-                        help="also take the runs of these quality.json files (e.g. a long run written with "
-                             "another --out), each replacing the tasks it has; implies --merge. With no task "
-                             "named, nothing is run: the report is re-rendered from <out>/quality.json and them")
+                        help="also take the runs of these quality.json files (e.g. long runs written with "
+                             "another --out; seeds run apart add up), replacing those tasks' runs of "
+                             "<out>/quality.json; implies --merge. With no task named, nothing is run: the "
+                             "report is re-rendered")
     parser.add_argument("--verbose", action="store_true", help="print every run's log")
     args = parser.parse_args(argv)
     tasks = [item for item in args.items if "=" not in item]
@@ -496,16 +497,22 @@ def main(argv: list[str] | None = None) -> int:
         run.update(commit=commit["commit"], overrides=overrides, threads=args.threads)
     out = Path(args.out)
     previous = out / "quality.json"
-    sources = ([previous] if args.merge and previous.exists() else []) + list(args.merge_from)
-    kept: list[dict[str, Any]] = []
-    for source in sources:  # later files replace the tasks they have; the runs made now replace all
+    made = bool(runs)
+    previous_host = host_info(args.threads)
+    loaded: dict[Path, list[dict[str, Any]]] = {}
+    for source in ([previous] if args.merge and previous.exists() else []) + list(args.merge_from):
         old = json.loads(source.read_text())
         if bool(old.get("quick")) != args.quick:
             print(f"[bench_quality] --merge: {source} is {'a' if old.get('quick') else 'not a'} --quick report; "
                   "not merging quick and full results", file=sys.stderr)
             return 2
-        newer = [r for r in old.get("runs", []) if r.get("task") in TASKS]
-        kept = [r for r in kept if r["task"] not in {r["task"] for r in newer}] + newer
+        loaded[source] = [r for r in old.get("runs", []) if r.get("task") in TASKS]
+        previous_host = old.get("host") or previous_host
+    # the --merge-from files' runs (all of them: seeds run apart add up) replace those tasks of the
+    # existing report; the runs made now replace everything of their tasks
+    merged = [r for source in args.merge_from for r in loaded.get(source, [])]
+    replaced = {r["task"] for r in merged}
+    kept = [r for r in loaded.get(previous, []) if r["task"] not in replaced] + merged
     kept = [r for r in kept if r["task"] not in tasks]
     runs = kept + runs
     if not runs:
@@ -516,7 +523,7 @@ def main(argv: list[str] | None = None) -> int:
     report: dict[str, Any] = {
         "generated": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         **commit,
-        "host": host_info(args.threads),
+        "host": host_info(args.threads) if made else previous_host,  # a re-render keeps the runs' machine
         "quick": args.quick,
         "data_root": args.data_root,
         "overrides": overrides if len(shared) == 1 else None,  # None: they differ per run (merged reports)

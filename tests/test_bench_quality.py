@@ -139,11 +139,14 @@ def test_merge_from_re_renders_runs_of_other_reports(tmp_path: Path, capsys) -> 
     out.mkdir(), other.mkdir()
     (out / "quality.json").write_text(json.dumps(report(run("stock", 0.99), run("next_word", 150.0))))
     (other / "quality.json").write_text(json.dumps(report(run("next_word", 118.0))))
-    code = bench.main(["--out", str(out), "--data-root", str(tmp_path), "--merge-from", str(other / "quality.json")])
+    (tmp_path / "seed2.json").write_text(json.dumps(report(run("next_word", 122.0))))
+    code = bench.main(["--out", str(out), "--data-root", str(tmp_path), "--merge-from", str(other / "quality.json"),
+                       str(tmp_path / "seed2.json")])
     assert code == 0
     merged = json.loads((out / "quality.json").read_text())
-    assert sorted((r["task"], r["value"]) for r in merged["runs"]) == [("next_word", 118.0), ("stock", 0.99)]
-    assert merged["summary"]["next_word"]["mean"] == pytest.approx(118.0)
+    assert sorted((r["task"], r["value"]) for r in merged["runs"]) == [
+        ("next_word", 118.0), ("next_word", 122.0), ("stock", 0.99)]  # the old 150.0 is replaced
+    assert merged["summary"]["next_word"]["mean"] == pytest.approx(120.0)
     assert "| next_word |" in (out / "quality.md").read_text()
     (other / "quality.json").write_text(json.dumps({"quick": True, "runs": [run("ecg", 0.9)]}))
     assert bench.main(["--out", str(out), "--data-root", str(tmp_path), "--merge-from",
