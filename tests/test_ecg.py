@@ -189,6 +189,33 @@ def test_beat_encoder_normalises_each_beat_over_its_valid_samples() -> None:
     assert torch.all(flat == 0)
 
 
+def test_beat_encoder_augments_only_in_training() -> None:
+    torch.manual_seed(0)
+    x = torch.randn(4, 40, 1).cumsum(1)
+    lengths = torch.tensor([40, 40, 25, 40])
+    encoder = BeatEncoder(SPEC, jitter=0.1, shift=3).eval()
+    clean, _ = encoder(x, lengths)
+    torch.testing.assert_close(clean, BeatEncoder(SPEC)(x, lengths)[0])  # eval: no augmentation
+    encoder.train()
+    noisy, _ = encoder(x, lengths)
+    assert not torch.equal(noisy, clean) and torch.all(noisy[2, 25:] == 0)  # padding stays zero
+    assert 0.05 < float((noisy - clean)[:, 8:20].std()) < 1.0
+    shifted, _ = BeatEncoder(SPEC, shift=3).train()(x, lengths)
+    for row, n in enumerate(lengths.tolist()):
+        matches = [k for k in range(-3, 4)
+                   if torch.equal(shifted[row, max(k, 0):n + min(k, 0)], clean[row, max(-k, 0):n - max(k, 0)])]
+        assert matches, f"row {row} is not a shift of the clean beat by at most 3 samples"
+        k = matches[0]  # the gap is filled with the edge value
+        if k > 0:
+            assert torch.all(shifted[row, :k] == clean[row, 0])
+        if k < 0:
+            assert torch.all(shifted[row, n + k:n] == clean[row, n - 1])
+    with pytest.raises(ConfigError, match="encoder.jitter"):
+        BeatEncoder(SPEC, jitter=-0.1)
+    with pytest.raises(ConfigError, match="encoder.shift"):
+        BeatEncoder(SPEC, shift=-1)
+
+
 # -- heads --------------------------------------------------------------------------------------------------
 def test_threshold_rules() -> None:
     scores = torch.tensor([0.1, 0.2, 0.3, 0.35, 0.4, 0.8, 0.9])

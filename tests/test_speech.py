@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import math
 import os
 import pickle
 import subprocess
@@ -296,6 +297,34 @@ def test_speed_perturbation_stretches_training_batches_only():
     assert seen == {112, 101, 91}  # every factor is drawn
     with pytest.raises(ConfigError, match="between 0.5 and 2"):
         SpectrogramEncoder(SPEC, speed_factors=[3.0])
+
+
+@pytest.mark.parametrize("features", ["logmel", "mfcc"])
+def test_vtlp_warps_formants_in_training_only(features: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    t = torch.arange(8000) / SR
+    tone = torch.sin(2 * math.pi * 1000.0 * t)[None, :].repeat(2, 1)  # 1 kHz, two utterances
+    lengths = torch.tensor([8000, 8000])
+    options = {"features": features, "n_mels": 40, "n_fft": 400, "normalise": False, "stack": 1, "stride": 1}
+    plain = SpectrogramEncoder(SPEC, **options).eval()
+    warp = SpectrogramEncoder(SPEC, vtlp=0.2, **options)
+    reference, _ = plain(tone, lengths)
+    torch.testing.assert_close(warp.eval()(tone, lengths)[0], reference)  # eval: no warp
+    warp.train()
+    # factor 1 (rand = 0.5): the warped path is the front end itself
+    monkeypatch.setattr(torch, "rand", lambda *shape, **kw: torch.full(shape, 0.5))
+    torch.testing.assert_close(warp(tone, lengths)[0], reference, atol=1e-4, rtol=1e-4)
+    if features == "mfcc":
+        return
+    # factors 1.2 and 0.8 (rand = 1, 0): the tone's Mel band moves up and down (1.2 / 0.8 kHz)
+    monkeypatch.setattr(torch, "rand", lambda *shape, **kw: torch.tensor([[1.0], [0.0]]))
+    warped, _ = warp(tone, lengths)
+    band = lambda feats: int(feats[20:80].mean(0).argmax())  # (T, n_mels) -> the loudest band
+    mel = warp.frontend.mel_scale.fb  # (K, n_mels): the band each frequency falls in most
+    expected = [int(mel[round(f * 400 / SR)].argmax()) for f in (1000.0, 1200.0, 800.0)]
+    assert [band(reference[0]), band(warped[0]), band(warped[1])] == expected
+    assert expected[2] < expected[0] < expected[1]
+    with pytest.raises(ConfigError, match="encoder.vtlp"):
+        SpectrogramEncoder(SPEC, vtlp=0.7)
 
 
 def test_silence_trimming_and_peak_level():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from lstmkit.errors import ConfigError
 from lstmkit.types import DataSpec
 
 
@@ -23,14 +24,36 @@ class BeatEncoder(nn.Module):
             normalised signal as extra channels: slopes make QRS width and onset explicit.
         eps: lower bound of the standard deviation, so a flat beat stays flat instead of
             amplifying its noise.
+        jitter: training only: add Gaussian noise of this standard deviation (in units of the
+            normalised beat) to every valid sample (Um et al. 2017). A few hundred beats are
+            few for an LSTM; noise keeps it from memorising the exact samples of each one, while
+            the shapes that make a beat anomalous (QRS width, P and T waves) stay. A
+            reconstruction head then reconstructs the noisy beat (it reads these channels).
+        shift: training only: move each beat by a random whole number of samples in
+            ``[-shift, shift]`` (edge values fill the gap). Beats are cut around the R peak, but
+            not to the sample, so the model should not depend on where exactly the peak falls.
 
     Output ``(B, T, C)`` or ``(B, T, 2C)`` with zeros at padded steps; lengths unchanged. The
     first :attr:`signal_channels` channels are the normalised signal, the target that a
     reconstruction head learns to predict.
     """
 
-    def __init__(self, spec: DataSpec, normalise: bool = True, difference: bool = False, eps: float = 1e-3) -> None:
+    def __init__(
+        self,
+        spec: DataSpec,
+        normalise: bool = True,
+        difference: bool = False,
+        eps: float = 1e-3,
+        jitter: float = 0.0,
+        shift: int = 0,
+    ) -> None:
         super().__init__()
+        if jitter < 0:
+            raise ConfigError(f"encoder.jitter must be >= 0, got {jitter}")
+        if shift < 0:
+            raise ConfigError(f"encoder.shift must be >= 0 samples, got {shift}")
+        self.jitter = float(jitter)
+        self.shift = int(shift)
         self.signal_channels = int(spec.num_features or 1)
         self.normalise = normalise
         self.difference = difference
@@ -49,8 +72,21 @@ class BeatEncoder(nn.Module):
             mean = (x * mask).sum(dim=1, keepdim=True) / count  # (B, 1, C)
             var = (((x - mean) * mask) ** 2).sum(dim=1, keepdim=True) / count
             x = (x - mean) / var.sqrt().clamp(min=self.eps)
+        if self.training and self.shift:
+            x = self._shift(x, lengths.to(x.device))
+        if self.training and self.jitter:
+            x = x + self.jitter * torch.randn_like(x)
         x = x * mask
         if self.difference:
             diff = torch.cat([torch.zeros_like(x[:, :1]), x[:, 1:] - x[:, :-1]], dim=1)  # (B, T, C)
             x = torch.cat([x, diff * mask], dim=-1)  # (B, T, 2C)
         return x, lengths
+
+    def _shift(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """Each beat moved by its own random offset within its valid samples, edges repeated."""
+        batch, steps = x.shape[:2]
+        offsets = torch.randint(-self.shift, self.shift + 1, (batch, 1), device=x.device)
+        source = torch.arange(steps, device=x.device)[None, :] - offsets  # (B, T): read x[source]
+        last = (lengths.to(torch.int64) - 1).clamp(min=0)[:, None]
+        source = torch.minimum(source.clamp(min=0), last)
+        return torch.gather(x, 1, source[..., None].expand(-1, -1, x.shape[-1]))

@@ -28,6 +28,10 @@ class SpectrogramEncoder(nn.Module):
        speed perturbation (Ko et al. 2015), in training mode only: each batch is resampled to
        play at one of ``speed_factors`` (e.g. 0.9 / 1.0 / 1.1), which changes tempo and pitch
        together, as a different speaker would (resampling, as ``torchaudio.functional.speed``);
+       vocal tract length perturbation (``vtlp``, Jaitly & Hinton 2013), in training mode only:
+       each utterance's spectrum is stretched along the frequency axis by its own random
+       factor (formants move as in a shorter or longer vocal tract; tempo and pitch period do
+       not), the piecewise-linear warp that keeps the band edges in place;
     1. log-Mel spectrogram (``torchaudio.transforms.MelSpectrogram``, ``log(x + 1e-6)``) or MFCC
        (``torchaudio.transforms.MFCC`` over log-Mels; not dB, whose ``top_db`` clamp would
        depend on the loudest utterance of the batch);
@@ -63,6 +67,9 @@ class SpectrogramEncoder(nn.Module):
         preemphasis: pre-emphasis coefficient (0 = off; 0.97 as in Kaldi / HTK).
         trim_db: trim leading / trailing frames this many dB below the loudest (``None`` = off);
             ``trim_margin`` frames are kept on either side of the sound.
+        vtlp: largest relative frequency warp, e.g. 0.1 draws factors in ``[0.9, 1.1]`` per
+            utterance (0 = off). ``vtlp_boundary``: share of the band warped linearly; above it
+            a second linear piece maps the top of the band onto itself.
     """
 
     def __init__(
@@ -89,6 +96,8 @@ class SpectrogramEncoder(nn.Module):
         preemphasis: float = 0.0,
         trim_db: float | None = None,
         trim_margin: int = 2,
+        vtlp: float = 0.0,
+        vtlp_boundary: float = 0.8,
     ) -> None:
         super().__init__()
         if not spec.sample_rate:
@@ -128,6 +137,11 @@ class SpectrogramEncoder(nn.Module):
             raise ConfigError(f"encoder.trim_margin={trim_margin}: expected >= 0 frames")
         if not 0.0 <= preemphasis < 1.0:
             raise ConfigError(f"encoder.preemphasis={preemphasis}: expected a coefficient in [0, 1)")
+        if not 0.0 <= vtlp < 0.5:
+            raise ConfigError(f"encoder.vtlp={vtlp}: expected a largest relative warp in [0, 0.5)")
+        if not 0.0 < vtlp_boundary < 1.0:
+            raise ConfigError(f"encoder.vtlp_boundary={vtlp_boundary}: expected a share of the band in (0, 1)")
+        self.vtlp, self.vtlp_boundary = float(vtlp), float(vtlp_boundary)
         self.level, self.preemphasis = level, float(preemphasis)
         self.trim_db, self.trim_margin = trim_db, int(trim_margin)
 
@@ -139,7 +153,10 @@ class SpectrogramEncoder(nn.Module):
             factor = self.speed_factors[int(torch.randint(len(self.speed_factors), ()))]
             if factor != 1.0:
                 inputs, lengths = self._play_at(inputs, lengths, factor)
-        feats = self.frontend(inputs)  # (B, F, T)
+        if self.training and self.vtlp:
+            feats = self._warped_features(inputs)
+        else:
+            feats = self.frontend(inputs)  # (B, F, T)
         if self.log_mel:
             feats = torch.log(feats + 1e-6)
         frames = torch.div(lengths.to(feats.device), self.hop, rounding_mode="floor") + 1
@@ -206,6 +223,39 @@ class SpectrogramEncoder(nn.Module):
         out = AF.resample(inputs, source, self.sample_rate)
         new_lengths = torch.ceil(lengths.to(inputs.device).double() * self.sample_rate / source).long()
         return out, new_lengths.clamp(max=out.shape[-1])
+
+    def _warped_features(self, inputs: torch.Tensor) -> torch.Tensor:
+        """The front end's output with each utterance's power spectrum warped in frequency (VTLP).
+
+        The same steps as ``MelSpectrogram`` / ``MFCC``, with the warp between the STFT and the
+        Mel filter bank: frequency ``f`` of the warped spectrum reads the original at
+        ``w^-1(f)``, where ``w(f) = a f`` up to ``boundary * min(a, 1) / a`` of the band and a
+        straight line to the band's top above it (Jaitly & Hinton 2013), interpolated linearly
+        between STFT bins.
+        """
+        mel = self.frontend if self.log_mel else self.frontend.MelSpectrogram
+        power = mel.spectrogram(inputs)  # (B, K, T)
+        bins = power.shape[-2]
+        factors = 1.0 + (torch.rand(power.shape[0], 1, device=power.device) * 2.0 - 1.0) * self.vtlp  # (B, 1)
+        top = float(bins - 1)
+        f = torch.arange(bins, device=power.device, dtype=power.dtype)[None, :]  # (1, K) target bins
+        knee = self.vtlp_boundary * top * torch.clamp(factors, max=1.0)  # (B, 1): w(knee / a) = knee
+        knee_source = knee / factors
+        # inverse warp: below the knee f / a; above, the line from (knee, knee / a) to (top, top)
+        upper = knee_source + (f - knee) * (top - knee_source) / (top - knee)
+        source = torch.where(f <= knee, f / factors, upper).clamp(0.0, top)  # (B, K)
+        low = source.floor().long().clamp(max=bins - 2)
+        weight = (source - low.to(source.dtype))[..., None]  # (B, K, 1)
+
+        def rows(index: torch.Tensor) -> torch.Tensor:  # (B, K) bin indices -> (B, K, T)
+            return power.gather(1, index[..., None].expand(-1, -1, power.shape[-1]))
+
+        warped = rows(low) * (1.0 - weight) + rows(low + 1) * weight
+        feats = mel.mel_scale(warped)  # (B, n_mels, T)
+        if self.log_mel:
+            return feats
+        log_mel = torch.log(feats + 1e-6)  # torchaudio.transforms.MFCC with log_mels=True
+        return torch.matmul(log_mel.transpose(-1, -2), self.frontend.dct_mat).transpose(-1, -2)
 
     def _stack(self, feats: torch.Tensor) -> torch.Tensor:
         batch, steps, size = feats.shape
