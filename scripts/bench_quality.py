@@ -474,7 +474,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
     if not data_root.is_dir():
         parser.error(f"--data-root {data_root} is not a folder (expected lm/, sentiment/, speech/, stocks/, ecg/)")
     args.data_root = str(data_root.resolve())
-    args.merge_from = [Path(p).expanduser().resolve() for p in args.merge_from]
+    # resolved, and a file named twice counts once
+    args.merge_from = list(dict.fromkeys(Path(p).expanduser().resolve() for p in args.merge_from))
     missing = [str(p) for p in args.merge_from if not p.is_file()]
     if missing:
         parser.error(f"--merge-from: no such file(s) {missing}")

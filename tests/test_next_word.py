@@ -332,6 +332,27 @@ def test_adaptive_softmax_is_a_distribution_and_trains_on_valid_steps_only() -> 
         tiny_model(dm.spec, adaptive_cutoffs=[20, 60])  # 8 features / 4**2 < 1
 
 
+def test_adaptive_softmax_under_mixed_precision_and_ddp(monkeypatch: pytest.MonkeyPatch) -> None:
+    dm = tiny_module()
+    batch = next(iter(dm.train_dataloader()))
+    model = tiny_model(dm.spec, adaptive_cutoffs=[20, 60], adaptive_div_value=2.0, dropout=0.0).train()
+    head = model.head
+    # only head-cluster words as targets: the tail clusters still get a (zero) gradient, as DDP needs
+    targets = batch.targets.clamp(max=10)
+    hidden = torch.randn(*batch.inputs.shape, 8, requires_grad=True)
+    head.training_loss(hidden, batch.lengths, Batch(batch.inputs, batch.lengths, targets)).backward()
+    assert all(p.grad is not None for p in head.decoder.parameters())
+    # CUDA autocast computes log_softmax in float32 while the LSTM hands over bf16 (pytorch#44724)
+    log_softmax = F.log_softmax
+    monkeypatch.setattr(F, "log_softmax", lambda x, *a, **k: log_softmax(x.float(), *a, **k))
+    low = hidden.detach().to(torch.bfloat16)
+    loss = head.training_loss(low, batch.lengths, batch)
+    assert loss.dtype == torch.float32 and torch.isfinite(loss)
+    logp = head(low, batch.lengths)
+    assert logp.dtype == torch.float32  # exact perplexity: log-probabilities stay float32
+    torch.testing.assert_close(logp.exp().sum(-1), torch.ones(batch.inputs.shape), rtol=1e-5, atol=1e-5)
+
+
 def test_fused_loss_steps_aside_under_autocast() -> None:
     """bf16 autocast keeps the plain path (its low-precision matmul is the point of the option)."""
     x, weight = torch.randn(8, 4, requires_grad=True), torch.randn(5, 4, requires_grad=True)

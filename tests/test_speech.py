@@ -124,7 +124,7 @@ def test_fsdd_holdout_speakers(tmp_path):
         SpeechDataModule(path=str(tmp_path), holdout_speakers=["zed"]).setup()
 
 
-def test_fsdd_val_speakers(tmp_path):
+def test_fsdd_val_speakers(tmp_path, caplog):
     write_fsdd(tmp_path, speakers=("anna", "bob", "carl", "dora"), count=3)
     dm = SpeechDataModule(path=str(tmp_path), holdout_speakers=["carl"], val_speakers=["dora"])
     splits = dm._split(dm._utterances())
@@ -136,8 +136,10 @@ def test_fsdd_val_speakers(tmp_path):
     # with FSDD's official split the val speaker's test recordings move to val too
     write_fsdd(tmp_path / "official", speakers=("anna", "bob", "dora"), count=7)
     official = SpeechDataModule(path=str(tmp_path / "official"), val_speakers=["dora"])
-    splits = official._split(official._utterances())
+    with caplog.at_level(logging.WARNING, logger="lstmkit"):
+        splits = official._split(official._utterances())
     assert "dora" not in {u.speaker for u in splits["test"] + splits["train"]} and len(splits["val"]) == 3 * 7
+    assert "15 of their utterances move from the test split to val" in caplog.text  # recordings 0-4, 3 digits
     with pytest.raises(ConfigError, match="overlap"):
         SpeechDataModule(path=str(tmp_path), holdout_speakers=["carl"], val_speakers=["carl"])
     with pytest.raises(ConfigError, match="val_speakers: no speaker"):

@@ -453,6 +453,10 @@ class SpeechDataModule(SequenceDataModule):
             for utt in utterances:
                 utt.split = "test" if utt.speaker in self.holdout_speakers else "train"
         if self.val_speakers:
+            moved = sum(1 for u in utterances if u.speaker in self.val_speakers and u.split == "test")
+            if moved:  # e.g. FSDD's official split: the val speakers' recordings 0-4 leave the test set
+                log.warning("data.val_speakers=%s: %d of their utterances move from the test split to val, so "
+                            "the test set is no longer the data's own split", list(self.val_speakers), moved)
             for utt in utterances:
                 if utt.speaker in self.val_speakers:
                     utt.split = "val"

@@ -329,7 +329,8 @@ class CTCHead(Head):
             raise DataError(
                 f"{len(rows)} utterance(s) in this batch have fewer frames after the encoder's subsampling "
                 f"than CTC needs for their transcript ({details}). Use less subsampling "
-                "(encoder.stride / encoder.hop), or set head.too_short=skip to leave them out of the loss"
+                "(encoder.stride / encoder.hop), trim less (a larger encoder.trim_db or encoder.trim_margin, if "
+                "trimming is on), or set head.too_short=skip to leave them out of the loss"
             )
         self.skipped += len(rows)
         log.warning("CTC: skipped %d utterance(s) with too few frames (%d so far): %s",

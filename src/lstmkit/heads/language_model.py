@@ -182,7 +182,9 @@ class LanguageModelHead(Head):
     def forward(self, features: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         hidden = self.projection(self.dropout(features))
         if self.adaptive:  # log-probabilities: logits whose log-softmax is themselves
-            return self.decoder.log_prob(hidden.flatten(0, 1)).view(*hidden.shape[:-1], -1)
+            with torch.autocast(hidden.device.type, enabled=False):
+                log_probs = self.decoder.log_prob(hidden.flatten(0, 1).float())
+            return log_probs.view(*hidden.shape[:-1], -1)
         return self.decoder(hidden)  # (B, T, V) logits
 
     def loss(self, outputs: torch.Tensor, lengths: torch.Tensor, batch: Batch) -> torch.Tensor:
@@ -196,12 +198,26 @@ class LanguageModelHead(Head):
             return super().training_loss(features, lengths, batch)
         hidden = self.projection(self.dropout(features))
         targets = self._targets(batch.targets, lengths)
-        if self.adaptive:  # only the valid steps: the adaptive softmax takes no ignore index
-            valid = targets.flatten() != IGNORE
-            if not bool(valid.any()):
-                return hidden.sum() * 0.0  # nothing to predict: a zero loss that still backpropagates
-            return self.decoder(hidden.flatten(0, 1)[valid], targets.flatten()[valid]).loss
+        if self.adaptive:
+            return self._adaptive_loss(hidden, targets)
         return linear_cross_entropy(hidden.flatten(0, 1), self.decoder.weight, self.decoder.bias, targets.flatten())
+
+    def _adaptive_loss(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Mean cross-entropy of the adaptive softmax over the valid steps (it takes no ignore index).
+
+        It runs in float32 with autocast off: ``AdaptiveLogSoftmaxWithLoss`` writes the tail
+        clusters' log-probabilities, which CUDA autocast computes in float32, into a buffer of the
+        input's dtype, and fails on a bf16 input (pytorch/pytorch#44724). A tail cluster with no
+        target in the batch gets no gradient, which DDP (``find_unused_parameters=False``) refuses,
+        so every decoder weight joins the loss with a zero factor.
+        """
+        valid = targets.flatten() != IGNORE
+        untouched = sum(p.sum() for p in self.decoder.parameters()) * 0.0
+        if not bool(valid.any()):
+            return hidden.sum() * 0.0 + untouched  # nothing to predict: a zero loss that still backpropagates
+        with torch.autocast(hidden.device.type, enabled=False):
+            loss = self.decoder(hidden.flatten(0, 1)[valid].float(), targets.flatten()[valid]).loss
+        return loss + untouched
 
     def metrics(self) -> MetricCollection:
         return MetricCollection({"ce": TokenCrossEntropy(), "perplexity": TokenPerplexity(),
