@@ -463,11 +463,17 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
                              "another --out; seeds run apart add up), replacing those tasks' runs of "
                              "<out>/quality.json; implies --merge. With no task named, nothing is run: the "
                              "report is re-rendered")
+    parser.add_argument("--folds", nargs="+", default=None, metavar="LABEL",
+                        help="run only these folds of tasks that have folds (e.g. --folds george theo), so that "
+                             "folds can run in parallel invocations and join with --merge-from")
     parser.add_argument("--verbose", action="store_true", help="print every run's log")
     args = parser.parse_args(argv)
     tasks = [item for item in args.items if "=" not in item]
     overrides = [item for item in args.items if "=" in item]
     unknown = [t for t in tasks if t not in TASKS]
+    labels = {label for task in TASKS.values() for label, _ in task.folds}
+    if args.folds and set(args.folds) - labels:
+        parser.error(f"--folds: unknown fold(s) {sorted(set(args.folds) - labels)}; folds are {sorted(labels)}")
     if unknown:
         parser.error(f"unknown task(s) {unknown}; choose from {list(TASKS)}")
     data_root = Path(args.data_root).expanduser()
@@ -487,13 +493,19 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
     return args, tasks or list(TASKS), overrides
 
 
+def selected_folds(task: Task, args: argparse.Namespace) -> tuple[tuple[str, str], ...]:
+    """The folds to run: all, those named by ``--folds``, or the first one with ``--quick``."""
+    folds = tuple(f for f in task.folds if args.folds is None or f[0] in args.folds)
+    return folds[:1] if args.quick else folds
+
+
 def main(argv: list[str] | None = None) -> int:
     args, tasks, overrides = parse_args(argv)
     seeds: list[int | None] = list(args.seeds) if args.seeds else [None]
     commit = git_commit()
     runs = [run_one(task, seed, args, overrides, fold)
             for task in tasks for seed in seeds
-            for fold in (TASKS[task].folds[:1] if args.quick else TASKS[task].folds) or (None,)]
+            for fold in selected_folds(TASKS[task], args) or (None,)]
     for run in runs:
         run.update(commit=commit["commit"], overrides=overrides, threads=args.threads)
     out = Path(args.out)

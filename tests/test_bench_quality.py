@@ -98,6 +98,18 @@ def test_bad_task_and_missing_data_root_are_refused(tmp_path: Path) -> None:
         assert proc.returncode == 2 and "error:" in proc.stderr
 
 
+def test_folds_select_a_subset_of_a_tasks_folds(tmp_path: Path) -> None:
+    bench = load_bench()
+    args, _, _ = bench.parse_args(["speech_loso", "--folds", "theo", "george", "--data-root", str(tmp_path)])
+    labels = [label for label, _ in bench.selected_folds(bench.TASKS["speech_loso"], args)]
+    assert sorted(labels) == ["george", "theo"]
+    assert bench.selected_folds(bench.TASKS["ecg"], args) == ()  # tasks without folds run once
+    everything, _, _ = bench.parse_args(["speech_loso", "--data-root", str(tmp_path)])
+    assert len(bench.selected_folds(bench.TASKS["speech_loso"], everything)) == 6
+    with pytest.raises(SystemExit):
+        bench.parse_args(["speech_loso", "--folds", "nobody", "--data-root", str(tmp_path)])
+
+
 def test_summary_targets_and_markdown_from_records() -> None:
     bench = load_bench()
 
