@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+import torchaudio
 
 from lstmkit.checkpoints import load_model
 from lstmkit.commands.common import apply_decoding
@@ -577,3 +578,31 @@ def test_cli_train_then_predict(tmp_path):
 def test_notebook_runs(tmp_path, monkeypatch):
     run_notebook("speech", tmp_path, monkeypatch)
     assert list(tmp_path.glob("logs/speech/runs/*/checkpoints/last.ckpt"))
+
+
+def test_deltas_follow_the_statics_and_ignore_the_padding():
+    """``deltas=2`` appends torchaudio's regression deltas of the statics, each row's computed
+    over its own frames (its last frame repeated, not the batch's zero padding)."""
+    torch.manual_seed(0)
+    long, short = torch.randn(4000), torch.randn(1600)
+    x = torch.nn.utils.rnn.pad_sequence([long, short], batch_first=True)
+    lengths = torch.tensor([4000, 1600])
+    options = {"features": "mfcc", "n_mfcc": 13, "stack": 1, "stride": 1}
+    statics, frames = SpectrogramEncoder(SPEC, **options).eval()(x, lengths)
+    enc = SpectrogramEncoder(SPEC, deltas=2, **options).eval()
+    assert enc.out_features == 39
+    feats, frames2 = enc(x, lengths)
+    assert feats.shape[-1] == 39 and torch.equal(frames, frames2)
+    torch.testing.assert_close(feats[..., :13], statics)  # the statics are unchanged
+    deltas = torchaudio.functional.compute_deltas
+    for row in range(2):
+        n = int(frames[row])  # each row's own frames, edges repeated 4 frames out (Kaldi's add-deltas)
+        valid = torch.nn.functional.pad(feats[row, :n, :13].T[None], (4, 4), mode="replicate")
+        first = deltas(valid, win_length=5)
+        torch.testing.assert_close(feats[row, :n, 13:26], first[0, :, 4:-4].T, atol=1e-5, rtol=1e-5)
+        second = deltas(first, win_length=5)[0, :, 4:-4].T
+        torch.testing.assert_close(feats[row, :n, 26:], second, atol=1e-5, rtol=1e-5)
+        assert feats[row, n:].abs().sum() == 0  # padding stays exactly zero
+    assert int(frames[1]) < int(frames[0])
+    with pytest.raises(ConfigError, match="encoder.deltas"):
+        SpectrogramEncoder(SPEC, deltas=3)

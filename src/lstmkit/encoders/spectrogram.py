@@ -42,6 +42,10 @@ class SpectrogramEncoder(nn.Module):
        LSTM silences the training speakers never had;
        then per-utterance mean/variance normalisation over the *valid* frames only (cepstral mean
        and variance normalisation), so padding and loudness do not leak into the features;
+       optional dynamic features (``deltas``, as Kaldi's ``add-deltas`` after CMVN): the first
+       (and second) time derivatives of every coefficient, regression over +-2 frames
+       (``torchaudio.functional.compute_deltas``), each utterance's frames clamped to its own
+       first and last valid frame, so the batch's padding does not reach its deltas;
     3. SpecAugment (Park et al. 2019) frequency and time masks, in training mode only;
     4. optional frame stacking with a stride (Sak et al. 2015's low frame rate): ``stack``
        neighbouring frames are concatenated and every ``stride``-th kept, which shortens the
@@ -58,6 +62,8 @@ class SpectrogramEncoder(nn.Module):
             8 kHz: 200 / 80).
         f_min / f_max: Mel filter-bank range in Hz (``None`` = Nyquist).
         normalise: per-utterance mean/variance normalisation.
+        deltas: 0 (off), 1 (add deltas) or 2 (add deltas and delta-deltas); multiplies the
+            feature size by ``1 + deltas``.
         freq_mask / time_mask: SpecAugment maximum mask widths (bins / frames; 0 = off),
             ``num_freq_masks`` / ``num_time_masks`` masks each, a time mask covering at most
             ``time_mask_ratio`` of the (padded) frames.
@@ -98,6 +104,7 @@ class SpectrogramEncoder(nn.Module):
         trim_margin: int = 2,
         vtlp: float = 0.0,
         vtlp_boundary: float = 0.8,
+        deltas: int = 0,
     ) -> None:
         super().__init__()
         if not spec.sample_rate:
@@ -123,8 +130,11 @@ class SpectrogramEncoder(nn.Module):
             *[AT.TimeMasking(time_mask, iid_masks=True, p=time_mask_ratio)
               for _ in range(num_time_masks if time_mask else 0)],
         )
+        if deltas not in (0, 1, 2):
+            raise ConfigError(f"encoder.deltas={deltas}: expected 0 (off), 1 (deltas) or 2 (deltas and delta-deltas)")
+        self.deltas = int(deltas)
         self.stack, self.stride = stack, stride
-        self.out_features = size * stack
+        self.out_features = size * (1 + self.deltas) * stack
         self.sample_rate = int(spec.sample_rate)
         self.speed_factors = [float(f) for f in speed_factors or ()]
         if any(not 0.5 <= f <= 2.0 for f in self.speed_factors):
@@ -170,6 +180,8 @@ class SpectrogramEncoder(nn.Module):
             mean = (feats * mask).sum(-1, keepdim=True) / count
             var = (((feats - mean) * mask) ** 2).sum(-1, keepdim=True) / count
             feats = (feats - mean) / torch.sqrt(var + 1e-5)
+        if self.deltas:
+            feats = self._add_deltas(feats, frames)
         feats = feats * mask  # padded frames are exactly zero
         if self.training and len(self.augment):
             feats = self.augment(feats)  # masks fill with 0 = the utterance mean
@@ -256,6 +268,22 @@ class SpectrogramEncoder(nn.Module):
             return feats
         log_mel = torch.log(feats + 1e-6)  # torchaudio.transforms.MFCC with log_mels=True
         return torch.matmul(log_mel.transpose(-1, -2), self.frontend.dct_mat).transpose(-1, -2)
+
+    def _add_deltas(self, feats: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
+        """``(B, F, T)`` -> ``(B, F * (1 + deltas), T)``: statics, deltas (and delta-deltas).
+
+        As Kaldi's ``add-deltas``: every order reads the statics with the frame index clamped to
+        the utterance (its first / last valid frame repeated), so a row's deltas do not depend on
+        the batch's padding; ``2 * deltas`` clamped frames are added at either end, then cropped.
+        """
+        pad = 2 * self.deltas  # compute_deltas(win_length=5) reaches 2 frames per order
+        last = (frames.to(feats.device) - 1).clamp(min=0)[:, None, None]
+        steps = torch.arange(-pad, feats.shape[-1] + pad, device=feats.device)[None, None, :]
+        index = torch.minimum(steps.clamp(min=0), last).expand(*feats.shape[:2], -1)
+        blocks = [feats.gather(-1, index)]
+        for _ in range(self.deltas):
+            blocks.append(AF.compute_deltas(blocks[-1], win_length=5))
+        return torch.cat(blocks, dim=1)[..., pad : pad + feats.shape[-1]]
 
     def _stack(self, feats: torch.Tensor) -> torch.Tensor:
         batch, steps, size = feats.shape
