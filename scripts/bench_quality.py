@@ -65,6 +65,7 @@ class Task:
     reference: str  # published numbers (Markdown), or a dash with the reason
     extra_metrics: tuple[str, ...] = ()
     folds: tuple[tuple[str, str], ...] = ()  # (label, override): one run per fold and seed
+    pretrain: str | None = None  # experiment run first (same seed); its best.ckpt -> init_from.ckpt_path
 
 
 FSDD_SPEAKERS = ("george", "jackson", "lucas", "nicolas", "theo", "yweweler")
@@ -150,31 +151,13 @@ def git_commit() -> dict[str, Any]:
     return {"commit": commit or None, "dirty": bool(git("status", "--porcelain")) if commit else None}
 
 
-def run_one(task: str, seed: int | None, args: argparse.Namespace, overrides: list[str],
-            fold: tuple[str, str] | None = None) -> dict[str, Any]:
-    """Train one recipe once (on one fold, for tasks that have folds) and read back what it wrote."""
-    spec = TASKS[task]
-    cmd = [*lstmkit_command(args.python), "train", f"experiment={spec.experiment}",
-           f"paths.data_root={args.data_root}", "trainer.enable_progress_bar=false"]
-    if args.log_dir:
-        cmd.append(f"paths.log_dir={args.log_dir}")
-    if seed is not None:
-        cmd.append(f"seed={seed}")
-    if fold is not None:
-        cmd.append(fold[1])
-    if args.quick:
-        cmd += QUICK
-    cmd += overrides
+def train_subprocess(cmd: list[str], args: argparse.Namespace, record: dict[str, Any]
+                     ) -> tuple[str, int | None, Path | None]:
+    """Run one ``lstmkit train`` command; its output, exit code and run directory (None if not found)."""
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "WANDB_MODE": "offline"}
     if args.threads:
         env["OMP_NUM_THREADS"] = str(args.threads)
         env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    record: dict[str, Any] = {
-        "task": task, "experiment": spec.experiment, "dataset": spec.dataset, "metric": spec.metric,
-        "split": "test", "higher_is_better": spec.higher_is_better, "value": None, "seed": seed,
-        "quick": args.quick, "command": " ".join(cmd), "fold": fold[0] if fold else None,
-    }
-    print(f"[bench_quality] {task} seed={seed}{f' fold={fold[0]}' if fold else ''}: {' '.join(cmd)}", flush=True)
     start = time.perf_counter()
     try:
         proc = subprocess.run(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -193,6 +176,73 @@ def run_one(task: str, seed: int | None, args: argparse.Namespace, overrides: li
     if run_dir is not None and not run_dir.is_absolute():
         run_dir = REPO / run_dir
     record["run_dir"] = str(run_dir) if run_dir else None
+    return output, returncode, run_dir
+
+
+def base_command(experiment: str, seed: int | None, args: argparse.Namespace) -> list[str]:
+    cmd = [*lstmkit_command(args.python), "train", f"experiment={experiment}",
+           f"paths.data_root={args.data_root}", "trainer.enable_progress_bar=false"]
+    if args.log_dir:
+        cmd.append(f"paths.log_dir={args.log_dir}")
+    if seed is not None:
+        cmd.append(f"seed={seed}")
+    return cmd
+
+
+def pretrain_one(task: str, seed: int | None, args: argparse.Namespace) -> dict[str, Any]:
+    """Step 1 of a two-step recipe: train ``TASKS[task].pretrain``; the record names its best.ckpt."""
+    experiment = TASKS[task].pretrain
+    assert experiment is not None
+    cmd = base_command(experiment, seed, args) + (QUICK if args.quick else [])
+    record: dict[str, Any] = {"experiment": experiment, "command": " ".join(cmd), "checkpoint": None}
+    print(f"[bench_quality] {task} seed={seed}: pretraining: {' '.join(cmd)}", flush=True)
+    output, returncode, run_dir = train_subprocess(cmd, args, record)
+    best = run_dir / "checkpoints" / "best.ckpt" if run_dir else None
+    if returncode != 0 or best is None or not best.exists():
+        record.setdefault("error", f"exit code {returncode}; no checkpoints/best.ckpt")
+        record["log_tail"] = "\n".join(output.strip().splitlines()[-15:])
+        return record
+    record["checkpoint"] = str(best)
+    metrics_file = run_dir / "metrics.json"
+    if metrics_file.exists():
+        record["metrics"] = {k: float(v) for k, v in json.loads(metrics_file.read_text()).items()}
+    return record
+
+
+def run_one(task: str, seed: int | None, args: argparse.Namespace, overrides: list[str],
+            fold: tuple[str, str] | None = None) -> dict[str, Any]:
+    """Train one recipe once (on one fold, for tasks that have folds) and read back what it wrote.
+
+    A task with a ``pretrain`` experiment runs it first with the same seed and starts from its
+    best checkpoint (``init_from.ckpt_path``); the record's wall time covers both steps.
+    """
+    spec = TASKS[task]
+    pretrained = pretrain_one(task, seed, args) if spec.pretrain else None
+    cmd = base_command(spec.experiment, seed, args)
+    if fold is not None:
+        cmd.append(fold[1])
+    if args.quick:
+        cmd += QUICK
+    cmd += overrides
+    if pretrained is not None and pretrained["checkpoint"]:
+        cmd.append(f"init_from.ckpt_path={pretrained['checkpoint']}")
+    record: dict[str, Any] = {
+        "task": task, "experiment": spec.experiment, "dataset": spec.dataset, "metric": spec.metric,
+        "split": "test", "higher_is_better": spec.higher_is_better, "value": None, "seed": seed,
+        "quick": args.quick, "command": " ".join(cmd), "fold": fold[0] if fold else None,
+    }
+    if pretrained is not None:
+        record["pretrain"] = pretrained
+        if not pretrained["checkpoint"]:
+            record.update(error=f"pretraining ({pretrained['experiment']}) failed: {pretrained.get('error')}",
+                          wall_time_s=pretrained.get("wall_time_s"), run_dir=pretrained.get("run_dir"))
+            print(f"[bench_quality] {task} seed={seed} FAILED ({record['error']}):\n"
+                  f"{pretrained.get('log_tail', '')}", flush=True)
+            return record
+    print(f"[bench_quality] {task} seed={seed}{f' fold={fold[0]}' if fold else ''}: {' '.join(cmd)}", flush=True)
+    output, returncode, run_dir = train_subprocess(cmd, args, record)
+    if pretrained is not None:
+        record["wall_time_s"] = round(record["wall_time_s"] + (pretrained.get("wall_time_s") or 0.0), 1)
     metrics_file = run_dir / "metrics.json" if run_dir else None
     if returncode != 0 or metrics_file is None or not metrics_file.exists():
         tail = "\n".join(output.strip().splitlines()[-15:])
@@ -202,6 +252,7 @@ def run_one(task: str, seed: int | None, args: argparse.Namespace, overrides: li
         where = f"seed={seed}{f' fold={fold[0]}' if fold else ''}"
         print(f"[bench_quality] {task} {where} FAILED ({record['error']}):\n{tail}", flush=True)
         return record
+    assert run_dir is not None
     metrics = {k: float(v) for k, v in json.loads(metrics_file.read_text()).items()}
     record["metrics"] = {k: v for k, v in metrics.items() if k.startswith("test/")}
     record["value"] = metrics.get(spec.metric)

@@ -457,3 +457,19 @@ def test_cli_train_plots_then_predict(tmp_path: Path) -> None:
 def test_notebook_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     run_notebook("next_word", tmp_path, monkeypatch)
     assert list(tmp_path.glob("logs/next_word/runs/*/plots/perplexity_by_frequency.png"))
+
+
+def test_skip_fields_reads_the_text_of_labelled_files(tmp_path: Path) -> None:
+    """``data.skip_fields=1``: SST-style ``label sentence`` lines train an LM on the sentences only."""
+    for split, lines in {"train": ["1 a gorgeous film .", "0 dull and long .", "1", "0 a long film ."] * 30,
+                         "dev": ["1 a film .", "0 long ."] * 10, "test": ["0 dull film ."] * 10}.items():
+        write(tmp_path / f"stsa.binary.{split}", "\n".join(lines) + "\n")
+    dm = tiny_module(tmp_path, tokenizer="whitespace", skip_fields=1, batch_size=2, bptt=3)
+    assert "0" not in dm.spec.vocab and "1" not in dm.spec.vocab
+    assert {"gorgeous", "dull", "film", "<eos>"} <= set(dm.spec.vocab)
+    train = dm.splits["train"].ids
+    assert len(train) == 30 * (5 + 5 + 5)  # 4 words + <eos> per sentence; the label-only line adds nothing
+    labelled = tiny_module(tmp_path, tokenizer="whitespace", batch_size=2, bptt=3)
+    assert "1" in labelled.spec.vocab
+    with pytest.raises(ConfigError, match="skip_fields"):
+        NextWordDataModule(path=str(tmp_path), skip_fields=-1)

@@ -23,6 +23,7 @@ from lstmkit.checkpoints import read_checkpoint
 from lstmkit.commands.common import instantiate_group, log, plain, report, scalar_metrics
 from lstmkit.errors import ConfigError, LstmkitError
 from lstmkit.module import SequenceModel
+from lstmkit.warm_start import init_from_checkpoint
 
 
 @contextmanager
@@ -147,6 +148,14 @@ def train(cfg: DictConfig) -> float | None:
     check_device(cfg)
     requested = cfg.get("ckpt_path") or ("last" if cfg.get("resume") else None)
     ckpt_path = resolve_ckpt_path(requested, cfg) if cfg.get("train", True) else None
+    warm = cfg.get("init_from") or {}
+    if warm.get("ckpt_path") and cfg.get("train", True):
+        if ckpt_path:
+            log.info("init_from.ckpt_path ignored: resuming %s restores every weight", ckpt_path)
+        else:
+            if not Path(warm.ckpt_path).exists():
+                raise ConfigError(f"init_from.ckpt_path={warm.ckpt_path}: file not found")
+            init_from_checkpoint(model, warm.ckpt_path, list(warm.get("include") or ()))
     configure_wandb(cfg, ckpt_path)
     loggers = instantiate_group(cfg.get("logger"))
     if not loggers:  # nothing to log learning rates to

@@ -606,6 +606,9 @@ class NextWordDataModule(SequenceDataModule):
             (and every word unseen in train) become ``<unk>``.
         num_tokens: size of the generated corpus, ``<eos>`` included.
         seed: seed of the generated corpus.
+        skip_fields: drop the first ``skip_fields`` whitespace-separated fields of every line,
+            e.g. 1 for a labelled classification file (SST's ``1 a gorgeous film``), so that a
+            classifier's own sentences can pretrain a language model for ``init_from``.
 
     Every line becomes its tokens plus ``<eos>``; blank lines are skipped. Under DDP each rank
     reads its own contiguous part of each split: the loaders read ``self.trainer.global_rank``
@@ -629,9 +632,13 @@ class NextWordDataModule(SequenceDataModule):
         val_fraction: float = 0.1,
         test_fraction: float = 0.1,
         seed: int = 0,
+        skip_fields: int = 0,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        if skip_fields < 0:
+            raise ConfigError(f"data.skip_fields must be >= 0, got {skip_fields}")
+        self.skip_fields = skip_fields
         if bptt < 1:
             raise ConfigError(f"data.bptt must be >= 1, got {bptt}")
         if eval_batch_size is not None and eval_batch_size < 1:
@@ -655,6 +662,9 @@ class NextWordDataModule(SequenceDataModule):
         """Tokens of a text, ``<eos>`` closing every non-blank line."""
         tokens: list[str] = []
         for line in text.splitlines():
+            if self.skip_fields:
+                fields = line.split(None, self.skip_fields)
+                line = fields[self.skip_fields] if len(fields) > self.skip_fields else ""
             if line.strip():
                 tokens.extend(tokenize(line, **self.tokenizer))
                 tokens.append(EOS)

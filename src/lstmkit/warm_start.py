@@ -1,0 +1,119 @@
+"""Warm start: initialise a new model's encoder / LSTM (/ head) from another lstmkit checkpoint.
+
+Why: with a few thousand labelled sentences, an LSTM that has first learnt to predict the next
+word of the same text classifies better than one started from random weights (Dai & Le 2015,
+"Semi-supervised sequence learning"). The usual way is to train ``task=next_word`` on the text,
+then ``lstmkit train task=sentiment init_from.ckpt_path=<its best.ckpt>``. Unlike ``ckpt_path``
+(resume: same model, optimiser state and epoch), this copies weights only, and only those that
+fit; training starts at epoch 0 with a fresh optimiser.
+
+What is copied, for every parameter or buffer of the included parts (``init_from.include``,
+by default ``encoder`` and ``core``):
+
+* a tensor whose first dimension is the vocabulary (the embedding, a tied or untied language
+  model output layer) is copied *row by row by token string*, so two datamodules that built
+  their vocabularies differently (other min_count, other files) still line up; tokens the
+  checkpoint does not know keep their initial vectors;
+* any other tensor of the same name and shape is copied as it is (the forward direction of a
+  bidirectional LSTM from a unidirectional language model, for instance);
+* a tensor the checkpoint lacks keeps its initial value (the reverse direction there);
+* the same name with another shape is an error that names both shapes: a silent skip would
+  leave the user thinking the model was initialised.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from lstmkit.checkpoints import read_checkpoint
+from lstmkit.errors import ConfigError
+from lstmkit.types import DataSpec
+
+log = logging.getLogger("lstmkit")
+
+PARTS = ("encoder", "core", "head")
+
+
+@dataclass
+class WarmStart:
+    """What :func:`init_from_checkpoint` did, for the log and for tests."""
+
+    copied: list[str] = field(default_factory=list)
+    by_token: dict[str, tuple[int, int]] = field(default_factory=dict)  # name -> (rows found, rows)
+    kept: list[str] = field(default_factory=list)  # included tensors the checkpoint does not have
+
+    def summary(self) -> str:
+        parts = [f"{len(self.copied)} tensors copied"]
+        parts += [f"{name}: {found:,} of {rows:,} tokens found in the checkpoint's vocabulary"
+                  for name, (found, rows) in self.by_token.items()]
+        if self.kept:
+            shown = ", ".join(self.kept[:6]) + (f" and {len(self.kept) - 6} more" if len(self.kept) > 6 else "")
+            parts.append(f"{len(self.kept)} kept at their initial values ({shown})")
+        return "; ".join(parts)
+
+
+def init_from_checkpoint(
+    model: nn.Module, ckpt_path: str | Path, include: Sequence[str] = ("encoder", "core")
+) -> WarmStart:
+    """Copy the included parts' weights from ``ckpt_path`` into ``model`` (a SequenceModel), in place."""
+    unknown = sorted(set(include) - set(PARTS))
+    if unknown or not include:
+        raise ConfigError(f"init_from.include={list(include)}: expected a non-empty subset of {list(PARTS)}")
+    ckpt = read_checkpoint(ckpt_path)
+    source_state: dict[str, torch.Tensor] = ckpt["state_dict"]
+    source_vocab = DataSpec.from_dict(ckpt["hyper_parameters"]["spec"]).vocab
+    target_vocab = model.spec.vocab
+    rows = _row_map(source_vocab, target_vocab) if source_vocab and target_vocab else None
+    result = WarmStart()
+    target_state = model.state_dict(keep_vars=True)
+    with torch.no_grad():
+        for name, target in target_state.items():
+            if name.split(".", 1)[0] not in include:
+                continue
+            source = source_state.get(name)
+            if source is None:
+                result.kept.append(name)
+                continue
+            if rows is not None and _indexed_by_vocab(model, name, source, target, rows):
+                found = rows >= 0
+                target.data[found] = source[rows[found]].to(target.dtype)
+                result.by_token[name] = (int(found.sum()), len(rows))
+            elif source.shape == target.shape:
+                target.data.copy_(source.to(target.dtype))
+            else:
+                raise ConfigError(
+                    f"init_from.ckpt_path={ckpt_path}: {name} has shape {tuple(source.shape)} in the checkpoint "
+                    f"but {tuple(target.shape)} in this model; make the sizes match (encoder.dim, "
+                    f"model.hidden_size, model.num_layers...) or leave that part out of init_from.include"
+                )
+            result.copied.append(name)
+    if not result.copied:
+        raise ConfigError(f"init_from.ckpt_path={ckpt_path}: no tensor of {list(include)} found in the checkpoint "
+                          "(is it a checkpoint of another kind of model?)")
+    log.info("init_from %s: %s", ckpt_path, result.summary())
+    return result
+
+
+def _row_map(source_vocab: list[str], target_vocab: list[str]) -> torch.Tensor:
+    """For each target token, its row in the source vocabulary (-1: unknown there)."""
+    index = {token: i for i, token in enumerate(source_vocab)}
+    return torch.tensor([index.get(token, -1) for token in target_vocab], dtype=torch.long)
+
+
+def _indexed_by_vocab(model: nn.Module, name: str, source: torch.Tensor, target: torch.Tensor,
+                      rows: torch.Tensor) -> bool:
+    """Is ``name`` one row per token: an embedding table, or an output layer over the vocabulary?
+
+    Decided by the owning module's type, not by size alone: an LSTM's ``4 * hidden`` rows can
+    equal a vocabulary's size.
+    """
+    owner = model.get_submodule(name.rsplit(".", 1)[0]) if "." in name else model
+    per_token = isinstance(owner, nn.Embedding) or (
+        isinstance(owner, nn.Linear) and owner.out_features == len(rows))
+    return per_token and target.shape[0] == len(rows) and source.shape[1:] == target.shape[1:]

@@ -1,0 +1,97 @@
+"""Warm start (``init_from``): weights copied by name and shape, vocabulary rows by token."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from lstmkit.errors import ConfigError
+from lstmkit.module import SequenceModel
+from lstmkit.types import DataSpec
+from lstmkit.warm_start import init_from_checkpoint
+
+from .conftest import QUICK, run_cli
+
+EMBED = "lstmkit.encoders.EmbeddingEncoder"
+LM_HEAD = "lstmkit.heads.language_model.LanguageModelHead"
+CLS_HEAD = "lstmkit.heads.classification.ClassificationHead"
+
+
+def language_model(vocab: list[str], dim: int = 6, hidden: int = 5) -> SequenceModel:
+    torch.manual_seed(1)
+    spec = DataSpec(input_kind="tokens", vocab=vocab, classes=vocab)
+    return SequenceModel(spec.to_dict(), {"_target_": EMBED, "dim": dim}, {"hidden_size": hidden},
+                         {"_target_": LM_HEAD})
+
+
+def classifier(vocab: list[str], dim: int = 6, hidden: int = 5, **core: object) -> SequenceModel:
+    torch.manual_seed(2)
+    spec = DataSpec(input_kind="tokens", vocab=vocab, classes=["negative", "positive"])
+    return SequenceModel(spec.to_dict(), {"_target_": EMBED, "dim": dim},
+                         {"hidden_size": hidden, "bidirectional": True, **core}, {"_target_": CLS_HEAD})
+
+
+def save(model: SequenceModel, path: Path) -> Path:
+    torch.save({"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams)}, path)
+    return path
+
+
+def test_rows_follow_tokens_and_only_fitting_tensors_are_copied(tmp_path: Path) -> None:
+    source = language_model(["<pad>", "<unk>", "<eos>", "good", "bad", "film"])
+    ckpt = save(source, tmp_path / "lm.ckpt")
+    target = classifier(["<pad>", "<unk>", "film", "bad", "dull", "good"])  # another order, one new word
+    before = {k: v.clone() for k, v in target.state_dict().items()}
+    result = init_from_checkpoint(target, ckpt)
+
+    emb, src_emb = target.encoder.embedding.weight, source.encoder.embedding.weight
+    for token, row in {"<pad>": 0, "<unk>": 1, "film": 2, "bad": 3, "good": 5}.items():
+        assert torch.equal(emb[row], src_emb[source.spec.vocab.index(token)]), token
+    assert torch.equal(emb[4], before["encoder.embedding.weight"][4])  # "dull": not in the LM, kept
+    assert result.by_token["encoder.embedding.weight"] == (5, 6)
+    # the forward direction comes from the unidirectional LM, the reverse one keeps its init
+    state = target.state_dict()
+    for name in ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0"):
+        key = f"core.lstm.{name}"
+        assert torch.equal(state[key], source.state_dict()[key])
+        assert torch.equal(state[f"{key}_reverse"], before[f"{key}_reverse"])
+        assert f"{key}_reverse" in result.kept
+    # the head is not included by default: untouched
+    assert all(torch.equal(state[k], before[k]) for k in state if k.startswith("head."))
+    assert "kept at their initial values" in result.summary()
+
+
+def test_vocabulary_rows_are_told_by_module_not_by_size(tmp_path: Path) -> None:
+    """A 20-token vocabulary and an LSTM with 4 x 5 = 20 gate rows: only the embedding is remapped."""
+    words = [f"w{i}" for i in range(18)]
+    source = language_model(["<pad>", "<unk>", *words])
+    target = classifier(["<pad>", "<unk>", *reversed(words)])
+    init_from_checkpoint(target, save(source, tmp_path / "lm.ckpt"))
+    assert torch.equal(target.state_dict()["core.lstm.weight_ih_l0"], source.state_dict()["core.lstm.weight_ih_l0"])
+    assert torch.equal(target.encoder.embedding.weight[2], source.encoder.embedding.weight[19])
+
+
+def test_mismatched_shapes_and_bad_include_are_clear_errors(tmp_path: Path) -> None:
+    ckpt = save(language_model(["<pad>", "<unk>", "a"]), tmp_path / "lm.ckpt")
+    with pytest.raises(ConfigError, match=r"core.lstm.weight_ih_l0 has shape \(20, 6\) in the checkpoint but \(28, 6\) in this model"):
+        init_from_checkpoint(classifier(["<pad>", "<unk>", "a"], hidden=7), ckpt)
+    with pytest.raises(ConfigError, match="init_from.include"):
+        init_from_checkpoint(classifier(["<pad>", "<unk>", "a"]), ckpt, include=["decoder"])
+    with pytest.raises(ConfigError, match="no tensor"):
+        init_from_checkpoint(classifier(["<pad>", "<unk>", "a"]), ckpt, include=["head"])
+
+
+def test_cli_language_model_then_classifier(tmp_path: Path) -> None:
+    """The documented two-step recipe on the generated data: train an LM, warm-start a classifier."""
+    lm = run_cli("train", "task=next_word", "encoder.dim=16", "model.hidden_size=16", "head.tie_weights=false",
+                 "test=false", *QUICK, f"paths.log_dir={tmp_path}/logs", cwd=tmp_path)
+    best = next((tmp_path / "logs").glob("next_word/**/checkpoints/best.ckpt"))
+    cls = run_cli("train", "task=sentiment", "encoder.dim=16", "model.hidden_size=16", f"init_from.ckpt_path={best}",
+                  "test=false", *QUICK, f"paths.log_dir={tmp_path}/logs", cwd=tmp_path)
+    text = cls.stdout + cls.stderr
+    assert "init_from" in text and "tensors copied" in text and "tokens found" in text, text[-2000:]
+    assert lm.returncode == 0
+    missing = run_cli("train", "task=sentiment", f"init_from.ckpt_path={tmp_path}/none.ckpt", *QUICK,
+                      f"paths.log_dir={tmp_path}/logs", cwd=tmp_path, check=False)
+    assert missing.returncode != 0 and "init_from.ckpt_path" in missing.stderr + missing.stdout
