@@ -604,5 +604,8 @@ def test_deltas_follow_the_statics_and_ignore_the_padding():
         torch.testing.assert_close(feats[row, :n, 26:], second, atol=1e-5, rtol=1e-5)
         assert feats[row, n:].abs().sum() == 0  # padding stays exactly zero
     assert int(frames[1]) < int(frames[0])
+    # traced (as export does) at one batch size, it runs at another
+    traced = torch.jit.trace(enc, (torch.cat([x, x[:1]]), torch.cat([lengths, lengths[:1]])), check_trace=False)
+    torch.testing.assert_close(traced(x, lengths)[0], feats)
     with pytest.raises(ConfigError, match="encoder.deltas"):
         SpectrogramEncoder(SPEC, deltas=3)

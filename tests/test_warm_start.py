@@ -78,8 +78,12 @@ def test_mismatched_shapes_and_bad_include_are_clear_errors(tmp_path: Path) -> N
         init_from_checkpoint(classifier(["<pad>", "<unk>", "a"], hidden=7), ckpt)
     with pytest.raises(ConfigError, match="init_from.include"):
         init_from_checkpoint(classifier(["<pad>", "<unk>", "a"]), ckpt, include=["decoder"])
-    with pytest.raises(ConfigError, match="no tensor"):
+    with pytest.raises(ConfigError, match="head's outputs differ"):
         init_from_checkpoint(classifier(["<pad>", "<unk>", "a"]), ckpt, include=["head"])
+    lm = language_model(["<pad>", "<unk>", "a"])
+    torch.save({"state_dict": {}, "hyper_parameters": dict(lm.hparams)}, tmp_path / "empty.ckpt")
+    with pytest.raises(ConfigError, match="no tensor"):
+        init_from_checkpoint(classifier(["<pad>", "<unk>", "a"]), tmp_path / "empty.ckpt")
 
 
 def test_cli_language_model_then_classifier(tmp_path: Path) -> None:
@@ -95,3 +99,23 @@ def test_cli_language_model_then_classifier(tmp_path: Path) -> None:
     missing = run_cli("train", "task=sentiment", f"init_from.ckpt_path={tmp_path}/none.ckpt", *QUICK,
                       f"paths.log_dir={tmp_path}/logs", cwd=tmp_path, check=False)
     assert missing.returncode != 0 and "init_from.ckpt_path" in missing.stderr + missing.stdout
+
+
+def test_tied_weights_copied_once_head_only_with_same_outputs(tmp_path: Path) -> None:
+    vocab = ["<pad>", "<unk>", "<eos>", "good", "bad"]
+    source = language_model(vocab)  # untied: its output layer differs from its embedding
+    torch.manual_seed(3)
+    tied = SequenceModel(source.spec.to_dict(), {"_target_": EMBED, "dim": 5, "init_std": 0.1}, {"hidden_size": 5},
+                         {"_target_": LM_HEAD, "tie_weights": True})
+    source5 = language_model(vocab, dim=5)
+    ckpt = save(source5, tmp_path / "lm5.ckpt")
+    result = init_from_checkpoint(tied, ckpt, include=["encoder", "core", "head"])
+    assert tied.head.decoder.weight is tied.encoder.embedding.weight
+    assert torch.equal(tied.encoder.embedding.weight[1:], source5.encoder.embedding.weight[1:])  # not the decoder's
+    assert "head.decoder.weight" not in result.copied and "head.decoder.bias" in result.copied
+    assert not any("window" in n or "fb" in n for n in result.copied)  # parameters only
+    other = classifier(["<pad>", "<unk>", "good"])
+    with pytest.raises(ConfigError, match="head's outputs differ|vocabularies must be the same"):
+        init_from_checkpoint(other, save(source, tmp_path / "lm.ckpt"), include=["encoder", "head"])
+    with pytest.raises(ConfigError, match="none of this model's"):
+        init_from_checkpoint(classifier(["<PAD>", "<UNK>", "GOOD"]), tmp_path / "lm.ckpt")

@@ -17,6 +17,10 @@ by default ``encoder`` and ``core``):
 * any other tensor of the same name and shape is copied as it is (the forward direction of a
   bidirectional LSTM from a unidirectional language model, for instance);
 * a tensor the checkpoint lacks keeps its initial value (the reverse direction there);
+* only parameters: buffers (a Mel filter bank, an STFT window) are this model's config, and a
+  parameter tied to another (a tied output layer) is copied once, under its first name;
+* the head only when its outputs are the same (classes, and for a language model the same
+  vocabulary in the same order), since its rows are not matched by token;
 * the same name with another shape is an error that names both shapes: a silent skip would
   leave the user thinking the model was initialised.
 """
@@ -67,14 +71,19 @@ def init_from_checkpoint(
         raise ConfigError(f"init_from.include={list(include)}: expected a non-empty subset of {list(PARTS)}")
     ckpt = read_checkpoint(ckpt_path)
     source_state: dict[str, torch.Tensor] = ckpt["state_dict"]
-    source_vocab = DataSpec.from_dict(ckpt["hyper_parameters"]["spec"]).vocab
-    target_vocab = model.spec.vocab
+    source_spec = DataSpec.from_dict(ckpt["hyper_parameters"]["spec"])
+    source_vocab, target_vocab = source_spec.vocab, model.spec.vocab
+    if "head" in include:
+        _check_head_outputs(source_spec, model.spec, ckpt_path)
     rows = _row_map(source_vocab, target_vocab) if source_vocab and target_vocab else None
     result = WarmStart()
-    target_state = model.state_dict(keep_vars=True)
+    done: dict[int, str] = {}  # parameters shared under two names (a tied output layer) are copied once
+    # parameters only: buffers (a Mel filter bank, an STFT window) follow this model's config
     with torch.no_grad():
-        for name, target in target_state.items():
+        for name, target in model.named_parameters(remove_duplicate=False):
             if name.split(".", 1)[0] not in include:
+                continue
+            if id(target) in done:
                 continue
             source = source_state.get(name)
             if source is None:
@@ -82,6 +91,11 @@ def init_from_checkpoint(
                 continue
             if rows is not None and _indexed_by_vocab(model, name, source, target, rows):
                 found = rows >= 0
+                if not bool(found.any()):
+                    raise ConfigError(
+                        f"init_from.ckpt_path={ckpt_path}: none of this model's {len(rows):,} tokens is in the "
+                        f"checkpoint's vocabulary (first ones: {target_vocab[:5]} against {source_vocab[:5]}); "
+                        "were they tokenized differently (data.tokenizer, data.lowercase)?")
                 target.data[found] = source[rows[found]].to(target.dtype)
                 result.by_token[name] = (int(found.sum()), len(rows))
             elif source.shape == target.shape:
@@ -92,12 +106,29 @@ def init_from_checkpoint(
                     f"but {tuple(target.shape)} in this model; make the sizes match (encoder.dim, "
                     f"model.hidden_size, model.num_layers...) or leave that part out of init_from.include"
                 )
+            done[id(target)] = name
             result.copied.append(name)
+        for module in model.modules():  # a copied <pad> row would no longer be zero
+            if isinstance(module, nn.Embedding) and module.padding_idx is not None:
+                module.weight[module.padding_idx].zero_()
     if not result.copied:
         raise ConfigError(f"init_from.ckpt_path={ckpt_path}: no tensor of {list(include)} found in the checkpoint "
                           "(is it a checkpoint of another kind of model?)")
     log.info("init_from %s: %s", ckpt_path, result.summary())
     return result
+
+
+def _check_head_outputs(source: DataSpec, target: DataSpec, ckpt_path: str | Path) -> None:
+    """A head's rows are classes (or, for an adaptive softmax, frequency-ranked words): copy only if equal."""
+    if source.classes and target.classes and list(source.classes) != list(target.classes):
+        raise ConfigError(
+            f"init_from.ckpt_path={ckpt_path}: the head's outputs differ (checkpoint {list(source.classes)[:6]}, "
+            f"this model {list(target.classes)[:6]}); leave head out of init_from.include")
+    if source.vocab and target.vocab and list(source.vocab) != list(target.vocab):
+        raise ConfigError(
+            f"init_from.ckpt_path={ckpt_path}: with head in init_from.include the vocabularies must be the same "
+            f"(checkpoint {len(source.vocab):,} tokens, this model {len(target.vocab):,}, or another order); "
+            "the embedding is matched by token without the head")
 
 
 def _row_map(source_vocab: list[str], target_vocab: list[str]) -> torch.Tensor:

@@ -153,7 +153,7 @@ def train(cfg: DictConfig) -> float | None:
         if ckpt_path:
             log.info("init_from.ckpt_path ignored: resuming %s restores every weight", ckpt_path)
         else:
-            if not Path(warm.ckpt_path).exists():
+            if not Path(warm.ckpt_path).expanduser().exists():
                 raise ConfigError(f"init_from.ckpt_path={warm.ckpt_path}: file not found")
             init_from_checkpoint(model, warm.ckpt_path, list(warm.get("include") or ()))
     configure_wandb(cfg, ckpt_path)

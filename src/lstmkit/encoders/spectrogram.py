@@ -44,7 +44,8 @@ class SpectrogramEncoder(nn.Module):
        and variance normalisation), so padding and loudness do not leak into the features;
        optional dynamic features (``deltas``, as Kaldi's ``add-deltas`` after CMVN): the first
        (and second) time derivatives of every coefficient, regression over +-2 frames
-       (``torchaudio.functional.compute_deltas``), each utterance's frames clamped to its own
+       (``torchaudio.functional.compute_deltas``' formula, in slices that trace at any batch
+       size), each utterance's frames clamped to its own
        first and last valid frame, so the batch's padding does not reach its deltas;
     3. SpecAugment (Park et al. 2019) frequency and time masks, in training mode only;
     4. optional frame stacking with a stride (Sak et al. 2015's low frame rate): ``stack``
@@ -282,7 +283,7 @@ class SpectrogramEncoder(nn.Module):
         index = torch.minimum(steps.clamp(min=0), last).expand(*feats.shape[:2], -1)
         blocks = [feats.gather(-1, index)]
         for _ in range(self.deltas):
-            blocks.append(AF.compute_deltas(blocks[-1], win_length=5))
+            blocks.append(_deltas(blocks[-1]))
         return torch.cat(blocks, dim=1)[..., pad : pad + feats.shape[-1]]
 
     def _stack(self, feats: torch.Tensor) -> torch.Tensor:
@@ -292,3 +293,14 @@ class SpectrogramEncoder(nn.Module):
         padded = nn.functional.pad(feats, (0, 0, 0, max(0, needed - steps)))  # zero frames at the end
         windows = padded.unfold(1, self.stack, self.stride)  # (B, T', F, stack)
         return windows.transpose(2, 3).reshape(batch, out_steps, size * self.stack)
+
+
+def _deltas(x: torch.Tensor) -> torch.Tensor:
+    """``torchaudio.functional.compute_deltas(x, win_length=5)`` over the last axis, as slices.
+
+    ``d[t] = (x[t+1] - x[t-1] + 2 (x[t+2] - x[t-2])) / 10`` with the edge frames repeated.
+    torchaudio's version is a grouped ``conv1d`` whose group count is batch x features, which a
+    traced (exported) model would freeze at the batch size it was traced with.
+    """
+    p = nn.functional.pad(x, (2, 2), mode="replicate")
+    return (p[..., 3:-1] - p[..., 1:-3] + 2 * (p[..., 4:] - p[..., :-4])) / 10
