@@ -25,7 +25,8 @@ expected to reach. The real datasets are read from ``--data-root`` (``paths.data
     nice -n 10 .venv/bin/python scripts/bench_quality.py --threads 1 speech
 
 Full runs take the budgets stated in the recipes (on 2 CPU cores: next_word about 45 min, speech about
-20 min, speech_loso 6 folds of 2-6 min, the others a few minutes per seed);
+20 min, speech_loso 6 folds of 2-6 min, sentiment 12 min once for its language model, the others a few
+minutes per seed);
 ``--quick`` limits every run to one epoch of 3 train / 2 val /
 2 test batches (and the first fold only of tasks with folds), so its numbers only check the plumbing.
 """
