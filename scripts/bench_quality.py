@@ -192,18 +192,14 @@ def base_command(experiment: str, seed: int | None, args: argparse.Namespace) ->
 
 
 def pretrain_one(task: str, args: argparse.Namespace) -> dict[str, Any]:
-    """Step 1 of a two-step recipe: train ``TASKS[task].pretrain`` once per invocation, with its
-    recipe's own seed; every seed of the task then starts from its best.ckpt (so the seeds measure
-    the second step's variance). The record names the checkpoint."""
+    """Step 1 of a two-step recipe: train ``TASKS[task].pretrain`` (once per invocation, by
+    :func:`main`, with its recipe's own seed); every seed of the task then starts from its best.ckpt
+    (so the seeds measure the second step's variance). The record names the checkpoint."""
     experiment = TASKS[task].pretrain
     assert experiment is not None
-    cache: dict[str, dict[str, Any]] = args.__dict__.setdefault("pretrained", {})
-    if task in cache:
-        return cache[task]
     cmd = base_command(experiment, None, args) + (QUICK if args.quick else [])
     record: dict[str, Any] = {"experiment": experiment, "command": " ".join(cmd), "checkpoint": None}
     print(f"[bench_quality] {task}: pretraining: {' '.join(cmd)}", flush=True)
-    cache[task] = record
     output, returncode, run_dir = train_subprocess(cmd, args, record)
     best = run_dir / "checkpoints" / "best.ckpt" if run_dir else None
     if returncode != 0 or best is None or not best.exists():
@@ -218,15 +214,14 @@ def pretrain_one(task: str, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run_one(task: str, seed: int | None, args: argparse.Namespace, overrides: list[str],
-            fold: tuple[str, str] | None = None) -> dict[str, Any]:
+            fold: tuple[str, str] | None = None, pretrained: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train one recipe once (on one fold, for tasks that have folds) and read back what it wrote.
 
-    A task with a ``pretrain`` experiment starts from its best checkpoint (``init_from.ckpt_path``;
-    trained once, see :func:`pretrain_one`, with none of ``overrides``); the record's wall time is
-    this run's, the summary adds the pretraining once.
+    ``pretrained``: for a task with a ``pretrain`` experiment, :func:`pretrain_one`'s record (run
+    once, with none of ``overrides``); this run starts from its checkpoint (``init_from.ckpt_path``).
+    The record's wall time is this run's; the summary adds the pretraining once.
     """
     spec = TASKS[task]
-    pretrained = pretrain_one(task, args) if spec.pretrain else None
     cmd = base_command(spec.experiment, seed, args)
     if fold is not None:
         cmd.append(fold[1])
@@ -576,7 +571,8 @@ def main(argv: list[str] | None = None) -> int:
     args, tasks, overrides = parse_args(argv)
     seeds: list[int | None] = list(args.seeds) if args.seeds else [None]
     commit = git_commit()
-    runs = [run_one(task, seed, args, overrides, fold)
+    pretrained = {task: pretrain_one(task, args) for task in tasks if TASKS[task].pretrain}
+    runs = [run_one(task, seed, args, overrides, fold, pretrained.get(task))
             for task in tasks for seed in seeds
             for fold in selected_folds(TASKS[task], args) or (None,)]
     for run in runs:

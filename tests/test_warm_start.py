@@ -40,16 +40,19 @@ def save(model: SequenceModel, path: Path) -> Path:
 
 def test_rows_follow_tokens_and_only_fitting_tensors_are_copied(tmp_path: Path) -> None:
     source = language_model(["<pad>", "<unk>", "<eos>", "good", "bad", "film"])
+    with torch.no_grad():
+        source.encoder.embedding.weight[0] = 1.0  # a <pad> row that training moved (a tied LM's does)
     ckpt = save(source, tmp_path / "lm.ckpt")
     target = classifier(["<pad>", "<unk>", "film", "bad", "dull", "good"])  # another order, one new word
     before = {k: v.clone() for k, v in target.state_dict().items()}
     result = init_from_checkpoint(target, ckpt)
 
     emb, src_emb = target.encoder.embedding.weight, source.encoder.embedding.weight
-    for token, row in {"<pad>": 0, "<unk>": 1, "film": 2, "bad": 3, "good": 5}.items():
+    assert torch.equal(emb[0], torch.zeros(6))  # the target's <pad> row stays zero
+    for token, row in {"<unk>": 1, "film": 2, "bad": 3, "good": 5}.items():
         assert torch.equal(emb[row], src_emb[source.spec.vocab.index(token)]), token
     assert torch.equal(emb[4], before["encoder.embedding.weight"][4])  # "dull": not in the LM, kept
-    assert result.by_token["encoder.embedding.weight"] == (5, 6)
+    assert result.by_token["encoder.embedding.weight"] == (5, 6)  # <pad> is found, then zeroed
     # the forward direction comes from the unidirectional LM, the reverse one keeps its init
     state = target.state_dict()
     for name in ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0"):
@@ -113,9 +116,30 @@ def test_tied_weights_copied_once_head_only_with_same_outputs(tmp_path: Path) ->
     assert tied.head.decoder.weight is tied.encoder.embedding.weight
     assert torch.equal(tied.encoder.embedding.weight[1:], source5.encoder.embedding.weight[1:])  # not the decoder's
     assert "head.decoder.weight" not in result.copied and "head.decoder.bias" in result.copied
-    assert not any("window" in n or "fb" in n for n in result.copied)  # parameters only
     other = classifier(["<pad>", "<unk>", "good"])
     with pytest.raises(ConfigError, match="head's outputs differ|vocabularies must be the same"):
         init_from_checkpoint(other, save(source, tmp_path / "lm.ckpt"), include=["encoder", "head"])
     with pytest.raises(ConfigError, match="none of this model's"):
         init_from_checkpoint(classifier(["<PAD>", "<UNK>", "GOOD"]), tmp_path / "lm.ckpt")
+
+
+def test_buffers_follow_the_new_config(tmp_path: Path) -> None:
+    """Only parameters are copied: a front end's Mel filter bank (a buffer) is the new model's."""
+    spec = DataSpec(input_kind="waveform", sample_rate=8000, classes=["<blank>", " ", "a"], blank_id=0)
+
+    def speech(f_max: float | None) -> SequenceModel:
+        torch.manual_seed(4)
+        return SequenceModel(spec.to_dict(), {"_target_": "lstmkit.encoders.spectrogram.SpectrogramEncoder",
+                                              "features": "mfcc", "f_max": f_max}, {"hidden_size": 5},
+                             {"_target_": "lstmkit.heads.ctc.CTCHead"})
+
+    source, target = speech(None), speech(3000.0)
+    with torch.no_grad():
+        for p in source.core.parameters():
+            p.add_(1.0)
+    buffers = {k: v.clone() for k, v in target.encoder.state_dict().items()}
+    assert any(not torch.equal(v, source.encoder.state_dict()[k]) for k, v in buffers.items())  # they differ
+    result = init_from_checkpoint(target, save(source, tmp_path / "speech.ckpt"))
+    assert all(torch.equal(v, target.encoder.state_dict()[k]) for k, v in buffers.items())
+    assert result.copied and all(n.startswith("core.") for n in result.copied)
+    assert torch.equal(target.core.lstm.weight_ih_l0, source.core.lstm.weight_ih_l0)

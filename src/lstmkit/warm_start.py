@@ -7,13 +7,12 @@ then ``lstmkit train task=sentiment init_from.ckpt_path=<its best.ckpt>``. Unlik
 (resume: same model, optimiser state and epoch), this copies weights only, and only those that
 fit; training starts at epoch 0 with a fresh optimiser.
 
-What is copied, for every parameter or buffer of the included parts (``init_from.include``,
-by default ``encoder`` and ``core``):
+What is copied, for every parameter of the included parts (``init_from.include``, by default
+``encoder`` and ``core``):
 
-* a tensor whose first dimension is the vocabulary (the embedding, a tied or untied language
-  model output layer) is copied *row by row by token string*, so two datamodules that built
+* an embedding table is copied *row by row by token string*, so two datamodules that built
   their vocabularies differently (other min_count, other files) still line up; tokens the
-  checkpoint does not know keep their initial vectors;
+  checkpoint does not know keep their initial vectors, the ``<pad>`` row stays zero;
 * any other tensor of the same name and shape is copied as it is (the forward direction of a
   bidirectional LSTM from a unidirectional language model, for instance);
 * a tensor the checkpoint lacks keeps its initial value (the reverse direction there);
@@ -77,7 +76,7 @@ def init_from_checkpoint(
         _check_head_outputs(source_spec, model.spec, ckpt_path)
     rows = _row_map(source_vocab, target_vocab) if source_vocab and target_vocab else None
     result = WarmStart()
-    done: dict[int, str] = {}  # parameters shared under two names (a tied output layer) are copied once
+    done: set[int] = set()  # parameters shared under two names (a tied output layer) are copied once
     # parameters only: buffers (a Mel filter bank, an STFT window) follow this model's config
     with torch.no_grad():
         for name, target in model.named_parameters(remove_duplicate=False):
@@ -89,7 +88,9 @@ def init_from_checkpoint(
             if source is None:
                 result.kept.append(name)
                 continue
-            if rows is not None and _indexed_by_vocab(model, name, source, target, rows):
+            owner = model.get_submodule(name.rsplit(".", 1)[0])
+            if (rows is not None and isinstance(owner, nn.Embedding) and len(target) == len(rows)
+                    and source.shape[1:] == target.shape[1:]):
                 found = rows >= 0
                 if not bool(found.any()):
                     raise ConfigError(
@@ -106,7 +107,7 @@ def init_from_checkpoint(
                     f"but {tuple(target.shape)} in this model; make the sizes match (encoder.dim, "
                     f"model.hidden_size, model.num_layers...) or leave that part out of init_from.include"
                 )
-            done[id(target)] = name
+            done.add(id(target))
             result.copied.append(name)
         for module in model.modules():  # a copied <pad> row would no longer be zero
             if isinstance(module, nn.Embedding) and module.padding_idx is not None:
@@ -135,16 +136,3 @@ def _row_map(source_vocab: list[str], target_vocab: list[str]) -> torch.Tensor:
     """For each target token, its row in the source vocabulary (-1: unknown there)."""
     index = {token: i for i, token in enumerate(source_vocab)}
     return torch.tensor([index.get(token, -1) for token in target_vocab], dtype=torch.long)
-
-
-def _indexed_by_vocab(model: nn.Module, name: str, source: torch.Tensor, target: torch.Tensor,
-                      rows: torch.Tensor) -> bool:
-    """Is ``name`` one row per token: an embedding table, or an output layer over the vocabulary?
-
-    Decided by the owning module's type, not by size alone: an LSTM's ``4 * hidden`` rows can
-    equal a vocabulary's size.
-    """
-    owner = model.get_submodule(name.rsplit(".", 1)[0]) if "." in name else model
-    per_token = isinstance(owner, nn.Embedding) or (
-        isinstance(owner, nn.Linear) and owner.out_features == len(rows))
-    return per_token and target.shape[0] == len(rows) and source.shape[1:] == target.shape[1:]
