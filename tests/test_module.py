@@ -11,8 +11,9 @@ import torch
 from lstmkit.checkpoints import load_model, read_checkpoint
 from lstmkit.cli import config_dir
 from lstmkit.commands.train import build_model, train
+from lstmkit.core import summarise
 from lstmkit.data.sentiment import SentimentDataModule
-from lstmkit.errors import CheckpointError
+from lstmkit.errors import CheckpointError, ConfigError
 from lstmkit.module import SequenceModel
 
 from .conftest import QUICK, shared_data
@@ -133,3 +134,78 @@ def test_every_experiment_recipe_runs_end_to_end(make_cfg, experiment) -> None:
     cfg = make_cfg([f"experiment={experiment}", f"paths.data_root={root}", "debug=fdr", "logger=none",
                     "callbacks=none"])
     train(cfg)
+
+
+def _step_trainer(steps: int = 2) -> L.Trainer:
+    return L.Trainer(max_steps=steps, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                     enable_model_summary=False, accelerator="cpu", num_sanity_val_steps=0, limit_val_batches=1)
+
+
+def test_lr_scale_gives_each_part_its_learning_rate_and_zero_freezes(make_cfg, tiny_datamodule) -> None:
+    cfg = make_cfg([*TINY_DATA, "optimizer.lr=0.01", "lr_scale.encoder=0", "lr_scale.core=0.1"])
+    model = build_model(cfg, tiny_datamodule)
+    frozen = [p.detach().clone() for p in model.encoder.parameters()]
+    core = [p.detach().clone() for p in model.core.parameters()]
+    trainer = _step_trainer()
+    trainer.fit(model, datamodule=tiny_datamodule)
+    groups = trainer.optimizers[0].param_groups
+    lrs = {id(p): g["initial_lr"] for g in groups for p in g["params"]}
+    assert all(id(p) not in lrs for p in model.encoder.parameters())  # frozen: not optimised at all
+    assert set(map(round, (lrs[id(p)] * 1e6 for p in model.core.parameters()))) == {1000}
+    assert set(map(round, (lrs[id(p)] * 1e6 for p in model.head.parameters()))) == {10000}
+    assert all(torch.equal(a, b) for a, b in zip(frozen, model.encoder.parameters()))
+    assert any(not torch.equal(a, b) for a, b in zip(core, model.core.parameters()))
+
+
+def test_lr_scale_counts_tied_weights_once(make_cfg) -> None:
+    from lstmkit.data.language_model import NextWordDataModule
+
+    dm = NextWordDataModule(num_tokens=3000, batch_size=4, bptt=8)
+    dm.setup()
+    cfg = make_cfg(["task=next_word", "model.hidden_size=8", "encoder.dim=8", "head.tie_weights=true",
+                    "lr_scale.head=2"])
+    model = build_model(cfg, dm)
+    params = [p for g in model.param_groups(1.0) for p in g["params"]]
+    assert len(params) == len({id(p) for p in params}) == len(list(model.parameters()))
+
+
+@pytest.mark.parametrize("bad", ["+lr_scale.decoder=0.5", "lr_scale.core=-1"])
+def test_bad_lr_scale_is_a_config_error(make_cfg, tiny_datamodule, bad) -> None:
+    with pytest.raises(ConfigError, match="lr_scale"):
+        build_model(make_cfg([*TINY_DATA, bad]), tiny_datamodule)
+
+
+def test_adversarial_loss_is_clean_loss_plus_loss_at_the_worst_nearby_input(make_cfg, tiny_datamodule) -> None:
+    torch.manual_seed(0)
+    model = build_model(make_cfg([*TINY_DATA, "adversarial=0.5", "encoder.dropout=0", "head.dropout=0"]),
+                        tiny_datamodule)
+    model.log = lambda *a, **k: None  # no trainer attached
+    batch = next(iter(tiny_datamodule.train_dataloader()))
+    model.eval()  # no dropout: both passes see the same network
+
+    def loss_at(x: torch.Tensor) -> torch.Tensor:
+        outputs, _ = model.core(x, batch.lengths)
+        pooled = summarise(outputs, batch.lengths, model.head.pooling, model.core.num_directions)
+        return model.head.training_loss(pooled, batch.lengths, batch)
+
+    x, _ = model.encoder(batch.inputs, batch.lengths)
+    x = x.detach().requires_grad_()
+    clean = loss_at(x)
+    (grad,) = torch.autograd.grad(clean, x)
+    worst = grad / grad.flatten(1).norm(dim=1).view(-1, 1, 1) * 0.5
+    torch.testing.assert_close(model.training_step(batch, 0), clean + loss_at(x + worst))
+    # the gradient direction is the harmful one: worse than a random direction of the same size
+    noise = torch.randn_like(x)
+    noise = noise / noise.flatten(1).norm(dim=1).view(-1, 1, 1) * 0.5
+    assert loss_at(x + worst) > loss_at(x + noise) > 0
+
+
+def test_adversarial_training_runs_and_refuses_carried_state(make_cfg, tiny_datamodule) -> None:
+    model = build_model(make_cfg([*TINY_DATA, "adversarial=1.0"]), tiny_datamodule)
+    trainer = _step_trainer()
+    trainer.fit(model, datamodule=tiny_datamodule)
+    assert torch.isfinite(trainer.callback_metrics["train/adversarial_loss"])
+    with pytest.raises(ConfigError, match="stateful"):
+        build_model(make_cfg([*TINY_DATA, "adversarial=1.0", "model.stateful=true"]), tiny_datamodule)
+    with pytest.raises(ConfigError, match="adversarial"):
+        build_model(make_cfg([*TINY_DATA, "adversarial=-1"]), tiny_datamodule)

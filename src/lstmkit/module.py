@@ -18,6 +18,7 @@ from torchmetrics import MeanMetric
 
 from lstmkit.build import build
 from lstmkit.core import LSTMCore, summarise
+from lstmkit.errors import ConfigError
 from lstmkit.heads.base import Head
 from lstmkit.plots import save_and_log
 from lstmkit.types import Batch, DataSpec
@@ -35,9 +36,16 @@ class SequenceModel(L.LightningModule):
         scheduler: optional schedule spec: a factory from :mod:`lstmkit.optim` plus
             ``interval`` (``step`` / ``epoch``).
         l1: L1 penalty on weight matrices added to the loss (L2 is the optimiser's weight decay).
+        adversarial: size (L2 norm per sequence) of an adversarial perturbation of the encoder's
+            output, whose loss is added to the clean loss during training (Goodfellow et al.
+            2015; Miyato et al. 2017, on word embeddings); 0 = off. Costs a second LSTM pass.
+        lr_scale: learning-rate multipliers per part (``encoder``, ``core``, ``head``; 1.0 where
+            absent): discriminative fine-tuning (Howard & Ruder 2018) of warm-started parts.
         data: the datamodule config the model was trained with (``eval`` reuses it).
         task: task name, recorded so ``predict`` can tell a checkpoint's task.
     """
+
+    PARTS = ("encoder", "core", "head")
 
     def __init__(
         self,
@@ -48,6 +56,8 @@ class SequenceModel(L.LightningModule):
         optimizer: dict[str, Any] | None = None,
         scheduler: dict[str, Any] | None = None,
         l1: float = 0.0,
+        lr_scale: dict[str, float] | None = None,
+        adversarial: float = 0.0,
         data: dict[str, Any] | None = None,
         task: str = "",
     ) -> None:
@@ -66,6 +76,19 @@ class SequenceModel(L.LightningModule):
         figure_metrics = self.head.figure_metrics()
         self.figure_metrics = figure_metrics.clone(prefix="test/") if figure_metrics is not None else None
         self.l1 = l1
+        if adversarial < 0:
+            raise ConfigError(f"adversarial must be >= 0 (the size of the perturbation), got {adversarial}")
+        if adversarial > 0 and self.core.stateful:
+            raise ConfigError("adversarial training needs independent sequences; it does not combine with "
+                              "model.stateful=true (the perturbed pass would advance the carried state twice)")
+        self.adversarial = float(adversarial)
+        self.lr_scale = {part: float(scale) for part, scale in (lr_scale or {}).items()}
+        unknown = set(self.lr_scale) - set(self.PARTS)
+        if unknown:
+            raise ConfigError(f"lr_scale: unknown part(s) {sorted(unknown)}; the parts are {list(self.PARTS)}")
+        negative = {part: scale for part, scale in self.lr_scale.items() if scale < 0}
+        if negative:
+            raise ConfigError(f"lr_scale: learning-rate multipliers must be >= 0, got {negative}")
 
     # -- the pipeline -----------------------------------------------------------------------
     def forward(
@@ -84,6 +107,8 @@ class SequenceModel(L.LightningModule):
         return summarise(outputs, lengths, self.head.pooling, self.core.num_directions), lengths
 
     def _step(self, batch: Batch, split: str) -> torch.Tensor:
+        if split == "train" and self.adversarial > 0:
+            return self._adversarial_step(batch)
         pooled, lengths = self.features(batch.inputs, batch.lengths, stream=split)
         if split == "train":
             loss = self.head.training_loss(pooled, lengths, batch)
@@ -101,6 +126,32 @@ class SequenceModel(L.LightningModule):
             self.losses[split].update(loss.detach(), weight=len(batch))
             self.log(f"{split}/loss", self.losses[split], batch_size=len(batch))
             self.log_dict(self.metrics[split], prog_bar=split == "val", batch_size=len(batch))
+        return loss
+
+    def _adversarial_step(self, batch: Batch) -> torch.Tensor:
+        """Clean loss plus the loss at the worst nearby input (a first-order step along the gradient).
+
+        The perturbation is added to the encoder's output (for text: the word vectors, which an
+        input-space attack could not move continuously) with an L2 norm of ``adversarial`` per
+        sequence, and is treated as a constant (no gradient through it), as in Miyato et al.
+        """
+        features, lengths = self.encoder(batch.inputs, batch.lengths)
+        if not features.requires_grad:  # an encoder without weights (spectrogram, beat normalisation)
+            features = features.detach().requires_grad_()
+
+        def loss_at(x: torch.Tensor) -> torch.Tensor:
+            outputs, _ = self.core(x, lengths)
+            return self.head.training_loss(summarise(outputs, lengths, self.head.pooling, self.core.num_directions),
+                                           lengths, batch)
+
+        clean = loss_at(features)
+        (grad,) = torch.autograd.grad(clean, features, retain_graph=True)
+        norm = grad.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *([1] * (grad.dim() - 1)))
+        loss = clean + loss_at(features + self.adversarial * grad / norm)
+        if self.l1 > 0:
+            loss = loss + self.l1 * sum(p.abs().sum() for p in self.parameters() if p.dim() > 1)
+        self.log("train/loss", clean, prog_bar=True, batch_size=len(batch))
+        self.log("train/adversarial_loss", loss - clean, batch_size=len(batch))
         return loss
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
@@ -142,11 +193,32 @@ class SequenceModel(L.LightningModule):
                 checkpoint["wandb_run_id"] = str(logger.version)
 
     # -- optimisation -----------------------------------------------------------------------
+    def param_groups(self, lr: float) -> list[dict[str, Any]]:
+        """Parameter groups: weight matrices decay, biases and norms do not; each part at its lr_scale.
+
+        A part scaled to 0 is frozen (not handed to the optimiser). Tied parameters (a language
+        model's output layer is its embedding) belong to the first part that holds them.
+        """
+        groups: list[dict[str, Any]] = []
+        seen: set[int] = set()
+        for part in self.PARTS:
+            scale = self.lr_scale.get(part, 1.0)
+            params = [p for p in getattr(self, part).parameters() if p.requires_grad and id(p) not in seen]
+            seen.update(id(p) for p in params)
+            if scale == 0:
+                continue
+            extra: dict[str, Any] = {"lr": lr * scale} if scale != 1.0 else {}
+            decay = [p for p in params if p.dim() > 1]
+            no_decay = [p for p in params if p.dim() <= 1]
+            groups += [{"params": decay, **extra}, {"params": no_decay, "weight_decay": 0.0, **extra}]
+        rest = [p for p in self.parameters() if p.requires_grad and id(p) not in seen]
+        if rest:  # nothing today; kept so a parameter outside the three parts is never left out silently
+            groups.append({"params": rest})
+        return [group for group in groups if group["params"]]
+
     def configure_optimizers(self) -> Any:
         spec = dict(self.hparams.optimizer or {"_target_": "torch.optim.AdamW", "_partial_": True})
-        decay = [p for p in self.parameters() if p.requires_grad and p.dim() > 1]
-        no_decay = [p for p in self.parameters() if p.requires_grad and p.dim() <= 1]
-        groups = [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
+        groups = self.param_groups(float(spec.get("lr", 1e-3)))
         if spec.get("fused") and self._trainer is not None and "mixed" in str(self.trainer.precision):
             # Lightning's mixed-precision plugin refuses to clip the gradients of a fused optimizer
             # (it would unscale them itself), so mixed-precision runs use the foreach kernel

@@ -120,6 +120,8 @@ def build_model(cfg: DictConfig, datamodule: Any) -> SequenceModel:
         optimizer=plain(cfg.optimizer),
         scheduler=plain(cfg.get("scheduler")) or None,
         l1=float(cfg.l1),
+        lr_scale=plain(cfg.get("lr_scale")) or None,
+        adversarial=float(cfg.get("adversarial", 0.0)),
         data=plain(cfg.data),
         task=str(cfg.task_name),
     )
