@@ -154,6 +154,7 @@ def test_lr_scale_gives_each_part_its_learning_rate_and_zero_freezes(make_cfg, t
     assert set(map(round, (lrs[id(p)] * 1e6 for p in model.core.parameters()))) == {1000}
     assert set(map(round, (lrs[id(p)] * 1e6 for p in model.head.parameters()))) == {10000}
     assert all(torch.equal(a, b) for a, b in zip(frozen, model.encoder.parameters()))
+    assert all(p.grad is None for p in model.encoder.parameters())  # not even computed
     assert any(not torch.equal(a, b) for a, b in zip(core, model.core.parameters()))
 
 
@@ -167,6 +168,14 @@ def test_lr_scale_counts_tied_weights_once(make_cfg) -> None:
     model = build_model(cfg, dm)
     params = [p for g in model.param_groups(1.0) for p in g["params"]]
     assert len(params) == len({id(p) for p in params}) == len(list(model.parameters()))
+
+
+def test_default_lr_scale_keeps_the_two_groups_older_checkpoints_resume_into(make_cfg, tiny_datamodule) -> None:
+    model = build_model(make_cfg([*TINY_DATA]), tiny_datamodule)
+    groups = model.param_groups(1e-3)
+    assert [len(g["params"]) for g in groups] == [
+        sum(p.dim() > 1 for p in model.parameters()), sum(p.dim() <= 1 for p in model.parameters())]
+    assert [p for g in groups for p in g["params"] if p.dim() > 1] == [p for p in model.parameters() if p.dim() > 1]
 
 
 @pytest.mark.parametrize("bad", ["+lr_scale.decoder=0.5", "lr_scale.core=-1"])
@@ -188,23 +197,37 @@ def test_adversarial_loss_is_clean_loss_plus_loss_at_the_worst_nearby_input(make
         pooled = summarise(outputs, batch.lengths, model.head.pooling, model.core.num_directions)
         return model.head.training_loss(pooled, batch.lengths, batch)
 
+    # the reference: the perturbation is a constant; every weight, the embedding included, gets the
+    # gradient of both losses
     x, _ = model.encoder(batch.inputs, batch.lengths)
-    x = x.detach().requires_grad_()
-    clean = loss_at(x)
-    (grad,) = torch.autograd.grad(clean, x)
-    worst = grad / grad.flatten(1).norm(dim=1).view(-1, 1, 1) * 0.5
-    torch.testing.assert_close(model.training_step(batch, 0), clean + loss_at(x + worst))
+    (grad,) = torch.autograd.grad(loss_at(x), x, retain_graph=True)
+    worst = (grad / grad.flatten(1).norm(dim=1).view(-1, 1, 1) * 0.5).detach()
+    expected = loss_at(x) + loss_at(x + worst)
+    expected_grads = torch.autograd.grad(expected, list(model.parameters()))
+    loss = model.training_step(batch, 0)
+    torch.testing.assert_close(loss, expected)
+    for p, g in zip(model.parameters(), torch.autograd.grad(loss, list(model.parameters()))):
+        torch.testing.assert_close(g, dict(zip(map(id, model.parameters()), expected_grads))[id(p)])
+    assert model.encoder.embedding.weight in list(model.parameters())
     # the gradient direction is the harmful one: worse than a random direction of the same size
     noise = torch.randn_like(x)
     noise = noise / noise.flatten(1).norm(dim=1).view(-1, 1, 1) * 0.5
-    assert loss_at(x + worst) > loss_at(x + noise) > 0
+    with torch.no_grad():
+        assert loss_at(x + worst) > loss_at(x + noise) > 0
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_adversarial_training_runs_on_every_task(make_cfg, task) -> None:
+    extra = ["model.stateful=false"] if task == "next_word" else []  # its preset carries state
+    cfg = make_cfg([f"task={task}", "debug=fdr", "logger=none", "callbacks=none", "adversarial=0.5", *extra])
+    train(cfg)  # raises on any failure (the reconstruction head once did: it consumed its signal)
 
 
 def test_adversarial_training_runs_and_refuses_carried_state(make_cfg, tiny_datamodule) -> None:
     model = build_model(make_cfg([*TINY_DATA, "adversarial=1.0"]), tiny_datamodule)
     trainer = _step_trainer()
     trainer.fit(model, datamodule=tiny_datamodule)
-    assert torch.isfinite(trainer.callback_metrics["train/adversarial_loss"])
+    assert trainer.callback_metrics["train/adversarial_loss"] > 0
     with pytest.raises(ConfigError, match="stateful"):
         build_model(make_cfg([*TINY_DATA, "adversarial=1.0", "model.stateful=true"]), tiny_datamodule)
     with pytest.raises(ConfigError, match="adversarial"):

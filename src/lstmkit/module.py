@@ -89,6 +89,10 @@ class SequenceModel(L.LightningModule):
         negative = {part: scale for part, scale in self.lr_scale.items() if scale < 0}
         if negative:
             raise ConfigError(f"lr_scale: learning-rate multipliers must be >= 0, got {negative}")
+        for part, params in self._parts().items():
+            if self.lr_scale.get(part, 1.0) == 0:  # frozen: no gradient computed, none all-reduced
+                for p in params:
+                    p.requires_grad_(False)
 
     # -- the pipeline -----------------------------------------------------------------------
     def forward(
@@ -145,14 +149,19 @@ class SequenceModel(L.LightningModule):
                                            lengths, batch)
 
         clean = loss_at(features)
-        (grad,) = torch.autograd.grad(clean, features, retain_graph=True)
+        # under 16-mixed the gradient is taken of the scaled loss, as backward does, so that fp16
+        # gradients do not underflow; the normalisation below removes the scale again
+        scaler = getattr(self._trainer.precision_plugin, "scaler", None) if self._trainer is not None else None
+        (grad,) = torch.autograd.grad(scaler.scale(clean) if scaler is not None else clean, features,
+                                      retain_graph=True)
         norm = grad.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *([1] * (grad.dim() - 1)))
-        loss = clean + loss_at(features + self.adversarial * grad / norm)
+        adversarial = loss_at(features + self.adversarial * grad / norm)
+        loss = clean
         if self.l1 > 0:
             loss = loss + self.l1 * sum(p.abs().sum() for p in self.parameters() if p.dim() > 1)
-        self.log("train/loss", clean, prog_bar=True, batch_size=len(batch))
-        self.log("train/adversarial_loss", loss - clean, batch_size=len(batch))
-        return loss
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch))
+        self.log("train/adversarial_loss", adversarial, batch_size=len(batch))
+        return loss + adversarial
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         return self._step(batch, "train")
@@ -193,32 +202,40 @@ class SequenceModel(L.LightningModule):
                 checkpoint["wandb_run_id"] = str(logger.version)
 
     # -- optimisation -----------------------------------------------------------------------
+    def _parts(self) -> dict[str, list[nn.Parameter]]:
+        """Each part's own parameters; a tied one (an LM's output layer is its embedding) goes to the first."""
+        parts: dict[str, list[nn.Parameter]] = {}
+        seen: set[int] = set()
+        for part in self.PARTS:
+            parts[part] = [p for p in getattr(self, part).parameters() if id(p) not in seen]
+            seen.update(id(p) for p in parts[part])
+        return parts
+
     def param_groups(self, lr: float) -> list[dict[str, Any]]:
         """Parameter groups: weight matrices decay, biases and norms do not; each part at its lr_scale.
 
-        A part scaled to 0 is frozen (not handed to the optimiser). Tied parameters (a language
-        model's output layer is its embedding) belong to the first part that holds them.
+        Parts with the same scale share their groups, so the default (every scale 1) gives the two
+        groups of a checkpoint written before lr_scale existed, and ``resume`` still loads it. A part
+        scaled to 0 is frozen and not handed to the optimiser.
         """
-        groups: list[dict[str, Any]] = []
-        seen: set[int] = set()
-        for part in self.PARTS:
+        by_scale: dict[float, list[nn.Parameter]] = {}
+        for part, params in self._parts().items():
             scale = self.lr_scale.get(part, 1.0)
-            params = [p for p in getattr(self, part).parameters() if p.requires_grad and id(p) not in seen]
-            seen.update(id(p) for p in params)
-            if scale == 0:
-                continue
+            if scale > 0:
+                by_scale.setdefault(scale, []).extend(p for p in params if p.requires_grad)
+        groups: list[dict[str, Any]] = []
+        for scale, params in by_scale.items():
             extra: dict[str, Any] = {"lr": lr * scale} if scale != 1.0 else {}
-            decay = [p for p in params if p.dim() > 1]
-            no_decay = [p for p in params if p.dim() <= 1]
-            groups += [{"params": decay, **extra}, {"params": no_decay, "weight_decay": 0.0, **extra}]
-        rest = [p for p in self.parameters() if p.requires_grad and id(p) not in seen]
-        if rest:  # nothing today; kept so a parameter outside the three parts is never left out silently
-            groups.append({"params": rest})
+            groups += [{"params": [p for p in params if p.dim() > 1], **extra},
+                       {"params": [p for p in params if p.dim() <= 1], "weight_decay": 0.0, **extra}]
         return [group for group in groups if group["params"]]
 
     def configure_optimizers(self) -> Any:
         spec = dict(self.hparams.optimizer or {"_target_": "torch.optim.AdamW", "_partial_": True})
-        groups = self.param_groups(float(spec.get("lr", 1e-3)))
+        lr = spec.get("lr")
+        if lr is None:  # the optimiser's own default learning rate
+            lr = build(spec)([torch.zeros(1, requires_grad=True)]).defaults["lr"]
+        groups = self.param_groups(float(lr))
         if spec.get("fused") and self._trainer is not None and "mixed" in str(self.trainer.precision):
             # Lightning's mixed-precision plugin refuses to clip the gradients of a fused optimizer
             # (it would unscale them itself), so mixed-precision runs use the foreach kernel

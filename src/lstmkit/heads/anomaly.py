@@ -399,7 +399,9 @@ class ReconstructionHead(ScoreHead):
         self._signal = output[0][..., : self.channels]  # (B, T, C)
 
     def forward(self, features: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        signal, self._signal = self._signal, None
+        # kept, not consumed: adversarial training calls the head twice per encoder call, and the
+        # perturbed pass must reconstruct the clean signal
+        signal = self._signal
         if signal is None or not self.channels:
             raise RuntimeError("ReconstructionHead needs its encoder's output: build it through SequenceModel")
         if self.decoder is not None:
