@@ -107,61 +107,57 @@ class SequenceModel(L.LightningModule):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """What the head reads: the core's outputs pooled as the head asks, and their lengths."""
         features, lengths = self.encoder(inputs, lengths)  # (B, T', F)
+        return self.pool(features, lengths, stream=stream), lengths
+
+    def pool(self, features: torch.Tensor, lengths: torch.Tensor, stream: str | None = None) -> torch.Tensor:
+        """The LSTM over the encoder's output, pooled as the head asks."""
         outputs, _ = self.core(features, lengths, stream=stream)  # (B, T', D)
-        return summarise(outputs, lengths, self.head.pooling, self.core.num_directions), lengths
+        return summarise(outputs, lengths, self.head.pooling, self.core.num_directions)
 
     def _step(self, batch: Batch, split: str) -> torch.Tensor:
-        if split == "train" and self.adversarial > 0:
-            return self._adversarial_step(batch)
+        if split == "train":
+            return self._training_loss(batch)
         pooled, lengths = self.features(batch.inputs, batch.lengths, stream=split)
-        if split == "train":
-            loss = self.head.training_loss(pooled, lengths, batch)
-        else:
-            outputs = self.head(pooled, lengths)
-            loss = self.head.loss(outputs, lengths, batch)
-        if split == "train":
-            if self.l1 > 0:
-                loss = loss + self.l1 * sum(p.abs().sum() for p in self.parameters() if p.dim() > 1)
-            self.log("train/loss", loss, prog_bar=True, batch_size=len(batch))
-        else:
-            self.head.update_metrics(self.metrics[split], outputs, lengths, batch)
-            if split == "test" and self.figure_metrics is not None:
-                self.head.update_metrics(self.figure_metrics, outputs, lengths, batch)
-            self.losses[split].update(loss.detach(), weight=len(batch))
-            self.log(f"{split}/loss", self.losses[split], batch_size=len(batch))
-            self.log_dict(self.metrics[split], prog_bar=split == "val", batch_size=len(batch))
+        outputs = self.head(pooled, lengths)
+        loss = self.head.loss(outputs, lengths, batch)
+        self.head.update_metrics(self.metrics[split], outputs, lengths, batch)
+        if split == "test" and self.figure_metrics is not None:
+            self.head.update_metrics(self.figure_metrics, outputs, lengths, batch)
+        self.losses[split].update(loss.detach(), weight=len(batch))
+        self.log(f"{split}/loss", self.losses[split], batch_size=len(batch))
+        self.log_dict(self.metrics[split], prog_bar=split == "val", batch_size=len(batch))
         return loss
 
-    def _adversarial_step(self, batch: Batch) -> torch.Tensor:
-        """Clean loss plus the loss at the worst nearby input (a first-order step along the gradient).
-
-        The perturbation is added to the encoder's output (for text: the word vectors, which an
-        input-space attack could not move continuously) with an L2 norm of ``adversarial`` per
-        sequence, and is treated as a constant (no gradient through it), as in Miyato et al.
-        """
+    def _training_loss(self, batch: Batch) -> torch.Tensor:
+        """The head's training loss, plus the L1 penalty and the adversarial term when they are on."""
         features, lengths = self.encoder(batch.inputs, batch.lengths)
-        if not features.requires_grad:  # an encoder without weights (spectrogram, beat normalisation)
+        if self.adversarial > 0 and not features.requires_grad:  # an encoder without weights (spectrogram)
             features = features.detach().requires_grad_()
-
-        def loss_at(x: torch.Tensor) -> torch.Tensor:
-            outputs, _ = self.core(x, lengths)
-            return self.head.training_loss(summarise(outputs, lengths, self.head.pooling, self.core.num_directions),
-                                           lengths, batch)
-
-        clean = loss_at(features)
-        # under 16-mixed the gradient is taken of the scaled loss, as backward does, so that fp16
-        # gradients do not underflow; the normalisation below removes the scale again
-        scaler = getattr(self._trainer.precision_plugin, "scaler", None) if self._trainer is not None else None
-        (grad,) = torch.autograd.grad(scaler.scale(clean) if scaler is not None else clean, features,
-                                      retain_graph=True)
-        norm = grad.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *([1] * (grad.dim() - 1)))
-        adversarial = loss_at(features + self.adversarial * grad / norm)
+        clean = self.head.training_loss(self.pool(features, lengths, stream="train"), lengths, batch)
         loss = clean
         if self.l1 > 0:
             loss = loss + self.l1 * sum(p.abs().sum() for p in self.parameters() if p.dim() > 1)
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch))
+        if self.adversarial <= 0:
+            return loss
+        moved = features + self._worst_direction(clean, features) * self.adversarial
+        adversarial = self.head.training_loss(self.pool(moved, lengths), lengths, batch)
         self.log("train/adversarial_loss", adversarial, batch_size=len(batch))
         return loss + adversarial
+
+    def _worst_direction(self, loss: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        """The unit (L2 per sequence) direction that raises ``loss`` most, to first order; a constant.
+
+        Adversarial training (Goodfellow et al. 2015; Miyato et al. 2017) moves the encoder's output
+        (for text: the word vectors, which an input-space attack could not move continuously) along
+        it and adds the loss there to the clean one.
+        """
+        # under 16-mixed the gradient is taken of the scaled loss, as backward does, so that fp16
+        # gradients do not underflow; the normalisation removes the scale again
+        scaler = getattr(self._trainer.precision_plugin, "scaler", None) if self._trainer is not None else None
+        (grad,) = torch.autograd.grad(scaler.scale(loss) if scaler is not None else loss, features,
+                                      retain_graph=True)
+        return grad / grad.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *([1] * (grad.dim() - 1)))
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         return self._step(batch, "train")
