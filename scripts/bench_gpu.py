@@ -1,0 +1,283 @@
+#!/usr/bin/env python
+"""GPU speed benchmark (issue #6, "run the speed benchmark there too"): lstmkit against a plain
+PyTorch loop on one CUDA GPU, in float32 and in bf16-mixed autocast.
+
+The CPU benchmark (``scripts/bench_speed.py``) answers what the framework costs where the CPU does
+the arithmetic; on a GPU the kernels are cuDNN's and a small LSTM step takes a few milliseconds, so
+the framework's per-step Python work (Lightning's hooks, logging, lstmkit's packing) is a larger
+share and is what this script measures. It reuses bench_speed's models, data and ABBA interleaving
+and only adds the device: the same ``lstmkit`` Trainer (``conf/trainer/default.yaml`` with
+``accelerator=gpu``) and the same hand-written loops with the batches, state and model on the GPU.
+
+Workloads: the PTB-small word LM (2 x 200), the same LM at Zaremba et al.'s medium size (2 x 650;
+its step time also sizes the PTB medium run in ``scripts/gpu_checks.sh``) and the SST-2-size
+bidirectional classifier over variable lengths. Each is timed ``--repeats`` times after
+``--warmup`` epochs (median reported), every GPU epoch ends with ``torch.cuda.synchronize``, and
+each run's peak CUDA memory (``max_memory_allocated``) is recorded.
+
+    python scripts/bench_gpu.py --out bench/results          # on a CUDA machine, ~2 min
+    python scripts/bench_gpu.py --device cpu --quick         # smoke check of the script on CPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from torch.nn import functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_speed as bs
+
+from lstmkit.module import SequenceModel
+
+PRECISIONS = ("32-true", "bf16-mixed")
+
+
+class SyncedEpochTimer(bs.EpochTimer):
+    """bench_speed's epoch timer, waiting for the GPU's queue at both ends of the epoch."""
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        synchronize(pl_module.device)
+        super().on_train_epoch_start(trainer, pl_module)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        synchronize(pl_module.device)
+        super().on_train_epoch_end(trainer, pl_module)
+
+
+def synchronize(device: torch.device | str) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def autocast(device: str, precision: str) -> contextlib.AbstractContextManager[Any]:
+    """The autocast Lightning's ``bf16-mixed`` plugin puts around the forward pass, for the plain loops."""
+    return torch.autocast(device, dtype=torch.bfloat16, enabled=precision == "bf16-mixed")
+
+
+def kit_epoch(model: SequenceModel, datamodule: L.LightningDataModule, root: str, device: str,
+              precision: str) -> bs.Timing:
+    """One epoch through ``Trainer.fit`` as ``lstmkit train trainer=gpu`` configures it."""
+    cfg = bs.trainer_config(root)
+    cfg.accelerator = "gpu" if device == "cuda" else "cpu"
+    timer = SyncedEpochTimer()
+    start = time.perf_counter()
+    trainer = instantiate(cfg, callbacks=[*bs.lstmkit_callbacks(), timer], logger=False, precision=precision)
+    trainer.fit(model, datamodule=datamodule)
+    total = time.perf_counter() - start
+    model.trainer = None  # type: ignore[assignment]
+    datamodule.trainer = None
+    return bs.Timing(timer.seconds, total - timer.seconds)
+
+
+def plain_lm_epoch(model: bs.PlainLM, optimizer: torch.optim.Optimizer, streams: torch.Tensor, bptt: int,
+                   device: str, precision: str) -> bs.Timing:
+    """bench_speed's truncated-BPTT loop with the streams on the device and autocast around the forward."""
+    synchronize(device)
+    start = time.perf_counter()
+    model.train()
+    state = None
+    for i in range(0, streams.shape[1] - 1, bptt):
+        x, y = streams[:, i : i + bptt], streams[:, i + 1 : i + 1 + bptt]
+        with autocast(device, precision):
+            logits, state = model(x, state)
+            loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
+        state = (state[0].detach(), state[1].detach())
+        bs.train_step(model, optimizer, loss)  # .item() waits for the step
+    return bs.Timing(time.perf_counter() - start)
+
+
+def plain_cls_epoch(model: bs.PlainClassifier, optimizer: torch.optim.Optimizer, data: bs.ClsData, batch: int,
+                    generator: torch.Generator, device: str, precision: str) -> bs.Timing:
+    """bench_speed's shuffled, packed classifier loop; each padded batch is copied to the device."""
+    synchronize(device)
+    start = time.perf_counter()
+    model.train()
+    order = torch.randperm(len(data.inputs), generator=generator).tolist()
+    for i in range(0, len(order), batch):
+        x, lengths, y = bs.padded_batch(data, order[i : i + batch])
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        with autocast(device, precision):
+            loss = F.cross_entropy(model(x, lengths).float(), y)  # lengths stay on the host for packing
+        bs.train_step(model, optimizer, loss)
+    return bs.Timing(time.perf_counter() - start)
+
+
+@contextlib.contextmanager
+def cuda_peak(device: str) -> Iterator[dict[str, float]]:
+    """Peak CUDA memory allocated during the block (MB); empty on CPU."""
+    out: dict[str, float] = {}
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    yield out
+    if device == "cuda":
+        torch.cuda.synchronize()
+        out["peak_cuda_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+
+
+def interleave(runners: dict[str, Callable[[], bs.Timing]], warmup: int, repeats: int) -> dict[str, Any]:
+    """ABBA over the runners; the median epoch, its throughput inputs and the peak CUDA memory."""
+    names = list(runners)
+    seconds: dict[str, list[float]] = {n: [] for n in names}
+    overhead: dict[str, list[float]] = {n: [] for n in names}
+    peak: dict[str, float] = {n: 0.0 for n in names}
+    for r in range(warmup + repeats):
+        for name in names if r % 2 == 0 else names[::-1]:
+            with cuda_peak(DEVICE) as mem:
+                timing = runners[name]()
+            peak[name] = max(peak[name], mem.get("peak_cuda_mb", 0.0))
+            if r >= warmup:
+                seconds[name].append(timing.seconds)
+                overhead[name].append(timing.overhead_s)
+    return {n: {"seconds": seconds[n], "overhead": overhead[n], "peak_cuda_mb": peak[n]} for n in names}
+
+
+def summarise(runs: dict[str, Any], work: bs.Workload) -> dict[str, Any]:
+    out: dict[str, Any] = {"workload": asdict(work)}
+    for name, r in runs.items():
+        median = statistics.median(r["seconds"])
+        out[name] = {
+            "samples_per_s": round(work.samples / median, 1),
+            "tokens_per_s": round(work.tokens / median, 0),
+            "step_ms": round(1000 * median / work.steps, 3),
+            "epoch_s_runs": [round(s, 4) for s in r["seconds"]],
+            "peak_cuda_mb": r["peak_cuda_mb"],
+        }
+        if any(r["overhead"]):
+            out[name]["fit_overhead_s"] = round(statistics.median(r["overhead"]), 3)
+    for precision in PRECISIONS:
+        kit, plain = out.get(f"lstmkit/{precision}"), out.get(f"plain/{precision}")
+        if kit and plain:
+            out[f"ratio/{precision}"] = round(kit["samples_per_s"] / plain["samples_per_s"], 4)
+    return out
+
+
+def lm_workload(size: bs.LMSize, warmup: int, repeats: int, root: str) -> dict[str, Any]:
+    data = bs.synthetic_lm(size, seed=0)
+    datamodule = bs.BenchStreams(data, size)
+    streams = data.streams.to(DEVICE)
+    runners: dict[str, Callable[[], bs.Timing]] = {}
+    for precision in PRECISIONS:
+        torch.manual_seed(0)
+        kit = bs.lstmkit_lm(data, size)
+        plain = bs.PlainLM(size)
+        bs.copy_weights(kit, plain)
+        plain.to(DEVICE)
+        optimizer = bs.plain_optimizer(plain)
+        runners[f"lstmkit/{precision}"] = lambda m=kit, p=precision: kit_epoch(m, datamodule, root, DEVICE, p)
+        runners[f"plain/{precision}"] = lambda m=plain, o=optimizer, p=precision: plain_lm_epoch(
+            m, o, streams, size.bptt, DEVICE, p)
+    steps = -(-(data.streams.shape[1] - 1) // size.bptt)
+    work = bs.Workload(samples=steps * size.batch, tokens=steps * size.batch * size.bptt, steps=steps)
+    return {"size": asdict(size), **summarise(interleave(runners, warmup, repeats), work)}
+
+
+def cls_workload(size: bs.ClsSize, warmup: int, repeats: int, root: str) -> dict[str, Any]:
+    data = bs.synthetic_cls(size, seed=0)
+    datamodule = bs.BenchSentences(data, size, bucketing=False)
+    runners: dict[str, Callable[[], bs.Timing]] = {}
+    for precision in PRECISIONS:
+        torch.manual_seed(0)
+        kit = bs.lstmkit_classifier(data, size)
+        plain = bs.PlainClassifier(size)
+        bs.copy_weights(kit, plain)
+        plain.to(DEVICE)
+        optimizer = bs.plain_optimizer(plain)
+        generator = torch.Generator().manual_seed(0)
+        runners[f"lstmkit/{precision}"] = lambda m=kit, p=precision: kit_epoch(m, datamodule, root, DEVICE, p)
+        runners[f"plain/{precision}"] = lambda m=plain, o=optimizer, g=generator, p=precision: plain_cls_epoch(
+            m, o, data, size.batch, g, DEVICE, p)
+    return {"size": asdict(size), **summarise(interleave(runners, warmup, repeats), bs.cls_workload(data, size))}
+
+
+def machine() -> dict[str, Any]:
+    info = bs.machine_info()
+    if torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
+        info.update(gpu=props.name, gpu_memory_gb=round(props.total_memory / 2**30, 1),
+                    cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version())
+    return info
+
+
+def render(result: dict[str, Any]) -> str:
+    m = result["machine"]
+    lines = [f"# GPU training throughput: lstmkit vs a plain PyTorch loop ({m.get('gpu', DEVICE)})", "",
+             (f"torch {m.get('torch')}, CUDA {m.get('cuda')}, cuDNN {m.get('cudnn')}, lightning {m.get('lightning')}; "
+             f"{m['cpu']}; commit {str(result['git'].get('commit'))[:7]}. Median of {result['repeats']} epochs "
+             f"after {result['warmup']} warm-up, lstmkit and plain alternating (ABBA)."), "",
+             ("| workload | precision | lstmkit samples/s | plain samples/s | lstmkit ms/step | plain ms/step "
+             "| lstmkit / plain | peak CUDA MB (lstmkit / plain) |"),
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for name, w in result["workloads"].items():
+        for precision in PRECISIONS:
+            kit, plain = w.get(f"lstmkit/{precision}"), w.get(f"plain/{precision}")
+            if not (kit and plain):
+                continue
+            lines.append(f"| {name} | {precision} | {kit['samples_per_s']:,.0f} | {plain['samples_per_s']:,.0f} | "
+                         f"{kit['step_ms']:.2f} | {plain['step_ms']:.2f} | **{w[f'ratio/{precision}']:.3f}** | "
+                         f"{kit['peak_cuda_mb']:,.0f} / {plain['peak_cuda_mb']:,.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+DEVICE = "cuda"
+
+
+def main(argv: list[str] | None = None) -> int:
+    global DEVICE
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, one run each (smoke check)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--lm-steps", type=int, default=150, help="bptt windows per timed LM epoch")
+    parser.add_argument("--examples", type=int, default=4096, help="sentences per timed classifier epoch")
+    parser.add_argument("--out", type=Path, default=bs.REPO / "bench" / "results")
+    args = parser.parse_args(argv)
+    DEVICE = args.device
+    if DEVICE == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("bench_gpu: no CUDA GPU is visible (torch.cuda.is_available() is False); use --device cpu")
+    torch.backends.cuda.matmul.allow_tf32 = False  # float32 means float32 on both sides
+    warmup, repeats = (0, 1) if args.quick else (args.warmup, args.repeats)
+    small = bs.LMSize(steps=3 if args.quick else args.lm_steps)
+    sizes = {
+        "word LM 2×200 (PTB-small), batch 20, bptt 35": small,
+        "word LM 2×650 (PTB-medium), batch 20, bptt 35": replace(small, emb=650, hidden=650),
+    }
+    cls = bs.ClsSize(examples=128 if args.quick else args.examples)
+    result: dict[str, Any] = {"machine": machine(), "git": bs.git_info(), "device": DEVICE,
+                              "warmup": warmup, "repeats": repeats, "workloads": {}}
+    if not result["git"].get("commit"):  # a copied working tree without .git (a lent GPU machine)
+        result["git"]["commit"] = os.environ.get("BENCH_COMMIT")
+    with tempfile.TemporaryDirectory() as root:
+        for name, size in sizes.items():
+            result["workloads"][name] = lm_workload(size, warmup, repeats, root)
+            print(name, json.dumps({k: v for k, v in result["workloads"][name].items() if k.startswith("ratio")}),
+                  flush=True)
+        name = f"bi-LSTM classifier, batch {cls.batch}, lengths {cls.min_len}-{cls.max_len}"
+        result["workloads"][name] = cls_workload(cls, warmup, repeats, root)
+    table = render(result)
+    print(table)
+    args.out.mkdir(parents=True, exist_ok=True)
+    suffix = "" if DEVICE == "cuda" else "_cpu"
+    (args.out / f"speed_gpu{suffix}.json").write_text(json.dumps(result, indent=2) + "\n")
+    (args.out / f"speed_gpu{suffix}.md").write_text(table)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
