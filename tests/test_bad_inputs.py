@@ -157,6 +157,9 @@ CASES = [
     Case("config-group-typo", lambda d: ["task=sentimnt"], r"did you mean task=sentiment\?", exit_code=1),
     Case("wrong-type", lambda d: ["model.hidden_size=abc"],
          r"cannot build the model .*hidden_size should be of type int.*model\.hidden_size=abc"),
+    Case("missing-module", lambda d: ["data._target_=lstmkit_no_such_module.DataModule"],
+         r"cannot build the data from the config: Error loading 'lstmkit_no_such_module\.DataModule': "
+         r"ModuleNotFoundError: No module named 'lstmkit_no_such_module'"),
     Case("gpu-without-gpu", lambda d: ["trainer=gpu"], r"asks for a CUDA GPU, but none is available.*trainer=cpu"),
     Case("not-a-checkpoint", lambda d: [f"ckpt_path={_text(d / 'notes.ckpt', 'hello')}", "input=x"],
          r"notes\.ckpt: not a PyTorch checkpoint: expected a zip archive written by torch\.save, found 5 bytes", command="predict"),

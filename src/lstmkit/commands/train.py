@@ -44,12 +44,22 @@ def config_stage(what: str) -> Iterator[None]:
                 raise cause from None
             cause = cause.__cause__
         inner = err.__cause__ if isinstance(err, InstantiationException) and err.__cause__ else err
-        message = str(inner).strip().splitlines()[0] if str(inner).strip() else type(inner).__name__
+        message = _first_line(inner)
+        root = inner
+        while root.__cause__ is not None:
+            root = root.__cause__
+        if root is not inner:  # e.g. Hydra's "Error loading 'x.Y':" over the ImportError that says why
+            message = f"{message.rstrip(':')}: {type(root).__name__}: {_first_line(root)}"
         overrides = " ".join(HydraConfig.get().overrides.task) if HydraConfig.initialized() else ""
         raise ConfigError(
             f"cannot build the {what} from the config: {message} "
             f"(command-line overrides: {overrides or 'none'}; --cfg job prints the composed config)"
         ) from err
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
 
 
 def resolve_ckpt_path(ckpt_path: str | None, cfg: DictConfig) -> str | None:
