@@ -2,7 +2,7 @@
 # The GPU checks of issue #6 as one prepared run on a CUDA machine (written for a lent H200 with a
 # ~9-minute window; nothing here is needed on CPU):
 #   1. scripts/bench_gpu.py alone on the GPU: lstmkit vs a plain PyTorch loop, float32 and bf16-mixed;
-#   2. PTB at Zaremba et al.'s medium size (2 x 650, dropout 0.5) under trainer=gpu (bf16-mixed), with as
+#   2. PTB at Zaremba et al.'s medium size (2 x 650, dropout 0.5) under trainer=gpu (float32), with as
 #      many epochs (at most 39) as the remaining budget fits, sized from step 1's measured step time;
 #   3. beside it, every task's embedded default for 2 epochs under trainer=gpu, and sentiment under
 #      trainer=ddp with one device (the DDP strategy and NCCL process group; one GPU cannot show more).
@@ -13,6 +13,9 @@
 #   PTB_EXTRA="trainer.limit_train_batches=3 trainer.limit_val_batches=2 trainer.limit_test_batches=2"
 #   SMOKE_EXTRA="trainer.limit_train_batches=3 trainer.limit_val_batches=2 trainer.limit_test_batches=2"
 #
+# The machine needs lstmkit's dependencies; where only torch, torchaudio and lightning are installed,
+# carry wheels of hydra-core, omegaconf, antlr4-python3-runtime (and soundfile, cffi, pycparser for
+# speech) and put src/ on PYTHONPATH.
 # Writes to OUT_DIR: speed_gpu.json / .md, bench_gpu.log, ptb.log, ptb_metrics.csv, smoke.log, nvidia.txt.
 set -u
 OUT=${1:?OUT_DIR}; DATA=${2:?DATA_ROOT}; BUDGET=${3:-520}
@@ -29,22 +32,22 @@ torch.backends.cudnn.version(), 'lightning', lightning.__version__, torch.cuda.i
 timeout 200 $PY scripts/bench_gpu.py --out "$OUT" $BENCH_ARGS > "$OUT/bench_gpu.log" 2>&1
 echo "bench_gpu rc=$? after $(( $(date +%s) - START )) s" | tee -a "$OUT/bench_gpu.log"
 
-# 2. PTB medium: epochs from the measured lstmkit bf16 step (1,328 windows per epoch, +25 % for validation and the
+# 2. PTB medium: epochs from the measured lstmkit float32 step (1,328 windows per epoch, +25 % for validation and the
 # smoke runs beside it)
 LEFT=$(( BUDGET - ($(date +%s) - START) - 75 ))   # 75 s: start-up, the test pass, copying back
 EPOCHS=$($PY - "$OUT/speed_gpu.json" "$LEFT" <<'EOF'
 import json, sys
 try:
     w = json.load(open(sys.argv[1]))["workloads"]
-    step = next(v["lstmkit/bf16-mixed"]["step_ms"] for k, v in w.items() if "650" in k) / 1000
+    step = next(v["lstmkit/32-true"]["step_ms"] for k, v in w.items() if "650" in k) / 1000
 except Exception:
     step = 0.010  # no measurement: assume 10 ms
 print(max(1, min(39, int(int(sys.argv[2]) / (1328 * step * 1.25)))))
 EOF
 )
 echo "PTB medium: $EPOCHS epochs in at most $LEFT s" | tee "$OUT/ptb.log"
-LSTMKIT_LOG_DIR=/tmp/gpu_logs timeout $(( LEFT + 60 )) $PY -m lstmkit train experiment=next_word_real trainer=$TRAINER \
-  paths.data_root="$DATA" trainer.max_epochs="$EPOCHS" trainer.max_time="00:00:00:$LEFT" \
+LSTMKIT_LOG_DIR=/tmp/gpu_logs timeout $(( LEFT + 60 )) $PY -m lstmkit train experiment=next_word_real trainer=$TRAINER trainer.precision=32-true \
+  paths.data_root="$DATA" trainer.max_epochs="$EPOCHS" trainer.max_time="$(printf '00:00:%02d:%02d' $((LEFT / 60)) $((LEFT % 60)))" \
   trainer.enable_progress_bar=false encoder.dim=650 model.hidden_size=650 model.dropout=0.5 encoder.dropout=0.5 \
   callbacks.early_stopping.patience=100 task_name=ptb_medium_gpu $PTB_EXTRA >> "$OUT/ptb.log" 2>&1 &
 PTB=$!

@@ -62,3 +62,23 @@ def test_quick_benchmark_reports_every_section(tmp_path: Path) -> None:
     assert keras["status"] in {"ran", "skipped"}
     if keras["status"] == "skipped":
         assert "keras not installed" in proc.stdout
+
+
+def test_gpu_benchmark_script_runs_on_cpu(tmp_path: Path) -> None:
+    """``scripts/bench_gpu.py`` (run where a GPU is lent) keeps working: its CPU dry run times every
+    workload in both precisions on both sides."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_gpu.py"), "--device", "cpu", "--quick",
+                           "--out", str(tmp_path)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+                          check=False)
+    assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    results = json.loads((tmp_path / "speed_gpu_cpu.json").read_text(encoding="utf-8"))
+    assert results["device"] == "cpu" and len(results["workloads"]) == 3
+    for name, workload in results["workloads"].items():
+        for precision in ("32-true", "bf16-mixed"):
+            for impl in ("lstmkit", "plain"):
+                run = workload[f"{impl}/{precision}"]
+                for key in ("samples_per_s", "tokens_per_s", "step_ms"):
+                    assert math.isfinite(run[key]) and run[key] > 0, f"{name} {impl}/{precision}.{key} = {run[key]}"
+            assert workload[f"ratio/{precision}"] > 0
+    assert "| lstmkit / plain |" in (tmp_path / "speed_gpu_cpu.md").read_text(encoding="utf-8")
