@@ -473,3 +473,26 @@ def test_skip_fields_reads_the_text_of_labelled_files(tmp_path: Path) -> None:
     assert "1" in labelled.spec.vocab
     with pytest.raises(ConfigError, match="skip_fields"):
         NextWordDataModule(path=str(tmp_path), skip_fields=-1)
+
+
+def test_extra_train_text_joins_the_train_stream_only(tmp_path: Path) -> None:
+    """``data.extra_train``: more text for the train stream; vocabulary, val and test stay the task's."""
+    data = tmp_path / "sst"
+    data.mkdir()
+    for split, lines in {"train": ["1 a gorgeous film .", "0 dull and long ."] * 30,
+                         "dev": ["1 a film .", "0 long ."] * 10, "test": ["0 dull film ."] * 10}.items():
+        write(data / f"stsa.binary.{split}", "\n".join(lines) + "\n")
+    extra = write(tmp_path / "news.txt", " the film was long and dull \n\n a <unk> rose N % .\n" * 20)
+    base = tiny_module(data, tokenizer="whitespace", skip_fields=1, batch_size=2, bptt=3)
+    more = tiny_module(data, tokenizer="whitespace", skip_fields=1, batch_size=2, bptt=3, extra_train=[str(extra)])
+    assert more.spec.vocab == base.spec.vocab  # built from the train split alone
+    index = {tok: i for i, tok in enumerate(more.spec.vocab)}
+    extra_ids = more.splits["train"].ids[len(base.splits["train"].ids):]
+    assert len(extra_ids) == 20 * ((6 + 1) + (6 + 1))  # every line whole (no field skipped) + <eos>
+    assert torch.equal(more.splits["train"].ids[: len(base.splits["train"].ids)], base.splits["train"].ids)
+    words = ["the", "film", "was", "long", "and", "dull", "<eos>"]
+    assert extra_ids[:7].tolist() == [index.get(w, index["<unk>"]) for w in words]
+    for split in ("val", "test"):
+        assert torch.equal(more.splits[split].ids, base.splits[split].ids)
+    with pytest.raises(DataError, match=r"missing\.txt.*extra_train: not a file"):
+        tiny_module(data, tokenizer="whitespace", skip_fields=1, extra_train=[str(tmp_path / "missing.txt")])

@@ -410,6 +410,12 @@ def test_too_short_utterances_error_or_skip(caplog):
     with caplog.at_level(logging.WARNING, logger="lstmkit"):
         loss = head.loss(out, torch.tensor([3, 3]), batch)
     assert torch.isfinite(loss) and head.skipped == 1 and "skipped 1 utterance" in caplog.text
+    head.loss(out, torch.tensor([3, 3]), batch)  # the same batch again (adversarial training's second pass)
+    assert head.skipped == 1 and caplog.text.count("skipped 1 utterance") == 1
+    again = Batch(batch.inputs, batch.lengths, batch.targets.clone(), batch.target_lengths)  # the next batch
+    head.loss(out, torch.tensor([3, 3]), again)
+    assert head.skipped == 2
+    assert copy.deepcopy(head).skipped == 2  # still copies and pickles
 
 
 def test_prefix_beam_search_beats_best_path():

@@ -609,6 +609,11 @@ class NextWordDataModule(SequenceDataModule):
         skip_fields: drop the first ``skip_fields`` whitespace-separated fields of every line,
             e.g. 1 for a labelled classification file (SST's ``1 a gorgeous film``), so that a
             classifier's own sentences can pretrain a language model for ``init_from``.
+        extra_train: more training text: plain text files (every line kept whole, ``skip_fields``
+            does not apply), appended to the train split's stream. The vocabulary is still built
+            from the train split alone, so extra text in which the task's words are rare (PTB
+            for SST-2's language model) adds training signal without growing the output layer;
+            its other words become ``<unk>``. Val and test stay the task's own.
 
     Every line becomes its tokens plus ``<eos>``; blank lines are skipped. Under DDP each rank
     reads its own contiguous part of each split: the loaders read ``self.trainer.global_rank``
@@ -633,9 +638,13 @@ class NextWordDataModule(SequenceDataModule):
         test_fraction: float = 0.1,
         seed: int = 0,
         skip_fields: int = 0,
+        extra_train: Sequence[str] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        if isinstance(extra_train, str):
+            extra_train = [extra_train]
+        self.extra_train = [str(p) for p in extra_train or []]
         if skip_fields < 0:
             raise ConfigError(f"data.skip_fields must be >= 0, got {skip_fields}")
         self.skip_fields = skip_fields
@@ -658,13 +667,14 @@ class NextWordDataModule(SequenceDataModule):
         self.seed = seed
 
     # -- reading --------------------------------------------------------------------------------
-    def _tokens(self, text: str) -> list[str]:
+    def _tokens(self, text: str, skip_fields: int | None = None) -> list[str]:
         """Tokens of a text, ``<eos>`` closing every non-blank line."""
+        skip = self.skip_fields if skip_fields is None else skip_fields
         tokens: list[str] = []
         for line in text.splitlines():
-            if self.skip_fields:
-                fields = line.split(None, self.skip_fields)
-                line = fields[self.skip_fields] if len(fields) > self.skip_fields else ""
+            if skip:
+                fields = line.split(None, skip)
+                line = fields[skip] if len(fields) > skip else ""
             if line.strip():
                 tokens.extend(tokenize(line, **self.tokenizer))
                 tokens.append(EOS)
@@ -705,6 +715,21 @@ class NextWordDataModule(SequenceDataModule):
             splits = {**carved, **splits, "train": carved["train"]}
         return splits
 
+    def _with_extra(self, source: str, tokens: list[str]) -> tuple[str, list[str]]:
+        """The train split with ``extra_train``'s files appended (after the vocabulary is built)."""
+        sources = [source]
+        for name in self.extra_train:
+            path = Path(name).expanduser()
+            if not path.is_file():
+                raise DataError("data.extra_train: not a file (expected plain text, one line per sentence)",
+                                path=path)
+            extra = self._tokens(read_text(path), skip_fields=0)
+            if not extra:
+                raise DataError("data.extra_train: the file holds no text", path=path)
+            tokens = tokens + extra
+            sources.append(str(path))
+        return " + ".join(sources), tokens
+
     def _cut(
         self, source: str, tokens: list[str], val: float | None = None, test: float | None = None
     ) -> dict[str, tuple[str, list[str]]]:
@@ -729,6 +754,8 @@ class NextWordDataModule(SequenceDataModule):
                                 specials=(PAD, UNK, EOS))
             spec = DataSpec(input_kind="tokens", vocab=vocab, pad_id=0, tokenizer=dict(self.tokenizer),
                             extra={"bptt": self.bptt})
+        if self.extra_train and "train" in splits:
+            splits["train"] = self._with_extra(*splits["train"])
         index = {tok: i for i, tok in enumerate(spec.vocab or [])}
         unk = index[UNK]
         for split, (source, tokens) in splits.items():

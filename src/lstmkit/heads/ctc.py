@@ -6,6 +6,7 @@ import logging
 import math
 import os
 import tempfile
+import weakref
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -219,6 +220,9 @@ class CTCHead(Head):
         self.too_short = too_short
         self.plot_examples = plot_examples
         self.skipped = 0
+        # the targets of the batch last reported short: the adversarial pass computes the loss of the
+        # same batch twice, and its utterances are counted (and warned about) once
+        self._reported: weakref.ref[torch.Tensor] | None = None
         self.spec = spec
         self.use_decoder(decoder, beam_size, lexicon)
 
@@ -271,6 +275,7 @@ class CTCHead(Head):
         """Pickling / deep copies (DDP spawn, callbacks) leave out flashlight's decoder; it is rebuilt on use."""
         state = dict(self.__dict__)
         state["_flashlight"] = _UNBUILT
+        state["_reported"] = None  # a weak reference does not pickle
         return state
 
     def _write_lexicon(self, words: list[str]) -> str:
@@ -320,6 +325,8 @@ class CTCHead(Head):
 
     def _report_short(self, short: torch.Tensor, lengths: torch.Tensor, targets: torch.Tensor,
                       target_lengths: torch.Tensor) -> None:
+        if self._reported is not None and self._reported() is targets:
+            return  # this batch's second loss (adversarial training): reported already
         rows = short.nonzero().flatten().tolist()
         need = self.required_frames(targets, target_lengths)
         details = "; ".join(
@@ -333,6 +340,7 @@ class CTCHead(Head):
                 "trimming is on), or set head.too_short=skip to leave them out of the loss"
             )
         self.skipped += len(rows)
+        self._reported = weakref.ref(targets)
         log.warning("CTC: skipped %d utterance(s) with too few frames (%d so far): %s",
                     len(rows), self.skipped, details)
 
