@@ -156,6 +156,21 @@ def test_lr_scale_gives_each_part_its_learning_rate_and_zero_freezes(make_cfg, t
     assert all(torch.equal(a, b) for a, b in zip(frozen, model.encoder.parameters()))
     assert all(p.grad is None for p in model.encoder.parameters())  # not even computed
     assert any(not torch.equal(a, b) for a, b in zip(core, model.core.parameters()))
+    assert [g["name"] for g in groups] == ["core/decay", "core/no_decay", "head/decay", "head/no_decay"]
+
+
+def test_plateau_floor_scales_with_each_part(make_cfg, tiny_datamodule) -> None:
+    """``scheduler.min_lr`` is the floor at optimizer.lr; a part at lr_scale 0.1 gets a tenth of it."""
+    cfg = make_cfg([*TINY_DATA, "optimizer.lr=0.01", "lr_scale.core=0.1", "scheduler=plateau",
+                    "scheduler.min_lr=1e-4"])
+    model = build_model(cfg, tiny_datamodule)
+    trainer = _step_trainer()
+    trainer.fit(model, datamodule=tiny_datamodule)
+    scheduler = trainer.lr_scheduler_configs[0].scheduler
+    groups = trainer.optimizers[0].param_groups
+    assert [g["name"] for g in groups] == ["encoder+head/decay", "encoder+head/no_decay", "core/decay",
+                                           "core/no_decay"]
+    assert scheduler.min_lrs == pytest.approx([1e-4, 1e-4, 1e-5, 1e-5])
 
 
 def test_lr_scale_counts_tied_weights_once(make_cfg) -> None:
@@ -176,6 +191,7 @@ def test_default_lr_scale_keeps_the_two_groups_older_checkpoints_resume_into(mak
     assert [len(g["params"]) for g in groups] == [
         sum(p.dim() > 1 for p in model.parameters()), sum(p.dim() <= 1 for p in model.parameters())]
     assert [p for g in groups for p in g["params"] if p.dim() > 1] == [p for p in model.parameters() if p.dim() > 1]
+    assert [g["name"] for g in groups] == ["decay", "no_decay"]  # LearningRateMonitor: lr-AdamW/decay
 
 
 @pytest.mark.parametrize("bad", ["+lr_scale.decoder=0.5", "lr_scale.core=-1"])

@@ -215,15 +215,22 @@ class SequenceModel(L.LightningModule):
         scaled to 0 is frozen and not handed to the optimiser.
         """
         by_scale: dict[float, list[nn.Parameter]] = {}
+        parts_at: dict[float, list[str]] = {}
         for part, params in self._parts().items():
             scale = self.lr_scale.get(part, 1.0)
             if scale > 0:
                 by_scale.setdefault(scale, []).extend(p for p in params if p.requires_grad)
+                parts_at.setdefault(scale, []).append(part)
         groups: list[dict[str, Any]] = []
         for scale, params in by_scale.items():
+            # "name" labels the group's learning rate on the dashboards (LearningRateMonitor);
+            # "lr_scale" lets a schedule scale its floor with the group (optim.plateau)
+            prefix = "" if len(by_scale) == 1 else "+".join(parts_at[scale]) + "/"
             extra: dict[str, Any] = {"lr": lr * scale} if scale != 1.0 else {}
-            groups += [{"params": [p for p in params if p.dim() > 1], **extra},
-                       {"params": [p for p in params if p.dim() <= 1], "weight_decay": 0.0, **extra}]
+            extra["lr_scale"] = scale
+            groups += [{"params": [p for p in params if p.dim() > 1], "name": f"{prefix}decay", **extra},
+                       {"params": [p for p in params if p.dim() <= 1], "weight_decay": 0.0,
+                        "name": f"{prefix}no_decay", **extra}]
         return [group for group in groups if group["params"]]
 
     def configure_optimizers(self) -> Any:

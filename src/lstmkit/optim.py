@@ -47,5 +47,10 @@ def plateau(
     optimizer: Optimizer, total_steps: int, mode: str = "min", factor: float = 0.5, patience: int = 2,
     min_lr: float = 0.0,
 ) -> sched.ReduceLROnPlateau:
-    """Cut the learning rate when the monitored validation metric stops improving."""
-    return sched.ReduceLROnPlateau(optimizer, mode=mode, factor=factor, patience=patience, min_lr=min_lr)
+    """Cut the learning rate when the monitored validation metric stops improving.
+
+    ``min_lr`` is the floor at ``optimizer.lr``; a parameter group trained at ``lr_scale`` x that
+    rate (``SequenceModel.param_groups``) gets a floor scaled alike, so the parts keep their ratio.
+    """
+    floors = [min_lr * float(group.get("lr_scale", 1.0)) for group in optimizer.param_groups]
+    return sched.ReduceLROnPlateau(optimizer, mode=mode, factor=factor, patience=patience, min_lr=floors)
