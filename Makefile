@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_WORKERS ?= 2
 
-.PHONY: setup train test test-all lint bench-quality bench-speed clean
+.PHONY: setup train test test-all lint bench-quality bench-speed bench-gpu clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,9 @@ bench-quality: $(STAMP)              ## every task on its real data (../shared/d
 
 bench-speed: $(STAMP)                ## lstmkit vs a plain PyTorch loop (and Keras, with .[bench]); --quick via ARGS
 	$(BIN)/python scripts/bench_speed.py $(ARGS)
+
+bench-gpu: $(STAMP)                  ## the same on one CUDA GPU, float32 and bf16-mixed (ARGS="--device cpu --quick" dry run)
+	$(BIN)/python scripts/bench_gpu.py $(ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests scripts
