@@ -167,18 +167,23 @@ def summarise(runs: dict[str, Any], work: bs.Workload) -> dict[str, Any]:
     return out
 
 
+def twins(make_kit: Callable[[], SequenceModel], make_plain: Callable[[], torch.nn.Module]
+          ) -> tuple[SequenceModel, torch.nn.Module, torch.optim.Optimizer]:
+    """The lstmkit model, the plain one started from its weights (on the device) and the plain optimiser."""
+    torch.manual_seed(0)
+    kit, plain = make_kit(), make_plain()
+    bs.copy_weights(kit, plain)
+    plain.to(DEVICE)
+    return kit, plain, bs.plain_optimizer(plain)
+
+
 def lm_workload(size: bs.LMSize, warmup: int, repeats: int, root: str) -> dict[str, Any]:
     data = bs.synthetic_lm(size, seed=0)
     datamodule = bs.BenchStreams(data, size)
     streams = data.streams.to(DEVICE)
     runners: dict[str, Callable[[], bs.Timing]] = {}
     for precision in PRECISIONS:
-        torch.manual_seed(0)
-        kit = bs.lstmkit_lm(data, size)
-        plain = bs.PlainLM(size)
-        bs.copy_weights(kit, plain)
-        plain.to(DEVICE)
-        optimizer = bs.plain_optimizer(plain)
+        kit, plain, optimizer = twins(lambda: bs.lstmkit_lm(data, size), lambda: bs.PlainLM(size))
         runners[f"lstmkit/{precision}"] = lambda m=kit, p=precision: kit_epoch(m, datamodule, root, DEVICE, p)
         runners[f"plain/{precision}"] = lambda m=plain, o=optimizer, p=precision: plain_lm_epoch(
             m, o, streams, size.bptt, DEVICE, p)
@@ -192,12 +197,7 @@ def cls_workload(size: bs.ClsSize, warmup: int, repeats: int, root: str) -> dict
     datamodule = bs.BenchSentences(data, size, bucketing=False)
     runners: dict[str, Callable[[], bs.Timing]] = {}
     for precision in PRECISIONS:
-        torch.manual_seed(0)
-        kit = bs.lstmkit_classifier(data, size)
-        plain = bs.PlainClassifier(size)
-        bs.copy_weights(kit, plain)
-        plain.to(DEVICE)
-        optimizer = bs.plain_optimizer(plain)
+        kit, plain, optimizer = twins(lambda: bs.lstmkit_classifier(data, size), lambda: bs.PlainClassifier(size))
         generator = torch.Generator().manual_seed(0)
         runners[f"lstmkit/{precision}"] = lambda m=kit, p=precision: kit_epoch(m, datamodule, root, DEVICE, p)
         runners[f"plain/{precision}"] = lambda m=plain, o=optimizer, g=generator, p=precision: plain_cls_epoch(
