@@ -70,13 +70,14 @@ def autocast(device: str, precision: str) -> contextlib.AbstractContextManager[A
 
 
 def kit_epoch(model: SequenceModel, datamodule: L.LightningDataModule, root: str, device: str,
-              precision: str) -> bs.Timing:
+              precision: str, extra: list[L.Callback] | None = None) -> bs.Timing:
     """One epoch through ``Trainer.fit`` as ``lstmkit train trainer=gpu`` configures it."""
     cfg = bs.trainer_config(root)
     cfg.accelerator = "gpu" if device == "cuda" else "cpu"
     timer = SyncedEpochTimer()
     start = time.perf_counter()
-    trainer = instantiate(cfg, callbacks=[*bs.lstmkit_callbacks(), timer], logger=False, precision=precision)
+    trainer = instantiate(cfg, callbacks=[*bs.lstmkit_callbacks(), timer, *(extra or [])], logger=False,
+                          precision=precision)
     trainer.fit(model, datamodule=datamodule)
     total = time.perf_counter() - start
     model.trainer = None  # type: ignore[assignment]
@@ -205,6 +206,55 @@ def cls_workload(size: bs.ClsSize, warmup: int, repeats: int, root: str) -> dict
     return {"size": asdict(size), **summarise(interleave(runners, warmup, repeats), bs.cls_workload(data, size))}
 
 
+# ---------------------------------------------------------------------------------------------
+# --profile: where the extra milliseconds of lstmkit's step go (run it where the GPU is)
+# ---------------------------------------------------------------------------------------------
+# ops that make the host wait for the device (or copy between them), counted per step on each side
+WAITS = ("aten::_local_scalar_dense", "cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaMemcpyAsync",
+         "cudaLaunchKernel")
+
+
+def activities() -> list[torch.profiler.ProfilerActivity]:
+    acts = [torch.profiler.ProfilerActivity.CPU]
+    if DEVICE == "cuda":
+        acts.append(torch.profiler.ProfilerActivity.CUDA)
+    return acts
+
+
+class DeviceStepProfiler(bs.StepProfiler):
+    """bench_speed's step profiler, recording the device's kernels too."""
+
+    def __init__(self, first: int, count: int) -> None:
+        super().__init__(first, count)
+        self.profiler = torch.profiler.profile(activities=activities())
+
+
+def profile_lm(size: bs.LMSize, root: str, steps: int, top: int = 15) -> tuple[str, dict[str, Any]]:
+    """Profile ``steps`` float32 training steps of the LM on each side, after a warm-up epoch each."""
+    data = bs.synthetic_lm(replace(size, steps=steps), seed=0)
+    datamodule = bs.BenchStreams(data, size)
+    streams = data.streams.to(DEVICE)
+    kit, plain, optimizer = twins(lambda: bs.lstmkit_lm(data, size), lambda: bs.PlainLM(size))
+    kit_epoch(kit, datamodule, root, DEVICE, "32-true")
+    plain_lm_epoch(plain, optimizer, streams, size.bptt, DEVICE, "32-true")
+    recorder = DeviceStepProfiler(first=0, count=steps)
+    kit_epoch(kit, datamodule, root, DEVICE, "32-true", extra=[recorder])
+    with torch.profiler.profile(activities=activities()) as plain_prof:
+        plain_lm_epoch(plain, optimizer, streams, size.bptt, DEVICE, "32-true")
+    text, summary = [], {}
+    for side, prof in (("lstmkit", recorder.profiler), ("plain", plain_prof)):
+        events = prof.key_averages()
+        by = {e.key: e for e in events}
+        summary[side] = {op: round(by[op].count / steps, 2) for op in WAITS if op in by}
+        sort = "self_cuda_time_total" if DEVICE == "cuda" else "self_cpu_time_total"
+        text += [f"## {side}: {steps} steps, top {top} by self CPU time", "",
+                 events.table(sort_by="self_cpu_time_total", row_limit=top), ""]
+        if DEVICE == "cuda":
+            text += [f"## {side}: top {top} by self CUDA time", "", events.table(sort_by=sort, row_limit=top), ""]
+        text += [f"calls per step: {summary[side]}", ""]
+    return "\n".join(text), summary
+
+
 def machine() -> dict[str, Any]:
     info = bs.machine_info()
     if torch.cuda.is_available():
@@ -247,6 +297,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lm-steps", type=int, default=150, help="bptt windows per timed LM epoch")
     parser.add_argument("--examples", type=int, default=4096, help="sentences per timed classifier epoch")
     parser.add_argument("--out", type=Path, default=bs.REPO / "bench" / "results")
+    parser.add_argument("--profile", type=int, default=0, metavar="STEPS",
+                        help="also profile STEPS float32 steps of the 2x200 LM on each side (torch profiler)")
     args = parser.parse_args(argv)
     DEVICE = args.device
     if DEVICE == "cuda" and not torch.cuda.is_available():
@@ -270,6 +322,11 @@ def main(argv: list[str] | None = None) -> int:
                   flush=True)
         name = f"bi-LSTM classifier, batch {cls.batch}, lengths {cls.min_len}-{cls.max_len}"
         result["workloads"][name] = cls_workload(cls, warmup, repeats, root)
+        if args.profile:
+            text, result["profile_calls_per_step"] = profile_lm(small, root, args.profile)
+            print(text)
+            args.out.mkdir(parents=True, exist_ok=True)
+            (args.out / f"profile_gpu{'' if DEVICE == 'cuda' else '_cpu'}.txt").write_text(text)
     table = render(result)
     print(table)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -16,7 +16,7 @@
 # The machine needs lstmkit's dependencies; where only torch, torchaudio and lightning are installed,
 # carry wheels of hydra-core, omegaconf, antlr4-python3-runtime (and soundfile, cffi, pycparser for
 # speech) and put src/ on PYTHONPATH.
-# Writes to OUT_DIR: speed_gpu.json / .md, bench_gpu.log, ptb.log, ptb_metrics.csv, smoke.log, nvidia.txt.
+# Writes to OUT_DIR: speed_gpu.json / .md, profile_gpu.txt (where lstmkit's step time goes, both sides), bench_gpu.log, ptb.log, ptb_metrics.csv, smoke.log, nvidia.txt.
 set -u
 OUT=${1:?OUT_DIR}; DATA=${2:?DATA_ROOT}; BUDGET=${3:-520}
 PY=${PYTHON:-python3}
@@ -29,7 +29,7 @@ $PY -c "import torch, lightning; print('torch', torch.__version__, 'cuda', torch
 torch.backends.cudnn.version(), 'lightning', lightning.__version__, torch.cuda.is_available())" >> "$OUT/nvidia.txt" 2>&1
 
 # 1. speed, GPU to itself
-timeout 200 $PY scripts/bench_gpu.py --out "$OUT" $BENCH_ARGS > "$OUT/bench_gpu.log" 2>&1
+timeout 200 $PY scripts/bench_gpu.py --out "$OUT" --profile 50 $BENCH_ARGS > "$OUT/bench_gpu.log" 2>&1
 echo "bench_gpu rc=$? after $(( $(date +%s) - START )) s" | tee -a "$OUT/bench_gpu.log"
 
 # 2. PTB medium: epochs from the measured lstmkit float32 step (1,328 windows per epoch, +25 % for validation and the

@@ -69,7 +69,7 @@ def test_gpu_benchmark_script_runs_on_cpu(tmp_path: Path) -> None:
     workload in both precisions on both sides."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_gpu.py"), "--device", "cpu", "--quick",
-                           "--out", str(tmp_path)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+                           "--profile", "2", "--out", str(tmp_path)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
                           check=False)
     assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     results = json.loads((tmp_path / "speed_gpu_cpu.json").read_text(encoding="utf-8"))
@@ -82,3 +82,6 @@ def test_gpu_benchmark_script_runs_on_cpu(tmp_path: Path) -> None:
                     assert math.isfinite(run[key]) and run[key] > 0, f"{name} {impl}/{precision}.{key} = {run[key]}"
             assert workload[f"ratio/{precision}"] > 0
     assert "| lstmkit / plain |" in (tmp_path / "speed_gpu_cpu.md").read_text(encoding="utf-8")
+    profile = (tmp_path / "profile_gpu_cpu.txt").read_text(encoding="utf-8")
+    assert "## lstmkit: 2 steps" in profile and "## plain: 2 steps" in profile and "aten::mm" in profile
+    assert set(results["profile_calls_per_step"]) == {"lstmkit", "plain"}
