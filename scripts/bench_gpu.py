@@ -209,9 +209,10 @@ def cls_workload(size: bs.ClsSize, warmup: int, repeats: int, root: str) -> dict
 # ---------------------------------------------------------------------------------------------
 # --profile: where the extra milliseconds of lstmkit's step go (run it where the GPU is)
 # ---------------------------------------------------------------------------------------------
-# ops that make the host wait for the device (or copy between them), counted per step on each side
-WAITS = ("aten::_local_scalar_dense", "cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaMemcpyAsync",
-         "cudaLaunchKernel")
+# counted per step on each side: host reads of a tensor's value, waits for the device, copies between
+# host and device, and kernel launches
+COUNTED = ("aten::_local_scalar_dense", "cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaMemcpyAsync",
+           "cudaLaunchKernel")
 
 
 def activities() -> list[torch.profiler.ProfilerActivity]:
@@ -230,22 +231,26 @@ class DeviceStepProfiler(bs.StepProfiler):
 
 
 def profile_lm(size: bs.LMSize, root: str, steps: int, top: int = 15) -> tuple[str, dict[str, Any]]:
-    """Profile ``steps`` float32 training steps of the LM on each side, after a warm-up epoch each."""
-    data = bs.synthetic_lm(replace(size, steps=steps), seed=0)
+    """Profile ``steps`` float32 training steps of the LM on each side, after a warm-up epoch each.
+
+    lstmkit's profile starts at the third step of its epoch (each ``fit`` builds a fresh optimiser,
+    whose state the first step allocates); the plain loop's optimiser is warm from its first epoch.
+    """
+    data = bs.synthetic_lm(replace(size, steps=steps + 2), seed=0)
     datamodule = bs.BenchStreams(data, size)
     streams = data.streams.to(DEVICE)
     kit, plain, optimizer = twins(lambda: bs.lstmkit_lm(data, size), lambda: bs.PlainLM(size))
     kit_epoch(kit, datamodule, root, DEVICE, "32-true")
     plain_lm_epoch(plain, optimizer, streams, size.bptt, DEVICE, "32-true")
-    recorder = DeviceStepProfiler(first=0, count=steps)
+    recorder = DeviceStepProfiler(first=2, count=steps)
     kit_epoch(kit, datamodule, root, DEVICE, "32-true", extra=[recorder])
     with torch.profiler.profile(activities=activities()) as plain_prof:
-        plain_lm_epoch(plain, optimizer, streams, size.bptt, DEVICE, "32-true")
+        plain_lm_epoch(plain, optimizer, streams[:, : steps * size.bptt + 1], size.bptt, DEVICE, "32-true")
     text, summary = [], {}
     for side, prof in (("lstmkit", recorder.profiler), ("plain", plain_prof)):
         events = prof.key_averages()
         by = {e.key: e for e in events}
-        summary[side] = {op: round(by[op].count / steps, 2) for op in WAITS if op in by}
+        summary[side] = {op: round(by[op].count / steps, 2) for op in COUNTED if op in by}
         sort = "self_cuda_time_total" if DEVICE == "cuda" else "self_cpu_time_total"
         text += [f"## {side}: {steps} steps, top {top} by self CPU time", "",
                  events.table(sort_by="self_cpu_time_total", row_limit=top), ""]
@@ -303,7 +308,8 @@ def main(argv: list[str] | None = None) -> int:
     DEVICE = args.device
     if DEVICE == "cuda" and not torch.cuda.is_available():
         raise SystemExit("bench_gpu: no CUDA GPU is visible (torch.cuda.is_available() is False); use --device cpu")
-    torch.backends.cuda.matmul.allow_tf32 = False  # float32 means float32 on both sides
+    torch.backends.cuda.matmul.allow_tf32 = False  # float32 means float32 on both sides (cuBLAS
+    torch.backends.cudnn.allow_tf32 = False        # and cuDNN, whose LSTM would otherwise use TF32)
     warmup, repeats = (0, 1) if args.quick else (args.warmup, args.repeats)
     small = bs.LMSize(steps=3 if args.quick else args.lm_steps)
     sizes = {
@@ -315,24 +321,31 @@ def main(argv: list[str] | None = None) -> int:
                               "warmup": warmup, "repeats": repeats, "workloads": {}}
     if not result["git"].get("commit"):  # a copied working tree without .git (a lent GPU machine)
         result["git"]["commit"] = os.environ.get("BENCH_COMMIT")
+    args.out.mkdir(parents=True, exist_ok=True)
+    suffix = "" if DEVICE == "cuda" else "_cpu"
+
+    def save() -> str:
+        """Write what is measured so far (a run stopped by a time limit keeps its finished workloads)."""
+        table = render(result)
+        (args.out / f"speed_gpu{suffix}.json").write_text(json.dumps(result, indent=2) + "\n")
+        (args.out / f"speed_gpu{suffix}.md").write_text(table)
+        return table
+
+    workloads: dict[str, Callable[[str], dict[str, Any]]] = {
+        name: (lambda root, size=size: lm_workload(size, warmup, repeats, root)) for name, size in sizes.items()}
+    workloads[f"bi-LSTM classifier, batch {cls.batch}, lengths {cls.min_len}-{cls.max_len}"] = (
+        lambda root: cls_workload(cls, warmup, repeats, root))
     with tempfile.TemporaryDirectory() as root:
-        for name, size in sizes.items():
-            result["workloads"][name] = lm_workload(size, warmup, repeats, root)
+        for name, measure in workloads.items():
+            result["workloads"][name] = measure(root)
             print(name, json.dumps({k: v for k, v in result["workloads"][name].items() if k.startswith("ratio")}),
                   flush=True)
-        name = f"bi-LSTM classifier, batch {cls.batch}, lengths {cls.min_len}-{cls.max_len}"
-        result["workloads"][name] = cls_workload(cls, warmup, repeats, root)
+            save()
         if args.profile:
             text, result["profile_calls_per_step"] = profile_lm(small, root, args.profile)
             print(text)
-            args.out.mkdir(parents=True, exist_ok=True)
-            (args.out / f"profile_gpu{'' if DEVICE == 'cuda' else '_cpu'}.txt").write_text(text)
-    table = render(result)
-    print(table)
-    args.out.mkdir(parents=True, exist_ok=True)
-    suffix = "" if DEVICE == "cuda" else "_cpu"
-    (args.out / f"speed_gpu{suffix}.json").write_text(json.dumps(result, indent=2) + "\n")
-    (args.out / f"speed_gpu{suffix}.md").write_text(table)
+            (args.out / f"profile_gpu{suffix}.txt").write_text(text)
+    print(save())
     return 0
 
 

@@ -23,18 +23,20 @@ PY=${PYTHON:-python3}
 TRAINER=${TRAINER:-gpu}; DDP=${DDP:-ddp}; BENCH_ARGS=${BENCH_ARGS:-}; PTB_EXTRA=${PTB_EXTRA:-}; SMOKE_EXTRA=${SMOKE_EXTRA:-}
 START=$(date +%s)
 mkdir -p "$OUT"
+rm -rf /tmp/gpu_logs /tmp/smoke_*.log   # nothing of an earlier run is reported as this one's
 export PYTHONUNBUFFERED=1 HYDRA_FULL_ERROR=1
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv > "$OUT/nvidia.txt" 2>&1
 $PY -c "import torch, lightning; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'cudnn',
 torch.backends.cudnn.version(), 'lightning', lightning.__version__, torch.cuda.is_available())" >> "$OUT/nvidia.txt" 2>&1
 
 # 1. speed, GPU to itself
-timeout 200 $PY scripts/bench_gpu.py --out "$OUT" --profile 50 $BENCH_ARGS > "$OUT/bench_gpu.log" 2>&1
+timeout 260 $PY scripts/bench_gpu.py --out "$OUT" --profile 50 $BENCH_ARGS > "$OUT/bench_gpu.log" 2>&1
 echo "bench_gpu rc=$? after $(( $(date +%s) - START )) s" | tee -a "$OUT/bench_gpu.log"
 
 # 2. PTB medium: epochs from the measured lstmkit float32 step (1,328 windows per epoch, +25 % for validation and the
 # smoke runs beside it)
 LEFT=$(( BUDGET - ($(date +%s) - START) - 75 ))   # 75 s: start-up, the test pass, copying back
+LEFT=$(( LEFT < 60 ? 60 : LEFT ))
 EPOCHS=$($PY - "$OUT/speed_gpu.json" "$LEFT" <<'EOF'
 import json, sys
 try:

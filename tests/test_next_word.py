@@ -496,3 +496,7 @@ def test_extra_train_text_joins_the_train_stream_only(tmp_path: Path) -> None:
         assert torch.equal(more.splits[split].ids, base.splits[split].ids)
     with pytest.raises(DataError, match=r"missing\.txt.*extra_train: not a file"):
         tiny_module(data, tokenizer="whitespace", skip_fields=1, extra_train=[str(tmp_path / "missing.txt")])
+    # eval / predict rebuild the datamodule with the checkpoint's spec: the extra text is not read
+    again = tiny_module(data, tokenizer="whitespace", skip_fields=1, batch_size=2, bptt=3,
+                        extra_train=[str(tmp_path / "missing.txt")], spec=more.spec.to_dict())
+    assert torch.equal(again.splits["test"].ids, base.splits["test"].ids)

@@ -415,7 +415,7 @@ def test_too_short_utterances_error_or_skip(caplog):
     again = Batch(batch.inputs, batch.lengths, batch.targets.clone(), batch.target_lengths)  # the next batch
     head.loss(out, torch.tensor([3, 3]), again)
     assert head.skipped == 2
-    assert copy.deepcopy(head).skipped == 2  # still copies and pickles
+    assert copy.deepcopy(head).skipped == 2 and pickle.loads(pickle.dumps(head)).skipped == 2  # copies, pickles
 
 
 def test_prefix_beam_search_beats_best_path():

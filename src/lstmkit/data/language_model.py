@@ -754,7 +754,9 @@ class NextWordDataModule(SequenceDataModule):
                                 specials=(PAD, UNK, EOS))
             spec = DataSpec(input_kind="tokens", vocab=vocab, pad_id=0, tokenizer=dict(self.tokenizer),
                             extra={"bptt": self.bptt})
-        if self.extra_train and "train" in splits:
+        if self.extra_train and self.fixed_spec is None and "train" in splits:
+            # with a checkpoint's spec (eval, predict) the train split is not read for training: the
+            # extra files are neither needed nor required to still exist
             splits["train"] = self._with_extra(*splits["train"])
         index = {tok: i for i, tok in enumerate(spec.vocab or [])}
         unk = index[UNK]
