@@ -25,7 +25,6 @@ import argparse
 import contextlib
 import json
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -45,6 +44,7 @@ import bench_speed as bs
 from lstmkit.module import SequenceModel
 
 PRECISIONS = ("32-true", "bf16-mixed")
+DEVICE = "cuda"  # or "cpu" (--device), set once by main()
 
 
 class SyncedEpochTimer(bs.EpochTimer):
@@ -64,16 +64,16 @@ def synchronize(device: torch.device | str) -> None:
         torch.cuda.synchronize()
 
 
-def autocast(device: str, precision: str) -> contextlib.AbstractContextManager[Any]:
+def autocast(precision: str) -> contextlib.AbstractContextManager[Any]:
     """The autocast Lightning's ``bf16-mixed`` plugin puts around the forward pass, for the plain loops."""
-    return torch.autocast(device, dtype=torch.bfloat16, enabled=precision == "bf16-mixed")
+    return torch.autocast(DEVICE, dtype=torch.bfloat16, enabled=precision == "bf16-mixed")
 
 
-def kit_epoch(model: SequenceModel, datamodule: L.LightningDataModule, root: str, device: str,
-              precision: str, extra: list[L.Callback] | None = None) -> bs.Timing:
+def kit_epoch(model: SequenceModel, datamodule: L.LightningDataModule, root: str, precision: str,
+              extra: list[L.Callback] | None = None) -> bs.Timing:
     """One epoch through ``Trainer.fit`` as ``lstmkit train trainer=gpu`` configures it."""
     cfg = bs.trainer_config(root)
-    cfg.accelerator = "gpu" if device == "cuda" else "cpu"
+    cfg.accelerator = "gpu" if DEVICE == "cuda" else "cpu"
     timer = SyncedEpochTimer()
     start = time.perf_counter()
     trainer = instantiate(cfg, callbacks=[*bs.lstmkit_callbacks(), timer, *(extra or [])], logger=False,
@@ -86,15 +86,16 @@ def kit_epoch(model: SequenceModel, datamodule: L.LightningDataModule, root: str
 
 
 def plain_lm_epoch(model: bs.PlainLM, optimizer: torch.optim.Optimizer, streams: torch.Tensor, bptt: int,
-                   device: str, precision: str) -> bs.Timing:
-    """bench_speed's truncated-BPTT loop with the streams on the device and autocast around the forward."""
-    synchronize(device)
+                   precision: str) -> bs.Timing:
+    """bench_speed's truncated-BPTT loop with the streams on the device and autocast around the forward
+    only (bench_speed's loop computes the loss inside the step call, where autocast cannot reach)."""
+    synchronize(DEVICE)
     start = time.perf_counter()
     model.train()
     state = None
     for i in range(0, streams.shape[1] - 1, bptt):
         x, y = streams[:, i : i + bptt], streams[:, i + 1 : i + 1 + bptt]
-        with autocast(device, precision):
+        with autocast(precision):
             logits, state = model(x, state)
             loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
         state = (state[0].detach(), state[1].detach())
@@ -103,68 +104,45 @@ def plain_lm_epoch(model: bs.PlainLM, optimizer: torch.optim.Optimizer, streams:
 
 
 def plain_cls_epoch(model: bs.PlainClassifier, optimizer: torch.optim.Optimizer, data: bs.ClsData, batch: int,
-                    generator: torch.Generator, device: str, precision: str) -> bs.Timing:
+                    generator: torch.Generator, precision: str) -> bs.Timing:
     """bench_speed's shuffled, packed classifier loop; each padded batch is copied to the device."""
-    synchronize(device)
+    synchronize(DEVICE)
     start = time.perf_counter()
     model.train()
     order = torch.randperm(len(data.inputs), generator=generator).tolist()
     for i in range(0, len(order), batch):
         x, lengths, y = bs.padded_batch(data, order[i : i + batch])
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        with autocast(device, precision):
+        x, y = x.to(DEVICE, non_blocking=True), y.to(DEVICE, non_blocking=True)
+        with autocast(precision):
             loss = F.cross_entropy(model(x, lengths).float(), y)  # lengths stay on the host for packing
         bs.train_step(model, optimizer, loss)
     return bs.Timing(time.perf_counter() - start)
 
 
 @contextlib.contextmanager
-def cuda_peak(device: str) -> Iterator[dict[str, float]]:
-    """Peak CUDA memory allocated during the block (MB); empty on CPU."""
+def cuda_peak() -> Iterator[dict[str, float]]:
+    """Peak CUDA memory allocated during the block (MB)."""
     out: dict[str, float] = {}
-    if device == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
     yield out
-    if device == "cuda":
-        torch.cuda.synchronize()
-        out["peak_cuda_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    torch.cuda.synchronize()
+    out["peak_cuda_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
 
 
-def interleave(runners: dict[str, Callable[[], bs.Timing]], warmup: int, repeats: int) -> dict[str, Any]:
-    """ABBA over the runners; the median epoch, its throughput inputs and the peak CUDA memory."""
-    names = list(runners)
-    seconds: dict[str, list[float]] = {n: [] for n in names}
-    overhead: dict[str, list[float]] = {n: [] for n in names}
-    peak: dict[str, float] = {n: 0.0 for n in names}
-    for r in range(warmup + repeats):
-        for name in names if r % 2 == 0 else names[::-1]:
-            with cuda_peak(DEVICE) as mem:
-                timing = runners[name]()
-            peak[name] = max(peak[name], mem.get("peak_cuda_mb", 0.0))
-            if r >= warmup:
-                seconds[name].append(timing.seconds)
-                overhead[name].append(timing.overhead_s)
-    return {n: {"seconds": seconds[n], "overhead": overhead[n], "peak_cuda_mb": peak[n]} for n in names}
+def memory_probe() -> contextlib.AbstractContextManager[dict[str, float]]:
+    """The device's peak memory: CUDA's allocator on a GPU, the process's resident set on CPU."""
+    return cuda_peak() if DEVICE == "cuda" else bs.memory_probe()
 
 
-def summarise(runs: dict[str, Any], work: bs.Workload) -> dict[str, Any]:
-    out: dict[str, Any] = {"workload": asdict(work)}
-    for name, r in runs.items():
-        median = statistics.median(r["seconds"])
-        out[name] = {
-            "samples_per_s": round(work.samples / median, 1),
-            "tokens_per_s": round(work.tokens / median, 0),
-            "step_ms": round(1000 * median / work.steps, 3),
-            "epoch_s_runs": [round(s, 4) for s in r["seconds"]],
-            "peak_cuda_mb": r["peak_cuda_mb"],
-        }
-        if any(r["overhead"]):
-            out[name]["fit_overhead_s"] = round(statistics.median(r["overhead"]), 3)
+def measure(runners: dict[str, Callable[[], bs.Timing]], work: bs.Workload, warmup: int,
+            repeats: int) -> dict[str, Any]:
+    """bench_speed's ABBA runs and summaries, with the lstmkit / plain ratio per precision."""
+    runs = bs.interleave(runners, warmup, repeats, probe=memory_probe)
+    out: dict[str, Any] = {"workload": asdict(work), **{n: bs.summarise_runs(r, work) for n, r in runs.items()}}
     for precision in PRECISIONS:
-        kit, plain = out.get(f"lstmkit/{precision}"), out.get(f"plain/{precision}")
-        if kit and plain:
-            out[f"ratio/{precision}"] = round(kit["samples_per_s"] / plain["samples_per_s"], 4)
+        out[f"ratio/{precision}"] = round(
+            out[f"lstmkit/{precision}"]["samples_per_s"] / out[f"plain/{precision}"]["samples_per_s"], 4)
     return out
 
 
@@ -185,12 +163,12 @@ def lm_workload(size: bs.LMSize, warmup: int, repeats: int, root: str) -> dict[s
     runners: dict[str, Callable[[], bs.Timing]] = {}
     for precision in PRECISIONS:
         kit, plain, optimizer = twins(lambda: bs.lstmkit_lm(data, size), lambda: bs.PlainLM(size))
-        runners[f"lstmkit/{precision}"] = lambda m=kit, p=precision: kit_epoch(m, datamodule, root, DEVICE, p)
+        runners[f"lstmkit/{precision}"] = lambda m=kit, p=precision: kit_epoch(m, datamodule, root, p)
         runners[f"plain/{precision}"] = lambda m=plain, o=optimizer, p=precision: plain_lm_epoch(
-            m, o, streams, size.bptt, DEVICE, p)
+            m, o, streams, size.bptt, p)
     steps = -(-(data.streams.shape[1] - 1) // size.bptt)
     work = bs.Workload(samples=steps * size.batch, tokens=steps * size.batch * size.bptt, steps=steps)
-    return {"size": asdict(size), **summarise(interleave(runners, warmup, repeats), work)}
+    return {"size": asdict(size), **measure(runners, work, warmup, repeats)}
 
 
 def cls_workload(size: bs.ClsSize, warmup: int, repeats: int, root: str) -> dict[str, Any]:
@@ -200,10 +178,10 @@ def cls_workload(size: bs.ClsSize, warmup: int, repeats: int, root: str) -> dict
     for precision in PRECISIONS:
         kit, plain, optimizer = twins(lambda: bs.lstmkit_classifier(data, size), lambda: bs.PlainClassifier(size))
         generator = torch.Generator().manual_seed(0)
-        runners[f"lstmkit/{precision}"] = lambda m=kit, p=precision: kit_epoch(m, datamodule, root, DEVICE, p)
+        runners[f"lstmkit/{precision}"] = lambda m=kit, p=precision: kit_epoch(m, datamodule, root, p)
         runners[f"plain/{precision}"] = lambda m=plain, o=optimizer, g=generator, p=precision: plain_cls_epoch(
-            m, o, data, size.batch, g, DEVICE, p)
-    return {"size": asdict(size), **summarise(interleave(runners, warmup, repeats), bs.cls_workload(data, size))}
+            m, o, data, size.batch, g, p)
+    return {"size": asdict(size), **measure(runners, bs.cls_workload(data, size), warmup, repeats)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -240,12 +218,12 @@ def profile_lm(size: bs.LMSize, root: str, steps: int, top: int = 15) -> tuple[s
     datamodule = bs.BenchStreams(data, size)
     streams = data.streams.to(DEVICE)
     kit, plain, optimizer = twins(lambda: bs.lstmkit_lm(data, size), lambda: bs.PlainLM(size))
-    kit_epoch(kit, datamodule, root, DEVICE, "32-true")
-    plain_lm_epoch(plain, optimizer, streams, size.bptt, DEVICE, "32-true")
+    kit_epoch(kit, datamodule, root, "32-true")
+    plain_lm_epoch(plain, optimizer, streams, size.bptt, "32-true")
     recorder = DeviceStepProfiler(first=2, count=steps)
-    kit_epoch(kit, datamodule, root, DEVICE, "32-true", extra=[recorder])
+    kit_epoch(kit, datamodule, root, "32-true", extra=[recorder])
     with torch.profiler.profile(activities=activities()) as plain_prof:
-        plain_lm_epoch(plain, optimizer, streams[:, : steps * size.bptt + 1], size.bptt, DEVICE, "32-true")
+        plain_lm_epoch(plain, optimizer, streams[:, : steps * size.bptt + 1], size.bptt, "32-true")
     text, summary = [], {}
     for side, prof in (("lstmkit", recorder.profiler), ("plain", plain_prof)):
         events = prof.key_averages()
@@ -285,11 +263,8 @@ def render(result: dict[str, Any]) -> str:
                 continue
             lines.append(f"| {name} | {precision} | {kit['samples_per_s']:,.0f} | {plain['samples_per_s']:,.0f} | "
                          f"{kit['step_ms']:.2f} | {plain['step_ms']:.2f} | **{w[f'ratio/{precision}']:.3f}** | "
-                         f"{kit['peak_cuda_mb']:,.0f} / {plain['peak_cuda_mb']:,.0f} |")
+                         f"{bs._f(kit.get('peak_cuda_mb'), 0)} / {bs._f(plain.get('peak_cuda_mb'), 0)} |")
     return "\n".join(lines) + "\n"
-
-
-DEVICE = "cuda"
 
 
 def main(argv: list[str] | None = None) -> int:

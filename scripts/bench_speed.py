@@ -508,19 +508,22 @@ class Runs:
     memory: dict[str, float]  # the highest peak over every run, warm-up included
 
 
-def interleave(runners: dict[str, Callable[[], Timing]], warmup: int, repeats: int) -> dict[str, Runs]:
+def interleave(
+    runners: dict[str, Callable[[], Timing]], warmup: int, repeats: int,
+    probe: Callable[[], contextlib.AbstractContextManager[dict[str, float]]] = memory_probe,
+) -> dict[str, Runs]:
     """Run each runner warmup + repeats times, alternating the order (ABBA), with a memory probe each.
 
     Memory is probed on every run, warm-up included, since the first run is the one that
-    allocates the optimiser state.
+    allocates the optimiser state; ``probe`` measures it (the process's peak RSS by default).
     """
     names = list(runners)
-    out = {name: Runs([], {"peak_rss_mb": 0.0, "peak_delta_mb": 0.0}) for name in names}
+    out = {name: Runs([], {}) for name in names}
     for r in range(warmup + repeats):
         for name in names if r % 2 == 0 else names[::-1]:
-            with memory_probe() as memory:
+            with probe() as memory:
                 timing = runners[name]()
-            out[name].memory = {k: max(v, memory[k]) for k, v in out[name].memory.items()}
+            out[name].memory = {k: max(v, out[name].memory.get(k, 0.0)) for k, v in memory.items()}
             if r >= warmup:
                 out[name].timings.append(timing)
     return out

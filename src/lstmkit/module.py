@@ -214,18 +214,18 @@ class SequenceModel(L.LightningModule):
         groups of a checkpoint written before lr_scale existed, and ``resume`` still loads it. A part
         scaled to 0 is frozen and not handed to the optimiser.
         """
-        by_scale: dict[float, list[nn.Parameter]] = {}
+        parts = self._parts()
         parts_at: dict[float, list[str]] = {}
-        for part, params in self._parts().items():
+        for part in parts:
             scale = self.lr_scale.get(part, 1.0)
             if scale > 0:
-                by_scale.setdefault(scale, []).extend(p for p in params if p.requires_grad)
                 parts_at.setdefault(scale, []).append(part)
         groups: list[dict[str, Any]] = []
-        for scale, params in by_scale.items():
+        for scale, names in parts_at.items():
+            params = [p for part in names for p in parts[part] if p.requires_grad]
             # "name" labels the group's learning rate on the dashboards (LearningRateMonitor);
             # "lr_scale" lets a schedule scale its floor with the group (optim.plateau)
-            prefix = "" if len(by_scale) == 1 else "+".join(parts_at[scale]) + "/"
+            prefix = "" if len(parts_at) == 1 else "+".join(names) + "/"
             extra: dict[str, Any] = {"lr": lr * scale} if scale != 1.0 else {}
             extra["lr_scale"] = scale
             groups += [{"params": [p for p in params if p.dim() > 1], "name": f"{prefix}decay", **extra},

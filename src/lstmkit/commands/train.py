@@ -38,16 +38,13 @@ def config_stage(what: str) -> Iterator[None]:
     except LstmkitError:
         raise
     except (TypeError, ValueError, InstantiationException) as err:
-        cause: BaseException | None = err
-        while cause is not None:
-            if isinstance(cause, LstmkitError):
-                raise cause from None
-            cause = cause.__cause__
+        root: BaseException = err  # the end of the cause chain: an error of ours, or what says why
+        while not isinstance(root, LstmkitError) and root.__cause__ is not None:
+            root = root.__cause__
+        if isinstance(root, LstmkitError):
+            raise root from None
         inner = err.__cause__ if isinstance(err, InstantiationException) and err.__cause__ else err
         message = _first_line(inner)
-        root = inner
-        while root.__cause__ is not None:
-            root = root.__cause__
         if root is not inner:  # e.g. Hydra's "Error loading 'x.Y':" over the ImportError that says why
             message = f"{message.rstrip(':')}: {type(root).__name__}: {_first_line(root)}"
         overrides = " ".join(HydraConfig.get().overrides.task) if HydraConfig.initialized() else ""

@@ -717,7 +717,7 @@ class NextWordDataModule(SequenceDataModule):
 
     def _with_extra(self, source: str, tokens: list[str]) -> tuple[str, list[str]]:
         """The train split with ``extra_train``'s files appended (after the vocabulary is built)."""
-        sources = [source]
+        sources, tokens = [source], list(tokens)
         for name in self.extra_train:
             path = Path(name).expanduser()
             if not path.is_file():
@@ -726,7 +726,7 @@ class NextWordDataModule(SequenceDataModule):
             extra = self._tokens(read_text(path), skip_fields=0)
             if not extra:
                 raise DataError("data.extra_train: the file holds no text", path=path)
-            tokens = tokens + extra
+            tokens.extend(extra)
             sources.append(str(path))
         return " + ".join(sources), tokens
 
