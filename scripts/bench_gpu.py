@@ -42,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_speed as bs
 
 from lstmkit.module import SequenceModel
+from lstmkit.syncs import HostSyncCounter, SyncAudit
 
 PRECISIONS = ("32-true", "bf16-mixed")
 DEVICE = "cuda"  # or "cpu" (--device), set once by main()
@@ -156,32 +157,60 @@ def twins(make_kit: Callable[[], SequenceModel], make_plain: Callable[[], torch.
     return kit, plain, bs.plain_optimizer(plain)
 
 
+def host_syncs(kit: Callable[[list[L.Callback]], Any], plain: Callable[[], Any], steps: int) -> dict[str, float]:
+    """Host-device synchronisations per float32 training step on each side (lstmkit.syncs), after the timing.
+
+    On CUDA these are the real waits; the CPU dry run counts lstmkit.syncs' stand-ins.
+    """
+    audit = SyncAudit(start=1, steps=max(1, min(5, steps - 2)), proxy=DEVICE == "cpu")
+    kit([audit])
+    with HostSyncCounter(proxy=DEVICE == "cpu") as counter:
+        plain()
+    return {"lstmkit": round(audit.per_step, 2), "plain": round(counter.total / steps, 2)}
+
+
 def lm_workload(size: bs.LMSize, warmup: int, repeats: int, root: str) -> dict[str, Any]:
     data = bs.synthetic_lm(size, seed=0)
     datamodule = bs.BenchStreams(data, size)
     streams = data.streams.to(DEVICE)
     runners: dict[str, Callable[[], bs.Timing]] = {}
+    models = {}
     for precision in PRECISIONS:
-        kit, plain, optimizer = twins(lambda: bs.lstmkit_lm(data, size), lambda: bs.PlainLM(size))
+        kit, plain, optimizer = models[precision] = twins(lambda: bs.lstmkit_lm(data, size), lambda: bs.PlainLM(size))
         runners[f"lstmkit/{precision}"] = lambda m=kit, p=precision: kit_epoch(m, datamodule, root, p)
         runners[f"plain/{precision}"] = lambda m=plain, o=optimizer, p=precision: plain_lm_epoch(
             m, o, streams, size.bptt, p)
     steps = -(-(data.streams.shape[1] - 1) // size.bptt)
     work = bs.Workload(samples=steps * size.batch, tokens=steps * size.batch * size.bptt, steps=steps)
-    return {"size": asdict(size), **measure(runners, work, warmup, repeats)}
+    out = {"size": asdict(size), **measure(runners, work, warmup, repeats)}
+    kit, plain, optimizer = models["32-true"]
+    out["host_syncs_per_step"] = host_syncs(lambda extra: kit_epoch(kit, datamodule, root, "32-true", extra),
+                                            lambda: plain_lm_epoch(plain, optimizer, streams, size.bptt, "32-true"),
+                                            steps)
+    return out
 
 
 def cls_workload(size: bs.ClsSize, warmup: int, repeats: int, root: str) -> dict[str, Any]:
     data = bs.synthetic_cls(size, seed=0)
     datamodule = bs.BenchSentences(data, size, bucketing=False)
     runners: dict[str, Callable[[], bs.Timing]] = {}
+    models = {}
     for precision in PRECISIONS:
-        kit, plain, optimizer = twins(lambda: bs.lstmkit_classifier(data, size), lambda: bs.PlainClassifier(size))
+        kit, plain, optimizer = models[precision] = twins(lambda: bs.lstmkit_classifier(data, size),
+                                                          lambda: bs.PlainClassifier(size))
         generator = torch.Generator().manual_seed(0)
         runners[f"lstmkit/{precision}"] = lambda m=kit, p=precision: kit_epoch(m, datamodule, root, p)
         runners[f"plain/{precision}"] = lambda m=plain, o=optimizer, g=generator, p=precision: plain_cls_epoch(
             m, o, data, size.batch, g, p)
-    return {"size": asdict(size), **measure(runners, bs.cls_workload(data, size), warmup, repeats)}
+    work = bs.cls_workload(data, size)
+    out = {"size": asdict(size), **measure(runners, work, warmup, repeats)}
+    kit, plain, optimizer = models["32-true"]
+    generator = torch.Generator().manual_seed(0)
+    out["host_syncs_per_step"] = host_syncs(lambda extra: kit_epoch(kit, datamodule, root, "32-true", extra),
+                                            lambda: plain_cls_epoch(plain, optimizer, data, size.batch, generator,
+                                                                    "32-true"),
+                                            work.steps)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -254,8 +283,11 @@ def render(result: dict[str, Any]) -> str:
              f"{m['cpu']}; commit {str(result['git'].get('commit'))[:7]}. Median of {result['repeats']} epochs "
              f"after {result['warmup']} warm-up, lstmkit and plain alternating (ABBA)."), "",
              ("| workload | precision | lstmkit samples/s | plain samples/s | lstmkit ms/step | plain ms/step "
-             "| lstmkit / plain | peak CUDA MB (lstmkit / plain) |"),
-             "|---|---|---:|---:|---:|---:|---:|---:|"]
+             "| lstmkit / plain | peak CUDA MB (lstmkit / plain) | host syncs per step (lstmkit / plain) |"),
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    if result.get("device") == "cpu":
+        lines[2] += (" CPU dry run: the host-sync counts are lstmkit.syncs' CPU stand-ins, which also count "
+                     "host-only reads (the optimiser's step counters, data preparation).")
     for name, w in result["workloads"].items():
         for precision in PRECISIONS:
             kit, plain = w.get(f"lstmkit/{precision}"), w.get(f"plain/{precision}")
@@ -263,8 +295,14 @@ def render(result: dict[str, Any]) -> str:
                 continue
             lines.append(f"| {name} | {precision} | {kit['samples_per_s']:,.0f} | {plain['samples_per_s']:,.0f} | "
                          f"{kit['step_ms']:.2f} | {plain['step_ms']:.2f} | **{w[f'ratio/{precision}']:.3f}** | "
-                         f"{bs._f(kit.get('peak_cuda_mb'), 0)} / {bs._f(plain.get('peak_cuda_mb'), 0)} |")
+                         f"{bs._f(kit.get('peak_cuda_mb'), 0)} / {bs._f(plain.get('peak_cuda_mb'), 0)} | "
+                         f"{_syncs(w, precision)} |")
     return "\n".join(lines) + "\n"
+
+
+def _syncs(workload: dict[str, Any], precision: str) -> str:
+    counts = workload.get("host_syncs_per_step") if precision == "32-true" else None
+    return f"{counts['lstmkit']:g} / {counts['plain']:g}" if counts else "—"
 
 
 def main(argv: list[str] | None = None) -> int:

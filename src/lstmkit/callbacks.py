@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import RichProgressBar
 
 from lstmkit.errors import LstmkitError
 
@@ -15,26 +15,120 @@ class DivergedError(LstmkitError):
     """The training loss became NaN or infinite."""
 
 
-class StopOnNonFiniteLoss(L.Callback):
-    """Stop at the first NaN / inf training loss, naming the step and what to try.
+def read_every(trainer: L.Trainer, every: int | None) -> int:
+    """How many steps apart a callback reads a device value: ``every``, or the logging interval.
 
-    The run ends before anything is saved for the diverged step, so the checkpoints on disk
-    (``last.ckpt``, ``best.ckpt``) are the last good ones. In a sweep the trial is reported as
-    failed and the sweep goes on.
+    Lightning reads the logged values on the host at its logging steps anyway, so reading there
+    costs no extra wait for the GPU; in between, the host runs ahead of the device.
     """
+    return max(1, int(every if every is not None else getattr(trainer, "log_every_n_steps", 1) or 1))
+
+
+class StopOnNonFiniteLoss(L.Callback):
+    """Stop at the first NaN / inf training loss, naming the batch where it happened and what to try.
+
+    The check itself stays on the device: each step only records (without a host read) the
+    first batch whose loss was not finite; the host looks at the record every
+    ``check_every_n_steps`` steps (default: the trainer's ``log_every_n_steps``), at validation
+    and epoch boundaries, and before any checkpoint is written. So a GPU step is never made to
+    wait for the loss, and the run still ends before anything is saved after the diverged step:
+    the checkpoints on disk (``last.ckpt``, ``best.ckpt``) are the last good ones. In a sweep the
+    trial is reported as failed and the sweep goes on.
+
+    Args:
+        check_every_n_steps: steps between host reads of the record (1 = every step).
+    """
+
+    def __init__(self, check_every_n_steps: int | None = None) -> None:
+        self.check_every_n_steps = check_every_n_steps
+        self._first: torch.Tensor | None = None  # (batch, global step, loss) of the first bad batch; batch -1: none
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._check(trainer)
+        self._first = None
 
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
-        if isinstance(loss, torch.Tensor) and not math.isfinite(float(loss.detach())):
-            lr = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else float("nan")
-            raise DivergedError(
-                f"training loss became {float(loss)} at epoch {trainer.current_epoch}, step "
-                f"{trainer.global_step}, batch {batch_idx} (learning rate {lr:.3g}). Try a lower "
-                "optimizer.lr, trainer.gradient_clip_val=1.0, or trainer.precision=32-true; the last "
-                "good checkpoints are kept"
-            )
+        if not isinstance(loss, torch.Tensor):
+            return
+        loss = loss.detach().float()
+        if self._first is None:
+            self._first = torch.full((3,), -1.0, dtype=torch.float64, device=loss.device)
+        # python numbers enter as kernel arguments: no host-to-device copy, no wait
+        here = torch.stack([torch.full_like(loss, batch_idx), torch.full_like(loss, trainer.global_step), loss])
+        newly = (self._first[0] < 0) & ~torch.isfinite(loss)
+        self._first = torch.where(newly, here.double(), self._first)
+        if trainer.global_step % read_every(trainer, self.check_every_n_steps) == 0:
+            self._check(trainer)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._check(trainer)
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._check(trainer)
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule,
+                           checkpoint: dict[str, Any]) -> None:
+        self._check(trainer)  # raising here keeps a diverged state off the disk
+
+    def _check(self, trainer: L.Trainer) -> None:
+        if self._first is None or not bool(self._first[0] >= 0):  # the one host read of a check
+            return
+        batch, step, value = self._first.tolist()
+        lr = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else float("nan")
+        raise DivergedError(
+            f"training loss became {value} at epoch {trainer.current_epoch}, step {int(step)}, batch "
+            f"{int(batch)} (learning rate {lr:.3g}). Try a lower optimizer.lr, trainer.gradient_clip_val=1.0, "
+            "or trainer.precision=32-true; the last good checkpoints are kept"
+        )
+
+
+class ProgressBar(RichProgressBar):
+    """Lightning's rich progress bar, with the training loss averaged on the device.
+
+    Lightning turns every value logged with ``prog_bar=True`` into a Python number after every
+    batch, which on a GPU makes the host wait for each step to finish. The model therefore logs
+    ``train/loss`` without ``prog_bar``; this bar adds it up on the device each step and shows
+    the mean of the last ``loss_every_n_steps`` steps (default: the trainer's
+    ``log_every_n_steps``), read once per window. Takes ``RichProgressBar``'s arguments besides.
+    """
+
+    def __init__(self, *args: Any, loss_every_n_steps: int | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.loss_every_n_steps = loss_every_n_steps
+        self._sum: torch.Tensor | None = None
+        self._count = 0
+        self._shown: float | None = None
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._sum, self._count, self._shown = None, 0, None
+        super().on_train_epoch_start(trainer, pl_module)
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        self.add_loss(trainer)
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
+    def add_loss(self, trainer: L.Trainer) -> None:
+        """Add this step's ``train/loss`` on the device; read the window's mean when it is full."""
+        loss = trainer.callback_metrics.get("train/loss")
+        if not isinstance(loss, torch.Tensor):
+            return
+        loss = loss.detach().float()
+        self._sum = loss if self._sum is None else self._sum + loss
+        self._count += 1
+        if self._shown is None or self._count >= read_every(trainer, self.loss_every_n_steps):
+            self._shown = float(self._sum) / self._count
+            self._sum, self._count = None, 0
+
+    def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, int | str | float | dict[str, float]]:
+        items = super().get_metrics(trainer, pl_module)
+        if self._shown is not None:
+            items["train/loss"] = self._shown
+        return items
 
 
 class ReseedEachEpoch(L.Callback):

@@ -10,6 +10,8 @@ or regress a whole sequence.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
@@ -92,7 +94,8 @@ class LSTMCore(nn.Module):
             self._states.pop(stream, None)
 
     def forward(
-        self, x: torch.Tensor, lengths: torch.Tensor, stream: str | None = None
+        self, x: torch.Tensor, lengths: torch.Tensor, stream: str | None = None,
+        host_lengths: Sequence[int] | None = None,
     ) -> tuple[torch.Tensor, State | None]:
         """Run the LSTM.
 
@@ -101,6 +104,9 @@ class LSTMCore(nn.Module):
             lengths: ``(B,)`` valid steps per row.
             stream: name of the carried-state stream (``"train"``, ``"val"``...); only used
                 when ``stateful``. ``None`` starts from zeros and carries nothing.
+            host_lengths: the same lengths as Python ints, when the caller has them on the host
+                (:attr:`Batch.host_lengths`). Packing needs them there; without them they are
+                copied from ``lengths``, which on a GPU waits for the work queued before.
 
         Returns:
             outputs ``(B, T, out_features)`` (zeros at padded steps) and the final ``(h, c)``,
@@ -109,17 +115,24 @@ class LSTMCore(nn.Module):
             final cell state; the outputs, which are all the heads read, are exact).
         """
         state = self._initial_state(x.shape[0], stream)
-        lengths_cpu = lengths.detach().to("cpu", torch.int64)
+        steps = x.shape[1]
+        if host_lengths is not None:
+            full = all(n == steps for n in host_lengths)
+        else:
+            lengths_cpu = lengths.detach().to("cpu", torch.int64)
+            full = bool((lengths_cpu == steps).all())
         final: State | None
-        if bool((lengths_cpu == x.shape[1]).all()):
+        if full:
             # Equal lengths (LM streams, fixed windows): packing would only cost time.
             outputs, final = self.lstm(x, state)
         elif self._unpacked(x):
             outputs, final = self.run_unpacked(x, lengths.to(x.device)), None
         else:
+            if host_lengths is not None:
+                lengths_cpu = torch.tensor(host_lengths, dtype=torch.int64)
             packed = pack_padded_sequence(x, lengths_cpu, batch_first=True, enforce_sorted=False)
             packed_out, final = self.lstm(packed, state)
-            outputs, _ = pad_packed_sequence(packed_out, batch_first=True, total_length=x.shape[1])
+            outputs, _ = pad_packed_sequence(packed_out, batch_first=True, total_length=steps)
         if self.stateful and stream is not None and final is not None:
             self._states[stream] = (final[0].detach(), final[1].detach())
         outputs = self.dropout(self.norm(outputs))

@@ -9,6 +9,7 @@ included — without the original config, with ``torch.load(weights_only=True)``
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import lightning as L
@@ -96,28 +97,47 @@ class SequenceModel(L.LightningModule):
 
     # -- the pipeline -----------------------------------------------------------------------
     def forward(
-        self, inputs: torch.Tensor, lengths: torch.Tensor, stream: str | None = None
+        self, inputs: torch.Tensor, lengths: torch.Tensor, stream: str | None = None,
+        host_lengths: Sequence[int] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Raw head outputs and their lengths (the encoder may subsample time)."""
-        pooled, lengths = self.features(inputs, lengths, stream=stream)
+        pooled, lengths = self.features(inputs, lengths, stream=stream, host_lengths=host_lengths)
         return self.head(pooled, lengths), lengths
 
     def features(
-        self, inputs: torch.Tensor, lengths: torch.Tensor, stream: str | None = None
+        self, inputs: torch.Tensor, lengths: torch.Tensor, stream: str | None = None,
+        host_lengths: Sequence[int] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """What the head reads: the core's outputs pooled as the head asks, and their lengths."""
-        features, lengths = self.encoder(inputs, lengths)  # (B, T', F)
-        return self.pool(features, lengths, stream=stream), lengths
+        features, out_lengths = self.encoder(inputs, lengths)  # (B, T', F)
+        host_lengths = self._encoded_host_lengths(host_lengths, lengths, out_lengths)
+        return self.pool(features, out_lengths, stream=stream, host_lengths=host_lengths), out_lengths
 
-    def pool(self, features: torch.Tensor, lengths: torch.Tensor, stream: str | None = None) -> torch.Tensor:
+    def _encoded_host_lengths(self, host_lengths: Sequence[int] | None, lengths: torch.Tensor,
+                              out_lengths: torch.Tensor) -> Sequence[int] | None:
+        """The host copy of the encoder's output lengths: the same when it kept them, its
+        ``host_lengths`` mapping when it has one, else ``None`` (the core then reads the device's)."""
+        if host_lengths is None or out_lengths is lengths:
+            return host_lengths
+        mapping = getattr(self.encoder, "host_lengths", None)
+        return mapping(host_lengths) if callable(mapping) else None
+
+    def pool(self, features: torch.Tensor, lengths: torch.Tensor, stream: str | None = None,
+             host_lengths: Sequence[int] | None = None) -> torch.Tensor:
         """The LSTM over the encoder's output, pooled as the head asks."""
-        outputs, _ = self.core(features, lengths, stream=stream)  # (B, T', D)
+        outputs, _ = self.core(features, lengths, stream=stream, host_lengths=host_lengths)  # (B, T', D)
         return summarise(outputs, lengths, self.head.pooling, self.core.num_directions)
+
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Keep the lengths on the host as well: the core packs with them without waiting for a GPU."""
+        if isinstance(batch, Batch) and batch.host_lengths is None and batch.lengths.device.type == "cpu":
+            batch.host_lengths = tuple(batch.lengths.tolist())
+        return batch
 
     def _step(self, batch: Batch, split: str) -> torch.Tensor:
         if split == "train":
             return self._training_loss(batch)
-        pooled, lengths = self.features(batch.inputs, batch.lengths, stream=split)
+        pooled, lengths = self.features(batch.inputs, batch.lengths, stream=split, host_lengths=batch.host_lengths)
         outputs = self.head(pooled, lengths)
         loss = self.head.loss(outputs, lengths, batch)
         self.head.update_metrics(self.metrics[split], outputs, lengths, batch)
@@ -131,17 +151,19 @@ class SequenceModel(L.LightningModule):
     def _training_loss(self, batch: Batch) -> torch.Tensor:
         """The head's training loss, plus the L1 penalty and the adversarial term when they are on."""
         features, lengths = self.encoder(batch.inputs, batch.lengths)
+        host = self._encoded_host_lengths(batch.host_lengths, batch.lengths, lengths)
         if self.adversarial > 0 and not features.requires_grad:  # an encoder without weights (spectrogram)
             features = features.detach().requires_grad_()
-        clean = self.head.training_loss(self.pool(features, lengths, stream="train"), lengths, batch)
+        clean = self.head.training_loss(self.pool(features, lengths, stream="train", host_lengths=host),
+                                        lengths, batch)
         loss = clean
         if self.l1 > 0:
             loss = loss + self.l1 * sum(p.abs().sum() for p in self.parameters() if p.dim() > 1)
-        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch))
+        self.log("train/loss", loss, batch_size=len(batch))  # shown by callbacks.ProgressBar, read without a wait
         if self.adversarial <= 0:
             return loss
         moved = features + self._worst_direction(clean, features) * self.adversarial
-        adversarial = self.head.training_loss(self.pool(moved, lengths), lengths, batch)
+        adversarial = self.head.training_loss(self.pool(moved, lengths, host_lengths=host), lengths, batch)
         self.log("train/adversarial_loss", adversarial, batch_size=len(batch))
         return loss + adversarial
 
@@ -169,7 +191,7 @@ class SequenceModel(L.LightningModule):
         return self._step(batch, "test")
 
     def predict_step(self, batch: Batch, batch_idx: int) -> list[dict[str, Any]]:
-        outputs, lengths = self(batch.inputs, batch.lengths)
+        outputs, lengths = self(batch.inputs, batch.lengths, host_lengths=batch.host_lengths)
         return self.head.decode(outputs, lengths)
 
     # Carried LSTM state (stateful=true) starts fresh at every epoch of every loop.

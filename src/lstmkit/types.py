@@ -28,12 +28,16 @@ class Batch:
         targets: class ids ``(B,)``, regression targets ``(B, H)``, token ids ``(B, T)`` or
             padded label sequences ``(B, L)`` (CTC), depending on the head.
         target_lengths: ``(B,)`` valid length of each target row, for sequence targets.
+        host_lengths: ``lengths`` as Python ints, kept on the host when the batch moves to an
+            accelerator (set by :class:`~lstmkit.module.SequenceModel` before the transfer), so
+            that the LSTM core can decide about packing, and pack, without waiting for the device.
     """
 
     inputs: torch.Tensor
     lengths: torch.Tensor
     targets: torch.Tensor | None = None
     target_lengths: torch.Tensor | None = None
+    host_lengths: tuple[int, ...] | None = None
 
     def __len__(self) -> int:
         return int(self.inputs.shape[0])

@@ -123,7 +123,8 @@ class SequenceDataModule(L.LightningDataModule):
         batch_size: examples per batch (per process under DDP).
         num_workers: dataloader worker processes.
         bucketing: group examples of similar length into batches (train and eval).
-        pin_memory: pin host memory (helps host->GPU copies).
+        pin_memory: pin the batches' host memory, so that the copy to a GPU runs without the host
+            waiting for it. ``None`` (default): pin when the trainer runs on a CUDA device.
         spec: a stored DataSpec (from a checkpoint): reuse its vocabulary / normaliser
             instead of fitting new ones, as ``eval`` must.
     """
@@ -137,7 +138,7 @@ class SequenceDataModule(L.LightningDataModule):
         batch_size: int = 32,
         num_workers: int = 0,
         bucketing: bool = False,
-        pin_memory: bool = False,
+        pin_memory: bool | None = None,
         spec: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
@@ -191,6 +192,14 @@ class SequenceDataModule(L.LightningDataModule):
     def test_dataloader(self) -> DataLoader[Batch]:
         return self._loader("test", shuffle=False)
 
+    @property
+    def pins_memory(self) -> bool:
+        """``pin_memory``, or when it is ``None``, whether the attached trainer runs on a CUDA device."""
+        if self.pin_memory is not None:
+            return bool(self.pin_memory)
+        trainer = getattr(self, "trainer", None)
+        return trainer is not None and torch.cuda.is_available() and trainer.strategy.root_device.type == "cuda"
+
     def _loader(self, split: str, shuffle: bool) -> DataLoader[Batch]:
         if split not in self.splits:
             raise ConfigError(f"{type(self).__name__} has no {split!r} split")
@@ -198,7 +207,7 @@ class SequenceDataModule(L.LightningDataModule):
         common: dict[str, Any] = {
             "collate_fn": self.collate,
             "num_workers": self.num_workers,
-            "pin_memory": self.pin_memory,
+            "pin_memory": self.pins_memory,
             "persistent_workers": self.num_workers > 0,
             # the loader's own generator seeds its workers, so creating an iterator does not
             # draw from the global RNG (which would shift dropout masks after a resume)

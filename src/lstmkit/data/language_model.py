@@ -787,7 +787,7 @@ class NextWordDataModule(SequenceDataModule):
         stream = self.splits[split]
         assert isinstance(stream, TokenStream)
         streams = batchify(stream, self._batch_size(split), self.bptt, rank, world)
-        windows = StreamWindows(streams, self.bptt, pin_memory=self.pin_memory and torch.cuda.is_available())
+        windows = StreamWindows(streams, self.bptt, pin_memory=self.pins_memory)
         return DataLoader(windows, batch_size=None)
 
     # -- predict --------------------------------------------------------------------------------

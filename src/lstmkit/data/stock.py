@@ -261,12 +261,13 @@ class WindowDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
         self.series, self.anchors = series, anchors
         self.window, self.horizon, self.target = window, horizon, target
         self.lengths = [window] * len(anchors)
+        self._rows: list[list[int]] = anchors.tolist()  # plain ints: no tensor indexing per sample
 
     def __len__(self) -> int:
         return len(self.anchors)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        k, t = (int(v) for v in self.anchors[index])
+        k, t = self._rows[index]
         values = self.series[k]
         return values[t - self.window + 1 : t + 1], values[t + 1 : t + 1 + self.horizon, self.target]
 

@@ -146,6 +146,11 @@ class FeatureEncoder(nn.Module):
         self.out_features = project or spec.num_features
         self.last_inputs: tuple[torch.Tensor, torch.Tensor] | None = None
 
+    def host_lengths(self, lengths: Sequence[int]) -> list[int]:
+        """The lengths :meth:`forward` returns, computed from host ints (the core then packs without a GPU wait)."""
+        removed = self.normaliser.steps_removed if self.normaliser is not None else 0
+        return [max(n - removed, 1) for n in lengths]
+
     def forward(self, inputs: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         self._remember(inputs, lengths)
         x = inputs.float()  # (B, T, F) raw

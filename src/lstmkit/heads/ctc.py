@@ -306,15 +306,15 @@ class CTCHead(Head):
         if bool(short.any()):
             self._report_short(short, lengths, targets, target_lengths)
         keep = ~short
-        if not bool(keep.any()):
-            return outputs.sum() * 0.0  # keeps the graph; every utterance was reported above
         per_utt = F.ctc_loss(
             outputs.transpose(0, 1).float(),  # (T', B, C)
             targets, lengths, target_lengths,
             blank=self.blank, reduction="none", zero_infinity=True,
         )
         per_utt = per_utt / target_lengths.clamp(min=1).to(per_utt.dtype)  # as reduction="mean"
-        return per_utt[keep].mean()
+        # the mean over the kept utterances, by a mask rather than boolean indexing (whose output
+        # size the host would have to wait for); none kept: 0, with the graph kept
+        return torch.where(keep, per_utt, 0.0).sum() / keep.sum().clamp(min=1)
 
     @staticmethod
     def required_frames(targets: torch.Tensor, target_lengths: torch.Tensor) -> torch.Tensor:

@@ -46,9 +46,9 @@ class _LinearCrossEntropy(torch.autograd.Function):
         loss = nll.masked_fill(~valid, 0.0).sum() / count  # 0/0 = nan with no valid row, as F.cross_entropy
         grad = log_probs.exp_()  # softmax, in place: d loss / d logits before the 1/n scale
         grad[rows, safe] -= 1.0
-        if grad.device.type != "cpu" or not bool(valid.all()):  # no host sync on accelerators
-            grad.masked_fill_(~valid[:, None], 0.0)
-        ctx.save_for_backward(x, weight, grad, count)
+        # ignored rows keep their (meaningless) softmax: the backward masks the (N, D) factors it
+        # multiplies instead of the (N, V) gradient, which would cost a pass over the logits
+        ctx.save_for_backward(x, weight, grad, valid, count)
         ctx.has_bias = bias is not None
         return loss
 
@@ -57,11 +57,12 @@ class _LinearCrossEntropy(torch.autograd.Function):
     def backward(  # type: ignore[override]
         ctx: torch.autograd.function.FunctionCtx, grad_loss: torch.Tensor
     ) -> tuple[torch.Tensor | None, ...]:
-        x, weight, grad, count = ctx.saved_tensors
+        x, weight, grad, valid, count = ctx.saved_tensors
         scale = grad_loss / count.clamp(min=1)  # no valid row: zero gradients (the loss is nan, as F.cross_entropy's)
-        grad_x = torch.mm(grad, weight).mul_(scale) if ctx.needs_input_grad[0] else None
-        grad_w = torch.mm(grad.t(), x).mul_(scale) if ctx.needs_input_grad[1] else None
-        grad_b = grad.sum(0).mul_(scale) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        keep = valid.to(grad.dtype)
+        grad_x = torch.mm(grad, weight).mul_(keep[:, None]).mul_(scale) if ctx.needs_input_grad[0] else None
+        grad_w = torch.mm(grad.t(), x * keep[:, None]).mul_(scale) if ctx.needs_input_grad[1] else None
+        grad_b = torch.mv(grad.t(), keep).mul_(scale) if ctx.has_bias and ctx.needs_input_grad[2] else None
         return grad_x, grad_w, grad_b, None
 
 
