@@ -242,8 +242,11 @@ def test_adversarial_training_runs_on_every_task(make_cfg, task) -> None:
 def test_adversarial_training_runs_and_refuses_carried_state(make_cfg, tiny_datamodule) -> None:
     model = build_model(make_cfg([*TINY_DATA, "adversarial=1.0"]), tiny_datamodule)
     trainer = _step_trainer()
+    checked = []
+    model.head.check = lambda lengths, batch: checked.append(len(batch))  # type: ignore[method-assign]
     trainer.fit(model, datamodule=tiny_datamodule)
     assert trainer.callback_metrics["train/adversarial_loss"] > 0
+    assert len(checked) == 2  # once per training step, though each step computes two losses
     with pytest.raises(ConfigError, match="stateful"):
         build_model(make_cfg([*TINY_DATA, "adversarial=1.0", "model.stateful=true"]), tiny_datamodule)
     with pytest.raises(ConfigError, match="adversarial"):

@@ -405,17 +405,22 @@ def test_too_short_utterances_error_or_skip(caplog):
     batch = Batch(torch.zeros(2, 9), torch.tensor([9, 9]), torch.tensor([[2, 2, 3], [2, 0, 0]]),
                   torch.tensor([3, 1]))
     with pytest.raises(DataError, match=r"'aab': 3 frames, needs 4.*encoder\.stride.*too_short=skip"):
-        head.loss(out, torch.tensor([3, 3]), batch)
+        head.check(torch.tensor([3, 3]), batch)
     head = CTCHead(SPEC, in_features=4, too_short="skip")
     with caplog.at_level(logging.WARNING, logger="lstmkit"):
-        loss = head.loss(out, torch.tensor([3, 3]), batch)
-    assert torch.isfinite(loss) and head.skipped == 1 and "skipped 1 utterance" in caplog.text
-    head.loss(out, torch.tensor([3, 3]), batch)  # the same batch again (adversarial training's second pass)
-    assert head.skipped == 1 and caplog.text.count("skipped 1 utterance") == 1
-    again = Batch(batch.inputs, batch.lengths, batch.targets.clone(), batch.target_lengths)  # the next batch
-    head.loss(out, torch.tensor([3, 3]), again)
+        head.check(torch.tensor([3, 3]), batch)
+    assert head.skipped == 1 and "skipped 1 utterance" in caplog.text
+    # the loss leaves the short utterance out: the mean is over the one that fits
+    kept = Batch(batch.inputs[1:], batch.lengths[1:], batch.targets[1:], batch.target_lengths[1:])
+    torch.testing.assert_close(head.loss(out, torch.tensor([3, 3]), batch), head.loss(out[1:], torch.tensor([3]), kept))
+    head.check(torch.tensor([3, 3]), batch)
     assert head.skipped == 2
     assert copy.deepcopy(head).skipped == 2 and pickle.loads(pickle.dumps(head)).skipped == 2  # copies, pickles
+    nothing = Batch(batch.inputs[:1], batch.lengths[:1], batch.targets[:1], batch.target_lengths[:1])
+    feats = torch.randn(1, 3, 4, requires_grad=True)
+    loss = head.loss(head(feats, torch.tensor([3])), torch.tensor([3]), nothing)  # no utterance fits
+    loss.backward()
+    assert loss.item() == 0.0 and feats.grad is not None
 
 
 def test_prefix_beam_search_beats_best_path():

@@ -138,6 +138,7 @@ class SequenceModel(L.LightningModule):
         if split == "train":
             return self._training_loss(batch)
         pooled, lengths = self.features(batch.inputs, batch.lengths, stream=split, host_lengths=batch.host_lengths)
+        self.head.check(lengths, batch)
         outputs = self.head(pooled, lengths)
         loss = self.head.loss(outputs, lengths, batch)
         self.head.update_metrics(self.metrics[split], outputs, lengths, batch)
@@ -152,6 +153,7 @@ class SequenceModel(L.LightningModule):
         """The head's training loss, plus the L1 penalty and the adversarial term when they are on."""
         features, lengths = self.encoder(batch.inputs, batch.lengths)
         host = self._encoded_host_lengths(batch.host_lengths, batch.lengths, lengths)
+        self.head.check(lengths, batch)  # once per batch: the adversarial pass below computes a second loss
         if self.adversarial > 0 and not features.requires_grad:  # an encoder without weights (spectrogram)
             features = features.detach().requires_grad_()
         clean = self.head.training_loss(self.pool(features, lengths, stream="train", host_lengths=host),

@@ -25,6 +25,14 @@ class Head(nn.Module):
     def forward(self, features: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def check(self, lengths: torch.Tensor, batch: Batch) -> None:
+        """Inspect a batch once, before its losses, given the encoder's output ``lengths``.
+
+        The model calls it once per batch, while adversarial training computes the loss twice: a
+        head that must refuse or report examples it cannot learn from does it here, so the loss
+        stays free of side effects. Default: nothing to check.
+        """
+
     def loss(self, outputs: torch.Tensor, lengths: torch.Tensor, batch: Batch) -> torch.Tensor:
         raise NotImplementedError
 

@@ -6,7 +6,6 @@ import logging
 import math
 import os
 import tempfile
-import weakref
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -163,9 +162,9 @@ class CTCHead(Head):
 
     ``forward`` returns log-probabilities ``(B, T', C)`` over ``spec.classes`` (blank at
     ``spec.blank_id``, space a character). The loss is ``F.ctc_loss`` with
-    ``zero_infinity=True``; before it, every utterance is checked: CTC needs at least as many
-    frames as labels plus one blank per repeated pair ("ee"), and an utterance with fewer
-    frames is impossible. ``too_short: error`` raises (naming the frame counts and
+    ``zero_infinity=True``; before it (:meth:`check`, once per batch), every utterance is
+    checked: CTC needs at least as many frames as labels plus one blank per repeated pair
+    ("ee"), and an utterance with fewer frames is impossible. ``too_short: error`` raises (naming the frame counts and
     transcripts, and what to change); ``skip`` drops those utterances from the loss and logs
     a running count. Nothing is dropped silently.
 
@@ -220,9 +219,6 @@ class CTCHead(Head):
         self.too_short = too_short
         self.plot_examples = plot_examples
         self.skipped = 0
-        # the targets of the batch last reported short: the adversarial pass computes the loss of the
-        # same batch twice, and its utterances are counted (and warned about) once
-        self._reported: weakref.ref[torch.Tensor] | None = None
         self.spec = spec
         self.use_decoder(decoder, beam_size, lexicon)
 
@@ -275,7 +271,6 @@ class CTCHead(Head):
         """Pickling / deep copies (DDP spawn, callbacks) leave out flashlight's decoder; it is rebuilt on use."""
         state = dict(self.__dict__)
         state["_flashlight"] = _UNBUILT
-        state["_reported"] = None  # a weak reference does not pickle
         return state
 
     def _write_lexicon(self, words: list[str]) -> str:
@@ -296,16 +291,19 @@ class CTCHead(Head):
         return self.net(features).log_softmax(dim=-1)  # (B, T', C)
 
     # -- loss -------------------------------------------------------------------------------------
-    def loss(self, outputs: torch.Tensor, lengths: torch.Tensor, batch: Batch) -> torch.Tensor:
-        targets, target_lengths = batch.targets, batch.target_lengths
-        if targets is None or target_lengths is None:
-            raise ValueError("CTCHead needs padded label sequences with target_lengths")
-        lengths = lengths.to(outputs.device)
-        target_lengths = target_lengths.to(outputs.device)
-        short = lengths < self.required_frames(targets, target_lengths)
+    def check(self, lengths: torch.Tensor, batch: Batch) -> None:
+        """Refuse (``too_short: error``) or count and report (``skip``) utterances too short for CTC."""
+        targets, target_lengths = self._targets(batch)
+        short = self._short(lengths, targets, target_lengths)
         if bool(short.any()):
             self._report_short(short, lengths, targets, target_lengths)
-        keep = ~short
+
+    def loss(self, outputs: torch.Tensor, lengths: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """Mean CTC loss per label over the utterances with enough frames (``check`` reported the others)."""
+        targets, target_lengths = self._targets(batch)
+        lengths = lengths.to(outputs.device)
+        target_lengths = target_lengths.to(outputs.device)
+        keep = ~self._short(lengths, targets, target_lengths)
         per_utt = F.ctc_loss(
             outputs.transpose(0, 1).float(),  # (T', B, C)
             targets, lengths, target_lengths,
@@ -317,6 +315,16 @@ class CTCHead(Head):
         return torch.where(keep, per_utt, 0.0).sum() / keep.sum().clamp(min=1)
 
     @staticmethod
+    def _targets(batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        if batch.targets is None or batch.target_lengths is None:
+            raise ValueError("CTCHead needs padded label sequences with target_lengths")
+        return batch.targets, batch.target_lengths
+
+    def _short(self, lengths: torch.Tensor, targets: torch.Tensor, target_lengths: torch.Tensor) -> torch.Tensor:
+        device = targets.device
+        return lengths.to(device) < self.required_frames(targets, target_lengths.to(device))
+
+    @staticmethod
     def required_frames(targets: torch.Tensor, target_lengths: torch.Tensor) -> torch.Tensor:
         """Fewest frames a CTC alignment needs: one per label, plus a blank per repeated pair."""
         valid = torch.arange(targets.shape[1], device=targets.device)[None, :] < target_lengths[:, None]
@@ -325,8 +333,6 @@ class CTCHead(Head):
 
     def _report_short(self, short: torch.Tensor, lengths: torch.Tensor, targets: torch.Tensor,
                       target_lengths: torch.Tensor) -> None:
-        if self._reported is not None and self._reported() is targets:
-            return  # this batch's second loss (adversarial training): reported already
         rows = short.nonzero().flatten().tolist()
         need = self.required_frames(targets, target_lengths)
         details = "; ".join(
@@ -340,7 +346,6 @@ class CTCHead(Head):
                 "trimming is on), or set head.too_short=skip to leave them out of the loss"
             )
         self.skipped += len(rows)
-        self._reported = weakref.ref(targets)
         log.warning("CTC: skipped %d utterance(s) with too few frames (%d so far): %s",
                     len(rows), self.skipped, details)
 
