@@ -36,7 +36,6 @@ from typing import Any
 import lightning as L
 import torch
 from hydra.utils import instantiate
-from torch.nn import functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_speed as bs
@@ -65,11 +64,6 @@ def synchronize(device: torch.device | str) -> None:
         torch.cuda.synchronize()
 
 
-def autocast(precision: str) -> contextlib.AbstractContextManager[Any]:
-    """The autocast Lightning's ``bf16-mixed`` plugin puts around the forward pass, for the plain loops."""
-    return torch.autocast(DEVICE, dtype=torch.bfloat16, enabled=precision == "bf16-mixed")
-
-
 def kit_epoch(model: SequenceModel, datamodule: L.LightningDataModule, root: str, precision: str,
               extra: list[L.Callback] | None = None) -> bs.Timing:
     """One epoch through ``Trainer.fit`` as ``lstmkit train trainer=gpu`` configures it."""
@@ -84,40 +78,6 @@ def kit_epoch(model: SequenceModel, datamodule: L.LightningDataModule, root: str
     model.trainer = None  # type: ignore[assignment]
     datamodule.trainer = None
     return bs.Timing(timer.seconds, total - timer.seconds)
-
-
-def plain_lm_epoch(model: bs.PlainLM, optimizer: torch.optim.Optimizer, streams: torch.Tensor, bptt: int,
-                   precision: str) -> bs.Timing:
-    """bench_speed's truncated-BPTT loop with the streams on the device and autocast around the forward
-    only (bench_speed's loop computes the loss inside the step call, where autocast cannot reach)."""
-    synchronize(DEVICE)
-    start = time.perf_counter()
-    model.train()
-    state = None
-    for i in range(0, streams.shape[1] - 1, bptt):
-        x, y = streams[:, i : i + bptt], streams[:, i + 1 : i + 1 + bptt]
-        with autocast(precision):
-            logits, state = model(x, state)
-            loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
-        state = (state[0].detach(), state[1].detach())
-        bs.train_step(model, optimizer, loss)  # .item() waits for the step
-    return bs.Timing(time.perf_counter() - start)
-
-
-def plain_cls_epoch(model: bs.PlainClassifier, optimizer: torch.optim.Optimizer, data: bs.ClsData, batch: int,
-                    generator: torch.Generator, precision: str) -> bs.Timing:
-    """bench_speed's shuffled, packed classifier loop; each padded batch is copied to the device."""
-    synchronize(DEVICE)
-    start = time.perf_counter()
-    model.train()
-    order = torch.randperm(len(data.inputs), generator=generator).tolist()
-    for i in range(0, len(order), batch):
-        x, lengths, y = bs.padded_batch(data, order[i : i + batch])
-        x, y = x.to(DEVICE, non_blocking=True), y.to(DEVICE, non_blocking=True)
-        with autocast(precision):
-            loss = F.cross_entropy(model(x, lengths).float(), y)  # lengths stay on the host for packing
-        bs.train_step(model, optimizer, loss)
-    return bs.Timing(time.perf_counter() - start)
 
 
 @contextlib.contextmanager
@@ -178,14 +138,14 @@ def lm_workload(size: bs.LMSize, warmup: int, repeats: int, root: str) -> dict[s
     for precision in PRECISIONS:
         kit, plain, optimizer = models[precision] = twins(lambda: bs.lstmkit_lm(data, size), lambda: bs.PlainLM(size))
         runners[f"lstmkit/{precision}"] = lambda m=kit, p=precision: kit_epoch(m, datamodule, root, p)
-        runners[f"plain/{precision}"] = lambda m=plain, o=optimizer, p=precision: plain_lm_epoch(
+        runners[f"plain/{precision}"] = lambda m=plain, o=optimizer, p=precision: bs.plain_lm_epoch(
             m, o, streams, size.bptt, p)
     steps = -(-(data.streams.shape[1] - 1) // size.bptt)
     work = bs.Workload(samples=steps * size.batch, tokens=steps * size.batch * size.bptt, steps=steps)
     out = {"size": asdict(size), **measure(runners, work, warmup, repeats)}
     kit, plain, optimizer = models["32-true"]
     out["host_syncs_per_step"] = host_syncs(lambda extra: kit_epoch(kit, datamodule, root, "32-true", extra),
-                                            lambda: plain_lm_epoch(plain, optimizer, streams, size.bptt, "32-true"),
+                                            lambda: bs.plain_lm_epoch(plain, optimizer, streams, size.bptt),
                                             steps)
     return out
 
@@ -200,15 +160,15 @@ def cls_workload(size: bs.ClsSize, warmup: int, repeats: int, root: str) -> dict
                                                           lambda: bs.PlainClassifier(size))
         generator = torch.Generator().manual_seed(0)
         runners[f"lstmkit/{precision}"] = lambda m=kit, p=precision: kit_epoch(m, datamodule, root, p)
-        runners[f"plain/{precision}"] = lambda m=plain, o=optimizer, g=generator, p=precision: plain_cls_epoch(
-            m, o, data, size.batch, g, p)
+        runners[f"plain/{precision}"] = lambda m=plain, o=optimizer, g=generator, p=precision: bs.plain_cls_epoch(
+            m, o, data, size.batch, g, device=DEVICE, precision=p)
     work = bs.cls_workload(data, size)
     out = {"size": asdict(size), **measure(runners, work, warmup, repeats)}
     kit, plain, optimizer = models["32-true"]
     generator = torch.Generator().manual_seed(0)
     out["host_syncs_per_step"] = host_syncs(lambda extra: kit_epoch(kit, datamodule, root, "32-true", extra),
-                                            lambda: plain_cls_epoch(plain, optimizer, data, size.batch, generator,
-                                                                    "32-true"),
+                                            lambda: bs.plain_cls_epoch(plain, optimizer, data, size.batch, generator,
+                                                                       device=DEVICE),
                                             work.steps)
     return out
 
@@ -248,11 +208,11 @@ def profile_lm(size: bs.LMSize, root: str, steps: int, top: int = 15) -> tuple[s
     streams = data.streams.to(DEVICE)
     kit, plain, optimizer = twins(lambda: bs.lstmkit_lm(data, size), lambda: bs.PlainLM(size))
     kit_epoch(kit, datamodule, root, "32-true")
-    plain_lm_epoch(plain, optimizer, streams, size.bptt, "32-true")
+    bs.plain_lm_epoch(plain, optimizer, streams, size.bptt)
     recorder = DeviceStepProfiler(first=2, count=steps)
     kit_epoch(kit, datamodule, root, "32-true", extra=[recorder])
     with torch.profiler.profile(activities=activities()) as plain_prof:
-        plain_lm_epoch(plain, optimizer, streams[:, : steps * size.bptt + 1], size.bptt, "32-true")
+        bs.plain_lm_epoch(plain, optimizer, streams[:, : steps * size.bptt + 1], size.bptt)
     text, summary = [], {}
     for side, prof in (("lstmkit", recorder.profiler), ("plain", plain_prof)):
         events = prof.key_averages()

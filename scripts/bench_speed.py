@@ -403,16 +403,26 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, loss: torch.T
     return loss.item()
 
 
-def plain_lm_epoch(model: PlainLM, optimizer: torch.optim.Optimizer, streams: torch.Tensor, bptt: int) -> Timing:
-    """Truncated BPTT over contiguous streams, state detached between windows."""
+def plain_lm_epoch(model: PlainLM, optimizer: torch.optim.Optimizer, streams: torch.Tensor, bptt: int,
+                   precision: str = "32-true") -> Timing:
+    """Truncated BPTT over contiguous streams (kept where the model is), state detached between windows.
+
+    Under ``bf16-mixed`` autocast wraps the forward pass and the loss, as Lightning's plugin wraps
+    ``training_step`` (``scripts/bench_gpu.py``).
+    """
+    device = streams.device.type
+    if device == "cuda":
+        torch.cuda.synchronize()
     start = time.perf_counter()
     model.train()
     state = None
     for i in range(0, streams.shape[1] - 1, bptt):
         x, y = streams[:, i : i + bptt], streams[:, i + 1 : i + 1 + bptt]
-        logits, state = model(x, state)
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=precision == "bf16-mixed"):
+            logits, state = model(x, state)
+            loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
         state = (state[0].detach(), state[1].detach())
-        train_step(model, optimizer, F.cross_entropy(logits.flatten(0, 1), y.flatten()))
+        train_step(model, optimizer, loss)  # its .item() waits for the step
     return Timing(time.perf_counter() - start)
 
 
@@ -425,16 +435,25 @@ def padded_batch(data: ClsData, index: list[int]) -> tuple[torch.Tensor, torch.T
 
 def plain_cls_epoch(
     model: PlainClassifier, optimizer: torch.optim.Optimizer, data: ClsData, batch: int,
-    generator: torch.Generator, packed: bool = True,
+    generator: torch.Generator, packed: bool = True, device: str = "cpu", precision: str = "32-true",
 ) -> Timing:
-    """Shuffled batches padded to their longest row; packed (default) or not."""
+    """Shuffled batches padded to their longest row; packed (default) or not.
+
+    On a GPU each padded batch is copied to it (the lengths stay on the host for packing), and
+    under ``bf16-mixed`` autocast wraps the forward pass and the loss.
+    """
+    if device == "cuda":
+        torch.cuda.synchronize()
     start = time.perf_counter()
     model.train()
     order = torch.randperm(len(data.inputs), generator=generator).tolist()
     for i in range(0, len(order), batch):
         x, lengths, y = padded_batch(data, order[i : i + batch])
-        logits = model(x, lengths) if packed else model.forward_padded(x)
-        train_step(model, optimizer, F.cross_entropy(logits, y))
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=precision == "bf16-mixed"):
+            logits = model(x, lengths) if packed else model.forward_padded(x)
+            loss = F.cross_entropy(logits.float(), y)
+        train_step(model, optimizer, loss)
     return Timing(time.perf_counter() - start)
 
 
