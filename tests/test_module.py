@@ -251,3 +251,13 @@ def test_adversarial_training_runs_and_refuses_carried_state(make_cfg, tiny_data
         build_model(make_cfg([*TINY_DATA, "adversarial=1.0", "model.stateful=true"]), tiny_datamodule)
     with pytest.raises(ConfigError, match="adversarial"):
         build_model(make_cfg([*TINY_DATA, "adversarial=-1"]), tiny_datamodule)
+
+
+def test_an_optimizer_without_lr_uses_its_own_default(make_cfg, tiny_datamodule) -> None:
+    import inspect
+
+    model = build_model(make_cfg(TINY_DATA), tiny_datamodule)
+    model.hparams.scheduler = None  # a schedule needs a trainer; the optimiser alone does not
+    model.hparams.optimizer = {"_target_": "torch.optim.SGD", "_partial_": True}
+    optimizer = model.configure_optimizers()
+    assert {g["lr"] for g in optimizer.param_groups} == {inspect.signature(torch.optim.SGD).parameters["lr"].default}

@@ -9,6 +9,7 @@ included — without the original config, with ``torch.load(weights_only=True)``
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from typing import Any
 
@@ -260,8 +261,12 @@ class SequenceModel(L.LightningModule):
     def configure_optimizers(self) -> Any:
         spec = dict(self.hparams.optimizer or {"_target_": "torch.optim.AdamW", "_partial_": True})
         lr = spec.get("lr")
-        if lr is None:  # the optimiser's own default learning rate
-            lr = build(spec)([torch.zeros(1, requires_grad=True)]).defaults["lr"]
+        if lr is None:  # the optimiser's own default learning rate, from its signature
+            factory = build(spec)
+            default = inspect.signature(getattr(factory, "func", factory)).parameters.get("lr")
+            if default is None or default.default is inspect.Parameter.empty:
+                raise ConfigError(f"optimizer.lr: {spec.get('_target_')} has no default learning rate; set one")
+            lr = default.default
         groups = self.param_groups(float(lr))
         if spec.get("fused") and self._trainer is not None and "mixed" in str(self.trainer.precision):
             # Lightning's mixed-precision plugin refuses to clip the gradients of a fused optimizer
