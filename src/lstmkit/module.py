@@ -129,12 +129,6 @@ class SequenceModel(L.LightningModule):
         outputs, _ = self.core(features, lengths, stream=stream, host_lengths=host_lengths)  # (B, T', D)
         return summarise(outputs, lengths, self.head.pooling, self.core.num_directions)
 
-    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        """Keep the lengths on the host as well: the core packs with them without waiting for a GPU."""
-        if isinstance(batch, Batch) and batch.host_lengths is None and batch.lengths.device.type == "cpu":
-            batch.host_lengths = tuple(batch.lengths.tolist())
-        return batch
-
     def _step(self, batch: Batch, split: str) -> torch.Tensor:
         if split == "train":
             return self._training_loss(batch)

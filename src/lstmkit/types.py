@@ -28,9 +28,10 @@ class Batch:
         targets: class ids ``(B,)``, regression targets ``(B, H)``, token ids ``(B, T)`` or
             padded label sequences ``(B, L)`` (CTC), depending on the head.
         target_lengths: ``(B,)`` valid length of each target row, for sequence targets.
-        host_lengths: ``lengths`` as Python ints, kept on the host when the batch moves to an
-            accelerator (set by :class:`~lstmkit.module.SequenceModel` before the transfer), so
-            that the LSTM core can decide about packing, and pack, without waiting for the device.
+        host_lengths: ``lengths`` as Python ints, taken when the batch is made on the host and
+            kept there when it moves to an accelerator, so that the LSTM core can decide about
+            packing, and pack, without waiting for the device. Code that changes ``lengths``
+            after the batch is made must set both (or set this to ``None``).
     """
 
     inputs: torch.Tensor
@@ -38,6 +39,10 @@ class Batch:
     targets: torch.Tensor | None = None
     target_lengths: torch.Tensor | None = None
     host_lengths: tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.host_lengths is None and self.lengths.device.type == "cpu":
+            self.host_lengths = tuple(self.lengths.tolist())
 
     def __len__(self) -> int:
         return int(self.inputs.shape[0])
