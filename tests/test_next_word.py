@@ -500,3 +500,20 @@ def test_extra_train_text_joins_the_train_stream_only(tmp_path: Path) -> None:
     again = tiny_module(data, tokenizer="whitespace", skip_fields=1, batch_size=2, bptt=3,
                         extra_train=[str(tmp_path / "missing.txt")], spec=more.spec.to_dict())
     assert torch.equal(again.splits["test"].ids, base.splits["test"].ids)
+
+
+def test_reverse_reads_every_split_backwards_and_so_does_predict(tmp_path: Path) -> None:
+    """``data.reverse``: a backward language model, for the reverse direction of a bi-LSTM (init_from)."""
+    for split, lines in {"train": ["a gorgeous film .", "dull and long ."] * 30,
+                         "valid": ["a film ."] * 10, "test": ["long film ."] * 10}.items():
+        write(tmp_path / f"text.{split}.txt", "\n".join(lines) + "\n")
+    forward = tiny_module(tmp_path, tokenizer="whitespace", batch_size=2, bptt=3)
+    backward = tiny_module(tmp_path, tokenizer="whitespace", batch_size=2, bptt=3, reverse=True)
+    assert backward.spec.vocab == forward.spec.vocab and backward.spec.extra["reverse"]
+    for split in ("train", "val", "test"):
+        assert torch.equal(backward.splits[split].ids, forward.splits[split].ids.flip(0))
+    index = {tok: i for i, tok in enumerate(forward.spec.vocab)}
+    batch = NextWordDataModule.make_predict_batch(backward.spec, ["a gorgeous film"])
+    assert batch.inputs[0].tolist() == [index[w] for w in ["<eos>", "film", "gorgeous", "a"]]
+    batch = NextWordDataModule.make_predict_batch(forward.spec, ["a gorgeous film"])
+    assert batch.inputs[0].tolist() == [index[w] for w in ["<eos>", "a", "gorgeous", "film"]]

@@ -143,3 +143,28 @@ def test_buffers_follow_the_new_config(tmp_path: Path) -> None:
     assert all(torch.equal(v, target.encoder.state_dict()[k]) for k, v in buffers.items())
     assert result.copied and all(n.startswith("core.") for n in result.copied)
     assert torch.equal(target.core.lstm.weight_ih_l0, source.core.lstm.weight_ih_l0)
+
+
+def test_a_backward_language_model_fills_the_reverse_direction(tmp_path: Path) -> None:
+    from lstmkit.warm_start import init_reverse_from_checkpoint
+
+    vocab = ["<pad>", "<unk>", "<eos>", "good", "bad", "film"]
+    forward, backward = language_model(vocab), language_model(vocab)
+    backward.spec.extra["reverse"] = True  # as data.reverse=true records it
+    backward.hparams.spec = backward.spec.to_dict()
+    target = classifier(vocab)
+    init_from_checkpoint(target, save(forward, tmp_path / "fwd.ckpt"))
+    result = init_reverse_from_checkpoint(target, save(backward, tmp_path / "bwd.ckpt"))
+    state = target.state_dict()
+    for name in ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0"):
+        assert torch.equal(state[f"core.lstm.{name}"], forward.state_dict()[f"core.lstm.{name}"])
+        assert torch.equal(state[f"core.lstm.{name}_reverse"], backward.state_dict()[f"core.lstm.{name}"])
+    assert len(result.copied) == 4
+    with pytest.raises(ConfigError, match="did not read its text backwards.*data.reverse=true"):
+        init_reverse_from_checkpoint(target, tmp_path / "fwd.ckpt")
+    one_way = SequenceModel(**{**dict(target.hparams), "core": {"hidden_size": 5}})
+    with pytest.raises(ConfigError, match="model.bidirectional=true"):
+        init_reverse_from_checkpoint(one_way, tmp_path / "bwd.ckpt")
+    wider = classifier(vocab, hidden=7)
+    with pytest.raises(ConfigError, match=r"shape \(20, 6\) there but .* \(28, 6\)"):
+        init_reverse_from_checkpoint(wider, tmp_path / "bwd.ckpt")

@@ -119,6 +119,48 @@ def init_from_checkpoint(
     return result
 
 
+def init_reverse_from_checkpoint(model: nn.Module, ckpt_path: str | Path) -> WarmStart:
+    """Copy a backward language model's LSTM into the reverse direction of ``model``'s bi-LSTM core.
+
+    Why: :func:`init_from_checkpoint` can fill a bidirectional classifier's forward direction
+    from a language model, but its reverse direction reads sentences from the end and would start
+    from random weights. A language model trained on reversed text (``data.reverse=true``)
+    has learnt exactly that reading (the forward and backward models of Peters et al. 2018), so
+    its layer ``k`` becomes the core's ``weight_*_l{k}_reverse``. Both directions read the
+    same embedding: train the backward model on the forward model's embedding, frozen
+    (``init_from.include=[encoder] lr_scale.encoder=0``), so its LSTM expects those vectors.
+    """
+    ckpt = read_checkpoint(ckpt_path)
+    spec = DataSpec.from_dict(ckpt["hyper_parameters"]["spec"])
+    if not spec.extra.get("reverse"):
+        raise ConfigError(f"init_from.reverse_ckpt_path={ckpt_path}: that model did not read its text backwards; "
+                          "train it with data.reverse=true (a backward language model)")
+    lstm = getattr(getattr(model, "core", None), "lstm", None)
+    if not isinstance(lstm, nn.LSTM) or not lstm.bidirectional:
+        raise ConfigError("init_from.reverse_ckpt_path needs a bidirectional core: set model.bidirectional=true")
+    state: dict[str, torch.Tensor] = ckpt["state_dict"]
+    result = WarmStart()
+    with torch.no_grad():
+        for name, target in lstm.named_parameters():
+            if not name.endswith("_reverse"):
+                continue
+            source = state.get(f"core.lstm.{name.removesuffix('_reverse')}")
+            if source is None:
+                result.kept.append(f"core.lstm.{name}")
+                continue
+            if source.shape != target.shape:
+                raise ConfigError(
+                    f"init_from.reverse_ckpt_path={ckpt_path}: core.lstm.{name.removesuffix('_reverse')} has shape "
+                    f"{tuple(source.shape)} there but the reverse direction here is {tuple(target.shape)}; "
+                    "use the same model.hidden_size and encoder.dim")
+            target.copy_(source.to(target.dtype))
+            result.copied.append(f"core.lstm.{name}")
+    if not result.copied:
+        raise ConfigError(f"init_from.reverse_ckpt_path={ckpt_path}: no LSTM weights found in the checkpoint")
+    log.info("init_from.reverse_ckpt_path %s: %s", ckpt_path, result.summary())
+    return result
+
+
 def _check_head_outputs(source: DataSpec, target: DataSpec, ckpt_path: str | Path) -> None:
     """A head's rows are classes (or, for an adaptive softmax, frequency-ranked words): copy only if equal."""
     if source.classes and target.classes and list(source.classes) != list(target.classes):

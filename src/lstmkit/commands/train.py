@@ -23,7 +23,7 @@ from lstmkit.checkpoints import read_checkpoint
 from lstmkit.commands.common import instantiate_group, log, plain, report, scalar_metrics
 from lstmkit.errors import ConfigError, LstmkitError
 from lstmkit.module import SequenceModel
-from lstmkit.warm_start import init_from_checkpoint
+from lstmkit.warm_start import init_from_checkpoint, init_reverse_from_checkpoint
 
 
 @contextmanager
@@ -165,6 +165,10 @@ def train(cfg: DictConfig) -> float | None:
             if not Path(warm.ckpt_path).expanduser().exists():
                 raise ConfigError(f"init_from.ckpt_path={warm.ckpt_path}: file not found")
             init_from_checkpoint(model, warm.ckpt_path, list(warm.get("include") or ()))
+    if warm.get("reverse_ckpt_path") and cfg.get("train", True) and not ckpt_path:
+        if not Path(warm.reverse_ckpt_path).expanduser().exists():
+            raise ConfigError(f"init_from.reverse_ckpt_path={warm.reverse_ckpt_path}: file not found")
+        init_reverse_from_checkpoint(model, warm.reverse_ckpt_path)
     configure_wandb(cfg, ckpt_path)
     loggers = instantiate_group(cfg.get("logger"))
     if not loggers:  # nothing to log learning rates to

@@ -614,6 +614,11 @@ class NextWordDataModule(SequenceDataModule):
             from the train split alone, so extra text in which the task's words are rare (PTB
             for SST-2's language model) adds training signal without growing the output layer;
             its other words become ``<unk>``. Val and test stay the task's own.
+        reverse: read every split backwards: a backward language model, which predicts the
+            word *before* its input (Peters et al. 2018 pair one with a forward model). Its LSTM
+            can initialise the reverse direction of a bidirectional classifier
+            (``init_from.reverse_ckpt_path``); its ``predict`` proposes the words before a
+            prompt, nearest first.
 
     Every line becomes its tokens plus ``<eos>``; blank lines are skipped. Under DDP each rank
     reads its own contiguous part of each split: the loaders read ``self.trainer.global_rank``
@@ -639,9 +644,11 @@ class NextWordDataModule(SequenceDataModule):
         seed: int = 0,
         skip_fields: int = 0,
         extra_train: Sequence[str] | None = None,
+        reverse: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.reverse = bool(reverse)
         if isinstance(extra_train, str):
             extra_train = [extra_train]
         self.extra_train = [str(p) for p in extra_train or []]
@@ -753,7 +760,7 @@ class NextWordDataModule(SequenceDataModule):
             vocab = build_vocab([splits["train"][1]], self.min_count, self.max_vocab,
                                 specials=(PAD, UNK, EOS))
             spec = DataSpec(input_kind="tokens", vocab=vocab, pad_id=0, tokenizer=dict(self.tokenizer),
-                            extra={"bptt": self.bptt})
+                            extra={"bptt": self.bptt, "reverse": self.reverse})
         if self.extra_train and self.fixed_spec is None and "train" in splits:
             # with a checkpoint's spec (eval, predict) the train split is not read for training: the
             # extra files are neither needed nor required to still exist
@@ -761,7 +768,8 @@ class NextWordDataModule(SequenceDataModule):
         index = {tok: i for i, tok in enumerate(spec.vocab or [])}
         unk = index[UNK]
         for split, (source, tokens) in splits.items():
-            stream = TokenStream(torch.tensor(encode(tokens, index, unk), dtype=torch.int64), source)
+            ids = encode(tokens, index, unk)
+            stream = TokenStream(torch.tensor(ids[::-1] if self.reverse else ids, dtype=torch.int64), source)
             batchify(stream, self._batch_size(split), self.bptt)  # fail early on too little text
             self.splits[split] = stream
         return spec
@@ -796,11 +804,13 @@ class NextWordDataModule(SequenceDataModule):
         """Prompts -> ids, each preceded by ``<eos>`` (so a prompt reads as the start of a line).
 
         An empty prompt is just ``<eos>``: the model then proposes first words of a sentence.
+        A backward model (``data.reverse``) reads the prompt backwards from the end of a line.
         """
         index = {tok: i for i, tok in enumerate(spec.vocab or [])}
         settings = dict(spec.tokenizer or {})
         examples = []
         for text in inputs:
-            ids = [index[EOS], *encode(tokenize(str(text), **settings), index, index[UNK])]
+            words = encode(tokenize(str(text), **settings), index, index[UNK])
+            ids = [index[EOS], *(words[::-1] if spec.extra.get("reverse") else words)]
             examples.append((torch.tensor(ids, dtype=torch.int64), torch.tensor(0)))
         return PadCollate(pad_value=spec.pad_id)(examples)
