@@ -110,3 +110,23 @@ def test_unpacked_kernel_equals_packing_in_outputs_and_gradients(bidirectional: 
     for (name, a), (_, b) in zip(packed.named_parameters(), unpacked.named_parameters()):
         torch.testing.assert_close(b.grad, a.grad, rtol=1e-4, atol=1e-5, msg=name)
     assert LSTMCore(input_size=5, hidden_size=6)._unpacked(x)  # auto: unpacked on CPU
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_packing_sorted_on_the_host_equals_torch_unsorted_packing(bidirectional: bool) -> None:
+    """The core sorts rows by their host lengths itself (no device round trip); outputs and final states
+    equal ``pack_padded_sequence(enforce_sorted=False)``'s, and stale host lengths are not trusted."""
+    from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+    torch.manual_seed(0)
+    core = LSTMCore(input_size=3, hidden_size=4, num_layers=2, bidirectional=bidirectional, kernel="packed").eval()
+    x, lengths = torch.randn(4, 6, 3), torch.tensor([3, 6, 1, 4])
+    packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+    expected_out, (h, c) = core.lstm(packed)
+    expected, _ = pad_packed_sequence(expected_out, batch_first=True, total_length=6)
+    outputs, (h2, c2) = core(x, lengths, host_lengths=(3, 6, 1, 4))
+    torch.testing.assert_close(outputs, expected)
+    torch.testing.assert_close(h2, h)
+    torch.testing.assert_close(c2, c)
+    stale, _ = core(x, lengths, host_lengths=(3, 6, 1))  # a batch edited after it was made: the device's lengths
+    torch.testing.assert_close(stale, expected)

@@ -165,11 +165,12 @@ def test_gpu_trainer_without_a_gpu_says_so(tmp_path: Path) -> None:
     ("model.hiden_size=32", "did you mean model.hidden_size?"),
     ("task=sentimnt", "did you mean task=sentiment?"),
     ("trainer.max_epoch=3", "did you mean trainer.max_epochs?"),
+    ("+lr_scale.encoder=0", "lr_scale.encoder is already a config key: drop the + (lr_scale.encoder=0)"),
 ])
 def test_config_typos_get_hydras_message_and_a_suggestion(tmp_path: Path, override: str, hint: str) -> None:
     proc = run_cli("train", override, cwd=tmp_path, check=False)
     assert proc.returncode == 1
-    key = override.split("=")[0]
+    key = override.split("=")[0].lstrip("+")
     assert key.split(".")[-1] in proc.stderr or "sentimnt" in proc.stderr  # Hydra's own message reaches the user
     assert hint in proc.stderr
     assert "Traceback" not in proc.stderr

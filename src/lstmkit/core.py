@@ -116,27 +116,43 @@ class LSTMCore(nn.Module):
         """
         state = self._initial_state(x.shape[0], stream)
         steps = x.shape[1]
-        if host_lengths is not None:
-            full = all(n == steps for n in host_lengths)
-        else:
-            lengths_cpu = lengths.detach().to("cpu", torch.int64)
-            full = bool((lengths_cpu == steps).all())
+        if host_lengths is None or len(host_lengths) != x.shape[0] or max(host_lengths, default=0) > steps:
+            # none (or stale): read the device's (a copy even on CPU, so lstmkit.syncs' CPU stand-in sees it)
+            host_lengths = lengths.detach().to("cpu", torch.int64, copy=True).tolist()
         final: State | None
-        if full:
+        if all(n == steps for n in host_lengths):
             # Equal lengths (LM streams, fixed windows): packing would only cost time.
             outputs, final = self.lstm(x, state)
         elif self._unpacked(x):
             outputs, final = self.run_unpacked(x, lengths.to(x.device)), None
         else:
-            if host_lengths is not None:
-                lengths_cpu = torch.tensor(host_lengths, dtype=torch.int64)
-            packed = pack_padded_sequence(x, lengths_cpu, batch_first=True, enforce_sorted=False)
-            packed_out, final = self.lstm(packed, state)
-            outputs, _ = pad_packed_sequence(packed_out, batch_first=True, total_length=steps)
+            outputs, final = self._run_packed(x, host_lengths, state)
         if self.stateful and stream is not None and final is not None:
             self._states[stream] = (final[0].detach(), final[1].detach())
         outputs = self.dropout(self.norm(outputs))
         return outputs, final
+
+    def _run_packed(self, x: torch.Tensor, host_lengths: Sequence[int], state: State | None
+                    ) -> tuple[torch.Tensor, State]:
+        """``nn.LSTM`` over a packed batch, with the rows sorted by length on the host.
+
+        ``pack_padded_sequence(enforce_sorted=False)`` would sort on the device and copy the order
+        back and forth (``pad_packed_sequence`` reads it on the host), which on a GPU waits for
+        the queued work twice per call; here the order is computed from the host lengths and
+        sent once, without waiting.
+        """
+        order = sorted(range(len(host_lengths)), key=lambda i: -host_lengths[i])
+        inverse = [0] * len(order)
+        for position, row in enumerate(order):
+            inverse[row] = position
+        to_device, back = _to_device(order, x.device), _to_device(inverse, x.device)
+        if state is not None:
+            state = (state[0].index_select(1, to_device), state[1].index_select(1, to_device))
+        packed = pack_padded_sequence(x.index_select(0, to_device), torch.tensor([host_lengths[i] for i in order]),
+                                      batch_first=True, enforce_sorted=True)
+        packed_out, (h, c) = self.lstm(packed, state)
+        outputs, _ = pad_packed_sequence(packed_out, batch_first=True, total_length=x.shape[1])
+        return outputs.index_select(0, back), (h.index_select(1, back), c.index_select(1, back))
 
     def _unpacked(self, x: torch.Tensor) -> bool:
         if self.stateful or self.kernel == "packed":
@@ -178,6 +194,14 @@ class LSTMCore(nn.Module):
             # A ragged last batch cannot continue the streams; start it fresh.
             return None
         return h, c
+
+
+def _to_device(values: list[int], device: torch.device) -> torch.Tensor:
+    """Host ints as an index tensor on ``device``; pinned first on a GPU, so the copy does not wait."""
+    tensor = torch.tensor(values, dtype=torch.int64)
+    if device.type == "cuda":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
 
 
 def summarise(

@@ -74,6 +74,8 @@ def _hint(override: Any, cfg: DictConfig, group_options_of: Any) -> str | None:
     if not isinstance(parent, DictConfig):
         return None
     keys = [str(k) for k in parent]
+    if leaf in keys and override.is_add():  # `+key=value` for a key the config already has
+        return f"{key} is already a config key: drop the + ({key}={override.get_value_element_as_str()})"
     guess = _close(leaf, keys)
     if guess:
         full = f"{parent_path}.{guess}" if parent_path else guess

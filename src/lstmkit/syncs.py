@@ -10,8 +10,11 @@ logging steps, and :class:`HostSyncCounter` is how the tests hold it there.
 
 On a CUDA run the counter sees the real waits (operations on device tensors, cross-device
 copies). On a CPU run nothing waits, so it counts the same data-dependent operations as a
-proxy: the ones that *would* wait if their inputs lived on a GPU. That lets a 2-core CI machine
-check the property; ``scripts/bench_gpu.py`` reports the real count on a GPU.
+proxy: the ones that *would* wait if their inputs lived on a GPU, and explicit copies to the
+host. That lets a 2-core CI machine check the property; ``scripts/bench_gpu.py`` reports the
+real count on a GPU. What the CPU stand-in cannot see: ``.tolist()``, ``.numpy()`` and a
+``.cpu()`` / ``.to("cpu")`` of a tensor already on the host (PyTorch does not dispatch them),
+and copies inside PyTorch's own kernels (``F.ctc_loss`` reads its length tensors on the host).
 """
 
 from __future__ import annotations
@@ -96,11 +99,12 @@ class HostSyncCounter(TorchDispatchMode):
             return self._copy(func, args, kwargs)
         return None
 
-    @staticmethod
-    def _copy(func: Any, args: Any, kwargs: dict[str, Any]) -> str | None:
+    def _copy(self, func: Any, args: Any, kwargs: dict[str, Any]) -> str | None:
         if func == aten._to_copy.default:
             source, target = args[0].device, kwargs.get("device") or args[0].device
             non_blocking = bool(kwargs.get("non_blocking", False))
+            if self.proxy and kwargs.get("device") is not None and torch.device(target).type == "cpu":
+                return "copy(d2h)"  # an explicit copy to the host: a device read on a GPU
         else:
             target, source = args[0].device, args[1].device
             non_blocking = bool(args[2] if len(args) > 2 else kwargs.get("non_blocking", False))
