@@ -82,7 +82,9 @@ def test_gpu_benchmark_script_runs_on_cpu(tmp_path: Path) -> None:
                     assert math.isfinite(run[key]) and run[key] > 0, f"{name} {impl}/{precision}.{key} = {run[key]}"
             assert workload[f"ratio/{precision}"] > 0
         syncs = workload["host_syncs_per_step"]  # the plain loop reads its loss every step
-        assert syncs["lstmkit"] >= 0 and syncs["plain"] >= 1, syncs
+        assert syncs["plain"] >= 1, syncs
+        if name.startswith("word LM"):  # slices of a stream: no data preparation for the CPU stand-in to count
+            assert syncs["lstmkit"] == 0, syncs
     assert "| lstmkit / plain |" in (tmp_path / "speed_gpu_cpu.md").read_text(encoding="utf-8")
     profile = (tmp_path / "profile_gpu_cpu.txt").read_text(encoding="utf-8")
     assert "## lstmkit: 2 steps" in profile and "## plain: 2 steps" in profile and "aten::mm" in profile

@@ -60,9 +60,10 @@ def test_parallel_trials_with_the_joblib_launcher(tmp_path: Path) -> None:
 
 
 def test_divergence_stops_with_a_clear_error() -> None:
-    trainer = SimpleNamespace(current_epoch=2, global_step=17, optimizers=[SGD([torch.zeros(1)], lr=0.5)])
-    callback = StopOnNonFiniteLoss()
-    callback.on_train_batch_end(trainer, None, {"loss": torch.tensor(1.0)}, None, 3)  # finite: nothing
+    trainer = SimpleNamespace(current_epoch=2, global_step=16, optimizers=[SGD([torch.zeros(1)], lr=0.5)])
+    callback = StopOnNonFiniteLoss(check_every_n_steps=1)
+    callback.on_train_batch_end(trainer, None, {"loss": torch.tensor(1.0)}, None, 2)  # finite: nothing
+    trainer.global_step = 17
     with pytest.raises(DivergedError, match=r"loss became nan at epoch 2, step 17, batch 3 \(learning rate 0.5\)"):
         callback.on_train_batch_end(trainer, None, {"loss": torch.tensor(float("nan"))}, None, 3)
 

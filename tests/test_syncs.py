@@ -17,7 +17,7 @@ from lightning.pytorch.loggers import CSVLogger
 from omegaconf import open_dict
 from torch.optim import SGD
 
-from lstmkit.callbacks import DivergedError, ProgressBar, StopOnNonFiniteLoss
+from lstmkit.callbacks import DivergedError, LossProgressBar, StopOnNonFiniteLoss
 from lstmkit.commands.common import instantiate_group
 from lstmkit.commands.train import build_model
 from lstmkit.core import LSTMCore
@@ -92,9 +92,9 @@ def test_packing_uses_the_host_lengths_and_never_reads_the_device_ones() -> None
     torch.testing.assert_close(outputs, expected)
 
 
-def _trainer(step: int) -> SimpleNamespace:
+def _trainer(step: int, **extra: object) -> SimpleNamespace:
     return SimpleNamespace(current_epoch=2, global_step=step, optimizers=[SGD([torch.zeros(1)], lr=0.5)],
-                           log_every_n_steps=50)
+                           log_every_n_steps=50, **extra)
 
 
 def test_divergence_is_recorded_on_the_device_and_reported_at_the_next_check() -> None:
@@ -106,6 +106,21 @@ def test_divergence_is_recorded_on_the_device_and_reported_at_the_next_check() -
         callback.on_train_batch_end(_trainer(4), None, {"loss": torch.tensor(float("nan"))}, None, 3)
 
 
+def test_under_ddp_a_divergence_on_another_process_stops_this_one_too() -> None:
+    decisions = []
+
+    def reduce_boolean_decision(decision: bool, all: bool = True) -> bool:  # noqa: A002 - Lightning's name
+        decisions.append((decision, all))
+        return True  # another rank saw a non-finite loss
+
+    trainer = _trainer(7, world_size=2, strategy=SimpleNamespace(reduce_boolean_decision=reduce_boolean_decision))
+    callback = StopOnNonFiniteLoss(check_every_n_steps=50)
+    callback.on_train_batch_end(trainer, None, torch.tensor(1.0), None, 6)  # finite here
+    with pytest.raises(DivergedError, match="non-finite on another process by epoch 2, step 7"):
+        callback.on_save_checkpoint(trainer, None, {})
+    assert decisions == [(False, False)]  # this rank's own record, combined with any-of
+
+
 def test_a_diverged_state_is_never_written_to_a_checkpoint() -> None:
     callback = StopOnNonFiniteLoss(check_every_n_steps=50)
     callback.on_train_batch_end(_trainer(7), None, torch.tensor(float("nan")), None, 6)  # recorded, not read yet
@@ -113,23 +128,40 @@ def test_a_diverged_state_is_never_written_to_a_checkpoint() -> None:
         callback.on_save_checkpoint(_trainer(7), None, {})
 
 
-def test_the_progress_bar_shows_the_mean_loss_of_each_window() -> None:
-    bar = ProgressBar(loss_every_n_steps=2)
+def test_the_progress_bar_shows_the_mean_loss_since_its_last_read() -> None:
+    bar = LossProgressBar(loss_every_n_steps=2)
     shown = []
-    for loss in [4.0, 2.0, 1.0, 3.0, 5.0]:
-        bar.add_loss(SimpleNamespace(callback_metrics={"train/loss": torch.tensor(loss)}))
+    for step, loss in enumerate([4.0, 2.0, 1.0, 5.0, 7.0, 9.0], start=1):
+        bar.add_loss(SimpleNamespace(callback_metrics={"train/loss": torch.tensor(loss)}, global_step=step))
         shown.append(bar._shown)
-    assert shown == [4.0, 4.0, 1.5, 1.5, 4.0]  # the first step at once, then each window's mean
+    assert shown == [4.0, 2.0, 2.0, 3.0, 3.0, 8.0]  # the first step at once, then at every second step
+    # gradient accumulation: the optimiser step (and so global_step) repeats; one read per step
+    bar.add_loss(SimpleNamespace(callback_metrics={"train/loss": torch.tensor(1.0)}, global_step=6))
+    assert bar._shown == 8.0 and bar._count == 1
 
 
 def test_batches_are_pinned_when_the_trainer_runs_on_a_cuda_device(monkeypatch) -> None:
+    from torch.utils.data._utils.pin_memory import pin_memory
+
     from lstmkit.data.sentiment import SentimentDataModule
+    from lstmkit.types import Batch
 
     datamodule = SentimentDataModule(num_examples=40, batch_size=8)
     datamodule.setup()
     assert datamodule.train_dataloader().pin_memory is False  # no trainer: nothing to copy to
+    datamodule.pin_memory = True
+    assert datamodule.pins_memory is torch.cuda.is_available()  # pinning needs the CUDA driver
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    datamodule.trainer = SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device("cuda", 0)))
+    datamodule.pin_memory = None
+    datamodule.trainer = SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device("cuda", 0)),
+                                         world_size=1, global_rank=0)
     assert datamodule.pins_memory
     datamodule.pin_memory = False  # an explicit setting wins
     assert not datamodule.pins_memory
+    # the DataLoader's pinning thread calls Batch.pin_memory: every tensor pinned, the host lengths kept
+    pinned: list[torch.Tensor] = []
+    monkeypatch.setattr(torch.Tensor, "pin_memory", lambda t, *a: pinned.append(t) or t.clone())
+    batch = next(iter(datamodule.train_dataloader()))
+    out = pin_memory(batch)
+    assert isinstance(out, Batch) and len(pinned) == 3 and out.host_lengths == batch.host_lengths
+    assert torch.equal(out.inputs, batch.inputs) and out.inputs is not batch.inputs

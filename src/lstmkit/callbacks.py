@@ -15,13 +15,17 @@ class DivergedError(LstmkitError):
     """The training loss became NaN or infinite."""
 
 
-def read_every(trainer: L.Trainer, every: int | None) -> int:
-    """How many steps apart a callback reads a device value: ``every``, or the logging interval.
+def is_read_step(trainer: L.Trainer, every: int | None, last: int | None) -> bool:
+    """Whether a callback reads its device value on the host at this step.
 
-    Lightning reads the logged values on the host at its logging steps anyway, so reading there
-    costs no extra wait for the GPU; in between, the host runs ahead of the device.
+    Every ``every`` optimiser steps; by default the trainer's ``log_every_n_steps``, where
+    Lightning reads its logged values anyway, so the read adds no wait for the GPU (in between,
+    the host runs ahead of the device). Once per step under gradient accumulation (``last``:
+    the step of the previous read); ``0`` reads only at the boundaries the callback names.
     """
-    return max(1, int(every if every is not None else getattr(trainer, "log_every_n_steps", 1) or 1))
+    n = every if every is not None else getattr(trainer, "log_every_n_steps", 1)
+    step = trainer.global_step
+    return bool(n) and step % n == 0 and step != last
 
 
 class StopOnNonFiniteLoss(L.Callback):
@@ -32,16 +36,20 @@ class StopOnNonFiniteLoss(L.Callback):
     ``check_every_n_steps`` steps (default: the trainer's ``log_every_n_steps``), at validation
     and epoch boundaries, and before any checkpoint is written. So a GPU step is never made to
     wait for the loss, and the run still ends before anything is saved after the diverged step:
-    the checkpoints on disk (``last.ckpt``, ``best.ckpt``) are the last good ones. In a sweep the
-    trial is reported as failed and the sweep goes on.
+    the checkpoints on disk (``last.ckpt``, ``best.ckpt``) are the last good ones. Under DDP
+    the processes agree at each check (a loss that diverged on one of them stops them all,
+    before rank 0 saves the weights the gradient all-reduce spread). In a sweep the trial is
+    reported as failed and the sweep goes on.
 
     Args:
-        check_every_n_steps: steps between host reads of the record (1 = every step).
+        check_every_n_steps: steps between host reads of the record (1 = every step, 0 = only at
+            the boundaries and saves).
     """
 
     def __init__(self, check_every_n_steps: int | None = None) -> None:
         self.check_every_n_steps = check_every_n_steps
         self._first: torch.Tensor | None = None  # (batch, global step, loss) of the first bad batch; batch -1: none
+        self._read_at: int | None = None
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._check(trainer)
@@ -53,14 +61,15 @@ class StopOnNonFiniteLoss(L.Callback):
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
         if not isinstance(loss, torch.Tensor):
             return
-        loss = loss.detach().float()
+        loss = loss.detach().double()
         if self._first is None:
             self._first = torch.full((3,), -1.0, dtype=torch.float64, device=loss.device)
         # python numbers enter as kernel arguments: no host-to-device copy, no wait
         here = torch.stack([torch.full_like(loss, batch_idx), torch.full_like(loss, trainer.global_step), loss])
         newly = (self._first[0] < 0) & ~torch.isfinite(loss)
-        self._first = torch.where(newly, here.double(), self._first)
-        if trainer.global_step % read_every(trainer, self.check_every_n_steps) == 0:
+        self._first = torch.where(newly, here, self._first)
+        if is_read_step(trainer, self.check_every_n_steps, self._read_at):
+            self._read_at = trainer.global_step
             self._check(trainer)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -71,28 +80,36 @@ class StopOnNonFiniteLoss(L.Callback):
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule,
                            checkpoint: dict[str, Any]) -> None:
-        self._check(trainer)  # raising here keeps a diverged state off the disk
+        self._check(trainer)  # raising here keeps a diverged state off the disk (every rank gets here)
 
     def _check(self, trainer: L.Trainer) -> None:
-        if self._first is None or not bool(self._first[0] >= 0):  # the one host read of a check
+        here = self._first is not None and bool(self._first[0] >= 0)  # the one host read of a check
+        anywhere = here
+        if getattr(trainer, "world_size", 1) > 1:  # a collective: every rank checks at the same points
+            anywhere = trainer.strategy.reduce_boolean_decision(here, all=False)
+        if not anywhere:
             return
-        batch, step, value = self._first.tolist()
         lr = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else float("nan")
-        raise DivergedError(
-            f"training loss became {value} at epoch {trainer.current_epoch}, step {int(step)}, batch "
-            f"{int(batch)} (learning rate {lr:.3g}). Try a lower optimizer.lr, trainer.gradient_clip_val=1.0, "
-            "or trainer.precision=32-true; the last good checkpoints are kept"
-        )
+        advice = (f"(learning rate {lr:.3g}). Try a lower optimizer.lr, trainer.gradient_clip_val=1.0, "
+                  "or trainer.precision=32-true; the last good checkpoints are kept")
+        if not here:
+            raise DivergedError(f"training loss became non-finite on another process by epoch "
+                                f"{trainer.current_epoch}, step {trainer.global_step} {advice}")
+        assert self._first is not None
+        batch, step, value = self._first.tolist()
+        raise DivergedError(f"training loss became {value} at epoch {trainer.current_epoch}, step {int(step)}, "
+                            f"batch {int(batch)} {advice}")
 
 
-class ProgressBar(RichProgressBar):
+class LossProgressBar(RichProgressBar):
     """Lightning's rich progress bar, with the training loss averaged on the device.
 
     Lightning turns every value logged with ``prog_bar=True`` into a Python number after every
     batch, which on a GPU makes the host wait for each step to finish. The model therefore logs
     ``train/loss`` without ``prog_bar``; this bar adds it up on the device each step and shows
-    the mean of the last ``loss_every_n_steps`` steps (default: the trainer's
-    ``log_every_n_steps``), read once per window. Takes ``RichProgressBar``'s arguments besides.
+    the mean since its previous read, read every ``loss_every_n_steps`` optimiser steps (default:
+    the trainer's ``log_every_n_steps``, where Lightning reads its logged values anyway) and at
+    the first step. Takes ``RichProgressBar``'s arguments besides.
     """
 
     def __init__(self, *args: Any, loss_every_n_steps: int | None = None, **kwargs: Any) -> None:
@@ -101,10 +118,7 @@ class ProgressBar(RichProgressBar):
         self._sum: torch.Tensor | None = None
         self._count = 0
         self._shown: float | None = None
-
-    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._sum, self._count, self._shown = None, 0, None
-        super().on_train_epoch_start(trainer, pl_module)
+        self._read_at: int | None = None
 
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
@@ -113,16 +127,16 @@ class ProgressBar(RichProgressBar):
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
 
     def add_loss(self, trainer: L.Trainer) -> None:
-        """Add this step's ``train/loss`` on the device; read the window's mean when it is full."""
+        """Add this step's ``train/loss`` on the device; read the mean at a read step."""
         loss = trainer.callback_metrics.get("train/loss")
         if not isinstance(loss, torch.Tensor):
             return
         loss = loss.detach().float()
         self._sum = loss if self._sum is None else self._sum + loss
         self._count += 1
-        if self._shown is None or self._count >= read_every(trainer, self.loss_every_n_steps):
+        if self._shown is None or is_read_step(trainer, self.loss_every_n_steps, self._read_at):
             self._shown = float(self._sum) / self._count
-            self._sum, self._count = None, 0
+            self._sum, self._count, self._read_at = None, 0, trainer.global_step
 
     def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, int | str | float | dict[str, float]]:
         items = super().get_metrics(trainer, pl_module)

@@ -156,7 +156,7 @@ class SequenceModel(L.LightningModule):
         loss = clean
         if self.l1 > 0:
             loss = loss + self.l1 * sum(p.abs().sum() for p in self.parameters() if p.dim() > 1)
-        self.log("train/loss", loss, batch_size=len(batch))  # shown by callbacks.ProgressBar, read without a wait
+        self.log("train/loss", loss, batch_size=len(batch))  # shown by callbacks.LossProgressBar, read without a wait
         if self.adversarial <= 0:
             return loss
         moved = features + self._worst_direction(clean, features) * self.adversarial

@@ -154,6 +154,14 @@ class SyncAudit(L.Callback):
             raise RuntimeError(f"SyncAudit(start={self.start}, steps={self.steps}) needs an epoch of at "
                                f"least {self.start + self.steps + 1} training batches before validation")
 
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        if self._active:  # a mode left on would go on counting for the rest of the process
+            self._stop()
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if self._active:
+            self._stop()
+
     def _stop(self) -> None:
         self.counter.__exit__(None, None, None)
         self._active = False

@@ -38,11 +38,20 @@ class Batch:
     lengths: torch.Tensor
     targets: torch.Tensor | None = None
     target_lengths: torch.Tensor | None = None
-    host_lengths: tuple[int, ...] | None = None
+    host_lengths: tuple[int, ...] | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.host_lengths is None and self.lengths.device.type == "cpu":
             self.host_lengths = tuple(self.lengths.tolist())
+
+    def pin_memory(self) -> Batch:
+        """The batch with its tensors in pinned host memory (what ``DataLoader(pin_memory=True)``
+        calls), so that the copy to a GPU can run without the host waiting for it."""
+        def pin(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t.pin_memory()
+
+        return Batch(pin(self.inputs), pin(self.lengths), pin(self.targets), pin(self.target_lengths),
+                     self.host_lengths)
 
     def __len__(self) -> int:
         return int(self.inputs.shape[0])

@@ -194,11 +194,14 @@ class SequenceDataModule(L.LightningDataModule):
 
     @property
     def pins_memory(self) -> bool:
-        """``pin_memory``, or when it is ``None``, whether the attached trainer runs on a CUDA device."""
+        """``pin_memory``, or when it is ``None``, whether the attached trainer runs on a CUDA device;
+        never without CUDA."""
+        if not torch.cuda.is_available():  # nothing to pin for (and pinning needs the CUDA driver)
+            return False
         if self.pin_memory is not None:
             return bool(self.pin_memory)
         trainer = getattr(self, "trainer", None)
-        return trainer is not None and torch.cuda.is_available() and trainer.strategy.root_device.type == "cuda"
+        return trainer is not None and trainer.strategy.root_device.type == "cuda"
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader[Batch]:
         if split not in self.splits:

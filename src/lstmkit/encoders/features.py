@@ -78,8 +78,12 @@ class FeatureNormaliser(nn.Module):
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.kind == "log_returns":
             x = log_returns(x, self.base, self.offset)  # (B, T-1, F)
-            lengths = (lengths - 1).clamp(min=1)
+            lengths = (lengths - self.steps_removed).clamp(min=1)
         return (x - self.shift) / self.scale, lengths
+
+    def host_lengths(self, lengths: Sequence[int]) -> list[int]:
+        """:meth:`forward`'s output lengths from host ints."""
+        return [max(n - self.steps_removed, 1) for n in lengths]
 
 
 def fit_feature_normaliser(
@@ -148,8 +152,7 @@ class FeatureEncoder(nn.Module):
 
     def host_lengths(self, lengths: Sequence[int]) -> list[int]:
         """The lengths :meth:`forward` returns, computed from host ints (the core then packs without a GPU wait)."""
-        removed = self.normaliser.steps_removed if self.normaliser is not None else 0
-        return [max(n - removed, 1) for n in lengths]
+        return self.normaliser.host_lengths(lengths) if self.normaliser is not None else list(lengths)
 
     def forward(self, inputs: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         self._remember(inputs, lengths)
