@@ -109,7 +109,7 @@ def test_divergence_is_recorded_on_the_device_and_reported_at_the_next_check() -
 def test_under_ddp_a_divergence_on_another_process_stops_this_one_too() -> None:
     decisions = []
 
-    def reduce_boolean_decision(decision: bool, all: bool = True) -> bool:  # noqa: A002 - Lightning's name
+    def reduce_boolean_decision(decision: bool, all: bool = True) -> bool:  # Lightning's signature
         decisions.append((decision, all))
         return True  # another rank saw a non-finite loss
 
