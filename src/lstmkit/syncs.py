@@ -121,8 +121,9 @@ class SyncAudit(L.Callback):
 
     The window runs from one ``on_train_batch_start`` to a later one, so it covers the whole
     step as Lightning runs it: batch transfer, forward, backward, optimiser, every callback and
-    Lightning's own logging. Data loading falls inside it too; on a GPU run its CPU-only work
-    does not count, and on CPU a test feeds pre-collated batches. ``per_step`` is the result;
+    Lightning's own logging. Data loading falls inside it too: on a GPU run its CPU-only work
+    does not count; on CPU the stand-in counts it (lstmkit's collates read nothing, but a
+    benchmark's hand-made batches may). ``per_step`` is the result;
     the epoch must have ``start + steps + 1`` batches before validation starts.
     """
 
