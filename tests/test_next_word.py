@@ -517,3 +517,19 @@ def test_reverse_reads_every_split_backwards_and_so_does_predict(tmp_path: Path)
     assert batch.inputs[0].tolist() == [index[w] for w in ["<eos>", "film", "gorgeous", "a"]]
     batch = NextWordDataModule.make_predict_batch(forward.spec, ["a gorgeous film"])
     assert batch.inputs[0].tolist() == [index[w] for w in ["<eos>", "a", "gorgeous", "film"]]
+
+
+def test_a_backward_model_writes_the_text_before_the_prompt(tmp_path: Path) -> None:
+    for split, lines in {"train": ["a gorgeous film .", "dull and long ."] * 30,
+                         "valid": ["a film ."] * 10, "test": ["long film ."] * 10}.items():
+        write(tmp_path / f"text.{split}.txt", "\n".join(lines) + "\n")
+    dm = tiny_module(tmp_path, tokenizer="whitespace", batch_size=2, bptt=3, reverse=True)
+    torch.manual_seed(0)
+    model = SequenceModel(dm.spec.to_dict(), {"_target_": "lstmkit.encoders.EmbeddingEncoder", "dim": 4},
+                          {"hidden_size": 4}, {"_target_": "lstmkit.heads.language_model.LanguageModelHead"})
+    out = generate(model, dm.spec, "film .", n_words=3)
+    assert out["direction"] == "before"
+    assert out["text"].split() == [w for w in out["words"][::-1] if w != "<eos>"]  # reading order
+    batch = NextWordDataModule.make_predict_batch(dm.spec, ["film ."])
+    outputs, lengths = model(batch.inputs, batch.lengths)
+    assert "previous_words" in model.head.decode(outputs, lengths)[0]

@@ -165,3 +165,22 @@ def test_batches_are_pinned_when_the_trainer_runs_on_a_cuda_device(monkeypatch) 
     out = pin_memory(batch)
     assert isinstance(out, Batch) and len(pinned) == 3 and out.host_lengths == batch.host_lengths
     assert torch.equal(out.inputs, batch.inputs) and out.inputs is not batch.inputs
+
+
+def test_the_divergence_names_the_learning_rate_its_step_ran_at() -> None:
+    trainer = _trainer(3)
+    callback = StopOnNonFiniteLoss(check_every_n_steps=50)
+    callback.on_train_batch_start(trainer, None, None, 2)  # the step runs at lr 0.5
+    trainer.optimizers[0].param_groups[0]["lr"] = 0.01  # a step-interval schedule moves it before batch end
+    callback.on_train_batch_end(trainer, None, torch.tensor(float("nan")), None, 2)
+    with pytest.raises(DivergedError, match=r"step 3, batch 2 \(learning rate 0.5\)"):
+        callback.on_train_epoch_end(trainer, None)
+
+
+def test_the_progress_bar_shows_what_it_added_up_at_epoch_end() -> None:
+    bar = LossProgressBar(loss_every_n_steps=0)  # never between boundaries
+    for step, loss in enumerate([4.0, 2.0, 8.0], start=1):
+        bar.add_loss(SimpleNamespace(callback_metrics={"train/loss": torch.tensor(loss)}, global_step=step))
+    assert bar._shown == 4.0  # the first step only
+    bar._read()  # what on_train_epoch_end and on_validation_start do
+    assert bar._shown == 5.0 and bar._count == 0  # (2 + 8) / 2

@@ -168,3 +168,25 @@ def test_a_backward_language_model_fills_the_reverse_direction(tmp_path: Path) -
     wider = classifier(vocab, hidden=7)
     with pytest.raises(ConfigError, match=r"shape \(20, 6\) there but .* \(28, 6\)"):
         init_reverse_from_checkpoint(wider, tmp_path / "bwd.ckpt")
+
+
+def test_both_directions_log_what_they_filled_and_embedding_sizes_are_named(tmp_path: Path, caplog) -> None:
+    import logging
+
+    from lstmkit.commands.train import warm_start
+
+    vocab = ["<pad>", "<unk>", "<eos>", "good", "bad", "film"]
+    forward, backward = language_model(vocab), language_model(vocab)
+    backward.spec.extra["reverse"] = True
+    backward.hparams.spec = backward.spec.to_dict()
+    paths = {"ckpt_path": str(save(forward, tmp_path / "fwd.ckpt")),
+             "reverse_ckpt_path": str(save(backward, tmp_path / "bwd.ckpt"))}
+    with caplog.at_level(logging.INFO, logger="lstmkit"):
+        warm_start(classifier(vocab), {**paths, "include": ["encoder", "core"]}, None)
+    assert "kept at their initial values" not in caplog.text  # the reverse direction was filled first
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="lstmkit"):
+        warm_start(classifier(vocab), {"reverse_ckpt_path": paths["reverse_ckpt_path"]}, None)
+    assert "without init_from.ckpt_path" in caplog.text
+    with pytest.raises(ConfigError, match=r"6-dim vectors in the checkpoint but 8-dim .* encoder\.dim=6"):
+        init_from_checkpoint(classifier(vocab[:5], dim=8), paths["ckpt_path"], ["encoder"])

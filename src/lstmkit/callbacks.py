@@ -50,10 +50,17 @@ class StopOnNonFiniteLoss(L.Callback):
         self.check_every_n_steps = check_every_n_steps
         self._first: torch.Tensor | None = None  # (batch, global step, loss) of the first bad batch; batch -1: none
         self._read_at: int | None = None
+        self._lrs: dict[int, float] = {}  # learning rate of each step since the last read (host numbers)
+        self._lr: float | None = None
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._check(trainer)
         self._first = None
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        # the rate this batch's step runs at (a step-interval schedule moves it before batch end)
+        self._lr = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else None
 
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
@@ -62,6 +69,8 @@ class StopOnNonFiniteLoss(L.Callback):
         if not isinstance(loss, torch.Tensor):
             return
         loss = loss.detach().double()
+        if self._lr is not None:
+            self._lrs.setdefault(trainer.global_step, self._lr)
         if self._first is None:
             self._first = torch.full((3,), -1.0, dtype=torch.float64, device=loss.device)
         # python numbers enter as kernel arguments: no host-to-device copy, no wait
@@ -88,16 +97,21 @@ class StopOnNonFiniteLoss(L.Callback):
         if getattr(trainer, "world_size", 1) > 1:  # a collective: every rank checks at the same points
             anywhere = trainer.strategy.reduce_boolean_decision(here, all=False)
         if not anywhere:
+            self._lrs.clear()
             return
-        lr = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else float("nan")
+        step = trainer.global_step
+        if here:
+            assert self._first is not None
+            batch, bad_step, value = self._first.tolist()
+            step = int(bad_step)
+        now = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else float("nan")
+        lr = self._lrs.get(step, now)  # the rate the diverged step ran at, not the one at the check
         advice = (f"(learning rate {lr:.3g}). Try a lower optimizer.lr, trainer.gradient_clip_val=1.0, "
                   "or trainer.precision=32-true; the last good checkpoints are kept")
         if not here:
             raise DivergedError(f"training loss became non-finite on another process by epoch "
                                 f"{trainer.current_epoch}, step {trainer.global_step} {advice}")
-        assert self._first is not None
-        batch, step, value = self._first.tolist()
-        raise DivergedError(f"training loss became {value} at epoch {trainer.current_epoch}, step {int(step)}, "
+        raise DivergedError(f"training loss became {value} at epoch {trainer.current_epoch}, step {step}, "
                             f"batch {int(batch)} {advice}")
 
 
@@ -108,8 +122,8 @@ class LossProgressBar(RichProgressBar):
     batch, which on a GPU makes the host wait for each step to finish. The model therefore logs
     ``train/loss`` without ``prog_bar``; this bar adds it up on the device each step and shows
     the mean since its previous read, read every ``loss_every_n_steps`` optimiser steps (default:
-    the trainer's ``log_every_n_steps``, where Lightning reads its logged values anyway) and at
-    the first step. Takes ``RichProgressBar``'s arguments besides.
+    the trainer's ``log_every_n_steps``, where Lightning reads its logged values anyway), at the
+    first step, when validation starts and at the end of each epoch. Takes ``RichProgressBar``'s arguments besides.
     """
 
     def __init__(self, *args: Any, loss_every_n_steps: int | None = None, **kwargs: Any) -> None:
@@ -126,6 +140,19 @@ class LossProgressBar(RichProgressBar):
         self.add_loss(trainer)
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
 
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._read()  # validation and the epoch's end are boundaries: show what has been added up
+        super().on_validation_start(trainer, pl_module)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._read()
+        super().on_train_epoch_end(trainer, pl_module)
+
+    def _read(self) -> None:
+        if self._sum is not None:
+            self._shown = float(self._sum) / self._count
+            self._sum, self._count = None, 0
+
     def add_loss(self, trainer: L.Trainer) -> None:
         """Add this step's ``train/loss`` on the device; read the mean at a read step."""
         loss = trainer.callback_metrics.get("train/loss")
@@ -135,8 +162,8 @@ class LossProgressBar(RichProgressBar):
         self._sum = loss if self._sum is None else self._sum + loss
         self._count += 1
         if self._shown is None or is_read_step(trainer, self.loss_every_n_steps, self._read_at):
-            self._shown = float(self._sum) / self._count
-            self._sum, self._count, self._read_at = None, 0, trainer.global_step
+            self._read()
+            self._read_at = trainer.global_step
 
     def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, int | str | float | dict[str, float]]:
         items = super().get_metrics(trainer, pl_module)

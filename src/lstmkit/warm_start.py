@@ -27,7 +27,7 @@ What is copied, for every parameter of the included parts (``init_from.include``
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -62,9 +62,14 @@ class WarmStart:
 
 
 def init_from_checkpoint(
-    model: nn.Module, ckpt_path: str | Path, include: Sequence[str] = ("encoder", "core")
+    model: nn.Module, ckpt_path: str | Path, include: Sequence[str] = ("encoder", "core"),
+    filled: Collection[str] = (),
 ) -> WarmStart:
-    """Copy the included parts' weights from ``ckpt_path`` into ``model`` (a SequenceModel), in place."""
+    """Copy the included parts' weights from ``ckpt_path`` into ``model`` (a SequenceModel), in place.
+
+    ``filled``: parameters another warm start has set already (the reverse direction, from
+    :func:`init_reverse_from_checkpoint`); the checkpoint's lacking them is not reported as kept.
+    """
     unknown = sorted(set(include) - set(PARTS))
     if unknown or not include:
         raise ConfigError(f"init_from.include={list(include)}: expected a non-empty subset of {list(PARTS)}")
@@ -86,7 +91,8 @@ def init_from_checkpoint(
                 continue
             source = source_state.get(name)
             if source is None:
-                result.kept.append(name)
+                if name not in filled:
+                    result.kept.append(name)
                 continue
             owner = model.get_submodule(name.rsplit(".", 1)[0])
             if (rows is not None and isinstance(owner, nn.Embedding) and len(target) == len(rows)
@@ -101,6 +107,11 @@ def init_from_checkpoint(
                 result.by_token[name] = (int(found.sum()), len(rows))
             elif source.shape == target.shape:
                 target.data.copy_(source.to(target.dtype))
+            elif rows is not None and isinstance(owner, nn.Embedding) and len(target) == len(rows):
+                raise ConfigError(  # rows are matched by token: only the vector size has to agree
+                    f"init_from.ckpt_path={ckpt_path}: {name} has {source.shape[1]}-dim vectors in the checkpoint "
+                    f"but {target.shape[1]}-dim ones in this model; set encoder.dim={source.shape[1]} (the "
+                    f"vocabularies may differ: {len(source):,} and {len(target):,} tokens are matched by token)")
             else:
                 raise ConfigError(
                     f"init_from.ckpt_path={ckpt_path}: {name} has shape {tuple(source.shape)} in the checkpoint "

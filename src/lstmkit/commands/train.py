@@ -134,6 +134,30 @@ def build_model(cfg: DictConfig, datamodule: Any) -> SequenceModel:
     )
 
 
+def warm_start(model: SequenceModel, warm: Any, resumed: str | None) -> None:
+    """``init_from``: the reverse direction from a backward LM, then the rest from ``ckpt_path``.
+
+    Nothing happens when a run resumes (``resumed``: its checkpoint restores every weight).
+    """
+    paths = {key: warm.get(key) for key in ("ckpt_path", "reverse_ckpt_path") if warm.get(key)}
+    if not paths:
+        return
+    if resumed:
+        log.info("init_from ignored: resuming %s restores every weight", resumed)
+        return
+    for key, path in paths.items():
+        if not Path(path).expanduser().exists():
+            raise ConfigError(f"init_from.{key}={path}: file not found")
+    filled: list[str] = []
+    if "reverse_ckpt_path" in paths:
+        filled = init_reverse_from_checkpoint(model, paths["reverse_ckpt_path"]).copied
+        if "ckpt_path" not in paths:
+            log.warning("init_from.reverse_ckpt_path without init_from.ckpt_path: the reverse direction was "
+                        "trained on its language model's embedding, which this model does not start from")
+    if "ckpt_path" in paths:
+        init_from_checkpoint(model, paths["ckpt_path"], list(warm.get("include") or ()), filled=filled)
+
+
 def train(cfg: DictConfig) -> float | None:
     """Train (and test) one configuration; returns the monitored validation metric."""
     if cfg.get("seed") is not None:
@@ -157,18 +181,8 @@ def train(cfg: DictConfig) -> float | None:
     check_device(cfg)
     requested = cfg.get("ckpt_path") or ("last" if cfg.get("resume") else None)
     ckpt_path = resolve_ckpt_path(requested, cfg) if cfg.get("train", True) else None
-    warm = cfg.get("init_from") or {}
-    if warm.get("ckpt_path") and cfg.get("train", True):
-        if ckpt_path:
-            log.info("init_from.ckpt_path ignored: resuming %s restores every weight", ckpt_path)
-        else:
-            if not Path(warm.ckpt_path).expanduser().exists():
-                raise ConfigError(f"init_from.ckpt_path={warm.ckpt_path}: file not found")
-            init_from_checkpoint(model, warm.ckpt_path, list(warm.get("include") or ()))
-    if warm.get("reverse_ckpt_path") and cfg.get("train", True) and not ckpt_path:
-        if not Path(warm.reverse_ckpt_path).expanduser().exists():
-            raise ConfigError(f"init_from.reverse_ckpt_path={warm.reverse_ckpt_path}: file not found")
-        init_reverse_from_checkpoint(model, warm.reverse_ckpt_path)
+    if cfg.get("train", True):
+        warm_start(model, cfg.get("init_from") or {}, ckpt_path)
     configure_wandb(cfg, ckpt_path)
     loggers = instantiate_group(cfg.get("logger"))
     if not loggers:  # nothing to log learning rates to

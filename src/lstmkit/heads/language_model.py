@@ -148,6 +148,7 @@ class LanguageModelHead(Head):
             raise ConfigError("head.adaptive_cutoffs and head.tie_weights=true cannot be combined: the adaptive "
                               "softmax has no single output matrix to share with the embedding")
         self.vocab = list(spec.vocab or [])
+        self.backward = bool(spec.extra.get("reverse"))  # trained on reversed text (data.reverse)
         self.pad_id = spec.pad_id
         self.in_features = in_features
         self.tie_weights = tie_weights
@@ -262,14 +263,15 @@ class LanguageModelHead(Head):
         return {"perplexity_by_frequency": fig}
 
     def decode(self, outputs: torch.Tensor, lengths: torch.Tensor) -> list[dict[str, Any]]:
-        """The ``top_k`` most probable next words after each sequence's last valid step."""
+        """The ``top_k`` most probable next words after each sequence's last valid step
+        (``previous_words`` for a backward model: the words before the prompt)."""
         rows = torch.arange(len(outputs), device=outputs.device)
         last = outputs.detach()[rows, lengths.to(outputs.device) - 1]  # (B, V) after the last valid step
         probs = last.float().softmax(dim=-1)
         probs[:, self.pad_id] = 0.0
         best = probs.topk(min(self.top_k, probs.shape[-1]), dim=-1)
         return [
-            {"next_words": [self.vocab[int(i)] for i in ids],
+            {"previous_words" if self.backward else "next_words": [self.vocab[int(i)] for i in ids],
              "probabilities": [round(float(p), 4) for p in values]}
             for ids, values in zip(best.indices, best.values)
         ]
@@ -302,7 +304,8 @@ def generate(
     the softmax of ``logits / temperature`` with a generator seeded by ``seed``. Each step reruns
     the model on the whole text so far (no state is carried between calls), which keeps this
     independent of the encoder and the core and is cheap for the short texts people generate.
-    ``<eos>`` is rendered as a line break.
+    ``<eos>`` is rendered as a line break. A backward model (``data.reverse``) writes the text
+    *before* the prompt: ``words`` nearest first, ``text`` in reading order.
     """
     if n_words < 0:
         raise ConfigError(f"n_words must be >= 0, got {n_words}")
@@ -332,5 +335,7 @@ def generate(
             ids = torch.cat([ids, torch.tensor([next_id], device=device)])
     model.train(was_training)
     joiner = "" if (spec.tokenizer or {}).get("level") == "char" else " "
-    text = joiner.join("\n" if w == EOS else w for w in words)
-    return {"prompt": prompt, "words": words, "text": text.replace(" \n ", "\n").replace(" \n", "\n")}
+    backward = bool(spec.extra.get("reverse"))
+    text = joiner.join("\n" if w == EOS else w for w in (words[::-1] if backward else words))
+    return {"prompt": prompt, "words": words, "text": text.replace(" \n ", "\n").replace(" \n", "\n"),
+            "direction": "before" if backward else "after"}
