@@ -167,14 +167,17 @@ def test_batches_are_pinned_when_the_trainer_runs_on_a_cuda_device(monkeypatch) 
     assert torch.equal(out.inputs, batch.inputs) and out.inputs is not batch.inputs
 
 
-def test_the_divergence_names_the_learning_rate_its_step_ran_at() -> None:
+def test_the_divergence_names_the_step_and_learning_rate_its_batch_ran_at() -> None:
     trainer = _trainer(3)
     callback = StopOnNonFiniteLoss(check_every_n_steps=50)
     callback.on_train_batch_start(trainer, None, None, 2)  # the step runs at lr 0.5
     trainer.optimizers[0].param_groups[0]["lr"] = 0.01  # a step-interval schedule moves it before batch end
+    trainer.global_step = 4  # and the optimiser step has been counted
     callback.on_train_batch_end(trainer, None, torch.tensor(float("nan")), None, 2)
     with pytest.raises(DivergedError, match=r"step 3, batch 2 \(learning rate 0.5\)"):
         callback.on_train_epoch_end(trainer, None)
+    callback.on_fit_start(trainer, None)  # a new fit with the same callback starts clean
+    callback.on_train_epoch_end(trainer, None)
 
 
 def test_the_progress_bar_shows_what_it_added_up_at_epoch_end() -> None:

@@ -184,6 +184,13 @@ def test_both_directions_log_what_they_filled_and_embedding_sizes_are_named(tmp_
     with caplog.at_level(logging.INFO, logger="lstmkit"):
         warm_start(classifier(vocab), {**paths, "include": ["encoder", "core"]}, None)
     assert "kept at their initial values" not in caplog.text  # the reverse direction was filled first
+    # a ckpt_path that has reverse weights of its own (a bi-LSTM) does not overwrite the backward LM's
+    bi = save(classifier(vocab), tmp_path / "bi.ckpt")
+    model = classifier(vocab)
+    warm_start(model, {"ckpt_path": str(bi), "reverse_ckpt_path": paths["reverse_ckpt_path"],
+                       "include": ["encoder", "core"]}, None)
+    assert torch.equal(model.state_dict()["core.lstm.weight_ih_l0_reverse"],
+                       backward.state_dict()["core.lstm.weight_ih_l0"])
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="lstmkit"):
         warm_start(classifier(vocab), {"reverse_ckpt_path": paths["reverse_ckpt_path"]}, None)

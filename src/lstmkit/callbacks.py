@@ -48,10 +48,13 @@ class StopOnNonFiniteLoss(L.Callback):
 
     def __init__(self, check_every_n_steps: int | None = None) -> None:
         self.check_every_n_steps = check_every_n_steps
-        self._first: torch.Tensor | None = None  # (batch, global step, loss) of the first bad batch; batch -1: none
+        # (batch, global step, loss, learning rate) of the first bad batch, on the device; batch -1: none
+        self._first: torch.Tensor | None = None
         self._read_at: int | None = None
-        self._lrs: dict[int, float] = {}  # learning rate of each step since the last read (host numbers)
-        self._lr: float | None = None
+        self._step: tuple[int, float] | None = None  # (global step, learning rate) of the running batch
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._first, self._read_at, self._step = None, None, None  # nothing carried over from another fit
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._check(trainer)
@@ -59,8 +62,10 @@ class StopOnNonFiniteLoss(L.Callback):
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
                              batch_idx: int) -> None:
-        # the rate this batch's step runs at (a step-interval schedule moves it before batch end)
-        self._lr = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else None
+        # the step and rate this batch runs at (by batch end the step has advanced and a step-interval
+        # schedule has moved the rate)
+        lr = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else float("nan")
+        self._step = (trainer.global_step, float(lr))
 
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
@@ -69,12 +74,16 @@ class StopOnNonFiniteLoss(L.Callback):
         if not isinstance(loss, torch.Tensor):
             return
         loss = loss.detach().double()
-        if self._lr is not None:
-            self._lrs.setdefault(trainer.global_step, self._lr)
+        if self._step is None:  # called without on_train_batch_start
+            lr = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else float("nan")
+            self._step = (trainer.global_step, float(lr))
+        step, lr = self._step
+        self._step = None
         if self._first is None:
-            self._first = torch.full((3,), -1.0, dtype=torch.float64, device=loss.device)
+            self._first = torch.full((4,), -1.0, dtype=torch.float64, device=loss.device)
         # python numbers enter as kernel arguments: no host-to-device copy, no wait
-        here = torch.stack([torch.full_like(loss, batch_idx), torch.full_like(loss, trainer.global_step), loss])
+        here = torch.stack([torch.full_like(loss, batch_idx), torch.full_like(loss, step), loss,
+                            torch.full_like(loss, lr)])
         newly = (self._first[0] < 0) & ~torch.isfinite(loss)
         self._first = torch.where(newly, here, self._first)
         if is_read_step(trainer, self.check_every_n_steps, self._read_at):
@@ -97,21 +106,17 @@ class StopOnNonFiniteLoss(L.Callback):
         if getattr(trainer, "world_size", 1) > 1:  # a collective: every rank checks at the same points
             anywhere = trainer.strategy.reduce_boolean_decision(here, all=False)
         if not anywhere:
-            self._lrs.clear()
             return
-        step = trainer.global_step
+        lr = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else float("nan")
         if here:
             assert self._first is not None
-            batch, bad_step, value = self._first.tolist()
-            step = int(bad_step)
-        now = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else float("nan")
-        lr = self._lrs.get(step, now)  # the rate the diverged step ran at, not the one at the check
+            batch, step, value, lr = self._first.tolist()  # the rate the diverged step ran at
         advice = (f"(learning rate {lr:.3g}). Try a lower optimizer.lr, trainer.gradient_clip_val=1.0, "
                   "or trainer.precision=32-true; the last good checkpoints are kept")
         if not here:
             raise DivergedError(f"training loss became non-finite on another process by epoch "
                                 f"{trainer.current_epoch}, step {trainer.global_step} {advice}")
-        raise DivergedError(f"training loss became {value} at epoch {trainer.current_epoch}, step {step}, "
+        raise DivergedError(f"training loss became {value} at epoch {trainer.current_epoch}, step {int(step)}, "
                             f"batch {int(batch)} {advice}")
 
 
@@ -133,6 +138,10 @@ class LossProgressBar(RichProgressBar):
         self._count = 0
         self._shown: float | None = None
         self._read_at: int | None = None
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._sum, self._count, self._shown, self._read_at = None, 0, None, None
+        super().on_fit_start(trainer, pl_module)
 
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int

@@ -68,7 +68,7 @@ def init_from_checkpoint(
     """Copy the included parts' weights from ``ckpt_path`` into ``model`` (a SequenceModel), in place.
 
     ``filled``: parameters another warm start has set already (the reverse direction, from
-    :func:`init_reverse_from_checkpoint`); the checkpoint's lacking them is not reported as kept.
+    :func:`init_reverse_from_checkpoint`): neither copied over nor reported as kept.
     """
     unknown = sorted(set(include) - set(PARTS))
     if unknown or not include:
@@ -87,12 +87,11 @@ def init_from_checkpoint(
         for name, target in model.named_parameters(remove_duplicate=False):
             if name.split(".", 1)[0] not in include:
                 continue
-            if id(target) in done:
+            if id(target) in done or name in filled:  # set by another warm start: not overwritten
                 continue
             source = source_state.get(name)
             if source is None:
-                if name not in filled:
-                    result.kept.append(name)
+                result.kept.append(name)
                 continue
             owner = model.get_submodule(name.rsplit(".", 1)[0])
             if (rows is not None and isinstance(owner, nn.Embedding) and len(target) == len(rows)
