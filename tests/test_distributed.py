@@ -22,13 +22,27 @@ def _latest(root: Path, task: str) -> Path:
     return max((root / "logs" / task / "runs").iterdir())
 
 
+def _run_ddp(*args: str, cwd: Path) -> None:
+    """``run_cli`` for a ddp_spawn run, once more when a spawned worker aborted (SIGABRT).
+
+    Seen once in CI under load (2026-12-01): ``Trainer.fit stopped: max_epochs=6 reached``, then a
+    spawned worker died with "terminate called without an active exception" (SIGABRT) while the
+    interpreter shut down with gloo's process group still alive. That is torch's exit path, not
+    lstmkit's training, whose results the tests below compare; any other failure is not retried.
+    """
+    proc = run_cli(*args, cwd=cwd, check=False)
+    if proc.returncode != 0 and "terminated with signal SIGABRT" in proc.stderr:
+        proc = run_cli(*args, cwd=cwd, check=False)
+    assert proc.returncode == 0, f"lstmkit {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
+
+
 @pytest.fixture(scope="module")
 def single_and_ddp_runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("ddp")
     single, ddp = root / "single", root / "ddp"
     single.mkdir(), ddp.mkdir()
     run_cli("train", *DATA, "data.batch_size=16", "trainer.max_epochs=6", cwd=single)
-    run_cli("train", *DATA, "trainer=ddp_cpu", "data.batch_size=8", "trainer.max_epochs=6", cwd=ddp)
+    _run_ddp("train", *DATA, "trainer=ddp_cpu", "data.batch_size=8", "trainer.max_epochs=6", cwd=ddp)
     return _latest(single, "sentiment"), _latest(ddp, "sentiment")
 
 
@@ -51,8 +65,8 @@ def test_ddp_evaluation_equals_single_process_exactly(single_and_ddp_runs: tuple
     out = run.parent.parent.parent.parent
     run_cli("eval", f"ckpt_path={ckpt}", "data.batch_size=8", "trainer.enable_progress_bar=false", cwd=out)
     one = json.loads((_latest(out, "eval") / "metrics.json").read_text())
-    run_cli("eval", f"ckpt_path={ckpt}", "data.batch_size=8", "trainer=ddp_cpu", "trainer.enable_progress_bar=false",
-            cwd=out)
+    _run_ddp("eval", f"ckpt_path={ckpt}", "data.batch_size=8", "trainer=ddp_cpu", "trainer.enable_progress_bar=false",
+             cwd=out)
     two = json.loads((_latest(out, "eval") / "metrics.json").read_text())
     assert one.keys() == two.keys()
     for key in one:
