@@ -30,6 +30,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -129,48 +130,44 @@ def host_syncs(kit: Callable[[list[L.Callback]], Any], plain: Callable[[], Any],
     return {"lstmkit": round(audit.per_step, 2), "plain": round(counter.total / steps, 2)}
 
 
-def lm_workload(size: bs.LMSize, warmup: int, repeats: int, root: str) -> dict[str, Any]:
-    data = bs.synthetic_lm(size, seed=0)
-    datamodule = bs.BenchStreams(data, size)
-    streams = data.streams.to(DEVICE)
+def compare(size: Any, work: bs.Workload, datamodule: L.LightningDataModule, make_kit: Callable[[], SequenceModel],
+            make_plain: Callable[[], torch.nn.Module], plain_run: Callable[..., Callable[[], bs.Timing]],
+            warmup: int, repeats: int, root: str) -> dict[str, Any]:
+    """lstmkit against the plain loop in both precisions (ABBA), then each side's host syncs per float32 step.
+
+    ``plain_run(model, optimizer, precision)`` makes the plain side's epoch runner.
+    """
     runners: dict[str, Callable[[], bs.Timing]] = {}
     models = {}
     for precision in PRECISIONS:
-        kit, plain, optimizer = models[precision] = twins(lambda: bs.lstmkit_lm(data, size), lambda: bs.PlainLM(size))
+        kit, plain, optimizer = models[precision] = twins(make_kit, make_plain)
         runners[f"lstmkit/{precision}"] = lambda m=kit, p=precision: kit_epoch(m, datamodule, root, p)
-        runners[f"plain/{precision}"] = lambda m=plain, o=optimizer, p=precision: bs.plain_lm_epoch(
-            m, o, streams, size.bptt, p)
-    steps = -(-(data.streams.shape[1] - 1) // size.bptt)
-    work = bs.Workload(samples=steps * size.batch, tokens=steps * size.batch * size.bptt, steps=steps)
+        runners[f"plain/{precision}"] = plain_run(plain, optimizer, precision)
     out = {"size": asdict(size), **measure(runners, work, warmup, repeats)}
     kit, plain, optimizer = models["32-true"]
     out["host_syncs_per_step"] = host_syncs(lambda extra: kit_epoch(kit, datamodule, root, "32-true", extra),
-                                            lambda: bs.plain_lm_epoch(plain, optimizer, streams, size.bptt),
-                                            steps)
+                                            plain_run(plain, optimizer, "32-true"), work.steps)
     return out
+
+
+def lm_workload(size: bs.LMSize, warmup: int, repeats: int, root: str) -> dict[str, Any]:
+    data = bs.synthetic_lm(size, seed=0)
+    streams = data.streams.to(DEVICE)
+    steps = -(-(data.streams.shape[1] - 1) // size.bptt)
+    work = bs.Workload(samples=steps * size.batch, tokens=steps * size.batch * size.bptt, steps=steps)
+    return compare(size, work, bs.BenchStreams(data, size), lambda: bs.lstmkit_lm(data, size),
+                   lambda: bs.PlainLM(size),
+                   lambda m, o, p: partial(bs.plain_lm_epoch, m, o, streams, size.bptt, p), warmup, repeats, root)
 
 
 def cls_workload(size: bs.ClsSize, warmup: int, repeats: int, root: str) -> dict[str, Any]:
     data = bs.synthetic_cls(size, seed=0)
-    datamodule = bs.BenchSentences(data, size, bucketing=False)
-    runners: dict[str, Callable[[], bs.Timing]] = {}
-    models = {}
-    for precision in PRECISIONS:
-        kit, plain, optimizer = models[precision] = twins(lambda: bs.lstmkit_classifier(data, size),
-                                                          lambda: bs.PlainClassifier(size))
-        generator = torch.Generator().manual_seed(0)
-        runners[f"lstmkit/{precision}"] = lambda m=kit, p=precision: kit_epoch(m, datamodule, root, p)
-        runners[f"plain/{precision}"] = lambda m=plain, o=optimizer, g=generator, p=precision: bs.plain_cls_epoch(
-            m, o, data, size.batch, g, device=DEVICE, precision=p)
-    work = bs.cls_workload(data, size)
-    out = {"size": asdict(size), **measure(runners, work, warmup, repeats)}
-    kit, plain, optimizer = models["32-true"]
-    generator = torch.Generator().manual_seed(0)
-    out["host_syncs_per_step"] = host_syncs(lambda extra: kit_epoch(kit, datamodule, root, "32-true", extra),
-                                            lambda: bs.plain_cls_epoch(plain, optimizer, data, size.batch, generator,
-                                                                       device=DEVICE),
-                                            work.steps)
-    return out
+    return compare(size, bs.cls_workload(data, size), bs.BenchSentences(data, size, bucketing=False),
+                   lambda: bs.lstmkit_classifier(data, size), lambda: bs.PlainClassifier(size),
+                   # each runner shuffles with its own generator, epoch after epoch
+                   lambda m, o, p: partial(bs.plain_cls_epoch, m, o, data, size.batch,
+                                           torch.Generator().manual_seed(0), device=DEVICE, precision=p),
+                   warmup, repeats, root)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -28,6 +28,11 @@ def is_read_step(trainer: L.Trainer, every: int | None, last: int | None) -> boo
     return bool(n) and step % n == 0 and step != last
 
 
+def current_lr(trainer: L.Trainer) -> float:
+    """The first parameter group's learning rate now (NaN before the optimiser exists)."""
+    return float(trainer.optimizers[0].param_groups[0]["lr"]) if trainer.optimizers else float("nan")
+
+
 class StopOnNonFiniteLoss(L.Callback):
     """Stop at the first NaN / inf training loss, naming the batch where it happened and what to try.
 
@@ -64,8 +69,7 @@ class StopOnNonFiniteLoss(L.Callback):
                              batch_idx: int) -> None:
         # the step and rate this batch runs at (by batch end the step has advanced and a step-interval
         # schedule has moved the rate)
-        lr = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else float("nan")
-        self._step = (trainer.global_step, float(lr))
+        self._step = (trainer.global_step, current_lr(trainer))
 
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
@@ -74,10 +78,7 @@ class StopOnNonFiniteLoss(L.Callback):
         if not isinstance(loss, torch.Tensor):
             return
         loss = loss.detach().double()
-        if self._step is None:  # called without on_train_batch_start
-            lr = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else float("nan")
-            self._step = (trainer.global_step, float(lr))
-        step, lr = self._step
+        step, lr = self._step or (trainer.global_step, current_lr(trainer))  # (without on_train_batch_start)
         self._step = None
         if self._first is None:
             self._first = torch.full((4,), -1.0, dtype=torch.float64, device=loss.device)
@@ -107,7 +108,7 @@ class StopOnNonFiniteLoss(L.Callback):
             anywhere = trainer.strategy.reduce_boolean_decision(here, all=False)
         if not anywhere:
             return
-        lr = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else float("nan")
+        lr = current_lr(trainer)
         if here:
             assert self._first is not None
             batch, step, value, lr = self._first.tolist()  # the rate the diverged step ran at
@@ -128,7 +129,8 @@ class LossProgressBar(RichProgressBar):
     ``train/loss`` without ``prog_bar``; this bar adds it up on the device each step and shows
     the mean since its previous read, read every ``loss_every_n_steps`` optimiser steps (default:
     the trainer's ``log_every_n_steps``, where Lightning reads its logged values anyway), at the
-    first step, when validation starts and at the end of each epoch. Takes ``RichProgressBar``'s arguments besides.
+    first step, when validation starts and at the end of each epoch. Takes ``RichProgressBar``'s
+    arguments besides.
     """
 
     def __init__(self, *args: Any, loss_every_n_steps: int | None = None, **kwargs: Any) -> None:

@@ -110,18 +110,19 @@ class SequenceModel(L.LightningModule):
         host_lengths: Sequence[int] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """What the head reads: the core's outputs pooled as the head asks, and their lengths."""
-        features, out_lengths = self.encoder(inputs, lengths)  # (B, T', F)
-        host_lengths = self._encoded_host_lengths(host_lengths, lengths, out_lengths)
+        features, out_lengths, host_lengths = self.encode(inputs, lengths, host_lengths)  # (B, T', F)
         return self.pool(features, out_lengths, stream=stream, host_lengths=host_lengths), out_lengths
 
-    def _encoded_host_lengths(self, host_lengths: Sequence[int] | None, lengths: torch.Tensor,
-                              out_lengths: torch.Tensor) -> Sequence[int] | None:
-        """The host copy of the encoder's output lengths: the same when it kept them, its
-        ``host_lengths`` mapping when it has one, else ``None`` (the core then reads the device's)."""
-        if host_lengths is None or out_lengths is lengths:
-            return host_lengths
-        mapping = getattr(self.encoder, "host_lengths", None)
-        return mapping(host_lengths) if callable(mapping) else None
+    def encode(self, inputs: torch.Tensor, lengths: torch.Tensor, host_lengths: Sequence[int] | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor, Sequence[int] | None]:
+        """The encoder's features and output lengths, with the host copy of those lengths: the same
+        when it kept them, its ``host_lengths`` mapping when it has one, else ``None`` (the core then
+        reads the device's)."""
+        features, out_lengths = self.encoder(inputs, lengths)
+        if host_lengths is not None and out_lengths is not lengths:
+            mapping = getattr(self.encoder, "host_lengths", None)
+            host_lengths = mapping(host_lengths) if callable(mapping) else None
+        return features, out_lengths, host_lengths
 
     def pool(self, features: torch.Tensor, lengths: torch.Tensor, stream: str | None = None,
              host_lengths: Sequence[int] | None = None) -> torch.Tensor:
@@ -146,8 +147,7 @@ class SequenceModel(L.LightningModule):
 
     def _training_loss(self, batch: Batch) -> torch.Tensor:
         """The head's training loss, plus the L1 penalty and the adversarial term when they are on."""
-        features, lengths = self.encoder(batch.inputs, batch.lengths)
-        host = self._encoded_host_lengths(batch.host_lengths, batch.lengths, lengths)
+        features, lengths, host = self.encode(batch.inputs, batch.lengths, batch.host_lengths)
         self.head.check(lengths, batch)  # once per batch: the adversarial pass below computes a second loss
         if self.adversarial > 0 and not features.requires_grad:  # an encoder without weights (spectrogram)
             features = features.detach().requires_grad_()

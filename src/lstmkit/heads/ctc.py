@@ -164,9 +164,9 @@ class CTCHead(Head):
     ``spec.blank_id``, space a character). The loss is ``F.ctc_loss`` with
     ``zero_infinity=True``; before it (:meth:`check`, once per batch), every utterance is
     checked: CTC needs at least as many frames as labels plus one blank per repeated pair
-    ("ee"), and an utterance with fewer frames is impossible. ``too_short: error`` raises (naming the frame counts and
-    transcripts, and what to change); ``skip`` drops those utterances from the loss and logs
-    a running count. Nothing is dropped silently.
+    ("ee"), and an utterance with fewer frames is impossible. ``too_short: error`` raises
+    (naming the frame counts and transcripts, and what to change); ``skip`` drops those
+    utterances from the loss and logs a running count. Nothing is dropped silently.
 
     Decoding: ``greedy`` (best path) or ``beam``: torchaudio's lexicon-free
     ``ctc_decoder`` (flashlight) when the ``flashlight-text`` package imports, else
