@@ -13,6 +13,10 @@ parameter count from the model rebuilt from it, and writes
   summary per task (mean / std / min / max over seeds, the target, whether it was met);
 * ``<out>/quality.md``: the same as a Markdown table, beside the published reference numbers.
 
+With ``--ensemble`` it also evaluates, per task (and fold), the ensemble of its seeds' best checkpoints
+(``lstmkit eval ckpt_path=[...]``: the mean of their predictive distributions, see
+``lstmkit.ensemble``) on the same test split, and reports it beside the single runs' mean.
+
 The recipes are ``conf/experiment/<task>_real.yaml``; each states its CPU budget and what it is
 expected to reach. The real datasets are read from ``--data-root`` (``paths.data_root``).
 
@@ -21,6 +25,7 @@ expected to reach. The real datasets are read from ``--data-root`` (``paths.data
     .venv/bin/python scripts/bench_quality.py stock optimizer.lr=1e-3  # extra overrides go to every run
     .venv/bin/python scripts/bench_quality.py ecg --seeds 1 2 3 --merge # replace only ecg in bench/results
     .venv/bin/python scripts/bench_quality.py --merge-from /tmp/ptb/quality.json  # add a run made with --out /tmp/ptb
+    .venv/bin/python scripts/bench_quality.py sentiment --seeds 1 2 3 4 5 --ensemble  # and their ensemble
     .venv/bin/python scripts/bench_quality.py --quick                  # smoke check: seconds per task
     nice -n 10 .venv/bin/python scripts/bench_quality.py --threads 1 speech
 
@@ -114,6 +119,8 @@ TASKS: dict[str, Task] = {
     ),
 }
 PERCENT = {"test/acc", "test/cer", "test/wer", "test/mape", "test/naive_mape"}  # shown as percentages
+# anomaly heads calibrate a threshold to each model's own scores, so lstmkit does not average them
+NO_ENSEMBLE = {"ecg", "ecg_unsupervised"}
 SECONDARY_TARGETS = {"ecg": ("test/f1", 0.97, True)}  # also part of the goal (mean of seeds)
 
 QUICK = [
@@ -125,6 +132,7 @@ QUICK = [
     "trainer.max_time=null",
 ]
 RUN_DIR = re.compile(r"run directory: (.+?)\s*$", re.MULTILINE)
+METRICS_FILE = re.compile(r"metrics written to (.+?)\s*$", re.MULTILINE)  # what `lstmkit eval` logs
 # Lightning's model summary: "Total params: 134 K" (rich) or "134 K     Total params" (plain)
 SUMMARY_LINE = re.compile(r"Total params:\s*([\d.]+\s*[KMGT]?)|([\d.]+\s*[KMGT]?)\s+Total params")
 
@@ -277,6 +285,53 @@ def run_one(task: str, seed: int | None, args: argparse.Namespace, overrides: li
     return record
 
 
+def ensemble_one(task: str, fold: str | None, members: list[dict[str, Any]], args: argparse.Namespace
+                 ) -> dict[str, Any]:
+    """Evaluate the ensemble of ``members`` (runs of one task and fold) on its test split with
+    ``lstmkit eval ckpt_path=[...]``; the record has the same metric keys as a run's."""
+    spec = TASKS[task]
+    ckpts = [str(Path(r["run_dir"]) / "checkpoints" / "best.ckpt") for r in members]
+    cmd = [*lstmkit_command(args.python), "eval", f"ckpt_path=[{','.join(ckpts)}]",
+           "trainer.enable_progress_bar=false"]
+    if args.log_dir:
+        cmd.append(f"paths.log_dir={args.log_dir}")
+    record: dict[str, Any] = {"task": task, "fold": fold, "metric": spec.metric, "value": None,
+                              "seeds": [r.get("seed") for r in members], "command": " ".join(cmd)}
+    where = f"{task}{f' fold={fold}' if fold else ''}"
+    print(f"[bench_quality] {where}: ensemble of {len(ckpts)}: {' '.join(cmd)}", flush=True)
+    output, returncode, _ = train_subprocess(cmd, args, record)
+    found = METRICS_FILE.findall(output)
+    if returncode != 0 or not found:
+        record["error"] = f"exit code {returncode}" + ("" if found else "; no metrics.json")
+        record["log_tail"] = "\n".join(output.strip().splitlines()[-15:])
+        print(f"[bench_quality] {where} ensemble FAILED ({record['error']}):\n{record['log_tail']}", flush=True)
+        return record
+    metrics = {k: float(v) for k, v in json.loads(Path(found[-1]).read_text()).items()}
+    record["metrics"] = {k: v for k, v in metrics.items() if k.startswith("test/")}
+    record["value"] = metrics.get(spec.metric)
+    print(f"[bench_quality] {where}: ensemble {spec.metric} = {record['value']}", flush=True)
+    return record
+
+
+def ensembles(runs: list[dict[str, Any]], args: argparse.Namespace) -> list[dict[str, Any]]:
+    """One ensemble per task and fold that has at least two finished runs with a best checkpoint."""
+    groups: dict[tuple[str, str | None], list[dict[str, Any]]] = {}
+    for r in runs:
+        usable = r.get("value") is not None and r.get("run_dir") and r["task"] not in NO_ENSEMBLE
+        if usable and (Path(r["run_dir"]) / "checkpoints" / "best.ckpt").exists():
+            groups.setdefault((r["task"], r.get("fold")), []).append(r)
+    return [ensemble_one(task, fold, members, args) for (task, fold), members in groups.items()
+            if len(members) >= 2]
+
+
+def meets(task: str, value: float) -> bool:
+    """Whether ``value`` reaches the task's target."""
+    spec = TASKS[task]
+    if spec.higher_is_better:
+        return value >= spec.target
+    return value < spec.target if task == "stock" else value <= spec.target
+
+
 def shown_path(path: str | None) -> str:
     """A run directory as the committed Markdown shows it: relative to the repo, never this machine's path."""
     if not path:
@@ -335,6 +390,23 @@ def unique_pretraining(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return list(steps.values())
 
 
+def summarise_ensembles(task: str, records: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The task's ensembles: their metric (the mean over folds), and whether it reaches the target."""
+    if not records:
+        return None
+    values = [r["value"] for r in records if isinstance(r.get("value"), float) and math.isfinite(r["value"])]
+    summary: dict[str, Any] = {"ensembles": len(records), "members": [len(r["seeds"]) for r in records],
+                               "folds": [r["fold"] for r in records if r.get("fold")]}
+    if values:
+        summary["value"] = statistics.fmean(values)
+        summary["target_met"] = meets(task, summary["value"]) and len(values) == len(records)
+        for key in TASKS[task].extra_metrics:
+            others = [r["metrics"][key] for r in records if key in r.get("metrics", {})]
+            if others:
+                summary[f"mean_{key}"] = statistics.fmean(others)
+    return summary
+
+
 def summarise(task: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
     spec = TASKS[task]
     values = [r["value"] for r in runs if isinstance(r.get("value"), float) and math.isfinite(r["value"])]
@@ -351,8 +423,7 @@ def summarise(task: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
         mean = statistics.fmean(values)
         summary.update(mean=mean, std=statistics.stdev(values) if len(values) > 1 else 0.0,
                        min=min(values), max=max(values))
-        met = mean >= spec.target if spec.higher_is_better else (
-            mean < spec.target if task == "stock" else mean <= spec.target)
+        met = meets(task, mean)
         for key, goal, higher in [SECONDARY_TARGETS[task]] if task in SECONDARY_TARGETS else []:
             others = [r["metrics"][key] for r in runs if key in r.get("metrics", {})]
             if others:
@@ -435,6 +506,27 @@ def markdown(report: dict[str, Any]) -> str:
             f"| {task} | {spec.dataset} | {spec.metric.removeprefix('test/')} | {value} | {seeds} | {epochs} ({best}) "
             f"| {wall} | {params_text} | {spec.target_text} | {met} | {spec.reference} |"
         )
+    if report.get("ensemble_summary"):
+        lines += ["", ("Ensembles (`--ensemble`): each task's seeds evaluated together on the same test split "
+                       "(`lstmkit eval ckpt_path=[...]`, the mean of their predictive distributions; per fold for "
+                       "tasks with folds, then the mean over folds), beside the single runs' mean."), "",
+                  "| task | metric | ensemble | members | single runs (mean) | target | met |",
+                  "|---|---|---|---|---|---|---|"]
+        for task, ens in report["ensemble_summary"].items():
+            spec = TASKS[task]
+            percent = spec.metric in PERCENT
+            value = fmt(ens.get("value"), percent) if "value" in ens else "failed"
+            extras = [f"{k.removeprefix('test/')} {fmt(ens[f'mean_{k}'], k in PERCENT)}"
+                      for k in spec.extra_metrics if f"mean_{k}" in ens]
+            if extras:
+                value += f" ({', '.join(extras)})"
+            members = "/".join(str(n) for n in dict.fromkeys(ens["members"]))
+            if ens.get("folds"):
+                members += f" × {len(ens['folds'])} folds"
+            single = fmt(report["summary"].get(task, {}).get("mean"), percent)
+            met = {True: "yes", False: "no"}.get(ens.get("target_met"), "—")
+            lines.append(f"| {task} | {spec.metric.removeprefix('test/')} | {value} | {members} | {single} "
+                         f"| {spec.target_text} | {met} |")
     stock = [r for r in report["runs"] if r["task"] == "stock" and r.get("naive_baseline")]
     if stock:
         naive = stock[0]["naive_baseline"]
@@ -534,6 +626,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
     parser.add_argument("--folds", nargs="+", default=None, metavar="LABEL",
                         help="run only these folds of tasks that have folds (e.g. --folds george theo), so that "
                              "folds can run in parallel invocations and join with --merge-from")
+    parser.add_argument("--ensemble", action="store_true",
+                        help="also evaluate each task's (and fold's) seeds together as an ensemble (lstmkit eval "
+                             "with their best checkpoints: the mean of their predictive distributions)")
     parser.add_argument("--verbose", action="store_true", help="print every run's log")
     args = parser.parse_args(argv)
     tasks = [item for item in args.items if "=" not in item]
@@ -577,11 +672,13 @@ def main(argv: list[str] | None = None) -> int:
             for fold in selected_folds(TASKS[task], args) or (None,)]
     for run in runs:
         run.update(commit=commit["commit"], overrides=overrides, threads=args.threads)
+    made_ensembles: list[dict[str, Any]] = []
     out = Path(args.out)
     previous = out / "quality.json"
     made = bool(runs)
     previous_host = host_info(args.threads)
     loaded: dict[Path, list[dict[str, Any]]] = {}
+    loaded_ensembles: dict[Path, list[dict[str, Any]]] = {}
     for source in ([previous] if args.merge and previous.exists() else []) + list(args.merge_from):
         old = json.loads(source.read_text())
         if bool(old.get("quick")) != args.quick:
@@ -589,6 +686,7 @@ def main(argv: list[str] | None = None) -> int:
                   "not merging quick and full results", file=sys.stderr)
             return 2
         loaded[source] = [r for r in old.get("runs", []) if r.get("task") in TASKS]
+        loaded_ensembles[source] = [r for r in old.get("ensembles", []) if r.get("task") in TASKS]
         previous_host = old.get("host") or previous_host
     # the --merge-from files' runs (all of them: seeds run apart add up) replace those tasks of the
     # existing report; the runs made now replace everything of their tasks
@@ -601,6 +699,12 @@ def main(argv: list[str] | None = None) -> int:
         print("[bench_quality] nothing to report: no runs made and none to merge", file=sys.stderr)
         return 2
     done = [task for task in TASKS if any(r["task"] == task for r in runs)]
+    if args.ensemble:  # of every task's runs now in the report, the merged ones included
+        made_ensembles = ensembles(runs, args)
+    recomputed = {r["task"] for r in made_ensembles} | set(tasks)
+    earlier_ensembles = [r for source in loaded_ensembles for r in loaded_ensembles[source]
+                         if r["task"] not in recomputed and r["task"] in done]
+    all_ensembles = list({(r["task"], r.get("fold")): r for r in earlier_ensembles + made_ensembles}.values())
     shared = {json.dumps(r.get("overrides", [])) for r in runs}
     report: dict[str, Any] = {
         "generated": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -611,6 +715,9 @@ def main(argv: list[str] | None = None) -> int:
         "overrides": overrides if len(shared) == 1 else None,  # None: they differ per run (merged reports)
         "merged_from_earlier": sorted({r["task"] for r in kept}),
         "summary": {task: summarise(task, [r for r in runs if r["task"] == task]) for task in done},
+        "ensemble_summary": {task: summary for task in done if (summary := summarise_ensembles(
+            task, [r for r in all_ensembles if r["task"] == task])) is not None},
+        "ensembles": sorted(all_ensembles, key=lambda r: (done.index(r["task"]), r.get("fold") or "")),
         "runs": sorted(runs, key=lambda r: done.index(r["task"])),
     }
     out.mkdir(parents=True, exist_ok=True)
@@ -619,7 +726,7 @@ def main(argv: list[str] | None = None) -> int:
     (out / "quality.md").write_text(text)
     print(text)
     print(f"[bench_quality] wrote {previous} and {out / 'quality.md'}")
-    return 0 if all(r.get("value") is not None for r in runs) else 1
+    return 0 if all(r.get("value") is not None for r in runs + made_ensembles) else 1
 
 
 if __name__ == "__main__":

@@ -169,3 +169,36 @@ def test_merge_from_re_renders_runs_of_other_reports(tmp_path: Path, capsys) -> 
                        str(other / "quality.json")]) == 2  # quick and full results are not mixed
     with pytest.raises(SystemExit):
         bench.main(["--data-root", str(tmp_path), "--merge-from", str(tmp_path / "missing.json")])
+
+
+def test_ensemble_of_seeds_is_evaluated_and_reported(tmp_path: Path) -> None:
+    shared_data("stocks")
+    out = tmp_path / "results"
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "stock", "--quick", "--seeds", "1", "2", "--ensemble", "--data-root",
+         str(SHARED_DATA), "--out", str(out), "--log-dir", str(tmp_path / "logs"), "--timeout", "300"],
+        cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600,
+        check=False,
+    )
+    assert proc.returncode == 0, f"bench_quality failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+    report = json.loads((out / "quality.json").read_text())
+    (ensemble,) = report["ensembles"]
+    assert ensemble["task"] == "stock" and ensemble["seeds"] == [1, 2]
+    assert math.isfinite(ensemble["value"]) and ensemble["value"] == ensemble["metrics"]["test/mase"]
+    single = [r["value"] for r in report["runs"]]
+    assert ensemble["value"] not in single  # the mean forecast is its own model, not a copy of one
+    summary = report["ensemble_summary"]["stock"]
+    assert summary["value"] == ensemble["value"] and isinstance(summary["target_met"], bool)
+    assert "| stock | mase |" in (out / "quality.md").read_text()
+
+
+def test_ensemble_summary_averages_folds() -> None:
+    bench = load_bench()
+    folds = [{"task": "speech_loso", "fold": f, "seeds": [1, 2, 3], "value": v,
+              "metrics": {"test/cer": v, "test/wer": 2 * v}} for f, v in (("theo", 0.05), ("george", 0.13))]
+    summary = bench.summarise_ensembles("speech_loso", folds)
+    assert summary["value"] == pytest.approx(0.09) and summary["target_met"] is True
+    assert summary["mean_test/wer"] == pytest.approx(0.18) and summary["folds"] == ["theo", "george"]
+    failed = {**folds[0], "value": None, "metrics": {}}
+    assert bench.summarise_ensembles("speech_loso", [failed, folds[1]])["target_met"] is False
+    assert bench.summarise_ensembles("speech_loso", []) is None

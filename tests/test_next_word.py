@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import random
 import re
 import subprocess
 import sys
@@ -17,7 +18,8 @@ import torch
 from torch.nn import functional as F
 
 from lstmkit.data.language_model import NextWordDataModule, TokenStream, batchify, generate_corpus
-from lstmkit.data.text import EOS, PAD, UNK
+from lstmkit.data.sentiment import SentimentDataModule
+from lstmkit.data.text import EOS, PAD, UNK, Subwords
 from lstmkit.errors import ConfigError, DataError
 from lstmkit.heads.language_model import LanguageModelHead, generate
 from lstmkit.heads.losses import IGNORE, linear_cross_entropy
@@ -533,3 +535,44 @@ def test_a_backward_model_writes_the_text_before_the_prompt(tmp_path: Path) -> N
     batch = NextWordDataModule.make_predict_batch(dm.spec, ["film ."])
     outputs, lengths = model(batch.inputs, batch.lengths)
     assert "previous_words" in model.head.decode(outputs, lengths)[0]
+
+
+def test_subwords_split_unseen_words_into_known_pieces_and_generation_joins_them(tmp_path: Path) -> None:
+    """``data.subwords``: BPE pieces learnt on train, the same for the LM and the classifier of SST-style
+    files (so that one warm-starts the other), deterministic, and joined back into words when generating."""
+    words = ["watch", "watchable", "unfunny", "funny", "film", "films", "filmmaker", "enjoyable", "unbearable"]
+    rng = random.Random(0)
+    rare = ["".join(rng.choices("abcdefghilmnoprstuvwy", k=rng.randint(3, 9))) for _ in range(300)]  # seen once
+    train = [f"{rng.randint(0, 1)} " + " ".join(rng.choices(words, k=6)) + f" {rare[i]} ." for i in range(300)]
+    for split, lines in {"train": train, "dev": train[:20], "test": train[:20]}.items():
+        write(tmp_path / f"stsa.binary.{split}", "\n".join(lines) + "\n")
+    lm = tiny_module(tmp_path, tokenizer="whitespace", skip_fields=1, batch_size=2, bptt=3, subwords=100)
+    again = tiny_module(tmp_path, tokenizer="whitespace", skip_fields=1, batch_size=2, bptt=3, subwords=100)
+    assert lm.spec.tokenizer["subwords"] == again.spec.tokenizer["subwords"]  # deterministic
+    classifier = SentimentDataModule(path=str(tmp_path), tokenizer="whitespace", subwords=100, batch_size=4)
+    classifier.setup()
+    assert classifier.spec.tokenizer["subwords"] == lm.spec.tokenizer["subwords"]
+    assert set(lm.spec.vocab) - set(classifier.spec.vocab) == {EOS}
+
+    pieces = Subwords.from_json(lm.spec.tokenizer["subwords"])
+    unseen = pieces.split(["unwatchable", "<eos>", "funny"])
+    end = unseen.index(EOS)
+    assert end >= 2 and unseen[end + 1:] == ["funny"]  # an unseen word: several pieces; specials stay whole
+    assert not unseen[0].startswith("##") and all(p.startswith("##") for p in unseen[1:end])
+    assert Subwords.join(unseen) == ["unwatchable", "<eos>", "funny"]
+    batch = SentimentDataModule.make_predict_batch(classifier.spec, ["unwatchable unfunny film"])
+    unk_id = classifier.spec.vocab.index(UNK)
+    assert unk_id not in batch.inputs[0].tolist()  # every piece is known
+    word_level = SentimentDataModule(path=str(tmp_path), tokenizer="whitespace", batch_size=4)
+    word_level.setup()
+    assert unk_id in SentimentDataModule.make_predict_batch(word_level.spec, ["unwatchable"]).inputs[0].tolist()
+
+    torch.manual_seed(0)
+    model = SequenceModel(lm.spec.to_dict(), {"_target_": "lstmkit.encoders.EmbeddingEncoder", "dim": 4},
+                          {"hidden_size": 4}, {"_target_": "lstmkit.heads.language_model.LanguageModelHead"})
+    out = generate(model, lm.spec, "a funny", n_words=12, temperature=1.0, seed=1)
+    assert "##" not in out["text"] and out["text"].split() == [w for w in Subwords.join(out["words"]) if w != EOS]
+    with pytest.raises(ConfigError, match="does not apply to data.tokenizer=char"):
+        NextWordDataModule(path=str(tmp_path), tokenizer="char", subwords=1000)
+    with pytest.raises(ConfigError, match="at least 100"):
+        SentimentDataModule(subwords=10)

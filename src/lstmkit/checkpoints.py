@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import glob
 import os
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
-from lstmkit.errors import CheckpointError
+from lstmkit.ensemble import SequenceEnsemble
+from lstmkit.errors import CheckpointError, ConfigError
 from lstmkit.module import SequenceModel
 
 
@@ -50,6 +53,36 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> Se
     except Exception as err:  # noqa: BLE001
         raise CheckpointError(f"{path}: checkpoint does not match this lstmkit version ({err})") from None
     return model.to(map_location).eval()
+
+
+def checkpoint_paths(ckpt_path: str | Path | Sequence[str | Path]) -> list[str]:
+    """The checkpoint files ``ckpt_path`` names: one path, a list of paths, or glob patterns
+    (``logs/sentiment_real/runs/*/checkpoints/best.ckpt``), each pattern's matches sorted."""
+    entries = [ckpt_path] if isinstance(ckpt_path, (str, Path)) else list(ckpt_path)
+    paths: list[str] = []
+    for entry in entries:
+        entry = str(entry)
+        if glob.has_magic(entry):
+            matches = sorted(glob.glob(os.path.expanduser(entry)))
+            if not matches:
+                raise CheckpointError(f"{entry}: no checkpoint matches this pattern")
+            paths += matches
+        else:
+            paths.append(entry)
+    if not paths:
+        raise ConfigError("ckpt_path: no checkpoint given")
+    if len(set(paths)) != len(paths):
+        raise ConfigError(f"ckpt_path: a checkpoint is listed twice in {paths}")
+    return paths
+
+
+def load_models(ckpt_path: str | Path | Sequence[str | Path], map_location: str | torch.device = "cpu"
+                ) -> SequenceModel:
+    """One model, or a :class:`~lstmkit.ensemble.SequenceEnsemble` when ``ckpt_path`` names several."""
+    paths = checkpoint_paths(ckpt_path)
+    if len(paths) == 1:
+        return load_model(paths[0], map_location)
+    return SequenceEnsemble([load_model(p, map_location) for p in paths], names=paths).eval()
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -70,13 +70,7 @@ class SequenceModel(L.LightningModule):
         self.core = LSTMCore(input_size=self.encoder.out_features, **core)
         self.head: Head = build(head, spec=self.spec, in_features=self.core.out_features)
         self.head.bind(self.encoder)
-        self.metrics = nn.ModuleDict(
-            {split: self.head.metrics().clone(prefix=f"{split}/") for split in ("val", "test")}
-        )
-        # the evaluation loss as a metric too: weighted by batch size and exact across DDP ranks
-        self.losses = nn.ModuleDict({split: MeanMetric() for split in ("val", "test")})
-        figure_metrics = self.head.figure_metrics()
-        self.figure_metrics = figure_metrics.clone(prefix="test/") if figure_metrics is not None else None
+        self._add_evaluation_metrics()
         self.l1 = l1
         if adversarial < 0:
             raise ConfigError(f"adversarial must be >= 0 (the size of the perturbation), got {adversarial}")
@@ -95,6 +89,16 @@ class SequenceModel(L.LightningModule):
             if self.lr_scale.get(part, 1.0) == 0:  # frozen: no gradient computed, none all-reduced
                 for p in params:
                     p.requires_grad_(False)
+
+    def _add_evaluation_metrics(self) -> None:
+        """The head's metrics for val and test, the evaluation loss, and the test figures' metrics."""
+        self.metrics = nn.ModuleDict(
+            {split: self.head.metrics().clone(prefix=f"{split}/") for split in ("val", "test")}
+        )
+        # the evaluation loss as a metric too: weighted by batch size and exact across DDP ranks
+        self.losses = nn.ModuleDict({split: MeanMetric() for split in ("val", "test")})
+        figure_metrics = self.head.figure_metrics()
+        self.figure_metrics = figure_metrics.clone(prefix="test/") if figure_metrics is not None else None
 
     # -- the pipeline -----------------------------------------------------------------------
     def forward(
@@ -133,9 +137,8 @@ class SequenceModel(L.LightningModule):
     def _step(self, batch: Batch, split: str) -> torch.Tensor:
         if split == "train":
             return self._training_loss(batch)
-        pooled, lengths = self.features(batch.inputs, batch.lengths, stream=split, host_lengths=batch.host_lengths)
+        outputs, lengths = self(batch.inputs, batch.lengths, stream=split, host_lengths=batch.host_lengths)
         self.head.check(lengths, batch)
-        outputs = self.head(pooled, lengths)
         loss = self.head.loss(outputs, lengths, batch)
         self.head.update_metrics(self.metrics[split], outputs, lengths, batch)
         if split == "test" and self.figure_metrics is not None:
@@ -192,14 +195,17 @@ class SequenceModel(L.LightningModule):
         return self.head.decode(outputs, lengths)
 
     # Carried LSTM state (stateful=true) starts fresh at every epoch of every loop.
+    def reset_state(self, stream: str) -> None:
+        self.core.reset_state(stream)
+
     def on_train_epoch_start(self) -> None:
-        self.core.reset_state("train")
+        self.reset_state("train")
 
     def on_validation_epoch_start(self) -> None:
-        self.core.reset_state("val")
+        self.reset_state("val")
 
     def on_test_epoch_start(self) -> None:
-        self.core.reset_state("test")
+        self.reset_state("test")
         if self.figure_metrics is not None:
             self.figure_metrics.reset()
 

@@ -8,14 +8,19 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from lstmkit.checkpoints import load_model
+from lstmkit.checkpoints import checkpoint_paths, load_model
+from lstmkit.errors import ConfigError
 from lstmkit.export import export as export_model
 
 
 def export(cfg: DictConfig) -> dict[str, Any]:
-    model = load_model(cfg.ckpt_path)
+    paths = checkpoint_paths(cfg.ckpt_path)
+    if len(paths) != 1:
+        raise ConfigError(f"export writes one model; ckpt_path names {len(paths)}: {paths} "
+                          f"(an ensemble is evaluated and served from its checkpoints: lstmkit eval / predict)")
+    model = load_model(paths[0])
     suffix = {"onnx": ".onnx", "torchscript": ".ts.pt"}.get(str(cfg.format), f".{cfg.format}")
-    output = Path(cfg.output) if cfg.get("output") else Path(cfg.ckpt_path).with_suffix(suffix)
+    output = Path(cfg.output) if cfg.get("output") else Path(paths[0]).with_suffix(suffix)
     result = export_model(model, output, fmt=str(cfg.format), tolerance=float(cfg.tolerance))
     print(json.dumps(result))
     return result

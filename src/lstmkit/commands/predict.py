@@ -12,7 +12,7 @@ import torch
 from omegaconf import DictConfig
 
 from lstmkit.build import build, check_target
-from lstmkit.checkpoints import load_model
+from lstmkit.checkpoints import checkpoint_paths, load_models
 from lstmkit.commands.common import apply_decoding
 from lstmkit.data.text import read_text
 from lstmkit.errors import ConfigError, DataError, LstmkitError
@@ -49,12 +49,13 @@ def input_context(ckpt_path: str, model: Any, datamodule_cls: Any) -> Iterator[N
 
 
 def predict(cfg: DictConfig) -> list[dict[str, Any]]:
-    model = load_model(cfg.ckpt_path, map_location=cfg.get("device", "cpu"))
+    paths = checkpoint_paths(cfg.ckpt_path)
+    model = load_models(paths, map_location=cfg.get("device", "cpu"))  # several: their ensemble
     apply_decoding(model, cfg.get("decode"))
     spec = model.spec
     datamodule_cls = build({"_target_": check_target(spec.datamodule), "_partial_": True}).func
     raw_inputs = collect_inputs(cfg)
-    with input_context(cfg.ckpt_path, model, datamodule_cls):
+    with input_context(", ".join(paths), model, datamodule_cls):
         inputs = datamodule_cls.predict_items(spec, raw_inputs)
     results: list[dict[str, Any]] = []
     if cfg.get("generate"):
@@ -67,7 +68,7 @@ def predict(cfg: DictConfig) -> list[dict[str, Any]]:
     with torch.inference_mode():
         for start in range(0, len(inputs) if not results else 0, int(cfg.batch_size)):
             chunk = inputs[start : start + int(cfg.batch_size)]
-            with input_context(cfg.ckpt_path, model, datamodule_cls):
+            with input_context(", ".join(paths), model, datamodule_cls):
                 batch = datamodule_cls.make_predict_batch(spec, chunk)
             batch.inputs = batch.inputs.to(model.device)
             batch.lengths = batch.lengths.to(model.device)

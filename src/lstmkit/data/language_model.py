@@ -33,7 +33,17 @@ import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from lstmkit.data.base import PadCollate, SequenceDataModule
-from lstmkit.data.text import EOS, PAD, UNK, build_vocab, encode, read_text, tokenize
+from lstmkit.data.text import (
+    EOS,
+    PAD,
+    UNK,
+    Subwords,
+    build_vocab,
+    check_subwords,
+    encode,
+    read_text,
+    tokenize,
+)
 from lstmkit.errors import ConfigError, DataError
 from lstmkit.types import Batch, DataSpec
 
@@ -619,6 +629,9 @@ class NextWordDataModule(SequenceDataModule):
             can initialise the reverse direction of a bidirectional classifier
             (``init_from.reverse_ckpt_path``); its ``predict`` proposes the words before a
             prompt, nearest first.
+        subwords: split words into byte-pair-encoded pieces, learnt on the train split with about
+            this many pieces (:class:`~lstmkit.data.text.Subwords`); ``None``: whole words.
+            Perplexity is then per piece, not per word.
 
     Every line becomes its tokens plus ``<eos>``; blank lines are skipped. Under DDP each rank
     reads its own contiguous part of each split: the loaders read ``self.trainer.global_rank``
@@ -645,9 +658,11 @@ class NextWordDataModule(SequenceDataModule):
         skip_fields: int = 0,
         extra_train: Sequence[str] | None = None,
         reverse: bool = False,
+        subwords: int | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.subwords = check_subwords(subwords, tokenizer)
         self.reverse = bool(reverse)
         if isinstance(extra_train, str):
             extra_train = [extra_train]
@@ -757,6 +772,10 @@ class NextWordDataModule(SequenceDataModule):
             splits = self._read_splits()
         else:
             splits = self._read_splits()
+            if self.subwords and "train" in splits:
+                pieces = Subwords.learn(splits["train"][1], self.subwords)
+                self.tokenizer["subwords"] = pieces.to_json()
+                splits = {split: (source, pieces.split(tokens)) for split, (source, tokens) in splits.items()}
             vocab = build_vocab([splits["train"][1]], self.min_count, self.max_vocab,
                                 specials=(PAD, UNK, EOS))
             spec = DataSpec(input_kind="tokens", vocab=vocab, pad_id=0, tokenizer=dict(self.tokenizer),

@@ -15,7 +15,16 @@ from typing import Any
 import torch
 
 from lstmkit.data.base import PadCollate, SequenceDataModule, SequenceDataset
-from lstmkit.data.text import PAD, UNK, build_vocab, encode, read_labelled_text, tokenize
+from lstmkit.data.text import (
+    PAD,
+    UNK,
+    Subwords,
+    build_vocab,
+    check_subwords,
+    encode,
+    read_labelled_text,
+    tokenize,
+)
 from lstmkit.errors import DataError
 from lstmkit.types import Batch, DataSpec
 
@@ -125,6 +134,8 @@ class SentimentDataModule(SequenceDataModule):
         num_examples: size of the generated corpus (train + val + test).
         min_count / max_vocab: vocabulary built on the train split only.
         tokenizer: ``word``, ``whitespace`` (pre-tokenized files) or ``char``.
+        subwords: split words into byte-pair-encoded pieces, learnt on the train split with about
+            this many pieces (:class:`~lstmkit.data.text.Subwords`); ``None``: whole words.
         max_length: truncate longer texts to this many tokens (``None`` keeps all).
         seed: seed for generation and for splitting a single file.
     """
@@ -147,9 +158,11 @@ class SentimentDataModule(SequenceDataModule):
         lowercase: bool = True,
         max_length: int | None = None,
         seed: int = 0,
+        subwords: int | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.subwords = check_subwords(subwords, tokenizer)
         self.path = path
         self.text_column, self.label_column, self.format = text_column, label_column, format
         self.label_names = {str(k): str(v) for k, v in (label_names or {}).items()}
@@ -218,6 +231,9 @@ class SentimentDataModule(SequenceDataModule):
             self.max_length = stored.pop("max_length", self.max_length)
             self.tokenizer = stored or self.tokenizer
         else:
+            if self.subwords:
+                words = (w for _, _, text, _ in splits["train"] for w in tokenize(text, **self.tokenizer))
+                self.tokenizer["subwords"] = Subwords.learn(words, self.subwords).to_json()
             train_tokens = [self._tokens(text) for _, _, text, _ in splits["train"]]
             vocab = build_vocab(train_tokens, self.min_count, self.max_vocab, specials=(PAD, UNK))
             labels = sorted({self.label_names.get(y, y) for *_, y in splits["train"]})

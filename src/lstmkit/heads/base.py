@@ -2,13 +2,26 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
 from torch import nn
 from torchmetrics import MetricCollection
 
+from lstmkit.errors import ConfigError
 from lstmkit.types import Batch
+
+
+def mean_probabilities(outputs: list[torch.Tensor]) -> torch.Tensor:
+    """Log of the members' mean class probabilities (logits or log-probabilities in, over the last dim).
+
+    Why probabilities and not logits: averaging logits lets one over-confident model outvote the
+    others; the mean of the distributions is the ensemble's predictive distribution (Lakshminarayanan
+    et al. 2017), and its log is a valid input to the softmax, cross-entropy and CTC of the head.
+    """
+    stacked = torch.stack([o.float().log_softmax(dim=-1) for o in outputs])
+    return torch.logsumexp(stacked, dim=0) - math.log(len(outputs))
 
 
 class Head(nn.Module):
@@ -54,6 +67,12 @@ class Head(nn.Module):
     ) -> None:
         """Update ``metrics`` (from :meth:`metrics` or :meth:`figure_metrics`) with a batch."""
         raise NotImplementedError
+
+    def combine(self, outputs: list[torch.Tensor]) -> torch.Tensor:
+        """One output from the outputs of several models with this head (an ensemble:
+        ``lstmkit eval ckpt_path=[a,b,c]``), shaped as :meth:`forward`'s, so that loss, metrics and
+        decode read it unchanged. Heads whose outputs can be averaged override it."""
+        raise ConfigError(f"{type(self).__name__} outputs cannot be combined into an ensemble")
 
     def figure_metrics(self) -> MetricCollection | None:
         """Optional non-scalar metrics (confusion matrix, collected predictions) for test plots."""

@@ -10,7 +10,7 @@ from torch.nn import functional as F
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix, MulticlassF1Score
 
-from lstmkit.heads.base import Head
+from lstmkit.heads.base import Head, mean_probabilities
 from lstmkit.types import Batch, DataSpec
 
 
@@ -59,6 +59,10 @@ class ClassificationHead(Head):
 
     def forward(self, features: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         return self.net(features)  # (B, C) logits
+
+    def combine(self, outputs: list[torch.Tensor]) -> torch.Tensor:
+        """The members' mean class probabilities, as log-probabilities (logits to the softmax)."""
+        return mean_probabilities(outputs)
 
     def loss(self, outputs: torch.Tensor, lengths: torch.Tensor, batch: Batch) -> torch.Tensor:
         return F.cross_entropy(

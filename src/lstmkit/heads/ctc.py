@@ -18,7 +18,7 @@ from torchmetrics import Metric, MetricCollection
 from torchmetrics.text import CharErrorRate, WordErrorRate
 
 from lstmkit.errors import ConfigError, DataError
-from lstmkit.heads.base import Head
+from lstmkit.heads.base import Head, mean_probabilities
 from lstmkit.types import Batch, DataSpec
 
 log = logging.getLogger("lstmkit")
@@ -289,6 +289,15 @@ class CTCHead(Head):
 
     def forward(self, features: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         return self.net(features).log_softmax(dim=-1)  # (B, T', C)
+
+    def combine(self, outputs: list[torch.Tensor]) -> torch.Tensor:
+        """The members' mean per-frame label posteriors, as log-probabilities (members must share
+        the encoder's frame rate, so that frame ``t`` is the same instant for all of them).
+
+        CTC models trained apart can place their label spikes a frame or two apart, which blurs
+        the mean; bidirectional models of the same architecture and features (seeds of one recipe)
+        spike at nearly the same frames."""
+        return mean_probabilities(outputs)
 
     # -- loss -------------------------------------------------------------------------------------
     def check(self, lengths: torch.Tensor, batch: Batch) -> None:

@@ -18,9 +18,9 @@ from torch.nn import functional as F
 from torchmetrics import MeanMetric, Metric, MetricCollection
 
 from lstmkit.build import check_target
-from lstmkit.data.text import EOS
+from lstmkit.data.text import EOS, Subwords
 from lstmkit.errors import ConfigError
-from lstmkit.heads.base import Head
+from lstmkit.heads.base import Head, mean_probabilities
 from lstmkit.heads.losses import IGNORE, linear_cross_entropy
 from lstmkit.types import Batch, DataSpec
 
@@ -188,6 +188,11 @@ class LanguageModelHead(Head):
             return log_probs.view(*hidden.shape[:-1], -1)
         return self.decoder(hidden)  # (B, T, V) logits
 
+    def combine(self, outputs: list[torch.Tensor]) -> torch.Tensor:
+        """The members' mean next-token distribution, as log-probabilities: the perplexity of the
+        ensemble is that of the averaged distribution, as language-model ensembles report it."""
+        return mean_probabilities(outputs)
+
     def loss(self, outputs: torch.Tensor, lengths: torch.Tensor, batch: Batch) -> torch.Tensor:
         """Mean cross-entropy over every valid step: one call on ``(B*T, V)`` logits."""
         targets = self._targets(batch.targets, lengths)
@@ -336,6 +341,9 @@ def generate(
     model.train(was_training)
     joiner = "" if (spec.tokenizer or {}).get("level") == "char" else " "
     backward = bool(spec.extra.get("reverse"))
-    text = joiner.join("\n" if w == EOS else w for w in (words[::-1] if backward else words))
+    ordered = words[::-1] if backward else words
+    if (spec.tokenizer or {}).get("subwords"):  # pieces back into words: "un ##watch ##able" -> "unwatchable"
+        ordered = Subwords.join(ordered)
+    text = joiner.join("\n" if w == EOS else w for w in ordered)
     return {"prompt": prompt, "words": words, "text": text.replace(" \n ", "\n").replace(" \n", "\n"),
             "direction": "before" if backward else "after"}

@@ -136,6 +136,10 @@ class RegressionHead(Head):
     def forward(self, features: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         return self.net(features)  # (B, H) normalised forecast
 
+    def combine(self, outputs: list[torch.Tensor]) -> torch.Tensor:
+        """The members' mean forecast (in the normalised target space they share)."""
+        return torch.stack(outputs).mean(dim=0)
+
     def last_values(self, inputs: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """The raw forecast feature on the last valid step of each window ``(B,)``."""
         rows = torch.arange(inputs.shape[0], device=inputs.device)

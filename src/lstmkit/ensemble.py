@@ -1,0 +1,91 @@
+"""SequenceEnsemble: several trained models of one task evaluated and used as one.
+
+Why: models trained from different seeds make different mistakes, and the mean of their predictive
+distributions is more accurate and better calibrated than any one of them (Dietterich 2000;
+Lakshminarayanan et al. 2017). ``lstmkit eval`` and ``lstmkit predict`` take several checkpoints
+(``ckpt_path=[a.ckpt,b.ckpt]`` or a glob) and build one of these; every metric, figure and decoded
+prediction is then the ensemble's, computed by the same head code as a single model's.
+
+The members must share their data (the same :class:`~lstmkit.types.DataSpec`: vocabulary, classes,
+normaliser) and their head type; the first member's head turns the combined outputs into the loss,
+metrics and predictions (its decoder settings, threshold and label smoothing are the ones used).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import lightning as L
+import torch
+from torch import nn
+
+from lstmkit.errors import ConfigError
+from lstmkit.heads.base import Head
+from lstmkit.module import SequenceModel
+
+
+def _differences(first: dict[str, Any], other: dict[str, Any]) -> list[str]:
+    return sorted(key for key in set(first) | set(other) if first.get(key) != other.get(key))
+
+
+class SequenceEnsemble(SequenceModel):
+    """The members' head outputs combined by their head (:meth:`~lstmkit.heads.base.Head.combine`).
+
+    Args:
+        members: trained models of one task on the same data.
+        names: a name per member (its checkpoint path), used in error messages.
+
+    Evaluation and prediction only: it has no optimiser, and training one raises.
+    """
+
+    def __init__(self, members: Sequence[SequenceModel], names: Sequence[str] | None = None) -> None:
+        L.LightningModule.__init__(self)
+        if not members:
+            raise ConfigError("an ensemble needs at least one model")
+        names = list(names) if names is not None else [f"model {i}" for i in range(len(members))]
+        first = members[0]
+        if type(first.head).combine is Head.combine:
+            raise ConfigError(f"{names[0]}: {type(first.head).__name__} outputs cannot be combined into an "
+                              f"ensemble (each anomaly model's threshold is calibrated to its own scores)")
+        for name, member in zip(names[1:], members[1:]):
+            if member.hparams.get("task") != first.hparams.get("task"):
+                raise ConfigError(f"ensemble: {name} is a {member.hparams.get('task')!r} model, "
+                                  f"{names[0]} a {first.hparams.get('task')!r} model")
+            if type(member.head) is not type(first.head):
+                raise ConfigError(f"ensemble: {name} has a {type(member.head).__name__}, "
+                                  f"{names[0]} a {type(first.head).__name__}")
+            differ = _differences(first.spec.to_dict(), member.spec.to_dict())
+            if differ:
+                raise ConfigError(
+                    f"ensemble: {name} was trained on other data than {names[0]}: their data specs differ in "
+                    f"{differ} (members must share vocabulary, classes and normaliser: train them with the "
+                    f"same data settings)")
+        self.save_hyperparameters(dict(first.hparams), logger=False)
+        self.spec = first.spec
+        self.names = names
+        self.members = nn.ModuleList(members)
+        self.head = first.head
+        self._add_evaluation_metrics()
+
+    def forward(
+        self, inputs: torch.Tensor, lengths: torch.Tensor, stream: str | None = None,
+        host_lengths: Sequence[int] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The combined head outputs, and the output lengths (the same for every member)."""
+        results = [member(inputs, lengths, stream=stream, host_lengths=host_lengths) for member in self.members]
+        shapes = {tuple(outputs.shape) for outputs, _ in results}
+        if len(shapes) > 1:
+            raise ConfigError(f"ensemble: the members' outputs differ in shape {sorted(shapes)} for the same batch "
+                              f"({', '.join(self.names)}); their encoders must produce the same steps")
+        return self.head.combine([outputs for outputs, _ in results]), results[0][1]
+
+    def reset_state(self, stream: str) -> None:
+        for member in self.members:
+            member.reset_state(stream)
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        raise ConfigError("an ensemble is for evaluation and prediction; train its members one by one")
+
+    def configure_optimizers(self) -> Any:
+        raise ConfigError("an ensemble is for evaluation and prediction; train its members one by one")

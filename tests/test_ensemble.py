@@ -1,0 +1,132 @@
+"""Ensembles: several checkpoints evaluated and served as one model (``ckpt_path=[a,b]`` or a glob)."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.utils import instantiate
+
+from lstmkit.checkpoints import checkpoint_paths, load_models
+from lstmkit.commands.evaluate import evaluate
+from lstmkit.commands.export import export
+from lstmkit.commands.predict import predict
+from lstmkit.commands.train import build_model, train
+from lstmkit.data.sentiment import SentimentDataModule
+from lstmkit.ensemble import SequenceEnsemble
+from lstmkit.errors import CheckpointError, ConfigError
+
+from .conftest import QUICK
+
+TINY = ["data.num_examples=200", "data.batch_size=16", "model.hidden_size=8", "encoder.dim=8", "logger=none"]
+
+
+def _members(make_cfg, task: str, overrides: list[str], seeds: tuple[int, ...] = (1, 2)) -> tuple[list, object]:
+    """Untrained models of one task from different seeds, and a set-up datamodule to feed them."""
+    cfg = make_cfg([f"task={task}", *overrides])
+    datamodule = instantiate(cfg.data, _convert_="all")
+    datamodule.setup("fit")
+    models = []
+    for seed in seeds:
+        torch.manual_seed(seed)
+        models.append(build_model(cfg, datamodule).eval())
+    return models, datamodule
+
+
+def _batch(datamodule):
+    return next(iter(datamodule.val_dataloader()))
+
+
+@pytest.mark.parametrize(("task", "overrides"), [
+    ("sentiment", ["data.num_examples=200", "data.batch_size=16", "model.hidden_size=8", "encoder.dim=8"]),
+    ("next_word", ["data.batch_size=4", "data.bptt=8", "model.hidden_size=8", "encoder.dim=8"]),
+    ("speech", ["data.batch_size=4", "model.hidden_size=8"]),
+])
+def test_the_ensemble_answers_with_the_members_mean_distribution(make_cfg, task: str, overrides: list[str]) -> None:
+    members, datamodule = _members(make_cfg, task, overrides)
+    ensemble = SequenceEnsemble(members).eval()
+    batch = _batch(datamodule)
+    with torch.no_grad():
+        outputs, lengths = ensemble(batch.inputs, batch.lengths, host_lengths=batch.host_lengths)
+        each = [m(batch.inputs, batch.lengths, host_lengths=batch.host_lengths) for m in members]
+    mean = sum(o.float().softmax(-1) for o, _ in each) / len(each)
+    torch.testing.assert_close(outputs.exp(), mean)
+    assert torch.equal(lengths, each[0][1])
+    # the mean distribution's loss is at most the members' mean loss (Jensen), and below the worst
+    with torch.no_grad():
+        loss = float(ensemble.head.loss(outputs, lengths, batch))
+        member_losses = [float(m.head.loss(o, ln, batch)) for m, (o, ln) in zip(members, each)]
+    assert loss <= sum(member_losses) / len(member_losses) + 1e-5
+    assert ensemble.predict_step(batch, 0)  # decodes through the first member's head
+
+
+def test_a_forecast_ensemble_averages_the_forecasts(make_cfg) -> None:
+    members, datamodule = _members(make_cfg, "stock", ["data.batch_size=16", "model.hidden_size=8"], seeds=(1, 2, 3))
+    ensemble = SequenceEnsemble(members).eval()
+    batch = _batch(datamodule)
+    with torch.no_grad():
+        outputs, _ = ensemble(batch.inputs, batch.lengths)
+        each = [m(batch.inputs, batch.lengths)[0] for m in members]
+    torch.testing.assert_close(outputs, sum(each) / 3)
+    rows = ensemble.predict_step(batch, 0)
+    assert len(rows) == len(batch)
+
+
+def test_anomaly_models_and_mismatched_members_are_refused(make_cfg) -> None:
+    ecg, _ = _members(make_cfg, "ecg", ["data.num_beats=240", "data.batch_size=16", "model.hidden_size=8"])
+    with pytest.raises(ConfigError, match="cannot be combined"):
+        SequenceEnsemble(ecg)
+    small, _ = _members(make_cfg, "sentiment", ["data.num_examples=120", *TINY[1:4]], seeds=(1,))
+    large, _ = _members(make_cfg, "sentiment", TINY[:4], seeds=(1,))
+    with pytest.raises(ConfigError, match=r"trained on other data.*'vocab'"):
+        SequenceEnsemble([small[0], large[0]], names=["small.ckpt", "large.ckpt"])
+    stock, _ = _members(make_cfg, "stock", ["data.batch_size=16", "model.hidden_size=8"], seeds=(1,))
+    with pytest.raises(ConfigError, match="is a 'stock' model"):
+        SequenceEnsemble([large[0], stock[0]])
+    with pytest.raises(ConfigError, match="train its members one by one"):
+        SequenceEnsemble(large).training_step(None, 0)
+
+
+def test_eval_and_predict_take_several_checkpoints(make_cfg, tmp_path: Path) -> None:
+    for seed in (1, 2):
+        train(make_cfg([*TINY, *QUICK, f"seed={seed}"]))
+        shutil.copy(tmp_path / "checkpoints" / "best.ckpt", tmp_path / f"member{seed}.ckpt")
+    pattern = str(tmp_path / "member*.ckpt")
+    assert checkpoint_paths(pattern) == [str(tmp_path / "member1.ckpt"), str(tmp_path / "member2.ckpt")]
+    ensemble = load_models(pattern)
+    assert isinstance(ensemble, SequenceEnsemble) and len(ensemble.members) == 2
+
+    # eval: the accuracy of the mean distribution over the whole test split
+    value = evaluate(make_cfg([f"ckpt_path={pattern}", "trainer.enable_progress_bar=false", "logger=none"],
+                              name="eval"))
+    data = {k: v for k, v in ensemble.hparams["data"].items() if k != "_target_"}
+    datamodule = SentimentDataModule(**data, spec=ensemble.hparams["spec"])
+    datamodule.setup("test")
+    correct = total = 0
+    with torch.no_grad():
+        for batch in datamodule.test_dataloader():
+            outputs, _ = ensemble(batch.inputs, batch.lengths)
+            correct += int((outputs.argmax(-1) == batch.targets).sum())
+            total += len(batch)
+    assert value == pytest.approx(correct / total)
+    assert json.loads((tmp_path / "metrics.json").read_text())["test/acc"] == pytest.approx(correct / total)
+
+    # predict: the ensemble's probability for a sentence
+    rows = predict(make_cfg([f"ckpt_path=[{tmp_path}/member1.ckpt,{tmp_path}/member2.ckpt]",
+                             "input=what a wonderful film"], name="predict"))
+    single = [predict(make_cfg([f"ckpt_path={tmp_path}/member{s}.ckpt", "input=what a wonderful film"],
+                               name="predict"))[0] for s in (1, 2)]
+    for label in ("negative", "positive"):
+        expected = sum(r["probabilities"][label] for r in single) / 2
+        assert math.isclose(rows[0]["probabilities"][label], expected, abs_tol=2e-4)
+
+    with pytest.raises(ConfigError, match="export writes one model"):
+        export(make_cfg([f"ckpt_path={pattern}"], name="export"))
+    with pytest.raises(CheckpointError, match="no checkpoint matches"):
+        checkpoint_paths(str(tmp_path / "nothing*.ckpt"))
+    with pytest.raises(ConfigError, match="listed twice"):
+        checkpoint_paths([str(tmp_path / "member1.ckpt")] * 2)
