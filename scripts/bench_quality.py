@@ -291,7 +291,8 @@ def ensemble_one(task: str, fold: str | None, members: list[dict[str, Any]], arg
     ``lstmkit eval ckpt_path=[...]``; the record has the same metric keys as a run's."""
     spec = TASKS[task]
     ckpts = [str(Path(r["run_dir"]) / "checkpoints" / "best.ckpt") for r in members]
-    cmd = [*lstmkit_command(args.python), "eval", f"ckpt_path=[{','.join(ckpts)}]",
+    quoted = ",".join("'" + c.replace("\\", "\\\\").replace("'", "\\'") + "'" for c in ckpts)  # Hydra's quoting
+    cmd = [*lstmkit_command(args.python), "eval", f"ckpt_path=[{quoted}]",
            "trainer.enable_progress_bar=false"]
     if args.log_dir:
         cmd.append(f"paths.log_dir={args.log_dir}")

@@ -12,7 +12,7 @@ import torch
 from hydra.utils import instantiate
 
 from lstmkit.checkpoints import checkpoint_paths, load_models
-from lstmkit.commands.evaluate import evaluate
+from lstmkit.commands.evaluate import check_members_split, evaluate
 from lstmkit.commands.export import export
 from lstmkit.commands.predict import predict
 from lstmkit.commands.train import build_model, train
@@ -92,13 +92,18 @@ def test_anomaly_models_and_mismatched_members_are_refused(make_cfg) -> None:
 
 
 def test_eval_and_predict_take_several_checkpoints(make_cfg, tmp_path: Path) -> None:
-    for seed in (1, 2):
-        train(make_cfg([*TINY, *QUICK, f"seed={seed}"]))
+    for seed in (1, 2):  # data.seed fixed: the generated corpus and its split are the same
+        shutil.rmtree(tmp_path / "checkpoints", ignore_errors=True)  # else Lightning writes best-v1.ckpt
+        train(make_cfg([*TINY, *QUICK, f"seed={seed}", "data.seed=0"]))
         shutil.copy(tmp_path / "checkpoints" / "best.ckpt", tmp_path / f"member{seed}.ckpt")
     pattern = str(tmp_path / "member*.ckpt")
     assert checkpoint_paths(pattern) == [str(tmp_path / "member1.ckpt"), str(tmp_path / "member2.ckpt")]
     ensemble = load_models(pattern)
     assert isinstance(ensemble, SequenceEnsemble) and len(ensemble.members) == 2
+    assert load_models(pattern, map_location="meta").device.type == "meta"  # predict sends batches there
+    first, second = (m.state_dict() for m in ensemble.members)
+    assert any(not torch.equal(first[k], second[k]) for k in first)  # two models, not one twice
+
 
     # eval: the accuracy of the mean distribution over the whole test split
     value = evaluate(make_cfg([f"ckpt_path={pattern}", "trainer.enable_progress_bar=false", "logger=none"],
@@ -130,3 +135,15 @@ def test_eval_and_predict_take_several_checkpoints(make_cfg, tmp_path: Path) -> 
         checkpoint_paths(str(tmp_path / "nothing*.ckpt"))
     with pytest.raises(ConfigError, match="listed twice"):
         checkpoint_paths([str(tmp_path / "member1.ckpt")] * 2)
+
+
+def test_members_whose_seed_moved_the_split_are_refused(make_cfg) -> None:
+    """Seeds are the usual members, and data.seed also splits generated data (or a single file): a
+    member would have trained on utterances that the others are scored on."""
+    speech = ["data.batch_size=4", "model.hidden_size=8"]
+    (first,), _ = _members(make_cfg, "speech", [*speech, "data.seed=1"], seeds=(1,))
+    (same,), _ = _members(make_cfg, "speech", [*speech, "data.seed=1", "data.batch_size=8"], seeds=(2,))
+    (moved,), _ = _members(make_cfg, "speech", [*speech, "data.seed=2"], seeds=(3,))
+    check_members_split(SequenceEnsemble([first, same]), ["a.ckpt", "b.ckpt"], {}, "test")  # batching only
+    with pytest.raises(ConfigError, match=r"c\.ckpt and a\.ckpt .*\(seed\) that put other examples in the test"):
+        check_members_split(SequenceEnsemble([first, moved]), ["a.ckpt", "c.ckpt"], {}, "test")

@@ -572,6 +572,18 @@ def test_subwords_split_unseen_words_into_known_pieces_and_generation_joins_them
                           {"hidden_size": 4}, {"_target_": "lstmkit.heads.language_model.LanguageModelHead"})
     out = generate(model, lm.spec, "a funny", n_words=12, temperature=1.0, seed=1)
     assert "##" not in out["text"] and out["text"].split() == [w for w in Subwords.join(out["words"]) if w != EOS]
+    rare_pieces = SentimentDataModule(path=str(tmp_path), tokenizer="whitespace", subwords=100, min_count=3,
+                                      batch_size=4)
+    rare_pieces.setup()  # pieces dropped by min_count are split again, not <unk>
+    assert unk_id not in SentimentDataModule.make_predict_batch(rare_pieces.spec, ["unwatchable"]).inputs[0].tolist()
+    assert pieces.split(["日本"]) == [UNK]  # a run of unseen characters: one <unk>
+    assert pieces.split(["watch日本"]) == ["watch", UNK] and Subwords.join(["watch", UNK]) == ["watch", UNK]
+    with pytest.raises(ConfigError, match="distinct characters"):
+        Subwords.learn([chr(0x4E00 + i) for i in range(150)], 120)  # 150 characters, each its own piece
+    with pytest.raises(DataError, match="no words to learn"):
+        Subwords.learn(["<eos>"], 1000)
+    with pytest.raises(ConfigError, match="expected a number of pieces"):
+        SentimentDataModule(subwords="8k")
     with pytest.raises(ConfigError, match="does not apply to data.tokenizer=char"):
         NextWordDataModule(path=str(tmp_path), tokenizer="char", subwords=1000)
     with pytest.raises(ConfigError, match="at least 100"):

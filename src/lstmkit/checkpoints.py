@@ -82,7 +82,8 @@ def load_models(ckpt_path: str | Path | Sequence[str | Path], map_location: str 
     paths = checkpoint_paths(ckpt_path)
     if len(paths) == 1:
         return load_model(paths[0], map_location)
-    return SequenceEnsemble([load_model(p, map_location) for p in paths], names=paths).eval()
+    # moved as a whole too, so that its own .device (which predict sends batches to) is the members'
+    return SequenceEnsemble([load_model(p, map_location) for p in paths], names=paths).to(map_location).eval()
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

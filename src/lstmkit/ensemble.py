@@ -47,7 +47,8 @@ class SequenceEnsemble(SequenceModel):
         first = members[0]
         if type(first.head).combine is Head.combine:
             raise ConfigError(f"{names[0]}: {type(first.head).__name__} outputs cannot be combined into an "
-                              f"ensemble (each anomaly model's threshold is calibrated to its own scores)")
+                              f"ensemble: the head does not define combine (anomaly heads do not: each model's "
+                              f"threshold is calibrated to its own scores)")
         for name, member in zip(names[1:], members[1:]):
             if member.hparams.get("task") != first.hparams.get("task"):
                 raise ConfigError(f"ensemble: {name} is a {member.hparams.get('task')!r} model, "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import lightning as L
@@ -12,7 +13,53 @@ from omegaconf import DictConfig
 from lstmkit.build import build
 from lstmkit.checkpoints import checkpoint_paths, load_models
 from lstmkit.commands.common import apply_decoding, instantiate_group, plain, report, scalar_metrics
+from lstmkit.ensemble import SequenceEnsemble
 from lstmkit.errors import CheckpointError, ConfigError
+
+# datamodule settings that change how a split is batched, never which examples it holds
+LOADER_KEYS = frozenset({"batch_size", "eval_batch_size", "num_workers", "pin_memory", "persistent_workers",
+                         "bucketing"})
+
+
+def split_fingerprint(datamodule: Any, split: str) -> str:
+    """A digest of the examples of ``split`` (inputs and targets), independent of their order."""
+    loader = datamodule.test_dataloader() if split == "test" else datamodule.val_dataloader()
+    rows: list[str] = []
+    for batch in loader:
+        for i, length in enumerate(batch.lengths.tolist()):
+            digest = hashlib.sha1(batch.inputs[i, :length].contiguous().numpy().tobytes())
+            if batch.targets is not None:
+                digest.update(batch.targets[i].contiguous().numpy().tobytes())
+            rows.append(digest.hexdigest())
+    return hashlib.sha1("".join(sorted(rows)).encode()).hexdigest()
+
+
+def check_members_split(model: SequenceEnsemble, names: list[str], overrides: dict[str, Any], split: str) -> None:
+    """Refuse an ensemble whose members' data settings put other examples in the evaluated split.
+
+    Why: runs of several seeds are the usual members, and ``data.seed`` also seeds the split of a
+    single file or of generated data: each member's held-out examples are then others' training
+    examples, and the ensemble's metrics would be optimistic. Fixed splits (train / val / test
+    files, held-out speakers) give every member the same examples, which is what is checked.
+    """
+    configs = [{**dict(m.hparams.get("data") or {}), **overrides} for m in model.members]
+    keyed = [{k: v for k, v in c.items() if k not in LOADER_KEYS} for c in configs]
+    if all(k == keyed[0] for k in keyed[1:]):
+        return
+    prints: dict[str, str] = {}
+    for name, member, config, key in zip(names, model.members, configs, keyed):
+        cache_key = repr(sorted(key.items(), key=lambda kv: kv[0]))
+        if cache_key not in prints:
+            datamodule = build(config, spec=member.hparams.spec)
+            datamodule.setup("test")
+            prints[cache_key] = split_fingerprint(datamodule, split)
+        if prints[cache_key] != next(iter(prints.values())):
+            differ = sorted(k for k in set(key) | set(keyed[0]) if key.get(k) != keyed[0].get(k))
+            raise ConfigError(
+                f"ensemble: {name} and {names[0]} were trained with other data settings ({', '.join(differ)}) "
+                f"that put other examples in the {split} split, so some members trained on examples it is "
+                f"scored on. Ensemble runs whose {split} split is the same: fixed train / val / test files, "
+                f"or the same data.seed")
 
 
 def evaluate(cfg: DictConfig) -> float | None:
@@ -25,6 +72,9 @@ def evaluate(cfg: DictConfig) -> float | None:
     if not data_cfg:
         raise CheckpointError(f"{paths[0]}: checkpoint stores no data config to evaluate on")
     data_cfg.update({k: v for k, v in (plain(cfg.get("data")) or {}).items() if v is not None})
+    if isinstance(model, SequenceEnsemble):
+        check_members_split(model, paths, {k: v for k, v in (plain(cfg.get("data")) or {}).items() if v is not None},
+                            str(cfg.split))
     datamodule = build(data_cfg, spec=model.hparams.spec)
     datamodule.setup("test")
     trainer: L.Trainer = instantiate(cfg.trainer, logger=instantiate_group(cfg.get("logger")) or False)

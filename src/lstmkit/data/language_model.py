@@ -37,10 +37,10 @@ from lstmkit.data.text import (
     EOS,
     PAD,
     UNK,
-    Subwords,
     build_vocab,
     check_subwords,
     encode,
+    learn_subwords,
     read_text,
     tokenize,
 )
@@ -773,7 +773,8 @@ class NextWordDataModule(SequenceDataModule):
         else:
             splits = self._read_splits()
             if self.subwords and "train" in splits:
-                pieces = Subwords.learn(splits["train"][1], self.subwords)
+                pieces = learn_subwords([splits["train"][1]], self.subwords, self.min_count, self.max_vocab,
+                                        (PAD, UNK, EOS))
                 self.tokenizer["subwords"] = pieces.to_json()
                 splits = {split: (source, pieces.split(tokens)) for split, (source, tokens) in splits.items()}
             vocab = build_vocab([splits["train"][1]], self.min_count, self.max_vocab,

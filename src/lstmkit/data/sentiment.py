@@ -18,10 +18,10 @@ from lstmkit.data.base import PadCollate, SequenceDataModule, SequenceDataset
 from lstmkit.data.text import (
     PAD,
     UNK,
-    Subwords,
     build_vocab,
     check_subwords,
     encode,
+    learn_subwords,
     read_labelled_text,
     tokenize,
 )
@@ -232,8 +232,9 @@ class SentimentDataModule(SequenceDataModule):
             self.tokenizer = stored or self.tokenizer
         else:
             if self.subwords:
-                words = (w for _, _, text, _ in splits["train"] for w in tokenize(text, **self.tokenizer))
-                self.tokenizer["subwords"] = Subwords.learn(words, self.subwords).to_json()
+                words = [tokenize(text, **self.tokenizer) for _, _, text, _ in splits["train"]]
+                pieces = learn_subwords(words, self.subwords, self.min_count, self.max_vocab, (PAD, UNK))
+                self.tokenizer["subwords"] = pieces.to_json()
             train_tokens = [self._tokens(text) for _, _, text, _ in splits["train"]]
             vocab = build_vocab(train_tokens, self.min_count, self.max_vocab, specials=(PAD, UNK))
             labels = sorted({self.label_names.get(y, y) for *_, y in splits["train"]})

@@ -43,16 +43,17 @@ class Subwords:
     """Words -> subword pieces by byte-pair encoding (Sennrich et al. 2016), learnt on the train split.
 
     Why: a word vocabulary built on a small training set leaves many test words unknown (SST-2:
-    9.5 % of test tokens are ``<unk>`` at ``min_count=2``, 0.5 % as pieces), and a model learns
+    9.5 % of test tokens are ``<unk>`` at ``min_count=2``, 0.3 % as pieces), and a model learns
     nothing from ``<unk>``. Pieces of an unseen word ("unw ##atch ##able") are known and carry its
     meaning, while frequent words stay whole (and keep their word-level spelling, so a word-level
     checkpoint still warm-starts their rows). Pieces after the first of a word carry the ``##``
     prefix, so word boundaries survive.
 
-    Only pieces that the training words are split into are *known*: BPE's intermediate merges
-    ("unw") are pieces no training word ends up with, so no embedding row learns them; a piece of an
-    unseen word that is not known is split again, longest known prefix first (as subword-nmt's
-    vocabulary filter does), so test words meet only trained rows.
+    Only the pieces of the vocabulary are *known* (:func:`learn_subwords`): BPE's intermediate merges
+    are pieces no training word may end up with, and ``min_count`` drops rare ones, so no embedding
+    row learns them; such a piece of a word is split again, longest known prefix first (as
+    subword-nmt's vocabulary filter does), so words meet only trained rows. Characters never seen in
+    training become one ``<unk>`` per run.
 
     The model is SentencePiece's BPE (deterministic: the same train split gives the same pieces,
     so a language model and the classifier warm-started from it split alike; Hugging Face
@@ -78,18 +79,33 @@ class Subwords:
         import sentencepiece as spm
 
         kept = [w for w in words if not _is_special(w)]
-        stream = iter(kept)
+        if not kept:
+            raise DataError("data.subwords: the train split has no words to learn subword pieces from")
+        characters = len(set("".join(kept)))
+        if vocab_size <= characters + 1:
+            raise ConfigError(f"data.subwords={vocab_size}: the train split has {characters:,} distinct characters, "
+                              f"each a piece of its own; set data.subwords above {characters + 1:,}")
         model = io.BytesIO()
-        spm.SentencePieceTrainer.train(
-            sentence_iterator=stream, model_writer=model, vocab_size=vocab_size, model_type="bpe",
-            hard_vocab_limit=False,  # a small corpus may have fewer pieces to offer
-            character_coverage=1.0, normalization_rule_name="identity", split_digits=False,
-            unk_piece=UNK, unk_id=0, pad_id=-1, bos_id=-1, eos_id=-1,
-            input_sentence_size=0, shuffle_input_sentence=False, num_threads=1, minloglevel=2,
-        )
+        try:
+            spm.SentencePieceTrainer.train(
+                sentence_iterator=iter(kept), model_writer=model, vocab_size=vocab_size, model_type="bpe",
+                hard_vocab_limit=False,  # a small corpus may have fewer pieces to offer
+                character_coverage=1.0, normalization_rule_name="identity", split_digits=False,
+                unk_piece=UNK, unk_id=0, pad_id=-1, bos_id=-1, eos_id=-1,
+                input_sentence_size=0, shuffle_input_sentence=False, num_threads=1, minloglevel=2,
+            )
+        except RuntimeError as err:  # SentencePiece's checks, e.g. on a degenerate train split
+            raise DataError(f"data.subwords={vocab_size}: SentencePiece could not learn pieces from the train "
+                            f"split ({str(err).strip().splitlines()[0]})") from None
         learnt = cls(model.getvalue())
         known = {p for w in set(kept) for p in learnt._model.encode(w, out_type=str)}
         return cls(model.getvalue(), known)
+
+    def restricted(self, vocab: Iterable[str]) -> Subwords:
+        """The same model with only the pieces of ``vocab`` known (in this class's ``##`` spelling)."""
+        known = {p.removeprefix(self.PREFIX) if p.startswith(self.PREFIX) else self._WORD_START + p
+                 for p in vocab if not _is_special(p)}
+        return Subwords(self._proto, known)
 
     @classmethod
     def from_json(cls, text: str) -> Subwords:
@@ -118,6 +134,7 @@ class Subwords:
             text = raw.removeprefix(self._WORD_START)
             if text:
                 pieces += self._resplit(text, start and not pieces)
+        pieces = [p for i, p in enumerate(pieces) if not (p == UNK and i and pieces[i - 1] == UNK)]  # one per run
         return [p if p == UNK or i == 0 else self.PREFIX + p for i, p in enumerate(pieces)] or [UNK]
 
     def _resplit(self, text: str, start: bool) -> list[str]:
@@ -141,6 +158,16 @@ class Subwords:
         return words
 
 
+def learn_subwords(
+    train: list[list[str]], size: int, min_count: int, max_size: int | None, specials: tuple[str, ...]
+) -> Subwords:
+    """:class:`Subwords` learnt on the train split's words, knowing only the pieces that the
+    vocabulary built from the split pieces keeps (``min_count`` / ``max_size``, as
+    :func:`build_vocab`): a piece it drops is split again instead of becoming ``<unk>``."""
+    pieces = Subwords.learn((w for words in train for w in words), size)
+    return pieces.restricted(build_vocab([pieces.split(words) for words in train], min_count, max_size, specials))
+
+
 def _is_special(token: str) -> bool:
     return token.startswith("<") and token.endswith(">")
 
@@ -160,10 +187,12 @@ def check_subwords(subwords: int | None, level: str) -> int | None:
         return None
     if level == "char":
         raise ConfigError("data.subwords splits words into pieces; it does not apply to data.tokenizer=char")
-    if int(subwords) < 100:
+    if isinstance(subwords, bool) or not isinstance(subwords, int):
+        raise ConfigError(f"data.subwords={subwords!r}: expected a number of pieces (e.g. 8000), or null")
+    if subwords < 100:
         raise ConfigError(f"data.subwords={subwords}: expected a vocabulary of pieces of at least 100 "
                           "(e.g. 8000), or null for whole words")
-    return int(subwords)
+    return subwords
 
 
 def build_vocab(
