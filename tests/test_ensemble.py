@@ -82,7 +82,7 @@ def test_anomaly_models_and_mismatched_members_are_refused(make_cfg) -> None:
         SequenceEnsemble(ecg)
     small, _ = _members(make_cfg, "sentiment", ["data.num_examples=120", *TINY[1:4]], seeds=(1,))
     large, _ = _members(make_cfg, "sentiment", TINY[:4], seeds=(1,))
-    with pytest.raises(ConfigError, match=r"trained on other data.*'vocab'"):
+    with pytest.raises(ConfigError, match=r"trained on other data.*'vocab'.*data\.num_examples: 120 vs 200"):
         SequenceEnsemble([small[0], large[0]], names=["small.ckpt", "large.ckpt"])
     stock, _ = _members(make_cfg, "stock", ["data.batch_size=16", "model.hidden_size=8"], seeds=(1,))
     with pytest.raises(ConfigError, match="is a 'stock' model"):
@@ -135,6 +135,8 @@ def test_eval_and_predict_take_several_checkpoints(make_cfg, tmp_path: Path) -> 
         checkpoint_paths(str(tmp_path / "nothing*.ckpt"))
     with pytest.raises(ConfigError, match="listed twice"):
         checkpoint_paths([str(tmp_path / "member1.ckpt")] * 2)
+    with pytest.raises(ConfigError, match="listed twice"):  # one file, spelled two ways
+        checkpoint_paths([str(tmp_path / "member1.ckpt"), str(tmp_path / "checkpoints" / ".." / "member1.ckpt")])
 
 
 def test_members_whose_seed_moved_the_split_are_refused(make_cfg) -> None:

@@ -15,7 +15,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from lstmkit.checkpoints import AtomicCheckpointIO, read_checkpoint
-from lstmkit.cli import explain_runtime_error
+from lstmkit.cli import config_dir, explain_runtime_error
+from lstmkit.suggest import suggest_override
 
 from .conftest import BIN, QUICK, run_cli
 
@@ -174,6 +175,13 @@ def test_config_typos_get_hydras_message_and_a_suggestion(tmp_path: Path, overri
     assert key.split(".")[-1] in proc.stderr or "sentimnt" in proc.stderr  # Hydra's own message reaches the user
     assert hint in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_a_valid_group_choice_names_the_earlier_override_it_does_not_fit() -> None:
+    """``data.num_examples=300 task=next_word``: the task is right, the data key is the default task's."""
+    hint = suggest_override(config_dir(), "train", ["data.num_examples=300", "model.hidden_size=8", "task=next_word"])
+    assert hint is not None and hint.startswith("data.num_examples=300 does not apply with task=next_word")
+    assert "num_tokens" in hint  # the next-word data keys are listed
 
 
 def test_wrongly_typed_override_names_the_overrides(tmp_path: Path) -> None:

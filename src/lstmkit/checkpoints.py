@@ -71,7 +71,8 @@ def checkpoint_paths(ckpt_path: str | Path | Sequence[str | Path]) -> list[str]:
             paths.append(entry)
     if not paths:
         raise ConfigError("ckpt_path: no checkpoint given")
-    if len(set(paths)) != len(paths):
+    resolved = [os.path.realpath(os.path.expanduser(p)) for p in paths]
+    if len(set(resolved)) != len(resolved):
         raise ConfigError(f"ckpt_path: a checkpoint is listed twice in {paths}")
     return paths
 

@@ -24,9 +24,19 @@ from lstmkit.errors import ConfigError
 from lstmkit.heads.base import Head
 from lstmkit.module import SequenceModel
 
+# datamodule settings that change how a split is batched, never which examples it holds
+LOADER_KEYS = frozenset({"batch_size", "eval_batch_size", "num_workers", "pin_memory", "persistent_workers",
+                         "bucketing"})
+
 
 def _differences(first: dict[str, Any], other: dict[str, Any]) -> list[str]:
     return sorted(key for key in set(first) | set(other) if first.get(key) != other.get(key))
+
+
+def setting_differences(first: SequenceModel, other: SequenceModel) -> dict[str, tuple[Any, Any]]:
+    """The data settings (``data.*`` of the two runs, batching aside) in which two members differ."""
+    a, b = dict(first.hparams.get("data") or {}), dict(other.hparams.get("data") or {})
+    return {k: (a.get(k), b.get(k)) for k in _differences(a, b) if k not in LOADER_KEYS}
 
 
 class SequenceEnsemble(SequenceModel):
@@ -58,10 +68,12 @@ class SequenceEnsemble(SequenceModel):
                                   f"{names[0]} a {type(first.head).__name__}")
             differ = _differences(first.spec.to_dict(), member.spec.to_dict())
             if differ:
+                settings = "; ".join(f"data.{k}: {a!r} vs {b!r}" for k, (a, b) in setting_differences(first, member).items())
                 raise ConfigError(
                     f"ensemble: {name} was trained on other data than {names[0]}: their data specs differ in "
-                    f"{differ} (members must share vocabulary, classes and normaliser: train them with the "
-                    f"same data settings)")
+                    f"{differ} (members must share vocabulary, classes and normaliser)"
+                    + (f"; their data settings differ in {settings} (train them with the same ones: data.seed "
+                       f"also draws generated data and the split of a single file)" if settings else ""))
         self.save_hyperparameters(dict(first.hparams), logger=False)
         self.spec = first.spec
         self.names = names

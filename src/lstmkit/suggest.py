@@ -51,12 +51,38 @@ def suggest_override(config_dir: str, config_name: str, args: list[str]) -> str 
                 try:
                     cfg = compose(config_name=config_name, overrides=[*accepted, candidate])
                 except Exception:  # noqa: BLE001 - this is the override Hydra rejected
+                    if _is_known_option(override, loader.get_group_options):
+                        # a valid choice (task=next_word) that an earlier override does not fit
+                        return _earlier_misfit(config_name, candidate, accepted, overrides, loader.get_group_options)
                     return _hint(override, cfg, loader.get_group_options)
                 accepted.append(candidate)
     except Exception:  # noqa: BLE001 - a hint is best effort; Hydra's message already stands
         return None
     finally:
         GlobalHydra.instance().clear()
+    return None
+
+
+def _is_known_option(override: Any, group_options_of: Any) -> bool:
+    key = override.key_or_group
+    return "." not in key and not override.is_delete() and str(override.value()) in group_options_of(key)
+
+
+def _earlier_misfit(config_name: str, choice: str, accepted: list[str], overrides: list[Any],
+                    group_options_of: Any) -> str | None:
+    """The hint for the earlier override that ``choice`` (a config-group option) makes invalid."""
+    from hydra import compose
+
+    by_text = {_first_value(o): o for o in overrides}
+    cfg: DictConfig = compose(config_name=config_name, overrides=[choice])
+    kept: list[str] = []
+    for text in accepted:
+        try:
+            cfg = compose(config_name=config_name, overrides=[choice, *kept, text])
+        except Exception:  # noqa: BLE001 - the earlier override that no longer composes
+            hint = _hint(by_text[text], cfg, group_options_of)
+            return f"{text} does not apply with {choice}" + (f": {hint}" if hint else "")
+        kept.append(text)
     return None
 
 

@@ -13,12 +13,8 @@ from omegaconf import DictConfig
 from lstmkit.build import build
 from lstmkit.checkpoints import checkpoint_paths, load_models
 from lstmkit.commands.common import apply_decoding, instantiate_group, plain, report, scalar_metrics
-from lstmkit.ensemble import SequenceEnsemble
+from lstmkit.ensemble import LOADER_KEYS, SequenceEnsemble
 from lstmkit.errors import CheckpointError, ConfigError
-
-# datamodule settings that change how a split is batched, never which examples it holds
-LOADER_KEYS = frozenset({"batch_size", "eval_batch_size", "num_workers", "pin_memory", "persistent_workers",
-                         "bucketing"})
 
 
 def split_fingerprint(datamodule: Any, split: str) -> str:
@@ -72,7 +68,8 @@ def evaluate(cfg: DictConfig) -> float | None:
     if not data_cfg:
         raise CheckpointError(f"{paths[0]}: checkpoint stores no data config to evaluate on")
     data_cfg.update({k: v for k, v in (plain(cfg.get("data")) or {}).items() if v is not None})
-    if isinstance(model, SequenceEnsemble):
+    if isinstance(model, SequenceEnsemble) and not (plain(cfg.get("data")) or {}).get("path"):
+        # (with data.path the user names the data: the members' own splits are not what is scored)
         check_members_split(model, paths, {k: v for k, v in (plain(cfg.get("data")) or {}).items() if v is not None},
                             str(cfg.split))
     datamodule = build(data_cfg, spec=model.hparams.spec)
