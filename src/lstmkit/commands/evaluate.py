@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 from typing import Any
 
 import lightning as L
@@ -15,6 +16,8 @@ from lstmkit.checkpoints import checkpoint_paths, load_models
 from lstmkit.commands.common import apply_decoding, instantiate_group, plain, report, scalar_metrics
 from lstmkit.ensemble import LOADER_KEYS, SequenceEnsemble
 from lstmkit.errors import CheckpointError, ConfigError
+
+log = logging.getLogger(__name__)
 
 
 def split_fingerprint(datamodule: Any, split: str) -> str:
@@ -63,15 +66,17 @@ def evaluate(cfg: DictConfig) -> float | None:
         L.seed_everything(cfg.seed, workers=True)
     paths = checkpoint_paths(cfg.ckpt_path)
     model = load_models(paths)  # several: their ensemble (lstmkit.ensemble)
+    if len(paths) > 1:
+        log.info("evaluating the ensemble of %d checkpoints:\n  %s", len(paths), "\n  ".join(paths))
     apply_decoding(model, cfg.get("decode"))
     data_cfg: dict[str, Any] = dict(model.hparams.get("data") or {})
     if not data_cfg:
         raise CheckpointError(f"{paths[0]}: checkpoint stores no data config to evaluate on")
-    data_cfg.update({k: v for k, v in (plain(cfg.get("data")) or {}).items() if v is not None})
-    if isinstance(model, SequenceEnsemble) and not (plain(cfg.get("data")) or {}).get("path"):
+    overrides = {k: v for k, v in (plain(cfg.get("data")) or {}).items() if v is not None}
+    data_cfg.update(overrides)
+    if isinstance(model, SequenceEnsemble) and not overrides.get("path"):
         # (with data.path the user names the data: the members' own splits are not what is scored)
-        check_members_split(model, paths, {k: v for k, v in (plain(cfg.get("data")) or {}).items() if v is not None},
-                            str(cfg.split))
+        check_members_split(model, paths, overrides, str(cfg.split))
     datamodule = build(data_cfg, spec=model.hparams.spec)
     datamodule.setup("test")
     trainer: L.Trainer = instantiate(cfg.trainer, logger=instantiate_group(cfg.get("logger")) or False)
@@ -82,6 +87,7 @@ def evaluate(cfg: DictConfig) -> float | None:
     else:
         raise ConfigError(f"split={cfg.split!r}: expected test or val")
     metrics = scalar_metrics(results[0] if results else {})
-    report(metrics, HydraConfig.get().runtime.output_dir, title=f"eval on {cfg.split}: {', '.join(paths)}")
+    what = paths[0] if len(paths) == 1 else f"ensemble of {len(paths)} checkpoints"
+    report(metrics, HydraConfig.get().runtime.output_dir, title=f"eval on {cfg.split}: {what}")
     value = metrics.get(f"{cfg.split}/{model.head.monitor.split('/', 1)[-1]}")
     return value
