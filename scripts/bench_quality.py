@@ -291,7 +291,8 @@ def ensemble_one(task: str, fold: str | None, members: list[dict[str, Any]], arg
     ``lstmkit eval ckpt_path=[...]``; the record has the same metric keys as a run's."""
     spec = TASKS[task]
     ckpts = [str(Path(r["run_dir"]) / "checkpoints" / "best.ckpt") for r in members]
-    quoted = ",".join("'" + c.replace("\\", "\\\\").replace("'", "\\'") + "'" for c in ckpts)  # Hydra's quoting
+    # Hydra's quoted strings: a backslash is an escape only before a quote or at the end
+    quoted = ",".join("'" + re.sub(r"(\\+)(?='|$)", r"\1\1", c).replace("'", "\\'") + "'" for c in ckpts)
     cmd = [*lstmkit_command(args.python), "eval", f"ckpt_path=[{quoted}]",
            "trainer.enable_progress_bar=false"]
     if args.log_dir:

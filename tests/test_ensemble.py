@@ -146,6 +146,17 @@ def test_members_whose_seed_moved_the_split_are_refused(make_cfg) -> None:
     (first,), _ = _members(make_cfg, "speech", [*speech, "data.seed=1"], seeds=(1,))
     (same,), _ = _members(make_cfg, "speech", [*speech, "data.seed=1", "data.batch_size=8"], seeds=(2,))
     (moved,), _ = _members(make_cfg, "speech", [*speech, "data.seed=2"], seeds=(3,))
-    check_members_split(SequenceEnsemble([first, same]), ["a.ckpt", "b.ckpt"], {}, "test")  # batching only
+    check_members_split(SequenceEnsemble([first, same]), ["a.ckpt", "b.ckpt"], "test")  # batching only
     with pytest.raises(ConfigError, match=r"c\.ckpt and a\.ckpt .*\(seed\) that put other examples in the test"):
-        check_members_split(SequenceEnsemble([first, moved]), ["a.ckpt", "c.ckpt"], {}, "test")
+        check_members_split(SequenceEnsemble([first, moved]), ["a.ckpt", "c.ckpt"], "test")
+
+
+def test_members_on_a_fixed_split_pass_whatever_their_seed_and_batching(make_cfg, tmp_path: Path) -> None:
+    """Train / valid / test files: the test split is the same for every seed and batch size."""
+    for split, lines in {"train": ["a gorgeous film .", "dull and long ."] * 30,
+                         "valid": ["a film ."] * 10, "test": ["long dull film .", "a film ."] * 10}.items():
+        (tmp_path / f"text.{split}.txt").write_text("\n".join(lines) + "\n")
+    common = [f"data.path={tmp_path}", "data.tokenizer=whitespace", "model.hidden_size=8", "encoder.dim=8"]
+    (one,), _ = _members(make_cfg, "next_word", [*common, "data.seed=1", "data.batch_size=2", "data.bptt=3"], seeds=(1,))
+    (two,), _ = _members(make_cfg, "next_word", [*common, "data.seed=2", "data.batch_size=4", "data.bptt=3"], seeds=(2,))
+    check_members_split(SequenceEnsemble([one, two]), ["one.ckpt", "two.ckpt"], "test")  # no error

@@ -572,6 +572,10 @@ def test_subwords_split_unseen_words_into_known_pieces_and_generation_joins_them
                           {"hidden_size": 4}, {"_target_": "lstmkit.heads.language_model.LanguageModelHead"})
     out = generate(model, lm.spec, "a funny", n_words=12, temperature=1.0, seed=1)
     assert "##" not in out["text"] and out["text"].split() == [w for w in Subwords.join(out["words"]) if w != EOS]
+    known = Subwords.from_json(classifier.spec.tokenizer["subwords"])
+    probes = ["".join(rng.choices("abcdefghilmnoprstuvwyx", k=rng.randint(1, 12))) for _ in range(300)]
+    vocab = set(classifier.spec.vocab)
+    assert all(p in vocab for w in probes for p in known.split([w]))  # every piece has a trained row (or is <unk>)
     rare_pieces = SentimentDataModule(path=str(tmp_path), tokenizer="whitespace", subwords=100, min_count=3,
                                       batch_size=4)
     rare_pieces.setup()  # pieces dropped by min_count are split again, not <unk>

@@ -182,6 +182,8 @@ def test_a_valid_group_choice_names_the_earlier_override_it_does_not_fit() -> No
     hint = suggest_override(config_dir(), "train", ["data.num_examples=300", "model.hidden_size=8", "task=next_word"])
     assert hint is not None and hint.startswith("data.num_examples=300 does not apply with task=next_word")
     assert "num_tokens" in hint  # the next-word data keys are listed
+    swept = suggest_override(config_dir(), "train", ["data.num_examples=300", "task=next_word,sentiment"])
+    assert swept is not None and swept.startswith("data.num_examples=300 does not apply with task=next_word")
 
 
 def test_wrongly_typed_override_names_the_overrides(tmp_path: Path) -> None:

@@ -65,7 +65,8 @@ def suggest_override(config_dir: str, config_name: str, args: list[str]) -> str 
 
 def _is_known_option(override: Any, group_options_of: Any) -> bool:
     key = override.key_or_group
-    return "." not in key and not override.is_delete() and str(override.value()) in group_options_of(key)
+    value = _first_value(override).split("=", 1)[1]  # a sweep's first choice
+    return "." not in key and not override.is_delete() and value in group_options_of(key)
 
 
 def _earlier_misfit(config_name: str, choice: str, accepted: list[str], overrides: list[Any],

@@ -7,6 +7,7 @@ import logging
 from typing import Any
 
 import lightning as L
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig
@@ -21,19 +22,28 @@ log = logging.getLogger(__name__)
 
 
 def split_fingerprint(datamodule: Any, split: str) -> str:
-    """A digest of the examples of ``split`` (inputs and targets), independent of their order."""
-    loader = datamodule.test_dataloader() if split == "test" else datamodule.val_dataloader()
+    """A digest of the examples of ``split``, independent of their order and of batching.
+
+    A token stream (next-word data) is digested as the stream itself; other splits example by
+    example (inputs and targets as the dataset holds them, before any padding)."""
+    dataset = datamodule.splits[split]
+    ids = getattr(dataset, "ids", None)
+    if isinstance(ids, torch.Tensor):
+        return hashlib.sha1(ids.contiguous().numpy().tobytes()).hexdigest()
     rows: list[str] = []
-    for batch in loader:
-        for i, length in enumerate(batch.lengths.tolist()):
-            digest = hashlib.sha1(batch.inputs[i, :length].contiguous().numpy().tobytes())
-            if batch.targets is not None:
-                digest.update(batch.targets[i].contiguous().numpy().tobytes())
-            rows.append(digest.hexdigest())
+    for index in range(len(dataset)):
+        item = dataset[index]
+        digest = hashlib.sha1()
+        for part in item if isinstance(item, (tuple, list)) else (item,):
+            if isinstance(part, torch.Tensor):
+                digest.update(part.contiguous().cpu().numpy().tobytes())
+            else:
+                digest.update(repr(part).encode())
+        rows.append(digest.hexdigest())
     return hashlib.sha1("".join(sorted(rows)).encode()).hexdigest()
 
 
-def check_members_split(model: SequenceEnsemble, names: list[str], overrides: dict[str, Any], split: str) -> None:
+def check_members_split(model: SequenceEnsemble, names: list[str], split: str) -> None:
     """Refuse an ensemble whose members' data settings put other examples in the evaluated split.
 
     Why: runs of several seeds are the usual members, and ``data.seed`` also seeds the split of a
@@ -41,7 +51,8 @@ def check_members_split(model: SequenceEnsemble, names: list[str], overrides: di
     examples, and the ensemble's metrics would be optimistic. Fixed splits (train / val / test
     files, held-out speakers) give every member the same examples, which is what is checked.
     """
-    configs = [{**dict(m.hparams.get("data") or {}), **overrides} for m in model.members]
+    # each member's own settings: an override (data.seed=1) would make them look alike, not their training
+    configs = [dict(m.hparams.get("data") or {}) for m in model.members]
     keyed = [{k: v for k, v in c.items() if k not in LOADER_KEYS} for c in configs]
     if all(k == keyed[0] for k in keyed[1:]):
         return
@@ -76,7 +87,7 @@ def evaluate(cfg: DictConfig) -> float | None:
     data_cfg.update(overrides)
     if isinstance(model, SequenceEnsemble) and not overrides.get("path"):
         # (with data.path the user names the data: the members' own splits are not what is scored)
-        check_members_split(model, paths, overrides, str(cfg.split))
+        check_members_split(model, paths, str(cfg.split))
     datamodule = build(data_cfg, spec=model.hparams.spec)
     datamodule.setup("test")
     trainer: L.Trainer = instantiate(cfg.trainer, logger=instantiate_group(cfg.get("logger")) or False)

@@ -138,10 +138,9 @@ class Subwords:
     def _pieces(self, word: str) -> list[str]:
         pieces: list[str] = []
         for raw in self._model.encode(word, out_type=str):
-            start = raw.startswith(self._WORD_START)
             text = raw.removeprefix(self._WORD_START)
             if text:
-                pieces += self._resplit(text, start and not pieces)
+                pieces += self._resplit(text, not pieces)  # the first piece is written as a word start
         pieces = [p for i, p in enumerate(pieces) if not (p == UNK and i and pieces[i - 1] == UNK)]  # one per run
         return [p if p == UNK or i == 0 else self.PREFIX + p for i, p in enumerate(pieces)] or [UNK]
 
