@@ -15,8 +15,9 @@ from omegaconf import DictConfig
 from lstmkit.build import build
 from lstmkit.checkpoints import checkpoint_paths, load_models
 from lstmkit.commands.common import apply_decoding, instantiate_group, plain, report, scalar_metrics
-from lstmkit.ensemble import LOADER_KEYS, SequenceEnsemble
+from lstmkit.ensemble import SequenceEnsemble, setting_differences
 from lstmkit.errors import CheckpointError, ConfigError
+from lstmkit.module import SequenceModel
 
 log = logging.getLogger(__name__)
 
@@ -51,20 +52,20 @@ def check_members_split(model: SequenceEnsemble, names: list[str], split: str) -
     examples, and the ensemble's metrics would be optimistic. Fixed splits (train / val / test
     files, held-out speakers) give every member the same examples, which is what is checked.
     """
-    # each member's own settings: an override (data.seed=1) would make them look alike, not their training
-    configs = [dict(m.hparams.get("data") or {}) for m in model.members]
-    keyed = [{k: v for k, v in c.items() if k not in LOADER_KEYS} for c in configs]
-    if all(k == keyed[0] for k in keyed[1:]):
-        return
-    prints: dict[str, str] = {}
-    for name, member, config, key in zip(names, model.members, configs, keyed):
-        cache_key = repr(sorted(key.items(), key=lambda kv: kv[0]))
-        if cache_key not in prints:
-            datamodule = build(config, spec=member.hparams.spec)
-            datamodule.setup("test")
-            prints[cache_key] = split_fingerprint(datamodule, split)
-        if prints[cache_key] != next(iter(prints.values())):
-            differ = sorted(k for k in set(key) | set(keyed[0]) if key.get(k) != keyed[0].get(k))
+    def fingerprint(member: SequenceModel) -> str:
+        # each member's own settings: an eval override (data.seed=1) would make them look alike
+        datamodule = build(dict(member.hparams.get("data") or {}), spec=member.hparams.spec)
+        datamodule.setup("test")
+        return split_fingerprint(datamodule, split)
+
+    first = model.members[0]
+    reference: str | None = None
+    for name, member in zip(names[1:], model.members[1:]):
+        differ = setting_differences(first, member)
+        if not differ:  # the same settings, batching aside: the same examples
+            continue
+        reference = reference or fingerprint(first)
+        if fingerprint(member) != reference:
             raise ConfigError(
                 f"ensemble: {name} and {names[0]} were trained with other data settings ({', '.join(differ)}) "
                 f"that put other examples in the {split} split, so some members trained on examples it is "

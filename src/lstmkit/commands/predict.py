@@ -55,7 +55,8 @@ def predict(cfg: DictConfig) -> list[dict[str, Any]]:
     spec = model.spec
     datamodule_cls = build({"_target_": check_target(spec.datamodule), "_partial_": True}).func
     raw_inputs = collect_inputs(cfg)
-    with input_context(paths[0] if len(paths) == 1 else f"ensemble {paths}", model, datamodule_cls):
+    named = paths[0] if len(paths) == 1 else f"ensemble of {', '.join(paths)}"  # how input errors name it
+    with input_context(named, model, datamodule_cls):
         inputs = datamodule_cls.predict_items(spec, raw_inputs)
     results: list[dict[str, Any]] = []
     if cfg.get("generate"):
@@ -68,7 +69,7 @@ def predict(cfg: DictConfig) -> list[dict[str, Any]]:
     with torch.inference_mode():
         for start in range(0, len(inputs) if not results else 0, int(cfg.batch_size)):
             chunk = inputs[start : start + int(cfg.batch_size)]
-            with input_context(paths[0] if len(paths) == 1 else f"ensemble {paths}", model, datamodule_cls):
+            with input_context(named, model, datamodule_cls):
                 batch = datamodule_cls.make_predict_batch(spec, chunk)
             batch.inputs = batch.inputs.to(model.device)
             batch.lengths = batch.lengths.to(model.device)

@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from lstmkit.errors import ConfigError, DataError
+from lstmkit.errors import CheckpointError, ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,8 @@ class Subwords:
     @classmethod
     def learn(cls, words: Iterable[str], vocab_size: int) -> Subwords:
         """BPE with at most ``vocab_size`` pieces from a stream of words (specials such as ``<eos>``
-        are left out: they are never split)."""
+        are left out: they are never split). Every piece is known until :meth:`restricted`
+        (:func:`learn_subwords` restricts it to the vocabulary)."""
         import sentencepiece as spm
 
         kept = [w for w in words if not _is_special(w)]
@@ -100,9 +101,7 @@ class Subwords:
         except RuntimeError as err:  # SentencePiece's checks, e.g. on a degenerate train split
             raise DataError(f"data.subwords={vocab_size}: SentencePiece could not learn pieces from the train "
                             f"split ({str(err).strip().splitlines()[0]})") from None
-        learnt = cls(model.getvalue())
-        known = {p for w in set(kept) for p in learnt._model.encode(w, out_type=str)}
-        return cls(model.getvalue(), known)
+        return cls(model.getvalue())
 
     @property
     def size(self) -> int:
@@ -188,7 +187,8 @@ def _subwords_from_text(text: str) -> Subwords:
         stored = json.loads(text)
         return Subwords(base64.b64decode(stored["model"].encode("ascii"), validate=True), stored["known"])
     except Exception as err:  # noqa: BLE001 - a damaged model in a checkpoint
-        raise ValueError(f"the stored subword model cannot be read ({err})") from None
+        raise CheckpointError(f"the checkpoint's subword model (DataSpec.tokenizer['subwords']) cannot be read "
+                              f"({type(err).__name__}: {err})") from None
 
 
 def check_subwords(subwords: int | None, level: str) -> int | None:
