@@ -284,6 +284,37 @@ def test_encoder_normalises_and_augments_only_in_training():
     assert not torch.equal(a, c) and (c == 0).sum() > (a == 0).sum()
 
 
+def test_global_normalisation_uses_the_training_frames_statistics():
+    """normalise=global: running statistics of the training batches' valid frames, frozen in eval, so an
+    utterance's features do not depend on its batch and keep the average spectrum utterance CMVN removes."""
+    torch.manual_seed(0)
+    x = torch.randn(3, 4000) * torch.tensor([[0.2], [1.0], [3.0]])
+    lengths = torch.tensor([4000, 2500, 1200])
+    enc = SpectrogramEncoder(SPEC, n_mels=20, normalise="global")
+    raw = SpectrogramEncoder(SPEC, n_mels=20, normalise=False).eval()
+    feats, frames = raw(x, lengths)
+    valid = torch.cat([feats[i, : frames[i]] for i in range(3)])  # (valid frames, F)
+    enc.train()(x, lengths)  # the first batch sets the statistics
+    assert torch.allclose(enc.running_mean, valid.mean(0), atol=1e-4)
+    assert torch.allclose(enc.running_var, valid.var(0, unbiased=False), rtol=1e-3)
+    enc.eval()
+    alone, _ = enc(x[2:, :1200], lengths[2:])
+    together, _ = enc(x, lengths)
+    # no batch dependence (the last frames' windows reach the end: reflected alone, zero-padded in a batch)
+    assert torch.allclose(alone[0, :-2], together[2, : alone.shape[1] - 2], atol=1e-4)
+    assert together[2, : frames[2]].mean(0).abs().max() > 0.1  # the utterance's own mean is kept
+    before = enc.running_mean.clone()
+    enc(x, lengths)
+    assert torch.equal(before, enc.running_mean)  # frozen outside training
+    enc.train()(x * 5, lengths)
+    assert not torch.equal(before, enc.running_mean)  # then a moving average
+    assert {"running_mean", "running_var"} <= set(enc.state_dict())
+    assert "running_mean" not in SpectrogramEncoder(SPEC, n_mels=20).state_dict()  # older checkpoints load
+    assert SpectrogramEncoder(SPEC, normalise=True).normalise == "utterance"
+    with pytest.raises(ConfigError, match="encoder.normalise='speaker': expected utterance, global or none"):
+        SpectrogramEncoder(SPEC, normalise="speaker")
+
+
 def test_speed_perturbation_stretches_training_batches_only():
     torch.manual_seed(0)
     x, lengths = torch.randn(2, 8000), torch.tensor([8000, 4000])

@@ -21,6 +21,8 @@ from lstmkit.module import SequenceModel
 
 log = logging.getLogger(__name__)
 
+SPLITS = ("test", "val", "all")  # all: every example of the data (data.whole), e.g. a new file's
+
 
 def split_fingerprint(datamodule: Any, split: str) -> str:
     """A digest of the examples of ``split``, independent of their order and of batching.
@@ -84,22 +86,30 @@ def evaluate(cfg: DictConfig) -> float | None:
     data_cfg: dict[str, Any] = dict(model.hparams.get("data") or {})
     if not data_cfg:
         raise CheckpointError(f"{paths[0]}: checkpoint stores no data config to evaluate on")
+    split = str(cfg.split)
+    if split not in SPLITS:
+        raise ConfigError(f"split={split!r}: expected one of {', '.join(SPLITS)}")
     overrides = {k: v for k, v in (plain(cfg.get("data")) or {}).items() if v is not None}
     data_cfg.update(overrides)
-    if isinstance(model, SequenceEnsemble) and not overrides.get("path"):
+    if split == "all":
+        data_cfg["whole"] = True  # every example of the data is the test split (SequenceDataModule)
+        if not overrides.get("path"):
+            log.warning("split=all without data.path scores all of the run's own data, the examples it "
+                        "trained on included: a measure of fit, not of generalisation")
+    elif isinstance(model, SequenceEnsemble) and not overrides.get("path"):
         # (with data.path the user names the data: the members' own splits are not what is scored)
-        check_members_split(model, paths, str(cfg.split))
+        check_members_split(model, paths, split)
     datamodule = build(data_cfg, spec=model.hparams.spec)
     datamodule.setup("test")
     trainer: L.Trainer = instantiate(cfg.trainer, logger=instantiate_group(cfg.get("logger")) or False)
-    if cfg.split == "test":
-        results = trainer.test(model, datamodule=datamodule)
-    elif cfg.split == "val":
+    if split == "val":
         results = trainer.validate(model, datamodule=datamodule)
     else:
-        raise ConfigError(f"split={cfg.split!r}: expected test or val")
+        results = trainer.test(model, datamodule=datamodule)
     metrics = scalar_metrics(results[0] if results else {})
+    if split == "all":  # logged as the test stage; named for what was scored
+        metrics = {key.replace("test/", "all/", 1): value for key, value in metrics.items()}
     what = paths[0] if len(paths) == 1 else f"ensemble of {len(paths)} checkpoints"
-    report(metrics, HydraConfig.get().runtime.output_dir, title=f"eval on {cfg.split}: {what}")
-    value = metrics.get(f"{cfg.split}/{model.head.monitor.split('/', 1)[-1]}")
+    report(metrics, HydraConfig.get().runtime.output_dir, title=f"eval on {split}: {what}")
+    value = metrics.get(f"{split}/{model.head.monitor.split('/', 1)[-1]}")
     return value

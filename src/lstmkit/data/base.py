@@ -127,6 +127,9 @@ class SequenceDataModule(L.LightningDataModule):
             waiting for it. ``None`` (default): pin when the trainer runs on a CUDA device.
         spec: a stored DataSpec (from a checkpoint): reuse its vocabulary / normaliser
             instead of fitting new ones, as ``eval`` must.
+        whole: no train / val / test split: every example of the data is the ``test`` split
+            (``lstmkit eval split=all``: a trained model scored on all of a new file). Needs
+            ``spec``, since nothing is left to fit a vocabulary or normaliser on.
     """
 
     predict_input = "raw inputs"  # what `lstmkit predict input=...` expects (named in errors)
@@ -140,10 +143,15 @@ class SequenceDataModule(L.LightningDataModule):
         bucketing: bool = False,
         pin_memory: bool | None = None,
         spec: dict[str, Any] | None = None,
+        whole: bool = False,
     ) -> None:
         super().__init__()
         if batch_size < 1:
             raise ConfigError(f"data.batch_size must be >= 1, got {batch_size}")
+        if whole and not spec:
+            raise ConfigError("data.whole=true scores every example with a trained model's vocabulary / normaliser "
+                              "and fits nothing: use it through `lstmkit eval ckpt_path=... split=all`")
+        self.whole = bool(whole)
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.bucketing = bucketing
@@ -159,6 +167,11 @@ class SequenceDataModule(L.LightningDataModule):
         When ``self.fixed_spec`` is set, encode with it instead of fitting anything.
         """
         raise NotImplementedError
+
+    @staticmethod
+    def merged(splits: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        """``data.whole``: the examples of every split (train, val, test, in that order) as ``test``."""
+        return {"test": [row for name in ("train", "val", "test") for row in splits.get(name, [])]}
 
     @classmethod
     def make_predict_batch(cls, spec: DataSpec, inputs: list[Any]) -> Batch:

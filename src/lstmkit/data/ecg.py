@@ -397,13 +397,19 @@ class EcgDataModule(SequenceDataModule):
         stored_length = int(fixed.extra["samples_per_beat"]) if fixed is not None else None
         splits = self._read_splits(stored_length)
         anomaly = np.array(self.anomaly_labels)
-        train = splits["train"]
-        if self.train_on == "normal":
-            splits["train"] = train = train.take(np.flatnonzero(~np.isin(train.labels, anomaly)))
-        if len(train.labels) == 0:
-            raise DataError("the training split has no beats" +
-                            (" (train_on=normal and no normal beats)" if self.train_on == "normal" else ""),
-                            path=self.path)
+        if self.whole:  # every beat, normal or not, in reading order of the splits
+            tables = [splits[name] for name in ("train", "val", "test") if name in splits]
+            splits = {"test": BeatTable(", ".join(dict.fromkeys(t.path for t in tables)),
+                                        *(np.concatenate([getattr(t, f) for t in tables])
+                                          for f in ("samples", "labels", "rows")))}
+        else:
+            train = splits["train"]
+            if self.train_on == "normal":
+                splits["train"] = train = train.take(np.flatnonzero(~np.isin(train.labels, anomaly)))
+            if len(train.labels) == 0:
+                raise DataError("the training split has no beats" +
+                                (" (train_on=normal and no normal beats)" if self.train_on == "normal" else ""),
+                                path=self.path)
         if fixed is not None:
             spec = fixed
         else:

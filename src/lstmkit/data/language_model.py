@@ -770,6 +770,9 @@ class NextWordDataModule(SequenceDataModule):
             spec = self.fixed_spec
             self.tokenizer = dict(spec.tokenizer or self.tokenizer)
             splits = self._read_splits()
+            if self.whole:  # the parts of a file (or the split files) in reading order: one stream
+                parts = [splits[name] for name in ("train", "val", "test") if name in splits]
+                splits = {"test": (str(self.path or "<generated>"), [t for _, tokens in parts for t in tokens])}
         else:
             splits = self._read_splits()
             if self.subwords and "train" in splits:

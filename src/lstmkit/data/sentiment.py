@@ -225,6 +225,8 @@ class SentimentDataModule(SequenceDataModule):
 
     def build(self) -> DataSpec:
         splits = self._read_splits()
+        if self.whole:
+            splits = self.merged(splits)
         if self.fixed_spec is not None:
             spec = self.fixed_spec
             stored = dict(spec.tokenizer or {})

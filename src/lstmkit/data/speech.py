@@ -546,7 +546,8 @@ class SpeechDataModule(SequenceDataModule):
 
     # -- building -------------------------------------------------------------------------------
     def build(self) -> DataSpec:
-        splits = self._split(self._utterances())
+        utterances = self._utterances()
+        splits = {"train": [], "val": [], "test": utterances} if self.whole else self._split(utterances)
         for name in ("train", "val", "test"):
             for utt in splits[name]:
                 utt.text = normalise_text(utt.text, self.lowercase)

@@ -333,11 +333,16 @@ class StockDataModule(SequenceDataModule):
             self.window, self.horizon = int(extra["window"]), int(extra["horizon"])
         self._check_options()
         self.series = self._read()
-        bounds = [self._bounds(s) for s in self.series]
-        spec = self.fixed_spec or self._fit_spec(bounds)
+        if self.whole:  # every window of every ticker is scored
+            spec = self.fixed_spec
+            anchor_sets = {"test": self._all_anchors()}
+        else:
+            bounds = [self._bounds(s) for s in self.series]
+            spec = self.fixed_spec or self._fit_spec(bounds)
+            anchor_sets = self._anchors(bounds)
         tensors = [torch.tensor(s.values, dtype=torch.float32) for s in self.series]
         target = self.features.index(self.target)
-        for split, anchors in self._anchors(bounds).items():
+        for split, anchors in anchor_sets.items():
             self.splits[split] = WindowDataset(tensors, anchors, self.window, self.horizon, target)
         sizes = ", ".join(f"{k} {len(v)}" for k, v in self.splits.items())
         log.info("stock windows (%d tickers, window %d, horizon %d): %s", len(self.series), self.window,
@@ -408,6 +413,16 @@ class StockDataModule(SequenceDataModule):
             for split, (first, stop) in ranges.items():
                 out[split].extend((k, t) for t in range(first, stop))
         return {split: torch.tensor(rows, dtype=torch.int64).reshape(-1, 2) for split, rows in out.items()}
+
+    def _all_anchors(self) -> torch.Tensor:
+        """``data.whole``: the last input day of every complete window (inputs and targets) of every ticker."""
+        w, h = self.window, self.horizon
+        for series in self.series:
+            if len(series) < w + h:
+                raise DataError(f"ticker {series.ticker!r} has {len(series)} rows; a window of {w} days with "
+                                f"horizon {h} needs at least {w + h}", path=series.source)
+        rows = [(k, t) for k, series in enumerate(self.series) for t in range(w - 1, len(series) - h)]
+        return torch.tensor(rows, dtype=torch.int64).reshape(-1, 2)
 
     def _fit_spec(self, bounds: list[tuple[int, int]]) -> DataSpec:
         """The normaliser, from train days only."""

@@ -40,8 +40,12 @@ class SpectrogramEncoder(nn.Module):
        kept either side), as ``librosa.effects.trim`` does. A recording with long pauses
        around the word would otherwise shift the normalisation statistics and show the
        LSTM silences the training speakers never had;
-       then per-utterance mean/variance normalisation over the *valid* frames only (cepstral mean
-       and variance normalisation), so padding and loudness do not leak into the features;
+       then mean/variance normalisation over the *valid* frames only, so padding does not leak into
+       the features: per utterance (``normalise=utterance``, cepstral mean and variance
+       normalisation: loudness and the microphone's colouring go, but so does a one-word
+       utterance's average spectrum, which is mostly its vowel), or with the training data's
+       statistics (``normalise=global``: running means of each batch's valid frames, as a
+       non-affine batch norm keeps them, frozen outside training), which keep it;
        optional dynamic features (``deltas``, as Kaldi's ``add-deltas`` after CMVN): the first
        (and second) time derivatives of every coefficient, regression over +-2 frames
        (``torchaudio.functional.compute_deltas``' formula, in slices that trace at any batch
@@ -62,7 +66,9 @@ class SpectrogramEncoder(nn.Module):
         n_fft / win_length / hop: STFT size, window and hop in samples (25 ms / 10 ms at
             8 kHz: 200 / 80).
         f_min / f_max: Mel filter-bank range in Hz (``None`` = Nyquist).
-        normalise: per-utterance mean/variance normalisation.
+        normalise: ``utterance`` (``true``), ``global`` or ``none`` (``false``): mean/variance
+            normalisation of each coefficient over each utterance's frames, or over the training
+            data's frames (running statistics), or none.
         deltas: 0 (off), 1 (add deltas) or 2 (add deltas and delta-deltas); multiplies the
             feature size by ``1 + deltas``.
         freq_mask / time_mask: SpecAugment maximum mask widths (bins / frames; 0 = off),
@@ -90,7 +96,7 @@ class SpectrogramEncoder(nn.Module):
         hop: int = 80,
         f_min: float = 0.0,
         f_max: float | None = None,
-        normalise: bool = True,
+        normalise: bool | str = "utterance",
         freq_mask: int = 0,
         time_mask: int = 0,
         num_freq_masks: int = 2,
@@ -125,7 +131,15 @@ class SpectrogramEncoder(nn.Module):
             raise ConfigError(f"encoder.features={features!r}: expected logmel or mfcc")
         self.log_mel = features == "logmel"
         self.hop = hop
-        self.normalise = normalise
+        modes = {True: "utterance", False: "none", "utterance": "utterance", "global": "global", "none": "none"}
+        if normalise not in modes:
+            raise ConfigError(f"encoder.normalise={normalise!r}: expected utterance, global or none")
+        self.normalise = modes[normalise]
+        if self.normalise == "global":  # only then: checkpoints of the other modes keep their keys
+            self.register_buffer("running_mean", torch.zeros(size))
+            self.register_buffer("running_var", torch.ones(size))
+            self.register_buffer("batches_seen", torch.zeros((), dtype=torch.long))
+        self.momentum = 0.05
         self.augment = nn.Sequential(
             *[AT.FrequencyMasking(freq_mask, iid_masks=True) for _ in range(num_freq_masks if freq_mask else 0)],
             *[AT.TimeMasking(time_mask, iid_masks=True, p=time_mask_ratio)
@@ -176,11 +190,13 @@ class SpectrogramEncoder(nn.Module):
             feats, frames = self._trim(inputs, feats, frames)
         mask = torch.arange(feats.shape[-1], device=feats.device)[None, :] < frames[:, None]  # (B, T)
         mask = mask[:, None, :]  # (B, 1, T)
-        if self.normalise:
+        if self.normalise == "utterance":
             count = frames.clamp(min=1)[:, None, None].to(feats.dtype)
             mean = (feats * mask).sum(-1, keepdim=True) / count
             var = (((feats - mean) * mask) ** 2).sum(-1, keepdim=True) / count
             feats = (feats - mean) / torch.sqrt(var + 1e-5)
+        elif self.normalise == "global":
+            feats = self._global_norm(feats, mask)
         if self.deltas:
             feats = self._add_deltas(feats, frames)
         feats = feats * mask  # padded frames are exactly zero
@@ -191,6 +207,25 @@ class SpectrogramEncoder(nn.Module):
             feats = self._stack(feats)  # (B, ceil(T / stride), F * stack)
         out_lengths = torch.div(frames + self.stride - 1, self.stride, rounding_mode="floor")
         return feats, out_lengths.to(lengths.device)
+
+    def _global_norm(self, feats: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Normalise with running statistics of the training batches' valid frames (per coefficient).
+
+        In training they are updated first (the first batch sets them, then an exponential
+        average with ``momentum``) and applied without gradient through them, as batch norm's
+        running statistics are at evaluation; outside training they are read only, so eval,
+        predict and export normalise every utterance alike whatever the batch holds.
+        """
+        if self.training:
+            with torch.no_grad():
+                count = mask.sum().clamp(min=1).to(feats.dtype)
+                mean = (feats * mask).sum((0, 2)) / count
+                var = (((feats - mean[None, :, None]) * mask) ** 2).sum((0, 2)) / count
+                rate = 1.0 if int(self.batches_seen) == 0 else self.momentum
+                self.running_mean.lerp_(mean, rate)
+                self.running_var.lerp_(var, rate)
+                self.batches_seen += 1
+        return (feats - self.running_mean[None, :, None]) / torch.sqrt(self.running_var[None, :, None] + 1e-5)
 
     def _condition(self, inputs: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """DC removal and peak level (``level=peak``), then pre-emphasis; the padding stays 0."""

@@ -1,0 +1,102 @@
+"""``lstmkit eval split=all``: a trained model scored on every example of a file (``data.whole``)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.utils import instantiate
+
+from lstmkit.checkpoints import load_models
+from lstmkit.commands.evaluate import evaluate
+from lstmkit.commands.train import train
+from lstmkit.data.sentiment import SentimentDataModule
+from lstmkit.errors import ConfigError
+
+from .conftest import QUICK
+
+
+def _datamodules(make_cfg, overrides: list[str]):
+    """The task's datamodule as trained (split), and the same data with ``whole`` and its spec."""
+    cfg = make_cfg(overrides)
+    split = instantiate(cfg.data, _convert_="all")
+    split.setup("fit")
+    whole = instantiate(cfg.data, _convert_="all", whole=True, spec=split.spec.to_dict())
+    whole.setup("test")
+    return split, whole
+
+
+def _key(inputs: torch.Tensor, target: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    return tuple(inputs.flatten().tolist()), tuple(torch.as_tensor(target).flatten().tolist())
+
+
+@pytest.mark.parametrize("overrides", [
+    ["task=sentiment", "data.num_examples=300"],
+    ["task=speech", "data.num_examples=40"],
+    ["task=ecg", "data.num_beats=200"],
+    ["task=ecg_unsupervised", "data.num_beats=200"],  # the anomalous training beats are scored too
+])
+def test_whole_holds_every_example_once(make_cfg, overrides: list[str]) -> None:
+    split, whole = _datamodules(make_cfg, overrides)
+    assert set(whole.splits) == {"test"} or all(len(whole.splits[s]) == 0 for s in ("train", "val"))
+    examples = whole.splits["test"]
+    total = overrides[1].split("=")[1]
+    assert len(examples) == int(total)
+    # each example once: the split examples (inputs and targets) are a sub-multiset of the whole
+    everything = sorted(_key(*examples[i]) for i in range(len(examples)))
+    parts = sorted(_key(*split.splits[s][i]) for s in ("train", "val", "test") for i in range(len(split.splits[s])))
+    if "ecg_unsupervised" in overrides[0]:
+        assert len(parts) < len(everything)  # train_on=normal dropped the anomalous training beats
+    else:
+        assert parts == everything
+
+
+def test_whole_next_word_is_the_stream_in_order(make_cfg) -> None:
+    split, whole = _datamodules(make_cfg, ["task=next_word", "data.num_tokens=20000", "data.batch_size=4", "data.eval_batch_size=4"])
+    parts = torch.cat([split.splits[s].ids for s in ("train", "val", "test")])
+    assert torch.equal(whole.splits["test"].ids, parts)
+
+
+def test_whole_stock_has_every_window(make_cfg) -> None:
+    """Windows whose targets straddle a split boundary belong to no split; the whole file has them."""
+    split, whole = _datamodules(make_cfg, ["task=stock", "data.num_tickers=2", "data.num_days=300",
+                                           "data.window=10", "data.horizon=3"])
+    assert len(whole.splits["test"]) == 2 * (300 - 10 - 3 + 1)
+    assert len(whole.splits["test"]) > sum(len(split.splits[s]) for s in ("train", "val", "test"))
+
+
+def test_whole_needs_a_trained_models_spec() -> None:
+    with pytest.raises(ConfigError, match=r"data\.whole=true .*lstmkit eval ckpt_path=\.\.\. split=all"):
+        SentimentDataModule(whole=True)
+
+
+def test_eval_split_all_scores_every_row_of_a_new_file(make_cfg, tmp_path: Path) -> None:
+    train(make_cfg(["data.num_examples=200", "data.batch_size=16", "model.hidden_size=8", "encoder.dim=8",
+                    "logger=none", *QUICK]))
+    ckpt = tmp_path / "checkpoints" / "best.ckpt"
+    rows = ["label,text"] + [("positive,a wonderful moving film" if i % 2 else "negative,a dull tedious mess")
+                             + f" {i}" for i in range(37)]
+    new = tmp_path / "new.csv"
+    new.write_text("\n".join(rows) + "\n")
+    value = evaluate(make_cfg([f"ckpt_path={ckpt}", f"data.path={new}", "split=all", "logger=none",
+                               "trainer.enable_progress_bar=false"], name="eval"))
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert "all/acc" in metrics and not any(k.startswith("test/") for k in metrics)
+
+    model = load_models(str(ckpt)).eval()
+    data = {k: v for k, v in model.hparams["data"].items() if k != "_target_"}
+    datamodule = SentimentDataModule(**{**data, "path": str(new)}, whole=True, spec=model.hparams["spec"])
+    datamodule.setup("test")
+    correct = total = 0
+    with torch.no_grad():
+        for batch in datamodule.test_dataloader():
+            outputs, _ = model(batch.inputs, batch.lengths)
+            correct += int((outputs.argmax(-1) == batch.targets).sum())
+            total += len(batch)
+    assert total == 37  # every row, not the file's test part (4 rows at test_fraction 0.1)
+    assert value == pytest.approx(correct / total) == pytest.approx(metrics["all/acc"])
+
+    with pytest.raises(ConfigError, match="split='train': expected one of test, val, all"):
+        evaluate(make_cfg([f"ckpt_path={ckpt}", "split=train"], name="eval"))
