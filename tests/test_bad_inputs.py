@@ -153,16 +153,38 @@ CASES = [
          r"beats\.txt, row 2, field 'column 7': found 'nan'"),
     Case("ecg-unknown-class", lambda d: _ecg(d, lambda rows: rows[1].__setitem__(0, "7.0")),
          r"beats\.txt, row 2, field 'column 0': class label 7 is not a known class"),
+    Case("csv-extra-field", lambda d: ["data.path=" + str(_text(d / "x.csv", _reviews(10) + "good, really good,1\n"))],
+         r"x\.csv, row 12: 3 fields, but the header has 2 \(\['text', 'label'\]\); quote a field"),
+    Case("empty-val-split", lambda d: ["data.path=" + str(_text(d / "tiny.csv", _reviews(4)))],
+         r"tiny\.csv: the val split is empty \(val 0 / test 0 / train 4 examples\)"),
+    Case("ecg-one-class-split", lambda d: _ecg(d, lambda rows: [r.__setitem__(0, "1.0") for r in rows]),
+         r"beats\.txt: the val split has 8 beats and no anomalous beats \(labels"),
     Case("config-key-typo", lambda d: ["model.hiden_size=32"], r"did you mean model\.hidden_size\?", exit_code=1),
     Case("config-group-typo", lambda d: ["task=sentimnt"], r"did you mean task=sentiment\?", exit_code=1),
     Case("wrong-type", lambda d: ["model.hidden_size=abc"],
          r"cannot build the model .*hidden_size should be of type int.*model\.hidden_size=abc"),
+    Case("unknown-pooling", lambda d: ["head.pooling=bogus"], r"head\.pooling='bogus': expected one of last, mean, max"),
+    Case("seed-not-a-number", lambda d: ["seed=abc"], r"seed='abc': expected a whole number >= 0"),
     Case("missing-module", lambda d: ["data._target_=lstmkit_no_such_module.DataModule"],
          r"cannot build the data from the config: Error loading 'lstmkit_no_such_module\.DataModule': "
          r"ModuleNotFoundError: No module named 'lstmkit_no_such_module'"),
     Case("gpu-without-gpu", lambda d: ["trainer=gpu"], r"asks for a CUDA GPU, but none is available.*trainer=cpu"),
     Case("not-a-checkpoint", lambda d: [f"ckpt_path={_text(d / 'notes.ckpt', 'hello')}", "input=x"],
          r"notes\.ckpt: not a PyTorch checkpoint: expected a zip archive written by torch\.save, found 5 bytes", command="predict"),
+    Case("truncated-checkpoint", lambda d: [f"ckpt_path={_text(d / 'cut.ckpt', b'PK' + bytes(40))}", "input=x"],
+         r"cut\.ckpt: a damaged or truncated checkpoint \(42 bytes", command="predict"),
+    Case("missing-checkpoint-path", lambda d: [], r"ckpt_path is required: give it on the command line", command="eval"),
+    Case("resume-not-a-checkpoint", lambda d: [f"ckpt_path={_text(d / 'notes.ckpt', 'hello')}"],
+         r"notes\.ckpt: not a PyTorch checkpoint"),
+    Case("resume-other-data", lambda d: ["task=stock", "data.num_tickers=1", "data.num_days=260",
+                                         f"ckpt_path={_trained_stock_checkpoint(d)}"],
+         r"cannot resume this run from it, it was trained with another data spec: normaliser \(its .* differ\).*"
+         r"init_from\.ckpt_path="),
+    Case("resume-not-boolean", lambda d: ["resume=maybe"], r"resume='maybe': expected true or false"),
+    Case("predict-batch-size", lambda d: [f"ckpt_path={_trained_stock_checkpoint(d)}", "batch_size=0", "input=x"],
+         r"batch_size=0: expected a whole number >= 1", command="predict"),
+    Case("predict-device", lambda d: [f"ckpt_path={_trained_stock_checkpoint(d)}", "device=cuda", "input=x"],
+         r"device=cuda: no CUDA GPU is available on this machine; use device=cpu", command="predict"),
     Case("other-task-checkpoint", lambda d: [f"ckpt_path={_trained_stock_checkpoint(d)}", "input=what a film"],
          r"what a film: file or folder not found \(the checkpoint .* is a 'stock' model, which predicts from "
          r"OHLCV CSV file paths\)", command="predict"),
@@ -192,7 +214,7 @@ def _run(args: list[str], cwd: Path) -> tuple[int, str]:
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_bad_input_gets_a_clear_message(case: Case, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    if case.id == "gpu-without-gpu" and torch.cuda.is_available():
+    if case.id in {"gpu-without-gpu", "predict-device"} and torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
     monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
     data = tmp_path / "data"
@@ -212,3 +234,14 @@ def test_readme_lists_every_case() -> None:
     section = readme.split("### Bad input and the message it gets", 1)[1].split("\n## ", 1)[0]
     listed = re.findall(r"^\| `([a-z0-9-]+)` \|", section, flags=re.MULTILINE)
     assert sorted(listed) == sorted(c.id for c in CASES)
+
+
+def test_a_monitor_typo_is_one_line_naming_the_logged_metrics() -> None:
+    """Lightning only finds out after the first validation; the message it raises is turned into one line."""
+    from lstmkit.cli import _user_error
+
+    lightning = RuntimeError("Early stopping conditioned on metric `val/accc` which is not available. Pass in or "
+                             "modify your `EarlyStopping` callback to use any of the following: `val/loss`, `val/acc`")
+    assert _user_error(lightning) == ("monitor=val/accc is not a logged metric; the logged ones are "
+                                      "`val/loss`, `val/acc`")
+    assert _user_error(RuntimeError("something else")) is None

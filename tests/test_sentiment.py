@@ -149,3 +149,39 @@ def test_embedding_init_std() -> None:
     assert abs(float(EmbeddingEncoder(spec, dim=64).embedding.weight[1:].std()) - 1.0) < 0.05  # PyTorch's default
     with pytest.raises(ConfigError, match="init_std must be > 0"):
         EmbeddingEncoder(spec, init_std=0.0)
+
+
+def test_label_prefixed_lines_split_at_any_whitespace_and_jsonl_text_is_a_string(tmp_path: Path) -> None:
+    from lstmkit.data.text import read_labelled_text
+
+    tabbed = tmp_path / "reviews.txt"
+    tabbed.write_text("0\tthe plot drags\n1  the cast shines \n")
+    assert read_labelled_text(tabbed) == [(1, "the plot drags", "0"), (2, "the cast shines", "1")]
+    numbers = tmp_path / "reviews.jsonl"
+    numbers.write_text('{"text": "fine", "label": 1}\n{"text": 123, "label": 0}\n')
+    with pytest.raises(DataError, match=r"reviews\.jsonl, row 2, field 'text': expected a string, found int 123"):
+        read_labelled_text(numbers)
+
+
+def test_resuming_from_a_run_with_another_vocabulary_is_refused(make_cfg, tmp_path: Path) -> None:
+    """Same vocabulary size, another order: Lightning would load it and pair rows with other words."""
+    from hydra.utils import instantiate
+
+    from lstmkit.checkpoints import check_resumable
+    from lstmkit.commands.train import build_model
+    from lstmkit.errors import CheckpointError
+
+    def model(n: int):
+        cfg = make_cfg([f"data.num_examples={n}", "model.hidden_size=8", "encoder.dim=8"])
+        datamodule = instantiate(cfg.data, _convert_="all")
+        datamodule.setup("fit")
+        return build_model(cfg, datamodule)
+
+    small, large = model(300), model(2000)
+    path = tmp_path / "small.ckpt"
+    torch.save({"state_dict": small.state_dict(), "hyper_parameters": dict(small.hparams)}, path)
+    check_resumable(path, small)  # the same run: fine
+    vocab_small, vocab_large = small.hparams["spec"]["vocab"], large.hparams["spec"]["vocab"]
+    how = "in another order" if sorted(vocab_small) == sorted(vocab_large) else "against"
+    with pytest.raises(CheckpointError, match=rf"small\.ckpt: cannot resume this run from it, .*vocab \(\d+ entries {how}"):
+        check_resumable(path, large)

@@ -27,6 +27,9 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     if not zipfile.is_zipfile(path):
         with path.open("rb") as fh:
             head = fh.read(16)
+        if head.startswith(b"PK"):  # a zip without its central directory: cut short
+            raise CheckpointError(f"{path}: a damaged or truncated checkpoint ({path.stat().st_size} bytes; the zip "
+                                  "archive has no end): it was probably cut short while being written or copied")
         raise CheckpointError(f"{path}: not a PyTorch checkpoint: expected a zip archive written by torch.save, "
                               f"found {path.stat().st_size} bytes starting with {head!r}")
     try:
@@ -40,6 +43,53 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     if not {"spec", "encoder", "core", "head"} <= set(hparams):
         raise CheckpointError(f"{path}: checkpoint was not written by lstmkit's SequenceModel")
     return ckpt
+
+
+def check_resumable(path: str | Path, model: SequenceModel) -> None:
+    """Refuse to continue ``model``'s run from a checkpoint of another task, data spec or model size.
+
+    Why: Lightning restores any state dict whose shapes fit. A vocabulary of the same size in
+    another order (another corpus, another ``data.num_examples``) would silently pair the
+    embedding's rows with other words, and a size mismatch would end in a torch traceback.
+    """
+    ckpt = read_checkpoint(path)
+    stored = ckpt["hyper_parameters"]
+    problems: list[str] = []
+    task, new_task = stored.get("task"), model.hparams.get("task")
+    if task and new_task and task != new_task:
+        problems.append(f"task {task!r}, not {new_task!r}")
+    spec, new_spec = dict(stored.get("spec") or {}), dict(model.hparams.get("spec") or {})
+    for key in sorted(set(spec) | set(new_spec)):
+        old, new = spec.get(key), new_spec.get(key)
+        if old == new:
+            continue
+        if isinstance(old, list) and isinstance(new, list):
+            how = (f"{len(old)} entries in another order" if sorted(map(str, old)) == sorted(map(str, new))
+                   else f"{len(old)} entries against {len(new)}")
+            problems.append(f"another data spec: {key} ({how})")
+        elif isinstance(old, dict) and isinstance(new, dict):
+            differ = sorted(str(k) for k in set(old) | set(new) if old.get(k) != new.get(k))
+            problems.append(f"another data spec: {key} (its {', '.join(differ)} differ)")
+        else:
+            problems.append(f"another data spec: {key} ({_short(old)} against {_short(new)})")
+    state, own = ckpt["state_dict"], model.state_dict()
+    shapes = [f"{name} {tuple(state[name].shape)} against {tuple(tensor.shape)}"
+              for name, tensor in own.items() if name in state and state[name].shape != tensor.shape]
+    if shapes:
+        problems.append(f"other weight shapes: {'; '.join(shapes[:3])}" + (" ..." if len(shapes) > 3 else ""))
+    missing = sorted(set(own) ^ set(state))
+    if missing:
+        problems.append(f"other weights ({', '.join(missing[:3])}" + (" ...)" if len(missing) > 3 else ")"))
+    if problems:
+        raise CheckpointError(
+            f"{path}: cannot resume this run from it, it was trained with {'; '.join(problems)}. Resuming continues "
+            "the same run (same task, data and model settings): give ckpt_path= of such a run, or "
+            f"init_from.ckpt_path={path} to start a new run from its weights")
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> SequenceModel:

@@ -74,6 +74,7 @@ def torch_oom() -> tuple[type[BaseException], ...]:
 def _user_error(err: BaseException) -> str | None:
     """The user-fixable problem behind ``err`` (ours, Lightning's misconfiguration...), if any."""
     from lightning.fabric.utilities.exceptions import MisconfigurationException
+    from omegaconf.errors import MissingMandatoryValue
 
     from lstmkit.errors import LstmkitError
 
@@ -81,6 +82,13 @@ def _user_error(err: BaseException) -> str | None:
     while seen is not None:
         if isinstance(seen, (LstmkitError, MisconfigurationException)):
             return str(seen)
+        if isinstance(seen, MissingMandatoryValue):  # a `???` in the config, e.g. eval's ckpt_path
+            key = seen.full_key or "a mandatory value"
+            example = " (a run's checkpoints/best.ckpt)" if key == "ckpt_path" else ""
+            return f"{key} is required: give it on the command line, {key}=...{example}"
+        if isinstance(seen, RuntimeError) and "conditioned on metric" in str(seen):  # monitor=<a typo>
+            return (f"monitor={str(seen).split('`')[1]} is not a logged metric; the logged ones are "
+                    f"{str(seen).split('following: ', 1)[-1]}")
         explained = explain_runtime_error(seen)
         if explained:
             return explained

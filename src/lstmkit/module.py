@@ -19,7 +19,7 @@ from torch import nn
 from torchmetrics import MeanMetric
 
 from lstmkit.build import build
-from lstmkit.core import LSTMCore, summarise
+from lstmkit.core import POOLINGS, LSTMCore, summarise
 from lstmkit.errors import ConfigError
 from lstmkit.heads.base import Head
 from lstmkit.plots import save_and_log
@@ -69,6 +69,8 @@ class SequenceModel(L.LightningModule):
         self.encoder: nn.Module = build(encoder, spec=self.spec)
         self.core = LSTMCore(input_size=self.encoder.out_features, **core)
         self.head: Head = build(head, spec=self.spec, in_features=self.core.out_features)
+        if self.head.pooling not in POOLINGS:  # else it fails at the first forward pass, deep inside
+            raise ConfigError(f"head.pooling={self.head.pooling!r}: expected one of {', '.join(POOLINGS[1:])}")
         self.head.bind(self.encoder)
         self._add_evaluation_metrics()
         self.l1 = l1

@@ -20,6 +20,28 @@ from lstmkit.errors import ConfigError
 log = logging.getLogger("lstmkit")
 
 
+def int_option(cfg: Any, key: str, minimum: int = 0) -> int | None:
+    """``cfg[key]`` as an int of at least ``minimum`` (``None`` stays ``None``), or a one-line ConfigError.
+
+    Why: ``seed=abc`` or ``batch_size=0`` otherwise fail deep inside Lightning or ``range()``.
+    """
+    value = cfg.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"{key}={value!r}: expected a whole number >= {minimum}")
+    return value
+
+
+def check_torch_device(device: Any) -> None:
+    """Say plainly when ``device=`` names an accelerator this machine does not have."""
+    name = str(device or "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device={name}: no CUDA GPU is available on this machine; use device=cpu")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("device=mps: Apple's GPU is not available; use device=cpu")
+
+
 def plain(node: Any) -> Any:
     """A resolved config node as plain Python containers (safe to store in checkpoints)."""
     if node is None:

@@ -14,7 +14,14 @@ from omegaconf import DictConfig
 
 from lstmkit.build import build
 from lstmkit.checkpoints import checkpoint_paths, load_models
-from lstmkit.commands.common import apply_decoding, instantiate_group, plain, report, scalar_metrics
+from lstmkit.commands.common import (
+    apply_decoding,
+    instantiate_group,
+    int_option,
+    plain,
+    report,
+    scalar_metrics,
+)
 from lstmkit.ensemble import SequenceEnsemble, setting_differences
 from lstmkit.errors import CheckpointError, ConfigError
 from lstmkit.module import SequenceModel
@@ -76,8 +83,9 @@ def check_members_split(model: SequenceEnsemble, names: list[str], split: str) -
 
 
 def evaluate(cfg: DictConfig) -> float | None:
-    if cfg.get("seed") is not None:
-        L.seed_everything(cfg.seed, workers=True)
+    seed = int_option(cfg, "seed")
+    if seed is not None:
+        L.seed_everything(seed, workers=True)
     paths = checkpoint_paths(cfg.ckpt_path)
     model = load_models(paths)  # several: their ensemble (lstmkit.ensemble)
     if len(paths) > 1:

@@ -13,7 +13,7 @@ from omegaconf import DictConfig
 
 from lstmkit.build import build, check_target
 from lstmkit.checkpoints import checkpoint_paths, load_models
-from lstmkit.commands.common import apply_decoding
+from lstmkit.commands.common import apply_decoding, check_torch_device, int_option
 from lstmkit.data.text import read_text
 from lstmkit.errors import ConfigError, DataError, LstmkitError
 
@@ -49,6 +49,9 @@ def input_context(ckpt_path: str, model: Any, datamodule_cls: Any) -> Iterator[N
 
 
 def predict(cfg: DictConfig) -> list[dict[str, Any]]:
+    batch_size = int_option(cfg, "batch_size", minimum=1) or 1
+    n_words = int_option(cfg, "generate")
+    check_torch_device(cfg.get("device"))
     paths = checkpoint_paths(cfg.ckpt_path)
     model = load_models(paths, map_location=cfg.get("device", "cpu"))  # several: their ensemble
     apply_decoding(model, cfg.get("decode"))
@@ -59,16 +62,16 @@ def predict(cfg: DictConfig) -> list[dict[str, Any]]:
     with input_context(named, model, datamodule_cls):
         inputs = datamodule_cls.predict_items(spec, raw_inputs)
     results: list[dict[str, Any]] = []
-    if cfg.get("generate"):
+    if n_words:
         generate = getattr(model.head, "generate", None)
         if generate is None:
             raise ConfigError(f"generate={cfg.generate}: this checkpoint's {type(model.head).__name__} cannot generate")
-        results = [{"input": raw, **generate(model, str(raw), int(cfg.generate),
+        results = [{"input": raw, **generate(model, str(raw), n_words,
                                             temperature=float(cfg.get("temperature") or 0.0), seed=cfg.get("seed"))}
                    for raw in inputs]
     with torch.inference_mode():
-        for start in range(0, len(inputs) if not results else 0, int(cfg.batch_size)):
-            chunk = inputs[start : start + int(cfg.batch_size)]
+        for start in range(0, len(inputs) if not results else 0, batch_size):
+            chunk = inputs[start : start + batch_size]
             with input_context(named, model, datamodule_cls):
                 batch = datamodule_cls.make_predict_batch(spec, chunk)
             batch.inputs = batch.inputs.to(model.device)
@@ -78,5 +81,10 @@ def predict(cfg: DictConfig) -> list[dict[str, Any]]:
     lines = [json.dumps(r, ensure_ascii=False) for r in results]
     print("\n".join(lines))
     if cfg.get("output"):
-        Path(cfg.output).write_text("\n".join(lines) + "\n", encoding="utf-8")
+        output = Path(cfg.output).expanduser()
+        try:
+            output.parent.mkdir(parents=True, exist_ok=True)
+            output.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        except OSError as err:
+            raise ConfigError(f"output={cfg.output}: cannot write it ({err.strerror or err})") from None
     return results

@@ -19,9 +19,9 @@ from omegaconf import DictConfig, open_dict
 
 from lstmkit.build import build
 from lstmkit.callbacks import ReseedEachEpoch, StopOnNonFiniteLoss
-from lstmkit.checkpoints import read_checkpoint
-from lstmkit.commands.common import instantiate_group, log, plain, report, scalar_metrics
-from lstmkit.errors import ConfigError, LstmkitError
+from lstmkit.checkpoints import check_resumable, read_checkpoint
+from lstmkit.commands.common import instantiate_group, int_option, log, plain, report, scalar_metrics
+from lstmkit.errors import ConfigError, DataError, LstmkitError
 from lstmkit.module import SequenceModel
 from lstmkit.warm_start import init_from_checkpoint, init_reverse_from_checkpoint
 
@@ -72,6 +72,25 @@ def resolve_ckpt_path(ckpt_path: str | None, cfg: DictConfig) -> str | None:
     if not Path(ckpt_path).exists():
         raise ConfigError(f"ckpt_path={ckpt_path}: file not found")
     return str(ckpt_path)
+
+
+def check_splits(datamodule: Any, cfg: DictConfig) -> None:
+    """Refuse empty train / val (and test, when it runs) splits before Lightning meets them.
+
+    Why: a file of five rows at ``val_fraction=0.1`` has no val rows; Lightning then either stops
+    with "early stopping conditioned on metric val/acc which is not available" after an epoch or,
+    without callbacks, trains and reports nothing.
+    """
+    needed = ["train", "val"] if cfg.get("train", True) else []
+    needed += ["test"] if cfg.get("test", True) else []
+    sizes = {name: len(split) for name, split in datamodule.splits.items()}
+    for name in needed:
+        if sizes.get(name, 1) == 0:
+            counts = " / ".join(f"{k} {v}" for k, v in sizes.items())
+            raise DataError(f"the {name} split is empty ({counts} examples); give more data, or set "
+                            f"data.val_fraction / data.test_fraction so that every split gets examples"
+                            + (" (or test=false)" if name == "test" else ""),
+                            path=getattr(datamodule, "path", None))
 
 
 def check_strategy(cfg: DictConfig) -> None:
@@ -160,11 +179,13 @@ def warm_start(model: SequenceModel, warm: Any, resumed: str | None) -> None:
 
 def train(cfg: DictConfig) -> float | None:
     """Train (and test) one configuration; returns the monitored validation metric."""
-    if cfg.get("seed") is not None:
-        L.seed_everything(cfg.seed, workers=True)
+    seed = int_option(cfg, "seed")
+    if seed is not None:
+        L.seed_everything(seed, workers=True)
     with config_stage("data"):
         datamodule = instantiate(cfg.data, _convert_="all")
         datamodule.setup("fit")
+    check_splits(datamodule, cfg)
     with config_stage("model (encoder / model / head)"):
         model = build_model(cfg, datamodule)
     with config_stage("optimizer"):
@@ -173,14 +194,19 @@ def train(cfg: DictConfig) -> float | None:
         cfg.monitor = cfg.monitor or model.head.monitor
         cfg.monitor_mode = cfg.monitor_mode or model.head.mode
     callbacks = [*instantiate_group(cfg.get("callbacks")), StopOnNonFiniteLoss()]
-    if cfg.get("seed") is not None:
-        callbacks.append(ReseedEachEpoch(cfg.seed))
+    if seed is not None:
+        callbacks.append(ReseedEachEpoch(seed))
     if not cfg.trainer.get("enable_progress_bar", True):
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     check_strategy(cfg)
     check_device(cfg)
-    requested = cfg.get("ckpt_path") or ("last" if cfg.get("resume") else None)
+    resume = cfg.get("resume")
+    if not isinstance(resume, bool):
+        raise ConfigError(f"resume={resume!r}: expected true or false")
+    requested = cfg.get("ckpt_path") or ("last" if resume else None)
     ckpt_path = resolve_ckpt_path(requested, cfg) if cfg.get("train", True) else None
+    if ckpt_path:
+        check_resumable(ckpt_path, model)
     if cfg.get("train", True):
         warm_start(model, cfg.get("init_from") or {}, ckpt_path)
     configure_wandb(cfg, ckpt_path)

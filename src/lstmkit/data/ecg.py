@@ -410,6 +410,15 @@ class EcgDataModule(SequenceDataModule):
                 raise DataError("the training split has no beats" +
                                 (" (train_on=normal and no normal beats)" if self.train_on == "normal" else ""),
                                 path=self.path)
+            for name in ("val", "test"):  # AUROC, F1 and the val-chosen threshold need both kinds of beat
+                table = splits.get(name)
+                kinds = set(np.isin(table.labels, anomaly).tolist()) if table is not None else set()
+                if len(kinds) == 1:
+                    missing = "normal beats" if True in kinds else f"anomalous beats (labels {self.anomaly_labels})"
+                    raise DataError(
+                        f"the {name} split has {len(table.labels)} beats and no {missing}, so AUROC, F1 "
+                        "and the threshold chosen on val are undefined; give more beats of that kind or other "
+                        "data.val_fraction / data.test_fraction", path=table.path)
         if fixed is not None:
             spec = fixed
         else:

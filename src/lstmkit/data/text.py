@@ -273,6 +273,10 @@ def read_labelled_text(
                     "data.label_column to the right names", path=path, row=1, field=column,
                 )
         for row, record in enumerate(reader, start=2):
+            if None in record:  # DictReader's place for the fields beyond the header's
+                fields = len(header) + len(record[None])  # type: ignore[index]
+                raise DataError(f"{fields} fields, but the header has {len(header)} ({header}); quote a field "
+                                "that contains the delimiter", path=path, row=row)
             pairs.append(_checked(record.get(text_column), record.get(label_column), path, row,
                                   text_column, label_column))
     elif fmt == "jsonl":
@@ -285,13 +289,17 @@ def read_labelled_text(
                 raise DataError(f"invalid JSON ({err.msg})", path=path, row=row) from None
             if not isinstance(record, dict):
                 raise DataError("expected a JSON object per line", path=path, row=row)
+            if text_column in record and not isinstance(record[text_column], str):
+                raise DataError(f"expected a string, found {type(record[text_column]).__name__} "
+                                f"{record[text_column]!r}", path=path, row=row, field=text_column)
             pairs.append(_checked(record.get(text_column), record.get(label_column), path, row,
                                   text_column, label_column))
     elif fmt == "prefixed":
         for row, line in enumerate(content.splitlines(), start=1):
             if not line.strip():
                 continue
-            label, _, text = line.strip().partition(" ")
+            label, *rest = line.split(None, 1)  # "<label> <text>", any whitespace (a tab too) between
+            text = rest[0].rstrip() if rest else ""
             pairs.append(_checked(text, label, path, row, "text", "label"))
     else:
         raise DataError(f"unknown format {fmt!r}; expected auto, csv, tsv, jsonl or prefixed", path=path)
