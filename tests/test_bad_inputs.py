@@ -186,7 +186,7 @@ CASES = [
     Case("predict-device", lambda d: [f"ckpt_path={_trained_stock_checkpoint(d)}", "device=cuda", "input=x"],
          r"device=cuda: no CUDA GPU is available on this machine; use device=cpu", command="predict"),
     Case("other-task-checkpoint", lambda d: [f"ckpt_path={_trained_stock_checkpoint(d)}", "input=what a film"],
-         r"what a film: file or folder not found \(the checkpoint .* is a 'stock' model, which predicts from "
+         r"what a film: file or folder not found \(the checkpoint .* is a model of task 'stock', which predicts from "
          r"OHLCV CSV file paths\)", command="predict"),
     Case("nothing-to-predict", lambda d: [f"ckpt_path={_trained_stock_checkpoint(d)}"],
          r"nothing to predict: pass input=", command="predict"),

@@ -85,7 +85,7 @@ def test_anomaly_models_and_mismatched_members_are_refused(make_cfg) -> None:
     with pytest.raises(ConfigError, match=r"trained on other data.*'vocab'.*data\.num_examples: 120 vs 200"):
         SequenceEnsemble([small[0], large[0]], names=["small.ckpt", "large.ckpt"])
     stock, _ = _members(make_cfg, "stock", ["data.batch_size=16", "model.hidden_size=8"], seeds=(1,))
-    with pytest.raises(ConfigError, match="is a 'stock' model"):
+    with pytest.raises(ConfigError, match="is a model of task 'stock'"):
         SequenceEnsemble([large[0], stock[0]])
     with pytest.raises(ConfigError, match="train its members one by one"):
         SequenceEnsemble(large).training_step(None, 0)

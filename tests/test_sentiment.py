@@ -185,3 +185,14 @@ def test_resuming_from_a_run_with_another_vocabulary_is_refused(make_cfg, tmp_pa
     how = "in another order" if sorted(vocab_small) == sorted(vocab_large) else "against"
     with pytest.raises(CheckpointError, match=rf"small\.ckpt: cannot resume this run from it, .*vocab \(\d+ entries {how}"):
         check_resumable(path, large)
+
+
+def test_a_label_map_must_name_every_training_label(tmp_path: Path) -> None:
+    data = tmp_path / "reviews.csv"
+    data.write_text("text,label\n" + "".join(f"film {i},{i % 2}\n" for i in range(20)))
+    module = SentimentDataModule(path=str(data), label_names={"0": "negative"})
+    with pytest.raises(DataError, match=r"label_names maps \['0'\], but the training labels \['1'\] are not"):
+        module.setup("fit")
+    module = SentimentDataModule(path=str(data), label_names={0: "negative", 1: "positive"})
+    module.setup("fit")
+    assert module.spec.classes == ["negative", "positive"]

@@ -306,3 +306,12 @@ def test_cli_train_plots_then_predict(tmp_path: Path) -> None:
 def test_notebook_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     run_notebook("stock", tmp_path, monkeypatch)
     assert list(tmp_path.glob("logs/stock/runs/*/plots/forecast.png"))
+
+
+def test_split_dates_outside_the_data_name_the_dates() -> None:
+    from lstmkit.data.stock import StockDataModule
+
+    module = StockDataModule(num_tickers=1, num_days=300, val_start="2099-01-01", test_start="2099-06-01")
+    with pytest.raises(DataError, match=r"data\.val_start=2099-01-01 / data\.test_start=2099-06-01 leave 300 train / "
+                                        r"0 val / 0 test rows of its dates \d{4}-\d\d-\d\d to "):
+        module.setup("fit")

@@ -61,8 +61,8 @@ class SequenceEnsemble(SequenceModel):
                               f"threshold is calibrated to its own scores)")
         for name, member in zip(names[1:], members[1:]):
             if member.hparams.get("task") != first.hparams.get("task"):
-                raise ConfigError(f"ensemble: {name} is a {member.hparams.get('task')!r} model, "
-                                  f"{names[0]} a {first.hparams.get('task')!r} model")
+                raise ConfigError(f"ensemble: {name} is a model of task {member.hparams.get('task')!r}, "
+                                  f"{names[0]} of task {first.hparams.get('task')!r}")
             if type(member.head) is not type(first.head):
                 raise ConfigError(f"ensemble: {name} has a {type(member.head).__name__}, "
                                   f"{names[0]} a {type(first.head).__name__}")

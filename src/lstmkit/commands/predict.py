@@ -28,6 +28,9 @@ def collect_inputs(cfg: DictConfig) -> list[Any]:
         inputs.extend(line for line in text.splitlines() if line.strip())
     if not inputs:
         raise ConfigError('nothing to predict: pass input="..." (or input=[a,b]) or input_file=<file>')
+    blank = [i for i, item in enumerate(inputs) if isinstance(item, str) and not item.strip()]
+    if blank:
+        raise ConfigError(f"input: item {blank[0] + 1} of {len(inputs)} is empty; give text, a file path or numbers")
     return inputs
 
 
@@ -43,7 +46,7 @@ def input_context(ckpt_path: str, model: Any, datamodule_cls: Any) -> Iterator[N
     except LstmkitError as err:
         task = model.hparams.get("task") or "?"
         raise DataError(
-            f"{err} (the checkpoint {ckpt_path} is a {task!r} model, which predicts from "
+            f"{err} (the checkpoint {ckpt_path} is a model of task {task!r}, which predicts from "
             f"{datamodule_cls.predict_input})"
         ) from None
 

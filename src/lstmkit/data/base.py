@@ -25,10 +25,17 @@ from torch.utils.data import (
     SequentialSampler,
 )
 
-from lstmkit.errors import ConfigError
+from lstmkit.errors import ConfigError, DataError
 from lstmkit.types import Batch, DataSpec
 
 Example = tuple[torch.Tensor, torch.Tensor]
+
+
+def path_not_found(path: Any) -> DataError:
+    """``data.path`` names nothing: say where relative paths and the real-data recipes look."""
+    return DataError("data.path does not exist (a relative path is read from the directory lstmkit runs in; the "
+                     "experiment=*_real configs read paths.data_root: LSTMKIT_DATA_ROOT, or ../shared/data)",
+                     path=path)
 
 
 class SequenceDataset(Dataset[Example]):

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from typing_extensions import Self
 
-from lstmkit.data.base import PadCollate, SequenceDataModule, SequenceDataset
+from lstmkit.data.base import PadCollate, SequenceDataModule, SequenceDataset, path_not_found
 from lstmkit.data.text import read_text
 from lstmkit.errors import ConfigError, DataError
 from lstmkit.types import Batch, DataSpec
@@ -366,7 +366,7 @@ class EcgDataModule(SequenceDataModule):
             return self._split(table, three_way)
         path = Path(self.path).expanduser()
         if not path.exists():
-            raise DataError("data.path does not exist", path=path)
+            raise path_not_found(path)
         if path.is_file():
             return self._split(self._read(path, samples_per_beat), three_way)
         files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in _DATA_SUFFIXES

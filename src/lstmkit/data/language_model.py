@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
-from lstmkit.data.base import PadCollate, SequenceDataModule
+from lstmkit.data.base import PadCollate, SequenceDataModule, path_not_found
 from lstmkit.data.text import (
     EOS,
     PAD,
@@ -709,7 +709,7 @@ class NextWordDataModule(SequenceDataModule):
             return self._cut("<generated>", self._tokens(text))
         path = Path(self.path).expanduser()
         if not path.exists():
-            raise DataError("data.path does not exist", path=path)
+            raise path_not_found(path)
         if path.is_file():
             return self._cut(str(path), self._tokens(read_text(path)))
         files = sorted(p for p in path.iterdir() if p.is_file())

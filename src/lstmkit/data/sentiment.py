@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from lstmkit.data.base import PadCollate, SequenceDataModule, SequenceDataset
+from lstmkit.data.base import PadCollate, SequenceDataModule, SequenceDataset, path_not_found
 from lstmkit.data.text import (
     PAD,
     UNK,
@@ -183,7 +183,7 @@ class SentimentDataModule(SequenceDataModule):
             return self._split(rows)
         path = Path(self.path).expanduser()
         if not path.exists():
-            raise DataError("data.path does not exist", path=path)
+            raise path_not_found(path)
         if path.is_file():
             return self._split(self._read_file(path))
         files = {p.name.lower(): p for p in sorted(path.iterdir()) if p.is_file()}
@@ -239,7 +239,12 @@ class SentimentDataModule(SequenceDataModule):
                 self.tokenizer["subwords"] = pieces.to_json()
             train_tokens = [self._tokens(text) for _, _, text, _ in splits["train"]]
             vocab = build_vocab(train_tokens, self.min_count, self.max_vocab, specials=(PAD, UNK))
-            labels = sorted({self.label_names.get(y, y) for *_, y in splits["train"]})
+            raw = {y for *_, y in splits["train"]}
+            unmapped = sorted(raw - set(self.label_names))
+            if self.label_names and unmapped:  # a partial map would mix names and raw labels as classes
+                raise DataError(f"data.label_names maps {sorted(self.label_names)}, but the training labels "
+                                f"{unmapped} are not among them; name every label (or none)", path=self.path)
+            labels = sorted({self.label_names.get(y, y) for y in raw})
             if len(labels) < 2:
                 raise DataError(f"the training split has only the label(s) {labels}; need two or more",
                                 path=self.path)

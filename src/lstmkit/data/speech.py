@@ -47,7 +47,7 @@ import soundfile as sf
 import torch
 import torchaudio.functional as AF
 
-from lstmkit.data.base import PadCollate, SequenceDataModule, SequenceDataset
+from lstmkit.data.base import PadCollate, SequenceDataModule, SequenceDataset, path_not_found
 from lstmkit.data.text import read_text
 from lstmkit.errors import ConfigError, DataError
 from lstmkit.progress import track
@@ -356,7 +356,7 @@ class SpeechDataModule(SequenceDataModule):
                     for i, (wave, text, speaker) in enumerate(generated)]
         path = Path(self.path).expanduser()
         if not path.exists():
-            raise DataError("data.path does not exist", path=path)
+            raise path_not_found(path)
         fmt = self.format
         if path.is_file():
             if fmt == "fsdd":

@@ -395,6 +395,12 @@ class StockDataModule(SequenceDataModule):
         w, h = self.window, self.horizon
         if n_train < w + h or val_end - n_train < h or n - val_end < h:
             needed = math.ceil((w + h) / self.train_fraction) if self.val_start is None else w + 3 * h
+            if self.val_start is not None and n:
+                raise DataError(
+                    f"ticker {series.ticker!r}: data.val_start={self.val_start} / data.test_start={self.test_start} "
+                    f"leave {n_train} train / {val_end - n_train} val / {n - val_end} test rows of its dates "
+                    f"{series.dates[0]} to {series.dates[-1]}; a window of {w} days with horizon {h} needs at least "
+                    f"{w + h} train rows and {h} in val and in test", path=series.source)
             raise DataError(
                 f"ticker {series.ticker!r} is too short: {n} rows ({n_train} train / {val_end - n_train} val / "
                 f"{n - val_end} test); a window of {w} days with horizon {h} needs at least {w + h} train rows "
