@@ -136,7 +136,7 @@ CASES = [
          r"acme\.csv, field 'volume': missing column"),
     Case("series-too-short", lambda d: _stock(d, days=12), r"ticker 'acme' is too short: 12 rows"),
     Case("corrupt-wav", lambda d: _speech(d, edit=lambda d: _text(d / "tr2.wav", b"RIFF\x00\x00garbage") and None),
-         r"tr2\.wav: cannot decode audio"),
+         r"tr2\.wav: cannot decode audio .*\(listed in .*manifest\.csv, row \d+\)"),
     Case("stereo-wav", lambda d: _speech(d, edit=lambda d: sf.write(d / "tr0.wav", _tone(channels=2), SR)),
          r"mixed down to mono", exit_code=0),
     Case("other-sample-rate", lambda d: _speech(d, edit=lambda d: sf.write(d / "tr1.wav", _tone(sr=16000), 16000)),
@@ -160,6 +160,8 @@ CASES = [
     Case("ecg-one-class-split", lambda d: _ecg(d, lambda rows: [r.__setitem__(0, "1.0") for r in rows]),
          r"beats\.txt: the val split has 8 beats and no anomalous beats \(labels"),
     Case("config-key-typo", lambda d: ["model.hiden_size=32"], r"did you mean model\.hidden_size\?", exit_code=1),
+    Case("config-key-in-a-group", lambda d: ["hidden_size=32"], r"did you mean model\.hidden_size\? \(hidden_size is not",
+         exit_code=1),
     Case("config-group-typo", lambda d: ["task=sentimnt"], r"did you mean task=sentiment\?", exit_code=1),
     Case("wrong-type", lambda d: ["model.hidden_size=abc"],
          r"cannot build the model .*hidden_size should be of type int.*model\.hidden_size=abc"),
@@ -169,6 +171,8 @@ CASES = [
          r"cannot build the data from the config: Error loading 'lstmkit_no_such_module\.DataModule': "
          r"ModuleNotFoundError: No module named 'lstmkit_no_such_module'"),
     Case("gpu-without-gpu", lambda d: ["trainer=gpu"], r"asks for a CUDA GPU, but none is available.*trainer=cpu"),
+    Case("eval-gpu-without-gpu", lambda d: ["ckpt_path=any.ckpt", "trainer=gpu"],
+         r"asks for a CUDA GPU, but none is available", command="eval"),
     Case("not-a-checkpoint", lambda d: [f"ckpt_path={_text(d / 'notes.ckpt', 'hello')}", "input=x"],
          r"notes\.ckpt: not a PyTorch checkpoint: expected a zip archive written by torch\.save, found 5 bytes", command="predict"),
     Case("truncated-checkpoint", lambda d: [f"ckpt_path={_text(d / 'cut.ckpt', b'PK' + bytes(40))}", "input=x"],
@@ -214,7 +218,7 @@ def _run(args: list[str], cwd: Path) -> tuple[int, str]:
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_bad_input_gets_a_clear_message(case: Case, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    if case.id in {"gpu-without-gpu", "predict-device"} and torch.cuda.is_available():
+    if case.id in {"gpu-without-gpu", "eval-gpu-without-gpu", "predict-device"} and torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
     monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
     data = tmp_path / "data"

@@ -107,4 +107,21 @@ def _hint(override: Any, cfg: DictConfig, group_options_of: Any) -> str | None:
     if guess:
         full = f"{parent_path}.{guess}" if parent_path else guess
         return f"did you mean {full}? ({key} is not a config key)"
+    elsewhere = [path for path in _paths(cfg) if path.rpartition(".")[2] == leaf and path != key]
+    if elsewhere:  # `hidden_size=32` for model.hidden_size: the key lives in a group
+        return f"did you mean {' or '.join(elsewhere[:3])}? ({key} is not a config key)"
     return f"{parent_path} has the keys: {', '.join(keys)}" if parent_path else None
+
+
+def _paths(node: DictConfig, prefix: str = "") -> list[str]:
+    """Every key of ``node`` as a dotted path (nested dicts included, ``hydra`` left out)."""
+    paths: list[str] = []
+    for key in node:
+        path = f"{prefix}{key}"
+        if path == "hydra":
+            continue
+        paths.append(path)
+        child = node._get_node(key)
+        if isinstance(child, DictConfig):
+            paths.extend(_paths(child, f"{path}."))
+    return paths

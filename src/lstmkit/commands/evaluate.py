@@ -22,6 +22,7 @@ from lstmkit.commands.common import (
     report,
     scalar_metrics,
 )
+from lstmkit.commands.train import check_device
 from lstmkit.ensemble import SequenceEnsemble, setting_differences
 from lstmkit.errors import CheckpointError, ConfigError
 from lstmkit.module import SequenceModel
@@ -83,6 +84,7 @@ def check_members_split(model: SequenceEnsemble, names: list[str], split: str) -
 
 
 def evaluate(cfg: DictConfig) -> float | None:
+    check_device(cfg)
     seed = int_option(cfg, "seed")
     if seed is not None:
         L.seed_everything(seed, workers=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,6 +18,8 @@ from lstmkit.commands.common import apply_decoding, check_torch_device, int_opti
 from lstmkit.data.text import read_text
 from lstmkit.errors import ConfigError, DataError, LstmkitError
 
+log = logging.getLogger(__name__)
+
 
 def collect_inputs(cfg: DictConfig) -> list[Any]:
     inputs: list[Any] = []
@@ -24,8 +27,12 @@ def collect_inputs(cfg: DictConfig) -> list[Any]:
         raw = cfg.input
         inputs.extend(list(raw) if not isinstance(raw, (str, int, float)) else [raw])
     if cfg.get("input_file"):
-        text = read_text(Path(cfg.input_file))
-        inputs.extend(line for line in text.splitlines() if line.strip())
+        lines = read_text(Path(cfg.input_file)).splitlines()
+        kept = [line for line in lines if line.strip()]
+        if len(kept) < len(lines):  # said, so that results are not matched to line numbers by mistake
+            log.warning("input_file=%s: %d blank line(s) skipped; one result per non-blank line, in order",
+                        cfg.input_file, len(lines) - len(kept))
+        inputs.extend(kept)
     if not inputs:
         raise ConfigError('nothing to predict: pass input="..." (or input=[a,b]) or input_file=<file>')
     blank = [i for i, item in enumerate(inputs) if isinstance(item, str) and not item.strip()]

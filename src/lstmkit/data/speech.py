@@ -219,7 +219,8 @@ def read_audio(path: str | Path, sample_rate: int) -> tuple[np.ndarray, int, int
     """
     path = Path(path).expanduser()
     if not path.is_file():
-        raise DataError("audio file not found", path=path)
+        raise DataError("expected an audio file, found a folder" if path.is_dir() else "audio file not found",
+                        path=path)
     stat = path.stat()
     key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns, int(sample_rate))
     if key in _AUDIO_CACHE:
@@ -392,6 +393,7 @@ class SpeechDataModule(SequenceDataModule):
         return utterances
 
     def _read_manifest(self, manifest: Path) -> list[Utterance]:
+        self.manifest = manifest  # named by errors about the files it lists
         content = read_text(manifest)
         suffix = manifest.suffix.lower()
         records: list[tuple[int, dict[str, Any]]] = []
@@ -493,7 +495,12 @@ class SpeechDataModule(SequenceDataModule):
                 if cached is not None and utt.source in cached:
                     utt.wave = cached[utt.source]
                 else:
-                    utt.wave, channels, rate = read_audio(utt.source, self.sample_rate)
+                    try:
+                        utt.wave, channels, rate = read_audio(utt.source, self.sample_rate)
+                    except DataError as err:  # a manifest's file: name the manifest's row as well
+                        if utt.row is None:
+                            raise
+                        raise DataError(f"{err} (listed in {getattr(self, 'manifest', 'the manifest')}, row {utt.row})") from None
                     if channels > 1:
                         stereo.append(utt.source)
                     if rate != self.sample_rate:
