@@ -311,8 +311,17 @@ def test_global_normalisation_uses_the_training_frames_statistics():
     assert {"running_mean", "running_var"} <= set(enc.state_dict())
     assert "running_mean" not in SpectrogramEncoder(SPEC, n_mels=20).state_dict()  # older checkpoints load
     assert SpectrogramEncoder(SPEC, normalise=True).normalise == "utterance"
-    with pytest.raises(ConfigError, match="encoder.normalise='speaker': expected utterance, global or none"):
+    with pytest.raises(ConfigError, match="encoder.normalise='speaker': expected utterance, global, both or none"):
         SpectrogramEncoder(SPEC, normalise="speaker")
+    # both: the two side by side, with the same running statistics
+    both = SpectrogramEncoder(SPEC, n_mels=20, normalise="both")
+    both.load_state_dict(enc.state_dict())
+    both.eval(), enc.eval()
+    per_utterance = SpectrogramEncoder(SPEC, n_mels=20).eval()
+    side_by_side, _ = both(x, lengths)
+    assert both.out_features == 40 and side_by_side.shape[-1] == 40
+    assert torch.allclose(side_by_side[..., :20], per_utterance(x, lengths)[0], atol=1e-5)
+    assert torch.allclose(side_by_side[..., 20:], enc(x, lengths)[0], atol=1e-5)
 
 
 def test_speed_perturbation_stretches_training_batches_only():

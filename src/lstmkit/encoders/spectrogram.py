@@ -45,7 +45,8 @@ class SpectrogramEncoder(nn.Module):
        normalisation: loudness and the microphone's colouring go, but so does a one-word
        utterance's average spectrum, which is mostly its vowel), or with the training data's
        statistics (``normalise=global``: running means of each batch's valid frames, as a
-       non-affine batch norm keeps them, frozen outside training), which keep it;
+       non-affine batch norm keeps them, frozen outside training), which keep it; or both, side by
+       side (``normalise=both``: twice the features);
        optional dynamic features (``deltas``, as Kaldi's ``add-deltas`` after CMVN): the first
        (and second) time derivatives of every coefficient, regression over +-2 frames
        (``torchaudio.functional.compute_deltas``' formula, in slices that trace at any batch
@@ -66,9 +67,10 @@ class SpectrogramEncoder(nn.Module):
         n_fft / win_length / hop: STFT size, window and hop in samples (25 ms / 10 ms at
             8 kHz: 200 / 80).
         f_min / f_max: Mel filter-bank range in Hz (``None`` = Nyquist).
-        normalise: ``utterance`` (``true``), ``global`` or ``none`` (``false``): mean/variance
-            normalisation of each coefficient over each utterance's frames, or over the training
-            data's frames (running statistics), or none.
+        normalise: ``utterance`` (``true``), ``global``, ``both`` or ``none`` (``false``):
+            mean/variance normalisation of each coefficient over each utterance's frames, or over
+            the training data's frames (running statistics), both side by side (twice the
+            features), or none.
         deltas: 0 (off), 1 (add deltas) or 2 (add deltas and delta-deltas); multiplies the
             feature size by ``1 + deltas``.
         freq_mask / time_mask: SpecAugment maximum mask widths (bins / frames; 0 = off),
@@ -131,11 +133,11 @@ class SpectrogramEncoder(nn.Module):
             raise ConfigError(f"encoder.features={features!r}: expected logmel or mfcc")
         self.log_mel = features == "logmel"
         self.hop = hop
-        modes = {True: "utterance", False: "none", "utterance": "utterance", "global": "global", "none": "none"}
+        modes = {True: "utterance", False: "none", **{m: m for m in ("utterance", "global", "both", "none")}}
         if normalise not in modes:
-            raise ConfigError(f"encoder.normalise={normalise!r}: expected utterance, global or none")
+            raise ConfigError(f"encoder.normalise={normalise!r}: expected utterance, global, both or none")
         self.normalise = modes[normalise]
-        if self.normalise == "global":  # only then: checkpoints of the other modes keep their keys
+        if self.normalise in {"global", "both"}:  # only then: checkpoints of the other modes keep their keys
             self.register_buffer("running_mean", torch.zeros(size))
             self.register_buffer("running_var", torch.ones(size))
             self.register_buffer("batches_seen", torch.zeros((), dtype=torch.long))
@@ -149,7 +151,7 @@ class SpectrogramEncoder(nn.Module):
             raise ConfigError(f"encoder.deltas={deltas}: expected 0 (off), 1 (deltas) or 2 (deltas and delta-deltas)")
         self.deltas = int(deltas)
         self.stack, self.stride = stack, stride
-        self.out_features = size * (1 + self.deltas) * stack
+        self.out_features = size * (2 if self.normalise == "both" else 1) * (1 + self.deltas) * stack
         self.sample_rate = int(spec.sample_rate)
         self.speed_factors = [float(f) for f in speed_factors or ()]
         if any(not 0.5 <= f <= 2.0 for f in self.speed_factors):
@@ -191,12 +193,11 @@ class SpectrogramEncoder(nn.Module):
         mask = torch.arange(feats.shape[-1], device=feats.device)[None, :] < frames[:, None]  # (B, T)
         mask = mask[:, None, :]  # (B, 1, T)
         if self.normalise == "utterance":
-            count = frames.clamp(min=1)[:, None, None].to(feats.dtype)
-            mean = (feats * mask).sum(-1, keepdim=True) / count
-            var = (((feats - mean) * mask) ** 2).sum(-1, keepdim=True) / count
-            feats = (feats - mean) / torch.sqrt(var + 1e-5)
+            feats = self._utterance_norm(feats, frames, mask)
         elif self.normalise == "global":
             feats = self._global_norm(feats, mask)
+        elif self.normalise == "both":  # side by side: the LSTM reads each utterance's shape and its level
+            feats = torch.cat([self._utterance_norm(feats, frames, mask), self._global_norm(feats, mask)], dim=1)
         if self.deltas:
             feats = self._add_deltas(feats, frames)
         feats = feats * mask  # padded frames are exactly zero
@@ -207,6 +208,14 @@ class SpectrogramEncoder(nn.Module):
             feats = self._stack(feats)  # (B, ceil(T / stride), F * stack)
         out_lengths = torch.div(frames + self.stride - 1, self.stride, rounding_mode="floor")
         return feats, out_lengths.to(lengths.device)
+
+    @staticmethod
+    def _utterance_norm(feats: torch.Tensor, frames: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Each coefficient to zero mean and unit variance over the utterance's valid frames (CMVN)."""
+        count = frames.clamp(min=1)[:, None, None].to(feats.dtype)
+        mean = (feats * mask).sum(-1, keepdim=True) / count
+        var = (((feats - mean) * mask) ** 2).sum(-1, keepdim=True) / count
+        return (feats - mean) / torch.sqrt(var + 1e-5)
 
     def _global_norm(self, feats: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Normalise with running statistics of the training batches' valid frames (per coefficient).
