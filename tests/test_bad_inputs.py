@@ -242,10 +242,13 @@ def test_readme_lists_every_case() -> None:
 
 def test_a_monitor_typo_is_one_line_naming_the_logged_metrics() -> None:
     """Lightning only finds out after the first validation; the message it raises is turned into one line."""
+    from lightning.pytorch.callbacks import EarlyStopping
+
     from lstmkit.cli import _user_error
 
-    lightning = RuntimeError("Early stopping conditioned on metric `val/accc` which is not available. Pass in or "
-                             "modify your `EarlyStopping` callback to use any of the following: `val/loss`, `val/acc`")
-    assert _user_error(lightning) == ("monitor=val/accc is not a logged metric; the logged ones are "
-                                      "`val/loss`, `val/acc`")
+    with pytest.raises(RuntimeError) as raised:  # Lightning's own check and wording
+        EarlyStopping(monitor="val/accc")._validate_condition_metric({"val/loss": torch.tensor(1.0),
+                                                                      "val/acc": torch.tensor(0.5)})
+    assert _user_error(raised.value) == ("monitor=val/accc is not a logged metric; the logged ones are "
+                                         "`val/loss`, `val/acc`")
     assert _user_error(RuntimeError("something else")) is None

@@ -100,3 +100,19 @@ def test_eval_split_all_scores_every_row_of_a_new_file(make_cfg, tmp_path: Path)
 
     with pytest.raises(ConfigError, match="split='train': expected one of test, val, all"):
         evaluate(make_cfg([f"ckpt_path={ckpt}", "split=train"], name="eval"))
+
+
+def test_a_datamodule_that_ignores_whole_is_refused() -> None:
+    """A user's datamodule that never reads ``whole`` would score its test split as ``all/...``."""
+    from lstmkit.data.base import SequenceDataModule, SequenceDataset
+    from lstmkit.types import DataSpec
+
+    class Splits(SequenceDataModule):
+        def build(self) -> DataSpec:
+            for name in ("train", "val", "test"):
+                self.splits[name] = SequenceDataset([torch.zeros(3, 1)], [torch.tensor(0)])
+            return DataSpec(input_kind="features", num_features=1, classes=["a", "b"])
+
+    module = Splits(whole=True, spec={"input_kind": "features", "num_features": 1, "classes": ["a", "b"]})
+    with pytest.raises(ConfigError, match=r"Splits does not support data\.whole \(split=all\): .*kept the train, val"):
+        module.setup("test")

@@ -592,3 +592,14 @@ def test_subwords_split_unseen_words_into_known_pieces_and_generation_joins_them
         NextWordDataModule(path=str(tmp_path), tokenizer="char", subwords=1000)
     with pytest.raises(ConfigError, match="at least 100"):
         SentimentDataModule(subwords=10)
+
+
+def test_a_missing_test_part_is_refused_before_training(make_cfg) -> None:
+    """data.test_fraction=0 leaves no test part; with test=true that is said before an epoch is spent."""
+    from lstmkit.commands.train import train
+    from lstmkit.errors import DataError
+
+    with pytest.raises(DataError, match=r"the test split is empty \(train \d+ / val \d+ examples\).*test=false"):
+        train(make_cfg(["task=next_word", "data.num_tokens=20000", "data.test_fraction=0", "data.batch_size=4",
+                        "data.eval_batch_size=4", "model.hidden_size=8", "encoder.dim=8", "head.tie_weights=false",
+                        "logger=none"]))

@@ -313,6 +313,9 @@ def test_global_normalisation_uses_the_training_frames_statistics():
     assert SpectrogramEncoder(SPEC, normalise=True).normalise == "utterance"
     with pytest.raises(ConfigError, match="encoder.normalise='speaker': expected utterance, global, both or none"):
         SpectrogramEncoder(SPEC, normalise="speaker")
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # trainer.precision=bf16-mixed: statistics in float32
+        mixed, _ = SpectrogramEncoder(SPEC, n_mels=20, normalise="global").train()(x, lengths)
+    assert torch.isfinite(mixed.float()).all()
     # both: the two side by side, with the same running statistics
     both = SpectrogramEncoder(SPEC, n_mels=20, normalise="both")
     both.load_state_dict(enc.state_dict())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import glob
+import math
 import os
 import zipfile
 from collections.abc import Sequence
@@ -45,30 +46,39 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     return ckpt
 
 
+# what maps the data onto the weights; batching (bptt, max_length) and file-reading options may change
+IDENTITY = ("input_kind", "vocab", "num_features", "classes", "pad_id", "blank_id", "target_names",
+            "normaliser", "sample_rate")
+IDENTITY_TOKENIZER = ("level", "lowercase", "subwords")
+IDENTITY_EXTRA = ("features", "target", "horizon", "normal_labels", "anomaly_labels", "reverse", "samples_per_beat")
+
+
 def check_resumable(path: str | Path, model: SequenceModel) -> None:
-    """Refuse to continue ``model``'s run from a checkpoint of another task, data spec or model size.
+    """Refuse to continue ``model``'s run from a checkpoint of other data or model sizes.
 
     Why: Lightning restores any state dict whose shapes fit. A vocabulary of the same size in
     another order (another corpus, another ``data.num_examples``) would silently pair the
     embedding's rows with other words, and a size mismatch would end in a torch traceback.
+    Compared: the data spec's fields that map data onto weights (numbers to a relative 1e-6, as
+    float sums differ in their last bits between thread counts; a field an older checkpoint
+    lacks is not compared) and the weights' names and shapes.
     """
     ckpt = read_checkpoint(path)
-    stored = ckpt["hyper_parameters"]
+    spec, new_spec = dict(ckpt["hyper_parameters"].get("spec") or {}), dict(model.hparams.get("spec") or {})
+    fields = [(key, spec.get(key), new_spec.get(key)) for key in IDENTITY]
+    for part, keys in (("tokenizer", IDENTITY_TOKENIZER), ("extra", IDENTITY_EXTRA)):
+        old_part, new_part = spec.get(part) or {}, new_spec.get(part) or {}
+        fields += [(f"{part}.{key}", old_part.get(key), new_part.get(key)) for key in keys if key in old_part]
     problems: list[str] = []
-    task, new_task = stored.get("task"), model.hparams.get("task")
-    if task and new_task and task != new_task:
-        problems.append(f"task {task!r}, not {new_task!r}")
-    spec, new_spec = dict(stored.get("spec") or {}), dict(model.hparams.get("spec") or {})
-    for key in sorted(set(spec) | set(new_spec)):
-        old, new = spec.get(key), new_spec.get(key)
-        if old == new:
+    for key, old, new in fields:
+        if old is None or _same(old, new):
             continue
         if isinstance(old, list) and isinstance(new, list):
             how = (f"{len(old)} entries in another order" if sorted(map(str, old)) == sorted(map(str, new))
                    else f"{len(old)} entries against {len(new)}")
             problems.append(f"another data spec: {key} ({how})")
         elif isinstance(old, dict) and isinstance(new, dict):
-            differ = sorted(str(k) for k in set(old) | set(new) if old.get(k) != new.get(k))
+            differ = sorted(str(k) for k in set(old) | set(new) if not _same(old.get(k), new.get(k)))
             problems.append(f"another data spec: {key} (its {', '.join(differ)} differ)")
         else:
             problems.append(f"another data spec: {key} ({_short(old)} against {_short(new)})")
@@ -83,8 +93,21 @@ def check_resumable(path: str | Path, model: SequenceModel) -> None:
     if problems:
         raise CheckpointError(
             f"{path}: cannot resume this run from it, it was trained with {'; '.join(problems)}. Resuming continues "
-            "the same run (same task, data and model settings): give ckpt_path= of such a run, or "
+            "the same run (same data and model settings): give ckpt_path= of such a run, or "
             f"init_from.ckpt_path={path} to start a new run from its weights")
+
+
+def _same(old: Any, new: Any) -> bool:
+    """Equal, with numbers equal to a relative 1e-6 (the last bits of a float sum depend on threads)."""
+    if isinstance(old, bool) or isinstance(new, bool):
+        return old == new
+    if isinstance(old, (int, float)) and isinstance(new, (int, float)):
+        return math.isclose(old, new, rel_tol=1e-6, abs_tol=1e-12)
+    if isinstance(old, (list, tuple)) and isinstance(new, (list, tuple)):
+        return len(old) == len(new) and all(_same(a, b) for a, b in zip(old, new))
+    if isinstance(old, dict) and isinstance(new, dict):
+        return set(old) == set(new) and all(_same(old[k], new[k]) for k in old)
+    return bool(old == new)
 
 
 def _short(value: Any) -> str:

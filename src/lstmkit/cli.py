@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 from collections.abc import Callable
 from importlib import resources
@@ -86,9 +87,9 @@ def _user_error(err: BaseException) -> str | None:
             key = seen.full_key or "a mandatory value"
             example = " (a run's checkpoints/best.ckpt)" if key == "ckpt_path" else ""
             return f"{key} is required: give it on the command line, {key}=...{example}"
-        if isinstance(seen, RuntimeError) and "conditioned on metric" in str(seen):  # monitor=<a typo>
-            return (f"monitor={str(seen).split('`')[1]} is not a logged metric; the logged ones are "
-                    f"{str(seen).split('following: ', 1)[-1]}")
+        typo = re.search(r"conditioned on metric `([^`]*)`.*following: (.*)", str(seen), flags=re.DOTALL)
+        if isinstance(seen, RuntimeError) and typo:  # monitor=<a typo>, found by Lightning's EarlyStopping
+            return f"monitor={typo.group(1)} is not a logged metric; the logged ones are {typo.group(2).strip()}"
         explained = explain_runtime_error(seen)
         if explained:
             return explained

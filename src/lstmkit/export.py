@@ -106,8 +106,9 @@ def export(model: SequenceModel, path: str | Path, fmt: str = "onnx", tolerance:
         except ExportError:
             raise
         except Exception as err:
+            other = " (format=torchscript is the other format: try it)" if fmt == "onnx" else ""
             raise ExportError(f"{fmt} export of {type(model.encoder).__name__} -> LSTM -> "
-                              f"{type(model.head).__name__} failed: {str(err).splitlines()[0]}") from err
+                              f"{type(model.head).__name__} failed: {str(err).splitlines()[0]}{other}") from err
     if actual.shape != expected.shape:
         raise ExportError(f"exported output shape {tuple(actual.shape)} != eager {tuple(expected.shape)}")
     diff = float((actual.float() - expected.float()).abs().max())

@@ -85,7 +85,7 @@ def check_splits(datamodule: Any, cfg: DictConfig) -> None:
     needed += ["test"] if cfg.get("test", True) else []
     sizes = {name: len(split) for name, split in datamodule.splits.items()}
     for name in needed:
-        if sizes.get(name, 1) == 0:
+        if sizes.get(name, 0) == 0:  # absent (an empty next-word part) or empty
             counts = " / ".join(f"{k} {v}" for k, v in sizes.items())
             raise DataError(f"the {name} split is empty ({counts} examples); give more data, or set "
                             f"data.val_fraction / data.test_fraction so that every split gets examples"
@@ -201,6 +201,7 @@ def train(cfg: DictConfig) -> float | None:
     check_strategy(cfg)
     check_device(cfg)
     resume = cfg.get("resume")
+    resume = False if resume is None else resume
     if not isinstance(resume, bool):
         raise ConfigError(f"resume={resume!r}: expected true or false")
     requested = cfg.get("ckpt_path") or ("last" if resume else None)

@@ -397,7 +397,7 @@ class EcgDataModule(SequenceDataModule):
         stored_length = int(fixed.extra["samples_per_beat"]) if fixed is not None else None
         splits = self._read_splits(stored_length)
         anomaly = np.array(self.anomaly_labels)
-        if self.whole:  # every beat, normal or not, in reading order of the splits
+        if self.whole:  # every beat, normal or not (the splits' order: scores do not depend on it)
             tables = [splits[name] for name in ("train", "val", "test") if name in splits]
             splits = {"test": BeatTable(", ".join(dict.fromkeys(t.path for t in tables)),
                                         *(np.concatenate([getattr(t, f) for t in tables])
@@ -410,7 +410,7 @@ class EcgDataModule(SequenceDataModule):
                 raise DataError("the training split has no beats" +
                                 (" (train_on=normal and no normal beats)" if self.train_on == "normal" else ""),
                                 path=self.path)
-            for name in ("val", "test"):  # AUROC, F1 and the val-chosen threshold need both kinds of beat
+            for name in ("val", "test") if fixed is None else ():  # training: AUROC, F1, the val threshold
                 table = splits.get(name)
                 kinds = set(np.isin(table.labels, anomaly).tolist()) if table is not None else set()
                 if len(kinds) == 1:

@@ -770,7 +770,7 @@ class NextWordDataModule(SequenceDataModule):
             spec = self.fixed_spec
             self.tokenizer = dict(spec.tokenizer or self.tokenizer)
             splits = self._read_splits()
-            if self.whole:  # the parts of a file (or the split files) in reading order: one stream
+            if self.whole:  # one stream: a file's parts in order (split files: train, val, test)
                 parts = [splits[name] for name in ("train", "val", "test") if name in splits]
                 splits = {"test": (str(self.path or "<generated>"), [t for _, tokens in parts for t in tokens])}
         else:

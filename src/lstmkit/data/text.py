@@ -273,7 +273,7 @@ def read_labelled_text(
                     "data.label_column to the right names", path=path, row=1, field=column,
                 )
         for row, record in enumerate(reader, start=2):
-            if None in record:  # DictReader's place for the fields beyond the header's
+            if any(str(v).strip() for v in record.get(None) or ()):  # DictReader's place for extra fields
                 fields = len(header) + len(record[None])  # type: ignore[index]
                 raise DataError(f"{fields} fields, but the header has {len(header)} ({header}); quote a field "
                                 "that contains the delimiter", path=path, row=row)
@@ -289,7 +289,7 @@ def read_labelled_text(
                 raise DataError(f"invalid JSON ({err.msg})", path=path, row=row) from None
             if not isinstance(record, dict):
                 raise DataError("expected a JSON object per line", path=path, row=row)
-            if text_column in record and not isinstance(record[text_column], str):
+            if record.get(text_column) is not None and not isinstance(record[text_column], str):
                 raise DataError(f"expected a string, found {type(record[text_column]).__name__} "
                                 f"{record[text_column]!r}", path=path, row=row, field=text_column)
             pairs.append(_checked(record.get(text_column), record.get(label_column), path, row,

@@ -44,8 +44,9 @@ class SpectrogramEncoder(nn.Module):
        the features: per utterance (``normalise=utterance``, cepstral mean and variance
        normalisation: loudness and the microphone's colouring go, but so does a one-word
        utterance's average spectrum, which is mostly its vowel), or with the training data's
-       statistics (``normalise=global``: running means of each batch's valid frames, as a
-       non-affine batch norm keeps them, frozen outside training), which keep it; or both, side by
+       statistics (``normalise=global``: moving averages of each training batch's mean and
+       (biased) variance over its valid frames, augmented frames included, frozen outside
+       training), which keep it; or both, side by
        side (``normalise=both``: twice the features);
        optional dynamic features (``deltas``, as Kaldi's ``add-deltas`` after CMVN): the first
        (and second) time derivatives of every coefficient, regression over +-2 frames
@@ -226,15 +227,18 @@ class SpectrogramEncoder(nn.Module):
         predict and export normalise every utterance alike whatever the batch holds.
         """
         if self.training:
-            with torch.no_grad():
-                count = mask.sum().clamp(min=1).to(feats.dtype)
-                mean = (feats * mask).sum((0, 2)) / count
-                var = (((feats - mean[None, :, None]) * mask) ** 2).sum((0, 2)) / count
-                rate = 1.0 if int(self.batches_seen) == 0 else self.momentum
+            with torch.no_grad():  # in float32 whatever the autocast dtype; no host sync (no int())
+                frames, valid = feats.float(), mask.float()
+                count = valid.sum().clamp(min=1)
+                mean = (frames * valid).sum((0, 2)) / count
+                var = (((frames - mean[None, :, None]) * valid) ** 2).sum((0, 2)) / count
+                first = (self.batches_seen == 0).float()
+                rate = first + (1.0 - first) * self.momentum  # the first batch sets them
                 self.running_mean.lerp_(mean, rate)
                 self.running_var.lerp_(var, rate)
                 self.batches_seen += 1
-        return (feats - self.running_mean[None, :, None]) / torch.sqrt(self.running_var[None, :, None] + 1e-5)
+        scale = torch.rsqrt(self.running_var[None, :, None] + 1e-5)
+        return ((feats - self.running_mean[None, :, None]) * scale).to(feats.dtype)
 
     def _condition(self, inputs: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """DC removal and peak level (``level=peak``), then pre-emphasis; the padding stays 0."""
