@@ -209,3 +209,14 @@ def test_trailing_empty_csv_fields_are_not_extra_fields(tmp_path: Path) -> None:
     data = tmp_path / "reviews.csv"
     data.write_text('text,label\ngood film,1,\n"a long, slow film",0,,\n')
     assert read_labelled_text(data) == [(2, "good film", "1"), (3, "a long, slow film", "0")]
+
+
+def test_a_quoted_csv_field_keeps_its_newline_and_rows_are_file_lines(tmp_path: Path) -> None:
+    from lstmkit.data.text import read_labelled_text
+
+    data = tmp_path / "reviews.csv"
+    data.write_text('text,label\n"first line\nsecond line",1\nplain,0\n,1\n')
+    with pytest.raises(DataError, match=r"reviews\.csv, row 5, field 'text': empty or missing text"):
+        read_labelled_text(data)
+    data.write_text('text,label\n"first line\nsecond line",1\nplain,0\n')
+    assert read_labelled_text(data) == [(3, "first line\nsecond line", "1"), (4, "plain", "0")]

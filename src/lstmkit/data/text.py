@@ -264,7 +264,8 @@ def read_labelled_text(
         )
     pairs: list[tuple[int, str, str]] = []
     if fmt in {"csv", "tsv"}:
-        reader = csv.DictReader(content.splitlines(), delimiter="," if fmt == "csv" else "\t")
+        # a stream, not split lines: a quoted field may hold a newline, which splitlines() would drop
+        reader = csv.DictReader(io.StringIO(content, newline=""), delimiter="," if fmt == "csv" else "\t")
         header = reader.fieldnames or []
         for column in (text_column, label_column):
             if column not in header:
@@ -272,7 +273,8 @@ def read_labelled_text(
                     f"no column {column!r}; the header has {header}. Set data.text_column / "
                     "data.label_column to the right names", path=path, row=1, field=column,
                 )
-        for row, record in enumerate(reader, start=2):
+        for record in reader:
+            row = reader.line_num  # the record's (last) line in the file, the header being line 1
             if any(str(v).strip() for v in record.get(None) or ()):  # DictReader's place for extra fields
                 fields = len(header) + len(record[None])  # type: ignore[index]
                 raise DataError(f"{fields} fields, but the header has {len(header)} ({header}); quote a field "
