@@ -211,7 +211,7 @@ def test_trailing_empty_csv_fields_are_not_extra_fields(tmp_path: Path) -> None:
     assert read_labelled_text(data) == [(2, "good film", "1"), (3, "a long, slow film", "0")]
 
 
-def test_a_quoted_csv_field_keeps_its_newline_and_rows_are_file_lines(tmp_path: Path) -> None:
+def test_a_quoted_csv_field_keeps_its_newline_and_rows_are_first_file_lines(tmp_path: Path) -> None:
     from lstmkit.data.text import read_labelled_text
 
     data = tmp_path / "reviews.csv"
@@ -219,4 +219,4 @@ def test_a_quoted_csv_field_keeps_its_newline_and_rows_are_file_lines(tmp_path: 
     with pytest.raises(DataError, match=r"reviews\.csv, row 5, field 'text': empty or missing text"):
         read_labelled_text(data)
     data.write_text('text,label\n"first line\nsecond line",1\nplain,0\n')
-    assert read_labelled_text(data) == [(3, "first line\nsecond line", "1"), (4, "plain", "0")]
+    assert read_labelled_text(data) == [(2, "first line\nsecond line", "1"), (4, "plain", "0")]

@@ -47,10 +47,11 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
 
 
 # what maps the data onto the weights; batching (bptt, max_length) and file-reading options may change
-IDENTITY = ("input_kind", "vocab", "num_features", "classes", "pad_id", "blank_id", "target_names",
+IDENTITY = ("datamodule", "input_kind", "vocab", "num_features", "classes", "pad_id", "blank_id", "target_names",
             "normaliser", "sample_rate")
 IDENTITY_TOKENIZER = ("level", "lowercase", "subwords")
-IDENTITY_EXTRA = ("features", "target", "horizon", "normal_labels", "anomaly_labels", "reverse", "samples_per_beat")
+IDENTITY_EXTRA = ("features", "target", "horizon", "normal_labels", "anomaly_labels", "reverse", "samples_per_beat",
+                  "label_column", "train_counts")
 
 
 def check_resumable(path: str | Path, model: SequenceModel) -> None:
@@ -65,13 +66,13 @@ def check_resumable(path: str | Path, model: SequenceModel) -> None:
     """
     ckpt = read_checkpoint(path)
     spec, new_spec = dict(ckpt["hyper_parameters"].get("spec") or {}), dict(model.hparams.get("spec") or {})
-    fields = [(key, spec.get(key), new_spec.get(key)) for key in IDENTITY]
+    fields = [(key, spec.get(key), new_spec.get(key)) for key in IDENTITY if key in spec]
     for part, keys in (("tokenizer", IDENTITY_TOKENIZER), ("extra", IDENTITY_EXTRA)):
         old_part, new_part = spec.get(part) or {}, new_spec.get(part) or {}
         fields += [(f"{part}.{key}", old_part.get(key), new_part.get(key)) for key in keys if key in old_part]
     problems: list[str] = []
     for key, old, new in fields:
-        if old is None or _same(old, new):
+        if _same(old, new):
             continue
         if isinstance(old, list) and isinstance(new, list):
             how = (f"{len(old)} entries in another order" if sorted(map(str, old)) == sorted(map(str, new))

@@ -89,7 +89,8 @@ def _user_error(err: BaseException) -> str | None:
             return f"{key} is required: give it on the command line, {key}=...{example}"
         typo = re.search(r"conditioned on metric `([^`]*)`.*following: (.*)", str(seen), flags=re.DOTALL)
         if isinstance(seen, RuntimeError) and typo:  # monitor=<a typo>, found by Lightning's EarlyStopping
-            return f"monitor={typo.group(1)} is not a logged metric; the logged ones are {typo.group(2).strip()}"
+            logged = typo.group(2).strip().rstrip(".") or "none"
+            return f"monitor={typo.group(1)} is not a logged metric; the logged ones are {logged}"
         explained = explain_runtime_error(seen)
         if explained:
             return explained

@@ -200,10 +200,11 @@ class SequenceDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self._spec is None:  # idempotent: train.py sets up before Lightning does again
             spec = self.build()
-            leftover = [n for n, split in self.splits.items() if n != "test" and len(split)]  # type: ignore[arg-type]
-            if self.whole and (leftover or "test" not in self.splits):
-                raise ConfigError(f"{type(self).__name__} does not support data.whole (split=all): its build() "
-                                  f"kept the {', '.join(leftover) or 'no test'} split(s)")
+            if self.whole:
+                leftover = [n for n, split in self.splits.items() if n != "test" and len(split)]  # type: ignore[arg-type]
+                if leftover or "test" not in self.splits:
+                    kept = f"kept the {', '.join(leftover)} split(s)" if leftover else "made no test split"
+                    raise ConfigError(f"{type(self).__name__} does not support data.whole (split=all): its build() {kept}")
             spec.datamodule = f"{type(self).__module__}.{type(self).__qualname__}"
             self._spec = spec
 

@@ -17,6 +17,7 @@ learnable but not trivially separable.
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,8 @@ from lstmkit.data.base import PadCollate, SequenceDataModule, SequenceDataset, p
 from lstmkit.data.text import read_text
 from lstmkit.errors import ConfigError, DataError
 from lstmkit.types import Batch, DataSpec
+
+log = logging.getLogger(__name__)
 
 NORMAL, ANOMALY = "normal", "anomaly"
 #: Names of the generated classes (the real ECG5000 classes are documented in docs/ecg.md).
@@ -406,15 +409,19 @@ class EcgDataModule(SequenceDataModule):
             train = splits["train"]
             if self.train_on == "normal":
                 splits["train"] = train = train.take(np.flatnonzero(~np.isin(train.labels, anomaly)))
-            if len(train.labels) == 0:
+            if len(train.labels) == 0 and fixed is None:
                 raise DataError("the training split has no beats" +
                                 (" (train_on=normal and no normal beats)" if self.train_on == "normal" else ""),
                                 path=self.path)
-            for name in ("val", "test") if fixed is None else ():  # training: AUROC, F1, the val threshold
+            for name in ("val", "test"):  # AUROC, F1 and the val-chosen threshold need both kinds of beat
                 table = splits.get(name)
                 kinds = set(np.isin(table.labels, anomaly).tolist()) if table is not None else set()
                 if len(kinds) == 1:
                     missing = "normal beats" if True in kinds else f"anomalous beats (labels {self.anomaly_labels})"
+                    if fixed is not None:  # eval of other data: say it, the scores stand for the other kind
+                        log.warning("%s: the %s split has no %s: AUROC and F1 are undefined (reported as 0)",
+                                    table.path, name, missing)
+                        continue
                     raise DataError(
                         f"the {name} split has {len(table.labels)} beats and no {missing}, so AUROC, F1 "
                         "and the threshold chosen on val are undefined; give more beats of that kind or other "

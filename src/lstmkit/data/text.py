@@ -273,8 +273,11 @@ def read_labelled_text(
                     f"no column {column!r}; the header has {header}. Set data.text_column / "
                     "data.label_column to the right names", path=path, row=1, field=column,
                 )
-        for record in reader:
-            row = reader.line_num  # the record's (last) line in the file, the header being line 1
+        while True:
+            row = reader.line_num + 1  # the record's first line in the file (the header is line 1)
+            record = next(reader, None)
+            if record is None:
+                break
             if any(str(v).strip() for v in record.get(None) or ()):  # DictReader's place for extra fields
                 fields = len(header) + len(record[None])  # type: ignore[index]
                 raise DataError(f"{fields} fields, but the header has {len(header)} ({header}); quote a field "

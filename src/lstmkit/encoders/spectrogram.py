@@ -228,11 +228,12 @@ class SpectrogramEncoder(nn.Module):
         """
         if self.training:
             with torch.no_grad():  # in float32 whatever the autocast dtype; no host sync (no int())
-                frames, valid = feats.float(), mask.float()
+                dtype = self.running_mean.dtype  # float32 (float64 with precision=64) under any autocast
+                frames, valid = feats.to(dtype), mask.to(dtype)
                 count = valid.sum().clamp(min=1)
                 mean = (frames * valid).sum((0, 2)) / count
                 var = (((frames - mean[None, :, None]) * valid) ** 2).sum((0, 2)) / count
-                first = (self.batches_seen == 0).float()
+                first = (self.batches_seen == 0).to(dtype)
                 rate = first + (1.0 - first) * self.momentum  # the first batch sets them
                 self.running_mean.lerp_(mean, rate)
                 self.running_var.lerp_(var, rate)
