@@ -56,6 +56,17 @@ def make_cfg(tmp_path: Path) -> Callable[..., DictConfig]:
     GlobalHydra.instance().clear()
 
 
+def split_accuracy(model: Any, datamodule: Any) -> tuple[int, int]:
+    """``(correct, total)`` of ``model``'s argmax over ``datamodule``'s test loader, computed by hand."""
+    correct = total = 0
+    with torch.no_grad():
+        for batch in datamodule.test_dataloader():
+            outputs, _ = model(batch.inputs, batch.lengths)
+            correct += int((outputs.argmax(-1) == batch.targets).sum())
+            total += len(batch)
+    return correct, total
+
+
 def run_cli(*args: str, cwd: Path, check: bool = True, timeout: int = 600) -> subprocess.CompletedProcess[str]:
     """Run the installed console script like a user, from ``cwd``."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline", "PYTHONWARNINGS": "ignore"}

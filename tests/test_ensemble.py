@@ -20,7 +20,7 @@ from lstmkit.data.sentiment import SentimentDataModule
 from lstmkit.ensemble import SequenceEnsemble
 from lstmkit.errors import CheckpointError, ConfigError
 
-from .conftest import QUICK
+from .conftest import QUICK, split_accuracy
 
 TINY = ["data.num_examples=200", "data.batch_size=16", "model.hidden_size=8", "encoder.dim=8", "logger=none"]
 
@@ -111,12 +111,7 @@ def test_eval_and_predict_take_several_checkpoints(make_cfg, tmp_path: Path) -> 
     data = {k: v for k, v in ensemble.hparams["data"].items() if k != "_target_"}
     datamodule = SentimentDataModule(**data, spec=ensemble.hparams["spec"])
     datamodule.setup("test")
-    correct = total = 0
-    with torch.no_grad():
-        for batch in datamodule.test_dataloader():
-            outputs, _ = ensemble(batch.inputs, batch.lengths)
-            correct += int((outputs.argmax(-1) == batch.targets).sum())
-            total += len(batch)
+    correct, total = split_accuracy(ensemble, datamodule)
     assert value == pytest.approx(correct / total)
     assert json.loads((tmp_path / "metrics.json").read_text())["test/acc"] == pytest.approx(correct / total)
 

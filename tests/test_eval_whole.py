@@ -15,7 +15,7 @@ from lstmkit.commands.train import train
 from lstmkit.data.sentiment import SentimentDataModule
 from lstmkit.errors import ConfigError
 
-from .conftest import QUICK
+from .conftest import QUICK, split_accuracy
 
 
 def _datamodules(make_cfg, overrides: list[str]):
@@ -89,12 +89,7 @@ def test_eval_split_all_scores_every_row_of_a_new_file(make_cfg, tmp_path: Path)
     data = {k: v for k, v in model.hparams["data"].items() if k != "_target_"}
     datamodule = SentimentDataModule(**{**data, "path": str(new)}, whole=True, spec=model.hparams["spec"])
     datamodule.setup("test")
-    correct = total = 0
-    with torch.no_grad():
-        for batch in datamodule.test_dataloader():
-            outputs, _ = model(batch.inputs, batch.lengths)
-            correct += int((outputs.argmax(-1) == batch.targets).sum())
-            total += len(batch)
+    correct, total = split_accuracy(model, datamodule)
     assert total == 37  # every row, not the file's test part (4 rows at test_fraction 0.1)
     assert value == pytest.approx(correct / total) == pytest.approx(metrics["all/acc"])
 

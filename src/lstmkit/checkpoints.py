@@ -54,7 +54,7 @@ IDENTITY_EXTRA = ("features", "target", "horizon", "normal_labels", "anomaly_lab
                   "label_column", "train_counts")
 
 
-def check_resumable(path: str | Path, model: SequenceModel) -> None:
+def check_resumable(path: str | Path, model: SequenceModel, ckpt: dict[str, Any] | None = None) -> None:
     """Refuse to continue ``model``'s run from a checkpoint of other data or model sizes.
 
     Why: Lightning restores any state dict whose shapes fit. A vocabulary of the same size in
@@ -62,9 +62,9 @@ def check_resumable(path: str | Path, model: SequenceModel) -> None:
     embedding's rows with other words, and a size mismatch would end in a torch traceback.
     Compared: the data spec's fields that map data onto weights (numbers to a relative 1e-6, as
     float sums differ in their last bits between thread counts; a field an older checkpoint
-    lacks is not compared) and the weights' names and shapes.
+    lacks is not compared) and the weights' names and shapes. ``ckpt``: the checkpoint, if already read.
     """
-    ckpt = read_checkpoint(path)
+    ckpt = ckpt if ckpt is not None else read_checkpoint(path)
     spec, new_spec = dict(ckpt["hyper_parameters"].get("spec") or {}), dict(model.hparams.get("spec") or {})
     fields = [(key, spec.get(key), new_spec.get(key)) for key in IDENTITY if key in spec]
     for part, keys in (("tokenizer", IDENTITY_TOKENIZER), ("extra", IDENTITY_EXTRA)):

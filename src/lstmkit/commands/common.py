@@ -33,6 +33,19 @@ def int_option(cfg: Any, key: str, minimum: int = 0) -> int | None:
     return value
 
 
+def check_device(cfg: Any) -> None:
+    """Say plainly when the config asks for a GPU this machine does not have."""
+    accelerator = str(cfg.trainer.get("accelerator", "auto"))
+    if accelerator in {"gpu", "cuda"} and not torch.cuda.is_available():
+        build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
+        raise ConfigError(
+            f"trainer.accelerator={accelerator} asks for a CUDA GPU, but none is available "
+            f"(torch {torch.__version__}, {build}); use trainer=cpu (or trainer.accelerator=auto)"
+        )
+    if accelerator == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("trainer.accelerator=mps asks for Apple's GPU, which is not available; use trainer=cpu")
+
+
 def check_torch_device(device: Any) -> None:
     """Say plainly when ``device=`` names an accelerator this machine does not have."""
     name = str(device or "cpu")

@@ -16,13 +16,13 @@ from lstmkit.build import build
 from lstmkit.checkpoints import checkpoint_paths, load_models
 from lstmkit.commands.common import (
     apply_decoding,
+    check_device,
     instantiate_group,
     int_option,
     plain,
     report,
     scalar_metrics,
 )
-from lstmkit.commands.train import check_device
 from lstmkit.ensemble import SequenceEnsemble, setting_differences
 from lstmkit.errors import CheckpointError, ConfigError
 from lstmkit.module import SequenceModel

@@ -20,7 +20,15 @@ from omegaconf import DictConfig, open_dict
 from lstmkit.build import build
 from lstmkit.callbacks import ReseedEachEpoch, StopOnNonFiniteLoss
 from lstmkit.checkpoints import check_resumable, read_checkpoint
-from lstmkit.commands.common import instantiate_group, int_option, log, plain, report, scalar_metrics
+from lstmkit.commands.common import (
+    check_device,
+    instantiate_group,
+    int_option,
+    log,
+    plain,
+    report,
+    scalar_metrics,
+)
 from lstmkit.errors import ConfigError, DataError, LstmkitError
 from lstmkit.module import SequenceModel
 from lstmkit.warm_start import init_from_checkpoint, init_reverse_from_checkpoint
@@ -109,29 +117,16 @@ def check_strategy(cfg: DictConfig) -> None:
         )
 
 
-def check_device(cfg: DictConfig) -> None:
-    """Say plainly when the config asks for a GPU this machine does not have."""
-    accelerator = str(cfg.trainer.get("accelerator", "auto"))
-    if accelerator in {"gpu", "cuda"} and not torch.cuda.is_available():
-        build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
-        raise ConfigError(
-            f"trainer.accelerator={accelerator} asks for a CUDA GPU, but none is available "
-            f"(torch {torch.__version__}, {build}); use trainer=cpu (or trainer.accelerator=auto)"
-        )
-    if accelerator == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError("trainer.accelerator=mps asks for Apple's GPU, which is not available; use trainer=cpu")
-
-
-def configure_wandb(cfg: DictConfig, ckpt_path: str | None) -> None:
-    """Group sweep trials in W&B, and continue the same W&B run when resuming a checkpoint."""
+def configure_wandb(cfg: DictConfig, resumed: dict[str, Any] | None) -> None:
+    """Group sweep trials in W&B, and continue the same W&B run when resuming a checkpoint (``resumed``)."""
     wandb_cfg = (cfg.get("logger") or {}).get("wandb")
     if not wandb_cfg:
         return
     with open_dict(cfg):
         if HydraConfig.get().mode == RunMode.MULTIRUN and not wandb_cfg.get("group"):
             wandb_cfg.group = Path(HydraConfig.get().sweep.dir).name
-        if ckpt_path and not wandb_cfg.get("id"):
-            run_id = read_checkpoint(ckpt_path).get("wandb_run_id")
+        if resumed and not wandb_cfg.get("id"):
+            run_id = resumed.get("wandb_run_id")
             if run_id:
                 wandb_cfg.id = run_id
                 wandb_cfg.resume = "allow"
@@ -206,11 +201,12 @@ def train(cfg: DictConfig) -> float | None:
         raise ConfigError(f"resume={resume!r}: expected true or false")
     requested = cfg.get("ckpt_path") or ("last" if resume else None)
     ckpt_path = resolve_ckpt_path(requested, cfg) if cfg.get("train", True) else None
-    if ckpt_path:
-        check_resumable(ckpt_path, model)
+    resumed = read_checkpoint(ckpt_path) if ckpt_path else None  # read once: checked, then its W&B run id
+    if ckpt_path and resumed:
+        check_resumable(ckpt_path, model, resumed)
     if cfg.get("train", True):
         warm_start(model, cfg.get("init_from") or {}, ckpt_path)
-    configure_wandb(cfg, ckpt_path)
+    configure_wandb(cfg, resumed)
     loggers = instantiate_group(cfg.get("logger"))
     if not loggers:  # nothing to log learning rates to
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]

@@ -142,6 +142,12 @@ class BeatTable:
     def take(self, index: np.ndarray) -> BeatTable:
         return BeatTable(self.path, self.samples[index], self.labels[index], self.rows[index])
 
+    @classmethod
+    def concat(cls, tables: list[BeatTable]) -> BeatTable:
+        """The beats of several tables, in order (their files named together)."""
+        return cls(", ".join(dict.fromkeys(t.path for t in tables)), np.concatenate([t.samples for t in tables]),
+                   np.concatenate([t.labels for t in tables]), np.concatenate([t.rows for t in tables]))
+
 
 def _is_number(cell: str) -> bool:
     try:
@@ -401,10 +407,7 @@ class EcgDataModule(SequenceDataModule):
         splits = self._read_splits(stored_length)
         anomaly = np.array(self.anomaly_labels)
         if self.whole:  # every beat, normal or not (the splits' order: scores do not depend on it)
-            tables = [splits[name] for name in ("train", "val", "test") if name in splits]
-            splits = {"test": BeatTable(", ".join(dict.fromkeys(t.path for t in tables)),
-                                        *(np.concatenate([getattr(t, f) for t in tables])
-                                          for f in ("samples", "labels", "rows")))}
+            splits = {"test": BeatTable.concat([splits[n] for n in ("train", "val", "test") if n in splits])}
         else:
             train = splits["train"]
             if self.train_on == "normal":

@@ -347,6 +347,7 @@ class SpeechDataModule(SequenceDataModule):
         self.num_examples, self.num_speakers, self.max_words = num_examples, num_speakers, max_words
         self.seed = seed
         self.collate = PadCollate(pad_value=0.0, target_pad=0, sequence_targets=True)
+        self.manifest: Path | None = None  # set when a manifest is read; its errors name it
 
     # -- finding the utterances ---------------------------------------------------------------
     def _utterances(self) -> list[Utterance]:
@@ -393,7 +394,7 @@ class SpeechDataModule(SequenceDataModule):
         return utterances
 
     def _read_manifest(self, manifest: Path) -> list[Utterance]:
-        self.manifest = manifest  # named by errors about the files it lists
+        self.manifest = manifest
         content = read_text(manifest)
         suffix = manifest.suffix.lower()
         records: list[tuple[int, dict[str, Any]]] = []
@@ -500,7 +501,7 @@ class SpeechDataModule(SequenceDataModule):
                     except DataError as err:  # a manifest's file: name the manifest's row as well
                         if utt.row is None:
                             raise
-                        raise DataError(f"{err} (listed in {getattr(self, 'manifest', 'the manifest')}, row {utt.row})") from None
+                        raise DataError(f"{err} (listed in {self.manifest}, row {utt.row})") from None
                     if channels > 1:
                         stereo.append(utt.source)
                     if rate != self.sample_rate:

@@ -46,8 +46,7 @@ class SpectrogramEncoder(nn.Module):
        utterance's average spectrum, which is mostly its vowel), or with the training data's
        statistics (``normalise=global``: moving averages of each training batch's mean and
        (biased) variance over its valid frames, augmented frames included, frozen outside
-       training), which keep it; or both, side by
-       side (``normalise=both``: twice the features);
+       training), which keep it; or both side by side (``normalise=both``: twice the features);
        optional dynamic features (``deltas``, as Kaldi's ``add-deltas`` after CMVN): the first
        (and second) time derivatives of every coefficient, regression over +-2 frames
        (``torchaudio.functional.compute_deltas``' formula, in slices that trace at any batch
