@@ -13,7 +13,7 @@ from lstmkit.checkpoints import load_models
 from lstmkit.commands.evaluate import evaluate
 from lstmkit.commands.train import train
 from lstmkit.data.sentiment import SentimentDataModule
-from lstmkit.errors import ConfigError
+from lstmkit.errors import ConfigError, DataError
 
 from .conftest import QUICK, split_accuracy
 
@@ -111,3 +111,21 @@ def test_a_datamodule_that_ignores_whole_is_refused() -> None:
     module = Splits(whole=True, spec={"input_kind": "features", "num_features": 1, "classes": ["a", "b"]})
     with pytest.raises(ConfigError, match=r"Splits does not support data\.whole \(split=all\): .*kept the train, val"):
         module.setup("test")
+
+
+def test_whole_stock_short_ticker_names_it_and_the_way_out(make_cfg, tmp_path: Path) -> None:
+    """A ticker too short for one window is refused by name (not skipped: that would lose data
+    silently), with the ``data.tickers`` list that scores the others."""
+    from lstmkit.data.stock import generate_ohlcv
+
+    frame = generate_ohlcv(num_tickers=3, num_days=200, seed=0)
+    short = frame["Name"].unique()[1]
+    frame = frame[(frame["Name"] != short) | (frame.groupby("Name").cumcount() < 8)]
+    frame.to_csv(tmp_path / "prices.csv", index=False)
+    split, _ = _datamodules(make_cfg, ["task=stock", "data.num_tickers=3", "data.num_days=200",
+                                       "data.window=10", "data.horizon=3"])
+    cfg = make_cfg(["task=stock", f"data.path={tmp_path / 'prices.csv'}", "data.window=10", "data.horizon=3"])
+    whole = instantiate(cfg.data, _convert_="all", whole=True, spec=split.spec.to_dict())
+    others = [t for t in frame["Name"].unique() if t != short]
+    with pytest.raises(DataError, match=rf"ticker '{short}' has 8 rows.*data\.tickers=\[{others[0]},{others[1]}\]"):
+        whole.setup("test")

@@ -174,6 +174,13 @@ def test_manifest_missing_column_and_audio(tmp_path):
     (tmp_path / "b" / "tr3.wav").unlink()
     with pytest.raises(DataError, match=r"manifest\.csv, row 5, field 'path'.*tr3\.wav not found"):
         SpeechDataModule(path=str(tmp_path / "b")).setup()
+    # rows are the file's lines: a blank line and a quoted two-line transcript before the bad row count
+    manifest = tmp_path / "b" / "manifest.csv"
+    header, first, *rest = manifest.read_text().splitlines()
+    name = first.split(",")[0]
+    manifest.write_text("\n".join([header, "", f'{name},"yes\nno",train', *rest]) + "\n")
+    with pytest.raises(DataError, match=r"manifest\.csv, row 7, field 'path'.*tr3\.wav not found"):
+        SpeechDataModule(path=str(tmp_path / "b")).setup()
 
 
 def test_corrupt_wav_names_the_file(tmp_path):

@@ -223,6 +223,10 @@ class SentimentDataModule(SequenceDataModule):
         tokens = tokenize(text, **self.tokenizer)
         return tokens[: self.max_length] if self.max_length else tokens
 
+    def _tokenized(self, splits: dict[str, list[tuple[str, int, str, str]]]) -> dict[str, list[list[str]]]:
+        """Every split's texts as tokens, once: the vocabulary and the ids are both built from these."""
+        return {split: [self._tokens(text) for _, _, text, _ in rows] for split, rows in splits.items()}
+
     def build(self) -> DataSpec:
         splits = self._read_splits()
         if self.whole:
@@ -232,13 +236,14 @@ class SentimentDataModule(SequenceDataModule):
             stored = dict(spec.tokenizer or {})
             self.max_length = stored.pop("max_length", self.max_length)
             self.tokenizer = stored or self.tokenizer
+            tokens = self._tokenized(splits)
         else:
             if self.subwords:
                 words = [tokenize(text, **self.tokenizer) for _, _, text, _ in splits["train"]]
                 pieces = learn_subwords(words, self.subwords, self.min_count, self.max_vocab, (PAD, UNK))
                 self.tokenizer["subwords"] = pieces.to_json()
-            train_tokens = [self._tokens(text) for _, _, text, _ in splits["train"]]
-            vocab = build_vocab(train_tokens, self.min_count, self.max_vocab, specials=(PAD, UNK))
+            tokens = self._tokenized(splits)
+            vocab = build_vocab(tokens["train"], self.min_count, self.max_vocab, specials=(PAD, UNK))
             raw = {y for *_, y in splits["train"]}
             unmapped = sorted(raw - set(self.label_names))
             if self.label_names and unmapped:  # a partial map would mix names and raw labels as classes
@@ -254,14 +259,14 @@ class SentimentDataModule(SequenceDataModule):
         class_index = {c: i for i, c in enumerate(spec.classes or [])}
         for split, rows in splits.items():
             inputs, targets = [], []
-            for source, row, text, label in rows:
+            for (source, row, _, label), text_tokens in zip(rows, tokens[split], strict=True):
                 name = self.label_names.get(label, label)
                 if name not in class_index:
                     raise DataError(
                         f"label {label!r} is not one of the classes {list(class_index)} "
                         "learnt from the training split", path=source, row=row, field=self.label_column,
                     )
-                ids = encode(self._tokens(text), index, unk_id=1) or [1]
+                ids = encode(text_tokens, index, unk_id=1) or [1]
                 inputs.append(torch.tensor(ids, dtype=torch.int64))
                 targets.append(torch.tensor(class_index[name]))
             self.splits[split] = SequenceDataset(inputs, targets)

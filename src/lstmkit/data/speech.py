@@ -31,9 +31,7 @@ to mono and other sample rates resampled, with one logged note per split saying 
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import json
 import logging
 import random
 import re
@@ -48,7 +46,7 @@ import torch
 import torchaudio.functional as AF
 
 from lstmkit.data.base import PadCollate, SequenceDataModule, SequenceDataset, path_not_found
-from lstmkit.data.text import read_text
+from lstmkit.data.text import csv_records, jsonl_records, read_text
 from lstmkit.errors import ConfigError, DataError
 from lstmkit.progress import track
 from lstmkit.types import Batch, DataSpec
@@ -399,26 +397,11 @@ class SpeechDataModule(SequenceDataModule):
         suffix = manifest.suffix.lower()
         records: list[tuple[int, dict[str, Any]]] = []
         if suffix in {".csv", ".tsv"}:
-            reader = csv.DictReader(content.splitlines(), delimiter="," if suffix == ".csv" else "\t")
-            header = reader.fieldnames or []
-            for column in (self.path_column, self.text_column):
-                if column not in header:
-                    raise DataError(
-                        f"no column {column!r}; the header has {header}. Set data.path_column / "
-                        "data.text_column to the right names", path=manifest, row=1, field=column,
-                    )
-            records = [(row, dict(rec)) for row, rec in enumerate(reader, start=2)]
+            records = list(csv_records(content, "," if suffix == ".csv" else "\t", manifest,
+                                       required=(self.path_column, self.text_column),
+                                       hint="data.path_column / data.text_column"))
         elif suffix in {".jsonl", ".json"}:
-            for row, line in enumerate(content.splitlines(), start=1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as err:
-                    raise DataError(f"invalid JSON ({err.msg})", path=manifest, row=row) from None
-                if not isinstance(record, dict):
-                    raise DataError("expected a JSON object per line", path=manifest, row=row)
-                records.append((row, record))
+            records = list(jsonl_records(content, manifest))
         else:
             raise DataError(f"unknown manifest type {suffix!r}; expected .csv, .tsv or .jsonl", path=manifest)
         utterances = []

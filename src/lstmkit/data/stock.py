@@ -425,8 +425,11 @@ class StockDataModule(SequenceDataModule):
         w, h = self.window, self.horizon
         for series in self.series:
             if len(series) < w + h:
+                others = [s.ticker for s in self.series if s is not series]
                 raise DataError(f"ticker {series.ticker!r} has {len(series)} rows; a window of {w} days with "
-                                f"horizon {h} needs at least {w + h}", path=series.source)
+                                f"horizon {h} needs at least {w + h}. To score the others, leave it out: "
+                                f"data.tickers=[{','.join(others[:3])}{',...' if len(others) > 3 else ''}]",
+                                path=series.source)
         rows = [(k, t) for k, series in enumerate(self.series) for t in range(w - 1, len(series) - h)]
         return torch.tensor(rows, dtype=torch.int64).reshape(-1, 2)
 

@@ -264,43 +264,20 @@ def read_labelled_text(
         )
     pairs: list[tuple[int, str, str]] = []
     if fmt in {"csv", "tsv"}:
-        # a stream, not split lines: a quoted field may hold a newline, which splitlines() would drop
-        reader = csv.DictReader(io.StringIO(content, newline=""), delimiter="," if fmt == "csv" else "\t")
-        header = reader.fieldnames or []
-        for column in (text_column, label_column):
-            if column not in header:
-                raise DataError(
-                    f"no column {column!r}; the header has {header}. Set data.text_column / "
-                    "data.label_column to the right names", path=path, row=1, field=column,
-                )
-        while True:
-            row = reader.line_num + 1  # the record's first line in the file (the header is line 1)
-            record = next(reader, None)
-            if record is None:
-                break
-            if any(str(v).strip() for v in record.get(None) or ()):  # DictReader's place for extra fields
-                fields = len(header) + len(record[None])  # type: ignore[index]
-                raise DataError(f"{fields} fields, but the header has {len(header)} ({header}); quote a field "
-                                "that contains the delimiter", path=path, row=row)
+        for row, record in csv_records(content, "," if fmt == "csv" else "\t", path,
+                                       required=(text_column, label_column),
+                                       hint="data.text_column / data.label_column"):
             pairs.append(_checked(record.get(text_column), record.get(label_column), path, row,
                                   text_column, label_column))
     elif fmt == "jsonl":
-        for row, line in enumerate(content.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                record: Any = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DataError(f"invalid JSON ({err.msg})", path=path, row=row) from None
-            if not isinstance(record, dict):
-                raise DataError("expected a JSON object per line", path=path, row=row)
+        for row, record in jsonl_records(content, path):
             if record.get(text_column) is not None and not isinstance(record[text_column], str):
                 raise DataError(f"expected a string, found {type(record[text_column]).__name__} "
                                 f"{record[text_column]!r}", path=path, row=row, field=text_column)
             pairs.append(_checked(record.get(text_column), record.get(label_column), path, row,
                                   text_column, label_column))
     elif fmt == "prefixed":
-        for row, line in enumerate(content.splitlines(), start=1):
+        for row, line in enumerate(content.split("\n"), start=1):
             if not line.strip():
                 continue
             label, *rest = line.split(None, 1)  # "<label> <text>", any whitespace (a tab too) between
@@ -311,6 +288,52 @@ def read_labelled_text(
     if not pairs:
         raise DataError("no examples found", path=path)
     return pairs
+
+
+def csv_records(
+    content: str, delimiter: str, path: Path, required: Iterable[str], hint: str
+) -> Iterable[tuple[int, dict[str, Any]]]:
+    """``(row, record)`` for each record of a CSV/TSV text; ``row`` is the record's first line in the
+    file (the header is line 1), so blank lines and quoted newlines do not shift it.
+
+    Read as a stream, not as split lines: a quoted field may hold a newline, which ``splitlines()``
+    would cut into two records. A missing ``required`` column or a record with more fields than the
+    header raises :class:`DataError`; ``hint`` names the options that choose the columns.
+    """
+    reader = csv.DictReader(io.StringIO(content, newline=""), delimiter=delimiter)
+    header = reader.fieldnames or []
+    for column in required:
+        if column not in header:
+            raise DataError(f"no column {column!r}; the header has {header}. Set {hint} to the right names",
+                            path=path, row=1, field=column)
+    while True:
+        row = reader.line_num + 1  # the line after the last one read: this record's first
+        record = next(reader, None)
+        if record is None:
+            return
+        if any(str(v).strip() for v in record.get(None) or ()):  # DictReader's place for extra fields
+            fields = len(header) + len(record[None])  # type: ignore[index]
+            raise DataError(f"{fields} fields, but the header has {len(header)} ({header}); quote a field "
+                            "that contains the delimiter", path=path, row=row)
+        yield row, record
+
+
+def jsonl_records(content: str, path: Path) -> Iterable[tuple[int, dict[str, Any]]]:
+    """``(row, object)`` for each non-blank line of a JSON-lines text.
+
+    Split at ``\\n`` only: ``splitlines()`` also splits at characters JSON strings may hold raw
+    (U+2028, form feed), which would cut a record and shift every later row number.
+    """
+    for row, line in enumerate(content.split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            record: Any = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise DataError(f"invalid JSON ({err.msg})", path=path, row=row) from None
+        if not isinstance(record, dict):
+            raise DataError("expected a JSON object per line", path=path, row=row)
+        yield row, record
 
 
 def _checked(
