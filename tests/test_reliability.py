@@ -230,3 +230,44 @@ def test_last_checkpoint_is_the_last_epoch_even_when_the_metric_stalls(make_cfg,
     assert read_checkpoint(checkpoints / "best.ckpt")["epoch"] == 0
     assert read_checkpoint(checkpoints / "last.ckpt")["epoch"] == 2
     assert sorted(p.name for p in checkpoints.iterdir()) == ["best.ckpt", "last.ckpt"]
+
+
+# lr 0: every epoch scores the same, so the best checkpoint stays epoch 0 (a later epoch must beat it)
+STALL = ["data.num_examples=200", "data.batch_size=32", "model.hidden_size=8", "encoder.dim=8", "optimizer.lr=0.0",
+         "scheduler=none", "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false", "logger=csv"]
+
+
+def test_a_resumed_run_keeps_the_best_checkpoint_of_its_earlier_epochs(tmp_path: Path) -> None:
+    """The resumed run writes into a new folder; Lightning's ModelCheckpoint then forgets the best
+    score, and the first epoch after the resume became "best" (so did ``val/*_best`` and the test
+    metrics measured on it)."""
+    run_cli("train", *STALL, "trainer.max_epochs=2", cwd=tmp_path)
+    run_cli("train", *STALL, "trainer.max_epochs=3", "resume=true", cwd=tmp_path)
+    first, second = sorted((tmp_path / "logs" / "sentiment" / "runs").iterdir())
+    assert read_checkpoint(second / "checkpoints" / "last.ckpt")["epoch"] == 2
+    assert read_checkpoint(second / "checkpoints" / "best.ckpt")["epoch"] == 0  # carried over, not epoch 2
+    assert read_checkpoint(first / "checkpoints" / "best.ckpt")["epoch"] == 0  # the earlier folder is kept
+    metrics = [json.loads((run / "metrics.json").read_text()) for run in (first, second)]
+    assert metrics[1]["val/acc_best"] == metrics[0]["val/acc_best"]
+    # other optimiser settings: the restored optimiser state would ignore them silently
+    proc = run_cli("train", *STALL, "trainer.max_epochs=4", "resume=true", "optimizer.weight_decay=0.5", cwd=tmp_path)
+    log = " ".join((proc.stdout + proc.stderr).split())
+    assert "no earlier run of this task has the overrides" in log  # falls back to the newest, saying so
+    assert "optimizer.weight_decay 0.01 -> 0.5 differ from the checkpoint's run" in log
+
+
+def test_a_resumed_sweep_continues_each_job_from_its_own_checkpoint(tmp_path: Path) -> None:
+    """``resume=true`` in a multirun: each job takes the earlier sweep's job with its overrides, never a
+    sibling's checkpoint or one the running sweep has just written; a job without one starts afresh."""
+    run_cli("train", "-m", "optimizer.lr=0.001,0.002", *STALL[:4], *STALL[5:], "trainer.max_epochs=1", cwd=tmp_path)
+    run_cli("train", "-m", "optimizer.lr=0.001,0.002,0.003", *STALL[:4], *STALL[5:], "trainer.max_epochs=2",
+            "resume=true", cwd=tmp_path)
+    earlier, resumed = sorted((tmp_path / "logs" / "sentiment" / "multiruns").iterdir())
+    for job, lr in enumerate((0.001, 0.002, 0.003)):
+        last = read_checkpoint(resumed / str(job) / "checkpoints" / "last.ckpt")
+        assert last["epoch"] == 1
+        assert {group["lr"] for group in last["optimizer_states"][0]["param_groups"]} == {lr}  # its own optimiser
+    for job in (0, 1):
+        log = (resumed / str(job) / "cli.log").read_text()
+        assert f"{earlier.name}/{job}/checkpoints/last.ckpt" in log
+    assert "this job starts afresh" in (resumed / "2" / "cli.log").read_text()

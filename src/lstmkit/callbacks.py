@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import logging
+import shutil
+from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import RichProgressBar
+from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from lstmkit.errors import LstmkitError
+
+log = logging.getLogger("lstmkit")
 
 
 class DivergedError(LstmkitError):
@@ -199,3 +205,49 @@ class ReseedEachEpoch(L.Callback):
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         L.seed_everything(self.seed + 100_003 * trainer.current_epoch, workers=True, verbose=False)
+
+
+class RunCheckpoint(ModelCheckpoint):
+    """Lightning's ``ModelCheckpoint``, whose best checkpoint and score survive a resume.
+
+    Why: a resumed run writes into a new run directory, and ``ModelCheckpoint`` only restores its
+    ``best_model_score`` and ``best_k_models`` when the checkpoint folder is the same. Otherwise the
+    first epoch after the resume becomes "best" however bad it is: ``best.ckpt``, ``val/*_best``
+    and the test metrics (measured on the best checkpoint) then differ from those of a run that
+    was never interrupted. Here the earlier run's checkpoint files are copied into the new folder
+    (their names kept; the earlier run's folder is left as it was) and the state is restored
+    under the new paths, so the run continues as one.
+    """
+
+    @property
+    def state_key(self) -> str:
+        """Lightning's own key, so checkpoints stay interchangeable with a plain ``ModelCheckpoint``."""
+        return super().state_key.replace(type(self).__qualname__, ModelCheckpoint.__qualname__, 1)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        old = state_dict.get("dirpath")
+        if self.dirpath and old and old != self.dirpath:
+            state_dict = self._moved(state_dict, Path(old), Path(self.dirpath))
+        super().load_state_dict(state_dict)
+
+    def _moved(self, state: dict[str, Any], old: Path, new: Path) -> dict[str, Any]:
+        def move(path: str) -> str:
+            if not path or Path(path).parent != old:
+                return path
+            target = new / Path(path).name
+            if rank_zero_only.rank == 0 and not target.exists():
+                new.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(path, target)
+            return str(target)
+
+        files = [p for p in (state.get("best_k_models") or {}) if p]
+        lost = [p for p in files if not Path(p).is_file()]
+        if lost:  # the earlier run's folder was moved or cleaned: Lightning's own behaviour (start afresh)
+            log.warning("resuming: the earlier checkpoint(s) %s are gone; the best checkpoint starts afresh", lost)
+            return state
+        moved = dict(state, dirpath=str(new))
+        moved["best_k_models"] = {move(p): score for p, score in (state.get("best_k_models") or {}).items()}
+        for key in ("best_model_path", "kth_best_model_path", "last_model_path"):
+            if state.get(key):
+                moved[key] = move(state[key]) if Path(state[key]).is_file() else state[key]
+        return moved

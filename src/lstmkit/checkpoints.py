@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import glob
+import logging
 import math
 import os
 import zipfile
@@ -16,6 +17,8 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lstmkit.ensemble import SequenceEnsemble
 from lstmkit.errors import CheckpointError, ConfigError
 from lstmkit.module import SequenceModel
+
+log = logging.getLogger("lstmkit")
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -91,12 +94,32 @@ def check_resumable(path: str | Path, model: SequenceModel, ckpt: dict[str, Any]
     missing = sorted(set(own) ^ set(state))
     if missing:
         problems.append(f"other weights ({', '.join(missing[:3])}" + (" ...)" if len(missing) > 3 else ")"))
+    if not problems:
+        _warn_restored_settings(path, ckpt["hyper_parameters"], dict(model.hparams))
     if problems:
         raise CheckpointError(
             f"{path}: cannot resume this run from it, it was trained with {'; '.join(problems)}. Resuming continues "
             "the same run (same data and model settings): give ckpt_path= of such a run, or "
             f"init_from.ckpt_path={path} to start a new run from its weights")
 
+
+
+def _warn_restored_settings(path: str | Path, old: dict[str, Any], new: dict[str, Any]) -> None:
+    """Warn when the optimiser or schedule settings differ from the checkpoint's: a resume restores
+    the optimiser's state (learning rate and weight decay included) and the schedule's, so the new
+    values would otherwise be silently ignored."""
+    changed = [f"{part}.{key} {_short(was)} -> {_short(now)}"
+               for part in ("optimizer", "scheduler", "lr_scale")
+               for key, was, now in _differences(old.get(part) or {}, new.get(part) or {})]
+    if changed:
+        log.warning("resuming %s: %s differ from the checkpoint's run; the optimiser and schedule continue as "
+                    "they were saved, so these new values are not used (init_from.ckpt_path= starts a new run "
+                    "from its weights with them)", path, "; ".join(changed))
+
+
+def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+    return [(str(key), old.get(key), new.get(key)) for key in sorted(set(old) | set(new), key=str)
+            if not _same(old.get(key), new.get(key))]
 
 def _same(old: Any, new: Any) -> bool:
     """Equal, with numbers equal to a relative 1e-6 (the last bits of a float sum depend on threads)."""

@@ -15,7 +15,7 @@ from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, ProgressBar
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from lstmkit.build import build
 from lstmkit.callbacks import ReseedEachEpoch, StopOnNonFiniteLoss
@@ -67,19 +67,51 @@ def _first_line(err: BaseException) -> str:
     return text.splitlines()[0] if text else type(err).__name__
 
 
+# overrides a resumed run may change: how long it trains, and the resume options themselves
+RESUME_OVERRIDES = {"resume", "ckpt_path", "trainer.max_epochs", "trainer.max_steps", "trainer.max_time"}
+
+
+def job_overrides(overrides: list[str]) -> list[str]:
+    """A run's command-line overrides, less those a resumed run may change, in a canonical order."""
+    return sorted(o for o in map(str, overrides) if o.lstrip("+~").split("=", 1)[0] not in RESUME_OVERRIDES)
+
+
 def resolve_ckpt_path(ckpt_path: str | None, cfg: DictConfig) -> str | None:
-    """``last`` -> the newest ``last.ckpt`` among this task's earlier runs; a path -> checked."""
+    """``last`` -> the newest ``last.ckpt`` of an earlier run of this task; a path -> checked.
+
+    "Earlier run" means one with the same overrides (less the run length and the resume options),
+    read from its ``.hydra/overrides.yaml``: so each job of a resumed sweep continues *its* job of
+    the earlier sweep, never a sibling with other hyperparameters or a job of the sweep now running.
+    A sweep job without such a run starts afresh (the sweep is resumed where it stopped). A single
+    run without one falls back to the task's newest ``last.ckpt``, with a warning.
+    """
     if not ckpt_path:
         return None
-    if ckpt_path == "last":
-        runs = Path(cfg.paths.log_dir) / str(cfg.task_name)
-        candidates = sorted(runs.glob("**/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
-        if not candidates:
-            raise ConfigError(f"ckpt_path=last: no checkpoints/last.ckpt under {runs}")
-        return str(candidates[-1])
-    if not Path(ckpt_path).exists():
-        raise ConfigError(f"ckpt_path={ckpt_path}: file not found")
-    return str(ckpt_path)
+    if ckpt_path != "last":
+        if not Path(ckpt_path).exists():
+            raise ConfigError(f"ckpt_path={ckpt_path}: file not found")
+        return str(ckpt_path)
+    hydra = HydraConfig.get() if HydraConfig.initialized() else None
+    sweep = hydra is not None and hydra.mode == RunMode.MULTIRUN
+    now = Path(hydra.sweep.dir if sweep else hydra.runtime.output_dir).resolve() if hydra else None
+    runs = Path(cfg.paths.log_dir) / str(cfg.task_name)
+    candidates = [p for p in runs.glob("**/checkpoints/last.ckpt")
+                  if now is None or now not in p.resolve().parents]  # not this run's / this sweep's own
+    candidates.sort(key=lambda p: p.stat().st_mtime, reverse=True)
+    mine = job_overrides(list(hydra.overrides.task)) if hydra else None
+    for candidate in candidates:
+        recorded = candidate.parent.parent / ".hydra" / "overrides.yaml"
+        if mine is not None and recorded.is_file() and job_overrides(list(OmegaConf.load(recorded))) == mine:
+            log.info("resuming %s (the newest earlier run with these overrides)", candidate)
+            return str(candidate)
+    if sweep:
+        log.info("resume: no earlier run of this task has the overrides %s; this job starts afresh", mine)
+        return None
+    if not candidates:
+        raise ConfigError(f"ckpt_path=last: no checkpoints/last.ckpt under {runs}")
+    log.warning("resume: no earlier run of this task has the overrides %s; resuming the task's newest "
+                "last.ckpt, %s (give ckpt_path= to choose)", mine, candidates[0])
+    return str(candidates[0])
 
 
 def check_splits(datamodule: Any, cfg: DictConfig) -> None:
