@@ -56,3 +56,38 @@ def test_export_command(tmp_path: Path) -> None:
     ckpt = next((tmp_path / "logs" / "sentiment" / "runs").glob("*/checkpoints/last.ckpt"))
     proc = run_cli("export", f"ckpt_path={ckpt}", "format=onnx", cwd=tmp_path)
     assert '"max_abs_diff"' in proc.stdout and ckpt.with_suffix(".onnx").exists()
+
+
+@pytest.mark.parametrize("task", ["ecg", "ecg_unsupervised"])
+def test_exported_anomaly_model_carries_its_threshold_and_score(make_cfg, tmp_path: Path, task: str) -> None:
+    """A server reading only the ONNX graph and its spec.json reaches predict's anomaly decisions."""
+    import onnxruntime
+
+    from lstmkit.export import example_inputs
+
+    cfg = make_cfg([f"task={task}"])
+    datamodule = instantiate(cfg.data, _convert_="all")
+    datamodule.setup("fit")
+    model = build_model(cfg, datamodule).eval()
+    inputs, lengths = example_inputs(model.spec, batch=8, steps=int(model.spec.extra.get("samples_per_beat", 40)))
+    with torch.no_grad():
+        outputs, out_lengths = model(inputs, lengths)
+        scores = model.head.scores(outputs, out_lengths)
+    ranked = scores.sort().values
+    model.head.threshold.fill_(float(ranked[3] + ranked[4]) / 2)  # splits these inputs, far from any score
+    expected = [p["anomaly"] for p in model.head.decode(outputs, out_lengths)]
+    assert 0 < sum(expected) < len(expected)
+    # a custom output folder that does not exist yet is created
+    result = export_model(model, tmp_path / "new" / "model.onnx", fmt="onnx")
+    head = json.loads(Path(result["spec_path"]).read_text())["head"]
+    assert head["threshold"] == pytest.approx(float(model.head.threshold)) and head["anomaly"] == "score >= threshold"
+    session = onnxruntime.InferenceSession(result["path"], providers=["CPUExecutionProvider"])
+    raw = torch.from_numpy(session.run(None, {"inputs": inputs.numpy(), "lengths": lengths.numpy()})[0])
+    if head["type"] == "AnomalyHead":
+        served = raw.sigmoid()
+    else:  # ReconstructionHead: mean squared error of prediction against target over the valid steps
+        c = head["channels"]
+        valid = lengths - (1 if head["target"] == "next" else 0)
+        mask = torch.arange(raw.shape[1])[None, :] < valid[:, None]
+        served = (((raw[..., :c] - raw[..., c:]) ** 2).sum(-1) * mask).sum(1) / (mask.sum(1) * c)
+    assert [bool(s >= head["threshold"]) for s in served] == expected

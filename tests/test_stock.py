@@ -132,6 +132,28 @@ def test_duplicate_dates_and_missing_columns_are_errors(tmp_path: Path) -> None:
         read_ohlcv(tmp_path / "nope.csv", FEATURES)
 
 
+
+def test_blank_lines_and_trailing_commas_keep_rows_and_columns(tmp_path: Path) -> None:
+    """Rows are the file's lines (blank lines counted); a trailing comma on every row is dropped, not
+    read as a shift of every column; a non-empty extra field is an error, never silently lost."""
+    lines = one_ticker(30).astype(str).to_csv(index=False).splitlines()
+    clean = read_ohlcv(write_csv(tmp_path / "clean.csv", one_ticker(30)), FEATURES)[0]
+    spaced = lines[:11] + ["", "   "] + lines[11:]
+    (tmp_path / "spaced.csv").write_text("\n".join(spaced) + "\n")
+    trailing = [lines[0]] + [line + "," for line in lines[1:]]
+    (tmp_path / "trailing.csv").write_text("\n".join(trailing) + "\n")
+    for name in ("spaced.csv", "trailing.csv"):
+        (series,) = read_ohlcv(tmp_path / name, FEATURES)
+        assert np.array_equal(series.values, clean.values) and np.array_equal(series.dates, clean.dates)
+    spaced[20] = spaced[20].split(",", 1)[0] + ",abc," + spaced[20].split(",", 2)[2]  # line 21: open
+    (tmp_path / "spaced.csv").write_text("\n".join(spaced) + "\n")
+    with pytest.raises(DataError, match=r"spaced\.csv, row 21, field 'open': expected a finite number, found 'abc'"):
+        read_ohlcv(tmp_path / "spaced.csv", FEATURES)
+    trailing[5] += "7"
+    (tmp_path / "trailing.csv").write_text("\n".join(trailing) + "\n")
+    with pytest.raises(DataError, match=r"trailing\.csv, row 6: 7 fields, but the header has 6"):
+        read_ohlcv(tmp_path / "trailing.csv", FEATURES)
+
 def test_too_short_series_names_ticker_rows_and_window(tmp_path: Path) -> None:
     frame = generate_ohlcv(2, 200, seed=3)
     frame = frame[(frame["Name"] == "SYNA") | (frame.index % 200 < 25)]  # SYNB keeps 25 days

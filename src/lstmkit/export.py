@@ -82,6 +82,7 @@ def export(model: SequenceModel, path: str | Path, fmt: str = "onnx", tolerance:
     traced_inputs = example_inputs(model.spec, batch=3, steps=12)
     check_inputs = example_inputs(model.spec, batch=5, steps=20, seed=1)
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     with torch.no_grad():
         expected = model(*check_inputs)[0]
         try:
@@ -106,7 +107,8 @@ def export(model: SequenceModel, path: str | Path, fmt: str = "onnx", tolerance:
         except ExportError:
             raise
         except Exception as err:
-            other = " (format=torchscript is the other format: try it)" if fmt == "onnx" else ""
+            other = (" (format=torchscript is the other format: try it)"
+                     if fmt == "onnx" and not isinstance(err, OSError) else "")
             raise ExportError(f"{fmt} export of {type(model.encoder).__name__} -> LSTM -> "
                               f"{type(model.head).__name__} failed: {str(err).splitlines()[0]}{other}") from err
     if actual.shape != expected.shape:
@@ -120,13 +122,15 @@ def export(model: SequenceModel, path: str | Path, fmt: str = "onnx", tolerance:
 
 
 def write_spec(model: SequenceModel, path: Path) -> Path:
-    """Write the DataSpec (vocabulary, classes, normaliser statistics, ids) as plain JSON beside ``path``.
+    """Write the DataSpec (vocabulary, classes, normaliser statistics, ids) and the head's serving
+    record (e.g. an anomaly head's threshold and score) as plain JSON beside ``path``.
 
     Why: an exported graph maps ids/features to scores; serving it needs the same vocabulary and
-    normaliser the model was trained with, readable without lstmkit, torch or pickle.
+    normaliser the model was trained with, and the learnt values its decisions use, readable
+    without lstmkit, torch or pickle.
     """
     spec_path = path.with_name(path.name + ".spec.json")
     record = {"task": model.hparams.get("task", ""), "spec": model.spec.to_dict(),
-              "inputs": ["inputs", "lengths"], "outputs": ["outputs"]}
+              "inputs": ["inputs", "lengths"], "outputs": ["outputs"], "head": model.head.serving()}
     spec_path.write_text(json.dumps(record, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     return spec_path

@@ -16,9 +16,11 @@ only. Batches carry raw values; the model normalises them itself
 
 from __future__ import annotations
 
+import csv
 import logging
 import math
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -145,7 +147,8 @@ def read_ohlcv(path: str | Path, features: list[str]) -> list[Series]:
     series: list[Series] = []
     seen: dict[str, str] = {}
     for file in track(files, "reading price files"):
-        for item in validate_frame(_read_csv(file), str(file), features, default_ticker=file.stem):
+        frame, lines = _read_csv(file)
+        for item in validate_frame(frame, str(file), features, default_ticker=file.stem, lines=lines):
             if item.ticker in seen:
                 raise DataError(f"ticker {item.ticker!r} appears in two files ({seen[item.ticker]} and this "
                                 "one); give each ticker one file", path=file, field="ticker")
@@ -154,23 +157,51 @@ def read_ohlcv(path: str | Path, features: list[str]) -> list[Series]:
     return series
 
 
-def _read_csv(path: Path) -> pd.DataFrame:
+def _read_csv(path: Path) -> tuple[pd.DataFrame, np.ndarray]:
+    """The table, and each row's line in the file (the header is line 1) for the errors.
+
+    Blank lines are dropped but counted, so the line numbers stay the file's. A trailing delimiter
+    on every row (a common export quirk) is one empty field too many: pandas would take the first
+    column as the index and shift every column left (a price read as the date); ``index_col=False``
+    drops the extra field instead, after a check that it is empty everywhere (no data is lost).
+    """
     try:
-        return pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", pd.errors.ParserWarning)
+            frame = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True,
+                                skip_blank_lines=False, index_col=False)
     except pd.errors.EmptyDataError:
         raise DataError("empty file; expected a CSV with a header row date,open,high,low,close,volume",
                         path=path) from None
     except (pd.errors.ParserError, UnicodeDecodeError) as err:
         raise DataError(f"not a readable CSV file ({str(err).strip().splitlines()[-1]})", path=path) from None
+    if any(issubclass(w.category, pd.errors.ParserWarning) for w in caught):
+        _check_extra_fields_empty(path, len(frame.columns))
+    lines = np.arange(len(frame)) + 2
+    blank = frame.apply(lambda column: column.str.strip().eq("")).all(axis=1).to_numpy()
+    return frame[~blank].reset_index(drop=True), lines[~blank]
 
 
-def validate_frame(frame: pd.DataFrame, source: str, features: list[str], default_ticker: str) -> list[Series]:
+def _check_extra_fields_empty(path: Path, width: int) -> None:
+    with path.open(newline="", encoding="utf-8-sig") as fh:
+        reader = csv.reader(fh, skipinitialspace=True)
+        for row in reader:
+            if any(value.strip() for value in row[width:]):
+                raise DataError(f"{len(row)} fields, but the header has {width}; quote a field that contains a "
+                                "comma, or give the extra column a name in the header", path=path,
+                                row=reader.line_num)
+
+
+def validate_frame(
+    frame: pd.DataFrame, source: str, features: list[str], default_ticker: str, lines: np.ndarray | None = None
+) -> list[Series]:
     """Check one table row by row and split it per ticker.
 
     Raises :class:`DataError` naming the file, the row (line number, header = 1) and the
     column for: a missing column, a bad date, a non-numeric / NaN / infinite value, a
     non-positive price, a negative volume, a duplicate date of a ticker. Unsorted dates are
-    sorted with a warning (files exported newest-first are common and unambiguous).
+    sorted with a warning (files exported newest-first are common and unambiguous). ``lines``:
+    each row's line in the file, when it is not simply the row's position + 2.
     """
     columns: dict[str, str] = {}
     for name in frame.columns:
@@ -187,7 +218,7 @@ def validate_frame(frame: pd.DataFrame, source: str, features: list[str], defaul
         )
     if frame.empty:
         raise DataError("no data rows below the header", path=source)
-    lines = np.arange(len(frame)) + 2  # header is line 1
+    lines = np.arange(len(frame)) + 2 if lines is None else lines  # header is line 1
 
     raw_dates = frame[columns["date"]].astype(str).str.strip()
     parsed = pd.to_datetime(raw_dates, errors="coerce", format="mixed")

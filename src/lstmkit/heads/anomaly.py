@@ -184,6 +184,13 @@ class ScoreHead(Head):
         """Raw head outputs -> one anomaly score per sequence ``(B,)``; higher = more anomalous."""
         raise NotImplementedError
 
+    score_formula = ""  # how :meth:`scores` reads the raw outputs, for a served copy of the export
+
+    def serving(self) -> dict[str, Any]:
+        threshold = float(self.threshold)
+        return {**super().serving(), "score": self.score_formula, "anomaly": "score >= threshold",
+                "threshold": threshold if math.isfinite(threshold) else None, "threshold_rule": self.rule}
+
     def resolve_threshold(self, scores: torch.Tensor, labels: torch.Tensor, choose: bool) -> float:
         """Choose (validation) and store, or read the stored threshold."""
         if choose:
@@ -330,6 +337,8 @@ class AnomalyHead(ScoreHead):
     def loss(self, outputs: torch.Tensor, lengths: torch.Tensor, batch: Batch) -> torch.Tensor:
         return F.binary_cross_entropy_with_logits(outputs, batch.targets.float(), pos_weight=self.pos_weight)
 
+    score_formula = "sigmoid(outputs): outputs are one logit per sequence, (batch,)"
+
     def scores(self, outputs: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         return outputs.float().sigmoid()
 
@@ -435,6 +444,14 @@ class ReconstructionHead(ScoreHead):
     def loss(self, outputs: torch.Tensor, lengths: torch.Tensor, batch: Batch) -> torch.Tensor:
         errors, mask = self._squared_errors(outputs, lengths)
         return errors.sum() / (mask.sum() * self.channels).clamp(min=1)
+
+    def serving(self) -> dict[str, Any]:
+        steps = "lengths - 1 (the last step has no next sample)" if self.target == "next" else "lengths"
+        return {**super().serving(), "channels": self.channels, "target": self.target,
+                "valid_steps": steps}
+
+    score_formula = ("mean over the first valid_steps steps and the channels of (outputs[..., :channels] - "
+                     "outputs[..., channels:]) ** 2: outputs are (batch, time, 2 * channels), prediction then target")
 
     def scores(self, outputs: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         errors, mask = self._squared_errors(outputs, lengths)

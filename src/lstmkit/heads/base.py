@@ -89,5 +89,11 @@ class Head(nn.Module):
         """Post-process raw outputs into one plain-typed prediction per sample."""
         raise NotImplementedError
 
+    def serving(self) -> dict[str, Any]:
+        """What a served copy of the exported graph needs beyond the data spec to turn its
+        ``outputs`` into :meth:`decode`'s predictions (plain JSON, written beside the export).
+        Heads whose decisions use learnt values (an alarm threshold) add them."""
+        return {"type": type(self).__name__}
+
     def bind(self, encoder: nn.Module) -> None:
         """Called once after construction with the encoder (e.g. to tie weights)."""
