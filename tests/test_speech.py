@@ -670,3 +670,33 @@ def test_deltas_follow_the_statics_and_ignore_the_padding():
     torch.testing.assert_close(traced(x, lengths)[0], feats)
     with pytest.raises(ConfigError, match="encoder.deltas"):
         SpectrogramEncoder(SPEC, deltas=3)
+
+
+def test_disk_cache_is_read_back_and_a_damaged_one_is_rebuilt(tmp_path, monkeypatch, caplog):
+    write_fsdd(tmp_path / "fsdd", count=7)
+    cache = tmp_path / "cache"
+    first = SpeechDataModule(path=str(tmp_path / "fsdd"), cache_dir=str(cache))
+    first.setup()
+    files = sorted(cache.glob("speech-*.pt"))
+    assert len(files) == 3  # one per split
+    # the second setup decodes nothing: every wave comes from the cache
+    from lstmkit.data import speech
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("decoded a file the cache holds")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(speech, "read_audio", no_decoding)
+        again = SpeechDataModule(path=str(tmp_path / "fsdd"), cache_dir=str(cache))
+        again.setup()
+    assert [len(again.splits[s]) for s in ("train", "val", "test")] == [len(first.splits[s]) for s in ("train", "val", "test")]
+    files[0].write_bytes(b"PK\x03\x04 cut short")
+    with caplog.at_level(logging.WARNING, logger="lstmkit"):
+        SpeechDataModule(path=str(tmp_path / "fsdd"), cache_dir=str(cache)).setup()
+    assert "ignoring the unreadable audio cache" in caplog.text
+    assert files[0].stat().st_size > 100  # rewritten
+    # split=all: the empty train / val splits write no cache of nothing
+    whole = SpeechDataModule(path=str(tmp_path / "fsdd"), cache_dir=str(tmp_path / "cache2"), whole=True,
+                             spec=first.spec.to_dict())
+    whole.setup("test")
+    assert len(list((tmp_path / "cache2").glob("speech-*.pt"))) == 1

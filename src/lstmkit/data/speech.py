@@ -507,7 +507,7 @@ class SpeechDataModule(SequenceDataModule):
             log.info("%s: %d file(s) at %d Hz resampled to %d Hz", split, count, rate, self.sample_rate)
         if skipped:
             log.warning("%s: skipped %d empty/silent clip(s)", split, len(skipped))
-        if cached is None and self.cache_dir and self.path is not None:
+        if cached is None and self.cache_dir and self.path is not None and kept:  # no empty caches (split=all)
             self._write_disk_cache(kept)
         return kept
 
@@ -524,8 +524,13 @@ class SpeechDataModule(SequenceDataModule):
         file = self._cache_file(utterances)
         if file is None or not file.is_file():
             return None
-        stored = torch.load(file, map_location="cpu", weights_only=True)
-        return {source: wave.numpy() for source, wave in stored.items()}
+        try:
+            stored = torch.load(file, map_location="cpu", weights_only=True)
+            return {str(source): wave.numpy() for source, wave in stored.items()}
+        except Exception as err:  # noqa: BLE001 - a cut-short or foreign file: decode again, rewrite it
+            log.warning("ignoring the unreadable audio cache %s (%s); decoding the files again", file,
+                        str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__)
+            return None
 
     def _write_disk_cache(self, utterances: list[Utterance]) -> None:
         file = self._cache_file(utterances)
