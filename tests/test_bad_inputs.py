@@ -71,6 +71,15 @@ def _stock(d: Path, edit: Callable[[pd.DataFrame], pd.DataFrame] = lambda f: f, 
     return ["task=stock", f"data.path={d / 'acme.csv'}", "data.window=8"]
 
 
+def _stock_extra_field(d: Path) -> list[str]:
+    """Every row ends with a comma (an export quirk lstmkit accepts), but row 6 has a value there."""
+    overrides = _stock(d)
+    lines = (d / "acme.csv").read_text().splitlines()
+    lines = [lines[0]] + [line + ("," if i != 6 else ",12.5") for i, line in enumerate(lines[1:], start=2)]
+    (d / "acme.csv").write_text("\n".join(lines) + "\n")
+    return overrides
+
+
 def _tone(seconds: float = 0.3, sr: int = SR, channels: int = 1, amplitude: float = 0.5) -> np.ndarray:
     t = np.arange(int(seconds * sr)) / sr
     wave = (amplitude * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
@@ -134,6 +143,7 @@ CASES = [
     Case("unsorted-dates", lambda d: _stock(d, lambda f: f.iloc[::-1]), r"not in date order", exit_code=0),
     Case("missing-price-column", lambda d: _stock(d, lambda f: f.drop(columns="volume")),
          r"acme\.csv, field 'volume': missing column"),
+    Case("ohlcv-extra-field", _stock_extra_field, r"acme\.csv, row 6: 7 fields, but the header has 6; quote a field"),
     Case("series-too-short", lambda d: _stock(d, days=12), r"ticker 'acme' is too short: 12 rows"),
     Case("corrupt-wav", lambda d: _speech(d, edit=lambda d: _text(d / "tr2.wav", b"RIFF\x00\x00garbage") and None),
          r"tr2\.wav: cannot decode audio .*\(listed in .*manifest\.csv, row \d+\)"),
