@@ -10,11 +10,13 @@ included — without the original config, with ``torch.load(weights_only=True)``
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Sequence
 from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.trainer.states import TrainerFn
 from torch import nn
 from torchmetrics import MeanMetric
 
@@ -22,6 +24,7 @@ from lstmkit.build import build
 from lstmkit.core import POOLINGS, LSTMCore, summarise
 from lstmkit.errors import ConfigError
 from lstmkit.heads.base import Head
+from lstmkit.optim import SPREAD_OVER_RUN
 from lstmkit.plots import save_and_log
 from lstmkit.types import Batch, DataSpec
 
@@ -72,6 +75,9 @@ class SequenceModel(L.LightningModule):
         if self.head.pooling not in POOLINGS:  # else it fails at the first forward pass, deep inside
             raise ConfigError(f"head.pooling={self.head.pooling!r}: expected one of {', '.join(POOLINGS[1:])}")
         self.head.bind(self.encoder)
+        # what checkpoints, early stopping and scheduler=plateau watch: the head's metric unless the
+        # run's ``monitor`` / ``monitor_mode`` say otherwise (set by the train command)
+        self.monitor, self.monitor_mode = self.head.monitor, self.head.mode
         self._add_evaluation_metrics()
         self.l1 = l1
         if adversarial < 0:
@@ -145,7 +151,7 @@ class SequenceModel(L.LightningModule):
         self.head.update_metrics(self.metrics[split], outputs, lengths, batch)
         if split == "test" and self.figure_metrics is not None:
             self.head.update_metrics(self.figure_metrics, outputs, lengths, batch)
-        self.losses[split].update(loss.detach(), weight=len(batch))
+        self.losses[split].update(loss.detach(), weight=self.head.loss_weight(outputs, lengths, batch))
         self.log(f"{split}/loss", self.losses[split], batch_size=len(batch))
         self.log_dict(self.metrics[split], prog_bar=split == "val", batch_size=len(batch))
         return loss
@@ -205,6 +211,9 @@ class SequenceModel(L.LightningModule):
 
     def on_validation_epoch_start(self) -> None:
         self.reset_state("val")
+        # heads learn decision values (an anomaly threshold) on the validation split while fitting
+        # only: ``lstmkit eval split=val`` scores the stored ones, as test and predict do
+        self.head.fitting = self.trainer.state.fn == TrainerFn.FITTING
 
     def on_test_epoch_start(self) -> None:
         self.reset_state("test")
@@ -279,14 +288,23 @@ class SequenceModel(L.LightningModule):
             return optimizer
         sched_spec = dict(self.hparams.scheduler)
         interval = sched_spec.pop("interval", "step")
-        total = int(self.trainer.estimated_stepping_batches) if interval == "step" else int(
+        total = float(self.trainer.estimated_stepping_batches) if interval == "step" else float(
             self.trainer.max_epochs or 1
         )
+        plateau = str(sched_spec.get("_target_", "")).endswith(".plateau")
+        spread = sched_spec.get("_target_") in SPREAD_OVER_RUN
+        if spread and (not math.isfinite(total) or total < 1):  # max_epochs=-1: until early stopping / max_time
+            name = str(sched_spec.get("_target_", "")).rsplit(".", 1)[-1]
+            raise ConfigError(f"scheduler {name} spreads its schedule over the run's length, but the run has none "
+                              f"(trainer.max_epochs={self.trainer.max_epochs}, trainer.max_steps="
+                              f"{self.trainer.max_steps}); give trainer.max_epochs or trainer.max_steps, or use "
+                              "scheduler=plateau or scheduler=none")
+        total = int(total) if math.isfinite(total) else 1
         kwargs: dict[str, Any] = {}
-        if sched_spec.get("_target_", "").endswith(".plateau"):
-            kwargs["mode"] = self.head.mode
+        if plateau:
+            kwargs["mode"] = self.monitor_mode
         scheduler = build(sched_spec)(optimizer, total_steps=max(1, total), **kwargs)
         config: dict[str, Any] = {"scheduler": scheduler, "interval": interval}
         if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-            config.update(interval="epoch", monitor=self.head.monitor)
+            config.update(interval="epoch", monitor=self.monitor)
         return {"optimizer": optimizer, "lr_scheduler": config}

@@ -12,6 +12,9 @@ import math
 from torch.optim import Optimizer
 from torch.optim import lr_scheduler as sched
 
+# the schedules spread over the run's length (``total_steps``): a run without one cannot use them
+SPREAD_OVER_RUN = frozenset({"lstmkit.optim.cosine_with_warmup", "lstmkit.optim.one_cycle"})
+
 
 def cosine_with_warmup(
     optimizer: Optimizer, total_steps: int, warmup_ratio: float = 0.05, min_lr_ratio: float = 0.01

@@ -133,6 +133,41 @@ def check_splits(datamodule: Any, cfg: DictConfig) -> None:
                             path=getattr(datamodule, "path", None))
 
 
+def monitor_mode(monitor: str, model: SequenceModel) -> str:
+    """Whether ``monitor`` is maximised or minimised, when ``monitor_mode`` is not given.
+
+    Why: the head's mode belongs to the head's metric. ``monitor=val/loss`` with a classifier
+    (``max``) kept the epoch with the *highest* loss as best, tested it, and an Optuna sweep
+    maximised the loss. Losses are minimised; the head's metrics say it themselves (torchmetrics'
+    ``higher_is_better``). A name that is neither keeps the head's mode: if it is not logged at
+    all, Lightning's check names the logged metrics.
+    """
+    if monitor == model.head.monitor:
+        return model.head.mode
+    name = monitor.split("/", 1)[-1].removesuffix("_best")
+    if name == "loss" or name.endswith("_loss"):
+        return "min"
+    higher = getattr(model.head.metrics()[name], "higher_is_better", None) if name in model.head.metrics() else None
+    return model.head.mode if higher is None else ("max" if higher else "min")
+
+
+def check_sweep_direction(cfg: DictConfig) -> None:
+    """Refuse an Optuna sweep whose ``direction`` opposes the monitored metric's mode.
+
+    The presets fix the direction of their task's metric (``sentiment_optuna``: maximize val/acc);
+    with another ``monitor`` or ``task`` the sweep would otherwise optimise the wrong way silently.
+    """
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return
+    direction = HydraConfig.get().sweeper.get("direction")
+    if not isinstance(direction, str):
+        return  # the basic sweeper (no objective), or a multi-objective study
+    wanted = "maximize" if cfg.monitor_mode == "max" else "minimize"
+    if direction.lower() != wanted:
+        raise ConfigError(f"hydra.sweeper.direction={direction}, but monitor={cfg.monitor} is to be "
+                          f"{wanted}d (monitor_mode={cfg.monitor_mode}); set hydra.sweeper.direction={wanted}")
+
+
 def check_strategy(cfg: DictConfig) -> None:
     """Refuse the one combination that silently goes wrong: script-relaunching DDP inside a sweep.
 
@@ -219,7 +254,11 @@ def train(cfg: DictConfig) -> float | None:
         build(plain(cfg.optimizer))([torch.zeros(1, requires_grad=True)])
     with open_dict(cfg):
         cfg.monitor = cfg.monitor or model.head.monitor
-        cfg.monitor_mode = cfg.monitor_mode or model.head.mode
+        cfg.monitor_mode = cfg.monitor_mode or monitor_mode(str(cfg.monitor), model)
+    if cfg.monitor_mode not in ("min", "max"):
+        raise ConfigError(f"monitor_mode={cfg.monitor_mode!r}: expected min or max")
+    check_sweep_direction(cfg)
+    model.monitor, model.monitor_mode = str(cfg.monitor), str(cfg.monitor_mode)  # for scheduler=plateau
     callbacks = [*instantiate_group(cfg.get("callbacks")), StopOnNonFiniteLoss()]
     if seed is not None:
         callbacks.append(ReseedEachEpoch(seed))

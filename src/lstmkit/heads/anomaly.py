@@ -207,8 +207,9 @@ class ScoreHead(Head):
     def update_metrics(
         self, metrics: MetricCollection, outputs: torch.Tensor, lengths: torch.Tensor, batch: Batch
     ) -> None:
-        # The module clones one collection per split ("val/", "test/"); only validation chooses.
-        choose = str(metrics.prefix or "").startswith("val")
+        # The module clones one collection per split ("val/", "test/"); only validation while
+        # fitting chooses (not lstmkit eval split=val, which scores the stored threshold).
+        choose = str(metrics.prefix or "").startswith("val") and self.fitting
         for metric in metrics.values(copy_state=False):
             if isinstance(metric, DetectionStat):
                 metric.choose = choose

@@ -33,6 +33,7 @@ class Head(nn.Module):
 
     pooling: str = "none"
     monitor: str = "val/loss"
+    fitting: bool = True  # False when a trained model is only evaluated: decision values stay as stored
     mode: str = "min"
 
     def forward(self, features: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -57,6 +58,12 @@ class Head(nn.Module):
         with the cross-entropy). Validation and test keep the outputs for their metrics.
         """
         return self.loss(self(features, lengths), lengths, batch)
+
+    def loss_weight(self, outputs: torch.Tensor, lengths: torch.Tensor, batch: Batch) -> torch.Tensor | int:
+        """How much of :meth:`loss`'s mean this batch holds, to average it over an epoch: the
+        number of examples, unless the loss is a mean over something else (tokens, kept
+        utterances, class weights), which the head then counts. A tensor stays on the device."""
+        return len(batch)
 
     def metrics(self) -> MetricCollection:
         """A fresh metric collection; the module clones it per split with a ``val/`` prefix."""

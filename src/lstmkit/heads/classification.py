@@ -69,6 +69,10 @@ class ClassificationHead(Head):
             outputs, batch.targets, weight=self.class_weights, label_smoothing=self.label_smoothing
         )
 
+    def loss_weight(self, outputs: torch.Tensor, lengths: torch.Tensor, batch: Batch) -> torch.Tensor | int:
+        # with class weights, cross_entropy's mean divides by the targets' summed weights
+        return len(batch) if self.class_weights is None else self.class_weights[batch.targets].sum()
+
     def metrics(self) -> MetricCollection:
         n = len(self.classes)
         return MetricCollection(

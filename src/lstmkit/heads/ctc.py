@@ -323,6 +323,11 @@ class CTCHead(Head):
         # size the host would have to wait for); none kept: 0, with the graph kept
         return torch.where(keep, per_utt, 0.0).sum() / keep.sum().clamp(min=1)
 
+    def loss_weight(self, outputs: torch.Tensor, lengths: torch.Tensor, batch: Batch) -> torch.Tensor | int:
+        """The utterances :meth:`loss` averages over (those with enough frames)."""
+        targets, target_lengths = self._targets(batch)
+        return (~self._short(lengths.to(targets.device), targets, target_lengths)).sum()
+
     @staticmethod
     def _targets(batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         if batch.targets is None or batch.target_lengths is None:

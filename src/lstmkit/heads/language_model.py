@@ -198,6 +198,10 @@ class LanguageModelHead(Head):
         targets = self._targets(batch.targets, lengths)
         return F.cross_entropy(outputs.flatten(0, 1), targets.flatten(), ignore_index=IGNORE)
 
+    def loss_weight(self, outputs: torch.Tensor, lengths: torch.Tensor, batch: Batch) -> torch.Tensor | int:
+        """The valid steps: a short last stream batch then counts for its tokens, as ``ce`` does."""
+        return (self._targets(batch.targets, lengths) != IGNORE).sum()
+
     def training_loss(self, features: torch.Tensor, lengths: torch.Tensor, batch: Batch) -> torch.Tensor:
         """The same mean cross-entropy as :meth:`loss`, without materialising logits twice over."""
         if not (self.fused_loss or self.adaptive):
