@@ -295,6 +295,8 @@ def ensemble_one(task: str, fold: str | None, members: list[dict[str, Any]], arg
     quoted = ",".join("'" + re.sub(r"(\\+)(?='|$)", r"\1\1", c).replace("'", "\\'") + "'" for c in ckpts)
     cmd = [*lstmkit_command(args.python), "eval", f"ckpt_path=[{quoted}]",
            "trainer.enable_progress_bar=false"]
+    if args.quick:  # the members were tested on QUICK's test batches: so is their ensemble
+        cmd += [o for o in QUICK if o.startswith("trainer.limit_test_batches")]
     if args.log_dir:
         cmd.append(f"paths.log_dir={args.log_dir}")
     record: dict[str, Any] = {"task": task, "fold": fold, "metric": spec.metric, "value": None,
@@ -704,8 +706,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.ensemble:  # of every task's runs now in the report, the merged ones included
         made_ensembles = ensembles(runs, args)
     recomputed = {r["task"] for r in made_ensembles} | set(tasks)
+    def members_present(ensemble: dict[str, Any]) -> bool:
+        """An earlier ensemble stays only while the runs it combined are the report's runs of its fold."""
+        seeds = [r.get("seed") for r in runs if r["task"] == ensemble["task"] and r.get("fold") == ensemble.get("fold")]
+        return sorted(map(str, ensemble.get("seeds") or [])) == sorted(map(str, seeds))
+
     earlier_ensembles = [r for source in loaded_ensembles for r in loaded_ensembles[source]
-                         if r["task"] not in recomputed and r["task"] in done]
+                         if r["task"] not in recomputed and r["task"] in done and members_present(r)]
     all_ensembles = list({(r["task"], r.get("fold")): r for r in earlier_ensembles + made_ensembles}.values())
     shared = {json.dumps(r.get("overrides", [])) for r in runs}
     report: dict[str, Any] = {

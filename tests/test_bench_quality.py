@@ -171,6 +171,32 @@ def test_merge_from_re_renders_runs_of_other_reports(tmp_path: Path, capsys) -> 
         bench.main(["--data-root", str(tmp_path), "--merge-from", str(tmp_path / "missing.json")])
 
 
+def test_merge_from_drops_an_ensemble_whose_runs_were_replaced(tmp_path: Path) -> None:
+    bench = load_bench()
+
+    def run(task: str, seed: int, value: float) -> dict:
+        return {"task": task, "seed": seed, "value": value, "metrics": {bench.TASKS[task].metric: value},
+                "epochs": 1, "best_epoch": 1, "params": 10, "wall_time_s": 1.0, "run_dir": "/x", "overrides": []}
+
+    def ensemble(task: str, seeds: list[int], value: float) -> dict:
+        return {"task": task, "fold": None, "seeds": seeds, "value": value, "metric": bench.TASKS[task].metric,
+                "metrics": {f"test/{bench.TASKS[task].metric}": value}}
+
+    out, new, lm = tmp_path / "out", tmp_path / "new.json", tmp_path / "lm.json"
+    out.mkdir()
+    (out / "quality.json").write_text(json.dumps({"quick": False, "runs": [run("stock", 1, 0.98), run("stock", 2, 0.99)],
+                                                  "ensembles": [ensemble("stock", [1, 2], 0.97)]}))
+    lm.write_text(json.dumps({"quick": False, "runs": [run("next_word", 1, 118.0)]}))
+    assert bench.main(["--out", str(out), "--data-root", str(tmp_path), "--merge-from", str(lm)]) == 0
+    kept = json.loads((out / "quality.json").read_text())
+    assert [e["seeds"] for e in kept["ensembles"]] == [[1, 2]]  # its runs are still the report's: it stays
+    new.write_text(json.dumps({"quick": False, "runs": [run("stock", 3, 1.2), run("stock", 4, 1.3)]}))
+    assert bench.main(["--out", str(out), "--data-root", str(tmp_path), "--merge-from", str(new)]) == 0
+    merged = json.loads((out / "quality.json").read_text())
+    assert sorted(r["seed"] for r in merged["runs"] if r["task"] == "stock") == [3, 4]
+    assert not merged["ensembles"]  # the ensemble of seeds 1 and 2 no longer describes these runs
+
+
 def test_ensemble_of_seeds_is_evaluated_and_reported(tmp_path: Path) -> None:
     shared_data("stocks")
     out = tmp_path / "results"
@@ -184,6 +210,7 @@ def test_ensemble_of_seeds_is_evaluated_and_reported(tmp_path: Path) -> None:
     report = json.loads((out / "quality.json").read_text())
     (ensemble,) = report["ensembles"]
     assert ensemble["task"] == "stock" and ensemble["seeds"] == [1, 2]
+    assert "trainer.limit_test_batches=2" in ensemble["command"]  # --quick: scored like its members
     assert math.isfinite(ensemble["value"]) and ensemble["value"] == ensemble["metrics"]["test/mase"]
     single = [r["value"] for r in report["runs"]]
     assert ensemble["value"] not in single  # the mean forecast is its own model, not a copy of one

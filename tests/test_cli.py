@@ -124,3 +124,20 @@ def test_runs_started_in_the_same_second_get_their_own_folders() -> None:
     GlobalHydra.instance().clear()
     assert all(re.search(r"/sentiment/runs/\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d_\d{6}$", d) for d in dirs), dirs
     assert len(set(dirs)) == 3
+
+
+def test_predict_input_file_is_one_input_per_line(tmp_path, caplog) -> None:
+    """Lines end at "\\n" (and "\\r\\n") only: U+2028 or NEL inside a text do not cut it in two, so the
+    results match the file's lines; a blank line is skipped and counted in a warning."""
+    import logging
+
+    from omegaconf import OmegaConf
+
+    from lstmkit.commands.predict import collect_inputs
+
+    path = tmp_path / "inputs.txt"
+    path.write_text("a gorgeous film\x85 truly\r\n\nthe plot was dull\u2028and slow\n", encoding="utf-8")
+    with caplog.at_level(logging.WARNING):
+        inputs = collect_inputs(OmegaConf.create({"input_file": str(path)}))
+    assert inputs == ["a gorgeous film\x85 truly", "the plot was dull\u2028and slow"]
+    assert "1 blank line(s) skipped" in caplog.text

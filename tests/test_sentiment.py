@@ -10,7 +10,7 @@ import torch
 
 from lstmkit.data.base import BucketBatchSampler
 from lstmkit.data.sentiment import SentimentDataModule, generate_reviews
-from lstmkit.data.text import PAD, UNK
+from lstmkit.data.text import PAD, UNK, read_labelled_text
 from lstmkit.encoders import EmbeddingEncoder
 from lstmkit.errors import ConfigError, DataError
 from lstmkit.types import DataSpec
@@ -220,3 +220,33 @@ def test_a_quoted_csv_field_keeps_its_newline_and_rows_are_first_file_lines(tmp_
         read_labelled_text(data)
     data.write_text('text,label\n"first line\nsecond line",1\nplain,0\n')
     assert read_labelled_text(data) == [(2, "first line\nsecond line", "1"), (4, "plain", "0")]
+
+
+def _rows(n: int, start: int = 0) -> str:
+    return "text,label\n" + "".join(f"review number {i} {'good' if i % 2 else 'bad'},{i % 2}\n"
+                                    for i in range(start, start + n))
+
+
+def test_a_folder_with_train_and_test_carves_only_val_and_loses_no_row(tmp_path: Path) -> None:
+    (tmp_path / "train_reviews.csv").write_text(_rows(100))  # a whole name part, not the whole stem
+    (tmp_path / "test_reviews.csv").write_text(_rows(20, start=100))
+    (tmp_path / "pretrain.csv").write_text(_rows(4, start=500))  # "pretrain" is not "train"
+    dm = SentimentDataModule(path=str(tmp_path), seed=0)
+    dm.setup()
+    sizes = {k: len(v) for k, v in dm.splits.items()}
+    assert sizes == {"train": 90, "val": 10, "test": 20}  # all 100 training rows are used
+    whole = SentimentDataModule(path=str(tmp_path), seed=0, whole=True, spec=dm.spec.to_dict())
+    whole.setup("test")
+    assert len(whole.splits["test"]) == 120  # split=all: every row of the files
+    (tmp_path / "train.csv").write_text(_rows(10))
+    with pytest.raises(DataError, match=r"several files look like the train split: \['train.csv', 'train_reviews.csv'\]"):
+        SentimentDataModule(path=str(tmp_path)).setup()
+
+
+def test_tsv_is_unquoted_and_rows_count_blank_lines(tmp_path: Path) -> None:
+    (tmp_path / "q.tsv").write_text('text\tlabel\n"a film\t1\nthe plot was dull\t0\nthe "twist\t1\n')
+    assert read_labelled_text(tmp_path / "q.tsv") == [(2, '"a film', "1"), (3, "the plot was dull", "0"),
+                                                     (4, 'the "twist', "1")]
+    (tmp_path / "blank.csv").write_text("text,label\ngood film,1\n\n\nbad film,\n")
+    with pytest.raises(DataError, match=r"blank\.csv, row 5, field 'label': empty or missing label"):
+        read_labelled_text(tmp_path / "blank.csv")

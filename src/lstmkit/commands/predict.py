@@ -27,7 +27,11 @@ def collect_inputs(cfg: DictConfig) -> list[Any]:
         raw = cfg.input
         inputs.extend(list(raw) if not isinstance(raw, (str, int, float)) else [raw])
     if cfg.get("input_file"):
-        lines = read_text(Path(cfg.input_file)).splitlines()
+        # split at "\n" only, as the data readers do: splitlines() also splits at U+2028, NEL and form
+        # feed, which a text may hold, and results would no longer match the file's lines
+        lines = [line.removesuffix("\r") for line in read_text(Path(cfg.input_file)).split("\n")]
+        if lines and not lines[-1].strip():
+            lines.pop()  # the final newline ends the last line; it is not a blank line
         kept = [line for line in lines if line.strip()]
         if len(kept) < len(lines):  # said, so that results are not matched to line numbers by mistake
             log.warning("input_file=%s: %d blank line(s) skipped; one result per non-blank line, in order",

@@ -8,7 +8,9 @@ return the :class:`~lstmkit.types.DataSpec`) and ``make_predict_batch()`` (raw u
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -36,6 +38,30 @@ def path_not_found(path: Any) -> DataError:
     return DataError("data.path does not exist (a relative path is read from the directory lstmkit runs in; the "
                      "experiment=*_real configs read paths.data_root: LSTMKIT_DATA_ROOT, or ../shared/data)",
                      path=path)
+
+
+SPLIT_NAMES = {"train": {"train"}, "val": {"valid", "val", "dev", "validation"}, "test": {"test"}}
+
+
+def split_files(folder: Path, example: str) -> dict[str, Path]:
+    """The train / val / test files of a folder, by a whole part of their names (``ptb.train.txt``,
+    ``train_reviews.csv``, ``stsa.binary.dev``; not ``pretrain.csv``); several candidates for a
+    split, or none for train, are refused rather than one picked silently."""
+    files = sorted(p for p in folder.iterdir() if p.is_file())
+    found: dict[str, list[Path]] = {split: [] for split in SPLIT_NAMES}
+    for file in files:
+        parts = set(re.split(r"[._\-\s]+", file.name.lower()))
+        for split, names in SPLIT_NAMES.items():
+            if parts & names:
+                found[split].append(file)
+    for split, matches in found.items():
+        if len(matches) > 1:
+            raise DataError(f"several files look like the {split} split: {[m.name for m in matches]}; "
+                            "keep one, or point data.path at a single file", path=folder)
+    if not found["train"]:
+        raise DataError(f"folder has no training file; expected file names with a train / valid|val|dev / test "
+                        f"part (e.g. {example}), found {[f.name for f in files]}", path=folder)
+    return {split: matches[0] for split, matches in found.items() if matches}
 
 
 class SequenceDataset(Dataset[Example]):

@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
-from lstmkit.data.base import PadCollate, SequenceDataModule, path_not_found
+from lstmkit.data.base import PadCollate, SequenceDataModule, path_not_found, split_files
 from lstmkit.data.text import (
     EOS,
     PAD,
@@ -594,7 +594,6 @@ warnings.filterwarnings("ignore", message="Your `IterableDataset` has `__len__` 
 # The datamodule
 # ---------------------------------------------------------------------------------------------
 
-_SPLIT_NAMES = {"train": {"train"}, "val": {"valid", "val", "dev", "validation"}, "test": {"test"}}
 
 
 class NextWordDataModule(SequenceDataModule):
@@ -712,23 +711,8 @@ class NextWordDataModule(SequenceDataModule):
             raise path_not_found(path)
         if path.is_file():
             return self._cut(str(path), self._tokens(read_text(path)))
-        files = sorted(p for p in path.iterdir() if p.is_file())
-        found: dict[str, list[Path]] = {split: [] for split in _SPLIT_NAMES}
-        for file in files:
-            parts = set(re.split(r"[._\-\s]+", file.name.lower()))
-            for split, names in _SPLIT_NAMES.items():
-                if parts & names:
-                    found[split].append(file)
-        for split, matches in found.items():
-            if len(matches) > 1:
-                raise DataError(f"several files look like the {split} split: {[m.name for m in matches]}; "
-                                "keep one, or point data.path at a single file", path=path)
-        if not found["train"]:
-            raise DataError(
-                "folder has no training file; expected file names with a train / valid|val|dev / test part "
-                f"(e.g. ptb.train.txt), found {[f.name for f in files]}", path=path,
-            )
-        splits = {s: (str(m[0]), self._tokens(read_text(m[0]))) for s, m in found.items() if m}
+        found = split_files(path, "ptb.train.txt")
+        splits = {s: (str(f), self._tokens(read_text(f))) for s, f in found.items()}
         if "val" not in splits or "test" not in splits:
             source, tokens = splits["train"]
             carved = self._cut(source, tokens,

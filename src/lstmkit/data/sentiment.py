@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from lstmkit.data.base import PadCollate, SequenceDataModule, SequenceDataset, path_not_found
+from lstmkit.data.base import PadCollate, SequenceDataModule, SequenceDataset, path_not_found, split_files
 from lstmkit.data.text import (
     PAD,
     UNK,
@@ -118,7 +118,6 @@ def generate_reviews(n: int, seed: int = 0, noise: float = 0.02) -> list[tuple[s
     return reviews
 
 
-_SPLIT_NAMES = {"train": ("train",), "val": ("dev", "valid", "val", "validation"), "test": ("test",)}
 
 
 class SentimentDataModule(SequenceDataModule):
@@ -186,36 +185,24 @@ class SentimentDataModule(SequenceDataModule):
             raise path_not_found(path)
         if path.is_file():
             return self._split(self._read_file(path))
-        files = {p.name.lower(): p for p in sorted(path.iterdir()) if p.is_file()}
-        found: dict[str, Path] = {}
-        for split, names in _SPLIT_NAMES.items():
-            for name, file in files.items():
-                stem = name.split(".")[0]
-                if any(stem.endswith(n) or f".{n}" in name or stem == n for n in names):
-                    found.setdefault(split, file)
-        if "train" not in found:
-            raise DataError(
-                "folder has no training file; expected names containing train / dev|valid|val / "
-                f"test, found {sorted(files)}", path=path,
-            )
+        found = split_files(path, "stsa.binary.train, train.csv")
         splits = {s: self._read_file(f) for s, f in found.items()}
         if "val" not in splits or "test" not in splits:
-            # carve the missing splits out of train, keeping the given ones
-            carved = self._split(splits["train"])
-            splits.setdefault("val", carved["val"])
-            splits.setdefault("test", carved["test"])
-            splits["train"] = carved["train"]
+            # carve only the missing splits out of train, keeping the given ones (no train row is dropped)
+            carved = self._split(splits["train"], val="val" not in splits, test="test" not in splits)
+            splits = {**carved, **splits, "train": carved["train"]}
         return splits
 
     def _read_file(self, path: Path) -> list[tuple[str, int, str, str]]:
         return [(str(path), row, text, label) for row, text, label in
                 read_labelled_text(path, self.text_column, self.label_column, self.format)]
 
-    def _split(self, rows: list[Any]) -> dict[str, list[Any]]:
+    def _split(self, rows: list[Any], val: bool = True, test: bool = True) -> dict[str, list[Any]]:
+        """Shuffled (seeded) val / test / train parts; ``val`` / ``test`` False: that part stays empty."""
         rows = list(rows)
         random.Random(self.seed).shuffle(rows)
-        n_val = round(len(rows) * self.val_fraction)
-        n_test = round(len(rows) * self.test_fraction)
+        n_val = round(len(rows) * self.val_fraction) if val else 0
+        n_test = round(len(rows) * self.test_fraction) if test else 0
         return {"val": rows[:n_val], "test": rows[n_val : n_val + n_test], "train": rows[n_val + n_test :]}
 
     # -- building -------------------------------------------------------------------------

@@ -294,23 +294,28 @@ def csv_records(
     content: str, delimiter: str, path: Path, required: Iterable[str], hint: str
 ) -> Iterable[tuple[int, dict[str, Any]]]:
     """``(row, record)`` for each record of a CSV/TSV text; ``row`` is the record's first line in the
-    file (the header is line 1), so blank lines and quoted newlines do not shift it.
+    file (the header is line 1), so blank lines and quoted newlines do not shift it. TSV is read
+    unquoted (its usual form: GLUE's SST-2), CSV with standard quoting.
 
     Read as a stream, not as split lines: a quoted field may hold a newline, which ``splitlines()``
     would cut into two records. A missing ``required`` column or a record with more fields than the
     header raises :class:`DataError`; ``hint`` names the options that choose the columns.
     """
-    reader = csv.DictReader(io.StringIO(content, newline=""), delimiter=delimiter)
+    # TSV is unquoted: a text that starts with a quote ('"Twist" ending ...') is text, not a quoted field
+    quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
+    reader = csv.DictReader(io.StringIO(content, newline=""), delimiter=delimiter, quoting=quoting)
     header = reader.fieldnames or []
     for column in required:
         if column not in header:
             raise DataError(f"no column {column!r}; the header has {header}. Set {hint} to the right names",
                             path=path, row=1, field=column)
     while True:
-        row = reader.line_num + 1  # the line after the last one read: this record's first
-        record = next(reader, None)
+        record = next(reader, None)  # skips blank lines, so the row is counted back from its last line
         if record is None:
             return
+        inside = sum(str(v).count("\n") for v in record.values() if isinstance(v, str))
+        inside += sum(str(v).count("\n") for v in record.get(None) or ())  # type: ignore[union-attr]
+        row = reader.line_num - inside  # the record's first line: its last, less its quoted newlines
         if any(str(v).strip() for v in record.get(None) or ()):  # DictReader's place for extra fields
             fields = len(header) + len(record[None])  # type: ignore[index]
             raise DataError(f"{fields} fields, but the header has {len(header)} ({header}); quote a field "
