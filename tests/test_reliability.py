@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -271,3 +272,20 @@ def test_a_resumed_sweep_continues_each_job_from_its_own_checkpoint(tmp_path: Pa
         log = (resumed / str(job) / "cli.log").read_text()
         assert f"{earlier.name}/{job}/checkpoints/last.ckpt" in log
     assert "this job starts afresh" in (resumed / "2" / "cli.log").read_text()
+
+
+def test_resuming_with_another_length_warns_for_cosine_and_refuses_one_cycle(tmp_path: Path) -> None:
+    """The schedule is rebuilt over the new length while its step count continues: cosine jumps
+    (said), one-cycle would step past its saved end and crash inside PyTorch (refused)."""
+    small = [*STALL[:4], "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false", "logger=none"]
+    for schedule, folder in (("cosine", "c"), ("onecycle", "o")):
+        (tmp_path / folder).mkdir()
+        run_cli("train", *small, f"scheduler={schedule}", "trainer.max_epochs=1", cwd=tmp_path / folder)
+    proc = run_cli("train", *small, "scheduler=cosine", "trainer.max_epochs=2", "resume=true", cwd=tmp_path / "c")
+    log = " ".join((proc.stdout + proc.stderr).split())
+    covered = re.search(r"the cosine_with_warmup schedule covered (\d+) steps and now covers (\d+)", log)
+    assert covered and 2 * int(covered.group(1)) == int(covered.group(2))  # twice the epochs
+    proc = run_cli("train", *small, "scheduler=onecycle", "trainer.max_epochs=2", "resume=true", cwd=tmp_path / "o",
+                   check=False)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert "scheduler=onecycle cannot change its length when a run resumes: it was spread over" in proc.stderr

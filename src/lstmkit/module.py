@@ -10,6 +10,7 @@ included — without the original config, with ``torch.load(weights_only=True)``
 from __future__ import annotations
 
 import inspect
+import logging
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -27,6 +28,8 @@ from lstmkit.heads.base import Head
 from lstmkit.optim import SPREAD_OVER_RUN
 from lstmkit.plots import save_and_log
 from lstmkit.types import Batch, DataSpec
+
+log = logging.getLogger("lstmkit")
 
 
 class SequenceModel(L.LightningModule):
@@ -78,6 +81,9 @@ class SequenceModel(L.LightningModule):
         # what checkpoints, early stopping and scheduler=plateau watch: the head's metric unless the
         # run's ``monitor`` / ``monitor_mode`` say otherwise (set by the train command)
         self.monitor, self.monitor_mode = self.head.monitor, self.head.mode
+        # the steps a length-spread schedule covers, saved in checkpoints: a resume compares them
+        self.schedule_steps: int | None = None
+        self.resumed_schedule_steps: int | None = None
         self._add_evaluation_metrics()
         self.l1 = l1
         if adversarial < 0:
@@ -232,6 +238,12 @@ class SequenceModel(L.LightningModule):
         for logger in self.loggers:
             if type(logger).__name__ == "WandbLogger":
                 checkpoint["wandb_run_id"] = str(logger.version)
+        if self.schedule_steps is not None:
+            checkpoint["schedule_steps"] = self.schedule_steps
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # read before configure_optimizers when a run resumes (Lightning restores the module first)
+        self.resumed_schedule_steps = checkpoint.get("schedule_steps")
 
     # -- optimisation -----------------------------------------------------------------------
     def _parts(self) -> dict[str, list[nn.Parameter]]:
@@ -269,6 +281,23 @@ class SequenceModel(L.LightningModule):
                         "name": f"{prefix}no_decay", **extra}]
         return [group for group in groups if group["params"]]
 
+    def _check_resumed_length(self, name: str, total: int) -> None:
+        """A resumed run whose length changed (``trainer.max_epochs=20 resume=true`` after 10 epochs):
+        the schedule is rebuilt over the new length while its step count continues, so the learning
+        rate jumps to where the longer schedule is (cosine: said in a warning), and one-cycle, whose
+        length is part of its saved state, cannot step past its old end (refused before training)."""
+        self.schedule_steps = total
+        old = self.resumed_schedule_steps
+        if old is None or old == total:
+            return
+        if name == "one_cycle":
+            raise ConfigError(f"scheduler=onecycle cannot change its length when a run resumes: it was spread over "
+                              f"{old} steps, the run now has {total} (trainer.max_epochs / max_steps changed). Resume "
+                              "with the run's length, or start a new run from its weights (init_from.ckpt_path=)")
+        log.warning("resuming: the %s schedule covered %d steps and now covers %d (trainer.max_epochs / max_steps "
+                    "changed); it continues from the same step of the new schedule, so the learning rate jumps "
+                    "there (for a smooth continuation, resume with the run's length)", name, old, total)
+
     def configure_optimizers(self) -> Any:
         spec = dict(self.hparams.optimizer or {"_target_": "torch.optim.AdamW", "_partial_": True})
         lr = spec.get("lr")
@@ -300,6 +329,8 @@ class SequenceModel(L.LightningModule):
                               f"{self.trainer.max_steps}); give trainer.max_epochs or trainer.max_steps, or use "
                               "scheduler=plateau or scheduler=none")
         total = int(total) if math.isfinite(total) else 1
+        if spread:
+            self._check_resumed_length(str(sched_spec["_target_"]).rsplit(".", 1)[-1], total)
         kwargs: dict[str, Any] = {}
         if plateau:
             kwargs["mode"] = self.monitor_mode

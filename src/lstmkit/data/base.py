@@ -40,6 +40,23 @@ def path_not_found(path: Any) -> DataError:
                      path=path)
 
 
+def check_fractions(val: Any, test: Any) -> tuple[float, float]:
+    """``data.val_fraction`` / ``data.test_fraction`` as numbers in [0, 1) that leave a training part.
+
+    Why: a negative fraction became a negative slice index (val and train then shared rows) and one
+    above 1 emptied train; both ran on, or failed far from the option that caused it.
+    """
+    try:
+        val_f, test_f = float(val), float(test)
+    except (TypeError, ValueError):
+        raise ConfigError(f"data.val_fraction={val!r} / data.test_fraction={test!r}: expected numbers in "
+                          "[0, 1)") from None
+    if not (0 <= val_f < 1 and 0 <= test_f < 1 and val_f + test_f < 1):
+        raise ConfigError(f"data.val_fraction={val_f:g} / data.test_fraction={test_f:g}: each must be in [0, 1) "
+                          "and their sum below 1 (the rest is the training split)")
+    return val_f, test_f
+
+
 SPLIT_NAMES = {"train": {"train"}, "val": {"valid", "val", "dev", "validation"}, "test": {"test"}}
 
 

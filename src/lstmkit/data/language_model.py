@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
-from lstmkit.data.base import PadCollate, SequenceDataModule, path_not_found, split_files
+from lstmkit.data.base import PadCollate, SequenceDataModule, check_fractions, path_not_found, split_files
 from lstmkit.data.text import (
     EOS,
     PAD,
@@ -673,9 +673,7 @@ class NextWordDataModule(SequenceDataModule):
             raise ConfigError(f"data.bptt must be >= 1, got {bptt}")
         if eval_batch_size is not None and eval_batch_size < 1:
             raise ConfigError(f"data.eval_batch_size must be >= 1 or null, got {eval_batch_size}")
-        if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
-            raise ConfigError(f"data.val_fraction ({val_fraction}) and data.test_fraction ({test_fraction}) "
-                              "must be in [0, 1) and leave some text for training")
+        val_fraction, test_fraction = check_fractions(val_fraction, test_fraction)
         if tokenizer not in {"word", "whitespace", "char"}:
             raise ConfigError(f"data.tokenizer={tokenizer!r}: expected word, whitespace or char")
         self.path = path

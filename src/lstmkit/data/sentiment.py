@@ -14,7 +14,14 @@ from typing import Any
 
 import torch
 
-from lstmkit.data.base import PadCollate, SequenceDataModule, SequenceDataset, path_not_found, split_files
+from lstmkit.data.base import (
+    PadCollate,
+    SequenceDataModule,
+    SequenceDataset,
+    check_fractions,
+    path_not_found,
+    split_files,
+)
 from lstmkit.data.text import (
     PAD,
     UNK,
@@ -166,7 +173,7 @@ class SentimentDataModule(SequenceDataModule):
         self.text_column, self.label_column, self.format = text_column, label_column, format
         self.label_names = {str(k): str(v) for k, v in (label_names or {}).items()}
         self.num_examples = num_examples
-        self.val_fraction, self.test_fraction = val_fraction, test_fraction
+        self.val_fraction, self.test_fraction = check_fractions(val_fraction, test_fraction)
         self.min_count, self.max_vocab = min_count, max_vocab
         self.tokenizer = {"level": tokenizer, "lowercase": lowercase}
         self.max_length = max_length

@@ -45,7 +45,7 @@ import soundfile as sf
 import torch
 import torchaudio.functional as AF
 
-from lstmkit.data.base import PadCollate, SequenceDataModule, SequenceDataset, path_not_found
+from lstmkit.data.base import PadCollate, SequenceDataModule, SequenceDataset, check_fractions, path_not_found
 from lstmkit.data.text import csv_records, jsonl_records, read_text
 from lstmkit.errors import ConfigError, DataError
 from lstmkit.progress import track
@@ -337,7 +337,7 @@ class SpeechDataModule(SequenceDataModule):
         if set(self.holdout_speakers) & set(self.val_speakers):
             raise ConfigError(f"data.val_speakers {self.val_speakers} and data.holdout_speakers "
                               f"{self.holdout_speakers} overlap: a speaker is either val or test")
-        self.val_fraction, self.test_fraction = val_fraction, test_fraction
+        self.val_fraction, self.test_fraction = check_fractions(val_fraction, test_fraction)
         self.lowercase = lowercase
         self.unknown_chars, self.empty_clips = unknown_chars, empty_clips
         self.silence_threshold = silence_threshold
