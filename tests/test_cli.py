@@ -141,3 +141,20 @@ def test_predict_input_file_is_one_input_per_line(tmp_path, caplog) -> None:
         inputs = collect_inputs(OmegaConf.create({"input_file": str(path)}))
     assert inputs == ["a gorgeous film\x85 truly", "the plot was dull\u2028and slow"]
     assert "1 blank line(s) skipped" in caplog.text
+
+
+def test_a_relative_data_path_is_stored_absolute_so_eval_runs_from_anywhere(tmp_path) -> None:
+    from lstmkit.checkpoints import read_checkpoint
+
+    from .conftest import QUICK, run_cli
+
+    rows = "text,label\n" + "".join(f"{'a fine film' if i % 2 else 'a dull film'} {i},{i % 2}\n" for i in range(200))
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "reviews.csv").write_text(rows)
+    run_cli("train", "data.path=data/reviews.csv", "model.hidden_size=8", "encoder.dim=8", *QUICK, "test=false",
+            cwd=tmp_path)
+    (ckpt,) = (tmp_path / "logs" / "sentiment" / "runs").glob("*/checkpoints/best.ckpt")
+    assert read_checkpoint(ckpt)["hyper_parameters"]["data"]["path"] == str((tmp_path / "data" / "reviews.csv").resolve())
+    elsewhere = tmp_path / "data"
+    proc = run_cli("eval", f"ckpt_path={ckpt}", "split=val", "trainer.enable_progress_bar=false", cwd=elsewhere)
+    assert "val/acc" in proc.stdout + proc.stderr

@@ -93,6 +93,14 @@ def test_eval_split_all_scores_every_row_of_a_new_file(make_cfg, tmp_path: Path)
     assert total == 37  # every row, not the file's test part (4 rows at test_fraction 0.1)
     assert value == pytest.approx(correct / total) == pytest.approx(metrics["all/acc"])
 
+    # the same rows under the file's own column names: eval takes data.text_column / data.label_column
+    renamed = tmp_path / "renamed.csv"
+    renamed.write_text("\n".join(["stars,review", *rows[1:]]) + "\n")
+    again = evaluate(make_cfg([f"ckpt_path={ckpt}", f"data.path={renamed}", "data.text_column=review",
+                               "data.label_column=stars", "split=all", "logger=none",
+                               "trainer.enable_progress_bar=false"], name="eval"))
+    assert again == pytest.approx(value)
+
     with pytest.raises(ConfigError, match="split='train': expected one of test, val, all"):
         evaluate(make_cfg([f"ckpt_path={ckpt}", "split=train"], name="eval"))
 

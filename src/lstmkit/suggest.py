@@ -110,6 +110,9 @@ def _hint(override: Any, cfg: DictConfig, group_options_of: Any) -> str | None:
     elsewhere = [path for path in _paths(cfg) if path.rpartition(".")[2] == leaf and path != key]
     if elsewhere:  # `hidden_size=32` for model.hidden_size: the key lives in a group
         return f"did you mean {' or '.join(elsewhere[:3])}? ({key} is not a config key)"
+    if parent_path == "data" and "ckpt_path" in cfg:  # eval / predict: the checkpoint's data settings
+        return (f"data has the keys: {', '.join(keys)}; the checkpoint's other data settings are overridden "
+                f"with a +: +{key}={override.get_value_element_as_str()}")
     return f"{parent_path} has the keys: {', '.join(keys)}" if parent_path else None
 
 

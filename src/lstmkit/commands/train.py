@@ -210,10 +210,21 @@ def build_model(cfg: DictConfig, datamodule: Any) -> SequenceModel:
         l1=float(cfg.l1),
         lr_scale=plain(cfg.get("lr_scale")) or None,
         adversarial=float(cfg.get("adversarial", 0.0)),
-        data=plain(cfg.data),
+        data=absolute_data_path(plain(cfg.data)),
         task=str(cfg.task_name),
     )
 
+
+def absolute_data_path(data: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The data settings stored in the checkpoint, with ``path`` made absolute.
+
+    Why: ``lstmkit eval`` / ``predict`` re-read the data from the checkpoint's settings, and a
+    relative path (``data.path=data/reviews.csv``) would be read from wherever they run.
+    """
+    if not data or not data.get("path"):
+        return data
+    path = Path(str(data["path"])).expanduser()
+    return {**data, "path": str(path.resolve())} if path.exists() else data
 
 def warm_start(model: SequenceModel, warm: Any, resumed: str | None) -> None:
     """``init_from``: the reverse direction from a backward LM, then the rest from ``ckpt_path``.
