@@ -340,6 +340,13 @@ def test_train_then_predict_through_the_console_script(tmp_path: Path) -> None:
     for line in lines:
         assert 0.0 <= line["score"] <= 1.0 and line["threshold"] == pytest.approx(threshold, abs=1e-6)
         assert line["anomaly"] == (line["score"] >= line["threshold"])
+    # a bad line names the file and its line (not "<input>, row <position in its batch>")
+    bad = tmp_path / "mixed.txt"
+    good = beats_file.read_text().splitlines()
+    bad.write_text("\n".join([good[0], "", good[1], "the plot was dull"]) + "\n")
+    out = run_cli("predict", f"ckpt_path={ckpt}", f"input_file={bad}", "batch_size=2", cwd=tmp_path, check=False)
+    assert out.returncode != 0
+    assert f"{bad}, row 4, field 'column 0': " in out.stderr
 
 
 def test_notebook_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -91,3 +91,27 @@ def test_exported_anomaly_model_carries_its_threshold_and_score(make_cfg, tmp_pa
         mask = torch.arange(raw.shape[1])[None, :] < valid[:, None]
         served = (((raw[..., :c] - raw[..., c:]) ** 2).sum(-1) * mask).sum(1) / (mask.sum(1) * c)
     assert [bool(s >= head["threshold"]) for s in served] == expected
+
+
+def test_exported_stock_model_says_how_to_read_its_forecasts(make_cfg, tmp_path: Path) -> None:
+    """The graph outputs normalised forecasts; spec.json's head record turns them into prices as predict does."""
+    import onnxruntime
+
+    from lstmkit.export import example_inputs
+
+    cfg = make_cfg(["task=stock", "data.num_tickers=2", "data.num_days=300"])
+    datamodule = instantiate(cfg.data, _convert_="all")
+    datamodule.setup("fit")
+    model = build_model(cfg, datamodule).eval()
+    inputs, lengths = example_inputs(model.spec, batch=4, steps=int(model.spec.extra["window"]))
+    with torch.no_grad():
+        outputs, out_lengths = model(inputs, lengths)
+        expected = [list(p["forecast"].values()) for p in model.head.decode(outputs, out_lengths)]
+    result = export_model(model, tmp_path / "stock.onnx", fmt="onnx")
+    head = json.loads(Path(result["spec_path"]).read_text())["head"]
+    session = onnxruntime.InferenceSession(result["path"], providers=["CPUExecutionProvider"])
+    raw = torch.from_numpy(session.run(None, {"inputs": inputs.numpy(), "lengths": lengths.numpy()})[0]).double()
+    values = raw * torch.tensor(head["scale"], dtype=torch.float64) + torch.tensor(head["shift"], dtype=torch.float64)
+    last = inputs[torch.arange(len(inputs)), lengths - 1, head["feature"]].double()
+    served = last[:, None] * values.exp() if head["relative"] else values
+    torch.testing.assert_close(served, torch.tensor(expected, dtype=torch.float64), rtol=1e-4, atol=1e-3)

@@ -33,7 +33,11 @@ class DataError(LstmkitError):
             where.append(f"field {field!r}")
         prefix = ", ".join(where)
         super().__init__(f"{prefix}: {message}" if prefix else message)
-        self.path, self.row, self.field = path, row, field
+        self.message, self.path, self.row, self.field = message, path, row, field
+
+    def at(self, path: str | Path | None, row: int | None) -> DataError:
+        """The same error, placed elsewhere (e.g. an input's line in the file it came from)."""
+        return DataError(self.message, path=path, row=row, field=self.field)
 
 
 class ConfigError(LstmkitError, ValueError):

@@ -22,10 +22,17 @@ log = logging.getLogger(__name__)
 
 
 def collect_inputs(cfg: DictConfig) -> list[Any]:
+    return collect_inputs_and_origins(cfg)[0]
+
+
+def collect_inputs_and_origins(cfg: DictConfig) -> tuple[list[Any], list[tuple[str, int]]]:
+    """The inputs, and where each came from: ``("input", item number)`` or ``(input_file, line)``."""
     inputs: list[Any] = []
+    origins: list[tuple[str, int]] = []
     if cfg.get("input") is not None:
         raw = cfg.input
         inputs.extend(list(raw) if not isinstance(raw, (str, int, float)) else [raw])
+        origins += [("input", i) for i in range(1, len(inputs) + 1)]
     if cfg.get("input_file"):
         # split at "\n" only, as the data readers do: splitlines() also splits at U+2028, NEL and form
         # feed, which a text may hold, and results would no longer match the file's lines
@@ -37,12 +44,13 @@ def collect_inputs(cfg: DictConfig) -> list[Any]:
             log.warning("input_file=%s: %d blank line(s) skipped; one result per non-blank line, in order",
                         cfg.input_file, len(lines) - len(kept))
         inputs.extend(kept)
+        origins += [(str(cfg.input_file), number) for number, line in enumerate(lines, start=1) if line.strip()]
     if not inputs:
         raise ConfigError('nothing to predict: pass input="..." (or input=[a,b]) or input_file=<file>')
     blank = [i for i, item in enumerate(inputs) if isinstance(item, str) and not item.strip()]
     if blank:
         raise ConfigError(f"input: item {blank[0] + 1} of {len(inputs)} is empty; give text, a file path or numbers")
-    return inputs
+    return inputs, origins
 
 
 @contextmanager
@@ -71,7 +79,7 @@ def predict(cfg: DictConfig) -> list[dict[str, Any]]:
     apply_decoding(model, cfg.get("decode"))
     spec = model.spec
     datamodule_cls = build({"_target_": check_target(spec.datamodule), "_partial_": True}).func
-    raw_inputs = collect_inputs(cfg)
+    raw_inputs, origins = collect_inputs_and_origins(cfg)
     named = paths[0] if len(paths) == 1 else f"ensemble of {', '.join(paths)}"  # how input errors name it
     with input_context(named, model, datamodule_cls):
         inputs = datamodule_cls.predict_items(spec, raw_inputs)
@@ -87,7 +95,14 @@ def predict(cfg: DictConfig) -> list[dict[str, Any]]:
         for start in range(0, len(inputs) if not results else 0, batch_size):
             chunk = inputs[start : start + batch_size]
             with input_context(named, model, datamodule_cls):
-                batch = datamodule_cls.make_predict_batch(spec, chunk)
+                try:
+                    batch = datamodule_cls.make_predict_batch(spec, chunk)
+                except DataError as err:  # "<input>, row k" of this chunk -> the file's line, or the item
+                    if str(err.path) != "<input>" or err.row is None or len(origins) != len(inputs):
+                        raise
+                    source, number = origins[start + err.row - 1]
+                    raise (err.at(f"input item {number}", None) if source == "input"
+                           else err.at(source, number)) from None
             batch.inputs = batch.inputs.to(model.device)
             batch.lengths = batch.lengths.to(model.device)
             for raw, result in zip(chunk, model.predict_step(batch, 0)):

@@ -132,6 +132,15 @@ class RegressionHead(Head):
         # A plain reference (not a submodule): decode reads the raw inputs the encoder saw.
         object.__setattr__(self, "_encoder", encoder)
 
+    def serving(self) -> dict[str, Any]:
+        """The outputs are normalised: the forecast in data units needs the window's last value."""
+        space = "last * exp(v)" if self.relative else "v"
+        return {**super().serving(), "outputs": f"(batch, {self.horizon}) normalised forecasts, {self.names}",
+                "forecast": f"{space} with v = outputs * scale + shift; last = the window's last raw value of "
+                            f"input feature {self.feature} ({self.target_name}, the raw inputs, last valid step)",
+                "feature": self.feature, "relative": self.relative,
+                "shift": [float(v) for v in self.shift.flatten()], "scale": [float(v) for v in self.scale.flatten()]}
+
     # -- model ----------------------------------------------------------------------------
     def forward(self, features: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         return self.net(features)  # (B, H) normalised forecast
