@@ -177,6 +177,7 @@ CASES = [
     Case("config-group-typo", lambda d: ["task=sentimnt"], r"did you mean task=sentiment\?", exit_code=1),
     Case("wrong-type", lambda d: ["model.hidden_size=abc"],
          r"cannot build the model .*hidden_size should be of type int.*model\.hidden_size=abc"),
+    Case("trainer-not-a-number", lambda d: ["trainer.max_epochs=abc"], r"trainer\.max_epochs='abc': expected a whole number"),
     Case("unknown-pooling", lambda d: ["head.pooling=bogus"], r"head\.pooling='bogus': expected one of last, mean, max"),
     Case("seed-not-a-number", lambda d: ["seed=abc"], r"seed='abc': expected a whole number >= 0"),
     Case("missing-module", lambda d: ["data._target_=lstmkit_no_such_module.DataModule"],

@@ -250,3 +250,14 @@ def test_tsv_is_unquoted_and_rows_count_blank_lines(tmp_path: Path) -> None:
     (tmp_path / "blank.csv").write_text("text,label\ngood film,1\n\n\nbad film,\n")
     with pytest.raises(DataError, match=r"blank\.csv, row 5, field 'label': empty or missing label"):
         read_labelled_text(tmp_path / "blank.csv")
+
+
+def test_a_file_in_another_format_than_its_name_says_points_to_data_format(tmp_path: Path) -> None:
+    (tmp_path / "as.txt").write_text("text,label\ngood film,1\nbad film,0\n")
+    with pytest.raises(DataError, match=r"as\.txt, row 1, field 'text': empty or missing text; the file is read as "
+                                         r"'<label> <text>' lines .*set data\.format=csv, tsv or jsonl"):
+        read_labelled_text(tmp_path / "as.txt")
+    assert len(read_labelled_text(tmp_path / "as.txt", fmt="csv")) == 2
+    (tmp_path / "tabs.csv").write_text("text\tlabel\ngood film\t1\n")
+    with pytest.raises(DataError, match=r"the header holds tabs: set data\.format=tsv"):
+        read_labelled_text(tmp_path / "tabs.csv")

@@ -168,6 +168,24 @@ def check_sweep_direction(cfg: DictConfig) -> None:
                           f"{wanted}d (monitor_mode={cfg.monitor_mode}); set hydra.sweeper.direction={wanted}")
 
 
+# trainer options Lightning takes without checking their type (a string fails mid-fit, 2.5 as a bare assert)
+TRAINER_WHOLE = ("max_epochs", "min_epochs", "max_steps", "min_steps", "accumulate_grad_batches",
+                 "log_every_n_steps", "check_val_every_n_epoch", "num_sanity_val_steps")
+TRAINER_NUMBERS = ("gradient_clip_val", "limit_train_batches", "limit_val_batches", "limit_test_batches",
+                   "val_check_interval")
+
+
+def check_trainer_numbers(cfg: DictConfig) -> None:
+    """One line naming the key for a non-numeric trainer option (``trainer.max_epochs=abc``)."""
+    for key in (*TRAINER_WHOLE, *TRAINER_NUMBERS):
+        value = cfg.trainer.get(key)
+        if value is None:
+            continue
+        whole = key in TRAINER_WHOLE
+        if isinstance(value, bool) or not isinstance(value, int if whole else (int, float)):
+            raise ConfigError(f"trainer.{key}={value!r}: expected " + ("a whole number" if whole else "a number"))
+
+
 def check_strategy(cfg: DictConfig) -> None:
     """Refuse the one combination that silently goes wrong: script-relaunching DDP inside a sweep.
 
@@ -276,6 +294,7 @@ def train(cfg: DictConfig) -> float | None:
     if not cfg.trainer.get("enable_progress_bar", True):
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     check_strategy(cfg)
+    check_trainer_numbers(cfg)
     check_device(cfg)
     resume = cfg.get("resume")
     resume = False if resume is None else resume

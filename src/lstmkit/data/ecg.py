@@ -174,7 +174,9 @@ def _parse_row(cells: list[str], path: Path, row: int) -> np.ndarray:
 
 def _label(value: float, known: set[int] | None, path: Path, row: int, column: int) -> int:
     if not float(value).is_integer():
-        raise DataError(f"class label {value:g} is not a whole number", path=path, row=row,
+        other = "last" if column == 0 else "first"
+        raise DataError(f"class label {value:g} is not a whole number (the label is read from column {column}; "
+                        f"data.label_column={other} if it is the {other} column)", path=path, row=row,
                         field=f"column {column}")
     label = int(value)
     if known is not None and label not in known:

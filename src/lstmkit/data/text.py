@@ -282,7 +282,14 @@ def read_labelled_text(
                 continue
             label, *rest = line.split(None, 1)  # "<label> <text>", any whitespace (a tab too) between
             text = rest[0].rstrip() if rest else ""
-            pairs.append(_checked(text, label, path, row, "text", "label"))
+            try:
+                pairs.append(_checked(text, label, path, row, "text", "label"))
+            except DataError as err:
+                if pairs or not any(sep in line for sep in ",\t{"):
+                    raise
+                raise DataError(f"{err.message}; the file is read as '<label> <text>' lines (its name ends in "
+                                f"{path.suffix or 'no known extension'}): for CSV, TSV or JSON lines set "
+                                "data.format=csv, tsv or jsonl", path=path, row=row, field=err.field) from None
     else:
         raise DataError(f"unknown format {fmt!r}; expected auto, csv, tsv, jsonl or prefixed", path=path)
     if not pairs:
@@ -307,7 +314,10 @@ def csv_records(
     header = reader.fieldnames or []
     for column in required:
         if column not in header:
-            raise DataError(f"no column {column!r}; the header has {header}. Set {hint} to the right names",
+            other = next((f" (the header holds {name}s: set data.format={fmt})" for sep, name, fmt in
+                          (("\t", "tab", "tsv"), (",", "comma", "csv")) if sep != delimiter and
+                          any(sep in str(h) for h in header)), "")
+            raise DataError(f"no column {column!r}; the header has {header}. Set {hint} to the right names{other}",
                             path=path, row=1, field=column)
     while True:
         record = next(reader, None)  # skips blank lines, so the row is counted back from its last line
