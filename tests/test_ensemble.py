@@ -155,3 +155,16 @@ def test_members_on_a_fixed_split_pass_whatever_their_seed_and_batching(make_cfg
     (one,), _ = _members(make_cfg, "next_word", [*common, "data.seed=1", "data.batch_size=2", "data.bptt=3"], seeds=(1,))
     (two,), _ = _members(make_cfg, "next_word", [*common, "data.seed=2", "data.batch_size=4", "data.bptt=3"], seeds=(2,))
     check_members_split(SequenceEnsemble([one, two]), ["one.ckpt", "two.ckpt"], "test")  # no error
+
+
+def test_speech_members_that_cut_steps_differently_are_refused(make_cfg) -> None:
+    """Silence trimming shifts each utterance's frames: averaging frame t of a trimmed and an untrimmed
+    member would mix two instants (the padded output shapes still agree)."""
+    plain, _ = _members(make_cfg, "speech", ["data.batch_size=4", "model.hidden_size=8"], seeds=(1,))
+    trimmed, _ = _members(make_cfg, "speech", ["data.batch_size=4", "model.hidden_size=8", "encoder.trim_db=30"],
+                          seeds=(1,))
+    with pytest.raises(ConfigError, match=r"cut the input into steps differently \(encoder\.trim_db: None vs 30"):
+        SequenceEnsemble([plain[0], trimmed[0]], names=["plain.ckpt", "trimmed.ckpt"])
+    masked, _ = _members(make_cfg, "speech", ["data.batch_size=4", "model.hidden_size=8", "encoder.freq_mask=2"],
+                         seeds=(1,))
+    SequenceEnsemble([plain[0], masked[0]])  # training-only augmentation may differ

@@ -695,8 +695,32 @@ def test_disk_cache_is_read_back_and_a_damaged_one_is_rebuilt(tmp_path, monkeypa
         SpeechDataModule(path=str(tmp_path / "fsdd"), cache_dir=str(cache)).setup()
     assert "ignoring the unreadable audio cache" in caplog.text
     assert files[0].stat().st_size > 100  # rewritten
+    # a skipped (silent) clip: the cache is still found by the split's files and not written again
+    skipped = tmp_path / "skipped"
+    write_fsdd(skipped, count=7)
+    sf.write(next(iter(sorted(skipped.glob("1_anna_6.wav")))), np.zeros(800, np.float32), SR)
+    for _ in range(2):
+        with caplog.at_level(logging.INFO, logger="lstmkit"):
+            caplog.clear()
+            SpeechDataModule(path=str(skipped), cache_dir=str(tmp_path / "cache3"), empty_clips="skip").setup()
+    assert "skipped 1 empty/silent clip" in caplog.text and "decoded audio cached" not in caplog.text
     # split=all: the empty train / val splits write no cache of nothing
     whole = SpeechDataModule(path=str(tmp_path / "fsdd"), cache_dir=str(tmp_path / "cache2"), whole=True,
                              spec=first.spec.to_dict())
     whole.setup("test")
     assert len(list((tmp_path / "cache2").glob("speech-*.pt"))) == 1
+
+
+@pytest.mark.parametrize("options", [{}, {"features": "mfcc", "normalise": "both"}])
+def test_an_utterance_has_the_same_features_alone_and_in_a_batch(options) -> None:
+    """The STFT reflects only the batch's end: a shorter utterance's last frames read zeros, and through
+    its mean every frame moved. Its own tail is reflected into its padding instead."""
+    enc = SpectrogramEncoder(SPEC, **options).eval()
+    torch.manual_seed(0)
+    short, long = 0.1 * torch.randn(6500), 0.1 * torch.randn(12000)
+    alone, n = enc(short[None], torch.tensor([6500]))
+    batch = torch.zeros(2, 12000)
+    batch[0, :6500], batch[1] = short, long
+    together, lengths = enc(batch, torch.tensor([6500, 12000]))
+    assert int(lengths[0]) == int(n[0])
+    torch.testing.assert_close(together[0, : int(n[0])], alone[0, : int(n[0])], rtol=1e-5, atol=1e-5)

@@ -197,3 +197,19 @@ def test_both_directions_log_what_they_filled_and_embedding_sizes_are_named(tmp_
     assert "without init_from.ckpt_path" in caplog.text
     with pytest.raises(ConfigError, match=r"6-dim vectors in the checkpoint but 8-dim .* encoder\.dim=6"):
         init_from_checkpoint(classifier(vocab[:5], dim=8), paths["ckpt_path"], ["encoder"])
+
+
+def test_a_forecast_head_is_not_copied_onto_another_target(tmp_path: Path) -> None:
+    """A stock model forecasting close must not hand its output layer to one forecasting volume."""
+    from lstmkit.data.stock import StockDataModule
+
+    def stock(target: str) -> SequenceModel:
+        data = StockDataModule(num_tickers=2, num_days=200, window=8, target=target)
+        data.setup("fit")
+        return SequenceModel(data.spec.to_dict(), {"_target_": "lstmkit.encoders.features.FeatureEncoder"},
+                             {"hidden_size": 4}, {"_target_": "lstmkit.heads.regression.RegressionHead"})
+
+    ckpt = save(stock("close"), tmp_path / "close.ckpt")
+    with pytest.raises(ConfigError, match=r"the head forecasts another target .*'close'.*'volume'"):
+        init_from_checkpoint(stock("volume"), ckpt, include=["encoder", "core", "head"])
+    init_from_checkpoint(stock("volume"), ckpt, include=["core"])  # the LSTM alone still warm-starts

@@ -39,6 +39,10 @@ def setting_differences(first: SequenceModel, other: SequenceModel) -> dict[str,
     return {k: (a.get(k), b.get(k)) for k in _differences(a, b) if k not in LOADER_KEYS}
 
 
+# encoder settings that decide where a step starts and how many there are: members must share them
+# (features, FFT size and training-only augmentation may differ: frame t is centred on the same sample)
+FRAME_TIMING = ("sample_rate", "hop", "stride", "stack", "trim_db", "trim_margin")
+
 class SequenceEnsemble(SequenceModel):
     """The members' head outputs combined by their head (:meth:`~lstmkit.heads.base.Head.combine`).
 
@@ -74,6 +78,12 @@ class SequenceEnsemble(SequenceModel):
                     f"{differ} (members must share vocabulary, classes and normaliser)"
                     + (f"; their data settings differ in {settings} (train them with the same ones: data.seed "
                        f"also draws generated data and the split of a single file)" if settings else ""))
+            timing = {key: (first.hparams["encoder"].get(key), member.hparams["encoder"].get(key))
+                      for key in FRAME_TIMING if first.hparams["encoder"].get(key) != member.hparams["encoder"].get(key)}
+            if timing:
+                raise ConfigError(f"ensemble: {name} and {names[0]} cut the input into steps differently "
+                                  f"({'; '.join(f'encoder.{k}: {a!r} vs {b!r}' for k, (a, b) in timing.items())}): "
+                                  "step t would not be the same instant in both, and their outputs cannot be averaged")
         self.save_hyperparameters(dict(first.hparams), logger=False)
         self.spec = first.spec
         self.names = names
@@ -88,9 +98,10 @@ class SequenceEnsemble(SequenceModel):
         """The combined head outputs, and the output lengths (the same for every member)."""
         results = [member(inputs, lengths, stream=stream, host_lengths=host_lengths) for member in self.members]
         shapes = {tuple(outputs.shape) for outputs, _ in results}
-        if len(shapes) > 1:
-            raise ConfigError(f"ensemble: the members' outputs differ in shape {sorted(shapes)} for the same batch "
-                              f"({', '.join(self.names)}); their encoders must produce the same steps")
+        if len(shapes) > 1 or any(not torch.equal(out_lengths, results[0][1]) for _, out_lengths in results[1:]):
+            raise ConfigError(f"ensemble: the members' outputs differ in shape {sorted(shapes)} or in their "
+                              f"lengths for the same batch ({', '.join(self.names)}); their encoders must produce "
+                              "the same steps")
         return self.head.combine([outputs for outputs, _ in results]), results[0][1]
 
     def reset_state(self, stream: str) -> None:

@@ -177,6 +177,15 @@ def _check_head_outputs(source: DataSpec, target: DataSpec, ckpt_path: str | Pat
         raise ConfigError(
             f"init_from.ckpt_path={ckpt_path}: the head's outputs differ (checkpoint {list(source.classes)[:6]}, "
             f"this model {list(target.classes)[:6]}); leave head out of init_from.include")
+    old_target = (source.normaliser or {}).get("target") or {}
+    new_target = (target.normaliser or {}).get("target") or {}
+    same = ("feature", "name", "relative")
+    if (old_target or new_target) and ([old_target.get(k) for k in same] != [new_target.get(k) for k in same]
+                                       or list(source.target_names or []) != list(target.target_names or [])):
+        raise ConfigError(
+            f"init_from.ckpt_path={ckpt_path}: the head forecasts another target (checkpoint "
+            f"{old_target.get('name')!r} {list(source.target_names or [])[:3]}, this model {new_target.get('name')!r} "
+            f"{list(target.target_names or [])[:3]}); leave head out of init_from.include")
     if source.vocab and target.vocab and list(source.vocab) != list(target.vocab):
         raise ConfigError(
             f"init_from.ckpt_path={ckpt_path}: with head in init_from.include the vocabularies must be the same "

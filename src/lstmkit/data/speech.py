@@ -472,7 +472,8 @@ class SpeechDataModule(SequenceDataModule):
     def _load_waves(self, split: str, utterances: list[Utterance]) -> list[Utterance]:
         """Decode every file (cached), report conversions once, handle empty clips."""
         stereo, resampled, skipped = [], Counter(), []
-        cached = self._disk_cache(utterances)
+        cache_file = self._cache_file(utterances)  # named by every file of the split, skipped ones too
+        cached = self._disk_cache(cache_file)
         kept = []
         for utt in track(utterances, f"decoding {split} audio"):
             if utt.wave is None:
@@ -508,7 +509,7 @@ class SpeechDataModule(SequenceDataModule):
         if skipped:
             log.warning("%s: skipped %d empty/silent clip(s)", split, len(skipped))
         if cached is None and self.cache_dir and self.path is not None and kept:  # no empty caches (split=all)
-            self._write_disk_cache(kept)
+            self._write_disk_cache(cache_file, kept)
         return kept
 
     def _cache_file(self, utterances: list[Utterance]) -> Path | None:
@@ -520,8 +521,7 @@ class SpeechDataModule(SequenceDataModule):
             signature.update(f"{utt.source}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
         return Path(self.cache_dir).expanduser() / f"speech-{signature.hexdigest()[:16]}.pt"
 
-    def _disk_cache(self, utterances: list[Utterance]) -> dict[str, np.ndarray] | None:
-        file = self._cache_file(utterances)
+    def _disk_cache(self, file: Path | None) -> dict[str, np.ndarray] | None:
         if file is None or not file.is_file():
             return None
         try:
@@ -532,8 +532,7 @@ class SpeechDataModule(SequenceDataModule):
                         str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__)
             return None
 
-    def _write_disk_cache(self, utterances: list[Utterance]) -> None:
-        file = self._cache_file(utterances)
+    def _write_disk_cache(self, file: Path | None, utterances: list[Utterance]) -> None:
         if file is None:
             return
         file.parent.mkdir(parents=True, exist_ok=True)

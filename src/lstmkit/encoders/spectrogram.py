@@ -171,6 +171,23 @@ class SpectrogramEncoder(nn.Module):
         self.vtlp, self.vtlp_boundary = float(vtlp), float(vtlp_boundary)
         self.level, self.preemphasis = level, float(preemphasis)
         self.trim_db, self.trim_margin = trim_db, int(trim_margin)
+        self.n_fft = int(n_fft)
+
+    def _reflect_tails(self, inputs: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """Each utterance's padding, for the half window after its end, as the reflection of its tail.
+
+        Why: the STFT centres its windows (``center=True``) and reflects only the end of the
+        *batch*, so a shorter utterance's last frames read zeros (log power about -13.8) where alone
+        they would read its own reflection: its features (and through the per-utterance mean, all
+        of them) depended on what else was in the batch. With this, an utterance's features are
+        the same alone and batched (tested); beyond the half window the frames are masked anyway.
+        """
+        steps = inputs.shape[-1]
+        j = torch.arange(steps, device=inputs.device)[None, :]
+        end = lengths.to(inputs.device)[:, None]
+        reflected = (2 * end - 2 - j).clamp(min=0)  # position end + k reads end - 2 - k, as torch's reflect pad
+        index = torch.where((j >= end) & (j < end + self.n_fft // 2), reflected, j)
+        return inputs.gather(-1, index.expand(inputs.shape[0], -1))
 
     def forward(self, inputs: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         inputs = inputs.float()
@@ -180,6 +197,7 @@ class SpectrogramEncoder(nn.Module):
             factor = self.speed_factors[int(torch.randint(len(self.speed_factors), ()))]
             if factor != 1.0:
                 inputs, lengths = self._play_at(inputs, lengths, factor)
+        inputs = self._reflect_tails(inputs, lengths)
         if self.training and self.vtlp:
             feats = self._warped_features(inputs)
         else:
