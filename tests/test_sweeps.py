@@ -48,6 +48,24 @@ def test_optuna_sweep_optimises_the_heads_metric(tmp_path: Path) -> None:
     assert results["best_value"] == pytest.approx(max(float(r["objective"]) for r in rows))
 
 
+def test_an_optuna_sweep_records_a_failed_trial_and_goes_on(tmp_path: Path) -> None:
+    """A NaN objective crashed the Optuna plugin's tell (no summary, exit 1): a failed trial is now told
+    as failed and the study goes on; a direction against the metric stops the sweep in one line."""
+    proc = run_cli("train", "hparams_search=sentiment_optuna", "hydra.sweeper.n_trials=2",
+                   "model.hidden_size=choice(8,16)", "model.proj_size=12", "model.bidirectional=false",
+                   *TINY[:1], *TINY[3:], *QUICK, cwd=tmp_path)
+    rows = _summary(_sweep_dir(tmp_path))
+    assert sorted(r["status"] for r in rows) == ["failed", "ok"], proc.stdout  # TPE seed 1234: 8 cells, then 16
+    (failed,) = [r for r in rows if r["status"] == "failed"]
+    assert "proj_size (12) must be smaller than model.hidden_size (8)" in failed["error"]
+    results = yaml.safe_load((_sweep_dir(tmp_path) / "optimization_results.yaml").read_text())
+    assert results["best_value"] == pytest.approx(max(float(r["objective"]) for r in rows if r["status"] == "ok"))
+    wrong = run_cli("train", "hparams_search=sentiment_optuna", "hydra.sweeper.n_trials=2", "monitor=val/loss",
+                    *TINY, *QUICK, cwd=tmp_path, check=False)
+    assert wrong.returncode == 2 and "Traceback" not in wrong.stderr
+    assert "set hydra.sweeper.direction=minimize" in wrong.stderr
+
+
 def test_parallel_trials_with_the_joblib_launcher(tmp_path: Path) -> None:
     run_cli("train", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "optimizer.lr=1e-3,3e-3",
             *TINY, *QUICK, cwd=tmp_path)

@@ -103,6 +103,7 @@ def _task(command: str) -> Callable[[Any], Any]:
         from hydra.core.hydra_config import HydraConfig
         from hydra.types import RunMode
 
+        from lstmkit.errors import SweepError, TrialFailed
         from lstmkit.sweeps import write_result
 
         hydra_cfg = HydraConfig.get() if HydraConfig.initialized() else None
@@ -120,12 +121,19 @@ def _task(command: str) -> Callable[[Any], Any]:
             if os.environ.get("HYDRA_FULL_ERROR") == "1":
                 raise
             user_error = _user_error(err)
+            if multirun and isinstance(err, SweepError):  # wrong for every trial: stop the sweep now
+                print(f"lstmkit {command}: error: {user_error}", file=sys.stderr)
+                raise SystemExit(2) from None
             if multirun:
                 # one failing trial (bad combination, divergence, out of memory) must not end a
                 # sweep: record it, score it as missing, go on with the next trial
                 message = user_error or f"{type(err).__name__}: {err}"
                 logging.getLogger("lstmkit").error("trial failed: %s", message)
                 result(None, message)
+                if "optuna" in str(hydra_cfg.sweeper.get("_target_", "")).lower():
+                    # Optuna is told a failed trial by an exception (a NaN value crashes the plugin's
+                    # tell); the presets' max_failure_rate lets the study go on
+                    raise TrialFailed(message) from None
                 return float("nan")
             if user_error is None:
                 raise

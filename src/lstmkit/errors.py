@@ -46,3 +46,11 @@ class ConfigError(LstmkitError, ValueError):
 
 class CheckpointError(LstmkitError):
     """A file that is not a usable lstmkit checkpoint for the requested command."""
+
+
+class SweepError(ConfigError):
+    """A setting that is wrong for every trial of a sweep (e.g. its direction): the sweep stops at once."""
+
+
+class TrialFailed(LstmkitError):
+    """One sweep trial failed (already recorded and logged); raised so that Optuna marks it failed."""

@@ -29,7 +29,7 @@ from lstmkit.commands.common import (
     report,
     scalar_metrics,
 )
-from lstmkit.errors import ConfigError, DataError, LstmkitError
+from lstmkit.errors import ConfigError, DataError, LstmkitError, SweepError
 from lstmkit.module import SequenceModel
 from lstmkit.warm_start import init_from_checkpoint, init_reverse_from_checkpoint
 
@@ -164,7 +164,7 @@ def check_sweep_direction(cfg: DictConfig) -> None:
         return  # the basic sweeper (no objective), or a multi-objective study
     wanted = "maximize" if cfg.monitor_mode == "max" else "minimize"
     if direction.lower() != wanted:
-        raise ConfigError(f"hydra.sweeper.direction={direction}, but monitor={cfg.monitor} is to be "
+        raise SweepError(f"hydra.sweeper.direction={direction}, but monitor={cfg.monitor} is to be "
                           f"{wanted}d (monitor_mode={cfg.monitor_mode}); set hydra.sweeper.direction={wanted}")
 
 
