@@ -558,7 +558,7 @@ def test_lexicon_decoding_keeps_to_the_words(tmp_path, monkeypatch):
         head.decode(log_probs, lengths)
 
 
-def test_decode_overrides_of_eval_and_predict():
+def test_decode_overrides_of_eval_and_predict(caplog):
     spec = DataSpec(input_kind="waveform", classes=[BLANK, " ", "a", "b"], blank_id=0, sample_rate=SR,
                     extra={"words": ["ab"]})
     model = torch.nn.Module()
@@ -576,6 +576,16 @@ def test_decode_overrides_of_eval_and_predict():
     assert (model.head.decoder, model.head.lexicon) == ("greedy", None)
     with pytest.raises(ConfigError, match="decode.beam: expected"):
         apply_decoding(model, {"beam": 4})
+    # the command line's names in the errors; a beam size that beam search will not use is said
+    with pytest.raises(ConfigError, match=r"decode\.decoder='bogus': expected greedy or beam"):
+        apply_decoding(model, {"decoder": "bogus"})
+    with pytest.raises(ConfigError, match=r"decode\.lexicon='train' needs decode\.decoder=beam"):
+        apply_decoding(model, {"decoder": "greedy", "lexicon": "train"})
+    with pytest.raises(ConfigError, match=r"decode\.beam_size=0: expected a whole number >= 1"):
+        apply_decoding(model, {"decoder": "beam", "beam_size": 0})
+    with caplog.at_level(logging.WARNING, logger="lstmkit"):
+        apply_decoding(model, {"beam_size": 4})
+    assert "decode.beam_size=4 is not used: this model decodes greedily" in caplog.text
     # the same rule from Python: the head resolves it, not the CLI
     model.head.use_decoder(lexicon="train")
     assert (model.head.decoder, model.head.lexicon) == ("beam", "train")

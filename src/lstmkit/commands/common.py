@@ -82,7 +82,15 @@ def apply_decoding(model: torch.nn.Module, decode: DictConfig | dict[str, Any] |
     unknown = sorted(set(options) - {"decoder", "beam_size", "lexicon"})
     if unknown:
         raise ConfigError(f"decode.{unknown[0]}: expected decode.decoder, decode.beam_size or decode.lexicon")
-    use_decoder(**options)  # what is not given is kept
+    beam = options.get("beam_size")
+    if beam is not None and (isinstance(beam, bool) or not isinstance(beam, int) or beam < 1):
+        raise ConfigError(f"decode.beam_size={beam!r}: expected a whole number >= 1")
+    try:
+        use_decoder(**options)  # what is not given is kept
+    except ConfigError as err:  # the head names its own options; on the command line they are decode.*
+        raise ConfigError(str(err).replace("head.", "decode.")) from None
+    if beam is not None and head.decoder != "beam":
+        log.warning("decode.beam_size=%s is not used: this model decodes greedily (add decode.decoder=beam)", beam)
     log.info("decoding with %s", {k: getattr(head, k) for k in ("decoder", "beam_size", "lexicon")})
 
 

@@ -73,6 +73,8 @@ def input_context(ckpt_path: str, model: Any, datamodule_cls: Any) -> Iterator[N
 def predict(cfg: DictConfig) -> list[dict[str, Any]]:
     batch_size = int_option(cfg, "batch_size", minimum=1) or 1
     n_words = int_option(cfg, "generate")
+    if not n_words and float(cfg.get("temperature") or 0.0) > 0:
+        log.warning("temperature=%s is used with generate=<number of words> only; ignored", cfg.temperature)
     check_torch_device(cfg.get("device"))
     paths = checkpoint_paths(cfg.ckpt_path)
     model = load_models(paths, map_location=cfg.get("device", "cpu"))  # several: their ensemble
