@@ -56,6 +56,10 @@ def test_export_command(tmp_path: Path) -> None:
     ckpt = next((tmp_path / "logs" / "sentiment" / "runs").glob("*/checkpoints/last.ckpt"))
     proc = run_cli("export", f"ckpt_path={ckpt}", "format=onnx", cwd=tmp_path)
     assert '"max_abs_diff"' in proc.stdout and ckpt.with_suffix(".onnx").exists()
+    # export and predict write only what they are asked to: no run folder, no cli.log
+    run_cli("predict", f"ckpt_path={ckpt}", "input=a fine film", cwd=tmp_path)
+    assert sorted(p.name for p in (tmp_path / "logs").iterdir()) == ["sentiment"]
+    assert not list(tmp_path.glob("*.log"))
 
 
 @pytest.mark.parametrize("task", ["ecg", "ecg_unsupervised"])
