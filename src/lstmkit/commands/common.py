@@ -112,12 +112,14 @@ def scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
 @rank_zero_only
 def report(metrics: dict[str, float], out_dir: str | Path | None, title: str = "metrics") -> None:
     """Print the final metrics table and write ``metrics.json`` into the run directory."""
-    table = Table(title=title)
+    table = Table()
     table.add_column("metric")
     table.add_column("value", justify="right")
     for key, value in metrics.items():
         table.add_row(key, "nan" if math.isnan(value) else f"{value:.4f}")
-    Console().print(table)
+    console = Console()
+    console.print(title, soft_wrap=True, highlight=False)  # a line of its own: a path in it stays copyable
+    console.print(table)
     if out_dir is not None:
         path = Path(out_dir) / "metrics.json"
         path.parent.mkdir(parents=True, exist_ok=True)

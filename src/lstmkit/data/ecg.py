@@ -322,7 +322,7 @@ class EcgDataModule(SequenceDataModule):
         seed: seed for generation and splitting.
     """
 
-    predict_input = "beat files (one beat per row) or comma-separated sample values"  # what `lstmkit predict input=...` expects (named in errors)
+    predict_input = "beat files (one beat per row) or one beat's sample values, whitespace- or comma-separated (quote a comma list: 'input=\"0.1,0.2,...\"')"  # what `lstmkit predict input=...` expects (named in errors)
 
     def __init__(
         self,
