@@ -94,14 +94,12 @@ def check_resumable(path: str | Path, model: SequenceModel, ckpt: dict[str, Any]
     missing = sorted(set(own) ^ set(state))
     if missing:
         problems.append(f"other weights ({', '.join(missing[:3])}" + (" ...)" if len(missing) > 3 else ")"))
-    if not problems:
-        _warn_restored_settings(path, ckpt["hyper_parameters"], dict(model.hparams))
     if problems:
         raise CheckpointError(
             f"{path}: cannot resume this run from it, it was trained with {'; '.join(problems)}. Resuming continues "
             "the same run (same data and model settings): give ckpt_path= of such a run, or "
             f"init_from.ckpt_path={path} to start a new run from its weights")
-
+    _warn_restored_settings(path, ckpt["hyper_parameters"], dict(model.hparams))
 
 
 def _warn_restored_settings(path: str | Path, old: dict[str, Any], new: dict[str, Any]) -> None:
@@ -120,6 +118,7 @@ def _warn_restored_settings(path: str | Path, old: dict[str, Any], new: dict[str
 def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[tuple[str, Any, Any]]:
     return [(str(key), old.get(key), new.get(key)) for key in sorted(set(old) | set(new), key=str)
             if not _same(old.get(key), new.get(key))]
+
 
 def _same(old: Any, new: Any) -> bool:
     """Equal, with numbers equal to a relative 1e-6 (the last bits of a float sum depend on threads)."""

@@ -43,6 +43,7 @@ def setting_differences(first: SequenceModel, other: SequenceModel) -> dict[str,
 # (features, FFT size and training-only augmentation may differ: frame t is centred on the same sample)
 FRAME_TIMING = ("sample_rate", "hop", "stride", "stack", "trim_db", "trim_margin")
 
+
 class SequenceEnsemble(SequenceModel):
     """The members' head outputs combined by their head (:meth:`~lstmkit.heads.base.Head.combine`).
 
@@ -78,8 +79,8 @@ class SequenceEnsemble(SequenceModel):
                     f"{differ} (members must share vocabulary, classes and normaliser)"
                     + (f"; their data settings differ in {settings} (train them with the same ones: data.seed "
                        f"also draws generated data and the split of a single file)" if settings else ""))
-            timing = {key: (first.hparams["encoder"].get(key), member.hparams["encoder"].get(key))
-                      for key in FRAME_TIMING if first.hparams["encoder"].get(key) != member.hparams["encoder"].get(key)}
+            ours, theirs = first.hparams["encoder"], member.hparams["encoder"]
+            timing = {key: (ours.get(key), theirs.get(key)) for key in FRAME_TIMING if ours.get(key) != theirs.get(key)}
             if timing:
                 raise ConfigError(f"ensemble: {name} and {names[0]} cut the input into steps differently "
                                   f"({'; '.join(f'encoder.{k}: {a!r} vs {b!r}' for k, (a, b) in timing.items())}): "

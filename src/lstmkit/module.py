@@ -281,22 +281,32 @@ class SequenceModel(L.LightningModule):
                         "name": f"{prefix}no_decay", **extra}]
         return [group for group in groups if group["params"]]
 
-    def _check_resumed_length(self, name: str, total: int) -> None:
-        """A resumed run whose length changed (``trainer.max_epochs=20 resume=true`` after 10 epochs):
-        the schedule is rebuilt over the new length while its step count continues, so the learning
-        rate jumps to where the longer schedule is (cosine: said in a warning), and one-cycle, whose
-        length is part of its saved state, cannot step past its old end (refused before training)."""
-        self.schedule_steps = total
+    def _check_schedule_length(self, name: str, total: float) -> None:
+        """A schedule spread over the run's length needs one, and keeps it when a run resumes.
+
+        A run without a length (``trainer.max_epochs=-1``: until early stopping or ``max_time``) is
+        refused. A resumed run whose length changed (``trainer.max_epochs=20 resume=true`` after 10
+        epochs) rebuilds the schedule over the new length while its step count continues, so the
+        learning rate jumps to where the longer schedule is (cosine: said in a warning); one-cycle,
+        whose length is part of its saved state, cannot step past its old end (refused before training).
+        """
+        if not math.isfinite(total) or total < 1:
+            raise ConfigError(f"scheduler {name} spreads its schedule over the run's length, but the run has none "
+                              f"(trainer.max_epochs={self.trainer.max_epochs}, trainer.max_steps="
+                              f"{self.trainer.max_steps}); give trainer.max_epochs or trainer.max_steps, or use "
+                              "scheduler=plateau or scheduler=none")
+        self.schedule_steps = int(total)
         old = self.resumed_schedule_steps
-        if old is None or old == total:
+        if old is None or old == self.schedule_steps:
             return
         if name == "one_cycle":
             raise ConfigError(f"scheduler=onecycle cannot change its length when a run resumes: it was spread over "
-                              f"{old} steps, the run now has {total} (trainer.max_epochs / max_steps changed). Resume "
-                              "with the run's length, or start a new run from its weights (init_from.ckpt_path=)")
+                              f"{old} steps, the run now has {self.schedule_steps} (trainer.max_epochs / max_steps "
+                              "changed). Resume with the run's length, or start a new run from its weights "
+                              "(init_from.ckpt_path=)")
         log.warning("resuming: the %s schedule covered %d steps and now covers %d (trainer.max_epochs / max_steps "
                     "changed); it continues from the same step of the new schedule, so the learning rate jumps "
-                    "there (for a smooth continuation, resume with the run's length)", name, old, total)
+                    "there (for a smooth continuation, resume with the run's length)", name, old, self.schedule_steps)
 
     def configure_optimizers(self) -> Any:
         spec = dict(self.hparams.optimizer or {"_target_": "torch.optim.AdamW", "_partial_": True})
@@ -320,19 +330,12 @@ class SequenceModel(L.LightningModule):
         total = float(self.trainer.estimated_stepping_batches) if interval == "step" else float(
             self.trainer.max_epochs or 1
         )
-        plateau = str(sched_spec.get("_target_", "")).endswith(".plateau")
-        spread = sched_spec.get("_target_") in SPREAD_OVER_RUN
-        if spread and (not math.isfinite(total) or total < 1):  # max_epochs=-1: until early stopping / max_time
-            name = str(sched_spec.get("_target_", "")).rsplit(".", 1)[-1]
-            raise ConfigError(f"scheduler {name} spreads its schedule over the run's length, but the run has none "
-                              f"(trainer.max_epochs={self.trainer.max_epochs}, trainer.max_steps="
-                              f"{self.trainer.max_steps}); give trainer.max_epochs or trainer.max_steps, or use "
-                              "scheduler=plateau or scheduler=none")
+        target = str(sched_spec.get("_target_", ""))
+        if target in SPREAD_OVER_RUN:
+            self._check_schedule_length(target.rsplit(".", 1)[-1], total)
         total = int(total) if math.isfinite(total) else 1
-        if spread:
-            self._check_resumed_length(str(sched_spec["_target_"]).rsplit(".", 1)[-1], total)
         kwargs: dict[str, Any] = {}
-        if plateau:
+        if target.endswith(".plateau"):
             kwargs["mode"] = self.monitor_mode
         scheduler = build(sched_spec)(optimizer, total_steps=max(1, total), **kwargs)
         config: dict[str, Any] = {"scheduler": scheduler, "interval": interval}

@@ -147,7 +147,8 @@ def monitor_mode(monitor: str, model: SequenceModel) -> str:
     name = monitor.split("/", 1)[-1].removesuffix("_best")
     if name == "loss" or name.endswith("_loss"):
         return "min"
-    higher = getattr(model.head.metrics()[name], "higher_is_better", None) if name in model.head.metrics() else None
+    metrics = model.head.metrics()
+    higher = getattr(metrics[name], "higher_is_better", None) if name in metrics else None
     return model.head.mode if higher is None else ("max" if higher else "min")
 
 
@@ -243,6 +244,7 @@ def absolute_data_path(data: dict[str, Any] | None) -> dict[str, Any] | None:
         return data
     path = Path(str(data["path"])).expanduser()
     return {**data, "path": str(path.resolve())} if path.exists() else data
+
 
 def warm_start(model: SequenceModel, warm: Any, resumed: str | None) -> None:
     """``init_from``: the reverse direction from a backward LM, then the rest from ``ckpt_path``.

@@ -314,9 +314,9 @@ def csv_records(
     header = reader.fieldnames or []
     for column in required:
         if column not in header:
-            other = next((f" (the header holds {name}s: set data.format={fmt})" for sep, name, fmt in
-                          (("\t", "tab", "tsv"), (",", "comma", "csv")) if sep != delimiter and
-                          any(sep in str(h) for h in header)), "")
+            other_sep, other_name, other_fmt = ("\t", "tab", "tsv") if delimiter == "," else (",", "comma", "csv")
+            other = (f" (the header holds {other_name}s: set data.format={other_fmt})"
+                     if any(other_sep in str(h) for h in header) else "")
             raise DataError(f"no column {column!r}; the header has {header}. Set {hint} to the right names{other}",
                             path=path, row=1, field=column)
     while True:
