@@ -158,3 +158,34 @@ def test_a_relative_data_path_is_stored_absolute_so_eval_runs_from_anywhere(tmp_
     elsewhere = tmp_path / "data"
     proc = run_cli("eval", f"ckpt_path={ckpt}", "split=val", "trainer.enable_progress_bar=false", cwd=elsewhere)
     assert "val/acc" in proc.stdout + proc.stderr
+
+
+def test_option_types_are_checked_against_the_annotations_of_every_task_and_experiment(make_cfg) -> None:
+    """Every shipped config passes; a wrong scalar is named with its group, whatever the task."""
+    import pytest
+
+    from lstmkit.commands.common import TYPED_GROUPS, check_option_types
+    from lstmkit.commands.common import plain as plain_options
+    from lstmkit.errors import ConfigError
+
+    experiments = sorted(p.stem for p in (REPO / "conf" / "experiment").glob("*.yaml"))
+    tasks = ["task=next_word", "task=stock", "task=sentiment", "task=speech", "task=ecg"]
+    for choice in tasks + [f"experiment={e}" for e in experiments]:
+        cfg = make_cfg([choice])
+        check_option_types({g: plain_options(cfg.get(g)) for g in TYPED_GROUPS})  # no false alarm
+    cases = {
+        ("task=speech", "encoder.normalise=global", "data.bucketing=maybe"): r"data\.bucketing='maybe': expected true or false",
+        ("task=sentiment", "data.max_vocab=null"): None,  # int | None: null is fine
+        ("task=sentiment", "data.max_vocab=lots"): r"data\.max_vocab='lots': expected a whole number",
+        ("task=sentiment", "data.val_fraction=1"): None,  # a whole number where a float is expected
+        ("task=stock", "data.horizon=[1,2]"): r"data\.horizon=\[1, 2\]: expected a whole number",
+        ("task=ecg", "optimizer.weight_decay=heavy"): r"optimizer\.weight_decay='heavy': expected a number",
+    }
+    for overrides, expected in cases.items():
+        cfg = make_cfg(list(overrides))
+        groups = {g: plain_options(cfg.get(g)) for g in TYPED_GROUPS}
+        if expected is None:
+            check_option_types(groups)
+            continue
+        with pytest.raises(ConfigError, match=expected):
+            check_option_types(groups)

@@ -187,12 +187,13 @@ def test_a_valid_group_choice_names_the_earlier_override_it_does_not_fit() -> No
     assert swept is not None and swept.startswith("data.num_examples=300 does not apply with task=next_word")
 
 
-def test_wrongly_typed_override_names_the_overrides(tmp_path: Path) -> None:
-    proc = run_cli("train", "model.hidden_size=abc", cwd=tmp_path, check=False)
+def test_a_refused_value_names_the_overrides(tmp_path: Path) -> None:
+    """A value of the right type that the component refuses (``nn.LSTM``'s ValueError)."""
+    proc = run_cli("train", "model.hidden_size=-3", cwd=tmp_path, check=False)
     assert proc.returncode == 2
-    assert "cannot build the model" in proc.stderr and "model.hidden_size=abc" in proc.stderr
-    assert "Traceback" not in proc.stderr
-    verbose = run_cli("train", "model.hidden_size=abc", "--verbose", cwd=tmp_path, check=False)
+    assert "cannot build the model" in proc.stderr and "hidden_size must be greater than zero" in proc.stderr
+    assert "model.hidden_size=-3" in proc.stderr and "Traceback" not in proc.stderr
+    verbose = run_cli("train", "model.hidden_size=-3", "--verbose", cwd=tmp_path, check=False)
     assert verbose.returncode != 0 and "Traceback" in verbose.stderr  # --verbose shows the stack
 
 

@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import logging
 import math
+import typing
 from pathlib import Path
+from types import UnionType
 from typing import Any
 
 import torch
-from hydra.utils import instantiate
+from hydra.utils import get_object, instantiate
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
@@ -53,6 +55,67 @@ def check_torch_device(device: Any) -> None:
         raise ConfigError(f"device={name}: no CUDA GPU is available on this machine; use device=cpu")
     if name == "mps" and not torch.backends.mps.is_available():
         raise ConfigError("device=mps: Apple's GPU is not available; use device=cpu")
+
+
+# the class a group without a _target_ builds (SequenceModel builds the LSTM core itself)
+GROUP_CLASSES = {"model": "lstmkit.core.LSTMCore"}
+TYPED_GROUPS = ("data", "encoder", "model", "head", "optimizer")
+SCALARS = {int: "a whole number", float: "a number", bool: "true or false"}
+
+
+def check_option_types(groups: dict[str, dict[str, Any] | None]) -> None:
+    """Refuse an option of ``{group: options}`` whose value cannot be the scalar its class annotates.
+
+    Why: ``data.batch_size=abc`` failed as "'<' not supported between instances of 'str' and
+    'int'", and ``data.batch_size=2.5`` as a traceback from inside the sampler once training
+    began; neither named the option. Only options annotated with scalars (``int``, ``float``,
+    ``bool``, optionally ``None`` or a tensor, as ``torch.optim``'s ``lr``) are checked: a string,
+    a fraction for a whole number, or a list for a scalar. Options annotated otherwise are left
+    to the class. Annotations of the base classes' ``__init__`` count too (options passed on
+    through ``**kwargs``).
+    """
+    for group, options in groups.items():
+        if not isinstance(options, dict):
+            continue
+        try:
+            target = get_object(str(options.get("_target_") or GROUP_CLASSES[group]))
+        except Exception:  # noqa: BLE001, S112 - an unknown target is reported when it is built
+            continue
+        hints = _init_hints(target)
+        for key, value in options.items():
+            problem = _scalar_mismatch(hints.get(key), value) if not key.startswith("_") else None
+            if problem:
+                raise ConfigError(f"{group}.{key}={value!r}: expected {problem} ({target.__name__}'s {key})")
+
+
+def _init_hints(target: Any) -> dict[str, Any]:
+    """``__init__``'s resolved annotations of a class and its bases (the class's own first)."""
+    hints: dict[str, Any] = {}
+    for owner in getattr(target, "__mro__", (target,)):
+        init = owner.__dict__.get("__init__") if isinstance(owner, type) else owner
+        try:
+            found = typing.get_type_hints(init) if init is not None else {}
+        except Exception:  # noqa: BLE001 - an unresolvable annotation: nothing to check against
+            found = {}
+        hints = {**found, **hints}
+    return hints
+
+
+def _scalar_mismatch(annotation: Any, value: Any) -> str | None:
+    """What a scalar-annotated option expects, when ``value`` cannot be it; else None."""
+    if annotation is None or value is None:
+        return None
+    allowed = typing.get_args(annotation) if typing.get_origin(annotation) in (typing.Union, UnionType) \
+        else (annotation,)
+    scalars = [t for t in allowed if t in SCALARS]
+    if not scalars or any(t not in SCALARS and t not in (type(None), torch.Tensor) for t in allowed):
+        return None
+    expected = " or ".join(SCALARS[t] for t in scalars)
+    if isinstance(value, (str, list, dict)):
+        return expected
+    if isinstance(value, float) and float not in scalars and not value.is_integer():
+        return expected
+    return None
 
 
 def plain(node: Any) -> Any:

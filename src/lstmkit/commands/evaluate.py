@@ -17,6 +17,7 @@ from lstmkit.checkpoints import checkpoint_paths, load_models
 from lstmkit.commands.common import (
     apply_decoding,
     check_device,
+    check_option_types,
     instantiate_group,
     int_option,
     plain,
@@ -101,6 +102,7 @@ def evaluate(cfg: DictConfig) -> float | None:
         raise ConfigError(f"split={split!r}: expected one of {', '.join(SPLITS)}")
     overrides = {k: v for k, v in (plain(cfg.get("data")) or {}).items() if v is not None}
     data_cfg.update(overrides)
+    check_option_types({"data": data_cfg})
     if split == "all":
         data_cfg["whole"] = True  # every example of the data is the test split (SequenceDataModule)
         if not overrides.get("path"):

@@ -21,7 +21,9 @@ from lstmkit.build import build
 from lstmkit.callbacks import ReseedEachEpoch, StopOnNonFiniteLoss
 from lstmkit.checkpoints import check_resumable, read_checkpoint
 from lstmkit.commands.common import (
+    TYPED_GROUPS,
     check_device,
+    check_option_types,
     instantiate_group,
     int_option,
     log,
@@ -38,14 +40,15 @@ from lstmkit.warm_start import init_from_checkpoint, init_reverse_from_checkpoin
 def config_stage(what: str) -> Iterator[None]:
     """Turn a type or value error while building ``what`` into one line naming the overrides.
 
-    Why: ``model.hidden_size=abc`` otherwise ends in a traceback from inside ``nn.LSTM``. Errors
+    Why: ``model.hidden_size=-3`` otherwise ends in a traceback from inside ``nn.LSTM`` (and
+    ``encoder.dim=-1`` in torch's RuntimeError from ``nn.Embedding``). Errors
     that are already ours (bad data files...) pass through unchanged.
     """
     try:
         yield
     except LstmkitError:
         raise
-    except (TypeError, ValueError, InstantiationException) as err:
+    except (TypeError, ValueError, RuntimeError, InstantiationException) as err:  # torch: RuntimeError
         root: BaseException = err  # the end of the cause chain: an error of ours, or what says why
         while not isinstance(root, LstmkitError) and root.__cause__ is not None:
             root = root.__cause__
@@ -275,6 +278,7 @@ def train(cfg: DictConfig) -> float | None:
     seed = int_option(cfg, "seed")
     if seed is not None:
         L.seed_everything(seed, workers=True)
+    check_option_types({group: plain(cfg.get(group)) for group in TYPED_GROUPS})
     with config_stage("data"):
         datamodule = instantiate(cfg.data, _convert_="all")
         datamodule.setup("fit")
