@@ -130,3 +130,24 @@ def test_packing_sorted_on_the_host_equals_torch_unsorted_packing(bidirectional:
     torch.testing.assert_close(c2, c)
     stale, _ = core(x, lengths, host_lengths=(3, 6, 1))  # a batch edited after it was made: the device's lengths
     torch.testing.assert_close(stale, expected)
+
+
+@pytest.mark.parametrize("kernel", ["packed", "unpacked"])
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_layer_norm_keeps_padded_steps_zero(kernel: str, bidirectional: bool) -> None:
+    """Layer norm's bias moved padded steps off zero; the forward's contract (and export's) is zeros."""
+    from lstmkit.export import UnpackedLSTM
+
+    torch.manual_seed(0)
+    core = LSTMCore(input_size=5, hidden_size=7, num_layers=2, bidirectional=bidirectional, layer_norm=True,
+                    kernel=kernel).eval()
+    with torch.no_grad():
+        core.norm.bias.uniform_(0.5, 1.0)
+    x, lengths = torch.randn(3, 6, 5), torch.tensor([6, 2, 4])
+    padded = torch.arange(6)[None, :] >= lengths[:, None]
+    with torch.no_grad():
+        out, _ = core(x, lengths)
+        exported = UnpackedLSTM(core)(x, lengths)
+    assert out[padded].abs().max() == 0 and exported[padded].abs().max() == 0
+    assert out[~padded].abs().min() > 0  # the valid steps are normalised, not masked
+    torch.testing.assert_close(exported, out)

@@ -261,3 +261,58 @@ def test_an_optimizer_without_lr_uses_its_own_default(make_cfg, tiny_datamodule)
     model.hparams.optimizer = {"_target_": "torch.optim.SGD", "_partial_": True}
     optimizer = model.configure_optimizers()
     assert {g["lr"] for g in optimizer.param_groups} == {inspect.signature(torch.optim.SGD).parameters["lr"].default}
+
+
+def _lm_spec() -> dict:
+    from lstmkit.types import DataSpec
+    return DataSpec(input_kind="tokens", vocab=["<pad>", "<unk>", "<eos>", "a", "b", "c"],
+                    extra={"bptt": 4, "streams": True}).to_dict()
+
+
+def test_a_next_step_head_refuses_a_bidirectional_core() -> None:
+    """Its backward direction reads step t + 1, the value step t predicts: the figures would be a leak."""
+    from lstmkit.module import SequenceModel
+    from lstmkit.types import DataSpec
+
+    embedding = {"_target_": "lstmkit.encoders.EmbeddingEncoder", "dim": 4}
+    lm = {"_target_": "lstmkit.heads.language_model.LanguageModelHead"}
+    with pytest.raises(ConfigError, match="bidirectional=true cannot be combined with LanguageModelHead"):
+        SequenceModel(_lm_spec(), embedding, {"hidden_size": 5, "bidirectional": True}, lm)
+    SequenceModel(_lm_spec(), embedding, {"hidden_size": 5}, lm)  # one direction: fine
+    features = DataSpec(input_kind="features", num_features=1).to_dict()
+    encoder = {"_target_": "lstmkit.encoders.features.FeatureEncoder"}
+    recon = {"_target_": "lstmkit.heads.anomaly.ReconstructionHead"}
+    with pytest.raises(ConfigError, match="bidirectional=true cannot be combined with ReconstructionHead"):
+        SequenceModel(features, encoder, {"hidden_size": 5, "bidirectional": True}, {**recon, "target": "next"})
+    SequenceModel(features, encoder, {"hidden_size": 5, "bidirectional": True}, {**recon, "target": "same"})
+
+
+def test_carried_state_is_refused_for_independent_examples(make_cfg, tiny_datamodule) -> None:
+    """Shuffled, independent examples (here sentiment's) would pass their state on to unrelated ones."""
+    from lstmkit.module import SequenceModel
+
+    with pytest.raises(ConfigError, match="stateful=true needs data of contiguous streams"):
+        build_model(make_cfg([*TINY_DATA, "model.stateful=true", "model.bidirectional=false"]), tiny_datamodule)
+    head = {"_target_": "lstmkit.heads.language_model.LanguageModelHead"}
+    embedding = {"_target_": "lstmkit.encoders.EmbeddingEncoder", "dim": 4}
+    SequenceModel(_lm_spec(), embedding, {"hidden_size": 5, "stateful": True}, head)  # streams: fine
+    older = {**_lm_spec(), "extra": {"bptt": 4}}  # a checkpoint from before the streams mark
+    SequenceModel(older, embedding, {"hidden_size": 5, "stateful": True}, head)
+
+
+def test_an_overflowing_loss_scale_gives_no_nan_direction(tiny_datamodule, make_cfg) -> None:
+    """Under 16-mixed the GradScaler raises its scale until fp16 overflows; the direction stays finite."""
+    from types import SimpleNamespace
+
+    model = build_model(make_cfg([*TINY_DATA, "adversarial=0.5"]), tiny_datamodule).train()
+    batch = next(iter(tiny_datamodule.train_dataloader()))
+    model._trainer = SimpleNamespace(precision_plugin=SimpleNamespace(scaler=SimpleNamespace(
+        scale=lambda loss: loss * float("inf"))))  # what an overflowing scale does to the gradient
+    model.log = lambda *args, **kwargs: None  # type: ignore[method-assign]
+    try:
+        features, lengths, _ = model.encode(batch.inputs, batch.lengths)
+        loss = model.head.training_loss(model.pool(features, lengths), lengths, batch)
+        direction = model._worst_direction(loss, features)
+    finally:
+        model._trainer = None
+    assert torch.isfinite(direction).all()

@@ -129,8 +129,17 @@ class LSTMCore(nn.Module):
             outputs, final = self._run_packed(x, host_lengths, state)
         if self.stateful and stream is not None and final is not None:
             self._states[stream] = (final[0].detach(), final[1].detach())
-        outputs = self.dropout(self.norm(outputs))
+        outputs = self.dropout(self.padding_zeroed(self.norm(outputs), lengths, host_lengths))
         return outputs, final
+
+    def padding_zeroed(self, outputs: torch.Tensor, lengths: torch.Tensor,
+                       host_lengths: Sequence[int] | None = None) -> torch.Tensor:
+        """Layer norm's output with padded steps zero again (its bias moves them off zero)."""
+        if isinstance(self.norm, nn.Identity) or (host_lengths is not None
+                                                  and all(n == outputs.shape[1] for n in host_lengths)):
+            return outputs
+        steps = torch.arange(outputs.shape[1], device=outputs.device)
+        return outputs * (steps[None, :] < lengths.to(outputs.device)[:, None]).unsqueeze(-1).to(outputs.dtype)
 
     def _run_packed(self, x: torch.Tensor, host_lengths: Sequence[int], state: State | None
                     ) -> tuple[torch.Tensor, State]:

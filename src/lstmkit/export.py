@@ -38,7 +38,8 @@ class UnpackedLSTM(nn.Module):
         self.core = core
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        return self.core.norm(self.core.run_unpacked(x, lengths.to(x.device)))
+        outputs = self.core.run_unpacked(x, lengths.to(x.device))
+        return self.core.padding_zeroed(self.core.norm(outputs), lengths)
 
 
 class ExportModule(nn.Module):

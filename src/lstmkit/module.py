@@ -77,6 +77,10 @@ class SequenceModel(L.LightningModule):
         self.head: Head = build(head, spec=self.spec, in_features=self.core.out_features)
         if self.head.pooling not in POOLINGS:  # else it fails at the first forward pass, deep inside
             raise ConfigError(f"head.pooling={self.head.pooling!r}: expected one of {', '.join(POOLINGS[1:])}")
+        if self.head.causal and self.core.num_directions == 2:
+            raise ConfigError(
+                f"model.bidirectional=true cannot be combined with {type(self.head).__name__}, which predicts "
+                "the next step: the backward direction has already read it (the metrics would be meaningless)")
         self.head.bind(self.encoder)
         # what checkpoints, early stopping and scheduler=plateau watch: the head's metric unless the
         # run's ``monitor`` / ``monitor_mode`` say otherwise (set by the train command)
@@ -92,6 +96,10 @@ class SequenceModel(L.LightningModule):
             raise ConfigError("adversarial training needs independent sequences; it does not combine with "
                               "model.stateful=true (the perturbed pass would advance the carried state twice)")
         self.adversarial = float(adversarial)
+        if self.core.stateful and not self.spec.extra.get("streams", "bptt" in self.spec.extra):
+            raise ConfigError(
+                "model.stateful=true needs data of contiguous streams (next-word prediction's); this data's "
+                "examples are independent and shuffled, so one example's state would carry into another")
         self.lr_scale = {part: float(scale) for part, scale in (lr_scale or {}).items()}
         unknown = set(self.lr_scale) - set(self.PARTS)
         if unknown:
@@ -193,6 +201,10 @@ class SequenceModel(L.LightningModule):
         scaler = getattr(self._trainer.precision_plugin, "scaler", None) if self._trainer is not None else None
         (grad,) = torch.autograd.grad(scaler.scale(loss) if scaler is not None else loss, features,
                                       retain_graph=True)
+        # a scale that overflows fp16 (GradScaler raises it until one does) gives inf here, and inf / inf
+        # a NaN loss that StopOnNonFiniteLoss would take for divergence; zeroed, the step goes on, and the
+        # main backward's own overflow makes the scaler skip it as usual (no host sync)
+        grad = torch.where(torch.isfinite(grad), grad, torch.zeros_like(grad))
         return grad / grad.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *([1] * (grad.dim() - 1)))
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:

@@ -765,7 +765,7 @@ class NextWordDataModule(SequenceDataModule):
             vocab = build_vocab([splits["train"][1]], self.min_count, self.max_vocab,
                                 specials=(PAD, UNK, EOS))
             spec = DataSpec(input_kind="tokens", vocab=vocab, pad_id=0, tokenizer=dict(self.tokenizer),
-                            extra={"bptt": self.bptt, "reverse": self.reverse})
+                            extra={"bptt": self.bptt, "reverse": self.reverse, "streams": True})
         if self.extra_train and self.fixed_spec is None and "train" in splits:
             # with a checkpoint's spec (eval, predict) the train split is not read for training: the
             # extra files are neither needed nor required to still exist

@@ -388,6 +388,7 @@ class ReconstructionHead(ScoreHead):
         if target not in ("next", "same"):
             raise ConfigError(f"head.target={target!r}: expected next or same")
         self.target = target
+        self.causal = target == "next"  # step t forecasts x[t + 1]: not with a bidirectional core
         self.pooling = "none" if target == "next" else pooling
         self.score_name = "forecast error (MSE)" if target == "next" else "reconstruction error (MSE)"
         self.positions = positions

@@ -35,6 +35,8 @@ class Head(nn.Module):
     monitor: str = "val/loss"
     fitting: bool = True  # False when a trained model is only evaluated: decision values stay as stored
     mode: str = "min"
+    # True when step t predicts a later input (the next token or sample): the LSTM must not have read it
+    causal: bool = False
 
     def forward(self, features: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError

@@ -92,6 +92,9 @@ class FrequencyBandLoss(Metric):
 class LanguageModelHead(Head):
     """Next-token distribution at every step: ``(B, T, D)`` LSTM outputs -> ``(B, T, V)`` logits.
 
+    Causal: step t predicts token t + 1, so a bidirectional core (whose backward direction has
+    read it) is refused.
+
     Args:
         spec: gives the vocabulary (the output classes) and the padding id.
         in_features: size of the LSTM output.
@@ -119,6 +122,8 @@ class LanguageModelHead(Head):
     pooling = "none"
     monitor = "val/perplexity"
     mode = "min"
+
+    causal = True
 
     def __init__(
         self,
