@@ -681,6 +681,12 @@ def main(argv: list[str] | None = None) -> int:
     previous = out / "quality.json"
     made = bool(runs)
     previous_host = host_info(args.threads)
+    if args.merge and not previous.exists() and (out / "quality.md").exists():
+        # the report would be rewritten from the merged runs alone: every other task's rows and the
+        # hand-written sections of a report without its JSON (bench/results/quality.md) would be lost
+        print(f"[bench_quality] --merge: {out / 'quality.md'} has no quality.json beside it, so its other tasks "
+              "cannot be merged and would be lost; give --out another folder", file=sys.stderr)
+        return 2
     loaded: dict[Path, list[dict[str, Any]]] = {}
     loaded_ensembles: dict[Path, list[dict[str, Any]]] = {}
     for source in ([previous] if args.merge and previous.exists() else []) + list(args.merge_from):

@@ -31,7 +31,7 @@ def test_quick_benchmark_reports_every_section(tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     results = json.loads((tmp_path / "speed.json").read_text(encoding="utf-8"))
-    assert "| lstmkit |" in (tmp_path / "speed.md").read_text(encoding="utf-8")
+    assert "| lstmkit (defaults) |" in (tmp_path / "speed.md").read_text(encoding="utf-8")
 
     meta = results["meta"]
     assert meta["quick"] is True and meta["machine"]["torch_threads"] >= 1 and meta["machine"]["cpu"]
@@ -39,11 +39,13 @@ def test_quick_benchmark_reports_every_section(tmp_path: Path) -> None:
 
     for workload in ("lm", "classifier"):
         training = results["training"][workload]
-        for impl in ("lstmkit", "plain"):
+        for impl in ("lstmkit", "plain", "lstmkit_like"):
             positive(training[impl], THROUGHPUT, f"training.{workload}.{impl}")
         assert math.isfinite(training["ratio"]) and training["ratio"] > 0
+        assert math.isfinite(training["ratio_like"]) and training["ratio_like"] > 0  # the framework's own cost
         assert training["same_model_loss_diff"] < 1e-5  # both sides start as the same model
     positive(results["training"]["lm"]["lstmkit_bf16"], THROUGHPUT, "training.lm.lstmkit_bf16")
+    positive(results["training"]["lm"]["plain_bf16"], THROUGHPUT, "training.lm.plain_bf16")  # bf16 against bf16
 
     variable = results["variable_length"]
     for batching in ("bucketed", "unbucketed", "naive_padded", "bucketed_packed_kernel"):

@@ -169,6 +169,11 @@ def test_merge_from_re_renders_runs_of_other_reports(tmp_path: Path, capsys) -> 
                        str(other / "quality.json")]) == 2  # quick and full results are not mixed
     with pytest.raises(SystemExit):
         bench.main(["--data-root", str(tmp_path), "--merge-from", str(tmp_path / "missing.json")])
+    hand = tmp_path / "hand"  # a report without its JSON (assembled by hand) is not overwritten by a merge
+    hand.mkdir()
+    (hand / "quality.md").write_text("# by hand\n")
+    assert bench.main(["--out", str(hand), "--data-root", str(tmp_path), "--merge-from", str(tmp_path / "seed2.json")]) == 2
+    assert (hand / "quality.md").read_text() == "# by hand\n" and not (hand / "quality.json").exists()
 
 
 def test_merge_from_drops_an_ensemble_whose_runs_were_replaced(tmp_path: Path) -> None:
