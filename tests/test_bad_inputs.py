@@ -71,6 +71,14 @@ def _stock(d: Path, edit: Callable[[pd.DataFrame], pd.DataFrame] = lambda f: f, 
     return ["task=stock", f"data.path={d / 'acme.csv'}", "data.window=8"]
 
 
+def _day_first_early_days(frame: pd.DataFrame) -> pd.DataFrame:
+    """Dates written DD/MM/YYYY, only days 1-12 of each month kept: month-first reads them all too."""
+    days = pd.to_datetime(frame["date"])
+    frame = frame[days.dt.day <= 12].copy()
+    frame["date"] = pd.to_datetime(frame["date"]).dt.strftime("%d/%m/%Y")
+    return frame
+
+
 def _stock_extra_field(d: Path) -> list[str]:
     """Every row ends with a comma (an export quirk lstmkit accepts), but row 6 has a value there."""
     overrides = _stock(d)
@@ -141,6 +149,9 @@ CASES = [
     Case("duplicate-dates", lambda d: _stock(d, lambda f: _set(f, 6, "date", f.loc[5, "date"])),
          r"acme\.csv, row 8, field 'date': duplicate date"),
     Case("unsorted-dates", lambda d: _stock(d, lambda f: f.iloc[::-1]), r"not in date order", exit_code=0),
+    Case("ambiguous-dates", lambda d: _stock(d, _day_first_early_days),
+         r"acme\.csv, row 2, field 'date': dates such as '0\d/0\d/20\d\d' read as .* with the format '%m/%d/%Y' "
+         r"and as .* with '%d/%m/%Y', and both read every row of the file; set data\.date_format"),
     Case("missing-price-column", lambda d: _stock(d, lambda f: f.drop(columns="volume")),
          r"acme\.csv, field 'volume': missing column"),
     Case("ohlcv-extra-field", _stock_extra_field, r"acme\.csv, row 6: 7 fields, but the header has 6; quote a field"),

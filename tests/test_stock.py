@@ -105,7 +105,8 @@ def test_unsorted_dates_are_sorted_with_a_warning(tmp_path: Path, caplog: pytest
         ("open", 4, "inf", "expected a finite number, found 'inf'"),
         ("high", 9, "", "expected a finite number, found an empty value"),
         ("low", 3, "-1.5", "expected a positive price, found '-1.5'"),
-        ("date", 6, "yesterday", "expected a date (YYYY-MM-DD), found 'yesterday'"),
+        ("date", 6, "yesterday", "expected a date (YYYY-MM-DD, or one format for the whole file such as DD/MM/YYYY; "
+                                 "data.date_format sets it), found 'yesterday'"),
     ],
 )
 def test_bad_values_name_file_row_and_column(tmp_path: Path, column: str, row: int, value: str, message: str) -> None:
@@ -337,3 +338,29 @@ def test_split_dates_outside_the_data_name_the_dates() -> None:
     with pytest.raises(DataError, match=r"data\.val_start=2099-01-01 / data\.test_start=2099-06-01 leave 300 train / "
                                         r"0 val / 0 test rows of its dates \d{4}-\d\d-\d\d to "):
         module.setup("fit")
+
+
+def test_day_first_dates_are_read_with_one_format_per_file(tmp_path: Path) -> None:
+    """A parser guessing row by row read 29/11/2016 day-first but 05/10/2017 month-first: a scrambled series."""
+    import pandas as pd
+
+    from lstmkit.data.stock import StockDataModule, generate_ohlcv
+    from lstmkit.errors import DataError
+
+    frame = generate_ohlcv(1, 120, seed=3).drop(columns="Name")
+    iso = frame["date"].copy()
+    frame["date"] = pd.to_datetime(iso).dt.strftime("%d/%m/%Y")
+    frame.to_csv(tmp_path / "acme.csv", index=False)
+    dm = StockDataModule(path=str(tmp_path / "acme.csv"), window=8)
+    dm.setup()
+    assert [str(d) for d in dm.series[0].dates] == list(pd.to_datetime(iso).dt.strftime("%Y-%m-%d"))
+    early = frame[pd.to_datetime(iso).dt.day <= 12]  # month-first reads every row too: refused, then told
+    early.to_csv(tmp_path / "early.csv", index=False)
+    with pytest.raises(DataError, match=r"early\.csv, row 2, field 'date': .*set data\.date_format"):
+        StockDataModule(path=str(tmp_path / "early.csv"), window=8).setup()
+    told = StockDataModule(path=str(tmp_path / "early.csv"), window=8, date_format="%d/%m/%Y")
+    told.setup()
+    assert [str(d) for d in told.series[0].dates] == list(pd.to_datetime(iso[early.index]).dt.strftime("%Y-%m-%d"))
+    assert told.spec.extra["date_format"] == "%d/%m/%Y"  # predict reads new files with it
+    with pytest.raises(DataError, match=r"row 2, field 'date': expected a date in data\.date_format='%Y-%m-%d', found '\d\d/"):
+        StockDataModule(path=str(tmp_path / "early.csv"), window=8, date_format="%Y-%m-%d").setup()

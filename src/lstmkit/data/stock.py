@@ -136,8 +136,8 @@ class Series:
         return len(self.dates)
 
 
-def read_ohlcv(path: str | Path, features: list[str]) -> list[Series]:
-    """All tickers of a CSV file, or of every ``*.csv`` in a folder."""
+def read_ohlcv(path: str | Path, features: list[str], date_format: str | None = None) -> list[Series]:
+    """All tickers of a CSV file, or of every ``*.csv`` in a folder (``date_format``: see :func:`parse_dates`)."""
     path = Path(path).expanduser()
     if not path.exists():
         raise DataError("file or folder not found", path=path)
@@ -148,7 +148,8 @@ def read_ohlcv(path: str | Path, features: list[str]) -> list[Series]:
     seen: dict[str, str] = {}
     for file in track(files, "reading price files"):
         frame, lines = _read_csv(file)
-        for item in validate_frame(frame, str(file), features, default_ticker=file.stem, lines=lines):
+        for item in validate_frame(frame, str(file), features, default_ticker=file.stem, lines=lines,
+                                   date_format=date_format):
             if item.ticker in seen:
                 raise DataError(f"ticker {item.ticker!r} appears in two files ({seen[item.ticker]} and this "
                                 "one); give each ticker one file", path=file, field="ticker")
@@ -193,7 +194,8 @@ def _check_extra_fields_empty(path: Path, width: int) -> None:
 
 
 def validate_frame(
-    frame: pd.DataFrame, source: str, features: list[str], default_ticker: str, lines: np.ndarray | None = None
+    frame: pd.DataFrame, source: str, features: list[str], default_ticker: str, lines: np.ndarray | None = None,
+    date_format: str | None = None,
 ) -> list[Series]:
     """Check one table row by row and split it per ticker.
 
@@ -221,9 +223,7 @@ def validate_frame(
     lines = np.arange(len(frame)) + 2 if lines is None else lines  # header is line 1
 
     raw_dates = frame[columns["date"]].astype(str).str.strip()
-    parsed = pd.to_datetime(raw_dates, errors="coerce", format="mixed")
-    _first_bad(parsed.isna().to_numpy(), raw_dates, lines, source, columns["date"], "a date (YYYY-MM-DD)")
-    dates = parsed.to_numpy().astype("datetime64[D]")
+    dates = parse_dates(raw_dates, lines, source, columns["date"], date_format)
 
     values = np.empty((len(frame), len(features)))
     for j, feature in enumerate(features):
@@ -247,6 +247,49 @@ def validate_frame(
         idx = np.flatnonzero(tickers == ticker)
         out.append(_one_ticker(str(ticker), source, dates[idx], values[idx], lines[idx], columns["date"]))
     return out
+
+
+# what a date column may hold, one format per file: ISO first, then the spreadsheet exports; "%d/%m/%Y"
+# and "%m/%d/%Y" both read "05/10/2017", which is what the per-file choice below is for
+DATE_FORMATS = ("%Y-%m-%d", "%Y/%m/%d", "%Y%m%d", "%Y-%m-%d %H:%M:%S", "%m/%d/%Y", "%d/%m/%Y", "%d.%m.%Y",
+                "%d-%m-%Y", "%m-%d-%Y", "%d-%b-%Y", "%d %b %Y", "%b %d, %Y", "%m/%d/%y", "%d/%m/%y")
+
+
+def parse_dates(raw: pd.Series, lines: np.ndarray, source: str, column: str, date_format: str | None = None
+                ) -> np.ndarray:
+    """A date column as ``datetime64[D]``, read with one format for the whole file.
+
+    Why: a parser that guesses row by row (pandas' ``format="mixed"``) reads ``29/11/2016`` day-first
+    but ``05/10/2017`` month-first in the same file, which scrambles a day-first series without an
+    error. The format is ``date_format`` when given (``data.date_format``), else the one of
+    :data:`DATE_FORMATS` (or ISO 8601 with a time or zone) that reads every row; when two read every
+    row to different dates (every day of the file is 12 or less) the file is ambiguous and refused.
+    """
+    def read(fmt: str) -> pd.Series:
+        return pd.to_datetime(raw, errors="coerce", format=fmt)
+
+    if date_format:
+        parsed = read(date_format)
+        _first_bad(parsed.isna().to_numpy(), raw, lines, source, column, f"a date in data.date_format={date_format!r}")
+        return parsed.to_numpy().astype("datetime64[D]")
+    readings = {fmt: read(fmt) for fmt in (*DATE_FORMATS, "ISO8601")}
+    complete = {fmt: parsed for fmt, parsed in readings.items() if not parsed.isna().any()}
+    if not complete:  # name the first row that the format reading the most rows cannot read
+        best = max(readings.values(), key=lambda parsed: int(parsed.notna().sum()))
+        _first_bad(best.isna().to_numpy(), raw, lines, source, column,
+                   "a date (YYYY-MM-DD, or one format for the whole file such as DD/MM/YYYY; data.date_format "
+                   "sets it)")
+    days = {fmt: parsed.to_numpy().astype("datetime64[D]") for fmt, parsed in complete.items()}
+    first = next(iter(days))
+    differing = [fmt for fmt in days if not np.array_equal(days[fmt], days[first])]
+    if differing:
+        i = int(np.flatnonzero(days[first] != days[differing[0]])[0])
+        raise DataError(
+            f"dates such as {raw.iloc[i]!r} read as {str(days[first][i])} with the format {first!r} and as "
+            f"{str(days[differing[0]][i])} with {differing[0]!r}, and both read every row of the file; set "
+            f"data.date_format (e.g. data.date_format='{differing[0]}')",
+            path=source, row=int(lines[i]), field=column)
+    return days[first]
 
 
 def _first_bad(bad: np.ndarray, raw: pd.Series, lines: np.ndarray, source: str, column: str, expected: str) -> None:
@@ -321,6 +364,8 @@ class StockDataModule(SequenceDataModule):
         tickers: keep only these tickers (``None`` = all).
         num_tickers / num_days: size of the generated market.
         seed: generator seed.
+        date_format: the date column's ``strftime`` format (e.g. ``%d/%m/%Y``); ``None``: the one
+            format that reads every row of a file, an error when day-first and month-first both do.
     """
 
     predict_input = "OHLCV CSV file paths"  # what `lstmkit predict input=...` expects (named in errors)
@@ -341,10 +386,12 @@ class StockDataModule(SequenceDataModule):
         num_tickers: int = 4,
         num_days: int = 1200,
         seed: int = 0,
+        date_format: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.path = path
+        self.date_format = date_format or None
         self.features = [canonical(f) for f in (features or DEFAULT_FEATURES)]
         self.target = canonical(target)
         self.window, self.horizon = int(window), int(horizon)
@@ -405,7 +452,7 @@ class StockDataModule(SequenceDataModule):
             frame = generate_ohlcv(self.num_tickers, self.num_days, self.seed)
             series = validate_frame(frame, "<generated>", self.features, default_ticker="SYN")
         else:
-            series = read_ohlcv(self.path, self.features)
+            series = read_ohlcv(self.path, self.features, self.date_format)
         if self.tickers:
             missing = sorted(set(self.tickers) - {s.ticker for s in series})
             if missing:
@@ -479,7 +526,8 @@ class StockDataModule(SequenceDataModule):
             target_names=[f"{self.target}_t+{h + 1}" for h in range(self.horizon)],
             normaliser=normaliser,
             extra={"features": self.features, "target": self.target, "window": self.window,
-                   "horizon": self.horizon, "tickers": [s.ticker for s in self.series]},
+                   "horizon": self.horizon, "tickers": [s.ticker for s in self.series],
+                   "date_format": self.date_format},
         )
 
     def _fit_target(self, train: list[torch.Tensor], normaliser: dict[str, Any]) -> dict[str, Any]:
@@ -512,7 +560,7 @@ class StockDataModule(SequenceDataModule):
         horizon = int(spec.extra["horizon"])
         examples, labels = [], []
         for item in inputs:
-            for series in read_ohlcv(str(item), features):
+            for series in read_ohlcv(str(item), features, spec.extra.get("date_format")):
                 if len(series) < window:
                     raise DataError(f"ticker {series.ticker!r} has {len(series)} rows; the model reads windows "
                                     f"of {window} days", path=series.source)
