@@ -285,8 +285,8 @@ def parse_dates(raw: pd.Series, lines: np.ndarray, source: str, column: str, dat
     if differing:
         i = int(np.flatnonzero(days[first] != days[differing[0]])[0])
         raise DataError(
-            f"dates such as {raw.iloc[i]!r} read as {str(days[first][i])} with the format {first!r} and as "
-            f"{str(days[differing[0]][i])} with {differing[0]!r}, and both read every row of the file; set "
+            f"dates such as {raw.iloc[i]!r} read as {days[first][i]!s} with the format {first!r} and as "
+            f"{days[differing[0]][i]!s} with {differing[0]!r}, and both read every row of the file; set "
             f"data.date_format (e.g. data.date_format='{differing[0]}')",
             path=source, row=int(lines[i]), field=column)
     return days[first]
