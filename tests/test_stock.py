@@ -105,8 +105,8 @@ def test_unsorted_dates_are_sorted_with_a_warning(tmp_path: Path, caplog: pytest
         ("open", 4, "inf", "expected a finite number, found 'inf'"),
         ("high", 9, "", "expected a finite number, found an empty value"),
         ("low", 3, "-1.5", "expected a positive price, found '-1.5'"),
-        ("date", 6, "yesterday", "expected a date (YYYY-MM-DD, or one format for the whole file such as DD/MM/YYYY; "
-                                 "data.date_format sets it), found 'yesterday'"),
+        ("date", 6, "yesterday", ("expected a date (YYYY-MM-DD, or one format for the whole file such as DD/MM/YYYY; "
+                                  "data.date_format sets it), found 'yesterday'")),
     ],
 )
 def test_bad_values_name_file_row_and_column(tmp_path: Path, column: str, row: int, value: str, message: str) -> None:
