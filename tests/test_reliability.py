@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from lstmkit.checkpoints import AtomicCheckpointIO, read_checkpoint
 from lstmkit.cli import config_dir, explain_runtime_error
+from lstmkit.errors import CheckpointError
 from lstmkit.suggest import suggest_override
 
 from .conftest import BIN, QUICK, run_cli
@@ -290,3 +291,21 @@ def test_resuming_with_another_length_warns_for_cosine_and_refuses_one_cycle(tmp
                    check=False)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     assert "scheduler=onecycle cannot change its length when a run resumes: it was spread over" in proc.stderr
+
+
+def test_a_resume_refusal_names_the_classes_that_differ() -> None:
+    """"classes (2 entries against 2)" did not say which: the entries only on either side are named."""
+    from lstmkit.checkpoints import check_resumable
+    from lstmkit.module import SequenceModel
+    from lstmkit.types import DataSpec
+
+    def model(classes: list[str]) -> SequenceModel:
+        spec = DataSpec(input_kind="tokens", vocab=["<pad>", "<unk>", "a"], classes=classes).to_dict()
+        return SequenceModel(spec, {"_target_": "lstmkit.encoders.EmbeddingEncoder", "dim": 4}, {"hidden_size": 4},
+                             {"_target_": "lstmkit.heads.ClassificationHead"})
+
+    old = model(["neg", "pos"])
+    ckpt = {"hyper_parameters": dict(old.hparams), "state_dict": old.state_dict()}
+    with pytest.raises(CheckpointError, match=r"classes \(2 entries against 2; only in the checkpoint: \['neg', 'pos'\], "
+                                              r"only in this run: \['negative', 'positive'\]\)"):
+        check_resumable("old.ckpt", model(["negative", "positive"]), ckpt)

@@ -105,3 +105,11 @@ def test_slurm_cluster_config_composes(make_cfg) -> None:
     assert launcher._target_.endswith("SlurmLauncher")
     assert (launcher.nodes, launcher.gpus_per_node, launcher.tasks_per_node, launcher.partition) == (2, 4, 4, "gpu")
     assert cfg.trainer.strategy == "ddp" and cfg.trainer.accelerator == "gpu" and cfg.trainer.num_nodes == 2
+
+
+def test_a_sweep_whose_every_trial_fails_exits_with_an_error(tmp_path: Path) -> None:
+    """Scripts and CI read the exit status: a sweep in which nothing trained must not report success."""
+    proc = run_cli("train", "-m", "model.proj_size=998,999", *TINY, *QUICK, cwd=tmp_path, check=False)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "every trial of the sweep failed (2 of 2); the first: " in proc.stderr
+    assert [r["status"] for r in _summary(_sweep_dir(tmp_path))] == ["failed", "failed"]

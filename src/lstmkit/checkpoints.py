@@ -78,8 +78,10 @@ def check_resumable(path: str | Path, model: SequenceModel, ckpt: dict[str, Any]
         if _same(old, new):
             continue
         if isinstance(old, list) and isinstance(new, list):
+            gone, added = [x for x in old if x not in new], [x for x in new if x not in old]
             how = (f"{len(old)} entries in another order" if sorted(map(str, old)) == sorted(map(str, new))
-                   else f"{len(old)} entries against {len(new)}")
+                   else f"{len(old)} entries against {len(new)}; only in the checkpoint: {_short(gone)}, "
+                        f"only in this run: {_short(added)}")
             problems.append(f"another data spec: {key} ({how})")
         elif isinstance(old, dict) and isinstance(new, dict):
             differ = sorted(str(k) for k in set(old) | set(new) if not _same(old.get(k), new.get(k)))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -67,3 +68,12 @@ class SweepSummary(Callback):
         rows = summarise_sweep(config.hydra.sweep.dir)
         if rows:
             print(Path(config.hydra.sweep.dir, "summary.md").read_text())
+        failed = [r for r in rows if r["status"] == "failed"]
+        if rows and len(failed) == len(rows):
+            # nothing trained: a script or CI step running the sweep must not read success (exit 2, as
+            # lstmkit's other errors); the trials' own errors are in the summary
+            print(f"lstmkit: error: every trial of the sweep failed ({len(rows)} of {len(rows)}); the first: "
+                  f"{failed[0]['error']} (all in {Path(config.hydra.sweep.dir, 'summary.md')})", file=sys.stderr)
+            raise SystemExit(2)
+        if failed:
+            print(f"lstmkit: {len(failed)} of {len(rows)} trials failed (see the summary above)", file=sys.stderr)
