@@ -127,6 +127,15 @@ def _trained_stock_checkpoint(d: Path) -> Path:
     return next((d / "stock_run" / "checkpoints").glob("*.ckpt"))
 
 
+def _trained_sentiment_checkpoint(d: Path) -> Path:
+    quick = ["trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
+             "trainer.limit_test_batches=1", "test=false", "data.num_examples=200", "model.hidden_size=8",
+             "encoder.dim=8"]
+    code = _run(["train", *quick, f"hydra.run.dir={d / 'sentiment_run'}"], d)[0]
+    assert code == 0
+    return next((d / "sentiment_run" / "checkpoints").glob("*.ckpt"))
+
+
 CASES = [
     Case("missing-file", lambda d: [f"data.path={d / 'nope.csv'}"], r"nope\.csv: data\.path does not exist"),
     Case("missing-folder", lambda d: ["task=speech", f"data.path={d / 'no_such_dir'}"],
@@ -192,6 +201,11 @@ CASES = [
          r"data\.batch_size=2\.5: expected a whole number \(SentimentDataModule's batch_size\)"),
     Case("eval-data-not-a-number", lambda d: [f"ckpt_path={_trained_stock_checkpoint(d)}", "data.batch_size=abc"],
          r"data\.batch_size='abc': expected a whole number \(StockDataModule's batch_size\)", command="eval"),
+    Case("eval-empty-split", lambda d: [f"ckpt_path={_trained_sentiment_checkpoint(d)}",
+                                        "data.path=" + str(_text(d / "five.csv", _reviews(5).replace(",0\n", ",negative\n")
+                                                                 .replace(",1\n", ",positive\n")))],
+         r"five\.csv: the test split is empty \(val 0 / test 0 / train 5 examples\), so there is nothing to score; "
+         r"split=all scores every example of the data", command="eval"),
     Case("impossible-size", lambda d: ["encoder.dim=-1"],
          r"cannot build the model \(encoder / model / head\) from the config: .*negative dimension -1.*encoder\.dim=-1"),
     Case("optimizer-not-a-number", lambda d: ["optimizer.lr=fast"], r"optimizer\.lr='fast': expected a number \(AdamW's lr\)"),

@@ -25,7 +25,7 @@ from lstmkit.commands.common import (
     scalar_metrics,
 )
 from lstmkit.ensemble import SequenceEnsemble, setting_differences
-from lstmkit.errors import CheckpointError, ConfigError
+from lstmkit.errors import CheckpointError, ConfigError, DataError
 from lstmkit.module import SequenceModel
 
 log = logging.getLogger(__name__)
@@ -113,6 +113,12 @@ def evaluate(cfg: DictConfig) -> float | None:
         check_members_split(model, paths, split)
     datamodule = build(data_cfg, spec=model.hparams.spec)
     datamodule.setup("test")
+    scored = datamodule.splits.get("test" if split == "all" else split)
+    if scored is not None and len(scored) == 0:  # Lightning would score nothing and report an empty table
+        sizes = " / ".join(f"{name} {len(part)}" for name, part in datamodule.splits.items())
+        raise DataError(f"the {split} split is empty ({sizes} examples), so there is nothing to score"
+                        + ("; split=all scores every example of the data" if split != "all" else ""),
+                        path=getattr(datamodule, "path", None))
     trainer: L.Trainer = instantiate(cfg.trainer, logger=instantiate_group(cfg.get("logger")) or False)
     if split == "val":
         results = trainer.validate(model, datamodule=datamodule)
