@@ -189,3 +189,10 @@ def test_option_types_are_checked_against_the_annotations_of_every_task_and_expe
             continue
         with pytest.raises(ConfigError, match=expected):
             check_option_types(groups)
+
+
+def test_version_is_printed(tmp_path: Path) -> None:
+    from importlib.metadata import version
+
+    proc = run_cli("--version", cwd=tmp_path)
+    assert proc.stdout.strip() == f"lstmkit {version('lstmkit')}"

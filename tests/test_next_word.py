@@ -603,3 +603,11 @@ def test_a_missing_test_part_is_refused_before_training(make_cfg) -> None:
         train(make_cfg(["task=next_word", "data.num_tokens=20000", "data.test_fraction=0", "data.batch_size=4",
                         "data.eval_batch_size=4", "model.hidden_size=8", "encoder.dim=8", "head.tie_weights=false",
                         "logger=none"]))
+
+
+def test_generated_text_has_no_space_around_line_breaks() -> None:
+    """A generation that starts with <eos> (or has two in a row) left "\n the" behind."""
+    from lstmkit.heads.language_model import _tidy_lines
+
+    assert _tidy_lines(" \n the company \n \n shares \n") == "\nthe company\n\nshares\n"
+    assert _tidy_lines("no breaks here") == "no breaks here"

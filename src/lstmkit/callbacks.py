@@ -118,8 +118,12 @@ class StopOnNonFiniteLoss(L.Callback):
         if here:
             assert self._first is not None
             batch, step, value, lr = self._first.tolist()  # the rate the diverged step ran at
+        checkpoints = getattr(trainer, "checkpoint_callback", None)
+        saved = getattr(checkpoints, "best_model_path", "") or getattr(checkpoints, "last_model_path", "")
+        kept = ("the last good checkpoints are kept" if saved else
+                "no checkpoint had been saved yet (it diverged before the first one)")
         advice = (f"(learning rate {lr:.3g}). Try a lower optimizer.lr, trainer.gradient_clip_val=1.0, "
-                  "or trainer.precision=32-true; the last good checkpoints are kept")
+                  f"or trainer.precision=32-true; {kept}")
         if not here:
             raise DivergedError(f"training loss became non-finite on another process by epoch "
                                 f"{trainer.current_epoch}, step {trainer.global_step} {advice}")

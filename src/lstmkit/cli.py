@@ -34,7 +34,8 @@ commands:
   export    export to ONNX / TorchScript:    lstmkit export ckpt_path=... format=onnx
 
 Overrides are Hydra's (key=value, -m for sweeps, --cfg job to print the config,
-<command> --help for every option). --verbose shows full tracebacks.
+<command> --help for every option). --verbose shows full tracebacks; lstmkit --version
+prints the installed version.
 """
 
 
@@ -166,6 +167,14 @@ def main(argv: list[str] | None = None) -> Any:
         os.environ["LSTMKIT_COMMAND"] = command
     elif args and args[0] in {"-h", "--help", "help"}:
         print(USAGE)
+        return None
+    elif args and args[0] in {"-V", "--version", "version"}:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            print(f"lstmkit {version('lstmkit')}")
+        except PackageNotFoundError:  # run from a source tree that is not installed
+            print("lstmkit (not installed; run from its source tree)")
         return None
     elif os.environ.get("LSTMKIT_COMMAND") in COMMANDS and os.environ.get("LOCAL_RANK"):
         command = os.environ["LSTMKIT_COMMAND"]  # a DDP rank re-executed by Lightning

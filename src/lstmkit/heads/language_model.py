@@ -9,6 +9,7 @@ the end; a mean of per-batch perplexities would be a different, larger number.
 from __future__ import annotations
 
 import random
+import re
 from typing import Any
 
 import torch
@@ -354,5 +355,11 @@ def generate(
     if (spec.tokenizer or {}).get("subwords"):  # pieces back into words: "un ##watch ##able" -> "unwatchable"
         ordered = Subwords.join(ordered)
     text = joiner.join("\n" if w == EOS else w for w in ordered)
-    return {"prompt": prompt, "words": words, "text": text.replace(" \n ", "\n").replace(" \n", "\n"),
+    return {"prompt": prompt, "words": words, "text": _tidy_lines(text),
             "direction": "before" if backward else "after"}
+
+
+def _tidy_lines(text: str) -> str:
+    """Generated words joined by spaces, with the spaces around each ``<eos>`` line break removed
+    (also at the start, and between several in a row)."""
+    return re.sub(r" *\n *", "\n", text)
