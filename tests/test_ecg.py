@@ -260,6 +260,13 @@ def test_anomaly_head_threshold_is_chosen_on_val_and_reused_on_test() -> None:
     decoded = head.decode(torch.tensor([-3.0, 3.0]), torch.full((2,), 5))
     assert [d["anomaly"] for d in decoded] == [False, True]
     assert set(decoded[0]) == {"score", "anomaly", "threshold"} and decoded[1]["threshold"] == round(chosen, 6)
+    # beats of one kind only (an eval of other data): AUROC / AUPRC are undefined, NaN, not a "perfectly wrong" 0
+    _, only = _metrics(head)
+    head.update_metrics(only, torch.tensor([1.0, 2.0, 3.0]), torch.full((3,), 5),
+                        Batch(torch.zeros(3, 5, 1), torch.full((3,), 5), torch.tensor([1, 1, 1])))
+    one_kind = {k: float(v) for k, v in only.compute().items()}
+    assert math.isnan(one_kind["test/auroc"]) and math.isnan(one_kind["test/auprc"])
+    assert one_kind["test/recall"] == 1.0  # the other statistics count the one kind there is
 
 
 @pytest.mark.parametrize("target", ["next", "same"])

@@ -304,6 +304,13 @@ class BeatInput(str):
 
 
 # -- the datamodule -----------------------------------------------------------------------------------
+def warn_one_kind(path: Any, what: str, anomaly_labels: list[int], kinds: set[bool]) -> None:
+    """Scoring data of one kind of beat (an eval of other data): say which metrics mean nothing."""
+    missing = "normal beats" if True in kinds else f"anomalous beats (labels {anomaly_labels})"
+    log.warning("%s: %s has no %s: AUROC and AUPRC are undefined (reported as nan); F1, precision and "
+                "recall count the one kind of beat there is", path, what, missing)
+
+
 class EcgDataModule(SequenceDataModule):
     """Heartbeats -> ``(T, 1)`` float sequences with a normal (0) / anomaly (1) target.
 
@@ -410,6 +417,9 @@ class EcgDataModule(SequenceDataModule):
         anomaly = np.array(self.anomaly_labels)
         if self.whole:  # every beat, normal or not (the splits' order: scores do not depend on it)
             splits = {"test": BeatTable.concat([splits[n] for n in ("train", "val", "test") if n in splits])}
+            kinds = set(np.isin(splits["test"].labels, anomaly).tolist())
+            if len(kinds) == 1:
+                warn_one_kind(self.path, "the data", self.anomaly_labels, kinds)
         else:
             train = splits["train"]
             if self.train_on == "normal":
@@ -424,8 +434,7 @@ class EcgDataModule(SequenceDataModule):
                 if len(kinds) == 1:
                     missing = "normal beats" if True in kinds else f"anomalous beats (labels {self.anomaly_labels})"
                     if fixed is not None:  # eval of other data: say it, the scores stand for the other kind
-                        log.warning("%s: the %s split has no %s: AUROC and F1 are undefined (reported as 0)",
-                                    table.path, name, missing)
+                        warn_one_kind(table.path, f"the {name} split", self.anomaly_labels, kinds)
                         continue
                     raise DataError(
                         f"the {name} split has {len(table.labels)} beats and no {missing}, so AUROC, F1 "

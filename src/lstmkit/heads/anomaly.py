@@ -141,10 +141,13 @@ class DetectionStat(ScoreCollector):
 
     def compute(self) -> torch.Tensor:
         scores, labels = super().compute()
-        if self.stat == "auroc":
-            return binary_auroc(score_ranks(scores), labels)
-        if self.stat == "auprc":
-            return binary_average_precision(score_ranks(scores), labels)
+        if self.stat in ("auroc", "auprc"):
+            rank = binary_auroc if self.stat == "auroc" else binary_average_precision
+            value = rank(score_ranks(scores), labels)
+            # one kind of beat only (an eval of other data): undefined, NaN, not torchmetrics' 0.0,
+            # which reads as a perfectly wrong ranking (no host read: the choice stays on the device)
+            undefined = torch.full_like(value, float("nan"))
+            return undefined if labels.numel() == 0 else torch.where(labels.min() == labels.max(), undefined, value)
         threshold = self.owner.head.resolve_threshold(scores, labels, choose=self.choose)
         if self.stat == "threshold":
             return torch.tensor(threshold, device=scores.device)
