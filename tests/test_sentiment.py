@@ -261,3 +261,15 @@ def test_a_file_in_another_format_than_its_name_says_points_to_data_format(tmp_p
     (tmp_path / "tabs.csv").write_text("text\tlabel\ngood film\t1\n")
     with pytest.raises(DataError, match=r"the header holds tabs: set data\.format=tsv"):
         read_labelled_text(tmp_path / "tabs.csv")
+
+
+def test_an_unknown_label_in_eval_data_names_the_files_first_such_row(tmp_path: Path) -> None:
+    """Every row is bad: the error named the first bad row of whichever split came first (row 44)."""
+    trained = SentimentDataModule(num_examples=120)
+    trained.setup()  # classes ['negative', 'positive']
+    rows = "".join(f"good film {i},{'pos' if i % 2 else 'neg'}\n" for i in range(60))
+    (tmp_path / "b.csv").write_text("text,label\n" + rows)
+    dm = SentimentDataModule(path=str(tmp_path / "b.csv"), spec=trained.spec.to_dict())
+    with pytest.raises(DataError, match=r"b\.csv, row 2, field 'label': label 'neg' is not one of the classes "
+                                        r"\['negative', 'positive'\] \(the checkpoint's\); 60 row\(s\) have such labels"):
+        dm.setup("test")

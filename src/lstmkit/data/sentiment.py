@@ -251,15 +251,17 @@ class SentimentDataModule(SequenceDataModule):
                             tokenizer={**self.tokenizer, "max_length": self.max_length})
         index = {tok: i for i, tok in enumerate(spec.vocab or [])}
         class_index = {c: i for i, c in enumerate(spec.classes or [])}
+        unknown = sorted((str(source), row, label) for rows in splits.values() for source, row, _, label in rows
+                         if self.label_names.get(label, label) not in class_index)
+        if unknown:  # the file's first such row, whichever split it fell into
+            source, row, label = unknown[0]
+            learnt = "the checkpoint's" if self.fixed_spec is not None else "learnt from the training split"
+            raise DataError(f"label {label!r} is not one of the classes {list(class_index)} ({learnt}); "
+                            f"{len(unknown)} row(s) have such labels", path=source, row=row, field=self.label_column)
         for split, rows in splits.items():
             inputs, targets = [], []
-            for (source, row, _, label), text_tokens in zip(rows, tokens[split], strict=True):
+            for (_, _, _, label), text_tokens in zip(rows, tokens[split], strict=True):
                 name = self.label_names.get(label, label)
-                if name not in class_index:
-                    raise DataError(
-                        f"label {label!r} is not one of the classes {list(class_index)} "
-                        "learnt from the training split", path=source, row=row, field=self.label_column,
-                    )
                 ids = encode(text_tokens, index, unk_id=1) or [1]
                 inputs.append(torch.tensor(ids, dtype=torch.int64))
                 targets.append(torch.tensor(class_index[name]))
