@@ -85,6 +85,7 @@ def test_quick_bench_writes_complete_finite_records(tmp_path: Path) -> None:
         assert str(tmp_path / "logs") in run["run_dir"]
     stock = next(r for r in report["runs"] if r["task"] == "stock")
     assert stock["naive_baseline"]["mase"] == 1.0 and stock["naive_baseline"]["mae"] > 0
+    assert stock["per_ticker"] and all(0 < t["mase"] < 10 and t["naive_mae"] > 0 for t in stock["per_ticker"].values())
     for task in ("ecg", "ecg_unsupervised"):  # the parameter-free template baseline beside the model
         baseline = next(r for r in report["runs"] if r["task"] == task)["template_baseline"]
         assert 0.5 < baseline["auroc"] <= 1.0 and 0.0 < baseline["f1"] <= 1.0, baseline
@@ -93,7 +94,7 @@ def test_quick_bench_writes_complete_finite_records(tmp_path: Path) -> None:
     md = (out / "quality.md").read_text()
     assert "--quick" in md and "published reference" in md
     assert "114.5" in md and "82.7" in md and "84.9" in md  # Zaremba et al. 2014, Kim 2014, Tai et al. 2015
-    assert "ecg_unsupervised baseline on the same splits" in md
+    assert "ecg_unsupervised baseline on the same splits" in md and "Stock per ticker (test MASE" in md
     for task in bench.TASKS:
         assert f"| {task} |" in md
     assert "| nan" not in md.lower()
