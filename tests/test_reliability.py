@@ -310,3 +310,11 @@ def test_a_resume_refusal_names_the_classes_that_differ() -> None:
     with pytest.raises(CheckpointError, match=r"classes \(2 entries against 2; only in the checkpoint: \['neg', 'pos'\], "
                                               r"only in this run: \['negative', 'positive'\]\)"):
         check_resumable("old.ckpt", model(["negative", "positive"]), ckpt)
+
+
+def test_an_eval_data_option_is_pointed_to_its_plus() -> None:
+    """``eval ... data.eval_batch_size=4`` was told "did you mean data.batch_size?": a real datamodule
+    option of the checkpoint's data is overridden with a +, which the hint now says first."""
+    hint = suggest_override(config_dir(), "eval", ["ckpt_path=x.ckpt", "data.eval_batch_size=4"])
+    assert hint is not None and hint.startswith("the checkpoint's other data settings are overridden with a +: "
+                                                "+data.eval_batch_size=4 (or did you mean data.batch_size?)")

@@ -104,15 +104,17 @@ def _hint(override: Any, cfg: DictConfig, group_options_of: Any) -> str | None:
     if leaf in keys and override.is_add():  # `+key=value` for a key the config already has
         return f"{key} is already a config key: drop the + ({key}={override.get_value_element_as_str()})"
     guess = _close(leaf, keys)
+    if parent_path == "data" and "ckpt_path" in cfg:  # eval / predict: the checkpoint's data settings
+        # (before the close match: data.eval_batch_size is a datamodule option, not a typo of batch_size)
+        return (f"the checkpoint's other data settings are overridden with a +: "
+                f"+{key}={override.get_value_element_as_str()}"
+                + (f" (or did you mean data.{guess}?)" if guess else "") + f"; data has the keys: {', '.join(keys)}")
     if guess:
         full = f"{parent_path}.{guess}" if parent_path else guess
         return f"did you mean {full}? ({key} is not a config key)"
     elsewhere = [path for path in _paths(cfg) if path.rpartition(".")[2] == leaf and path != key]
     if elsewhere:  # `hidden_size=32` for model.hidden_size: the key lives in a group
         return f"did you mean {' or '.join(elsewhere[:3])}? ({key} is not a config key)"
-    if parent_path == "data" and "ckpt_path" in cfg:  # eval / predict: the checkpoint's data settings
-        return (f"data has the keys: {', '.join(keys)}; the checkpoint's other data settings are overridden "
-                f"with a +: +{key}={override.get_value_element_as_str()}")
     return f"{parent_path} has the keys: {', '.join(keys)}" if parent_path else None
 
 
