@@ -273,3 +273,18 @@ def test_an_unknown_label_in_eval_data_names_the_files_first_such_row(tmp_path: 
     with pytest.raises(DataError, match=r"b\.csv, row 2, field 'label': label 'neg' is not one of the classes "
                                         r"\['negative', 'positive'\] \(the checkpoint's\); 60 row\(s\) have such labels"):
         dm.setup("test")
+
+
+def test_eval_scores_a_folder_that_holds_only_a_test_file(tmp_path: Path) -> None:
+    """The vocabulary and classes are the checkpoint's: a held-out folder needs no training file."""
+    trained = SentimentDataModule(num_examples=120)
+    trained.setup()
+    folder = tmp_path / "held_out"
+    folder.mkdir()
+    (folder / "test_reviews.csv").write_text("text,label\n" + "".join(
+        f"good film {i},{'positive' if i % 2 else 'negative'}\n" for i in range(30)))
+    dm = SentimentDataModule(path=str(folder), spec=trained.spec.to_dict())
+    dm.setup("test")
+    assert len(dm.splits["test"]) == 30 and len(dm.splits["train"]) == 0  # every row scored, none carved
+    with pytest.raises(DataError, match=r"folder has no training file"):  # training still needs one
+        SentimentDataModule(path=str(folder)).setup()

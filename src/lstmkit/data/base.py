@@ -60,10 +60,11 @@ def check_fractions(val: Any, test: Any) -> tuple[float, float]:
 SPLIT_NAMES = {"train": {"train"}, "val": {"valid", "val", "dev", "validation"}, "test": {"test"}}
 
 
-def split_files(folder: Path, example: str) -> dict[str, Path]:
+def split_files(folder: Path, example: str, require_train: bool = True) -> dict[str, Path]:
     """The train / val / test files of a folder, by a whole part of their names (``ptb.train.txt``,
     ``train_reviews.csv``, ``stsa.binary.dev``; not ``pretrain.csv``); several candidates for a
-    split, or none for train, are refused rather than one picked silently."""
+    split, or none for train (when ``require_train``: not for an eval, whose vocabulary and classes
+    are the checkpoint's), are refused rather than one picked silently."""
     files = sorted(p for p in folder.iterdir() if p.is_file())
     found: dict[str, list[Path]] = {split: [] for split in SPLIT_NAMES}
     for file in files:
@@ -75,7 +76,7 @@ def split_files(folder: Path, example: str) -> dict[str, Path]:
         if len(matches) > 1:
             raise DataError(f"several files look like the {split} split: {[m.name for m in matches]}; "
                             "keep one, or point data.path at a single file", path=folder)
-    if not found["train"]:
+    if not found["train"] and (require_train or not (found["val"] or found["test"])):
         raise DataError(f"folder has no training file; expected file names with a train / valid|val|dev / test "
                         f"part (e.g. {example}), found {[f.name for f in files]}", path=folder)
     return {split: matches[0] for split, matches in found.items() if matches}

@@ -192,8 +192,10 @@ class SentimentDataModule(SequenceDataModule):
             raise path_not_found(path)
         if path.is_file():
             return self._split(self._read_file(path))
-        found = split_files(path, "stsa.binary.train, train.csv")
+        found = split_files(path, "stsa.binary.train, train.csv", require_train=self.fixed_spec is None)
         splits = {s: self._read_file(f) for s, f in found.items()}
+        if "train" not in splits:  # eval of a folder of held-out files: nothing to carve, nothing to fit
+            return {"train": [], "val": splits.get("val", []), "test": splits.get("test", [])}
         if "val" not in splits or "test" not in splits:
             # carve only the missing splits out of train, keeping the given ones (no train row is dropped)
             carved = self._split(splits["train"], val="val" not in splits, test="test" not in splits)
