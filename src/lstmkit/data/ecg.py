@@ -461,6 +461,8 @@ class EcgDataModule(SequenceDataModule):
             beats = torch.from_numpy(table.samples).unsqueeze(-1)  # (N, T, 1)
             targets = torch.from_numpy(np.isin(table.labels, anomaly).astype(np.int64))  # 1 = anomaly
             self.splits[name] = SequenceDataset(list(beats), list(targets))
+        log.info("ECG beats from %s: %s", self.path or "<generated>",
+                 " / ".join(f"{name} {len(part)}" for name, part in self.splits.items()))
         return spec
 
     # -- predict ------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ clause after ``but`` dominates, neutral filler sentences and varied length.
 
 from __future__ import annotations
 
+import logging
 import random
 from pathlib import Path
 from typing import Any
@@ -79,6 +80,8 @@ _FILLERS = [
 ]
 _ENDINGS_POS = ["highly recommended", "i would watch it again", "worth every minute", "go see it"]
 _ENDINGS_NEG = ["save your money", "i would not watch it again", "a waste of an evening", "skip it"]
+
+log = logging.getLogger(__name__)
 
 
 def _clause(rng: random.Random) -> tuple[str, float]:
@@ -268,6 +271,9 @@ class SentimentDataModule(SequenceDataModule):
                 inputs.append(torch.tensor(ids, dtype=torch.int64))
                 targets.append(torch.tensor(class_index[name]))
             self.splits[split] = SequenceDataset(inputs, targets)
+        sources = sorted({str(rows[0][0]) for rows in splits.values() if rows})
+        log.info("sentiment examples from %s: %s", ", ".join(sources) or "nothing",
+                 " / ".join(f"{name} {len(part)}" for name, part in self.splits.items()))
         return spec
 
     @classmethod
