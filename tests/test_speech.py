@@ -734,3 +734,15 @@ def test_an_utterance_has_the_same_features_alone_and_in_a_batch(options) -> Non
     together, lengths = enc(batch, torch.tensor([6500, 12000]))
     assert int(lengths[0]) == int(n[0])
     torch.testing.assert_close(together[0, : int(n[0])], alone[0, : int(n[0])], rtol=1e-5, atol=1e-5)
+
+
+def test_predict_warns_about_a_silent_clip(tmp_path, caplog):
+    """Training refuses silent clips; predict transcribed one without a word ("unn")."""
+    sf.write(tmp_path / "quiet.wav", np.zeros(800, dtype=np.float32), SR)
+    sf.write(tmp_path / "tone.wav", tone(), SR)
+    spec = DataSpec(input_kind="waveform", sample_rate=SR, classes=["<blank>", "a"], blank_id=0)
+    with caplog.at_level("WARNING", logger="lstmkit"):
+        batch = SpeechDataModule.make_predict_batch(spec, [str(tmp_path / "tone.wav"), str(tmp_path / "quiet.wav")])
+    assert batch.inputs.shape[0] == 2
+    warned = [r.getMessage() for r in caplog.records if "silent" in r.getMessage()]
+    assert len(warned) == 1 and "quiet.wav: the clip is silent (peak 0.0e+00)" in warned[0]

@@ -52,6 +52,7 @@ from lstmkit.progress import track
 from lstmkit.types import Batch, DataSpec
 
 log = logging.getLogger("lstmkit")
+SILENCE_PEAK = 1e-4  # a clip whose loudest sample is below it is silent (data.silence_threshold)
 
 BLANK = "<blank>"
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
@@ -313,7 +314,7 @@ class SpeechDataModule(SequenceDataModule):
         lowercase: bool = True,
         unknown_chars: str = "error",
         empty_clips: str = "error",
-        silence_threshold: float = 1e-4,
+        silence_threshold: float = SILENCE_PEAK,
         cache_dir: str | None = None,
         num_examples: int = 1500,
         num_speakers: int = 24,
@@ -596,5 +597,8 @@ class SpeechDataModule(SequenceDataModule):
             wave, _, _ = read_audio(str(item), rate)
             if wave.size == 0:
                 raise DataError("clip has no samples", path=item)
+            if float(np.abs(wave).max()) < SILENCE_PEAK:  # training refuses such clips; a transcript of one is noise
+                log.warning("%s: the clip is silent (peak %.1e); its transcript means nothing", item,
+                            float(np.abs(wave).max()))
             examples.append((torch.from_numpy(wave), torch.zeros(0, dtype=torch.int64)))
         return PadCollate(pad_value=0.0, sequence_targets=True)(examples)
