@@ -151,3 +151,24 @@ def test_layer_norm_keeps_padded_steps_zero(kernel: str, bidirectional: bool) ->
     assert out[padded].abs().max() == 0 and exported[padded].abs().max() == 0
     assert out[~padded].abs().min() > 0  # the valid steps are normalised, not masked
     torch.testing.assert_close(exported, out)
+
+
+@pytest.mark.parametrize(("bidirectional", "proj_size", "layers"), [(False, 0, 1), (True, 0, 2), (True, 3, 2)])
+def test_last_summary_from_the_final_state_equals_pooling_the_outputs(bidirectional: bool, proj_size: int,
+                                                                      layers: int) -> None:
+    """Packed batches pool ``last`` from nn.LSTM's final state: the same values and gradients, no padded outputs."""
+    torch.manual_seed(0)
+    core = LSTMCore(input_size=5, hidden_size=7, num_layers=layers, bidirectional=bidirectional,
+                    proj_size=proj_size, kernel="packed").eval()
+    x, lengths = torch.randn(4, 6, 5, requires_grad=True), torch.tensor([6, 2, 4, 1])
+    fast = core.last_summary(x, lengths)
+    assert fast is not None
+    (grad_fast,) = torch.autograd.grad(fast.square().sum(), x)
+    slow = summarise(core(x, lengths)[0], lengths, "last", core.num_directions)
+    (grad_slow,) = torch.autograd.grad(slow.square().sum(), x)
+    torch.testing.assert_close(fast, slow)
+    torch.testing.assert_close(grad_fast, grad_slow)
+    # where it does not apply, the caller pools the outputs
+    assert LSTMCore(input_size=5, hidden_size=7, kernel="unpacked").last_summary(x, lengths) is None
+    assert LSTMCore(input_size=5, hidden_size=7, kernel="packed", layer_norm=True).last_summary(x, lengths) is None
+    assert core.last_summary(x, torch.full((4,), 6)) is None  # equal lengths: no packing

@@ -153,6 +153,10 @@ class SequenceModel(L.LightningModule):
     def pool(self, features: torch.Tensor, lengths: torch.Tensor, stream: str | None = None,
              host_lengths: Sequence[int] | None = None) -> torch.Tensor:
         """The LSTM over the encoder's output, pooled as the head asks."""
+        if self.head.pooling == "last":  # packed batches: straight from the final state (LSTMCore.last_summary)
+            last = self.core.last_summary(features, lengths, stream=stream, host_lengths=host_lengths)
+            if last is not None:
+                return last
         outputs, _ = self.core(features, lengths, stream=stream, host_lengths=host_lengths)  # (B, T', D)
         return summarise(outputs, lengths, self.head.pooling, self.core.num_directions)
 
