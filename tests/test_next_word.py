@@ -611,3 +611,22 @@ def test_generated_text_has_no_space_around_line_breaks() -> None:
 
     assert _tidy_lines(" \n the company \n \n shares \n") == "\nthe company\n\nshares\n"
     assert _tidy_lines("no breaks here") == "no breaks here"
+
+
+def test_eval_checks_only_the_split_it_scores_for_too_little_text(tmp_path: Path) -> None:
+    """A val part too short for one window stopped an evaluation of the test part (the only one scored)."""
+    from lstmkit.data.language_model import NextWordDataModule
+    from lstmkit.errors import DataError
+
+    trained = NextWordDataModule(num_tokens=3000, bptt=5, batch_size=4)
+    trained.setup()
+    (tmp_path / "new.txt").write_text("\n".join("the company said its shares rose" for _ in range(60)) + "\n")
+    options = {"path": str(tmp_path / "new.txt"), "bptt": 5, "batch_size": 2, "val_fraction": 0.01,
+               "test_fraction": 0.5, "spec": trained.spec.to_dict()}
+    dm = NextWordDataModule(**options)
+    dm.setup("test")  # the val part (4 tokens) is too short for one window of 2 x 6: not an error here
+    assert sum(1 for _ in dm.test_dataloader()) > 0
+    with pytest.raises(DataError, match=r"new\.txt \(val part\): too little text"):
+        dm.val_dataloader()  # where it is read, it is still refused
+    with pytest.raises(DataError, match=r"\(val part\): too little text"):  # training checks every part first
+        NextWordDataModule(**{**options, "spec": None}).setup()
