@@ -196,3 +196,11 @@ def test_version_is_printed(tmp_path: Path) -> None:
 
     proc = run_cli("--version", cwd=tmp_path)
     assert proc.stdout.strip() == f"lstmkit {version('lstmkit')}"
+
+
+def test_predict_and_export_help_list_their_own_options(tmp_path: Path) -> None:
+    """They listed train's config groups (encoder, head, trainer...), none of which applies to them."""
+    for command in ("predict", "export"):
+        text = run_cli(command, "--help", cwd=tmp_path).stdout
+        assert text.startswith(f"lstmkit {command}: every option is a key=value override")
+        assert "ckpt_path: ???" in text and "Configuration groups" not in text and "encoder:" not in text
