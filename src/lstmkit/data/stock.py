@@ -16,7 +16,6 @@ only. Batches carry raw values; the model normalises them itself
 
 from __future__ import annotations
 
-import csv
 import logging
 import math
 import re
@@ -31,6 +30,7 @@ import torch
 from torch.utils.data import Dataset
 
 from lstmkit.data.base import PadCollate, SequenceDataModule
+from lstmkit.data.text import csv_records, read_text
 from lstmkit.encoders.features import KINDS, fit_feature_normaliser
 from lstmkit.errors import ConfigError, DataError
 from lstmkit.heads.regression import to_target_space
@@ -176,21 +176,12 @@ def _read_csv(path: Path) -> tuple[pd.DataFrame, np.ndarray]:
                         path=path) from None
     except (pd.errors.ParserError, UnicodeDecodeError) as err:
         raise DataError(f"not a readable CSV file ({str(err).strip().splitlines()[-1]})", path=path) from None
-    if any(issubclass(w.category, pd.errors.ParserWarning) for w in caught):
-        _check_extra_fields_empty(path, len(frame.columns))
+    if any(issubclass(w.category, pd.errors.ParserWarning) for w in caught):  # rows wider than the header:
+        for _ in csv_records(read_text(path), ",", path, (), "the header"):  # the extra fields must be empty
+            pass
     lines = np.arange(len(frame)) + 2
     blank = frame.apply(lambda column: column.str.strip().eq("")).all(axis=1).to_numpy()
     return frame[~blank].reset_index(drop=True), lines[~blank]
-
-
-def _check_extra_fields_empty(path: Path, width: int) -> None:
-    with path.open(newline="", encoding="utf-8-sig") as fh:
-        reader = csv.reader(fh, skipinitialspace=True)
-        for row in reader:
-            if any(value.strip() for value in row[width:]):
-                raise DataError(f"{len(row)} fields, but the header has {width}; quote a field that contains a "
-                                "comma, or give the extra column a name in the header", path=path,
-                                row=reader.line_num)
 
 
 def validate_frame(
