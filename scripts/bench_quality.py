@@ -394,23 +394,26 @@ def ecg_template_baseline(checkpoint: Path) -> dict[str, Any]:
     from torchmetrics.functional.classification import binary_auroc, binary_f1_score
 
     from lstmkit.build import build
+    from lstmkit.checkpoints import load_model
+    from lstmkit.heads.anomaly import f1_threshold
 
-    data = torch.load(checkpoint, map_location="cpu", weights_only=False)["hyper_parameters"]["data"]
-    datamodule = build(dict(data))
+    model = load_model(checkpoint).eval()
+    datamodule = build(dict(model.hparams["data"]))
     datamodule.setup("fit")
+    encoder = model.encoder  # the model's own view of a beat: z-normalised over its valid samples
 
     def beats(split: str) -> tuple[torch.Tensor, torch.Tensor]:
         rows = datamodule.splits[split]
-        x = torch.stack([rows[i][0] for i in range(len(rows))]).squeeze(-1).double()  # (N, T)
-        x = (x - x.mean(1, keepdim=True)) / x.std(1, unbiased=False, keepdim=True).clamp_min(1e-8)  # as BeatEncoder
-        return x, torch.stack([rows[i][1] for i in range(len(rows))])
+        x = torch.stack([rows[i][0] for i in range(len(rows))])  # (N, T, 1)
+        with torch.no_grad():
+            signal = encoder(x, torch.full((len(rows),), x.shape[1]))[0][..., : encoder.signal_channels]
+        return signal.flatten(1).double(), torch.stack([rows[i][1] for i in range(len(rows))])
 
     train, train_labels = beats("train")
     template = train[train_labels == 0].mean(0)
     (val, val_labels), (test, test_labels) = beats("val"), beats("test")
     val_scores, test_scores = ((val - template) ** 2).mean(1), ((test - template) ** 2).mean(1)
-    f1_on_val = [(float(binary_f1_score((val_scores >= t).long(), val_labels)), float(t)) for t in val_scores.unique()]
-    threshold = max(f1_on_val)[1]
+    threshold = f1_threshold(val_scores, val_labels)  # the anomaly heads' rule (head.threshold=f1)
     return {"baseline": "mean squared distance to the average normal training beat (z-normalised)",
             "auroc": float(binary_auroc(test_scores.float(), test_labels)),
             "f1": float(binary_f1_score((test_scores >= threshold).long(), test_labels)),
@@ -435,7 +438,7 @@ def stock_per_ticker(checkpoint: Path) -> dict[str, dict[str, float]]:
     test = datamodule.splits["test"]
     out: dict[str, dict[str, float]] = {}
     for k, series in enumerate(datamodule.series):
-        rows = [i for i, (ticker, _) in enumerate(test._rows) if ticker == k]
+        rows = (test.anchors[:, 0] == k).nonzero().flatten().tolist()  # this ticker's test windows
         if not rows:
             continue
         metrics = model.head.metrics().clone(prefix="test/")

@@ -116,9 +116,7 @@ class LSTMCore(nn.Module):
         """
         state = self._initial_state(x.shape[0], stream)
         steps = x.shape[1]
-        if host_lengths is None or len(host_lengths) != x.shape[0] or max(host_lengths, default=0) > steps:
-            # none (or stale): read the device's (a copy even on CPU, so lstmkit.syncs' CPU stand-in sees it)
-            host_lengths = lengths.detach().to("cpu", torch.int64, copy=True).tolist()
+        host_lengths = _on_host(lengths, host_lengths, x)
         final: State | None
         if all(n == steps for n in host_lengths):
             # Equal lengths (LM streams, fixed windows): packing would only cost time.
@@ -127,10 +125,14 @@ class LSTMCore(nn.Module):
             outputs, final = self.run_unpacked(x, lengths.to(x.device)), None
         else:
             outputs, final = self._run_packed(x, host_lengths, state)
-        if self.stateful and stream is not None and final is not None:
-            self._states[stream] = (final[0].detach(), final[1].detach())
+        self._carry(stream, final)
         outputs = self.dropout(self.padding_zeroed(self.norm(outputs), lengths, host_lengths))
         return outputs, final
+
+    def _carry(self, stream: str | None, final: State | None) -> None:
+        """Keep the final state (detached) for the stream's next batch, when the core is stateful."""
+        if self.stateful and stream is not None and final is not None:
+            self._states[stream] = (final[0].detach(), final[1].detach())
 
     def padding_zeroed(self, outputs: torch.Tensor, lengths: torch.Tensor,
                        host_lengths: Sequence[int] | None = None) -> torch.Tensor:
@@ -154,13 +156,11 @@ class LSTMCore(nn.Module):
         """
         if not isinstance(self.norm, nn.Identity) or self._unpacked(x):
             return None
-        if host_lengths is None or len(host_lengths) != x.shape[0] or max(host_lengths, default=0) > x.shape[1]:
-            host_lengths = lengths.detach().to("cpu", torch.int64, copy=True).tolist()
+        host_lengths = _on_host(lengths, host_lengths, x)
         if all(n == x.shape[1] for n in host_lengths):
             return None
         _, final = self._run_packed(x, host_lengths, self._initial_state(x.shape[0], stream), outputs=False)
-        if self.stateful and stream is not None:
-            self._states[stream] = (final[0].detach(), final[1].detach())
+        self._carry(stream, final)
         last = final[0][-self.num_directions:]  # (directions, B, size): the top layer, forward then backward
         return self.dropout(last.transpose(0, 1).reshape(x.shape[0], self.out_features))
 
@@ -265,3 +265,11 @@ def summarise(
     if how == "max":
         return outputs.masked_fill(~mask[..., None], float("-inf")).amax(dim=1)
     raise ValueError(f"unknown pooling {how!r}; expected one of {POOLINGS}")
+
+
+def _on_host(lengths: torch.Tensor, host_lengths: Sequence[int] | None, x: torch.Tensor) -> Sequence[int]:
+    """The batch's lengths as Python ints: the caller's host copy, or (none, or stale) the device's,
+    read with a copy even on CPU so that lstmkit.syncs' CPU stand-in sees the read."""
+    if host_lengths is None or len(host_lengths) != x.shape[0] or max(host_lengths, default=0) > x.shape[1]:
+        return lengths.detach().to("cpu", torch.int64, copy=True).tolist()
+    return host_lengths

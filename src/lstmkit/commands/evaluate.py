@@ -115,8 +115,7 @@ def evaluate(cfg: DictConfig) -> float | None:
     datamodule.setup("test")
     scored = datamodule.splits.get("test" if split == "all" else split)
     if scored is not None and len(scored) == 0:  # Lightning would score nothing and report an empty table
-        sizes = " / ".join(f"{name} {len(part)}" for name, part in datamodule.splits.items())
-        raise DataError(f"the {split} split is empty ({sizes} examples), so there is nothing to score"
+        raise DataError(f"the {split} split is empty ({datamodule.split_sizes()} examples), so there is nothing to score"
                         + ("; split=all scores every example of the data" if split != "all" else ""),
                         path=getattr(datamodule, "path", None))
     trainer: L.Trainer = instantiate(cfg.trainer, logger=instantiate_group(cfg.get("logger")) or False)

@@ -126,11 +126,9 @@ def check_splits(datamodule: Any, cfg: DictConfig) -> None:
     """
     needed = ["train", "val"] if cfg.get("train", True) else []
     needed += ["test"] if cfg.get("test", True) else []
-    sizes = {name: len(split) for name, split in datamodule.splits.items()}
     for name in needed:
-        if sizes.get(name, 0) == 0:  # absent (an empty next-word part) or empty
-            counts = " / ".join(f"{k} {v}" for k, v in sizes.items())
-            raise DataError(f"the {name} split is empty ({counts} examples); give more data, or set "
+        if name not in datamodule.splits or len(datamodule.splits[name]) == 0:  # absent (an empty next-word part)
+            raise DataError(f"the {name} split is empty ({datamodule.split_sizes()} examples); give more data, or set "
                             f"data.val_fraction / data.test_fraction so that every split gets examples"
                             + (" (or test=false)" if name == "test" else ""),
                             path=getattr(datamodule, "path", None))

@@ -252,6 +252,10 @@ class SequenceDataModule(L.LightningDataModule):
             spec.datamodule = f"{type(self).__module__}.{type(self).__qualname__}"
             self._spec = spec
 
+    def split_sizes(self) -> str:
+        """``"train 5536 / val 692 / test 692"``: each split's examples, for logs and messages."""
+        return " / ".join(f"{name} {len(split)}" for name, split in self.splits.items())  # type: ignore[arg-type]
+
     def train_dataloader(self) -> DataLoader[Batch]:
         return self._loader("train", shuffle=True)
 

@@ -304,11 +304,15 @@ class BeatInput(str):
 
 
 # -- the datamodule -----------------------------------------------------------------------------------
+def missing_kind(kinds: set[bool], anomaly_labels: list[int]) -> str:
+    """The kind of beat a split of one kind lacks (``kinds``: which of anomalous True / False it has)."""
+    return "normal beats" if True in kinds else f"anomalous beats (labels {anomaly_labels})"
+
+
 def warn_one_kind(path: Any, what: str, anomaly_labels: list[int], kinds: set[bool]) -> None:
     """Scoring data of one kind of beat (an eval of other data): say which metrics mean nothing."""
-    missing = "normal beats" if True in kinds else f"anomalous beats (labels {anomaly_labels})"
     log.warning("%s: %s has no %s: AUROC and AUPRC are undefined (reported as nan); F1, precision and "
-                "recall count the one kind of beat there is", path, what, missing)
+                "recall count the one kind of beat there is", path, what, missing_kind(kinds, anomaly_labels))
 
 
 class EcgDataModule(SequenceDataModule):
@@ -432,13 +436,13 @@ class EcgDataModule(SequenceDataModule):
                 table = splits.get(name)
                 kinds = set(np.isin(table.labels, anomaly).tolist()) if table is not None else set()
                 if len(kinds) == 1:
-                    missing = "normal beats" if True in kinds else f"anomalous beats (labels {self.anomaly_labels})"
                     if fixed is not None:  # eval of other data: say it, the scores stand for the other kind
                         warn_one_kind(table.path, f"the {name} split", self.anomaly_labels, kinds)
                         continue
                     raise DataError(
-                        f"the {name} split has {len(table.labels)} beats and no {missing}, so AUROC, F1 "
-                        "and the threshold chosen on val are undefined; give more beats of that kind or other "
+                        f"the {name} split has {len(table.labels)} beats and no "
+                        f"{missing_kind(kinds, self.anomaly_labels)}, so AUROC, F1 and the threshold chosen on val "
+                        "are undefined; give more beats of that kind or other "
                         "data.val_fraction / data.test_fraction", path=table.path)
         if fixed is not None:
             spec = fixed
@@ -461,8 +465,7 @@ class EcgDataModule(SequenceDataModule):
             beats = torch.from_numpy(table.samples).unsqueeze(-1)  # (N, T, 1)
             targets = torch.from_numpy(np.isin(table.labels, anomaly).astype(np.int64))  # 1 = anomaly
             self.splits[name] = SequenceDataset(list(beats), list(targets))
-        log.info("ECG beats from %s: %s", self.path or "<generated>",
-                 " / ".join(f"{name} {len(part)}" for name, part in self.splits.items()))
+        log.info("ECG beats from %s: %s", self.path or "<generated>", self.split_sizes())
         return spec
 
     # -- predict ------------------------------------------------------------------------------

@@ -272,8 +272,7 @@ class SentimentDataModule(SequenceDataModule):
                 targets.append(torch.tensor(class_index[name]))
             self.splits[split] = SequenceDataset(inputs, targets)
         sources = sorted({str(rows[0][0]) for rows in splits.values() if rows})
-        log.info("sentiment examples from %s: %s", ", ".join(sources) or "nothing",
-                 " / ".join(f"{name} {len(part)}" for name, part in self.splits.items()))
+        log.info("sentiment examples from %s: %s", ", ".join(sources) or "nothing", self.split_sizes())
         return spec
 
     @classmethod

@@ -597,8 +597,8 @@ class SpeechDataModule(SequenceDataModule):
             wave, _, _ = read_audio(str(item), rate)
             if wave.size == 0:
                 raise DataError("clip has no samples", path=item)
-            if float(np.abs(wave).max()) < SILENCE_PEAK:  # training refuses such clips; a transcript of one is noise
-                log.warning("%s: the clip is silent (peak %.1e); its transcript means nothing", item,
-                            float(np.abs(wave).max()))
+            peak = float(np.abs(wave).max())
+            if peak < SILENCE_PEAK:  # training refuses such clips; a transcript of one is noise
+                log.warning("%s: the clip is silent (peak %.1e); its transcript means nothing", item, peak)
             examples.append((torch.from_numpy(wave), torch.zeros(0, dtype=torch.int64)))
         return PadCollate(pad_value=0.0, sequence_targets=True)(examples)

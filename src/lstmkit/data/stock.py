@@ -20,6 +20,7 @@ import logging
 import math
 import re
 import warnings
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -177,8 +178,7 @@ def _read_csv(path: Path) -> tuple[pd.DataFrame, np.ndarray]:
     except (pd.errors.ParserError, UnicodeDecodeError) as err:
         raise DataError(f"not a readable CSV file ({str(err).strip().splitlines()[-1]})", path=path) from None
     if any(issubclass(w.category, pd.errors.ParserWarning) for w in caught):  # rows wider than the header:
-        for _ in csv_records(read_text(path), ",", path, (), "the header"):  # the extra fields must be empty
-            pass
+        deque(csv_records(read_text(path), ",", path, (), "the header"), maxlen=0)  # raises at a non-empty one
     lines = np.arange(len(frame)) + 2
     blank = frame.apply(lambda column: column.str.strip().eq("")).all(axis=1).to_numpy()
     return frame[~blank].reset_index(drop=True), lines[~blank]
@@ -263,7 +263,11 @@ def parse_dates(raw: pd.Series, lines: np.ndarray, source: str, column: str, dat
         parsed = read(date_format)
         _first_bad(parsed.isna().to_numpy(), raw, lines, source, column, f"a date in data.date_format={date_format!r}")
         return parsed.to_numpy().astype("datetime64[D]")
-    readings = {fmt: read(fmt) for fmt in (*DATE_FORMATS, "ISO8601")}
+    readings: dict[str, pd.Series] = {}
+    for fmt in (*DATE_FORMATS, "ISO8601"):
+        readings[fmt] = read(fmt)
+        if fmt.startswith("%Y") and not readings[fmt].isna().any():  # year first: no day/month ambiguity
+            return readings[fmt].to_numpy().astype("datetime64[D]")
     complete = {fmt: parsed for fmt, parsed in readings.items() if not parsed.isna().any()}
     if not complete:  # name the first row that the format reading the most rows cannot read
         best = max(readings.values(), key=lambda parsed: int(parsed.notna().sum()))
