@@ -229,6 +229,28 @@ def test_threshold_rules() -> None:
     assert select_threshold(scores, torch.ones(7), "quantile") is None
 
 
+def test_threshold_between_adjacent_float32_scores_excludes_the_lower() -> None:
+    """A saturated sigmoid puts an anomaly and a normal beat on adjacent float32 values: the cut
+    chosen between them must stay above the normal one once stored (found by a review: the
+    float64 midpoint rounded onto the normal score, which was then flagged: F1 0.667, not 1)."""
+    from lstmkit.types import DataSpec as Spec
+
+    high = torch.tensor(0.99999994, dtype=torch.float32)
+    low = torch.nextafter(high, torch.tensor(0.0))  # 0.99999988, the next float32 down
+    scores, labels = torch.stack([high, low, torch.tensor(0.2), torch.tensor(0.1)]), torch.tensor([1, 0, 0, 0])
+    head = AnomalyHead(Spec(input_kind="features", num_features=1), in_features=2)
+    val = head.metrics().clone(prefix="val/")
+    for metric in val.values(copy_state=False):
+        metric.choose = True
+    val.update(scores, labels)
+    result = {k: float(v) for k, v in val.compute().items()}
+    assert result["val/f1"] == 1.0 and result["val/precision"] == 1.0, result
+    assert low < head.threshold <= high
+    assert (scores >= head.threshold).tolist() == [True, False, False, False]
+    doubles = scores.double()  # float64 scores (precision=64) keep the plain midpoint
+    assert f1_threshold(doubles, labels) == pytest.approx((float(high) + float(low)) / 2, abs=0)
+
+
 def _metrics(head: AnomalyHead | ReconstructionHead) -> tuple[MetricCollection, MetricCollection]:
     collection = head.metrics()
     return collection.clone(prefix="val/"), collection.clone(prefix="test/")

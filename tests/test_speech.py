@@ -30,7 +30,7 @@ from lstmkit.data.speech import (
 )
 from lstmkit.encoders.spectrogram import SpectrogramEncoder
 from lstmkit.errors import ConfigError, DataError
-from lstmkit.heads.ctc import CTCHead, greedy_decode, prefix_beam_search
+from lstmkit.heads.ctc import CTCHead, greedy_decode, prefix_beam_search, sequence_log_likelihood
 from lstmkit.types import Batch, DataSpec
 
 from .conftest import run_notebook
@@ -484,6 +484,44 @@ def test_prefix_beam_search_beats_best_path():
     assert prefix_beam_search(lp, blank=0, beam_size=4) == greedy_decode(lp[None], torch.tensor([8]), 0)[0]
 
 
+def _alignments_probability(probs: torch.Tensor, labels: list[int], blank: int = 0) -> float:
+    """p(labels | x) by enumerating every path of the ``(T, C)`` frames (the definition CTC sums)."""
+    import itertools
+
+    total = 0.0
+    for path in itertools.product(range(probs.shape[1]), repeat=probs.shape[0]):
+        collapsed = [c for k, c in enumerate(path) if c != blank and (k == 0 or c != path[k - 1])]
+        if collapsed == labels:
+            total += float(torch.prod(probs[torch.arange(len(path)), torch.tensor(path)]))
+    return total
+
+
+def test_exact_sequence_likelihood_and_rescoring(monkeypatch):
+    """``sequence_log_likelihood`` is the sum over every alignment; with ``rescore`` the beam's
+    hypothesis of highest exact likelihood wins, without it the beam's own first."""
+    gen = torch.Generator().manual_seed(0)
+    probs = torch.softmax(torch.randn(4, 4, generator=gen) * 2, dim=-1)
+    candidates = [[2], [2, 3], [3, 3], [], [2, 2, 2, 3, 1]]  # the last needs 6 frames: impossible
+    exact = sequence_log_likelihood(probs.log(), candidates, blank=0)
+    for ids, value in zip(candidates[:4], exact[:4].tolist()):
+        assert value == pytest.approx(math.log(_alignments_probability(probs, ids)), abs=1e-5), ids
+    assert exact[4] == float("-inf")
+    # the n-best of a beam, best first by its own score: rescoring reorders by the exact one
+    order = exact[:4].argsort().tolist()  # worst first: the beam's "best" is the exact worst
+    head = CTCHead(SPEC, in_features=4, decoder="beam", beam_size=4)
+    monkeypatch.setattr(head, "nbest", lambda outputs, lengths: [[candidates[i] for i in order]])
+    assert head.decode_ids(probs.log()[None], torch.tensor([4])) == [candidates[order[-1]]]
+    head.use_decoder(rescore=False)
+    assert head.decode_ids(probs.log()[None], torch.tensor([4])) == [candidates[order[0]]]
+    head.use_decoder(beam_size=2)  # rescore is kept as set
+    assert head.rescore is False
+    # prefix beam search's n-best: distinct, its best first (what nbest=1 returns)
+    monkeypatch.undo()
+    found = prefix_beam_search(probs.log(), blank=0, beam_size=8, nbest=4)
+    assert found[0] == prefix_beam_search(probs.log(), blank=0, beam_size=8) and len(found) == 4
+    assert len({tuple(ids) for ids in found}) == 4
+
+
 def test_beam_decoder_option_and_metrics():
     head = CTCHead(SPEC, in_features=4, decoder="beam", beam_size=4)
     log_probs = torch.stack([peaky([0, 2, 2, 0, 3, 1]), peaky([3, 0, 3, 3, 0, 0])])
@@ -576,6 +614,11 @@ def test_decode_overrides_of_eval_and_predict(caplog):
     assert (model.head.decoder, model.head.lexicon) == ("greedy", None)
     with pytest.raises(ConfigError, match="decode.beam: expected"):
         apply_decoding(model, {"beam": 4})
+    apply_decoding(model, {"rescore": False})  # keeps the rest
+    assert (model.head.decoder, model.head.lexicon, model.head.rescore) == ("greedy", None, False)
+    apply_decoding(model, {"rescore": True})
+    with pytest.raises(ConfigError, match=r"decode\.rescore='yes': expected true or false"):
+        apply_decoding(model, {"rescore": "yes"})
     # the command line's names in the errors; a beam size that beam search will not use is said
     with pytest.raises(ConfigError, match=r"decode\.decoder='bogus': expected greedy or beam"):
         apply_decoding(model, {"decoder": "bogus"})

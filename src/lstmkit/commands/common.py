@@ -128,7 +128,7 @@ def plain(node: Any) -> Any:
 
 
 def apply_decoding(model: torch.nn.Module, decode: DictConfig | dict[str, Any] | None) -> None:
-    """``decode.decoder / beam_size / lexicon`` from the command line, for heads that decode (CTC).
+    """``decode.decoder / beam_size / lexicon / rescore`` from the command line, for heads that decode (CTC).
 
     A loaded model decodes as it was trained unless one of them is set; the head's
     ``use_decoder`` resolves the combination (a lexicon implies beam search,
@@ -142,9 +142,10 @@ def apply_decoding(model: torch.nn.Module, decode: DictConfig | dict[str, Any] |
     if use_decoder is None:
         raise ConfigError(f"decode.{'/'.join(sorted(options))}: this model's head ({type(head).__name__}) has no "
                           "decoder to switch (only CTC speech models have one)")
-    unknown = sorted(set(options) - {"decoder", "beam_size", "lexicon"})
+    unknown = sorted(set(options) - {"decoder", "beam_size", "lexicon", "rescore"})
     if unknown:
-        raise ConfigError(f"decode.{unknown[0]}: expected decode.decoder, decode.beam_size or decode.lexicon")
+        raise ConfigError(f"decode.{unknown[0]}: expected decode.decoder, decode.beam_size, decode.lexicon "
+                          "or decode.rescore")
     beam = options.get("beam_size")
     if beam is not None and (isinstance(beam, bool) or not isinstance(beam, int) or beam < 1):
         raise ConfigError(f"decode.beam_size={beam!r}: expected a whole number >= 1")
@@ -154,7 +155,7 @@ def apply_decoding(model: torch.nn.Module, decode: DictConfig | dict[str, Any] |
         raise ConfigError(str(err).replace("head.", "decode.")) from None
     if beam is not None and head.decoder != "beam":
         log.warning("decode.beam_size=%s is not used: this model decodes greedily (add decode.decoder=beam)", beam)
-    log.info("decoding with %s", {k: getattr(head, k) for k in ("decoder", "beam_size", "lexicon")})
+    log.info("decoding with %s", {k: getattr(head, k) for k in ("decoder", "beam_size", "lexicon", "rescore")})
 
 
 def instantiate_group(group: DictConfig | None) -> list[Any]:

@@ -48,15 +48,26 @@ def f1_threshold(scores: torch.Tensor, labels: torch.Tensor) -> float:
 
     Sorting once gives TP and FP for every cut; F1 = 2 TP / (TP + FP + P). Ties in F1 go to the
     higher threshold (fewer false alarms); cutting midway generalises better than at a score.
+    The cut is a value of the scores' own dtype strictly above the lower score: the stored
+    threshold has that dtype, and a midpoint of two adjacent float32 scores (a saturated
+    sigmoid's 0.99999988 and 0.99999994) rounds down onto the lower one, which would then be
+    flagged after all.
     """
     order = scores.argsort(descending=True)
-    s, y = scores[order].double(), labels[order].double()
+    ranked = scores[order]
+    if ranked.dtype not in (torch.float32, torch.float64):  # half / bf16 scores: a float32 threshold
+        ranked = ranked.float()
+    s, y = ranked.double(), labels[order].double()
     tp, fp = y.cumsum(0), (1 - y).cumsum(0)
     f1 = 2 * tp / (tp + fp + y.sum())
     distinct = torch.ones_like(s, dtype=torch.bool)
     distinct[:-1] = s[1:] < s[:-1]  # only cut between different scores
     k = int(torch.where(distinct, f1, torch.full_like(f1, -1.0)).argmax())
-    return float(s[k] if k == len(s) - 1 else (s[k] + s[k + 1]) / 2)
+    if k == len(s) - 1:
+        return float(ranked[k])
+    low, high = ranked[k + 1], ranked[k]
+    cut = ((s[k] + s[k + 1]) / 2).to(ranked.dtype)
+    return float(torch.maximum(cut, torch.nextafter(low, high)))
 
 
 def select_threshold(

@@ -45,7 +45,8 @@ def greedy_decode(log_probs: torch.Tensor, lengths: torch.Tensor, blank: int) ->
     return out
 
 
-def prefix_beam_search(log_probs: torch.Tensor, blank: int, beam_size: int = 8, top_k: int | None = None) -> list[int]:
+def prefix_beam_search(log_probs: torch.Tensor, blank: int, beam_size: int = 8, top_k: int | None = None,
+                       nbest: int = 1) -> list[int] | list[list[int]]:
     """CTC prefix beam search (Hannun et al. 2014, "First-pass LVCSR"), no language model.
 
     Unlike the best path it sums the probability of every alignment of a prefix (blank- and
@@ -53,7 +54,8 @@ def prefix_beam_search(log_probs: torch.Tensor, blank: int, beam_size: int = 8, 
     Pure Python on ``(T, C)`` log-probabilities of one utterance; each frame only extends
     by the ``top_k`` most likely symbols (default ``beam_size``) plus each prefix's last one.
     This is the fallback for ``torchaudio.models.decoder.ctc_decoder`` when the
-    ``flashlight-text`` package is missing.
+    ``flashlight-text`` package is missing. ``nbest > 1`` returns the best ``nbest`` prefixes
+    (best first) instead of the best one.
     """
     top_k = min(top_k or beam_size, log_probs.shape[-1])
     frames = log_probs.float().cpu()
@@ -81,19 +83,41 @@ def prefix_beam_search(log_probs: torch.Tensor, blank: int, beam_size: int = 8, 
                     longer[1] = _logaddexp(longer[1], total + p)
         ranked = sorted(nxt.items(), key=lambda kv: _logaddexp(*kv[1]), reverse=True)[:beam_size]
         beams = {prefix: (scores[0], scores[1]) for prefix, scores in ranked}
-    best = max(beams.items(), key=lambda kv: _logaddexp(*kv[1]))[0]
-    return list(best)
+    ranked = sorted(beams.items(), key=lambda kv: _logaddexp(*kv[1]), reverse=True)
+    if nbest > 1:
+        return [list(prefix) for prefix, _ in ranked[:nbest]]
+    return list(ranked[0][0])
 
 
-def _flashlight_decoder(tokens: list[str], blank: str, beam_size: int, lexicon: str | None = None) -> Any | None:
+def sequence_log_likelihood(log_probs: torch.Tensor, candidates: list[list[int]], blank: int) -> torch.Tensor:
+    """``log p(y | x)`` of each candidate label sequence ``y`` under one utterance's ``(T, C)``
+    frame log-probabilities: the CTC forward sum over every alignment (``F.ctc_loss``, one batched
+    call). A sequence that needs more frames than there are gets ``-inf``."""
+    frames = log_probs.shape[0]
+    count = len(candidates)
+    width = max(1, max(len(c) for c in candidates))
+    targets = torch.full((count, width), 1 if blank == 0 else 0, dtype=torch.long)  # padding: read by no one
+    for k, ids in enumerate(candidates):
+        targets[k, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+    nll = F.ctc_loss(
+        log_probs.detach().float().cpu()[:, None, :].expand(frames, count, -1),
+        targets, torch.full((count,), frames, dtype=torch.long),
+        torch.tensor([len(c) for c in candidates], dtype=torch.long),
+        blank=blank, reduction="none", zero_infinity=False,
+    )
+    return -nll
+
+
+def _flashlight_decoder(tokens: list[str], blank: str, beam_size: int, lexicon: str | None = None,
+                        nbest: int = 1) -> Any | None:
     """torchaudio's flashlight beam decoder (lexicon-free, or over ``lexicon``, a flashlight
-    lexicon file), or ``None`` without flashlight-text."""
+    lexicon file) returning ``nbest`` hypotheses per utterance, or ``None`` without flashlight-text."""
     try:
         from torchaudio.models.decoder import ctc_decoder
     except (ImportError, RuntimeError):  # torchaudio raises RuntimeError when flashlight is missing
         return None
     sil = "|" if "|" in tokens else blank  # the word separator; our vocabulary always has a space
-    return ctc_decoder(lexicon=lexicon, tokens=tokens, lm=None, nbest=1, beam_size=beam_size,
+    return ctc_decoder(lexicon=lexicon, tokens=tokens, lm=None, nbest=nbest, beam_size=beam_size,
                        blank_token=blank, sil_token=sil, log_add=True)
 
 
@@ -173,6 +197,13 @@ class CTCHead(Head):
     :func:`prefix_beam_search` here. CER/WER (``torchmetrics.text``) are measured on the
     decoded strings against the reference transcripts, with the configured decoder.
 
+    Why ``rescore``: flashlight's beam score is an approximation of a hypothesis's probability
+    (alignments pruned from the beam are lost, and merged ones can count twice; measured on FSDD
+    with a lexicon: -7.6 for a word whose exact log-probability is -4.3, -0.22 for one at -0.73),
+    so a wider beam could pick a *worse* word. The beam proposes its ``beam_size`` best
+    hypotheses, and the one with the highest exact ``log p(y | x)`` (the CTC forward sum over
+    all alignments, :func:`sequence_log_likelihood`) is kept.
+
     Args:
         spec: gives the characters and the blank id.
         in_features: size of the LSTM output per frame.
@@ -182,6 +213,8 @@ class CTCHead(Head):
         lexicon: with ``decoder=beam``, restrict the hypotheses to these words (flashlight's lexicon
             decoder): ``train`` for the words of the training transcripts, or a file with one word per
             line. ``None``: any character sequence (lexicon-free).
+        rescore: with ``decoder=beam``, rescore the beam's hypotheses with their exact CTC
+            log-likelihood and keep the best (see above); ``False`` keeps the beam's own best.
         too_short: ``error`` or ``skip`` for utterances with too few frames.
         plot_examples: test utterances drawn in the posteriorgram figure.
     """
@@ -199,6 +232,7 @@ class CTCHead(Head):
         decoder: str = "greedy",
         beam_size: int = 8,
         lexicon: str | None = None,
+        rescore: bool = True,
         too_short: str = "error",
         plot_examples: int = 4,
     ) -> None:
@@ -220,11 +254,13 @@ class CTCHead(Head):
         self.plot_examples = plot_examples
         self.skipped = 0
         self.spec = spec
-        self.use_decoder(decoder, beam_size, lexicon)
+        self.use_decoder(decoder, beam_size, lexicon, rescore)
 
-    def use_decoder(self, decoder: str | None = None, beam_size: int | None = None, lexicon: Any = _KEEP) -> None:
+    def use_decoder(self, decoder: str | None = None, beam_size: int | None = None, lexicon: Any = _KEEP,
+                    rescore: bool | None = None) -> None:
         """Switch decoding (e.g. on a loaded checkpoint): ``greedy`` or ``beam`` with ``beam_size``,
-        optionally over a ``lexicon`` (see the class docstring). What is not given is kept, with
+        optionally over a ``lexicon``, with or without ``rescore`` (see the class docstring). What
+        is not given is kept, with
         the one rule the CLI's ``decode.*`` options and Python callers share:
 
         - a lexicon implies beam search (``decoder`` left out -> ``beam``);
@@ -248,6 +284,9 @@ class CTCHead(Head):
         self.decoder = decoder
         self.beam_size = int(beam_size or getattr(self, "beam_size", 8))
         self.lexicon = str(lexicon) if lexicon else None
+        if rescore is not None and not isinstance(rescore, bool):
+            raise ConfigError(f"head.rescore={rescore!r}: expected true or false")
+        self.rescore = bool(getattr(self, "rescore", True) if rescore is None else rescore)
         self._flashlight: Any = _UNBUILT
 
     def _beam_decoder(self) -> Any | None:
@@ -257,7 +296,8 @@ class CTCHead(Head):
         tokens = ["|" if c == " " else c for c in self.classes]
         lexicon_file = self._write_lexicon(read_lexicon(self.lexicon, self.spec)) if self.lexicon else None
         try:
-            self._flashlight = _flashlight_decoder(tokens, self.classes[self.blank], self.beam_size, lexicon_file)
+            self._flashlight = _flashlight_decoder(tokens, self.classes[self.blank], self.beam_size, lexicon_file,
+                                                   nbest=self.beam_size if self.rescore else 1)
         finally:
             if lexicon_file:
                 os.unlink(lexicon_file)  # flashlight has read it into its trie
@@ -371,17 +411,40 @@ class CTCHead(Head):
         """Label ids per utterance (blanks removed, repeats merged) with the configured decoder."""
         if self.decoder == "greedy":
             return greedy_decode(outputs, lengths, self.blank)
+        hypotheses = self.nbest(outputs, lengths)
+        if not self.rescore:
+            return [hyps[0] for hyps in hypotheses]
+        best = []
+        for b, (hyps, n) in enumerate(zip(hypotheses, lengths.tolist())):
+            if len(hyps) == 1:
+                best.append(hyps[0])
+                continue
+            scores = sequence_log_likelihood(outputs[b, : int(n)], hyps, self.blank)
+            best.append(hyps[int(scores.argmax())])  # ties: the beam's order
+        return best
+
+    def nbest(self, outputs: torch.Tensor, lengths: torch.Tensor) -> list[list[list[int]]]:
+        """The beam's distinct hypotheses per utterance as label ids, its best first (one unless
+        ``rescore``: then up to ``beam_size``)."""
+        count = self.beam_size if self.rescore else 1
         flashlight = self._beam_decoder()
         if flashlight is not None:
             emissions = outputs.detach().float().cpu().contiguous()
-            hypotheses = flashlight(emissions, lengths.detach().cpu().to(torch.int32))
+            decoded = flashlight(emissions, lengths.detach().cpu().to(torch.int32))
             if self.lexicon:  # words from the lexicon, spelled with our characters
                 index = {c: i for i, c in enumerate(self.classes)}
-                return [[index[c] for c in " ".join(hyps[0].words)] if hyps else [] for hyps in hypotheses]
-            return [self._strip_silence([int(i) for i in hyps[0].tokens.tolist() if int(i) != self.blank])
-                    for hyps in hypotheses]
-        return [prefix_beam_search(outputs[b, : int(n)], self.blank, self.beam_size)
-                for b, n in enumerate(lengths.tolist())]
+                texts = [[" ".join(h.words) for h in hyps] for hyps in decoded]
+                rows = [[[index[c] for c in text] for text in dict.fromkeys(row)] for row in texts]
+            else:
+                rows = [[self._strip_silence([int(i) for i in h.tokens.tolist() if int(i) != self.blank])
+                         for h in hyps] for hyps in decoded]
+                rows = [[list(ids) for ids in dict.fromkeys(tuple(ids) for ids in row)] for row in rows]
+            return [row or [[]] for row in rows]
+        out = []
+        for b, n in enumerate(lengths.tolist()):
+            found = prefix_beam_search(outputs[b, : int(n)], self.blank, self.beam_size, nbest=count)
+            out.append(found if count > 1 else [found])  # type: ignore[list-item]
+        return out  # type: ignore[return-value]
 
     def _strip_silence(self, ids: list[int]) -> list[int]:
         """Flashlight brackets hypotheses with the word separator (our space): drop those, merge runs."""
