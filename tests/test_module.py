@@ -76,6 +76,14 @@ def test_l1_penalty_is_added_to_the_loss(make_cfg, tiny_datamodule) -> None:
     l1 = sum(p.abs().sum() for p in plain.parameters() if p.dim() > 1)
     diff = penalised.training_step(batch, 0) - plain.training_step(batch, 0)
     torch.testing.assert_close(diff, 0.01 * l1)
+    # a frozen part's matrices are left out (they would only add a constant to the logged loss)
+    torch.manual_seed(0)
+    frozen = build_model(make_cfg([*TINY_DATA, "l1=0.01", "lr_scale.encoder=0"]), tiny_datamodule)
+    frozen.log = lambda *a, **k: None
+    frozen.eval()
+    trained = sum(p.abs().sum() for name, p in plain.named_parameters() if p.dim() > 1 and not name.startswith("encoder."))
+    assert trained < l1
+    torch.testing.assert_close(frozen.training_step(batch, 0) - plain.training_step(batch, 0), 0.01 * trained)
 
 
 @pytest.mark.parametrize("task", TASKS)

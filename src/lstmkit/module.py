@@ -184,7 +184,8 @@ class SequenceModel(L.LightningModule):
                                         lengths, batch)
         loss = clean
         if self.l1 > 0:
-            loss = loss + self.l1 * sum(p.abs().sum() for p in self.parameters() if p.dim() > 1)
+            # trained weight matrices only: a frozen part (lr_scale 0, freeze) would add a constant
+            loss = loss + self.l1 * sum(p.abs().sum() for p in self.parameters() if p.dim() > 1 and p.requires_grad)
         self.log("train/loss", loss, batch_size=len(batch))  # shown by callbacks.LossProgressBar, read without a wait
         if self.adversarial <= 0:
             return loss
