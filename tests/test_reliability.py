@@ -77,6 +77,44 @@ def test_run_killed_mid_training_resumes_to_the_same_metrics(tmp_path: Path) -> 
         assert resumed[key] == expected[key], key
 
 
+def test_sigterm_exits_non_zero_and_says_how_to_resume(tmp_path: Path) -> None:
+    """Lightning turns SIGTERM into a ``SystemExit(None)``: the run (or a whole sweep) exited 0, so a
+    scheduler that preempted it saw a success. Now: status 143, a message, result.json says so."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    env.pop("HYDRA_FULL_ERROR", None)
+    proc = subprocess.Popen([str(BIN / "lstmkit"), "train", *RUN, "trainer.max_epochs=50"], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    runs = tmp_path / "logs" / "sentiment" / "runs"
+    deadline = time.monotonic() + 300
+    while not list(runs.glob("*/checkpoints/last.ckpt")):  # training is under way
+        assert proc.poll() is None, "the run finished before it could be stopped"
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 143, stderr
+    assert "interrupted by SIGTERM" in stderr and "resume=true" in stderr
+    (result,) = runs.glob("*/result.json")
+    assert json.loads(result.read_text())["error"] == "interrupted by SIGTERM"
+    assert not list(runs.glob("*/metrics.json"))
+
+
+def test_resume_after_a_run_that_saved_no_checkpoint_starts_afresh(tmp_path: Path) -> None:
+    """A run killed before its first checkpoint left only its overrides: ``resume=true`` with those
+    overrides continued *another* run's newest last.ckpt (its weights, epoch and metrics)."""
+    small = [*STALL[:4], "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false", "logger=none",
+             "test=false"]
+    run_cli("train", *small, "optimizer.lr=0.01", "trainer.max_epochs=1", cwd=tmp_path)  # another, finished run
+    stopped = tmp_path / "logs" / "sentiment" / "runs" / "2000-01-01_00-00-00_000000"  # killed before a checkpoint
+    (stopped / ".hydra").mkdir(parents=True)
+    mine = [*small, "l1=0.0001", "trainer.max_epochs=1"]
+    (stopped / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in mine))
+    proc = run_cli("train", *mine, "resume=true", cwd=tmp_path)
+    log = " ".join((proc.stdout + proc.stderr).split())
+    assert f"the earlier run with these overrides, {stopped.relative_to(tmp_path)}, saved no checkpoint" in log, log
+    assert "resuming the task's newest" not in log
+
+
 def test_checkpoint_writes_are_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     io = AtomicCheckpointIO()
     target = tmp_path / "last.ckpt"

@@ -116,8 +116,20 @@ def _task(command: str) -> Callable[[Any], Any]:
                 write_result(hydra_cfg.runtime.output_dir, list(hydra_cfg.overrides.task),
                              cfg.get("monitor"), cfg.get("monitor_mode"), value, error)
 
+        exit_code: int | None = None
         try:
             value = _load(COMMANDS[command])(cfg)
+        except SystemExit as err:
+            if type(err).__name__ != "SIGTERMException":  # Lightning's, raised at the next batch after SIGTERM
+                raise
+            # a SystemExit(None): without this the process exits 0, and a scheduler that preempted the
+            # job (SLURM sends SIGTERM) or a sweep would read it as a success
+            message = ("interrupted by SIGTERM (e.g. a scheduler preempting the job); run the same command with "
+                       "resume=true to continue from the run's last.ckpt (the end of its last finished epoch)")
+            print(f"lstmkit {command}: {message}", file=sys.stderr)
+            result(None, "interrupted by SIGTERM")
+            exit_code = 143
+            raise SystemExit(exit_code) from None
         except Exception as err:
             if os.environ.get("HYDRA_FULL_ERROR") == "1":
                 raise
@@ -141,18 +153,19 @@ def _task(command: str) -> Callable[[Any], Any]:
             print(f"lstmkit {command}: error: {user_error}", file=sys.stderr)
             raise SystemExit(2) from None
         finally:
-            _finish_wandb()
+            _finish_wandb(exit_code)
         result(value)
         return value
 
     return run
 
 
-def _finish_wandb() -> None:
-    """Close the W&B run of this job so the next sweep job starts its own."""
+def _finish_wandb(exit_code: int | None = None) -> None:
+    """Close the W&B run of this job so the next sweep job starts its own (with ``exit_code``
+    when the job was interrupted, so the dashboard does not show it as finished)."""
     wandb = sys.modules.get("wandb")
     if wandb is not None and getattr(wandb, "run", None) is not None:
-        wandb.finish()
+        wandb.finish(exit_code=exit_code) if exit_code else wandb.finish()
 
 
 def main(argv: list[str] | None = None) -> Any:

@@ -88,8 +88,9 @@ def resolve_ckpt_path(ckpt_path: str | None, cfg: DictConfig) -> str | None:
     "Earlier run" means one with the same overrides (less the run length and the resume options),
     read from its ``.hydra/overrides.yaml``: so each job of a resumed sweep continues *its* job of
     the earlier sweep, never a sibling with other hyperparameters or a job of the sweep now running.
-    A sweep job without such a run starts afresh (the sweep is resumed where it stopped). A single
-    run without one falls back to the task's newest ``last.ckpt``, with a warning.
+    A sweep job without such a run starts afresh (the sweep is resumed where it stopped), and so
+    does a run whose earlier run with these overrides stopped before its first checkpoint. A single
+    run with no such earlier run falls back to the task's newest ``last.ckpt``, with a warning.
     """
     if not ckpt_path:
         return None
@@ -112,6 +113,13 @@ def resolve_ckpt_path(ckpt_path: str | None, cfg: DictConfig) -> str | None:
             return str(candidate)
     if sweep:
         log.info("resume: no earlier run of this task has the overrides %s; this job starts afresh", mine)
+        return None
+    unsaved = [p.parent.parent for p in runs.glob("**/.hydra/overrides.yaml")
+               if (now is None or now not in p.resolve().parents) and mine is not None
+               and job_overrides(list(OmegaConf.load(p))) == mine]
+    if unsaved:  # it stopped before its first checkpoint: another run's weights would not continue it
+        log.warning("resume: the earlier run with these overrides, %s, saved no checkpoint (it stopped before "
+                    "its first epoch ended); this run starts afresh", max(unsaved, key=lambda p: p.stat().st_mtime))
         return None
     if not candidates:
         raise ConfigError(f"ckpt_path=last: no checkpoints/last.ckpt under {runs}")
