@@ -204,3 +204,11 @@ def test_predict_and_export_help_list_their_own_options(tmp_path: Path) -> None:
         text = run_cli(command, "--help", cwd=tmp_path).stdout
         assert text.startswith(f"lstmkit {command}: every option is a key=value override")
         assert "ckpt_path: ???" in text and "Configuration groups" not in text and "encoder:" not in text
+
+
+def test_predict_writes_strict_json_with_null_for_nan() -> None:
+    """``input=nan`` (Hydra parses it as a float) printed ``{"input": NaN, ...}``, which strict JSON readers reject."""
+    from lstmkit.commands.predict import json_safe
+
+    line = json.dumps(json_safe({"input": float("nan"), "forecast": [1.5, float("inf")], "label": "x"}), allow_nan=False)
+    assert line == '{"input": null, "forecast": [1.5, null], "label": "x"}'

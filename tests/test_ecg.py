@@ -332,6 +332,18 @@ def test_predict_batch_accepts_files_lines_and_optional_labels(tmp_path: Path) -
     assert isinstance(items[0], BeatInput) and json.dumps(items[0]) == json.dumps(str(items[0]))
     with pytest.raises(DataError, match="row 1: expected a beat of 140 samples"):
         EcgDataModule.make_predict_batch(SPEC, ["1 2 3"])
+    # a labelled row that lost one value is not read as an unlabelled beat (its label as a sample)
+    lines = labelled.read_text().splitlines()
+    lines[1] = " ".join(lines[1].split()[:50] + lines[1].split()[51:])
+    damaged = tmp_path / "one_value_missing.txt"
+    damaged.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError, match=r"row 2.*141 \(first one is the label\) as in row 1 \(a label and 140"):
+        EcgDataModule.predict_items(SPEC, [str(damaged)])
+    lines = unlabelled.read_text().splitlines()
+    lines[2] = "1 " + lines[2]  # and an unlabelled file with a stray label
+    damaged.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError, match=r"row 3.*as in row 1 \(a beat without its label\)"):
+        EcgDataModule.predict_items(SPEC, [str(damaged)])
 
 
 # -- end to end ---------------------------------------------------------------------------------------------

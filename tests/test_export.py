@@ -60,6 +60,14 @@ def test_export_command(tmp_path: Path) -> None:
     run_cli("predict", f"ckpt_path={ckpt}", "input=a fine film", cwd=tmp_path)
     assert sorted(p.name for p in (tmp_path / "logs").iterdir()) == ["sentiment"]
     assert not list(tmp_path.glob("*.log"))
+    # outputs that cannot be written, and a seed that is not a number: one line each, no traceback
+    (tmp_path / "afile").write_text("")
+    for output, says in (("afile/m.onnx", "output=afile/m.onnx: cannot write it"),
+                         ("logs", "output=logs: is a folder; expected the path of the file to write")):
+        proc = run_cli("export", f"ckpt_path={ckpt}", "format=onnx", f"output={output}", cwd=tmp_path, check=False)
+        assert proc.returncode == 2 and says in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    proc = run_cli("predict", f"ckpt_path={ckpt}", "input=a fine film", "seed=abc", cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and "seed='abc': expected a whole number >= 0" in proc.stderr, proc.stderr
 
 
 @pytest.mark.parametrize("task", ["ecg", "ecg_unsupervised"])

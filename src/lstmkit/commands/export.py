@@ -20,7 +20,13 @@ def export(cfg: DictConfig) -> dict[str, Any]:
                           f"(an ensemble is evaluated and served from its checkpoints: lstmkit eval / predict)")
     model = load_model(paths[0])
     suffix = {"onnx": ".onnx", "torchscript": ".ts.pt"}.get(str(cfg.format), f".{cfg.format}")
-    output = Path(cfg.output) if cfg.get("output") else Path(paths[0]).with_suffix(suffix)
+    output = Path(cfg.output).expanduser() if cfg.get("output") else Path(paths[0]).with_suffix(suffix)
+    if output.is_dir():
+        raise ConfigError(f"output={output}: is a folder; expected the path of the file to write")
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(f"output={output}: cannot write it ({err.strerror or err})") from None
     result = export_model(model, output, fmt=str(cfg.format), tolerance=float(cfg.tolerance))
     print(json.dumps(result))
     return result

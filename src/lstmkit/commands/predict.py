@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -70,9 +71,22 @@ def input_context(ckpt_path: str, model: Any, datamodule_cls: Any) -> Iterator[N
         ) from None
 
 
+def json_safe(value: Any) -> Any:
+    """NaN and infinities as ``null``: ``json.dumps`` writes them as ``NaN`` / ``Infinity``, which is
+    not JSON, and strict readers (``jq``, JavaScript's ``JSON.parse``) reject the whole line."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
 def predict(cfg: DictConfig) -> list[dict[str, Any]]:
     batch_size = int_option(cfg, "batch_size", minimum=1) or 1
     n_words = int_option(cfg, "generate")
+    seed = int_option(cfg, "seed")
     if not n_words and float(cfg.get("temperature") or 0.0) > 0:
         log.warning("temperature=%s is used with generate=<number of words> only; ignored", cfg.temperature)
     check_torch_device(cfg.get("device"))
@@ -91,7 +105,7 @@ def predict(cfg: DictConfig) -> list[dict[str, Any]]:
         if generate is None:
             raise ConfigError(f"generate={cfg.generate}: this checkpoint's {type(model.head).__name__} cannot generate")
         results = [{"input": raw, **generate(model, str(raw), n_words,
-                                            temperature=float(cfg.get("temperature") or 0.0), seed=cfg.get("seed"))}
+                                            temperature=float(cfg.get("temperature") or 0.0), seed=seed)}
                    for raw in inputs]
     with torch.inference_mode():
         for start in range(0, len(inputs) if not results else 0, batch_size):
@@ -109,7 +123,7 @@ def predict(cfg: DictConfig) -> list[dict[str, Any]]:
             batch.lengths = batch.lengths.to(model.device)
             for raw, result in zip(chunk, model.predict_step(batch, 0)):
                 results.append({"input": raw, **result})
-    lines = [json.dumps(r, ensure_ascii=False) for r in results]
+    lines = [json.dumps(json_safe(r), ensure_ascii=False, allow_nan=False) for r in results]
     print("\n".join(lines))
     if cfg.get("output"):
         output = Path(cfg.output).expanduser()

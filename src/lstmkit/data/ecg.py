@@ -204,7 +204,8 @@ def read_beats(
         known_labels: class numbers accepted in the label column (``None`` = any whole number).
         samples_per_beat: expected samples per beat; ``None`` takes the first row's count.
         labels_required: ``False`` (predict) also accepts rows without the label column, i.e.
-            rows of exactly ``samples_per_beat`` values.
+            rows of exactly ``samples_per_beat`` values; the first row decides for the whole file,
+            so a labelled row that lost one value is an error, not a shifted unlabelled beat.
 
     A first line made only of non-numbers is a header and is skipped. Every other problem
     (ragged rows, non-numbers, NaN/inf, unknown labels) raises :class:`DataError` with the row.
@@ -237,10 +238,14 @@ def read_beats(
             continue  # header line
         first = False
         values = _parse_row(cells, path, row)
+        if not labels_required and not rows:  # predict: the first beat says whether the file has labels
+            if len(values) == samples_per_beat:
+                has_label, expected = False, samples_per_beat
+                expected_from = f"row {row} (a beat without its label)"
+            elif expected is not None and len(values) == expected:
+                expected_from = f"row {row} (a label and {samples_per_beat} samples)"
         labelled = has_label
-        if not labels_required and len(values) == samples_per_beat:
-            labelled = False  # predict: the label column is optional
-        elif expected is None:
+        if expected is None:
             expected, expected_from = len(values), f"row {row}"
         elif len(values) != expected:
             label_note = f" ({label_column} one is the label)" if has_label else ""

@@ -35,6 +35,7 @@ import hashlib
 import logging
 import random
 import re
+import struct
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -229,6 +230,10 @@ def read_audio(path: str | Path, sample_rate: int) -> tuple[np.ndarray, int, int
     except Exception as err:  # noqa: BLE001 - libsndfile raises several types for bad files
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise DataError(f"cannot decode audio ({first}); expected a WAV/FLAC/OGG file", path=path) from None
+    declared = wav_declared_frames(path)
+    if declared is not None and declared > data.shape[0]:  # libsndfile reads what is there, silently
+        raise DataError(f"the file is truncated: its WAV header declares {declared} samples, the file holds "
+                        f"{data.shape[0]} (cut short while copying or writing?)", path=path)
     channels = int(data.shape[1])
     wave = data.mean(axis=1) if channels > 1 else data[:, 0]
     if rate != sample_rate and wave.size:
@@ -237,6 +242,33 @@ def read_audio(path: str | Path, sample_rate: int) -> tuple[np.ndarray, int, int
     result = (np.ascontiguousarray(wave, dtype=np.float32), channels, int(rate))
     _AUDIO_CACHE[key] = result
     return result
+
+
+def wav_declared_frames(path: Path) -> int | None:
+    """The sample frames a RIFF/WAVE file's ``data`` chunk header declares, or ``None`` when the file
+    is not a WAV or the writer left the size open (0 or 0xFFFFFFFF, as streaming writers do)."""
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(12)
+            if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+                return None
+            block_align = 0
+            while True:
+                chunk = handle.read(8)
+                if len(chunk) < 8:
+                    return None
+                name, size = chunk[:4], struct.unpack("<I", chunk[4:])[0]
+                if name == b"fmt ":
+                    fmt = handle.read(size + (size & 1))
+                    block_align = struct.unpack("<H", fmt[12:14])[0] if len(fmt) >= 14 else 0
+                elif name == b"data":
+                    if not block_align or size in (0, 0xFFFFFFFF):
+                        return None
+                    return size // block_align
+                else:
+                    handle.seek(size + (size & 1), 1)
+    except OSError:
+        return None
 
 
 def fsdd_transcript(name: str) -> tuple[str, str, int] | None:
@@ -600,5 +632,8 @@ class SpeechDataModule(SequenceDataModule):
             peak = float(np.abs(wave).max())
             if peak < SILENCE_PEAK:  # training refuses such clips; a transcript of one is noise
                 log.warning("%s: the clip is silent (peak %.1e); its transcript means nothing", item, peak)
+            if wave.size < rate // 20:  # shorter than 50 ms: less than a syllable
+                log.warning("%s: the clip is %d samples long (%.1f ms at %d Hz); its transcript means little",
+                            item, wave.size, 1000 * wave.size / rate, rate)
             examples.append((torch.from_numpy(wave), torch.zeros(0, dtype=torch.int64)))
         return PadCollate(pad_value=0.0, sequence_targets=True)(examples)

@@ -197,6 +197,9 @@ class SpectrogramEncoder(nn.Module):
             factor = self.speed_factors[int(torch.randint(len(self.speed_factors), ()))]
             if factor != 1.0:
                 inputs, lengths = self._play_at(inputs, lengths, factor)
+        if inputs.shape[-1] <= self.n_fft // 2:  # a batch of clips shorter than half a window (predict of
+            # one short clip): the STFT's reflect padding needs more samples; zeros, then each clip's own tail
+            inputs = nn.functional.pad(inputs, (0, self.n_fft // 2 + 1 - inputs.shape[-1]))
         inputs = self._reflect_tails(inputs, lengths)
         if self.training and self.vtlp:
             feats = self._warped_features(inputs)
