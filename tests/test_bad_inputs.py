@@ -147,6 +147,9 @@ CASES = [
          r"c\.csv, row 1, field 'label': no column 'label'"),
     Case("unknown-label", lambda d: _splits(d, test="1 good\n2 meh\n"),
          r"test\.txt, row 2, field 'label': label '2' is not one of the classes"),
+    Case("label-missing", lambda d: _splits(d, test="1 good\n0 bad\nsimply awful\n1 fine\n"),
+         r"test\.txt, row 3, field 'label': label 'simply' is not a number, unlike the file's other labels \(0, 1\); "
+         r"is this line missing its label\?"),
     Case("too-little-text", lambda d: ["task=next_word", f"data.path={_text(d / 'short.txt', 'just a few words')}"],
          r"short\.txt.*too little text"),
     Case("non-numeric", lambda d: _stock(d, lambda f: _set(f, 3, "close", "abc")),
@@ -169,6 +172,9 @@ CASES = [
     Case("series-too-short", lambda d: _stock(d, days=12), r"ticker 'acme' is too short: 12 rows"),
     Case("corrupt-wav", lambda d: _speech(d, edit=lambda d: _text(d / "tr2.wav", b"RIFF\x00\x00garbage") and None),
          r"tr2\.wav: cannot decode audio .*\(listed in .*manifest\.csv, row \d+\)"),
+    Case("truncated-wav", lambda d: _speech(d, edit=lambda d: _text(d / "tr2.wav", (d / "tr2.wav").read_bytes()[:1500])
+                                           and None),
+         r"tr2\.wav: the file is truncated: its WAV header declares \d+ samples, the file holds \d+"),
     Case("stereo-wav", lambda d: _speech(d, edit=lambda d: sf.write(d / "tr0.wav", _tone(channels=2), SR)),
          r"mixed down to mono", exit_code=0),
     Case("other-sample-rate", lambda d: _speech(d, edit=lambda d: sf.write(d / "tr1.wav", _tone(sr=16000), 16000)),

@@ -163,6 +163,25 @@ def test_label_prefixed_lines_split_at_any_whitespace_and_jsonl_text_is_a_string
         read_labelled_text(numbers)
 
 
+def test_a_line_that_lost_its_label_is_refused_and_a_single_example_class_is_named(tmp_path: Path, caplog) -> None:
+    """SST-2 with one line's leading "0 " removed trained without a word: "you" became a third class of
+    one example (found by a new user)."""
+    import logging
+
+    lines = [f"{i % 2} review number {i} was {'good' if i % 2 else 'bad'}" for i in range(300)]
+    lines[100] = "you will love it"
+    (tmp_path / "stsa.binary.train").write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError, match=r"stsa\.binary\.train, row 101, field 'label': label 'you' is not a number, "
+                                         r"unlike the file's other labels \(0, 1\); is this line missing its label"):
+        read_labelled_text(tmp_path / "stsa.binary.train")
+    # labels that are words everywhere: a class of one training example is named, with its row
+    rows = ["text,label"] + [f"review {i},{'pos' if i % 2 else 'neg'}" for i in range(300)] + ["odd one,neutral"]
+    (tmp_path / "reviews.csv").write_text("\n".join(rows) + "\n")
+    with caplog.at_level(logging.WARNING, logger="lstmkit"):
+        SentimentDataModule(path=str(tmp_path / "reviews.csv"), val_fraction=0.0, test_fraction=0.0).setup()
+    assert "class 'neutral' has a single training example" in caplog.text and "row 302" in caplog.text
+
+
 def test_resuming_from_a_run_with_another_vocabulary_is_refused(make_cfg, tmp_path: Path) -> None:
     """Same vocabulary size, another order: Lightning would load it and pair rows with other words."""
     from hydra.utils import instantiate

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import random
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -249,6 +250,11 @@ class SentimentDataModule(SequenceDataModule):
                 raise DataError(f"data.label_names maps {sorted(self.label_names)}, but the training labels "
                                 f"{unmapped} are not among them; name every label (or none)", path=self.path)
             labels = sorted({self.label_names.get(y, y) for y in raw})
+            counts = Counter(self.label_names.get(y, y) for *_, y in splits["train"])
+            for label in sorted(name for name, n in counts.items() if n == 1 < len(splits["train"]) // 100):
+                source, row = next((src, r) for src, r, _, y in splits["train"] if self.label_names.get(y, y) == label)
+                log.warning("class %r has a single training example (%s, row %d): a row whose label is wrong or "
+                            "missing? It is kept as a class of its own", label, source, row)
             if len(labels) < 2:
                 raise DataError(f"the training split has only the label(s) {labels}; need two or more",
                                 path=self.path)

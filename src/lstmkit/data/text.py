@@ -290,11 +290,36 @@ def read_labelled_text(
                 raise DataError(f"{err.message}; the file is read as '<label> <text>' lines (its name ends in "
                                 f"{path.suffix or 'no known extension'}): for CSV, TSV or JSON lines set "
                                 "data.format=csv, tsv or jsonl", path=path, row=row, field=err.field) from None
+        _check_prefixed_labels(pairs, path)
     else:
         raise DataError(f"unknown format {fmt!r}; expected auto, csv, tsv, jsonl or prefixed", path=path)
     if not pairs:
         raise DataError("no examples found", path=path)
     return pairs
+
+
+def _check_prefixed_labels(pairs: list[tuple[int, str, str]], path: Path) -> None:
+    """Refuse a ``<label> <text>`` file whose labels are numbers on most lines and words on a few
+    (or the reverse): such a line lost its label, and its first word would become a class of one
+    example (found by a new user: "you" beside 0 and 1)."""
+    numeric = [_is_int(label) for _, _, label in pairs]
+    minority = sum(numeric) < len(numeric) / 2  # the kind fewer rows have
+    odd = [(row, label) for (row, _, label), kind in zip(pairs, numeric) if kind == minority]
+    if odd and len(odd) < len(pairs):
+        usual = sorted({label for (_, _, label), kind in zip(pairs, numeric) if kind != minority})
+        row, label = odd[0]
+        shown = ", ".join(usual[:5]) + (", ..." if len(usual) > 5 else "")
+        raise DataError(f"label {label!r} is {'a number' if minority else 'not a number'}, unlike the file's other "
+                        f"labels ({shown}); is this line missing its label? Lines are read as '<label> <text>' "
+                        f"({len(odd)} such line(s))", path=path, row=row, field="label")
+
+
+def _is_int(text: str) -> bool:
+    try:
+        int(text)
+    except ValueError:
+        return False
+    return True
 
 
 def csv_records(
