@@ -296,6 +296,10 @@ def test_a_resumed_run_keeps_the_best_checkpoint_of_its_earlier_epochs(tmp_path:
     log = " ".join((proc.stdout + proc.stderr).split())
     assert "no earlier run of this task has the overrides" in log  # falls back to the newest, saying so
     assert "optimizer.weight_decay 0.01 -> 0.5 differ from the checkpoint's run" in log
+    # a resume that has nothing left to train says so (only Lightning's "max_epochs=3 reached" did)
+    proc = run_cli("train", *STALL, "trainer.max_epochs=3", "resume=true", cwd=tmp_path)
+    log = " ".join((proc.stdout + proc.stderr).split())
+    assert "it has trained 3 epoch(s) already, so trainer.max_epochs=3 leaves nothing to train" in log, log
 
 
 def test_a_resumed_sweep_continues_each_job_from_its_own_checkpoint(tmp_path: Path) -> None:

@@ -131,6 +131,12 @@ def test_duplicate_dates_and_missing_columns_are_errors(tmp_path: Path) -> None:
         read_ohlcv(write_csv(tmp_path / "empty.csv", pd.DataFrame()), FEATURES)
     with pytest.raises(DataError, match="file or folder not found"):
         read_ohlcv(tmp_path / "nope.csv", FEATURES)
+    # a Latin-1 byte on line 4: the row and offset, not pandas' "position 1"
+    text = write_csv(tmp_path / "ok.csv", one_ticker(20)).read_text().splitlines()
+    text[3] = text[3].replace(",", ",\xe9", 1)
+    (tmp_path / "latin.csv").write_bytes("\n".join(text).encode("latin-1"))
+    with pytest.raises(DataError, match=r"latin\.csv, row 4: not valid UTF-8 \(byte 0xe9 at offset \d+\)"):
+        read_ohlcv(tmp_path / "latin.csv", FEATURES)
 
 
 

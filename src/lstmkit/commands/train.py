@@ -347,6 +347,11 @@ def train(cfg: DictConfig) -> float | None:
     resumed = read_checkpoint(ckpt_path) if ckpt_path else None  # read once: checked, then its W&B run id
     if ckpt_path and resumed:
         check_resumable(ckpt_path, model, resumed)
+        done, max_epochs = int(resumed.get("epoch", -1)) + 1, cfg.trainer.get("max_epochs")
+        if cfg.get("train", True) and isinstance(max_epochs, int) and 0 <= max_epochs <= done:
+            log.warning("resuming %s: it has trained %d epoch(s) already, so trainer.max_epochs=%d leaves nothing to "
+                        "train%s; raise trainer.max_epochs to train on", ckpt_path, done, max_epochs,
+                        " (the test split is still scored)" if cfg.get("test", True) else "")
     if cfg.get("train", True):
         warm_start(model, cfg.get("init_from") or {}, ckpt_path)
     configure_wandb(cfg, resumed)

@@ -175,7 +175,10 @@ def _read_csv(path: Path) -> tuple[pd.DataFrame, np.ndarray]:
     except pd.errors.EmptyDataError:
         raise DataError("empty file; expected a CSV with a header row date,open,high,low,close,volume",
                         path=path) from None
-    except (pd.errors.ParserError, UnicodeDecodeError) as err:
+    except UnicodeDecodeError:
+        read_text(path)  # raises with the row and byte offset (pandas' message names neither)
+        raise
+    except pd.errors.ParserError as err:
         raise DataError(f"not a readable CSV file ({str(err).strip().splitlines()[-1]})", path=path) from None
     if any(issubclass(w.category, pd.errors.ParserWarning) for w in caught):  # rows wider than the header:
         deque(csv_records(read_text(path), ",", path, (), "the header"), maxlen=0)  # raises at a non-empty one
