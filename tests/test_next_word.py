@@ -172,6 +172,10 @@ def test_char_level_and_lowercase_options(tmp_path: Path) -> None:
     dm = tiny_module(file, tokenizer="char", lowercase=True)
     assert dm.spec.vocab == [PAD, UNK, EOS, "a", "b", " ", "c"]
     assert [dm.spec.vocab[i] for i in dm.splits["train"].ids[:7]] == ["a", "b", "c", " ", "a", "b", EOS]
+    # a prompt's trailing space is kept: "ab " asks for the next word's first letter, "ab" for the rest of it
+    for prompt, tokens in (("ab ", [EOS, "a", "b", " "]), ("  ab", [EOS, "a", "b"])):
+        batch = NextWordDataModule.make_predict_batch(dm.spec, [prompt])
+        assert [dm.spec.vocab[i] for i in batch.inputs[0].tolist()] == tokens, prompt
 
 
 def test_fixed_spec_reuses_vocabulary_and_tokenizer(tmp_path: Path) -> None:
@@ -575,13 +579,16 @@ def test_subwords_split_unseen_words_into_known_pieces_and_generation_joins_them
     known = Subwords.from_json(classifier.spec.tokenizer["subwords"])
     probes = ["".join(rng.choices("abcdefghilmnoprstuvwyx", k=rng.randint(1, 12))) for _ in range(300)]
     vocab = set(classifier.spec.vocab)
-    assert all(p in vocab for w in probes for p in known.split([w]))  # every piece has a trained row (or is <unk>)
+    # every piece has a trained row, or is <unk> (##<unk> inside a word, read as <unk>)
+    assert all(p in vocab or p == "##" + UNK for w in probes for p in known.split([w]))
     rare_pieces = SentimentDataModule(path=str(tmp_path), tokenizer="whitespace", subwords=100, min_count=3,
                                       batch_size=4)
     rare_pieces.setup()  # pieces dropped by min_count are split again, not <unk>
     assert unk_id not in SentimentDataModule.make_predict_batch(rare_pieces.spec, ["unwatchable"]).inputs[0].tolist()
     assert pieces.split(["日本"]) == [UNK]  # a run of unseen characters: one <unk>
-    assert pieces.split(["watch日本"]) == ["watch", UNK] and Subwords.join(["watch", UNK]) == ["watch", UNK]
+    # inside a word, "##<unk>": the word boundary survives ("watch日本 x" is not "watch 日本 x")
+    assert pieces.split(["watch日本"]) == ["watch", "##" + UNK] and pieces.split(["watch", "日本"]) == ["watch", UNK]
+    assert Subwords.join(pieces.split(["watch日本", "film"])) == ["watch<unk>", "film"]
     with pytest.raises(ConfigError, match="distinct characters"):
         Subwords.learn([chr(0x4E00 + i) for i in range(150)], 120)  # 150 characters, each its own piece
     with pytest.raises(DataError, match="no words to learn"):
@@ -592,6 +599,20 @@ def test_subwords_split_unseen_words_into_known_pieces_and_generation_joins_them
         NextWordDataModule(path=str(tmp_path), tokenizer="char", subwords=1000)
     with pytest.raises(ConfigError, match="at least 100"):
         SentimentDataModule(subwords=10)
+
+
+def test_eval_with_subwords_cuts_a_single_file_where_training_cut_it(tmp_path: Path) -> None:
+    """Training cuts a file into train / val / test by words, then splits them into pieces; eval (a
+    checkpoint's spec) cut the pieces by fraction, which moved the borders: its test part was other text."""
+    rng = random.Random(1)
+    words = ["the", "market", "fell", "sharply", "unexpectedly", "investors", "worried", "about", "rates"]
+    lines = [" ".join(rng.choices(words, k=8)) + " " + "".join(rng.choices("abcdefgh", k=9)) for _ in range(600)]
+    file = write(tmp_path / "corpus.txt", "\n".join(lines) + "\n")
+    trained = tiny_module(file, tokenizer="whitespace", subwords=100)
+    evaluated = tiny_module(file, spec=trained.spec.to_dict())
+    for split in ("train", "val", "test"):
+        assert torch.equal(evaluated.splits[split].ids, trained.splits[split].ids), split
+    assert evaluated.tokenizer == trained.spec.tokenizer
 
 
 def test_a_missing_test_part_is_refused_before_training(make_cfg) -> None:

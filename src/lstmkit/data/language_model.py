@@ -37,6 +37,7 @@ from lstmkit.data.text import (
     EOS,
     PAD,
     UNK,
+    Subwords,
     build_vocab,
     check_subwords,
     encode,
@@ -751,7 +752,12 @@ class NextWordDataModule(SequenceDataModule):
         if self.fixed_spec is not None:
             spec = self.fixed_spec
             self.tokenizer = dict(spec.tokenizer or self.tokenizer)
-            splits = self._read_splits()
+            subwords = self.tokenizer.pop("subwords", None)
+            splits = self._read_splits()  # cut into parts by words, as training cut them
+            if subwords:  # then into pieces: cut by pieces, the parts' borders moved (eval scored other text)
+                pieces = Subwords.from_json(subwords)
+                splits = {split: (source, pieces.split(tokens)) for split, (source, tokens) in splits.items()}
+                self.tokenizer["subwords"] = subwords
             if self.whole:  # one stream: a file's parts in order (split files: train, val, test)
                 parts = [splits[name] for name in ("train", "val", "test") if name in splits]
                 splits = {"test": (str(self.path or "<generated>"), [t for _, tokens in parts for t in tokens])}
@@ -816,7 +822,7 @@ class NextWordDataModule(SequenceDataModule):
         settings = dict(spec.tokenizer or {})
         examples = []
         for text in inputs:
-            words = encode(tokenize(str(text), **settings), index, index[UNK])
+            words = encode(tokenize(str(text), **settings, prompt=True), index, index[UNK])
             ids = [index[EOS], *(words[::-1] if spec.extra.get("reverse") else words)]
             examples.append((torch.tensor(ids, dtype=torch.int64), torch.tensor(0)))
         return PadCollate(pad_value=spec.pad_id)(examples)

@@ -26,13 +26,18 @@ PAD, UNK, EOS = "<pad>", "<unk>", "<eos>"
 _WORD = re.compile(r"<[a-z]+>|[\w']+|[^\w\s]", re.UNICODE)
 
 
-def tokenize(text: str, level: str = "word", lowercase: bool = True, subwords: str | None = None) -> list[str]:
+def tokenize(text: str, level: str = "word", lowercase: bool = True, subwords: str | None = None,
+             prompt: bool = False) -> list[str]:
     """Split text into word tokens (words, numbers, punctuation marks) or characters; with
-    ``subwords`` (a :class:`Subwords` model as JSON), split each word further into its pieces."""
+    ``subwords`` (a :class:`Subwords` model as JSON), split each word further into its pieces.
+
+    ``prompt``: the text is the start of a line to continue (predict, generate): at character level
+    its trailing spaces are kept, since "the cat " asks for the next word's first letter and "the cat"
+    for the rest of "cat" (training lines are stripped at both ends, as their ends are ``<eos>``)."""
     if lowercase:
         text = text.lower()
     if level == "char":
-        return list(text.strip())
+        return list(text.lstrip().rstrip("\r\n") if prompt else text.strip())
     if level == "whitespace":
         tokens = text.split()
     elif level == "word":
@@ -56,7 +61,7 @@ class Subwords:
     are pieces no training word may end up with, and ``min_count`` drops rare ones, so no embedding
     row learns them; such a piece of a word is split again, longest known prefix first (as
     subword-nmt's vocabulary filter does), so words meet only trained rows. Characters never seen in
-    training become one ``<unk>`` per run.
+    training become one ``<unk>`` per run (``##<unk>`` inside a word, so the word boundary survives).
 
     The model is SentencePiece's BPE (deterministic: the same train split gives the same pieces,
     so a language model and the classifier warm-started from it split alike; Hugging Face
@@ -141,7 +146,9 @@ class Subwords:
             if text:
                 pieces += self._resplit(text, not pieces)  # the first piece is written as a word start
         pieces = [p for i, p in enumerate(pieces) if not (p == UNK and i and pieces[i - 1] == UNK)]  # one per run
-        return [p if p == UNK or i == 0 else self.PREFIX + p for i, p in enumerate(pieces)] or [UNK]
+        # an unseen run inside a word is "##<unk>": the word boundary survives ("catz mat" is not
+        # "cat zz mat"; join gives two words back); without a row of its own it reads as <unk>
+        return [p if i == 0 else self.PREFIX + p for i, p in enumerate(pieces)] or [UNK]
 
     def _resplit(self, text: str, start: bool) -> list[str]:
         """``text`` as known pieces: itself if known, else its longest known prefix and the rest."""
