@@ -274,6 +274,33 @@ def test_fused_linear_cross_entropy_equals_the_two_plain_calls(bias: bool) -> No
                                     linear_cross_entropy(a[0], a[1], None, targets), tuple(inputs))
 
 
+@pytest.mark.parametrize("bias", [True, False])
+def test_fused_loss_under_bf16_autocast_matches_autocasts_two_calls(bias: bool) -> None:
+    """Under ``bf16-mixed`` the fused node computes as autocast would (products in bf16, softmax and
+    loss in float32): the loss equals the two autocast calls' to float32 rounding, gradients to bf16's."""
+    torch.manual_seed(0)
+    x = torch.randn(64, 16, requires_grad=True)
+    weight = (0.3 * torch.randn(50, 16)).requires_grad_()
+    b = torch.randn(50, requires_grad=True) if bias else None
+    targets = torch.randint(0, 50, (64,))
+    targets[[3, 17]] = IGNORE
+    inputs = [t for t in (x, weight, b) if t is not None]
+
+    def loss_and_grads(function):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = function()
+        return loss, torch.autograd.grad(3.0 * loss, inputs)
+
+    plain, plain_grads = loss_and_grads(lambda: F.cross_entropy(F.linear(x, weight, b), targets, ignore_index=IGNORE))
+    fused, fused_grads = loss_and_grads(lambda: linear_cross_entropy(x, weight, b, targets))
+    assert fused.dtype == plain.dtype == torch.float32
+    torch.testing.assert_close(fused, plain, rtol=1e-5, atol=1e-5)
+    for got, want in zip(fused_grads, plain_grads, strict=True):
+        assert got.dtype == want.dtype == torch.float32
+        torch.testing.assert_close(got, want, rtol=2e-2, atol=2e-2 * float(want.abs().max()))
+        assert float((got - want).norm() / want.norm()) < 1e-2
+
+
 def test_fused_loss_edge_cases() -> None:
     x, weight = torch.randn(4, 3, requires_grad=True), torch.randn(5, 3, requires_grad=True)
     ignored = torch.full((4,), IGNORE)
