@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from lstmkit.checkpoints import read_checkpoint
+
 from .conftest import run_cli
 
 # 1,211 examples -> val and test splits of 121: the two ranks get uneven shards, which a padding
@@ -58,6 +60,13 @@ def test_ddp_cpu_training_matches_single_process(single_and_ddp_runs: tuple[Path
     assert abs(ddp["val/loss"] - single["val/loss"]) <= 0.1, (single, ddp)
     runs = sorted(single_and_ddp_runs[1].parent.iterdir())
     assert len(runs) == 1, f"DDP created extra run directories: {runs}"
+    # the best value comes back from the spawned processes (Lightning sends only the best path): a
+    # sweep's objective was the last epoch's value, and val/acc_best was missing
+    best = read_checkpoint(single_and_ddp_runs[1] / "checkpoints" / "best.ckpt")
+    (state,) = [v for k, v in best["callbacks"].items() if k.startswith("ModelCheckpoint") and v.get("monitor")]
+    assert ddp["val/acc_best"] == pytest.approx(float(state["best_model_score"]))
+    result = json.loads((single_and_ddp_runs[1] / "result.json").read_text())
+    assert result["objective"] == pytest.approx(ddp["val/acc_best"])
 
 
 def test_ddp_evaluation_equals_single_process_exactly(single_and_ddp_runs: tuple[Path, Path]) -> None:
@@ -120,13 +129,17 @@ def test_seed_null_draws_one_seed_for_every_rank(monkeypatch: pytest.MonkeyPatch
 
 def test_seed_null_run_logs_and_uses_its_drawn_seed(tmp_path: Path) -> None:
     """The drawn seed is logged with how to repeat it, and repeating it gives the same result."""
-    tiny = ["trainer.max_epochs=1", "data.num_examples=200", "model.hidden_size=16", "encoder.dim=16",
+    tiny = ["data.num_examples=200", "model.hidden_size=16", "encoder.dim=16",
             "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false", "test=false"]
     (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
-    first = run_cli("train", "seed=null", *tiny, cwd=tmp_path / "a")
+    first = run_cli("train", "seed=null", "trainer.max_epochs=1", *tiny, cwd=tmp_path / "a")
     found = [line for line in (first.stdout + first.stderr).splitlines() if "drew seed" in line]
     assert found, first.stdout + first.stderr
     seed = int(found[0].split("drew seed ")[1].split()[0])
-    run_cli("train", f"seed={seed}", *tiny, cwd=tmp_path / "b")
+    run_cli("train", f"seed={seed}", "trainer.max_epochs=1", *tiny, cwd=tmp_path / "b")
     a, b = (json.loads((_latest(tmp_path / d, "sentiment") / "metrics.json").read_text()) for d in ("a", "b"))
     assert a["val/loss"] == b["val/loss"], (a, b)
+    # resuming a seed=null run takes the seed it drew (a new draw split the data otherwise: refused
+    # as "another data spec")
+    resumed = run_cli("train", "seed=null", "trainer.max_epochs=2", *tiny, "resume=true", cwd=tmp_path / "a")
+    assert f"seed=null: resuming with the seed the run drew, {seed}" in resumed.stdout + resumed.stderr

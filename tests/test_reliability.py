@@ -95,7 +95,8 @@ def test_sigterm_exits_non_zero_and_says_how_to_resume(tmp_path: Path) -> None:
     assert proc.returncode == 143, stderr
     assert "interrupted by SIGTERM" in stderr and "resume=true" in stderr
     (result,) = runs.glob("*/result.json")
-    assert json.loads(result.read_text())["error"] == "interrupted by SIGTERM"
+    recorded = json.loads(result.read_text())
+    assert (recorded["status"], recorded["error"]) == ("interrupted", "interrupted by SIGTERM")
     assert not list(runs.glob("*/metrics.json"))
 
 

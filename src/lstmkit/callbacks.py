@@ -207,6 +207,13 @@ class ReseedEachEpoch(L.Callback):
     def __init__(self, seed: int) -> None:
         self.seed = int(seed)
 
+    def state_dict(self) -> dict[str, Any]:
+        """The run's seed, in its checkpoints: a ``seed=null`` run resumes with the seed it drew."""
+        return {"seed": self.seed}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Nothing to restore: ``train`` reads the seed from the checkpoint before the run is built."""
+
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         L.seed_everything(self.seed + 100_003 * trainer.current_epoch, workers=True, verbose=False)
 

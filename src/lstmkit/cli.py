@@ -111,10 +111,10 @@ def _task(command: str) -> Callable[[Any], Any]:
         multirun = hydra_cfg is not None and hydra_cfg.mode == RunMode.MULTIRUN
         record = command == "train" and hydra_cfg is not None and os.environ.get("LOCAL_RANK", "0") == "0"
 
-        def result(value: Any, error: str | None = None) -> None:
+        def result(value: Any, error: str | None = None, status: str | None = None) -> None:
             if record:
                 write_result(hydra_cfg.runtime.output_dir, list(hydra_cfg.overrides.task),
-                             cfg.get("monitor"), cfg.get("monitor_mode"), value, error)
+                             cfg.get("monitor"), cfg.get("monitor_mode"), value, error, status)
 
         exit_code: int | None = None
         try:
@@ -127,7 +127,11 @@ def _task(command: str) -> Callable[[Any], Any]:
             message = ("interrupted by SIGTERM (e.g. a scheduler preempting the job); run the same command with "
                        "resume=true to continue from the run's last.ckpt (the end of its last finished epoch)")
             print(f"lstmkit {command}: {message}", file=sys.stderr)
-            result(None, "interrupted by SIGTERM")
+            result(None, "interrupted by SIGTERM", status="interrupted")
+            if multirun and os.environ.get("LOCAL_RANK", "0") == "0":  # the jobs so far, in summary.csv / .md
+                from lstmkit.sweeps import summarise_sweep
+
+                summarise_sweep(hydra_cfg.sweep.dir)
             exit_code = 143
             raise SystemExit(exit_code) from None
         except Exception as err:

@@ -19,9 +19,9 @@ from omegaconf import DictConfig
 
 
 def write_result(out_dir: str | Path, overrides: list[str], monitor: str | None, mode: str | None,
-                 objective: float | None, error: str | None = None) -> None:
+                 objective: float | None, error: str | None = None, status: str | None = None) -> None:
     value = None if objective is None or (isinstance(objective, float) and math.isnan(objective)) else objective
-    record = {"status": "failed" if error else "ok", "monitor": monitor, "mode": mode, "objective": value,
+    record = {"status": status or ("failed" if error else "ok"), "monitor": monitor, "mode": mode, "objective": value,
               "overrides": overrides, "error": error}
     path = Path(out_dir) / "result.json"
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -306,14 +306,56 @@ def drawn_seed() -> int:
     return seed
 
 
+def best_score(checkpoint: ModelCheckpoint | None) -> float | None:
+    """The best monitored value of the run: the callback's, or, when the training ran in spawned
+    processes (``ddp_spawn``, which sends back only ``best_model_path``), the one its best
+    checkpoint file recorded. Without this a ``ddp_spawn`` sweep was given the last epoch's value."""
+    if checkpoint is None:
+        return None
+    if checkpoint.best_model_score is not None:
+        return float(checkpoint.best_model_score)
+    if not checkpoint.best_model_path or not Path(checkpoint.best_model_path).is_file():
+        return None
+    states = read_checkpoint(checkpoint.best_model_path).get("callbacks") or {}
+    for key, state in states.items():
+        if (str(key).startswith("ModelCheckpoint") and isinstance(state, dict) and state.get("monitor") == checkpoint.monitor
+                and state.get("best_model_score") is not None
+                and Path(str(state.get("best_model_path"))).name == Path(checkpoint.best_model_path).name):
+            return float(state["best_model_score"])
+    return None
+
+
+def stored_seed(checkpoint: dict[str, Any] | None) -> int | None:
+    """The seed a checkpoint's run used (``ReseedEachEpoch``'s state; for checkpoints from before
+    it kept one, the data seed of its hyperparameters), or ``None``."""
+    if not checkpoint:
+        return None
+    state = (checkpoint.get("callbacks") or {}).get("ReseedEachEpoch")
+    if isinstance(state, dict) and isinstance(state.get("seed"), int):
+        return int(state["seed"])
+    data_seed = ((checkpoint.get("hyper_parameters") or {}).get("data") or {}).get("seed")
+    return int(data_seed) if isinstance(data_seed, int) else None
+
+
 def train(cfg: DictConfig) -> float | None:
     """Train (and test) one configuration; returns the monitored validation metric."""
     seed = int_option(cfg, "seed")
-    if seed is None:  # drawn, kept in the run's config (so it can be repeated), shared by every rank
-        seed = drawn_seed()
+    resume = cfg.get("resume")
+    resume = False if resume is None else resume
+    if not isinstance(resume, bool):
+        raise ConfigError(f"resume={resume!r}: expected true or false")
+    requested = cfg.get("ckpt_path") or ("last" if resume else None)
+    ckpt_path = resolve_ckpt_path(requested, cfg) if cfg.get("train", True) else None
+    resumed = read_checkpoint(ckpt_path) if ckpt_path else None  # read once: its seed, checked, its W&B run id
+    if seed is None:  # the resumed run's seed, or a drawn one; kept in cfg (so logged with the hyperparameters)
+        seed = stored_seed(resumed)
+        if seed is not None:
+            log.info("seed=null: resuming with the seed the run drew, %d", seed)
+        else:
+            seed = drawn_seed()  # shared by every rank
+            log.info("seed=null: this run drew seed %d (seed=%d repeats it)", seed, seed)
         with open_dict(cfg):
             cfg.seed = seed
-        log.info("seed=null: this run drew seed %d (seed=%d repeats it)", seed, seed)
     L.seed_everything(seed, workers=True)
     check_option_types({group: plain(cfg.get(group)) for group in TYPED_GROUPS})
     with config_stage("data"):
@@ -338,13 +380,6 @@ def train(cfg: DictConfig) -> float | None:
     check_strategy(cfg)
     check_trainer_numbers(cfg)
     check_device(cfg)
-    resume = cfg.get("resume")
-    resume = False if resume is None else resume
-    if not isinstance(resume, bool):
-        raise ConfigError(f"resume={resume!r}: expected true or false")
-    requested = cfg.get("ckpt_path") or ("last" if resume else None)
-    ckpt_path = resolve_ckpt_path(requested, cfg) if cfg.get("train", True) else None
-    resumed = read_checkpoint(ckpt_path) if ckpt_path else None  # read once: checked, then its W&B run id
     if ckpt_path and resumed:
         check_resumable(ckpt_path, model, resumed)
         done, max_epochs = int(resumed.get("epoch", -1)) + 1, cfg.trainer.get("max_epochs")
@@ -371,9 +406,10 @@ def train(cfg: DictConfig) -> float | None:
     if cfg.get("train", True):
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
         metrics.update(scalar_metrics(trainer.callback_metrics))
-        if checkpoint is not None and checkpoint.best_model_score is not None:
+        score = best_score(checkpoint)
+        if score is not None:
             monitored = f"{cfg.monitor}_best"
-            metrics[monitored] = float(checkpoint.best_model_score)
+            metrics[monitored] = score
     if cfg.get("test", True):
         best = checkpoint.best_model_path if checkpoint is not None else ""
         if best:
