@@ -114,3 +114,24 @@ def test_a_sweep_whose_every_trial_fails_exits_with_an_error(tmp_path: Path) -> 
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "every trial of the sweep failed (2 of 2); the first: " in proc.stderr
     assert [r["status"] for r in _summary(_sweep_dir(tmp_path))] == ["failed", "failed"]
+
+
+def test_an_experiment_whose_task_a_search_preset_replaced_is_refused(tmp_path: Path) -> None:
+    """hparams_search=ecg_optuna's task (ecg) composed over experiment=ecg_unsupervised_real's: the run
+    trained the supervised head under the unsupervised recipe's name, silently (found by a new user)."""
+    proc = run_cli("train", "experiment=ecg_unsupervised_real", "hparams_search=ecg_optuna",
+                   "hydra.sweeper.n_trials=1", cwd=tmp_path, check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert ("experiment=ecg_unsupervised_real is a recipe for task=ecg_unsupervised, but the composed task is ecg "
+            "(set by hparams_search=ecg_optuna); add task=ecg_unsupervised") in proc.stderr
+
+
+def test_an_optuna_study_whose_every_trial_failed_exits_2_with_the_first_error(tmp_path: Path) -> None:
+    """The Optuna plugin read study.best_trial after the last trial: a traceback ("No trials are
+    completed yet."), exit 1, no summary. lstmkit's sweeper ends it as the basic sweeper does."""
+    proc = run_cli("train", "hparams_search=sentiment_optuna", "hydra.sweeper.n_trials=2",
+                   f"data.path={tmp_path / 'missing.csv'}", cwd=tmp_path, check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert "lstmkit: error: every trial of the sweep failed (2 of 2); the first:" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert list((tmp_path / "logs" / "sentiment" / "multiruns").glob("*/summary.md"))

@@ -65,15 +65,21 @@ class SweepSummary(Callback):
     """Hydra callback: write the sweep summary when a multirun ends."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        rows = summarise_sweep(config.hydra.sweep.dir)
-        if rows:
-            print(Path(config.hydra.sweep.dir, "summary.md").read_text())
-        failed = [r for r in rows if r["status"] == "failed"]
-        if rows and len(failed) == len(rows):
-            # nothing trained: a script or CI step running the sweep must not read success (exit 2, as
-            # lstmkit's other errors); the trials' own errors are in the summary
-            print(f"lstmkit: error: every trial of the sweep failed ({len(rows)} of {len(rows)}); the first: "
-                  f"{failed[0]['error']} (all in {Path(config.hydra.sweep.dir, 'summary.md')})", file=sys.stderr)
-            raise SystemExit(2)
-        if failed:
-            print(f"lstmkit: {len(failed)} of {len(rows)} trials failed (see the summary above)", file=sys.stderr)
+        finish_sweep(config.hydra.sweep.dir)
+
+
+def finish_sweep(sweep_dir: str | Path) -> None:
+    """Write and print the summary; exit 2 when every trial failed, and count the failures."""
+    rows = summarise_sweep(sweep_dir)
+    if rows:
+        print(Path(sweep_dir, "summary.md").read_text())
+    failed = [r for r in rows if r["status"] == "failed"]
+    if rows and len(failed) == len(rows):
+        # nothing trained: a script or CI step running the sweep must not read success (exit 2, as
+        # lstmkit's other errors); the trials' own errors are in the summary
+        print(f"lstmkit: error: every trial of the sweep failed ({len(rows)} of {len(rows)}); the first: "
+              f"{failed[0]['error']} (all in {Path(sweep_dir, 'summary.md')})", file=sys.stderr)
+        raise SystemExit(2)
+    if failed:
+        print(f"lstmkit: {len(failed)} of {len(rows)} trials failed (see the summary above)", file=sys.stderr)
+

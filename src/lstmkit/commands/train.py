@@ -199,6 +199,35 @@ def check_trainer_numbers(cfg: DictConfig) -> None:
             raise ConfigError(f"trainer.{key}={value!r}: expected " + ("a whole number" if whole else "a number"))
 
 
+def check_experiment_task(cfg: DictConfig) -> None:
+    """Refuse an experiment whose task another config group replaced.
+
+    Why: ``experiment=ecg_unsupervised_real hparams_search=ecg_optuna`` composed the search
+    preset's ``task: ecg`` over the experiment's ``ecg_unsupervised``: the run kept the
+    experiment's name and data settings but trained the supervised head, with no word.
+    """
+    if not HydraConfig.initialized():
+        return
+    choices = HydraConfig.get().runtime.choices
+    experiment = choices.get("experiment")
+    if not experiment:
+        return
+    from lstmkit.cli import config_dir
+
+    file = Path(config_dir()) / "experiment" / f"{experiment}.yaml"
+    if not file.is_file():
+        return
+    defaults = OmegaConf.to_container(OmegaConf.load(file)).get("defaults") or []  # type: ignore[union-attr]
+    wanted = next((d["override /task"] for d in defaults if isinstance(d, dict) and "override /task" in d), None)
+    if wanted and choices.get("task") != wanted:
+        others = [f"{group}={choice}" for group, choice in choices.items()
+                  if group in {"hparams_search", "task"} and choice and group != "task"]
+        raise SweepError(  # wrong for every trial of a sweep too: it stops at once
+            f"experiment={experiment} is a recipe for task={wanted}, but the composed task is "
+            f"{choices.get('task')}{' (set by ' + ', '.join(others) + ')' if others else ''}; "
+            f"add task={wanted} to keep the experiment's task")
+
+
 def check_strategy(cfg: DictConfig) -> None:
     """Refuse the one combination that silently goes wrong: script-relaunching DDP inside a sweep.
 
@@ -358,6 +387,7 @@ def train(cfg: DictConfig) -> float | None:
             cfg.seed = seed
     L.seed_everything(seed, workers=True)
     check_option_types({group: plain(cfg.get(group)) for group in TYPED_GROUPS})
+    check_experiment_task(cfg)
     with config_stage("data"):
         datamodule = instantiate(cfg.data, _convert_="all")
         datamodule.setup("fit")

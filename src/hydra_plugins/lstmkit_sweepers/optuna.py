@@ -1,0 +1,25 @@
+"""Hydra's Optuna sweeper, ending a study in which every trial failed as lstmkit's other sweeps end.
+
+Why: the plugin reads ``study.best_trial`` after the last trial, which raises "No trials are
+completed yet." (a traceback, exit 1) when all of them failed, and Hydra then never calls
+lstmkit's summary callback. Here the summary is written and the sweep exits 2 with the first
+trial's error, as a basic sweep whose every trial failed does. The ``hparams_search`` presets
+select it (``hydra.sweeper._target_``).
+"""
+
+from __future__ import annotations
+
+from hydra_plugins.hydra_optuna_sweeper.optuna_sweeper import OptunaSweeper as _PluginSweeper
+
+
+class OptunaSweeper(_PluginSweeper):
+    def sweep(self, arguments: list[str]) -> None:
+        try:
+            super().sweep(arguments)
+        except ValueError as err:
+            if "No trials are completed" not in str(err):
+                raise
+            from lstmkit.sweeps import finish_sweep
+
+            finish_sweep(self.sweeper.config.hydra.sweep.dir)  # exits 2: every trial failed
+            raise
