@@ -50,6 +50,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -711,8 +712,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
     parser.add_argument("--data-root", default=str(REPO.parent / "shared" / "data"),
                         help="folder with lm/, sentiment/, speech/, stocks/, ecg/ (paths.data_root; "
                              "default: ../shared/data beside the checkout)")
-    parser.add_argument("--out", default=str(REPO / "bench" / "results"),
-                        help="folder for quality.json and quality.md (default: bench/results)")
+    parser.add_argument("--out", default=None,
+                        help="folder for quality.json and quality.md (default: bench/results; with --quick a "
+                             "temporary folder, so a smoke check never replaces the committed report)")
     parser.add_argument("--log-dir", default=None,
                         help="paths.log_dir for the runs (default: the recipes' logs/ in the repository)")
     parser.add_argument("--threads", type=int, default=None,
@@ -778,6 +780,8 @@ def main(argv: list[str] | None = None) -> int:
     for run in runs:
         run.update(commit=commit["commit"], overrides=overrides, threads=args.threads)
     made_ensembles: list[dict[str, Any]] = []
+    if args.out is None:
+        args.out = str(Path(tempfile.gettempdir()) / "lstmkit_bench_quality" if args.quick else REPO / "bench" / "results")
     out = Path(args.out)
     previous = out / "quality.json"
     made = bool(runs)

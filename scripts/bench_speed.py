@@ -1153,7 +1153,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="tiny sizes, every measurement once (smoke check)")
-    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results", help="folder for speed.json/.md")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="folder for speed.json/.md (default: bench/results; with --quick a temporary folder, "
+                             "so a smoke check never replaces the committed report)")
     parser.add_argument("--data-root", type=Path, default=None,
                         help="use PTB (<root>/lm) and SST-2 (<root>/sentiment) instead of generated tokens")
     parser.add_argument("--sections", default=",".join(SECTIONS),
@@ -1224,6 +1226,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     results["meta"]["loadavg_end"] = [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
     markdown = render(results)
     print(markdown)
+    if args.out is None:
+        args.out = Path(tempfile.gettempdir()) / "lstmkit_bench_speed" if args.quick else REPO / "bench" / "results"
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "speed.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     (args.out / "speed.md").write_text(markdown, encoding="utf-8")
