@@ -100,6 +100,34 @@ def test_sigterm_exits_non_zero_and_says_how_to_resume(tmp_path: Path) -> None:
     assert not list(runs.glob("*/metrics.json"))
 
 
+def test_sigterm_to_a_parallel_sweep_stops_its_workers(tmp_path: Path) -> None:
+    """A joblib sweep's trials run in worker processes, which a SIGTERM'd parent left training
+    (orphaned, then recording "ok"). Now they are stopped, record "interrupted", and the sweep exits 143."""
+    import psutil
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", "WANDB_MODE": "offline"}
+    env.pop("HYDRA_FULL_ERROR", None)
+    proc = subprocess.Popen([str(BIN / "lstmkit"), "train", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+                             "optimizer.lr=1e-3,3e-3", *RUN, "trainer.max_epochs=50"], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    jobs = tmp_path / "logs" / "sentiment" / "multiruns"
+    deadline = time.monotonic() + 300
+    while not list(jobs.glob("*/*/checkpoints/last.ckpt")):  # the trials are training
+        assert proc.poll() is None, "the sweep finished before it could be stopped"
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    workers = psutil.Process(proc.pid).children(recursive=True)
+    assert workers
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=180)
+    assert proc.returncode == 143, stderr
+    assert "the sweep was interrupted by SIGTERM" in stderr
+    assert not [w for w in workers if w.is_running() and w.status() != psutil.STATUS_ZOMBIE]
+    statuses = {json.loads(p.read_text())["status"] for p in jobs.glob("*/*/result.json")}
+    assert statuses == {"interrupted"}, statuses
+    assert list(jobs.glob("*/summary.md"))
+
+
 def test_resume_after_a_run_that_saved_no_checkpoint_starts_afresh(tmp_path: Path) -> None:
     """A run killed before its first checkpoint left only its overrides: ``resume=true`` with those
     overrides continued *another* run's newest last.ckpt (its weights, epoch and metrics)."""

@@ -7,9 +7,12 @@ multirun ends into ``summary.csv`` and ``summary.md`` beside the job folders, be
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
+import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -62,10 +65,41 @@ def summarise_sweep(sweep_dir: str | Path) -> list[dict[str, Any]]:
 
 
 class SweepSummary(Callback):
-    """Hydra callback: write the sweep summary when a multirun ends."""
+    """Hydra callback: write the sweep summary when a multirun ends; stop a parallel sweep's
+    workers when the sweep is sent SIGTERM."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if "joblib" in str(config.hydra.launcher.get("_target_", "")):
+            signal.signal(signal.SIGTERM, lambda signum, frame: stop_workers(config.hydra.sweep.dir))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         finish_sweep(config.hydra.sweep.dir)
+
+
+def stop_workers(sweep_dir: str | Path, grace_s: float = 60.0) -> None:
+    """SIGTERM in the parent of a joblib sweep: pass it on to the trials, wait for them, exit 143.
+
+    Why: the trials run in loky worker processes, which the parent's death left running (orphaned,
+    training on, then recording "ok" for a sweep that had been stopped). Each trial stops at its
+    next batch and records itself as interrupted (``lstmkit.cli``); what is left after
+    ``grace_s`` seconds is killed.
+    """
+    import psutil
+
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut this short
+    workers = psutil.Process().children(recursive=True)
+    for worker in workers:
+        with contextlib.suppress(psutil.Error):
+            worker.send_signal(signal.SIGTERM)
+    _, alive = psutil.wait_procs(workers, timeout=grace_s)
+    for worker in alive:
+        with contextlib.suppress(psutil.Error):
+            worker.kill()
+    summarise_sweep(sweep_dir)
+    print(f"lstmkit train: the sweep was interrupted by SIGTERM ({len(workers)} worker process(es) stopped); "
+          f"the jobs so far are in {Path(sweep_dir, 'summary.md')}; run the same command with resume=true to "
+          "continue it", file=sys.stderr)
+    os._exit(143)  # the launcher's own threads and pools would otherwise keep the process alive
 
 
 def finish_sweep(sweep_dir: str | Path) -> None:
