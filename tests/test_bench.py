@@ -45,6 +45,7 @@ def test_quick_benchmark_reports_every_section(tmp_path: Path) -> None:
         assert math.isfinite(training["ratio_like"]) and training["ratio_like"] > 0  # the framework's own cost
         assert training["same_model_loss_diff"] < 1e-5  # both sides start as the same model
     positive(results["training"]["lm"]["lstmkit_bf16"], THROUGHPUT, "training.lm.lstmkit_bf16")
+    positive(results["training"]["lm"]["lstmkit_bf16_two_calls"], THROUGHPUT, "training.lm.lstmkit_bf16_two_calls")
     positive(results["training"]["lm"]["plain_bf16"], THROUGHPUT, "training.lm.plain_bf16")  # bf16 against bf16
 
     variable = results["variable_length"]
