@@ -386,14 +386,17 @@ def test_adaptive_softmax_under_mixed_precision_and_ddp(monkeypatch: pytest.Monk
     torch.testing.assert_close(logp.exp().sum(-1), torch.ones(batch.inputs.shape), rtol=1e-5, atol=1e-5)
 
 
-def test_fused_loss_steps_aside_under_autocast() -> None:
-    """bf16 autocast keeps the plain path (its low-precision matmul is the point of the option)."""
+def test_fused_loss_runs_under_autocast_and_steps_aside_without_gradients() -> None:
+    """bf16 autocast runs the fused node too (in autocast's dtypes, tested above); evaluation, with no
+    gradient to fuse into, takes the two plain calls."""
     x, weight = torch.randn(8, 4, requires_grad=True), torch.randn(5, 4, requires_grad=True)
     targets = torch.randint(0, 5, (8,))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         loss = linear_cross_entropy(x, weight, None, targets)
-    assert "_LinearCrossEntropy" not in type(loss.grad_fn).__name__
+    assert "_LinearCrossEntropy" in type(loss.grad_fn).__name__
     assert "_LinearCrossEntropy" in type(linear_cross_entropy(x, weight, None, targets).grad_fn).__name__
+    with torch.no_grad():
+        torch.testing.assert_close(linear_cross_entropy(x, weight, None, targets), F.cross_entropy(x @ weight.T, targets))
 
 
 def test_perplexity_is_exp_of_the_token_mean_over_the_split_not_a_mean_of_batches() -> None:

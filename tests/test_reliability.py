@@ -77,19 +77,26 @@ def test_run_killed_mid_training_resumes_to_the_same_metrics(tmp_path: Path) -> 
         assert resumed[key] == expected[key], key
 
 
+def _started_until(cwd: Path, pattern: str, *args: str) -> subprocess.Popen[str]:
+    """``lstmkit train *args`` started in the background, returned once ``logs/sentiment/<pattern>``
+    exists (training is under way)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", "WANDB_MODE": "offline"}
+    env.pop("HYDRA_FULL_ERROR", None)
+    proc = subprocess.Popen([str(BIN / "lstmkit"), "train", *args], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not list((cwd / "logs" / "sentiment").glob(pattern)):
+        assert proc.poll() is None, f"the run finished before it could be stopped: {proc.communicate()[1][-2000:]}"
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    return proc
+
+
 def test_sigterm_exits_non_zero_and_says_how_to_resume(tmp_path: Path) -> None:
     """Lightning turns SIGTERM into a ``SystemExit(None)``: the run (or a whole sweep) exited 0, so a
     scheduler that preempted it saw a success. Now: status 143, a message, result.json says so."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    env.pop("HYDRA_FULL_ERROR", None)
-    proc = subprocess.Popen([str(BIN / "lstmkit"), "train", *RUN, "trainer.max_epochs=50"], cwd=tmp_path, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = _started_until(tmp_path, "runs/*/checkpoints/last.ckpt", *RUN, "trainer.max_epochs=50")
     runs = tmp_path / "logs" / "sentiment" / "runs"
-    deadline = time.monotonic() + 300
-    while not list(runs.glob("*/checkpoints/last.ckpt")):  # training is under way
-        assert proc.poll() is None, "the run finished before it could be stopped"
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 143, stderr
@@ -105,17 +112,9 @@ def test_sigterm_to_a_parallel_sweep_stops_its_workers(tmp_path: Path) -> None:
     (orphaned, then recording "ok"). Now they are stopped, record "interrupted", and the sweep exits 143."""
     import psutil
 
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", "WANDB_MODE": "offline"}
-    env.pop("HYDRA_FULL_ERROR", None)
-    proc = subprocess.Popen([str(BIN / "lstmkit"), "train", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
-                             "optimizer.lr=1e-3,3e-3", *RUN, "trainer.max_epochs=50"], cwd=tmp_path, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = _started_until(tmp_path, "multiruns/*/*/checkpoints/last.ckpt", "-m", "hydra/launcher=joblib",
+                          "hydra.launcher.n_jobs=2", "optimizer.lr=1e-3,3e-3", *RUN, "trainer.max_epochs=50")
     jobs = tmp_path / "logs" / "sentiment" / "multiruns"
-    deadline = time.monotonic() + 300
-    while not list(jobs.glob("*/*/checkpoints/last.ckpt")):  # the trials are training
-        assert proc.poll() is None, "the sweep finished before it could be stopped"
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
     workers = psutil.Process(proc.pid).children(recursive=True)
     assert workers
     proc.send_signal(signal.SIGTERM)

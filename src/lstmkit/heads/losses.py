@@ -30,7 +30,11 @@ IGNORE = -100  # F.cross_entropy's default ignore_index
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
-    """Mean cross-entropy of ``x @ weight.T + bias`` against ``targets`` (``IGNORE`` rows skipped)."""
+    """Mean cross-entropy of ``x @ weight.T + bias`` against ``targets`` (``IGNORE`` rows skipped).
+
+    ``dtype`` (under autocast): the matrix products in that dtype, the log-softmax and the loss in
+    float32, and the ``(N, V)`` gradient kept in that dtype, as autocast's two calls compute them.
+    """
 
     @staticmethod
     def forward(  # type: ignore[override]
@@ -39,22 +43,28 @@ class _LinearCrossEntropy(torch.autograd.Function):
         weight: torch.Tensor,
         bias: torch.Tensor | None,
         targets: torch.Tensor,
+        dtype: torch.dtype | None = None,
     ) -> torch.Tensor:
-        logits = torch.addmm(bias, x, weight.t()) if bias is not None else x @ weight.t()
-        log_probs = torch.log_softmax(logits, dim=1)
-        del logits
-        valid = targets != IGNORE
-        count = valid.sum()
-        rows = torch.arange(len(targets), device=targets.device)
-        safe = targets.clamp(min=0)
-        nll = -log_probs[rows, safe]
-        loss = nll.masked_fill(~valid, 0.0).sum() / count  # 0/0 = nan with no valid row, as F.cross_entropy
-        grad = log_probs.exp_()  # softmax, in place: d loss / d logits before the 1/n scale
-        grad[rows, safe] -= 1.0
+        with torch.autocast(x.device.type, enabled=False):  # the dtypes below are chosen here
+            low_x, low_w = (x.to(dtype), weight.to(dtype)) if dtype is not None else (x, weight)
+            logits = (torch.addmm(bias.to(low_x.dtype), low_x, low_w.t()) if bias is not None
+                      else torch.mm(low_x, low_w.t()))
+            log_probs = torch.log_softmax(logits, dim=1, dtype=torch.float32 if dtype is not None else None)
+            del logits
+            valid = targets != IGNORE
+            count = valid.sum()
+            rows = torch.arange(len(targets), device=targets.device)
+            safe = targets.clamp(min=0)
+            # 0/0 = nan with no valid row, as F.cross_entropy
+            loss = (-log_probs[rows, safe]).masked_fill(~valid, 0.0).sum() / count
+            grad = log_probs.exp_()  # softmax, in place: d loss / d logits before the 1/n scale
+            grad[rows, safe] -= 1.0
+            grad = grad.to(low_x.dtype)  # under autocast: in dtype, as autocast's F.linear backward reads it
         # ignored rows keep their (meaningless) softmax: the backward masks the (N, D) factors it
         # multiplies instead of the (N, V) gradient, which would cost a pass over the logits
-        ctx.save_for_backward(x, weight, grad, valid, count)
+        ctx.save_for_backward(low_x, low_w, grad, valid, count)
         ctx.has_bias = bias is not None
+        ctx.dtypes = (x.dtype, weight.dtype, bias.dtype if bias is not None else None)
         return loss
 
     @staticmethod
@@ -63,63 +73,17 @@ class _LinearCrossEntropy(torch.autograd.Function):
         ctx: torch.autograd.function.FunctionCtx, grad_loss: torch.Tensor
     ) -> tuple[torch.Tensor | None, ...]:
         x, weight, grad, valid, count = ctx.saved_tensors
+        x_dtype, w_dtype, b_dtype = ctx.dtypes
         scale = grad_loss / count.clamp(min=1)  # no valid row: zero gradients (the loss is nan, as F.cross_entropy's)
         keep = valid.to(grad.dtype)
-        grad_x = torch.mm(grad, weight).mul_(keep[:, None]).mul_(scale) if ctx.needs_input_grad[0] else None
-        grad_w = torch.mm(grad.t(), x * keep[:, None]).mul_(scale) if ctx.needs_input_grad[1] else None
-        grad_b = torch.mv(grad.t(), keep).mul_(scale) if ctx.has_bias and ctx.needs_input_grad[2] else None
-        return grad_x, grad_w, grad_b, None
-
-
-class _LowPrecisionLinearCrossEntropy(torch.autograd.Function):
-    """:class:`_LinearCrossEntropy` under autocast: products in ``dtype``, softmax and loss in float32."""
-
-    @staticmethod
-    def forward(  # type: ignore[override]
-        ctx: torch.autograd.function.FunctionCtx,
-        x: torch.Tensor,
-        weight: torch.Tensor,
-        bias: torch.Tensor | None,
-        targets: torch.Tensor,
-        dtype: torch.dtype,
-    ) -> torch.Tensor:
-        with torch.autocast(x.device.type, enabled=False):  # the dtypes below are chosen here
-            low_x, low_w = x.to(dtype), weight.to(dtype)
-            logits = (torch.addmm(bias.to(dtype), low_x, low_w.t()) if bias is not None
-                      else torch.mm(low_x, low_w.t()))  # in dtype, as autocast's F.linear
-            log_probs = torch.log_softmax(logits, dim=1, dtype=torch.float32)  # as autocast's cross_entropy
-            del logits
-            valid = targets != IGNORE
-            count = valid.sum()
-            rows = torch.arange(len(targets), device=targets.device)
-            safe = targets.clamp(min=0)
-            loss = (-log_probs[rows, safe]).masked_fill(~valid, 0.0).sum() / count
-            grad = log_probs.exp_()  # softmax - onehot in float32: d loss / d logits before the 1/n scale
-            grad[rows, safe] -= 1.0
-            low_grad = grad.to(dtype)  # then in dtype, as autocast's F.linear backward reads it
-            del grad, log_probs
-        ctx.save_for_backward(low_x, low_w, low_grad, valid, count)
-        ctx.has_bias = bias is not None
-        ctx.dtypes = (x.dtype, weight.dtype, bias.dtype if bias is not None else None)
-        return loss
-
-    @staticmethod
-    @once_differentiable
-    def backward(  # type: ignore[override]
-        ctx: torch.autograd.function.FunctionCtx, grad_loss: torch.Tensor
-    ) -> tuple[torch.Tensor | None, ...]:
-        low_x, low_w, low_grad, valid, count = ctx.saved_tensors
-        x_dtype, w_dtype, b_dtype = ctx.dtypes
-        scale = grad_loss.float() / count.clamp(min=1)
-        keep = valid.to(low_grad.dtype)
-        with torch.autocast(low_x.device.type, enabled=False):
+        with torch.autocast(x.device.type, enabled=False):
             grad_x = grad_w = grad_b = None
             if ctx.needs_input_grad[0]:
-                grad_x = torch.mm(low_grad, low_w).to(x_dtype).mul_(keep[:, None]).mul_(scale)
+                grad_x = torch.mm(grad, weight).to(x_dtype).mul_(keep[:, None]).mul_(scale)
             if ctx.needs_input_grad[1]:
-                grad_w = torch.mm(low_grad.t(), low_x * keep[:, None]).to(w_dtype).mul_(scale)
+                grad_w = torch.mm(grad.t(), x * keep[:, None]).to(w_dtype).mul_(scale)
             if ctx.has_bias and ctx.needs_input_grad[2]:
-                grad_b = torch.mm(keep[None, :], low_grad)[0].to(b_dtype).mul_(scale)
+                grad_b = torch.mm(keep[None, :], grad)[0].to(b_dtype).mul_(scale)
         return grad_x, grad_w, grad_b, None, None
 
 
@@ -138,6 +102,5 @@ def linear_cross_entropy(
         return F.cross_entropy(F.linear(x, weight, bias), targets, ignore_index=IGNORE)
     device = x.device.type
     if torch.is_autocast_enabled(device):
-        dtype = torch.get_autocast_dtype(device)
-        return _LowPrecisionLinearCrossEntropy.apply(x, weight, bias, targets, dtype)
+        return _LinearCrossEntropy.apply(x, weight, bias, targets, torch.get_autocast_dtype(device))
     return _LinearCrossEntropy.apply(x, weight, bias, targets)
