@@ -636,6 +636,9 @@ def test_decode_overrides_of_eval_and_predict(caplog):
     with caplog.at_level(logging.WARNING, logger="lstmkit"):
         apply_decoding(model, {"beam_size": 4})
     assert "decode.beam_size=4 is not used: this model decodes greedily" in caplog.text
+    with caplog.at_level(logging.WARNING, logger="lstmkit"):
+        apply_decoding(model, {"rescore": False})
+    assert "decode.rescore=False is not used: this model decodes greedily" in caplog.text
     # the same rule from Python: the head resolves it, not the CLI
     model.head.use_decoder(lexicon="train")
     assert (model.head.decoder, model.head.lexicon) == ("beam", "train")

@@ -153,8 +153,10 @@ def apply_decoding(model: torch.nn.Module, decode: DictConfig | dict[str, Any] |
         use_decoder(**options)  # what is not given is kept
     except ConfigError as err:  # the head names its own options; on the command line they are decode.*
         raise ConfigError(str(err).replace("head.", "decode.")) from None
-    if beam is not None and head.decoder != "beam":
-        log.warning("decode.beam_size=%s is not used: this model decodes greedily (add decode.decoder=beam)", beam)
+    for key in ("beam_size", "rescore"):
+        if options.get(key) is not None and head.decoder != "beam":
+            log.warning("decode.%s=%s is not used: this model decodes greedily (add decode.decoder=beam)",
+                        key, options[key])
     log.info("decoding with %s", {k: getattr(head, k) for k in ("decoder", "beam_size", "lexicon", "rescore")})
 
 
