@@ -14,6 +14,7 @@ import math
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -81,8 +82,9 @@ def stop_workers(sweep_dir: str | Path, grace_s: float = 60.0) -> None:
 
     Why: the trials run in loky worker processes, which the parent's death left running (orphaned,
     training on, then recording "ok" for a sweep that had been stopped). Each trial stops at its
-    next batch and records itself as interrupted (``lstmkit.cli``); what is left after
-    ``grace_s`` seconds is killed.
+    next batch and records itself as interrupted (``lstmkit.cli``); once the running trials have
+    (or ``grace_s`` seconds have passed) the workers, idle by then, and loky's resource trackers,
+    which ignore SIGTERM, are killed.
     """
     import psutil
 
@@ -91,10 +93,24 @@ def stop_workers(sweep_dir: str | Path, grace_s: float = 60.0) -> None:
     for worker in workers:
         with contextlib.suppress(psutil.Error):
             worker.send_signal(signal.SIGTERM)
-    _, alive = psutil.wait_procs(workers, timeout=grace_s)
-    for worker in alive:
+
+    def is_tracker(process: psutil.Process) -> bool:  # loky's and multiprocessing's: they ignore SIGTERM
+        with contextlib.suppress(psutil.Error):
+            return "resource_tracker" in " ".join(process.cmdline())
+        return False
+
+    trials = [w for w in workers if not is_tracker(w)]
+    # a loky worker stays alive (idle) after its trial has stopped and recorded itself: wait for the
+    # records of the trials that were running, not for the processes
+    running = [d for d in Path(sweep_dir).glob("*") if d.name.isdigit() and not (d / "result.json").exists()]
+    deadline = time.monotonic() + grace_s
+    while (time.monotonic() < deadline and any(not (d / "result.json").exists() for d in running)
+           and any(w.is_running() for w in trials)):
+        time.sleep(0.2)
+    for worker in workers:
         with contextlib.suppress(psutil.Error):
             worker.kill()
+    psutil.wait_procs(workers, timeout=10)
     summarise_sweep(sweep_dir)
     print(f"lstmkit train: the sweep was interrupted by SIGTERM ({len(workers)} worker process(es) stopped); "
           f"the jobs so far are in {Path(sweep_dir, 'summary.md')}; run the same command with resume=true to "
