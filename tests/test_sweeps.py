@@ -135,3 +135,15 @@ def test_an_optuna_study_whose_every_trial_failed_exits_2_with_the_first_error(t
     assert "lstmkit: error: every trial of the sweep failed (2 of 2); the first:" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert list((tmp_path / "logs" / "sentiment" / "multiruns").glob("*/summary.md"))
+
+
+def test_slurm_launch_without_sbatch_is_one_line(tmp_path: Path) -> None:
+    """Without SLURM on the machine, submitit failed deep inside ('Could not detect "srun"', a traceback)."""
+    import shutil
+
+    if shutil.which("sbatch"):
+        pytest.skip("this machine has SLURM's sbatch")
+    proc = run_cli("train", "-m", "cluster=slurm", "trainer.max_epochs=1", cwd=tmp_path, check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert "cluster=slurm (hydra/launcher=submitit_slurm) submits the jobs with SLURM's sbatch" in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -12,6 +12,7 @@ import csv
 import json
 import math
 import os
+import shutil
 import signal
 import sys
 import time
@@ -70,7 +71,14 @@ class SweepSummary(Callback):
     workers when the sweep is sent SIGTERM."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        if "joblib" in str(config.hydra.launcher.get("_target_", "")):
+        launcher = str(config.hydra.launcher.get("_target_", ""))
+        if launcher.endswith("SlurmLauncher") and shutil.which("sbatch") is None:
+            # submitit fails deep inside with 'Could not detect "srun"' and a traceback
+            print("lstmkit train: error: cluster=slurm (hydra/launcher=submitit_slurm) submits the jobs with "
+                  "SLURM's sbatch, which this machine does not have on its PATH: run the command on a SLURM login "
+                  "node, or drop cluster=slurm (hydra/launcher=submitit_local runs the jobs here)", file=sys.stderr)
+            raise SystemExit(2)
+        if "joblib" in launcher:
             signal.signal(signal.SIGTERM, lambda signum, frame: stop_workers(config.hydra.sweep.dir))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
