@@ -242,16 +242,17 @@ class BenchSentences(SequenceDataModule):
 UNFUSED_OPTIMIZER: dict[str, Any] = {**OPTIMIZER, "fused": False}
 
 
-def lstmkit_lm(data: LMData, size: LMSize, optimizer: dict[str, Any] = OPTIMIZER, like: bool = False
-               ) -> SequenceModel:
-    """The ``task=next_word`` model at PTB-small size: untied, no dropout (as the plain model)."""
+def lstmkit_lm(data: LMData, size: LMSize, optimizer: dict[str, Any] = OPTIMIZER, like: bool = False,
+               fused_loss: bool = True) -> SequenceModel:
+    """The ``task=next_word`` model at PTB-small size: untied, no dropout (as the plain model);
+    ``fused_loss=False``: ``head.fused_loss=false`` (implied by ``like``)."""
     spec = DataSpec(input_kind="tokens", vocab=data.vocab, pad_id=0, extra={"bptt": size.bptt, "streams": True})
     return SequenceModel(
         spec=spec.to_dict(),
         encoder={"_target_": "lstmkit.encoders.EmbeddingEncoder", "dim": size.emb, "dropout": 0.0},
         core={"hidden_size": size.hidden, "num_layers": size.layers, "stateful": True},
         head={"_target_": "lstmkit.heads.language_model.LanguageModelHead", "tie_weights": False,
-              **({"fused_loss": False} if like else {})},
+              **({"fused_loss": False} if like or not fused_loss else {})},
         optimizer=UNFUSED_OPTIMIZER if like else optimizer, task="next_word",
     )
 
@@ -603,8 +604,9 @@ def lm_training(data: LMData, size: LMSize, plan: Plan, root: str) -> dict[str, 
     like.load_state_dict(model.state_dict())
     bf16 = lstmkit_lm(data, size)  # the same model under trainer.precision=bf16-mixed (an option)
     bf16.load_state_dict(model.state_dict())
-    bf16_two_calls = lstmkit_lm(data, size)  # and with the output layer and loss as autocast's two calls
-    bf16_two_calls.head.fused_loss = False  # (lstmkit's bf16 path before the fused node ran under autocast)
+    # and with the output layer and loss as autocast's two calls (lstmkit's bf16 path before the fused
+    # node ran under autocast)
+    bf16_two_calls = lstmkit_lm(data, size, fused_loss=False)
     bf16_two_calls.load_state_dict(model.state_dict())
     plain_bf16 = PlainLM(size)  # and the plain loop under the same autocast, against which it is compared
     copy_weights(model, plain_bf16)

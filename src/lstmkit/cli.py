@@ -128,7 +128,7 @@ def _task(command: str) -> Callable[[Any], Any]:
                        "resume=true to continue from the run's last.ckpt (the end of its last finished epoch)")
             print(f"lstmkit {command}: {message}", file=sys.stderr)
             result(None, "interrupted by SIGTERM", status="interrupted")
-            if multirun and os.environ.get("LOCAL_RANK", "0") == "0":  # the jobs so far, in summary.csv / .md
+            if multirun and record:  # rank 0 of a training sweep: the jobs so far, in summary.csv / .md
                 from lstmkit.sweeps import summarise_sweep
 
                 summarise_sweep(hydra_cfg.sweep.dir)

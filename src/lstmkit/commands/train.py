@@ -102,24 +102,24 @@ def resolve_ckpt_path(ckpt_path: str | None, cfg: DictConfig) -> str | None:
     sweep = hydra is not None and hydra.mode == RunMode.MULTIRUN
     now = Path(hydra.sweep.dir if sweep else hydra.runtime.output_dir).resolve() if hydra else None
     runs = Path(cfg.paths.log_dir) / str(cfg.task_name)
-    candidates = [p for p in runs.glob("**/checkpoints/last.ckpt")
-                  if now is None or now not in p.resolve().parents]  # not this run's / this sweep's own
-    candidates.sort(key=lambda p: p.stat().st_mtime, reverse=True)
+
+    def earlier(paths: Iterator[Path]) -> list[Path]:  # not this run's / this sweep's own
+        return [p for p in paths if now is None or now not in p.resolve().parents]
+
+    candidates = sorted(earlier(runs.glob("**/checkpoints/last.ckpt")), key=lambda p: p.stat().st_mtime, reverse=True)
     mine = job_overrides(list(hydra.overrides.task)) if hydra else None
-    for candidate in candidates:
-        recorded = candidate.parent.parent / ".hydra" / "overrides.yaml"
-        if mine is not None and recorded.is_file() and job_overrides(list(OmegaConf.load(recorded))) == mine:
-            log.info("resuming %s (the newest earlier run with these overrides)", candidate)
-            return str(candidate)
+    matching = {p.parent.parent for p in earlier(runs.glob("**/.hydra/overrides.yaml"))  # each file read once
+                if mine is not None and job_overrides(list(OmegaConf.load(p))) == mine}
+    own = [c for c in candidates if c.parent.parent in matching]
+    if own:
+        log.info("resuming %s (the newest earlier run with these overrides)", own[0])
+        return str(own[0])
     if sweep:
         log.info("resume: no earlier run of this task has the overrides %s; this job starts afresh", mine)
         return None
-    unsaved = [p.parent.parent for p in runs.glob("**/.hydra/overrides.yaml")
-               if (now is None or now not in p.resolve().parents) and mine is not None
-               and job_overrides(list(OmegaConf.load(p))) == mine]
-    if unsaved:  # it stopped before its first checkpoint: another run's weights would not continue it
+    if matching:  # it stopped before its first checkpoint: another run's weights would not continue it
         log.warning("resume: the earlier run with these overrides, %s, saved no checkpoint (it stopped before "
-                    "its first epoch ended); this run starts afresh", max(unsaved, key=lambda p: p.stat().st_mtime))
+                    "its first epoch ended); this run starts afresh", max(matching, key=lambda p: p.stat().st_mtime))
         return None
     if not candidates:
         raise ConfigError(f"ckpt_path=last: no checkpoints/last.ckpt under {runs}")
@@ -220,11 +220,10 @@ def check_experiment_task(cfg: DictConfig) -> None:
     defaults = OmegaConf.to_container(OmegaConf.load(file)).get("defaults") or []  # type: ignore[union-attr]
     wanted = next((d["override /task"] for d in defaults if isinstance(d, dict) and "override /task" in d), None)
     if wanted and choices.get("task") != wanted:
-        others = [f"{group}={choice}" for group, choice in choices.items()
-                  if group in {"hparams_search", "task"} and choice and group != "task"]
+        search = choices.get("hparams_search")
         raise SweepError(  # wrong for every trial of a sweep too: it stops at once
             f"experiment={experiment} is a recipe for task={wanted}, but the composed task is "
-            f"{choices.get('task')}{' (set by ' + ', '.join(others) + ')' if others else ''}; "
+            f"{choices.get('task')}{f' (set by hparams_search={search})' if search else ''}; "
             f"add task={wanted} to keep the experiment's task")
 
 
