@@ -147,7 +147,8 @@ def compare(size: Any, work: bs.Workload, datamodule: L.LightningDataModule, mak
     for precision in PRECISIONS:
         kit, plain, optimizer = models[precision] = twins(make_kit, make_plain)
         runners[f"lstmkit/{precision}"] = lambda m=kit, p=precision: kit_epoch(m, datamodule, root, p)
-        runners[f"plain/{precision}"] = plain_run(plain, optimizer, precision)
+        # a new plain optimiser per timed epoch, as each lstmkit fit builds one (bench_speed.plain_optimizer)
+        runners[f"plain/{precision}"] = lambda m=plain, p=precision: plain_run(m, bs.plain_optimizer(m), p)()
     torch.manual_seed(0)
     like = make_kit(like=True)
     runners["lstmkit_like/32-true"] = lambda: kit_epoch(like, datamodule, root, "32-true")

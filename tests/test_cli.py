@@ -71,6 +71,8 @@ def test_errors_are_one_clear_line(tmp_path: Path) -> None:
     assert proc.returncode == 2 and "expected a command" in proc.stderr
     proc = run_cli("predict", f"ckpt_path={tmp_path}/missing.ckpt", "input=x", cwd=tmp_path, check=False)
     assert proc.returncode == 2 and "checkpoint not found" in proc.stderr
+    proc = run_cli("train", "-m", "optimizer.lr=1e-3,3e-3", "--cfg", "hydra", cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and "drop -m" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_python_dash_m_works(tmp_path: Path) -> None:

@@ -460,6 +460,28 @@ def test_predict_batch_prompts_and_generation() -> None:
         generate(model, spec, "the", n_words=2, temperature=-1)
 
 
+@pytest.mark.parametrize("layer_norm", [False, True])
+def test_generation_carries_the_state_and_matches_rereading_the_whole_text(layer_norm: bool) -> None:
+    """Each new token is fed alone with the carried state; rereading the text so far gives the same
+    choice at every step, and the core is left as stateless as it was."""
+    spec = tiny_module().spec
+    torch.manual_seed(0)
+    model = SequenceModel(spec.to_dict(), {"_target_": "lstmkit.encoders.EmbeddingEncoder", "dim": 8},
+                          {"hidden_size": 8, "num_layers": 2, "layer_norm": layer_norm}, {"_target_": HEAD}).eval()
+    ids = NextWordDataModule.make_predict_batch(spec, ["the said"]).inputs[0]
+    expected = []
+    with torch.inference_mode():
+        for _ in range(25):
+            logits, _ = model(ids[None, :], torch.tensor([len(ids)]))
+            last = logits[0, -1].clone()
+            last[spec.pad_id] = float("-inf")
+            expected.append(int(last.argmax()))
+            ids = torch.cat([ids, torch.tensor([expected[-1]])])
+    out = generate(model, spec, "the said", n_words=25)
+    assert out["words"] == [spec.vocab[i] for i in expected]
+    assert not model.core.stateful and not model.core._states
+
+
 # -- the console script and the notebook -------------------------------------------------------
 def lstmkit(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}

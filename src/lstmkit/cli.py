@@ -207,6 +207,13 @@ def main(argv: list[str] | None = None) -> Any:
     app = hydra.main(version_base="1.3", config_path=config_dir(), config_name=command)(_task(command))
     try:
         return app()
+    except ValueError as exc:
+        if not str(exc).startswith("Only one of --run, --multirun"):
+            raise
+        # Hydra's own check, raised as a traceback: -m with --cfg / --info, or two of them
+        print(f"lstmkit {command}: error: {exc} (--cfg and --info show one run's config: drop -m and give "
+              "one value per key; a search preset's settings show under hydra.sweeper in --cfg hydra)", file=sys.stderr)
+        raise SystemExit(2) from None
     except SystemExit as exc:
         if exc.code == 1:  # Hydra rejected the command line: add a "did you mean" when we can
             from lstmkit.suggest import suggest_override

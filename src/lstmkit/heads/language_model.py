@@ -8,8 +8,10 @@ the end; a mean of per-batch perplexities would be a different, larger number.
 
 from __future__ import annotations
 
+import contextlib
 import random
 import re
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -19,6 +21,7 @@ from torch.nn import functional as F
 from torchmetrics import MeanMetric, Metric, MetricCollection
 
 from lstmkit.build import check_target
+from lstmkit.core import LSTMCore
 from lstmkit.data.text import EOS, Subwords
 from lstmkit.errors import ConfigError
 from lstmkit.heads.base import Head, mean_probabilities
@@ -316,10 +319,11 @@ def generate(
     """Continue ``prompt`` by ``n_words`` tokens (characters for a char-level model).
 
     ``temperature=0`` picks the most probable token each step (greedy); ``> 0`` samples from
-    the softmax of ``logits / temperature`` with a generator seeded by ``seed``. Each step reruns
-    the model on the whole text so far (no state is carried between calls), which keeps this
-    independent of the encoder and the core and is cheap for the short texts people generate.
-    ``<eos>`` is rendered as a line break. A backward model (``data.reverse``) writes the text
+    the softmax of ``logits / temperature`` with a generator seeded by ``seed``. The prompt is read
+    once and each new token is fed alone with the LSTM state carried from the step before (the core's
+    stream ``"generate"``), so generation costs one step per token, not a rerun over the text so far;
+    the model is causal (an LM core is unidirectional, its encoder per token), so both give the same
+    logits. ``<eos>`` is rendered as a line break. A backward model (``data.reverse``) writes the text
     *before* the prompt: ``words`` nearest first, ``text`` in reading order.
     """
     if n_words < 0:
@@ -336,9 +340,11 @@ def generate(
     words: list[str] = []
     was_training = model.training
     model.eval()
-    with torch.inference_mode():
-        for _ in range(n_words):
-            logits, _ = model(ids[None, :], torch.tensor([len(ids)], device=device))
+    one = torch.ones(1, dtype=torch.long, device=device)
+    with torch.inference_mode(), _carried_state(model, GENERATE_STREAM):
+        step_inputs, step_lengths = ids[None, :], torch.tensor([len(ids)], device=device)
+        for i in range(n_words):
+            logits, _ = model(step_inputs, step_lengths, stream=GENERATE_STREAM)
             last = logits[0, -1].float()  # (V,)
             last[spec.pad_id] = float("-inf")
             if temperature == 0:
@@ -347,7 +353,7 @@ def generate(
                 probs = (last / temperature).softmax(dim=-1)
                 next_id = int(torch.multinomial(probs, 1, generator=generator))
             words.append(vocab[next_id])
-            ids = torch.cat([ids, torch.tensor([next_id], device=device)])
+            step_inputs, step_lengths = torch.tensor([[next_id]], device=device), one
     model.train(was_training)
     joiner = "" if (spec.tokenizer or {}).get("level") == "char" else " "
     backward = bool(spec.extra.get("reverse"))
@@ -357,6 +363,28 @@ def generate(
     text = joiner.join("\n" if w == EOS else w for w in ordered)
     return {"prompt": prompt, "words": words, "text": _tidy_lines(text),
             "direction": "before" if backward else "after"}
+
+
+GENERATE_STREAM = "generate"
+
+
+@contextlib.contextmanager
+def _carried_state(model: nn.Module, stream: str) -> Iterator[None]:
+    """Every LSTM core of ``model`` (an ensemble's members' too) carries its state on ``stream`` for
+    the duration, then forgets it and is as stateful as before."""
+    cores = [m for m in model.modules() if isinstance(m, LSTMCore)]
+    if any(core.lstm.bidirectional for core in cores):
+        raise ConfigError("generate needs a unidirectional LSTM (a bidirectional one reads the text's future)")
+    before = [core.stateful for core in cores]
+    for core in cores:
+        core.stateful = True
+        core.reset_state(stream)
+    try:
+        yield
+    finally:
+        for core, stateful in zip(cores, before, strict=True):
+            core.reset_state(stream)
+            core.stateful = stateful
 
 
 def _tidy_lines(text: str) -> str:
