@@ -244,15 +244,16 @@ def run_one(task: str, seed: int | None, args: argparse.Namespace, overrides: li
         "split": "test", "higher_is_better": spec.higher_is_better, "value": None, "seed": seed,
         "quick": args.quick, "command": " ".join(cmd), "fold": fold[0] if fold else None,
     }
+    label = "the recipe's" if seed is None else seed  # progress lines; the record gets the resolved seed below
     if pretrained is not None:
         record["pretrain"] = pretrained
         if not pretrained["checkpoint"]:
             record.update(error=f"pretraining ({pretrained['experiment']}) failed: {pretrained.get('error')}",
                           wall_time_s=0.0, run_dir=pretrained.get("run_dir"))
-            print(f"[bench_quality] {task} seed={seed} FAILED ({record['error']}):\n"
-                  f"{pretrained.get('log_tail', '')}", flush=True)
+            print(f"[bench_quality] {task} seed={label} FAILED "
+                  f"({record['error']}):\n{pretrained.get('log_tail', '')}", flush=True)
             return record
-    print(f"[bench_quality] {task} seed={seed}{f' fold={fold[0]}' if fold else ''}: {' '.join(cmd)}", flush=True)
+    print(f"[bench_quality] {task} seed={label}{f' fold={fold[0]}' if fold else ''}: {' '.join(cmd)}", flush=True)
     output, returncode, run_dir = train_subprocess(cmd, args, record)
     metrics_file = run_dir / "metrics.json" if run_dir else None
     if returncode != 0 or metrics_file is None or not metrics_file.exists():
@@ -260,7 +261,7 @@ def run_one(task: str, seed: int | None, args: argparse.Namespace, overrides: li
         record.setdefault("error", f"exit code {returncode}; no metrics.json" if metrics_file is None
                           or not metrics_file.exists() else f"exit code {returncode}")
         record["log_tail"] = tail
-        where = f"seed={seed}{f' fold={fold[0]}' if fold else ''}"
+        where = f"seed={label}{f' fold={fold[0]}' if fold else ''}"
         print(f"[bench_quality] {task} {where} FAILED ({record['error']}):\n{tail}", flush=True)
         return record
     assert run_dir is not None
@@ -291,7 +292,7 @@ def run_one(task: str, seed: int | None, args: argparse.Namespace, overrides: li
         except Exception as err:  # noqa: BLE001 - a baseline is an extra; the run's metric is what matters
             record["template_baseline"] = {"error": f"{type(err).__name__}: {err}"}
     value = record["value"]
-    print(f"[bench_quality] {task} seed={seed}: {spec.metric} = {value} in {record['wall_time_s']} s "
+    print(f"[bench_quality] {task} seed={record['seed']}: {spec.metric} = {value} in {record['wall_time_s']} s "
           f"({record.get('epochs')} epochs)", flush=True)
     return record
 
