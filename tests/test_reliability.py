@@ -107,6 +107,21 @@ def test_sigterm_exits_non_zero_and_says_how_to_resume(tmp_path: Path) -> None:
     assert not list(runs.glob("*/metrics.json"))
 
 
+def test_sigterm_while_the_data_is_read_is_recorded_too(tmp_path: Path) -> None:
+    """Lightning handles SIGTERM inside fit / test only: a run stopped while it generated or read its
+    data died on the signal (exit -15, no result.json, so a sweep lost the trial). Now it is an
+    interruption like any other."""
+    proc = _started_until(tmp_path, "runs/*/.hydra/overrides.yaml", "data.num_examples=3000000", "logger=none")
+    time.sleep(1.0)  # the job function has started (Hydra wrote its config just before calling it)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 143, stderr
+    assert "interrupted by SIGTERM" in stderr
+    (run,) = (tmp_path / "logs" / "sentiment" / "runs").iterdir()
+    assert json.loads((run / "result.json").read_text())["status"] == "interrupted"
+    assert not (run / "checkpoints").exists()  # stopped before training
+
+
 def test_sigterm_to_a_parallel_sweep_stops_its_workers(tmp_path: Path) -> None:
     """A joblib sweep's trials run in worker processes, which a SIGTERM'd parent left training
     (orphaned, then recording "ok"). Now they are stopped, record "interrupted", and the sweep exits 143."""

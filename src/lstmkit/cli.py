@@ -10,11 +10,13 @@ The command word is kept in ``LSTMKIT_COMMAND`` as well: Lightning's DDP launche
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
+import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -104,7 +106,7 @@ def _task(command: str) -> Callable[[Any], Any]:
         from hydra.core.hydra_config import HydraConfig
         from hydra.types import RunMode
 
-        from lstmkit.errors import SweepError, TrialFailed
+        from lstmkit.errors import Interrupted, SweepError, TrialFailed
         from lstmkit.sweeps import write_result
 
         hydra_cfg = HydraConfig.get() if HydraConfig.initialized() else None
@@ -118,9 +120,11 @@ def _task(command: str) -> Callable[[Any], Any]:
 
         exit_code: int | None = None
         try:
-            value = _load(COMMANDS[command])(cfg)
+            with _sigterm_interrupts() if command == "train" else contextlib.nullcontext():
+                value = _load(COMMANDS[command])(cfg)
         except SystemExit as err:
-            if type(err).__name__ != "SIGTERMException":  # Lightning's, raised at the next batch after SIGTERM
+            # Lightning's SIGTERMException, raised at the next batch after SIGTERM, or ours outside its loops
+            if not isinstance(err, Interrupted) and type(err).__name__ != "SIGTERMException":
                 raise
             # a SystemExit(None): without this the process exits 0, and a scheduler that preempted the
             # job (SLURM sends SIGTERM) or a sweep would read it as a success
@@ -162,6 +166,32 @@ def _task(command: str) -> Callable[[Any], Any]:
         return value
 
     return run
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM outside Lightning's loops raises :class:`~lstmkit.errors.Interrupted`.
+
+    Why: Lightning handles SIGTERM only while ``fit`` / ``test`` run. A job stopped while it read its
+    data (or between fit and test) died on the signal's default action: no ``result.json``, so a
+    sweep's summary lost the trial. Inside the loops Lightning's handler, which calls the handler it
+    found (this one), is installed; this one then leaves the stop to it, at the next batch.
+    """
+    from lstmkit.errors import Interrupted
+
+    def interrupt(signum: int, frame: Any) -> None:
+        if signal.getsignal(signal.SIGTERM) is interrupt:
+            raise Interrupted()
+
+    try:
+        previous = signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # not the main thread (a launcher running jobs in threads): leave SIGTERM alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _finish_wandb(exit_code: int | None = None) -> None:

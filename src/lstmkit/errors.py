@@ -54,3 +54,8 @@ class SweepError(ConfigError):
 
 class TrialFailed(LstmkitError):
     """One sweep trial failed (already recorded and logged); raised so that Optuna marks it failed."""
+
+
+class Interrupted(SystemExit):
+    """SIGTERM outside Lightning's loops (while the data is read, between fit and test): the run stops
+    as Lightning's own ``SIGTERMException`` stops it inside them, and is recorded as interrupted."""
