@@ -30,7 +30,13 @@ from lstmkit.data.speech import (
 )
 from lstmkit.encoders.spectrogram import SpectrogramEncoder
 from lstmkit.errors import ConfigError, DataError
-from lstmkit.heads.ctc import CTCHead, greedy_decode, prefix_beam_search, sequence_log_likelihood
+from lstmkit.heads.ctc import (
+    CTCHead,
+    greedy_decode,
+    prefix_beam_search,
+    prefix_beam_search_nbest,
+    sequence_log_likelihood,
+)
 from lstmkit.types import Batch, DataSpec
 
 from .conftest import run_notebook
@@ -524,9 +530,18 @@ def test_exact_sequence_likelihood_and_rescoring(monkeypatch):
     assert head.rescore is False
     # prefix beam search's n-best: distinct, its best first (what nbest=1 returns)
     monkeypatch.undo()
-    found = prefix_beam_search(probs.log(), blank=0, beam_size=8, nbest=4)
+    found = prefix_beam_search_nbest(probs.log(), blank=0, beam_size=8, nbest=4)
     assert found[0] == prefix_beam_search(probs.log(), blank=0, beam_size=8) and len(found) == 4
     assert len({tuple(ids) for ids in found}) == 4
+    # without flashlight-text the head falls back to it: the n-best rescored, or its best alone
+    monkeypatch.setattr("lstmkit.heads.ctc._flashlight_decoder", lambda *args, **kwargs: None)
+    fallback = CTCHead(SPEC, in_features=4, decoder="beam", beam_size=8)
+    eight = prefix_beam_search_nbest(probs.log(), blank=0, beam_size=8, nbest=8)
+    assert fallback.nbest(probs.log()[None], torch.tensor([4])) == [eight]
+    best = eight[int(sequence_log_likelihood(probs.log(), eight, blank=0).argmax())]
+    assert fallback.decode_ids(probs.log()[None], torch.tensor([4])) == [best]
+    fallback.use_decoder(rescore=False)
+    assert fallback.decode_ids(probs.log()[None], torch.tensor([4])) == [found[0]]
 
 
 def test_beam_decoder_option_and_metrics():

@@ -45,8 +45,14 @@ def greedy_decode(log_probs: torch.Tensor, lengths: torch.Tensor, blank: int) ->
     return out
 
 
-def prefix_beam_search(log_probs: torch.Tensor, blank: int, beam_size: int = 8, top_k: int | None = None,
-                       nbest: int = 1) -> list[int] | list[list[int]]:
+def prefix_beam_search(log_probs: torch.Tensor, blank: int, beam_size: int = 8,
+                       top_k: int | None = None) -> list[int]:
+    """The best label sequence of :func:`prefix_beam_search_nbest`."""
+    return prefix_beam_search_nbest(log_probs, blank, beam_size, top_k)[0]
+
+
+def prefix_beam_search_nbest(log_probs: torch.Tensor, blank: int, beam_size: int = 8, top_k: int | None = None,
+                             nbest: int = 1) -> list[list[int]]:
     """CTC prefix beam search (Hannun et al. 2014, "First-pass LVCSR"), no language model.
 
     Unlike the best path it sums the probability of every alignment of a prefix (blank- and
@@ -54,8 +60,7 @@ def prefix_beam_search(log_probs: torch.Tensor, blank: int, beam_size: int = 8, 
     Pure Python on ``(T, C)`` log-probabilities of one utterance; each frame only extends
     by the ``top_k`` most likely symbols (default ``beam_size``) plus each prefix's last one.
     This is the fallback for ``torchaudio.models.decoder.ctc_decoder`` when the
-    ``flashlight-text`` package is missing. ``nbest > 1`` returns the best ``nbest`` prefixes
-    (best first) instead of the best one.
+    ``flashlight-text`` package is missing. Returns the best ``nbest`` distinct prefixes, best first.
     """
     top_k = min(top_k or beam_size, log_probs.shape[-1])
     frames = log_probs.float().cpu()
@@ -84,9 +89,7 @@ def prefix_beam_search(log_probs: torch.Tensor, blank: int, beam_size: int = 8, 
         ranked = sorted(nxt.items(), key=lambda kv: _logaddexp(*kv[1]), reverse=True)[:beam_size]
         beams = {prefix: (scores[0], scores[1]) for prefix, scores in ranked}
     ranked = sorted(beams.items(), key=lambda kv: _logaddexp(*kv[1]), reverse=True)
-    if nbest > 1:
-        return [list(prefix) for prefix, _ in ranked[:nbest]]
-    return list(ranked[0][0])
+    return [list(prefix) for prefix, _ in ranked[: max(1, nbest)]]
 
 
 def sequence_log_likelihood(log_probs: torch.Tensor, candidates: list[list[int]], blank: int) -> torch.Tensor:
@@ -440,11 +443,8 @@ class CTCHead(Head):
                          for h in hyps] for hyps in decoded]
                 rows = [[list(ids) for ids in dict.fromkeys(tuple(ids) for ids in row)] for row in rows]
             return [row or [[]] for row in rows]
-        out = []
-        for b, n in enumerate(lengths.tolist()):
-            found = prefix_beam_search(outputs[b, : int(n)], self.blank, self.beam_size, nbest=count)
-            out.append(found if count > 1 else [found])  # type: ignore[list-item]
-        return out  # type: ignore[return-value]
+        return [prefix_beam_search_nbest(outputs[b, : int(n)], self.blank, self.beam_size, nbest=count)
+                for b, n in enumerate(lengths.tolist())]
 
     def _strip_silence(self, ids: list[int]) -> list[int]:
         """Flashlight brackets hypotheses with the word separator (our space): drop those, merge runs."""
