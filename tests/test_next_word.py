@@ -531,6 +531,9 @@ def test_skip_fields_reads_the_text_of_labelled_files(tmp_path: Path) -> None:
     assert "1" in labelled.spec.vocab
     with pytest.raises(ConfigError, match="skip_fields"):
         NextWordDataModule(path=str(tmp_path), skip_fields=-1)
+    # lines end at "\n" only: a line separator, form feed or NEL inside a sentence is whitespace
+    tokens = dm._tokens("1 a gorgeous\u2028film indeed\r\n0 dull\x0cand boring\x85movie\n")
+    assert tokens == ["a", "gorgeous", "film", "indeed", EOS, "dull", "and", "boring", "movie", EOS]
 
 
 def test_extra_train_text_joins_the_train_stream_only(tmp_path: Path) -> None:

@@ -230,6 +230,17 @@ def test_trailing_empty_csv_fields_are_not_extra_fields(tmp_path: Path) -> None:
     assert read_labelled_text(data) == [(2, "good film", "1"), (3, "a long, slow film", "0")]
 
 
+def test_a_column_named_twice_in_the_header_is_refused(tmp_path: Path) -> None:
+    """csv.DictReader keeps the last of two same-named columns: ids in a second "text" column
+    were trained on as the text, with no word."""
+    twice = tmp_path / "reviews.csv"
+    twice.write_text("text,label,text\ngreat film,1,id0\ndull,0,id1\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"reviews\.csv, row 1.*column 'text' 2 times \(columns 1, 3\)"):
+        read_labelled_text(twice)
+    twice.write_text("text,label,id,id\ngreat film,1,a,b\n", encoding="utf-8")  # columns not read may repeat
+    assert read_labelled_text(twice) == [(2, "great film", "1")]
+
+
 def test_a_quoted_csv_field_keeps_its_newline_and_rows_are_first_file_lines(tmp_path: Path) -> None:
     from lstmkit.data.text import read_labelled_text
 

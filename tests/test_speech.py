@@ -612,9 +612,19 @@ def test_lexicon_decoding_keeps_to_the_words(tmp_path, monkeypatch):
     head.use_decoder("beam", 8, str(bad))
     with pytest.raises(DataError, match=r"bad\.txt, line 2: expected one word per line"):
         head.decode(log_probs, lengths)
-    bad.write_text("abc\n", encoding="utf-8")
+    bad.write_text("ab\nabc\n", encoding="utf-8")
     head.use_decoder("beam", 8, str(bad))
-    with pytest.raises(DataError, match=r"'abc' has characters the model cannot emit: \['c'\]"):
+    with pytest.raises(DataError, match=r"bad\.txt, line 2: lexicon word 'abc' has characters the model cannot "
+                                        r"emit: \['c'\]"):
+        head.decode(log_probs, lengths)
+    # Notepad's byte-order mark is not a character of the first word; a file not in UTF-8 says so
+    marked = tmp_path / "marked.txt"
+    marked.write_bytes("\ufeff# digits\r\nb\r\nba\r\n".encode())
+    head.use_decoder("beam", 8, str(marked))
+    assert head.decode(log_probs, lengths) == [{"transcript": "b"}]
+    marked.write_bytes("b\nb\xe4\n".encode("latin-1"))
+    head.use_decoder("beam", 8, str(marked))
+    with pytest.raises(DataError, match=r"marked\.txt.*not valid UTF-8"):
         head.decode(log_probs, lengths)
 
 

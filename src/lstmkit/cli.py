@@ -128,8 +128,15 @@ def _task(command: str) -> Callable[[Any], Any]:
                 raise
             # a SystemExit(None): without this the process exits 0, and a scheduler that preempted the
             # job (SLURM sends SIGTERM) or a sweep would read it as a success
+            from omegaconf import OmegaConf
+
+            checkpoints = OmegaConf.select(cfg, "callbacks.model_checkpoint.dirpath", default=None)
+            saved = bool(checkpoints) and (Path(str(checkpoints)) / "last.ckpt").exists()
             message = ("interrupted by SIGTERM (e.g. a scheduler preempting the job); run the same command with "
-                       "resume=true to continue from the run's last.ckpt (the end of its last finished epoch)")
+                       "resume=true to continue from the run's last.ckpt (the end of its last finished epoch)"
+                       if saved else
+                       "interrupted by SIGTERM (e.g. a scheduler preempting the job) before the run saved a "
+                       "checkpoint; the same command (resume=true too) starts it afresh")
             print(f"lstmkit {command}: {message}", file=sys.stderr)
             result(None, "interrupted by SIGTERM", status="interrupted")
             if multirun and record:  # rank 0 of a training sweep: the jobs so far, in summary.csv / .md

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -15,9 +16,10 @@ from omegaconf import DictConfig
 
 from lstmkit.build import build, check_target
 from lstmkit.checkpoints import checkpoint_paths, load_models
-from lstmkit.commands.common import apply_decoding, check_torch_device, int_option
+from lstmkit.commands.common import apply_decoding, check_torch_device, int_option, plain
 from lstmkit.data.text import read_text
 from lstmkit.errors import ConfigError, DataError, LstmkitError
+from lstmkit.types import DataSpec
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +85,27 @@ def json_safe(value: Any) -> Any:
     return value
 
 
+def reading_spec(spec: DataSpec, datamodule_cls: type, data: Any) -> DataSpec:
+    """The checkpoint's spec with ``data.*`` reading settings of the command line, for input files only.
+
+    Why: the readers take their settings (an ECG file's label column, a stock file's date format)
+    from the checkpoint, and their errors suggest ``data.label_column=...`` or ``data.date_format=...``
+    for a file written otherwise; predict must accept what its errors suggest. Only the settings the
+    datamodule names in ``predict_read_options`` may change: the model's own (window, samples per
+    beat, vocabulary) stay the checkpoint's.
+    """
+    options = {k: v for k, v in (plain(data) or {}).items() if v is not None}
+    if not options:
+        return spec
+    allowed = tuple(getattr(datamodule_cls, "predict_read_options", ()))
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        can = ", ".join(f"data.{k}" for k in allowed) or "no data.* setting"
+        raise ConfigError(f"data.{unknown[0]}={options[unknown[0]]!r}: this checkpoint's data "
+                          f"({datamodule_cls.__name__}) reads its input files with {can}")
+    return dataclasses.replace(spec, extra={**(spec.extra or {}), **options})
+
+
 def predict(cfg: DictConfig) -> list[dict[str, Any]]:
     batch_size = int_option(cfg, "batch_size", minimum=1) or 1
     n_words = int_option(cfg, "generate")
@@ -93,8 +116,8 @@ def predict(cfg: DictConfig) -> list[dict[str, Any]]:
     paths = checkpoint_paths(cfg.ckpt_path)
     model = load_models(paths, map_location=cfg.get("device", "cpu"))  # several: their ensemble
     apply_decoding(model, cfg.get("decode"))
-    spec = model.spec
-    datamodule_cls = build({"_target_": check_target(spec.datamodule), "_partial_": True}).func
+    datamodule_cls = build({"_target_": check_target(model.spec.datamodule), "_partial_": True}).func
+    spec = reading_spec(model.spec, datamodule_cls, cfg.get("data"))  # how the inputs are read
     raw_inputs, origins = collect_inputs_and_origins(cfg)
     named = paths[0] if len(paths) == 1 else f"ensemble of {', '.join(paths)}"  # how input errors name it
     with input_context(named, model, datamodule_cls):

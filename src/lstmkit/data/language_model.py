@@ -688,10 +688,15 @@ class NextWordDataModule(SequenceDataModule):
 
     # -- reading --------------------------------------------------------------------------------
     def _tokens(self, text: str, skip_fields: int | None = None) -> list[str]:
-        """Tokens of a text, ``<eos>`` closing every non-blank line."""
+        """Tokens of a text, ``<eos>`` closing every non-blank line.
+
+        Lines end at ``\n`` only, as every reader's do: ``splitlines()`` also ends them at form feed,
+        U+2028 or NEL (``\x85``, which a mis-decoded "…" leaves), which put an ``<eos>`` mid-sentence and,
+        with ``skip_fields``, dropped the next word as a label.
+        """
         skip = self.skip_fields if skip_fields is None else skip_fields
         tokens: list[str] = []
-        for line in text.splitlines():
+        for line in text.split("\n"):
             if skip:
                 fields = line.split(None, skip)
                 line = fields[skip] if len(fields) > skip else ""

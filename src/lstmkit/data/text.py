@@ -344,6 +344,13 @@ def csv_records(
     quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
     reader = csv.DictReader(io.StringIO(content, newline=""), delimiter=delimiter, quoting=quoting)
     header = reader.fieldnames or []
+    required = list(required)
+    for column in dict.fromkeys(required):
+        # DictReader keeps the last of two same-named columns: the first would be dropped silently
+        if header.count(column) > 1:
+            places = [str(i + 1) for i, name in enumerate(header) if name == column]
+            raise DataError(f"the header names column {column!r} {len(places)} times (columns {', '.join(places)}); "
+                            f"rename all but the one to read, or set {hint}", path=path, row=1, field=column)
     for column in required:
         if column not in header:
             other_sep, other_name, other_fmt = ("\t", "tab", "tsv") if delimiter == "," else (",", "comma", "csv")

@@ -17,6 +17,7 @@ from torch.nn import functional as F
 from torchmetrics import Metric, MetricCollection
 from torchmetrics.text import CharErrorRate, WordErrorRate
 
+from lstmkit.data.text import read_text
 from lstmkit.errors import ConfigError, DataError
 from lstmkit.heads.base import Head, mean_probabilities
 from lstmkit.types import Batch, DataSpec
@@ -137,13 +138,23 @@ def read_lexicon(source: str, spec: DataSpec) -> list[str]:
     if not path.is_file():
         raise ConfigError(f"head.lexicon={source!r}: no such file (expected `train` or a file with one word per line)")
     words = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    classes = list(spec.classes or [])
+    blank = classes[spec.blank_id] if spec.blank_id is not None and spec.blank_id < len(classes) else None
+    emitted = set(classes) - {" ", blank}
+    # read_text: UTF-8 with or without a byte-order mark (Notepad writes one), a clear error otherwise;
+    # split at "\n" only, as the data readers do
+    for number, line in enumerate(read_text(path).split("\n"), 1):
         word = line.split("#", 1)[0].strip()
         if not word:
             continue
         if len(word.split()) > 1:
             raise DataError(f"{path}, line {number}: expected one word per line, got {line.strip()!r}")
-        words.append(word.lower() if (spec.extra or {}).get("lowercase") else word)
+        word = word.lower() if (spec.extra or {}).get("lowercase") else word
+        unknown = sorted(set(word) - emitted) if emitted else []
+        if unknown:
+            raise DataError(f"{path}, line {number}: lexicon word {word!r} has characters the model cannot emit: "
+                            f"{unknown} (its characters: {''.join(sorted(emitted))!r})")
+        words.append(word)
     if not words:
         raise DataError(f"{path}: the lexicon lists no words")
     return words
