@@ -230,6 +230,13 @@ def test_trailing_empty_csv_fields_are_not_extra_fields(tmp_path: Path) -> None:
     assert read_labelled_text(data) == [(2, "good film", "1"), (3, "a long, slow film", "0")]
 
 
+def test_pasted_typographic_quotes_and_combining_accents_read_as_typed_text() -> None:
+    from lstmkit.data.text import tokenize
+
+    assert tokenize("It\u2019s a \u201cgreat\u201d cafe\u0301") == tokenize('it\'s a "great" caf\u00e9')
+    assert tokenize("it\u2019s", level="char") == list("it's")
+
+
 def test_a_column_named_twice_in_the_header_is_refused(tmp_path: Path) -> None:
     """csv.DictReader keeps the last of two same-named columns: ids in a second "text" column
     were trained on as the text, with no word."""

@@ -13,6 +13,7 @@ import io
 import json
 import logging
 import re
+import unicodedata
 from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
@@ -26,6 +27,18 @@ PAD, UNK, EOS = "<pad>", "<unk>", "<eos>"
 _WORD = re.compile(r"<[a-z]+>|[\w']+|[^\w\s]", re.UNICODE)
 
 
+# typographic quotes as the ASCII ones: text pasted from a web page or a word processor ("it’s")
+# must read as typed text does ("it's"), in training and in predict alike
+_QUOTES = str.maketrans({"\u2018": "'", "\u2019": "'", "\u201a": "'", "\u201b": "'", "\u2032": "'",
+                         "\u201c": '"', "\u201d": '"', "\u201e": '"', "\u201f": '"', "\u2033": '"'})
+
+
+def normalise_text(text: str) -> str:
+    """NFC (a letter and its combining accent, "cafe\u0301", become one character, "café") and
+    typographic quotes as ASCII ones, before any tokenizer splits the text."""
+    return unicodedata.normalize("NFC", text).translate(_QUOTES)
+
+
 def tokenize(text: str, level: str = "word", lowercase: bool = True, subwords: str | None = None,
              prompt: bool = False) -> list[str]:
     """Split text into word tokens (words, numbers, punctuation marks) or characters; with
@@ -34,6 +47,7 @@ def tokenize(text: str, level: str = "word", lowercase: bool = True, subwords: s
     ``prompt``: the text is the start of a line to continue (predict, generate): at character level
     its trailing spaces are kept, since "the cat " asks for the next word's first letter and "the cat"
     for the rest of "cat" (training lines are stripped at both ends, as their ends are ``<eos>``)."""
+    text = normalise_text(text)
     if lowercase:
         text = text.lower()
     if level == "char":
