@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import logging
 import os
@@ -18,7 +19,7 @@ from omegaconf import OmegaConf
 from lstmkit.commands.predict import predict
 from lstmkit.data.stock import StockDataModule, generate_ohlcv, read_ohlcv
 from lstmkit.encoders.features import FeatureEncoder, fit_feature_normaliser
-from lstmkit.errors import DataError
+from lstmkit.errors import ConfigError, DataError
 from lstmkit.heads.regression import RegressionHead
 from lstmkit.module import SequenceModel
 from lstmkit.types import Batch, DataSpec
@@ -370,3 +371,150 @@ def test_day_first_dates_are_read_with_one_format_per_file(tmp_path: Path) -> No
     assert told.spec.extra["date_format"] == "%d/%m/%Y"  # predict reads new files with it
     with pytest.raises(DataError, match=r"row 2, field 'date': expected a date in data\.date_format='%Y-%m-%d', found '\d\d/"):
         StockDataModule(path=str(tmp_path / "early.csv"), window=8, date_format="%Y-%m-%d").setup()
+
+
+# -- decimal commas, UTC offsets, compressed files ---------------------------------------------------------
+def european(price: float) -> str:
+    """67.7142 -> '67,7142', 101.0 -> '101,0' (as a spreadsheet in a European locale shows them)."""
+    digits = f"{price:.4f}".rstrip("0")
+    return (digits + "0" if digits.endswith(".") else digits).replace(".", ",")
+
+
+def european_csv(frame: pd.DataFrame) -> str:
+    """A spreadsheet export in a European locale: quoted fields, decimal commas, '.' between thousands."""
+    rows = ['"Date","Open","High","Low","Close","Volume"']
+    for r in frame.itertuples():
+        prices = [european(v) for v in (r.open, r.high, r.low, r.close)]
+        volume = f"{int(r.volume):,}".replace(",", ".")
+        rows.append(",".join(f'"{v}"' for v in (r.date, *prices, volume)))
+    return "\n".join(rows) + "\n"
+
+
+def test_decimal_commas_are_refused_by_default_and_read_with_data_decimal(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """67,7142 was read as 677142 and 101,0 as 1010 (every comma stripped as a thousands separator)."""
+    frame = one_ticker(40)
+    frame.loc[0, "open"] = 101.0  # "101,0" was read as 1010 and "67,7142" as 677142: the scale changed by row
+    path = tmp_path / "eu.csv"
+    path.write_text(european_csv(frame))
+    with pytest.raises(DataError) as err:
+        read_ohlcv(path, FEATURES)
+    assert str(err.value) == (f"{path}, row 2, field 'Open': expected a number with '.' as the decimal point and ',' "
+                              "only between groups of three digits (1,234.56), found '101,0' (is ',' the decimal "
+                              """point? then set 'data.decimal=","')""")
+    (series,) = read_ohlcv(path, FEATURES, decimal=",")
+    np.testing.assert_allclose(series.values, frame[FEATURES].to_numpy(), rtol=1e-12)
+    assert series.values[0, 0] == 101.0 and series.values[0, 4] == frame["volume"].iloc[0] > 1e5
+    with pytest.raises(DataError, match=r"us\.csv, row 2, field 'open': expected a number with ',' as the "
+                                        r"decimal point .*found '.*\..*' \(is '\.' the decimal point\? then set "
+                                        r"data\.decimal=\.\)"):
+        read_ohlcv(write_csv(tmp_path / "us.csv", frame), FEATURES, decimal=",")
+    # commas between thousands (and '.' decimals) still read as before; "1.234,56" is refused, not 1.23456
+    us = frame.astype(str)
+    us.loc[3, "close"], us.loc[4, "volume"] = "1,234.5", "6,784,877"
+    (series,) = read_ohlcv(write_csv(tmp_path / "us.csv", us), FEATURES)
+    assert series.values[3, 3] == 1234.5 and series.values[4, 4] == 6784877
+    us.loc[3, "close"] = "1.234,56"
+    with pytest.raises(DataError, match=r"us\.csv, row 5, field 'close': .*found '1\.234,56' \(is ','"):
+        read_ohlcv(write_csv(tmp_path / "us.csv", us), FEATURES)
+    # "1,234" reads both ways: a price column without any decimal point is read as thousands, with a warning
+    whole = frame.astype(str)
+    whole["close"] = [f"{1000 + i:,}" for i in range(len(whole))]
+    with caplog.at_level(logging.WARNING, logger="lstmkit"):
+        (series,) = read_ohlcv(write_csv(tmp_path / "yen.csv", whole), FEATURES)
+    assert series.values[0, 3] == 1000.0
+    assert """row 2, field 'close': '1,000' is read as 1000 (',' as a thousands separator)""" in caplog.text
+    with pytest.raises(ConfigError, match=r"""data\.decimal=';': expected '\.' \(1,234\.56\) or ','"""):
+        StockDataModule(path=str(path), decimal=";").setup()
+
+
+def test_a_model_trained_with_decimal_commas_reads_its_predict_files_with_them(tmp_path: Path) -> None:
+    frame = one_ticker(80)
+    path = tmp_path / "eu.csv"
+    path.write_text(european_csv(frame))
+    dm = tiny_module(path, decimal=",")
+    assert dm.spec.extra["decimal"] == ","  # stored in the checkpoint's spec
+    inputs: list = [str(path)]
+    batch = StockDataModule.make_predict_batch(dm.spec, inputs)
+    np.testing.assert_allclose(batch.inputs[0].numpy(), frame[FEATURES].to_numpy()[-8:], rtol=1e-6)
+    old = DataSpec.from_dict({**dm.spec.to_dict(), "extra": {**dm.spec.extra, "decimal": None}})
+    old.extra.pop("decimal")  # a checkpoint from before data.decimal: '.' as before
+    with pytest.raises(DataError) as err:
+        StockDataModule.make_predict_batch(old, [str(path)])
+    assert str(err.value).startswith(f"{path}, row 2, field 'Open': expected a number with '.' as the decimal point")
+    assert str(err.value).endswith("""then set 'data.decimal=","')""")
+    # and `lstmkit predict ... 'data.decimal=","'` does what the error says (the model's own settings stay)
+    from lstmkit.commands.predict import reading_spec
+
+    told = reading_spec(old, StockDataModule, {"decimal": ",", "date_format": None})
+    assert told.extra["decimal"] == "," and "decimal" not in old.extra and told.extra["window"] == old.extra["window"]
+    batch = StockDataModule.make_predict_batch(told, [str(path)])
+    np.testing.assert_allclose(batch.inputs[0].numpy(), frame[FEATURES].to_numpy()[-8:], rtol=1e-6)
+    with pytest.raises(ConfigError, match=r"data\.window=3: this checkpoint's data \(StockDataModule\) reads its "
+                                          r"input files with data\.date_format, data\.decimal"):
+        reading_spec(old, StockDataModule, {"window": 3})
+
+
+def test_utc_offsets_keep_the_date_written_in_the_file(tmp_path: Path) -> None:
+    """yfinance writes 2016-01-04 00:00:00-05:00 (-04:00 in summer): mixed offsets were a pandas error
+    without file or row, and +09:00 (Tokyo) days were moved back one day by a conversion to UTC."""
+    frame = one_ticker(70)  # 2016-01-04 .. 2016-04-08: daylight-saving time starts on 2016-03-13
+    days = pd.to_datetime(frame["date"])
+    new_york = frame.assign(date=[f"{d:%Y-%m-%d} 00:00:00{'-04:00' if d >= pd.Timestamp('2016-03-14') else '-05:00'}"
+                                  for d in days])
+    tokyo = frame.assign(date=[f"{d:%Y-%m-%d} 00:00:00+09:00" for d in days])
+    utc = frame.assign(date=[f"{d:%Y-%m-%d}T00:00:00Z" for d in days])
+    assert new_york["date"].str.endswith("-04:00").any() and new_york["date"].str.endswith("-05:00").any()
+    expected = days.to_numpy().astype("datetime64[D]")
+    for name, table in (("ny.csv", new_york), ("tokyo.csv", tokyo), ("utc.csv", utc)):
+        (series,) = read_ohlcv(write_csv(tmp_path / name, table), FEATURES)
+        np.testing.assert_array_equal(series.dates, expected, err_msg=name)
+        (series,) = read_ohlcv(tmp_path / name, FEATURES, date_format="%Y-%m-%d %H:%M:%S%z" if name != "utc.csv"
+                               else "%Y-%m-%dT%H:%M:%S%z")
+        np.testing.assert_array_equal(series.dates, expected, err_msg=name)
+    inputs: list = [str(tmp_path / "ny.csv")]
+    StockDataModule.make_predict_batch(tiny_module().spec, inputs)  # lstmkit predict input=ny.csv
+    assert inputs[0]["last_date"] == frame["date"].iloc[-1]
+    bad = tokyo.copy()
+    bad.loc[9, "date"] = "2016-01-18 00:00:00+09:00 Tokyo"
+    with pytest.raises(DataError, match=r"tokyo\.csv, row 11, field 'date': expected a date .*found '2016-01-18 "):
+        read_ohlcv(write_csv(tmp_path / "tokyo.csv", bad), FEATURES)
+
+
+def test_folders_read_compressed_csvs_and_name_the_files_they_skip(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A folder of AAA.csv BBB.csv CCC.csv.gz DDD.txt trained on two tickers without a word."""
+    folder = tmp_path / "prices"
+    (folder / "notes").mkdir(parents=True)
+    frames = {name: one_ticker(30, seed=k) for k, name in enumerate(["AAA", "BBB", "CCC", "DDD", "EEE", "FFF"])}
+    for name, suffix in zip(frames, [".csv", ".csv.gz", ".CSV.BZ2", ".csv.zip", ".csv.xz", ".txt"]):
+        write_csv(folder / f"{name}{suffix}", frames[name])  # pandas compresses by the extension
+    (folder / ".~lock.AAA.csv#").write_text("not data")  # hidden: skipped silently
+    (folder / "._AAA.csv").write_bytes(b"\x00\x05\x16\x07")
+    with caplog.at_level(logging.WARNING, logger="lstmkit"):
+        series = read_ohlcv(folder, FEATURES)
+    assert [s.ticker for s in series] == ["AAA", "BBB", "CCC", "DDD", "EEE"]
+    for s in series:
+        np.testing.assert_allclose(s.values, frames[s.ticker][FEATURES].to_numpy())
+    assert "prices: 2 entries not read (only *.csv, *.csv.gz, *.csv.bz2, *.csv.xz, *.csv.zip are): FFF.txt, notes/" \
+        in caplog.text
+    assert "lock" not in caplog.text and "._AAA" not in caplog.text
+    (alone,) = read_ohlcv(folder / "BBB.csv.gz", FEATURES)
+    assert alone.ticker == "BBB"
+    # errors inside a compressed file name its lines, as in a plain one
+    lines = frames["BBB"].astype(str).to_csv(index=False).splitlines()
+    lines = [lines[0]] + [line + "," for line in lines[1:]]  # a trailing comma on every row, one field not empty
+    lines[5] += "7"
+    (folder / "BBB.csv.gz").write_bytes(gzip.compress("\n".join(lines).encode()))
+    with pytest.raises(DataError, match=r"BBB\.csv\.gz, row 6: 7 fields, but the header has 6"):
+        read_ohlcv(folder, FEATURES)
+    (folder / "BBB.csv.gz").write_bytes(b"not gzip")
+    with pytest.raises(DataError, match=r"BBB\.csv\.gz: cannot read the file \(BadGzipFile: "):
+        read_ohlcv(folder, FEATURES)
+    with pytest.raises(DataError, match=r"notes: folder has no CSV files \(\*\.csv, .*per ticker\)$"):
+        read_ohlcv(folder / "notes", FEATURES)
+    (folder / "notes" / "readme.md").write_text("x")
+    with pytest.raises(DataError, match=r"notes: folder has no CSV files \(\*\.csv, .*\); it holds readme\.md$"):
+        read_ohlcv(folder / "notes", FEATURES)

@@ -2,8 +2,9 @@
 
 Sources: a generated market by default (:func:`generate_ohlcv`), or CSV files with ``data.path``
 (one file, a file holding many tickers in a ``Name``/``Ticker`` column, or a folder of
-``*.csv``, one per ticker). Columns are matched case-insensitively: ``date``, ``open``, ``high``,
-``low``, ``close``, ``volume``, optionally ``Adj Close`` (``adj_close``).
+``*.csv`` / ``*.csv.gz`` / ``.bz2`` / ``.zip`` / ``.xz``, one per ticker). Columns are matched
+case-insensitively: ``date``, ``open``, ``high``, ``low``, ``close``, ``volume``, optionally
+``Adj Close`` (``adj_close``).
 
 Splits are chronological per ticker (first 70 / 15 / 15 % of its days, or ``val_start`` /
 ``test_start`` dates). A window belongs to the split that holds its *targets*; val and test
@@ -16,10 +17,14 @@ only. Batches carry raw values; the model normalises them itself
 
 from __future__ import annotations
 
+import bz2
+import gzip
 import logging
+import lzma
 import math
 import re
 import warnings
+import zipfile
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +53,10 @@ _CANONICAL = {
 }
 _GAP_DAYS = 10  # calendar days; longer gaps than a long weekend + holiday are reported
 SYNTHETIC_TICKERS = ("SYNA", "SYNB", "SYNC", "SYND", "SYNE", "SYNF", "SYNG", "SYNH")
+# the compressions pandas reads by file extension; ``.csv.gz`` etc. in a folder are read like ``.csv``
+_OPENERS = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open, ".zip": None}
+CSV_SUFFIXES = (".csv", *(f".csv{ext}" for ext in _OPENERS))
+DECIMALS = (".", ",")  # data.decimal: the decimal point of the files' numbers (the other mark groups thousands)
 
 
 def canonical(column: str) -> str:
@@ -137,26 +146,79 @@ class Series:
         return len(self.dates)
 
 
-def read_ohlcv(path: str | Path, features: list[str], date_format: str | None = None) -> list[Series]:
-    """All tickers of a CSV file, or of every ``*.csv`` in a folder (``date_format``: see :func:`parse_dates`)."""
+def read_ohlcv(path: str | Path, features: list[str], date_format: str | None = None, decimal: str = ".",
+               ) -> list[Series]:
+    """All tickers of a CSV file, or of every CSV (plain or compressed) in a folder.
+
+    ``date_format``: see :func:`parse_dates`; ``decimal``: see :func:`parse_numbers`.
+    """
     path = Path(path).expanduser()
     if not path.exists():
         raise DataError("file or folder not found", path=path)
-    files = sorted(p for p in path.iterdir() if p.suffix.lower() == ".csv") if path.is_dir() else [path]
-    if not files:
-        raise DataError("folder has no *.csv files (expected one OHLCV file per ticker)", path=path)
+    files = _folder_files(path) if path.is_dir() else [path]
     series: list[Series] = []
     seen: dict[str, str] = {}
     for file in track(files, "reading price files"):
         frame, lines = _read_csv(file)
-        for item in validate_frame(frame, str(file), features, default_ticker=file.stem, lines=lines,
-                                   date_format=date_format):
+        for item in validate_frame(frame, str(file), features, default_ticker=ticker_of(file), lines=lines,
+                                   date_format=date_format, decimal=decimal):
             if item.ticker in seen:
                 raise DataError(f"ticker {item.ticker!r} appears in two files ({seen[item.ticker]} and this "
                                 "one); give each ticker one file", path=file, field="ticker")
             seen[item.ticker] = item.source
             series.append(item)
     return series
+
+
+def _folder_files(folder: Path) -> list[Path]:
+    """The folder's CSV files, sorted; the other entries are named in a warning.
+
+    Why: a folder of ``AAA.csv BBB.csv CCC.csv.gz DDD.txt`` trained on two tickers without a word.
+    Hidden entries (``.DS_Store``, macOS' ``._AAA.csv``) are skipped silently: they are not data.
+    """
+    entries = sorted(p for p in folder.iterdir() if not p.name.startswith("."))
+    files = [p for p in entries if p.is_file() and p.name.lower().endswith(CSV_SUFFIXES)]
+    others = [f"{p.name}/" if p.is_dir() else p.name for p in entries if p not in files]
+    kinds = ", ".join(f"*{suffix}" for suffix in CSV_SUFFIXES)
+    if not files:
+        found = f"; it holds {', '.join(others[:10])}{' ...' if len(others) > 10 else ''}" if others else ""
+        raise DataError(f"folder has no CSV files ({kinds}; expected one OHLCV file per ticker){found}", path=folder)
+    if others:
+        log.warning("%s: %d entr%s not read (only %s are): %s%s", folder, len(others),
+                    "y" if len(others) == 1 else "ies", kinds, ", ".join(others[:10]),
+                    f" and {len(others) - 10} more" if len(others) > 10 else "")
+    return files
+
+
+def ticker_of(file: Path) -> str:
+    """A file's ticker (when it has no ticker column): its name less ``.csv[.gz]`` etc., ``CCC.csv.gz`` -> ``CCC``."""
+    for suffix in sorted(CSV_SUFFIXES, key=len, reverse=True):
+        if file.name.lower().endswith(suffix) and len(file.name) > len(suffix):
+            return file.name[: -len(suffix)]
+    return file.stem
+
+
+def _file_text(path: Path) -> str:
+    """The text of a file, decompressed first when pandas reads it so (``.gz``, ``.bz2``, ``.xz``, ``.zip``).
+
+    Why: the checks that reread a file (bad UTF-8, rows wider than the header) must see the lines of
+    the CSV inside, not the compressed bytes.
+    """
+    suffix = path.suffix.lower()
+    if suffix not in _OPENERS:
+        return read_text(path)
+    opener = _OPENERS[suffix]
+    if opener is None:
+        with zipfile.ZipFile(path) as archive:
+            raw = archive.read(archive.namelist()[0])
+    else:
+        with opener(path, "rb") as stream:
+            raw = stream.read()
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise DataError(f"not valid UTF-8 (byte 0x{raw[err.start]:02x} at offset {err.start} of the decompressed "
+                        "text); re-save the file as UTF-8", path=path, row=raw[: err.start].count(b"\n") + 1) from None
 
 
 def _read_csv(path: Path) -> tuple[pd.DataFrame, np.ndarray]:
@@ -176,12 +238,18 @@ def _read_csv(path: Path) -> tuple[pd.DataFrame, np.ndarray]:
         raise DataError("empty file; expected a CSV with a header row date,open,high,low,close,volume",
                         path=path) from None
     except UnicodeDecodeError:
-        read_text(path)  # raises with the row and byte offset (pandas' message names neither)
+        _file_text(path)  # raises with the row and byte offset (pandas' message names neither)
         raise
     except pd.errors.ParserError as err:
         raise DataError(f"not a readable CSV file ({str(err).strip().splitlines()[-1]})", path=path) from None
+    except (OSError, EOFError, lzma.LZMAError, zipfile.BadZipFile) as err:  # a damaged .gz / .zip / ...
+        raise DataError(f"cannot read the file ({type(err).__name__}: {err})", path=path) from None
+    except ValueError as err:  # pandas: a .zip holding several files
+        if path.suffix.lower() != ".zip":
+            raise
+        raise DataError(f"cannot read the archive ({err}); expected one CSV file in it", path=path) from None
     if any(issubclass(w.category, pd.errors.ParserWarning) for w in caught):  # rows wider than the header:
-        deque(csv_records(read_text(path), ",", path, (), "the header"), maxlen=0)  # raises at a non-empty one
+        deque(csv_records(_file_text(path), ",", path, (), "the header"), maxlen=0)  # raises at a non-empty one
     lines = np.arange(len(frame)) + 2
     blank = frame.apply(lambda column: column.str.strip().eq("")).all(axis=1).to_numpy()
     return frame[~blank].reset_index(drop=True), lines[~blank]
@@ -189,7 +257,7 @@ def _read_csv(path: Path) -> tuple[pd.DataFrame, np.ndarray]:
 
 def validate_frame(
     frame: pd.DataFrame, source: str, features: list[str], default_ticker: str, lines: np.ndarray | None = None,
-    date_format: str | None = None,
+    date_format: str | None = None, decimal: str = ".",
 ) -> list[Series]:
     """Check one table row by row and split it per ticker.
 
@@ -197,7 +265,8 @@ def validate_frame(
     column for: a missing column, a bad date, a non-numeric / NaN / infinite value, a
     non-positive price, a negative volume, a duplicate date of a ticker. Unsorted dates are
     sorted with a warning (files exported newest-first are common and unambiguous). ``lines``:
-    each row's line in the file, when it is not simply the row's position + 2.
+    each row's line in the file, when it is not simply the row's position + 2. ``decimal``: the
+    numbers' decimal point (see :func:`parse_numbers`).
     """
     columns: dict[str, str] = {}
     for name in frame.columns:
@@ -222,8 +291,7 @@ def validate_frame(
     values = np.empty((len(frame), len(features)))
     for j, feature in enumerate(features):
         raw = frame[columns[feature]]
-        numbers = pd.to_numeric(raw.astype(str).str.strip().str.replace(",", "", regex=False), errors="coerce")
-        numbers = numbers.to_numpy(dtype=float)
+        numbers = parse_numbers(raw, lines, source, columns[feature], decimal, price=feature in PRICE_COLUMNS)
         _first_bad(~np.isfinite(numbers), raw, lines, source, columns[feature], "a finite number")
         if feature in PRICE_COLUMNS:
             _first_bad(numbers <= 0, raw, lines, source, columns[feature], "a positive price")
@@ -243,6 +311,47 @@ def validate_frame(
     return out
 
 
+def parse_numbers(raw: pd.Series, lines: np.ndarray, source: str, column: str, decimal: str = ".",
+                  price: bool = False) -> np.ndarray:
+    """A numeric column as float64 (NaN where a value is no number), ``decimal`` being the decimal point.
+
+    Why: stripping every comma as a thousands separator read a decimal comma (``67,7142``, from a
+    spreadsheet in a European locale) as ``677142``, a scale that changed from row to row. The
+    other mark (``,`` for ``decimal="."``, ``.`` for ``decimal=","``) is only a thousands separator
+    where it groups three digits (``1,234,567.89`` / ``1.234.567,89``); anywhere else the value is an
+    error that suggests the other ``data.decimal``. ``1,234`` alone reads both ways: a price column
+    with such values and no decimal point anywhere is read as thousands, with a warning.
+    """
+    text = raw.astype(str).str.strip()
+    group = "," if decimal == "." else "."
+    g, d = re.escape(group), re.escape(decimal)
+    has_group = text.str.contains(group, regex=False).to_numpy()
+    grouped = text.str.fullmatch(rf"[+-]?\d{{1,3}}(?:{g}\d{{3}})+(?:{d}\d*)?").to_numpy()
+    other = """'data.decimal=","'""" if decimal == "." else "data.decimal=."  # quoted: Hydra refuses a bare ","
+    bad = np.flatnonzero(has_group & ~grouped)
+    if len(bad):
+        i = int(bad[0])
+        raise DataError(
+            f"expected a number with {decimal!r} as the decimal point and {group!r} only between groups of three "
+            f"digits ({'1,234.56' if decimal == '.' else '1.234,56'}), found {raw.iloc[i]!r} (is {group!r} the "
+            f"decimal point? then set {other})", path=source, row=int(lines[i]), field=column)
+    if price and not text.str.contains(decimal, regex=False).any():
+        ambiguous = text.str.fullmatch(rf"[+-]?\d{{1,3}}{g}\d{{3}}").to_numpy()
+        if ambiguous.any():
+            i = int(np.flatnonzero(ambiguous)[0])
+            log.warning("%s, row %d, field %r: %r is read as %s (%r as a thousands separator), and no value of the "
+                        "column has a decimal point %r; if %r is the decimal point, set %s", source,
+                        int(lines[i]), column, text.iloc[i], text.iloc[i].replace(group, ""), group, decimal,
+                        group, other)
+    plain = text.str.replace(group, "", regex=False)
+    if decimal != ".":
+        plain = plain.str.replace(decimal, ".", regex=False)
+    return pd.to_numeric(plain, errors="coerce").to_numpy(dtype=float)
+
+
+# a UTC offset (or zone) after a time of day: "00:00:00-05:00", "09:30+0900", "00:00:00Z", "00:00 UTC"
+_OFFSET = re.compile(r"(\d:\d\d(?::\d\d(?:[.,]\d+)?)?)\s*(?:Z|UTC|GMT|(?:UTC|GMT)?[+-]\d\d(?::?\d\d)?)$",
+                     re.IGNORECASE)
 # what a date column may hold, one format per file: ISO first, then the spreadsheet exports; "%d/%m/%Y"
 # and "%m/%d/%Y" both read "05/10/2017", which is what the per-file choice below is for
 DATE_FORMATS = ("%Y-%m-%d", "%Y/%m/%d", "%Y%m%d", "%Y-%m-%d %H:%M:%S", "%m/%d/%Y", "%d/%m/%Y", "%d.%m.%Y",
@@ -258,12 +367,23 @@ def parse_dates(raw: pd.Series, lines: np.ndarray, source: str, column: str, dat
     error. The format is ``date_format`` when given (``data.date_format``), else the one of
     :data:`DATE_FORMATS` (or ISO 8601 with a time or zone) that reads every row; when two read every
     row to different dates (every day of the file is 12 or less) the file is ambiguous and refused.
+
+    A UTC offset after a time of day (yfinance writes ``2013-02-08 00:00:00-05:00``, ``-04:00`` in
+    summer) is dropped before parsing: a trading day is the exchange's local date, the date written
+    in the file. Converting to UTC moved every day of a ``+09:00`` file back by one, and mixed
+    offsets were a pandas error without the file or row.
     """
+    local = raw.astype(str).str.strip().str.replace(_OFFSET, r"\1", regex=True)
+
     def read(fmt: str) -> pd.Series:
-        return pd.to_datetime(raw, errors="coerce", format=fmt)
+        try:
+            parsed = pd.to_datetime(local, errors="coerce", format=fmt)
+        except ValueError:  # zones that _OFFSET does not know, mixed: this format reads no row
+            return pd.Series(pd.NaT, index=local.index, dtype="datetime64[ns]")
+        return parsed.dt.tz_localize(None) if getattr(parsed.dtype, "tz", None) is not None else parsed
 
     if date_format:
-        parsed = read(date_format)
+        parsed = read(re.sub(r"\s*%[zZ]", "", date_format))  # the offsets are gone from the values
         _first_bad(parsed.isna().to_numpy(), raw, lines, source, column, f"a date in data.date_format={date_format!r}")
         return parsed.to_numpy().astype("datetime64[D]")
     readings: dict[str, pd.Series] = {}
@@ -348,7 +468,8 @@ class StockDataModule(SequenceDataModule):
     """OHLCV series -> chronological splits -> windows of raw values; normaliser fitted on train days.
 
     Args:
-        path: ``None`` for the generated market; a CSV file or a folder of ``*.csv``.
+        path: ``None`` for the generated market; a CSV file or a folder of ``*.csv`` (``.csv.gz``,
+            ``.bz2``, ``.zip``, ``.xz`` too; other files of the folder are named in a warning).
         features: input columns per day, in order (add ``adj_close`` if the files have it).
         target: the column to forecast (must be one of ``features``).
         window: days per input window.
@@ -364,9 +485,13 @@ class StockDataModule(SequenceDataModule):
         seed: generator seed.
         date_format: the date column's ``strftime`` format (e.g. ``%d/%m/%Y``); ``None``: the one
             format that reads every row of a file, an error when day-first and month-first both do.
+        decimal: the numbers' decimal point: ``"."`` (``1,234.56``) or ``","`` (``1.234,56``, files
+            from spreadsheets in European locales). Stored in the spec: ``predict`` reads new files
+            of a checkpoint with it, unless its ``data.decimal`` says otherwise.
     """
 
     predict_input = "OHLCV CSV file paths"  # what `lstmkit predict input=...` expects (named in errors)
+    predict_read_options = ("date_format", "decimal")  # `lstmkit predict data.<option>=`: how its files are read
 
     def __init__(
         self,
@@ -385,11 +510,13 @@ class StockDataModule(SequenceDataModule):
         num_days: int = 1200,
         seed: int = 0,
         date_format: str | None = None,
+        decimal: str = ".",
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.path = path
         self.date_format = date_format or None
+        self.decimal = decimal
         self.features = [canonical(f) for f in (features or DEFAULT_FEATURES)]
         self.target = canonical(target)
         self.window, self.horizon = int(window), int(horizon)
@@ -426,6 +553,9 @@ class StockDataModule(SequenceDataModule):
         return spec
 
     def _check_options(self) -> None:
+        if self.decimal not in DECIMALS:
+            raise ConfigError(f"data.decimal={self.decimal!r}: expected '.' (1,234.56) or ',' (1.234,56; on the "
+                              """command line: 'data.decimal=","')""")
         if self.normalise not in KINDS:
             raise ConfigError(f"data.normalise={self.normalise!r}: expected one of {KINDS}")
         if self.target not in self.features:
@@ -450,7 +580,7 @@ class StockDataModule(SequenceDataModule):
             frame = generate_ohlcv(self.num_tickers, self.num_days, self.seed)
             series = validate_frame(frame, "<generated>", self.features, default_ticker="SYN")
         else:
-            series = read_ohlcv(self.path, self.features, self.date_format)
+            series = read_ohlcv(self.path, self.features, self.date_format, self.decimal)
         if self.tickers:
             missing = sorted(set(self.tickers) - {s.ticker for s in series})
             if missing:
@@ -525,7 +655,7 @@ class StockDataModule(SequenceDataModule):
             normaliser=normaliser,
             extra={"features": self.features, "target": self.target, "window": self.window,
                    "horizon": self.horizon, "tickers": [s.ticker for s in self.series],
-                   "date_format": self.date_format},
+                   "date_format": self.date_format, "decimal": self.decimal},
         )
 
     def _fit_target(self, train: list[torch.Tensor], normaliser: dict[str, Any]) -> dict[str, Any]:
@@ -557,8 +687,9 @@ class StockDataModule(SequenceDataModule):
         features, window = list(spec.extra["features"]), int(spec.extra["window"])
         horizon = int(spec.extra["horizon"])
         examples, labels = [], []
+        decimal = spec.extra.get("decimal", ".")  # "." in checkpoints from before data.decimal
         for item in inputs:
-            for series in read_ohlcv(str(item), features, spec.extra.get("date_format")):
+            for series in read_ohlcv(str(item), features, spec.extra.get("date_format"), decimal):
                 if len(series) < window:
                     raise DataError(f"ticker {series.ticker!r} has {len(series)} rows; the model reads windows "
                                     f"of {window} days", path=series.source)
