@@ -346,6 +346,100 @@ def test_predict_batch_accepts_files_lines_and_optional_labels(tmp_path: Path) -
         EcgDataModule.predict_items(SPEC, [str(damaged)])
 
 
+LABELLED = DataSpec(input_kind="features", num_features=1, classes=["normal", "anomaly"],
+                    extra={**SPEC.extra, "normal_labels": [1], "anomaly_labels": [2, 3, 4, 5]})
+
+
+@pytest.mark.parametrize("label_column", ["first", "last"])
+def test_predict_lines_check_their_label_as_files_do(tmp_path: Path, label_column: str) -> None:
+    spec = DataSpec.from_dict({**LABELLED.to_dict(), "extra": {**LABELLED.extra, "label_column": label_column}})
+    beats, kinds = generate_beats(2, anomaly_fraction=0.5, seed=4)
+    first = [" ".join(f"{v:.6f}" for v in [float(k), *b]) for b, k in zip(beats, kinds)]  # UCR: label first
+    last = [" ".join(f"{v:.6f}" for v in [*b, float(k)]) for b, k in zip(beats, kinds)]
+    right, wrong = (first, last) if label_column == "first" else (last, first)
+    bare = EcgDataModule.make_predict_batch(spec, [" ".join(f"{v:.6f}" for v in b) for b in beats]).inputs
+    torch.testing.assert_close(EcgDataModule.make_predict_batch(spec, right).inputs, bare)  # label dropped
+    column = 0 if label_column == "first" else 140
+    # the other layout: its label is no sample, and its first / last sample is no label
+    with pytest.raises(DataError, match=rf"^<input>, row 2, field 'column {column}': class label -?[\d.]+ is not a "
+                                        rf"whole number \(this model reads a beat of 141 values as its label in the "
+                                        rf"{label_column} column"):
+        EcgDataModule.make_predict_batch(spec, [right[0], wrong[1]])
+    unknown = right[0].split()
+    unknown[column] = "7"  # a whole number, but no class of the model
+    with pytest.raises(DataError, match=rf"^<input>, row 1, field 'column {column}': class label 7 is not a known "
+                                        r"class; expected one of \[1, 2, 3, 4, 5\]"):
+        EcgDataModule.make_predict_batch(spec, [" ".join(unknown)])
+    # the same beat in a file (input=<file>) is refused the same way, naming the file and its row
+    path = tmp_path / "unknown.txt"
+    path.write_text("\n".join([right[0], " ".join(unknown)]) + "\n")
+    with pytest.raises(DataError, match=rf"^{path}, row 2, field 'column {column}': class label 7 is not a known"):
+        EcgDataModule.predict_items(spec, [str(path)])
+    path.write_text("\n".join(wrong) + "\n")
+    with pytest.raises(DataError, match=rf"^{path}, row 1, field 'column {column}': class label -?[\d.]+ is not a "
+                                        "whole number"):
+        EcgDataModule.predict_items(spec, [str(path)])
+
+
+def test_files_written_by_pandas_with_an_index_are_refused(tmp_path: Path) -> None:
+    pd = pytest.importorskip("pandas")
+    beats, kinds = generate_beats(30, anomaly_fraction=0.4, seed=6)
+    frame = pd.DataFrame(beats).assign(label=kinds)
+    frame.to_csv(tmp_path / "index.csv", header=False)  # the index left on: 0..29 before every beat
+    with pytest.raises(DataError, match=r"index.csv, row 1, field 'column 0': column 0 holds the row numbers "
+                                        r"\(0, 1, \.\.\., 29\) of the 30 beats: it looks like a row index.*not a "
+                                        r"sample; write the file with df.to_csv\(path, index=False, header=False\)"):
+        EcgDataModule(path=str(tmp_path / "index.csv"), label_column="last").setup()
+    frame.to_csv(tmp_path / "fine.csv", header=False, index=False)  # as the error says: it reads back
+    table = read_beats(tmp_path / "fine.csv", label_column="last")
+    np.testing.assert_allclose(table.samples, beats, atol=1e-6)
+    np.testing.assert_array_equal(table.labels, kinds)
+    # an index numbered from 1 is caught too, also when it sits where the label goes (rows 1-5 read as classes)
+    labels_first = pd.DataFrame(np.column_stack([kinds, beats]), index=range(1, 31))
+    labels_first.to_csv(tmp_path / "index1.csv", header=False)
+    with pytest.raises(DataError, match=r"column 0 holds the row numbers \(1, 2, \.\.\., 30\).*not a label"):
+        read_beats(tmp_path / "index1.csv", known_labels={1, 2, 3, 4, 5})
+    # a predict file of bare beats with an index: not read as beats of the index and 139 samples
+    pd.DataFrame(beats[:4]).to_csv(tmp_path / "predict.csv", header=False)
+    with pytest.raises(DataError, match=r"predict.csv, row 1, field 'column 0': column 0 holds the row numbers"):
+        EcgDataModule.predict_items(LABELLED, [str(tmp_path / "predict.csv")])
+    # what is no index: classes that happen to count up, a first sample of 0 then 1 in two beats
+    counting = write_beats(tmp_path / "counting.txt", beats[:3], np.array([1, 2, 3]))
+    assert read_beats(counting, known_labels={1, 2, 3, 4, 5}).labels.tolist() == [1, 2, 3]
+    two = beats[:2].copy()
+    two[:, 0] = [0.0, 1.0]
+    assert read_beats(write_beats(tmp_path / "two.txt", two), label_column="none", samples_per_beat=140,
+                      labels_required=False).samples[:, 0].tolist() == [0.0, 1.0]
+
+
+@pytest.mark.parametrize(
+    ("write", "expected"),
+    [
+        ({}, (r"row 1, field 'column 0': expected a number, found '' \(the line looks like a header written by pandas "
+              r"\(an empty first cell above a row index, then the column numbers\), not a beat; write the file with "
+              r"df.to_csv\(path, index=False, header=False\)")),
+        ({"index": False}, r"row 1: the line looks like a header written by pandas \(the column numbers 0, 1, 2, "),
+        ({"index": False, "named": True}, (r"row 1, field 'column 0': expected a number, found 'label' \(the line "
+                                           r"looks like a header written by pandas \(column names and the numbers")),
+    ],
+)
+def test_a_pandas_header_of_column_numbers_is_refused_with_a_hint(
+    tmp_path: Path, write: dict[str, bool], expected: str
+) -> None:
+    pd = pytest.importorskip("pandas")
+    beats, kinds = generate_beats(10, anomaly_fraction=0.5, seed=7)
+    frame = pd.DataFrame(np.column_stack([kinds, beats]))
+    if write.pop("named", False):
+        frame = frame.rename(columns={0: "label"})
+    frame.to_csv(tmp_path / "beats.csv", **write)
+    with pytest.raises(DataError, match=expected):
+        EcgDataModule(path=str(tmp_path / "beats.csv")).setup()
+    # a predict file of bare beats under a header 0..139: the header is no beat of 0, 1, ..., 139
+    pd.DataFrame(beats[:2]).to_csv(tmp_path / "predict.csv", index=False)
+    with pytest.raises(DataError, match=r"predict.csv, row 1: the line looks like a header written by pandas"):
+        EcgDataModule.predict_items(LABELLED, [str(tmp_path / "predict.csv")])
+
+
 # -- end to end ---------------------------------------------------------------------------------------------
 TINY = ["data.num_beats=240", "data.batch_size=32", "model.hidden_size=16"]
 
@@ -357,6 +451,31 @@ def test_unsupervised_preset_trains_in_process_and_stores_its_threshold(make_cfg
     assert isinstance(model.head, ReconstructionHead) and math.isfinite(float(model.head.threshold))
     assert model.hparams.data["train_on"] == "normal"
     assert {"score_histogram.png", "roc_curve.png"} <= {p.name for p in (tmp_path / "plots").iterdir()}
+
+
+@pytest.mark.parametrize("pos_weight", [None, 2.0])
+def test_anomaly_head_refuses_to_train_on_a_split_of_one_kind(pos_weight: float | None) -> None:
+    """Refused when training starts, whatever pos_weight is; such a head still loads (eval of an old
+    checkpoint)."""
+    features, lengths = torch.zeros(2, 4), torch.tensor([1, 1])
+    batch = Batch(inputs=torch.zeros(2, 1, 1), lengths=lengths, targets=torch.tensor([0, 0]))
+    for counts, missing in (({"normal": 30, "anomaly": 0}, "anomalous"), ({"normal": 0, "anomaly": 10}, "normal")):
+        spec = DataSpec(input_kind="features", num_features=1, classes=["normal", "anomaly"],
+                        extra={**SPEC.extra, "train_counts": counts})
+        head = AnomalyHead(spec, in_features=4, pos_weight=pos_weight)
+        assert head(features, lengths).shape == (2,)
+        with pytest.raises(ConfigError, match=rf"the supervised AnomalyHead needs normal and anomalous beats.*no "
+                                              rf"{missing} beats.*use task=ecg_unsupervised"):
+            head.training_loss(features, lengths, batch)
+    head = AnomalyHead(SPEC, in_features=4, pos_weight=pos_weight)  # both kinds: fine
+    assert torch.isfinite(head.training_loss(features, lengths, batch))
+
+
+def test_supervised_training_on_normal_beats_only_is_refused(make_cfg) -> None:
+    cfg = make_cfg(["task=ecg", "data.train_on=normal", *TINY, *QUICK, "logger=none"])
+    with pytest.raises(ConfigError, match=r"train split has no anomalous beats \(train counts \{'normal': \d+, "
+                                          r"'anomaly': 0\}.*data.train_on=normal.*task=ecg_unsupervised"):
+        train(cfg)
 
 
 def test_train_then_predict_through_the_console_script(tmp_path: Path) -> None:
@@ -388,6 +507,23 @@ def test_train_then_predict_through_the_console_script(tmp_path: Path) -> None:
     out = run_cli("predict", f"ckpt_path={ckpt}", f"input_file={bad}", "batch_size=2", cwd=tmp_path, check=False)
     assert out.returncode != 0
     assert f"{bad}, row 4, field 'column 0': " in out.stderr
+    # input_file lines with a label are checked as input=<file> rows are: a label-last line given to this
+    # label-first model is refused (it scored before, its first sample dropped and its label read as one)
+    labelled = tmp_path / "labelled.txt"
+    label_first = " ".join(["1", *good[0].split()])
+    label_last = " ".join([*good[1].split(), "2"])
+    labelled.write_text(f"{label_first}\n{label_last}\n")
+    out = run_cli("predict", f"ckpt_path={ckpt}", f"input_file={labelled}", cwd=tmp_path, check=False)
+    assert out.returncode != 0 and '"score"' not in out.stdout
+    assert f"{labelled}, row 2, field 'column 0': class label " in out.stderr
+    assert "is not a whole number (this model reads a beat of 141 values as its label in the first column" in out.stderr
+    assert "set data.label_column=last if the label is the last column" in out.stderr
+    # ... which predict takes: a label-last file scores as its bare beats do
+    labelled.write_text(f"{label_last}\n")
+    out = run_cli("predict", f"ckpt_path={ckpt}", f"input={labelled}", "data.label_column=last", cwd=tmp_path)
+    bare = run_cli("predict", f"ckpt_path={ckpt}", f"input={good[1]}", cwd=tmp_path)
+    score = [json.loads(line)["score"] for line in out.stdout.splitlines() if line.startswith("{")]
+    assert score == [json.loads(line)["score"] for line in bare.stdout.splitlines() if line.startswith("{")]
 
 
 def test_notebook_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

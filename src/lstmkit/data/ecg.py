@@ -157,12 +157,13 @@ def _is_number(cell: str) -> bool:
     return True
 
 
-def _parse_row(cells: list[str], path: Path, row: int) -> np.ndarray:
+def _parse_row(cells: list[str], path: Path | str, row: int, hint: str = "") -> np.ndarray:
+    """The row's values; ``hint`` ends the error of a non-number (e.g. why the row looks like a header)."""
     try:
         values = np.array(cells, dtype=np.float64)
     except ValueError:
         column = next(j for j, c in enumerate(cells) if not _is_number(c))
-        raise DataError(f"expected a number, found {cells[column]!r}", path=path, row=row,
+        raise DataError(f"expected a number, found {cells[column]!r}{hint}", path=path, row=row,
                         field=f"column {column}") from None
     bad = np.flatnonzero(~np.isfinite(values))
     if bad.size:
@@ -172,20 +173,72 @@ def _parse_row(cells: list[str], path: Path, row: int) -> np.ndarray:
     return values
 
 
-def _label(value: float, known: set[int] | None, path: Path, row: int, column: int) -> int:
+def _counts_up(values: list[float] | np.ndarray) -> bool:
+    """Whether ``values`` are 0, 1, 2, ... or 1, 2, 3, ...: row numbers or column numbers, not data."""
+    values = np.asarray(values, dtype=np.float64)
+    return values.size > 0 and values[0] in (0.0, 1.0) and bool(np.all(values == values[0] + np.arange(values.size)))
+
+
+#: how to write a beat file with pandas so that it reads back as written
+_PANDAS_FIX = "write the file with df.to_csv(path, index=False, header=False)"
+
+
+def _pandas_header(cells: list[str]) -> str:
+    """Why the first line ``cells`` looks like the header pandas writes, or ``""`` when it does not.
+
+    Why: pandas names unnamed columns 0, 1, 2, ..., so its header is a line of numbers, which
+    would otherwise be read as a beat (or fail as one, on its empty first cell: the index's name).
+    """
+    numbers = [float(c) for c in cells if _is_number(c)]
+    if len(numbers) == len(cells) and len(cells) >= 3 and _counts_up(numbers):
+        what = "the column numbers 0, 1, 2, ..., which pandas writes for unnamed columns"
+    elif len(numbers) >= 2 and _counts_up(numbers):  # and an empty cell or a name: not a beat either
+        what = ("an empty first cell above a row index, then the column numbers" if cells[0] == ""
+                else "column names and the numbers 0, 1, 2, ... of unnamed columns")
+    else:
+        return ""
+    return f"the line looks like a header written by pandas ({what}), not a beat; {_PANDAS_FIX}, or delete it"
+
+
+def _label(
+    value: float, known: set[int] | None, path: Path | str, row: int, column: int, model_layout: str = ""
+) -> int:
+    """The class number ``value`` of a row, checked.
+
+    ``model_layout`` (predict) says where the model reads a label; the hints then point at the
+    beat first, and at predict's ``data.label_column`` for a file written the other way.
+    """
     if not float(value).is_integer():
         other = "last" if column == 0 else "first"
-        raise DataError(f"class label {value:g} is not a whole number (the label is read from column {column}; "
-                        f"data.label_column={other} if it is the {other} column)", path=path, row=row,
+        hint = (f"{model_layout}; put the label there, give the samples alone, or set data.label_column={other} "
+                f"if the label is the {other} column" if model_layout else
+                f"the label is read from column {column}; data.label_column={other} if it is the {other} column")
+        raise DataError(f"class label {value:g} is not a whole number ({hint})", path=path, row=row,
                         field=f"column {column}")
     label = int(value)
     if known is not None and label not in known:
-        raise DataError(
-            f"class label {label} is not a known class; expected one of {sorted(known)} "
-            "(set data.normal_labels / data.anomaly_labels for other class numbers)",
-            path=path, row=row, field=f"column {column}",
-        )
+        hint = (f"the classes of the model's training data; {model_layout}" if model_layout
+                else "set data.normal_labels / data.anomaly_labels for other class numbers")
+        raise DataError(f"class label {label} is not a known class; expected one of {sorted(known)} ({hint})",
+                        path=path, row=row, field=f"column {column}")
     return label
+
+
+def _split_label(
+    values: np.ndarray, label_column: str, known: set[int] | None, path: Path | str, row: int,
+    predicting: bool = False,
+) -> tuple[np.ndarray, int]:
+    """A labelled row's samples and its checked label (a whole number, and a known class).
+
+    File rows and predict's inline / ``input_file`` rows both come here, so that a beat given
+    in the other label layout is refused the same way wherever it comes from, instead of its
+    label being read as a sample and one sample dropped.
+    """
+    column = 0 if label_column == "first" else len(values) - 1
+    layout = (f"this model reads a beat of {len(values)} values as its label in the {label_column} column and "
+              f"{len(values) - 1} samples, as in its training data") if predicting else ""
+    label = _label(values[column], known, path, row, column, layout)
+    return (values[1:] if label_column == "first" else values[:-1]), label
 
 
 def read_beats(
@@ -208,7 +261,10 @@ def read_beats(
             so a labelled row that lost one value is an error, not a shifted unlabelled beat.
 
     A first line made only of non-numbers is a header and is skipped. Every other problem
-    (ragged rows, non-numbers, NaN/inf, unknown labels) raises :class:`DataError` with the row.
+    (ragged rows, non-numbers, NaN/inf, unknown labels) raises :class:`DataError` with the row,
+    and so do the marks of a file written by pandas with its defaults: a header of column
+    numbers (``0,1,2,...``, which would read as a beat) and a first column of row numbers (the
+    index, which would read as every beat's first sample, or as its label).
     """
     path = Path(path)
     if label_column not in LABEL_COLUMNS:
@@ -221,8 +277,7 @@ def read_beats(
     first_line = next((line for line in lines if line.strip()), "")
     comma = fmt == "csv" or (fmt == "auto" and (path.suffix.lower() == ".csv" or "," in first_line))
     has_label = label_column != "none"
-    samples: list[np.ndarray] = []
-    labels: list[int] = []
+    table: list[np.ndarray] = []  # every row's values, label included
     rows: list[int] = []
     expected, expected_from = None, ""
     if samples_per_beat is not None:
@@ -236,15 +291,17 @@ def read_beats(
         if first and not any(_is_number(c) for c in cells):
             first = False
             continue  # header line
+        header = _pandas_header(cells) if first else ""
+        if header and all(_is_number(c) for c in cells):
+            raise DataError(header, path=path, row=row)
         first = False
-        values = _parse_row(cells, path, row)
+        values = _parse_row(cells, path, row, f" ({header})" if header else "")
         if not labels_required and not rows:  # predict: the first beat says whether the file has labels
             if len(values) == samples_per_beat:
                 has_label, expected = False, samples_per_beat
                 expected_from = f"row {row} (a beat without its label)"
             elif expected is not None and len(values) == expected:
                 expected_from = f"row {row} (a label and {samples_per_beat} samples)"
-        labelled = has_label
         if expected is None:
             expected, expected_from = len(values), f"row {row}"
         elif len(values) != expected:
@@ -254,20 +311,49 @@ def read_beats(
                 "every beat must have the same number of samples",
                 path=path, row=row,
             )
-        if labelled:
-            column = 0 if label_column == "first" else len(values) - 1
-            labels.append(_label(values[column], known_labels, path, row, column))
-            values = values[1:] if label_column == "first" else values[:-1]
-        else:
-            labels.append(-1)
-        samples.append(values)
+        table.append(values)
         rows.append(row)
-    if not samples:
+    if not table:
         raise DataError("file has no beats (only a header or blank lines)", path=path)
+    _check_row_index(table, rows, path, has_label and label_column == "first", known_labels)
+    samples: list[np.ndarray] = []
+    labels: list[int] = []
+    for row, values in zip(rows, table):
+        if has_label:
+            values, label = _split_label(values, label_column, known_labels, path, row, not labels_required)
+        else:
+            label = -1
+        samples.append(values)
+        labels.append(label)
     if samples[0].size == 0:
         raise DataError("rows hold a label but no samples", path=path, row=rows[0])
     return BeatTable(
         str(path), np.stack(samples).astype(np.float32), np.array(labels, dtype=np.int64), np.array(rows)
+    )
+
+
+def _check_row_index(
+    table: list[np.ndarray], rows: list[int], path: Path, label_first: bool, known: set[int] | None
+) -> None:
+    """Refuse a first column that numbers the rows (0..n-1 or 1..n): pandas' ``to_csv`` index.
+
+    Why: it reads as every beat's first sample, silently (a model of 141 samples, one of them the
+    row number), or as the label. Three beats at least, so that a beat that happens to start at
+    0 or 1 is not taken for one. As the label column, it is only refused when it also holds a
+    number that is no class, which the label check would refuse less helpfully.
+    """
+    first_column = np.array([values[0] for values in table])
+    if len(table) < 3 or not _counts_up(first_column):
+        return
+    if label_first and (known is None or set(first_column.astype(np.int64).tolist()) <= known):
+        return
+    n = len(table)
+    numbers = f"{first_column[0]:g}, {first_column[1]:g}, ..., {first_column[-1]:g}"
+    raise DataError(
+        f"column 0 holds the row numbers ({numbers}) of the {n} beats: it looks like a row index, as pandas' "
+        f"df.to_csv writes one unless index=False, not {'a label' if label_first else 'a sample'}; "
+        f"{_PANDAS_FIX} (or drop the column)",
+        path=path, row=rows[0], field="column 0",
     )
 
 
@@ -338,6 +424,7 @@ class EcgDataModule(SequenceDataModule):
         seed: seed for generation and splitting.
     """
 
+    predict_read_options = ("label_column", "format")  # `lstmkit predict data.<option>=`: how its files are read
     predict_input = "beat files (one beat per row) or one beat's sample values, whitespace- or comma-separated (quote a comma list: 'input=\"0.1,0.2,...\"')"  # what `lstmkit predict input=...` expects (named in errors)
 
     def __init__(
@@ -487,20 +574,32 @@ class EcgDataModule(SequenceDataModule):
         return items
 
     @staticmethod
-    def _read_predict_file(spec: DataSpec, path: Path) -> BeatTable:
+    def _known_labels(spec: DataSpec) -> set[int] | None:
+        """The class numbers the model was trained with (``None`` for a spec that does not say)."""
+        extra = spec.extra
+        if "normal_labels" not in extra and "anomaly_labels" not in extra:
+            return None
+        return {int(v) for v in [*extra.get("normal_labels", []), *extra.get("anomaly_labels", [])]}
+
+    @classmethod
+    def _read_predict_file(cls, spec: DataSpec, path: Path) -> BeatTable:
         extra = spec.extra
         return read_beats(path, extra.get("label_column", "first"), extra.get("format", "auto"),
-                          None, int(extra["samples_per_beat"]), labels_required=False)
+                          cls._known_labels(spec), int(extra["samples_per_beat"]), labels_required=False)
 
     @classmethod
     def make_predict_batch(cls, spec: DataSpec, inputs: list[Any]) -> Batch:
         """Beats from file paths (every row), lines of numbers, lists / arrays of numbers or :class:`BeatInput`.
 
-        A beat may carry its label in the stored label column (it is ignored); otherwise it must
-        have exactly the model's samples per beat.
+        A beat may carry its label in the model's label column, checked as in a file (a whole
+        number, one of the model's classes: a beat in the other layout would otherwise lose a
+        sample and keep its label as one) and then ignored; otherwise it must have exactly the
+        model's samples per beat. Errors name ``<input>`` and the item's position in ``inputs``,
+        which ``lstmkit predict`` turns into the ``input_file`` line or the ``input`` item.
         """
         length = int(spec.extra["samples_per_beat"])
         label_column = spec.extra.get("label_column", "first")
+        known = cls._known_labels(spec)
         beats: list[np.ndarray] = []
         for number, raw in enumerate(cls.predict_items(spec, list(inputs)), start=1):
             if isinstance(raw, BeatInput):
@@ -510,9 +609,9 @@ class EcgDataModule(SequenceDataModule):
                 cells = raw.replace(",", " ").split()
             else:  # a list, array or tensor of samples (or a stray number)
                 cells = [str(v) for v in np.ravel(np.asarray(raw, dtype=object))]
-            values = _parse_row(cells, Path("<input>"), number)
+            values = _parse_row(cells, "<input>", number)
             if len(values) == length + 1 and label_column in ("first", "last"):
-                values = values[1:] if label_column == "first" else values[:-1]
+                values, _ = _split_label(values, label_column, known, "<input>", number, predicting=True)
             if len(values) != length:
                 raise DataError(
                     f"expected a beat of {length} samples (optionally with its label), found {len(values)} "

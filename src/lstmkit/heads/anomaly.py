@@ -327,8 +327,34 @@ class AnomalyHead(ScoreHead):
             in_features = hidden
         layers.append(nn.Linear(in_features, 1))
         self.net = nn.Sequential(*layers)
+        self._one_kind = self._one_kind_message(spec)  # refused when training starts (a checkpoint still loads)
         weight = self._pos_weight(pos_weight, spec)
         self.register_buffer("pos_weight", weight, persistent=False)
+
+    @staticmethod
+    def _one_kind_message(spec: DataSpec) -> str | None:
+        """Why training must refuse a train split of one kind of beat (whatever ``pos_weight`` is), or None.
+
+        Why: a classifier that sees only normal beats (``data.train_on=normal``) learns a constant,
+        and its scores rank anomalies by chance (val AUROC 0.08 once) without any error. Learning
+        from normal beats only is what the reconstruction head (``task=ecg_unsupervised``) does.
+        Refused at the first training step, not here: a checkpoint trained so before this check
+        still loads for eval. A spec without ``train_counts`` (another datamodule) is not checked.
+        """
+        counts = spec.extra.get("train_counts")
+        if not counts:
+            return None
+        normal, anomaly = counts.get("normal", 0), counts.get("anomaly", 0)
+        if normal and anomaly:
+            return None
+        missing = "anomalous" if not anomaly else "normal"
+        return (
+            f"the supervised AnomalyHead needs normal and anomalous beats to learn from, and the train split "
+            f"has no {missing} beats (train counts {dict(counts)}"
+            + (", as data.train_on=normal drops them" if not anomaly else "") + "); "
+            "to learn from normal beats only use task=ecg_unsupervised (the reconstruction head), "
+            "else data.train_on=all"
+        )
 
     @staticmethod
     def _pos_weight(pos_weight: float | str | None, spec: DataSpec) -> torch.Tensor | None:
@@ -351,6 +377,11 @@ class AnomalyHead(ScoreHead):
 
     def loss(self, outputs: torch.Tensor, lengths: torch.Tensor, batch: Batch) -> torch.Tensor:
         return F.binary_cross_entropy_with_logits(outputs, batch.targets.float(), pos_weight=self.pos_weight)
+
+    def training_loss(self, features: torch.Tensor, lengths: torch.Tensor, batch: Batch) -> torch.Tensor:
+        if self._one_kind is not None:
+            raise ConfigError(self._one_kind)
+        return super().training_loss(features, lengths, batch)
 
     score_formula = "sigmoid(outputs): outputs are one logit per sequence, (batch,)"
 
