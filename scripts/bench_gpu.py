@@ -171,11 +171,14 @@ def lm_workload(size: bs.LMSize, warmup: int, repeats: int, root: str) -> dict[s
 
 def cls_workload(size: bs.ClsSize, warmup: int, repeats: int, root: str) -> dict[str, Any]:
     data = bs.synthetic_cls(size, seed=0)
+    generators: dict[str, torch.Generator] = {}
     return compare(size, bs.cls_workload(data, size), bs.BenchSentences(data, size, bucketing=False),
                    lambda like=False: bs.lstmkit_classifier(data, size, like=like), lambda: bs.PlainClassifier(size),
-                   # each runner shuffles with its own generator, epoch after epoch
+                   # each runner shuffles with its own generator, epoch after epoch (one per precision,
+                   # made once: plain_run is called again for every timed epoch)
                    lambda m, o, p: partial(bs.plain_cls_epoch, m, o, data, size.batch,
-                                           torch.Generator().manual_seed(0), device=DEVICE, precision=p),
+                                           generators.setdefault(p, torch.Generator().manual_seed(0)),
+                                           device=DEVICE, precision=p),
                    warmup, repeats, root)
 
 

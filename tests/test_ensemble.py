@@ -89,6 +89,8 @@ def test_anomaly_models_and_mismatched_members_are_refused(make_cfg) -> None:
         SequenceEnsemble([large[0], stock[0]])
     with pytest.raises(ConfigError, match="train its members one by one"):
         SequenceEnsemble(large).training_step(None, 0)
+    with pytest.raises(ConfigError, match="the same model object is given more than once"):
+        SequenceEnsemble([large[0], large[0]])
 
 
 def test_eval_and_predict_take_several_checkpoints(make_cfg, tmp_path: Path) -> None:

@@ -116,10 +116,30 @@ def test_sigterm_while_the_data_is_read_is_recorded_too(tmp_path: Path) -> None:
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 143, stderr
-    assert "interrupted by SIGTERM" in stderr and "before the run saved a checkpoint" in stderr
+    assert "interrupted by SIGTERM" in stderr and "before this run saved a checkpoint" in stderr
     (run,) = (tmp_path / "logs" / "sentiment" / "runs").iterdir()
     assert json.loads((run / "result.json").read_text())["status"] == "interrupted"
     assert not (run / "checkpoints").exists()  # stopped before training
+
+
+def test_sigterm_to_a_ddp_spawn_run_stops_its_ranks(tmp_path: Path) -> None:
+    """Under ddp_spawn (trainer=ddp_cpu) the parent only waits for its ranks: SIGTERM raised there and
+    multiprocessing's exit then waited for ranks that trained on to max_epochs (result.json said
+    interrupted). Now the ranks get SIGINT, as when SIGTERM killed the parent outright."""
+    import psutil
+
+    proc = _started_until(tmp_path, "runs/*/checkpoints/last.ckpt", *RUN, "trainer=ddp_cpu",
+                          "trainer.max_epochs=400", "callbacks.early_stopping.patience=100000",
+                          "trainer.num_sanity_val_steps=0")
+    ranks = psutil.Process(proc.pid).children(recursive=True)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 143, stderr
+    _, alive = psutil.wait_procs(ranks, timeout=30)
+    assert not [r for r in alive if r.status() != psutil.STATUS_ZOMBIE], alive
+    (run,) = (tmp_path / "logs" / "sentiment" / "runs").iterdir()
+    assert json.loads((run / "result.json").read_text())["status"] == "interrupted"
+    assert read_checkpoint(run / "checkpoints" / "last.ckpt")["epoch"] < 399
 
 
 def test_sigterm_to_a_parallel_sweep_stops_its_workers(tmp_path: Path) -> None:

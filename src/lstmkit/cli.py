@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import multiprocessing
 import os
 import re
 import signal
@@ -19,7 +20,8 @@ import sys
 from collections.abc import Callable, Iterator
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, NoReturn
 
 COMMANDS = {
     "train": "lstmkit.commands.train:train",
@@ -118,16 +120,14 @@ def _task(command: str) -> Callable[[Any], Any]:
                 write_result(hydra_cfg.runtime.output_dir, list(hydra_cfg.overrides.task),
                              cfg.get("monitor"), cfg.get("monitor_mode"), value, error, status)
 
-        exit_code: int | None = None
-        try:
-            with _sigterm_interrupts() if command == "train" else contextlib.nullcontext():
-                value = _load(COMMANDS[command])(cfg)
-        except SystemExit as err:
-            # Lightning's SIGTERMException, raised at the next batch after SIGTERM, or ours outside its loops
-            if not isinstance(err, Interrupted) and type(err).__name__ != "SIGTERMException":
-                raise
-            # a SystemExit(None): without this the process exits 0, and a scheduler that preempted the
-            # job (SLURM sends SIGTERM) or a sweep would read it as a success
+        def interrupted() -> NoReturn:
+            # Lightning's SIGTERMException is a SystemExit(None): without this the process exits 0, and a
+            # scheduler that preempted the job (SLURM sends SIGTERM) or a sweep would read it as a success
+            result(None, "interrupted by SIGTERM", status="interrupted")  # first: the record matters most
+            if multirun and record:  # rank 0 of a training sweep: the jobs so far, in summary.csv / .md
+                from lstmkit.sweeps import summarise_sweep
+
+                summarise_sweep(hydra_cfg.sweep.dir)
             from omegaconf import OmegaConf
 
             checkpoints = OmegaConf.select(cfg, "callbacks.model_checkpoint.dirpath", default=None)
@@ -135,17 +135,28 @@ def _task(command: str) -> Callable[[Any], Any]:
             message = ("interrupted by SIGTERM (e.g. a scheduler preempting the job); run the same command with "
                        "resume=true to continue from the run's last.ckpt (the end of its last finished epoch)"
                        if saved else
-                       "interrupted by SIGTERM (e.g. a scheduler preempting the job) before the run saved a "
-                       "checkpoint; the same command (resume=true too) starts it afresh")
-            print(f"lstmkit {command}: {message}", file=sys.stderr)
-            result(None, "interrupted by SIGTERM", status="interrupted")
-            if multirun and record:  # rank 0 of a training sweep: the jobs so far, in summary.csv / .md
-                from lstmkit.sweeps import summarise_sweep
+                       "interrupted by SIGTERM (e.g. a scheduler preempting the job) before this run saved a "
+                       "checkpoint; the same command with resume=true continues from the newest last.ckpt of an "
+                       "earlier run with the same overrides, or starts afresh if there is none")
+            with contextlib.suppress(OSError):  # stderr may be a pipe closed by the same signal
+                print(f"lstmkit {command}: {message}", file=sys.stderr)
+            raise SystemExit(143) from None
 
-                summarise_sweep(hydra_cfg.sweep.dir)
+        exit_code: int | None = None
+        sigterm = SimpleNamespace(received=False)
+        try:
+            with _sigterm_interrupts(sigterm) if command == "train" else contextlib.nullcontext():
+                value = _load(COMMANDS[command])(cfg)
+        except SystemExit as err:
+            # Lightning's SIGTERMException, raised at the next batch after SIGTERM, or ours outside its loops
+            if not isinstance(err, Interrupted) and type(err).__name__ != "SIGTERMException":
+                raise
             exit_code = 143
-            raise SystemExit(exit_code) from None
+            interrupted()
         except Exception as err:
+            if sigterm.received:  # e.g. a DataLoader worker that the same (process-group) SIGTERM killed first
+                exit_code = 143
+                interrupted()
             if os.environ.get("HYDRA_FULL_ERROR") == "1":
                 raise
             user_error = _user_error(err)
@@ -176,29 +187,42 @@ def _task(command: str) -> Callable[[Any], Any]:
 
 
 @contextlib.contextmanager
-def _sigterm_interrupts() -> Iterator[None]:
-    """SIGTERM outside Lightning's loops raises :class:`~lstmkit.errors.Interrupted`.
+def _sigterm_interrupts(state: SimpleNamespace) -> Iterator[None]:
+    """SIGTERM outside Lightning's loops raises :class:`~lstmkit.errors.Interrupted`; any SIGTERM
+    sets ``state.received``.
 
     Why: Lightning handles SIGTERM only while ``fit`` / ``test`` run. A job stopped while it read its
     data (or between fit and test) died on the signal's default action: no ``result.json``, so a
     sweep's summary lost the trial. Inside the loops Lightning's handler, which calls the handler it
-    found (this one), is installed; this one then leaves the stop to it, at the next batch.
+    found (this one), is installed; this one then leaves the stop to it, at the next batch, and only
+    notes the signal: a SIGTERM to the whole process group (SLURM, systemd) may kill a DataLoader
+    worker first, and the error that follows is the interruption, not a crash.
+
+    Under ``ddp_spawn`` this process only waits for its spawned ranks, which run their own
+    Lightning handlers: they get SIGINT (what their parent-death signal sent when SIGTERM killed
+    this process outright), since a SIGTERM would make them broadcast inside its handler, where
+    ranks signalled at different moments can wait for each other for ever.
     """
     from lstmkit.errors import Interrupted
 
     def interrupt(signum: int, frame: Any) -> None:
+        state.received = True
         if signal.getsignal(signal.SIGTERM) is interrupt:
-            raise Interrupted()
+            for child in multiprocessing.active_children():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(child.pid, signal.SIGINT)  # type: ignore[arg-type]
+            raise Interrupted(143)
 
     try:
         previous = signal.signal(signal.SIGTERM, interrupt)
+        installed = True
     except ValueError:  # not the main thread (a launcher running jobs in threads): leave SIGTERM alone
-        yield
-        return
+        installed = False
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        if installed:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def _finish_wandb(exit_code: int | None = None) -> None:

@@ -59,6 +59,10 @@ class SequenceEnsemble(SequenceModel):
         if not members:
             raise ConfigError("an ensemble needs at least one model")
         names = list(names) if names is not None else [f"model {i}" for i in range(len(members))]
+        if len({id(m) for m in members}) < len(members):
+            # one object twice would weigh it double, and a stateful core (generation, truncated BPTT)
+            # would carry its state from one member's call into the other's
+            raise ConfigError("ensemble: the same model object is given more than once; load each member apart")
         first = members[0]
         if type(first.head).combine is Head.combine:
             raise ConfigError(f"{names[0]}: {type(first.head).__name__} outputs cannot be combined into an "

@@ -341,7 +341,7 @@ def generate(
     was_training = model.training
     model.eval()
     one = torch.ones(1, dtype=torch.long, device=device)
-    with torch.inference_mode(), _carried_state(model, GENERATE_STREAM):
+    with torch.inference_mode(), _carried_state(model, GENERATE_STREAM), _training_mode_kept(model, was_training):
         step_inputs, step_lengths = ids[None, :], torch.tensor([len(ids)], device=device)
         for i in range(n_words):
             logits, _ = model(step_inputs, step_lengths, stream=GENERATE_STREAM)
@@ -354,7 +354,6 @@ def generate(
                 next_id = int(torch.multinomial(probs, 1, generator=generator))
             words.append(vocab[next_id])
             step_inputs, step_lengths = torch.tensor([[next_id]], device=device), one
-    model.train(was_training)
     joiner = "" if (spec.tokenizer or {}).get("level") == "char" else " "
     backward = bool(spec.extra.get("reverse"))
     ordered = words[::-1] if backward else words
@@ -385,6 +384,15 @@ def _carried_state(model: nn.Module, stream: str) -> Iterator[None]:
         for core, stateful in zip(cores, before, strict=True):
             core.reset_state(stream)
             core.stateful = stateful
+
+
+@contextlib.contextmanager
+def _training_mode_kept(model: nn.Module, training: bool) -> Iterator[None]:
+    """Put ``model`` back in training mode afterwards if it was, also after an error."""
+    try:
+        yield
+    finally:
+        model.train(training)
 
 
 def _tidy_lines(text: str) -> str:
