@@ -237,6 +237,23 @@ def test_pasted_typographic_quotes_and_combining_accents_read_as_typed_text() ->
     assert tokenize("it\u2019s", level="char") == list("it's")
 
 
+def test_compressed_files_and_json_arrays_say_what_they_are(tmp_path: Path) -> None:
+    import gzip
+
+    packed = tmp_path / "reviews.csv.gz"
+    packed.write_bytes(gzip.compress(b"text,label\ngreat,1\n"))
+    with pytest.raises(DataError, match=r"reviews\.csv\.gz: a gzip archive, not a text file; decompress it first"):
+        read_labelled_text(packed, fmt="csv")
+    array = tmp_path / "reviews.json"
+    array.write_text('[{"text": "great", "label": 1},\n {"text": "dull", "label": 0}]\n')
+    with pytest.raises(DataError, match=r"reviews\.json, row 1: invalid JSON .*looks like one JSON array: write one "
+                                        r"object per line \(JSON Lines\)"):
+        read_labelled_text(array)
+    array.write_text('[{"text": "great", "label": 1}, {"text": "dull", "label": 0}]\n')
+    with pytest.raises(DataError, match=r"expected a JSON object per line \(JSON Lines\), found list; the file looks"):
+        read_labelled_text(array)
+
+
 def test_a_column_named_twice_in_the_header_is_refused(tmp_path: Path) -> None:
     """csv.DictReader keeps the last of two same-named columns: ids in a second "text" column
     were trained on as the text, with no word."""

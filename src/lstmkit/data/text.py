@@ -246,6 +246,9 @@ def encode(tokens: list[str], index: dict[str, int], unk_id: int) -> list[int]:
     return [index.get(tok, unk_id) for tok in tokens]
 
 
+_COMPRESSED = ((b"\x1f\x8b", "gzip"), (b"PK\x03\x04", "zip"), (b"\xfd7zXZ\x00", "xz"))  # magic numbers
+
+
 def read_text(path: Path) -> str:
     """Read a whole UTF-8 file with clear errors for missing, empty or non-UTF-8 files."""
     if not path.exists():
@@ -253,6 +256,9 @@ def read_text(path: Path) -> str:
     if path.is_dir():
         raise DataError("expected a file, found a folder", path=path)
     raw = path.read_bytes()
+    packed = next((name for magic, name in _COMPRESSED if raw.startswith(magic)), None)
+    if packed:  # its bytes would be "not valid UTF-8 (byte 0x8b at offset 1)"
+        raise DataError(f"a {packed} archive, not a text file; decompress it first", path=path)
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as err:
@@ -395,12 +401,16 @@ def jsonl_records(content: str, path: Path) -> Iterable[tuple[int, dict[str, Any
     for row, line in enumerate(content.split("\n"), start=1):
         if not line.strip():
             continue
+        array = "; the file looks like one JSON array: write one object per line (JSON Lines)"
         try:
             record: Any = json.loads(line)
         except json.JSONDecodeError as err:
-            raise DataError(f"invalid JSON ({err.msg})", path=path, row=row) from None
+            hint = array if line.lstrip().startswith("[") else ""
+            raise DataError(f"invalid JSON ({err.msg}){hint}", path=path, row=row) from None
         if not isinstance(record, dict):
-            raise DataError("expected a JSON object per line", path=path, row=row)
+            hint = array if isinstance(record, list) else ""
+            raise DataError(f"expected a JSON object per line (JSON Lines), found {type(record).__name__}{hint}",
+                            path=path, row=row)
         yield row, record
 
 
