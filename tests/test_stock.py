@@ -406,6 +406,11 @@ def test_decimal_commas_are_refused_by_default_and_read_with_data_decimal(
     (series,) = read_ohlcv(path, FEATURES, decimal=",")
     np.testing.assert_allclose(series.values, frame[FEATURES].to_numpy(), rtol=1e-12)
     assert series.values[0, 0] == 101.0 and series.values[0, 4] == frame["volume"].iloc[0] > 1e5
+    # the same locale's other habit: ';' between fields (found from the header), decimal commas unquoted
+    semicolons = tmp_path / "eu_semicolon.csv"
+    semicolons.write_text(european_csv(frame).replace('","', ";").replace('"', ""))
+    (series,) = read_ohlcv(semicolons, FEATURES, decimal=",")
+    np.testing.assert_allclose(series.values, frame[FEATURES].to_numpy(), rtol=1e-12)
     with pytest.raises(DataError, match=r"us\.csv, row 2, field 'open': expected a number with ',' as the "
                                         r"decimal point .*found '.*\..*' \(is '\.' the decimal point\? then set "
                                         r"data\.decimal=\.\)"):

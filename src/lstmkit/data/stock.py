@@ -221,6 +221,20 @@ def _file_text(path: Path) -> str:
                         "text); re-save the file as UTF-8", path=path, row=raw[: err.start].count(b"\n") + 1) from None
 
 
+def _delimiter(path: Path) -> str:
+    """``;`` when the header line holds more semicolons than commas, else ``,``.
+
+    Why: spreadsheets in locales whose decimal mark is a comma write ``;`` between fields; read
+    with ``,`` such a file was one column ("missing columns") or, with decimal commas, rows of
+    several fields ("quote a field that contains the delimiter").
+    """
+    try:
+        header = next((line for line in _file_text(path).split("\n") if line.strip()), "")
+    except (DataError, OSError, EOFError, lzma.LZMAError, zipfile.BadZipFile, ValueError):
+        return ","  # pandas reports the file's own problem
+    return ";" if header.count(";") > header.count(",") else ","
+
+
 def _read_csv(path: Path) -> tuple[pd.DataFrame, np.ndarray]:
     """The table, and each row's line in the file (the header is line 1) for the errors.
 
@@ -229,10 +243,11 @@ def _read_csv(path: Path) -> tuple[pd.DataFrame, np.ndarray]:
     column as the index and shift every column left (a price read as the date); ``index_col=False``
     drops the extra field instead, after a check that it is empty everywhere (no data is lost).
     """
+    sep = _delimiter(path)
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", pd.errors.ParserWarning)
-            frame = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True,
+            frame = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, skipinitialspace=True,
                                 skip_blank_lines=False, index_col=False)
     except pd.errors.EmptyDataError:
         raise DataError("empty file; expected a CSV with a header row date,open,high,low,close,volume",
@@ -249,7 +264,7 @@ def _read_csv(path: Path) -> tuple[pd.DataFrame, np.ndarray]:
             raise
         raise DataError(f"cannot read the archive ({err}); expected one CSV file in it", path=path) from None
     if any(issubclass(w.category, pd.errors.ParserWarning) for w in caught):  # rows wider than the header:
-        deque(csv_records(_file_text(path), ",", path, (), "the header"), maxlen=0)  # raises at a non-empty one
+        deque(csv_records(_file_text(path), sep, path, (), "the header"), maxlen=0)  # raises at a non-empty one
     lines = np.arange(len(frame)) + 2
     blank = frame.apply(lambda column: column.str.strip().eq("")).all(axis=1).to_numpy()
     return frame[~blank].reset_index(drop=True), lines[~blank]
