@@ -524,6 +524,10 @@ def test_train_then_predict_through_the_console_script(tmp_path: Path) -> None:
     bare = run_cli("predict", f"ckpt_path={ckpt}", f"input={good[1]}", cwd=tmp_path)
     score = [json.loads(line)["score"] for line in out.stdout.splitlines() if line.startswith("{")]
     assert score == [json.loads(line)["score"] for line in bare.stdout.splitlines() if line.startswith("{")]
+    # a file and inline beats together: a bad inline beat is named by its item, not by its place in a batch
+    mixed = f"input=[{beats_file},'{good[0]}','{good[1]} 0.5 0.25']"
+    out = run_cli("predict", f"ckpt_path={ckpt}", mixed, "batch_size=3", cwd=tmp_path, check=False)
+    assert out.returncode != 0 and "input item 3" in out.stderr, out.stderr[-2000:]
 
 
 def test_notebook_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -120,8 +120,13 @@ def predict(cfg: DictConfig) -> list[dict[str, Any]]:
     spec = reading_spec(model.spec, datamodule_cls, cfg.get("data"))  # how the inputs are read
     raw_inputs, origins = collect_inputs_and_origins(cfg)
     named = paths[0] if len(paths) == 1 else f"ensemble of {', '.join(paths)}"  # how input errors name it
+    inputs: list[Any] = []
+    item_origins: list[tuple[str, int] | None] = []  # where each item came from; None: a row of an input file
     with input_context(named, model, datamodule_cls):
-        inputs = datamodule_cls.predict_items(spec, raw_inputs)
+        for raw, origin in zip(raw_inputs, origins, strict=True):
+            items = datamodule_cls.predict_items(spec, [raw])  # a file of beats: one item per row
+            inputs.extend(items)
+            item_origins.extend([origin] if len(items) == 1 and items[0] is raw else [None] * len(items))
     results: list[dict[str, Any]] = []
     if n_words:
         generate = getattr(model.head, "generate", None)
@@ -137,9 +142,11 @@ def predict(cfg: DictConfig) -> list[dict[str, Any]]:
                 try:
                     batch = datamodule_cls.make_predict_batch(spec, chunk)
                 except DataError as err:  # "<input>, row k" of this chunk -> the file's line, or the item
-                    if str(err.path) != "<input>" or err.row is None or len(origins) != len(inputs):
+                    origin = (item_origins[start + err.row - 1] if str(err.path) == "<input>" and err.row is not None
+                              and 0 < err.row <= len(chunk) else None)
+                    if origin is None:
                         raise
-                    source, number = origins[start + err.row - 1]
+                    source, number = origin
                     raise (err.at(f"input item {number}", None) if source == "input"
                            else err.at(source, number)) from None
             batch.inputs = batch.inputs.to(model.device)
