@@ -72,7 +72,7 @@ def test_whole_needs_a_trained_models_spec() -> None:
         SentimentDataModule(whole=True)
 
 
-def test_eval_split_all_scores_every_row_of_a_new_file(make_cfg, tmp_path: Path) -> None:
+def test_eval_split_all_scores_every_row_of_a_new_file(make_cfg, tmp_path: Path, capsys) -> None:
     train(make_cfg(["data.num_examples=200", "data.batch_size=16", "model.hidden_size=8", "encoder.dim=8",
                     "logger=none", *QUICK]))
     ckpt = tmp_path / "checkpoints" / "best.ckpt"
@@ -80,10 +80,12 @@ def test_eval_split_all_scores_every_row_of_a_new_file(make_cfg, tmp_path: Path)
                              + f" {i}" for i in range(37)]
     new = tmp_path / "new.csv"
     new.write_text("\n".join(rows) + "\n")
+    capsys.readouterr()  # training's output
     value = evaluate(make_cfg([f"ckpt_path={ckpt}", f"data.path={new}", "split=all", "logger=none",
                                "trainer.enable_progress_bar=false"], name="eval"))
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert "all/acc" in metrics and not any(k.startswith("test/") for k in metrics)
+    assert "test/acc" not in capsys.readouterr().out  # one table, named for what was scored (not Lightning's too)
 
     model = load_models(str(ckpt)).eval()
     data = {k: v for k, v in model.hparams["data"].items() if k != "_target_"}

@@ -122,7 +122,8 @@ def evaluate(cfg: DictConfig) -> float | None:
     if split == "val":
         results = trainer.validate(model, datamodule=datamodule)
     else:
-        results = trainer.test(model, datamodule=datamodule)
+        # split=all: Lightning's own table would name the metrics test/*; lstmkit's below names them all/*
+        results = trainer.test(model, datamodule=datamodule, verbose=split != "all")
     metrics = scalar_metrics(results[0] if results else {})
     if split == "all":  # logged as the test stage; named for what was scored
         metrics = {key.replace("test/", "all/", 1): value for key, value in metrics.items()}
