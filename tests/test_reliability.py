@@ -424,3 +424,7 @@ def test_an_eval_data_option_is_pointed_to_its_plus() -> None:
     hint = suggest_override(config_dir(), "eval", ["ckpt_path=x.ckpt", "data.eval_batch_size=4"])
     assert hint is not None and hint.startswith("the checkpoint's other data settings are overridden with a +: "
                                                 "+data.eval_batch_size=4 (or did you mean data.batch_size?)")
+    # predict takes no +data.*: its data.* keys only say how input files are read
+    hint = suggest_override(config_dir(), "predict", ["ckpt_path=x.ckpt", "input=x", "data.date_fmt=%d"])
+    assert hint is not None and hint.startswith("predict's data.* settings say how input files are read (")
+    assert "+" not in hint and "did you mean data.date_format?" in hint

@@ -411,6 +411,17 @@ def test_decimal_commas_are_refused_by_default_and_read_with_data_decimal(
     semicolons.write_text(european_csv(frame).replace('","', ";").replace('"', ""))
     (series,) = read_ohlcv(semicolons, FEATURES, decimal=",")
     np.testing.assert_allclose(series.values, frame[FEATURES].to_numpy(), rtol=1e-12)
+    # three decimals everywhere ("67,714"): in a ';' file that is a decimal comma, not 67714 with a warning
+    three = frame.assign(**{c: frame[c].round(3).clip(lower=10.0, upper=999.0) for c in ("open", "high", "low", "close")})
+    rows = ["Date;Open;High;Low;Close;Volume"] + [
+        ";".join([r.date, *(f"{getattr(r, c):.3f}".replace(".", ",") for c in ("open", "high", "low", "close")),
+                  str(int(r.volume))]) for r in three.itertuples()]
+    (tmp_path / "eu3.csv").write_text("\n".join(rows) + "\n")
+    with pytest.raises(DataError, match=r"eu3\.csv, row 2, field 'Open': '[\d,]+' could be \d+ .* or [\d.]+ \(a decimal "
+                                        r"comma\), and this ';'-separated file"):
+        read_ohlcv(tmp_path / "eu3.csv", FEATURES)
+    (series,) = read_ohlcv(tmp_path / "eu3.csv", FEATURES, decimal=",")
+    np.testing.assert_allclose(series.values[:, :4], three[FEATURES[:4]].to_numpy(), rtol=1e-9)
     with pytest.raises(DataError, match=r"us\.csv, row 2, field 'open': expected a number with ',' as the "
                                         r"decimal point .*found '.*\..*' \(is '\.' the decimal point\? then set "
                                         r"data\.decimal=\.\)"):

@@ -97,12 +97,17 @@ def reading_spec(spec: DataSpec, datamodule_cls: type, data: Any) -> DataSpec:
     options = {k: v for k, v in (plain(data) or {}).items() if v is not None}
     if not options:
         return spec
-    allowed = tuple(getattr(datamodule_cls, "predict_read_options", ()))
+    allowed: dict[str, tuple[str, ...] | None] = dict(getattr(datamodule_cls, "predict_read_options", {}))
     unknown = sorted(set(options) - set(allowed))
     if unknown:
         can = ", ".join(f"data.{k}" for k in allowed) or "no data.* setting"
         raise ConfigError(f"data.{unknown[0]}={options[unknown[0]]!r}: this checkpoint's data "
                           f"({datamodule_cls.__name__}) reads its input files with {can}")
+    options = {k: str(v) for k, v in options.items()}  # Hydra reads data.date_format=123 as a number
+    for key, value in options.items():
+        values = allowed[key]
+        if values is not None and value not in values:
+            raise ConfigError(f"data.{key}={value!r}: expected one of {', '.join(map(repr, values))}")
     return dataclasses.replace(spec, extra={**(spec.extra or {}), **options})
 
 

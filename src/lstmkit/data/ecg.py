@@ -21,7 +21,7 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -424,7 +424,8 @@ class EcgDataModule(SequenceDataModule):
         seed: seed for generation and splitting.
     """
 
-    predict_read_options = ("label_column", "format")  # `lstmkit predict data.<option>=`: how its files are read
+    # `lstmkit predict data.<option>=`: how its input files are read, and the values each may take
+    predict_read_options: ClassVar[dict[str, tuple[str, ...] | None]] = {"label_column": LABEL_COLUMNS, "format": FORMATS}
     predict_input = "beat files (one beat per row) or one beat's sample values, whitespace- or comma-separated (quote a comma list: 'input=\"0.1,0.2,...\"')"  # what `lstmkit predict input=...` expects (named in errors)
 
     def __init__(

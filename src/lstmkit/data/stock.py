@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import bz2
 import gzip
+import io
 import logging
 import lzma
 import math
@@ -28,7 +29,7 @@ import zipfile
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
@@ -159,9 +160,9 @@ def read_ohlcv(path: str | Path, features: list[str], date_format: str | None = 
     series: list[Series] = []
     seen: dict[str, str] = {}
     for file in track(files, "reading price files"):
-        frame, lines = _read_csv(file)
+        frame, lines, sep = _read_csv(file)
         for item in validate_frame(frame, str(file), features, default_ticker=ticker_of(file), lines=lines,
-                                   date_format=date_format, decimal=decimal):
+                                   date_format=date_format, decimal=decimal, sep=sep):
             if item.ticker in seen:
                 raise DataError(f"ticker {item.ticker!r} appears in two files ({seen[item.ticker]} and this "
                                 "one); give each ticker one file", path=file, field="ticker")
@@ -229,14 +230,29 @@ def _delimiter(path: Path) -> str:
     several fields ("quote a field that contains the delimiter").
     """
     try:
-        header = next((line for line in _file_text(path).split("\n") if line.strip()), "")
-    except (DataError, OSError, EOFError, lzma.LZMAError, zipfile.BadZipFile, ValueError):
+        header = _header_line(path)
+    except (OSError, EOFError, lzma.LZMAError, zipfile.BadZipFile, ValueError, UnicodeDecodeError):
         return ","  # pandas reports the file's own problem
     return ";" if header.count(";") > header.count(",") else ","
 
 
-def _read_csv(path: Path) -> tuple[pd.DataFrame, np.ndarray]:
-    """The table, and each row's line in the file (the header is line 1) for the errors.
+def _header_line(path: Path) -> str:
+    """The first non-blank line of a (possibly compressed) CSV, read without reading the rest."""
+    opener = _OPENERS.get(path.suffix.lower(), open)
+    if opener is None:  # .zip: its one member
+        with zipfile.ZipFile(path) as archive:
+            names = [n for n in archive.namelist() if not n.endswith("/") and not n.startswith("__MACOSX")]
+            if len(names) != 1:
+                return ""
+            with archive.open(names[0]) as member:
+                lines = io.TextIOWrapper(member, encoding="utf-8-sig", errors="replace")
+                return next((line for line in lines if line.strip()), "")
+    with opener(path, "rt", encoding="utf-8-sig", errors="replace") as handle:
+        return next((line for line in handle if line.strip()), "")
+
+
+def _read_csv(path: Path) -> tuple[pd.DataFrame, np.ndarray, str]:
+    """The table, each row's line in the file (the header is line 1) for the errors, and the delimiter.
 
     Blank lines are dropped but counted, so the line numbers stay the file's. A trailing delimiter
     on every row (a common export quirk) is one empty field too many: pandas would take the first
@@ -267,12 +283,12 @@ def _read_csv(path: Path) -> tuple[pd.DataFrame, np.ndarray]:
         deque(csv_records(_file_text(path), sep, path, (), "the header"), maxlen=0)  # raises at a non-empty one
     lines = np.arange(len(frame)) + 2
     blank = frame.apply(lambda column: column.str.strip().eq("")).all(axis=1).to_numpy()
-    return frame[~blank].reset_index(drop=True), lines[~blank]
+    return frame[~blank].reset_index(drop=True), lines[~blank], sep
 
 
 def validate_frame(
     frame: pd.DataFrame, source: str, features: list[str], default_ticker: str, lines: np.ndarray | None = None,
-    date_format: str | None = None, decimal: str = ".",
+    date_format: str | None = None, decimal: str = ".", sep: str = ",",
 ) -> list[Series]:
     """Check one table row by row and split it per ticker.
 
@@ -281,7 +297,7 @@ def validate_frame(
     non-positive price, a negative volume, a duplicate date of a ticker. Unsorted dates are
     sorted with a warning (files exported newest-first are common and unambiguous). ``lines``:
     each row's line in the file, when it is not simply the row's position + 2. ``decimal``: the
-    numbers' decimal point (see :func:`parse_numbers`).
+    numbers' decimal point, ``sep`` the file's delimiter (see :func:`parse_numbers`).
     """
     columns: dict[str, str] = {}
     for name in frame.columns:
@@ -306,7 +322,8 @@ def validate_frame(
     values = np.empty((len(frame), len(features)))
     for j, feature in enumerate(features):
         raw = frame[columns[feature]]
-        numbers = parse_numbers(raw, lines, source, columns[feature], decimal, price=feature in PRICE_COLUMNS)
+        numbers = parse_numbers(raw, lines, source, columns[feature], decimal, price=feature in PRICE_COLUMNS,
+                                sep=sep)
         _first_bad(~np.isfinite(numbers), raw, lines, source, columns[feature], "a finite number")
         if feature in PRICE_COLUMNS:
             _first_bad(numbers <= 0, raw, lines, source, columns[feature], "a positive price")
@@ -327,7 +344,7 @@ def validate_frame(
 
 
 def parse_numbers(raw: pd.Series, lines: np.ndarray, source: str, column: str, decimal: str = ".",
-                  price: bool = False) -> np.ndarray:
+                  price: bool = False, sep: str = ",") -> np.ndarray:
     """A numeric column as float64 (NaN where a value is no number), ``decimal`` being the decimal point.
 
     Why: stripping every comma as a thousands separator read a decimal comma (``67,7142``, from a
@@ -341,7 +358,10 @@ def parse_numbers(raw: pd.Series, lines: np.ndarray, source: str, column: str, d
     group = "," if decimal == "." else "."
     g, d = re.escape(group), re.escape(decimal)
     has_group = text.str.contains(group, regex=False).to_numpy()
-    grouped = text.str.fullmatch(rf"[+-]?\d{{1,3}}(?:{g}\d{{3}})+(?:{d}\d*)?").to_numpy()
+    grouped = np.zeros(len(text), dtype=bool)
+    marked = np.flatnonzero(has_group)  # only these can be wrong: the pattern is matched on them alone
+    if len(marked):
+        grouped[marked] = text.iloc[marked].str.fullmatch(rf"[+-]?\d{{1,3}}(?:{g}\d{{3}})+(?:{d}\d*)?").to_numpy()
     other = """'data.decimal=","'""" if decimal == "." else "data.decimal=."  # quoted: Hydra refuses a bare ","
     bad = np.flatnonzero(has_group & ~grouped)
     if len(bad):
@@ -350,8 +370,16 @@ def parse_numbers(raw: pd.Series, lines: np.ndarray, source: str, column: str, d
             f"expected a number with {decimal!r} as the decimal point and {group!r} only between groups of three "
             f"digits ({'1,234.56' if decimal == '.' else '1.234,56'}), found {raw.iloc[i]!r} (is {group!r} the "
             f"decimal point? then set {other})", path=source, row=int(lines[i]), field=column)
-    if price and not text.str.contains(decimal, regex=False).any():
-        ambiguous = text.str.fullmatch(rf"[+-]?\d{{1,3}}{g}\d{{3}}").to_numpy()
+    if price and len(marked) and not text.str.contains(decimal, regex=False).any():
+        ambiguous = np.zeros(len(text), dtype=bool)
+        ambiguous[marked] = text.iloc[marked].str.fullmatch(rf"[+-]?\d{{1,3}}{g}\d{{3}}").to_numpy()
+        if ambiguous.any() and sep == ";" and decimal == ".":
+            # ';' between fields is the habit of the locales whose decimal mark is ',': "67,714" is 67.714
+            i = int(np.flatnonzero(ambiguous)[0])
+            raise DataError(f"{text.iloc[i]!r} could be {text.iloc[i].replace(',', '')} (',' between thousands) or "
+                            f"{text.iloc[i].replace(',', '.')} (a decimal comma), and this ';'-separated file's "
+                            "prices have no '.' anywhere: set 'data.decimal=\",\"' if ',' is the decimal point",
+                            path=source, row=int(lines[i]), field=column)
         if ambiguous.any():
             i = int(np.flatnonzero(ambiguous)[0])
             log.warning("%s, row %d, field %r: %r is read as %s (%r as a thousands separator), and no value of the "
@@ -388,7 +416,9 @@ def parse_dates(raw: pd.Series, lines: np.ndarray, source: str, column: str, dat
     in the file. Converting to UTC moved every day of a ``+09:00`` file back by one, and mixed
     offsets were a pandas error without the file or row.
     """
-    local = raw.astype(str).str.strip().str.replace(_OFFSET, r"\1", regex=True)
+    local = raw.astype(str).str.strip()
+    if local.str.contains(":", regex=False).any():  # a time of day somewhere: perhaps with an offset
+        local = local.str.replace(_OFFSET, r"\1", regex=True)
 
     def read(fmt: str) -> pd.Series:
         try:
@@ -506,7 +536,8 @@ class StockDataModule(SequenceDataModule):
     """
 
     predict_input = "OHLCV CSV file paths"  # what `lstmkit predict input=...` expects (named in errors)
-    predict_read_options = ("date_format", "decimal")  # `lstmkit predict data.<option>=`: how its files are read
+    # `lstmkit predict data.<option>=`: how its input files are read, and the values each may take (None: a format)
+    predict_read_options: ClassVar[dict[str, tuple[str, ...] | None]] = {"date_format": None, "decimal": DECIMALS}
 
     def __init__(
         self,

@@ -36,6 +36,8 @@ _QUOTES = str.maketrans({"\u2018": "'", "\u2019": "'", "\u201a": "'", "\u201b": 
 def normalise_text(text: str) -> str:
     """NFC (a letter and its combining accent, "cafe\u0301", become one character, "café") and
     typographic quotes as ASCII ones, before any tokenizer splits the text."""
+    if text.isascii():  # nothing to change, and most text is: skip the two passes
+        return text
     return unicodedata.normalize("NFC", text).translate(_QUOTES)
 
 
