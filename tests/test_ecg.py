@@ -381,6 +381,16 @@ def test_predict_lines_check_their_label_as_files_do(tmp_path: Path, label_colum
         EcgDataModule.predict_items(spec, [str(path)])
 
 
+def test_a_whitespace_file_read_as_csv_names_its_first_row(tmp_path: Path) -> None:
+    """Its first line was one cell that is no number, taken for a header: the error named row 2."""
+    beats, kinds = generate_beats(4, seed=3)
+    path = write_beats(tmp_path / "beats.txt", beats, kinds)
+    with pytest.raises(DataError, match=r"beats\.txt, row 1: a line of whitespace-separated numbers in a file read "
+                                        r"as CSV \(data\.format=csv\); set data\.format=whitespace"):
+        read_beats(path, "first", "csv")
+    assert len(read_beats(path, "first", "auto").samples) == 4
+
+
 def test_files_written_by_pandas_with_an_index_are_refused(tmp_path: Path) -> None:
     pd = pytest.importorskip("pandas")
     beats, kinds = generate_beats(30, anomaly_fraction=0.4, seed=6)

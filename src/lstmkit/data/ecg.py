@@ -288,6 +288,10 @@ def read_beats(
         if not line.strip():
             continue
         cells = [c.strip() for c in line.split(",")] if comma else line.split()
+        if first and comma and len(cells) == 1 and len(line.split()) > 1 and all(map(_is_number, line.split())):
+            # numbers without a comma, read as CSV: one cell that is no number, which would pass for a header
+            raise DataError("a line of whitespace-separated numbers in a file read as CSV (data.format="
+                            f"{fmt}); set data.format=whitespace (or auto)", path=path, row=row)
         if first and not any(_is_number(c) for c in cells):
             first = False
             continue  # header line
