@@ -428,3 +428,29 @@ def test_an_eval_data_option_is_pointed_to_its_plus() -> None:
     hint = suggest_override(config_dir(), "predict", ["ckpt_path=x.ckpt", "input=x", "data.date_fmt=%d"])
     assert hint is not None and hint.startswith("predict's data.* settings say how input files are read (")
     assert "+" not in hint and "did you mean data.date_format?" in hint
+
+
+def test_an_error_after_a_sigterm_is_an_interruption(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    """A SIGTERM to the whole process group (SLURM, systemd) may kill a DataLoader worker before the
+    main process stops at its next batch: the worker's death, not a crash, must be what is reported."""
+    from omegaconf import OmegaConf
+
+    from lstmkit import cli
+
+    def job(cfg: object) -> None:
+        found = signal.getsignal(signal.SIGTERM)
+
+        def lightning_like(signum: int, frame: object) -> None:  # Lightning's: notes it, calls the one it found
+            found(signum, frame)  # type: ignore[operator]
+
+        signal.signal(signal.SIGTERM, lightning_like)
+        os.kill(os.getpid(), signal.SIGTERM)
+        raise RuntimeError("DataLoader worker (pid 12345) is killed by signal: Terminated.")
+
+    monkeypatch.setattr(cli, "_load", lambda target: job)
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(SystemExit) as stopped:
+        cli._task("train")(OmegaConf.create({}))
+    assert stopped.value.code == 143
+    assert "interrupted by SIGTERM" in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGTERM) is before  # the handler before the job is back
