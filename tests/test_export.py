@@ -32,14 +32,19 @@ def test_unpacked_lstm_equals_packed(bidirectional: bool, proj_size: int) -> Non
 
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
 @pytest.mark.parametrize("task", TASKS)
-def test_every_task_exports_with_parity(make_cfg, tmp_path: Path, task: str, fmt: str) -> None:
+def test_every_task_exports_with_parity(make_cfg, tmp_path: Path, task: str, fmt: str, monkeypatch) -> None:
     cfg = make_cfg([f"task={task}"])
     datamodule = instantiate(cfg.data, _convert_="all")
     datamodule.setup("fit")
     model = build_model(cfg, datamodule)
     if (task, fmt) == ("speech", "onnx"):
-        # known limitation: torch.onnx cannot export the complex STFT inside the log-Mel front end
-        with pytest.raises(ExportError, match="SpectrogramEncoder -> LSTM -> CTCHead failed: STFT"):
+        # known limitation: torch.onnx cannot export the complex STFT inside the log-Mel front end; said before
+        # torch.onnx tries (it failed with a dump of its graph), and torch.onnx does still fail on it
+        with pytest.raises(ExportError, match=r"format=onnx: SpectrogramEncoder: torch\.onnx cannot export the "
+                                              r"complex STFT .*; format=torchscript works"):
+            export_model(model, tmp_path / f"model.{fmt}", fmt=fmt)
+        monkeypatch.setattr(type(model.encoder), "onnx_unsupported", None)
+        with pytest.raises(ExportError, match=r"SpectrogramEncoder -> LSTM -> CTCHead failed: STFT [^\[]*$"):
             export_model(model, tmp_path / f"model.{fmt}", fmt=fmt)
         return
     result = export_model(model, tmp_path / f"model.{fmt}", fmt=fmt)

@@ -87,6 +87,10 @@ class SpectrogramEncoder(nn.Module):
             a second linear piece maps the top of the band onto itself.
     """
 
+    # why `lstmkit export format=onnx` refuses this encoder before trying (torch.onnx fails deep inside, with a
+    # dump of its graph): said in one line, with the format that works
+    onnx_unsupported = "torch.onnx cannot export the complex STFT of its spectrogram front end"
+
     def __init__(
         self,
         spec: DataSpec,
