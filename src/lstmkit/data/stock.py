@@ -18,6 +18,7 @@ only. Batches carry raw values; the model normalises them itself
 from __future__ import annotations
 
 import bz2
+import contextlib
 import gzip
 import io
 import logging
@@ -27,9 +28,10 @@ import re
 import warnings
 import zipfile
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import IO, Any, ClassVar
 
 import numpy as np
 import pandas as pd
@@ -199,22 +201,33 @@ def ticker_of(file: Path) -> str:
     return file.stem
 
 
+@contextlib.contextmanager
+def _opened(path: Path) -> Iterator[IO[bytes]]:
+    """The bytes of the CSV a file holds: itself, or the CSV inside ``.gz`` / ``.bz2`` / ``.xz`` / ``.zip``
+    (a zip's one data member; macOS' ``__MACOSX/`` entries are not data)."""
+    opener = _OPENERS.get(path.suffix.lower(), open)
+    if opener is not None:
+        with opener(path, "rb") as stream:
+            yield stream
+        return
+    with zipfile.ZipFile(path) as archive:
+        names = [n for n in archive.namelist() if not n.endswith("/") and not n.startswith("__MACOSX")]
+        if len(names) != 1:
+            raise ValueError(f"expected one CSV file in the archive, found {len(names)}")
+        with archive.open(names[0]) as member:
+            yield member
+
+
 def _file_text(path: Path) -> str:
     """The text of a file, decompressed first when pandas reads it so (``.gz``, ``.bz2``, ``.xz``, ``.zip``).
 
     Why: the checks that reread a file (bad UTF-8, rows wider than the header) must see the lines of
     the CSV inside, not the compressed bytes.
     """
-    suffix = path.suffix.lower()
-    if suffix not in _OPENERS:
+    if path.suffix.lower() not in _OPENERS:
         return read_text(path)
-    opener = _OPENERS[suffix]
-    if opener is None:
-        with zipfile.ZipFile(path) as archive:
-            raw = archive.read(archive.namelist()[0])
-    else:
-        with opener(path, "rb") as stream:
-            raw = stream.read()
+    with _opened(path) as stream:
+        raw = stream.read()
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as err:
@@ -238,17 +251,9 @@ def _delimiter(path: Path) -> str:
 
 def _header_line(path: Path) -> str:
     """The first non-blank line of a (possibly compressed) CSV, read without reading the rest."""
-    opener = _OPENERS.get(path.suffix.lower(), open)
-    if opener is None:  # .zip: its one member
-        with zipfile.ZipFile(path) as archive:
-            names = [n for n in archive.namelist() if not n.endswith("/") and not n.startswith("__MACOSX")]
-            if len(names) != 1:
-                return ""
-            with archive.open(names[0]) as member:
-                lines = io.TextIOWrapper(member, encoding="utf-8-sig", errors="replace")
-                return next((line for line in lines if line.strip()), "")
-    with opener(path, "rt", encoding="utf-8-sig", errors="replace") as handle:
-        return next((line for line in handle if line.strip()), "")
+    with _opened(path) as stream:
+        lines = io.TextIOWrapper(stream, encoding="utf-8-sig", errors="replace")
+        return next((line for line in lines if line.strip()), "")
 
 
 def _read_csv(path: Path) -> tuple[pd.DataFrame, np.ndarray, str]:

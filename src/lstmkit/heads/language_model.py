@@ -338,12 +338,10 @@ def generate(
     generator = torch.Generator(device=device).manual_seed(
         seed if seed is not None else random.SystemRandom().randrange(2**31))
     words: list[str] = []
-    was_training = model.training
-    model.eval()
     one = torch.ones(1, dtype=torch.long, device=device)
-    with torch.inference_mode(), _carried_state(model, GENERATE_STREAM), _training_mode_kept(model, was_training):
+    with torch.inference_mode(), _carried_state(model, GENERATE_STREAM), _in_eval_mode(model):
         step_inputs, step_lengths = ids[None, :], torch.tensor([len(ids)], device=device)
-        for i in range(n_words):
+        for _ in range(n_words):
             logits, _ = model(step_inputs, step_lengths, stream=GENERATE_STREAM)
             last = logits[0, -1].float()  # (V,)
             last[spec.pad_id] = float("-inf")
@@ -387,8 +385,10 @@ def _carried_state(model: nn.Module, stream: str) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _training_mode_kept(model: nn.Module, training: bool) -> Iterator[None]:
-    """Put ``model`` back in training mode afterwards if it was, also after an error."""
+def _in_eval_mode(model: nn.Module) -> Iterator[None]:
+    """``model`` in eval mode for the duration, then back in the mode it was in, also after an error."""
+    training = model.training
+    model.eval()
     try:
         yield
     finally:
