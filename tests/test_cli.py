@@ -34,6 +34,10 @@ def test_train_eval_predict_through_the_console_script(tmp_path: Path) -> None:
     assert "test/acc" in evaluated.stdout
     eval_run = _run_dir(tmp_path, "eval")
     assert json.loads((eval_run / "metrics.json").read_text())["test/acc"] == trained["test/acc"]
+    # a +data.<key> the checkpoint's datamodule does not take: one line naming it, no traceback
+    typo = run_cli("eval", f"ckpt_path={run}/checkpoints/best.ckpt", "+data.max_lenght=50", cwd=tmp_path, check=False)
+    assert typo.returncode == 2 and "Traceback" not in typo.stderr, typo.stderr
+    assert "cannot build the data from the config" in typo.stderr and "max_lenght" in typo.stderr, typo.stderr
 
     predicted = run_cli("predict", f"ckpt_path={run}/checkpoints/best.ckpt", "input=what a wonderful film",
                         cwd=tmp_path)

@@ -73,6 +73,30 @@ def test_export_command(tmp_path: Path) -> None:
         assert proc.returncode == 2 and says in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
     proc = run_cli("predict", f"ckpt_path={ckpt}", "input=a fine film", "seed=abc", cwd=tmp_path, check=False)
     assert proc.returncode == 2 and "seed='abc': expected a whole number >= 0" in proc.stderr, proc.stderr
+    for bad in ("abc", "-1"):
+        proc = run_cli("export", f"ckpt_path={ckpt}", f"tolerance={bad}", cwd=tmp_path, check=False)
+        assert proc.returncode == 2 and f"tolerance={bad}: expected a number >= 0" in proc.stderr, proc.stderr
+        assert "Traceback" not in proc.stderr
+
+
+def test_a_failed_export_leaves_the_earlier_model_and_its_spec(make_cfg, tmp_path: Path) -> None:
+    """A model that fails its check is never left beside another model's spec.json (nor alone)."""
+    models = []
+    for examples in (200, 300):  # two vocabularies
+        cfg = make_cfg(["task=sentiment", f"data.num_examples={examples}"])
+        datamodule = instantiate(cfg.data, _convert_="all")
+        datamodule.setup("fit")
+        models.append(build_model(cfg, datamodule))
+    path = tmp_path / "model.onnx"
+    export_model(models[0], path)
+    before = path.read_bytes(), Path(f"{path}.spec.json").read_text()
+    with pytest.raises(ExportError, match="differs from PyTorch"):
+        export_model(models[1], path, tolerance=-1.0)  # the check fails whatever the difference
+    assert (path.read_bytes(), Path(f"{path}.spec.json").read_text()) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx", "model.onnx.spec.json"]
+    with pytest.raises(ExportError, match="differs from PyTorch"):
+        export_model(models[1], tmp_path / "new.onnx", tolerance=-1.0)
+    assert not (tmp_path / "new.onnx").exists() and len(list(tmp_path.iterdir())) == 2
 
 
 @pytest.mark.parametrize("task", ["ecg", "ecg_unsupervised"])

@@ -428,6 +428,9 @@ def test_an_eval_data_option_is_pointed_to_its_plus() -> None:
     hint = suggest_override(config_dir(), "predict", ["ckpt_path=x.ckpt", "input=x", "data.date_fmt=%d"])
     assert hint is not None and hint.startswith("predict's data.* settings say how input files are read (")
     assert "+" not in hint and "did you mean data.date_format?" in hint
+    # train has a ckpt_path too (resume), but its data.* keys are the datamodule's: no "+" advice
+    hint = suggest_override(config_dir(), "train", ["task=next_word", "data.num_examples=200"])
+    assert hint is not None and "+data" not in hint and "checkpoint" not in hint, hint
 
 
 def test_an_error_after_a_sigterm_is_an_interruption(monkeypatch: pytest.MonkeyPatch, capsys) -> None:

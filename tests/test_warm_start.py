@@ -98,6 +98,9 @@ def test_cli_language_model_then_classifier(tmp_path: Path) -> None:
                   "test=false", *QUICK, f"paths.log_dir={tmp_path}/logs", cwd=tmp_path)
     text = cls.stdout + cls.stderr
     assert "init_from" in text and "tensors copied" in text and "tokens found" in text, text[-2000:]
+    one_part = run_cli("train", "task=sentiment", "encoder.dim=16", "model.hidden_size=16", f"init_from.ckpt_path={best}",
+                       "init_from.include=encoder", "test=false", *QUICK, f"paths.log_dir={tmp_path}/logs", cwd=tmp_path)
+    assert "1 tensors copied" in one_part.stdout + one_part.stderr  # the embedding: a part, not its letters
     assert lm.returncode == 0
     missing = run_cli("train", "task=sentiment", f"init_from.ckpt_path={tmp_path}/none.ckpt", *QUICK,
                       f"paths.log_dir={tmp_path}/logs", cwd=tmp_path, check=False)
@@ -213,3 +216,16 @@ def test_a_forecast_head_is_not_copied_onto_another_target(tmp_path: Path) -> No
     with pytest.raises(ConfigError, match=r"the head forecasts another target .*'close'.*'volume'"):
         init_from_checkpoint(stock("volume"), ckpt, include=["encoder", "core", "head"])
     init_from_checkpoint(stock("volume"), ckpt, include=["core"])  # the LSTM alone still warm-starts
+
+
+def test_a_classifier_head_is_copied_across_vocabularies(tmp_path: Path) -> None:
+    """Its rows are classes: another vocabulary (other data, other order) does not stop it."""
+    source = classifier(["<pad>", "<unk>", "good", "bad"])
+    with torch.no_grad():
+        for p in source.head.parameters():
+            p.add_(1.0)
+    target = classifier(["<pad>", "<unk>", "bad", "dull", "good"])
+    result = init_from_checkpoint(target, save(source, tmp_path / "cls.ckpt"), include=["encoder", "core", "head"])
+    assert {"head.net.0.weight", "head.net.0.bias"} <= set(result.copied)
+    assert torch.equal(target.head.net[0].weight, source.head.net[0].weight)
+    assert torch.equal(target.encoder.embedding.weight[4], source.encoder.embedding.weight[2])  # by token

@@ -10,6 +10,7 @@ parity check proves it on inputs with another batch size and length than the one
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +88,24 @@ def export(model: SequenceModel, path: str | Path, fmt: str = "onnx", tolerance:
     check_inputs = example_inputs(model.spec, batch=5, steps=20, seed=1)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    # written and checked under another name, then moved into place with its spec: a failed export
+    # leaves an earlier model and its spec.json as they were (never one model beside another's spec)
+    staged = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    try:
+        result = _export_checked(model, module, staged, fmt, tolerance, traced_inputs, check_inputs)
+        spec_path = write_spec(model, staged)
+        os.replace(staged, path)
+        os.replace(spec_path, spec_file(path))
+    finally:
+        for leftover in (staged, spec_file(staged)):
+            leftover.unlink(missing_ok=True)
+    return {"path": str(path), "format": fmt, **result, "spec_path": str(spec_file(path))}
+
+
+def _export_checked(model: SequenceModel, module: nn.Module, path: Path, fmt: str, tolerance: float,
+                    traced_inputs: tuple[torch.Tensor, torch.Tensor],
+                    check_inputs: tuple[torch.Tensor, torch.Tensor]) -> dict[str, Any]:
+    """Write ``module`` to ``path`` in ``fmt``, load it back and compare it with eager outputs."""
     with torch.no_grad():
         expected = model(*check_inputs)[0]
         try:
@@ -121,9 +140,12 @@ def export(model: SequenceModel, path: str | Path, fmt: str = "onnx", tolerance:
     diff = float((actual.float() - expected.float()).abs().max())
     if diff > tolerance:
         raise ExportError(f"exported {fmt} model differs from PyTorch by {diff:.3g} (> {tolerance})")
-    spec_path = write_spec(model, path)
-    return {"path": str(path), "format": fmt, "max_abs_diff": diff, "checked_shape": list(expected.shape),
-            "spec_path": str(spec_path)}
+    return {"max_abs_diff": diff, "checked_shape": list(expected.shape)}
+
+
+def spec_file(path: Path) -> Path:
+    """Where the spec of the model at ``path`` is written: beside it, ``<name>.spec.json``."""
+    return path.with_name(path.name + ".spec.json")
 
 
 def write_spec(model: SequenceModel, path: Path) -> Path:
@@ -134,7 +156,7 @@ def write_spec(model: SequenceModel, path: Path) -> Path:
     normaliser the model was trained with, and the learnt values its decisions use, readable
     without lstmkit, torch or pickle.
     """
-    spec_path = path.with_name(path.name + ".spec.json")
+    spec_path = spec_file(path)
     record = {"task": model.hparams.get("task", ""), "spec": model.spec.to_dict(),
               "inputs": ["inputs", "lengths"], "outputs": ["outputs"], "head": model.head.serving()}
     spec_path.write_text(json.dumps(record, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")

@@ -107,7 +107,7 @@ def _hint(override: Any, cfg: DictConfig, group_options_of: Any) -> str | None:
     if parent_path == "data" and "input" in cfg:  # predict: data.* only says how input files are read
         return (f"predict's data.* settings say how input files are read ({', '.join(keys)}); the model's own "
                 "settings stay the checkpoint's" + (f" (did you mean data.{guess}?)" if guess else ""))
-    if parent_path == "data" and "ckpt_path" in cfg:  # eval: the checkpoint's data settings
+    if parent_path == "data" and "split" in cfg:  # eval: the checkpoint's data settings
         # (before the close match: data.eval_batch_size is a datamodule option, not a typo of batch_size)
         return (f"the checkpoint's other data settings are overridden with a +: "
                 f"+{key}={override.get_value_element_as_str()}"

@@ -186,7 +186,10 @@ def _check_head_outputs(source: DataSpec, target: DataSpec, ckpt_path: str | Pat
             f"init_from.ckpt_path={ckpt_path}: the head forecasts another target (checkpoint "
             f"{old_target.get('name')!r} {list(source.target_names or [])[:3]}, this model {new_target.get('name')!r} "
             f"{list(target.target_names or [])[:3]}); leave head out of init_from.include")
-    if source.vocab and target.vocab and list(source.vocab) != list(target.vocab):
+    # a language model's head rows are its vocabulary; a classifier's are its classes (checked above),
+    # whatever words its embedding knows
+    if (not (source.classes or target.classes) and source.vocab and target.vocab
+            and list(source.vocab) != list(target.vocab)):
         raise ConfigError(
             f"init_from.ckpt_path={ckpt_path}: with head in init_from.include the vocabularies must be the same "
             f"(checkpoint {len(source.vocab):,} tokens, this model {len(target.vocab):,}, or another order); "

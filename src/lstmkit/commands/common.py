@@ -6,18 +6,22 @@ import json
 import logging
 import math
 import typing
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import UnionType
 from typing import Any
 
 import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
 from hydra.utils import get_object, instantiate
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 
-from lstmkit.errors import ConfigError
+from lstmkit.errors import ConfigError, LstmkitError
 
 log = logging.getLogger("lstmkit")
 
@@ -191,3 +195,37 @@ def report(metrics: dict[str, float], out_dir: str | Path | None, title: str = "
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(metrics, indent=2) + "\n")
         log.info("metrics written to %s", path)
+
+
+@contextmanager
+def config_stage(what: str) -> Iterator[None]:
+    """Turn a type or value error while building ``what`` into one line naming the overrides.
+
+    Why: ``model.hidden_size=-3`` otherwise ends in a traceback from inside ``nn.LSTM`` (and
+    ``encoder.dim=-1`` in torch's RuntimeError from ``nn.Embedding``). Errors
+    that are already ours (bad data files...) pass through unchanged.
+    """
+    try:
+        yield
+    except LstmkitError:
+        raise
+    except (TypeError, ValueError, RuntimeError, InstantiationException) as err:  # torch: RuntimeError
+        root: BaseException = err  # the end of the cause chain: an error of ours, or what says why
+        while not isinstance(root, LstmkitError) and root.__cause__ is not None:
+            root = root.__cause__
+        if isinstance(root, LstmkitError):
+            raise root from None
+        inner = err.__cause__ if isinstance(err, InstantiationException) and err.__cause__ else err
+        message = _first_line(inner)
+        if root is not inner:  # e.g. Hydra's "Error loading 'x.Y':" over the ImportError that says why
+            message = f"{message.rstrip(':')}: {type(root).__name__}: {_first_line(root)}"
+        overrides = " ".join(HydraConfig.get().overrides.task) if HydraConfig.initialized() else ""
+        raise ConfigError(
+            f"cannot build the {what} from the config: {message} "
+            f"(command-line overrides: {overrides or 'none'}; --cfg job prints the composed config)"
+        ) from err
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__

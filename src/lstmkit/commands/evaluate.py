@@ -18,6 +18,7 @@ from lstmkit.commands.common import (
     apply_decoding,
     check_device,
     check_option_types,
+    config_stage,
     instantiate_group,
     int_option,
     plain,
@@ -65,7 +66,8 @@ def check_members_split(model: SequenceEnsemble, names: list[str], split: str) -
     """
     def fingerprint(member: SequenceModel) -> str:
         # each member's own settings: an eval override (data.seed=1) would make them look alike
-        datamodule = build(dict(member.hparams.get("data") or {}), spec=member.hparams.spec)
+        with config_stage("data"):
+            datamodule = build(dict(member.hparams.get("data") or {}), spec=member.hparams.spec)
         datamodule.setup("test")
         return split_fingerprint(datamodule, split)
 
@@ -111,7 +113,8 @@ def evaluate(cfg: DictConfig) -> float | None:
     elif isinstance(model, SequenceEnsemble) and not overrides.get("path"):
         # (with data.path the user names the data: the members' own splits are not what is scored)
         check_members_split(model, paths, split)
-    datamodule = build(data_cfg, spec=model.hparams.spec)
+    with config_stage("data"):  # +data.<typo>=...: one line, not the datamodule's TypeError
+        datamodule = build(data_cfg, spec=model.hparams.spec)
     datamodule.setup("test")
     scored = datamodule.splits.get("test" if split == "all" else split)
     if scored is not None and len(scored) == 0:  # Lightning would score nothing and report an empty table

@@ -27,6 +27,13 @@ def export(cfg: DictConfig) -> dict[str, Any]:
         output.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise ConfigError(f"output={output}: cannot write it ({err.strerror or err})") from None
-    result = export_model(model, output, fmt=str(cfg.format), tolerance=float(cfg.tolerance))
+    try:
+        tolerance = float(cfg.tolerance)
+    except (TypeError, ValueError):
+        tolerance = float("nan")
+    if not tolerance >= 0:  # NaN too
+        raise ConfigError(f"tolerance={cfg.tolerance}: expected a number >= 0 (the largest difference allowed "
+                          "between the exported model's outputs and PyTorch's)")
+    result = export_model(model, output, fmt=str(cfg.format), tolerance=tolerance)
     print(json.dumps(result))
     return result

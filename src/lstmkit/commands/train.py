@@ -7,14 +7,12 @@ import os
 import random
 import zlib
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, ProgressBar
@@ -27,6 +25,7 @@ from lstmkit.commands.common import (
     TYPED_GROUPS,
     check_device,
     check_option_types,
+    config_stage,
     instantiate_group,
     int_option,
     log,
@@ -34,44 +33,9 @@ from lstmkit.commands.common import (
     report,
     scalar_metrics,
 )
-from lstmkit.errors import ConfigError, DataError, LstmkitError, SweepError
+from lstmkit.errors import ConfigError, DataError, SweepError
 from lstmkit.module import SequenceModel
 from lstmkit.warm_start import init_from_checkpoint, init_reverse_from_checkpoint
-
-
-@contextmanager
-def config_stage(what: str) -> Iterator[None]:
-    """Turn a type or value error while building ``what`` into one line naming the overrides.
-
-    Why: ``model.hidden_size=-3`` otherwise ends in a traceback from inside ``nn.LSTM`` (and
-    ``encoder.dim=-1`` in torch's RuntimeError from ``nn.Embedding``). Errors
-    that are already ours (bad data files...) pass through unchanged.
-    """
-    try:
-        yield
-    except LstmkitError:
-        raise
-    except (TypeError, ValueError, RuntimeError, InstantiationException) as err:  # torch: RuntimeError
-        root: BaseException = err  # the end of the cause chain: an error of ours, or what says why
-        while not isinstance(root, LstmkitError) and root.__cause__ is not None:
-            root = root.__cause__
-        if isinstance(root, LstmkitError):
-            raise root from None
-        inner = err.__cause__ if isinstance(err, InstantiationException) and err.__cause__ else err
-        message = _first_line(inner)
-        if root is not inner:  # e.g. Hydra's "Error loading 'x.Y':" over the ImportError that says why
-            message = f"{message.rstrip(':')}: {type(root).__name__}: {_first_line(root)}"
-        overrides = " ".join(HydraConfig.get().overrides.task) if HydraConfig.initialized() else ""
-        raise ConfigError(
-            f"cannot build the {what} from the config: {message} "
-            f"(command-line overrides: {overrides or 'none'}; --cfg job prints the composed config)"
-        ) from err
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
-
 
 # overrides a resumed run may change: how long it trains, and the resume options themselves
 RESUME_OVERRIDES = {"resume", "ckpt_path", "trainer.max_epochs", "trainer.max_steps", "trainer.max_time"}
@@ -307,7 +271,10 @@ def warm_start(model: SequenceModel, warm: Any, resumed: str | None) -> None:
             log.warning("init_from.reverse_ckpt_path without init_from.ckpt_path: the reverse direction was "
                         "trained on its language model's embedding, which this model does not start from")
     if "ckpt_path" in paths:
-        init_from_checkpoint(model, paths["ckpt_path"], list(warm.get("include") or ()), filled=filled)
+        include = warm.get("include") or ()
+        # init_from.include=encoder (no brackets) is one part, not the letters e, n, c...
+        include = [include] if isinstance(include, str) else list(include)
+        init_from_checkpoint(model, paths["ckpt_path"], include, filled=filled)
 
 
 DRAWN_SEED_ENV = "LSTMKIT_DRAWN_SEED"
