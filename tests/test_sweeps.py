@@ -147,3 +147,17 @@ def test_slurm_launch_without_sbatch_is_one_line(tmp_path: Path) -> None:
     assert proc.returncode == 2, proc.stderr
     assert "cluster=slurm (hydra/launcher=submitit_slurm) submits the jobs with SLURM's sbatch" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_a_summary_survives_an_unreadable_record(tmp_path: Path) -> None:
+    """A record cut short (a worker killed while writing it) is a failed row; the others are kept."""
+    from lstmkit.sweeps import summarise_sweep, write_result
+
+    write_result(tmp_path / "0", ["optimizer.lr=0.1"], "val/acc", "max", 0.8)
+    write_result(tmp_path / "2", ["optimizer.lr=0.3"], "val/acc", "max", 0.9)
+    (tmp_path / "1").mkdir()
+    (tmp_path / "1" / "result.json").write_text('{"status": "ok", "monitor": "val/a')
+    rows = summarise_sweep(tmp_path)
+    assert [(r["job"], r["status"]) for r in rows] == [("2", "ok"), ("0", "ok"), ("1", "failed")]
+    assert "unreadable" in rows[2]["error"] and "unreadable" in (tmp_path / "summary.md").read_text()
+    assert sorted(p.name for p in (tmp_path / "0").iterdir()) == ["result.json"]  # no partial file left

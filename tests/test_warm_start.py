@@ -229,3 +229,26 @@ def test_a_classifier_head_is_copied_across_vocabularies(tmp_path: Path) -> None
     assert {"head.net.0.weight", "head.net.0.bias"} <= set(result.copied)
     assert torch.equal(target.head.net[0].weight, source.head.net[0].weight)
     assert torch.equal(target.encoder.embedding.weight[4], source.encoder.embedding.weight[2])  # by token
+
+
+def test_features_in_another_order_are_refused(tmp_path: Path) -> None:
+    """The LSTM's input columns are per feature: copied onto another order they would read the wrong price."""
+    from lstmkit.data.stock import StockDataModule
+
+    def stock(features: list[str], project: int = 0) -> SequenceModel:
+        data = StockDataModule(num_tickers=2, num_days=200, window=8, features=features)
+        data.setup("fit")
+        return SequenceModel(data.spec.to_dict(), {"_target_": "lstmkit.encoders.features.FeatureEncoder",
+                                                   "project": project},
+                             {"hidden_size": 4}, {"_target_": "lstmkit.heads.regression.RegressionHead"})
+
+    ckpt = save(stock(["open", "close"]), tmp_path / "oc.ckpt")
+    with pytest.raises(ConfigError, match=r"reads the features open, close, this one close, open.*"
+                                          r"data\.features=\[open,close\]"):
+        init_from_checkpoint(stock(["close", "open"]), ckpt, include=["core"])
+    init_from_checkpoint(stock(["open", "close"]), ckpt, include=["core"])  # the same order: copied
+    projected = save(stock(["open", "close"], project=3), tmp_path / "proj.ckpt")
+    # behind a projection the LSTM reads the projection's outputs, not the features: it may be copied
+    init_from_checkpoint(stock(["close", "open"], project=3), projected, include=["core"])
+    with pytest.raises(ConfigError, match="reads the features"):
+        init_from_checkpoint(stock(["close", "open"], project=3), projected, include=["encoder", "core"])

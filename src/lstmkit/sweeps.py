@@ -30,7 +30,11 @@ def write_result(out_dir: str | Path, overrides: list[str], monitor: str | None,
               "overrides": overrides, "error": error}
     path = Path(out_dir) / "result.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(record, indent=2) + "\n")
+    # written whole, then renamed: a worker killed mid-write (stop_workers after its grace period)
+    # leaves no half a record, and "result.json exists" means the job has recorded itself
+    partial = path.with_name(f".result.json.{os.getpid()}")
+    partial.write_text(json.dumps(record, indent=2) + "\n")
+    os.replace(partial, path)
 
 
 def summarise_sweep(sweep_dir: str | Path) -> list[dict[str, Any]]:
@@ -38,7 +42,11 @@ def summarise_sweep(sweep_dir: str | Path) -> list[dict[str, Any]]:
     sweep_dir = Path(sweep_dir)
     rows = []
     for path in sorted(sweep_dir.glob("*/result.json"), key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0):
-        record = json.loads(path.read_text())
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError) as err:  # one unreadable record must not lose the others' summary
+            record = {"status": "failed", "monitor": None, "mode": None, "objective": None, "overrides": [],
+                      "error": f"{path}: unreadable ({err})"}
         rows.append({"job": path.parent.name, **record})
     if not rows:
         return rows

@@ -22,6 +22,8 @@ What is copied, for every parameter of the included parts (``init_from.include``
   vocabulary in the same order), since its rows are not matched by token;
 * the same name with another shape is an error that names both shapes: a silent skip would
   leave the user thinking the model was initialised.
+* feature inputs (``data.features``) in another order are an error: the weights that read them
+  have a column per feature.
 """
 
 from __future__ import annotations
@@ -79,6 +81,7 @@ def init_from_checkpoint(
     source_vocab, target_vocab = source_spec.vocab, model.spec.vocab
     if "head" in include:
         _check_head_outputs(source_spec, model.spec, ckpt_path)
+    _check_feature_order(source_spec, model, include, ckpt_path)
     rows = _row_map(source_vocab, target_vocab) if source_vocab and target_vocab else None
     result = WarmStart()
     done: set[int] = set()  # parameters shared under two names (a tied output layer) are copied once
@@ -194,6 +197,24 @@ def _check_head_outputs(source: DataSpec, target: DataSpec, ckpt_path: str | Pat
             f"init_from.ckpt_path={ckpt_path}: with head in init_from.include the vocabularies must be the same "
             f"(checkpoint {len(source.vocab):,} tokens, this model {len(target.vocab):,}, or another order); "
             "the embedding is matched by token without the head")
+
+
+def _check_feature_order(source: DataSpec, model: nn.Module, include: Sequence[str], ckpt_path: str | Path) -> None:
+    """Refuse feature inputs read in another order, or other columns, than the checkpoint's.
+
+    Why: the first layer that reads the features (the encoder's projection, else the LSTM's input
+    weights) has a column per feature; copied by shape, ``data.features=[close, open, ...]`` onto a
+    model of ``[open, close, ...]`` would silently read each price with another price's weights.
+    """
+    old, new = source.extra.get("features"), model.spec.extra.get("features")
+    if not (old and new) or list(old) == list(new):
+        return
+    core_reads_features = getattr(model.encoder, "out_features", None) == model.spec.num_features
+    if "encoder" in include or ("core" in include and core_reads_features):
+        raise ConfigError(
+            f"init_from.ckpt_path={ckpt_path}: the checkpoint's model reads the features {', '.join(old)}, "
+            f"this one {', '.join(new)}; their weights are per feature, in that order: set "
+            f"data.features=[{','.join(old)}]")
 
 
 def _row_map(source_vocab: list[str], target_vocab: list[str]) -> torch.Tensor:
