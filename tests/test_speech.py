@@ -8,6 +8,7 @@ import logging
 import math
 import os
 import pickle
+import re
 import subprocess
 import sys
 import tempfile
@@ -206,7 +207,9 @@ def test_corrupt_wav_names_the_file(tmp_path):
 def test_empty_clip_error_or_skip(tmp_path, caplog):
     write_manifest(tmp_path, split_rows())
     sf.write(tmp_path / "tr1.wav", np.zeros(800, dtype=np.float32), SR)
-    with pytest.raises(DataError, match=r"tr1\.wav, row 3: clip is silent.*empty_clips=skip"):
+    # the row is the manifest's: the error names the manifest, its row and column, and the clip
+    with pytest.raises(DataError, match=r"manifest\.\w+, row 3, field 'path': clip \S*tr1\.wav is silent.*"
+                                         r"remove the row or set data\.empty_clips=skip"):
         SpeechDataModule(path=str(tmp_path)).setup()
     with caplog.at_level(logging.WARNING, logger="lstmkit"):
         dm = SpeechDataModule(path=str(tmp_path), empty_clips="skip")
@@ -231,7 +234,8 @@ def test_stereo_and_resampling_are_converted_with_a_note(tmp_path, caplog):
 
 def test_unknown_characters_in_val_error_or_drop(tmp_path, caplog):
     write_manifest(tmp_path, split_rows(val_text="yes!", test_text="zoo"))
-    with pytest.raises(DataError, match=r"va\.wav, row 8, field 'text'.*\['!'\]"):
+    with pytest.raises(DataError, match=r"manifest\.\w+, row 8, field 'text': val transcript 'yes!' \(of \S*va\.wav\) "
+                                         r"has character\(s\) \['!'\]"):
         SpeechDataModule(path=str(tmp_path)).setup()
     with caplog.at_level(logging.WARNING, logger="lstmkit"):
         dm = SpeechDataModule(path=str(tmp_path), unknown_chars="drop")
@@ -835,3 +839,73 @@ def test_predict_warns_about_a_silent_clip(tmp_path, caplog):
     assert short.inputs.shape[-1] <= encoder.n_fft // 2
     features, lengths = encoder(short.inputs, short.lengths)
     assert features.shape[1] >= 1 and int(lengths[0]) >= 1 and torch.isfinite(features).all()
+
+
+def test_fsdd_folders_read_any_suffix_case_say_what_subfolders_hold_and_take_one_speaker(tmp_path, caplog):
+    write_fsdd(tmp_path, speakers=("anna", "bob", "carl"), count=3)
+    for file in tmp_path.glob("*_carl_*.wav"):  # a Windows tool's .WAV
+        file.rename(file.with_suffix(".WAV"))
+    write_fsdd(tmp_path / "more", speakers=("dora",), count=1)
+    with caplog.at_level(logging.WARNING, logger="lstmkit"):
+        dm = SpeechDataModule(path=str(tmp_path), holdout_speakers="carl", val_fraction=0.2)  # no brackets
+        dm.setup()
+    assert len(dm.splits["test"]) == 3 * 3 and {u.speaker for u in dm._utterances()} == {"anna", "bob", "carl"}
+    assert "3 .wav file(s) in its subfolders are not read" in caplog.text
+    with pytest.raises(DataError, match=r"no \.wav files .*; 9 \.wav file\(s\) are in subfolders \(e\.g\. \S*nested"):
+        write_fsdd(tmp_path / "top" / "nested", count=1)
+        (tmp_path / "top" / "nested" / "x").mkdir()
+        write_fsdd(tmp_path / "top" / "nested" / "x", speakers=("anna",), count=1)
+        SpeechDataModule(path=str(tmp_path / "top")).setup()
+
+
+def test_a_manifest_split_overridden_by_holdout_speakers_is_said(tmp_path, caplog):
+    rows = [{"path": f"a{i}.wav", "text": "yes", "split": "train" if i < 4 else "test", "speaker": "ann"}
+            for i in range(6)]
+    rows += [{"path": f"b{i}.wav", "text": "no", "split": "train", "speaker": "ben"} for i in range(6)]
+    write_manifest(tmp_path, rows)
+    with caplog.at_level(logging.WARNING, logger="lstmkit"):
+        splits = (dm := SpeechDataModule(path=str(tmp_path), holdout_speakers=["ben"]))._split(dm._utterances())
+    assert {u.speaker for u in splits["test"]} == {"ben"}
+    assert "against the manifest's split column for 2 from test to train, 6 from train to test" in caplog.text
+
+
+def test_non_finite_samples_and_non_text_transcripts_are_refused(tmp_path):
+    wave = tone()
+    wave[100:103] = np.nan
+    sf.write(tmp_path / "nan.wav", wave, SR, subtype="FLOAT")
+    with pytest.raises(DataError, match=r"nan\.wav: 3 sample\(s\) are not finite numbers .*sample 100"):
+        read_audio(tmp_path / "nan.wav", SR)
+    rows = split_rows()
+    rows[2]["text"] = ["yes"]  # a JSON list, which str() would turn into "['yes']"
+    write_manifest(tmp_path / "j", rows, kind="jsonl")
+    with pytest.raises(DataError, match=r"manifest\.jsonl, row 3, field 'text': expected text, found a JSON list"):
+        SpeechDataModule(path=str(tmp_path / "j")).setup()
+
+
+def test_odd_sample_rates_and_streamed_wav_headers_are_read(tmp_path, caplog):
+    # 22,051 Hz shares no divisor with 8,000: an exact filter took 6 s and 3.7 GB for this 0.4 s clip
+    sf.write(tmp_path / "odd.wav", tone(0.4, sr=22051), 22051)
+    with caplog.at_level(logging.WARNING, logger="lstmkit"):
+        wave, _, rate = read_audio(tmp_path / "odd.wav", SR)
+    assert rate == 22051 and abs(wave.size - 0.4 * SR) <= 2
+    assert "22051 Hz resampled as 22050 Hz" in caplog.text
+    # arecord writing to stdout leaves 0x80000000 as the data size: the samples are all there
+    sf.write(tmp_path / "streamed.wav", tone(), SR, subtype="PCM_16")
+    raw = bytearray((tmp_path / "streamed.wav").read_bytes())
+    at = raw.index(b"data") + 4
+    raw[at:at + 4] = (0x80000000).to_bytes(4, "little")
+    (tmp_path / "streamed.wav").write_bytes(bytes(raw))
+    wave, _, _ = read_audio(tmp_path / "streamed.wav", SR)
+    assert wave.size == tone().size
+
+
+@pytest.mark.parametrize(("option", "says"), [
+    ({"win_length": 400}, "win_length=400: expected 1..encoder.n_fft"),
+    ({"hop": 0}, "expected n_fft >= 2 and hop >= 1"),
+    ({"f_max": 6000}, "f_max <= 4000 Hz"),
+    ({"n_mels": 128}, "n_mels=128: more Mel bands than the 101 frequency bins"),
+])
+def test_front_end_settings_torch_would_refuse_mid_batch_are_config_errors(option, says):
+    spec = DataSpec(input_kind="waveform", sample_rate=SR, classes=[BLANK, "a"])
+    with pytest.raises(ConfigError, match=re.escape(says)):
+        SpectrogramEncoder(spec, **option)

@@ -32,7 +32,9 @@ to mono and other sample rates resampled, with one logged note per split saying 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
+import math
 import random
 import re
 import struct
@@ -234,10 +236,23 @@ def read_audio(path: str | Path, sample_rate: int) -> tuple[np.ndarray, int, int
     if declared is not None and declared > data.shape[0]:  # libsndfile reads what is there, silently
         raise DataError(f"the file is truncated: its WAV header declares {declared} samples, the file holds "
                         f"{data.shape[0]} (cut short while copying or writing?)", path=path)
+    bad = int(data.size - np.isfinite(data).sum())
+    if bad:  # a float WAV can hold NaN / inf: one would turn the whole batch's loss into NaN
+        first = int(np.argwhere(~np.isfinite(data))[0][0])
+        raise DataError(f"{bad} sample(s) are not finite numbers (NaN or infinity; the first at sample {first}, "
+                        f"{first / rate:.3f} s); expected audio samples", path=path)
     channels = int(data.shape[1])
     wave = data.mean(axis=1) if channels > 1 else data[:, 0]
     if rate != sample_rate and wave.size:
-        tensor = AF.resample(torch.from_numpy(np.ascontiguousarray(wave)), int(rate), int(sample_rate))
+        source = int(rate)
+        if source // math.gcd(source, int(sample_rate)) > 1000:
+            # 8,001 or 22,051 Hz share no divisor with the model's rate: an exact resampling filter
+            # would take seconds and gigabytes per file; a source rate rounded to 50 Hz changes pitch
+            # and tempo by < 0.6 % (the encoder's speed perturbation does the same)
+            source = max(50, round(source / 50.0) * 50)
+            log.warning("%s: sample rate %d Hz resampled as %d Hz (within %.2f %%) to %d Hz", path, rate, source,
+                        100 * abs(source - rate) / rate, sample_rate)
+        tensor = AF.resample(torch.from_numpy(np.ascontiguousarray(wave)), source, int(sample_rate))
         wave = tensor.numpy()
     result = (np.ascontiguousarray(wave, dtype=np.float32), channels, int(rate))
     _AUDIO_CACHE[key] = result
@@ -262,13 +277,29 @@ def wav_declared_frames(path: Path) -> int | None:
                     fmt = handle.read(size + (size & 1))
                     block_align = struct.unpack("<H", fmt[12:14])[0] if len(fmt) >= 14 else 0
                 elif name == b"data":
-                    if not block_align or size in (0, 0xFFFFFFFF):
+                    # left open by a streaming writer: 0, 0xFFFFFFFF, or arecord's 0x80000000 placeholder
+                    # (its largest file size), which no finished file of ours comes near
+                    if not block_align or size == 0 or size >= 0x7FFF0000:
                         return None
                     return size // block_align
                 else:
                     handle.seek(size + (size & 1), 1)
     except OSError:
         return None
+
+
+def wav_files(folder: Path, recursive: bool = False) -> list[Path]:
+    """The ``.wav`` files of ``folder`` (of its subfolders too if ``recursive``), any case of the
+    suffix (``.WAV`` from Windows tools), sorted."""
+    pattern = folder.rglob("*") if recursive else folder.glob("*")
+    return sorted(p for p in pattern if p.suffix.lower() == ".wav" and p.is_file())
+
+
+def as_list(value: Any) -> list[Any]:
+    """A config value that should be a list: ``None`` -> ``[]``, a single string -> ``[string]``."""
+    if value is None:
+        return []
+    return [value] if isinstance(value, str) else list(value)
 
 
 def fsdd_transcript(name: str) -> tuple[str, str, int] | None:
@@ -365,8 +396,9 @@ class SpeechDataModule(SequenceDataModule):
         self.path_column, self.text_column = path_column, text_column
         self.split_column, self.speaker_column = split_column, speaker_column
         self.sample_rate = int(sample_rate)
-        self.holdout_speakers = [str(s).lower() for s in holdout_speakers or []]
-        self.val_speakers = [str(s).lower() for s in val_speakers or []]
+        # data.holdout_speakers=theo (no brackets) is one speaker, not the letters t, h, e, o
+        self.holdout_speakers = [str(s).lower() for s in as_list(holdout_speakers)]
+        self.val_speakers = [str(s).lower() for s in as_list(val_speakers)]
         if set(self.holdout_speakers) & set(self.val_speakers):
             raise ConfigError(f"data.val_speakers {self.val_speakers} and data.holdout_speakers "
                               f"{self.holdout_speakers} overlap: a speaker is either val or test")
@@ -400,17 +432,25 @@ class SpeechDataModule(SequenceDataModule):
             return self._read_manifest(manifests[0])
         if fmt == "manifest":
             raise DataError(f"no manifest in this folder; expected one of {list(_MANIFEST_NAMES)}", path=path)
-        folder = path if any(path.glob("*.wav")) else path / "recordings"
-        if not any(folder.glob("*.wav")):
+        folder = path if wav_files(path) else path / "recordings"
+        if not wav_files(folder):
+            nested = wav_files(path, recursive=True)
+            where = (f"; {len(nested)} .wav file(s) are in subfolders (e.g. {nested[0].parent}), which are not "
+                     "read: point data.path at their folder or list them in a manifest") if nested else ""
             raise DataError(
                 "found no manifest and no .wav files (nor a recordings/ folder of them); expected "
-                f"one of {list(_MANIFEST_NAMES)} or FSDD-named wavs <digit>_<speaker>_<n>.wav", path=path,
+                f"one of {list(_MANIFEST_NAMES)} or FSDD-named wavs <digit>_<speaker>_<n>.wav{where}", path=path,
             )
         return self._read_fsdd(folder)
 
     def _read_fsdd(self, folder: Path) -> list[Utterance]:
         utterances = []
-        for file in sorted(folder.glob("*.wav")):
+        files = wav_files(folder)
+        nested = len(wav_files(folder, recursive=True)) - len(files)
+        if nested:
+            log.warning("%s: %d .wav file(s) in its subfolders are not read (a folder of FSDD recordings is "
+                        "flat; list other layouts in a manifest)", folder, nested)
+        for file in files:
             parsed = fsdd_transcript(file.name)
             if parsed is None:
                 raise DataError(
@@ -444,6 +484,10 @@ class SpeechDataModule(SequenceDataModule):
                 raise DataError("empty or missing audio path", path=manifest, row=row, field=self.path_column)
             if text is None or not str(text).strip():
                 raise DataError("empty or missing transcript", path=manifest, row=row, field=self.text_column)
+            for value, column, kind in ((audio, self.path_column, "a file path"), (text, self.text_column, "text")):
+                if not isinstance(value, str | int | float) or isinstance(value, bool):  # JSON lists, objects
+                    raise DataError(f"expected {kind}, found a JSON {type(value).__name__}: {json.dumps(value)[:60]}",
+                                    path=manifest, row=row, field=column)
             file = (manifest.parent / str(audio).strip()).resolve()
             if not file.is_file():
                 raise DataError(f"audio file {file} not found (paths are relative to the manifest)",
@@ -469,6 +513,13 @@ class SpeechDataModule(SequenceDataModule):
                 raise ConfigError(f"data.{option}: no speaker(s) {missing} in the data; "
                                   f"speakers are {sorted(speakers)}")
         if self.holdout_speakers:
+            moved = Counter((u.split, "test" if u.speaker in self.holdout_speakers else "train")
+                            for u in utterances if u.split)
+            moved = Counter({pair: n for pair, n in moved.items() if pair[0] != pair[1]})
+            if moved:  # a manifest's split column said otherwise
+                log.warning("data.holdout_speakers=%s: the speakers' utterances are the test split and the others' "
+                            "train, against the manifest's split column for %s", list(self.holdout_speakers),
+                            ", ".join(f"{n} from {a} to {b}" for (a, b), n in sorted(moved.items())))
             for utt in utterances:
                 utt.split = "test" if utt.speaker in self.holdout_speakers else "train"
         if self.val_speakers:
@@ -528,8 +579,10 @@ class SpeechDataModule(SequenceDataModule):
                     f"is silent (peak {float(np.abs(utt.wave).max()):.1e} < data.silence_threshold "
                     f"{self.silence_threshold:g})")
                 if self.empty_clips == "error":
-                    raise DataError(f"clip {what}; remove it or set data.empty_clips=skip", path=utt.source,
-                                    row=utt.row)
+                    if utt.row is not None:  # the row is the manifest's: name it, and the clip
+                        raise DataError(f"clip {utt.source} {what}; remove the row or set data.empty_clips=skip",
+                                        path=self.manifest, row=utt.row, field=self.path_column)
+                    raise DataError(f"clip {what}; remove it or set data.empty_clips=skip", path=utt.source)
                 log.warning("skipping %s: clip %s", utt.source, what)
                 skipped.append(utt.source)
                 continue
@@ -608,10 +661,12 @@ class SpeechDataModule(SequenceDataModule):
         text = utt.text
         if unknown:
             if self.unknown_chars == "error":
+                where = {"path": self.manifest, "row": utt.row, "field": self.text_column} if utt.row is not None \
+                    else {"path": utt.source}
                 raise DataError(
-                    f"{split} transcript {utt.text!r} has character(s) {unknown} that are not in the "
-                    "vocabulary learnt from the training transcripts; fix the transcript or set "
-                    "data.unknown_chars=drop", path=utt.source, row=utt.row, field=self.text_column,
+                    f"{split} transcript {utt.text!r}{f' (of {utt.source})' if utt.row is not None else ''} has "
+                    f"character(s) {unknown} that are not in the vocabulary learnt from the training transcripts; "
+                    "fix the transcript or set data.unknown_chars=drop", **where,
                 )
             log.warning("%s: dropped character(s) %s not in the vocabulary from %r", utt.source, unknown, text)
             text = " ".join("".join(c for c in text if c in index).split())

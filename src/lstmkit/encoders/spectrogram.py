@@ -11,6 +11,27 @@ from lstmkit.errors import ConfigError
 from lstmkit.types import DataSpec
 
 
+def check_frontend(sample_rate: int, n_fft: int, win_length: int | None, hop: int, n_mels: int, f_min: float,
+                   f_max: float | None) -> None:
+    """Refuse STFT / Mel settings that torch would reject mid-batch (a traceback from ``stft``) or that
+    train on degenerate features (a Mel band above the Nyquist frequency, or narrower than one FFT bin,
+    is all zeros; torchaudio only warns)."""
+    nyquist = sample_rate / 2
+    if n_fft < 2 or hop < 1:
+        raise ConfigError(f"encoder.n_fft={n_fft} and encoder.hop={hop}: expected n_fft >= 2 and hop >= 1 samples")
+    if win_length is not None and not 0 < win_length <= n_fft:
+        raise ConfigError(f"encoder.win_length={win_length}: expected 1..encoder.n_fft ({n_fft}) samples "
+                          "(or null = n_fft)")
+    top = nyquist if f_max is None else f_max
+    if not 0 <= f_min < top <= nyquist:
+        raise ConfigError(f"encoder.f_min={f_min} / encoder.f_max={f_max}: expected 0 <= f_min < f_max <= "
+                          f"{nyquist:g} Hz (half the {sample_rate} Hz sample rate)")
+    bins = n_fft // 2 + 1
+    if n_mels > bins:
+        raise ConfigError(f"encoder.n_mels={n_mels}: more Mel bands than the {bins} frequency bins of "
+                          f"encoder.n_fft={n_fft}, so some bands would be empty; use n_mels <= {bins} or a larger n_fft")
+
+
 class SpectrogramEncoder(nn.Module):
     """Padded waveforms ``(B, S)`` + sample counts -> feature frames ``(B, T', F)`` + frame counts.
 
@@ -124,6 +145,7 @@ class SpectrogramEncoder(nn.Module):
             raise ConfigError("SpectrogramEncoder needs a DataSpec with sample_rate (a waveform datamodule)")
         if stack < 1 or stride < 1:
             raise ConfigError(f"encoder.stack ({stack}) and encoder.stride ({stride}) must be >= 1")
+        check_frontend(int(spec.sample_rate), n_fft, win_length, hop, n_mels, f_min, f_max)
         mel_options = {"n_fft": n_fft, "win_length": win_length, "hop_length": hop, "n_mels": n_mels,
                        "f_min": f_min, "f_max": f_max, "center": True}
         if features == "logmel":
