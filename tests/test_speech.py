@@ -909,3 +909,21 @@ def test_front_end_settings_torch_would_refuse_mid_batch_are_config_errors(optio
     spec = DataSpec(input_kind="waveform", sample_rate=SR, classes=[BLANK, "a"])
     with pytest.raises(ConfigError, match=re.escape(says)):
         SpectrogramEncoder(spec, **option)
+
+
+def test_eval_reads_only_the_splits_it_can_score(tmp_path):
+    """A trained model's characters bind the scored transcripts only: a train row of new data with
+    other characters used to stop eval (and every train clip was decoded for nothing)."""
+    write_manifest(tmp_path, split_rows())
+    trained = SpeechDataModule(path=str(tmp_path))
+    trained.setup()
+    rows = split_rows()
+    rows[0]["text"] = "zzz"  # a train transcript the model cannot write
+    write_manifest(tmp_path / "new", rows)
+    dm = SpeechDataModule(path=str(tmp_path / "new"), spec=trained.spec.to_dict())
+    dm.setup("test")
+    assert len(dm.splits["train"]) == 0 and len(dm.splits["test"]) == len(trained.splits["test"])
+    rows[-1]["text"] = "zoo"  # a test transcript it cannot write is still an error
+    write_manifest(tmp_path / "bad", rows)
+    with pytest.raises(DataError, match=r"row 9, field 'text': test transcript 'zoo' .* not in the model's characters"):
+        SpeechDataModule(path=str(tmp_path / "bad"), spec=trained.spec.to_dict()).setup("test")

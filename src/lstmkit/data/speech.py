@@ -642,7 +642,10 @@ class SpeechDataModule(SequenceDataModule):
             spec = DataSpec(input_kind="waveform", classes=classes, blank_id=0, sample_rate=self.sample_rate,
                             extra={"lowercase": self.lowercase, "words": words})
         index = {c: i for i, c in enumerate(spec.classes or [])}
-        for name in ("train", "val", "test"):
+        # a trained model's spec (eval): the train split is never scored, so its audio is not decoded
+        # and its transcripts are not held to the model's characters
+        self.splits["train"] = SequenceDataset([], [])
+        for name in ("train", "val", "test") if self.fixed_spec is None else ("val", "test"):
             utterances = self._load_waves(name, splits[name])
             inputs, targets = [], []
             for utt in utterances:
@@ -661,12 +664,14 @@ class SpeechDataModule(SequenceDataModule):
         text = utt.text
         if unknown:
             if self.unknown_chars == "error":
+                known = ("the model's characters" if self.fixed_spec is not None
+                         else "the vocabulary learnt from the training transcripts")
                 where = {"path": self.manifest, "row": utt.row, "field": self.text_column} if utt.row is not None \
                     else {"path": utt.source}
                 raise DataError(
                     f"{split} transcript {utt.text!r}{f' (of {utt.source})' if utt.row is not None else ''} has "
-                    f"character(s) {unknown} that are not in the vocabulary learnt from the training transcripts; "
-                    "fix the transcript or set data.unknown_chars=drop", **where,
+                    f"character(s) {unknown} that are not in {known}; fix the transcript or set "
+                    "data.unknown_chars=drop", **where,
                 )
             log.warning("%s: dropped character(s) %s not in the vocabulary from %r", utt.source, unknown, text)
             text = " ".join("".join(c for c in text if c in index).split())
