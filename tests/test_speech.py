@@ -867,6 +867,11 @@ def test_a_manifest_split_overridden_by_holdout_speakers_is_said(tmp_path, caplo
         splits = (dm := SpeechDataModule(path=str(tmp_path), holdout_speakers=["ben"]))._split(dm._utterances())
     assert {u.speaker for u in splits["test"]} == {"ben"}
     assert "against the manifest's split column for 2 from test to train, 6 from train to test" in caplog.text
+    for row in rows:
+        del row["speaker"]
+    write_manifest(tmp_path / "anonymous", rows)
+    with pytest.raises(ConfigError, match="names no speakers; a manifest needs a 'speaker' column"):
+        SpeechDataModule(path=str(tmp_path / "anonymous"), holdout_speakers=["ben"]).setup()
 
 
 def test_non_finite_samples_and_non_text_transcripts_are_refused(tmp_path):

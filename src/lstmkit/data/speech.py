@@ -509,9 +509,16 @@ class SpeechDataModule(SequenceDataModule):
         speakers = {u.speaker for u in utterances}
         for option, chosen in (("holdout_speakers", self.holdout_speakers), ("val_speakers", self.val_speakers)):
             missing = sorted(set(chosen) - speakers)
+            if missing and speakers == {""}:
+                raise ConfigError(f"data.{option}: the data names no speakers; a manifest needs a "
+                                  f"{self.speaker_column!r} column (data.speaker_column) to split by speaker")
             if missing:
                 raise ConfigError(f"data.{option}: no speaker(s) {missing} in the data; "
                                   f"speakers are {sorted(speakers)}")
+        anonymous = sum(1 for u in utterances if not u.speaker)
+        if anonymous and (self.holdout_speakers or self.val_speakers):
+            log.warning("%d utterance(s) name no speaker (empty %r), so they cannot be held out: they are train",
+                        anonymous, self.speaker_column)
         if self.holdout_speakers:
             moved = Counter((u.split, "test" if u.speaker in self.holdout_speakers else "train")
                             for u in utterances if u.split)
