@@ -880,6 +880,9 @@ def test_non_finite_samples_and_non_text_transcripts_are_refused(tmp_path):
     sf.write(tmp_path / "nan.wav", wave, SR, subtype="FLOAT")
     with pytest.raises(DataError, match=r"nan\.wav: 3 sample\(s\) are not finite numbers .*sample 100"):
         read_audio(tmp_path / "nan.wav", SR)
+    sf.write(tmp_path / "anti.wav", np.stack([tone(), -tone()], axis=1), SR)  # one channel in opposite phase
+    with pytest.raises(DataError, match=r"anti\.wav: its 2 channels cancel out when mixed down to mono"):
+        read_audio(tmp_path / "anti.wav", SR)
     rows = split_rows()
     rows[2]["text"] = ["yes"]  # a JSON list, which str() would turn into "['yes']"
     write_manifest(tmp_path / "j", rows, kind="jsonl")

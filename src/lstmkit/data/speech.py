@@ -243,6 +243,13 @@ def read_audio(path: str | Path, sample_rate: int) -> tuple[np.ndarray, int, int
                         f"{first / rate:.3f} s); expected audio samples", path=path)
     channels = int(data.shape[1])
     wave = data.mean(axis=1) if channels > 1 else data[:, 0]
+    if channels > 1 and wave.size:
+        loudest = float(np.sqrt(np.mean(np.square(data, dtype=np.float64), axis=0)).max())
+        mixed = float(np.sqrt(np.mean(np.square(wave, dtype=np.float64))))
+        if loudest > 0 and mixed < 0.1 * loudest:  # e.g. one channel wired in opposite phase
+            raise DataError(f"its {channels} channels cancel out when mixed down to mono (the mix is "
+                            f"{20 * math.log10(max(mixed, 1e-12) / loudest):.0f} dB below the loudest channel: "
+                            "a channel in opposite phase?); save one channel of it", path=path)
     if rate != sample_rate and wave.size:
         source = int(rate)
         if source // math.gcd(source, int(sample_rate)) > 1000:
