@@ -4,7 +4,8 @@ Packed sequences do not export (a known failure in torch.onnx and onnxruntime), 
 runs the LSTM core's unpacked kernel (:meth:`LSTMCore.run_unpacked`): the same weights over
 padded tensors, the backward direction reading each sequence reversed *within its own length*
 (an index gather), padded steps zeroed. That is mathematically the packed computation, and the
-parity check proves it on inputs with another batch size and length than the ones traced.
+parity check proves it on inputs with another batch size and length than the ones traced, against
+the eager model run with the packed kernel.
 """
 
 from __future__ import annotations
@@ -106,8 +107,15 @@ def _export_checked(model: SequenceModel, module: nn.Module, path: Path, fmt: st
                     traced_inputs: tuple[torch.Tensor, torch.Tensor],
                     check_inputs: tuple[torch.Tensor, torch.Tensor]) -> dict[str, Any]:
     """Write ``module`` to ``path`` in ``fmt``, load it back and compare it with eager outputs."""
+    # the reference runs the packed kernel (what cuDNN runs), not the unpacked one the export is made
+    # of: on CPU ``auto`` would pick the unpacked one, and the check would compare it with itself
+    kernel, model.core.kernel = model.core.kernel, "packed"
+    try:
+        with torch.no_grad():
+            expected = model(*check_inputs)[0]
+    finally:
+        model.core.kernel = kernel
     with torch.no_grad():
-        expected = model(*check_inputs)[0]
         try:
             if fmt == "torchscript":
                 scripted = torch.jit.trace(module, traced_inputs, check_trace=False)
