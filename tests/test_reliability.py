@@ -457,3 +457,93 @@ def test_an_error_after_a_sigterm_is_an_interruption(monkeypatch: pytest.MonkeyP
     assert stopped.value.code == 143
     assert "interrupted by SIGTERM" in capsys.readouterr().err
     assert signal.getsignal(signal.SIGTERM) is before  # the handler before the job is back
+
+
+@pytest.mark.parametrize(("error", "code"), [(RuntimeError("out of memory"), 1), (None, None)])
+def test_a_failed_job_is_not_recorded_in_wandb_as_finished(monkeypatch: pytest.MonkeyPatch, error, code) -> None:
+    """W&B marks a run crashed only when told a non-zero exit code; a crash used to finish it with 0."""
+    import sys
+    from types import SimpleNamespace
+
+    from omegaconf import OmegaConf
+
+    from lstmkit import cli
+
+    finished: list[int | None] = []
+    fake = SimpleNamespace(run=object(), finish=lambda exit_code=None: finished.append(exit_code))
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+
+    def job(cfg: object) -> float:
+        if error is not None:
+            raise error
+        return 0.5
+
+    monkeypatch.setattr(cli, "_load", lambda target: job)
+    if error is None:
+        cli._task("train")(OmegaConf.create({}))
+    else:
+        with pytest.raises(RuntimeError):
+            cli._task("train")(OmegaConf.create({}))
+    assert finished == [code]
+
+
+class CrashAtStep(L.Callback):
+    """Raises after global step ``step``: a run that dies mid-epoch (test helper, named by a config)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: object) -> None:
+        if trainer.global_step >= self.step:
+            raise RuntimeError("crashed")
+
+
+def test_last_checkpoint_is_an_epoch_end_even_with_validation_mid_epoch(make_cfg, tmp_path: Path) -> None:
+    """With val_check_interval < 1 last.ckpt was written mid-epoch; a resume from it replays the
+    epoch's first batches (the loader starts again at batch 0) and never sees the others."""
+    from lstmkit.commands.train import train
+
+    cfg = make_cfg(["data.num_examples=200", "data.batch_size=16", "model.hidden_size=8", "encoder.dim=8",
+                    "logger=csv", "trainer.max_epochs=3", "trainer.limit_train_batches=8",
+                    "trainer.val_check_interval=0.5", "trainer.enable_progress_bar=false", "test=false",
+                    "+callbacks.crash._target_=tests.test_reliability.CrashAtStep", "+callbacks.crash.step=14"])
+    with pytest.raises(RuntimeError, match="crashed"):
+        train(cfg)
+    last = read_checkpoint(tmp_path / "checkpoints" / "last.ckpt")
+    assert last["global_step"] == 8 and last["epoch"] == 0  # the end of the first epoch, not step 12
+
+
+def test_a_resume_with_another_optimizer_or_lr_scale_is_refused_before_lightning_fails() -> None:
+    """Lightning failed deep in the optimiser's load_state_dict (a traceback, after a warning that
+    the new values were "not used"): the checkpoint's optimiser state cannot fit either."""
+    from lstmkit.checkpoints import check_resumable
+    from lstmkit.module import SequenceModel
+    from lstmkit.types import DataSpec
+
+    spec = DataSpec(input_kind="tokens", vocab=["<pad>", "<unk>", "a"], classes=["neg", "pos"]).to_dict()
+
+    def model(**options: object) -> SequenceModel:
+        return SequenceModel(spec, {"_target_": "lstmkit.encoders.EmbeddingEncoder", "dim": 4}, {"hidden_size": 4},
+                             {"_target_": "lstmkit.heads.ClassificationHead"}, **options)
+
+    adamw = {"_target_": "torch.optim.AdamW", "_partial_": True, "lr": 1e-3}
+    old = model(optimizer=adamw)
+    ckpt = {"hyper_parameters": dict(old.hparams), "state_dict": old.state_dict(),
+            "optimizer_states": [old.configure_optimizers().state_dict()]}
+    check_resumable("old.ckpt", model(optimizer={**adamw, "lr": 3e-3}), ckpt)  # a new lr: warned, resumable
+    with pytest.raises(CheckpointError, match=r"another optimizer \(torch\.optim\.AdamW against torch\.optim\.SGD\)"):
+        check_resumable("old.ckpt", model(optimizer={**adamw, "_target_": "torch.optim.SGD"}), ckpt)
+    with pytest.raises(CheckpointError, match=r"other optimizer parameter groups \(2 groups of \[\d+, \d+\] tensors "
+                                              r"against 3 of \[1, 3, 3\]: another lr_scale"):
+        check_resumable("old.ckpt", model(optimizer=adamw, lr_scale={"encoder": 0.5}), ckpt)
+
+
+def test_a_resume_keeps_the_patience_it_is_given() -> None:
+    """Lightning restored the checkpoint's patience over the command line's; the counts are restored."""
+    from lstmkit.callbacks import RunEarlyStopping
+
+    before = RunEarlyStopping(monitor="val/acc", mode="max", patience=3)
+    before.wait_count, before.best_score = 3, torch.tensor(0.8)
+    after = RunEarlyStopping(monitor="val/acc", mode="max", patience=10)
+    after.load_state_dict(before.state_dict())
+    assert after.patience == 10 and after.wait_count == 3 and float(after.best_score) == pytest.approx(0.8)

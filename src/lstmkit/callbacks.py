@@ -9,7 +9,7 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, RichProgressBar
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from lstmkit.errors import LstmkitError
@@ -216,6 +216,23 @@ class ReseedEachEpoch(L.Callback):
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         L.seed_everything(self.seed + 100_003 * trainer.current_epoch, workers=True, verbose=False)
+
+
+class RunEarlyStopping(EarlyStopping):
+    """Lightning's EarlyStopping whose ``patience`` is the run's config, also after a resume.
+
+    Why: Lightning restores ``patience`` with the rest of the callback's state, so
+    ``callbacks.early_stopping.patience=10 resume=true`` (give a stopped run more epochs) was silently
+    run with the checkpoint's patience and stopped again at once. The count of epochs without
+    improvement and the best score are still restored.
+    """
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        patience = self.patience
+        super().load_state_dict(state_dict)
+        if self.patience != patience:
+            log.info("early stopping: patience %d (this run's), not the checkpoint's %d", patience, self.patience)
+        self.patience = patience
 
 
 class RunCheckpoint(ModelCheckpoint):

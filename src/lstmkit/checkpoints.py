@@ -96,12 +96,32 @@ def check_resumable(path: str | Path, model: SequenceModel, ckpt: dict[str, Any]
     missing = sorted(set(own) ^ set(state))
     if missing:
         problems.append(f"other weights ({', '.join(missing[:3])}" + (" ...)" if len(missing) > 3 else ")"))
+    problems += _optimizer_differences(ckpt, model)
     if problems:
         raise CheckpointError(
             f"{path}: cannot resume this run from it, it was trained with {'; '.join(problems)}. Resuming continues "
             "the same run (same data and model settings): give ckpt_path= of such a run, or "
             f"init_from.ckpt_path={path} to start a new run from its weights")
     _warn_restored_settings(path, ckpt["hyper_parameters"], dict(model.hparams))
+
+
+def _optimizer_differences(ckpt: dict[str, Any], model: SequenceModel) -> list[str]:
+    """What stops the checkpoint's optimiser state from loading into this run's optimiser: another
+    optimiser class (its state has other keys) or other parameter groups (another ``lr_scale``
+    merges, splits or freezes parts). Lightning fails on either deep in ``load_state_dict``."""
+    saved = ckpt.get("optimizer_states") or []
+    if not saved:  # a weights-only checkpoint: nothing to restore
+        return []
+    old_target = str((ckpt["hyper_parameters"].get("optimizer") or {}).get("_target_", ""))
+    new_target = str((model.hparams.get("optimizer") or {}).get("_target_", ""))
+    if old_target and new_target and old_target != new_target:
+        return [f"another optimizer ({old_target} against {new_target})"]
+    old_groups = [len(group.get("params", [])) for group in saved[0].get("param_groups", [])]
+    new_groups = [len(group["params"]) for group in model.param_groups(1.0)]
+    if old_groups != new_groups:
+        return [(f"other optimizer parameter groups ({len(old_groups)} groups of {old_groups} tensors against "
+                 f"{len(new_groups)} of {new_groups}: another lr_scale merges, splits or freezes parts)")]
+    return []
 
 
 def _warn_restored_settings(path: str | Path, old: dict[str, Any], new: dict[str, Any]) -> None:

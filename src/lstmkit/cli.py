@@ -154,6 +154,7 @@ def _task(command: str) -> Callable[[Any], Any]:
             exit_code = 143
             interrupted()
         except Exception as err:
+            exit_code = 1  # a crashed or failed job: W&B must not record it as finished
             if sigterm.received:  # e.g. a DataLoader worker that the same (process-group) SIGTERM killed first
                 exit_code = 143
                 interrupted()
@@ -227,7 +228,7 @@ def _sigterm_interrupts(state: SimpleNamespace) -> Iterator[None]:
 
 def _finish_wandb(exit_code: int | None = None) -> None:
     """Close the W&B run of this job so the next sweep job starts its own (with ``exit_code``
-    when the job was interrupted, so the dashboard does not show it as finished)."""
+    when the job was interrupted or failed, so the dashboard does not show it as finished)."""
     wandb = sys.modules.get("wandb")
     if wandb is not None and getattr(wandb, "run", None) is not None:
         wandb.finish(exit_code=exit_code) if exit_code else wandb.finish()
