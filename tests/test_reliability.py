@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import re
@@ -547,3 +548,30 @@ def test_a_resume_keeps_the_patience_it_is_given() -> None:
     after = RunEarlyStopping(monitor="val/acc", mode="max", patience=10)
     after.load_state_dict(before.state_dict())
     assert after.patience == 10 and after.wait_count == 3 and float(after.best_score) == pytest.approx(0.8)
+
+
+def test_a_plateau_schedule_resumes_where_it_was(tmp_path: Path) -> None:
+    """Lightning steps ReduceLROnPlateau after the epoch's checkpoint and skips that step on resume:
+    every resume lost an epoch of the schedule. Stopped after 2 epochs and resumed to 5, the run
+    must cut the learning rate when the uninterrupted one does."""
+    run = ["data.num_examples=300", "data.batch_size=16", "model.hidden_size=8", "encoder.dim=8", "logger=csv",
+           "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false", "test=false",
+           "scheduler=plateau", "scheduler.patience=0", "optimizer.lr=1e-7",  # val/acc stays: a cut every epoch
+           "callbacks.early_stopping.patience=100"]
+
+    def lrs(root: Path) -> list[float]:
+        rows = []
+        for path in sorted((root / "logs" / "sentiment" / "runs").glob("*/csv/metrics.csv")):
+            with path.open() as fh:
+                rows += [row for row in csv.DictReader(fh) if row.get("lr-AdamW/decay")]
+        return [float(row["lr-AdamW/decay"]) for row in sorted(rows, key=lambda r: int(r["step"]))]
+
+    (tmp_path / "whole").mkdir()
+    (tmp_path / "parts").mkdir()
+    run_cli("train", *run, "trainer.max_epochs=5", cwd=tmp_path / "whole")
+    run_cli("train", *run, "trainer.max_epochs=2", cwd=tmp_path / "parts")
+    run_cli("train", *run, "trainer.max_epochs=5", "resume=true", cwd=tmp_path / "parts")
+    expected = lrs(tmp_path / "whole")
+    # the uninterrupted run cuts the rate after the resume point (else this would test nothing)
+    assert len(expected) == 5 and any(b < a for a, b in zip(expected[1:], expected[2:])), expected
+    assert lrs(tmp_path / "parts") == expected

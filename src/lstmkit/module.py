@@ -257,6 +257,34 @@ class SequenceModel(L.LightningModule):
                 checkpoint["wandb_run_id"] = str(logger.version)
         if self.schedule_steps is not None:
             checkpoint["schedule_steps"] = self.schedule_steps
+        self._save_plateau_as_stepped(checkpoint)
+
+    def _save_plateau_as_stepped(self, checkpoint: dict[str, Any]) -> None:
+        """Save a plateau schedule as it will be once this epoch's metric has stepped it.
+
+        Why: Lightning steps ``ReduceLROnPlateau`` after the epoch's checkpoints are written and,
+        resuming, skips that step (the metric is gone): every resume lost one epoch of the schedule,
+        so a cut the uninterrupted run made never came. The step is replayed on a stand-in over the
+        same learning rates, and the saved schedule and optimiser learning rates are its result.
+        """
+        trainer = self._trainer
+        if (trainer is None or not trainer.training or "lr_schedulers" not in checkpoint
+                or not trainer.fit_loop.epoch_loop.done):  # mid-epoch: the schedule steps at the epoch's end
+            return
+        for index, config in enumerate(trainer.lr_scheduler_configs):
+            scheduler = config.scheduler
+            value = trainer.callback_metrics.get(config.monitor or "")
+            if not isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau) or value is None:
+                continue
+            groups = scheduler.optimizer.param_groups
+            stand_in = torch.optim.SGD([{"params": [torch.zeros(1, requires_grad=True)], "lr": g["lr"]} for g in groups])
+            stepped = torch.optim.lr_scheduler.ReduceLROnPlateau(stand_in)
+            stepped.load_state_dict(scheduler.state_dict())
+            stepped.step(float(value))
+            checkpoint["lr_schedulers"][index] = stepped.state_dict()
+            saved = checkpoint["optimizer_states"][trainer.optimizers.index(scheduler.optimizer)]["param_groups"]
+            for group, new in zip(saved, stand_in.param_groups):
+                group["lr"] = new["lr"]
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # read before configure_optimizers when a run resumes (Lightning restores the module first)
