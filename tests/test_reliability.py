@@ -576,3 +576,21 @@ def test_a_plateau_schedule_resumes_where_it_was(tmp_path: Path) -> None:
     # the uninterrupted run cuts the rate after the resume point (else this would test nothing)
     assert len(expected) == 5 and any(b < a for a, b in itertools.pairwise(expected[1:])), expected
     assert lrs(tmp_path / "parts") == expected
+
+
+def test_a_run_resumes_in_its_own_fixed_folder_and_logs_each_step_once(make_cfg, tmp_path: Path) -> None:
+    """With a fixed hydra.run.dir (torchrun's recipe) resume=true found no checkpoint, or resumed
+    another run's over this one's; resumed in place, the CSV logged the replayed steps twice."""
+    from lstmkit.commands.train import train
+
+    run = ["data.num_examples=200", "data.batch_size=16", "model.hidden_size=8", "encoder.dim=8", "logger=csv",
+           "trainer.max_epochs=3", "trainer.limit_train_batches=8", "trainer.log_every_n_steps=1",
+           "trainer.enable_progress_bar=false", "test=false"]
+    with pytest.raises(RuntimeError, match="crashed"):
+        train(make_cfg([*run, "+callbacks.crash._target_=tests.test_reliability.CrashAtStep", "+callbacks.crash.step=12"]))
+    with (tmp_path / "csv" / "metrics.csv").open() as fh:
+        assert max(int(row["step"]) for row in csv.DictReader(fh) if row.get("train/loss")) > 8  # logged past it
+    train(make_cfg([*run, "resume=true"]))
+    with (tmp_path / "csv" / "metrics.csv").open() as fh:
+        steps = [int(row["step"]) for row in csv.DictReader(fh) if row.get("train/loss")]
+    assert steps == sorted(set(steps)) and len(steps) == 24, steps  # 3 epochs of 8 steps, each once

@@ -3,10 +3,39 @@
 from __future__ import annotations
 
 import csv
+import logging
+from pathlib import Path
 
 from lightning.fabric.loggers.logger import rank_zero_experiment
 from lightning.pytorch.loggers import CSVLogger as _CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+
+log = logging.getLogger("lstmkit")
+
+
+def trim_csv_logs(run_dir: str | Path, ckpt_path: str | Path, step: int) -> None:
+    """Drop the CSV rows of steps ``step`` on when a run resumes in the folder it was written in
+    (``step``: the checkpoint's ``global_step``; Lightning logs the step that made it ``k`` at ``k - 1``).
+
+    Why: a resume normally gets a new run folder, but a fixed ``hydra.run.dir`` (torchrun, a
+    scheduler's job folder) resumes in the same one, and :class:`CSVLogger` keeps the file: the
+    steps between the checkpoint and the crash would be logged twice.
+    """
+    run_dir = Path(run_dir).resolve()
+    if run_dir not in Path(ckpt_path).resolve().parents:
+        return
+    for path in run_dir.glob("csv/**/metrics.csv"):
+        with path.open(newline="") as fh:
+            rows = list(csv.reader(fh))
+        if not rows or "step" not in rows[0]:
+            continue
+        at = rows[0].index("step")
+        kept = [rows[0], *(r for r in rows[1:] if not (len(r) > at and r[at].isdigit() and int(r[at]) >= step))]
+        if len(kept) < len(rows):
+            with path.open("w", newline="") as fh:
+                csv.writer(fh).writerows(kept)
+            log.info("%s: dropped %d row(s) of step %d on, which this resume trains again", path,
+                     len(rows) - len(kept), step)
 
 
 class _AppendingWriter(ExperimentWriter):

@@ -34,6 +34,7 @@ from lstmkit.commands.common import (
     scalar_metrics,
 )
 from lstmkit.errors import ConfigError, DataError, SweepError
+from lstmkit.loggers import trim_csv_logs
 from lstmkit.module import SequenceModel
 from lstmkit.warm_start import init_from_checkpoint, init_reverse_from_checkpoint
 
@@ -69,6 +70,11 @@ def resolve_ckpt_path(ckpt_path: str | None, cfg: DictConfig) -> str | None:
 
     def earlier(paths: Iterator[Path]) -> list[Path]:  # not this run's / this sweep's own
         return [p for p in paths if now is None or now not in p.resolve().parents]
+
+    reused = now / "checkpoints" / "last.ckpt" if now is not None and not sweep else None
+    if reused is not None and reused.is_file():  # a fixed hydra.run.dir (torchrun, a scheduler's job folder)
+        log.info("resuming %s (this run folder's own, from an earlier attempt)", reused)
+        return str(reused)
 
     candidates = sorted(earlier(runs.glob("**/checkpoints/last.ckpt")), key=lambda p: p.stat().st_mtime, reverse=True)
     mine = job_overrides(list(hydra.overrides.task)) if hydra else None
@@ -378,6 +384,8 @@ def train(cfg: DictConfig) -> float | None:
     check_device(cfg)
     if ckpt_path and resumed:
         check_resumable(ckpt_path, model, resumed)
+        if HydraConfig.initialized():  # resumed into the folder it was written in: its CSV rows after it go
+            trim_csv_logs(HydraConfig.get().runtime.output_dir, ckpt_path, int(resumed.get("global_step", 0)))
         done, max_epochs = int(resumed.get("epoch", -1)) + 1, cfg.trainer.get("max_epochs")
         if cfg.get("train", True) and isinstance(max_epochs, int) and 0 <= max_epochs <= done:
             log.warning("resuming %s: it has trained %d epoch(s) already, so trainer.max_epochs=%d leaves nothing to "
