@@ -9,6 +9,8 @@ import sys
 import sysconfig
 from pathlib import Path
 
+import pytest
+
 from .conftest import QUICK, REPO, run_cli
 
 TINY = ["data.num_examples=300", "data.batch_size=16", "model.hidden_size=16", "encoder.dim=16"]
@@ -218,3 +220,32 @@ def test_predict_writes_strict_json_with_null_for_nan() -> None:
 
     line = json.dumps(json_safe({"input": float("nan"), "forecast": [1.5, float("inf")], "label": "x"}), allow_nan=False)
     assert line == '{"input": null, "forecast": [1.5, null], "label": "x"}'
+
+
+def test_a_classifiers_input_file_table_gives_its_text_column(tmp_path) -> None:
+    """A CSV/TSV/JSONL input_file was read line by line: its header and each "text,label" line were
+    classified as texts, labels included. A text classifier reads the column it was trained on."""
+    from omegaconf import OmegaConf
+
+    from lstmkit.commands.predict import collect_inputs_and_origins
+    from lstmkit.errors import DataError
+
+    table = tmp_path / "new.csv"
+    table.write_text('stars,review,id\npositive,"lovely, and brilliant",0\nnegative,dull,1\n', encoding="utf-8")
+    cfg = OmegaConf.create({"input_file": str(table)})
+    inputs, origins = collect_inputs_and_origins(cfg, text_column="review")
+    assert inputs == ["lovely, and brilliant", "dull"] and origins == [(str(table), 2), (str(table), 3)]
+    (tmp_path / "new.jsonl").write_text('{"review": "fine"}\n{"review": 3}\n', encoding="utf-8")
+    with pytest.raises(DataError, match=r"new\.jsonl, row 2, field 'review': expected a text"):
+        collect_inputs_and_origins(OmegaConf.create({"input_file": str(tmp_path / "new.jsonl")}), "review")
+    with pytest.raises(DataError, match="review"):
+        collect_inputs_and_origins(OmegaConf.create({"input_file": str(tmp_path / "new.csv")}), "text")
+    # other models (and other files) still read one input per line
+    assert collect_inputs_and_origins(cfg)[0][0] == "stars,review,id"
+    # end to end: a model trained on a CSV's column predicts from such a file by that column
+    run_cli("train", "data.num_examples=200", "model.hidden_size=8", "encoder.dim=8", *QUICK, "test=false", cwd=tmp_path)
+    ckpt = next((tmp_path / "logs" / "sentiment" / "runs").glob("*/checkpoints/last.ckpt"))
+    (tmp_path / "texts.csv").write_text("text\nwhat a wonderful film\n", encoding="utf-8")
+    lines = run_cli("predict", f"ckpt_path={ckpt}", f"input_file={tmp_path / 'texts.csv'}", cwd=tmp_path).stdout
+    (result,) = [json.loads(line) for line in lines.strip().splitlines()]
+    assert result["input"] == "what a wonderful film"

@@ -17,7 +17,7 @@ from omegaconf import DictConfig
 from lstmkit.build import build, check_target
 from lstmkit.checkpoints import checkpoint_paths, load_models
 from lstmkit.commands.common import apply_decoding, check_torch_device, int_option, plain
-from lstmkit.data.text import read_text
+from lstmkit.data.text import csv_records, jsonl_records, read_text
 from lstmkit.errors import ConfigError, DataError, LstmkitError
 from lstmkit.types import DataSpec
 
@@ -28,15 +28,39 @@ def collect_inputs(cfg: DictConfig) -> list[Any]:
     return collect_inputs_and_origins(cfg)[0]
 
 
-def collect_inputs_and_origins(cfg: DictConfig) -> tuple[list[Any], list[tuple[str, int]]]:
-    """The inputs, and where each came from: ``("input", item number)`` or ``(input_file, line)``."""
+TABLE_SUFFIXES = {".csv": ",", ".tsv": "\t"}
+
+
+def collect_inputs_and_origins(cfg: DictConfig, text_column: str | None = None
+                               ) -> tuple[list[Any], list[tuple[str, int]]]:
+    """The inputs, and where each came from: ``("input", item number)`` or ``(input_file, line)``.
+
+    ``text_column``: for a text classifier, the column its training files' texts came from. An
+    ``input_file`` that is a CSV/TSV/JSONL table then gives that column's texts, one per row: read
+    as lines, its header and every ``text,label`` line were classified as texts, label included.
+    """
     inputs: list[Any] = []
     origins: list[tuple[str, int]] = []
     if cfg.get("input") is not None:
         raw = cfg.input
         inputs.extend(list(raw) if not isinstance(raw, (str, int, float)) else [raw])
         origins += [("input", i) for i in range(1, len(inputs) + 1)]
-    if cfg.get("input_file"):
+    table = Path(str(cfg.get("input_file") or "")).suffix.lower()
+    if cfg.get("input_file") and text_column and (table in TABLE_SUFFIXES or table in {".jsonl", ".json"}):
+        path = Path(cfg.input_file)
+        content = read_text(path)
+        records = (csv_records(content, TABLE_SUFFIXES[table], path, required=(text_column,),
+                               hint="the model's data.text_column") if table in TABLE_SUFFIXES
+                   else jsonl_records(content, path))
+        for row, record in records:
+            text = record.get(text_column)
+            if not isinstance(text, str) or not text.strip():
+                raise DataError(f"expected a text in column {text_column!r} (the one the model was trained on), "
+                                f"found {text!r}", path=path, row=row, field=text_column)
+            inputs.append(text)
+            origins.append((str(path), row))
+        log.info("input_file=%s: the texts of its %r column, one result per row", path, text_column)
+    elif cfg.get("input_file"):
         # split at "\n" only, as the data readers do: splitlines() also splits at U+2028, NEL and form
         # feed, which a text may hold, and results would no longer match the file's lines
         lines = [line.removesuffix("\r") for line in read_text(Path(cfg.input_file)).split("\n")]
@@ -123,7 +147,8 @@ def predict(cfg: DictConfig) -> list[dict[str, Any]]:
     apply_decoding(model, cfg.get("decode"))
     datamodule_cls = build({"_target_": check_target(model.spec.datamodule), "_partial_": True}).func
     spec = reading_spec(model.spec, datamodule_cls, cfg.get("data"))  # how the inputs are read
-    raw_inputs, origins = collect_inputs_and_origins(cfg)
+    text_column = (model.hparams.get("data") or {}).get("text_column") if model.spec.classes else None
+    raw_inputs, origins = collect_inputs_and_origins(cfg, text_column if model.spec.input_kind == "tokens" else None)
     named = paths[0] if len(paths) == 1 else f"ensemble of {', '.join(paths)}"  # how input errors name it
     inputs: list[Any] = []
     item_origins: list[tuple[str, int] | None] = []  # where each item came from; None: a row of an input file
