@@ -342,3 +342,17 @@ def test_eval_scores_a_folder_that_holds_only_a_test_file(tmp_path: Path) -> Non
     assert len(dm.splits["test"]) == 30 and len(dm.splits["train"]) == 0  # every row scored, none carved
     with pytest.raises(DataError, match=r"folder has no training file"):  # training still needs one
         SentimentDataModule(path=str(folder)).setup()
+
+
+def test_labels_that_differ_only_in_case_are_named(tmp_path: Path, caplog) -> None:
+    """" Positive " beside "positive" trained as two classes without a word (found by a new user)."""
+    import logging
+
+    rows = ["text,label"] + [f"review {i},{('Positive' if i % 10 == 1 else 'positive') if i % 2 else 'negative'}"
+                             for i in range(300)]
+    (tmp_path / "reviews.csv").write_text("\n".join(rows) + "\n")
+    with caplog.at_level(logging.WARNING, logger="lstmkit"):
+        dm = SentimentDataModule(path=str(tmp_path / "reviews.csv"), val_fraction=0.0, test_fraction=0.0)
+        dm.setup()
+    assert dm.spec.classes == ["Positive", "negative", "positive"]
+    assert "labels ['Positive', 'positive'] differ only in upper/lower case" in caplog.text

@@ -935,3 +935,16 @@ def test_eval_reads_only_the_splits_it_can_score(tmp_path):
     write_manifest(tmp_path / "bad", rows)
     with pytest.raises(DataError, match=r"row 9, field 'text': test transcript 'zoo' .* not in the model's characters"):
         SpeechDataModule(path=str(tmp_path / "bad"), spec=trained.spec.to_dict()).setup("test")
+
+
+def test_a_folder_of_two_manifests_and_blank_split_cells_are_said(tmp_path, caplog):
+    rows = split_rows()
+    write_manifest(tmp_path, rows)
+    write_manifest(tmp_path, rows, kind="jsonl")
+    with pytest.raises(DataError, match=r"holds 2 manifests \(manifest\.csv, manifest\.jsonl\); set data\.path"):
+        SpeechDataModule(path=str(tmp_path)).setup()
+    rows[2]["split"] = ""
+    write_manifest(tmp_path / "blank", rows)
+    with caplog.at_level(logging.WARNING, logger="lstmkit"):
+        SpeechDataModule(path=str(tmp_path / "blank"))._utterances()
+    assert "1 row(s) have an empty 'split' (e.g. row 4)" in caplog.text

@@ -35,7 +35,7 @@ from lstmkit.types import Batch, DataSpec
 log = logging.getLogger(__name__)
 
 NORMAL, ANOMALY = "normal", "anomaly"
-#: Names of the generated classes (the real ECG5000 classes are documented in docs/ecg.md).
+#: Names of the generated classes (the real ECG5000 classes: the README's ECG section).
 GENERATED_CLASSES = {1: "normal", 2: "pvc", 3: "supraventricular", 4: "inverted_t", 5: "st_elevation"}
 LABEL_COLUMNS = ("first", "last", "none")
 FORMATS = ("auto", "whitespace", "csv")

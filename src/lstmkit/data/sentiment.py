@@ -255,6 +255,14 @@ class SentimentDataModule(SequenceDataModule):
                 source, row = next((src, r) for src, r, _, y in splits["train"] if self.label_names.get(y, y) == label)
                 log.warning("class %r has a single training example (%s, row %d): a row whose label is wrong or "
                             "missing? It is kept as a class of its own", label, source, row)
+            alike: dict[str, list[str]] = {}
+            for label in labels:  # "Positive" beside "positive": a spreadsheet's edit, not a class of its own
+                alike.setdefault(label.casefold(), []).append(label)
+            for group in (g for g in alike.values() if len(g) > 1):
+                source, row = next((src, r) for src, r, _, y in splits["train"] if self.label_names.get(y, y) == group[1])
+                log.warning("labels %s differ only in upper/lower case, so each is a class of its own (%d examples "
+                            "of %r, e.g. %s, row %d); if they mean one class, write them alike or map them with "
+                            "data.label_names", group, counts[group[1]], group[1], source, row)
             if len(labels) < 2:
                 raise DataError(f"the training split has only the label(s) {labels}; need two or more",
                                 path=self.path)

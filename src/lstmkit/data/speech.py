@@ -435,6 +435,9 @@ class SpeechDataModule(SequenceDataModule):
                 raise DataError("format=fsdd expects a folder of wav files, found a file", path=path)
             return self._read_manifest(path)
         manifests = [path / name for name in _MANIFEST_NAMES if (path / name).is_file()]
+        if fmt in {"auto", "manifest"} and len(manifests) > 1:
+            raise DataError(f"the folder holds {len(manifests)} manifests ({', '.join(m.name for m in manifests)}); "
+                            "set data.path to the one to read", path=path)
         if fmt in {"auto", "manifest"} and manifests:
             return self._read_manifest(manifests[0])
         if fmt == "manifest":
@@ -508,6 +511,11 @@ class SpeechDataModule(SequenceDataModule):
                                         split=_SPLIT_ALIASES.get(split, "")))
         if not utterances:
             raise DataError("the manifest lists no utterances", path=manifest)
+        blank = [u.row for u in utterances if not u.split]
+        if blank and len(blank) < len(utterances):  # some rows have a split and some none
+            log.warning("%s: %d row(s) have an empty %r (e.g. row %s): they are split as data without one "
+                        "(train, less data.val_fraction / data.test_fraction where a split has no rows)",
+                        manifest, len(blank), self.split_column, blank[0])
         return utterances
 
     # -- splitting ------------------------------------------------------------------------------
