@@ -249,3 +249,21 @@ def test_a_classifiers_input_file_table_gives_its_text_column(tmp_path) -> None:
     lines = run_cli("predict", f"ckpt_path={ckpt}", f"input_file={tmp_path / 'texts.csv'}", cwd=tmp_path).stdout
     (result,) = [json.loads(line) for line in lines.strip().splitlines()]
     assert result["input"] == "what a wonderful film"
+
+
+def test_a_predict_error_in_a_row_does_not_question_the_checkpoint() -> None:
+    """"(the checkpoint ... is a model of task 'stock' ...)" ended every error, even one cell of a
+    right file: it is kept for inputs that cannot be read as the task's at all."""
+    from types import SimpleNamespace
+
+    from lstmkit.commands.predict import input_context
+    from lstmkit.errors import DataError
+
+    model = SimpleNamespace(hparams={"task": "stock"})
+    kind = SimpleNamespace(predict_input="OHLCV CSV file paths")
+    with pytest.raises(DataError) as caught, input_context("s.ckpt", model, kind):
+        raise DataError("expected a finite number, found 'abc'", path="acme.csv", row=5, field="close")
+    assert "model of task" not in str(caught.value) and "acme.csv, row 5" in str(caught.value)
+    with pytest.raises(DataError, match=r"not found \(the checkpoint s\.ckpt is a model of task 'stock'"), \
+            input_context("s.ckpt", model, kind):
+        raise DataError("file or folder not found", path="what a film")
