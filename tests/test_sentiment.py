@@ -356,3 +356,13 @@ def test_labels_that_differ_only_in_case_are_named(tmp_path: Path, caplog) -> No
         dm.setup()
     assert dm.spec.classes == ["Positive", "negative", "positive"]
     assert "labels ['Positive', 'positive'] differ only in upper/lower case" in caplog.text
+
+
+def test_a_semicolon_or_headerless_csv_gets_a_hint_that_fits(tmp_path: Path) -> None:
+    """Both used to be told "set data.text_column / data.label_column", which cannot fix either."""
+    (tmp_path / "semi.csv").write_text("text;label\ngood film;1\nbad film;0\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"semi\.csv, row 1.*a ';'-separated file"):
+        read_labelled_text(tmp_path / "semi.csv")
+    (tmp_path / "bare.csv").write_text("a truly good film,1\nbad film,0\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"bare\.csv, row 1.*the first line looks like data, not a header"):
+        read_labelled_text(tmp_path / "bare.csv")

@@ -378,6 +378,13 @@ def csv_records(
             other_sep, other_name, other_fmt = ("\t", "tab", "tsv") if delimiter == "," else (",", "comma", "csv")
             other = (f" (the header holds {other_name}s: set data.format={other_fmt})"
                      if any(other_sep in str(h) for h in header) else "")
+            if not other and len(header) == 1 and ";" in str(header[0]):
+                other = (" (the header is one column with ';' in it: a ';'-separated file, as spreadsheets of "
+                         "some locales write; save it with ',' between fields, or tabs as .tsv)")
+            elif not other and any(str(h).strip().lstrip("-").replace(".", "", 1).isdigit() or len(str(h)) > 40
+                                   for h in header):
+                other = (" (the first line looks like data, not a header: the first line must name the columns, "
+                         f"{' and '.join(repr(c) for c in required)} among them)")
             raise DataError(f"no column {column!r}; the header has {header}. Set {hint} to the right names{other}",
                             path=path, row=1, field=column)
     while True:
