@@ -33,6 +33,7 @@ from lstmkit.commands.common import (
     report,
     scalar_metrics,
 )
+from lstmkit.data.base import as_list
 from lstmkit.errors import ConfigError, DataError, SweepError
 from lstmkit.loggers import trim_csv_logs
 from lstmkit.module import SequenceModel
@@ -277,10 +278,8 @@ def warm_start(model: SequenceModel, warm: Any, resumed: str | None) -> None:
             log.warning("init_from.reverse_ckpt_path without init_from.ckpt_path: the reverse direction was "
                         "trained on its language model's embedding, which this model does not start from")
     if "ckpt_path" in paths:
-        include = warm.get("include") or ()
         # init_from.include=encoder (no brackets) is one part, not the letters e, n, c...
-        include = [include] if isinstance(include, str) else list(include)
-        init_from_checkpoint(model, paths["ckpt_path"], include, filled=filled)
+        init_from_checkpoint(model, paths["ckpt_path"], as_list(warm.get("include")), filled=filled)
 
 
 DRAWN_SEED_ENV = "LSTMKIT_DRAWN_SEED"

@@ -40,6 +40,13 @@ def path_not_found(path: Any) -> DataError:
                      path=path)
 
 
+def as_list(value: Any) -> list[Any]:
+    """A config value (``data.holdout_speakers=theo``, ``init_from.include=encoder``) that should be a list: ``None`` -> ``[]``, a single string -> ``[string]``."""
+    if value is None:
+        return []
+    return [value] if isinstance(value, str) else list(value)
+
+
 def check_fractions(val: Any, test: Any) -> tuple[float, float]:
     """``data.val_fraction`` / ``data.test_fraction`` as numbers in [0, 1) that leave a training part.
 

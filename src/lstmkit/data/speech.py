@@ -48,7 +48,14 @@ import soundfile as sf
 import torch
 import torchaudio.functional as AF
 
-from lstmkit.data.base import PadCollate, SequenceDataModule, SequenceDataset, check_fractions, path_not_found
+from lstmkit.data.base import (
+    PadCollate,
+    SequenceDataModule,
+    SequenceDataset,
+    as_list,
+    check_fractions,
+    path_not_found,
+)
 from lstmkit.data.text import csv_records, jsonl_records, read_text
 from lstmkit.errors import ConfigError, DataError
 from lstmkit.progress import track
@@ -302,13 +309,6 @@ def wav_files(folder: Path, recursive: bool = False) -> list[Path]:
     return sorted(p for p in pattern if p.suffix.lower() == ".wav" and p.is_file())
 
 
-def as_list(value: Any) -> list[Any]:
-    """A config value that should be a list: ``None`` -> ``[]``, a single string -> ``[string]``."""
-    if value is None:
-        return []
-    return [value] if isinstance(value, str) else list(value)
-
-
 def fsdd_transcript(name: str) -> tuple[str, str, int] | None:
     """``7_jackson_32.wav`` -> ``("seven", "jackson", 32)``; ``None`` for other names."""
     match = FSDD_NAME.match(name)
@@ -442,8 +442,9 @@ class SpeechDataModule(SequenceDataModule):
             return self._read_manifest(manifests[0])
         if fmt == "manifest":
             raise DataError(f"no manifest in this folder; expected one of {list(_MANIFEST_NAMES)}", path=path)
-        folder = path if wav_files(path) else path / "recordings"
-        if not wav_files(folder):
+        top = wav_files(path)
+        folder = path if top else path / "recordings"
+        if not (top or wav_files(folder)):
             nested = wav_files(path, recursive=True)
             where = (f"; {len(nested)} .wav file(s) are in subfolders (e.g. {nested[0].parent}), which are not "
                      "read: point data.path at their folder or list them in a manifest") if nested else ""
