@@ -222,6 +222,26 @@ def test_predict_writes_strict_json_with_null_for_nan() -> None:
     assert line == '{"input": null, "forecast": [1.5, null], "label": "x"}'
 
 
+def test_input_file_paths_are_read_from_the_lists_folder(tmp_path, monkeypatch) -> None:
+    """A list of wavs (or price/beat files) kept beside them works from any working directory, as a
+    manifest's paths do; paths that are not there, absolute paths and sample values stay as given."""
+    (tmp_path / "clips").mkdir()
+    (tmp_path / "clips" / "a.wav").write_bytes(b"x")
+    (tmp_path / "b.wav").write_bytes(b"x")  # in the working directory only
+    listing = tmp_path / "clips" / "list.txt"
+    listing.write_text(f"a.wav\nb.wav\n{tmp_path / 'b.wav'}\n0.1 0.2 0.3\n")
+    from omegaconf import OmegaConf
+
+    from lstmkit.commands.predict import collect_inputs_and_origins
+
+    monkeypatch.chdir(tmp_path)
+    cfg = OmegaConf.create({"input_file": str(listing)})
+    inputs, origins = collect_inputs_and_origins(cfg, paths=True)
+    assert inputs == [str(tmp_path / "clips" / "a.wav"), "b.wav", str(tmp_path / "b.wav"), "0.1 0.2 0.3"]
+    assert origins == [(str(listing), n) for n in range(1, 5)]
+    assert collect_inputs_and_origins(cfg)[0][0] == "a.wav"  # texts are never paths
+
+
 def test_a_classifiers_input_file_table_gives_its_text_column(tmp_path) -> None:
     """A CSV/TSV/JSONL input_file was read line by line: its header and each "text,label" line were
     classified as texts, labels included. A text classifier reads the column it was trained on."""

@@ -190,6 +190,31 @@ def test_manifest_missing_column_and_audio(tmp_path):
         SpeechDataModule(path=str(tmp_path / "b")).setup()
 
 
+def test_a_clip_listed_twice(tmp_path, caplog):
+    rows = split_rows()
+    write_manifest(tmp_path / "a", [*rows, {**rows[0], "split": "test"}])  # a train clip also in test: a leak
+    with pytest.raises(DataError, match=r"manifest\.csv, row 10, field 'split'.*tr0\.wav is also listed in row 2 "
+                                        r"as train, here as test"):
+        SpeechDataModule(path=str(tmp_path / "a")).setup()
+    write_manifest(tmp_path / "b", [*rows, {**rows[0], "text": "off"}])  # which transcript is right?
+    with pytest.raises(DataError, match=r"row 10, field 'text'.*tr0\.wav is also listed in row 2 with another"):
+        SpeechDataModule(path=str(tmp_path / "b")).setup()
+    # the same row twice, and no split column: it counts twice, said, and its rows stay in one split
+    plain = [{"path": f"c{i}.wav", "text": "yes" if i % 2 else "no"} for i in range(40)]
+    write_manifest(tmp_path / "c", plain + [dict(r) for r in plain[:10]])
+    with caplog.at_level(logging.WARNING, logger="lstmkit"):
+        dm = SpeechDataModule(path=str(tmp_path / "c"), val_fraction=0.2, test_fraction=0.2)
+        dm.setup()
+    assert re.search(r"10 clip\(s\) are listed more than once \(10 extra rows; e\.g\. .*c0\.wav in rows 2, 42\)",
+                     caplog.text)
+    where = {}
+    for name, dataset in dm.splits.items():
+        for source in dataset.sources:
+            where.setdefault(source.split("(")[1], set()).add(name)
+    assert len(where) == 40 and all(len(splits) == 1 for splits in where.values())
+    assert sum(len(d) for d in dm.splits.values()) == 50  # nothing dropped
+
+
 def test_corrupt_wav_names_the_file(tmp_path):
     write_manifest(tmp_path, split_rows())
     (tmp_path / "tr2.wav").write_bytes(b"RIFF\x00\x00garbage")
@@ -488,6 +513,30 @@ def test_too_short_utterances_error_or_skip(caplog):
     loss = head.loss(head(feats, torch.tensor([3])), torch.tensor([3]), nothing)  # no utterance fits
     loss.backward()
     assert loss.item() == 0.0 and feats.grad is not None
+
+
+def test_too_short_error_names_the_clip_and_manifest_row(tmp_path):
+    # the frame count is known only once the batch is encoded (trimming, subsampling): the batch
+    # carries where each row came from, through pinning and Lightning's move to the device
+    from lightning.fabric.utilities.apply_func import move_data_to_device
+
+    write_manifest(tmp_path, split_rows())
+    dm = SpeechDataModule(path=str(tmp_path), batch_size=8)
+    dm.setup()
+    batch = next(iter(dm.train_dataloader()))
+    batch = move_data_to_device(batch.pin_memory() if torch.cuda.is_available() else batch, torch.device("cpu"))
+    assert batch.sources is not None and len(batch.sources) == len(batch) == 6
+    assert all(re.fullmatch(r".*manifest\.csv row \d+ \(.*tr\d\.wav\)", s) for s in batch.sources)
+    head = CTCHead(dm.spec, in_features=4)
+    with pytest.raises(DataError, match=r"manifest\.csv row \d+ \(.*tr\d\.wav\) '(yes no|on off)': 1 frames, needs"):
+        head.check(torch.ones(len(batch), dtype=torch.int64), batch)
+    # FSDD folders: the wav itself
+    write_fsdd(tmp_path / "fsdd")
+    dm = SpeechDataModule(path=str(tmp_path / "fsdd"), batch_size=4)
+    dm.setup()
+    batch = next(iter(dm.val_dataloader()))
+    with pytest.raises(DataError, match=r"fsdd/\d_(anna|bob)_\d\.wav '(one|two|three)': 1 frames"):
+        CTCHead(dm.spec, in_features=4).check(torch.ones(len(batch), dtype=torch.int64), batch)
 
 
 def test_prefix_beam_search_beats_best_path():

@@ -33,6 +33,9 @@ class Batch:
             packing, and pack, without waiting for the device. Derived from ``lengths`` when
             the batch is made; code that changes ``lengths`` afterwards must set both (or set
             this to ``None``).
+        sources: where each row came from (a file, a manifest row), when the dataset knows, so
+            that an error found only once the batch is encoded (a CTC utterance too short for its
+            transcript) can name the file. Not moved to the device.
     """
 
     inputs: torch.Tensor
@@ -40,6 +43,7 @@ class Batch:
     targets: torch.Tensor | None = None
     target_lengths: torch.Tensor | None = None
     host_lengths: tuple[int, ...] | None = field(default=None, init=False, repr=False, compare=False)
+    sources: tuple[str, ...] | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         # derived, so not an __init__ field: Lightning's batch transfer then keeps it as it is
@@ -52,7 +56,9 @@ class Batch:
         def pin(t: torch.Tensor | None) -> torch.Tensor | None:
             return None if t is None else t.pin_memory()
 
-        return Batch(pin(self.inputs), pin(self.lengths), pin(self.targets), pin(self.target_lengths))
+        pinned = Batch(pin(self.inputs), pin(self.lengths), pin(self.targets), pin(self.target_lengths))
+        pinned.sources = self.sources
+        return pinned
 
     def __len__(self) -> int:
         return int(self.inputs.shape[0])

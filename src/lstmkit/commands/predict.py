@@ -31,13 +31,17 @@ def collect_inputs(cfg: DictConfig) -> list[Any]:
 TABLE_SUFFIXES = {".csv": ",", ".tsv": "\t"}
 
 
-def collect_inputs_and_origins(cfg: DictConfig, text_column: str | None = None
+def collect_inputs_and_origins(cfg: DictConfig, text_column: str | None = None, paths: bool = False
                                ) -> tuple[list[Any], list[tuple[str, int]]]:
     """The inputs, and where each came from: ``("input", item number)`` or ``(input_file, line)``.
 
     ``text_column``: for a text classifier, the column its training files' texts came from. An
     ``input_file`` that is a CSV/TSV/JSONL table then gives that column's texts, one per row: read
     as lines, its header and every ``text,label`` line were classified as texts, label included.
+
+    ``paths``: the model reads files (wavs, price or beat files). A relative path on a line of
+    ``input_file`` is then taken relative to that file's folder, as a manifest's are, when the file
+    is there: a list kept beside its clips works from any working directory.
     """
     inputs: list[Any] = []
     origins: list[tuple[str, int]] = []
@@ -70,6 +74,8 @@ def collect_inputs_and_origins(cfg: DictConfig, text_column: str | None = None
         if len(kept) < len(lines):  # said, so that results are not matched to line numbers by mistake
             log.warning("input_file=%s: %d blank line(s) skipped; one result per non-blank line, in order",
                         cfg.input_file, len(lines) - len(kept))
+        if paths:
+            kept = _beside(Path(cfg.input_file), kept)
         inputs.extend(kept)
         origins += [(str(cfg.input_file), number) for number, line in enumerate(lines, start=1) if line.strip()]
     if not inputs:
@@ -78,6 +84,23 @@ def collect_inputs_and_origins(cfg: DictConfig, text_column: str | None = None
     if blank:
         raise ConfigError(f"input: item {blank[0] + 1} of {len(inputs)} is empty; give text, a file path or numbers")
     return inputs, origins
+
+
+def _beside(list_file: Path, lines: list[str]) -> list[str]:
+    """Relative paths of a list file that name a file beside it, as paths from there; others as given."""
+    folder = list_file.parent
+    resolved = []
+    for line in lines:
+        name = line.strip()
+        try:
+            here = not Path(name).is_absolute() and (folder / name).is_file()
+        except (OSError, ValueError):  # not a path (a beat's sample values, a name too long)
+            here = False
+        resolved.append(str(folder / name) if here else line)
+    moved = sum(a != b for a, b in zip(lines, resolved, strict=True))
+    if moved and folder.resolve() != Path.cwd().resolve():
+        log.info("input_file=%s: %d relative path(s) read from its folder %s", list_file, moved, folder)
+    return resolved
 
 
 @contextmanager
@@ -150,7 +173,8 @@ def predict(cfg: DictConfig) -> list[dict[str, Any]]:
     datamodule_cls = build({"_target_": check_target(model.spec.datamodule), "_partial_": True}).func
     spec = reading_spec(model.spec, datamodule_cls, cfg.get("data"))  # how the inputs are read
     text_column = (model.hparams.get("data") or {}).get("text_column") if model.spec.classes else None
-    raw_inputs, origins = collect_inputs_and_origins(cfg, text_column if model.spec.input_kind == "tokens" else None)
+    raw_inputs, origins = collect_inputs_and_origins(cfg, text_column if model.spec.input_kind == "tokens" else None,
+                                                     paths=model.spec.input_kind != "tokens")
     named = paths[0] if len(paths) == 1 else f"ensemble of {', '.join(paths)}"  # how input errors name it
     inputs: list[Any] = []
     item_origins: list[tuple[str, int] | None] = []  # where each item came from; None: a row of an input file

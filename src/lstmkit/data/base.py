@@ -90,19 +90,29 @@ def split_files(folder: Path, example: str, require_train: bool = True) -> dict[
 
 
 class SequenceDataset(Dataset[Example]):
-    """A list of ``(input, target)`` tensor pairs; ``lengths`` is precomputed for bucketing."""
+    """A list of ``(input, target)`` tensor pairs; ``lengths`` is precomputed for bucketing.
 
-    def __init__(self, inputs: Sequence[torch.Tensor], targets: Sequence[torch.Tensor]) -> None:
+    With ``sources`` (one description per example: its file, its manifest row), an item is
+    ``(input, target, source)`` and :class:`PadCollate` puts the sources on the batch.
+    """
+
+    def __init__(self, inputs: Sequence[torch.Tensor], targets: Sequence[torch.Tensor],
+                 sources: Sequence[str] | None = None) -> None:
         if len(inputs) != len(targets):
             raise ValueError(f"{len(inputs)} inputs for {len(targets)} targets")
+        if sources is not None and len(sources) != len(inputs):
+            raise ValueError(f"{len(sources)} sources for {len(inputs)} inputs")
         self.inputs = list(inputs)
         self.targets = list(targets)
+        self.sources = None if sources is None else list(sources)
         self.lengths = [int(x.shape[0]) for x in self.inputs]
 
     def __len__(self) -> int:
         return len(self.inputs)
 
     def __getitem__(self, index: int) -> Example:
+        if self.sources is not None:
+            return self.inputs[index], self.targets[index], self.sources[index]  # type: ignore[return-value]
         return self.inputs[index], self.targets[index]
 
 
@@ -120,15 +130,19 @@ class PadCollate:
         self.sequence_targets = sequence_targets
 
     def __call__(self, examples: list[Example]) -> Batch:
-        inputs = [x for x, _ in examples]
-        targets = [y for _, y in examples]
+        inputs = [example[0] for example in examples]
+        targets = [example[1] for example in examples]
         lengths = torch.tensor([x.shape[0] for x in inputs], dtype=torch.int64)
         padded = pad_sequence(inputs, batch_first=True, padding_value=self.pad_value)
         if self.sequence_targets:
             target_lengths = torch.tensor([y.shape[0] for y in targets], dtype=torch.int64)
             stacked = pad_sequence(targets, batch_first=True, padding_value=self.target_pad)
-            return Batch(padded, lengths, stacked, target_lengths)
-        return Batch(padded, lengths, torch.stack(targets))
+            batch = Batch(padded, lengths, stacked, target_lengths)
+        else:
+            batch = Batch(padded, lengths, torch.stack(targets))
+        if examples and len(examples[0]) > 2:  # (input, target, source): see SequenceDataset
+            batch.sources = tuple(str(example[2]) for example in examples)  # type: ignore[misc]
+        return batch
 
 
 class BucketBatchSampler(BatchSampler):

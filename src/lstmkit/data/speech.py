@@ -335,6 +335,21 @@ class Utterance:
     wave: np.ndarray | None = None
 
 
+def _take_shuffled(utterances: list[Utterance], count: int, rng: random.Random) -> tuple[list[Utterance], list[Utterance]]:
+    """About ``count`` utterances drawn at random, and the rest, with the rows of one clip (a manifest
+    that lists it twice) kept on the same side. Without repeats: exactly ``rng.shuffle`` and a cut."""
+    groups: dict[object, list[Utterance]] = {}
+    for utt in utterances:  # only a manifest can list a clip twice (generated clips share a "source")
+        groups.setdefault(utt.source if utt.row is not None else id(utt), []).append(utt)
+    order = list(groups.values())
+    rng.shuffle(order)
+    taken: list[Utterance] = []
+    rest: list[Utterance] = []
+    for group in order:
+        (taken if len(taken) < count else rest).extend(group)
+    return taken, rest
+
+
 class SpeechDataModule(SequenceDataModule):
     """Waveforms ``(B, S)`` + sample counts -> character targets for CTC.
 
@@ -512,12 +527,39 @@ class SpeechDataModule(SequenceDataModule):
                                         split=_SPLIT_ALIASES.get(split, "")))
         if not utterances:
             raise DataError("the manifest lists no utterances", path=manifest)
+        self._check_repeated_files(utterances, manifest)
         blank = [u.row for u in utterances if not u.split]
         if blank and len(blank) < len(utterances):  # some rows have a split and some none
             log.warning("%s: %d row(s) have an empty %r (e.g. row %s): they are split as data without one "
                         "(train, less data.val_fraction / data.test_fraction where a split has no rows)",
                         manifest, len(blank), self.split_column, blank[0])
         return utterances
+
+    def _check_repeated_files(self, utterances: list[Utterance], manifest: Path) -> None:
+        """A clip listed twice: an error when its rows disagree (two transcripts, or two splits: the
+        test set would score a clip the model trained on), else a warning (it counts twice)."""
+        rows: dict[str, list[Utterance]] = {}
+        for utt in utterances:
+            rows.setdefault(utt.source, []).append(utt)
+        repeated = {file: utts for file, utts in rows.items() if len(utts) > 1}
+        for file, utts in repeated.items():
+            first = utts[0]
+            for other in utts[1:]:
+                if normalise_text(other.text, self.lowercase) != normalise_text(first.text, self.lowercase):
+                    raise DataError(f"{file} is also listed in row {first.row} with another transcript "
+                                    f"({first.text!r} there, {other.text!r} here); keep one row",
+                                    path=manifest, row=other.row, field=self.text_column)
+                if other.split != first.split and not self.holdout_speakers and not self.val_speakers:
+                    raise DataError(f"{file} is also listed in row {first.row} as {first.split or 'no split'}, here "
+                                    f"as {other.split or 'no split'}: one clip in two splits would be scored on "
+                                    "data it trained on; keep one row", path=manifest, row=other.row,
+                                    field=self.split_column)
+        if repeated:
+            extra = sum(len(utts) - 1 for utts in repeated.values())
+            file, utts = next(iter(repeated.items()))
+            log.warning("%s: %d clip(s) are listed more than once (%d extra rows; e.g. %s in rows %s): each row "
+                        "counts, and the rows of one clip always fall in the same split", manifest, len(repeated),
+                        extra, file, ", ".join(str(u.row) for u in utts))
 
     # -- splitting ------------------------------------------------------------------------------
     def _split(self, utterances: list[Utterance]) -> dict[str, list[Utterance]]:
@@ -559,16 +601,15 @@ class SpeechDataModule(SequenceDataModule):
         unassigned = []
         for utt in utterances:
             (splits[utt.split] if utt.split else unassigned).append(utt)
-        rng.shuffle(unassigned)
         if not splits["test"]:
             n_test = round(len(unassigned) * self.test_fraction)
-            splits["test"], unassigned = unassigned[:n_test], unassigned[n_test:]
+            splits["test"], unassigned = _take_shuffled(unassigned, n_test, rng)
+        else:
+            rng.shuffle(unassigned)  # as before: the same draws, so the same val split for a seed
         splits["train"] += unassigned
         if not splits["val"]:
-            train = splits["train"]
-            rng.shuffle(train)
-            n_val = round(len(train) * self.val_fraction)
-            splits["val"], splits["train"] = train[:n_val], train[n_val:]
+            n_val = round(len(splits["train"]) * self.val_fraction)
+            splits["val"], splits["train"] = _take_shuffled(splits["train"], n_val, rng)
         for name in ("train", "val", "test"):
             if not splits[name]:
                 raise DataError(f"the {name} split is empty; give more data or other split settings",
@@ -670,14 +711,15 @@ class SpeechDataModule(SequenceDataModule):
         self.splits["train"] = SequenceDataset([], [])
         for name in ("train", "val", "test") if self.fixed_spec is None else ("val", "test"):
             utterances = self._load_waves(name, splits[name])
-            inputs, targets = [], []
+            inputs, targets, sources = [], [], []
             for utt in utterances:
                 ids = self._encode(utt, index, name)
                 if ids is None:
                     continue
                 inputs.append(torch.from_numpy(utt.wave))
                 targets.append(torch.tensor(ids, dtype=torch.int64))
-            self.splits[name] = SequenceDataset(inputs, targets)
+                sources.append(utt.source if utt.row is None else f"{self.manifest} row {utt.row} ({utt.source})")
+            self.splits[name] = SequenceDataset(inputs, targets, sources)
         log.info("speech data: %s utterances (train/val/test), %d characters + blank",
                  "/".join(str(len(self.splits[s])) for s in ("train", "val", "test")), len(index) - 1)
         return spec

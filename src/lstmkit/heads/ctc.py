@@ -359,7 +359,7 @@ class CTCHead(Head):
         targets, target_lengths = self._targets(batch)
         short = self._short(lengths, targets, target_lengths)
         if bool(short.any()):
-            self._report_short(short, lengths, targets, target_lengths)
+            self._report_short(short, lengths, targets, target_lengths, batch.sources)
 
     def loss(self, outputs: torch.Tensor, lengths: torch.Tensor, batch: Batch) -> torch.Tensor:
         """Mean CTC loss per label over the utterances with enough frames (``check`` reported the others)."""
@@ -400,10 +400,11 @@ class CTCHead(Head):
         return target_lengths + repeats
 
     def _report_short(self, short: torch.Tensor, lengths: torch.Tensor, targets: torch.Tensor,
-                      target_lengths: torch.Tensor) -> None:
+                      target_lengths: torch.Tensor, sources: tuple[str, ...] | None = None) -> None:
         rows = short.nonzero().flatten().tolist()
         need = self.required_frames(targets, target_lengths)
         details = "; ".join(
+            f"{sources[r] + ' ' if sources else ''}"
             f"{self._text(targets[r, : int(target_lengths[r])].tolist())!r}: {int(lengths[r])} frames, "
             f"needs {int(need[r])}" for r in rows[:5])
         if self.too_short == "error":
