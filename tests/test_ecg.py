@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -344,6 +346,29 @@ def test_predict_batch_accepts_files_lines_and_optional_labels(tmp_path: Path) -
     damaged.write_text("\n".join(lines) + "\n")
     with pytest.raises(DataError, match=r"row 3.*as in row 1 \(a beat without its label\)"):
         EcgDataModule.predict_items(SPEC, [str(damaged)])
+
+
+@pytest.mark.parametrize("label_column", ["first", "last"])
+def test_a_labelled_beat_one_sample_short_is_said(tmp_path: Path, caplog, label_column: str) -> None:
+    """It has exactly the model's samples, so it is read as a beat without its label, the label a
+    sample: a known class number exactly where the label goes is said (no recorded sample is one)."""
+    spec = DataSpec.from_dict({**LABELLED.to_dict(), "extra": {**LABELLED.extra, "label_column": label_column}})
+    beats, kinds = generate_beats(3, anomaly_fraction=0.5, seed=5)  # classes 2, 3, 1: no row index
+    short = [[float(k), *b[1:]] if label_column == "first" else [*b[:-1], float(k)] for b, k in zip(beats, kinds)]
+    path = tmp_path / "short.txt"
+    path.write_text("\n".join(" ".join(f"{v:.6f}" for v in beat) for beat in short) + "\n")
+    with caplog.at_level(logging.WARNING, logger="lstmkit"):
+        EcgDataModule.predict_items(spec, [str(path)])
+    assert re.search(rf"short\.txt: 3 beat\(s\) read without a label \(e\.g\. row 1\) have a class number .* as "
+                     rf"their {label_column} value", caplog.text)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="lstmkit"):
+        EcgDataModule.make_predict_batch(spec, [" ".join(f"{v:.6f}" for v in beats[0]), " ".join(map(str, short[1]))])
+    assert re.search(r"input: 1 beat\(s\) read without a label \(e\.g\. row 2\)", caplog.text)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="lstmkit"):  # recorded beats without labels: nothing to say
+        EcgDataModule.make_predict_batch(spec, [" ".join(f"{v:.6f}" for v in b) for b in beats])
+    assert "read without a label" not in caplog.text
 
 
 LABELLED = DataSpec(input_kind="features", num_features=1, classes=["normal", "anomaly"],

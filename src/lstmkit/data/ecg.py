@@ -224,6 +224,27 @@ def _label(
     return label
 
 
+def _warn_if_label_like(beats: list[np.ndarray], rows: list[int], label_column: str, known: set[int] | None,
+                        where: str) -> None:
+    """Say so when beats read as unlabelled hold a known class number where the model reads labels.
+
+    Why: a labelled beat that lost one sample has exactly the model's samples per beat, so it is
+    read as a beat without its label, the label as its first (or last) sample. Values of a
+    recorded beat are practically never exactly a whole class number; a warning, not an error,
+    because such a beat can still be right.
+    """
+    if known is None or label_column not in ("first", "last"):
+        return
+    column = 0 if label_column == "first" else -1
+    suspect = [row for row, beat in zip(rows, beats, strict=True)
+               if beat.size and float(beat[column]).is_integer() and int(beat[column]) in known]
+    if suspect:
+        log.warning("%s: %d beat(s) read without a label (e.g. row %d) have a class number of the model's (%s) as "
+                    "their %s value: if it is the label, the beat lost one sample and is scored with its label as a "
+                    "sample; give the beat's %d samples after its label", where, len(suspect), suspect[0],
+                    ", ".join(map(str, sorted(known))), label_column, beats[0].size)
+
+
 def _split_label(
     values: np.ndarray, label_column: str, known: set[int] | None, path: Path | str, row: int,
     predicting: bool = False,
@@ -331,6 +352,8 @@ def read_beats(
         labels.append(label)
     if samples[0].size == 0:
         raise DataError("rows hold a label but no samples", path=path, row=rows[0])
+    if not has_label and not labels_required:  # predict read the file as unlabelled
+        _warn_if_label_like(samples, rows, label_column, known_labels, str(path))
     return BeatTable(
         str(path), np.stack(samples).astype(np.float32), np.array(labels, dtype=np.int64), np.array(rows)
     )
@@ -606,6 +629,7 @@ class EcgDataModule(SequenceDataModule):
         label_column = spec.extra.get("label_column", "first")
         known = cls._known_labels(spec)
         beats: list[np.ndarray] = []
+        unlabelled: list[int] = []  # the inline beats given without a label
         for number, raw in enumerate(cls.predict_items(spec, list(inputs)), start=1):
             if isinstance(raw, BeatInput):
                 beats.append(raw.samples)
@@ -617,6 +641,8 @@ class EcgDataModule(SequenceDataModule):
             values = _parse_row(cells, "<input>", number)
             if len(values) == length + 1 and label_column in ("first", "last"):
                 values, _ = _split_label(values, label_column, known, "<input>", number, predicting=True)
+            elif len(values) == length:
+                unlabelled.append(len(beats))
             if len(values) != length:
                 raise DataError(
                     f"expected a beat of {length} samples (optionally with its label), found {len(values)} "
@@ -624,6 +650,9 @@ class EcgDataModule(SequenceDataModule):
                     path="<input>", row=number,
                 )
             beats.append(values.astype(np.float32))
+        if unlabelled:
+            _warn_if_label_like([beats[i] for i in unlabelled], [i + 1 for i in unlabelled], label_column, known,
+                                "input")
         inputs_t = torch.from_numpy(np.stack(beats).astype(np.float32)).unsqueeze(-1)  # (B, T, 1)
         lengths = torch.full((len(beats),), length, dtype=torch.int64)
         return Batch(inputs_t, lengths, torch.zeros(len(beats), dtype=torch.int64))
