@@ -240,6 +240,10 @@ def test_input_file_paths_are_read_from_the_lists_folder(tmp_path, monkeypatch) 
     assert inputs == [str(tmp_path / "clips" / "a.wav"), "b.wav", str(tmp_path / "b.wav"), "0.1 0.2 0.3"]
     assert origins == [(str(listing), n) for n in range(1, 5)]
     assert collect_inputs_and_origins(cfg)[0][0] == "a.wav"  # texts are never paths
+    semi = tmp_path / "semi.csv"  # a classifier trained with data.delimiter=';' reads its tables so
+    semi.write_text('text;label\n"one; two";1\nthree;0\n')
+    cfg = OmegaConf.create({"input_file": str(semi)})
+    assert collect_inputs_and_origins(cfg, "text", delimiter=";")[0] == ["one; two", "three"]
 
 
 def test_a_classifiers_input_file_table_gives_its_text_column(tmp_path) -> None:

@@ -361,8 +361,28 @@ def test_labels_that_differ_only_in_case_are_named(tmp_path: Path, caplog) -> No
 def test_a_semicolon_or_headerless_csv_gets_a_hint_that_fits(tmp_path: Path) -> None:
     """Both used to be told "set data.text_column / data.label_column", which cannot fix either."""
     (tmp_path / "semi.csv").write_text("text;label\ngood film;1\nbad film;0\n", encoding="utf-8")
-    with pytest.raises(DataError, match=r"semi\.csv, row 1.*a ';'-separated file"):
+    with pytest.raises(DataError, match=r"semi\.csv, row 1.*a ';'-separated file.*set 'data\.delimiter=;'"):
         read_labelled_text(tmp_path / "semi.csv")
+    assert read_labelled_text(tmp_path / "semi.csv", delimiter=";") == [(2, "good film", "1"), (3, "bad film", "0")]
     (tmp_path / "bare.csv").write_text("a truly good film,1\nbad film,0\n", encoding="utf-8")
     with pytest.raises(DataError, match=r"bare\.csv, row 1.*the first line looks like data, not a header"):
         read_labelled_text(tmp_path / "bare.csv")
+
+
+def test_a_delimiter_reads_semicolon_and_pipe_files(tmp_path: Path) -> None:
+    """data.delimiter: a ';' file from a spreadsheet, or '|' in a .txt, read as CSV (quoting kept)."""
+    (tmp_path / "semi.csv").write_text('text;label\n"a film; long";1\ndull;0\n', encoding="utf-8")
+    (tmp_path / "pipes.txt").write_text("text|label\ngreat|1\nbad|0\n", encoding="utf-8")
+    assert read_labelled_text(tmp_path / "pipes.txt", delimiter="|") == [(2, "great", "1"), (3, "bad", "0")]
+    dm = SentimentDataModule(path=str(tmp_path / "semi.csv"), delimiter=";", val_fraction=0.0, test_fraction=0.0)
+    dm.setup()
+    assert len(dm.splits["train"]) == 2 and dm.spec.classes == ["0", "1"]
+    for bad in ("", ";;", "a", '"'):
+        with pytest.raises(ConfigError, match=r"data\.delimiter=.*expected one character between fields"):
+            SentimentDataModule(path=str(tmp_path / "semi.csv"), delimiter=bad)
+    with pytest.raises(ConfigError, match=r"data\.format=jsonl has no delimiter"):
+        read_labelled_text(tmp_path / "semi.csv", fmt="jsonl", delimiter=";")
+    # a ',' file read with ';': the header is one column holding commas, and the hint says so
+    (tmp_path / "comma.csv").write_text("text,label\ngood,1\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"comma\.csv, row 1.*the header holds commas: set data\.delimiter"):
+        read_labelled_text(tmp_path / "comma.csv", delimiter=";")

@@ -31,13 +31,14 @@ def collect_inputs(cfg: DictConfig) -> list[Any]:
 TABLE_SUFFIXES = {".csv": ",", ".tsv": "\t"}
 
 
-def collect_inputs_and_origins(cfg: DictConfig, text_column: str | None = None, paths: bool = False
-                               ) -> tuple[list[Any], list[tuple[str, int]]]:
+def collect_inputs_and_origins(cfg: DictConfig, text_column: str | None = None, paths: bool = False,
+                               delimiter: str | None = None) -> tuple[list[Any], list[tuple[str, int]]]:
     """The inputs, and where each came from: ``("input", item number)`` or ``(input_file, line)``.
 
     ``text_column``: for a text classifier, the column its training files' texts came from. An
     ``input_file`` that is a CSV/TSV/JSONL table then gives that column's texts, one per row: read
     as lines, its header and every ``text,label`` line were classified as texts, label included.
+    ``delimiter``: the model's ``data.delimiter`` (``;``), for such a CSV table.
 
     ``paths``: the model reads files (wavs, price or beat files). A relative path on a line of
     ``input_file`` is then taken relative to that file's folder, as a manifest's are, when the file
@@ -53,7 +54,7 @@ def collect_inputs_and_origins(cfg: DictConfig, text_column: str | None = None, 
     if cfg.get("input_file") and text_column and (table in TABLE_SUFFIXES or table in {".jsonl", ".json"}):
         path = Path(cfg.input_file)
         content = read_text(path)
-        records = (csv_records(content, TABLE_SUFFIXES[table], path, required=(text_column,),
+        records = (csv_records(content, (table == ".csv" and delimiter) or TABLE_SUFFIXES[table], path, required=(text_column,),
                                hint="the model's data.text_column") if table in TABLE_SUFFIXES
                    else jsonl_records(content, path))
         for row, record in records:
@@ -172,9 +173,11 @@ def predict(cfg: DictConfig) -> list[dict[str, Any]]:
     apply_decoding(model, cfg.get("decode"))
     datamodule_cls = build({"_target_": check_target(model.spec.datamodule), "_partial_": True}).func
     spec = reading_spec(model.spec, datamodule_cls, cfg.get("data"))  # how the inputs are read
-    text_column = (model.hparams.get("data") or {}).get("text_column") if model.spec.classes else None
+    data = model.hparams.get("data") or {}
+    text_column = data.get("text_column") if model.spec.classes else None
     raw_inputs, origins = collect_inputs_and_origins(cfg, text_column if model.spec.input_kind == "tokens" else None,
-                                                     paths=model.spec.input_kind != "tokens")
+                                                     paths=model.spec.input_kind != "tokens",
+                                                     delimiter=data.get("delimiter"))
     named = paths[0] if len(paths) == 1 else f"ensemble of {', '.join(paths)}"  # how input errors name it
     inputs: list[Any] = []
     item_origins: list[tuple[str, int] | None] = []  # where each item came from; None: a row of an input file

@@ -28,6 +28,7 @@ from lstmkit.data.text import (
     PAD,
     UNK,
     build_vocab,
+    check_delimiter,
     check_subwords,
     encode,
     learn_subwords,
@@ -140,6 +141,8 @@ class SentimentDataModule(SequenceDataModule):
             contain ``train``/``dev|valid|val``/``test`` (their split is kept).
         text_column / label_column: column or key names in CSV/TSV/JSONL files.
         format: ``auto`` (by extension), ``csv``, ``tsv``, ``jsonl`` or ``prefixed``.
+        delimiter: the character between a delimited file's fields when it is not the format's
+            own (``;`` from a spreadsheet of some locales, ``|``); the files are then read as CSV.
         label_names: optional mapping from raw labels to class names (e.g. ``{0: negative}``).
         num_examples: size of the generated corpus (train + val + test).
         min_count / max_vocab: vocabulary built on the train split only.
@@ -158,6 +161,7 @@ class SentimentDataModule(SequenceDataModule):
         text_column: str = "text",
         label_column: str = "label",
         format: str = "auto",
+        delimiter: str | None = None,
         label_names: dict[str, str] | None = None,
         num_examples: int = 8000,
         val_fraction: float = 0.1,
@@ -175,6 +179,7 @@ class SentimentDataModule(SequenceDataModule):
         self.subwords = check_subwords(subwords, tokenizer)
         self.path = path
         self.text_column, self.label_column, self.format = text_column, label_column, format
+        self.delimiter = check_delimiter(delimiter)
         self.label_names = {str(k): str(v) for k, v in (label_names or {}).items()}
         self.num_examples = num_examples
         self.val_fraction, self.test_fraction = check_fractions(val_fraction, test_fraction)
@@ -208,7 +213,7 @@ class SentimentDataModule(SequenceDataModule):
 
     def _read_file(self, path: Path) -> list[tuple[str, int, str, str]]:
         return [(str(path), row, text, label) for row, text, label in
-                read_labelled_text(path, self.text_column, self.label_column, self.format)]
+                read_labelled_text(path, self.text_column, self.label_column, self.format, self.delimiter)]
 
     def _split(self, rows: list[Any], val: bool = True, test: bool = True) -> dict[str, list[Any]]:
         """Shuffled (seeded) val / test / train parts; ``val`` / ``test`` False: that part stays empty."""

@@ -279,21 +279,30 @@ def read_labelled_text(
     text_column: str = "text",
     label_column: str = "label",
     fmt: str = "auto",
+    delimiter: str | None = None,
 ) -> list[tuple[int, str, str]]:
     """Read ``(row, text, label)`` triples from CSV, TSV, JSONL or label-prefixed lines.
 
     ``fmt="auto"`` picks by extension: ``.csv``, ``.tsv``, ``.jsonl``/``.json``; anything else
     is read as ``<label> <text>`` lines (the SST-2 ``stsa.binary.*`` layout).
+    ``delimiter``: the character between fields of a delimited file (``;`` as spreadsheets of
+    some locales write, ``|``); the file is then read as CSV whatever its extension.
     Rows are numbered from 1, counting the header line of CSV/TSV files.
     """
+    delimiter = check_delimiter(delimiter)
     content = read_text(path)
+    if delimiter is not None and fmt in {"auto", "csv", "tsv"}:
+        fmt = "csv"
+    elif delimiter is not None:
+        raise ConfigError(f"data.delimiter={delimiter!r} is for delimited files; data.format={fmt} has no "
+                          "delimiter (set data.format=csv, or leave data.delimiter unset)")
     if fmt == "auto":
         fmt = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl"}.get(
             path.suffix.lower(), "prefixed"
         )
     pairs: list[tuple[int, str, str]] = []
     if fmt in {"csv", "tsv"}:
-        for row, record in csv_records(content, "," if fmt == "csv" else "\t", path,
+        for row, record in csv_records(content, delimiter or ("," if fmt == "csv" else "\t"), path,
                                        required=(text_column, label_column),
                                        hint="data.text_column / data.label_column"):
             pairs.append(_checked(record.get(text_column), record.get(label_column), path, row,
@@ -351,6 +360,18 @@ def _is_int(text: str) -> bool:
     return True
 
 
+def check_delimiter(delimiter: Any) -> str | None:
+    """``data.delimiter``: one character that can separate fields (``None``: the format's own)."""
+    if delimiter is None:
+        return None
+    if isinstance(delimiter, str) and delimiter.lower() in {"tab", "\\t"}:
+        return "\t"
+    if not isinstance(delimiter, str) or len(delimiter) != 1 or delimiter in "\r\n\"" or delimiter.isalnum():
+        raise ConfigError(f"data.delimiter={delimiter!r}: expected one character between fields, such as ';' or "
+                          "'|' (quote it on the command line: 'data.delimiter=;'), or tab")
+    return delimiter
+
+
 def csv_records(
     content: str, delimiter: str, path: Path, required: Iterable[str], hint: str
 ) -> Iterable[tuple[int, dict[str, Any]]]:
@@ -376,11 +397,12 @@ def csv_records(
     for column in required:
         if column not in header:
             other_sep, other_name, other_fmt = ("\t", "tab", "tsv") if delimiter == "," else (",", "comma", "csv")
-            other = (f" (the header holds {other_name}s: set data.format={other_fmt})"
+            fix = f"data.format={other_fmt}" if delimiter in ",\t" else "data.delimiter to it, or unset it"
+            other = (f" (the header holds {other_name}s: set {fix})"
                      if any(other_sep in str(h) for h in header) else "")
             if not other and len(header) == 1 and ";" in str(header[0]):
                 other = (" (the header is one column with ';' in it: a ';'-separated file, as spreadsheets of "
-                         "some locales write; save it with ',' between fields, or tabs as .tsv)")
+                         "some locales write; set 'data.delimiter=;')")
             elif not other and any(str(h).strip().lstrip("-").replace(".", "", 1).isdigit() or len(str(h)) > 40
                                    for h in header):
                 other = (" (the first line looks like data, not a header: the first line must name the columns, "
