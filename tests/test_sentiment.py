@@ -386,3 +386,15 @@ def test_a_delimiter_reads_semicolon_and_pipe_files(tmp_path: Path) -> None:
     (tmp_path / "comma.csv").write_text("text,label\ngood,1\n", encoding="utf-8")
     with pytest.raises(DataError, match=r"comma\.csv, row 1.*the header holds commas: set data\.delimiter"):
         read_labelled_text(tmp_path / "comma.csv", delimiter=";")
+
+
+def test_a_stray_quote_is_an_error_not_two_examples_merged(tmp_path: Path) -> None:
+    """Read unstrictly, '"great movie,1' swallowed the next line: one text of both, the second's label."""
+    (tmp_path / "m.csv").write_text('text,label\n"great movie,1\n"bad" movie,0\nok film,1\n', encoding="utf-8")
+    with pytest.raises(DataError, match=r"m\.csv, row 3: bad CSV quoting \(',' expected after '\"'\)"):
+        read_labelled_text(tmp_path / "m.csv")
+    (tmp_path / "end.csv").write_text('text,label\ngood,1\n"unclosed,0\n', encoding="utf-8")
+    with pytest.raises(DataError, match=r"end\.csv, row 3: bad CSV quoting \(unexpected end of data\)"):
+        read_labelled_text(tmp_path / "end.csv")
+    (tmp_path / "ok.csv").write_text('text,label\n"a ""quoted"" word",1\n"two\nlines",0\n', encoding="utf-8")
+    assert read_labelled_text(tmp_path / "ok.csv") == [(2, 'a "quoted" word', "1"), (3, "two\nlines", "0")]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 import logging
+import re
 import os
 import subprocess
 import sys
@@ -273,6 +274,30 @@ def test_head_round_trip_loss_and_persistence_metrics(kind: str) -> None:
     assert naive["naive_mape"] == pytest.approx(expected_mape, rel=1e-4)
 
 
+def test_mase_is_scale_free_across_tickers() -> None:
+    """Pooled in dollars, a $1,000 ticker's errors outweighed a $10 one's: its own MASE 1.2 and the
+    other's 0.1 gave 1.19 overall. Relative to each window's last value, both count alike."""
+    from lstmkit.heads.regression import MeanAbsoluteScaledError
+
+    mase = MeanAbsoluteScaledError()
+    # (forecast, persistence = the last value, actual, the last value)
+    mase.update(torch.tensor([[1012.0]]), torch.tensor([[990.0]]), torch.tensor([[1000.0]]), torch.tensor([990.0]))
+    mase.update(torch.tensor([[10.01]]), torch.tensor([[9.9]]), torch.tensor([[10.0]]), torch.tensor([9.9]))
+    assert float(mase.compute()) == pytest.approx((12 / 990 + 0.01 / 9.9) / (10 / 990 + 0.1 / 9.9), rel=1e-4)
+    assert 0.6 < float(mase.compute()) < 0.7  # between the two tickers' own 1.2 and 0.1 (1.19 pooled in dollars)
+    # one series at one level: the usual ratio of the two mean absolute errors
+    one = MeanAbsoluteScaledError()
+    one.update(torch.tensor([[1.0, 3.0]]), torch.tensor([[2.0, 2.0]]), torch.tensor([[1.5, 2.5]]), torch.tensor([2.0]))
+    assert float(one.compute()) == pytest.approx((0.5 + 0.5) / (0.5 + 0.5))
+
+
+def test_forecasts_of_a_penny_stock_keep_their_digits() -> None:
+    from lstmkit.heads.regression import _rounded
+
+    assert _rounded(0.00001234567) == pytest.approx(0.0000123457) and _rounded(170.131249) == 170.1312
+    assert _rounded(-0.5) == -0.5
+
+
 def test_model_decodes_prices_from_raw_windows() -> None:
     dm = tiny_module(horizon=2)
     model = SequenceModel(spec=dm.spec.to_dict(), encoder={"_target_": "lstmkit.encoders.features.FeatureEncoder"},
@@ -319,7 +344,7 @@ def test_cli_train_plots_then_predict(tmp_path: Path) -> None:
     assert (run_dir / "plots" / "forecast.png").stat().st_size > 10_000
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert {"test/mae", "test/naive_mae", "test/mase", "test/rmse", "test/mape"} <= set(metrics)
-    assert metrics["test/mase"] == pytest.approx(metrics["test/mae"] / metrics["test/naive_mae"], rel=1e-4)
+    assert 0 < metrics["test/mase"] < 10  # scale free, so not exactly mae / naive_mae over several tickers
 
     write_csv(tmp_path / "AAPL.csv", one_ticker(40).rename(columns=str.capitalize))
     run = lstmkit("predict", f"ckpt_path={ckpt}", "input=AAPL.csv", cwd=tmp_path)
@@ -534,3 +559,36 @@ def test_folders_read_compressed_csvs_and_name_the_files_they_skip(
     (folder / "notes" / "readme.md").write_text("x")
     with pytest.raises(DataError, match=r"notes: folder has no CSV files \(\*\.csv, .*\); it holds readme\.md$"):
         read_ohlcv(folder / "notes", FEATURES)
+
+
+def test_reviewed_reading_and_splitting_edges(tmp_path: Path, caplog) -> None:
+    """A blank first line, a single train window (a NaN target scale: NaN losses), a constant close
+    and tickers of different periods split by fractions (one's test days inside another's train)."""
+    frame = one_ticker(60)
+    path = tmp_path / "blank_first.csv"
+    path.write_text("\n  \n" + frame.to_csv(index=False))
+    dm = tiny_module(path)
+    assert sum(len(s) for s in dm.series) == 60
+    with pytest.raises(DataError, match=r"blank_first\.csv, row 12\b"):  # rows stay the file's lines
+        bad = frame.astype({"close": str})
+        bad.loc[8, "close"] = "abc"
+        path.write_text("\n  \n" + bad.to_csv(index=False))
+        tiny_module(path)
+    # 19 rows: 13 train rows = one window of 8 + 1 (+4 of targets beyond): refused, not a NaN scale
+    with pytest.raises(DataError, match=r"too short: 19 rows.*needs at least 10 train rows \(two windows\)"):
+        tiny_module(write_csv(tmp_path / "one_window.csv", one_ticker(19)), train_fraction=0.5, val_fraction=0.25)
+    flat = one_ticker(60)
+    flat[["open", "high", "low", "close"]] = 10.0
+    with pytest.raises(DataError, match=r"flat\.csv: data\.target='close' does not vary over the train days"):
+        tiny_module(write_csv(tmp_path / "flat.csv", flat), normalise="zscore")
+    early, late = one_ticker(200, seed=1), one_ticker(200, seed=2)
+    early["Name"], late["Name"] = "AAA", "BBB"
+    late["date"] = pd.date_range("2017-01-02", periods=200, freq="B").strftime("%Y-%m-%d")
+    with caplog.at_level(logging.WARNING, logger="lstmkit"):
+        tiny_module(write_csv(tmp_path / "periods.csv", pd.concat([early, late])))
+    assert re.search(r"ticker 'AAA''s test days start 2016-\d\d-\d\d, before ticker 'BBB''s train days end 2017",
+                     caplog.text)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="lstmkit"):  # the same dates for both: nothing to say
+        tiny_module()
+    assert "train days end" not in caplog.text

@@ -251,9 +251,17 @@ def _delimiter(path: Path) -> str:
 
 def _header_line(path: Path) -> str:
     """The first non-blank line of a (possibly compressed) CSV, read without reading the rest."""
+    return _header(path)[1]
+
+
+def _header(path: Path) -> tuple[int, str]:
+    """The blank lines before the header of a (possibly compressed) CSV, and the header line."""
     with _opened(path) as stream:
         lines = io.TextIOWrapper(stream, encoding="utf-8-sig", errors="replace")
-        return next((line for line in lines if line.strip()), "")
+        for number, line in enumerate(lines):
+            if line.strip():
+                return number, line
+    return 0, ""
 
 
 def _read_csv(path: Path) -> tuple[pd.DataFrame, np.ndarray, str]:
@@ -266,10 +274,14 @@ def _read_csv(path: Path) -> tuple[pd.DataFrame, np.ndarray, str]:
     """
     sep = _delimiter(path)
     try:
+        skip = _header(path)[0]  # blank lines above the header: pandas would take the first for it
+    except (OSError, EOFError, lzma.LZMAError, zipfile.BadZipFile, ValueError, UnicodeDecodeError):
+        skip = 0  # pandas reports the file's own problem
+    try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", pd.errors.ParserWarning)
             frame = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, skipinitialspace=True,
-                                skip_blank_lines=False, index_col=False)
+                                skip_blank_lines=False, index_col=False, skiprows=skip)
     except pd.errors.EmptyDataError:
         raise DataError("empty file; expected a CSV with a header row date,open,high,low,close,volume",
                         path=path) from None
@@ -286,7 +298,7 @@ def _read_csv(path: Path) -> tuple[pd.DataFrame, np.ndarray, str]:
         raise DataError(f"cannot read the archive ({err}); expected one CSV file in it", path=path) from None
     if any(issubclass(w.category, pd.errors.ParserWarning) for w in caught):  # rows wider than the header:
         deque(csv_records(_file_text(path), sep, path, (), "the header"), maxlen=0)  # raises at a non-empty one
-    lines = np.arange(len(frame)) + 2
+    lines = np.arange(len(frame)) + 2 + skip
     blank = frame.apply(lambda column: column.str.strip().eq("")).all(axis=1).to_numpy()
     return frame[~blank].reset_index(drop=True), lines[~blank], sep
 
@@ -592,6 +604,7 @@ class StockDataModule(SequenceDataModule):
             anchor_sets = {"test": self._all_anchors()}
         else:
             bounds = [self._bounds(s) for s in self.series]
+            self._check_split_overlap(bounds)
             spec = self.fixed_spec or self._fit_spec(bounds)
             anchor_sets = self._anchors(bounds)
         tensors = [torch.tensor(s.values, dtype=torch.float32) for s in self.series]
@@ -640,6 +653,23 @@ class StockDataModule(SequenceDataModule):
             series = [s for s in series if s.ticker in self.tickers]
         return series
 
+    def _check_split_overlap(self, bounds: list[tuple[int, int]]) -> None:
+        """Say so when fractions split tickers of different periods so that one's test days come
+        before another's last train day: the model then trains on market-wide moves of days it is
+        scored on (one date split for all, ``data.val_start`` / ``data.test_start``, cannot)."""
+        if self.val_start is not None or len(self.series) < 2:
+            return
+        train_end = max(range(len(bounds)), key=lambda k: self.series[k].dates[bounds[k][0] - 1])
+        test_start = min(range(len(bounds)), key=lambda k: self.series[k].dates[bounds[k][1]])
+        last_train = self.series[train_end].dates[bounds[train_end][0] - 1]
+        first_test = self.series[test_start].dates[bounds[test_start][1]]
+        if first_test <= last_train:
+            log.warning("data.train_fraction / val_fraction split each ticker over its own dates, and they differ: "
+                        "ticker %r's test days start %s, before ticker %r's train days end %s, so the model trains "
+                        "on days it is tested on (market-wide moves leak). Split every ticker at the same dates "
+                        "with data.val_start=YYYY-MM-DD data.test_start=YYYY-MM-DD",
+                        self.series[test_start].ticker, first_test, self.series[train_end].ticker, last_train)
+
     def _bounds(self, series: Series) -> tuple[int, int]:
         """``(n_train, n_train + n_val)`` of one ticker; checked long enough for the window."""
         n = len(series)
@@ -650,18 +680,19 @@ class StockDataModule(SequenceDataModule):
             n_train = int(n * self.train_fraction)
             val_end = n_train + int(n * self.val_fraction)
         w, h = self.window, self.horizon
-        if n_train < w + h or val_end - n_train < h or n - val_end < h:
-            needed = math.ceil((w + h) / self.train_fraction) if self.val_start is None else w + 3 * h
+        # two train windows at least: the target's spread (its normaliser's scale) needs two values
+        if n_train < w + h + 1 or val_end - n_train < h or n - val_end < h:
+            needed = math.ceil((w + h + 1) / self.train_fraction) if self.val_start is None else w + 3 * h + 1
             if self.val_start is not None and n:
                 raise DataError(
                     f"ticker {series.ticker!r}: data.val_start={self.val_start} / data.test_start={self.test_start} "
                     f"leave {n_train} train / {val_end - n_train} val / {n - val_end} test rows of its dates "
                     f"{series.dates[0]} to {series.dates[-1]}; a window of {w} days with horizon {h} needs at least "
-                    f"{w + h} train rows and {h} in val and in test", path=series.source)
+                    f"{w + h + 1} train rows (two windows) and {h} in val and in test", path=series.source)
             raise DataError(
                 f"ticker {series.ticker!r} is too short: {n} rows ({n_train} train / {val_end - n_train} val / "
-                f"{n - val_end} test); a window of {w} days with horizon {h} needs at least {w + h} train rows "
-                f"and {h} in val and in test (about {needed} rows in all)",
+                f"{n - val_end} test); a window of {w} days with horizon {h} needs at least {w + h + 1} train rows "
+                f"(two windows) and {h} in val and in test (about {needed} rows in all)",
                 path=series.source,
             )
         return n_train, val_end
@@ -724,6 +755,10 @@ class StockDataModule(SequenceDataModule):
             shift, scale = [low] * self.horizon, [high - low] * self.horizon
         else:
             shift, scale = [normaliser["mean"][j]] * self.horizon, [normaliser["std"][j]] * self.horizon
+        if not all(math.isfinite(v) and v > 1e-12 for v in scale):  # the loss would divide by it
+            raise DataError(f"data.target={self.target!r} does not vary over the train days ({self.normalise} scale "
+                            f"{scale}): there is nothing to forecast; check the {self.target!r} column or use "
+                            "other train dates", path=self.path)
         return {"feature": j, "name": self.target, "relative": relative, "shift": shift, "scale": scale}
 
     # -- predict --------------------------------------------------------------------------

@@ -360,6 +360,13 @@ def _is_int(text: str) -> bool:
     return True
 
 
+def _quoting_error(err: csv.Error, reader: csv.DictReader, path: Path) -> DataError:
+    """A CSV record the reader cannot parse (a stray or unclosed quote), at the line it stopped on."""
+    hint = ("a field that starts with a quote runs to its closing quote, over lines if need be; a quote "
+            "inside a field is written twice (\"\"), and a field that holds a quote is quoted")
+    return DataError(f"bad CSV quoting ({err}); {hint}", path=path, row=reader.reader.line_num)
+
+
 def check_delimiter(delimiter: Any) -> str | None:
     """``data.delimiter``: one character that can separate fields (``None``: the format's own)."""
     if delimiter is None:
@@ -385,8 +392,13 @@ def csv_records(
     """
     # TSV is unquoted: a text that starts with a quote ('"Twist" ending ...') is text, not a quoted field
     quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
-    reader = csv.DictReader(io.StringIO(content, newline=""), delimiter=delimiter, quoting=quoting)
-    header = reader.fieldnames or []
+    # strict: a stray quote ('"great movie,1') is an error; unstrict, it swallowed the next line into
+    # one text, with the second line's label (an example lost, another mislabelled, without a word)
+    reader = csv.DictReader(io.StringIO(content, newline=""), delimiter=delimiter, quoting=quoting, strict=True)
+    try:
+        header = reader.fieldnames or []
+    except csv.Error as err:
+        raise _quoting_error(err, reader, path) from None
     required = list(required)
     for column in dict.fromkeys(required):
         # DictReader keeps the last of two same-named columns: the first would be dropped silently
@@ -410,7 +422,10 @@ def csv_records(
             raise DataError(f"no column {column!r}; the header has {header}. Set {hint} to the right names{other}",
                             path=path, row=1, field=column)
     while True:
-        record = next(reader, None)  # skips blank lines, so the row is counted back from its last line
+        try:
+            record = next(reader, None)  # skips blank lines, so the row is counted back from its last line
+        except csv.Error as err:
+            raise _quoting_error(err, reader, path) from None
         if record is None:
             return
         inside = sum(str(v).count("\n") for v in record.values() if isinstance(v, str))

@@ -4,8 +4,10 @@ Trained in normalised space, evaluated in the data's own units. The target is on
 input features (a stock's close), so the head can always compare itself with the naive
 *persistence* forecast (the next value = the last value of the window) on exactly the same
 targets: a forecaster that does not beat persistence has learnt nothing, whatever its MAE.
-MASE (mean absolute scaled error, Hyndman & Koehler 2006) is the ratio of the two MAEs, scale
-free (comparable across tickers), and the monitored metric.
+MASE (mean absolute scaled error, Hyndman & Koehler 2006) is the ratio of the two mean absolute
+errors, and the monitored metric. Each window's errors count as fractions of its last value, so
+that the ratio is scale free: pooled in dollars, a $1,000 ticker's errors would outweigh a $10
+one's a hundred times (on 20 S&P 500 tickers, two of them made 63 % of persistence's error).
 
 Batches carry raw values (the encoder normalises, see :mod:`lstmkit.encoders.features`):
 ``inputs (B, T, F)`` and ``targets (B, H)`` = the next ``H`` values of feature
@@ -45,8 +47,11 @@ def from_target_space(values: torch.Tensor, last: torch.Tensor, relative: bool) 
 class MeanAbsoluteScaledError(Metric):
     """MAE of the forecast divided by MAE of a baseline forecast on the same targets.
 
-    ``update(preds, baseline, target)``; < 1 means the model beats the baseline. Sums are
-    synchronised across processes before the ratio is taken (never a mean of batch ratios).
+    ``update(preds, baseline, target, level=None)``; < 1 means the model beats the baseline.
+    ``level`` ``(B,)`` (the window's last value) divides each row's errors, so that series of
+    different scales count alike; for one series whose level changes little over the period
+    scored, the ratio is the usual one. Sums are synchronised across processes before the
+    ratio is taken (never a mean of batch ratios).
     """
 
     is_differentiable = False
@@ -58,9 +63,11 @@ class MeanAbsoluteScaledError(Metric):
         self.add_state("model_error", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("baseline_error", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
 
-    def update(self, preds: torch.Tensor, baseline: torch.Tensor, target: torch.Tensor) -> None:
-        self.model_error += (preds - target).abs().sum().double()
-        self.baseline_error += (baseline - target).abs().sum().double()
+    def update(self, preds: torch.Tensor, baseline: torch.Tensor, target: torch.Tensor,
+               level: torch.Tensor | None = None) -> None:
+        weight = 1.0 if level is None else 1.0 / level.double().abs().clamp(min=1e-12).reshape(-1, *[1] * (target.dim() - 1))
+        self.model_error += ((preds - target).abs().double() * weight).sum()
+        self.baseline_error += ((baseline - target).abs().double() * weight).sum()
 
     def compute(self) -> torch.Tensor:
         return (self.model_error / self.baseline_error.clamp(min=1e-12)).float()
@@ -82,7 +89,9 @@ class RegressionHead(Head):
         plot_points: most test points drawn in the forecast-vs-actual plot.
 
     Metrics, in the data's units: ``mae``, ``rmse``, ``mape`` (a fraction: 0.012 = 1.2 %),
-    the same three for the persistence forecast (``naive_*``), and ``mase`` = mae / naive_mae.
+    the same three for the persistence forecast (``naive_*``), and ``mase``: the two mean
+    absolute errors' ratio with each window's errors relative to its last value (scale free
+    across tickers; see :class:`MeanAbsoluteScaledError`).
     """
 
     monitor = "val/mase"
@@ -196,7 +205,7 @@ class RegressionHead(Head):
         naive = last.float()[:, None].expand_as(actual)  # persistence: every step = last value
         arguments = {
             "forecast": (forecast,), "naive": (naive,), "actual": (actual,),
-            "mase": (forecast, naive, actual),
+            "mase": (forecast, naive, actual, last),
         }
         for name, metric in metrics.items(keep_base=True, copy_state=False):
             if name in arguments:
@@ -228,9 +237,16 @@ class RegressionHead(Head):
         last = self.last_values(inputs, raw_lengths)
         prices = self.denormalise(outputs.detach(), last)
         return [
-            {f"last_{self.target_name}": round(float(v), 4), "forecast": {n: round(float(p), 4) for n, p in zip(self.names, row)}}
+            {f"last_{self.target_name}": _rounded(float(v)),
+             "forecast": {n: _rounded(float(p)) for n, p in zip(self.names, row)}}
             for v, row in zip(last, prices)
         ]
+
+
+def _rounded(value: float) -> float:
+    """4 decimals (cents and below), or 6 significant digits for values under 1: a penny stock's or a
+    token's 0.00001234 would otherwise print as 0.0."""
+    return round(value, 4) if abs(value) >= 1 else float(f"{value:.6g}")
 
 
 def contiguous_prefix(naive: torch.Tensor, actual: torch.Tensor) -> int:
