@@ -583,8 +583,9 @@ def test_a_run_resumes_in_its_own_fixed_folder_and_logs_each_step_once(make_cfg,
     another run's over this one's; resumed in place, the CSV logged the replayed steps twice."""
     from lstmkit.commands.train import train
 
-    run = ["data.num_examples=200", "data.batch_size=16", "model.hidden_size=8", "encoder.dim=8", "logger=csv",
-           "trainer.max_epochs=3", "trainer.limit_train_batches=8", "trainer.log_every_n_steps=1",
+    run = ["data.num_examples=200", "data.batch_size=16", "model.hidden_size=8", "encoder.dim=8",
+           "logger=many", "~logger.wandb", "trainer.max_epochs=3", "trainer.limit_train_batches=8",
+           "trainer.log_every_n_steps=1",
            "trainer.enable_progress_bar=false", "test=false"]
     with pytest.raises(RuntimeError, match="crashed"):
         train(make_cfg([*run, "+callbacks.crash._target_=tests.test_reliability.CrashAtStep", "+callbacks.crash.step=12"]))
@@ -594,3 +595,11 @@ def test_a_run_resumes_in_its_own_fixed_folder_and_logs_each_step_once(make_cfg,
     with (tmp_path / "csv" / "metrics.csv").open() as fh:
         steps = [int(row["step"]) for row in csv.DictReader(fh) if row.get("train/loss")]
     assert steps == sorted(set(steps)) and len(steps) == 24, steps  # 3 epochs of 8 steps, each once
+    # TensorBoard, as TensorBoard reads its folder: the replayed steps once, the old events after the
+    # checkpoint purged
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    tb_steps = [e.step for e in events.Scalars("train/loss")]
+    assert tb_steps == sorted(set(tb_steps)) and len(tb_steps) == 24, tb_steps

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from lightning.fabric.loggers.logger import rank_zero_experiment
 from lightning.pytorch.loggers import CSVLogger as _CSVLogger
+from lightning.pytorch.loggers import Logger, TensorBoardLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
 log = logging.getLogger("lstmkit")
@@ -32,10 +33,27 @@ def trim_csv_logs(run_dir: str | Path, ckpt_path: str | Path, step: int) -> None
         at = rows[0].index("step")
         kept = [rows[0], *(r for r in rows[1:] if not (len(r) > at and r[at].isdigit() and int(r[at]) >= step))]
         if len(kept) < len(rows):
-            with path.open("w", newline="") as fh:
+            partial = path.with_name(path.name + ".part")  # written whole, then swapped in: a kill mid-write
+            with partial.open("w", newline="") as fh:    # leaves the old file, not half of it
                 csv.writer(fh).writerows(kept)
+            partial.replace(path)
             log.info("%s: dropped %d row(s) of step %d on, which this resume trains again", path,
                      len(rows) - len(kept), step)
+
+
+def purge_resumed_tensorboard(loggers: list[Logger], run_dir: str | Path, ckpt_path: str | Path, step: int) -> None:
+    """Have TensorBoard discard the events of steps ``step`` on when a run resumes in its own folder.
+
+    Why: as for the CSV (:func:`trim_csv_logs`), the steps between the checkpoint and the crash are
+    trained again and would be drawn twice, a zigzag in every curve. TensorBoard's own mechanism
+    is ``SummaryWriter(purge_step=...)``: the new event file starts with a marker, and the reader
+    drops the earlier events at or after that step.
+    """
+    if Path(run_dir).resolve() not in Path(ckpt_path).resolve().parents:
+        return
+    for logger in loggers:
+        if isinstance(logger, TensorBoardLogger) and logger._experiment is None:  # the writer is made lazily
+            logger._kwargs.setdefault("purge_step", step)
 
 
 class _AppendingWriter(ExperimentWriter):

@@ -35,7 +35,7 @@ from lstmkit.commands.common import (
 )
 from lstmkit.data.base import as_list
 from lstmkit.errors import ConfigError, DataError, SweepError
-from lstmkit.loggers import trim_csv_logs
+from lstmkit.loggers import purge_resumed_tensorboard, trim_csv_logs
 from lstmkit.module import SequenceModel
 from lstmkit.warm_start import init_from_checkpoint, init_reverse_from_checkpoint
 
@@ -394,6 +394,9 @@ def train(cfg: DictConfig) -> float | None:
         warm_start(model, cfg.get("init_from") or {}, ckpt_path)
     configure_wandb(cfg, resumed)
     loggers = instantiate_group(cfg.get("logger"))
+    if ckpt_path and resumed and HydraConfig.initialized():
+        purge_resumed_tensorboard(loggers, HydraConfig.get().runtime.output_dir, ckpt_path,
+                                  int(resumed.get("global_step", 0)))
     if not loggers:  # nothing to log learning rates to
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     with config_stage("trainer"):
