@@ -161,3 +161,19 @@ def test_a_summary_survives_an_unreadable_record(tmp_path: Path) -> None:
     assert [(r["job"], r["status"]) for r in rows] == [("2", "ok"), ("0", "ok"), ("1", "failed")]
     assert "unreadable" in rows[2]["error"] and "unreadable" in (tmp_path / "summary.md").read_text()
     assert sorted(p.name for p in (tmp_path / "0").iterdir()) == ["result.json"]  # no partial file left
+
+
+def test_a_sweep_over_tasks_keeps_its_jobs_and_summary_in_one_folder(tmp_path: Path) -> None:
+    """Each job's own task_name put -m task=ecg,stock's jobs under logs/ecg/ and logs/stock/, and the
+    summary (looking under the default task's folder) found none: no table, exit 0 when all failed."""
+    proc = run_cli("train", "-m", "task=ecg,stock", "model.hidden_size=-1", *QUICK, cwd=tmp_path, check=False)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "every trial of the sweep failed (2 of 2)" in proc.stderr
+    (sweep,) = (tmp_path / "logs" / "multitask" / "multiruns").iterdir()
+    assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0", "1"]
+    assert [r["overrides"].split()[0] for r in _summary(sweep)] == ["task=ecg", "task=stock"]
+    assert (sweep / "multirun.yaml").exists() and not (tmp_path / "logs" / "ecg").exists()
+    # a sweep of one task keeps the task's folder
+    run_cli("train", "-m", "task=ecg", "model.hidden_size=4,5", *QUICK, "test=false", cwd=tmp_path)
+    (sweep,) = (tmp_path / "logs" / "ecg" / "multiruns").iterdir()
+    assert [r["status"] for r in _summary(sweep)] == ["ok", "ok"]

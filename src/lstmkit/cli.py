@@ -265,6 +265,9 @@ def main(argv: list[str] | None = None) -> Any:
 
     import hydra
 
+    from lstmkit.sweeps import register_resolvers
+
+    register_resolvers()  # ${lstmkit_sweep_name:} in conf/hydra/default.yaml
     sys.argv = [sys.argv[0], *args]
     app = hydra.main(version_base="1.3", config_path=config_dir(), config_name=command)(_task(command))
     try:

@@ -20,7 +20,46 @@ from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
+
+# overrides whose sweep changes the task, and with it ${task_name}
+_TASK_KEYS = {"task", "experiment", "task_name"}
+MIXED_SWEEP = "multitask"
+SWEEP_NAME_ENV = "LSTMKIT_SWEEP_NAME"
+
+
+def sweep_name(config: DictConfig) -> str:
+    """The folder of a sweep's jobs under ``logs/``: its ``task_name``, or ``multitask`` for a sweep
+    over ``task=`` / ``experiment=`` / ``task_name=`` (``config``: the sweep's own, not a job's)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    for text in OmegaConf.select(config, "hydra.overrides.task", default=None) or []:
+        try:
+            (override,) = parser.parse_overrides([str(text)])
+        except Exception:  # noqa: BLE001 - Hydra reports a bad override itself
+            continue
+        if override.key_or_group.split("@")[0] in _TASK_KEYS and override.is_sweep_override():
+            return MIXED_SWEEP
+    return str(config.task_name)
+
+
+def _sweep_folder(task_name: str) -> str:
+    """``${lstmkit_sweep_name:${task_name}}`` in ``hydra.sweep.dir``: the sweep's name, set by
+    :class:`SweepSummary` when the multirun starts, else the job's task.
+
+    Why: Hydra resolves ``hydra.sweep.dir`` in every job's own config, where ``task_name`` is the
+    job's, so ``-m task=ecg,stock`` spread its jobs over ``logs/ecg/`` and ``logs/stock/`` and the
+    summary, looking in the sweep config's folder (the default task's), found none of them: no
+    table, and exit 0 when every trial had failed. An environment variable, because parallel
+    launchers (joblib, submitit) resolve the folder in their worker processes, which inherit it.
+    """
+    return os.environ.get(SWEEP_NAME_ENV) or task_name
+
+
+def register_resolvers() -> None:
+    if not OmegaConf.has_resolver("lstmkit_sweep_name"):
+        OmegaConf.register_new_resolver("lstmkit_sweep_name", _sweep_folder)
 
 
 def write_result(out_dir: str | Path, overrides: list[str], monitor: str | None, mode: str | None,
@@ -79,6 +118,7 @@ class SweepSummary(Callback):
     workers when the sweep is sent SIGTERM."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        os.environ[SWEEP_NAME_ENV] = sweep_name(config)  # every job's folder: see _sweep_folder
         launcher = str(config.hydra.launcher.get("_target_", ""))
         if launcher.endswith("SlurmLauncher") and shutil.which("sbatch") is None:
             # submitit fails deep inside with 'Could not detect "srun"' and a traceback
@@ -90,7 +130,10 @@ class SweepSummary(Callback):
             signal.signal(signal.SIGTERM, lambda signum, frame: stop_workers(config.hydra.sweep.dir))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        finish_sweep(config.hydra.sweep.dir)
+        try:
+            finish_sweep(config.hydra.sweep.dir)
+        finally:
+            os.environ.pop(SWEEP_NAME_ENV, None)  # a later sweep in this process names its own
 
 
 def stop_workers(sweep_dir: str | Path, grace_s: float = 60.0) -> None:
