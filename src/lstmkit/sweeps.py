@@ -37,7 +37,7 @@ def sweep_name(config: DictConfig) -> str:
     for text in OmegaConf.select(config, "hydra.overrides.task", default=None) or []:
         try:
             (override,) = parser.parse_overrides([str(text)])
-        except Exception:  # noqa: BLE001 - Hydra reports a bad override itself
+        except Exception:  # noqa: BLE001, S112 - Hydra reports a bad override itself
             continue
         if override.key_or_group.split("@")[0] in _TASK_KEYS and override.is_sweep_override():
             return MIXED_SWEEP
