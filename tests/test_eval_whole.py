@@ -139,3 +139,26 @@ def test_whole_stock_short_ticker_names_it_and_the_way_out(make_cfg, tmp_path: P
     others = [t for t in frame["Name"].unique() if t != short]
     with pytest.raises(DataError, match=rf"ticker '{short}' has 8 rows.*data\.tickers=\[{others[0]},{others[1]}\]"):
         whole.setup("test")
+
+
+@pytest.mark.parametrize(("target", "stored", "refused", "accepted"), [
+    ("lstmkit.data.sentiment.SentimentDataModule", {"max_length": 3, "tokenizer": "word", "seed": 1},
+     {"max_length": 1000}, {"seed": 7, "max_length": 3}),
+    ("lstmkit.data.sentiment.SentimentDataModule", {"tokenizer": "word", "lowercase": True},
+     {"tokenizer": "char"}, {"batch_size": 8, "tokenizer": "word"}),
+    ("lstmkit.data.stock.StockDataModule", {"window": 30, "horizon": 3, "normalise": "log_returns", "path": "a"},
+     {"window": 10}, {"path": "b", "window": 30}),
+    ("lstmkit.data.language_model.NextWordDataModule", {"subwords": None, "bptt": 35}, {"subwords": 8000},
+     {"bptt": 70}),
+])
+def test_eval_refuses_a_setting_the_models_spec_decides(target: str, stored: dict, refused: dict,
+                                                        accepted: dict) -> None:
+    """eval +data.max_length=1000 (or a stock model's +data.window=10) was ignored without a word: the
+    datamodule reads the data as the model was trained, so the scores were not of what was asked."""
+    from lstmkit.commands.evaluate import check_spec_settings
+
+    stored = {"_target_": target, **stored}
+    (key,) = refused
+    with pytest.raises(ConfigError, match=rf"^data\.{key}=.*the model was trained with data\.{key}="):
+        check_spec_settings(stored, refused)
+    check_spec_settings(stored, accepted)

@@ -9,7 +9,7 @@ from typing import Any
 import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig
 
 from lstmkit.build import build
@@ -86,6 +86,26 @@ def check_members_split(model: SequenceEnsemble, names: list[str], split: str) -
                 f"or the same data.seed")
 
 
+def check_spec_settings(stored: dict[str, Any], overrides: dict[str, Any]) -> None:
+    """Refuse ``+data.<setting>=`` for a setting the model's spec decides (its vocabulary's tokenizer, a
+    forecaster's window): the datamodule reads the data as the model was trained, so the override was
+    ignored without a word, and the scores were not of what was asked for."""
+    target = str(stored.get("_target_") or "")
+    try:
+        datamodule_cls = get_class(target)
+    except Exception:  # noqa: BLE001 - building the datamodule reports a bad target itself
+        return
+    fixed = getattr(datamodule_cls, "spec_settings", ())
+    changed = {k: v for k, v in overrides.items() if k in fixed and plain(v) != plain(stored.get(k))}
+    if changed:
+        key, value = next(iter(changed.items()))
+        may = sorted(k for k in stored if k not in fixed and not k.startswith("_"))
+        raise ConfigError(
+            f"data.{key}={value!r}: the model was trained with data.{key}={stored.get(key)!r}, which its vocabulary / "
+            f"normaliser / input shape depend on, so eval reads the data that way ({', '.join(fixed)} are the "
+            f"model's own). Train a model with the new setting; eval may change {', '.join(may)}")
+
+
 def evaluate(cfg: DictConfig) -> float | None:
     check_device(cfg)
     seed = int_option(cfg, "seed")
@@ -103,6 +123,7 @@ def evaluate(cfg: DictConfig) -> float | None:
     if split not in SPLITS:
         raise ConfigError(f"split={split!r}: expected one of {', '.join(SPLITS)}")
     overrides = {k: v for k, v in (plain(cfg.get("data")) or {}).items() if v is not None}
+    check_spec_settings(data_cfg, overrides)
     data_cfg.update(overrides)
     check_option_types({"data": data_cfg})
     if split == "all":

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import lightning as L
 import torch
@@ -205,6 +205,9 @@ class SequenceDataModule(L.LightningDataModule):
     """
 
     predict_input = "raw inputs"  # what `lstmkit predict input=...` expects (named in errors)
+    # data settings a trained model's spec decides (its vocabulary, normaliser, window...): with
+    # `spec` they are not read, so `lstmkit eval +data.<one>=` is refused rather than ignored
+    spec_settings: ClassVar[tuple[str, ...]] = ()
 
     collate: PadCollate = PadCollate()
 

@@ -641,6 +641,7 @@ class NextWordDataModule(SequenceDataModule):
     """
 
     predict_input = "text prompts"  # what `lstmkit predict input=...` expects (named in errors)
+    spec_settings = ("tokenizer", "lowercase", "subwords", "min_count", "max_vocab")
 
     def __init__(
         self,

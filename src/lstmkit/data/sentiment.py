@@ -154,6 +154,7 @@ class SentimentDataModule(SequenceDataModule):
     """
 
     predict_input = "texts"  # what `lstmkit predict input=...` expects (named in errors)
+    spec_settings = ("tokenizer", "lowercase", "max_length", "subwords", "min_count", "max_vocab")
 
     def __init__(
         self,

@@ -382,6 +382,7 @@ class SpeechDataModule(SequenceDataModule):
     """
 
     predict_input = "wav file paths"  # what `lstmkit predict input=...` expects (named in errors)
+    spec_settings = ("sample_rate",)
 
     def __init__(
         self,

@@ -553,6 +553,7 @@ class StockDataModule(SequenceDataModule):
     """
 
     predict_input = "OHLCV CSV file paths"  # what `lstmkit predict input=...` expects (named in errors)
+    spec_settings = ("features", "target", "window", "horizon", "normalise")
     # `lstmkit predict data.<option>=`: how its input files are read, and the values each may take (None: a format)
     predict_read_options: ClassVar[dict[str, tuple[str, ...] | None]] = {"date_format": None, "decimal": DECIMALS}
 
