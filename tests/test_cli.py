@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 import sysconfig
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -291,3 +292,14 @@ def test_a_predict_error_in_a_row_does_not_question_the_checkpoint() -> None:
     with pytest.raises(DataError, match=r"not found \(the checkpoint s\.ckpt is a model of task 'stock'"), \
             input_context("s.ckpt", model, kind):
         raise DataError("file or folder not found", path="what a film")
+    # a price file that is read, but too short for the window: of the right kind too
+    from lstmkit.data.stock import StockDataModule, generate_ohlcv
+
+    dm = StockDataModule(window=8, num_tickers=1, num_days=60)
+    dm.setup()
+    short = Path(tempfile.mkdtemp()) / "short.csv"
+    generate_ohlcv(1, 5, seed=1).to_csv(short, index=False)
+    with pytest.raises(DataError) as caught, input_context("s.ckpt", model, kind):
+        StockDataModule.make_predict_batch(dm.spec, [str(short)])
+    assert "has 5 rows; the model reads windows of 8 days" in str(caught.value)
+    assert "model of task" not in str(caught.value)

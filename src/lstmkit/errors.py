@@ -15,7 +15,13 @@ class LstmkitError(Exception):
 
 
 class DataError(LstmkitError):
-    """Bad input data: names the file, the row or field, what was found and what was expected."""
+    """Bad input data: names the file, the row or field, what was found and what was expected.
+
+    ``readable``: the file was read as the kind of data it should be (a price file too short for the
+    window), so ``predict`` does not add that the checkpoint may be of another task.
+    """
+
+    readable: bool = False
 
     def __init__(
         self,

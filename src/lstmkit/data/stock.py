@@ -778,8 +778,10 @@ class StockDataModule(SequenceDataModule):
         for item in inputs:
             for series in read_ohlcv(str(item), features, spec.extra.get("date_format"), decimal):
                 if len(series) < window:
-                    raise DataError(f"ticker {series.ticker!r} has {len(series)} rows; the model reads windows "
+                    err = DataError(f"ticker {series.ticker!r} has {len(series)} rows; the model reads windows "
                                     f"of {window} days", path=series.source)
+                    err.readable = True  # a price file, too short: the checkpoint is the right kind
+                    raise err
                 x = torch.tensor(series.values[-window:], dtype=torch.float32)  # (window, F)
                 examples.append((x, torch.zeros(horizon)))
                 labels.append({"file": series.source, "ticker": series.ticker, "last_date": str(series.dates[-1])})
