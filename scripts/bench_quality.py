@@ -621,7 +621,8 @@ def markdown(report: dict[str, Any]) -> str:
         naive = stock[0]["naive_baseline"]
         lines += ["", (f"Stock baseline (persistence on the same test days): MAE {fmt(naive.get('mae'))} $, RMSE "
                        f"{fmt(naive.get('rmse'))} $, MAPE {fmt(naive.get('mape'), percent=True)}; "
-                       "MASE = model MAE / persistence MAE.")]
+                       "MASE = model MAE / persistence MAE, each window's errors relative to its last close "
+                       "(scale free: every ticker counts alike).")]
         tickers = [r["per_ticker"] for r in stock if isinstance(r.get("per_ticker"), dict)
                    and "error" not in r["per_ticker"]]
         if tickers:
