@@ -259,6 +259,23 @@ def test_a_dead_dataloader_worker_is_reported_clearly() -> None:
     assert explain_runtime_error(RuntimeError("shape mismatch")) is None
 
 
+def test_a_full_disk_is_said_in_one_line(tmp_path: Path) -> None:
+    """Writing a checkpoint (or any file) to a full disk ended in a raw traceback; torch.save's own
+    error on a full device does not even say why ("unexpected pos 704 vs 598")."""
+    import torch
+
+    with pytest.raises(OSError) as full:
+        with open("/dev/full", "wb") as fh:  # Linux: a device that is always full
+            fh.write(b"x" * 100_000)
+    message = explain_runtime_error(OSError(full.value.errno, full.value.strerror, str(tmp_path / "last.ckpt")))
+    assert message is not None and message.startswith("the disk is full (or over quota) while writing ")
+    assert "last.ckpt" in message and "LSTMKIT_LOG_DIR" in message and "resume=true" in message
+    with pytest.raises(RuntimeError) as raw:
+        torch.save({"w": torch.zeros(100_000)}, "/dev/full")
+    assert (explain_runtime_error(raw.value) or "").startswith("the disk is full")
+    assert explain_runtime_error(OSError(2, "No such file or directory", "x")) is None
+
+
 def test_gpu_trainer_without_a_gpu_says_so(tmp_path: Path) -> None:
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")

@@ -11,6 +11,7 @@ The command word is kept in ``LSTMKIT_COMMAND`` as well: Lightning's DDP launche
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import multiprocessing
 import os
@@ -64,6 +65,13 @@ def explain_runtime_error(err: BaseException) -> str | None:
         return (f"a data-loading worker process died ({first}). This is usually the system running out of "
                 "memory (see `dmesg`) or a crash inside a custom dataset: rerun with data.num_workers=0 to "
                 "see the error in the main process, or lower data.batch_size / data.num_workers")
+    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT) or (
+            "PytorchStreamWriter failed writing" in text or re.search(r"inline_container.*unexpected pos", text)):
+        where = f" while writing {err.filename}" if isinstance(err, OSError) and err.filename else ""
+        return (f"the disk is full (or over quota){where}: {text.strip().splitlines()[0] if text.strip() else err!r}. "
+                "Free space, or write the runs elsewhere (LSTMKIT_LOG_DIR=... or paths.log_dir=...); a training run "
+                "continues from its last complete checkpoint with resume=true (checkpoints are written whole, then "
+                "moved into place, so a failed write leaves the previous one)")
     if isinstance(err, torch_oom()) or "CUDA out of memory" in text:
         return ("the GPU ran out of memory: lower data.batch_size, use trainer.precision=bf16-mixed, or "
                 "shorten the sequences (in a sweep, this trial is recorded as failed and the sweep goes on)")
