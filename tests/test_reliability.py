@@ -264,9 +264,8 @@ def test_a_full_disk_is_said_in_one_line(tmp_path: Path) -> None:
     error on a full device does not even say why ("unexpected pos 704 vs 598")."""
     import torch
 
-    with pytest.raises(OSError) as full:
-        with open("/dev/full", "wb") as fh:  # Linux: a device that is always full
-            fh.write(b"x" * 100_000)
+    with pytest.raises(OSError) as full, open("/dev/full", "wb") as fh:  # Linux: a device that is always full
+        fh.write(b"x" * 100_000)
     message = explain_runtime_error(OSError(full.value.errno, full.value.strerror, str(tmp_path / "last.ckpt")))
     assert message is not None and message.startswith("the disk is full (or over quota) while writing ")
     assert "last.ckpt" in message and "LSTMKIT_LOG_DIR" in message and "resume=true" in message
