@@ -215,6 +215,28 @@ def test_a_clip_listed_twice(tmp_path, caplog):
     assert sum(len(d) for d in dm.splits.values()) == 50  # nothing dropped
 
 
+def test_a_cut_short_ogg_is_refused(tmp_path):
+    """libsndfile decodes the pages of a truncated Ogg file that are there, without a word (FLAC and WAV
+    are caught: FLAC loses sync, a WAV header declares its size); its transcript would train on half."""
+    from lstmkit.data.speech import ogg_complete, read_audio
+
+    rng = np.random.default_rng(0)
+    clip = (0.3 * np.sin(np.arange(80_000) * 0.05) + 0.05 * rng.standard_normal(80_000)).astype(np.float32)
+    whole = tmp_path / "whole.ogg"
+    sf.write(whole, clip, SR, format="OGG")
+    data = whole.read_bytes()
+    assert ogg_complete(whole) is True and read_audio(whole, SR)[0].shape == (80_000,)
+    page = data.find(b"OggS", len(data) // 2)  # cut at a page boundary, and in the middle of a page
+    for name, cut in (("page.ogg", data[:page]), ("middle.ogg", data[: len(data) * 2 // 3])):
+        (tmp_path / name).write_bytes(cut)
+        assert 0 < sf.info(str(tmp_path / name)).frames < 80_000  # what libsndfile alone would train on
+        with pytest.raises(DataError, match=rf"{name}: the file is truncated: its Ogg stream has no end-of-stream"):
+            read_audio(tmp_path / name, SR)
+    assert ogg_complete(tmp_path / "missing.ogg") is None
+    sf.write(tmp_path / "a.wav", clip[:800], SR)
+    assert ogg_complete(tmp_path / "a.wav") is None
+
+
 def test_corrupt_wav_names_the_file(tmp_path):
     write_manifest(tmp_path, split_rows())
     (tmp_path / "tr2.wav").write_bytes(b"RIFF\x00\x00garbage")
