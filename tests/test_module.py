@@ -324,3 +324,59 @@ def test_an_overflowing_loss_scale_gives_no_nan_direction(tiny_datamodule, make_
     finally:
         model._trainer = None
     assert torch.isfinite(direction).all()
+
+
+def test_reviewed_config_mistakes_are_one_line_errors(make_cfg, tiny_datamodule, tmp_path: Path) -> None:
+    """Each of these trained on with a setting ignored, or failed with a traceback from deep inside."""
+    from lstmkit.commands.train import train
+
+    with pytest.raises(ConfigError, match=r"head\.pooling='none': this head reads one summary"):
+        build_model(make_cfg([*TINY_DATA, "head.pooling=none"]), tiny_datamodule)
+    with pytest.raises(ConfigError, match=r"l1 must be >= 0"):
+        build_model(make_cfg([*TINY_DATA, "l1=-0.5"]), tiny_datamodule)
+    with pytest.raises(ConfigError, match=r"encoder\.sparse=true .* AdamW cannot take them"):
+        build_model(make_cfg([*TINY_DATA, "encoder.sparse=true"]), tiny_datamodule)
+    with pytest.raises(ConfigError, match=r"weight_decay=0\.1 cannot apply to them"):
+        build_model(make_cfg([*TINY_DATA, "encoder.sparse=true", "optimizer=sgd", "optimizer.weight_decay=0.1"]),
+                    tiny_datamodule)
+    sparse = build_model(make_cfg([*TINY_DATA, "encoder.sparse=true", "optimizer=sgd"]), tiny_datamodule)
+    _step_trainer().fit(sparse, datamodule=tiny_datamodule)  # the combination that works, works
+    for override, message in (("scheduler=plateau scheduler.factor=1.5", r"scheduler\.factor=1\.5: expected a value"),
+                              ("scheduler=step scheduler.step_size=0", r"scheduler\.step_size=0: expected"),
+                              ("scheduler=onecycle scheduler.pct_start=1.5", r"scheduler\.pct_start=1\.5"),
+                              ("scheduler.warmup_ratio=abc", r"scheduler\.warmup_ratio='abc': expected a number")):
+        with pytest.raises(ConfigError, match=message):
+            train(make_cfg([*TINY_DATA, *QUICK, "logger=none", *override.split()]))
+    with pytest.raises(ConfigError, match=r"train=false with ckpt_path=.*lstmkit eval ckpt_path"):
+        train(make_cfg([*TINY_DATA, *QUICK, "logger=none", "train=false", f"ckpt_path={tmp_path / 'x.ckpt'}"]))
+
+
+def test_one_cycle_keeps_the_optimizers_momentum_unless_asked_to_cycle_it() -> None:
+    """torch's OneCycleLR cycles momentum by default: SGD's momentum 0 became 0.95, Adam's betas (0.95, ...)."""
+    from lstmkit.optim import one_cycle
+
+    sgd = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0, momentum=0.0)
+    one_cycle(sgd, 10)
+    assert sgd.param_groups[0]["momentum"] == 0.0
+    adam = torch.optim.AdamW([torch.zeros(1, requires_grad=True)], lr=1.0, betas=(0.9, 0.999))
+    one_cycle(adam, 10)
+    assert adam.param_groups[0]["betas"] == (0.9, 0.999)
+    cycled = torch.optim.AdamW([torch.zeros(1, requires_grad=True)], lr=1.0, betas=(0.9, 0.999))
+    one_cycle(cycled, 10, cycle_momentum=True)  # from the configured 0.9 down to 0.8 at the peak
+    assert cycled.param_groups[0]["betas"][0] == pytest.approx(0.9)
+    with pytest.raises(ConfigError, match=r"cycle_momentum=true .* momentum, which is 0"):
+        one_cycle(torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0), 10, cycle_momentum=True)
+
+
+def test_a_model_with_pretrained_vectors_loads_without_their_file(make_cfg, tmp_path: Path) -> None:
+    """The vectors are in the checkpoint; loading re-read the file and failed once it had moved.
+    encoder.freeze=true held only with a file: a rebuilt model's embedding trained again."""
+    dm = SentimentDataModule(num_examples=200, batch_size=16)
+    dm.setup()
+    vectors = tmp_path / "vectors.txt"  # GloVe's text format: words missing from it keep their random vectors
+    vectors.write_text("".join(f"{word} {' '.join(['0.5'] * 8)}\n" for word in dm.spec.vocab[2:30]))
+    train(make_cfg([*TINY_DATA, *QUICK, "logger=none", f"encoder.pretrained={vectors}", "encoder.freeze=true"]))
+    vectors.unlink()
+    model = load_model(tmp_path / "checkpoints" / "last.ckpt")
+    assert model.hparams["encoder"]["pretrained"] == str(vectors)  # the record of where they came from
+    assert not model.encoder.embedding.weight.requires_grad  # still frozen

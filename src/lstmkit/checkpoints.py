@@ -163,9 +163,16 @@ def _short(value: Any) -> str:
 def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> SequenceModel:
     """Rebuild a trained :class:`SequenceModel` from a checkpoint alone."""
     ckpt = read_checkpoint(path)
+    hparams = dict(ckpt["hyper_parameters"])
+    encoder = hparams.get("encoder")
+    if isinstance(encoder, dict) and encoder.get("pretrained"):
+        # the vectors are in the state dict: the file they came from need not be read again, nor exist
+        hparams["encoder"] = {**encoder, "pretrained": None}
     try:
-        model = SequenceModel(**ckpt["hyper_parameters"])
+        model = SequenceModel(**hparams)
         model.load_state_dict(ckpt["state_dict"])
+        if hparams.get("encoder") is not encoder:
+            model.hparams["encoder"] = encoder  # as trained: the record says where the vectors came from
     except CheckpointError:
         raise
     except Exception as err:  # noqa: BLE001

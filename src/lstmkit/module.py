@@ -89,6 +89,8 @@ class SequenceModel(L.LightningModule):
         self.schedule_steps: int | None = None
         self.resumed_schedule_steps: int | None = None
         self._add_evaluation_metrics()
+        if l1 < 0:
+            raise ConfigError(f"l1 must be >= 0 (the weight of the L1 penalty), got {l1}")
         self.l1 = l1
         if adversarial < 0:
             raise ConfigError(f"adversarial must be >= 0 (the size of the perturbation), got {adversarial}")
@@ -111,6 +113,22 @@ class SequenceModel(L.LightningModule):
             if self.lr_scale.get(part, 1.0) == 0:  # frozen: no gradient computed, none all-reduced
                 for p in params:
                     p.requires_grad_(False)
+        self._check_sparse_gradients(optimizer or {})
+
+    def _check_sparse_gradients(self, optimizer: dict[str, Any]) -> None:
+        """``encoder.sparse=true`` needs an optimiser that takes sparse gradients (SGD, Adagrad) without
+        weight decay; otherwise the first step fails deep inside torch ("Adam does not support sparse
+        gradients", "add(sparse, dense) is not supported")."""
+        embedding = getattr(self.encoder, "embedding", None)
+        if not (isinstance(embedding, nn.Embedding) and embedding.sparse and embedding.weight.requires_grad):
+            return
+        name = str(optimizer.get("_target_") or "torch.optim.AdamW").rsplit(".", 1)[-1]
+        decay = float(optimizer.get("weight_decay") or 0.0) if name in ("SGD", "Adagrad") else None
+        if name not in ("SGD", "Adagrad") or decay:
+            why = f"{name} cannot take them" if decay is None else f"weight_decay={decay:g} cannot apply to them"
+            raise ConfigError(f"encoder.sparse=true gives the embedding sparse gradients, and {why}: use "
+                              "optimizer=sgd with optimizer.weight_decay=0 (or torch.optim.Adagrad), or "
+                              "encoder.sparse=false")
 
     def _add_evaluation_metrics(self) -> None:
         """The head's metrics for val and test, the evaluation loss, and the test figures' metrics."""

@@ -12,14 +12,30 @@ import math
 from torch.optim import Optimizer
 from torch.optim import lr_scheduler as sched
 
+from lstmkit.errors import ConfigError
+
 # the schedules spread over the run's length (``total_steps``): a run without one cannot use them
 SPREAD_OVER_RUN = frozenset({"lstmkit.optim.cosine_with_warmup", "lstmkit.optim.one_cycle"})
+
+
+def _check(name: str, value: float, low: float, high: float | None = None, *, open_low: bool = False,
+           open_high: bool = True) -> None:
+    """``scheduler.<name>`` within its range: torch refuses some values with a traceback mid-setup, and
+    takes others (``step_size=0``) until the first step divides by them."""
+    above = value > low if open_low else value >= low
+    below = high is None or (value < high if open_high else value <= high)
+    if not (above and below):
+        left, right = "(" if open_low else "[", ")" if open_high or high is None else "]"
+        span = f"{left}{low:g}, {'inf' if high is None else format(high, 'g')}{right}"
+        raise ConfigError(f"scheduler.{name}={value!r}: expected a value in {span}")
 
 
 def cosine_with_warmup(
     optimizer: Optimizer, total_steps: int, warmup_ratio: float = 0.05, min_lr_ratio: float = 0.01
 ) -> sched.LRScheduler:
     """Linear warmup over ``warmup_ratio`` of the run, then cosine decay to ``min_lr_ratio``."""
+    _check("warmup_ratio", warmup_ratio, 0.0, 1.0)
+    _check("min_lr_ratio", min_lr_ratio, 0.0, 1.0, open_high=False)
     warmup = max(1, int(total_steps * warmup_ratio))
 
     def factor(step: int) -> float:
@@ -33,16 +49,38 @@ def cosine_with_warmup(
 
 def one_cycle(
     optimizer: Optimizer, total_steps: int, pct_start: float = 0.3, div_factor: float = 25.0,
-    final_div_factor: float = 1e4,
+    final_div_factor: float = 1e4, cycle_momentum: bool = False, base_momentum: float | None = None,
 ) -> sched.LRScheduler:
-    """Smith's one-cycle policy, peaking at the optimiser's configured learning rate."""
+    """Smith's one-cycle policy, peaking at the optimiser's configured learning rate.
+
+    ``cycle_momentum``: also cycle the momentum (SGD's ``momentum``, Adam's first beta) inversely to
+    the learning rate, from the optimiser's configured value down to ``base_momentum`` (default:
+    0.1 below it) and back, as Smith does. Off by default: torch's ``OneCycleLR`` would otherwise
+    replace the configured momentum / betas with its own 0.85-0.95 without a word (SGD's
+    ``momentum=0`` became 0.95).
+    """
+    _check("pct_start", pct_start, 0.0, 1.0, open_low=True)
+    _check("div_factor", div_factor, 0.0, open_low=True)
+    _check("final_div_factor", final_div_factor, 0.0, open_low=True)
     max_lr = [group["lr"] for group in optimizer.param_groups]
+    extra: dict[str, object] = {"cycle_momentum": bool(cycle_momentum)}
+    if cycle_momentum:
+        group = optimizer.param_groups[0]
+        top = group["betas"][0] if "betas" in group else group.get("momentum", 0.0)
+        if not top:
+            raise ConfigError("scheduler.cycle_momentum=true cycles the optimiser's momentum, which is 0 here; set "
+                              "optimizer.momentum (SGD), or scheduler.cycle_momentum=false")
+        bottom = max(0.0, top - 0.1) if base_momentum is None else base_momentum
+        _check("base_momentum", bottom, 0.0, top, open_high=False)
+        extra.update(max_momentum=top, base_momentum=bottom)
     return sched.OneCycleLR(optimizer, max_lr=max_lr, total_steps=max(2, total_steps), pct_start=pct_start,
-                            div_factor=div_factor, final_div_factor=final_div_factor)
+                            div_factor=div_factor, final_div_factor=final_div_factor, **extra)
 
 
 def step(optimizer: Optimizer, total_steps: int, step_size: int = 10, gamma: float = 0.5) -> sched.LRScheduler:
     """Multiply the learning rate by ``gamma`` every ``step_size`` epochs (interval: epoch)."""
+    _check("step_size", step_size, 1)
+    _check("gamma", gamma, 0.0, open_low=True)
     return sched.StepLR(optimizer, step_size=step_size, gamma=gamma)
 
 
@@ -55,5 +93,8 @@ def plateau(
     ``min_lr`` is the floor at ``optimizer.lr``; a parameter group trained at ``lr_scale`` x that
     rate (``SequenceModel.param_groups``) gets a floor scaled alike, so the parts keep their ratio.
     """
+    _check("factor", factor, 0.0, 1.0, open_low=True)
+    _check("patience", patience, 0)
+    _check("min_lr", min_lr, 0.0)
     floors = [min_lr * float(group.get("lr_scale", 1.0)) for group in optimizer.param_groups]
     return sched.ReduceLROnPlateau(optimizer, mode=mode, factor=factor, patience=patience, min_lr=floors)

@@ -63,7 +63,7 @@ def check_torch_device(device: Any) -> None:
 
 # the class a group without a _target_ builds (SequenceModel builds the LSTM core itself)
 GROUP_CLASSES = {"model": "lstmkit.core.LSTMCore"}
-TYPED_GROUPS = ("data", "encoder", "model", "head", "optimizer")
+TYPED_GROUPS = ("data", "encoder", "model", "head", "optimizer", "scheduler")
 SCALARS = {int: "a whole number", float: "a number", bool: "true or false"}
 
 

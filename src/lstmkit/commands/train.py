@@ -345,6 +345,10 @@ def train(cfg: DictConfig) -> float | None:
     if not isinstance(resume, bool):
         raise ConfigError(f"resume={resume!r}: expected true or false")
     requested = cfg.get("ckpt_path") or ("last" if resume else None)
+    if requested and not cfg.get("train", True):  # it would test the untrained model it builds, silently
+        raise ConfigError(f"train=false with {'ckpt_path=' + str(cfg.ckpt_path) if cfg.get('ckpt_path') else 'resume=true'}: "
+                          "train=false tests the model this config builds, untrained; to score a checkpoint use "
+                          "lstmkit eval ckpt_path=... (split=val for its val split)")
     ckpt_path = resolve_ckpt_path(requested, cfg) if cfg.get("train", True) else None
     resumed = read_checkpoint(ckpt_path) if ckpt_path else None  # read once: its seed, checked, its W&B run id
     if seed is None:  # the resumed run's seed, or a drawn one; kept in cfg (so logged with the hyperparameters)
@@ -366,7 +370,13 @@ def train(cfg: DictConfig) -> float | None:
     with config_stage("model (encoder / model / head)"):
         model = build_model(cfg, datamodule)
     with config_stage("optimizer"):
-        build(plain(cfg.optimizer))([torch.zeros(1, requires_grad=True)])
+        optimizer = build(plain(cfg.optimizer))([torch.zeros(1, requires_grad=True)])
+    schedule = dict(plain(cfg.get("scheduler")) or {})
+    if schedule.get("_target_"):  # built for real in configure_optimizers, once training has begun
+        schedule.pop("interval", None)
+        with config_stage("scheduler"):
+            build(schedule)(optimizer, total_steps=10,
+                            **({"mode": "min"} if str(schedule["_target_"]).endswith(".plateau") else {}))
     with open_dict(cfg):
         cfg.monitor = cfg.monitor or model.head.monitor
         cfg.monitor_mode = cfg.monitor_mode or monitor_mode(str(cfg.monitor), model)

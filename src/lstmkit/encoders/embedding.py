@@ -22,7 +22,7 @@ class EmbeddingEncoder(nn.Module):
         pretrained: optional path to a ``.pt`` tensor ``(vocab_size, dim)`` or a word-vector
             text file (``word v1 v2 ...`` per line, GloVe/word2vec text format); words missing
             from it keep their random initialisation.
-        freeze: keep the pretrained matrix fixed.
+        freeze: keep the embedding matrix fixed (the pretrained vectors, or the random ones).
         sparse: sparse gradients (cheaper for large vocabularies with SGD / SparseAdam).
         word_dropout: in training, replace each (non-padding) token by ``<unk>`` with this
             probability (Iyyer et al. 2015; Bowman et al. 2016). Unlike ``dropout``, which thins
@@ -64,7 +64,9 @@ class EmbeddingEncoder(nn.Module):
                     self.embedding.weight[spec.pad_id].zero_()
         if pretrained:
             self._load_pretrained(Path(pretrained), spec)
-            self.embedding.weight.requires_grad_(not freeze)
+        # without a file too: fixed random vectors are a model of their own, and a rebuilt trained model
+        # (its vectors from the checkpoint, its file not read again) must stay frozen
+        self.embedding.weight.requires_grad_(not freeze)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.out_features = dim
 

@@ -35,7 +35,7 @@ from torchmetrics.functional.classification import (
 from torchmetrics.utilities import dim_zero_cat
 
 from lstmkit.errors import ConfigError
-from lstmkit.heads.base import Head
+from lstmkit.heads.base import Head, summary_pooling
 from lstmkit.types import Batch, DataSpec
 
 THRESHOLD_RULES = ("f1", "quantile")
@@ -319,7 +319,7 @@ class AnomalyHead(ScoreHead):
         quantile: float = 0.99,
     ) -> None:
         super().__init__(threshold, quantile, initial_threshold=0.5)
-        self.pooling = pooling
+        self.pooling = summary_pooling(pooling)
         layers: list[nn.Module] = [nn.Dropout(dropout)] if dropout > 0 else []
         if hidden:
             layers += [nn.Linear(in_features, hidden), nn.GELU()]
@@ -434,7 +434,7 @@ class ReconstructionHead(ScoreHead):
             raise ConfigError(f"head.target={target!r}: expected next or same")
         self.target = target
         self.causal = target == "next"  # step t forecasts x[t + 1]: not with a bidirectional core
-        self.pooling = "none" if target == "next" else pooling
+        self.pooling = "none" if target == "next" else summary_pooling(pooling)
         self.score_name = "forecast error (MSE)" if target == "next" else "reconstruction error (MSE)"
         self.positions = positions
         decoder_in = in_features + (2 * positions + 1 if positions else 0)

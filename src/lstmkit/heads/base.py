@@ -24,6 +24,18 @@ def mean_probabilities(outputs: list[torch.Tensor]) -> torch.Tensor:
     return torch.logsumexp(stacked, dim=0) - math.log(len(outputs))
 
 
+SUMMARIES = ("last", "mean", "max")
+
+
+def summary_pooling(pooling: str) -> str:
+    """``head.pooling`` of a head that reads one summary of the sequence, checked: ``none`` (every
+    step, the CTC and language-model heads' own) would reach its loss as a sequence and fail there."""
+    if pooling not in SUMMARIES:
+        raise ConfigError(f"head.pooling={pooling!r}: this head reads one summary of the sequence; expected "
+                          f"one of {', '.join(SUMMARIES)}")
+    return pooling
+
+
 class Head(nn.Module):
     """Base class of all heads.
 

@@ -10,7 +10,7 @@ from torch.nn import functional as F
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix, MulticlassF1Score
 
-from lstmkit.heads.base import Head, mean_probabilities
+from lstmkit.heads.base import Head, mean_probabilities, summary_pooling
 from lstmkit.types import Batch, DataSpec
 
 
@@ -43,7 +43,7 @@ class ClassificationHead(Head):
         super().__init__()
         self.classes = list(spec.classes or [])
         num_classes = spec.num_classes
-        self.pooling = pooling
+        self.pooling = summary_pooling(pooling)
         layers: list[nn.Module] = [nn.Dropout(dropout)] if dropout > 0 else []
         if hidden:
             layers += [nn.Linear(in_features, hidden), nn.GELU()]

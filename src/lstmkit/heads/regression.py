@@ -27,7 +27,7 @@ from torchmetrics import CatMetric, Metric, MetricCollection
 from torchmetrics.regression import MeanAbsoluteError, MeanAbsolutePercentageError, MeanSquaredError
 
 from lstmkit.errors import ConfigError
-from lstmkit.heads.base import Head
+from lstmkit.heads.base import Head, summary_pooling
 from lstmkit.plots import plt  # the headless (Agg) pyplot
 from lstmkit.types import Batch, DataSpec
 
@@ -117,7 +117,7 @@ class RegressionHead(Head):
             )
         if loss not in LOSSES:
             raise ConfigError(f"head.loss={loss!r}: expected one of {LOSSES}")
-        self.pooling = pooling
+        self.pooling = summary_pooling(pooling)
         self.feature = int(target["feature"])
         self.relative = bool(target.get("relative", False))
         shift = torch.tensor(target["shift"], dtype=torch.float32)
