@@ -8,6 +8,9 @@ final metrics from that directory's ``metrics.json`` (the best checkpoint evalua
 split), the epochs run from the run's CSV log, the best epoch from ``checkpoints/best.ckpt`` and the
 parameter count from the model rebuilt from it, and writes
 
+``<out>`` is a new ``bench/runs/<UTC time>/`` unless ``--out`` names another folder (never the curated
+``bench/results/quality.md``, which has no JSON beside it: that is refused before anything trains).
+
 * ``<out>/quality.json``: one record per run (task, metric, value, split, epochs, wall time,
   parameters, seed, commit, every test metric; for ``stock`` the persistence baseline) and a
   summary per task (mean / std / min / max over seeds, the target, whether it was met);
@@ -23,7 +26,7 @@ expected to reach. The real datasets are read from ``--data-root`` (``paths.data
     .venv/bin/python scripts/bench_quality.py                          # every task, seed from the recipe (42)
     .venv/bin/python scripts/bench_quality.py ecg ecg_unsupervised --seeds 1 2 3 4 5
     .venv/bin/python scripts/bench_quality.py stock optimizer.lr=1e-3  # extra overrides go to every run
-    .venv/bin/python scripts/bench_quality.py ecg --seeds 1 2 3 --merge # replace only ecg in bench/results
+    .venv/bin/python scripts/bench_quality.py ecg --seeds 1 2 3 --merge --out bench/runs/<folder>  # replace only ecg there
     .venv/bin/python scripts/bench_quality.py --merge-from /tmp/ptb/quality.json  # add a run made with --out /tmp/ptb
     .venv/bin/python scripts/bench_quality.py sentiment --seeds 1 2 3 4 5 --ensemble  # and their ensemble
     .venv/bin/python scripts/bench_quality.py --quick                  # smoke check: seconds per task
@@ -311,8 +314,12 @@ def ensemble_one(task: str, fold: str | None, members: list[dict[str, Any]], arg
         cmd += [o for o in QUICK if o.startswith("trainer.limit_test_batches")]
     if args.log_dir:
         cmd.append(f"paths.log_dir={args.log_dir}")
-    record: dict[str, Any] = {"task": task, "fold": fold, "metric": spec.metric, "value": None,
-                              "seeds": [r.get("seed") for r in members], "command": " ".join(cmd)}
+    record: dict[str, Any] = {"task": task, "fold": fold, "metric": spec.metric, "value": None, "split": "test",
+                              "seeds": [r.get("seed") for r in members], "command": " ".join(cmd),
+                              "commit": git_commit()["commit"],  # of the evaluation; the members' below
+                              "member_commits": [r.get("commit") for r in members],
+                              "params": sum(int(r.get("params") or 0) for r in members),
+                              "epochs": [r.get("epochs") for r in members]}
     where = f"{task}{f' fold={fold}' if fold else ''}"
     print(f"[bench_quality] {where}: ensemble of {len(ckpts)}: {' '.join(cmd)}", flush=True)
     output, returncode, _ = train_subprocess(cmd, args, record)
@@ -715,8 +722,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
                         help="folder with lm/, sentiment/, speech/, stocks/, ecg/ (paths.data_root; "
                              "default: ../shared/data beside the checkout)")
     parser.add_argument("--out", default=None,
-                        help="folder for quality.json and quality.md (default: bench/results; with --quick a "
-                             "temporary folder, so a smoke check never replaces the committed report)")
+                        help="folder for quality.json and quality.md (default: a new bench/runs/<UTC time>/; with "
+                             "--quick a temporary folder). Never a folder whose quality.md has no quality.json "
+                             "beside it, such as the curated bench/results/quality.md")
     parser.add_argument("--log-dir", default=None,
                         help="paths.log_dir for the runs (default: the recipes' logs/ in the repository)")
     parser.add_argument("--threads", type=int, default=None,
@@ -757,7 +765,19 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
     missing = [str(p) for p in args.merge_from if not p.is_file()]
     if missing:
         parser.error(f"--merge-from: no such file(s) {missing}")
+    if args.merge and not args.merge_from and args.out is None:
+        parser.error("--merge keeps the other tasks of an earlier report: name its folder with --out")
     args.merge = args.merge or bool(args.merge_from)
+    if args.out is None:
+        args.out = str(Path(tempfile.gettempdir()) / "lstmkit_bench_quality" if args.quick else
+                       REPO / "bench" / "runs" / dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d_%H-%M-%S"))
+    out = Path(args.out).expanduser()
+    if (out / "quality.md").exists() and not (out / "quality.json").exists():
+        # checked before hours of training: the report would be rewritten from these runs alone, and
+        # a curated report's other tasks and hand-written sections lost
+        parser.error(f"--out {out}: its quality.md has no quality.json beside it (a curated report, such as "
+                     "bench/results/quality.md), so writing there would replace it with these runs alone; give "
+                     "another --out (the default is a new folder under bench/runs/) and carry the figures over")
     if not tasks and args.merge_from:
         return args, [], overrides  # re-render only
     if args.log_dir:
@@ -782,18 +802,13 @@ def main(argv: list[str] | None = None) -> int:
     for run in runs:
         run.update(commit=commit["commit"], overrides=overrides, threads=args.threads)
     made_ensembles: list[dict[str, Any]] = []
-    if args.out is None:
-        args.out = str(Path(tempfile.gettempdir()) / "lstmkit_bench_quality" if args.quick else REPO / "bench" / "results")
-    out = Path(args.out)
+    out = Path(args.out).expanduser()
     previous = out / "quality.json"
     made = bool(runs)
     previous_host = host_info(args.threads)
-    if args.merge and not previous.exists() and (out / "quality.md").exists():
-        # the report would be rewritten from the merged runs alone: every other task's rows and the
-        # hand-written sections of a report without its JSON (bench/results/quality.md) would be lost
-        print(f"[bench_quality] --merge: {out / 'quality.md'} has no quality.json beside it, so its other tasks "
-              "cannot be merged and would be lost; give --out another folder", file=sys.stderr)
-        return 2
+    if runs and all(r.get("value") is None for r in runs) and not args.merge:
+        print(f"[bench_quality] every run failed ({len(runs)}); no report written to {out}", file=sys.stderr)
+        return 1
     loaded: dict[Path, list[dict[str, Any]]] = {}
     loaded_ensembles: dict[Path, list[dict[str, Any]]] = {}
     for source in ([previous] if args.merge and previous.exists() else []) + list(args.merge_from):

@@ -174,11 +174,18 @@ def test_merge_from_re_renders_runs_of_other_reports(tmp_path: Path, capsys) -> 
                        str(other / "quality.json")]) == 2  # quick and full results are not mixed
     with pytest.raises(SystemExit):
         bench.main(["--data-root", str(tmp_path), "--merge-from", str(tmp_path / "missing.json")])
-    hand = tmp_path / "hand"  # a report without its JSON (assembled by hand) is not overwritten by a merge
-    hand.mkdir()
+    hand = tmp_path / "hand"  # a report without its JSON (assembled by hand) is never overwritten, and
+    hand.mkdir()            # a run is refused before it trains, not after
     (hand / "quality.md").write_text("# by hand\n")
-    assert bench.main(["--out", str(hand), "--data-root", str(tmp_path), "--merge-from", str(tmp_path / "seed2.json")]) == 2
+    for extra in (["--merge-from", str(tmp_path / "seed2.json")], ["ecg"]):
+        with pytest.raises(SystemExit) as refused:
+            bench.main(["--out", str(hand), "--data-root", str(tmp_path), *extra])
+        assert refused.value.code == 2
+    assert "its quality.md has no quality.json beside it" in capsys.readouterr().err
     assert (hand / "quality.md").read_text() == "# by hand\n" and not (hand / "quality.json").exists()
+    with pytest.raises(SystemExit):  # --merge alone: into which report?
+        bench.main(["ecg", "--merge", "--data-root", str(tmp_path)])
+    assert "--merge keeps the other tasks of an earlier report: name its folder with --out" in capsys.readouterr().err
 
 
 def test_merge_from_drops_an_ensemble_whose_runs_were_replaced(tmp_path: Path) -> None:
@@ -239,3 +246,13 @@ def test_ensemble_summary_averages_folds() -> None:
     failed = {**folds[0], "value": None, "metrics": {}}
     assert bench.summarise_ensembles("speech_loso", [failed, folds[1]])["target_met"] is False
     assert bench.summarise_ensembles("speech_loso", []) is None
+
+
+def test_a_run_whose_every_job_failed_writes_no_report(tmp_path: Path, monkeypatch, capsys) -> None:
+    """A timed-out run rewrote the report with nothing but its failures."""
+    bench = load_bench()
+    monkeypatch.setattr(bench, "run_one", lambda task, seed, *a: {"task": task, "seed": seed, "value": None,
+                                                                   "error": "timed out"})
+    out = tmp_path / "out"
+    assert bench.main(["ecg", "--out", str(out), "--data-root", str(tmp_path)]) == 1
+    assert not out.exists() and "every run failed (1); no report written" in capsys.readouterr().err
