@@ -541,7 +541,7 @@ class Workload:
 @dataclass
 class Runs:
     timings: list[Timing]  # the timed (non-warm-up) runs
-    memory: dict[str, float]  # the highest peak over every run, warm-up included
+    memory: dict[str, float]  # the median over the timed runs of each run's own peak
 
 
 def interleave(
@@ -550,18 +550,23 @@ def interleave(
 ) -> dict[str, Runs]:
     """Run each runner warmup + repeats times, alternating the order (ABBA), with a memory probe each.
 
-    Memory is probed on every run, warm-up included, since the first run is the one that
-    allocates the optimiser state; ``probe`` measures it (the process's peak RSS by default).
+    Memory is the median of the timed runs' own peaks (``probe``: the process's peak RSS by default),
+    as time is: the highest over every run, warm-up included, measured whichever runner first used a
+    code path in the process (its one-off allocations) and so depended on the order, not on the runner.
     """
     names = list(runners)
     out = {name: Runs([], {}) for name in names}
+    probed: dict[str, list[dict[str, float]]] = {name: [] for name in names}
     for r in range(warmup + repeats):
         for name in names if r % 2 == 0 else names[::-1]:
             with probe() as memory:
                 timing = runners[name]()
-            out[name].memory = {k: max(v, out[name].memory.get(k, 0.0)) for k, v in memory.items()}
             if r >= warmup:
                 out[name].timings.append(timing)
+                probed[name].append(dict(memory))
+    for name in names:
+        keys = {k for m in probed[name] for k in m}
+        out[name].memory = {k: statistics.median(m[k] for m in probed[name] if k in m) for k in sorted(keys)}
     return out
 
 
@@ -1201,6 +1206,22 @@ def quiet() -> None:
     warnings.filterwarnings("ignore", category=FutureWarning)
 
 
+def failed_checks(results: dict[str, Any], tolerance: float = 1e-6) -> list[str]:
+    """The correctness checks a report's figures rest on that did not hold: the same loss for bucketed
+    and padded batches, and lstmkit and the plain loop starting from the same model."""
+    problems = []
+    identity = (results.get("variable_length") or {}).get("loss_identity")
+    if isinstance(identity, dict) and not identity.get("passed", True):
+        problems.append(f"bucketed and padded losses differ by {identity.get('max_abs_diff')} "
+                        f"(tolerance {identity.get('tolerance')})")
+    for workload, result in (results.get("training") or {}).items():
+        diff = result.get("same_model_loss_diff")
+        if diff is not None and not diff <= tolerance:
+            problems.append(f"{workload}: lstmkit's and the plain loop's models give losses {diff:g} apart on the "
+                            "same batch (not the same model)")
+    return problems
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     quiet()
@@ -1248,8 +1269,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     (args.out / "speed.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     (args.out / "speed.md").write_text(markdown, encoding="utf-8")
     print(f"wrote {args.out / 'speed.json'} and {args.out / 'speed.md'} in {results['meta']['seconds']} s")
+    results["failed_checks"] = failed_checks(results)
+    for problem in results["failed_checks"]:
+        print(f"bench_speed: check FAILED: {problem}", file=sys.stderr)
     return results
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(1 if main()["failed_checks"] else 0)

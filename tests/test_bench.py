@@ -92,3 +92,40 @@ def test_gpu_benchmark_script_runs_on_cpu(tmp_path: Path) -> None:
     profile = (tmp_path / "profile_gpu_cpu.txt").read_text(encoding="utf-8")
     assert "## lstmkit: 2 steps" in profile and "## plain: 2 steps" in profile and "aten::mm" in profile
     assert set(results["profile_calls_per_step"]) == {"lstmkit", "plain"}
+
+
+def _load_speed() -> Any:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_speed_under_test", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    assert spec.loader is not None
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_memory_is_the_timed_runs_median_and_failed_checks_fail_the_run() -> None:
+    """The peak was the highest over every run, warm-up included: whichever runner first used a code path
+    carried its one-off allocations. A failed identity check printed FAILED and exited 0."""
+    import contextlib
+
+    bench = _load_speed()
+    peaks = iter([900.0, 100.0, 120.0, 110.0, 500.0, 50.0, 60.0, 55.0])  # warm-up first: a one-off 900 / 500
+
+    @contextlib.contextmanager
+    def probe():
+        yield (found := {})
+        found["peak_rss_mb"] = next(peaks)
+
+    runs = bench.interleave({"a": lambda: "ta", "b": lambda: "tb"}, warmup=1, repeats=3, probe=probe)
+    assert runs["a"].timings == ["ta"] * 3 and runs["b"].timings == ["tb"] * 3
+    # draws in order: r0 a=900 b=100 (warm-up); r1 b=120 a=110; r2 a=500 b=50; r3 b=60 a=55
+    assert runs["a"].memory == {"peak_rss_mb": 110.0} and runs["b"].memory == {"peak_rss_mb": 60.0}
+    ok = {"variable_length": {"loss_identity": {"passed": True}},
+          "training": {"lm": {"same_model_loss_diff": 0.0}, "classifier": {"same_model_loss_diff": 1e-8}}}
+    assert bench.failed_checks(ok) == []
+    bad = {"variable_length": {"loss_identity": {"passed": False, "max_abs_diff": 0.09, "tolerance": 1e-5}},
+           "training": {"lm": {"same_model_loss_diff": 0.3}}}
+    problems = bench.failed_checks(bad)
+    assert len(problems) == 2 and "losses differ by 0.09" in problems[0] and "lm:" in problems[1]
