@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import itertools
 import json
+import logging
 import os
 import re
 import signal
@@ -619,3 +620,57 @@ def test_a_run_resumes_in_its_own_fixed_folder_and_logs_each_step_once(make_cfg,
     events.Reload()
     tb_steps = [e.step for e in events.Scalars("train/loss")]
     assert tb_steps == sorted(set(tb_steps)) and len(tb_steps) == 24, tb_steps
+
+
+def test_resume_finds_its_own_run_and_never_adopts_another(make_cfg, tmp_path: Path, caplog) -> None:
+    """Three ways resume=true continued the wrong run, or none: overrides compared as typed (a sweeper
+    writes 0.001 and False, a user 1e-3 and false), a sweep over task= kept under logs/multitask/, and a
+    fixed folder killed before its first checkpoint adopting the task's newest unrelated run."""
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict, read_write
+
+    from lstmkit.commands.train import resolve_ckpt_path
+
+    cfg = make_cfg(["optimizer.lr=1e-3", "trainer.enable_progress_bar=false", "resume=true"])
+    logs = tmp_path / "logs"
+    mine = [o for o in cfg.hydra.overrides.task if not o.startswith("resume")]
+
+    def earlier(folder: Path, overrides: list[str], age: float) -> Path:
+        (folder / ".hydra").mkdir(parents=True)
+        (folder / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
+        (folder / "checkpoints").mkdir()
+        ckpt = folder / "checkpoints" / "last.ckpt"
+        ckpt.write_bytes(b"x")
+        os.utime(ckpt, (time.time() - age, time.time() - age))
+        return ckpt
+
+    # a fixed folder (make_cfg's hydra.run.dir) with no checkpoint: never another run's
+    other = earlier(logs / "sentiment" / "runs" / "2026-01-01", [o.replace("1e-3", "0.01") for o in mine], 10)
+    with caplog.at_level(logging.WARNING, logger="lstmkit"):
+        assert resolve_ckpt_path("last", cfg) is None
+    assert "holds no checkpoints/last.ckpt yet" in caplog.text
+    # a run in a folder of its own under runs/: the job whose overrides match once parsed, not the newest
+    with read_write(cfg.hydra.runtime), open_dict(cfg.hydra.runtime):
+        cfg.hydra.runtime.output_dir = str(logs / "sentiment" / "runs" / "now")
+    HydraConfig.instance().set_config(cfg)
+    recorded = [o.replace("1e-3", "0.001").replace("=false", "=False") for o in mine]  # as a sweeper writes them
+    match = earlier(logs / "sentiment" / "multiruns" / "s" / "0", recorded, 100)
+    assert resolve_ckpt_path("last", cfg) == str(match)
+    match.unlink()  # ...and in a sweep over tasks' folder
+    in_multitask = earlier(logs / "multitask" / "multiruns" / "t" / "1", recorded, 50)
+    assert resolve_ckpt_path("last", cfg) == str(in_multitask)
+    assert other.exists()
+
+
+def test_a_fixed_folder_used_again_without_resume_is_said(make_cfg, caplog) -> None:
+    """Lightning wrote best-v1.ckpt beside the earlier run's best.ckpt and the CSV went on, silently."""
+    from lstmkit.commands.train import train
+
+    run = ["data.num_examples=120", "data.batch_size=16", "model.hidden_size=8", "encoder.dim=8", "logger=none",
+           "trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.enable_progress_bar=false", "test=false"]
+    train(make_cfg(run))
+    assert "already holds checkpoints" not in caplog.text
+    with caplog.at_level(logging.WARNING, logger="lstmkit"):
+        train(make_cfg(run))
+    assert re.search(r"already holds checkpoints of an earlier run \(best\.ckpt, last\.ckpt\).*resume=true",
+                     caplog.text)

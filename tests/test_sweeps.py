@@ -163,6 +163,21 @@ def test_a_summary_survives_an_unreadable_record(tmp_path: Path) -> None:
     assert sorted(p.name for p in (tmp_path / "0").iterdir()) == ["result.json"]  # no partial file left
 
 
+def test_jobs_of_different_metrics_are_never_ranked_against_one_another(tmp_path: Path) -> None:
+    """-m task=ecg,stock ranked a MASE (lower is better) with ECG's direction and named it best."""
+    from lstmkit.sweeps import summarise_sweep, write_result
+
+    write_result(tmp_path / "0", ["task=ecg"], "val/auroc", "max", 0.64)
+    write_result(tmp_path / "1", ["task=stock"], "val/mase", "min", 1.001)
+    write_result(tmp_path / "2", ["task=stock", "seed=2"], "val/mase", "min", 0.99)
+    write_result(tmp_path / "3", ["task=ecg", "seed=2"], "val/auroc", "max", 0.71)
+    rows = summarise_sweep(tmp_path)
+    assert [r["job"] for r in rows] == ["3", "0", "2", "1"]
+    summary = (tmp_path / "summary.md").read_text()
+    assert "Best by val/auroc (max): job 3" in summary and "Best by val/mase (min): job 2" in summary
+    assert "\nBest: " not in summary
+
+
 def test_a_sweep_over_tasks_keeps_its_jobs_and_summary_in_one_folder(tmp_path: Path) -> None:
     """Each job's own task_name put -m task=ecg,stock's jobs under logs/ecg/ and logs/stock/, and the
     summary (looking under the default task's folder) found none: no table, exit 0 when all failed."""

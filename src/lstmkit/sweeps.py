@@ -89,9 +89,15 @@ def summarise_sweep(sweep_dir: str | Path) -> list[dict[str, Any]]:
         rows.append({"job": path.parent.name, **record})
     if not rows:
         return rows
-    mode = next((r["mode"] for r in rows if r.get("mode")), "max")
-    ok = [r for r in rows if r["objective"] is not None]
-    ok.sort(key=lambda r: r["objective"], reverse=mode == "max")
+    # jobs of one metric are ranked in its direction; a sweep over tasks has several metrics (val/auroc,
+    # val/mase), which are never ranked against one another
+    groups: dict[tuple[Any, Any], list[dict[str, Any]]] = {}
+    for r in rows:
+        if r["objective"] is not None:
+            groups.setdefault((r.get("monitor"), r.get("mode") or "max"), []).append(r)
+    for (_, mode), members in groups.items():
+        members.sort(key=lambda r: r["objective"], reverse=mode == "max")
+    ok = [r for members in groups.values() for r in members]
     ordered = ok + [r for r in rows if r["objective"] is None]
     with (sweep_dir / "summary.csv").open("w", newline="") as fh:
         writer = csv.writer(fh)
@@ -100,10 +106,12 @@ def summarise_sweep(sweep_dir: str | Path) -> list[dict[str, Any]]:
             writer.writerow([r["job"], r["status"], r["monitor"], r["objective"], " ".join(r["overrides"]),
                              r["error"] or ""])
     lines = [f"# Sweep summary: {sweep_dir.name}", ""]
-    if ok:
-        best = ok[0]
-        lines += [(f"Best: job {best['job']} with {best['monitor']} = {best['objective']:.4f} "
-                  f"({' '.join(best['overrides'])})"), ""]
+    for (monitor, mode), members in groups.items():
+        best = members[0]
+        label = "Best" if len(groups) == 1 else f"Best by {monitor} ({mode})"
+        lines += [f"{label}: job {best['job']} with {monitor} = {best['objective']:.4f} ({' '.join(best['overrides'])})"]
+    if groups:
+        lines += [""]
     lines += ["| job | status | objective | overrides | error |", "|---|---|---|---|---|"]
     for r in ordered:
         value = "" if r["objective"] is None else f"{r['objective']:.4f}"

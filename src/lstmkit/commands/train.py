@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import random
@@ -37,6 +38,7 @@ from lstmkit.data.base import as_list
 from lstmkit.errors import ConfigError, DataError, SweepError
 from lstmkit.loggers import purge_resumed_tensorboard, trim_csv_logs
 from lstmkit.module import SequenceModel
+from lstmkit.sweeps import MIXED_SWEEP
 from lstmkit.warm_start import init_from_checkpoint, init_reverse_from_checkpoint
 
 # overrides a resumed run may change: how long it trains, and the resume options themselves
@@ -44,8 +46,25 @@ RESUME_OVERRIDES = {"resume", "ckpt_path", "trainer.max_epochs", "trainer.max_st
 
 
 def job_overrides(overrides: list[str]) -> list[str]:
-    """A run's command-line overrides, less those a resumed run may change, in a canonical order."""
-    return sorted(o for o in map(str, overrides) if o.lstrip("+~").split("=", 1)[0] not in RESUME_OVERRIDES)
+    """A run's command-line overrides, less those a resumed run may change, canonical and sorted.
+
+    Canonical: each value as Hydra parses it, so that what a sweeper recorded (``False``, ``0.001``)
+    matches what a user types (``false``, ``1e-3``); an override Hydra cannot parse stays as written.
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    canonical = []
+    for text in map(str, overrides):
+        if text.lstrip("+~").split("=", 1)[0] in RESUME_OVERRIDES:
+            continue
+        try:
+            (override,) = parser.parse_overrides([text])
+            value = json.dumps(override.value(), sort_keys=True, default=str)
+            canonical.append(f"{override.get_key_element()}={value}")  # the key with its +, ++ or ~
+        except Exception:  # noqa: BLE001 - kept as written
+            canonical.append(text)
+    return sorted(canonical)
 
 
 def resolve_ckpt_path(ckpt_path: str | None, cfg: DictConfig) -> str | None:
@@ -68,6 +87,9 @@ def resolve_ckpt_path(ckpt_path: str | None, cfg: DictConfig) -> str | None:
     sweep = hydra is not None and hydra.mode == RunMode.MULTIRUN
     now = Path(hydra.sweep.dir if sweep else hydra.runtime.output_dir).resolve() if hydra else None
     runs = Path(cfg.paths.log_dir) / str(cfg.task_name)
+    # where earlier runs with these overrides may be: the task's folder, and a sweep over tasks' (whose
+    # jobs name their task among their overrides)
+    roots = [runs, Path(cfg.paths.log_dir) / MIXED_SWEEP]
 
     def earlier(paths: Iterator[Path]) -> list[Path]:  # not this run's / this sweep's own
         return [p for p in paths if now is None or now not in p.resolve().parents]
@@ -76,12 +98,20 @@ def resolve_ckpt_path(ckpt_path: str | None, cfg: DictConfig) -> str | None:
     if reused is not None and reused.is_file():  # a fixed hydra.run.dir (torchrun, a scheduler's job folder)
         log.info("resuming %s (this run folder's own, from an earlier attempt)", reused)
         return str(reused)
+    if now is not None and not sweep and now.parent != (runs / "runs").resolve():
+        # a folder of its own (hydra.run.dir=...) that holds no checkpoint yet: its earlier attempt stopped
+        # before its first epoch ended; another run's weights would not continue it
+        log.warning("resume: this run's folder %s holds no checkpoints/last.ckpt yet (its earlier attempt stopped "
+                    "before its first epoch ended, or there was none); this run starts afresh", now)
+        return None
 
-    candidates = sorted(earlier(runs.glob("**/checkpoints/last.ckpt")), key=lambda p: p.stat().st_mtime, reverse=True)
+    candidates = sorted((p for root in roots for p in earlier(root.glob("**/checkpoints/last.ckpt"))),
+                        key=lambda p: p.stat().st_mtime, reverse=True)
     mine = job_overrides(list(hydra.overrides.task)) if hydra else None
-    matching = {p.parent.parent for p in earlier(runs.glob("**/.hydra/overrides.yaml"))  # each file read once
-                if mine is not None and job_overrides(list(OmegaConf.load(p))) == mine}
+    matching = {p.parent.parent for root in roots for p in earlier(root.glob("**/.hydra/overrides.yaml"))
+                if mine is not None and job_overrides(list(OmegaConf.load(p))) == mine}  # each file read once
     own = [c for c in candidates if c.parent.parent in matching]
+    candidates = [c for c in candidates if runs.resolve() in c.resolve().parents]  # the fallback: this task's
     if own:
         log.info("resuming %s (the newest earlier run with these overrides)", own[0])
         return str(own[0])
@@ -351,6 +381,14 @@ def train(cfg: DictConfig) -> float | None:
                           "lstmkit eval ckpt_path=... (split=val for its val split)")
     ckpt_path = resolve_ckpt_path(requested, cfg) if cfg.get("train", True) else None
     resumed = read_checkpoint(ckpt_path) if ckpt_path else None  # read once: its seed, checked, its W&B run id
+    if not ckpt_path and cfg.get("train", True) and HydraConfig.initialized():
+        folder = Path(HydraConfig.get().runtime.output_dir) / "checkpoints"
+        held = sorted(p.name for p in folder.glob("*.ckpt")) if folder.is_dir() else []
+        if held:  # a fixed hydra.run.dir (or sweep dir) used again without resume
+            log.warning("%s already holds checkpoints of an earlier run (%s): this run starts afresh beside them "
+                        "(Lightning names its best best-v1.ckpt, and the CSV log goes on), so the folder mixes two "
+                        "runs; resume=true continues the earlier run, or give the run another folder",
+                        folder.parent, ", ".join(held[:3]))
     if seed is None:  # the resumed run's seed, or a drawn one; kept in cfg (so logged with the hyperparameters)
         seed = stored_seed(resumed)
         if seed is not None:
