@@ -67,9 +67,10 @@ def split_accuracy(model: Any, datamodule: Any) -> tuple[int, int]:
     return correct, total
 
 
-def run_cli(*args: str, cwd: Path, check: bool = True, timeout: int = 600) -> subprocess.CompletedProcess[str]:
-    """Run the installed console script like a user, from ``cwd``."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline", "PYTHONWARNINGS": "ignore"}
+def run_cli(*args: str, cwd: Path, check: bool = True, timeout: int = 600,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run the installed console script like a user, from ``cwd`` (``env``: more variables)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline", "PYTHONWARNINGS": "ignore", **(env or {})}
     env.pop("HYDRA_FULL_ERROR", None)
     proc = subprocess.run(
         [str(BIN / "lstmkit"), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False

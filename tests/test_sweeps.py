@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -192,3 +193,33 @@ def test_a_sweep_over_tasks_keeps_its_jobs_and_summary_in_one_folder(tmp_path: P
     run_cli("train", "-m", "task=ecg", "model.hidden_size=4,5", *QUICK, "test=false", cwd=tmp_path)
     (sweep,) = (tmp_path / "logs" / "ecg" / "multiruns").iterdir()
     assert [r["status"] for r in _summary(sweep)] == ["ok", "ok"]
+
+
+KILLER = """
+import os
+import signal
+
+import lightning as L
+from hydra.core.hydra_config import HydraConfig
+
+
+class KillJobOne(L.Callback):
+    \"\"\"SIGKILL its own process in job 1 of a sweep, as the out-of-memory killer does.\"\"\"
+
+    def on_train_batch_end(self, trainer, *rest):
+        if HydraConfig.get().job.num == 1:
+            os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_a_parallel_sweep_whose_worker_is_killed_still_summarises(tmp_path: Path) -> None:
+    """joblib's TerminatedWorkerError ended the sweep with a traceback: no summary, no failed row."""
+    (tmp_path / "killer.py").write_text(KILLER)
+    proc = run_cli("train", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "optimizer.lr=1e-3,3e-3",
+                   "+callbacks.kill._target_=killer.KillJobOne", *TINY, *QUICK, cwd=tmp_path, check=False,
+                   env={"PYTHONPATH": str(tmp_path)})
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert re.search(r"the sweep stopped: [12] job\(s\) died without a result", proc.stderr)  # 2: the pool with it
+    rows = {r["job"]: r for r in _summary(_sweep_dir(tmp_path))}
+    assert rows["1"]["status"] == "failed" and "died without recording a result" in rows["1"]["error"]
+    assert rows["0"]["status"] in {"ok", "failed"}  # finished, or its worker was taken down with the pool

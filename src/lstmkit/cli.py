@@ -242,6 +242,20 @@ def _finish_wandb(exit_code: int | None = None) -> None:
         wandb.finish(exit_code=exit_code) if exit_code else wandb.finish()
 
 
+def _report_broken_sweep(command: str) -> None:
+    """After a sweep's launcher died (a worker killed): record the jobs that died, summarise, say so."""
+    from lstmkit.sweeps import SWEEP_DIR_ENV, SWEEP_NAME_ENV, close_broken_sweep
+
+    os.environ.pop(SWEEP_NAME_ENV, None)
+    sweep_dir = Path(os.environ.pop(SWEEP_DIR_ENV, "") or ".")
+    if not (sweep_dir / "multirun.yaml").is_file():  # Hydra failed before the sweep had a folder
+        return
+    died = close_broken_sweep(sweep_dir)
+    print(f"lstmkit {command}: error: the sweep stopped: {died} job(s) died without a result (a worker process "
+          f"killed, e.g. by the out-of-memory killer); the jobs so far are in {sweep_dir / 'summary.md'}; the same "
+          "command with resume=true runs the rest", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> Any:
     args = list(sys.argv[1:] if argv is None else argv)
     # OpenMP threads that spin-wait for busy cores slowed training ~10x on a loaded 2-core machine
@@ -288,6 +302,8 @@ def main(argv: list[str] | None = None) -> Any:
               "one value per key; a search preset's settings show under hydra.sweeper in --cfg hydra)", file=sys.stderr)
         raise SystemExit(2) from None
     except SystemExit as exc:
+        if exc.code == 1 and os.environ.get("LSTMKIT_SWEEP_DIR"):  # a sweep that never reached its end
+            _report_broken_sweep(command)
         if exc.code == 1:  # Hydra rejected the command line: add a "did you mean" when we can
             from lstmkit.suggest import suggest_override
 

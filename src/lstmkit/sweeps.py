@@ -26,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 _TASK_KEYS = {"task", "experiment", "task_name"}
 MIXED_SWEEP = "multitask"
 SWEEP_NAME_ENV = "LSTMKIT_SWEEP_NAME"
+SWEEP_DIR_ENV = "LSTMKIT_SWEEP_DIR"  # the running sweep's folder, for a sweep that ends without on_multirun_end
 
 
 def sweep_name(config: DictConfig) -> str:
@@ -127,6 +128,7 @@ class SweepSummary(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         os.environ[SWEEP_NAME_ENV] = sweep_name(config)  # every job's folder: see _sweep_folder
+        os.environ[SWEEP_DIR_ENV] = str(config.hydra.sweep.dir)  # lstmkit.cli._report_broken_sweep
         launcher = str(config.hydra.launcher.get("_target_", ""))
         if launcher.endswith("SlurmLauncher") and shutil.which("sbatch") is None:
             # submitit fails deep inside with 'Could not detect "srun"' and a traceback
@@ -142,6 +144,7 @@ class SweepSummary(Callback):
             finish_sweep(config.hydra.sweep.dir)
         finally:
             os.environ.pop(SWEEP_NAME_ENV, None)  # a later sweep in this process names its own
+            os.environ.pop(SWEEP_DIR_ENV, None)
 
 
 def stop_workers(sweep_dir: str | Path, grace_s: float = 60.0) -> None:
@@ -183,6 +186,30 @@ def stop_workers(sweep_dir: str | Path, grace_s: float = 60.0) -> None:
           f"the jobs so far are in {Path(sweep_dir, 'summary.md')}; run the same command with resume=true to "
           "continue it", file=sys.stderr)
     os._exit(143)  # the launcher's own threads and pools would otherwise keep the process alive
+
+
+def close_broken_sweep(sweep_dir: str | Path) -> int:
+    """A sweep whose launcher died (a parallel worker killed by SIGKILL, as the out-of-memory killer
+    does; joblib's ``TerminatedWorkerError``): record each started job that left no ``result.json``
+    as failed, write the summary of the jobs so far and return how many were recorded so.
+
+    Why: Hydra ended such a sweep with the launcher's traceback, before ``on_multirun_end``: no
+    summary, and the jobs that had finished were listed nowhere.
+    """
+    from omegaconf import OmegaConf as _OmegaConf
+
+    sweep_dir = Path(sweep_dir)
+    died = 0
+    for job in sorted(p for p in sweep_dir.glob("*") if p.is_dir() and p.name.isdigit()):
+        if (job / "result.json").exists():
+            continue
+        overrides_file = job / ".hydra" / "overrides.yaml"
+        overrides = [str(o) for o in _OmegaConf.load(overrides_file)] if overrides_file.exists() else []
+        write_result(job, overrides, None, None, None, status="failed",
+                     error="its process died without recording a result (killed by a signal: out of memory?)")
+        died += 1
+    summarise_sweep(sweep_dir)
+    return died
 
 
 def finish_sweep(sweep_dir: str | Path) -> None:
