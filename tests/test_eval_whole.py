@@ -81,10 +81,13 @@ def test_eval_split_all_scores_every_row_of_a_new_file(make_cfg, tmp_path: Path,
     new = tmp_path / "new.csv"
     new.write_text("\n".join(rows) + "\n")
     capsys.readouterr()  # training's output
-    value = evaluate(make_cfg([f"ckpt_path={ckpt}", f"data.path={new}", "split=all", "logger=none",
+    value = evaluate(make_cfg([f"ckpt_path={ckpt}", f"data.path={new}", "split=all", "logger=csv",
                                "trainer.enable_progress_bar=false"], name="eval"))
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert "all/acc" in metrics and not any(k.startswith("test/") for k in metrics)
+    (logged,) = tmp_path.glob("csv/**/metrics.csv")  # the loggers name them so too, not test/*
+    header = logged.read_text().splitlines()[0].split(",")
+    assert "all/acc" in header and "all/loss" in header and not any(k.startswith("test/") for k in header)
     assert "test/acc" not in capsys.readouterr().out  # one table, named for what was scored (not Lightning's too)
 
     model = load_models(str(ckpt)).eval()

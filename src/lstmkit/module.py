@@ -130,6 +130,16 @@ class SequenceModel(L.LightningModule):
                               "optimizer=sgd with optimizer.weight_decay=0 (or torch.optim.Adagrad), or "
                               "encoder.sparse=false")
 
+    test_name = "test"  # what the test loop's metrics are called (eval split=all: "all")
+
+    def name_test_split(self, name: str) -> None:
+        """Log the test loop's loss, metrics and figures as ``<name>/...``: ``lstmkit eval split=all``
+        scores every example of the data, not its test split, and its loggers must say so too."""
+        self.test_name = name
+        self.metrics["test"] = self.metrics["test"].clone(prefix=f"{name}/")
+        if self.figure_metrics is not None:
+            self.figure_metrics = self.figure_metrics.clone(prefix=f"{name}/")
+
     def _add_evaluation_metrics(self) -> None:
         """The head's metrics for val and test, the evaluation loss, and the test figures' metrics."""
         self.metrics = nn.ModuleDict(
@@ -188,7 +198,8 @@ class SequenceModel(L.LightningModule):
         if split == "test" and self.figure_metrics is not None:
             self.head.update_metrics(self.figure_metrics, outputs, lengths, batch)
         self.losses[split].update(loss.detach(), weight=self.head.loss_weight(outputs, lengths, batch))
-        self.log(f"{split}/loss", self.losses[split], batch_size=len(batch))
+        name = self.test_name if split == "test" else split
+        self.log(f"{name}/loss", self.losses[split], batch_size=len(batch))
         self.log_dict(self.metrics[split], prog_bar=split == "val", batch_size=len(batch))
         return loss
 

@@ -142,15 +142,14 @@ def evaluate(cfg: DictConfig) -> float | None:
         raise DataError(f"the {split} split is empty ({datamodule.split_sizes()} examples), so there is nothing to score"
                         + ("; split=all scores every example of the data" if split != "all" else ""),
                         path=getattr(datamodule, "path", None))
+    if split == "all":
+        model.name_test_split("all")  # its loggers' keys too, not only the table's
     trainer: L.Trainer = instantiate(cfg.trainer, logger=instantiate_group(cfg.get("logger")) or False)
     if split == "val":
         results = trainer.validate(model, datamodule=datamodule)
     else:
-        # split=all: Lightning's own table would name the metrics test/*; lstmkit's below names them all/*
-        results = trainer.test(model, datamodule=datamodule, verbose=split != "all")
+        results = trainer.test(model, datamodule=datamodule)
     metrics = scalar_metrics(results[0] if results else {})
-    if split == "all":  # logged as the test stage; named for what was scored
-        metrics = {key.replace("test/", "all/", 1): value for key, value in metrics.items()}
     what = paths[0] if len(paths) == 1 else f"ensemble of {len(paths)} checkpoints"
     report(metrics, HydraConfig.get().runtime.output_dir, title=f"eval on {split}: {what}")
     value = metrics.get(f"{split}/{model.head.monitor.split('/', 1)[-1]}")
