@@ -134,6 +134,15 @@ def test_bad_checkpoints_get_clear_errors(tmp_path: Path) -> None:
                 "encoder": {"_target_": "os.system", "command": "echo pwned"}, "head": {}}}, evil)
     with pytest.raises(CheckpointError, match="refusing to build 'os.system'"):
         load_model(evil)
+    # exported models given where a checkpoint goes: said so, not torch's "weights_only" advice
+    scripted = tmp_path / "model.ts.pt"
+    torch.jit.script(torch.nn.Linear(2, 2)).save(str(scripted))
+    with pytest.raises(CheckpointError, match=r"model\.ts\.pt: an exported TorchScript model, not a checkpoint"):
+        read_checkpoint(scripted)
+    onnx = tmp_path / "best.onnx"
+    torch.onnx.export(torch.nn.Linear(2, 2), (torch.zeros(1, 2),), str(onnx), dynamo=False)
+    with pytest.raises(CheckpointError, match=r"best\.onnx: an exported ONNX model, not a checkpoint"):
+        read_checkpoint(onnx)
 
 
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))

@@ -223,3 +223,15 @@ def test_a_parallel_sweep_whose_worker_is_killed_still_summarises(tmp_path: Path
     rows = {r["job"]: r for r in _summary(_sweep_dir(tmp_path))}
     assert rows["1"]["status"] == "failed" and "died without recording a result" in rows["1"]["error"]
     assert rows["0"]["status"] in {"ok", "failed"}  # finished, or its worker was taken down with the pool
+
+
+def test_cluster_slurm_without_a_sweep_says_nothing_is_submitted(make_cfg, caplog) -> None:
+    import logging
+
+    from lstmkit.commands.train import train
+
+    cfg = make_cfg(["cluster=slurm", "trainer.accelerator=cpu", "trainer.devices=1", "trainer.num_nodes=1",
+                    "trainer.strategy=auto", "trainer.precision=32-true", "logger=none", *TINY, *QUICK])
+    with caplog.at_level(logging.WARNING, logger="lstmkit"):
+        train(cfg)
+    assert "cluster=slurm submits the jobs of a sweep" in caplog.text and "nothing is submitted" in caplog.text

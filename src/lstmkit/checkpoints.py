@@ -34,8 +34,16 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         if head.startswith(b"PK"):  # a zip without its central directory: cut short
             raise CheckpointError(f"{path}: a damaged or truncated checkpoint ({path.stat().st_size} bytes; the zip "
                                   "archive has no end): it was probably cut short while being written or copied")
+        if path.suffix.lower() == ".onnx" or head[:1] == b"\x08":  # ONNX: a protobuf ModelProto (ir_version first)
+            raise CheckpointError(f"{path}: an exported ONNX model, not a checkpoint: predict, eval and export read the "
+                                  ".ckpt it was exported from; run the ONNX model with onnxruntime (README, Export)")
         raise CheckpointError(f"{path}: not a PyTorch checkpoint: expected a zip archive written by torch.save, "
                               f"found {path.stat().st_size} bytes starting with {head!r}")
+    with zipfile.ZipFile(path) as archive:  # TorchScript's zip holds code/ and constants.pkl, not data.pkl only
+        scripted = any(name.split("/", 1)[-1].startswith(("code/", "constants.pkl")) for name in archive.namelist())
+    if scripted:
+        raise CheckpointError(f"{path}: an exported TorchScript model, not a checkpoint: predict, eval and export read "
+                              "the .ckpt it was exported from; load it with torch.jit.load (README, Export)")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any failure means "not a usable checkpoint"

@@ -426,6 +426,11 @@ def train(cfg: DictConfig) -> float | None:
     callbacks.append(ReseedEachEpoch(seed))
     if not cfg.trainer.get("enable_progress_bar", True):
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
+    hydra_cfg = HydraConfig.get() if HydraConfig.initialized() else None
+    if hydra_cfg is not None and hydra_cfg.mode != RunMode.MULTIRUN and \
+            str(hydra_cfg.launcher.get("_target_", "")).endswith("SlurmLauncher"):
+        log.warning("cluster=slurm submits the jobs of a sweep (lstmkit train -m ...); without -m this run trains "
+                    "here, on this machine, and nothing is submitted")
     check_strategy(cfg)
     check_trainer_numbers(cfg)
     check_device(cfg)
