@@ -161,12 +161,15 @@ def compare(size: Any, work: bs.Workload, datamodule: L.LightningDataModule, mak
 
 def lm_workload(size: bs.LMSize, warmup: int, repeats: int, root: str) -> dict[str, Any]:
     data = bs.synthetic_lm(size, seed=0)
-    streams = data.streams.to(DEVICE)
+    # on the host, as lstmkit's datamodule holds them: the plain loop copies each window to the device
+    # as lstmkit's dataloader does (it used to slice a stream already on the GPU, skipping that copy)
+    streams = data.streams.pin_memory() if DEVICE == "cuda" else data.streams
     steps = -(-(data.streams.shape[1] - 1) // size.bptt)
     work = bs.Workload(samples=steps * size.batch, tokens=steps * size.batch * size.bptt, steps=steps)
     return compare(size, work, bs.BenchStreams(data, size), lambda like=False: bs.lstmkit_lm(data, size, like=like),
                    lambda: bs.PlainLM(size),
-                   lambda m, o, p: partial(bs.plain_lm_epoch, m, o, streams, size.bptt, p), warmup, repeats, root)
+                   lambda m, o, p: partial(bs.plain_lm_epoch, m, o, streams, size.bptt, p, DEVICE), warmup, repeats,
+                   root)
 
 
 def cls_workload(size: bs.ClsSize, warmup: int, repeats: int, root: str) -> dict[str, Any]:

@@ -421,13 +421,16 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, loss: torch.T
 
 
 def plain_lm_epoch(model: PlainLM, optimizer: torch.optim.Optimizer, streams: torch.Tensor, bptt: int,
-                   precision: str = "32-true") -> Timing:
-    """Truncated BPTT over contiguous streams (kept where the model is), state detached between windows.
+                   precision: str = "32-true", device: str | None = None) -> Timing:
+    """Truncated BPTT over contiguous streams, state detached between windows.
 
-    Under ``bf16-mixed`` autocast wraps the forward pass and the loss, as Lightning's plugin wraps
-    ``training_step`` (``scripts/bench_gpu.py``).
+    ``device``: where the model is, when the streams are on the host: each window is then copied there
+    (from pinned memory, without waiting), as lstmkit's dataloader hands over each batch; the plain loop
+    must not skip the copy that lstmkit pays (``scripts/bench_gpu.py``). Under ``bf16-mixed`` autocast
+    wraps the forward pass and the loss, as Lightning's plugin wraps ``training_step``.
     """
-    device = streams.device.type
+    device = device or streams.device.type
+    copy = streams.device.type != device
     if device == "cuda":
         torch.cuda.synchronize()
     start = time.perf_counter()
@@ -435,6 +438,8 @@ def plain_lm_epoch(model: PlainLM, optimizer: torch.optim.Optimizer, streams: to
     state = None
     for i in range(0, streams.shape[1] - 1, bptt):
         x, y = streams[:, i : i + bptt], streams[:, i + 1 : i + 1 + bptt]
+        if copy:
+            x, y = x.contiguous().to(device, non_blocking=True), y.contiguous().to(device, non_blocking=True)
         with torch.autocast(device, dtype=torch.bfloat16, enabled=precision == "bf16-mixed"):
             logits, state = model(x, state)
             loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
