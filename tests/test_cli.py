@@ -303,3 +303,28 @@ def test_a_predict_error_in_a_row_does_not_question_the_checkpoint() -> None:
         StockDataModule.make_predict_batch(dm.spec, [str(short)])
     assert "has 5 rows; the model reads windows of 8 days" in str(caught.value)
     assert "model of task" not in str(caught.value)
+
+
+def test_nested_list_inputs_are_plain_and_outputs_are_written_whole(tmp_path, monkeypatch) -> None:
+    """input=[[...]] reached json.dumps as OmegaConf ListConfigs after the predictions were made; an
+    output file cut short by a full disk or a kill replaced the earlier complete one."""
+    import os
+
+    from omegaconf import OmegaConf
+
+    from lstmkit.commands.common import write_atomic
+    from lstmkit.commands.predict import collect_inputs_and_origins
+
+    inputs, _ = collect_inputs_and_origins(OmegaConf.create({"input": [[0.1, 0.2], [0.3, 0.4]]}))
+    assert inputs == [[0.1, 0.2], [0.3, 0.4]] and all(type(i) is list for i in inputs)
+    json.dumps(inputs)
+    out = tmp_path / "pred.jsonl"
+    write_atomic(out, "complete\n")
+
+    def fail(*args):
+        raise OSError(27, "File too large")
+
+    monkeypatch.setattr(os, "replace", fail)
+    with pytest.raises(OSError):
+        write_atomic(out, "new, but cut short\n")
+    assert out.read_text() == "complete\n" and sorted(p.name for p in tmp_path.iterdir()) == ["pred.jsonl"]

@@ -488,6 +488,16 @@ def test_unsupervised_preset_trains_in_process_and_stores_its_threshold(make_cfg
     assert {"score_histogram.png", "roc_curve.png"} <= {p.name for p in (tmp_path / "plots").iterdir()}
 
 
+def test_the_sanity_check_does_not_choose_the_threshold(make_cfg, tmp_path: Path) -> None:
+    """The sanity check's two batches ran as fitting: the untrained model's threshold was stored, and
+    kept when no real validation followed (check_val_every_n_epoch, max_time)."""
+    cfg = make_cfg(["task=ecg", *TINY, *QUICK, "logger=none", "trainer.num_sanity_val_steps=2",
+                    "trainer.check_val_every_n_epoch=2", "test=false"])
+    train(cfg)
+    model = load_model(tmp_path / "checkpoints" / "last.ckpt")
+    assert float(model.head.threshold) == 0.5  # the initial one: no validation epoch has chosen one
+
+
 @pytest.mark.parametrize("pos_weight", [None, 2.0])
 def test_anomaly_head_refuses_to_train_on_a_split_of_one_kind(pos_weight: float | None) -> None:
     """Refused when training starts, whatever pos_weight is; such a head still loads (eval of an old

@@ -265,7 +265,9 @@ class SequenceModel(L.LightningModule):
         self.reset_state("val")
         # heads learn decision values (an anomaly threshold) on the validation split while fitting
         # only: ``lstmkit eval split=val`` scores the stored ones, as test and predict do
-        self.head.fitting = self.trainer.state.fn == TrainerFn.FITTING
+        # (not the sanity check's batches: they would choose it from the untrained model's scores, and it
+        # would stay whenever no real validation followed: check_val_every_n_epoch, max_time)
+        self.head.fitting = self.trainer.state.fn == TrainerFn.FITTING and not self.trainer.sanity_checking
 
     def on_test_epoch_start(self) -> None:
         self.reset_state("test")

@@ -12,11 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from lstmkit.build import build, check_target
 from lstmkit.checkpoints import checkpoint_paths, load_models
-from lstmkit.commands.common import apply_decoding, check_torch_device, int_option, plain
+from lstmkit.commands.common import apply_decoding, check_torch_device, int_option, plain, write_atomic
 from lstmkit.data.text import csv_records, jsonl_records, read_text
 from lstmkit.errors import ConfigError, DataError, LstmkitError
 from lstmkit.types import DataSpec
@@ -47,7 +47,7 @@ def collect_inputs_and_origins(cfg: DictConfig, text_column: str | None = None, 
     inputs: list[Any] = []
     origins: list[tuple[str, int]] = []
     if cfg.get("input") is not None:
-        raw = cfg.input
+        raw = OmegaConf.to_container(cfg.input) if OmegaConf.is_config(cfg.input) else cfg.input  # nested: lists
         inputs.extend(list(raw) if not isinstance(raw, (str, int, float)) else [raw])
         origins += [("input", i) for i in range(1, len(inputs) + 1)]
     table = Path(str(cfg.get("input_file") or "")).suffix.lower()
@@ -218,7 +218,7 @@ def predict(cfg: DictConfig) -> list[dict[str, Any]]:
         output = Path(cfg.output).expanduser()
         try:
             output.parent.mkdir(parents=True, exist_ok=True)
-            output.write_text("\n".join(lines) + "\n", encoding="utf-8")
+            write_atomic(output, "\n".join(lines) + "\n")
         except OSError as err:
             raise ConfigError(f"output={cfg.output}: cannot write it ({err.strerror or err})") from None
     return results

@@ -223,9 +223,11 @@ class SpectrogramEncoder(nn.Module):
             factor = self.speed_factors[int(torch.randint(len(self.speed_factors), ()))]
             if factor != 1.0:
                 inputs, lengths = self._play_at(inputs, lengths, factor)
-        if inputs.shape[-1] <= self.n_fft // 2:  # a batch of clips shorter than half a window (predict of
-            # one short clip): the STFT's reflect padding needs more samples; zeros, then each clip's own tail
-            inputs = nn.functional.pad(inputs, (0, self.n_fft // 2 + 1 - inputs.shape[-1]))
+        # room after the longest clip for its own reflected tail (_reflect_tails), and for the STFT's reflect
+        # padding when a batch is shorter than half a window (predict of one short clip). Always, not only
+        # then: a branch on the shape is frozen by torch.jit.trace at the traced length, and the exported
+        # model failed on short clips that the eager one took. The extra frame is beyond every length.
+        inputs = nn.functional.pad(inputs, (0, self.n_fft // 2 + 1))
         inputs = self._reflect_tails(inputs, lengths)
         if self.training and self.vtlp:
             feats = self._warped_features(inputs)
@@ -384,9 +386,10 @@ class SpectrogramEncoder(nn.Module):
     def _stack(self, feats: torch.Tensor) -> torch.Tensor:
         batch, steps, size = feats.shape
         out_steps = -(-steps // self.stride)
-        needed = (out_steps - 1) * self.stride + self.stack
-        padded = nn.functional.pad(feats, (0, 0, 0, max(0, needed - steps)))  # zero frames at the end
-        windows = padded.unfold(1, self.stack, self.stride)  # (B, T', F, stack)
+        # zero frames at the end, enough for any length, then the windows cut to ceil(steps / stride): a pad
+        # computed with Python's max() would be frozen by torch.jit.trace at the traced length
+        padded = nn.functional.pad(feats, (0, 0, 0, self.stack + self.stride))
+        windows = padded.unfold(1, self.stack, self.stride)[:, :out_steps]  # (B, T', F, stack)
         return windows.transpose(2, 3).reshape(batch, out_steps, size * self.stack)
 
 
