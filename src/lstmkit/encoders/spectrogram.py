@@ -226,13 +226,15 @@ class SpectrogramEncoder(nn.Module):
         # room after the longest clip for its own reflected tail (_reflect_tails), and for the STFT's reflect
         # padding when a batch is shorter than half a window (predict of one short clip). Always, not only
         # then: a branch on the shape is frozen by torch.jit.trace at the traced length, and the exported
-        # model failed on short clips that the eager one took. The extra frame is beyond every length.
+        # model failed on short clips that the eager one took. The frames the padding adds are cut below.
+        samples = inputs.shape[-1]
         inputs = nn.functional.pad(inputs, (0, self.n_fft // 2 + 1))
         inputs = self._reflect_tails(inputs, lengths)
         if self.training and self.vtlp:
             feats = self._warped_features(inputs)
         else:
             feats = self.frontend(inputs)  # (B, F, T)
+        feats = feats[..., : samples // self.hop + 1]  # the frames of the batch as given (a traced size)
         if self.log_mel:
             feats = torch.log(feats + 1e-6)
         frames = torch.div(lengths.to(feats.device), self.hop, rounding_mode="floor") + 1
