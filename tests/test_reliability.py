@@ -674,3 +674,14 @@ def test_a_fixed_folder_used_again_without_resume_is_said(make_cfg, caplog) -> N
         train(make_cfg(run))
     assert re.search(r"already holds checkpoints of an earlier run \(best\.ckpt, last\.ckpt\).*resume=true",
                      caplog.text)
+
+
+def test_a_typo_in_a_group_sweep_gets_a_suggestion() -> None:
+    """-m optimizer=adamw,sgdd: the first choice composed, so only Hydra's "Could not find" was printed."""
+    hint = suggest_override(config_dir(), "train", ["-m", "optimizer=adamw,sgdd", "model.hidden_size=8"])
+    assert hint == ("optimizer=sgdd in the sweep is no optimizer choice: did you mean optimizer=sgd? "
+                    "(optimizer options: adam, adamw, sgd)")
+    hint = suggest_override(config_dir(), "train", ["task=ecg,stok"])
+    assert hint is not None and "did you mean task=stock?" in hint
+    assert suggest_override(config_dir(), "train", ["task=ecg,stock", "model.hiden_size=8"]).startswith(
+        "did you mean model.hidden_size?")  # a valid sweep: the hint is for the real typo

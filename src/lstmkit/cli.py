@@ -251,9 +251,10 @@ def _report_broken_sweep(command: str) -> None:
     if not (sweep_dir / "multirun.yaml").is_file():  # Hydra failed before the sweep had a folder
         return
     died = close_broken_sweep(sweep_dir)
-    print(f"lstmkit {command}: error: the sweep stopped: {died} job(s) died without a result (a worker process "
-          f"killed, e.g. by the out-of-memory killer); the jobs so far are in {sweep_dir / 'summary.md'}; the same "
-          "command with resume=true runs the rest", file=sys.stderr)
+    why = (f"{died} job(s) died without a result (a worker process killed, e.g. by the out-of-memory killer)"
+           if died else "see the error above")
+    print(f"lstmkit {command}: error: the sweep stopped: {why}; the jobs so far are in {sweep_dir / 'summary.md'}; "
+          "the same command with resume=true runs the rest", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> Any:

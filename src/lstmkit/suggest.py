@@ -47,6 +47,9 @@ def suggest_override(config_dir: str, config_name: str, args: list[str]) -> str 
             for override in overrides:
                 if override.is_hydra_override():
                     continue
+                unknown = _unknown_sweep_choice(override, loader.get_group_options)
+                if unknown:  # -m optimizer=adamw,sgdd: the first choice composes, a later one does not
+                    return unknown
                 candidate = _first_value(override)
                 try:
                     cfg = compose(config_name=config_name, overrides=[*accepted, candidate])
@@ -60,6 +63,22 @@ def suggest_override(config_dir: str, config_name: str, args: list[str]) -> str 
         return None
     finally:
         GlobalHydra.instance().clear()
+    return None
+
+
+def _unknown_sweep_choice(override: Any, group_options_of: Any) -> str | None:
+    """The hint for a config-group sweep (``task=ecg,stok``) with a choice that is no option."""
+    key = override.key_or_group
+    if not override.is_sweep_override() or "." in key or override.is_delete():
+        return None
+    options = group_options_of(key)
+    if not options:
+        return None
+    for choice in override.sweep_string_iterator():
+        if choice not in options:
+            guess = _close(choice, options)
+            return (f"{key}={choice} in the sweep is no {key} choice"
+                    + (f": did you mean {key}={guess}?" if guess else "") + f" ({key} options: {', '.join(options)})")
     return None
 
 
