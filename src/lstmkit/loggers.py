@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import logging
 from pathlib import Path
 
@@ -10,6 +11,8 @@ from lightning.fabric.loggers.logger import rank_zero_experiment
 from lightning.pytorch.loggers import CSVLogger as _CSVLogger
 from lightning.pytorch.loggers import Logger, TensorBoardLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+
+from lstmkit.files import write_atomic
 
 log = logging.getLogger("lstmkit")
 
@@ -33,10 +36,9 @@ def trim_csv_logs(run_dir: str | Path, ckpt_path: str | Path, step: int) -> None
         at = rows[0].index("step")
         kept = [rows[0], *(r for r in rows[1:] if not (len(r) > at and r[at].isdigit() and int(r[at]) >= step))]
         if len(kept) < len(rows):
-            partial = path.with_name(path.name + ".part")  # written whole, then swapped in: a kill mid-write
-            with partial.open("w", newline="") as fh:    # leaves the old file, not half of it
-                csv.writer(fh).writerows(kept)
-            partial.replace(path)
+            text = io.StringIO()
+            csv.writer(text).writerows(kept)
+            write_atomic(path, text.getvalue())  # a kill mid-write leaves the old file, not half of it
             log.info("%s: dropped %d row(s) of step %d on, which this resume trains again", path,
                      len(rows) - len(kept), step)
 

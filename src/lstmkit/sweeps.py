@@ -22,6 +22,8 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from lstmkit.files import write_atomic
+
 # overrides whose sweep changes the task, and with it ${task_name}
 _TASK_KEYS = {"task", "experiment", "task_name"}
 MIXED_SWEEP = "multitask"
@@ -72,9 +74,7 @@ def write_result(out_dir: str | Path, overrides: list[str], monitor: str | None,
     path.parent.mkdir(parents=True, exist_ok=True)
     # written whole, then renamed: a worker killed mid-write (stop_workers after its grace period)
     # leaves no half a record, and "result.json exists" means the job has recorded itself
-    partial = path.with_name(f".result.json.{os.getpid()}")
-    partial.write_text(json.dumps(record, indent=2) + "\n")
-    os.replace(partial, path)
+    write_atomic(path, json.dumps(record, indent=2) + "\n")
 
 
 def summarise_sweep(sweep_dir: str | Path) -> list[dict[str, Any]]:
@@ -196,15 +196,13 @@ def close_broken_sweep(sweep_dir: str | Path) -> int:
     Why: Hydra ended such a sweep with the launcher's traceback, before ``on_multirun_end``: no
     summary, and the jobs that had finished were listed nowhere.
     """
-    from omegaconf import OmegaConf as _OmegaConf
-
     sweep_dir = Path(sweep_dir)
     died = 0
     for job in sorted(p for p in sweep_dir.glob("*") if p.is_dir() and p.name.isdigit()):
         if (job / "result.json").exists():
             continue
         overrides_file = job / ".hydra" / "overrides.yaml"
-        overrides = [str(o) for o in _OmegaConf.load(overrides_file)] if overrides_file.exists() else []
+        overrides = [str(o) for o in OmegaConf.load(overrides_file)] if overrides_file.exists() else []
         write_result(job, overrides, None, None, None, status="failed",
                      error="its process died without recording a result (killed by a signal: out of memory?)")
         died += 1

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import typing
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,6 +22,7 @@ from rich.console import Console
 from rich.table import Table
 
 from lstmkit.errors import ConfigError, LstmkitError
+from lstmkit.files import write_atomic
 
 log = logging.getLogger("lstmkit")
 
@@ -181,17 +181,6 @@ def scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
 
 
 @rank_zero_only
-def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to a side file, then move it into place: a kill, a full disk or a size limit mid-write
-    leaves the earlier file whole (or none), never half of the new one."""
-    partial = path.with_name(f".{path.name}.{os.getpid()}.part")
-    try:
-        partial.write_text(text, encoding="utf-8")
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
-
-
 def report(metrics: dict[str, float], out_dir: str | Path | None, title: str = "metrics") -> None:
     """Print the final metrics table and write ``metrics.json`` into the run directory."""
     table = Table()

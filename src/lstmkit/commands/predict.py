@@ -16,9 +16,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from lstmkit.build import build, check_target
 from lstmkit.checkpoints import checkpoint_paths, load_models
-from lstmkit.commands.common import apply_decoding, check_torch_device, int_option, plain, write_atomic
+from lstmkit.commands.common import apply_decoding, check_torch_device, int_option, plain
 from lstmkit.data.text import csv_records, jsonl_records, read_text
 from lstmkit.errors import ConfigError, DataError, LstmkitError
+from lstmkit.files import write_atomic
 from lstmkit.types import DataSpec
 
 log = logging.getLogger(__name__)

@@ -379,7 +379,7 @@ def train(cfg: DictConfig) -> float | None:
         raise ConfigError(f"train=false with {'ckpt_path=' + str(cfg.ckpt_path) if cfg.get('ckpt_path') else 'resume=true'}: "
                           "train=false tests the model this config builds, untrained; to score a checkpoint use "
                           "lstmkit eval ckpt_path=... (split=val for its val split)")
-    ckpt_path = resolve_ckpt_path(requested, cfg) if cfg.get("train", True) else None
+    ckpt_path = resolve_ckpt_path(requested, cfg)
     resumed = read_checkpoint(ckpt_path) if ckpt_path else None  # read once: its seed, checked, its W&B run id
     if not ckpt_path and cfg.get("train", True) and HydraConfig.initialized():
         folder = Path(HydraConfig.get().runtime.output_dir) / "checkpoints"

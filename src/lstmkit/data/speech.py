@@ -362,12 +362,18 @@ class Utterance:
     wave: np.ndarray | None = None
 
 
+def _clip(utt: Utterance) -> object:
+    """What makes two utterances the same clip: a manifest's file (it may list one twice); any other
+    utterance is its own (generated ones share the source "<generated>")."""
+    return utt.source if utt.row is not None else id(utt)
+
+
 def _take_shuffled(utterances: list[Utterance], count: int, rng: random.Random) -> tuple[list[Utterance], list[Utterance]]:
     """About ``count`` utterances drawn at random, and the rest, with the rows of one clip (a manifest
     that lists it twice) kept on the same side. Without repeats: exactly ``rng.shuffle`` and a cut."""
     groups: dict[object, list[Utterance]] = {}
-    for utt in utterances:  # only a manifest can list a clip twice (generated clips share a "source")
-        groups.setdefault(utt.source if utt.row is not None else id(utt), []).append(utt)
+    for utt in utterances:
+        groups.setdefault(_clip(utt), []).append(utt)
     order = list(groups.values())
     rng.shuffle(order)
     taken: list[Utterance] = []
@@ -566,9 +572,9 @@ class SpeechDataModule(SequenceDataModule):
     def _check_repeated_files(self, utterances: list[Utterance], manifest: Path) -> None:
         """A clip listed twice: an error when its rows disagree (two transcripts, or two splits: the
         test set would score a clip the model trained on), else a warning (it counts twice)."""
-        rows: dict[str, list[Utterance]] = {}
+        rows: dict[object, list[Utterance]] = {}
         for utt in utterances:
-            rows.setdefault(utt.source, []).append(utt)
+            rows.setdefault(_clip(utt), []).append(utt)
         repeated = {file: utts for file, utts in rows.items() if len(utts) > 1}
         for file, utts in repeated.items():
             first = utts[0]
