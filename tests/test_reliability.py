@@ -668,7 +668,8 @@ def test_a_fixed_folder_used_again_without_resume_is_said(make_cfg, caplog) -> N
 
     run = ["data.num_examples=120", "data.batch_size=16", "model.hidden_size=8", "encoder.dim=8", "logger=none",
            "trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.enable_progress_bar=false", "test=false"]
-    train(make_cfg(run))
+    with caplog.at_level(logging.WARNING, logger="lstmkit"):  # a fresh folder: nothing to say
+        train(make_cfg(run))
     assert "already holds checkpoints" not in caplog.text
     with caplog.at_level(logging.WARNING, logger="lstmkit"):
         train(make_cfg(run))
