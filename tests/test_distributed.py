@@ -83,18 +83,22 @@ def test_ddp_evaluation_equals_single_process_exactly(single_and_ddp_runs: tuple
         assert two[key] == pytest.approx(one[key], abs=1e-6), key
 
 
+@pytest.mark.parametrize("precision", ["bf16-mixed", "64-true"])
 @pytest.mark.parametrize("task", ["sentiment", "next_word", "stock", "speech", "ecg"])
-def test_bf16_mixed_precision_runs_every_task(make_cfg, task: str) -> None:
-    """The autocast path of ``trainer=gpu`` (bf16-mixed), exercised on CPU, where Lightning supports it.
+def test_other_precisions_run_every_task(make_cfg, task: str, precision: str) -> None:
+    """The autocast path of ``trainer=gpu`` (bf16-mixed), exercised on CPU, where Lightning supports it,
+    and float64 weights (64-true, e.g. for gradient checks).
 
     Packing, the heads' losses (CTC included) and the metrics must accept bf16 activations; the
-    CUDA kernels themselves can only be measured on a GPU machine.
+    CUDA kernels themselves can only be measured on a GPU machine. Under 64-true the encoders of
+    the waveform, price and beat tasks cast their input to float32 and the LSTM refused it (a
+    review found it), and the language model's per-band metric refused float64 losses.
     """
     import math
 
     from lstmkit.commands.train import train
 
-    cfg = make_cfg([f"task={task}", "debug=fdr", "trainer.precision=bf16-mixed", "logger=none",
+    cfg = make_cfg([f"task={task}", "debug=fdr", f"trainer.precision={precision}", "logger=none",
                     "trainer.enable_progress_bar=false"])
     train(cfg)
     metrics = json.loads((Path(cfg.hydra.runtime.output_dir) / "metrics.json").read_text())

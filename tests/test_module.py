@@ -15,6 +15,7 @@ from lstmkit.core import summarise
 from lstmkit.data.sentiment import SentimentDataModule
 from lstmkit.errors import CheckpointError, ConfigError
 from lstmkit.module import SequenceModel
+from lstmkit.types import DataSpec
 
 from .conftest import QUICK, shared_data
 
@@ -358,6 +359,34 @@ def test_reviewed_config_mistakes_are_one_line_errors(make_cfg, tiny_datamodule,
             train(make_cfg([*TINY_DATA, *QUICK, "logger=none", *override.split()]))
     with pytest.raises(ConfigError, match=r"train=false with ckpt_path=.*lstmkit eval ckpt_path"):
         train(make_cfg([*TINY_DATA, *QUICK, "logger=none", "train=false", f"ckpt_path={tmp_path / 'x.ckpt'}"]))
+
+
+@pytest.mark.parametrize("override, message", [
+    ("encoder.dropout=-0.1", r"encoder\.dropout=-0\.1: expected a probability in \[0, 1\)"),
+    ("head.dropout=-0.3", r"head\.dropout=-0\.3: expected a probability"),
+    ("model.dropout=-0.2", r"model\.dropout=-0\.2: expected a probability"),
+    ("head.label_smoothing=2", r"head\.label_smoothing=2: expected a probability"),
+    ("head.class_weights=[1.0]", r"head\.class_weights has 1 values for 2 classes"),
+])
+def test_out_of_range_rates_are_refused_when_the_model_is_built(make_cfg, tiny_datamodule, override, message) -> None:
+    """A negative dropout trained silently without dropout (the layers are added only when p > 0), and
+    label smoothing above 1 failed at the first step with torch's traceback (a review found both)."""
+    with pytest.raises(ConfigError, match=message):
+        build_model(make_cfg([*TINY_DATA, override]), tiny_datamodule)
+
+
+def test_head_options_checked_only_by_torch_are_refused_up_front() -> None:
+    from lstmkit.heads.ctc import CTCHead
+    from lstmkit.heads.regression import RegressionHead
+
+    target = {"feature": 0, "shift": [0.0], "scale": [1.0]}
+    with pytest.raises(ConfigError, match=r"head\.huber_delta=0: expected a positive delta"):
+        RegressionHead(DataSpec(input_kind="features", num_features=1, normaliser={"target": target}),
+                       in_features=4, loss="huber", huber_delta=0)
+    spec = DataSpec(input_kind="waveform", sample_rate=8000, classes=["<blank>", "a", "b"], blank_id=0)
+    for beam in (0, -1):  # 0 fell back to 8 silently; -1 decoded every utterance to nothing
+        with pytest.raises(ConfigError, match=rf"head\.beam_size={beam}: expected at least 1"):
+            CTCHead(spec, in_features=4, decoder="beam", beam_size=beam)
 
 
 def test_one_cycle_keeps_the_optimizers_momentum_unless_asked_to_cycle_it() -> None:

@@ -245,10 +245,11 @@ def test_head_shapes_loss_ignores_padding_and_decodes_top_k() -> None:
     expected = F.cross_entropy(logits[keep], targets[keep])
     torch.testing.assert_close(head.loss(logits, batch.lengths, batch), expected)
 
+    logits[1, 2, 0] = 3.0  # mass on <pad>: left out, and the other words' probabilities sum to 1 (a review)
     decoded = head.decode(logits, torch.tensor([5, 3]))
-    probs = logits[1, 2].softmax(-1)
-    probs[0] = 0
+    probs = logits[1, 2, 1:].softmax(-1)
     top = probs.topk(3)
+    top.indices.add_(1)
     assert decoded[1]["next_words"] == [spec.vocab[i] for i in top.indices]
     assert decoded[1]["probabilities"] == [round(float(p), 4) for p in top.values]
     assert all(PAD not in d["next_words"] and d["probabilities"] == sorted(d["probabilities"], reverse=True)

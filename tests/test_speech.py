@@ -444,6 +444,39 @@ def test_vtlp_warps_formants_in_training_only(features: str, monkeypatch: pytest
         SpectrogramEncoder(SPEC, vtlp=0.7)
 
 
+def test_channel_perturbation_tilts_and_adds_noise_in_training_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    torch.manual_seed(0)
+    t = torch.arange(8000) / SR
+    x = torch.zeros(2, 8000)
+    x[0], x[1, 1000:5000] = torch.sin(2 * math.pi * 300.0 * t), torch.sin(2 * math.pi * 300.0 * t[:4000])
+    lengths = torch.tensor([8000, 6000])
+    plain = SpectrogramEncoder(SPEC, n_mels=20, trim_db=30).eval()
+    noisy = SpectrogramEncoder(SPEC, n_mels=20, trim_db=30, tilt=0.5, noise_snr=[10, 10])
+    reference, reference_len = plain(x, lengths)
+    torch.testing.assert_close(noisy.eval()(x, lengths)[0], reference)  # eval: untouched
+    noisy.train()
+    wave = noisy._perturb_channel(x, lengths)
+    assert torch.all(wave[1, 6000:] == 0)  # the padding stays exactly zero
+    only_noise = SpectrogramEncoder(SPEC, noise_snr=[10, 10]).train()._perturb_channel(x, lengths)
+    for row, n in enumerate(lengths.tolist()):  # the noise sits 10 dB under the utterance's mean power
+        snr = 10 * torch.log10(x[row, :n].pow(2).mean() / (only_noise[row, :n] - x[row, :n]).pow(2).mean())
+        assert abs(float(snr) - 10.0) < 0.3
+    # the trimming reads the clean waveform: the same frames kept in training as at evaluation
+    _, train_len = noisy(x, lengths)
+    assert torch.equal(train_len, reference_len)
+    # the tilt: a = +0.5 (rand = 1) dampens a low tone, a = -0.5 (rand = 0) boosts it (|1 - a e^-jw| at 300 Hz)
+    monkeypatch.setattr(torch, "rand", lambda *shape, **kw: torch.tensor([[1.0], [0.0]]))
+    tilted = SpectrogramEncoder(SPEC, tilt=0.5).train()._perturb_channel(x[:1].repeat(2, 1), lengths[:1].repeat(2))
+    gain = tilted[:, 100:].pow(2).mean(-1) / x[0, 100:].pow(2).mean()
+    w = 2 * math.pi * 300.0 / SR
+    expected = [abs(1 - a * complex(math.cos(w), -math.sin(w))) ** 2 for a in (0.5, -0.5)]
+    assert gain.tolist() == pytest.approx(expected, rel=0.01)
+    with pytest.raises(ConfigError, match="encoder.tilt"):
+        SpectrogramEncoder(SPEC, tilt=1.5)
+    with pytest.raises(ConfigError, match="encoder.noise_snr"):
+        SpectrogramEncoder(SPEC, noise_snr=[40, 10])
+
+
 def test_silence_trimming_and_peak_level():
     torch.manual_seed(0)
     word = torch.from_numpy(tone(0.3, 500.0)).float() * 0.5

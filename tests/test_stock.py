@@ -291,6 +291,32 @@ def test_mase_is_scale_free_across_tickers() -> None:
     assert float(one.compute()) == pytest.approx((0.5 + 0.5) / (0.5 + 0.5))
 
 
+def test_forecast_figure_quotes_the_logged_mase(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The plot's title gave the ratio of the pooled next-step MAEs, labelled MASE, which is not the
+    logged test/mase (a review: 0.238 in the title against 0.867 logged for a $1,000 and a $10
+    ticker). It now quotes the metric as computed for logging."""
+    from lstmkit.heads import regression
+
+    spec = DataSpec(input_kind="features", num_features=1,
+                    normaliser={"target": {"feature": 0, "shift": [0.0], "scale": [1.0], "name": "close"}})
+    head = RegressionHead(spec, in_features=4)
+    metrics = head.figure_metrics()
+    forecast, naive, actual = [[1012.0], [996.0], [10.01], [9.8]], [[990.0], [1000.0], [9.9], [10.0]], \
+        [[1000.0], [1001.0], [10.0], [9.9]]
+    for name, values in (("forecast", forecast), ("naive", naive), ("actual", actual)):
+        metrics[name].update(torch.tensor(values))
+    logged = regression.MeanAbsoluteScaledError()
+    logged.update(torch.tensor(forecast), torch.tensor(naive), torch.tensor(actual), torch.tensor(naive)[:, 0])
+    titles = []
+    original = regression.forecast_figure
+    monkeypatch.setattr(regression, "forecast_figure",
+                        lambda *a: titles.append(original(*a).axes[0].get_title()) or "fig")
+    assert head.figures(metrics) == {"forecast": "fig"}
+    assert f"MASE {float(logged.compute()):.3f}" in titles[0]
+    pooled = (12 + 5 + 0.01 + 0.1) / (10 + 1 + 0.1 + 0.1)
+    assert f"{pooled:.3f}" not in titles[0]
+
+
 def test_forecasts_of_a_penny_stock_keep_their_digits() -> None:
     from lstmkit.heads.regression import _rounded
 

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from lstmkit.errors import ConfigError
+from lstmkit.errors import ConfigError, check_probability
 
 State = tuple[torch.Tensor, torch.Tensor]
 POOLINGS = ("none", "last", "mean", "max")
@@ -61,6 +61,7 @@ class LSTMCore(nn.Module):
         kernel: str = "auto",
     ) -> None:
         super().__init__()
+        check_probability(dropout, "model.dropout")
         if kernel not in KERNELS:
             raise ConfigError(f"model.kernel={kernel!r}: expected one of {KERNELS}")
         if stateful and bidirectional:

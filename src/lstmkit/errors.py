@@ -50,6 +50,17 @@ class ConfigError(LstmkitError, ValueError):
     """A configuration value that cannot work (wrong combination, missing device...)."""
 
 
+def check_probability(value: float, option: str) -> float:
+    """``value`` if it is a probability in ``[0, 1)`` (a dropout rate, label smoothing), else a ConfigError.
+
+    Why: the layers take ``[nn.Dropout(p)] if p > 0``, so a negative rate trained silently without
+    dropout, and label smoothing was only checked by torch at the first step, as a traceback.
+    """
+    if not 0.0 <= float(value) < 1.0:
+        raise ConfigError(f"{option}={value}: expected a probability in [0, 1)")
+    return float(value)
+
+
 class CheckpointError(LstmkitError):
     """A file that is not a usable lstmkit checkpoint for the requested command."""
 

@@ -61,7 +61,7 @@ class BeatEncoder(nn.Module):
         self.out_features = self.signal_channels * (2 if difference else 1)
 
     def forward(self, inputs: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = inputs.float()
+        x = inputs.to(torch.get_default_dtype())  # float64 under trainer.precision=64-true (its forward context)
         if x.dim() == 2:
             x = x.unsqueeze(-1)  # (B, T, 1)
         steps = x.shape[1]

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from lstmkit.errors import ConfigError
+from lstmkit.errors import ConfigError, check_probability
 from lstmkit.types import DataSpec
 
 KINDS = ("zscore", "minmax", "log_returns")
@@ -146,6 +146,7 @@ class FeatureEncoder(nn.Module):
         self.projection = (
             nn.Sequential(nn.Linear(spec.num_features, project), nn.GELU()) if project else nn.Identity()
         )
+        check_probability(dropout, "encoder.dropout")
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.out_features = project or spec.num_features
         self.last_inputs: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -156,7 +157,7 @@ class FeatureEncoder(nn.Module):
 
     def forward(self, inputs: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         self._remember(inputs, lengths)
-        x = inputs.float()  # (B, T, F) raw
+        x = inputs.to(torch.get_default_dtype())  # (B, T, F) raw; float64 under trainer.precision=64-true
         if self.normaliser is not None:
             x, lengths = self.normaliser(x, lengths)  # (B, T', F)
         return self.dropout(self.projection(x)), lengths  # (B, T', D)

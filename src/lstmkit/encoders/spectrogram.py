@@ -53,6 +53,14 @@ class SpectrogramEncoder(nn.Module):
        each utterance's spectrum is stretched along the frequency axis by its own random
        factor (formants move as in a shorter or longer vocal tract; tempo and pitch period do
        not), the piecewise-linear warp that keeps the band edges in place;
+       channel perturbation, in training mode only: a random spectral tilt per utterance
+       (``tilt``: ``y[t] = x[t] - a x[t-1]`` with ``a`` drawn in ``[-tilt, tilt]``, up to
+       +-9.5 dB between the lowest and highest frequency at 0.5), as another microphone
+       colours a voice, and white noise at a random signal-to-noise ratio per utterance
+       (``noise_snr``: a ``[low, high]`` range in dB over the utterance's mean power), as
+       another room's noise floor. Per-utterance CMVN removes a fixed colouring anyway, but the
+       global branch of ``normalise=global|both`` keeps it; the silence trimming still reads the
+       waveform before both, as a voice activity detector would;
     1. log-Mel spectrogram (``torchaudio.transforms.MelSpectrogram``, ``log(x + 1e-6)``) or MFCC
        (``torchaudio.transforms.MFCC`` over log-Mels; not dB, whose ``top_db`` clamp would
        depend on the loudest utterance of the batch);
@@ -92,6 +100,10 @@ class SpectrogramEncoder(nn.Module):
             mean/variance normalisation of each coefficient over each utterance's frames, or over
             the training data's frames (running statistics), both side by side (twice the
             features), or none.
+        tilt: largest first-order tilt coefficient, e.g. 0.5 draws ``a`` in ``[-0.5, 0.5]``
+            per utterance (0 = off).
+        noise_snr: ``[low, high]`` signal-to-noise ratios in dB for the added white noise, drawn
+            per utterance (``None`` = off).
         deltas: 0 (off), 1 (add deltas) or 2 (add deltas and delta-deltas); multiplies the
             feature size by ``1 + deltas``.
         freq_mask / time_mask: SpecAugment maximum mask widths (bins / frames; 0 = off),
@@ -139,6 +151,8 @@ class SpectrogramEncoder(nn.Module):
         vtlp: float = 0.0,
         vtlp_boundary: float = 0.8,
         deltas: int = 0,
+        tilt: float = 0.0,
+        noise_snr: list[float] | tuple[float, float] | None = None,
     ) -> None:
         super().__init__()
         if not spec.sample_rate:
@@ -157,6 +171,12 @@ class SpectrogramEncoder(nn.Module):
             size = n_mfcc
         else:
             raise ConfigError(f"encoder.features={features!r}: expected logmel or mfcc")
+        bank = (self.frontend.mel_scale if features == "logmel" else self.frontend.MelSpectrogram.mel_scale).fb
+        empty = (bank.sum(0) == 0).nonzero().flatten().tolist()
+        if empty:  # a band between two FFT bins: constant features (torchaudio only warns)
+            raise ConfigError(f"encoder.n_mels={n_mels}: Mel band(s) {empty} fall between the frequency bins of "
+                              f"encoder.n_fft={n_fft} at {spec.sample_rate} Hz and would be all zeros; use fewer "
+                              "n_mels, a larger n_fft or a higher f_min")
         self.log_mel = features == "logmel"
         self.hop = hop
         modes = {True: "utterance", False: "none", **{m: m for m in ("utterance", "global", "both", "none")}}
@@ -195,6 +215,13 @@ class SpectrogramEncoder(nn.Module):
         if not 0.0 < vtlp_boundary < 1.0:
             raise ConfigError(f"encoder.vtlp_boundary={vtlp_boundary}: expected a share of the band in (0, 1)")
         self.vtlp, self.vtlp_boundary = float(vtlp), float(vtlp_boundary)
+        if not 0.0 <= tilt < 1.0:
+            raise ConfigError(f"encoder.tilt={tilt}: expected a largest tilt coefficient in [0, 1)")
+        if noise_snr is not None and (len(noise_snr) != 2 or not float(noise_snr[0]) <= float(noise_snr[1])):
+            raise ConfigError(f"encoder.noise_snr={list(noise_snr)}: expected [low, high] in dB with low <= high "
+                              "(or null = off)")
+        self.tilt = float(tilt)
+        self.noise_snr = None if noise_snr is None else (float(noise_snr[0]), float(noise_snr[1]))
         self.level, self.preemphasis = level, float(preemphasis)
         self.trim_db, self.trim_margin = trim_db, int(trim_margin)
         self.n_fft = int(n_fft)
@@ -216,7 +243,7 @@ class SpectrogramEncoder(nn.Module):
         return inputs.gather(-1, index.expand(inputs.shape[0], -1))
 
     def forward(self, inputs: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        inputs = inputs.float()
+        inputs = inputs.to(torch.get_default_dtype())  # float64 under trainer.precision=64-true
         if self.level == "peak" or self.preemphasis:
             inputs = self._condition(inputs, lengths)
         if self.training and self.speed_factors:
@@ -228,8 +255,15 @@ class SpectrogramEncoder(nn.Module):
         # then: a branch on the shape is frozen by torch.jit.trace at the traced length, and the exported
         # model failed on short clips that the eager one took. The frames the padding adds are cut below.
         samples = inputs.shape[-1]
+        clean = inputs  # what the silence trimming reads: the waveform before the channel perturbation
+        perturb = self.training and (self.tilt > 0 or self.noise_snr is not None)
+        if perturb:
+            inputs = self._perturb_channel(inputs, lengths)
         inputs = nn.functional.pad(inputs, (0, self.n_fft // 2 + 1))
         inputs = self._reflect_tails(inputs, lengths)
+        heard = inputs
+        if perturb and self.trim_db is not None:
+            heard = self._reflect_tails(nn.functional.pad(clean, (0, self.n_fft // 2 + 1)), lengths)
         if self.training and self.vtlp:
             feats = self._warped_features(inputs)
         else:
@@ -240,7 +274,7 @@ class SpectrogramEncoder(nn.Module):
         frames = torch.div(lengths.to(feats.device), self.hop, rounding_mode="floor") + 1
         frames = frames.clamp(max=feats.shape[-1])
         if self.trim_db is not None:
-            feats, frames = self._trim(inputs, feats, frames)
+            feats, frames = self._trim(heard, feats, frames)
         mask = torch.arange(feats.shape[-1], device=feats.device)[None, :] < frames[:, None]  # (B, T)
         mask = mask[:, None, :]  # (B, 1, T)
         if self.normalise == "utterance":
@@ -290,6 +324,21 @@ class SpectrogramEncoder(nn.Module):
                 self.batches_seen += 1
         scale = torch.rsqrt(self.running_var[None, :, None] + 1e-5)
         return ((feats - self.running_mean[None, :, None]) * scale).to(feats.dtype)
+
+    def _perturb_channel(self, inputs: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """A random tilt and white noise per utterance (``tilt``, ``noise_snr``); the padding stays 0."""
+        batch = inputs.shape[0]
+        valid = torch.arange(inputs.shape[-1], device=inputs.device)[None, :] < lengths.to(inputs.device)[:, None]
+        if self.tilt:
+            a = (torch.rand(batch, 1, device=inputs.device) * 2 - 1) * self.tilt
+            inputs = torch.cat([inputs[:, :1], inputs[:, 1:] - a * inputs[:, :-1]], dim=-1) * valid
+        if self.noise_snr is not None:
+            low, high = self.noise_snr
+            snr = low + (high - low) * torch.rand(batch, 1, device=inputs.device)
+            power = inputs.pow(2).sum(-1, keepdim=True) / lengths.to(inputs.device).clamp(min=1)[:, None]
+            scale = torch.sqrt(power * 10.0 ** (-snr / 10.0))
+            inputs = inputs + torch.randn_like(inputs) * scale * valid
+        return inputs
 
     def _condition(self, inputs: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """DC removal and peak level (``level=peak``), then pre-emphasis; the padding stays 0."""

@@ -34,7 +34,7 @@ from torchmetrics.functional.classification import (
 )
 from torchmetrics.utilities import dim_zero_cat
 
-from lstmkit.errors import ConfigError
+from lstmkit.errors import ConfigError, check_probability
 from lstmkit.heads.base import Head, summary_pooling
 from lstmkit.types import Batch, DataSpec
 
@@ -320,6 +320,7 @@ class AnomalyHead(ScoreHead):
     ) -> None:
         super().__init__(threshold, quantile, initial_threshold=0.5)
         self.pooling = summary_pooling(pooling)
+        check_probability(dropout, "head.dropout")
         layers: list[nn.Module] = [nn.Dropout(dropout)] if dropout > 0 else []
         if hidden:
             layers += [nn.Linear(in_features, hidden), nn.GELU()]
@@ -439,6 +440,7 @@ class ReconstructionHead(ScoreHead):
         self.positions = positions
         decoder_in = in_features + (2 * positions + 1 if positions else 0)
         self.decoder = nn.LSTM(decoder_in, decoder_size, batch_first=True) if target == "same" else None
+        check_probability(dropout, "head.dropout")
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.out_size = decoder_size if target == "same" else in_features
         self.channels = 0

@@ -10,6 +10,7 @@ from torch.nn import functional as F
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix, MulticlassF1Score
 
+from lstmkit.errors import ConfigError, check_probability
 from lstmkit.heads.base import Head, mean_probabilities, summary_pooling
 from lstmkit.types import Batch, DataSpec
 
@@ -44,6 +45,7 @@ class ClassificationHead(Head):
         self.classes = list(spec.classes or [])
         num_classes = spec.num_classes
         self.pooling = summary_pooling(pooling)
+        check_probability(dropout, "head.dropout")
         layers: list[nn.Module] = [nn.Dropout(dropout)] if dropout > 0 else []
         if hidden:
             layers += [nn.Linear(in_features, hidden), nn.GELU()]
@@ -51,10 +53,11 @@ class ClassificationHead(Head):
             in_features = hidden
         layers.append(nn.Linear(in_features, num_classes))
         self.net = nn.Sequential(*layers)
-        self.label_smoothing = label_smoothing
+        self.label_smoothing = check_probability(label_smoothing, "head.label_smoothing")
         weights = torch.tensor(class_weights, dtype=torch.float32) if class_weights else None
         if weights is not None and len(weights) != num_classes:
-            raise ValueError(f"class_weights has {len(weights)} values for {num_classes} classes")
+            raise ConfigError(f"head.class_weights has {len(weights)} values for {num_classes} classes "
+                              f"({self.classes})")
         self.register_buffer("class_weights", weights, persistent=False)
 
     def forward(self, features: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:

@@ -18,7 +18,7 @@ from torchmetrics import Metric, MetricCollection
 from torchmetrics.text import CharErrorRate, WordErrorRate
 
 from lstmkit.data.text import read_text
-from lstmkit.errors import ConfigError, DataError
+from lstmkit.errors import ConfigError, DataError, check_probability
 from lstmkit.heads.base import Head, mean_probabilities
 from lstmkit.types import Batch, DataSpec
 
@@ -257,6 +257,7 @@ class CTCHead(Head):
             raise ConfigError(f"head.too_short={too_short!r}: expected error or skip")
         self.classes = list(spec.classes)
         self.blank = int(spec.blank_id)
+        check_probability(dropout, "head.dropout")
         layers: list[nn.Module] = [nn.Dropout(dropout)] if dropout > 0 else []
         if hidden:
             layers += [nn.Linear(in_features, hidden), nn.GELU()]
@@ -295,6 +296,8 @@ class CTCHead(Head):
             raise ConfigError(f"head.decoder={decoder!r}: expected greedy or beam")
         if lexicon and decoder != "beam":
             raise ConfigError(f"head.lexicon={lexicon!r} needs head.decoder=beam (greedy decoding has no lexicon)")
+        if beam_size is not None and int(beam_size) < 1:  # 0 fell back to 8; a negative one decoded nothing
+            raise ConfigError(f"head.beam_size={beam_size}: expected at least 1 hypothesis per frame")
         self.decoder = decoder
         self.beam_size = int(beam_size or getattr(self, "beam_size", 8))
         self.lexicon = str(lexicon) if lexicon else None

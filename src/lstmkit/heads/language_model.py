@@ -23,7 +23,7 @@ from torchmetrics import MeanMetric, Metric, MetricCollection
 from lstmkit.build import check_target
 from lstmkit.core import LSTMCore
 from lstmkit.data.text import EOS, Subwords
-from lstmkit.errors import ConfigError
+from lstmkit.errors import ConfigError, check_probability
 from lstmkit.heads.base import Head, mean_probabilities
 from lstmkit.heads.losses import IGNORE, linear_cross_entropy
 from lstmkit.types import Batch, DataSpec
@@ -86,7 +86,7 @@ class FrequencyBandLoss(Metric):
         self, nll: torch.Tensor, targets: torch.Tensor, correct: torch.Tensor, valid: torch.Tensor
     ) -> None:
         band = torch.bucketize(targets.clamp(min=0), self.edges, right=True)  # specials -> 0
-        self.nll_sum.scatter_add_(0, band, nll * valid)
+        self.nll_sum.scatter_add_(0, band, (nll * valid).to(self.nll_sum.dtype))  # float64 under 64-true
         self.count.scatter_add_(0, band, valid.to(self.count.dtype))
 
     def compute(self) -> dict[str, torch.Tensor]:
@@ -163,6 +163,7 @@ class LanguageModelHead(Head):
         self.tie_weights = tie_weights
         self.top_k = top_k
         self.fused_loss = fused_loss
+        check_probability(dropout, "head.dropout")
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.projection = nn.Linear(in_features, projection) if projection > 0 else nn.Identity()
         self.adaptive = bool(cutoffs)
@@ -285,8 +286,9 @@ class LanguageModelHead(Head):
         (``previous_words`` for a backward model: the words before the prompt)."""
         rows = torch.arange(len(outputs), device=outputs.device)
         last = outputs.detach()[rows, lengths.to(outputs.device) - 1]  # (B, V) after the last valid step
-        probs = last.float().softmax(dim=-1)
-        probs[:, self.pad_id] = 0.0
+        last = last.float()
+        last[:, self.pad_id] = float("-inf")  # never a next word; the others' probabilities sum to 1, as in generate
+        probs = last.softmax(dim=-1)
         best = probs.topk(min(self.top_k, probs.shape[-1]), dim=-1)
         return [
             {"previous_words" if self.backward else "next_words": [self.vocab[int(i)] for i in ids],

@@ -26,7 +26,7 @@ from torch.nn import functional as F
 from torchmetrics import CatMetric, Metric, MetricCollection
 from torchmetrics.regression import MeanAbsoluteError, MeanAbsolutePercentageError, MeanSquaredError
 
-from lstmkit.errors import ConfigError
+from lstmkit.errors import ConfigError, check_probability
 from lstmkit.heads.base import Head, summary_pooling
 from lstmkit.plots import plt  # the headless (Agg) pyplot
 from lstmkit.types import Batch, DataSpec
@@ -117,6 +117,8 @@ class RegressionHead(Head):
             )
         if loss not in LOSSES:
             raise ConfigError(f"head.loss={loss!r}: expected one of {LOSSES}")
+        if huber_delta <= 0:
+            raise ConfigError(f"head.huber_delta={huber_delta}: expected a positive delta (in scaled target units)")
         self.pooling = summary_pooling(pooling)
         self.feature = int(target["feature"])
         self.relative = bool(target.get("relative", False))
@@ -126,6 +128,7 @@ class RegressionHead(Head):
         self.register_buffer("scale", torch.tensor(target["scale"], dtype=torch.float32), persistent=False)
         self.target_name = str(target.get("name", "value"))
         self.names = list(spec.target_names or [f"{self.target_name}_t+{h + 1}" for h in range(self.horizon)])
+        check_probability(dropout, "head.dropout")
         layers: list[nn.Module] = [nn.Dropout(dropout)] if dropout > 0 else []
         if hidden:
             layers += [nn.Linear(in_features, hidden), nn.GELU()]
@@ -220,8 +223,10 @@ class RegressionHead(Head):
         if not all(isinstance(v, torch.Tensor) and v.numel() for v in values.values()):
             return {}
         forecast, naive, actual = (values[k].reshape(-1, self.horizon).cpu() for k in ("forecast", "naive", "actual"))
+        mase = MeanAbsoluteScaledError()  # the title quotes the logged test/mase: scale free, every step
+        mase.update(forecast, naive, actual, naive[:, 0])
         return {"forecast": forecast_figure(forecast[:, 0], naive[:, 0], actual[:, 0], self.names[0],
-                                            self.plot_points)}
+                                            self.plot_points, float(mase.compute()))}
 
     # -- predict --------------------------------------------------------------------------
     def decode(
@@ -263,9 +268,15 @@ def contiguous_prefix(naive: torch.Tensor, actual: torch.Tensor) -> int:
 
 
 def forecast_figure(
-    forecast: torch.Tensor, naive: torch.Tensor, actual: torch.Tensor, name: str, max_points: int
+    forecast: torch.Tensor, naive: torch.Tensor, actual: torch.Tensor, name: str, max_points: int,
+    mase: float | None = None,
 ) -> Any:
-    """Forecast vs actual (first series of the test split) and the change scatter (all of it)."""
+    """Forecast vs actual (first series of the test split) and the change scatter (all of it).
+
+    The title gives the next step's MAE (in the target's units, pooled over every test window) and
+    ``mase`` as logged (each window's errors relative to its last value, every horizon step): a
+    ratio of the pooled MAEs, as the title once said, weighs expensive series most.
+    """
     fig, (ax_line, ax_scatter) = plt.subplots(1, 2, figsize=(13, 4.2), gridspec_kw={"width_ratios": [2.2, 1]})
     n = min(contiguous_prefix(naive, actual), max_points)
     steps = range(n)
@@ -277,8 +288,9 @@ def forecast_figure(
     ax_line.legend(loc="best", fontsize=8)
     model_mae = float((forecast - actual).abs().mean())
     naive_mae = float((naive - actual).abs().mean())
-    ax_line.set_title(f"{name}: MAE {model_mae:.4g} vs persistence {naive_mae:.4g} "
-                      f"(MASE {model_mae / max(naive_mae, 1e-12):.3f}, all test windows)")
+    ratio = "" if mase is None else f"; MASE {mase:.3f}"
+    ax_line.set_title(f"{name}: next-step MAE {model_mae:.4g} vs persistence {naive_mae:.4g} "
+                      f"(all test windows{ratio})")
     predicted = 100 * (forecast / naive - 1)
     realised = 100 * (actual / naive - 1)
     ax_scatter.scatter(predicted, realised, s=4, alpha=0.35, color="tab:blue")
