@@ -336,3 +336,27 @@ def test_predict_questions_the_checkpoint_only_for_inputs_of_another_kind(tmp_pa
         code, output = _run(["predict", f"ckpt_path={ckpt}", f"input={name}"], tmp_path)
         assert code == 2 and expect in output, output[-2000:]
         assert (note in output) is of_another_kind, (name, output[-2000:])
+
+
+@pytest.mark.parametrize("override", ["data._target_=lstmkit_no_such_module.DataModule",
+                                      "encoder._target_=lstmkit.encoders.nope.Foo"])
+def test_a_missing_module_is_lstmkits_one_line_alone(override: str, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Hydra's get_object logs each failed lookup ("[hydra.utils][ERROR] - Error getting object at ...",
+    three lines) before raising, and lstmkit looks a target up more than once (the option-type check,
+    then the build): the user read the same failure up to three times before lstmkit's own line, and
+    an encoder's missing module ended in a traceback."""
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    stderr, stdout = io.StringIO(), io.StringIO()  # Hydra's console log handler writes to stdout
+    GlobalHydra.instance().clear()
+    monkeypatch.chdir(tmp_path)
+    with contextlib.redirect_stderr(stderr), contextlib.redirect_stdout(stdout), pytest.raises(SystemExit) as exited:
+        main(["train", override, *FDR, f"hydra.run.dir={tmp_path / 'run'}"])
+    GlobalHydra.instance().clear()
+    output = stderr.getvalue() + stdout.getvalue()
+    assert exited.value.code == 2, output[-3000:]
+    assert "hydra.utils" not in output and "Error getting" not in output and "Traceback" not in output, output
+    mentions = [line for line in output.splitlines() if "No module named" in line]
+    assert len(mentions) == 1 and re.match(r"lstmkit train: error: cannot build the (data|model \(encoder / model / "
+                                           r"head\)) from the config: Error loading '.*': ModuleNotFoundError: No "
+                                           r"module named", mentions[0]), output
