@@ -306,3 +306,57 @@ def test_a_monitor_typo_is_one_line_naming_the_logged_metrics() -> None:
     assert _user_error(raised.value) == ("monitor=val/accc is not a logged metric; the logged ones are "
                                          "`val/loss`, `val/acc`")
     assert _user_error(RuntimeError("something else")) is None
+
+
+def test_predict_questions_the_checkpoint_only_for_inputs_of_another_kind(tmp_path: Path) -> None:
+    """"(the checkpoint ... is a model of task 'speech' ...)" ended the error of a clip that was read as
+    audio and found truncated, empty or holding NaN: it sent the user looking for another checkpoint. A
+    file's row- or content-level error says what is wrong with the file; only an input that is not of
+    the task's kind at all (no such file, not audio) still names the checkpoint's task."""
+    tiny = ["task=speech", "data.num_examples=48", "data.batch_size=8", "model.hidden_size=8", "trainer.max_epochs=1",
+            "trainer.limit_train_batches=1", "trainer.limit_val_batches=1", "test=false", *FDR[1:]]
+    assert _run(["train", *tiny, f"hydra.run.dir={tmp_path / 'run'}"], tmp_path)[0] == 0
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    sf.write(tmp_path / "ok.wav", _tone(), SR)
+    whole = (tmp_path / "ok.wav").read_bytes()
+    _text(tmp_path / "cut.wav", whole[: len(whole) // 2])
+    _text(tmp_path / "odd.wav", whole[:20] + b"\x99\x99" + whole[22:])  # a WAV of a codec that libsndfile lacks
+    sf.write(tmp_path / "nan.wav", np.full(800, np.nan, dtype=np.float32), SR, subtype="FLOAT")
+    sf.write(tmp_path / "empty.wav", np.zeros(0, dtype=np.float32), SR)
+    _text(tmp_path / "notes.wav", "not audio at all\n")
+    note = "is a model of task 'speech', which predicts from wav file paths"
+    for name, expect, of_another_kind in [
+        ("cut.wav", "the file is truncated", False),
+        ("odd.wav", "cannot decode audio", False),
+        ("nan.wav", "sample(s) are not finite numbers", False),
+        ("empty.wav", "clip has no samples", False),
+        ("notes.wav", "cannot decode audio", True),
+        ("what a film", "audio file not found", True),
+    ]:
+        code, output = _run(["predict", f"ckpt_path={ckpt}", f"input={name}"], tmp_path)
+        assert code == 2 and expect in output, output[-2000:]
+        assert (note in output) is of_another_kind, (name, output[-2000:])
+
+
+@pytest.mark.parametrize("override", ["data._target_=lstmkit_no_such_module.DataModule",
+                                      "encoder._target_=lstmkit.encoders.nope.Foo"])
+def test_a_missing_module_is_lstmkits_one_line_alone(override: str, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Hydra's get_object logs each failed lookup ("[hydra.utils][ERROR] - Error getting object at ...",
+    three lines) before raising, and lstmkit looks a target up more than once (the option-type check,
+    then the build): the user read the same failure up to three times before lstmkit's own line, and
+    an encoder's missing module ended in a traceback."""
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    stderr, stdout = io.StringIO(), io.StringIO()  # Hydra's console log handler writes to stdout
+    GlobalHydra.instance().clear()
+    monkeypatch.chdir(tmp_path)
+    with contextlib.redirect_stderr(stderr), contextlib.redirect_stdout(stdout), pytest.raises(SystemExit) as exited:
+        main(["train", override, *FDR, f"hydra.run.dir={tmp_path / 'run'}"])
+    GlobalHydra.instance().clear()
+    output = stderr.getvalue() + stdout.getvalue()
+    assert exited.value.code == 2, output[-3000:]
+    assert "hydra.utils" not in output and "Error getting" not in output and "Traceback" not in output, output
+    mentions = [line for line in output.splitlines() if "No module named" in line]
+    assert len(mentions) == 1 and re.match(r"lstmkit train: error: cannot build the (data|model \(encoder / model / "
+                                           r"head\)) from the config: Error loading '.*': ModuleNotFoundError: No "
+                                           r"module named", mentions[0]), output

@@ -303,6 +303,17 @@ def test_a_predict_error_in_a_row_does_not_question_the_checkpoint() -> None:
         StockDataModule.make_predict_batch(dm.spec, [str(short)])
     assert "has 5 rows; the model reads windows of 8 days" in str(caught.value)
     assert "model of task" not in str(caught.value)
+    header_only = short.with_name("header.csv")  # a price file's header, no rows: the right kind too
+    header_only.write_text("date,open,high,low,close,volume\n")
+    with pytest.raises(DataError, match="no data rows below the header") as caught, input_context("s.ckpt", model, kind):
+        StockDataModule.make_predict_batch(dm.spec, [str(header_only)])
+    assert "model of task" not in str(caught.value)
+    # an error that names a row but says the file is of another kind (bytes, not text) still asks
+    binary = short.with_name("clip.wav")
+    binary.write_bytes(b"RIFF\xff\xfe\x00\x00WAVEfmt ")
+    with pytest.raises(DataError, match=r"row 1: not valid UTF-8 .* is a model of task 'stock'"), \
+            input_context("s.ckpt", model, kind):
+        StockDataModule.make_predict_batch(dm.spec, [str(binary)])
 
 
 def test_nested_list_inputs_are_plain_and_outputs_are_written_whole(tmp_path, monkeypatch) -> None:

@@ -662,6 +662,57 @@ def test_resume_finds_its_own_run_and_never_adopts_another(make_cfg, tmp_path: P
     assert other.exists()
 
 
+def test_resume_reads_each_folder_of_the_logs_once(make_cfg, tmp_path: Path, monkeypatch) -> None:
+    """resume=true globbed ``**/last.ckpt`` and ``**/overrides.yaml`` over two roots: every folder of a
+    large log tree listed twice per resume. One walk finds the same files as those globs did: a
+    ``checkpoints`` or ``.hydra`` folder that is a link is read, a linked run folder is not descended
+    into (as ``**`` does not), a dangling ``last.ckpt`` is not a checkpoint."""
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict, read_write
+
+    from lstmkit.commands.train import resolve_ckpt_path, run_files
+
+    cfg = make_cfg(["trainer.enable_progress_bar=false", "resume=true"])
+    logs = tmp_path / "logs"
+    with read_write(cfg.hydra.runtime), open_dict(cfg.hydra.runtime):
+        cfg.hydra.runtime.output_dir = str(logs / "sentiment" / "runs" / "now")
+    HydraConfig.instance().set_config(cfg)
+    mine = [o for o in cfg.hydra.overrides.task if not o.startswith("resume")]
+    for k in range(6):
+        run = logs / ("multitask" if k == 5 else "sentiment") / "multiruns" / "s" / str(k)
+        (run / ".hydra").mkdir(parents=True)
+        (run / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in mine) + f"- seed={k}\n")
+        (run / "checkpoints").mkdir()
+        (run / "checkpoints" / "last.ckpt").write_bytes(b"x")
+    elsewhere = tmp_path / "scratch"  # checkpoints kept on another disk, linked into a run folder
+    (elsewhere / "ckpts").mkdir(parents=True)
+    (elsewhere / "ckpts" / "last.ckpt").write_bytes(b"x")
+    (elsewhere / "run" / "checkpoints").mkdir(parents=True)
+    (elsewhere / "run" / "checkpoints" / "last.ckpt").write_bytes(b"x")
+    linked = logs / "sentiment" / "runs" / "linked"
+    linked.mkdir(parents=True)
+    (linked / "checkpoints").symlink_to(elsewhere / "ckpts")
+    (logs / "sentiment" / "runs" / "run-link").symlink_to(elsewhere / "run")
+    (logs / "sentiment" / "runs" / "dangling" / "checkpoints").mkdir(parents=True)
+    (logs / "sentiment" / "runs" / "dangling" / "checkpoints" / "last.ckpt").symlink_to(tmp_path / "gone")
+    roots = [logs / "sentiment", logs / "multitask"]
+    checkpoints, overrides = run_files(roots)
+    assert sorted(checkpoints) == sorted(p for r in roots for p in r.glob("**/checkpoints/last.ckpt"))
+    assert sorted(overrides) == sorted(p for r in roots for p in r.glob("**/.hydra/overrides.yaml"))
+    assert linked / "checkpoints" / "last.ckpt" in checkpoints and len(checkpoints) == 7
+
+    listed: list[str] = []
+    scandir = os.scandir
+
+    def counting(path: str | os.PathLike[str] = ".") -> object:
+        listed.append(os.path.realpath(path))
+        return scandir(path)
+
+    monkeypatch.setattr(os, "scandir", counting)
+    resolve_ckpt_path("last", cfg)
+    assert listed and len(listed) == len(set(listed)), sorted(p for p in listed if listed.count(p) > 1)
+
+
 def test_a_fixed_folder_used_again_without_resume_is_said(make_cfg, caplog) -> None:
     """Lightning wrote best-v1.ckpt beside the earlier run's best.ckpt and the CSV went on, silently."""
     from lstmkit.commands.train import train

@@ -8,6 +8,7 @@ checkpoint run any importable callable, so only targets under the allowed prefix
 from __future__ import annotations
 
 import functools
+import logging
 from typing import Any
 
 from hydra.utils import get_object
@@ -15,6 +16,30 @@ from hydra.utils import get_object
 from lstmkit.errors import CheckpointError
 
 ALLOWED_PREFIXES = ("lstmkit.", "torch.optim.")
+
+
+class _FailedLookup(logging.Filter):
+    """Drops the ERROR records of ``hydra.utils`` (its failed lookups) while :func:`locate` runs."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno < logging.ERROR
+
+
+def locate(target: str) -> Any:
+    """``hydra.utils.get_object`` without the ERROR record it logs when the lookup fails.
+
+    Why: the exception is raised to the caller, which turns it into lstmkit's one-line error (or
+    skips the target on purpose, as the option-type check does and the build reports later);
+    Hydra's own record ("[hydra.utils][ERROR] - Error getting object at ...", three lines) printed
+    the same failure before it, once per lookup. Only that logger, only during the lookup.
+    """
+    logger = logging.getLogger("hydra.utils")
+    quiet = _FailedLookup()
+    logger.addFilter(quiet)
+    try:
+        return get_object(target)
+    finally:
+        logger.removeFilter(quiet)
 
 
 def check_target(target: str) -> str:
@@ -35,7 +60,7 @@ def build(component: dict[str, Any], **kwargs: Any) -> Any:
         raise CheckpointError(f"component spec has no _target_: {component}")
     check_target(component["_target_"])
     options = {k: v for k, v in component.items() if not k.startswith("_")}
-    factory = get_object(component["_target_"])
+    factory = locate(component["_target_"])
     if component.get("_partial_", False):
         return functools.partial(factory, **options, **kwargs)
     return factory(**options, **kwargs)

@@ -17,11 +17,19 @@ class LstmkitError(Exception):
 class DataError(LstmkitError):
     """Bad input data: names the file, the row or field, what was found and what was expected.
 
-    ``readable``: the file was read as the kind of data it should be (a price file too short for the
-    window), so ``predict`` does not add that the checkpoint may be of another task.
+    ``readable``: the file was read as the kind of data it should be, and one of its rows or its
+    content is what is wrong (a cell that is no number, a truncated clip, a price file too short
+    for the window), as opposed to a file that is not of the format the task reads at all (a
+    sentence where a price file was expected, a file with none of the columns). ``predict`` adds
+    that the checkpoint may be of another task to the second kind only: said of a right file's
+    bad row, it sends the user looking for another checkpoint. One rule marks them all, so that
+    no reader has to remember a flag: an error that names a row is readable (the file was read
+    row by row); one without a row is readable when raised with ``readable=True``; a row error
+    that says the file is of another format (not UTF-8, a header without the needed columns)
+    passes ``readable=False``.
     """
 
-    readable: bool = False
+    readable: bool
 
     def __init__(
         self,
@@ -29,6 +37,7 @@ class DataError(LstmkitError):
         path: str | Path | None = None,
         row: int | None = None,
         field: str | None = None,
+        readable: bool | None = None,
     ) -> None:
         where = []
         if path is not None:
@@ -40,9 +49,14 @@ class DataError(LstmkitError):
         prefix = ", ".join(where)
         super().__init__(f"{prefix}: {message}" if prefix else message)
         self.message, self.path, self.row, self.field = message, path, row, field
+        self.readable = row is not None if readable is None else readable
 
     def at(self, path: str | Path | None, row: int | None) -> DataError:
-        """The same error, placed elsewhere (e.g. an input's line in the file it came from)."""
+        """The same error, placed elsewhere (e.g. an input's line in the file it came from).
+
+        ``readable`` follows the new place: an input given on the command line (``row=None``) was
+        not read from a file of the task's kind, a line of an ``input_file`` was.
+        """
         return DataError(self.message, path=path, row=row, field=self.field)
 
 

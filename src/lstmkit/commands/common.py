@@ -15,12 +15,13 @@ from typing import Any
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
-from hydra.utils import get_object, instantiate
+from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 
+from lstmkit.build import locate
 from lstmkit.errors import ConfigError, LstmkitError
 from lstmkit.files import write_atomic
 
@@ -83,7 +84,7 @@ def check_option_types(groups: dict[str, dict[str, Any] | None]) -> None:
         if not isinstance(options, dict):
             continue
         try:
-            target = get_object(str(options.get("_target_") or GROUP_CLASSES[group]))
+            target = locate(str(options.get("_target_") or GROUP_CLASSES[group]))
         except Exception:  # noqa: BLE001, S112 - an unknown target is reported when it is built
             continue
         hints = _init_hints(target)
@@ -210,7 +211,9 @@ def config_stage(what: str) -> Iterator[None]:
         yield
     except LstmkitError:
         raise
-    except (TypeError, ValueError, RuntimeError, InstantiationException) as err:  # torch: RuntimeError
+    # torch: RuntimeError; a target whose module (or one of its imports) is missing: ImportError, which
+    # instantiate wraps in an InstantiationException but build() (encoder / head / optimizer) does not
+    except (TypeError, ValueError, RuntimeError, ImportError, InstantiationException) as err:
         root: BaseException = err  # the end of the cause chain: an error of ours, or what says why
         while not isinstance(root, LstmkitError) and root.__cause__ is not None:
             root = root.__cause__

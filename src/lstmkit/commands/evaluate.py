@@ -9,10 +9,10 @@ from typing import Any
 import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.utils import get_class, instantiate
+from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from lstmkit.build import build
+from lstmkit.build import build, locate
 from lstmkit.checkpoints import checkpoint_paths, load_models
 from lstmkit.commands.common import (
     apply_decoding,
@@ -92,7 +92,7 @@ def check_spec_settings(stored: dict[str, Any], overrides: dict[str, Any]) -> No
     ignored without a word, and the scores were not of what was asked for."""
     target = str(stored.get("_target_") or "")
     try:
-        datamodule_cls = get_class(target)
+        datamodule_cls = locate(target)
     except Exception:  # noqa: BLE001 - building the datamodule reports a bad target itself
         return
     fixed = getattr(datamodule_cls, "spec_settings", ())

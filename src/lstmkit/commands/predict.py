@@ -115,8 +115,8 @@ def input_context(ckpt_path: str, model: Any, datamodule_cls: Any) -> Iterator[N
     try:
         yield
     except LstmkitError as err:
-        if isinstance(err, DataError) and (err.row is not None or err.readable):
-            raise  # a file of the right kind was read (and its row named): the checkpoint is not in question
+        if isinstance(err, DataError) and err.readable:
+            raise  # a file of the right kind was read, and a row or its content is wrong: the checkpoint is fine
         task = model.hparams.get("task") or "?"
         raise DataError(
             f"{err} (the checkpoint {ckpt_path} is a model of task {task!r}, which predicts from "

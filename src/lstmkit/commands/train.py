@@ -67,6 +67,23 @@ def job_overrides(overrides: list[str]) -> list[str]:
     return sorted(canonical)
 
 
+def run_files(roots: list[Path]) -> tuple[list[Path], list[Path]]:
+    """Every ``checkpoints/last.ckpt`` and ``.hydra/overrides.yaml`` under ``roots``, in one walk of each.
+
+    Why: ``resume=true`` globbed ``**/checkpoints/last.ckpt`` and ``**/.hydra/overrides.yaml`` over two
+    roots, listing every folder of a large log tree twice. The files are those the globs found: the
+    walk does not descend into linked folders (``**`` does not either), but a ``checkpoints`` or
+    ``.hydra`` folder that is a link is read, and a ``last.ckpt`` link that leads nowhere is not one.
+    """
+    found: dict[str, list[Path]] = {"checkpoints/last.ckpt": [], ".hydra/overrides.yaml": []}
+    for root in roots:
+        for folder, subfolders, _ in os.walk(root):
+            for file, paths in found.items():
+                if file.split("/")[0] in subfolders and (Path(folder) / file).exists():
+                    paths.append(Path(folder) / file)
+    return found["checkpoints/last.ckpt"], found[".hydra/overrides.yaml"]
+
+
 def resolve_ckpt_path(ckpt_path: str | None, cfg: DictConfig) -> str | None:
     """``last`` -> the newest ``last.ckpt`` of an earlier run of this task; a path -> checked.
 
@@ -105,10 +122,10 @@ def resolve_ckpt_path(ckpt_path: str | None, cfg: DictConfig) -> str | None:
                     "before its first epoch ended, or there was none); this run starts afresh", now)
         return None
 
-    candidates = sorted((p for root in roots for p in earlier(root.glob("**/checkpoints/last.ckpt"))),
-                        key=lambda p: p.stat().st_mtime, reverse=True)
+    checkpoints, overrides = run_files(roots)
+    candidates = sorted(earlier(checkpoints), key=lambda p: p.stat().st_mtime, reverse=True)
     mine = job_overrides(list(hydra.overrides.task)) if hydra else None
-    matching = {p.parent.parent for root in roots for p in earlier(root.glob("**/.hydra/overrides.yaml"))
+    matching = {p.parent.parent for p in earlier(overrides)
                 if mine is not None and job_overrides(list(OmegaConf.load(p))) == mine}  # each file read once
     own = [c for c in candidates if c.parent.parent in matching]
     candidates = [c for c in candidates if runs.resolve() in c.resolve().parents]  # the fallback: this task's

@@ -238,19 +238,21 @@ def read_audio(path: str | Path, sample_rate: int) -> tuple[np.ndarray, int, int
         data, rate = sf.read(str(path), dtype="float32", always_2d=True)
     except Exception as err:  # noqa: BLE001 - libsndfile raises several types for bad files
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise DataError(f"cannot decode audio ({first}); expected a WAV/FLAC/OGG file", path=path) from None
+        raise DataError(f"cannot decode audio ({first}); expected a WAV/FLAC/OGG file", path=path,
+                        readable=_audio_container(path)) from None
     declared = wav_declared_frames(path)
     if declared is not None and declared > data.shape[0]:  # libsndfile reads what is there, silently
         raise DataError(f"the file is truncated: its WAV header declares {declared} samples, the file holds "
-                        f"{data.shape[0]} (cut short while copying or writing?)", path=path)
+                        f"{data.shape[0]} (cut short while copying or writing?)", path=path, readable=True)
     if ogg_complete(path) is False:  # libsndfile decodes the pages that are there, silently
         raise DataError(f"the file is truncated: its Ogg stream has no end-of-stream page ({data.shape[0]} samples "
-                        "were decoded from what is there; cut short while copying or writing?)", path=path)
+                        "were decoded from what is there; cut short while copying or writing?)", path=path,
+                        readable=True)
     bad = int(data.size - np.isfinite(data).sum())
     if bad:  # a float WAV can hold NaN / inf: one would turn the whole batch's loss into NaN
         first = int(np.argwhere(~np.isfinite(data))[0][0])
         raise DataError(f"{bad} sample(s) are not finite numbers (NaN or infinity; the first at sample {first}, "
-                        f"{first / rate:.3f} s); expected audio samples", path=path)
+                        f"{first / rate:.3f} s); expected audio samples", path=path, readable=True)
     channels = int(data.shape[1])
     wave = data.mean(axis=1) if channels > 1 else data[:, 0]
     if channels > 1 and wave.size:
@@ -259,7 +261,7 @@ def read_audio(path: str | Path, sample_rate: int) -> tuple[np.ndarray, int, int
         if loudest > 0 and mixed < 0.1 * loudest:  # e.g. one channel wired in opposite phase
             raise DataError(f"its {channels} channels cancel out when mixed down to mono (the mix is "
                             f"{20 * math.log10(max(mixed, 1e-12) / loudest):.0f} dB below the loudest channel: "
-                            "a channel in opposite phase?); save one channel of it", path=path)
+                            "a channel in opposite phase?); save one channel of it", path=path, readable=True)
     if rate != sample_rate and wave.size:
         source = int(rate)
         if source // math.gcd(source, int(sample_rate)) > 1000:
@@ -274,6 +276,16 @@ def read_audio(path: str | Path, sample_rate: int) -> tuple[np.ndarray, int, int
     result = (np.ascontiguousarray(wave, dtype=np.float32), channels, int(rate))
     _AUDIO_CACHE[key] = result
     return result
+
+
+def _audio_container(path: Path) -> bool:
+    """Whether the file starts as a WAV, FLAC, Ogg or AIFF file does: one that libsndfile then cannot
+    decode is a damaged clip (the checkpoint is of the right kind), not some other kind of file."""
+    try:
+        with path.open("rb") as handle:
+            return handle.read(4) in {b"RIFF", b"RIFX", b"RF64", b"fLaC", b"OggS", b"FORM"}
+    except OSError:
+        return False
 
 
 def ogg_complete(path: Path) -> bool | None:
@@ -787,7 +799,7 @@ class SpeechDataModule(SequenceDataModule):
         for item in inputs:
             wave, _, _ = read_audio(str(item), rate)
             if wave.size == 0:
-                raise DataError("clip has no samples", path=item)
+                raise DataError("clip has no samples", path=item, readable=True)
             peak = float(np.abs(wave).max())
             if peak < SILENCE_PEAK:  # training refuses such clips; a transcript of one is noise
                 log.warning("%s: the clip is silent (peak %.1e); its transcript means nothing", item, peak)

@@ -167,7 +167,7 @@ def read_ohlcv(path: str | Path, features: list[str], date_format: str | None = 
                                    date_format=date_format, decimal=decimal, sep=sep):
             if item.ticker in seen:
                 raise DataError(f"ticker {item.ticker!r} appears in two files ({seen[item.ticker]} and this "
-                                "one); give each ticker one file", path=file, field="ticker")
+                                "one); give each ticker one file", path=file, field="ticker", readable=True)
             seen[item.ticker] = item.source
             series.append(item)
     return series
@@ -232,7 +232,8 @@ def _file_text(path: Path) -> str:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as err:
         raise DataError(f"not valid UTF-8 (byte 0x{raw[err.start]:02x} at offset {err.start} of the decompressed "
-                        "text); re-save the file as UTF-8", path=path, row=raw[: err.start].count(b"\n") + 1) from None
+                        "text); re-save the file as UTF-8", path=path, row=raw[: err.start].count(b"\n") + 1,
+                        readable=False) from None
 
 
 def _delimiter(path: Path) -> str:
@@ -320,7 +321,8 @@ def validate_frame(
     for name in frame.columns:
         key = canonical(name)
         if key in columns:
-            raise DataError(f"columns {columns[key]!r} and {name!r} both mean {key!r}", path=source, field=name)
+            raise DataError(f"columns {columns[key]!r} and {name!r} both mean {key!r}", path=source, field=name,
+                            readable=True)
         columns[key] = str(name)
     missing = [c for c in ("date", *features) if c not in columns]
     if missing:
@@ -330,7 +332,7 @@ def validate_frame(
             path=source, field=missing[0],
         )
     if frame.empty:
-        raise DataError("no data rows below the header", path=source)
+        raise DataError("no data rows below the header", path=source, readable=True)
     lines = np.arange(len(frame)) + 2 if lines is None else lines  # header is line 1
 
     raw_dates = frame[columns["date"]].astype(str).str.strip()
@@ -778,10 +780,8 @@ class StockDataModule(SequenceDataModule):
         for item in inputs:
             for series in read_ohlcv(str(item), features, spec.extra.get("date_format"), decimal):
                 if len(series) < window:
-                    err = DataError(f"ticker {series.ticker!r} has {len(series)} rows; the model reads windows "
-                                    f"of {window} days", path=series.source)
-                    err.readable = True  # a price file, too short: the checkpoint is the right kind
-                    raise err
+                    raise DataError(f"ticker {series.ticker!r} has {len(series)} rows; the model reads windows "
+                                    f"of {window} days", path=series.source, readable=True)
                 x = torch.tensor(series.values[-window:], dtype=torch.float32)  # (window, F)
                 examples.append((x, torch.zeros(horizon)))
                 labels.append({"file": series.source, "ticker": series.ticker, "last_date": str(series.dates[-1])})

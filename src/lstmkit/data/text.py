@@ -267,7 +267,7 @@ def read_text(path: Path) -> str:
         line = raw[: err.start].count(b"\n") + 1
         raise DataError(
             f"not valid UTF-8 (byte 0x{raw[err.start]:02x} at offset {err.start}); "
-            "re-save the file as UTF-8", path=path, row=line
+            "re-save the file as UTF-8", path=path, row=line, readable=False,  # not a text: of another kind
         ) from None
     if not text.strip():
         raise DataError("file is empty", path=path)
@@ -420,7 +420,7 @@ def csv_records(
                 other = (" (the first line looks like data, not a header: the first line must name the columns, "
                          f"{' and '.join(repr(c) for c in required)} among them)")
             raise DataError(f"no column {column!r}; the header has {header}. Set {hint} to the right names{other}",
-                            path=path, row=1, field=column)
+                            path=path, row=1, field=column, readable=False)  # perhaps a table of another kind
     while True:
         try:
             record = next(reader, None)  # skips blank lines, so the row is counted back from its last line

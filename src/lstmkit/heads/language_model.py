@@ -15,12 +15,11 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
-from hydra.utils import get_object
 from torch import nn
 from torch.nn import functional as F
 from torchmetrics import MeanMetric, Metric, MetricCollection
 
-from lstmkit.build import check_target
+from lstmkit.build import check_target, locate
 from lstmkit.core import LSTMCore
 from lstmkit.data.text import EOS, Subwords
 from lstmkit.errors import ConfigError, check_probability
@@ -333,7 +332,7 @@ def generate(
     if temperature < 0:
         raise ConfigError(f"temperature must be >= 0, got {temperature}")
     vocab = list(spec.vocab or [])
-    datamodule = get_object(check_target(spec.datamodule))
+    datamodule = locate(check_target(spec.datamodule))
     batch = datamodule.make_predict_batch(spec, [prompt])
     device = next(model.parameters()).device
     ids = batch.inputs[0].to(device)  # (T,)
