@@ -50,20 +50,27 @@ def test_every_task_exports_with_parity(make_cfg, tmp_path: Path, task: str, fmt
     result = export_model(model, tmp_path / f"model.{fmt}", fmt=fmt)
     assert result["max_abs_diff"] <= 1e-4
     if task == "speech":  # a clip shorter than half a window: the traced model took no branch for it
+        model.encoder.trim_db = 30.0  # and the frames after silence trimming, which a server cannot recompute
+        result = export_model(model, tmp_path / f"model.{fmt}", fmt=fmt)
         scripted = torch.jit.load(result["path"])
         model.eval()
         # and other lengths than the traced one: a pad frozen at trace time broke the frame stacking
         for clip, lengths in ((torch.randn(1, 90), torch.tensor([90])), (torch.randn(1, 3001), torch.tensor([3001])),
                               (torch.randn(2, 4000), torch.tensor([4000, 2333]))):
+            clip[-1, : int(lengths[-1]) // 3] *= 1e-4  # a quiet start the trimming drops
             with torch.no_grad():
-                eager = model(clip, lengths)[0]
-                exported = scripted(clip, lengths)
-            exported = exported[0] if isinstance(exported, (tuple, list)) else exported
+                eager, eager_frames = model(clip, lengths)
+                exported, frames = scripted(clip, lengths)
             torch.testing.assert_close(exported, eager, rtol=1e-4, atol=1e-4)
+            assert torch.equal(frames, eager_frames)  # the valid frames travel with the outputs
     assert Path(result["path"]).stat().st_size > 0
     # the vocabulary / normaliser a server needs travel as plain JSON, no pickle
     record = json.loads(Path(result["spec_path"]).read_text())
     assert record["task"] == task and DataSpec.from_dict(record["spec"]) == model.spec
+    # and how inputs are prepared and outputs read, for a server without lstmkit
+    assert record["outputs"] == ["outputs", "output_lengths"]
+    assert record["prepare"]["inputs"] and record["prepare"]["lengths"], record["prepare"]
+    assert record["head"]["type"] == type(model.head).__name__ and len(record["head"]) > 1, record["head"]
 
 
 def test_export_command(tmp_path: Path) -> None:
@@ -167,3 +174,37 @@ def test_exported_stock_model_says_how_to_read_its_forecasts(make_cfg, tmp_path:
     last = inputs[torch.arange(len(inputs)), lengths - 1, head["feature"]].double()
     served = last[:, None] * values.exp() if head["relative"] else values
     torch.testing.assert_close(served, torch.tensor(expected, dtype=torch.float64), rtol=1e-4, atol=1e-3)
+
+
+def test_exported_language_model_says_how_to_prepare_a_prompt(make_cfg, tmp_path: Path) -> None:
+    """A server following spec.json (``prepare``: <eos> first; ``head``: the last valid step, <pad> left
+    out) proposes predict's next words from the ONNX graph; without the <eos> it did not (a tester)."""
+    import onnxruntime
+
+    from lstmkit.data.language_model import NextWordDataModule
+
+    cfg = make_cfg(["task=next_word"])
+    datamodule = instantiate(cfg.data, _convert_="all")
+    datamodule.setup("fit")
+    model = build_model(cfg, datamodule).eval()
+    prompts = ["the market", "we saw the"]
+    batch = NextWordDataModule.make_predict_batch(model.spec, prompts)
+    with torch.no_grad():
+        expected = [p["next_words"] for p in model.head.decode(*model(batch.inputs, batch.lengths))]
+    result = export_model(model, tmp_path / "lm.onnx", fmt="onnx")
+    record = json.loads(Path(result["spec_path"]).read_text())
+    assert record["prepare"]["inputs"].startswith("(batch, time) int64: the id of <eos> first")
+    vocab = record["spec"]["vocab"]
+    rows = [[vocab.index("<eos>"), *(vocab.index(w) if w in vocab else vocab.index("<unk>") for w in p.split())]
+            for p in prompts]
+    lengths = torch.tensor([len(r) for r in rows])
+    inputs = torch.full((len(rows), int(lengths.max())), record["spec"]["pad_id"])
+    for i, row in enumerate(rows):
+        inputs[i, : len(row)] = torch.tensor(row)
+    session = onnxruntime.InferenceSession(result["path"], providers=["CPUExecutionProvider"])
+    outputs, output_lengths = (torch.from_numpy(a) for a in session.run(None, {"inputs": inputs.numpy(),
+                                                                                 "lengths": lengths.numpy()}))
+    last = outputs[torch.arange(len(rows)), output_lengths - 1].clone()
+    last[:, record["spec"]["pad_id"]] = float("-inf")
+    top = last.softmax(-1).topk(len(expected[0])).indices
+    assert [[vocab[int(i)] for i in row] for row in top] == expected

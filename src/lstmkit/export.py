@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from lstmkit.build import check_target, locate
 from lstmkit.core import LSTMCore, summarise
 from lstmkit.errors import LstmkitError
 from lstmkit.module import SequenceModel
@@ -45,7 +46,12 @@ class UnpackedLSTM(nn.Module):
 
 
 class ExportModule(nn.Module):
-    """encoder -> unpacked LSTM -> pooling -> head: raw head outputs from ``(inputs, lengths)``."""
+    """encoder -> unpacked LSTM -> pooling -> head: ``(outputs, lengths)`` from ``(inputs, lengths)``.
+
+    ``outputs`` are the head's raw outputs; ``lengths`` their valid steps per row: the encoder's, which
+    a server cannot always recompute (a speech model's frames after silence trimming depend on the
+    clip), and past which a per-step head's outputs are padding.
+    """
 
     def __init__(self, model: SequenceModel) -> None:
         super().__init__()
@@ -55,10 +61,10 @@ class ExportModule(nn.Module):
         self.pooling = model.head.pooling
         self.num_directions = model.core.num_directions
 
-    def forward(self, inputs: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    def forward(self, inputs: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         features, lengths = self.encoder(inputs, lengths)
         outputs = self.core(features, lengths)
-        return self.head(summarise(outputs, lengths, self.pooling, self.num_directions), lengths)
+        return self.head(summarise(outputs, lengths, self.pooling, self.num_directions), lengths), lengths
 
 
 def example_inputs(spec: DataSpec, batch: int, steps: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -112,7 +118,7 @@ def _export_checked(model: SequenceModel, module: nn.Module, path: Path, fmt: st
     kernel, model.core.kernel = model.core.kernel, "packed"
     try:
         with torch.no_grad():
-            expected = model(*check_inputs)[0]
+            expected, expected_lengths = model(*check_inputs)
     finally:
         model.core.kernel = kernel
     with torch.no_grad():
@@ -120,19 +126,19 @@ def _export_checked(model: SequenceModel, module: nn.Module, path: Path, fmt: st
             if fmt == "torchscript":
                 scripted = torch.jit.trace(module, traced_inputs, check_trace=False)
                 scripted.save(str(path))
-                actual = torch.jit.load(str(path))(*check_inputs)
+                actual, actual_lengths = torch.jit.load(str(path))(*check_inputs)
             elif fmt == "onnx":
                 import onnxruntime
 
                 torch.onnx.export(
                     module, traced_inputs, str(path), dynamo=False, input_names=["inputs", "lengths"],
-                    output_names=["outputs"], opset_version=17,
+                    output_names=["outputs", "output_lengths"], opset_version=17,
                     dynamic_axes={"inputs": {0: "batch", 1: "time"}, "lengths": {0: "batch"},
-                                  "outputs": {0: "batch", 1: "time"}},
+                                  "outputs": {0: "batch", 1: "time"}, "output_lengths": {0: "batch"}},
                 )
                 session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
                 feeds = {"inputs": check_inputs[0].numpy(), "lengths": check_inputs[1].numpy()}
-                actual = torch.from_numpy(session.run(None, feeds)[0])
+                actual, actual_lengths = (torch.from_numpy(a) for a in session.run(None, feeds))
             else:
                 raise ExportError(f"format={fmt!r}: expected onnx or torchscript")
         except ExportError:
@@ -145,6 +151,8 @@ def _export_checked(model: SequenceModel, module: nn.Module, path: Path, fmt: st
                               f"{str(err).splitlines()[0].split(' [Caused by', 1)[0]}{other}") from err
     if actual.shape != expected.shape:
         raise ExportError(f"exported output shape {tuple(actual.shape)} != eager {tuple(expected.shape)}")
+    if not torch.equal(actual_lengths.long().cpu(), expected_lengths.long().cpu()):
+        raise ExportError(f"exported output lengths {actual_lengths.tolist()} != eager {expected_lengths.tolist()}")
     diff = float((actual.float() - expected.float()).abs().max())
     if diff > tolerance:
         raise ExportError(f"exported {fmt} model differs from PyTorch by {diff:.3g} (> {tolerance})")
@@ -154,6 +162,11 @@ def _export_checked(model: SequenceModel, module: nn.Module, path: Path, fmt: st
 def spec_file(path: Path) -> Path:
     """Where the spec of the model at ``path`` is written: beside it, ``<name>.spec.json``."""
     return path.with_name(path.name + ".spec.json")
+
+
+def serving_inputs(spec: DataSpec) -> dict[str, Any]:
+    """How the model's datamodule prepares inputs (empty for a spec that does not name one)."""
+    return locate(check_target(spec.datamodule)).serving_inputs(spec) if spec.datamodule else {}
 
 
 def write_spec(model: SequenceModel, path: Path) -> Path:
@@ -166,6 +179,7 @@ def write_spec(model: SequenceModel, path: Path) -> Path:
     """
     spec_path = spec_file(path)
     record = {"task": model.hparams.get("task", ""), "spec": model.spec.to_dict(),
-              "inputs": ["inputs", "lengths"], "outputs": ["outputs"], "head": model.head.serving()}
+              "inputs": ["inputs", "lengths"], "outputs": ["outputs", "output_lengths"],
+              "prepare": serving_inputs(model.spec), "head": model.head.serving()}
     spec_path.write_text(json.dumps(record, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     return spec_path

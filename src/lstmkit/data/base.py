@@ -258,6 +258,12 @@ class SequenceDataModule(L.LightningDataModule):
         """Raw user inputs -> one item per prediction (e.g. a file of many ECG beats -> one per beat)."""
         return list(inputs)
 
+    @classmethod
+    def serving_inputs(cls, spec: DataSpec) -> dict[str, Any]:
+        """How :meth:`make_predict_batch` prepares ``inputs`` and ``lengths``, for an exported model's
+        ``spec.json`` (``prepare``): a server without lstmkit must feed what the model was trained on."""
+        return {}
+
     # -- shared machinery ---------------------------------------------------------------------
     @property
     def spec(self) -> DataSpec:

@@ -616,6 +616,13 @@ class EcgDataModule(SequenceDataModule):
                           cls._known_labels(spec), int(extra["samples_per_beat"]), labels_required=False)
 
     @classmethod
+    def serving_inputs(cls, spec: DataSpec) -> dict[str, Any]:
+        length = spec.extra.get("samples_per_beat")
+        return {"inputs": f"(batch, {length}, 1) float32: one beat's {length} raw samples per row, without its "
+                          "label (the model normalises them inside)",
+                "lengths": f"(batch,) int64: {length} for every row"}
+
+    @classmethod
     def make_predict_batch(cls, spec: DataSpec, inputs: list[Any]) -> Batch:
         """Beats from file paths (every row), lines of numbers, lists / arrays of numbers or :class:`BeatInput`.
 

@@ -818,6 +818,13 @@ class NextWordDataModule(SequenceDataModule):
 
     # -- predict --------------------------------------------------------------------------------
     @classmethod
+    def serving_inputs(cls, spec: DataSpec) -> dict[str, Any]:
+        order = "the prompt's ids reversed (a backward model)" if spec.extra.get("reverse") else "the prompt's ids"
+        return {"inputs": f"(batch, time) int64: the id of {EOS} first, then {order}; padded with spec.pad_id",
+                "tokens": f"the prompt tokenised with spec.tokenizer, each token's index in spec.vocab ({UNK} if absent)",
+                "lengths": "(batch,) int64: ids per row, the <eos> included"}
+
+    @classmethod
     def make_predict_batch(cls, spec: DataSpec, inputs: list[Any]) -> Batch:
         """Prompts -> ids, each preceded by ``<eos>`` (so a prompt reads as the start of a line).
 

@@ -296,6 +296,13 @@ class SentimentDataModule(SequenceDataModule):
         return spec
 
     @classmethod
+    def serving_inputs(cls, spec: DataSpec) -> dict[str, Any]:
+        return {"inputs": "(batch, time) int64: the text's ids, padded with spec.pad_id",
+                "tokens": "the text tokenised with spec.tokenizer (its max_length tokens at most), each token's "
+                          "index in spec.vocab (<unk> if absent); an empty text is one <unk>",
+                "lengths": "(batch,) int64: ids per row"}
+
+    @classmethod
     def make_predict_batch(cls, spec: DataSpec, inputs: list[Any]) -> Batch:
         settings = dict(spec.tokenizer or {})
         max_length = settings.pop("max_length", None)

@@ -792,6 +792,12 @@ class SpeechDataModule(SequenceDataModule):
         return [index[c] for c in text]
 
     @classmethod
+    def serving_inputs(cls, spec: DataSpec) -> dict[str, Any]:
+        return {"inputs": f"(batch, samples) float32: each clip mono (channels averaged), resampled to "
+                          f"{spec.sample_rate} Hz, samples in [-1, 1]; padded with 0",
+                "lengths": "(batch,) int64: samples per clip (the model computes its features inside)"}
+
+    @classmethod
     def make_predict_batch(cls, spec: DataSpec, inputs: list[Any]) -> Batch:
         """Wav paths -> padded mono waveforms at the model's sample rate (empty targets)."""
         rate = int(spec.sample_rate or 8000)

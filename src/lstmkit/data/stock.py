@@ -766,6 +766,14 @@ class StockDataModule(SequenceDataModule):
 
     # -- predict --------------------------------------------------------------------------
     @classmethod
+    def serving_inputs(cls, spec: DataSpec) -> dict[str, Any]:
+        window = spec.extra.get("window")
+        return {"inputs": f"(batch, {window}, {len(spec.extra.get('features', []))}) float32: the last {window} "
+                          f"days of one ticker, oldest first, raw values of {spec.extra.get('features')} in that "
+                          "order (the model normalises them inside)",
+                "lengths": f"(batch,) int64: {window} for every row"}
+
+    @classmethod
     def make_predict_batch(cls, spec: DataSpec, inputs: list[Any]) -> Batch:
         """CSV paths (or folders) -> the last ``window`` days of each ticker in them.
 

@@ -98,6 +98,10 @@ class ClassificationHead(Head):
     ) -> None:
         metrics.update(outputs.detach(), batch.targets)
 
+    def serving(self) -> dict[str, Any]:
+        return {**super().serving(), "outputs": "(batch, classes) logits, in the order of spec.classes",
+                "label": "spec.classes[argmax(outputs)]; probabilities = softmax(outputs)"}
+
     def decode(self, outputs: torch.Tensor, lengths: torch.Tensor) -> list[dict[str, Any]]:
         probs = outputs.float().softmax(dim=-1)
         best = probs.argmax(dim=-1)

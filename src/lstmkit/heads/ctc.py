@@ -478,6 +478,13 @@ class CTCHead(Head):
     def transcripts(self, ids: list[list[int]]) -> list[str]:
         return [" ".join(self._text(row).split()) for row in ids]
 
+    def serving(self) -> dict[str, Any]:
+        return {**super().serving(), "outputs": "(batch, frames, classes) log-probabilities over spec.classes; "
+                                                "frames past output_lengths are padding",
+                "transcript": "greedy: per frame argmax over the first output_lengths frames, repeats merged, "
+                              "spec.blank_id dropped, classes joined, runs of spaces collapsed",
+                "decoder": self.decoder, "beam_size": self.beam_size, "lexicon": self.lexicon}
+
     def decode(self, outputs: torch.Tensor, lengths: torch.Tensor) -> list[dict[str, Any]]:
         return [{"transcript": text} for text in self.transcripts(self.decode_ids(outputs, lengths))]
 

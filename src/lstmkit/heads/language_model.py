@@ -280,6 +280,13 @@ class LanguageModelHead(Head):
         fig.tight_layout()
         return {"perplexity_by_frequency": fig}
 
+    def serving(self) -> dict[str, Any]:
+        kind = "log-probabilities (adaptive softmax)" if self.adaptive else "logits"
+        words = "previous_words (the words before the prompt)" if self.backward else "next_words"
+        return {**super().serving(), "outputs": f"(batch, time, vocab) {kind} over spec.vocab at every step",
+                words: f"outputs[row, output_lengths[row] - 1] with spec.pad_id left out: its top {self.top_k} "
+                       "of softmax over the rest"}
+
     def decode(self, outputs: torch.Tensor, lengths: torch.Tensor) -> list[dict[str, Any]]:
         """The ``top_k`` most probable next words after each sequence's last valid step
         (``previous_words`` for a backward model: the words before the prompt)."""
