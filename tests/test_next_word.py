@@ -209,6 +209,21 @@ def test_folder_errors_list_what_was_found(tmp_path: Path) -> None:
         tiny_module(tmp_path)
 
 
+def test_eval_scores_a_folder_that_holds_only_a_test_file(tmp_path: Path) -> None:
+    """The vocabulary is the checkpoint's: a held-out folder needs no training file, and its file is
+    scored whole (nothing carved out of it), as a sentiment folder's is."""
+    trained = tiny_module(tokenizer="whitespace")
+    folder = tmp_path / "held_out"
+    folder.mkdir()
+    write(folder / "wiki.test.txt", "the company said its shares rose .\n" * 40)
+    dm = NextWordDataModule(path=str(folder), batch_size=4, bptt=5, spec=trained.spec.to_dict())
+    dm.setup("test")
+    assert len(dm.splits["test"].ids) == 40 * 8 and len(dm.splits["train"]) == len(dm.splits["val"]) == 0
+    assert sum(1 for _ in dm.test_dataloader()) > 0
+    with pytest.raises(DataError, match=r"folder has no training file"):  # training still needs one
+        tiny_module(folder)
+
+
 def test_too_little_text_for_a_window_explains_the_fix(tmp_path: Path) -> None:
     stream = TokenStream(torch.arange(40), "tiny.txt")
     assert batchify(stream, 4, 9).shape == (4, 10)
