@@ -596,6 +596,21 @@ def test_reverse_reads_every_split_backwards_and_so_does_predict(tmp_path: Path)
     assert batch.inputs[0].tolist() == [index[w] for w in ["<eos>", "a", "gorgeous", "film"]]
 
 
+def test_eval_reads_text_in_the_direction_the_model_was_trained(tmp_path: Path) -> None:
+    """A backward LM was scored on forward text when eval's data.reverse was false: the spec decides,
+    and an eval override of data.reverse is refused as the other spec-decided settings are."""
+    from lstmkit.commands.evaluate import check_spec_settings
+
+    backward = tiny_module(reverse=True)
+    again = NextWordDataModule(num_tokens=6000, batch_size=4, bptt=5, reverse=False, spec=backward.spec.to_dict())
+    again.setup("test")
+    assert again.reverse and torch.equal(again.splits["test"].ids, backward.splits["test"].ids)
+    stored = {"_target_": "lstmkit.data.language_model.NextWordDataModule", "reverse": True, "bptt": 5}
+    with pytest.raises(ConfigError, match=r"^data\.reverse=False: the model was trained with data\.reverse=True"):
+        check_spec_settings(stored, {"reverse": False})
+    check_spec_settings(stored, {"reverse": True, "bptt": 7})
+
+
 def test_a_backward_model_writes_the_text_before_the_prompt(tmp_path: Path) -> None:
     for split, lines in {"train": ["a gorgeous film .", "dull and long ."] * 30,
                          "valid": ["a film ."] * 10, "test": ["long film ."] * 10}.items():

@@ -642,7 +642,9 @@ class NextWordDataModule(SequenceDataModule):
     """
 
     predict_input = "text prompts"  # what `lstmkit predict input=...` expects (named in errors)
-    spec_settings = ("tokenizer", "lowercase", "subwords", "min_count", "max_vocab")
+    # reverse too: a backward model scored on forward text (or the reverse) reads a stream it was never
+    # trained on, and its perplexity measures nothing
+    spec_settings = ("tokenizer", "lowercase", "subwords", "min_count", "max_vocab", "reverse")
 
     def __init__(
         self,
@@ -763,6 +765,9 @@ class NextWordDataModule(SequenceDataModule):
         if self.fixed_spec is not None:
             spec = self.fixed_spec
             self.tokenizer = dict(spec.tokenizer or self.tokenizer)
+            # the direction the model was trained in, not data.reverse (a backward model read forwards
+            # by eval scored the wrong text); a spec without it (none written so) keeps the setting
+            self.reverse = bool(spec.extra.get("reverse", self.reverse))
             subwords = self.tokenizer.pop("subwords", None)
             splits = self._read_splits()  # cut into parts by words, as training cut them
             if subwords:  # then into pieces: cut by pieces, the parts' borders moved (eval scored other text)
