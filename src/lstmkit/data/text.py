@@ -129,6 +129,13 @@ class Subwords:
         """Pieces in the learnt model (``<unk>`` included)."""
         return int(self._model.get_piece_size())
 
+    def known_pieces(self) -> list[str] | None:
+        """The known pieces in this class's ``##`` spelling, sorted (``None``: every piece is known)."""
+        if self._known is None:
+            return None
+        return sorted(p.removeprefix(self._WORD_START) if p.startswith(self._WORD_START) else self.PREFIX + p
+                      for p in self._known)
+
     def restricted(self, vocab: Iterable[str]) -> Subwords:
         """The same model with only the pieces of ``vocab`` known (in this class's ``##`` spelling)."""
         known = {p.removeprefix(self.PREFIX) if p.startswith(self.PREFIX) else self._WORD_START + p
@@ -188,13 +195,20 @@ class Subwords:
 
 
 def learn_subwords(
-    train: list[list[str]], size: int, min_count: int, max_size: int | None, specials: tuple[str, ...]
+    train: list[list[str]], size: int, min_count: int, max_size: int | None, specials: tuple[str, ...],
+    max_length: int | None = None,
 ) -> Subwords:
     """:class:`Subwords` learnt on the train split's words, knowing only the pieces that the
     vocabulary built from the split pieces keeps (``min_count`` / ``max_size``, as
-    :func:`build_vocab`): a piece it drops is split again instead of becoming ``<unk>``."""
+    :func:`build_vocab`): a piece it drops is split again instead of becoming ``<unk>``.
+
+    ``max_length``: only each text's first ``max_length`` pieces are counted, as a classifier that
+    truncates its texts (``data.max_length``) reads them and builds its vocabulary from them. Counted
+    whole, a piece seen only past the cut was known (never split again) but had no row in that
+    vocabulary, so it was ``<unk>``, in the train split too."""
     pieces = Subwords.learn((w for words in train for w in words), size)
-    vocab = build_vocab([pieces.split(words) for words in train], min_count, max_size, specials)
+    vocab = build_vocab([pieces.split(words)[: max_length or None] for words in train], min_count, max_size,
+                        specials)
     log.info("data.subwords=%d: %d pieces learnt on the train split, %d kept in the vocabulary",
              size, pieces.size, len(vocab) - len(specials))
     return pieces.restricted(vocab)
