@@ -687,6 +687,42 @@ def test_subwords_split_unseen_words_into_known_pieces_and_generation_joins_them
         SentimentDataModule(subwords=10)
 
 
+class _RecursiveSubwords(Subwords):
+    """The re-split as it was (recursion per piece, every prefix of the rest tried): the reference."""
+
+    def _resplit(self, text: str, start: bool) -> list[str]:
+        if self._known is None:
+            return [text]
+        for end in range(len(text), 0, -1):
+            if (self._WORD_START + text[:end] if start else text[:end]) in self._known:
+                return [text[:end], *(self._resplit(text[end:], False) if end < len(text) else [])]
+        return [UNK, *(self._resplit(text[1:], False) if len(text) > 1 else [])]
+
+
+def test_a_long_run_of_unseen_characters_is_one_unk_and_other_words_split_as_before() -> None:
+    """The re-split recursed per unseen character: a CJK paragraph of ~1,500 characters (one word to the
+    tokenizer) raised RecursionError, in predict or in reading eval data. Words it handled split alike."""
+    import base64
+
+    from lstmkit.data.text import learn_subwords
+
+    rng = random.Random(0)
+    words = ["watch", "watchable", "unfunny", "funny", "film", "films", "filmmaker", "enjoyable", "unbearable"]
+    train = [rng.choices(words, k=6) + ["".join(rng.choices("abcdefghilmnoprstuvwy", k=rng.randint(3, 9)))]
+             for _ in range(300)]
+    pieces = learn_subwords(train, 100, 3, None, (PAD, UNK, EOS))  # min_count 3: some pieces re-split
+    stored = json.loads(pieces.to_json())
+    reference = _RecursiveSubwords(base64.b64decode(stored["model"]), stored["known"])
+    probes = ["".join(rng.choices("abcdefghilmnoprstuvwyxzqk日本", k=rng.randint(1, 30))) for _ in range(2000)]
+    probes += words + ["日本語のテキスト", "watch日本film", "x" * 40]
+    assert [pieces.split([w]) for w in probes] == [reference.split([w]) for w in probes]
+    paragraph = "".join(chr(0x4E00 + i % 3000) for i in range(1500))
+    assert pieces.split([paragraph]) == [UNK]
+    mixed = pieces.split(["film" + paragraph + "film"])
+    assert mixed[:2] == ["film", "##" + UNK] and UNK not in mixed and Subwords.join(mixed) == [f"film{UNK}film"]
+    assert pieces.split(["film" + "q" * 5000]) == ["film", "##" + UNK]
+
+
 def test_eval_with_subwords_cuts_a_single_file_where_training_cut_it(tmp_path: Path) -> None:
     """Training cuts a file into train / val / test by words, then splits them into pieces; eval (a
     checkpoint's spec) cut the pieces by fraction, which moved the borders: its test part was other text."""

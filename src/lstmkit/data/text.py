@@ -94,6 +94,8 @@ class Subwords:
         self._proto = proto
         self._model = spm.SentencePieceProcessor(model_proto=proto)
         self._known = set(known) if known is not None else None  # SentencePiece's own spelling
+        # no known piece is longer: the prefix search of _resplit starts here, not at the whole rest
+        self._longest = max(map(len, self._known), default=0) if self._known is not None else 0
         self._cache: dict[str, list[str]] = {}
 
     @classmethod
@@ -174,13 +176,28 @@ class Subwords:
         return [p if i == 0 else self.PREFIX + p for i, p in enumerate(pieces)] or [UNK]
 
     def _resplit(self, text: str, start: bool) -> list[str]:
-        """``text`` as known pieces: itself if known, else its longest known prefix and the rest."""
+        """``text`` as known pieces: itself if known, else its longest known prefix and then the rest
+        likewise; a run of characters that no known piece starts with is one ``<unk>``.
+
+        A loop, not recursion, and the prefixes tried are at most as long as the longest known piece:
+        recursing per unseen character overflowed Python's stack on a paragraph of ~1,500 unseen ones
+        (CJK text, a pasted base64 blob) and trying every prefix of the rest took cubic time."""
         if self._known is None:
             return [text]
-        for end in range(len(text), 0, -1):
-            if (self._WORD_START + text[:end] if start else text[:end]) in self._known:
-                return [text[:end], *(self._resplit(text[end:], False) if end < len(text) else [])]
-        return [UNK, *(self._resplit(text[1:], False) if len(text) > 1 else [])]  # an unseen character
+        pieces: list[str] = []
+        i = 0
+        while i < len(text):
+            first = start and i == 0  # only the word's first piece carries the word-start mark
+            for end in range(min(len(text), i + self._longest), i, -1):
+                if (self._WORD_START + text[i:end] if first else text[i:end]) in self._known:
+                    pieces.append(text[i:end])
+                    i = end
+                    break
+            else:  # an unseen character: one <unk> for a run of them
+                if not pieces or pieces[-1] != UNK:
+                    pieces.append(UNK)
+                i += 1
+        return pieces
 
     @classmethod
     def join(cls, pieces: list[str]) -> list[str]:
