@@ -421,3 +421,24 @@ def test_subwords_with_max_length_encode_no_known_piece_as_unk() -> None:
         modules.append(dm)
     for dm in modules:  # every known piece has a row
         assert set(Subwords.from_json(dm.spec.tokenizer["subwords"]).known_pieces()) <= set(dm.spec.vocab)
+
+
+def test_lone_carriage_returns_end_lines_as_newlines_do(tmp_path: Path) -> None:
+    """A file with classic Mac line ends (a lone \\r) was read as one line without a word: one labelled
+    row (its first label and every other line's text), one language-model sentence."""
+    from lstmkit.data.language_model import NextWordDataModule
+    from lstmkit.data.text import read_text
+
+    lines = [f"{i % 2} a {'good' if i % 2 else 'dull'} film number {i}" for i in range(40)]
+    for end in ("\r", "\r\n"):
+        path = tmp_path / "mac.txt"
+        path.write_bytes(end.join(lines).encode() + end.encode())
+        assert read_text(path) == "\n".join(lines) + "\n"
+        assert [row for row, *_ in read_labelled_text(path)] == list(range(1, 41))
+        lm = NextWordDataModule(path=str(path), skip_fields=1, tokenizer="whitespace", batch_size=2, bptt=3)
+        lm.setup()
+        eos = lm.spec.vocab.index("<eos>")
+        assert sum(int((lm.splits[s].ids == eos).sum()) for s in ("train", "val", "test")) == 40
+    (tmp_path / "bad.txt").write_bytes(b"1 fine\r0 fine\r1 bad \xff byte\r")
+    with pytest.raises(DataError, match=r"bad\.txt, row 3: not valid UTF-8"):
+        read_text(tmp_path / "bad.txt")

@@ -283,7 +283,12 @@ _COMPRESSED = ((b"\x1f\x8b", "gzip"), (b"PK\x03\x04", "zip"), (b"\xfd7zXZ\x00", 
 
 
 def read_text(path: Path) -> str:
-    """Read a whole UTF-8 file with clear errors for missing, empty or non-UTF-8 files."""
+    """Read a whole UTF-8 file with clear errors for missing, empty or non-UTF-8 files.
+
+    Line ends are ``\n``: ``\r\n`` (Windows) and a lone ``\r`` (classic Mac OS, some exports) become
+    ``\n``, since every reader splits lines at ``\n`` alone. A file of lone ``\r`` ends was read as one
+    line without a word (one language-model sentence, one labelled row); the CSV reader already
+    ended lines at ``\r``."""
     if not path.exists():
         raise DataError("file not found", path=path)
     if path.is_dir():
@@ -295,13 +300,15 @@ def read_text(path: Path) -> str:
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as err:
-        line = raw[: err.start].count(b"\n") + 1
+        line = len(re.split(rb"\r\n|\r|\n", raw[: err.start]))  # the line ends the text will have
         raise DataError(
             f"not valid UTF-8 (byte 0x{raw[err.start]:02x} at offset {err.start}); "
             "re-save the file as UTF-8", path=path, row=line, readable=False,  # not a text: of another kind
         ) from None
     if not text.strip():
         raise DataError("file is empty", path=path)
+    if "\r" in text:
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
     return text
 
 
