@@ -170,3 +170,18 @@ def test_speech_members_that_cut_steps_differently_are_refused(make_cfg) -> None
     masked, _ = _members(make_cfg, "speech", ["data.batch_size=4", "model.hidden_size=8", "encoder.freq_mask=2"],
                          seeds=(1,))
     SequenceEnsemble([plain[0], masked[0]])  # training-only augmentation may differ
+
+
+def test_a_checkpoint_in_a_sweep_folder_with_brackets_is_taken_as_it_is(tmp_path: Path) -> None:
+    """A Hydra sweep's folder (optimizer.lr=[0.1]) read as a glob pattern: its [0.1] is a character
+    class, so the existing file was refused with "no checkpoint matches this pattern"."""
+    folder = tmp_path / "optimizer.lr=[0.1]" / "checkpoints"
+    folder.mkdir(parents=True)
+    for name in ("best.ckpt", "last.ckpt"):
+        (folder / name).write_bytes(b"")
+    assert checkpoint_paths(str(folder / "best.ckpt")) == [str(folder / "best.ckpt")]
+    escaped = str(tmp_path / "optimizer.lr=[[]0.1]" / "checkpoints" / "b*.ckpt")
+    assert checkpoint_paths(escaped) == [str(folder / "best.ckpt")]  # a pattern still globs
+    with pytest.raises(CheckpointError, match=r"no checkpoint matches this pattern \(in a pattern, \[\.\.\.\] is"):
+        checkpoint_paths(str(folder / "b*.ckpt"))
+

@@ -190,15 +190,20 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> Se
 
 def checkpoint_paths(ckpt_path: str | Path | Sequence[str | Path]) -> list[str]:
     """The checkpoint files ``ckpt_path`` names: one path, a list of paths, or glob patterns
-    (``logs/sentiment_real/runs/*/checkpoints/best.ckpt``), each pattern's matches sorted."""
+    (``logs/sentiment_real/runs/*/checkpoints/best.ckpt``), each pattern's matches sorted.
+
+    A path that exists is taken as it is, before it is read as a pattern: a Hydra sweep's folders
+    hold brackets (``optimizer.lr=[0.1]``), which glob reads as a character class, so the file
+    itself was "no checkpoint matches this pattern"."""
     entries = [ckpt_path] if isinstance(ckpt_path, (str, Path)) else list(ckpt_path)
     paths: list[str] = []
     for entry in entries:
         entry = str(entry)
-        if glob.has_magic(entry):
+        if glob.has_magic(entry) and not os.path.exists(os.path.expanduser(entry)):
             matches = sorted(glob.glob(os.path.expanduser(entry)))
             if not matches:
-                raise CheckpointError(f"{entry}: no checkpoint matches this pattern")
+                hint = " (in a pattern, [...] is a character class: write [[] for a literal [)" if "[" in entry else ""
+                raise CheckpointError(f"{entry}: no checkpoint matches this pattern{hint}")
             paths += matches
         else:
             paths.append(entry)
