@@ -737,3 +737,19 @@ def test_a_typo_in_a_group_sweep_gets_a_suggestion() -> None:
     assert hint is not None and "did you mean task=stock?" in hint
     assert suggest_override(config_dir(), "train", ["task=ecg,stock", "model.hiden_size=8"]).startswith(
         "did you mean model.hidden_size?")  # a valid sweep: the hint is for the real typo
+
+
+def test_the_epoch_reseed_stays_in_the_generators_range_for_large_seeds() -> None:
+    """seed + 100003 * epoch left the range [0, 2**32) after the first epoch of a valid large seed: ValueError."""
+    from types import SimpleNamespace
+
+    from lstmkit.callbacks import ReseedEachEpoch
+
+    ReseedEachEpoch(4_294_900_000).on_train_epoch_start(SimpleNamespace(current_epoch=1), None)
+    first = torch.rand(3)
+    ReseedEachEpoch(4_294_900_000 + 100_003 - 2**32).on_train_epoch_start(SimpleNamespace(current_epoch=0), None)
+    assert torch.equal(torch.rand(3), first)  # the same seed, modulo 2**32
+    ReseedEachEpoch(7).on_train_epoch_start(SimpleNamespace(current_epoch=2), None)
+    second = torch.rand(3)
+    torch.manual_seed(7 + 2 * 100_003)
+    assert torch.equal(torch.rand(3), second)  # seeds in range are those they were

@@ -215,7 +215,9 @@ class ReseedEachEpoch(L.Callback):
         """Nothing to restore: ``train`` reads the seed from the checkpoint before the run is built."""
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        L.seed_everything(self.seed + 100_003 * trainer.current_epoch, workers=True, verbose=False)
+        # modulo 2**32, the generators' range: a valid large seed (4294900000) plus 100003 per epoch was out
+        # of it after the first epoch (ValueError); seeds that stayed in range get the seeds they had
+        L.seed_everything((self.seed + 100_003 * trainer.current_epoch) % 2**32, workers=True, verbose=False)
 
 
 class RunEarlyStopping(EarlyStopping):
