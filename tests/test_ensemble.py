@@ -19,6 +19,7 @@ from lstmkit.commands.train import build_model, train
 from lstmkit.data.sentiment import SentimentDataModule
 from lstmkit.ensemble import SequenceEnsemble
 from lstmkit.errors import CheckpointError, ConfigError
+from lstmkit.module import SequenceModel
 
 from .conftest import QUICK, split_accuracy
 
@@ -170,3 +171,65 @@ def test_speech_members_that_cut_steps_differently_are_refused(make_cfg) -> None
     masked, _ = _members(make_cfg, "speech", ["data.batch_size=4", "model.hidden_size=8", "encoder.freq_mask=2"],
                          seeds=(1,))
     SequenceEnsemble([plain[0], masked[0]])  # training-only augmentation may differ
+
+
+def test_a_checkpoint_in_a_sweep_folder_with_brackets_is_taken_as_it_is(tmp_path: Path) -> None:
+    """A Hydra sweep's folder (optimizer.lr=[0.1]) read as a glob pattern: its [0.1] is a character
+    class, so the existing file was refused with "no checkpoint matches this pattern"."""
+    folder = tmp_path / "optimizer.lr=[0.1]" / "checkpoints"
+    folder.mkdir(parents=True)
+    for name in ("best.ckpt", "last.ckpt"):
+        (folder / name).write_bytes(b"")
+    assert checkpoint_paths(str(folder / "best.ckpt")) == [str(folder / "best.ckpt")]
+    escaped = str(tmp_path / "optimizer.lr=[[]0.1]" / "checkpoints" / "b*.ckpt")
+    assert checkpoint_paths(escaped) == [str(folder / "best.ckpt")]  # a pattern still globs
+    with pytest.raises(CheckpointError, match=r"no checkpoint matches this pattern \(in a pattern, \[\.\.\.\] is"):
+        checkpoint_paths(str(folder / "b*.ckpt"))
+
+
+def test_members_that_differ_only_in_batching_are_combined(make_cfg, tmp_path: Path) -> None:
+    """Specs that differ in extra.bptt or tokenizer.max_length (batching, which a resume may change too)
+    were refused as "trained on other data"; eval reads the data with the first member's spec, and the
+    split check compares the members' examples cut alike."""
+    lm = ["task=next_word", "data.num_tokens=6000", "data.batch_size=4", "model.hidden_size=8", "encoder.dim=8"]
+    (short,), _ = _members(make_cfg, "next_word", [*lm, "data.bptt=5"], seeds=(1,))
+    (long,), _ = _members(make_cfg, "next_word", [*lm, "data.bptt=9"], seeds=(2,))
+    assert short.spec.extra["bptt"] != long.spec.extra["bptt"]
+    check_members_split(SequenceEnsemble([short, long]), ["a.ckpt", "b.ckpt"], "test")
+    # short training texts (the same vocabulary whatever the cut), long test texts (cut differently)
+    for split, texts in {"train": ["good film", "bad film"] * 20, "dev": ["good film", "bad film"] * 4,
+                         "test": [" ".join(["good film"] * 8), " ".join(["bad film"] * 8)] * 4}.items():
+        rows = "".join(f"{text},{'positive' if text.startswith('good') else 'negative'}\n" for text in texts)
+        (tmp_path / f"{split}.csv").write_text("text,label\n" + rows)
+    reviews = [f"data.path={tmp_path}", *TINY[1:4]]
+    (cut,), _ = _members(make_cfg, "sentiment", [*reviews, "data.max_length=5"], seeds=(1,))
+    (whole,), _ = _members(make_cfg, "sentiment", [*reviews, "data.max_length=50"], seeds=(2,))
+    ensemble = SequenceEnsemble([cut, whole])
+    check_members_split(ensemble, ["cut.ckpt", "whole.ckpt"], "test")  # the same examples, cut alike
+    (reverse,), _ = _members(make_cfg, "next_word", [*lm, "data.bptt=5", "data.reverse=true"], seeds=(3,))
+    with pytest.raises(ConfigError, match=r"their data specs differ in \['extra\.reverse'\]"):
+        SequenceEnsemble([short, reverse])  # an identity field is still compared
+
+
+def test_two_checkpoints_of_one_run_are_refused_from_a_glob_and_named_when_listed(tmp_path: Path, caplog) -> None:
+    """runs/*/checkpoints/*.ckpt took each run's best.ckpt and last.ckpt as two members: one model counted
+    twice in the mean without a word."""
+    import logging
+
+    for run in ("a", "b"):
+        folder = tmp_path / "runs" / run / "checkpoints"
+        folder.mkdir(parents=True)
+        for name in ("best.ckpt", "last.ckpt"):
+            (folder / name).write_bytes(b"")
+    with pytest.raises(ConfigError, match=r"matches 2 checkpoints of one run \(.*runs/a: best\.ckpt, last\.ckpt\)"):
+        checkpoint_paths(str(tmp_path / "runs" / "*" / "checkpoints" / "*.ckpt"))
+    best = checkpoint_paths(str(tmp_path / "runs" / "*" / "checkpoints" / "best.ckpt"))
+    assert best == [str(tmp_path / "runs" / run / "checkpoints" / "best.ckpt") for run in ("a", "b")]
+    listed = [str(tmp_path / "runs" / "a" / "checkpoints" / name) for name in ("best.ckpt", "last.ckpt")]
+    assert checkpoint_paths(listed) == listed  # by name: meant (a snapshot ensemble), said by the ensemble
+    members = [SequenceModel({"input_kind": "tokens", "vocab": ["<pad>", "<unk>", "a"], "classes": ["n", "p"]},
+                             {"_target_": "lstmkit.encoders.EmbeddingEncoder", "dim": 4}, {"hidden_size": 4},
+                             {"_target_": "lstmkit.heads.classification.ClassificationHead"}) for _ in range(2)]
+    with caplog.at_level(logging.WARNING, logger="lstmkit"):
+        SequenceEnsemble(members, names=listed)
+    assert "are checkpoints of one run" in caplog.text and "counts 2 times in the mean" in caplog.text

@@ -209,6 +209,21 @@ def test_folder_errors_list_what_was_found(tmp_path: Path) -> None:
         tiny_module(tmp_path)
 
 
+def test_eval_scores_a_folder_that_holds_only_a_test_file(tmp_path: Path) -> None:
+    """The vocabulary is the checkpoint's: a held-out folder needs no training file, and its file is
+    scored whole (nothing carved out of it), as a sentiment folder's is."""
+    trained = tiny_module(tokenizer="whitespace")
+    folder = tmp_path / "held_out"
+    folder.mkdir()
+    write(folder / "wiki.test.txt", "the company said its shares rose .\n" * 40)
+    dm = NextWordDataModule(path=str(folder), batch_size=4, bptt=5, spec=trained.spec.to_dict())
+    dm.setup("test")
+    assert len(dm.splits["test"].ids) == 40 * 8 and len(dm.splits["train"]) == len(dm.splits["val"]) == 0
+    assert sum(1 for _ in dm.test_dataloader()) > 0
+    with pytest.raises(DataError, match=r"folder has no training file"):  # training still needs one
+        tiny_module(folder)
+
+
 def test_too_little_text_for_a_window_explains_the_fix(tmp_path: Path) -> None:
     stream = TokenStream(torch.arange(40), "tiny.txt")
     assert batchify(stream, 4, 9).shape == (4, 10)
@@ -581,6 +596,21 @@ def test_reverse_reads_every_split_backwards_and_so_does_predict(tmp_path: Path)
     assert batch.inputs[0].tolist() == [index[w] for w in ["<eos>", "a", "gorgeous", "film"]]
 
 
+def test_eval_reads_text_in_the_direction_the_model_was_trained(tmp_path: Path) -> None:
+    """A backward LM was scored on forward text when eval's data.reverse was false: the spec decides,
+    and an eval override of data.reverse is refused as the other spec-decided settings are."""
+    from lstmkit.commands.evaluate import check_spec_settings
+
+    backward = tiny_module(reverse=True)
+    again = NextWordDataModule(num_tokens=6000, batch_size=4, bptt=5, reverse=False, spec=backward.spec.to_dict())
+    again.setup("test")
+    assert again.reverse and torch.equal(again.splits["test"].ids, backward.splits["test"].ids)
+    stored = {"_target_": "lstmkit.data.language_model.NextWordDataModule", "reverse": True, "bptt": 5}
+    with pytest.raises(ConfigError, match=r"^data\.reverse=False: the model was trained with data\.reverse=True"):
+        check_spec_settings(stored, {"reverse": False})
+    check_spec_settings(stored, {"reverse": True, "bptt": 7})
+
+
 def test_a_backward_model_writes_the_text_before_the_prompt(tmp_path: Path) -> None:
     for split, lines in {"train": ["a gorgeous film .", "dull and long ."] * 30,
                          "valid": ["a film ."] * 10, "test": ["long film ."] * 10}.items():
@@ -655,6 +685,42 @@ def test_subwords_split_unseen_words_into_known_pieces_and_generation_joins_them
         NextWordDataModule(path=str(tmp_path), tokenizer="char", subwords=1000)
     with pytest.raises(ConfigError, match="at least 100"):
         SentimentDataModule(subwords=10)
+
+
+class _RecursiveSubwords(Subwords):
+    """The re-split as it was (recursion per piece, every prefix of the rest tried): the reference."""
+
+    def _resplit(self, text: str, start: bool) -> list[str]:
+        if self._known is None:
+            return [text]
+        for end in range(len(text), 0, -1):
+            if (self._WORD_START + text[:end] if start else text[:end]) in self._known:
+                return [text[:end], *(self._resplit(text[end:], False) if end < len(text) else [])]
+        return [UNK, *(self._resplit(text[1:], False) if len(text) > 1 else [])]
+
+
+def test_a_long_run_of_unseen_characters_is_one_unk_and_other_words_split_as_before() -> None:
+    """The re-split recursed per unseen character: a CJK paragraph of ~1,500 characters (one word to the
+    tokenizer) raised RecursionError, in predict or in reading eval data. Words it handled split alike."""
+    import base64
+
+    from lstmkit.data.text import learn_subwords
+
+    rng = random.Random(0)
+    words = ["watch", "watchable", "unfunny", "funny", "film", "films", "filmmaker", "enjoyable", "unbearable"]
+    train = [rng.choices(words, k=6) + ["".join(rng.choices("abcdefghilmnoprstuvwy", k=rng.randint(3, 9)))]
+             for _ in range(300)]
+    pieces = learn_subwords(train, 100, 3, None, (PAD, UNK, EOS))  # min_count 3: some pieces re-split
+    stored = json.loads(pieces.to_json())
+    reference = _RecursiveSubwords(base64.b64decode(stored["model"]), stored["known"])
+    probes = ["".join(rng.choices("abcdefghilmnoprstuvwyxzqk日本", k=rng.randint(1, 30))) for _ in range(2000)]
+    probes += words + ["日本語のテキスト", "watch日本film", "x" * 40]
+    assert [pieces.split([w]) for w in probes] == [reference.split([w]) for w in probes]
+    paragraph = "".join(chr(0x4E00 + i % 3000) for i in range(1500))
+    assert pieces.split([paragraph]) == [UNK]
+    mixed = pieces.split(["film" + paragraph + "film"])
+    assert mixed[:2] == ["film", "##" + UNK] and UNK not in mixed and Subwords.join(mixed) == [f"film{UNK}film"]
+    assert pieces.split(["film" + "q" * 5000]) == ["film", "##" + UNK]
 
 
 def test_eval_with_subwords_cuts_a_single_file_where_training_cut_it(tmp_path: Path) -> None:

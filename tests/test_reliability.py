@@ -737,3 +737,55 @@ def test_a_typo_in_a_group_sweep_gets_a_suggestion() -> None:
     assert hint is not None and "did you mean task=stock?" in hint
     assert suggest_override(config_dir(), "train", ["task=ecg,stock", "model.hiden_size=8"]).startswith(
         "did you mean model.hidden_size?")  # a valid sweep: the hint is for the real typo
+
+
+def test_early_stopping_state_of_a_plain_early_stopping_checkpoint_comes_back() -> None:
+    """RunEarlyStopping kept a state key of its own: a checkpoint written with Lightning's EarlyStopping
+    resumed with the count of epochs without improvement and the best score silently reset. Its key is
+    Lightning's now (as RunCheckpoint's), and checkpoints under its old key are still read, without a
+    warning that asks for a callback the run has."""
+    import warnings
+
+    import lightning as L
+    from lightning.pytorch.callbacks import EarlyStopping
+    from lightning.pytorch.trainer import call
+
+    from lstmkit.callbacks import RunEarlyStopping
+
+    plain = EarlyStopping(monitor="val/acc", mode="max", patience=3)
+    plain.wait_count, plain.best_score = 2, torch.tensor(0.8)
+    old = RunEarlyStopping(monitor="val/acc", mode="max", patience=3)
+    old.wait_count, old.best_score = 1, torch.tensor(0.7)
+    old_key = "RunEarlyStopping{'monitor': 'val/acc', 'mode': 'max'}"  # the key lstmkit wrote before
+    for key, state, count, best in ((plain.state_key, plain.state_dict(), 2, 0.8), (old_key, old.state_dict(), 1, 0.7)):
+        resumed = RunEarlyStopping(monitor="val/acc", mode="max", patience=10)
+        trainer = L.Trainer(callbacks=[resumed], logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                            enable_model_summary=False)
+        checkpoint = {"callbacks": {key: state}, "pytorch-lightning_version": L.__version__}
+        resumed.setup(trainer, None, "fit")  # as Lightning does before it restores a checkpoint
+        ignored = [f for f in warnings.filters if f[0] == "ignore" and f[1] is not None]
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            call._call_callbacks_on_load_checkpoint(trainer, checkpoint)
+        # "please add the following callbacks", about a state that is read, is filtered out
+        asked = [str(w.message) for w in seen if "Please add the following callbacks" in str(w.message)]
+        assert all(any(f[1].match(text) for f in ignored) for text in asked), asked
+        call._call_callbacks_load_state_dict(trainer, checkpoint)
+        assert (resumed.wait_count, float(resumed.best_score), resumed.patience) == (count, pytest.approx(best), 10), key
+    assert RunEarlyStopping(monitor="val/acc", mode="max").state_key == plain.state_key
+
+
+def test_the_epoch_reseed_stays_in_the_generators_range_for_large_seeds() -> None:
+    """seed + 100003 * epoch left the range [0, 2**32) after the first epoch of a valid large seed: ValueError."""
+    from types import SimpleNamespace
+
+    from lstmkit.callbacks import ReseedEachEpoch
+
+    ReseedEachEpoch(4_294_900_000).on_train_epoch_start(SimpleNamespace(current_epoch=1), None)
+    first = torch.rand(3)
+    ReseedEachEpoch(4_294_900_000 + 100_003 - 2**32).on_train_epoch_start(SimpleNamespace(current_epoch=0), None)
+    assert torch.equal(torch.rand(3), first)  # the same seed, modulo 2**32
+    ReseedEachEpoch(7).on_train_epoch_start(SimpleNamespace(current_epoch=2), None)
+    second = torch.rand(3)
+    torch.manual_seed(7 + 2 * 100_003)
+    assert torch.equal(torch.rand(3), second)  # seeds in range are those they were

@@ -398,3 +398,47 @@ def test_a_stray_quote_is_an_error_not_two_examples_merged(tmp_path: Path) -> No
         read_labelled_text(tmp_path / "end.csv")
     (tmp_path / "ok.csv").write_text('text,label\n"a ""quoted"" word",1\n"two\nlines",0\n', encoding="utf-8")
     assert read_labelled_text(tmp_path / "ok.csv") == [(2, 'a "quoted" word', "1"), (3, "two\nlines", "0")]
+
+
+def test_subwords_with_max_length_encode_no_known_piece_as_unk() -> None:
+    """The known pieces were counted in whole texts and the vocabulary in texts cut to max_length: a piece
+    seen only past the cut was never split again yet had no row, so it was <unk> (18 ids of train here)."""
+    from lstmkit.data.text import Subwords, tokenize
+
+    modules = []
+    for max_length in (None, 4):
+        dm = SentimentDataModule(num_examples=300, subwords=150, min_count=3, max_length=max_length)
+        dm.setup("fit")
+        index = {token: i for i, token in enumerate(dm.spec.vocab)}
+        settings = {k: v for k, v in dm.spec.tokenizer.items() if k != "max_length"}
+        unk = ("<unk>", "##<unk>")
+        for split in ("train", "val", "test"):
+            texts = [t for *_, t, _ in dm._read_splits()[split]]
+            for text, ids in zip(texts, dm.splits[split].inputs, strict=True):
+                tokens = tokenize(text, **settings)[: max_length or None]
+                # <unk> only where the tokenizer says <unk> (a character no known piece holds)
+                assert ids.tolist() == [1 if t in unk else index.get(t, f"no row for {t}") for t in tokens], (split, text)
+        modules.append(dm)
+    for dm in modules:  # every known piece has a row
+        assert set(Subwords.from_json(dm.spec.tokenizer["subwords"]).known_pieces()) <= set(dm.spec.vocab)
+
+
+def test_lone_carriage_returns_end_lines_as_newlines_do(tmp_path: Path) -> None:
+    """A file with classic Mac line ends (a lone \\r) was read as one line without a word: one labelled
+    row (its first label and every other line's text), one language-model sentence."""
+    from lstmkit.data.language_model import NextWordDataModule
+    from lstmkit.data.text import read_text
+
+    lines = [f"{i % 2} a {'good' if i % 2 else 'dull'} film number {i}" for i in range(40)]
+    for end in ("\r", "\r\n"):
+        path = tmp_path / "mac.txt"
+        path.write_bytes(end.join(lines).encode() + end.encode())
+        assert read_text(path) == "\n".join(lines) + "\n"
+        assert [row for row, *_ in read_labelled_text(path)] == list(range(1, 41))
+        lm = NextWordDataModule(path=str(path), skip_fields=1, tokenizer="whitespace", batch_size=2, bptt=3)
+        lm.setup()
+        eos = lm.spec.vocab.index("<eos>")
+        assert sum(int((lm.splits[s].ids == eos).sum()) for s in ("train", "val", "test")) == 40
+    (tmp_path / "bad.txt").write_bytes(b"1 fine\r0 fine\r1 bad \xff byte\r")
+    with pytest.raises(DataError, match=r"bad\.txt, row 3: not valid UTF-8"):
+        read_text(tmp_path / "bad.txt")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -215,7 +216,15 @@ class ReseedEachEpoch(L.Callback):
         """Nothing to restore: ``train`` reads the seed from the checkpoint before the run is built."""
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        L.seed_everything(self.seed + 100_003 * trainer.current_epoch, workers=True, verbose=False)
+        # modulo 2**32, the generators' range: a valid large seed (4294900000) plus 100003 per epoch was out
+        # of it after the first epoch (ValueError); seeds that stayed in range get the seeds they had
+        L.seed_everything((self.seed + 100_003 * trainer.current_epoch) % 2**32, workers=True, verbose=False)
+
+
+# Lightning's warning on resuming a checkpoint written under RunEarlyStopping's old key alone: that state
+# is read (_legacy_state_key), so "please add the following callbacks" would send the user looking
+_OLD_KEY_WARNING = (r"(?s)Be aware that when using `ckpt_path`.*Please add the following callbacks: "
+                    r"\[[\"']RunEarlyStopping\{[^\]]*\}[\"']\]\.")
 
 
 class RunEarlyStopping(EarlyStopping):
@@ -225,7 +234,29 @@ class RunEarlyStopping(EarlyStopping):
     ``callbacks.early_stopping.patience=10 resume=true`` (give a stopped run more epochs) was silently
     run with the checkpoint's patience and stopped again at once. The count of epochs without
     improvement and the best score are still restored.
+
+    Its state is stored under Lightning's own key (``EarlyStopping{...}``), as :class:`RunCheckpoint`'s:
+    under a key of its own, a checkpoint written with a plain ``EarlyStopping`` resumed with the count
+    and the best score silently reset. A checkpoint written under the old ``RunEarlyStopping{...}`` key
+    is still read (:attr:`_legacy_state_key`).
     """
+
+    @property
+    def state_key(self) -> str:
+        """Lightning's own key, so checkpoints stay interchangeable with a plain ``EarlyStopping``."""
+        return super().state_key.replace(type(self).__qualname__, EarlyStopping.__qualname__, 1)
+
+    @property
+    def _legacy_state_key(self) -> str:  # type: ignore[override]
+        """The key lstmkit wrote before (``RunEarlyStopping{...}``): Lightning reads it when ``state_key``
+        is not in the checkpoint (its own legacy key, the class, is of checkpoints before Lightning 1.5)."""
+        return self._generate_state_key(monitor=self.monitor, mode=self.mode)
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        # here, not at import: Lightning restores a checkpoint after setup, and a filter added at import
+        # is gone once a warnings.catch_warnings block around the import has ended
+        warnings.filterwarnings("ignore", message=_OLD_KEY_WARNING)
+        super().setup(trainer, pl_module, stage)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         patience = self.patience

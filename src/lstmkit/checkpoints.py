@@ -14,9 +14,10 @@ from typing import Any
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
-from lstmkit.ensemble import SequenceEnsemble
+from lstmkit.ensemble import SequenceEnsemble, same_run_groups
 from lstmkit.errors import CheckpointError, ConfigError
 from lstmkit.module import SequenceModel
+from lstmkit.types import IDENTITY, IDENTITY_EXTRA, IDENTITY_TOKENIZER  # what a resume must keep
 
 log = logging.getLogger("lstmkit")
 
@@ -55,14 +56,6 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     if not {"spec", "encoder", "core", "head"} <= set(hparams):
         raise CheckpointError(f"{path}: checkpoint was not written by lstmkit's SequenceModel")
     return ckpt
-
-
-# what maps the data onto the weights; batching (bptt, max_length) and file-reading options may change
-IDENTITY = ("datamodule", "input_kind", "vocab", "num_features", "classes", "pad_id", "blank_id", "target_names",
-            "normaliser", "sample_rate")
-IDENTITY_TOKENIZER = ("level", "lowercase", "subwords")
-IDENTITY_EXTRA = ("features", "target", "horizon", "normal_labels", "anomaly_labels", "reverse", "samples_per_beat",
-                  "label_column", "train_counts")
 
 
 def check_resumable(path: str | Path, model: SequenceModel, ckpt: dict[str, Any] | None = None) -> None:
@@ -190,15 +183,33 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> Se
 
 def checkpoint_paths(ckpt_path: str | Path | Sequence[str | Path]) -> list[str]:
     """The checkpoint files ``ckpt_path`` names: one path, a list of paths, or glob patterns
-    (``logs/sentiment_real/runs/*/checkpoints/best.ckpt``), each pattern's matches sorted."""
+    (``logs/sentiment_real/runs/*/checkpoints/best.ckpt``), each pattern's matches sorted.
+
+    A path that exists is taken as it is, before it is read as a pattern: a Hydra sweep's folders
+    hold brackets (``optimizer.lr=[0.1]``), which glob reads as a character class, so the file
+    itself was "no checkpoint matches this pattern".
+
+    A pattern that matches two checkpoints of one run (``runs/*/checkpoints/*.ckpt``: each run's
+    ``best.ckpt`` and ``last.ckpt``) is refused: each would be an ensemble member, and that run's
+    model would weigh double in the mean without a word. Listed by name they are taken (with a
+    warning: :class:`~lstmkit.ensemble.SequenceEnsemble`), as a snapshot ensemble may mean it."""
     entries = [ckpt_path] if isinstance(ckpt_path, (str, Path)) else list(ckpt_path)
     paths: list[str] = []
     for entry in entries:
         entry = str(entry)
-        if glob.has_magic(entry):
+        if glob.has_magic(entry) and not os.path.exists(os.path.expanduser(entry)):
             matches = sorted(glob.glob(os.path.expanduser(entry)))
             if not matches:
-                raise CheckpointError(f"{entry}: no checkpoint matches this pattern")
+                hint = " (in a pattern, [...] is a character class: write [[] for a literal [)" if "[" in entry else ""
+                raise CheckpointError(f"{entry}: no checkpoint matches this pattern{hint}")
+            groups = same_run_groups(matches)
+            if groups:
+                run, same = next(iter(groups.items()))
+                raise ConfigError(
+                    f"ckpt_path={entry}: matches {len(same)} checkpoints of one run ({run}: "
+                    f"{', '.join(os.path.basename(p) for p in same)}); each would be an ensemble member, so that "
+                    "run's model would count several times in the mean. Match one file per run (e.g. "
+                    "runs/*/checkpoints/best.ckpt), or list the files by name if that is meant")
             paths += matches
         else:
             paths.append(entry)

@@ -6,14 +6,18 @@ Lakshminarayanan et al. 2017). ``lstmkit eval`` and ``lstmkit predict`` take sev
 (``ckpt_path=[a.ckpt,b.ckpt]`` or a glob) and build one of these; every metric, figure and decoded
 prediction is then the ensemble's, computed by the same head code as a single model's.
 
-The members must share their data (the same :class:`~lstmkit.types.DataSpec`: vocabulary, classes,
-normaliser) and their head type; the first member's head turns the combined outputs into the loss,
-metrics and predictions (its decoder settings, threshold and label smoothing are the ones used).
+The members must share their data (the identity fields of their :class:`~lstmkit.types.DataSpec`,
+:func:`~lstmkit.types.spec_identity`: vocabulary, classes, normaliser, tokenizer; batching such as a
+language model's ``bptt`` or a classifier's ``max_length`` may differ) and their head type; the first
+member's head turns the combined outputs into the loss, metrics and predictions (its decoder settings, threshold and label smoothing are the ones used).
 """
 
 from __future__ import annotations
 
+import logging
+import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -23,10 +27,14 @@ from torch import nn
 from lstmkit.errors import ConfigError
 from lstmkit.heads.base import Head
 from lstmkit.module import SequenceModel
+from lstmkit.types import spec_identity
 
-# datamodule settings that change how a split is batched, never which examples it holds
+log = logging.getLogger("lstmkit")
+
+# datamodule settings that change how a split is batched, never which examples it holds (bptt: the
+# windows a language model's stream is read in)
 LOADER_KEYS = frozenset({"batch_size", "eval_batch_size", "num_workers", "pin_memory", "persistent_workers",
-                         "bucketing"})
+                         "bucketing", "bptt"})
 
 
 def _differences(first: dict[str, Any], other: dict[str, Any]) -> list[str]:
@@ -37,6 +45,22 @@ def setting_differences(first: SequenceModel, other: SequenceModel) -> dict[str,
     """The data settings (``data.*`` of the two runs, batching aside) in which two members differ."""
     a, b = dict(first.hparams.get("data") or {}), dict(other.hparams.get("data") or {})
     return {k: (a.get(k), b.get(k)) for k in _differences(a, b) if k not in LOADER_KEYS}
+
+
+def run_folder(path: str | Path) -> str | None:
+    """The run folder of a checkpoint in lstmkit's layout (``<run>/checkpoints/<name>.ckpt``), else ``None``."""
+    parent = Path(os.path.realpath(os.path.expanduser(str(path)))).parent
+    return str(parent.parent) if parent.name == "checkpoints" else None
+
+
+def same_run_groups(paths: Sequence[str]) -> dict[str, list[str]]:
+    """Run folder -> the paths (two or more) of ``paths`` that are checkpoints of that one run."""
+    groups: dict[str, list[str]] = {}
+    for path in paths:
+        run = run_folder(path)
+        if run is not None:
+            groups.setdefault(run, []).append(path)
+    return {run: members for run, members in groups.items() if len(members) > 1}
 
 
 # encoder settings that decide where a step starts and how many there are: members must share them
@@ -63,6 +87,13 @@ class SequenceEnsemble(SequenceModel):
             # one object twice would weigh it double, and a stateful core (generation, truncated BPTT)
             # would carry its state from one member's call into the other's
             raise ConfigError("ensemble: the same model object is given more than once; load each member apart")
+        for run, paths in same_run_groups(names).items():
+            # a run's best.ckpt and last.ckpt are nearly one model: it would weigh double in the mean. Listed
+            # by name this may be meant (a snapshot ensemble), so it is said, not refused (a glob that
+            # matches them is refused: lstmkit.checkpoints.checkpoint_paths)
+            log.warning("ensemble: %s are checkpoints of one run (%s): its model counts %d times in the mean; "
+                        "give one checkpoint per run (e.g. its best.ckpt) unless that is meant",
+                        ", ".join(paths), run, len(paths))
         first = members[0]
         if type(first.head).combine is Head.combine:
             raise ConfigError(f"{names[0]}: {type(first.head).__name__} outputs cannot be combined into an "
@@ -75,7 +106,10 @@ class SequenceEnsemble(SequenceModel):
             if type(member.head) is not type(first.head):
                 raise ConfigError(f"ensemble: {name} has a {type(member.head).__name__}, "
                                   f"{names[0]} a {type(first.head).__name__}")
-            differ = _differences(first.spec.to_dict(), member.spec.to_dict())
+            # the fields that map data onto weights, as a resume compares them: specs that differ only in
+            # batching (extra.bptt, tokenizer.max_length) were refused, though the data is read with the
+            # first member's spec anyway
+            differ = _differences(spec_identity(first.spec.to_dict()), spec_identity(member.spec.to_dict()))
             if differ:
                 settings = "; ".join(f"data.{k}: {a!r} vs {b!r}" for k, (a, b) in setting_differences(first, member).items())
                 raise ConfigError(

@@ -120,3 +120,21 @@ class DataSpec:
         if unknown:
             raise ValueError(f"unknown DataSpec fields {sorted(unknown)}; known: {sorted(known)}")
         return cls(**data)
+
+
+# what maps the data onto the weights; batching (bptt, max_length) and file-reading options may change.
+# Checkpoints compare these to resume a run (lstmkit.checkpoints) and ensemble members to be combined.
+IDENTITY = ("datamodule", "input_kind", "vocab", "num_features", "classes", "pad_id", "blank_id", "target_names",
+            "normaliser", "sample_rate")
+IDENTITY_TOKENIZER = ("level", "lowercase", "subwords")
+IDENTITY_EXTRA = ("features", "target", "horizon", "normal_labels", "anomaly_labels", "reverse", "samples_per_beat",
+                  "label_column", "train_counts")
+
+
+def spec_identity(spec: dict[str, Any]) -> dict[str, Any]:
+    """A stored spec's identity fields (``IDENTITY``...), flat: ``vocab``, ``tokenizer.level``,
+    ``extra.reverse``... (``None`` where the spec lacks one)."""
+    identity = {key: spec.get(key) for key in IDENTITY}
+    for part, keys in (("tokenizer", IDENTITY_TOKENIZER), ("extra", IDENTITY_EXTRA)):
+        identity.update({f"{part}.{key}": (spec.get(part) or {}).get(key) for key in keys})
+    return identity

@@ -65,9 +65,11 @@ def check_members_split(model: SequenceEnsemble, names: list[str], split: str) -
     files, held-out speakers) give every member the same examples, which is what is checked.
     """
     def fingerprint(member: SequenceModel) -> str:
-        # each member's own settings: an eval override (data.seed=1) would make them look alike
+        # each member's own settings: an eval override (data.seed=1) would make them look alike; the first
+        # member's spec for all, as the ensemble reads the data: a batching setting it decides
+        # (tokenizer.max_length) is then not taken for other examples
         with config_stage("data"):
-            datamodule = build(dict(member.hparams.get("data") or {}), spec=member.hparams.spec)
+            datamodule = build(dict(member.hparams.get("data") or {}), spec=model.members[0].hparams.spec)
         datamodule.setup("test")
         return split_fingerprint(datamodule, split)
 

@@ -604,7 +604,8 @@ class NextWordDataModule(SequenceDataModule):
         path: ``None`` for the generated corpus; a folder holding one file per split, named
             with ``train`` / ``valid|val|dev`` / ``test`` as a dot-, dash- or underscore-separated
             part (``ptb.train.txt``, ``wiki.valid.tokens``; other files such as ``README`` are
-            ignored; a missing val or test split is cut from the end of train); or one text
+            ignored; a missing val or test split is cut from the end of train; with ``spec``, for
+            eval, a folder of held-out files alone is read as it is, no train file needed); or one text
             file, split into contiguous train / val / test parts by ``val_fraction`` /
             ``test_fraction`` (not shuffled: shuffling lines would break the streams).
         bptt: window length of truncated back-propagation through time.
@@ -641,7 +642,9 @@ class NextWordDataModule(SequenceDataModule):
     """
 
     predict_input = "text prompts"  # what `lstmkit predict input=...` expects (named in errors)
-    spec_settings = ("tokenizer", "lowercase", "subwords", "min_count", "max_vocab")
+    # reverse too: a backward model scored on forward text (or the reverse) reads a stream it was never
+    # trained on, and its perplexity measures nothing
+    spec_settings = ("tokenizer", "lowercase", "subwords", "min_count", "max_vocab", "reverse")
 
     def __init__(
         self,
@@ -716,8 +719,12 @@ class NextWordDataModule(SequenceDataModule):
             raise path_not_found(path)
         if path.is_file():
             return self._cut(str(path), self._tokens(read_text(path)))
-        found = split_files(path, "ptb.train.txt")
+        # with a checkpoint's spec (eval) the vocabulary is the checkpoint's: a folder of held-out files
+        # needs no training file, as a sentiment folder does not
+        found = split_files(path, "ptb.train.txt", require_train=self.fixed_spec is None)
         splits = {s: (str(f), self._tokens(read_text(f))) for s, f in found.items()}
+        if "train" not in splits:  # eval of held-out files: each scored as it is, nothing carved out of them
+            return {split: splits.get(split, (f"{path} (no {split} file)", [])) for split in ("train", "val", "test")}
         if "val" not in splits or "test" not in splits:
             source, tokens = splits["train"]
             carved = self._cut(source, tokens,
@@ -758,6 +765,9 @@ class NextWordDataModule(SequenceDataModule):
         if self.fixed_spec is not None:
             spec = self.fixed_spec
             self.tokenizer = dict(spec.tokenizer or self.tokenizer)
+            # the direction the model was trained in, not data.reverse (a backward model read forwards
+            # by eval scored the wrong text); a spec without it (none written so) keeps the setting
+            self.reverse = bool(spec.extra.get("reverse", self.reverse))
             subwords = self.tokenizer.pop("subwords", None)
             splits = self._read_splits()  # cut into parts by words, as training cut them
             if subwords:  # then into pieces: cut by pieces, the parts' borders moved (eval scored other text)

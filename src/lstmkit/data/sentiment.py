@@ -244,12 +244,22 @@ class SentimentDataModule(SequenceDataModule):
             self.tokenizer = stored or self.tokenizer
             tokens = self._tokenized(splits)
         else:
+            known: list[str] = []
             if self.subwords:
+                # the known pieces are counted in the first max_length pieces of each text, as the vocabulary
+                # below is: counted in whole texts, a piece seen only past the cut was never split again yet
+                # had no row, so it was <unk> even in train
                 words = [tokenize(text, **self.tokenizer) for _, _, text, _ in splits["train"]]
-                pieces = learn_subwords(words, self.subwords, self.min_count, self.max_vocab, (PAD, UNK))
+                pieces = learn_subwords(words, self.subwords, self.min_count, self.max_vocab, (PAD, UNK),
+                                        max_length=self.max_length)
                 self.tokenizer["subwords"] = pieces.to_json()
+                known = pieces.known_pieces() or []
             tokens = self._tokenized(splits)
             vocab = build_vocab(tokens["train"], self.min_count, self.max_vocab, specials=(PAD, UNK))
+            # a known piece that re-split neighbours pushed past max_length in every train text still gets a
+            # row (after the others: without max_length none is missing, and the vocabulary is as before)
+            have = set(vocab)
+            vocab += [piece for piece in known if piece not in have]
             raw = {y for *_, y in splits["train"]}
             unmapped = sorted(raw - set(self.label_names))
             if self.label_names and unmapped:  # a partial map would mix names and raw labels as classes

@@ -94,6 +94,8 @@ class Subwords:
         self._proto = proto
         self._model = spm.SentencePieceProcessor(model_proto=proto)
         self._known = set(known) if known is not None else None  # SentencePiece's own spelling
+        # no known piece is longer: the prefix search of _resplit starts here, not at the whole rest
+        self._longest = max(map(len, self._known), default=0) if self._known is not None else 0
         self._cache: dict[str, list[str]] = {}
 
     @classmethod
@@ -128,6 +130,13 @@ class Subwords:
     def size(self) -> int:
         """Pieces in the learnt model (``<unk>`` included)."""
         return int(self._model.get_piece_size())
+
+    def known_pieces(self) -> list[str] | None:
+        """The known pieces in this class's ``##`` spelling, sorted (``None``: every piece is known)."""
+        if self._known is None:
+            return None
+        return sorted(p.removeprefix(self._WORD_START) if p.startswith(self._WORD_START) else self.PREFIX + p
+                      for p in self._known)
 
     def restricted(self, vocab: Iterable[str]) -> Subwords:
         """The same model with only the pieces of ``vocab`` known (in this class's ``##`` spelling)."""
@@ -167,13 +176,28 @@ class Subwords:
         return [p if i == 0 else self.PREFIX + p for i, p in enumerate(pieces)] or [UNK]
 
     def _resplit(self, text: str, start: bool) -> list[str]:
-        """``text`` as known pieces: itself if known, else its longest known prefix and the rest."""
+        """``text`` as known pieces: itself if known, else its longest known prefix and then the rest
+        likewise; a run of characters that no known piece starts with is one ``<unk>``.
+
+        A loop, not recursion, and the prefixes tried are at most as long as the longest known piece:
+        recursing per unseen character overflowed Python's stack on a paragraph of ~1,500 unseen ones
+        (CJK text, a pasted base64 blob) and trying every prefix of the rest took cubic time."""
         if self._known is None:
             return [text]
-        for end in range(len(text), 0, -1):
-            if (self._WORD_START + text[:end] if start else text[:end]) in self._known:
-                return [text[:end], *(self._resplit(text[end:], False) if end < len(text) else [])]
-        return [UNK, *(self._resplit(text[1:], False) if len(text) > 1 else [])]  # an unseen character
+        pieces: list[str] = []
+        i = 0
+        while i < len(text):
+            first = start and i == 0  # only the word's first piece carries the word-start mark
+            for end in range(min(len(text), i + self._longest), i, -1):
+                if (self._WORD_START + text[i:end] if first else text[i:end]) in self._known:
+                    pieces.append(text[i:end])
+                    i = end
+                    break
+            else:  # an unseen character: one <unk> for a run of them
+                if not pieces or pieces[-1] != UNK:
+                    pieces.append(UNK)
+                i += 1
+        return pieces
 
     @classmethod
     def join(cls, pieces: list[str]) -> list[str]:
@@ -188,13 +212,20 @@ class Subwords:
 
 
 def learn_subwords(
-    train: list[list[str]], size: int, min_count: int, max_size: int | None, specials: tuple[str, ...]
+    train: list[list[str]], size: int, min_count: int, max_size: int | None, specials: tuple[str, ...],
+    max_length: int | None = None,
 ) -> Subwords:
     """:class:`Subwords` learnt on the train split's words, knowing only the pieces that the
     vocabulary built from the split pieces keeps (``min_count`` / ``max_size``, as
-    :func:`build_vocab`): a piece it drops is split again instead of becoming ``<unk>``."""
+    :func:`build_vocab`): a piece it drops is split again instead of becoming ``<unk>``.
+
+    ``max_length``: only each text's first ``max_length`` pieces are counted, as a classifier that
+    truncates its texts (``data.max_length``) reads them and builds its vocabulary from them. Counted
+    whole, a piece seen only past the cut was known (never split again) but had no row in that
+    vocabulary, so it was ``<unk>``, in the train split too."""
     pieces = Subwords.learn((w for words in train for w in words), size)
-    vocab = build_vocab([pieces.split(words) for words in train], min_count, max_size, specials)
+    vocab = build_vocab([pieces.split(words)[: max_length or None] for words in train], min_count, max_size,
+                        specials)
     log.info("data.subwords=%d: %d pieces learnt on the train split, %d kept in the vocabulary",
              size, pieces.size, len(vocab) - len(specials))
     return pieces.restricted(vocab)
@@ -252,7 +283,12 @@ _COMPRESSED = ((b"\x1f\x8b", "gzip"), (b"PK\x03\x04", "zip"), (b"\xfd7zXZ\x00", 
 
 
 def read_text(path: Path) -> str:
-    """Read a whole UTF-8 file with clear errors for missing, empty or non-UTF-8 files."""
+    """Read a whole UTF-8 file with clear errors for missing, empty or non-UTF-8 files.
+
+    Line ends are ``\n``: ``\r\n`` (Windows) and a lone ``\r`` (classic Mac OS, some exports) become
+    ``\n``, since every reader splits lines at ``\n`` alone. A file of lone ``\r`` ends was read as one
+    line without a word (one language-model sentence, one labelled row); the CSV reader already
+    ended lines at ``\r``."""
     if not path.exists():
         raise DataError("file not found", path=path)
     if path.is_dir():
@@ -264,13 +300,15 @@ def read_text(path: Path) -> str:
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as err:
-        line = raw[: err.start].count(b"\n") + 1
+        line = len(re.split(rb"\r\n|\r|\n", raw[: err.start]))  # the line ends the text will have
         raise DataError(
             f"not valid UTF-8 (byte 0x{raw[err.start]:02x} at offset {err.start}); "
             "re-save the file as UTF-8", path=path, row=line, readable=False,  # not a text: of another kind
         ) from None
     if not text.strip():
         raise DataError("file is empty", path=path)
+    if "\r" in text:
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
     return text
 
 
