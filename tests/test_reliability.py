@@ -82,11 +82,19 @@ def test_run_killed_mid_training_resumes_to_the_same_metrics(tmp_path: Path) -> 
 
 def _started_until(cwd: Path, pattern: str, *args: str) -> subprocess.Popen[str]:
     """``lstmkit train *args`` started in the background, returned once ``logs/sentiment/<pattern>``
-    exists (training is under way)."""
+    exists (training is under way). In a process group of its own (``os.killpg`` signals it as a
+    terminal's Ctrl-C does), with SIGINT at its default, as a shell's foreground command has it."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", "WANDB_MODE": "offline"}
     env.pop("HYDRA_FULL_ERROR", None)
-    proc = subprocess.Popen([str(BIN / "lstmkit"), "train", *args], cwd=cwd, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    ignored = signal.getsignal(signal.SIGINT) == signal.SIG_IGN  # inherited through exec, where a handler is not
+    if ignored:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        proc = subprocess.Popen([str(BIN / "lstmkit"), "train", *args], cwd=cwd, env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, start_new_session=True)
+    finally:
+        if ignored:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
     deadline = time.monotonic() + 300
     while not list((cwd / "logs" / "sentiment").glob(pattern)):
         assert proc.poll() is None, f"the run finished before it could be stopped: {proc.communicate()[1][-2000:]}"
@@ -95,19 +103,40 @@ def _started_until(cwd: Path, pattern: str, *args: str) -> subprocess.Popen[str]
     return proc
 
 
-def test_sigterm_exits_non_zero_and_says_how_to_resume(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)], ids=["SIGTERM", "SIGINT"])
+def test_sigterm_exits_non_zero_and_says_how_to_resume(tmp_path: Path, signum: int, code: int) -> None:
     """Lightning turns SIGTERM into a ``SystemExit(None)``: the run (or a whole sweep) exited 0, so a
-    scheduler that preempted it saw a success. Now: status 143, a message, result.json says so."""
+    scheduler that preempted it saw a success. Now: status 143, a message, result.json says so.
+    Ctrl-C (SIGINT) was Lightning's "Detected KeyboardInterrupt" and exit 1, with no result.json;
+    now it is the same interruption, with the conventional status 130."""
     proc = _started_until(tmp_path, "runs/*/checkpoints/last.ckpt", *RUN, "trainer.max_epochs=50")
     runs = tmp_path / "logs" / "sentiment" / "runs"
-    proc.send_signal(signal.SIGTERM)
+    name = signal.Signals(signum).name
+    proc.send_signal(signum)
     _, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 143, stderr
-    assert "interrupted by SIGTERM" in stderr and "resume=true" in stderr
+    assert proc.returncode == code, stderr
+    assert f"interrupted by {name}" in stderr and "resume=true" in stderr
+    assert "KeyboardInterrupt" not in stderr and "Received SIGTERM" not in stderr.replace("SIGTERM: 15", "")
     (result,) = runs.glob("*/result.json")
     recorded = json.loads(result.read_text())
-    assert (recorded["status"], recorded["error"]) == ("interrupted", "interrupted by SIGTERM")
+    assert (recorded["status"], recorded["error"]) == ("interrupted", f"interrupted by {name}")
     assert not list(runs.glob("*/metrics.json"))
+
+
+def test_ctrl_c_in_a_sweep_records_the_job_as_interrupted(tmp_path: Path) -> None:
+    """SIGINT during a sequential sweep's job was recorded as "killed by a signal: out of memory?"
+    (Lightning's exit 1 read as a dead launcher). Now the job is interrupted, the sweep exits 130 with
+    its summary of the jobs so far."""
+    proc = _started_until(tmp_path, "multiruns/*/0/checkpoints/last.ckpt", "-m", "optimizer.lr=1e-3,3e-3", *RUN,
+                          "trainer.max_epochs=50")
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    (sweep,) = (tmp_path / "logs" / "sentiment" / "multiruns").iterdir()
+    recorded = json.loads((sweep / "0" / "result.json").read_text())
+    assert (recorded["status"], recorded["error"]) == ("interrupted", "interrupted by SIGINT")
+    assert "| 0 | interrupted |" in (sweep / "summary.md").read_text()
+    assert not (sweep / "1").exists()
 
 
 def test_sigterm_while_the_data_is_read_is_recorded_too(tmp_path: Path) -> None:
@@ -145,9 +174,12 @@ def test_sigterm_to_a_ddp_spawn_run_stops_its_ranks(tmp_path: Path) -> None:
     assert read_checkpoint(run / "checkpoints" / "last.ckpt")["epoch"] < 399
 
 
-def test_sigterm_to_a_parallel_sweep_stops_its_workers(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)], ids=["SIGTERM", "SIGINT"])
+def test_sigterm_to_a_parallel_sweep_stops_its_workers(tmp_path: Path, signum: int, code: int) -> None:
     """A joblib sweep's trials run in worker processes, which a SIGTERM'd parent left training
-    (orphaned, then recording "ok"). Now they are stopped, record "interrupted", and the sweep exits 143."""
+    (orphaned, then recording "ok"). Now they are stopped, record "interrupted", and the sweep exits 143.
+    Ctrl-C (SIGINT to the whole process group, as a terminal sends it) was a KeyboardInterrupt
+    traceback from inside joblib, with no summary and no result.json; now the same, with exit 130."""
     import psutil
 
     proc = _started_until(tmp_path, "multiruns/*/*/checkpoints/last.ckpt", "-m", "hydra/launcher=joblib",
@@ -155,10 +187,14 @@ def test_sigterm_to_a_parallel_sweep_stops_its_workers(tmp_path: Path) -> None:
     jobs = tmp_path / "logs" / "sentiment" / "multiruns"
     workers = psutil.Process(proc.pid).children(recursive=True)
     assert workers
-    proc.send_signal(signal.SIGTERM)
+    if signum == signal.SIGINT:
+        os.killpg(proc.pid, signum)  # the terminal signals every process of the foreground group
+    else:
+        proc.send_signal(signum)
     _, stderr = proc.communicate(timeout=180)
-    assert proc.returncode == 143, stderr
-    assert "the sweep was interrupted by SIGTERM" in stderr
+    assert proc.returncode == code, stderr
+    assert f"the sweep was interrupted by {signal.Signals(signum).name}" in stderr
+    assert "Traceback" not in stderr
     _, alive = psutil.wait_procs(workers, timeout=10)  # killed ones are reaped by init a moment later
     assert not [w for w in alive if w.status() != psutil.STATUS_ZOMBIE], alive
     statuses = {json.loads(p.read_text())["status"] for p in jobs.glob("*/*/result.json")}
@@ -476,6 +512,91 @@ def test_an_error_after_a_sigterm_is_an_interruption(monkeypatch: pytest.MonkeyP
     assert stopped.value.code == 143
     assert "interrupted by SIGTERM" in capsys.readouterr().err
     assert signal.getsignal(signal.SIGTERM) is before  # the handler before the job is back
+
+
+@pytest.fixture
+def sigint_default() -> object:
+    """SIGINT at Python's default (KeyboardInterrupt), as in a terminal; pytest may run with it ignored."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+@pytest.mark.usefixtures("sigint_default")
+def test_ctrl_c_stops_at_the_next_batch_and_is_closed_in_wandb_as_interrupted(monkeypatch: pytest.MonkeyPatch,
+                                                                              capsys) -> None:
+    """SIGINT inside Lightning's loops was a KeyboardInterrupt (Lightning's exit 1; W&B closed the run
+    as finished, exit code 0). Now it goes to the SIGTERM handler of the moment, Lightning's, which
+    stops at the next batch; W&B gets 130. Outside the loops, and for a second Ctrl-C, it stops at once."""
+    import sys
+    from types import SimpleNamespace
+
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+    from omegaconf import OmegaConf
+
+    from lstmkit import cli
+
+    finished: list[int | None] = []
+    monkeypatch.setitem(sys.modules, "wandb", SimpleNamespace(run=object(), finish=lambda exit_code=None: finished.append(exit_code)))
+    noted: list[int] = []
+
+    def job(cfg: object) -> None:
+        found = signal.getsignal(signal.SIGTERM)
+
+        def lightning_like(signum: int, frame: object) -> None:  # Lightning's: notes it, calls the one it found
+            noted.append(signum)
+            found(signum, frame)  # type: ignore[operator]
+
+        signal.signal(signal.SIGTERM, lightning_like)
+        os.kill(os.getpid(), signal.SIGINT)  # handled before the next bytecode: noted, not raised
+        assert noted == [signal.SIGINT]
+        raise SIGTERMException  # what Lightning raises at the next batch
+
+    monkeypatch.setattr(cli, "_load", lambda target: job)
+    with pytest.raises(SystemExit) as stopped:
+        cli._task("train")(OmegaConf.create({}))
+    assert stopped.value.code == 130
+    assert finished == [130]
+    assert "interrupted by SIGINT (Ctrl-C)" in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler before the job is back
+
+    def twice(cfg: object) -> None:
+        signal.signal(signal.SIGTERM, lambda signum, frame: None)  # inside Lightning's loops, which wait
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C again: at once
+        raise AssertionError("not stopped")
+
+    monkeypatch.setattr(cli, "_load", lambda target: twice)
+    with pytest.raises(SystemExit) as stopped:
+        cli._task("train")(OmegaConf.create({}))
+    assert stopped.value.code == 130
+
+
+def test_ctrl_c_outside_a_job_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    """A Ctrl-C that no job handles (eval, predict; Hydra between a sweep's jobs) was a KeyboardInterrupt
+    traceback; now one line and exit 130."""
+    import sys
+
+    from hydra.core.global_hydra import GlobalHydra
+
+    from lstmkit import cli
+
+    def job(cfg: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_load", lambda target: job)
+    monkeypatch.setattr(sys, "argv", ["lstmkit"])
+    monkeypatch.setenv("LSTMKIT_COMMAND", "eval")  # main sets it; restored afterwards
+    monkeypatch.chdir(tmp_path)
+    GlobalHydra.instance().clear()
+    try:
+        cli.main(["eval", "ckpt_path=x.ckpt", f"hydra.run.dir={tmp_path}"])
+    except BaseException as err:  # noqa: BLE001 - a KeyboardInterrupt here would stop pytest itself
+        stopped = err
+    finally:
+        GlobalHydra.instance().clear()
+    assert isinstance(stopped, SystemExit) and stopped.code == 130, repr(stopped)
+    assert "lstmkit eval: interrupted by SIGINT (Ctrl-C)" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(("error", "code"), [(RuntimeError("out of memory"), 1), (None, None)])

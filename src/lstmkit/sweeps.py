@@ -124,7 +124,7 @@ def summarise_sweep(sweep_dir: str | Path) -> list[dict[str, Any]]:
 
 class SweepSummary(Callback):
     """Hydra callback: write the sweep summary when a multirun ends; stop a parallel sweep's
-    workers when the sweep is sent SIGTERM."""
+    workers when the sweep is sent SIGTERM or SIGINT (Ctrl-C)."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         os.environ[SWEEP_NAME_ENV] = sweep_name(config)  # every job's folder: see _sweep_folder
@@ -137,7 +137,10 @@ class SweepSummary(Callback):
                   "node, or drop cluster=slurm (hydra/launcher=submitit_local runs the jobs here)", file=sys.stderr)
             raise SystemExit(2)
         if "joblib" in launcher:
-            signal.signal(signal.SIGTERM, lambda signum, frame: stop_workers(config.hydra.sweep.dir))
+            signal.signal(signal.SIGTERM, lambda signum, frame: stop_workers(config.hydra.sweep.dir, signum))
+            if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not when ignored (nohup, &)
+                # Ctrl-C: a KeyboardInterrupt inside joblib's wait was a 40-line traceback, no summary
+                signal.signal(signal.SIGINT, lambda signum, frame: stop_workers(config.hydra.sweep.dir, signum))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         try:
@@ -147,18 +150,22 @@ class SweepSummary(Callback):
             os.environ.pop(SWEEP_DIR_ENV, None)
 
 
-def stop_workers(sweep_dir: str | Path, grace_s: float = 60.0) -> None:
-    """SIGTERM in the parent of a joblib sweep: pass it on to the trials, wait for them, exit 143.
+def stop_workers(sweep_dir: str | Path, signum: int = signal.SIGTERM, grace_s: float = 60.0) -> None:
+    """SIGTERM or SIGINT (``signum``) in the parent of a joblib sweep: pass it on to the trials (as
+    SIGTERM), wait for them, exit 128 + ``signum`` (143, or 130 for Ctrl-C).
 
     Why: the trials run in loky worker processes, which the parent's death left running (orphaned,
     training on, then recording "ok" for a sweep that had been stopped). Each trial stops at its
     next batch and records itself as interrupted (``lstmkit.cli``); once the running trials have
     (or ``grace_s`` seconds have passed) the workers, idle by then, and loky's resource trackers,
-    which ignore SIGTERM, are killed.
+    which ignore SIGTERM, are killed. The trials are sent SIGTERM whichever signal came: a Ctrl-C
+    reaches them too (the terminal signals the whole process group), and a second SIGINT would make
+    them stop at once rather than at the next batch.
     """
     import psutil
 
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut this short
+    for stopping in (signal.SIGTERM, signal.SIGINT):  # a second signal (Ctrl-C again) must not cut this short
+        signal.signal(stopping, signal.SIG_IGN)
     workers = psutil.Process().children(recursive=True)
     for worker in workers:
         with contextlib.suppress(psutil.Error):
@@ -182,10 +189,11 @@ def stop_workers(sweep_dir: str | Path, grace_s: float = 60.0) -> None:
             worker.kill()
     psutil.wait_procs(workers, timeout=10)
     summarise_sweep(sweep_dir)
-    print(f"lstmkit train: the sweep was interrupted by SIGTERM ({len(workers)} worker process(es) stopped); "
-          f"the jobs so far are in {Path(sweep_dir, 'summary.md')}; run the same command with resume=true to "
-          "continue it", file=sys.stderr)
-    os._exit(143)  # the launcher's own threads and pools would otherwise keep the process alive
+    with contextlib.suppress(OSError):  # stderr may be a pipe closed by the same signal
+        print(f"lstmkit train: the sweep was interrupted by {signal.Signals(signum).name} ({len(workers)} worker "
+              f"process(es) stopped); the jobs so far are in {Path(sweep_dir, 'summary.md')}; run the same command "
+              "with resume=true to continue it", file=sys.stderr)
+    os._exit(128 + signum)  # the launcher's own threads and pools would otherwise keep the process alive
 
 
 def close_broken_sweep(sweep_dir: str | Path) -> int:
