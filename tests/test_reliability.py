@@ -438,6 +438,61 @@ def test_a_resumed_sweep_continues_each_job_from_its_own_checkpoint(tmp_path: Pa
     assert "this job starts afresh" in (resumed / "2" / "cli.log").read_text()
 
 
+def test_a_sweep_in_a_fixed_folder_resumes_each_job_in_place(tmp_path: Path) -> None:
+    """A sweep given ``hydra.sweep.dir`` and run again with resume=true found "no earlier run" for any
+    job (the sweep now running, left out of the search, is in the earlier one's folder): each job
+    started afresh beside its checkpoints (best-v1.ckpt) and its CSV log held two runs. Now each job
+    continues its own folder's last.ckpt, in place, as a single run in a fixed folder does."""
+    sweep = tmp_path / "sweep"
+    args = ["-m", "optimizer.lr=0.001,0.002", *STALL[:4], *STALL[5:], f"hydra.sweep.dir={sweep}"]
+    run_cli("train", *args, "trainer.max_epochs=1", cwd=tmp_path)
+    run_cli("train", *args, "trainer.max_epochs=2", "resume=true", cwd=tmp_path)
+    for job, lr in enumerate((0.001, 0.002)):
+        folder = sweep / str(job)
+        assert sorted(p.name for p in (folder / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
+        last = read_checkpoint(folder / "checkpoints" / "last.ckpt")
+        assert last["epoch"] == 1
+        assert {group["lr"] for group in last["optimizer_states"][0]["param_groups"]} == {lr}
+        assert f"resuming {folder}/checkpoints/last.ckpt (this job's own folder" in (folder / "cli.log").read_text()
+        with (folder / "csv" / "metrics.csv").open() as fh:
+            epochs = [int(row["epoch"]) for row in csv.DictReader(fh) if row.get("val/loss")]
+        assert epochs == [0, 1], epochs  # one run: each epoch's validation once
+
+
+def test_a_fixed_sweep_folder_of_another_sweep_is_not_continued(make_cfg, tmp_path: Path, caplog,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """The job folder's earlier run is continued only when its result.json recorded this job's
+    overrides: Hydra has already replaced its .hydra/overrides.yaml, and a folder reused by a sweep over
+    other values holds another job."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+    from omegaconf import open_dict, read_write
+
+    from lstmkit.commands.train import resolve_ckpt_path
+
+    # the MULTIRUN config set below must not outlive the test (the job wrapper of later tests reads it)
+    monkeypatch.setattr(HydraConfig.instance(), "cfg", HydraConfig.instance().cfg)
+
+    cfg = make_cfg(["optimizer.lr=1e-3", "resume=true"])
+    job = tmp_path / "sweep" / "0"
+    with read_write(cfg.hydra), open_dict(cfg.hydra):
+        cfg.hydra.mode = RunMode.MULTIRUN
+        cfg.hydra.sweep.dir = str(job.parent)
+        cfg.hydra.runtime.output_dir = str(job)
+    HydraConfig.instance().set_config(cfg)
+    (job / "checkpoints").mkdir(parents=True)
+    (job / "checkpoints" / "last.ckpt").write_bytes(b"x")
+    recorded = [o.replace("1e-3", "0.001") for o in cfg.hydra.overrides.task if not o.startswith("resume")]
+    (job / "result.json").write_text(json.dumps({"status": "ok", "overrides": recorded}))
+    assert resolve_ckpt_path("last", cfg) == str(job / "checkpoints" / "last.ckpt")  # its own: 1e-3 is 0.001
+    other = [o.replace("0.001", "0.01") for o in recorded]
+    (job / "result.json").write_text(json.dumps({"status": "ok", "overrides": other}))
+    with caplog.at_level(logging.INFO, logger="lstmkit"):
+        assert resolve_ckpt_path("last", cfg) is None
+    assert f"holds a run of other overrides, {other}" in caplog.text
+    assert "this job starts afresh" in caplog.text
+
+
 def test_resuming_with_another_length_warns_for_cosine_and_refuses_one_cycle(tmp_path: Path) -> None:
     """The schedule is rebuilt over the new length while its step count continues: cosine jumps
     (said), one-cycle would step past its saved end and crash inside PyTorch (refused)."""

@@ -84,6 +84,15 @@ def run_files(roots: list[Path]) -> tuple[list[Path], list[Path]]:
     return found["checkpoints/last.ckpt"], found[".hydra/overrides.yaml"]
 
 
+def recorded_overrides(folder: Path) -> list[str] | None:
+    """The overrides a job recorded in ``folder/result.json`` (``lstmkit.sweeps.write_result``), if any."""
+    try:
+        recorded = json.loads((folder / "result.json").read_text()).get("overrides")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return [str(o) for o in recorded] if isinstance(recorded, list) else None
+
+
 def resolve_ckpt_path(ckpt_path: str | None, cfg: DictConfig) -> str | None:
     """``last`` -> the newest ``last.ckpt`` of an earlier run of this task; a path -> checked.
 
@@ -93,6 +102,16 @@ def resolve_ckpt_path(ckpt_path: str | None, cfg: DictConfig) -> str | None:
     A sweep job without such a run starts afresh (the sweep is resumed where it stopped), and so
     does a run whose earlier run with these overrides stopped before its first checkpoint. A single
     run with no such earlier run falls back to the task's newest ``last.ckpt``, with a warning.
+
+    A run in a fixed folder (``hydra.run.dir``) continues that folder's own ``last.ckpt``, in place,
+    and so does a sweep job in a fixed ``hydra.sweep.dir`` (the same command again: the same job
+    number, the same folder). Why the sweep job: the search leaves out the sweep now running, whose
+    folder is then the earlier sweep's too, so every job of a resumed fixed-folder sweep "found no
+    earlier run", started afresh beside its earlier checkpoints (``best-v1.ckpt``) and continued its
+    CSV log with a second run. Hydra has already replaced the folder's ``.hydra/overrides.yaml`` with
+    this job's, so the earlier job's overrides are read from its ``result.json`` (written when it
+    ended, failed or was interrupted); one of other overrides (another sweep used the folder) is not
+    continued.
     """
     if not ckpt_path:
         return None
@@ -111,10 +130,20 @@ def resolve_ckpt_path(ckpt_path: str | None, cfg: DictConfig) -> str | None:
     def earlier(paths: Iterator[Path]) -> list[Path]:  # not this run's / this sweep's own
         return [p for p in paths if now is None or now not in p.resolve().parents]
 
-    reused = now / "checkpoints" / "last.ckpt" if now is not None and not sweep else None
-    if reused is not None and reused.is_file():  # a fixed hydra.run.dir (torchrun, a scheduler's job folder)
+    mine = job_overrides(list(hydra.overrides.task)) if hydra else None
+    folder = Path(hydra.runtime.output_dir).resolve() if hydra else None
+    reused = folder / "checkpoints" / "last.ckpt" if folder is not None else None
+    if reused is not None and reused.is_file() and not sweep:  # a fixed hydra.run.dir (torchrun, a scheduler's)
         log.info("resuming %s (this run folder's own, from an earlier attempt)", reused)
         return str(reused)
+    if reused is not None and reused.is_file():  # a sweep job in a fixed hydra.sweep.dir: its own job folder
+        recorded = recorded_overrides(reused.parent.parent)
+        if recorded is None or job_overrides(recorded) == mine:
+            log.info("resuming %s (this job's own folder in the sweep folder, from an earlier attempt%s)", reused,
+                     "" if recorded is not None else "; it left no result.json to compare its overrides with")
+            return str(reused)
+        log.warning("resume: this job's folder %s holds a run of other overrides, %s (the sweep folder was used by "
+                    "another sweep); looking for an earlier run with these overrides elsewhere", folder, recorded)
     if now is not None and not sweep and now.parent != (runs / "runs").resolve():
         # a folder of its own (hydra.run.dir=...) that holds no checkpoint yet: its earlier attempt stopped
         # before its first epoch ended; another run's weights would not continue it
@@ -124,7 +153,6 @@ def resolve_ckpt_path(ckpt_path: str | None, cfg: DictConfig) -> str | None:
 
     checkpoints, overrides = run_files(roots)
     candidates = sorted(earlier(checkpoints), key=lambda p: p.stat().st_mtime, reverse=True)
-    mine = job_overrides(list(hydra.overrides.task)) if hydra else None
     matching = {p.parent.parent for p in earlier(overrides)
                 if mine is not None and job_overrides(list(OmegaConf.load(p))) == mine}  # each file read once
     own = [c for c in candidates if c.parent.parent in matching]
