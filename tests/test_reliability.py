@@ -493,6 +493,50 @@ def test_a_fixed_sweep_folder_of_another_sweep_is_not_continued(make_cfg, tmp_pa
     assert "this job starts afresh" in caplog.text
 
 
+def test_sweep_jobs_with_the_same_overrides_each_resume_their_own(make_cfg, tmp_path: Path, caplog,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """``-m seed=null,null ... resume=true``: both jobs have the same overrides, and both resumed the
+    earlier sweep's newest job of them (its job 1). Now each takes the job of its own number, and a job
+    whose twin saved no checkpoint, or that the earlier sweep did not have, starts afresh."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+    from omegaconf import open_dict, read_write
+
+    from lstmkit.commands.train import resolve_ckpt_path
+
+    # the MULTIRUN config set below must not outlive the test (the job wrapper of later tests reads it)
+    monkeypatch.setattr(HydraConfig.instance(), "cfg", HydraConfig.instance().cfg)
+
+    cfg = make_cfg(["seed=null", "resume=true"])
+    mine = [o for o in cfg.hydra.overrides.task if not o.startswith("resume")]
+    earlier = tmp_path / "logs" / "sentiment" / "multiruns" / "earlier"
+    for job in (0, 1):
+        folder = earlier / str(job)
+        (folder / ".hydra").mkdir(parents=True)
+        (folder / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in mine))
+        (folder / "checkpoints").mkdir()
+        (folder / "checkpoints" / "last.ckpt").write_bytes(b"x")
+        os.utime(folder / "checkpoints" / "last.ckpt", (time.time() - 10 + job, time.time() - 10 + job))
+    (earlier / "1" / ".hydra" / "hydra.yaml").write_text("hydra:\n  job:\n    num: 1\n")
+
+    def resumed(number: int) -> str | None:
+        with read_write(cfg.hydra), open_dict(cfg.hydra):
+            cfg.hydra.mode = RunMode.MULTIRUN
+            cfg.hydra.sweep.dir = str(tmp_path / "logs" / "sentiment" / "multiruns" / "now")
+            cfg.hydra.runtime.output_dir = f"{cfg.hydra.sweep.dir}/{number}"
+            cfg.hydra.job.num = number
+        HydraConfig.instance().set_config(cfg)
+        return resolve_ckpt_path("last", cfg)
+
+    assert resumed(0) == str(earlier / "0" / "checkpoints" / "last.ckpt")  # not the newest, job 1's
+    assert resumed(1) == str(earlier / "1" / "checkpoints" / "last.ckpt")
+    with caplog.at_level(logging.INFO, logger="lstmkit"):
+        assert resumed(2) is None
+    assert "its job 2 is not among them, so this job starts afresh" in caplog.text
+    (earlier / "0" / "checkpoints" / "last.ckpt").unlink()  # job 0 stopped before its first checkpoint
+    assert resumed(0) is None
+
+
 def test_resuming_with_another_length_warns_for_cosine_and_refuses_one_cycle(tmp_path: Path) -> None:
     """The schedule is rebuilt over the new length while its step count continues: cosine jumps
     (said), one-cycle would step past its saved end and crash inside PyTorch (refused)."""

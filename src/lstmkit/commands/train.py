@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -84,6 +85,16 @@ def run_files(roots: list[Path]) -> tuple[list[Path], list[Path]]:
     return found["checkpoints/last.ckpt"], found[".hydra/overrides.yaml"]
 
 
+def job_number(folder: Path) -> int | None:
+    """The ``hydra.job.num`` of the sweep job that ran in ``folder`` (its ``.hydra/hydra.yaml``; else the
+    folder's name, Hydra's default ``hydra.sweep.subdir``), or ``None``."""
+    with contextlib.suppress(Exception):  # an unreadable or partial file: the name decides
+        number = OmegaConf.select(OmegaConf.load(folder / ".hydra" / "hydra.yaml"), "hydra.job.num")
+        if isinstance(number, int):
+            return number
+    return int(folder.name) if folder.name.isdigit() else None
+
+
 def recorded_overrides(folder: Path) -> list[str] | None:
     """The overrides a job recorded in ``folder/result.json`` (``lstmkit.sweeps.write_result``), if any."""
     try:
@@ -112,6 +123,11 @@ def resolve_ckpt_path(ckpt_path: str | None, cfg: DictConfig) -> str | None:
     this job's, so the earlier job's overrides are read from its ``result.json`` (written when it
     ended, failed or was interrupted); one of other overrides (another sweep used the folder) is not
     continued.
+
+    When the newest earlier sweep with these overrides ran them in several jobs (``-m seed=null,null``,
+    repeats of one setting), the job continues the one of its own number (``hydra.job.num``), or
+    starts afresh if that one saved no checkpoint or there is none: the newest of them was taken by
+    every job, so all continued one and the same run.
     """
     if not ckpt_path:
         return None
@@ -157,6 +173,21 @@ def resolve_ckpt_path(ckpt_path: str | None, cfg: DictConfig) -> str | None:
                 if mine is not None and job_overrides(list(OmegaConf.load(p))) == mine}  # each file read once
     own = [c for c in candidates if c.parent.parent in matching]
     candidates = [c for c in candidates if runs.resolve() in c.resolve().parents]  # the fallback: this task's
+    if own and sweep:
+        # the earlier sweep ran these overrides more than once (-m seed=null,null): its job of this number
+        twins = sorted(m for m in matching if m.parent == own[0].parent.parent.parent)
+        if len(twins) > 1:
+            number = int(hydra.job.num)
+            same = [m for m in twins if job_number(m) == number]
+            last = same[0] / "checkpoints" / "last.ckpt" if same else None
+            if last is not None and last in own:
+                log.info("resuming %s (the earlier sweep's job %d, of the %d with these overrides)", last, number,
+                         len(twins))
+                return str(last)
+            log.info("resume: the earlier sweep %s ran these overrides in %d jobs, %s; its job %d %s, so this job "
+                     "starts afresh (never a sibling's checkpoint)", own[0].parent.parent.parent, len(twins),
+                     ", ".join(m.name for m in twins), number, "saved no checkpoint" if same else "is not among them")
+            return None
     if own:
         log.info("resuming %s (the newest earlier run with these overrides)", own[0])
         return str(own[0])
