@@ -788,6 +788,35 @@ def test_a_resume_keeps_the_patience_it_is_given() -> None:
     assert after.patience == 10 and after.wait_count == 3 and float(after.best_score) == pytest.approx(0.8)
 
 
+def test_a_resume_with_a_new_patience_finds_its_earlier_run(make_cfg, tmp_path: Path) -> None:
+    """README: "A new callbacks.early_stopping.patience is used (give a stopped run more epochs)". But
+    the patience was compared with the earlier runs' overrides: no run matched, and the task's newest
+    last.ckpt, another run's, was resumed. It is left out like the run length; a changed setting that
+    makes another run (the learning rate) is not."""
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict, read_write
+
+    from lstmkit.commands.train import job_overrides, resolve_ckpt_path
+
+    assert job_overrides(["callbacks.early_stopping.patience=10", "optimizer.lr=0.01"]) == ["optimizer.lr=0.01"]
+    cfg = make_cfg(["optimizer.lr=0.01", "callbacks.early_stopping.patience=10", "trainer.max_epochs=9",
+                    "resume=true"])
+    with read_write(cfg.hydra.runtime), open_dict(cfg.hydra.runtime):
+        cfg.hydra.runtime.output_dir = str(tmp_path / "logs" / "sentiment" / "runs" / "now")
+    HydraConfig.instance().set_config(cfg)
+    runs = tmp_path / "logs" / "sentiment" / "runs"
+    kept = [o for o in cfg.hydra.overrides.task if o.split("=")[0] not in ("resume", "trainer.max_epochs",
+                                                                          "callbacks.early_stopping.patience")]
+    for name, overrides, age in (("mine", [*kept, "callbacks.early_stopping.patience=3"], 100),
+                                 ("other", [o.replace("0.01", "0.02") for o in kept], 10)):
+        (runs / name / ".hydra").mkdir(parents=True)
+        (runs / name / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
+        (runs / name / "checkpoints").mkdir()
+        (runs / name / "checkpoints" / "last.ckpt").write_bytes(b"x")
+        os.utime(runs / name / "checkpoints" / "last.ckpt", (time.time() - age, time.time() - age))
+    assert resolve_ckpt_path("last", cfg) == str(runs / "mine" / "checkpoints" / "last.ckpt")
+
+
 def test_a_plateau_schedule_resumes_where_it_was(tmp_path: Path) -> None:
     """Lightning steps ReduceLROnPlateau after the epoch's checkpoint and skips that step on resume:
     every resume lost an epoch of the schedule. Stopped after 2 epochs and resumed to 5, the run

@@ -42,8 +42,12 @@ from lstmkit.module import SequenceModel
 from lstmkit.sweeps import MIXED_SWEEP
 from lstmkit.warm_start import init_from_checkpoint, init_reverse_from_checkpoint
 
-# overrides a resumed run may change: how long it trains, and the resume options themselves
-RESUME_OVERRIDES = {"resume", "ckpt_path", "trainer.max_epochs", "trainer.max_steps", "trainer.max_time"}
+# overrides a resumed run may change, so left out when resume=true looks for the earlier run: how long it
+# trains, its early-stopping patience (give a stopped run more epochs; lstmkit.callbacks.RunEarlyStopping
+# uses the new one), and the resume options themselves. Without the patience, `... patience=10 resume=true`
+# found no run of its overrides and resumed the task's newest last.ckpt, another run's. README, Resume.
+RESUME_OVERRIDES = {"resume", "ckpt_path", "trainer.max_epochs", "trainer.max_steps", "trainer.max_time",
+                    "callbacks.early_stopping.patience"}
 
 
 def job_overrides(overrides: list[str]) -> list[str]:
