@@ -777,6 +777,31 @@ def test_a_resume_with_another_optimizer_or_lr_scale_is_refused_before_lightning
         check_resumable("old.ckpt", model(optimizer=adamw, lr_scale={"encoder": 0.5}), ckpt)
 
 
+def test_the_first_step_after_a_longer_resume_is_on_the_new_schedule(tmp_path: Path) -> None:
+    """``trainer.max_epochs`` raised on resume rebuilds the cosine schedule over the new length; its
+    first step trained at the old schedule's last (floor) rate, restored with the optimiser, and only
+    the steps after it followed the new schedule."""
+    from lstmkit.optim import cosine_with_warmup
+
+    small = [*STALL[:4], "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false", "logger=csv",
+             "trainer.limit_train_batches=4", "callbacks.lr_monitor.logging_interval=step", "trainer.log_every_n_steps=1",
+             "test=false", "optimizer.lr=0.01"]
+    run_cli("train", *small, "trainer.max_epochs=1", cwd=tmp_path)
+    run_cli("train", *small, "trainer.max_epochs=2", "resume=true", cwd=tmp_path)
+    resumed = max((tmp_path / "logs" / "sentiment" / "runs").iterdir())
+    with (resumed / "csv" / "metrics.csv").open() as fh:
+        rates = {int(row["step"]): float(row["lr-AdamW/decay"]) for row in csv.DictReader(fh) if row.get("lr-AdamW/decay")}
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.01)
+    schedule = cosine_with_warmup(optimizer, total_steps=8)
+    expected = []
+    for _ in range(8):
+        expected.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule.step()
+    assert sorted(rates) == [4, 5, 6, 7], rates
+    assert [rates[step] for step in (4, 5, 6, 7)] == pytest.approx(expected[4:], rel=1e-9)
+
+
 def test_a_resume_keeps_the_patience_it_is_given() -> None:
     """Lightning restored the checkpoint's patience over the command line's; the counts are restored."""
     from lstmkit.callbacks import RunEarlyStopping
