@@ -179,6 +179,26 @@ def test_jobs_of_different_metrics_are_never_ranked_against_one_another(tmp_path
     assert "\nBest: " not in summary
 
 
+@pytest.mark.parametrize("mode", ["min", "max"])
+def test_a_diverged_trial_is_recorded_as_failed_in_strict_json_and_ranked_last(tmp_path: Path, mode: str) -> None:
+    """A trial whose val/mase overflowed to inf (its training loss finite) wrote ``"objective": Infinity``
+    (not JSON) as status ok, ranked first when minimising -inf or best of a max sweep."""
+    from lstmkit.sweeps import summarise_sweep, write_result
+
+    def strict(path: Path) -> dict:
+        return json.loads(path.read_text(), parse_constant=lambda name: pytest.fail(f"{path}: {name} is not JSON"))
+
+    write_result(tmp_path / "0", ["optimizer.lr=1"], "val/mase", mode, 1.5)
+    for job, value in (("1", float("inf")), ("2", float("-inf"))):
+        write_result(tmp_path / job, ["optimizer.lr=1e4"], "val/mase", mode, value)
+        record = strict(tmp_path / job / "result.json")
+        assert (record["status"], record["objective"]) == ("failed", None)
+        assert record["error"].startswith(f"val/mase = {value}: the run diverged")
+    rows = summarise_sweep(tmp_path)
+    assert rows[0]["job"] == "0" and {r["job"] for r in rows[1:]} == {"1", "2"}
+    assert "Best: job 0 with val/mase = 1.5000" in (tmp_path / "summary.md").read_text()
+
+
 def test_a_sweep_over_tasks_keeps_its_jobs_and_summary_in_one_folder(tmp_path: Path) -> None:
     """Each job's own task_name put -m task=ecg,stock's jobs under logs/ecg/ and logs/stock/, and the
     summary (looking under the default task's folder) found none: no table, exit 0 when all failed."""

@@ -67,6 +67,19 @@ def register_resolvers() -> None:
 
 def write_result(out_dir: str | Path, overrides: list[str], monitor: str | None, mode: str | None,
                  objective: float | None, error: str | None = None, status: str | None = None) -> None:
+    """``out_dir/result.json``: the job's status, monitored metric, objective, overrides and error.
+
+    An infinite objective (a trial whose validation metric overflowed, ``val/mase`` = inf, while its
+    training loss stayed finite) is recorded as ``null``, status ``failed``, with the reason as its
+    error. Why: ``json.dumps`` wrote it as ``Infinity``, which is not JSON (strict readers, ``jq``,
+    JavaScript refuse the file), and the trial counted as ``ok`` though it had diverged. As a failed
+    trial it is ranked after every trial with a value, and a sweep where every trial diverged says so.
+    """
+    if isinstance(objective, (int, float)) and math.isinf(objective):
+        error = error or (f"{monitor or 'the monitored metric'} = {objective}: the run diverged (try a lower "
+                          "optimizer.lr, or trainer.gradient_clip_val=1.0)")
+        status = status or "failed"
+        objective = None
     value = None if objective is None or (isinstance(objective, float) and math.isnan(objective)) else objective
     record = {"status": status or ("failed" if error else "ok"), "monitor": monitor, "mode": mode, "objective": value,
               "overrides": overrides, "error": error}
@@ -74,7 +87,7 @@ def write_result(out_dir: str | Path, overrides: list[str], monitor: str | None,
     path.parent.mkdir(parents=True, exist_ok=True)
     # written whole, then renamed: a worker killed mid-write (stop_workers after its grace period)
     # leaves no half a record, and "result.json exists" means the job has recorded itself
-    write_atomic(path, json.dumps(record, indent=2) + "\n")
+    write_atomic(path, json.dumps(record, indent=2, allow_nan=False) + "\n")
 
 
 def summarise_sweep(sweep_dir: str | Path) -> list[dict[str, Any]]:
