@@ -379,6 +379,21 @@ def test_divergence_stops_the_run_and_keeps_the_last_good_checkpoint(make_cfg, t
     assert all(torch.isfinite(t).all() for t in last["state_dict"].values())
 
 
+def test_callbacks_none_writes_no_checkpoint_and_tests_the_final_weights(make_cfg, tmp_path: Path, caplog) -> None:
+    """``callbacks=none`` ("no checkpoints") still wrote Lightning's default checkpoint,
+    csv/checkpoints/epoch=0-step=3.ckpt, and said it was "testing the best checkpoint" (the last one)."""
+    from lstmkit.commands.train import train
+
+    cfg = make_cfg(["callbacks=none", "data.num_examples=200", "model.hidden_size=8", "encoder.dim=8", "logger=csv",
+                    *QUICK])
+    with caplog.at_level(logging.INFO, logger="lstmkit"):
+        train(cfg)
+    assert not list(tmp_path.rglob("*.ckpt"))
+    assert "testing the final weights (no checkpoint callback" in caplog.text
+    assert "testing the best checkpoint" not in caplog.text
+    assert json.loads((tmp_path / "metrics.json").read_text())["test/acc"] >= 0
+
+
 def test_last_checkpoint_is_the_last_epoch_even_when_the_metric_stalls(make_cfg, tmp_path: Path) -> None:
     """Lightning 2.6's ``save_last`` only rewrites ``last.ckpt`` when the best improves; resume needs the last epoch."""
     from lstmkit.commands.train import train

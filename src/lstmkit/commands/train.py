@@ -416,6 +416,20 @@ def drawn_seed() -> int:
     return seed
 
 
+def checkpointing(callbacks: list[Any], cfg: DictConfig) -> dict[str, Any]:
+    """``enable_checkpointing=False`` for the trainer when no checkpoint callback is configured.
+
+    Why: Lightning adds a ``ModelCheckpoint`` of its own when none is given, so ``callbacks=none``
+    ("no callbacks, no checkpoints") still wrote ``csv/checkpoints/epoch=N-step=M.ckpt``, and the run
+    then said it was "testing the best checkpoint" of a callback that monitors nothing (the last
+    epoch's). Now such a run writes no checkpoint and tests its final weights, saying so. A
+    ``+trainer.enable_checkpointing=true`` given on the command line is kept.
+    """
+    if any(isinstance(c, ModelCheckpoint) for c in callbacks) or cfg.trainer.get("enable_checkpointing") is not None:
+        return {}
+    return {"enable_checkpointing": False}
+
+
 def best_score(checkpoint: ModelCheckpoint | None) -> float | None:
     """The best monitored value of the run: the callback's, or, when the training ran in spawned
     processes (``ddp_spawn``, which sends back only ``best_model_path``), the one its best
@@ -533,7 +547,8 @@ def train(cfg: DictConfig) -> float | None:
     if not loggers:  # nothing to log learning rates to
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     with config_stage("trainer"):
-        trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+        trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
+                                         **checkpointing(callbacks, cfg))
     for logger in trainer.loggers:
         logger.log_hyperparams(plain(cfg))
     out_dir = HydraConfig.get().runtime.output_dir
@@ -551,8 +566,13 @@ def train(cfg: DictConfig) -> float | None:
             metrics[monitored] = score
     if cfg.get("test", True):
         best = checkpoint.best_model_path if checkpoint is not None else ""
-        if best:
+        if best and checkpoint is not None and checkpoint.monitor:
             log.info("testing the best checkpoint %s", best)
+        elif best:  # e.g. Lightning's own callback (+trainer.enable_checkpointing=true with callbacks=none)
+            log.info("testing the last checkpoint %s (its checkpoint callback monitors no metric, so there is no "
+                     "best one)", best)
+        elif cfg.get("train", True):
+            log.info("testing the final weights (no checkpoint callback, e.g. callbacks=none: no best checkpoint)")
         trainer.test(model, datamodule=datamodule, ckpt_path=best or None, weights_only=True)
         metrics.update(scalar_metrics(trainer.callback_metrics))
     report(metrics, out_dir, title=f"{cfg.task_name}: final metrics")
