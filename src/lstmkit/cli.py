@@ -284,8 +284,10 @@ def _report_broken_sweep(command: str) -> None:
     if not (sweep_dir / "multirun.yaml").is_file():  # Hydra failed before the sweep had a folder
         return
     died = close_broken_sweep(sweep_dir)
-    why = (f"{died} job(s) died without a result (a worker process killed, e.g. by the out-of-memory killer)"
-           if died else "see the error above")
+    why = ("see the error above" if not died else
+           "1 job died without a result (a worker process killed, e.g. by the out-of-memory killer)" if died == 1 else
+           f"{died} jobs died without a result (a worker process killed, e.g. by the out-of-memory killer, and "
+           "joblib stopped the other workers with it)")
     print(f"lstmkit {command}: error: the sweep stopped: {why}; the jobs so far are in {sweep_dir / 'summary.md'}; "
           "the same command with resume=true runs the rest", file=sys.stderr)
 

@@ -190,6 +190,9 @@ def stop_workers(sweep_dir: str | Path, signum: int = signal.SIGTERM, grace_s: f
         return False
 
     trials = [w for w in workers if not is_tracker(w)]
+    # the message counts the sweep's worker processes (its direct children), not loky's resource trackers or
+    # what a trial started itself: "4 worker process(es) stopped" was said of a sweep of n_jobs=2
+    counted = [w for w in trials if _parent_pid(w) == os.getpid()]
     # a loky worker stays alive (idle) after its trial has stopped and recorded itself: wait for the
     # records of the trials that were running, not for the processes
     running = [d for d in Path(sweep_dir).glob("*") if d.name.isdigit() and not (d / "result.json").exists()]
@@ -203,10 +206,16 @@ def stop_workers(sweep_dir: str | Path, signum: int = signal.SIGTERM, grace_s: f
     psutil.wait_procs(workers, timeout=10)
     summarise_sweep(sweep_dir)
     with contextlib.suppress(OSError):  # stderr may be a pipe closed by the same signal
-        print(f"lstmkit train: the sweep was interrupted by {signal.Signals(signum).name} ({len(workers)} worker "
+        print(f"lstmkit train: the sweep was interrupted by {signal.Signals(signum).name} ({len(counted)} worker "
               f"process(es) stopped); the jobs so far are in {Path(sweep_dir, 'summary.md')}; run the same command "
               "with resume=true to continue it", file=sys.stderr)
     os._exit(128 + signum)  # the launcher's own threads and pools would otherwise keep the process alive
+
+
+def _parent_pid(process: Any) -> int | None:
+    with contextlib.suppress(Exception):  # psutil.Error: gone already
+        return int(process.ppid())
+    return None
 
 
 def close_broken_sweep(sweep_dir: str | Path) -> int:
@@ -216,19 +225,24 @@ def close_broken_sweep(sweep_dir: str | Path) -> int:
 
     Why: Hydra ended such a sweep with the launcher's traceback, before ``on_multirun_end``: no
     summary, and the jobs that had finished were listed nowhere.
+
+    When several jobs died, joblib (loky) had killed the workers of the others itself, with
+    SIGKILL, once it saw the first one die: which job was killed first is not known, so each is
+    said to be either (every one of them was said to be killed "out of memory?").
     """
     sweep_dir = Path(sweep_dir)
-    died = 0
-    for job in sorted(p for p in sweep_dir.glob("*") if p.is_dir() and p.name.isdigit()):
-        if (job / "result.json").exists():
-            continue
+    dead = [job for job in sorted((p for p in sweep_dir.glob("*") if p.is_dir() and p.name.isdigit()),
+                                  key=lambda p: int(p.name))
+            if not (job / "result.json").exists()]
+    error = ("its process died without recording a result (killed by a signal: out of memory?)" if len(dead) <= 1 else
+             f"its process died without recording a result, like {len(dead) - 1} other job(s) of the sweep: killed by a "
+             "signal (out of memory?), or stopped by joblib when another worker process of the sweep was")
+    for job in dead:
         overrides_file = job / ".hydra" / "overrides.yaml"
         overrides = [str(o) for o in OmegaConf.load(overrides_file)] if overrides_file.exists() else []
-        write_result(job, overrides, None, None, None, status="failed",
-                     error="its process died without recording a result (killed by a signal: out of memory?)")
-        died += 1
+        write_result(job, overrides, None, None, None, status="failed", error=error)
     summarise_sweep(sweep_dir)
-    return died
+    return len(dead)
 
 
 def finish_sweep(sweep_dir: str | Path) -> None:
