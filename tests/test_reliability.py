@@ -82,11 +82,19 @@ def test_run_killed_mid_training_resumes_to_the_same_metrics(tmp_path: Path) -> 
 
 def _started_until(cwd: Path, pattern: str, *args: str) -> subprocess.Popen[str]:
     """``lstmkit train *args`` started in the background, returned once ``logs/sentiment/<pattern>``
-    exists (training is under way)."""
+    exists (training is under way). In a process group of its own (``os.killpg`` signals it as a
+    terminal's Ctrl-C does), with SIGINT at its default, as a shell's foreground command has it."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", "WANDB_MODE": "offline"}
     env.pop("HYDRA_FULL_ERROR", None)
-    proc = subprocess.Popen([str(BIN / "lstmkit"), "train", *args], cwd=cwd, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    ignored = signal.getsignal(signal.SIGINT) == signal.SIG_IGN  # inherited through exec, where a handler is not
+    if ignored:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        proc = subprocess.Popen([str(BIN / "lstmkit"), "train", *args], cwd=cwd, env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, start_new_session=True)
+    finally:
+        if ignored:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
     deadline = time.monotonic() + 300
     while not list((cwd / "logs" / "sentiment").glob(pattern)):
         assert proc.poll() is None, f"the run finished before it could be stopped: {proc.communicate()[1][-2000:]}"
@@ -95,19 +103,40 @@ def _started_until(cwd: Path, pattern: str, *args: str) -> subprocess.Popen[str]
     return proc
 
 
-def test_sigterm_exits_non_zero_and_says_how_to_resume(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)], ids=["SIGTERM", "SIGINT"])
+def test_sigterm_exits_non_zero_and_says_how_to_resume(tmp_path: Path, signum: int, code: int) -> None:
     """Lightning turns SIGTERM into a ``SystemExit(None)``: the run (or a whole sweep) exited 0, so a
-    scheduler that preempted it saw a success. Now: status 143, a message, result.json says so."""
+    scheduler that preempted it saw a success. Now: status 143, a message, result.json says so.
+    Ctrl-C (SIGINT) was Lightning's "Detected KeyboardInterrupt" and exit 1, with no result.json;
+    now it is the same interruption, with the conventional status 130."""
     proc = _started_until(tmp_path, "runs/*/checkpoints/last.ckpt", *RUN, "trainer.max_epochs=50")
     runs = tmp_path / "logs" / "sentiment" / "runs"
-    proc.send_signal(signal.SIGTERM)
+    name = signal.Signals(signum).name
+    proc.send_signal(signum)
     _, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 143, stderr
-    assert "interrupted by SIGTERM" in stderr and "resume=true" in stderr
+    assert proc.returncode == code, stderr
+    assert f"interrupted by {name}" in stderr and "resume=true" in stderr
+    assert "KeyboardInterrupt" not in stderr and "Received SIGTERM" not in stderr.replace("SIGTERM: 15", "")
     (result,) = runs.glob("*/result.json")
     recorded = json.loads(result.read_text())
-    assert (recorded["status"], recorded["error"]) == ("interrupted", "interrupted by SIGTERM")
+    assert (recorded["status"], recorded["error"]) == ("interrupted", f"interrupted by {name}")
     assert not list(runs.glob("*/metrics.json"))
+
+
+def test_ctrl_c_in_a_sweep_records_the_job_as_interrupted(tmp_path: Path) -> None:
+    """SIGINT during a sequential sweep's job was recorded as "killed by a signal: out of memory?"
+    (Lightning's exit 1 read as a dead launcher). Now the job is interrupted, the sweep exits 130 with
+    its summary of the jobs so far."""
+    proc = _started_until(tmp_path, "multiruns/*/0/checkpoints/last.ckpt", "-m", "optimizer.lr=1e-3,3e-3", *RUN,
+                          "trainer.max_epochs=50")
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    (sweep,) = (tmp_path / "logs" / "sentiment" / "multiruns").iterdir()
+    recorded = json.loads((sweep / "0" / "result.json").read_text())
+    assert (recorded["status"], recorded["error"]) == ("interrupted", "interrupted by SIGINT")
+    assert "| 0 | interrupted |" in (sweep / "summary.md").read_text()
+    assert not (sweep / "1").exists()
 
 
 def test_sigterm_while_the_data_is_read_is_recorded_too(tmp_path: Path) -> None:
@@ -145,9 +174,12 @@ def test_sigterm_to_a_ddp_spawn_run_stops_its_ranks(tmp_path: Path) -> None:
     assert read_checkpoint(run / "checkpoints" / "last.ckpt")["epoch"] < 399
 
 
-def test_sigterm_to_a_parallel_sweep_stops_its_workers(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)], ids=["SIGTERM", "SIGINT"])
+def test_sigterm_to_a_parallel_sweep_stops_its_workers(tmp_path: Path, signum: int, code: int) -> None:
     """A joblib sweep's trials run in worker processes, which a SIGTERM'd parent left training
-    (orphaned, then recording "ok"). Now they are stopped, record "interrupted", and the sweep exits 143."""
+    (orphaned, then recording "ok"). Now they are stopped, record "interrupted", and the sweep exits 143.
+    Ctrl-C (SIGINT to the whole process group, as a terminal sends it) was a KeyboardInterrupt
+    traceback from inside joblib, with no summary and no result.json; now the same, with exit 130."""
     import psutil
 
     proc = _started_until(tmp_path, "multiruns/*/*/checkpoints/last.ckpt", "-m", "hydra/launcher=joblib",
@@ -155,10 +187,15 @@ def test_sigterm_to_a_parallel_sweep_stops_its_workers(tmp_path: Path) -> None:
     jobs = tmp_path / "logs" / "sentiment" / "multiruns"
     workers = psutil.Process(proc.pid).children(recursive=True)
     assert workers
-    proc.send_signal(signal.SIGTERM)
+    if signum == signal.SIGINT:
+        os.killpg(proc.pid, signum)  # the terminal signals every process of the foreground group
+    else:
+        proc.send_signal(signum)
     _, stderr = proc.communicate(timeout=180)
-    assert proc.returncode == 143, stderr
-    assert "the sweep was interrupted by SIGTERM" in stderr
+    assert proc.returncode == code, stderr
+    # its two workers, not loky's resource trackers too ("4 worker process(es)")
+    assert f"the sweep was interrupted by {signal.Signals(signum).name} (2 worker process(es) stopped)" in stderr
+    assert "Traceback" not in stderr
     _, alive = psutil.wait_procs(workers, timeout=10)  # killed ones are reaped by init a moment later
     assert not [w for w in alive if w.status() != psutil.STATUS_ZOMBIE], alive
     statuses = {json.loads(p.read_text())["status"] for p in jobs.glob("*/*/result.json")}
@@ -343,6 +380,21 @@ def test_divergence_stops_the_run_and_keeps_the_last_good_checkpoint(make_cfg, t
     assert all(torch.isfinite(t).all() for t in last["state_dict"].values())
 
 
+def test_callbacks_none_writes_no_checkpoint_and_tests_the_final_weights(make_cfg, tmp_path: Path, caplog) -> None:
+    """``callbacks=none`` ("no checkpoints") still wrote Lightning's default checkpoint,
+    csv/checkpoints/epoch=0-step=3.ckpt, and said it was "testing the best checkpoint" (the last one)."""
+    from lstmkit.commands.train import train
+
+    cfg = make_cfg(["callbacks=none", "data.num_examples=200", "model.hidden_size=8", "encoder.dim=8", "logger=csv",
+                    *QUICK])
+    with caplog.at_level(logging.INFO, logger="lstmkit"):
+        train(cfg)
+    assert not list(tmp_path.rglob("*.ckpt"))
+    assert "testing the final weights (no checkpoint callback" in caplog.text
+    assert "testing the best checkpoint" not in caplog.text
+    assert json.loads((tmp_path / "metrics.json").read_text())["test/acc"] >= 0
+
+
 def test_last_checkpoint_is_the_last_epoch_even_when_the_metric_stalls(make_cfg, tmp_path: Path) -> None:
     """Lightning 2.6's ``save_last`` only rewrites ``last.ckpt`` when the best improves; resume needs the last epoch."""
     from lstmkit.commands.train import train
@@ -400,6 +452,105 @@ def test_a_resumed_sweep_continues_each_job_from_its_own_checkpoint(tmp_path: Pa
         log = (resumed / str(job) / "cli.log").read_text()
         assert f"{earlier.name}/{job}/checkpoints/last.ckpt" in log
     assert "this job starts afresh" in (resumed / "2" / "cli.log").read_text()
+
+
+def test_a_sweep_in_a_fixed_folder_resumes_each_job_in_place(tmp_path: Path) -> None:
+    """A sweep given ``hydra.sweep.dir`` and run again with resume=true found "no earlier run" for any
+    job (the sweep now running, left out of the search, is in the earlier one's folder): each job
+    started afresh beside its checkpoints (best-v1.ckpt) and its CSV log held two runs. Now each job
+    continues its own folder's last.ckpt, in place, as a single run in a fixed folder does."""
+    sweep = tmp_path / "sweep"
+    args = ["-m", "optimizer.lr=0.001,0.002", *STALL[:4], *STALL[5:], f"hydra.sweep.dir={sweep}"]
+    run_cli("train", *args, "trainer.max_epochs=1", cwd=tmp_path)
+    run_cli("train", *args, "trainer.max_epochs=2", "resume=true", cwd=tmp_path)
+    for job, lr in enumerate((0.001, 0.002)):
+        folder = sweep / str(job)
+        assert sorted(p.name for p in (folder / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
+        last = read_checkpoint(folder / "checkpoints" / "last.ckpt")
+        assert last["epoch"] == 1
+        assert {group["lr"] for group in last["optimizer_states"][0]["param_groups"]} == {lr}
+        assert f"resuming {folder}/checkpoints/last.ckpt (this job's own folder" in (folder / "cli.log").read_text()
+        with (folder / "csv" / "metrics.csv").open() as fh:
+            epochs = [int(row["epoch"]) for row in csv.DictReader(fh) if row.get("val/loss")]
+        assert epochs == [0, 1], epochs  # one run: each epoch's validation once
+
+
+def test_a_fixed_sweep_folder_of_another_sweep_is_not_continued(make_cfg, tmp_path: Path, caplog,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """The job folder's earlier run is continued only when its result.json recorded this job's
+    overrides: Hydra has already replaced its .hydra/overrides.yaml, and a folder reused by a sweep over
+    other values holds another job."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+    from omegaconf import open_dict, read_write
+
+    from lstmkit.commands.train import resolve_ckpt_path
+
+    # the MULTIRUN config set below must not outlive the test (the job wrapper of later tests reads it)
+    monkeypatch.setattr(HydraConfig.instance(), "cfg", HydraConfig.instance().cfg)
+
+    cfg = make_cfg(["optimizer.lr=1e-3", "resume=true"])
+    job = tmp_path / "sweep" / "0"
+    with read_write(cfg.hydra), open_dict(cfg.hydra):
+        cfg.hydra.mode = RunMode.MULTIRUN
+        cfg.hydra.sweep.dir = str(job.parent)
+        cfg.hydra.runtime.output_dir = str(job)
+    HydraConfig.instance().set_config(cfg)
+    (job / "checkpoints").mkdir(parents=True)
+    (job / "checkpoints" / "last.ckpt").write_bytes(b"x")
+    recorded = [o.replace("1e-3", "0.001") for o in cfg.hydra.overrides.task if not o.startswith("resume")]
+    (job / "result.json").write_text(json.dumps({"status": "ok", "overrides": recorded}))
+    assert resolve_ckpt_path("last", cfg) == str(job / "checkpoints" / "last.ckpt")  # its own: 1e-3 is 0.001
+    other = [o.replace("0.001", "0.01") for o in recorded]
+    (job / "result.json").write_text(json.dumps({"status": "ok", "overrides": other}))
+    with caplog.at_level(logging.INFO, logger="lstmkit"):
+        assert resolve_ckpt_path("last", cfg) is None
+    assert f"holds a run of other overrides, {other}" in caplog.text
+    assert "this job starts afresh" in caplog.text
+
+
+def test_sweep_jobs_with_the_same_overrides_each_resume_their_own(make_cfg, tmp_path: Path, caplog,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """``-m seed=null,null ... resume=true``: both jobs have the same overrides, and both resumed the
+    earlier sweep's newest job of them (its job 1). Now each takes the job of its own number, and a job
+    whose twin saved no checkpoint, or that the earlier sweep did not have, starts afresh."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+    from omegaconf import open_dict, read_write
+
+    from lstmkit.commands.train import resolve_ckpt_path
+
+    # the MULTIRUN config set below must not outlive the test (the job wrapper of later tests reads it)
+    monkeypatch.setattr(HydraConfig.instance(), "cfg", HydraConfig.instance().cfg)
+
+    cfg = make_cfg(["seed=null", "resume=true"])
+    mine = [o for o in cfg.hydra.overrides.task if not o.startswith("resume")]
+    earlier = tmp_path / "logs" / "sentiment" / "multiruns" / "earlier"
+    for job in (0, 1):
+        folder = earlier / str(job)
+        (folder / ".hydra").mkdir(parents=True)
+        (folder / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in mine))
+        (folder / "checkpoints").mkdir()
+        (folder / "checkpoints" / "last.ckpt").write_bytes(b"x")
+        os.utime(folder / "checkpoints" / "last.ckpt", (time.time() - 10 + job, time.time() - 10 + job))
+    (earlier / "1" / ".hydra" / "hydra.yaml").write_text("hydra:\n  job:\n    num: 1\n")
+
+    def resumed(number: int) -> str | None:
+        with read_write(cfg.hydra), open_dict(cfg.hydra):
+            cfg.hydra.mode = RunMode.MULTIRUN
+            cfg.hydra.sweep.dir = str(tmp_path / "logs" / "sentiment" / "multiruns" / "now")
+            cfg.hydra.runtime.output_dir = f"{cfg.hydra.sweep.dir}/{number}"
+            cfg.hydra.job.num = number
+        HydraConfig.instance().set_config(cfg)
+        return resolve_ckpt_path("last", cfg)
+
+    assert resumed(0) == str(earlier / "0" / "checkpoints" / "last.ckpt")  # not the newest, job 1's
+    assert resumed(1) == str(earlier / "1" / "checkpoints" / "last.ckpt")
+    with caplog.at_level(logging.INFO, logger="lstmkit"):
+        assert resumed(2) is None
+    assert "its job 2 is not among them, so this job starts afresh" in caplog.text
+    (earlier / "0" / "checkpoints" / "last.ckpt").unlink()  # job 0 stopped before its first checkpoint
+    assert resumed(0) is None
 
 
 def test_resuming_with_another_length_warns_for_cosine_and_refuses_one_cycle(tmp_path: Path) -> None:
@@ -476,6 +627,91 @@ def test_an_error_after_a_sigterm_is_an_interruption(monkeypatch: pytest.MonkeyP
     assert stopped.value.code == 143
     assert "interrupted by SIGTERM" in capsys.readouterr().err
     assert signal.getsignal(signal.SIGTERM) is before  # the handler before the job is back
+
+
+@pytest.fixture
+def sigint_default() -> object:
+    """SIGINT at Python's default (KeyboardInterrupt), as in a terminal; pytest may run with it ignored."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+@pytest.mark.usefixtures("sigint_default")
+def test_ctrl_c_stops_at_the_next_batch_and_is_closed_in_wandb_as_interrupted(monkeypatch: pytest.MonkeyPatch,
+                                                                              capsys) -> None:
+    """SIGINT inside Lightning's loops was a KeyboardInterrupt (Lightning's exit 1; W&B closed the run
+    as finished, exit code 0). Now it goes to the SIGTERM handler of the moment, Lightning's, which
+    stops at the next batch; W&B gets 130. Outside the loops, and for a second Ctrl-C, it stops at once."""
+    import sys
+    from types import SimpleNamespace
+
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+    from omegaconf import OmegaConf
+
+    from lstmkit import cli
+
+    finished: list[int | None] = []
+    monkeypatch.setitem(sys.modules, "wandb", SimpleNamespace(run=object(), finish=lambda exit_code=None: finished.append(exit_code)))
+    noted: list[int] = []
+
+    def job(cfg: object) -> None:
+        found = signal.getsignal(signal.SIGTERM)
+
+        def lightning_like(signum: int, frame: object) -> None:  # Lightning's: notes it, calls the one it found
+            noted.append(signum)
+            found(signum, frame)  # type: ignore[operator]
+
+        signal.signal(signal.SIGTERM, lightning_like)
+        os.kill(os.getpid(), signal.SIGINT)  # handled before the next bytecode: noted, not raised
+        assert noted == [signal.SIGINT]
+        raise SIGTERMException  # what Lightning raises at the next batch
+
+    monkeypatch.setattr(cli, "_load", lambda target: job)
+    with pytest.raises(SystemExit) as stopped:
+        cli._task("train")(OmegaConf.create({}))
+    assert stopped.value.code == 130
+    assert finished == [130]
+    assert "interrupted by SIGINT (Ctrl-C)" in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler before the job is back
+
+    def twice(cfg: object) -> None:
+        signal.signal(signal.SIGTERM, lambda signum, frame: None)  # inside Lightning's loops, which wait
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C again: at once
+        raise AssertionError("not stopped")
+
+    monkeypatch.setattr(cli, "_load", lambda target: twice)
+    with pytest.raises(SystemExit) as stopped:
+        cli._task("train")(OmegaConf.create({}))
+    assert stopped.value.code == 130
+
+
+def test_ctrl_c_outside_a_job_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    """A Ctrl-C that no job handles (eval, predict; Hydra between a sweep's jobs) was a KeyboardInterrupt
+    traceback; now one line and exit 130."""
+    import sys
+
+    from hydra.core.global_hydra import GlobalHydra
+
+    from lstmkit import cli
+
+    def job(cfg: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_load", lambda target: job)
+    monkeypatch.setattr(sys, "argv", ["lstmkit"])
+    monkeypatch.setenv("LSTMKIT_COMMAND", "eval")  # main sets it; restored afterwards
+    monkeypatch.chdir(tmp_path)
+    GlobalHydra.instance().clear()
+    try:
+        cli.main(["eval", "ckpt_path=x.ckpt", f"hydra.run.dir={tmp_path}"])
+    except BaseException as err:  # noqa: BLE001 - a KeyboardInterrupt here would stop pytest itself
+        stopped = err
+    finally:
+        GlobalHydra.instance().clear()
+    assert isinstance(stopped, SystemExit) and stopped.code == 130, repr(stopped)
+    assert "lstmkit eval: interrupted by SIGINT (Ctrl-C)" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(("error", "code"), [(RuntimeError("out of memory"), 1), (None, None)])
@@ -557,6 +793,31 @@ def test_a_resume_with_another_optimizer_or_lr_scale_is_refused_before_lightning
         check_resumable("old.ckpt", model(optimizer=adamw, lr_scale={"encoder": 0.5}), ckpt)
 
 
+def test_the_first_step_after_a_longer_resume_is_on_the_new_schedule(tmp_path: Path) -> None:
+    """``trainer.max_epochs`` raised on resume rebuilds the cosine schedule over the new length; its
+    first step trained at the old schedule's last (floor) rate, restored with the optimiser, and only
+    the steps after it followed the new schedule."""
+    from lstmkit.optim import cosine_with_warmup
+
+    small = [*STALL[:4], "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false", "logger=csv",
+             "trainer.limit_train_batches=4", "callbacks.lr_monitor.logging_interval=step", "trainer.log_every_n_steps=1",
+             "test=false", "optimizer.lr=0.01"]
+    run_cli("train", *small, "trainer.max_epochs=1", cwd=tmp_path)
+    run_cli("train", *small, "trainer.max_epochs=2", "resume=true", cwd=tmp_path)
+    resumed = max((tmp_path / "logs" / "sentiment" / "runs").iterdir())
+    with (resumed / "csv" / "metrics.csv").open() as fh:
+        rates = {int(row["step"]): float(row["lr-AdamW/decay"]) for row in csv.DictReader(fh) if row.get("lr-AdamW/decay")}
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.01)
+    schedule = cosine_with_warmup(optimizer, total_steps=8)
+    expected = []
+    for _ in range(8):
+        expected.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule.step()
+    assert sorted(rates) == [4, 5, 6, 7], rates
+    assert [rates[step] for step in (4, 5, 6, 7)] == pytest.approx(expected[4:], rel=1e-9)
+
+
 def test_a_resume_keeps_the_patience_it_is_given() -> None:
     """Lightning restored the checkpoint's patience over the command line's; the counts are restored."""
     from lstmkit.callbacks import RunEarlyStopping
@@ -566,6 +827,35 @@ def test_a_resume_keeps_the_patience_it_is_given() -> None:
     after = RunEarlyStopping(monitor="val/acc", mode="max", patience=10)
     after.load_state_dict(before.state_dict())
     assert after.patience == 10 and after.wait_count == 3 and float(after.best_score) == pytest.approx(0.8)
+
+
+def test_a_resume_with_a_new_patience_finds_its_earlier_run(make_cfg, tmp_path: Path) -> None:
+    """README: "A new callbacks.early_stopping.patience is used (give a stopped run more epochs)". But
+    the patience was compared with the earlier runs' overrides: no run matched, and the task's newest
+    last.ckpt, another run's, was resumed. It is left out like the run length; a changed setting that
+    makes another run (the learning rate) is not."""
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict, read_write
+
+    from lstmkit.commands.train import job_overrides, resolve_ckpt_path
+
+    assert job_overrides(["callbacks.early_stopping.patience=10", "optimizer.lr=0.01"]) == ["optimizer.lr=0.01"]
+    cfg = make_cfg(["optimizer.lr=0.01", "callbacks.early_stopping.patience=10", "trainer.max_epochs=9",
+                    "resume=true"])
+    with read_write(cfg.hydra.runtime), open_dict(cfg.hydra.runtime):
+        cfg.hydra.runtime.output_dir = str(tmp_path / "logs" / "sentiment" / "runs" / "now")
+    HydraConfig.instance().set_config(cfg)
+    runs = tmp_path / "logs" / "sentiment" / "runs"
+    kept = [o for o in cfg.hydra.overrides.task if o.split("=")[0] not in ("resume", "trainer.max_epochs",
+                                                                          "callbacks.early_stopping.patience")]
+    for name, overrides, age in (("mine", [*kept, "callbacks.early_stopping.patience=3"], 100),
+                                 ("other", [o.replace("0.01", "0.02") for o in kept], 10)):
+        (runs / name / ".hydra").mkdir(parents=True)
+        (runs / name / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
+        (runs / name / "checkpoints").mkdir()
+        (runs / name / "checkpoints" / "last.ckpt").write_bytes(b"x")
+        os.utime(runs / name / "checkpoints" / "last.ckpt", (time.time() - age, time.time() - age))
+    assert resolve_ckpt_path("last", cfg) == str(runs / "mine" / "checkpoints" / "last.ckpt")
 
 
 def test_a_plateau_schedule_resumes_where_it_was(tmp_path: Path) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
-import re
+import os
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -179,6 +179,26 @@ def test_jobs_of_different_metrics_are_never_ranked_against_one_another(tmp_path
     assert "\nBest: " not in summary
 
 
+@pytest.mark.parametrize("mode", ["min", "max"])
+def test_a_diverged_trial_is_recorded_as_failed_in_strict_json_and_ranked_last(tmp_path: Path, mode: str) -> None:
+    """A trial whose val/mase overflowed to inf (its training loss finite) wrote ``"objective": Infinity``
+    (not JSON) as status ok, ranked first when minimising -inf or best of a max sweep."""
+    from lstmkit.sweeps import summarise_sweep, write_result
+
+    def strict(path: Path) -> dict:
+        return json.loads(path.read_text(), parse_constant=lambda name: pytest.fail(f"{path}: {name} is not JSON"))
+
+    write_result(tmp_path / "0", ["optimizer.lr=1"], "val/mase", mode, 1.5)
+    for job, value in (("1", float("inf")), ("2", float("-inf"))):
+        write_result(tmp_path / job, ["optimizer.lr=1e4"], "val/mase", mode, value)
+        record = strict(tmp_path / job / "result.json")
+        assert (record["status"], record["objective"]) == ("failed", None)
+        assert record["error"].startswith(f"val/mase = {value}: the run diverged")
+    rows = summarise_sweep(tmp_path)
+    assert rows[0]["job"] == "0" and {r["job"] for r in rows[1:]} == {"1", "2"}
+    assert "Best: job 0 with val/mase = 1.5000" in (tmp_path / "summary.md").read_text()
+
+
 def test_a_sweep_over_tasks_keeps_its_jobs_and_summary_in_one_folder(tmp_path: Path) -> None:
     """Each job's own task_name put -m task=ecg,stock's jobs under logs/ecg/ and logs/stock/, and the
     summary (looking under the default task's folder) found none: no table, exit 0 when all failed."""
@@ -198,31 +218,41 @@ def test_a_sweep_over_tasks_keeps_its_jobs_and_summary_in_one_folder(tmp_path: P
 KILLER = """
 import os
 import signal
+import time
 
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
 
 
 class KillJobOne(L.Callback):
-    \"\"\"SIGKILL its own process in job 1 of a sweep, as the out-of-memory killer does.\"\"\"
+    \"\"\"SIGKILL its own process in job 1 of a sweep, as the out-of-memory killer does; job 0 waits
+    (LSTMKIT_TEST_WAIT seconds) at its first batch, still running when job 1 dies.\"\"\"
 
     def on_train_batch_end(self, trainer, *rest):
         if HydraConfig.get().job.num == 1:
             os.kill(os.getpid(), signal.SIGKILL)
+        time.sleep(float(os.environ.get("LSTMKIT_TEST_WAIT", "0")))
 """
 
 
 def test_a_parallel_sweep_whose_worker_is_killed_still_summarises(tmp_path: Path) -> None:
-    """joblib's TerminatedWorkerError ended the sweep with a traceback: no summary, no failed row."""
+    """joblib's TerminatedWorkerError ended the sweep with a traceback: no summary, no failed row.
+    The job whose worker joblib killed when it saw job 1's die was said to be killed "out of memory?"
+    too; now each is said to be either."""
     (tmp_path / "killer.py").write_text(KILLER)
+    path = os.pathsep.join(p for p in (str(tmp_path), os.environ.get("PYTHONPATH")) if p)  # lstmkit's own kept
     proc = run_cli("train", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "optimizer.lr=1e-3,3e-3",
                    "+callbacks.kill._target_=killer.KillJobOne", *TINY, *QUICK, cwd=tmp_path, check=False,
-                   env={"PYTHONPATH": str(tmp_path)})
+                   env={"PYTHONPATH": path, "LSTMKIT_TEST_WAIT": "120"})
     assert proc.returncode == 1, proc.stderr[-2000:]
-    assert re.search(r"the sweep stopped: [12] job\(s\) died without a result", proc.stderr)  # 2: the pool with it
+    assert "the sweep stopped: 2 jobs died without a result (a worker process killed, e.g. by the out-of-memory " \
+           "killer, and joblib stopped the other workers with it)" in proc.stderr, proc.stderr[-2000:]
     rows = {r["job"]: r for r in _summary(_sweep_dir(tmp_path))}
-    assert rows["1"]["status"] == "failed" and "died without recording a result" in rows["1"]["error"]
-    assert rows["0"]["status"] in {"ok", "failed"}  # finished, or its worker was taken down with the pool
+    for job in ("0", "1"):
+        assert rows[job]["status"] == "failed"
+        assert rows[job]["error"] == ("its process died without recording a result, like 1 other job(s) of the "
+                                      "sweep: killed by a signal (out of memory?), or stopped by joblib when another "
+                                      "worker process of the sweep was")
 
 
 def test_cluster_slurm_without_a_sweep_says_nothing_is_submitted(make_cfg, caplog) -> None:

@@ -24,6 +24,9 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, NoReturn
 
+# the signals that stop a job (recorded as interrupted, exit 128 + the signal's number), and why they come
+STOP_SIGNALS = {signal.SIGTERM: "e.g. a scheduler preempting the job", signal.SIGINT: "Ctrl-C"}
+
 COMMANDS = {
     "train": "lstmkit.commands.train:train",
     "eval": "lstmkit.commands.evaluate:evaluate",
@@ -131,7 +134,9 @@ def _task(command: str) -> Callable[[Any], Any]:
         def interrupted() -> NoReturn:
             # Lightning's SIGTERMException is a SystemExit(None): without this the process exits 0, and a
             # scheduler that preempted the job (SLURM sends SIGTERM) or a sweep would read it as a success
-            result(None, "interrupted by SIGTERM", status="interrupted")  # first: the record matters most
+            signum = stop.received or signal.SIGTERM
+            name = signal.Signals(signum).name
+            result(None, f"interrupted by {name}", status="interrupted")  # first: the record matters most
             if multirun and record:  # rank 0 of a training sweep: the jobs so far, in summary.csv / .md
                 from lstmkit.sweeps import summarise_sweep
 
@@ -140,31 +145,34 @@ def _task(command: str) -> Callable[[Any], Any]:
 
             checkpoints = OmegaConf.select(cfg, "callbacks.model_checkpoint.dirpath", default=None)
             saved = bool(checkpoints) and (Path(str(checkpoints)) / "last.ckpt").exists()
-            message = ("interrupted by SIGTERM (e.g. a scheduler preempting the job); run the same command with "
-                       "resume=true to continue from the run's last.ckpt (the end of its last finished epoch)"
+            why = f"interrupted by {name} ({STOP_SIGNALS.get(signum, 'a signal')})"
+            message = (f"{why}; run the same command with resume=true to continue from the run's last.ckpt (the end "
+                       "of its last finished epoch)"
                        if saved else
-                       "interrupted by SIGTERM (e.g. a scheduler preempting the job) before this run saved a "
-                       "checkpoint; the same command with resume=true continues from the newest last.ckpt of an "
-                       "earlier run with the same overrides, or starts afresh if there is none")
+                       f"{why} before this run saved a checkpoint; the same command with resume=true continues from "
+                       "the newest last.ckpt of an earlier run with the same overrides, or starts afresh if there is none")
             with contextlib.suppress(OSError):  # stderr may be a pipe closed by the same signal
                 print(f"lstmkit {command}: {message}", file=sys.stderr)
-            raise SystemExit(143) from None
+            raise SystemExit(128 + signum) from None
 
         exit_code: int | None = None
-        sigterm = SimpleNamespace(received=False)
+        stop = SimpleNamespace(received=None)  # the first stopping signal (SIGTERM, SIGINT) the job got
         try:
-            with _sigterm_interrupts(sigterm) if command == "train" else contextlib.nullcontext():
+            with _signals_interrupt(stop) if command == "train" else contextlib.nullcontext():
                 value = _load(COMMANDS[command])(cfg)
         except SystemExit as err:
-            # Lightning's SIGTERMException, raised at the next batch after SIGTERM, or ours outside its loops
+            # Lightning's SIGTERMException, raised at the next batch after SIGTERM or SIGINT, or ours outside
+            # its loops
             if not isinstance(err, Interrupted) and type(err).__name__ != "SIGTERMException":
+                # any other non-zero exit must not close the W&B run as finished either
+                exit_code = None if not err.code else err.code if isinstance(err.code, int) else 1
                 raise
-            exit_code = 143
+            exit_code = 128 + (stop.received or signal.SIGTERM)
             interrupted()
         except Exception as err:
             exit_code = 1  # a crashed or failed job: W&B must not record it as finished
-            if sigterm.received:  # e.g. a DataLoader worker that the same (process-group) SIGTERM killed first
-                exit_code = 143
+            if stop.received:  # e.g. a DataLoader worker that the same (process-group) signal killed first
+                exit_code = 128 + stop.received
                 interrupted()
             if os.environ.get("HYDRA_FULL_ERROR") == "1":
                 raise
@@ -196,9 +204,9 @@ def _task(command: str) -> Callable[[Any], Any]:
 
 
 @contextlib.contextmanager
-def _sigterm_interrupts(state: SimpleNamespace) -> Iterator[None]:
-    """SIGTERM outside Lightning's loops raises :class:`~lstmkit.errors.Interrupted`; any SIGTERM
-    sets ``state.received``.
+def _signals_interrupt(state: SimpleNamespace) -> Iterator[None]:
+    """SIGTERM or SIGINT (Ctrl-C) outside Lightning's loops raises :class:`~lstmkit.errors.Interrupted`;
+    either sets ``state.received`` (to the first one's number).
 
     Why: Lightning handles SIGTERM only while ``fit`` / ``test`` run. A job stopped while it read its
     data (or between fit and test) died on the signal's default action: no ``result.json``, so a
@@ -206,6 +214,14 @@ def _sigterm_interrupts(state: SimpleNamespace) -> Iterator[None]:
     found (this one), is installed; this one then leaves the stop to it, at the next batch, and only
     notes the signal: a SIGTERM to the whole process group (SLURM, systemd) may kill a DataLoader
     worker first, and the error that follows is the interruption, not a crash.
+
+    SIGINT (Ctrl-C) takes the same path: it is handed to the SIGTERM handler of the moment
+    (Lightning's, which stops at the next batch, and whose "Received SIGTERM: 2" log line is dropped;
+    outside the loops this one). Left to Python it was a ``KeyboardInterrupt``, which Lightning turns
+    into ``sys.exit(1)`` after "Detected KeyboardInterrupt": no ``result.json``, W&B closed as
+    finished with exit code 0, and a sweep that recorded the job as killed for memory. A second
+    SIGINT stops at once (the user pressed Ctrl-C again). SIGINT is left alone when it was ignored
+    when the job began (a background job of a non-interactive shell, ``nohup``).
 
     Under ``ddp_spawn`` this process only waits for its spawned ranks, which run their own
     Lightning handlers: they get SIGINT (what their parent-death signal sent when SIGTERM killed
@@ -215,23 +231,40 @@ def _sigterm_interrupts(state: SimpleNamespace) -> Iterator[None]:
     from lstmkit.errors import Interrupted
 
     def interrupt(signum: int, frame: Any) -> None:
-        state.received = True
+        state.received = state.received or signum
         if signal.getsignal(signal.SIGTERM) is interrupt:
             for child in multiprocessing.active_children():
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(child.pid, signal.SIGINT)  # type: ignore[arg-type]
-            raise Interrupted(143)
+            raise Interrupted(128 + state.received)
 
+    def interrupt_on_sigint(signum: int, frame: Any) -> None:
+        if state.received == signal.SIGINT:  # Ctrl-C again: do not wait for the next batch
+            raise Interrupted(128 + signum)
+        state.received = state.received or signum
+        handler = signal.getsignal(signal.SIGTERM)
+        if not callable(handler):  # cannot happen while this context is active; stop at once
+            raise Interrupted(128 + signum)
+        handler(signum, frame)
+
+    def not_sigint_as_sigterm(record: logging.LogRecord) -> bool:
+        return not (state.received == signal.SIGINT and "Received SIGTERM" in str(record.msg))
+
+    lightning_log = logging.getLogger("lightning.pytorch.trainer.connectors.signal_connector")
+    installed: dict[int, Any] = {}
     try:
-        previous = signal.signal(signal.SIGTERM, interrupt)
-        installed = True
-    except ValueError:  # not the main thread (a launcher running jobs in threads): leave SIGTERM alone
-        installed = False
+        installed[signal.SIGTERM] = signal.signal(signal.SIGTERM, interrupt)
+        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            installed[signal.SIGINT] = signal.signal(signal.SIGINT, interrupt_on_sigint)
+    except ValueError:  # not the main thread (a launcher running jobs in threads): leave the signals alone
+        pass
+    lightning_log.addFilter(not_sigint_as_sigterm)
     try:
         yield
     finally:
-        if installed:
-            signal.signal(signal.SIGTERM, previous)
+        lightning_log.removeFilter(not_sigint_as_sigterm)
+        for signum, previous in installed.items():
+            signal.signal(signum, previous)
 
 
 def _finish_wandb(exit_code: int | None = None) -> None:
@@ -251,10 +284,29 @@ def _report_broken_sweep(command: str) -> None:
     if not (sweep_dir / "multirun.yaml").is_file():  # Hydra failed before the sweep had a folder
         return
     died = close_broken_sweep(sweep_dir)
-    why = (f"{died} job(s) died without a result (a worker process killed, e.g. by the out-of-memory killer)"
-           if died else "see the error above")
+    why = ("see the error above" if not died else
+           "1 job died without a result (a worker process killed, e.g. by the out-of-memory killer)" if died == 1 else
+           f"{died} jobs died without a result (a worker process killed, e.g. by the out-of-memory killer, and "
+           "joblib stopped the other workers with it)")
     print(f"lstmkit {command}: error: the sweep stopped: {why}; the jobs so far are in {sweep_dir / 'summary.md'}; "
           "the same command with resume=true runs the rest", file=sys.stderr)
+
+
+def _report_interrupted_outside_a_job(command: str) -> NoReturn:
+    """Ctrl-C outside a training job (Hydra composing the config, a sequential sweep between two jobs,
+    ``eval`` / ``predict``): one line and exit 130, as inside a job, not a ``KeyboardInterrupt``
+    traceback; a sweep's jobs so far are summarised (``summary.md``), as an interrupted job does."""
+    from lstmkit.sweeps import SWEEP_DIR_ENV, SWEEP_NAME_ENV, summarise_sweep
+
+    os.environ.pop(SWEEP_NAME_ENV, None)
+    sweep_dir = Path(os.environ.pop(SWEEP_DIR_ENV, "") or ".")
+    where = ""
+    if (sweep_dir / "multirun.yaml").is_file() and summarise_sweep(sweep_dir):
+        where = (f"; the jobs so far are in {sweep_dir / 'summary.md'}; the same command with resume=true "
+                 "continues the sweep")
+    with contextlib.suppress(OSError):
+        print(f"lstmkit {command}: interrupted by SIGINT (Ctrl-C){where}", file=sys.stderr)
+    raise SystemExit(128 + signal.SIGINT) from None
 
 
 def main(argv: list[str] | None = None) -> Any:
@@ -302,6 +354,8 @@ def main(argv: list[str] | None = None) -> Any:
         print(f"lstmkit {command}: error: {exc} (--cfg and --info show one run's config: drop -m and give "
               "one value per key; a search preset's settings show under hydra.sweeper in --cfg hydra)", file=sys.stderr)
         raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        _report_interrupted_outside_a_job(command)
     except SystemExit as exc:
         if exc.code == 1 and os.environ.get("LSTMKIT_SWEEP_DIR"):  # a sweep that never reached its end
             _report_broken_sweep(command)

@@ -88,5 +88,6 @@ class TrialFailed(LstmkitError):
 
 
 class Interrupted(SystemExit):
-    """SIGTERM outside Lightning's loops (while the data is read, between fit and test): the run stops
-    as Lightning's own ``SIGTERMException`` stops it inside them, and is recorded as interrupted."""
+    """SIGTERM or SIGINT outside Lightning's loops (while the data is read, between fit and test), or a
+    second Ctrl-C: the run stops as Lightning's own ``SIGTERMException`` stops it inside them, and is
+    recorded as interrupted. The code is 128 + the signal's number (143, 130)."""

@@ -384,6 +384,33 @@ class SequenceModel(L.LightningModule):
                     "changed); it continues from the same step of the new schedule, so the learning rate jumps "
                     "there (for a smooth continuation, resume with the run's length)", name, old, self.schedule_steps)
 
+    def on_train_start(self) -> None:
+        self._continue_rebuilt_schedule()
+
+    def _continue_rebuilt_schedule(self) -> None:
+        """After a resume whose schedule length changed, set the learning rates to the new schedule's
+        at the restored step.
+
+        Why: Lightning restores the optimiser's state (its learning rates: the old schedule's, set at
+        its last step) and the scheduler's step count, but nothing recomputes the rates from them
+        until the scheduler next steps; the first step after ``trainer.max_epochs=20 resume=true``
+        trained at the old schedule's last rate (cosine: its floor), the next ones on the new
+        schedule. Only ``LambdaLR`` schedules (``cosine_with_warmup``) are rebuilt over a new length
+        (one-cycle is refused, the epoch schedules do not depend on it); an unchanged length is left
+        alone, so a resume stays bit-identical.
+        """
+        old = self.resumed_schedule_steps
+        if old is None or self.schedule_steps is None or old == self.schedule_steps:
+            return
+        for config in self.trainer.lr_scheduler_configs:
+            scheduler = config.scheduler
+            if not isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR):
+                continue
+            rates = [base * rate(scheduler.last_epoch) for base, rate in zip(scheduler.base_lrs, scheduler.lr_lambdas)]
+            for group, lr in zip(scheduler.optimizer.param_groups, rates):
+                group["lr"] = lr
+            scheduler._last_lr = rates  # what get_last_lr() reports
+
     def configure_optimizers(self) -> Any:
         spec = dict(self.hparams.optimizer or {"_target_": "torch.optim.AdamW", "_partial_": True})
         lr = spec.get("lr")

@@ -67,6 +67,19 @@ def register_resolvers() -> None:
 
 def write_result(out_dir: str | Path, overrides: list[str], monitor: str | None, mode: str | None,
                  objective: float | None, error: str | None = None, status: str | None = None) -> None:
+    """``out_dir/result.json``: the job's status, monitored metric, objective, overrides and error.
+
+    An infinite objective (a trial whose validation metric overflowed, ``val/mase`` = inf, while its
+    training loss stayed finite) is recorded as ``null``, status ``failed``, with the reason as its
+    error. Why: ``json.dumps`` wrote it as ``Infinity``, which is not JSON (strict readers, ``jq``,
+    JavaScript refuse the file), and the trial counted as ``ok`` though it had diverged. As a failed
+    trial it is ranked after every trial with a value, and a sweep where every trial diverged says so.
+    """
+    if isinstance(objective, (int, float)) and math.isinf(objective):
+        error = error or (f"{monitor or 'the monitored metric'} = {objective}: the run diverged (try a lower "
+                          "optimizer.lr, or trainer.gradient_clip_val=1.0)")
+        status = status or "failed"
+        objective = None
     value = None if objective is None or (isinstance(objective, float) and math.isnan(objective)) else objective
     record = {"status": status or ("failed" if error else "ok"), "monitor": monitor, "mode": mode, "objective": value,
               "overrides": overrides, "error": error}
@@ -74,7 +87,7 @@ def write_result(out_dir: str | Path, overrides: list[str], monitor: str | None,
     path.parent.mkdir(parents=True, exist_ok=True)
     # written whole, then renamed: a worker killed mid-write (stop_workers after its grace period)
     # leaves no half a record, and "result.json exists" means the job has recorded itself
-    write_atomic(path, json.dumps(record, indent=2) + "\n")
+    write_atomic(path, json.dumps(record, indent=2, allow_nan=False) + "\n")
 
 
 def summarise_sweep(sweep_dir: str | Path) -> list[dict[str, Any]]:
@@ -124,7 +137,7 @@ def summarise_sweep(sweep_dir: str | Path) -> list[dict[str, Any]]:
 
 class SweepSummary(Callback):
     """Hydra callback: write the sweep summary when a multirun ends; stop a parallel sweep's
-    workers when the sweep is sent SIGTERM."""
+    workers when the sweep is sent SIGTERM or SIGINT (Ctrl-C)."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         os.environ[SWEEP_NAME_ENV] = sweep_name(config)  # every job's folder: see _sweep_folder
@@ -137,7 +150,10 @@ class SweepSummary(Callback):
                   "node, or drop cluster=slurm (hydra/launcher=submitit_local runs the jobs here)", file=sys.stderr)
             raise SystemExit(2)
         if "joblib" in launcher:
-            signal.signal(signal.SIGTERM, lambda signum, frame: stop_workers(config.hydra.sweep.dir))
+            signal.signal(signal.SIGTERM, lambda signum, frame: stop_workers(config.hydra.sweep.dir, signum))
+            if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not when ignored (nohup, &)
+                # Ctrl-C: a KeyboardInterrupt inside joblib's wait was a 40-line traceback, no summary
+                signal.signal(signal.SIGINT, lambda signum, frame: stop_workers(config.hydra.sweep.dir, signum))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         try:
@@ -147,18 +163,22 @@ class SweepSummary(Callback):
             os.environ.pop(SWEEP_DIR_ENV, None)
 
 
-def stop_workers(sweep_dir: str | Path, grace_s: float = 60.0) -> None:
-    """SIGTERM in the parent of a joblib sweep: pass it on to the trials, wait for them, exit 143.
+def stop_workers(sweep_dir: str | Path, signum: int = signal.SIGTERM, grace_s: float = 60.0) -> None:
+    """SIGTERM or SIGINT (``signum``) in the parent of a joblib sweep: pass it on to the trials (as
+    SIGTERM), wait for them, exit 128 + ``signum`` (143, or 130 for Ctrl-C).
 
     Why: the trials run in loky worker processes, which the parent's death left running (orphaned,
     training on, then recording "ok" for a sweep that had been stopped). Each trial stops at its
     next batch and records itself as interrupted (``lstmkit.cli``); once the running trials have
     (or ``grace_s`` seconds have passed) the workers, idle by then, and loky's resource trackers,
-    which ignore SIGTERM, are killed.
+    which ignore SIGTERM, are killed. The trials are sent SIGTERM whichever signal came: a Ctrl-C
+    reaches them too (the terminal signals the whole process group), and a second SIGINT would make
+    them stop at once rather than at the next batch.
     """
     import psutil
 
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut this short
+    for stopping in (signal.SIGTERM, signal.SIGINT):  # a second signal (Ctrl-C again) must not cut this short
+        signal.signal(stopping, signal.SIG_IGN)
     workers = psutil.Process().children(recursive=True)
     for worker in workers:
         with contextlib.suppress(psutil.Error):
@@ -170,6 +190,9 @@ def stop_workers(sweep_dir: str | Path, grace_s: float = 60.0) -> None:
         return False
 
     trials = [w for w in workers if not is_tracker(w)]
+    # the message counts the sweep's worker processes (its direct children), not loky's resource trackers or
+    # what a trial started itself: "4 worker process(es) stopped" was said of a sweep of n_jobs=2
+    counted = [w for w in trials if _parent_pid(w) == os.getpid()]
     # a loky worker stays alive (idle) after its trial has stopped and recorded itself: wait for the
     # records of the trials that were running, not for the processes
     running = [d for d in Path(sweep_dir).glob("*") if d.name.isdigit() and not (d / "result.json").exists()]
@@ -182,10 +205,17 @@ def stop_workers(sweep_dir: str | Path, grace_s: float = 60.0) -> None:
             worker.kill()
     psutil.wait_procs(workers, timeout=10)
     summarise_sweep(sweep_dir)
-    print(f"lstmkit train: the sweep was interrupted by SIGTERM ({len(workers)} worker process(es) stopped); "
-          f"the jobs so far are in {Path(sweep_dir, 'summary.md')}; run the same command with resume=true to "
-          "continue it", file=sys.stderr)
-    os._exit(143)  # the launcher's own threads and pools would otherwise keep the process alive
+    with contextlib.suppress(OSError):  # stderr may be a pipe closed by the same signal
+        print(f"lstmkit train: the sweep was interrupted by {signal.Signals(signum).name} ({len(counted)} worker "
+              f"process(es) stopped); the jobs so far are in {Path(sweep_dir, 'summary.md')}; run the same command "
+              "with resume=true to continue it", file=sys.stderr)
+    os._exit(128 + signum)  # the launcher's own threads and pools would otherwise keep the process alive
+
+
+def _parent_pid(process: Any) -> int | None:
+    with contextlib.suppress(Exception):  # psutil.Error: gone already
+        return int(process.ppid())
+    return None
 
 
 def close_broken_sweep(sweep_dir: str | Path) -> int:
@@ -195,19 +225,24 @@ def close_broken_sweep(sweep_dir: str | Path) -> int:
 
     Why: Hydra ended such a sweep with the launcher's traceback, before ``on_multirun_end``: no
     summary, and the jobs that had finished were listed nowhere.
+
+    When several jobs died, joblib (loky) had killed the workers of the others itself, with
+    SIGKILL, once it saw the first one die: which job was killed first is not known, so each is
+    said to be either (every one of them was said to be killed "out of memory?").
     """
     sweep_dir = Path(sweep_dir)
-    died = 0
-    for job in sorted(p for p in sweep_dir.glob("*") if p.is_dir() and p.name.isdigit()):
-        if (job / "result.json").exists():
-            continue
+    dead = [job for job in sorted((p for p in sweep_dir.glob("*") if p.is_dir() and p.name.isdigit()),
+                                  key=lambda p: int(p.name))
+            if not (job / "result.json").exists()]
+    error = ("its process died without recording a result (killed by a signal: out of memory?)" if len(dead) <= 1 else
+             f"its process died without recording a result, like {len(dead) - 1} other job(s) of the sweep: killed by a "
+             "signal (out of memory?), or stopped by joblib when another worker process of the sweep was")
+    for job in dead:
         overrides_file = job / ".hydra" / "overrides.yaml"
         overrides = [str(o) for o in OmegaConf.load(overrides_file)] if overrides_file.exists() else []
-        write_result(job, overrides, None, None, None, status="failed",
-                     error="its process died without recording a result (killed by a signal: out of memory?)")
-        died += 1
+        write_result(job, overrides, None, None, None, status="failed", error=error)
     summarise_sweep(sweep_dir)
-    return died
+    return len(dead)
 
 
 def finish_sweep(sweep_dir: str | Path) -> None:

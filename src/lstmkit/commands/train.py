@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -41,8 +42,12 @@ from lstmkit.module import SequenceModel
 from lstmkit.sweeps import MIXED_SWEEP
 from lstmkit.warm_start import init_from_checkpoint, init_reverse_from_checkpoint
 
-# overrides a resumed run may change: how long it trains, and the resume options themselves
-RESUME_OVERRIDES = {"resume", "ckpt_path", "trainer.max_epochs", "trainer.max_steps", "trainer.max_time"}
+# overrides a resumed run may change, so left out when resume=true looks for the earlier run: how long it
+# trains, its early-stopping patience (give a stopped run more epochs; lstmkit.callbacks.RunEarlyStopping
+# uses the new one), and the resume options themselves. Without the patience, `... patience=10 resume=true`
+# found no run of its overrides and resumed the task's newest last.ckpt, another run's. README, Resume.
+RESUME_OVERRIDES = {"resume", "ckpt_path", "trainer.max_epochs", "trainer.max_steps", "trainer.max_time",
+                    "callbacks.early_stopping.patience"}
 
 
 def job_overrides(overrides: list[str]) -> list[str]:
@@ -84,6 +89,25 @@ def run_files(roots: list[Path]) -> tuple[list[Path], list[Path]]:
     return found["checkpoints/last.ckpt"], found[".hydra/overrides.yaml"]
 
 
+def job_number(folder: Path) -> int | None:
+    """The ``hydra.job.num`` of the sweep job that ran in ``folder`` (its ``.hydra/hydra.yaml``; else the
+    folder's name, Hydra's default ``hydra.sweep.subdir``), or ``None``."""
+    with contextlib.suppress(Exception):  # an unreadable or partial file: the name decides
+        number = OmegaConf.select(OmegaConf.load(folder / ".hydra" / "hydra.yaml"), "hydra.job.num")
+        if isinstance(number, int):
+            return number
+    return int(folder.name) if folder.name.isdigit() else None
+
+
+def recorded_overrides(folder: Path) -> list[str] | None:
+    """The overrides a job recorded in ``folder/result.json`` (``lstmkit.sweeps.write_result``), if any."""
+    try:
+        recorded = json.loads((folder / "result.json").read_text()).get("overrides")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return [str(o) for o in recorded] if isinstance(recorded, list) else None
+
+
 def resolve_ckpt_path(ckpt_path: str | None, cfg: DictConfig) -> str | None:
     """``last`` -> the newest ``last.ckpt`` of an earlier run of this task; a path -> checked.
 
@@ -93,6 +117,21 @@ def resolve_ckpt_path(ckpt_path: str | None, cfg: DictConfig) -> str | None:
     A sweep job without such a run starts afresh (the sweep is resumed where it stopped), and so
     does a run whose earlier run with these overrides stopped before its first checkpoint. A single
     run with no such earlier run falls back to the task's newest ``last.ckpt``, with a warning.
+
+    A run in a fixed folder (``hydra.run.dir``) continues that folder's own ``last.ckpt``, in place,
+    and so does a sweep job in a fixed ``hydra.sweep.dir`` (the same command again: the same job
+    number, the same folder). Why the sweep job: the search leaves out the sweep now running, whose
+    folder is then the earlier sweep's too, so every job of a resumed fixed-folder sweep "found no
+    earlier run", started afresh beside its earlier checkpoints (``best-v1.ckpt``) and continued its
+    CSV log with a second run. Hydra has already replaced the folder's ``.hydra/overrides.yaml`` with
+    this job's, so the earlier job's overrides are read from its ``result.json`` (written when it
+    ended, failed or was interrupted); one of other overrides (another sweep used the folder) is not
+    continued.
+
+    When the newest earlier sweep with these overrides ran them in several jobs (``-m seed=null,null``,
+    repeats of one setting), the job continues the one of its own number (``hydra.job.num``), or
+    starts afresh if that one saved no checkpoint or there is none: the newest of them was taken by
+    every job, so all continued one and the same run.
     """
     if not ckpt_path:
         return None
@@ -111,10 +150,20 @@ def resolve_ckpt_path(ckpt_path: str | None, cfg: DictConfig) -> str | None:
     def earlier(paths: Iterator[Path]) -> list[Path]:  # not this run's / this sweep's own
         return [p for p in paths if now is None or now not in p.resolve().parents]
 
-    reused = now / "checkpoints" / "last.ckpt" if now is not None and not sweep else None
-    if reused is not None and reused.is_file():  # a fixed hydra.run.dir (torchrun, a scheduler's job folder)
+    mine = job_overrides(list(hydra.overrides.task)) if hydra else None
+    folder = Path(hydra.runtime.output_dir).resolve() if hydra else None
+    reused = folder / "checkpoints" / "last.ckpt" if folder is not None else None
+    if reused is not None and reused.is_file() and not sweep:  # a fixed hydra.run.dir (torchrun, a scheduler's)
         log.info("resuming %s (this run folder's own, from an earlier attempt)", reused)
         return str(reused)
+    if reused is not None and reused.is_file():  # a sweep job in a fixed hydra.sweep.dir: its own job folder
+        recorded = recorded_overrides(reused.parent.parent)
+        if recorded is None or job_overrides(recorded) == mine:
+            log.info("resuming %s (this job's own folder in the sweep folder, from an earlier attempt%s)", reused,
+                     "" if recorded is not None else "; it left no result.json to compare its overrides with")
+            return str(reused)
+        log.warning("resume: this job's folder %s holds a run of other overrides, %s (the sweep folder was used by "
+                    "another sweep); looking for an earlier run with these overrides elsewhere", folder, recorded)
     if now is not None and not sweep and now.parent != (runs / "runs").resolve():
         # a folder of its own (hydra.run.dir=...) that holds no checkpoint yet: its earlier attempt stopped
         # before its first epoch ended; another run's weights would not continue it
@@ -124,11 +173,25 @@ def resolve_ckpt_path(ckpt_path: str | None, cfg: DictConfig) -> str | None:
 
     checkpoints, overrides = run_files(roots)
     candidates = sorted(earlier(checkpoints), key=lambda p: p.stat().st_mtime, reverse=True)
-    mine = job_overrides(list(hydra.overrides.task)) if hydra else None
     matching = {p.parent.parent for p in earlier(overrides)
                 if mine is not None and job_overrides(list(OmegaConf.load(p))) == mine}  # each file read once
     own = [c for c in candidates if c.parent.parent in matching]
     candidates = [c for c in candidates if runs.resolve() in c.resolve().parents]  # the fallback: this task's
+    if own and sweep:
+        # the earlier sweep ran these overrides more than once (-m seed=null,null): its job of this number
+        twins = sorted(m for m in matching if m.parent == own[0].parent.parent.parent)
+        if len(twins) > 1:
+            number = int(hydra.job.num)
+            same = [m for m in twins if job_number(m) == number]
+            last = same[0] / "checkpoints" / "last.ckpt" if same else None
+            if last is not None and last in own:
+                log.info("resuming %s (the earlier sweep's job %d, of the %d with these overrides)", last, number,
+                         len(twins))
+                return str(last)
+            log.info("resume: the earlier sweep %s ran these overrides in %d jobs, %s; its job %d %s, so this job "
+                     "starts afresh (never a sibling's checkpoint)", own[0].parent.parent.parent, len(twins),
+                     ", ".join(m.name for m in twins), number, "saved no checkpoint" if same else "is not among them")
+            return None
     if own:
         log.info("resuming %s (the newest earlier run with these overrides)", own[0])
         return str(own[0])
@@ -353,6 +416,20 @@ def drawn_seed() -> int:
     return seed
 
 
+def checkpointing(callbacks: list[Any], cfg: DictConfig) -> dict[str, Any]:
+    """``enable_checkpointing=False`` for the trainer when no checkpoint callback is configured.
+
+    Why: Lightning adds a ``ModelCheckpoint`` of its own when none is given, so ``callbacks=none``
+    ("no callbacks, no checkpoints") still wrote ``csv/checkpoints/epoch=N-step=M.ckpt``, and the run
+    then said it was "testing the best checkpoint" of a callback that monitors nothing (the last
+    epoch's). Now such a run writes no checkpoint and tests its final weights, saying so. A
+    ``+trainer.enable_checkpointing=true`` given on the command line is kept.
+    """
+    if any(isinstance(c, ModelCheckpoint) for c in callbacks) or cfg.trainer.get("enable_checkpointing") is not None:
+        return {}
+    return {"enable_checkpointing": False}
+
+
 def best_score(checkpoint: ModelCheckpoint | None) -> float | None:
     """The best monitored value of the run: the callback's, or, when the training ran in spawned
     processes (``ddp_spawn``, which sends back only ``best_model_path``), the one its best
@@ -470,7 +547,8 @@ def train(cfg: DictConfig) -> float | None:
     if not loggers:  # nothing to log learning rates to
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     with config_stage("trainer"):
-        trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+        trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
+                                         **checkpointing(callbacks, cfg))
     for logger in trainer.loggers:
         logger.log_hyperparams(plain(cfg))
     out_dir = HydraConfig.get().runtime.output_dir
@@ -488,8 +566,13 @@ def train(cfg: DictConfig) -> float | None:
             metrics[monitored] = score
     if cfg.get("test", True):
         best = checkpoint.best_model_path if checkpoint is not None else ""
-        if best:
+        if best and checkpoint is not None and checkpoint.monitor:
             log.info("testing the best checkpoint %s", best)
+        elif best:  # e.g. Lightning's own callback (+trainer.enable_checkpointing=true with callbacks=none)
+            log.info("testing the last checkpoint %s (its checkpoint callback monitors no metric, so there is no "
+                     "best one)", best)
+        elif cfg.get("train", True):
+            log.info("testing the final weights (no checkpoint callback, e.g. callbacks=none: no best checkpoint)")
         trainer.test(model, datamodule=datamodule, ckpt_path=best or None, weights_only=True)
         metrics.update(scalar_metrics(trainer.callback_metrics))
     report(metrics, out_dir, title=f"{cfg.task_name}: final metrics")
