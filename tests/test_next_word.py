@@ -182,7 +182,8 @@ def test_fixed_spec_reuses_vocabulary_and_tokenizer(tmp_path: Path) -> None:
     trained = tiny_module(tokenizer="whitespace", lowercase=True)
     file = write(tmp_path / "new.txt", "The He Said sharply .\n" * 200)
     dm = tiny_module(file, spec=trained.spec.to_dict())
-    assert dm.spec.vocab == trained.spec.vocab and dm.tokenizer == {"level": "whitespace", "lowercase": True}
+    assert dm.spec.vocab == trained.spec.vocab
+    assert dm.tokenizer == {"level": "whitespace", "lowercase": True, "version": 2}
     vocab = dm.spec.vocab
     assert [vocab[i] for i in dm.splits["train"].ids[:6]] == ["the", "he", "said", UNK, ".", EOS]
 
@@ -773,3 +774,59 @@ def test_eval_checks_only_the_split_it_scores_for_too_little_text(tmp_path: Path
         dm.val_dataloader()  # where it is read, it is still refused
     with pytest.raises(DataError, match=r"\(val part\): too little text"):  # training checks every part first
         NextWordDataModule(**{**options, "spec": None}).setup()
+
+
+def test_a_leading_double_hash_in_the_text_is_not_a_subword_continuation(tmp_path: Path) -> None:
+    """``##`` marks a piece inside a word: version 1 read a word written "##tag" (whitespace-tokenized text)
+    as one, so joining pieces lost it ("##tag" onto nothing, "##" glued to the word before); version 2
+    escapes it (``\\##tag``), and generated text shows it as written."""
+    from lstmkit.data.text import tokenize, unescape
+
+    text = "trending ##tag and ## and \\##x #1"
+    v1 = tokenize(text, level="whitespace")
+    assert v1 == text.split() and Subwords.join(v1) != text.split()  # read as continuations
+    v2 = tokenize(text, level="whitespace", version=2)
+    assert v2 == ["trending", "\\##tag", "and", "\\##", "and", "\\\\##x", "#1"]
+    assert unescape(Subwords.join(v2), 2) == text.split() and unescape(v1, 1) == v1
+    assert tokenize(text, version=2) == tokenize(text)  # word level splits "#" off: nothing to escape
+    lines = ["trending ##tag and ## #1 tag ##ing walking " + " ".join(random.Random(i).sample(["a", "b", "c", "d"], 4))
+             for i in range(400)]
+    write(tmp_path / "corpus.txt", "\n".join(lines) + "\n")
+    for version in (1, 2):  # pieces learnt on text in which "##tag", "##" and "##ing" are frequent words
+        lm = tiny_module(tmp_path / "corpus.txt", tokenizer="whitespace", subwords=100, batch_size=2, bptt=3,
+                         tokenizer_version=version)
+        pieces = Subwords.from_json(lm.spec.tokenizer["subwords"])
+        split = pieces.split(tokenize("##tag ## ##ing tag", level="whitespace", version=version))
+        if version == 1:  # the vocabulary's "##tag" is a continuation, and a word that starts "##" has no row
+            assert UNK in split and Subwords.join(split) == [f"{UNK}tag", UNK, f"{UNK}ing", "tag"]
+        else:  # a word start per word, each known
+            assert UNK not in split and sum(not p.startswith("##") for p in split) == 4
+            assert unescape(Subwords.join(split), 2) == ["##tag", "##", "##ing", "tag"]
+
+
+def test_an_old_language_model_spec_reads_text_as_before(tmp_path: Path) -> None:
+    """A checkpoint without a tokenizer version (written before them) is read as version 1 in eval and predict."""
+    file = write(tmp_path / "quotes.txt", "the 'twist' was 'great' , they said\n" * 200)
+    old = tiny_module(file, tokenizer_version=1)
+    new = tiny_module(file)
+    assert new.spec.tokenizer["version"] == 2 and "'twist'" in old.spec.vocab and "twist" in new.spec.vocab
+    before = old.spec.to_dict()
+    before["tokenizer"] = {k: v for k, v in before["tokenizer"].items() if k != "version"}
+    evaluated = tiny_module(file, spec=before)
+    assert all(torch.equal(evaluated.splits[s].ids, old.splits[s].ids) for s in ("train", "val", "test"))
+    vocab = old.spec.vocab
+    batch = NextWordDataModule.make_predict_batch(DataSpec.from_dict(before), ["they said the 'twist'"])
+    assert [vocab[i] for i in batch.inputs[0]] == [EOS, "they", "said", "the", "'twist'"]
+    batch = NextWordDataModule.make_predict_batch(new.spec, ["they said the 'twist'"])
+    assert [new.spec.vocab[i] for i in batch.inputs[0]] == [EOS, "they", "said", "the", "'", "twist", "'"]
+
+
+def test_real_ptb_reads_the_same_in_both_tokenizer_versions() -> None:
+    """PTB is whitespace-tokenized already: versions 1 and 2 give the same vocabulary and the same streams
+    (at word level too), so a PTB perplexity cannot change with the version."""
+    if not REAL.exists():
+        pytest.skip(f"real data not found at {REAL} (clone the repo beside shared/ to run this test)")
+    for level in ("whitespace", "word"):
+        v1, v2 = (tiny_module(REAL, tokenizer=level, batch_size=20, bptt=35, tokenizer_version=v) for v in (1, 2))
+        assert v1.spec.vocab == v2.spec.vocab and len(v1.spec.vocab) == (10_001 if level == "whitespace" else 9_660)
+        assert all(torch.equal(v1.splits[s].ids, v2.splits[s].ids) for s in ("train", "val", "test"))

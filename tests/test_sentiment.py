@@ -442,3 +442,101 @@ def test_lone_carriage_returns_end_lines_as_newlines_do(tmp_path: Path) -> None:
     (tmp_path / "bad.txt").write_bytes(b"1 fine\r0 fine\r1 bad \xff byte\r")
     with pytest.raises(DataError, match=r"bad\.txt, row 3: not valid UTF-8"):
         read_text(tmp_path / "bad.txt")
+
+
+# -- tokenizer versions ------------------------------------------------------------------------
+# The tokens of the tokenizer before versions (version 1), written down from it: a checkpoint without a
+# version must keep reading text exactly so, whatever later versions change.
+TEXTS_V1 = {
+    "The 'twist' was bad, don't you think?": ["the", "'twist'", "was", "bad", ",", "don't", "you", "think", "?"],
+    "'A big twist' in the students' film": ["'a", "big", "twist'", "in", "the", "students'", "film"],
+    "it 's a film that does n't work ; `` the rock '' is": ["it", "'s", "a", "film", "that", "does", "n't", "work",
+                                                          ";", "`", "`", "the", "rock", "''", "is"],
+    "'em 'til rock 'n' roll , the '70s": ["'em", "'til", "rock", "'n'", "roll", ",", "the", "'70s"],
+    "\u2018twist\u2019 ##tag": ["'twist'", "#", "#", "tag"],
+}
+TEXTS_V2 = {
+    "The 'twist' was bad, don't you think?": ["the", "'", "twist", "'", "was", "bad", ",", "don't", "you", "think",
+                                              "?"],
+    "'A big twist' in the students' film": ["'", "a", "big", "twist", "'", "in", "the", "students", "'", "film"],
+    "it 's a film that does n't work ; `` the rock '' is": TEXTS_V1["it 's a film that does n't work ; `` the rock '' is"],
+    "'em 'til rock 'n' roll , the '70s": TEXTS_V1["'em 'til rock 'n' roll , the '70s"],
+    "\u2018twist\u2019 ##tag": ["'", "twist", "'", "#", "#", "tag"],
+}
+
+
+def test_tokenizer_version_2_splits_quotes_off_words_and_keeps_contractions() -> None:
+    from lstmkit.data.text import TOKENIZER_VERSION, tokenize
+
+    assert TOKENIZER_VERSION == 2
+    for text, tokens in TEXTS_V1.items():
+        assert tokenize(text) == tokens and tokenize(text, version=1) == tokens, text  # no version: 1
+        assert tokenize(text, version=2) == TEXTS_V2[text], text
+    # whitespace level (pre-tokenized text) splits nothing more in either version
+    assert tokenize("a 'twist' ending", level="whitespace", version=2) == ["a", "'twist'", "ending"]
+    assert tokenize("'em 'tis '53 'em' ''quoted'' goin'", version=2) == [
+        "'em", "'tis", "'53", "'", "em", "'", "''", "quoted", "''", "goin", "'"]
+
+
+def test_a_spec_records_its_tokenizer_version_and_an_old_spec_reads_text_as_before(tmp_path: Path) -> None:
+    data = _write(tmp_path / "reviews.csv", "text,label\n" + "the 'twist' was great,1\nthe twist was dull,0\n" * 20)
+    new = SentimentDataModule(path=str(data), batch_size=4)
+    new.setup("fit")
+    assert new.spec.tokenizer["version"] == 2
+    assert "twist" in new.spec.vocab and "'twist'" not in new.spec.vocab and "'" in new.spec.vocab
+    old = SentimentDataModule(path=str(data), batch_size=4, tokenizer_version=1)
+    old.setup("fit")
+    assert "'twist'" in old.spec.vocab and "'" not in old.spec.vocab
+    # a checkpoint written before versions: its spec has none, and is read as version 1 (eval, predict)
+    before = old.spec.to_dict()
+    before["tokenizer"] = {k: v for k, v in before["tokenizer"].items() if k != "version"}
+    evaluated = SentimentDataModule(path=str(data), batch_size=4, spec=before)  # data.tokenizer_version: 2
+    evaluated.setup("test")
+    for split in ("train", "val", "test"):  # the same ids as the version-1 run's
+        assert [x.tolist() for x in evaluated.splits[split].inputs] == [x.tolist() for x in old.splits[split].inputs]
+    vocab = evaluated.spec.vocab
+    ids = SentimentDataModule.make_predict_batch(DataSpec.from_dict(before), ["the 'twist'"]).inputs[0].tolist()
+    assert [vocab[i] for i in ids] == ["the", "'twist'"]
+    ids = SentimentDataModule.make_predict_batch(new.spec, ["the 'twist'"]).inputs[0].tolist()
+    assert [new.spec.vocab[i] for i in ids] == ["the", "'", "twist", "'"]
+    with pytest.raises(ConfigError, match=r"data.tokenizer_version=3: expected one of \[1, 2\]"):
+        SentimentDataModule(tokenizer_version=3)
+
+
+def test_sst2_reads_the_same_in_both_tokenizer_versions() -> None:
+    """SST-2 is PTB-tokenized: its recipes' whitespace tokenizer reads every file alike in versions 1 and 2;
+    at word level version 2 changes 3 of its 196,272 tokens ("ol'" -> "ol", "'", twice in test)."""
+    from lstmkit.data.text import tokenize
+
+    folder = shared_data("sentiment")
+    changed: dict[str, int] = {}
+    for split in ("train", "dev", "test"):
+        texts = [text for _, text, _ in read_labelled_text(folder / f"stsa.binary.{split}")]
+        assert all(tokenize(t, level="whitespace", version=2) == tokenize(t, level="whitespace") for t in texts)
+        pairs = [(tokenize(t), tokenize(t, version=2)) for t in texts]
+        changed[split] = sum(v1.count("ol'") for v1, v2 in pairs if v1 != v2)
+        assert all(v2 == [p for w in v1 for p in (["ol", "'"] if w == "ol'" else [w])] for v1, v2 in pairs)
+    assert changed == {"train": 1, "dev": 0, "test": 2}
+
+
+def test_resuming_a_run_of_another_tokenizer_version_names_the_setting(make_cfg, tmp_path: Path) -> None:
+    from hydra.utils import instantiate
+
+    from lstmkit.checkpoints import check_resumable
+    from lstmkit.commands.train import build_model
+    from lstmkit.errors import CheckpointError
+
+    cfg = make_cfg(["data.num_examples=300", "model.hidden_size=8", "encoder.dim=8"])
+    datamodule = instantiate(cfg.data, _convert_="all")
+    datamodule.setup("fit")
+    model = build_model(cfg, datamodule)
+    spec = dict(model.hparams["spec"])  # as a checkpoint from before versions stores it: without one
+    spec["tokenizer"] = {k: v for k, v in spec["tokenizer"].items() if k != "version"}
+    path = tmp_path / "old.ckpt"
+    torch.save({"state_dict": model.state_dict(), "hyper_parameters": {**dict(model.hparams), "spec": spec}}, path)
+    with pytest.raises(CheckpointError, match=r"another tokenizer version \(1 against 2; data.tokenizer_version=1 "
+                                              r"reads the text as it did\)"):
+        check_resumable(path, model)
+    spec["tokenizer"]["version"] = 2
+    torch.save({"state_dict": model.state_dict(), "hyper_parameters": {**dict(model.hparams), "spec": spec}}, path)
+    check_resumable(path, model)

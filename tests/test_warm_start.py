@@ -252,3 +252,80 @@ def test_features_in_another_order_are_refused(tmp_path: Path) -> None:
     init_from_checkpoint(stock(["close", "open"], project=3), projected, include=["core"])
     with pytest.raises(ConfigError, match="reads the features"):
         init_from_checkpoint(stock(["close", "open"], project=3), projected, include=["encoder", "core"])
+
+
+def test_a_bidirectional_lstm_of_two_layers_starts_from_unidirectional_language_models(tmp_path: Path) -> None:
+    """From its second layer on a bi-LSTM's layer reads both directions (input twice as wide as the LM's):
+    the LM's columns fill the half that reads the same direction, the other half is zero, so each
+    direction's stack starts out computing exactly what its language model computed (it was a shape error
+    whose advice, to make the sizes match, no setting could follow)."""
+    from lstmkit.warm_start import init_reverse_from_checkpoint
+
+    vocab = ["<pad>", "<unk>", "<eos>", "good", "bad", "film"]
+    for core in ({"num_layers": 2}, {"num_layers": 3, "proj_size": 3}):
+        torch.manual_seed(5)
+        spec = DataSpec(input_kind="tokens", vocab=vocab)
+        forward = SequenceModel(spec.to_dict(), {"_target_": EMBED, "dim": 6}, {"hidden_size": 5, **core},
+                                {"_target_": LM_HEAD})
+        backward = SequenceModel({**spec.to_dict(), "extra": {"reverse": True}}, {"_target_": EMBED, "dim": 6},
+                                 {"hidden_size": 5, **core}, {"_target_": LM_HEAD})
+        target = classifier(vocab, **core).eval()
+        layers = core["num_layers"]
+        reverse = init_reverse_from_checkpoint(target, save(backward, tmp_path / "bwd.ckpt"))
+        result = init_from_checkpoint(target, save(forward, tmp_path / "fwd.ckpt"), filled=reverse.copied)
+        assert result.halves == [f"core.lstm.weight_ih_l{k}" for k in range(1, layers)]
+        assert reverse.halves == [f"core.lstm.weight_ih_l{k}_reverse" for k in range(1, layers)]
+        assert not result.kept and "reads its own direction" in result.summary()
+        width = core.get("proj_size") or 5
+        for k in range(1, layers):  # the columns that read the other direction start at zero
+            assert not target.core.lstm.get_parameter(f"weight_ih_l{k}")[:, width:].any()
+            assert not target.core.lstm.get_parameter(f"weight_ih_l{k}_reverse")[:, :width].any()
+        x = torch.randn(3, 7, 6)
+        with torch.no_grad():
+            both, _ = target.core.lstm(x)
+            ahead, _ = forward.core.lstm(x)
+            behind, _ = backward.core.lstm(x.flip(1))
+        torch.testing.assert_close(both[..., :width], ahead)  # the forward stack is the forward LM
+        torch.testing.assert_close(both[..., width:], behind.flip(1))  # the reverse stack, the backward LM
+
+
+def test_lstm_shape_errors_give_advice_that_works_and_unused_layers_are_reported(tmp_path: Path) -> None:
+    vocab = ["<pad>", "<unk>", "good"]
+    deeper = save(SequenceModel(DataSpec(input_kind="tokens", vocab=vocab).to_dict(), {"_target_": EMBED, "dim": 6},
+                                {"hidden_size": 5, "num_layers": 3}, {"_target_": LM_HEAD}), tmp_path / "deep.ckpt")
+    result = init_from_checkpoint(classifier(vocab, num_layers=2), deeper)
+    assert result.unused == [f"core.lstm.{n}_l2" for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+    assert "4 of the checkpoint not used" in result.summary()
+    with pytest.raises(ConfigError, match=r"weight_ih_l0 has shape \(20, 6\) in the checkpoint but \(28, 6\) in this "
+                                          r"model; set model\.hidden_size=5 as the checkpoint's LSTM has, or leave core"):
+        init_from_checkpoint(classifier(vocab, hidden=7, num_layers=2), deeper)
+    bi = save(classifier(vocab, num_layers=2), tmp_path / "bi.ckpt")
+    one_way = SequenceModel(**{**dict(classifier(vocab).hparams), "core": {"hidden_size": 5, "num_layers": 2}})
+    with pytest.raises(ConfigError, match=r"weight_ih_l1 has shape \(20, 10\) .* \(20, 5\) in this model; the "
+                                          r"checkpoint's LSTM is bidirectional.*model\.bidirectional=true, or "
+                                          r"model\.num_layers=1"):
+        init_from_checkpoint(one_way, bi)
+    # the advice works: one layer copies the checkpoint's first, and says what it left
+    single = SequenceModel(**{**dict(classifier(vocab).hparams), "core": {"hidden_size": 5}})
+    assert "core.lstm.weight_ih_l1_reverse" in init_from_checkpoint(single, bi).unused
+
+
+def test_a_checkpoint_of_another_tokenizer_version_is_noted(tmp_path: Path, caplog) -> None:
+    """Rows are matched by token: a version-1 vocabulary's "'twist'" has no match in a version-2 one."""
+    import logging
+
+    vocab = ["<pad>", "<unk>", "<eos>", "'twist'", "twist", "film"]
+    spec = DataSpec(input_kind="tokens", vocab=vocab, tokenizer={"level": "word", "lowercase": True})  # before versions
+    old = SequenceModel(spec.to_dict(), {"_target_": EMBED, "dim": 6}, {"hidden_size": 5}, {"_target_": LM_HEAD})
+    ckpt = save(old, tmp_path / "v1.ckpt")
+    new_spec = DataSpec(input_kind="tokens", vocab=["<pad>", "<unk>", "'", "twist", "film"], classes=["a", "b"],
+                        tokenizer={"level": "word", "lowercase": True, "version": 2})
+    target = SequenceModel(new_spec.to_dict(), {"_target_": EMBED, "dim": 6}, {"hidden_size": 5}, {"_target_": CLS_HEAD})
+    with caplog.at_level(logging.INFO, logger="lstmkit"):
+        result = init_from_checkpoint(target, ckpt)
+    assert "tokenized by tokenizer version 1, this run's by 2" in caplog.text
+    assert result.by_token["encoder.embedding.weight"] == (4, 5)  # all but "'"
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="lstmkit"):
+        init_from_checkpoint(target, save(target, tmp_path / "v2.ckpt"))
+    assert "tokenizer version" not in caplog.text

@@ -17,7 +17,7 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lstmkit.ensemble import SequenceEnsemble, same_run_groups
 from lstmkit.errors import CheckpointError, ConfigError
 from lstmkit.module import SequenceModel
-from lstmkit.types import IDENTITY, IDENTITY_EXTRA, IDENTITY_TOKENIZER  # what a resume must keep
+from lstmkit.types import IDENTITY, IDENTITY_EXTRA, IDENTITY_TOKENIZER, stored_part  # what a resume must keep
 
 log = logging.getLogger("lstmkit")
 
@@ -72,11 +72,15 @@ def check_resumable(path: str | Path, model: SequenceModel, ckpt: dict[str, Any]
     spec, new_spec = dict(ckpt["hyper_parameters"].get("spec") or {}), dict(model.hparams.get("spec") or {})
     fields = [(key, spec.get(key), new_spec.get(key)) for key in IDENTITY if key in spec]
     for part, keys in (("tokenizer", IDENTITY_TOKENIZER), ("extra", IDENTITY_EXTRA)):
-        old_part, new_part = spec.get(part) or {}, new_spec.get(part) or {}
+        old_part, new_part = stored_part(spec, part), stored_part(new_spec, part)
         fields += [(f"{part}.{key}", old_part.get(key), new_part.get(key)) for key in keys if key in old_part]
     problems: list[str] = []
     for key, old, new in fields:
         if _same(old, new):
+            continue
+        if key == "tokenizer.version":  # the one a setting restores: it splits the same text otherwise
+            problems.append(f"another tokenizer version ({old} against {new}; data.tokenizer_version={old} reads "
+                            "the text as it did)")
             continue
         if isinstance(old, list) and isinstance(new, list):
             gone, added = [x for x in old if x not in new], [x for x in new if x not in old]

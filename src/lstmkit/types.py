@@ -81,7 +81,9 @@ class DataSpec:
         target_names: names of regression outputs.
         normaliser: fitted statistics (train split only), e.g. ``{"mean": [...], "std": [...]}``.
         sample_rate: audio sample rate the model expects.
-        tokenizer: settings needed to tokenize raw text exactly as at training time.
+        tokenizer: settings needed to tokenize raw text exactly as at training time
+            (:func:`lstmkit.data.text.tokenize`'s arguments); its ``version`` is the tokenizer's,
+            and a spec without one (written before versions) is version 1.
         extra: anything else a pipeline needs at predict time (window length, horizon...).
     """
 
@@ -126,7 +128,9 @@ class DataSpec:
 # Checkpoints compare these to resume a run (lstmkit.checkpoints) and ensemble members to be combined.
 IDENTITY = ("datamodule", "input_kind", "vocab", "num_features", "classes", "pad_id", "blank_id", "target_names",
             "normaliser", "sample_rate")
-IDENTITY_TOKENIZER = ("level", "lowercase", "subwords")
+IDENTITY_TOKENIZER = ("level", "lowercase", "subwords", "version")
+# what a stored tokenizer lacking a field means: one written before tokenizer versions is version 1
+TOKENIZER_DEFAULTS = {"version": 1}
 IDENTITY_EXTRA = ("features", "target", "horizon", "normal_labels", "anomaly_labels", "reverse", "samples_per_beat",
                   "label_column", "train_counts")
 
@@ -136,5 +140,13 @@ def spec_identity(spec: dict[str, Any]) -> dict[str, Any]:
     ``extra.reverse``... (``None`` where the spec lacks one)."""
     identity = {key: spec.get(key) for key in IDENTITY}
     for part, keys in (("tokenizer", IDENTITY_TOKENIZER), ("extra", IDENTITY_EXTRA)):
-        identity.update({f"{part}.{key}": (spec.get(part) or {}).get(key) for key in keys})
+        stored = stored_part(spec, part)
+        identity.update({f"{part}.{key}": stored.get(key) for key in keys})
     return identity
+
+
+def stored_part(spec: dict[str, Any], part: str) -> dict[str, Any]:
+    """``spec[part]`` (``{}`` if absent), a tokenizer with the fields older specs lack filled in
+    (``TOKENIZER_DEFAULTS``: a spec from before tokenizer versions is version 1)."""
+    stored = dict(spec.get(part) or {})
+    return {**TOKENIZER_DEFAULTS, **stored} if part == "tokenizer" and stored else stored

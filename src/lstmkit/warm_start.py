@@ -15,13 +15,22 @@ What is copied, for every parameter of the included parts (``init_from.include``
   checkpoint does not know keep their initial vectors, the ``<pad>`` row stays zero;
 * any other tensor of the same name and shape is copied as it is (the forward direction of a
   bidirectional LSTM from a unidirectional language model, for instance);
-* a tensor the checkpoint lacks keeps its initial value (the reverse direction there);
+* from the second layer on, a bidirectional LSTM's layer reads both directions' outputs of the layer
+  below, so its input weights (``weight_ih_l{k}``, k >= 1) are twice as wide as a unidirectional
+  checkpoint's: the checkpoint's columns fill the half that reads the same direction, and the half
+  that reads the other direction is set to zero, so that each direction's stack starts out computing
+  exactly what the checkpoint's LSTM computed (copied by shape this was a mismatch for every
+  bidirectional model of 2 or more layers, and no setting could make the shapes match);
+* a tensor the checkpoint lacks keeps its initial value (the reverse direction there, a layer
+  the checkpoint does not have); a checkpoint tensor this model has no place for (a layer more) is
+  reported as not used;
 * only parameters: buffers (a Mel filter bank, an STFT window) are this model's config, and a
   parameter tied to another (a tied output layer) is copied once, under its first name;
 * the head only when its outputs are the same (classes, and for a language model the same
   vocabulary in the same order), since its rows are not matched by token;
-* the same name with another shape is an error that names both shapes: a silent skip would
-  leave the user thinking the model was initialised.
+* the same name with another shape is an error that names both shapes and, for the LSTM, the
+  settings to change (``model.hidden_size``, ``model.proj_size``, ``encoder.dim``...): a silent skip
+  would leave the user thinking the model was initialised.
 * feature inputs (``data.features``) in another order are an error: the weights that read them
   have a column per feature.
 """
@@ -29,6 +38,7 @@ What is copied, for every parameter of the included parts (``init_from.include``
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +48,7 @@ from torch import nn
 
 from lstmkit.checkpoints import read_checkpoint
 from lstmkit.errors import ConfigError
-from lstmkit.types import DataSpec
+from lstmkit.types import DataSpec, stored_part
 
 log = logging.getLogger("lstmkit")
 
@@ -52,15 +62,29 @@ class WarmStart:
     copied: list[str] = field(default_factory=list)
     by_token: dict[str, tuple[int, int]] = field(default_factory=dict)  # name -> (rows found, rows)
     kept: list[str] = field(default_factory=list)  # included tensors the checkpoint does not have
+    # bi-LSTM input weights of layer >= 1 (also in copied): the checkpoint's unidirectional weights fill the
+    # half of the columns that reads the same direction, the other half is zero
+    halves: list[str] = field(default_factory=list)
+    unused: list[str] = field(default_factory=list)  # checkpoint tensors of the included parts with no place here
 
     def summary(self) -> str:
         parts = [f"{len(self.copied)} tensors copied"]
+        if self.halves:
+            parts.append(f"{len(self.halves)} of them into the half of a bidirectional layer's input weights that "
+                         f"reads its own direction, the half that reads the other direction set to zero "
+                         f"({_shown(self.halves)})")
         parts += [f"{name}: {found:,} of {rows:,} tokens found in the checkpoint's vocabulary"
                   for name, (found, rows) in self.by_token.items()]
         if self.kept:
-            shown = ", ".join(self.kept[:6]) + (f" and {len(self.kept) - 6} more" if len(self.kept) > 6 else "")
-            parts.append(f"{len(self.kept)} kept at their initial values ({shown})")
+            parts.append(f"{len(self.kept)} kept at their initial values ({_shown(self.kept)})")
+        if self.unused:
+            parts.append(f"{len(self.unused)} of the checkpoint not used, this model has no such tensor "
+                         f"({_shown(self.unused)})")
         return "; ".join(parts)
+
+
+def _shown(names: list[str]) -> str:
+    return ", ".join(names[:6]) + (f" and {len(names) - 6} more" if len(names) > 6 else "")
 
 
 def init_from_checkpoint(
@@ -83,6 +107,8 @@ def init_from_checkpoint(
         _check_head_outputs(source_spec, model.spec, ckpt_path)
     _check_feature_order(source_spec, model, include, ckpt_path)
     rows = _row_map(source_vocab, target_vocab) if source_vocab and target_vocab else None
+    if rows is not None:
+        _note_tokenizer_versions(source_spec, model.spec, ckpt_path)
     result = WarmStart()
     done: set[int] = set()  # parameters shared under two names (a tied output layer) are copied once
     # parameters only: buffers (a Mel filter bank, an STFT window) follow this model's config
@@ -109,6 +135,8 @@ def init_from_checkpoint(
                 result.by_token[name] = (int(found.sum()), len(rows))
             elif source.shape == target.shape:
                 target.data.copy_(source.to(target.dtype))
+            elif _fill_half(owner, name, source, target, source_state, reverse=False):
+                result.halves.append(name)
             elif rows is not None and isinstance(owner, nn.Embedding) and len(target) == len(rows):
                 raise ConfigError(  # rows are matched by token: only the vector size has to agree
                     f"init_from.ckpt_path={ckpt_path}: {name} has {source.shape[1]}-dim vectors in the checkpoint "
@@ -117,11 +145,14 @@ def init_from_checkpoint(
             else:
                 raise ConfigError(
                     f"init_from.ckpt_path={ckpt_path}: {name} has shape {tuple(source.shape)} in the checkpoint "
-                    f"but {tuple(target.shape)} in this model; make the sizes match (encoder.dim, "
-                    f"model.hidden_size, model.num_layers...) or leave that part out of init_from.include"
-                )
+                    f"but {tuple(target.shape)} in this model; "
+                    + (_lstm_advice(owner, name, source_state) if isinstance(owner, nn.LSTM) else
+                       "make the sizes match (encoder.dim, model.hidden_size...)")
+                    + f", or leave {name.split('.', 1)[0]} out of init_from.include")
             done.add(id(target))
             result.copied.append(name)
+        own = dict(model.named_parameters(remove_duplicate=False)) | dict(model.named_buffers())
+        result.unused = [name for name in source_state if name.split(".", 1)[0] in include and name not in own]
         for module in model.modules():  # a copied <pad> row would no longer be zero
             if isinstance(module, nn.Embedding) and module.padding_idx is not None:
                 module.weight[module.padding_idx].zero_()
@@ -161,12 +192,16 @@ def init_reverse_from_checkpoint(model: nn.Module, ckpt_path: str | Path) -> War
             if source is None:
                 result.kept.append(f"core.lstm.{name}")
                 continue
-            if source.shape != target.shape:
+            if _fill_half(lstm, name, source, target, state, reverse=True, prefix="core.lstm."):
+                result.halves.append(f"core.lstm.{name}")
+            elif source.shape != target.shape:
                 raise ConfigError(
                     f"init_from.reverse_ckpt_path={ckpt_path}: core.lstm.{name.removesuffix('_reverse')} has shape "
                     f"{tuple(source.shape)} there but the reverse direction here is {tuple(target.shape)}; "
-                    "use the same model.hidden_size and encoder.dim")
-            target.copy_(source.to(target.dtype))
+                    + _lstm_advice(lstm, f"core.lstm.{name}", state)
+                    + " (the backward language model's sizes must be the forward direction's)")
+            else:
+                target.copy_(source.to(target.dtype))
             result.copied.append(f"core.lstm.{name}")
     if not result.copied:
         raise ConfigError(f"init_from.reverse_ckpt_path={ckpt_path}: no LSTM weights found in the checkpoint")
@@ -221,3 +256,79 @@ def _row_map(source_vocab: list[str], target_vocab: list[str]) -> torch.Tensor:
     """For each target token, its row in the source vocabulary (-1: unknown there)."""
     index = {token: i for i, token in enumerate(source_vocab)}
     return torch.tensor([index.get(token, -1) for token in target_vocab], dtype=torch.long)
+
+
+_INPUT_WEIGHT = re.compile(r"weight_ih_l(\d+)(_reverse)?$")
+
+
+def _fill_half(lstm: nn.Module, name: str, source: torch.Tensor, target: torch.Tensor,
+               state: dict[str, torch.Tensor], reverse: bool, prefix: str = "") -> bool:
+    """A bi-LSTM's input weights of layer k >= 1 from a unidirectional checkpoint's: ``True`` if filled.
+
+    Layer k of a bidirectional ``nn.LSTM`` reads ``[forward outputs, reverse outputs]`` of layer k-1,
+    so its ``weight_ih_l{k}`` has twice the columns of a unidirectional one. The checkpoint's weights go
+    into the columns that read the same direction (the first half for the forward direction, the
+    second for the reverse one, from a backward LM), and the other half is set to zero: each direction's
+    stack then computes what the checkpoint's LSTM computed, and training learns what to take from the
+    other direction (the zero weights get gradients, as their inputs are not zero).
+    """
+    match = _INPUT_WEIGHT.search(name)
+    if not (isinstance(lstm, nn.LSTM) and lstm.bidirectional and match and int(match.group(1)) >= 1):
+        return False
+    if bool(match.group(2)) != reverse:
+        return False
+    owner = name[: match.start()] if not prefix else prefix
+    source_bidirectional = f"{owner}weight_ih_l0_reverse" in state
+    width = source.shape[-1] if source.dim() == 2 else 0
+    if (source_bidirectional or source.dim() != 2 or source.shape[0] != target.shape[0]
+            or target.shape[1] != 2 * width):
+        return False
+    start = width if reverse else 0
+    target.zero_()
+    target[:, start : start + width] = source.to(target.dtype)
+    return True
+
+
+def _lstm_advice(lstm: nn.Module, name: str, state: dict[str, torch.Tensor]) -> str:
+    """What to set for an LSTM tensor whose shape differs: the checkpoint's sizes against this model's."""
+    owner = name[: name.rfind(".") + 1]
+    source = _lstm_sizes(state, owner)
+    if not isinstance(lstm, nn.LSTM) or source is None:
+        return "make the sizes match (encoder.dim, model.hidden_size, model.proj_size)"
+    here = {"hidden_size": lstm.hidden_size, "proj_size": lstm.proj_size, "input": lstm.input_size,
+            "bidirectional": lstm.bidirectional}
+    fixes = [f"model.{key}={source[key]}" for key in ("hidden_size", "proj_size") if source[key] != here[key]]
+    if source["input"] != here["input"]:
+        fixes.append(f"encoder.dim={source['input']} (the LSTM's input size: {source['input']} there, "
+                     f"{here['input']} here)")
+    if fixes:
+        return f"set {' and '.join(fixes)} as the checkpoint's LSTM has"
+    if source["bidirectional"] and not here["bidirectional"]:
+        # its layers from the second on read both directions of the layer below: no unidirectional layer fits
+        return ("the checkpoint's LSTM is bidirectional, so from its second layer on each layer reads both "
+                "directions: set model.bidirectional=true, or model.num_layers=1 (its first layer is copied)")
+    return "make the sizes match (encoder.dim, model.hidden_size, model.proj_size)"
+
+
+def _lstm_sizes(state: dict[str, torch.Tensor], owner: str) -> dict[str, object] | None:
+    """An ``nn.LSTM``'s sizes from its weights under ``owner`` (e.g. ``core.lstm.``) in a state dict."""
+    ih, hh = state.get(f"{owner}weight_ih_l0"), state.get(f"{owner}weight_hh_l0")
+    if ih is None or hh is None or ih.dim() != 2 or hh.dim() != 2:
+        return None
+    proj = state.get(f"{owner}weight_hr_l0")
+    return {"hidden_size": int(hh.shape[0]) // 4, "proj_size": int(proj.shape[0]) if proj is not None else 0,
+            "input": int(ih.shape[1]), "bidirectional": f"{owner}weight_ih_l0_reverse" in state}
+
+
+def _note_tokenizer_versions(source: DataSpec, target: DataSpec, ckpt_path: str | Path) -> None:
+    """Say so when the checkpoint's vocabulary was tokenized by another tokenizer version: rows are
+    matched by token, so a token only one version makes (a word in single quotes: "'twist'" in version 1)
+    starts from its initial vector."""
+    if not (source.tokenizer and target.tokenizer):
+        return
+    old = stored_part({"tokenizer": source.tokenizer}, "tokenizer").get("version")
+    new = stored_part({"tokenizer": target.tokenizer}, "tokenizer").get("version")
+    if old != new:
+        log.info("init_from %s: its text was tokenized by tokenizer version %s, this run's by %s; embedding rows "
+                 "are matched by token, so a token only one of them makes (version 1 kept a word's single "
+                 "quotes on it: 'twist') starts from its initial vector", ckpt_path, old, new)

@@ -36,10 +36,12 @@ from lstmkit.data.base import PadCollate, SequenceDataModule, check_fractions, p
 from lstmkit.data.text import (
     EOS,
     PAD,
+    TOKENIZER_VERSION,
     UNK,
     Subwords,
     build_vocab,
     check_subwords,
+    check_tokenizer_version,
     encode,
     learn_subwords,
     read_text,
@@ -612,6 +614,9 @@ class NextWordDataModule(SequenceDataModule):
         eval_batch_size: parallel streams for val / test (``None`` = ``batch_size``).
         tokenizer: ``word`` (words, numbers and punctuation), ``whitespace`` (pre-tokenized
             text such as PTB or WikiText) or ``char``.
+        tokenizer_version: the tokenizer's version (:data:`~lstmkit.data.text.TOKENIZER_VERSION`, the
+            latest, by default), recorded in the spec; 1 reads text as runs did before versions were
+            recorded (to resume one). A checkpoint's spec decides it for eval and predict.
         lowercase: lower-case the text first.
         min_count / max_vocab: the vocabulary is built on the train split only; rarer words
             (and every word unseen in train) become ``<unk>``.
@@ -644,7 +649,7 @@ class NextWordDataModule(SequenceDataModule):
     predict_input = "text prompts"  # what `lstmkit predict input=...` expects (named in errors)
     # reverse too: a backward model scored on forward text (or the reverse) reads a stream it was never
     # trained on, and its perplexity measures nothing
-    spec_settings = ("tokenizer", "lowercase", "subwords", "min_count", "max_vocab", "reverse")
+    spec_settings = ("tokenizer", "tokenizer_version", "lowercase", "subwords", "min_count", "max_vocab", "reverse")
 
     def __init__(
         self,
@@ -663,6 +668,7 @@ class NextWordDataModule(SequenceDataModule):
         extra_train: Sequence[str] | None = None,
         reverse: bool = False,
         subwords: int | None = None,
+        tokenizer_version: int = TOKENIZER_VERSION,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -684,7 +690,8 @@ class NextWordDataModule(SequenceDataModule):
         self.path = path
         self.bptt = bptt
         self.eval_batch_size = eval_batch_size or self.batch_size
-        self.tokenizer = {"level": tokenizer, "lowercase": lowercase}
+        self.tokenizer = {"level": tokenizer, "lowercase": lowercase,
+                          "version": check_tokenizer_version(tokenizer_version)}
         self.min_count, self.max_vocab = min_count, max_vocab
         self.num_tokens = num_tokens
         self.val_fraction, self.test_fraction = val_fraction, test_fraction

@@ -26,10 +26,12 @@ from lstmkit.data.base import (
 )
 from lstmkit.data.text import (
     PAD,
+    TOKENIZER_VERSION,
     UNK,
     build_vocab,
     check_delimiter,
     check_subwords,
+    check_tokenizer_version,
     encode,
     learn_subwords,
     read_labelled_text,
@@ -147,6 +149,9 @@ class SentimentDataModule(SequenceDataModule):
         num_examples: size of the generated corpus (train + val + test).
         min_count / max_vocab: vocabulary built on the train split only.
         tokenizer: ``word``, ``whitespace`` (pre-tokenized files) or ``char``.
+        tokenizer_version: the tokenizer's version (:data:`~lstmkit.data.text.TOKENIZER_VERSION`, the
+            latest, by default), recorded in the spec; 1 reads text as runs did before versions were
+            recorded (to resume one). A checkpoint's spec decides it for eval and predict.
         subwords: split words into byte-pair-encoded pieces, learnt on the train split with about
             this many pieces (:class:`~lstmkit.data.text.Subwords`); ``None``: whole words.
         max_length: truncate longer texts to this many tokens (``None`` keeps all).
@@ -154,7 +159,7 @@ class SentimentDataModule(SequenceDataModule):
     """
 
     predict_input = "texts"  # what `lstmkit predict input=...` expects (named in errors)
-    spec_settings = ("tokenizer", "lowercase", "max_length", "subwords", "min_count", "max_vocab")
+    spec_settings = ("tokenizer", "tokenizer_version", "lowercase", "max_length", "subwords", "min_count", "max_vocab")
 
     def __init__(
         self,
@@ -174,6 +179,7 @@ class SentimentDataModule(SequenceDataModule):
         max_length: int | None = None,
         seed: int = 0,
         subwords: int | None = None,
+        tokenizer_version: int = TOKENIZER_VERSION,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -185,7 +191,8 @@ class SentimentDataModule(SequenceDataModule):
         self.num_examples = num_examples
         self.val_fraction, self.test_fraction = check_fractions(val_fraction, test_fraction)
         self.min_count, self.max_vocab = min_count, max_vocab
-        self.tokenizer = {"level": tokenizer, "lowercase": lowercase}
+        self.tokenizer = {"level": tokenizer, "lowercase": lowercase,
+                          "version": check_tokenizer_version(tokenizer_version)}
         self.max_length = max_length
         self.seed = seed
         self.collate = PadCollate(pad_value=0)

@@ -41,14 +41,45 @@ def normalise_text(text: str) -> str:
     return unicodedata.normalize("NFC", text).translate(_QUOTES)
 
 
+# The tokenizer's version, recorded in every new checkpoint's spec (``DataSpec.tokenizer["version"]``);
+# a spec without one (checkpoints written before versions existed) is version 1 and is read as it was
+# trained. Version 2 (new runs): ``word`` splits the single quotes around a word off it ("'twist'" is
+# "'", "twist", "'", not a vocabulary entry beside "twist"), and a token that starts with ``##`` (the
+# continuation mark of a subword piece) as written in the text is escaped with a backslash (``\##tag``).
+TOKENIZER_VERSION = 2
+TOKENIZER_VERSIONS = (1, 2)
+
+# words that start with an apostrophe of their own: clitics as PTB-style text writes them ("it 's",
+# "they 're") and common elisions ("'em", "'til"); a number after it is a year or a decade ("'70s")
+_ELISIONS = frozenset({"s", "re", "ve", "ll", "d", "m", "t", "em", "til", "tis", "twas", "cause", "n", "bout"})
+_WHOLE = frozenset({"'n'"})  # "rock 'n' roll": its quotes are part of it
+_MARK = re.compile(r"\\*##")  # "##..." (and, so that the escape is reversible, "\##...", "\\##"...)
+
+
+def check_tokenizer_version(version: Any) -> int:
+    """``data.tokenizer_version``: one of :data:`TOKENIZER_VERSIONS` (new runs: the latest)."""
+    if isinstance(version, bool) or version not in TOKENIZER_VERSIONS:
+        raise ConfigError(f"data.tokenizer_version={version!r}: expected one of {list(TOKENIZER_VERSIONS)} "
+                          f"({TOKENIZER_VERSION}, the default, for new runs; 1 reads text as lstmkit did before "
+                          "versions were recorded, e.g. to resume a run of that time)")
+    return int(version)
+
+
 def tokenize(text: str, level: str = "word", lowercase: bool = True, subwords: str | None = None,
-             prompt: bool = False) -> list[str]:
-    """Split text into word tokens (words, numbers, punctuation marks) or characters; with
+             prompt: bool = False, version: int = 1) -> list[str]:
+    r"""Split text into word tokens (words, numbers, punctuation marks) or characters; with
     ``subwords`` (a :class:`Subwords` model as JSON), split each word further into its pieces.
 
     ``prompt``: the text is the start of a line to continue (predict, generate): at character level
     its trailing spaces are kept, since "the cat " asks for the next word's first letter and "the cat"
-    for the rest of "cat" (training lines are stripped at both ends, as their ends are ``<eos>``)."""
+    for the rest of "cat" (training lines are stripped at both ends, as their ends are ``<eos>``).
+
+    ``version``: the tokenizer's version (:data:`TOKENIZER_VERSION`), as the spec records it; 1, the
+    default, is a spec without one (a checkpoint written before versions), read exactly as it was
+    trained. Version 2 splits a word's surrounding single quotes off it at ``word`` level, keeping
+    contractions and clitics ("don't", "it's", PTB's "'s" and "n't", "'em", "'70s") as version 1 did, and
+    escapes a token that starts with ``##`` at ``word`` and ``whitespace`` level (``\##tag``, so that it
+    is not read as a subword piece's continuation; :func:`unescape` undoes it)."""
     text = normalise_text(text)
     if lowercase:
         text = text.lower()
@@ -58,9 +89,42 @@ def tokenize(text: str, level: str = "word", lowercase: bool = True, subwords: s
         tokens = text.split()
     elif level == "word":
         tokens = _WORD.findall(text)
+        if version >= 2:
+            tokens = _split_quotes(tokens)
     else:
         raise ValueError(f"unknown tokenizer level {level!r}; expected word, whitespace or char")
+    if version >= 2:
+        tokens = [f"\\{t}" if _MARK.match(t) else t for t in tokens]
     return Subwords.from_json(subwords).split(tokens) if subwords else tokens
+
+
+def unescape(words: list[str], version: int = 1) -> list[str]:
+    r"""Words of a version-2 tokenizer as the text wrote them: ``\##tag`` is ``##tag`` again (version 1
+    escaped nothing). For display (generated text), not for looking tokens up in the vocabulary."""
+    if version < 2:
+        return list(words)
+    return [w[1:] if w.startswith("\\") and _MARK.match(w) else w for w in words]
+
+
+def _split_quotes(tokens: list[str]) -> list[str]:
+    """Version 2's ``word`` tokens: the single quotes around a word split off it (a run of them is one
+    token, as PTB's "''" is), an apostrophe inside it or starting a clitic or elision kept."""
+    out: list[str] = []
+    for token in tokens:
+        if not (token[0] == "'" or token[-1] == "'") or not token.strip("'") or token.casefold() in _WHOLE:
+            out.append(token)  # no quote at either end, quotes alone ("'", "''"), or "'n'"
+            continue
+        word = token.lstrip("'")
+        lead = token[: len(token) - len(word)]
+        core = word.rstrip("'")
+        trail = word[len(core):]
+        # an apostrophe that starts a word ("'s", "'em", "'70s") stays on it, unless the word is quoted
+        # (quotes at both ends: "'em'" is "'", "em", "'")
+        if lead == "'" and not trail and (core.casefold() in _ELISIONS or core[0].isdigit()):
+            out.append(token)
+            continue
+        out += [part for part in (lead, core, trail) if part]
+    return out
 
 
 class Subwords:

@@ -21,7 +21,7 @@ from torchmetrics import MeanMetric, Metric, MetricCollection
 
 from lstmkit.build import check_target, locate
 from lstmkit.core import LSTMCore
-from lstmkit.data.text import EOS, Subwords
+from lstmkit.data.text import EOS, Subwords, unescape
 from lstmkit.errors import ConfigError, check_probability
 from lstmkit.heads.base import Head, mean_probabilities
 from lstmkit.heads.losses import IGNORE, linear_cross_entropy
@@ -365,6 +365,7 @@ def generate(
     ordered = words[::-1] if backward else words
     if (spec.tokenizer or {}).get("subwords"):  # pieces back into words: "un ##watch ##able" -> "unwatchable"
         ordered = Subwords.join(ordered)
+    ordered = unescape(ordered, (spec.tokenizer or {}).get("version", 1))  # "\\##tag" as written: "##tag"
     text = joiner.join("\n" if w == EOS else w for w in ordered)
     return {"prompt": prompt, "words": words, "text": _tidy_lines(text),
             "direction": "before" if backward else "after"}
