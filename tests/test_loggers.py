@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import math
 from pathlib import Path
 
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -48,3 +49,27 @@ def test_data_preparation_progress_shows_on_terminals_only(monkeypatch, capsys) 
     assert list(track(range(5), "tiny")) == list(range(5))  # too short to deserve a bar
     err = capsys.readouterr().err
     assert "decoding train audio" in err and "tiny" not in err
+
+
+def _strict(text: str) -> object:
+    """JSON as a strict reader (jq, JavaScript) parses it: ``NaN`` / ``Infinity`` are errors."""
+    import json
+
+    def refuse(token: str) -> None:
+        raise ValueError(f"not JSON: {token}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_metrics_json_is_strict_json_with_null_for_a_diverged_metric(tmp_path: Path) -> None:
+    from lstmkit.commands.common import read_metrics, report
+    from lstmkit.files import json_text
+
+    report({"test/acc": 0.5, "val/loss": float("nan"), "val/mase": float("inf")}, tmp_path)
+    written = (tmp_path / "metrics.json").read_text()
+    assert _strict(written) == {"test/acc": 0.5, "val/loss": None, "val/mase": None}
+    back = read_metrics(tmp_path / "metrics.json")
+    assert back["test/acc"] == 0.5 and math.isnan(back["val/loss"]) and math.isnan(back["val/mase"])
+    # the one writer of every JSON record with computed numbers: nested values too
+    assert _strict(json_text({"a": [1.0, float("-inf"), {"b": float("nan")}], "c": (2, None)})) == \
+        {"a": [1.0, None, {"b": None}], "c": [2, None]}
