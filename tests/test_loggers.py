@@ -38,6 +38,31 @@ def test_many_loggers_write_their_files_and_resume_continues_the_wandb_run(tmp_p
     assert [p.name.rsplit("-", 1)[-1] for p in again] == [run_id]
 
 
+def test_tensorboard_hparams_show_the_monitored_metric_and_yaml_follows_the_latest_attempt(tmp_path: Path) -> None:
+    from tensorboard.plugins.hparams import metadata
+
+    from lstmkit.loggers import TensorBoardLogger
+
+    def attempt(max_epochs: int) -> Path:
+        logger = TensorBoardLogger(save_dir=str(tmp_path), name="tensorboard", version="", default_hp_metric=False)
+        logger.log_hyperparams({"monitor": "val/mase", "trainer": {"max_epochs": max_epochs}})
+        logger.log_hyperparams({"spec": {"size": 3}})  # Lightning's own call with the module's: no second session
+        logger.save()
+        logger.finalize("success")
+        return Path(logger.log_dir)
+
+    folder = attempt(1)
+    events = EventAccumulator(str(folder))
+    events.Reload()
+    experiment = metadata.parse_experiment_plugin_data(events.PluginTagToContent(metadata.PLUGIN_NAME)[metadata.EXPERIMENT_TAG])
+    assert [m.name.tag for m in experiment.metric_infos] == ["val/mase", "test/mase"]
+    assert not events.Tags()["scalars"]  # no placeholder value of the metrics
+    assert "max_epochs: 1" in (folder / "hparams.yaml").read_text()
+    attempt(2)  # resumed in the same folder
+    text = (folder / "hparams.yaml").read_text()
+    assert "max_epochs: 2" in text and "size: 3" in text
+
+
 def test_data_preparation_progress_shows_on_terminals_only(monkeypatch, capsys) -> None:
     import sys
 

@@ -1,16 +1,27 @@
-"""Logger fixes for runs that span several processes."""
+"""Lightning's loggers as lstmkit runs need them: across processes, resumes and sweeps.
+
+* :class:`CSVLogger` appends across the processes of one run (``ddp_spawn``, fit then test);
+* :class:`TensorBoardLogger` fills TensorBoard's HParams tab (the config against the monitored
+  metric) and keeps ``hparams.yaml`` that of the latest attempt of a run resumed in its folder.
+"""
 
 from __future__ import annotations
 
 import csv
 import io
 import logging
+import os
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from lightning.fabric.loggers.logger import rank_zero_experiment
+from lightning.pytorch.core.saving import save_hparams_to_yaml
 from lightning.pytorch.loggers import CSVLogger as _CSVLogger
-from lightning.pytorch.loggers import Logger, TensorBoardLogger
+from lightning.pytorch.loggers import Logger
+from lightning.pytorch.loggers import TensorBoardLogger as _TensorBoardLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+from lightning.pytorch.utilities import rank_zero_only
 
 from lstmkit.files import write_atomic
 
@@ -54,7 +65,7 @@ def purge_resumed_tensorboard(loggers: list[Logger], run_dir: str | Path, ckpt_p
     if Path(run_dir).resolve() not in Path(ckpt_path).resolve().parents:
         return
     for logger in loggers:
-        if isinstance(logger, TensorBoardLogger) and logger._experiment is None:  # the writer is made lazily
+        if isinstance(logger, _TensorBoardLogger) and logger._experiment is None:  # the writer is made lazily
             logger._kwargs.setdefault("purge_step", step)
 
 
@@ -87,3 +98,53 @@ class CSVLogger(_CSVLogger):
             self._fs.makedirs(self.root_dir, exist_ok=True)
             self._experiment = _AppendingWriter(log_dir=self.log_dir)
         return self._experiment
+
+
+def hparams_metrics(monitor: str) -> list[str]:
+    """The metrics TensorBoard's HParams tab shows for a run monitoring ``monitor``: it, and its
+    test-split twin (``val/acc`` -> ``test/acc``: train scores the best checkpoint on the test split)."""
+    names = [monitor]
+    if monitor.startswith("val/"):
+        names.append("test/" + monitor.removeprefix("val/"))
+    return names
+
+
+class TensorBoardLogger(_TensorBoardLogger):
+    """``lightning.pytorch.loggers.TensorBoardLogger`` with a filled HParams tab and a current ``hparams.yaml``.
+
+    HParams: ``default_hp_metric: false`` (no placeholder ``hp_metric`` curve at -1) left the tab
+    empty, since Lightning writes its summary only with metrics. When the run's config is logged (the
+    parameters hold its ``monitor``), the summary is written with the monitored metric and its test
+    twin (:func:`hparams_metrics`) as the tab's metrics, Lightning's documented
+    ``log_hyperparams(params, metrics=...)`` less the initial values it would log: their values are
+    the run's own ``val/...`` and ``test/...`` scalars, so no placeholder point either.
+
+    ``hparams.yaml``: Lightning writes it only when it is missing, so a run resumed in its own folder
+    (a fixed ``hydra.run.dir``) kept the first attempt's values; it is rewritten (whole, then
+    swapped in) with the hyperparameters of the attempt now running.
+    """
+
+    @rank_zero_only
+    def log_hyperparams(self, params: Any, metrics: dict[str, Any] | None = None, step: int | None = None) -> None:
+        super().log_hyperparams(params, metrics, step)
+        monitor = params.get("monitor") if isinstance(params, Mapping) else None
+        if metrics is None and isinstance(monitor, str) and monitor:
+            from lightning.fabric.utilities.logger import _convert_params, _flatten_dict
+            from torch.utils.tensorboard.summary import hparams
+
+            flat = self._sanitize_params(_flatten_dict(_convert_params(params)))
+            writer = self.experiment._get_file_writer()
+            for summary in hparams(flat, dict.fromkeys(hparams_metrics(monitor), 0.0)):  # the names only
+                writer.add_summary(summary)
+
+    @rank_zero_only
+    def save(self) -> None:
+        super().save()  # writes hparams.yaml when missing
+        path = Path(self.log_dir) / self.NAME_HPARAMS_FILE
+        if self.hparams and path.parent.is_dir():
+            partial = path.with_name(f".{path.name}.{os.getpid()}.part")
+            try:
+                save_hparams_to_yaml(partial, self.hparams)
+                os.replace(partial, path)
+            finally:
+                partial.unlink(missing_ok=True)
