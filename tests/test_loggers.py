@@ -138,6 +138,12 @@ def test_sweep_trials_get_distinct_names_in_one_group(make_cfg, monkeypatch, tmp
     HydraConfig.instance().set_config(cfg)
     configure_wandb(cfg)
     assert cfg.logger.wandb.name == "sentiment-1 optimizer.lr=0.003"
+    with read_write(cfg.hydra), open_dict(cfg.hydra):
+        cfg.hydra.overrides.task = ["optimizer.lr=0.00024156772025296256", "logger=wandb"]  # as Optuna samples it
+        cfg.logger.wandb.name = "sentiment"
+    HydraConfig.instance().set_config(cfg)
+    configure_wandb(cfg)
+    assert cfg.logger.wandb.name == "sentiment-1 optimizer.lr=0.0002416"
 
 
 def test_wandb_steps_are_the_trainers_and_never_go_back(tmp_path: Path) -> None:

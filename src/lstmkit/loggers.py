@@ -217,7 +217,8 @@ def configure_wandb(cfg: DictConfig, resumed: dict[str, Any] | None = None, job_
 
 
 def trial_name(name: str, hydra: DictConfig) -> str:
-    """``<name>-<job number>`` and the job's values of the swept keys: ``sentiment-3 optimizer.lr=0.003``.
+    """``<name>-<job number>`` and the job's values of the swept keys: ``sentiment-3 optimizer.lr=0.003``
+    (fractions to 4 significant digits).
 
     Swept keys: those with several values on the sweep's command line (``-m optimizer.lr=1e-3,3e-3``,
     read from the sweep's ``multirun.yaml``) and a search's parameters (``hydra.sweeper.params``,
@@ -225,13 +226,23 @@ def trial_name(name: str, hydra: DictConfig) -> str:
     """
     overrides = [str(o) for o in hydra.overrides.task]
     swept = _swept_keys(hydra)
-    shown = [o for o in overrides if _key(o) in swept] if swept else overrides
+    shown = [_short(o) for o in overrides if _key(o) in swept] if swept else overrides
     text = f"{name}-{hydra.job.num}" + (f" {' '.join(shown)}" if shown else "")
     return text if len(text) <= WANDB_NAME_LENGTH else text[:WANDB_NAME_LENGTH - 1] + "…"
 
 
 def _key(override: str) -> str:
     return override.lstrip("+~").split("=", 1)[0]
+
+
+def _short(override: str) -> str:
+    """``key=value`` with a fraction to 4 significant digits (Optuna's ``optimizer.lr=0.00024156772025296256``)."""
+    key, _, value = override.partition("=")
+    try:
+        number = float(value)
+    except ValueError:
+        return override
+    return f"{key}={number:.4g}" if "." in value or "e" in value.lower() else override
 
 
 def _swept_keys(hydra: DictConfig) -> set[str]:
