@@ -41,6 +41,7 @@ from hydra.utils import instantiate
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_speed as bs
 
+from lstmkit.files import json_text
 from lstmkit.module import SequenceModel
 from lstmkit.syncs import HostSyncCounter, SyncAudit
 
@@ -323,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
     def save() -> str:
         """Write what is measured so far (a run stopped by a time limit keeps its finished workloads)."""
         table = render(result)
-        (args.out / f"speed_gpu{suffix}.json").write_text(json.dumps(result, indent=2) + "\n")
+        (args.out / f"speed_gpu{suffix}.json").write_text(json_text(result, indent=2) + "\n")
         (args.out / f"speed_gpu{suffix}.md").write_text(table)
         return table
 

@@ -207,6 +207,8 @@ def pretrain_one(task: str, args: argparse.Namespace) -> dict[str, Any]:
     """Step 1 of a two-step recipe: train ``TASKS[task].pretrain`` (once per invocation, by
     :func:`main`, with its recipe's own seed); every seed of the task then starts from its best.ckpt
     (so the seeds measure the second step's variance). The record names the checkpoint."""
+    from lstmkit.commands.common import read_metrics  # metrics.json: a diverged metric's null as NaN
+
     experiment = TASKS[task].pretrain
     assert experiment is not None
     cmd = base_command(experiment, None, args) + (QUICK if args.quick else [])
@@ -221,7 +223,7 @@ def pretrain_one(task: str, args: argparse.Namespace) -> dict[str, Any]:
     record["checkpoint"] = str(best)
     metrics_file = run_dir / "metrics.json"
     if metrics_file.exists():
-        record["metrics"] = {k: float(v) for k, v in json.loads(metrics_file.read_text()).items()}
+        record["metrics"] = read_metrics(metrics_file)
     return record
 
 
@@ -233,6 +235,8 @@ def run_one(task: str, seed: int | None, args: argparse.Namespace, overrides: li
     once, with none of ``overrides``); this run starts from its checkpoint (``init_from.ckpt_path``).
     The record's wall time is this run's; the summary adds the pretraining once.
     """
+    from lstmkit.commands.common import read_metrics  # metrics.json: a diverged metric's null as NaN
+
     spec = TASKS[task]
     cmd = base_command(spec.experiment, seed, args)
     if fold is not None:
@@ -268,7 +272,7 @@ def run_one(task: str, seed: int | None, args: argparse.Namespace, overrides: li
         print(f"[bench_quality] {task} {where} FAILED ({record['error']}):\n{tail}", flush=True)
         return record
     assert run_dir is not None
-    metrics = {k: float(v) for k, v in json.loads(metrics_file.read_text()).items()}
+    metrics = read_metrics(metrics_file)
     record["metrics"] = {k: v for k, v in metrics.items() if k.startswith("test/")}
     record["value"] = metrics.get(spec.metric)
     record["val_best"] = next((v for k, v in metrics.items() if k.endswith("_best")), None)
@@ -304,6 +308,8 @@ def ensemble_one(task: str, fold: str | None, members: list[dict[str, Any]], arg
                  ) -> dict[str, Any]:
     """Evaluate the ensemble of ``members`` (runs of one task and fold) on its test split with
     ``lstmkit eval ckpt_path=[...]``; the record has the same metric keys as a run's."""
+    from lstmkit.commands.common import read_metrics  # metrics.json: a diverged metric's null as NaN
+
     spec = TASKS[task]
     ckpts = [str(Path(r["run_dir"]) / "checkpoints" / "best.ckpt") for r in members]
     # Hydra's quoted strings: a backslash is an escape only before a quote or at the end
@@ -329,7 +335,7 @@ def ensemble_one(task: str, fold: str | None, members: list[dict[str, Any]], arg
         record["log_tail"] = "\n".join(output.strip().splitlines()[-15:])
         print(f"[bench_quality] {where} ensemble FAILED ({record['error']}):\n{record['log_tail']}", flush=True)
         return record
-    metrics = {k: float(v) for k, v in json.loads(Path(found[-1]).read_text()).items()}
+    metrics = read_metrics(Path(found[-1]))
     record["metrics"] = {k: v for k, v in metrics.items() if k.startswith("test/")}
     record["value"] = metrics.get(spec.metric)
     print(f"[bench_quality] {where}: ensemble {spec.metric} = {record['value']}", flush=True)
@@ -857,8 +863,10 @@ def main(argv: list[str] | None = None) -> int:
         "ensembles": sorted(all_ensembles, key=lambda r: (done.index(r["task"]), r.get("fold") or "")),
         "runs": sorted(runs, key=lambda r: done.index(r["task"])),
     }
+    from lstmkit.files import json_text  # strict JSON: a NaN value (a diverged run) as null
+
     out.mkdir(parents=True, exist_ok=True)
-    previous.write_text(json.dumps(report, indent=2) + "\n")
+    previous.write_text(json_text(report, indent=2) + "\n")
     text = markdown(report)
     (out / "quality.md").write_text(text)
     print(text)

@@ -74,6 +74,7 @@ from lstmkit.cli import config_dir
 from lstmkit.data.base import BucketBatchSampler, PadCollate, SequenceDataModule, SequenceDataset
 from lstmkit.data.language_model import NextWordDataModule, TokenStream
 from lstmkit.export import export as export_model
+from lstmkit.files import json_text
 from lstmkit.module import SequenceModel
 from lstmkit.types import DataSpec
 
@@ -1271,7 +1272,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.out is None:
         args.out = Path(tempfile.gettempdir()) / "lstmkit_bench_speed" if args.quick else REPO / "bench" / "results"
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "speed.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    (args.out / "speed.json").write_text(json_text(results, indent=2) + "\n", encoding="utf-8")
     (args.out / "speed.md").write_text(markdown, encoding="utf-8")
     print(f"wrote {args.out / 'speed.json'} and {args.out / 'speed.md'} in {results['meta']['seconds']} s")
     results["failed_checks"] = failed_checks(results)

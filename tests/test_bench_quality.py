@@ -256,3 +256,21 @@ def test_a_run_whose_every_job_failed_writes_no_report(tmp_path: Path, monkeypat
     out = tmp_path / "out"
     assert bench.main(["ecg", "--out", str(out), "--data-root", str(tmp_path)]) == 1
     assert not out.exists() and "every run failed (1); no report written" in capsys.readouterr().err
+
+
+def test_a_diverged_run_is_written_as_strict_json(tmp_path: Path, monkeypatch) -> None:
+    """A run whose metric is NaN (metrics.json's null, read back as NaN) made quality.json hold ``NaN``."""
+    bench = load_bench()
+    nan = float("nan")
+    monkeypatch.setattr(bench, "run_one", lambda task, seed, *a: {
+        "task": task, "seed": seed, "value": nan if seed == 1 else 0.9, "metrics": {"test/auroc": nan},
+        "epochs": 1, "best_epoch": 1, "params": 10, "wall_time_s": 1.0, "run_dir": "/x"})
+    out = tmp_path / "out"
+    bench.main(["ecg", "--seeds", "1", "2", "--out", str(out), "--data-root", str(tmp_path)])
+
+    def refuse(token: str) -> None:
+        raise ValueError(f"not JSON: {token}")
+
+    report = json.loads((out / "quality.json").read_text(), parse_constant=refuse)
+    assert [r["value"] for r in report["runs"]] == [None, 0.9]
+    assert report["runs"][0]["metrics"] == {"test/auroc": None}

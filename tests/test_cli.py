@@ -217,7 +217,7 @@ def test_predict_and_export_help_list_their_own_options(tmp_path: Path) -> None:
 
 def test_predict_writes_strict_json_with_null_for_nan() -> None:
     """``input=nan`` (Hydra parses it as a float) printed ``{"input": NaN, ...}``, which strict JSON readers reject."""
-    from lstmkit.commands.predict import json_safe
+    from lstmkit.files import json_safe
 
     line = json.dumps(json_safe({"input": float("nan"), "forecast": [1.5, float("inf")], "label": "x"}), allow_nan=False)
     assert line == '{"input": null, "forecast": [1.5, null], "label": "x"}'

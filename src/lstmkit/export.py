@@ -10,7 +10,6 @@ the eager model run with the packed kernel.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from torch import nn
 from lstmkit.build import check_target, locate
 from lstmkit.core import LSTMCore, summarise
 from lstmkit.errors import LstmkitError
+from lstmkit.files import json_text
 from lstmkit.module import SequenceModel
 from lstmkit.types import DataSpec
 
@@ -181,5 +181,5 @@ def write_spec(model: SequenceModel, path: Path) -> Path:
     record = {"task": model.hparams.get("task", ""), "spec": model.spec.to_dict(),
               "inputs": ["inputs", "lengths"], "outputs": ["outputs", "output_lengths"],
               "prepare": serving_inputs(model.spec), "head": model.head.serving()}
-    spec_path.write_text(json.dumps(record, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    spec_path.write_text(json_text(record, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     return spec_path

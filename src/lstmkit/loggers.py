@@ -1,16 +1,34 @@
-"""Logger fixes for runs that span several processes."""
+"""Lightning's loggers as lstmkit runs need them: across processes, resumes and sweeps.
+
+* :class:`CSVLogger` appends across the processes of one run (``ddp_spawn``, fit then test);
+* :class:`TensorBoardLogger` fills TensorBoard's HParams tab (the config against the monitored
+  metric) and keeps ``hparams.yaml`` that of the latest attempt of a run resumed in its folder;
+* :class:`WandbLogger` numbers W&B's steps by the trainer's global step, so a resumed run's
+  steps continue the checkpoint's also offline, where W&B cannot ask its server where the run was;
+* :func:`configure_wandb` names the W&B run: the command as its job type, a sweep trial by its
+  number and swept values, in a group per sweep, and the checkpoint's run id when resuming.
+"""
 
 from __future__ import annotations
 
 import csv
 import io
 import logging
+import os
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from lightning.fabric.loggers.logger import rank_zero_experiment
+from lightning.fabric.utilities.logger import _add_prefix
+from lightning.pytorch.core.saving import save_hparams_to_yaml
 from lightning.pytorch.loggers import CSVLogger as _CSVLogger
-from lightning.pytorch.loggers import Logger, TensorBoardLogger
+from lightning.pytorch.loggers import Logger
+from lightning.pytorch.loggers import TensorBoardLogger as _TensorBoardLogger
+from lightning.pytorch.loggers import WandbLogger as _WandbLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+from lightning.pytorch.utilities import rank_zero_only
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from lstmkit.files import write_atomic
 
@@ -54,7 +72,7 @@ def purge_resumed_tensorboard(loggers: list[Logger], run_dir: str | Path, ckpt_p
     if Path(run_dir).resolve() not in Path(ckpt_path).resolve().parents:
         return
     for logger in loggers:
-        if isinstance(logger, TensorBoardLogger) and logger._experiment is None:  # the writer is made lazily
+        if isinstance(logger, _TensorBoardLogger) and logger._experiment is None:  # the writer is made lazily
             logger._kwargs.setdefault("purge_step", step)
 
 
@@ -87,3 +105,161 @@ class CSVLogger(_CSVLogger):
             self._fs.makedirs(self.root_dir, exist_ok=True)
             self._experiment = _AppendingWriter(log_dir=self.log_dir)
         return self._experiment
+
+
+def hparams_metrics(monitor: str) -> list[str]:
+    """The metrics TensorBoard's HParams tab shows for a run monitoring ``monitor``: it, and its
+    test-split twin (``val/acc`` -> ``test/acc``: train scores the best checkpoint on the test split)."""
+    names = [monitor]
+    if monitor.startswith("val/"):
+        names.append("test/" + monitor.removeprefix("val/"))
+    return names
+
+
+class TensorBoardLogger(_TensorBoardLogger):
+    """``lightning.pytorch.loggers.TensorBoardLogger`` with a filled HParams tab and a current ``hparams.yaml``.
+
+    HParams: ``default_hp_metric: false`` (no placeholder ``hp_metric`` curve at -1) left the tab
+    empty, since Lightning writes its summary only with metrics. When the run's config is logged (the
+    parameters hold its ``monitor``), the summary is written with the monitored metric and its test
+    twin (:func:`hparams_metrics`) as the tab's metrics, Lightning's documented
+    ``log_hyperparams(params, metrics=...)`` less the initial values it would log: their values are
+    the run's own ``val/...`` and ``test/...`` scalars, so no placeholder point either.
+
+    ``hparams.yaml``: Lightning writes it only when it is missing, so a run resumed in its own folder
+    (a fixed ``hydra.run.dir``) kept the first attempt's values; it is rewritten (whole, then
+    swapped in) with the hyperparameters of the attempt now running.
+    """
+
+    @rank_zero_only
+    def log_hyperparams(self, params: Any, metrics: dict[str, Any] | None = None, step: int | None = None) -> None:
+        super().log_hyperparams(params, metrics, step)
+        monitor = params.get("monitor") if isinstance(params, Mapping) else None
+        if metrics is None and isinstance(monitor, str) and monitor:
+            from lightning.fabric.utilities.logger import _convert_params, _flatten_dict
+            from torch.utils.tensorboard.summary import hparams
+
+            flat = self._sanitize_params(_flatten_dict(_convert_params(params)))
+            writer = self.experiment._get_file_writer()
+            for summary in hparams(flat, dict.fromkeys(hparams_metrics(monitor), 0.0)):  # the names only
+                writer.add_summary(summary)
+
+    @rank_zero_only
+    def save(self) -> None:
+        super().save()  # writes hparams.yaml when missing
+        path = Path(self.log_dir) / self.NAME_HPARAMS_FILE
+        if self.hparams and path.parent.is_dir():
+            partial = path.with_name(f".{path.name}.{os.getpid()}.part")
+            try:
+                save_hparams_to_yaml(partial, self.hparams)
+                os.replace(partial, path)
+            finally:
+                partial.unlink(missing_ok=True)
+
+
+class WandbLogger(_WandbLogger):
+    """``lightning.pytorch.loggers.WandbLogger`` whose W&B step (``_step``) is the trainer's global step.
+
+    Why: Lightning logs each call as the next W&B step (0, 1, 2... whatever the trainer's step), and
+    a run resumed offline starts its new run folder at step 0 again: W&B cannot ask its server where
+    the run stopped. With the global step as the W&B step, the resumed folder's steps continue the
+    checkpoint's (and online, where W&B resumes the run, they continue the server's). A step lower
+    than one W&B has already committed (a call without a step, e.g. an image, advances it) is logged
+    at W&B's current step, since W&B drops data logged to an earlier step; ``trainer/global_step``,
+    the charts' x-axis (Lightning's ``define_metric``), always holds the trainer's own step.
+    """
+
+    @rank_zero_only
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        if step is None or self._wandb_init.get("sync_tensorboard"):
+            super().log_metrics(metrics, step)
+            return
+        run = self.experiment
+        current = getattr(run, "step", 0)
+        at = max(int(step), current if isinstance(current, int) else 0)
+        run.log({**_add_prefix(metrics, self._prefix, self.LOGGER_JOIN_CHAR), "trainer/global_step": step}, step=at)
+
+
+WANDB_NAME_LENGTH = 128  # a trial's name is cut to this many characters (W&B shows names on one line)
+
+
+def configure_wandb(cfg: DictConfig, resumed: dict[str, Any] | None = None, job_type: str = "train") -> None:
+    """Fill in what ``logger.wandb`` leaves ``null``: the run's job type, and in a sweep its name and group;
+    when resuming a checkpoint (``resumed``) the W&B run it was logged to.
+
+    * ``job_type``: the command (``train``, ``eval``); eval runs were logged as ``train``;
+    * a sweep trial (``-m``) is named ``<name>-<job number>`` and its swept values
+      (``sentiment-3 optimizer.lr=0.003``: :func:`trial_name`), where every trial had the task's name,
+      and grouped by its sweep (the sweep folder's name);
+    * ``resumed``: the checkpoint's W&B run id, with ``resume: allow`` (online W&B continues that run).
+    """
+    wandb_cfg = (cfg.get("logger") or {}).get("wandb")
+    if not wandb_cfg:
+        return
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    hydra = HydraConfig.get() if HydraConfig.initialized() else None
+    with open_dict(cfg):
+        if not wandb_cfg.get("job_type"):
+            wandb_cfg.job_type = job_type
+        if not wandb_cfg.get("name"):
+            wandb_cfg.name = str(cfg.get("task_name") or job_type)
+        if hydra is not None and hydra.mode == RunMode.MULTIRUN:
+            wandb_cfg.name = trial_name(str(wandb_cfg.name), hydra)
+            if not wandb_cfg.get("group"):
+                wandb_cfg.group = Path(hydra.sweep.dir).name
+        if resumed and not wandb_cfg.get("id"):
+            run_id = resumed.get("wandb_run_id")
+            if run_id:
+                wandb_cfg.id = run_id
+                wandb_cfg.resume = "allow"
+
+
+def trial_name(name: str, hydra: DictConfig) -> str:
+    """``<name>-<job number>`` and the job's values of the swept keys: ``sentiment-3 optimizer.lr=0.003``
+    (fractions to 4 significant digits).
+
+    Swept keys: those with several values on the sweep's command line (``-m optimizer.lr=1e-3,3e-3``,
+    read from the sweep's ``multirun.yaml``) and a search's parameters (``hydra.sweeper.params``,
+    the Optuna presets'). When none is found, all the job's overrides.
+    """
+    overrides = [str(o) for o in hydra.overrides.task]
+    swept = _swept_keys(hydra)
+    shown = [_short(o) for o in overrides if _key(o) in swept] if swept else overrides
+    text = f"{name}-{hydra.job.num}" + (f" {' '.join(shown)}" if shown else "")
+    return text if len(text) <= WANDB_NAME_LENGTH else text[:WANDB_NAME_LENGTH - 1] + "…"
+
+
+def _key(override: str) -> str:
+    return override.lstrip("+~").split("=", 1)[0]
+
+
+def _short(override: str) -> str:
+    """``key=value`` with a fraction to 4 significant digits (Optuna's ``optimizer.lr=0.00024156772025296256``)."""
+    key, _, value = override.partition("=")
+    try:
+        number = float(value)
+    except ValueError:
+        return override
+    return f"{key}={number:.4g}" if "." in value or "e" in value.lower() else override
+
+
+def _swept_keys(hydra: DictConfig) -> set[str]:
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    keys = {str(k) for k in (OmegaConf.select(hydra, "sweeper.params", default=None) or {})}
+    try:
+        sweep = OmegaConf.load(Path(hydra.sweep.dir) / "multirun.yaml")
+        given = [str(o) for o in OmegaConf.select(sweep, "hydra.overrides.task", default=None) or []]
+    except Exception:  # noqa: BLE001 - no multirun.yaml (another launcher): the search's keys, if any
+        return keys
+    parser = OverridesParser.create()
+    for text in given:
+        try:
+            (override,) = parser.parse_overrides([text])
+        except Exception:  # noqa: BLE001, S112 - Hydra reports a bad override itself
+            continue
+        if override.is_sweep_override():
+            keys.add(_key(text))
+    return keys

@@ -22,7 +22,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from lstmkit.files import write_atomic
+from lstmkit.files import json_text, write_atomic
 
 # overrides whose sweep changes the task, and with it ${task_name}
 _TASK_KEYS = {"task", "experiment", "task_name"}
@@ -87,7 +87,7 @@ def write_result(out_dir: str | Path, overrides: list[str], monitor: str | None,
     path.parent.mkdir(parents=True, exist_ok=True)
     # written whole, then renamed: a worker killed mid-write (stop_workers after its grace period)
     # leaves no half a record, and "result.json exists" means the job has recorded itself
-    write_atomic(path, json.dumps(record, indent=2, allow_nan=False) + "\n")
+    write_atomic(path, json_text(record, indent=2) + "\n")
 
 
 def summarise_sweep(sweep_dir: str | Path) -> list[dict[str, Any]]:

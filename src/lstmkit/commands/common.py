@@ -23,7 +23,7 @@ from rich.table import Table
 
 from lstmkit.build import locate
 from lstmkit.errors import ConfigError, LstmkitError
-from lstmkit.files import write_atomic
+from lstmkit.files import json_text, write_atomic
 
 log = logging.getLogger("lstmkit")
 
@@ -183,20 +183,29 @@ def scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
 
 @rank_zero_only
 def report(metrics: dict[str, float], out_dir: str | Path | None, title: str = "metrics") -> None:
-    """Print the final metrics table and write ``metrics.json`` into the run directory."""
+    """Print the final metrics table and write ``metrics.json`` into the run directory.
+
+    ``metrics.json`` is strict JSON: a non-finite value (a diverged run's nan / inf) is ``null``
+    (the table shows ``nan`` / ``inf``); :func:`read_metrics` reads it back as NaN.
+    """
     table = Table()
     table.add_column("metric")
     table.add_column("value", justify="right")
     for key, value in metrics.items():
-        table.add_row(key, "nan" if math.isnan(value) else f"{value:.4f}")
+        table.add_row(key, f"{value:.4f}" if math.isfinite(value) else str(value))
     console = Console()
     console.print(title, soft_wrap=True, highlight=False)  # a line of its own: a path in it stays copyable
     console.print(table)
     if out_dir is not None:
         path = Path(out_dir) / "metrics.json"
         path.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(path, json.dumps(metrics, indent=2) + "\n")
+        write_atomic(path, json_text(metrics, indent=2) + "\n")
         log.info("metrics written to %s", path)
+
+
+def read_metrics(path: str | Path) -> dict[str, float]:
+    """A ``metrics.json`` as ``{name: float}``, its ``null`` values (non-finite when written) as NaN."""
+    return {k: float("nan") if v is None else float(v) for k, v in json.loads(Path(path).read_text()).items()}
 
 
 @contextmanager

@@ -27,6 +27,7 @@ from lstmkit.commands.common import (
 )
 from lstmkit.ensemble import SequenceEnsemble, setting_differences
 from lstmkit.errors import CheckpointError, ConfigError, DataError
+from lstmkit.loggers import configure_wandb
 from lstmkit.module import SequenceModel
 
 log = logging.getLogger(__name__)
@@ -146,6 +147,7 @@ def evaluate(cfg: DictConfig) -> float | None:
                         path=getattr(datamodule, "path", None))
     if split == "all":
         model.name_test_split("all")  # its loggers' keys too, not only the table's
+    configure_wandb(cfg, job_type="eval")
     trainer: L.Trainer = instantiate(cfg.trainer, logger=instantiate_group(cfg.get("logger")) or False)
     if split == "val":
         results = trainer.validate(model, datamodule=datamodule)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +10,7 @@ from omegaconf import DictConfig
 from lstmkit.checkpoints import checkpoint_paths, load_model
 from lstmkit.errors import ConfigError
 from lstmkit.export import export as export_model
+from lstmkit.files import json_text
 
 
 def export(cfg: DictConfig) -> dict[str, Any]:
@@ -35,5 +35,5 @@ def export(cfg: DictConfig) -> dict[str, Any]:
         raise ConfigError(f"tolerance={cfg.tolerance}: expected a number >= 0 (the largest difference allowed "
                           "between the exported model's outputs and PyTorch's)")
     result = export_model(model, output, fmt=str(cfg.format), tolerance=tolerance)
-    print(json.dumps(result))
+    print(json_text(result))
     return result

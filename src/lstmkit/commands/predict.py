@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
-import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,7 +17,7 @@ from lstmkit.checkpoints import checkpoint_paths, load_models
 from lstmkit.commands.common import apply_decoding, check_torch_device, int_option, plain
 from lstmkit.data.text import csv_records, jsonl_records, read_text
 from lstmkit.errors import ConfigError, DataError, LstmkitError
-from lstmkit.files import write_atomic
+from lstmkit.files import json_text, write_atomic
 from lstmkit.types import DataSpec
 
 log = logging.getLogger(__name__)
@@ -124,18 +122,6 @@ def input_context(ckpt_path: str, model: Any, datamodule_cls: Any) -> Iterator[N
         ) from None
 
 
-def json_safe(value: Any) -> Any:
-    """NaN and infinities as ``null``: ``json.dumps`` writes them as ``NaN`` / ``Infinity``, which is
-    not JSON, and strict readers (``jq``, JavaScript's ``JSON.parse``) reject the whole line."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    return value
-
-
 def reading_spec(spec: DataSpec, datamodule_cls: type, data: Any) -> DataSpec:
     """The checkpoint's spec with ``data.*`` reading settings of the command line, for input files only.
 
@@ -213,7 +199,7 @@ def predict(cfg: DictConfig) -> list[dict[str, Any]]:
             batch.lengths = batch.lengths.to(model.device)
             for raw, result in zip(chunk, model.predict_step(batch, 0)):
                 results.append({"input": raw, **result})
-    lines = [json.dumps(json_safe(r), ensure_ascii=False, allow_nan=False) for r in results]
+    lines = [json_text(r, ensure_ascii=False) for r in results]
     print("\n".join(lines))
     if cfg.get("output"):
         output = Path(cfg.output).expanduser()

@@ -37,7 +37,7 @@ from lstmkit.commands.common import (
 )
 from lstmkit.data.base import as_list
 from lstmkit.errors import ConfigError, DataError, SweepError
-from lstmkit.loggers import purge_resumed_tensorboard, trim_csv_logs
+from lstmkit.loggers import configure_wandb, purge_resumed_tensorboard, trim_csv_logs
 from lstmkit.module import SequenceModel
 from lstmkit.sweeps import MIXED_SWEEP
 from lstmkit.warm_start import init_from_checkpoint, init_reverse_from_checkpoint
@@ -322,21 +322,6 @@ def check_strategy(cfg: DictConfig) -> None:
             "trainer.strategy=ddp cannot run inside a Hydra multirun (each rank would re-run the sweep); "
             "use trainer.strategy=ddp_spawn, hydra/launcher=submitit_slurm, or single runs"
         )
-
-
-def configure_wandb(cfg: DictConfig, resumed: dict[str, Any] | None) -> None:
-    """Group sweep trials in W&B, and continue the same W&B run when resuming a checkpoint (``resumed``)."""
-    wandb_cfg = (cfg.get("logger") or {}).get("wandb")
-    if not wandb_cfg:
-        return
-    with open_dict(cfg):
-        if HydraConfig.get().mode == RunMode.MULTIRUN and not wandb_cfg.get("group"):
-            wandb_cfg.group = Path(HydraConfig.get().sweep.dir).name
-        if resumed and not wandb_cfg.get("id"):
-            run_id = resumed.get("wandb_run_id")
-            if run_id:
-                wandb_cfg.id = run_id
-                wandb_cfg.resume = "allow"
 
 
 def build_model(cfg: DictConfig, datamodule: Any) -> SequenceModel:
