@@ -16,6 +16,7 @@ import pandas as pd
 import pytest
 import torch
 from omegaconf import OmegaConf
+from torch.nn import functional as F
 
 from lstmkit.commands.predict import predict
 from lstmkit.data.stock import StockDataModule, generate_ohlcv, read_ohlcv
@@ -249,6 +250,36 @@ def test_feature_encoder_shapes_for_every_normaliser() -> None:
     torch.testing.assert_close(out, torch.ones(1, 4, 5))
     out, _ = FeatureEncoder(DataSpec(input_kind="features", num_features=5))(x, lengths)
     torch.testing.assert_close(out, x)
+
+
+def test_head_losses_score_the_normalised_target_and_mae_fits_the_median() -> None:
+    """Each ``head.loss`` is its torch definition on the normalised target; ``mae`` (what MASE scores)
+    pulls a constant forecast to the targets' median, ``mse`` to their mean (a skewed batch tells them apart)."""
+    dm = tiny_module(normalise="log_returns", horizon=1)
+    batch = next(iter(dm.val_dataloader()))
+    target = RegressionHead(dm.spec, in_features=4).normalise(batch.targets, RegressionHead(
+        dm.spec, in_features=4).last_values(batch.inputs, batch.lengths))
+    target = target + torch.where(target > target.median(), 5.0, 0.0)  # skew: mean far above median
+    heads = {name: RegressionHead(dm.spec, in_features=4, loss=name) for name in ("mse", "huber", "mae")}
+    last = heads["mse"].last_values(batch.inputs, batch.lengths)
+    skewed = Batch(inputs=batch.inputs, lengths=batch.lengths, targets=heads["mse"].denormalise(target, last).float())
+    zeros = torch.zeros_like(target)
+    expected = {"mse": F.mse_loss(zeros, target), "huber": F.huber_loss(zeros, target), "mae": F.l1_loss(zeros, target)}
+    for name, head in heads.items():
+        torch.testing.assert_close(head.loss(zeros, batch.lengths, skewed), expected[name], rtol=1e-3, atol=1e-4)
+    fitted = {}
+    for name in ("mse", "mae"):
+        value = torch.zeros(1, requires_grad=True)
+        optimiser = torch.optim.Adam([value], lr=0.05)
+        for _ in range(600):
+            optimiser.zero_grad()
+            heads[name].loss(value.expand_as(target), batch.lengths, skewed).backward()
+            optimiser.step()
+        fitted[name] = float(value.detach())
+    assert fitted["mae"] == pytest.approx(float(target.median()), abs=0.3)
+    assert fitted["mse"] == pytest.approx(float(target.mean()), abs=0.1)
+    with pytest.raises(ConfigError, match="head.loss='l2'"):
+        RegressionHead(dm.spec, in_features=4, loss="l2")
 
 
 @pytest.mark.parametrize("kind", ["log_returns", "zscore", "minmax"])

@@ -31,7 +31,7 @@ from lstmkit.heads.base import Head, summary_pooling
 from lstmkit.plots import plt  # the headless (Agg) pyplot
 from lstmkit.types import Batch, DataSpec
 
-LOSSES = ("mse", "huber")
+LOSSES = ("mse", "huber", "mae")
 
 
 def to_target_space(levels: torch.Tensor, last: torch.Tensor, relative: bool) -> torch.Tensor:
@@ -84,7 +84,8 @@ class RegressionHead(Head):
         pooling: ``last`` (the state after the last day of the window), ``mean`` or ``max``.
         hidden: optional hidden dense layer (0 = a single linear layer).
         dropout: dropout before each dense layer.
-        loss: ``mse`` or ``huber`` (robust to the fat tails of returns), in normalised space.
+        loss: ``mse``, ``huber`` (robust to the fat tails of returns) or ``mae`` (L1: the forecast is
+            the conditional median, the minimiser of the MAE that MASE scores), in normalised space.
         huber_delta: Huber's threshold, in normalised units.
         plot_points: most test points drawn in the forecast-vs-actual plot.
 
@@ -177,6 +178,8 @@ class RegressionHead(Head):
         target = self.normalise(batch.targets, self.last_values(batch.inputs, batch.lengths))
         if self.loss_name == "huber":
             return F.huber_loss(outputs, target, delta=self.huber_delta)
+        if self.loss_name == "mae":
+            return F.l1_loss(outputs, target)
         return F.mse_loss(outputs, target)
 
     # -- metrics --------------------------------------------------------------------------
