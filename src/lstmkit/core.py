@@ -23,6 +23,23 @@ POOLINGS = ("none", "last", "mean", "max")
 KERNELS = ("auto", "packed", "unpacked")
 
 
+def dropout_layers(p: float, option: str) -> list[nn.Module]:
+    """``[nn.Dropout(p)]``, or no layer when ``p`` is 0, after checking that ``p`` is a probability
+    (``option`` names it in the error).
+
+    A list, to splice into an ``nn.Sequential``: a stand-in layer at ``p`` = 0 would renumber the
+    layers after it, and the checkpoints written without dropout would no longer load.
+    """
+    p = check_probability(p, option)
+    return [nn.Dropout(p)] if p > 0 else []
+
+
+def dropout_layer(p: float, option: str) -> nn.Module:
+    """``nn.Dropout(p)``, or ``nn.Identity()`` when ``p`` is 0: a module's own dropout, checked as above."""
+    layers = dropout_layers(p, option)
+    return layers[0] if layers else nn.Identity()
+
+
 class LSTMCore(nn.Module):
     """Multi-layer LSTM over padded batches.
 
@@ -61,7 +78,7 @@ class LSTMCore(nn.Module):
         kernel: str = "auto",
     ) -> None:
         super().__init__()
-        check_probability(dropout, "model.dropout")
+        output_dropout = dropout_layer(dropout, "model.dropout")  # checked before nn.LSTM takes the rate
         if kernel not in KERNELS:
             raise ConfigError(f"model.kernel={kernel!r}: expected one of {KERNELS}")
         if stateful and bidirectional:
@@ -82,7 +99,7 @@ class LSTMCore(nn.Module):
         self.step_size = proj_size or hidden_size
         self.out_features = self.step_size * self.num_directions
         self.norm = nn.LayerNorm(self.out_features) if layer_norm else nn.Identity()
-        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.dropout = output_dropout
         self.stateful = stateful
         self.kernel = kernel
         self._states: dict[str, State] = {}

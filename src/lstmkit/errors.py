@@ -67,8 +67,9 @@ class ConfigError(LstmkitError, ValueError):
 def check_probability(value: float, option: str) -> float:
     """``value`` if it is a probability in ``[0, 1)`` (a dropout rate, label smoothing), else a ConfigError.
 
-    Why: the layers take ``[nn.Dropout(p)] if p > 0``, so a negative rate trained silently without
-    dropout, and label smoothing was only checked by torch at the first step, as a traceback.
+    Why: a dropout layer is built only when ``p > 0`` (``lstmkit.core.dropout_layers``, which checks the
+    rate here), so a negative rate trained silently without dropout; and label smoothing was only
+    checked by torch at the first step, as a traceback.
     """
     if not 0.0 <= float(value) < 1.0:
         raise ConfigError(f"{option}={value}: expected a probability in [0, 1)")

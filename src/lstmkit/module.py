@@ -406,10 +406,10 @@ class SequenceModel(L.LightningModule):
             scheduler = config.scheduler
             if not isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR):
                 continue
-            rates = [base * rate(scheduler.last_epoch) for base, rate in zip(scheduler.base_lrs, scheduler.lr_lambdas)]
-            for group, lr in zip(scheduler.optimizer.param_groups, rates):
-                group["lr"] = lr
-            scheduler._last_lr = rates  # what get_last_lr() reports
+            # step() moves on to last_epoch + 1 and sets the rates of that step (the optimiser's, and what
+            # get_last_lr() reports) from the rebuilt lambdas: one step back first, to set the restored one's
+            scheduler.last_epoch -= 1
+            scheduler.step()
 
     def configure_optimizers(self) -> Any:
         spec = dict(self.hparams.optimizer or {"_target_": "torch.optim.AdamW", "_partial_": True})

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
-import json
 import math
 import os
 import random
 import zlib
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -39,174 +36,8 @@ from lstmkit.data.base import as_list
 from lstmkit.errors import ConfigError, DataError, SweepError
 from lstmkit.loggers import configure_wandb, purge_resumed_tensorboard, trim_csv_logs
 from lstmkit.module import SequenceModel
-from lstmkit.sweeps import MIXED_SWEEP
+from lstmkit.resume import job_overrides, resolve_ckpt_path, run_files  # noqa: F401 - re-exported
 from lstmkit.warm_start import init_from_checkpoint, init_reverse_from_checkpoint
-
-# overrides a resumed run may change, so left out when resume=true looks for the earlier run: how long it
-# trains, its early-stopping patience (give a stopped run more epochs; lstmkit.callbacks.RunEarlyStopping
-# uses the new one), and the resume options themselves. Without the patience, `... patience=10 resume=true`
-# found no run of its overrides and resumed the task's newest last.ckpt, another run's. README, Resume.
-RESUME_OVERRIDES = {"resume", "ckpt_path", "trainer.max_epochs", "trainer.max_steps", "trainer.max_time",
-                    "callbacks.early_stopping.patience"}
-
-
-def job_overrides(overrides: list[str]) -> list[str]:
-    """A run's command-line overrides, less those a resumed run may change, canonical and sorted.
-
-    Canonical: each value as Hydra parses it, so that what a sweeper recorded (``False``, ``0.001``)
-    matches what a user types (``false``, ``1e-3``); an override Hydra cannot parse stays as written.
-    """
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    parser = OverridesParser.create()
-    canonical = []
-    for text in map(str, overrides):
-        if text.lstrip("+~").split("=", 1)[0] in RESUME_OVERRIDES:
-            continue
-        try:
-            (override,) = parser.parse_overrides([text])
-            value = json.dumps(override.value(), sort_keys=True, default=str)
-            canonical.append(f"{override.get_key_element()}={value}")  # the key with its +, ++ or ~
-        except Exception:  # noqa: BLE001 - kept as written
-            canonical.append(text)
-    return sorted(canonical)
-
-
-def run_files(roots: list[Path]) -> tuple[list[Path], list[Path]]:
-    """Every ``checkpoints/last.ckpt`` and ``.hydra/overrides.yaml`` under ``roots``, in one walk of each.
-
-    Why: ``resume=true`` globbed ``**/checkpoints/last.ckpt`` and ``**/.hydra/overrides.yaml`` over two
-    roots, listing every folder of a large log tree twice. The files are those the globs found: the
-    walk does not descend into linked folders (``**`` does not either), but a ``checkpoints`` or
-    ``.hydra`` folder that is a link is read, and a ``last.ckpt`` link that leads nowhere is not one.
-    """
-    found: dict[str, list[Path]] = {"checkpoints/last.ckpt": [], ".hydra/overrides.yaml": []}
-    for root in roots:
-        for folder, subfolders, _ in os.walk(root):
-            for file, paths in found.items():
-                if file.split("/")[0] in subfolders and (Path(folder) / file).exists():
-                    paths.append(Path(folder) / file)
-    return found["checkpoints/last.ckpt"], found[".hydra/overrides.yaml"]
-
-
-def job_number(folder: Path) -> int | None:
-    """The ``hydra.job.num`` of the sweep job that ran in ``folder`` (its ``.hydra/hydra.yaml``; else the
-    folder's name, Hydra's default ``hydra.sweep.subdir``), or ``None``."""
-    with contextlib.suppress(Exception):  # an unreadable or partial file: the name decides
-        number = OmegaConf.select(OmegaConf.load(folder / ".hydra" / "hydra.yaml"), "hydra.job.num")
-        if isinstance(number, int):
-            return number
-    return int(folder.name) if folder.name.isdigit() else None
-
-
-def recorded_overrides(folder: Path) -> list[str] | None:
-    """The overrides a job recorded in ``folder/result.json`` (``lstmkit.sweeps.write_result``), if any."""
-    try:
-        recorded = json.loads((folder / "result.json").read_text()).get("overrides")
-    except (OSError, ValueError, AttributeError):
-        return None
-    return [str(o) for o in recorded] if isinstance(recorded, list) else None
-
-
-def resolve_ckpt_path(ckpt_path: str | None, cfg: DictConfig) -> str | None:
-    """``last`` -> the newest ``last.ckpt`` of an earlier run of this task; a path -> checked.
-
-    "Earlier run" means one with the same overrides (less the run length and the resume options),
-    read from its ``.hydra/overrides.yaml``: so each job of a resumed sweep continues *its* job of
-    the earlier sweep, never a sibling with other hyperparameters or a job of the sweep now running.
-    A sweep job without such a run starts afresh (the sweep is resumed where it stopped), and so
-    does a run whose earlier run with these overrides stopped before its first checkpoint. A single
-    run with no such earlier run falls back to the task's newest ``last.ckpt``, with a warning.
-
-    A run in a fixed folder (``hydra.run.dir``) continues that folder's own ``last.ckpt``, in place,
-    and so does a sweep job in a fixed ``hydra.sweep.dir`` (the same command again: the same job
-    number, the same folder). Why the sweep job: the search leaves out the sweep now running, whose
-    folder is then the earlier sweep's too, so every job of a resumed fixed-folder sweep "found no
-    earlier run", started afresh beside its earlier checkpoints (``best-v1.ckpt``) and continued its
-    CSV log with a second run. Hydra has already replaced the folder's ``.hydra/overrides.yaml`` with
-    this job's, so the earlier job's overrides are read from its ``result.json`` (written when it
-    ended, failed or was interrupted); one of other overrides (another sweep used the folder) is not
-    continued.
-
-    When the newest earlier sweep with these overrides ran them in several jobs (``-m seed=null,null``,
-    repeats of one setting), the job continues the one of its own number (``hydra.job.num``), or
-    starts afresh if that one saved no checkpoint or there is none: the newest of them was taken by
-    every job, so all continued one and the same run.
-    """
-    if not ckpt_path:
-        return None
-    if ckpt_path != "last":
-        if not Path(ckpt_path).exists():
-            raise ConfigError(f"ckpt_path={ckpt_path}: file not found")
-        return str(ckpt_path)
-    hydra = HydraConfig.get() if HydraConfig.initialized() else None
-    sweep = hydra is not None and hydra.mode == RunMode.MULTIRUN
-    now = Path(hydra.sweep.dir if sweep else hydra.runtime.output_dir).resolve() if hydra else None
-    runs = Path(cfg.paths.log_dir) / str(cfg.task_name)
-    # where earlier runs with these overrides may be: the task's folder, and a sweep over tasks' (whose
-    # jobs name their task among their overrides)
-    roots = [runs, Path(cfg.paths.log_dir) / MIXED_SWEEP]
-
-    def earlier(paths: Iterator[Path]) -> list[Path]:  # not this run's / this sweep's own
-        return [p for p in paths if now is None or now not in p.resolve().parents]
-
-    mine = job_overrides(list(hydra.overrides.task)) if hydra else None
-    folder = Path(hydra.runtime.output_dir).resolve() if hydra else None
-    reused = folder / "checkpoints" / "last.ckpt" if folder is not None else None
-    if reused is not None and reused.is_file() and not sweep:  # a fixed hydra.run.dir (torchrun, a scheduler's)
-        log.info("resuming %s (this run folder's own, from an earlier attempt)", reused)
-        return str(reused)
-    if reused is not None and reused.is_file():  # a sweep job in a fixed hydra.sweep.dir: its own job folder
-        recorded = recorded_overrides(reused.parent.parent)
-        if recorded is None or job_overrides(recorded) == mine:
-            log.info("resuming %s (this job's own folder in the sweep folder, from an earlier attempt%s)", reused,
-                     "" if recorded is not None else "; it left no result.json to compare its overrides with")
-            return str(reused)
-        log.warning("resume: this job's folder %s holds a run of other overrides, %s (the sweep folder was used by "
-                    "another sweep); looking for an earlier run with these overrides elsewhere", folder, recorded)
-    if now is not None and not sweep and now.parent != (runs / "runs").resolve():
-        # a folder of its own (hydra.run.dir=...) that holds no checkpoint yet: its earlier attempt stopped
-        # before its first epoch ended; another run's weights would not continue it
-        log.warning("resume: this run's folder %s holds no checkpoints/last.ckpt yet (its earlier attempt stopped "
-                    "before its first epoch ended, or there was none); this run starts afresh", now)
-        return None
-
-    checkpoints, overrides = run_files(roots)
-    candidates = sorted(earlier(checkpoints), key=lambda p: p.stat().st_mtime, reverse=True)
-    matching = {p.parent.parent for p in earlier(overrides)
-                if mine is not None and job_overrides(list(OmegaConf.load(p))) == mine}  # each file read once
-    own = [c for c in candidates if c.parent.parent in matching]
-    candidates = [c for c in candidates if runs.resolve() in c.resolve().parents]  # the fallback: this task's
-    if own and sweep:
-        # the earlier sweep ran these overrides more than once (-m seed=null,null): its job of this number
-        twins = sorted(m for m in matching if m.parent == own[0].parent.parent.parent)
-        if len(twins) > 1:
-            number = int(hydra.job.num)
-            same = [m for m in twins if job_number(m) == number]
-            last = same[0] / "checkpoints" / "last.ckpt" if same else None
-            if last is not None and last in own:
-                log.info("resuming %s (the earlier sweep's job %d, of the %d with these overrides)", last, number,
-                         len(twins))
-                return str(last)
-            log.info("resume: the earlier sweep %s ran these overrides in %d jobs, %s; its job %d %s, so this job "
-                     "starts afresh (never a sibling's checkpoint)", own[0].parent.parent.parent, len(twins),
-                     ", ".join(m.name for m in twins), number, "saved no checkpoint" if same else "is not among them")
-            return None
-    if own:
-        log.info("resuming %s (the newest earlier run with these overrides)", own[0])
-        return str(own[0])
-    if sweep:
-        log.info("resume: no earlier run of this task has the overrides %s; this job starts afresh", mine)
-        return None
-    if matching:  # it stopped before its first checkpoint: another run's weights would not continue it
-        log.warning("resume: the earlier run with these overrides, %s, saved no checkpoint (it stopped before "
-                    "its first epoch ended); this run starts afresh", max(matching, key=lambda p: p.stat().st_mtime))
-        return None
-    if not candidates:
-        raise ConfigError(f"ckpt_path=last: no checkpoints/last.ckpt under {runs}")
-    log.warning("resume: no earlier run of this task has the overrides %s; resuming the task's newest "
-                "last.ckpt, %s (give ckpt_path= to choose)", mine, candidates[0])
-    return str(candidates[0])
 
 
 def check_splits(datamodule: Any, cfg: DictConfig) -> None:

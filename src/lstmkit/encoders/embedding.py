@@ -7,8 +7,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from lstmkit.core import dropout_layer
 from lstmkit.data.text import UNK
-from lstmkit.errors import ConfigError, DataError, check_probability
+from lstmkit.errors import ConfigError, DataError
 from lstmkit.types import DataSpec
 
 
@@ -67,8 +68,7 @@ class EmbeddingEncoder(nn.Module):
         # without a file too: fixed random vectors are a model of their own, and a rebuilt trained model
         # (its vectors from the checkpoint, its file not read again) must stay frozen
         self.embedding.weight.requires_grad_(not freeze)
-        check_probability(dropout, "encoder.dropout")
-        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.dropout = dropout_layer(dropout, "encoder.dropout")
         self.out_features = dim
 
     @property

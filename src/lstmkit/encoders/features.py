@@ -21,7 +21,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from lstmkit.errors import ConfigError, check_probability
+from lstmkit.core import dropout_layer
+from lstmkit.errors import ConfigError
 from lstmkit.types import DataSpec
 
 KINDS = ("zscore", "minmax", "log_returns")
@@ -146,8 +147,7 @@ class FeatureEncoder(nn.Module):
         self.projection = (
             nn.Sequential(nn.Linear(spec.num_features, project), nn.GELU()) if project else nn.Identity()
         )
-        check_probability(dropout, "encoder.dropout")
-        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.dropout = dropout_layer(dropout, "encoder.dropout")
         self.out_features = project or spec.num_features
         self.last_inputs: tuple[torch.Tensor, torch.Tensor] | None = None
 

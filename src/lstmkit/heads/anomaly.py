@@ -34,7 +34,8 @@ from torchmetrics.functional.classification import (
 )
 from torchmetrics.utilities import dim_zero_cat
 
-from lstmkit.errors import ConfigError, check_probability
+from lstmkit.core import dropout_layer, dropout_layers
+from lstmkit.errors import ConfigError
 from lstmkit.heads.base import Head, summary_pooling
 from lstmkit.types import Batch, DataSpec
 
@@ -320,11 +321,9 @@ class AnomalyHead(ScoreHead):
     ) -> None:
         super().__init__(threshold, quantile, initial_threshold=0.5)
         self.pooling = summary_pooling(pooling)
-        check_probability(dropout, "head.dropout")
-        layers: list[nn.Module] = [nn.Dropout(dropout)] if dropout > 0 else []
+        layers = dropout_layers(dropout, "head.dropout")
         if hidden:
-            layers += [nn.Linear(in_features, hidden), nn.GELU()]
-            layers += [nn.Dropout(dropout)] if dropout > 0 else []
+            layers += [nn.Linear(in_features, hidden), nn.GELU(), *dropout_layers(dropout, "head.dropout")]
             in_features = hidden
         layers.append(nn.Linear(in_features, 1))
         self.net = nn.Sequential(*layers)
@@ -440,8 +439,7 @@ class ReconstructionHead(ScoreHead):
         self.positions = positions
         decoder_in = in_features + (2 * positions + 1 if positions else 0)
         self.decoder = nn.LSTM(decoder_in, decoder_size, batch_first=True) if target == "same" else None
-        check_probability(dropout, "head.dropout")
-        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.dropout = dropout_layer(dropout, "head.dropout")
         self.out_size = decoder_size if target == "same" else in_features
         self.channels = 0
         self.proj: nn.Module = nn.Identity()

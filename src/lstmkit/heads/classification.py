@@ -10,6 +10,7 @@ from torch.nn import functional as F
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix, MulticlassF1Score
 
+from lstmkit.core import dropout_layers
 from lstmkit.errors import ConfigError, check_probability
 from lstmkit.heads.base import Head, mean_probabilities, summary_pooling
 from lstmkit.types import Batch, DataSpec
@@ -45,11 +46,9 @@ class ClassificationHead(Head):
         self.classes = list(spec.classes or [])
         num_classes = spec.num_classes
         self.pooling = summary_pooling(pooling)
-        check_probability(dropout, "head.dropout")
-        layers: list[nn.Module] = [nn.Dropout(dropout)] if dropout > 0 else []
+        layers = dropout_layers(dropout, "head.dropout")
         if hidden:
-            layers += [nn.Linear(in_features, hidden), nn.GELU()]
-            layers += [nn.Dropout(dropout)] if dropout > 0 else []
+            layers += [nn.Linear(in_features, hidden), nn.GELU(), *dropout_layers(dropout, "head.dropout")]
             in_features = hidden
         layers.append(nn.Linear(in_features, num_classes))
         self.net = nn.Sequential(*layers)

@@ -17,8 +17,9 @@ from torch.nn import functional as F
 from torchmetrics import Metric, MetricCollection
 from torchmetrics.text import CharErrorRate, WordErrorRate
 
+from lstmkit.core import dropout_layers
 from lstmkit.data.text import read_text
-from lstmkit.errors import ConfigError, DataError, check_probability
+from lstmkit.errors import ConfigError, DataError
 from lstmkit.heads.base import Head, mean_probabilities
 from lstmkit.types import Batch, DataSpec
 
@@ -257,11 +258,9 @@ class CTCHead(Head):
             raise ConfigError(f"head.too_short={too_short!r}: expected error or skip")
         self.classes = list(spec.classes)
         self.blank = int(spec.blank_id)
-        check_probability(dropout, "head.dropout")
-        layers: list[nn.Module] = [nn.Dropout(dropout)] if dropout > 0 else []
+        layers = dropout_layers(dropout, "head.dropout")
         if hidden:
-            layers += [nn.Linear(in_features, hidden), nn.GELU()]
-            layers += [nn.Dropout(dropout)] if dropout > 0 else []
+            layers += [nn.Linear(in_features, hidden), nn.GELU(), *dropout_layers(dropout, "head.dropout")]
             in_features = hidden
         layers.append(nn.Linear(in_features, len(self.classes)))
         self.net = nn.Sequential(*layers)

@@ -20,9 +20,9 @@ from torch.nn import functional as F
 from torchmetrics import MeanMetric, Metric, MetricCollection
 
 from lstmkit.build import check_target, locate
-from lstmkit.core import LSTMCore
+from lstmkit.core import LSTMCore, dropout_layer
 from lstmkit.data.text import EOS, Subwords, unescape
-from lstmkit.errors import ConfigError, check_probability
+from lstmkit.errors import ConfigError
 from lstmkit.heads.base import Head, mean_probabilities
 from lstmkit.heads.losses import IGNORE, linear_cross_entropy
 from lstmkit.types import Batch, DataSpec
@@ -162,8 +162,7 @@ class LanguageModelHead(Head):
         self.tie_weights = tie_weights
         self.top_k = top_k
         self.fused_loss = fused_loss
-        check_probability(dropout, "head.dropout")
-        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.dropout = dropout_layer(dropout, "head.dropout")
         self.projection = nn.Linear(in_features, projection) if projection > 0 else nn.Identity()
         self.adaptive = bool(cutoffs)
         self.decoder: nn.Module = (
