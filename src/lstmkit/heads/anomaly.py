@@ -34,9 +34,9 @@ from torchmetrics.functional.classification import (
 )
 from torchmetrics.utilities import dim_zero_cat
 
-from lstmkit.core import dropout_layer, dropout_layers
+from lstmkit.core import dropout_layer
 from lstmkit.errors import ConfigError
-from lstmkit.heads.base import Head, summary_pooling
+from lstmkit.heads.base import Head, dense_layers, summary_pooling
 from lstmkit.types import Batch, DataSpec
 
 THRESHOLD_RULES = ("f1", "quantile")
@@ -321,12 +321,7 @@ class AnomalyHead(ScoreHead):
     ) -> None:
         super().__init__(threshold, quantile, initial_threshold=0.5)
         self.pooling = summary_pooling(pooling)
-        layers = dropout_layers(dropout, "head.dropout")
-        if hidden:
-            layers += [nn.Linear(in_features, hidden), nn.GELU(), *dropout_layers(dropout, "head.dropout")]
-            in_features = hidden
-        layers.append(nn.Linear(in_features, 1))
-        self.net = nn.Sequential(*layers)
+        self.net = dense_layers(in_features, 1, hidden, dropout)
         self._one_kind = self._one_kind_message(spec)  # refused when training starts (a checkpoint still loads)
         weight = self._pos_weight(pos_weight, spec)
         self.register_buffer("pos_weight", weight, persistent=False)

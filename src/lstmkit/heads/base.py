@@ -9,8 +9,25 @@ import torch
 from torch import nn
 from torchmetrics import MetricCollection
 
+from lstmkit.core import dropout_layers
 from lstmkit.errors import ConfigError
 from lstmkit.types import Batch
+
+
+def dense_layers(in_features: int, out_features: int, hidden: int = 0, dropout: float = 0.0) -> nn.Sequential:
+    """The heads' output network: dropout, then ``Linear(out_features)``, with an optional hidden
+    ``Linear(hidden)`` + GELU + dropout before it (``head.hidden``, ``head.dropout``).
+
+    One definition, so that the classification, CTC, forecasting and anomaly heads keep the same layer
+    numbering (``net.0``, ``net.1``...), which their checkpoints' weights are stored under.
+    """
+    layers = dropout_layers(dropout, "head.dropout")
+    if hidden:
+        layers += [nn.Linear(in_features, hidden), nn.GELU(), *dropout_layers(dropout, "head.dropout")]
+        in_features = hidden
+    layers.append(nn.Linear(in_features, out_features))
+    return nn.Sequential(*layers)
+
 
 
 def mean_probabilities(outputs: list[torch.Tensor]) -> torch.Tensor:

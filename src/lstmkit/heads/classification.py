@@ -5,14 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch import nn
 from torch.nn import functional as F
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix, MulticlassF1Score
 
-from lstmkit.core import dropout_layers
 from lstmkit.errors import ConfigError, check_probability
-from lstmkit.heads.base import Head, mean_probabilities, summary_pooling
+from lstmkit.heads.base import Head, dense_layers, mean_probabilities, summary_pooling
 from lstmkit.types import Batch, DataSpec
 
 
@@ -46,12 +44,7 @@ class ClassificationHead(Head):
         self.classes = list(spec.classes or [])
         num_classes = spec.num_classes
         self.pooling = summary_pooling(pooling)
-        layers = dropout_layers(dropout, "head.dropout")
-        if hidden:
-            layers += [nn.Linear(in_features, hidden), nn.GELU(), *dropout_layers(dropout, "head.dropout")]
-            in_features = hidden
-        layers.append(nn.Linear(in_features, num_classes))
-        self.net = nn.Sequential(*layers)
+        self.net = dense_layers(in_features, num_classes, hidden, dropout)
         self.label_smoothing = check_probability(label_smoothing, "head.label_smoothing")
         weights = torch.tensor(class_weights, dtype=torch.float32) if class_weights else None
         if weights is not None and len(weights) != num_classes:

@@ -12,15 +12,13 @@ from typing import Any
 
 import torch
 import torchaudio.functional as AF
-from torch import nn
 from torch.nn import functional as F
 from torchmetrics import Metric, MetricCollection
 from torchmetrics.text import CharErrorRate, WordErrorRate
 
-from lstmkit.core import dropout_layers
 from lstmkit.data.text import read_text
 from lstmkit.errors import ConfigError, DataError
-from lstmkit.heads.base import Head, mean_probabilities
+from lstmkit.heads.base import Head, dense_layers, mean_probabilities
 from lstmkit.types import Batch, DataSpec
 
 log = logging.getLogger("lstmkit")
@@ -258,12 +256,7 @@ class CTCHead(Head):
             raise ConfigError(f"head.too_short={too_short!r}: expected error or skip")
         self.classes = list(spec.classes)
         self.blank = int(spec.blank_id)
-        layers = dropout_layers(dropout, "head.dropout")
-        if hidden:
-            layers += [nn.Linear(in_features, hidden), nn.GELU(), *dropout_layers(dropout, "head.dropout")]
-            in_features = hidden
-        layers.append(nn.Linear(in_features, len(self.classes)))
-        self.net = nn.Sequential(*layers)
+        self.net = dense_layers(in_features, len(self.classes), hidden, dropout)
         self.too_short = too_short
         self.plot_examples = plot_examples
         self.skipped = 0

@@ -26,9 +26,8 @@ from torch.nn import functional as F
 from torchmetrics import CatMetric, Metric, MetricCollection
 from torchmetrics.regression import MeanAbsoluteError, MeanAbsolutePercentageError, MeanSquaredError
 
-from lstmkit.core import dropout_layers
 from lstmkit.errors import ConfigError
-from lstmkit.heads.base import Head, summary_pooling
+from lstmkit.heads.base import Head, dense_layers, summary_pooling
 from lstmkit.plots import plt  # the headless (Agg) pyplot
 from lstmkit.types import Batch, DataSpec
 
@@ -130,12 +129,7 @@ class RegressionHead(Head):
         self.register_buffer("scale", torch.tensor(target["scale"], dtype=torch.float32), persistent=False)
         self.target_name = str(target.get("name", "value"))
         self.names = list(spec.target_names or [f"{self.target_name}_t+{h + 1}" for h in range(self.horizon)])
-        layers = dropout_layers(dropout, "head.dropout")
-        if hidden:
-            layers += [nn.Linear(in_features, hidden), nn.GELU(), *dropout_layers(dropout, "head.dropout")]
-            in_features = hidden
-        layers.append(nn.Linear(in_features, self.horizon))
-        self.net = nn.Sequential(*layers)
+        self.net = dense_layers(in_features, self.horizon, hidden, dropout)
         self.loss_name, self.huber_delta = loss, huber_delta
         self.plot_points = plot_points
         self._encoder: nn.Module | None = None
