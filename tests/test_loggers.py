@@ -165,7 +165,25 @@ def test_wandb_steps_are_the_trainers_and_never_go_back(tmp_path: Path) -> None:
     logger.log_metrics({"plot": 1.0})  # no step (an image): W&B's next one
     logger.log_metrics({"test/acc": 0.7}, step=6)
     assert logged == [(6, {"val/acc": 0.5, "trainer/global_step": 6}), (None, {"plot": 1.0}),
-                      (7, {"test/acc": 0.7, "trainer/global_step": 6})]
+                      (None, {"test/acc": 0.7, "trainer/global_step": 6})]  # W&B's next step, 7
+
+
+def test_steps_behind_wandbs_each_keep_a_row_of_their_own(tmp_path: Path) -> None:
+    """An online run resumed from a checkpoint older than its last logged step: W&B's step is ahead of the
+    trainer's. Logged at W&B's current step, every call until the trainer caught up fell into one row,
+    each overwriting the one before (the resumed attempt's curve lost all but one point there)."""
+    from lstmkit.loggers import WandbLogger
+
+    logger = WandbLogger(save_dir=str(tmp_path), offline=True, project="lstmkit")
+    run = logger.experiment
+    for _ in range(150):  # what the server holds: the killed attempt logged up to step 149
+        run.log({"earlier": 1.0})
+    for step in (101, 111, 121, 200):  # the resumed attempt, from its checkpoint at step 100
+        logger.log_metrics({"train/loss": float(step)}, step=step)
+    run.finish()
+    (folder,) = (tmp_path / "wandb").glob("offline-run-*")
+    _, rows = _wandb_run(folder)
+    assert [row for row in rows if row[0] >= 150] == [(150, 101), (151, 111), (152, 121), (200, 200)]
 
 
 def test_tensorboard_hparams_show_the_monitored_metric_and_yaml_follows_the_latest_attempt(tmp_path: Path) -> None:

@@ -175,9 +175,12 @@ class WandbLogger(_WandbLogger):
     a run resumed offline starts its new run folder at step 0 again: W&B cannot ask its server where
     the run stopped. With the global step as the W&B step, the resumed folder's steps continue the
     checkpoint's (and online, where W&B resumes the run, they continue the server's). A step lower
-    than one W&B has already committed (a call without a step, e.g. an image, advances it) is logged
-    at W&B's current step, since W&B drops data logged to an earlier step; ``trainer/global_step``,
-    the charts' x-axis (Lightning's ``define_metric``), always holds the trainer's own step.
+    than W&B's (a call without a step, e.g. an image, advanced it; an online run resumed from a
+    checkpoint older than its last logged step) is logged as W&B's next step, a row of its own, as
+    Lightning logs every call: W&B drops data logged to an earlier step, and logged at W&B's current
+    step the calls of all those trainer steps fell into one row, each overwriting the one before.
+    ``trainer/global_step``, the charts' x-axis (Lightning's ``define_metric``), always holds the
+    trainer's own step.
     """
 
     @rank_zero_only
@@ -187,8 +190,11 @@ class WandbLogger(_WandbLogger):
             return
         run = self.experiment
         current = getattr(run, "step", 0)
-        at = max(int(step), current if isinstance(current, int) else 0)
-        run.log({**_add_prefix(metrics, self._prefix, self.LOGGER_JOIN_CHAR), "trainer/global_step": step}, step=at)
+        data = {**_add_prefix(metrics, self._prefix, self.LOGGER_JOIN_CHAR), "trainer/global_step": step}
+        if int(step) >= (current if isinstance(current, int) else 0):
+            run.log(data, step=int(step))
+        else:  # W&B is past this step: its next one
+            run.log(data)
 
 
 WANDB_NAME_LENGTH = 128  # a trial's name is cut to this many characters (W&B shows names on one line)
