@@ -27,7 +27,7 @@ from torch import nn
 from lstmkit.errors import ConfigError
 from lstmkit.heads.base import Head
 from lstmkit.module import SequenceModel
-from lstmkit.types import TOKENIZER_DEFAULTS, spec_identity
+from lstmkit.types import spec_identity, stored_data
 
 log = logging.getLogger("lstmkit")
 
@@ -43,17 +43,9 @@ def _differences(first: dict[str, Any], other: dict[str, Any]) -> list[str]:
 
 def setting_differences(first: SequenceModel, other: SequenceModel) -> dict[str, tuple[Any, Any]]:
     """The data settings (``data.*`` of the two runs, batching aside) in which two members differ."""
-    a, b = _data_settings(first), _data_settings(other)
+    # a member from before tokenizer versions is version 1 (it differed as None from one of version 1 or 2)
+    a, b = stored_data(first.hparams.get("data") or {}), stored_data(other.hparams.get("data") or {})
     return {k: (a.get(k), b.get(k)) for k in _differences(a, b) if k not in LOADER_KEYS}
-
-
-def _data_settings(model: SequenceModel) -> dict[str, Any]:
-    """A member's ``data.*``; a text model's from before tokenizer versions (no ``tokenizer_version``) is
-    version 1 (``TOKENIZER_DEFAULTS``): it was said to differ as ``None`` from a run of version 1 or 2."""
-    data = dict(model.hparams.get("data") or {})
-    if "tokenizer" in data and "tokenizer_version" not in data:
-        data["tokenizer_version"] = TOKENIZER_DEFAULTS["version"]
-    return data
 
 
 def run_folder(path: str | Path) -> str | None:

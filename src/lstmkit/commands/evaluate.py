@@ -29,7 +29,7 @@ from lstmkit.ensemble import SequenceEnsemble, setting_differences
 from lstmkit.errors import CheckpointError, ConfigError, DataError
 from lstmkit.loggers import configure_wandb
 from lstmkit.module import SequenceModel
-from lstmkit.types import TOKENIZER_DEFAULTS
+from lstmkit.types import stored_data
 
 log = logging.getLogger(__name__)
 
@@ -90,11 +90,6 @@ def check_members_split(model: SequenceEnsemble, names: list[str], split: str) -
                 f"or the same data.seed")
 
 
-# data settings a checkpoint from before they existed does not store, as such a model was trained: a spec without
-# a tokenizer version is version 1 (lstmkit.types.TOKENIZER_DEFAULTS)
-STORED_BEFORE_SETTINGS = {"tokenizer_version": TOKENIZER_DEFAULTS["version"]}
-
-
 def check_spec_settings(stored: dict[str, Any], overrides: dict[str, Any]) -> None:
     """Refuse ``+data.<setting>=`` for a setting the model's spec decides (its vocabulary's tokenizer, a
     forecaster's window): the datamodule reads the data as the model was trained, so the override was
@@ -105,8 +100,7 @@ def check_spec_settings(stored: dict[str, Any], overrides: dict[str, Any]) -> No
     except Exception:  # noqa: BLE001 - building the datamodule reports a bad target itself
         return
     fixed = getattr(datamodule_cls, "spec_settings", ())
-    # a setting older checkpoints lack is what the model was trained with all the same: its tokenizer_version, 1
-    stored = {**{k: v for k, v in STORED_BEFORE_SETTINGS.items() if k in fixed}, **stored}
+    stored = stored_data(stored)  # a checkpoint from before tokenizer versions: version 1, not None
     changed = {k: v for k, v in overrides.items() if k in fixed and plain(v) != plain(stored.get(k))}
     if changed:
         key, value = next(iter(changed.items()))
