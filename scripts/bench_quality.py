@@ -492,6 +492,15 @@ def unique_pretraining(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return list(steps.values())
 
 
+def nan_metrics(record: dict[str, Any]) -> dict[str, Any]:
+    """A run or ensemble record read back from ``quality.json``: its metrics' ``null`` (a non-finite value,
+    written as strict JSON) as NaN again, as the run's own ``metrics.json`` reads (``read_metrics``): the
+    summary's means would otherwise meet ``None`` (``--merge`` stopped with a TypeError)."""
+    if isinstance(record.get("metrics"), dict):
+        record["metrics"] = {k: math.nan if v is None else v for k, v in record["metrics"].items()}
+    return record
+
+
 def summarise_ensembles(task: str, records: list[dict[str, Any]]) -> dict[str, Any] | None:
     """The task's ensembles: their metric (the mean over folds), and whether it reaches the target."""
     if not records:
@@ -823,8 +832,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[bench_quality] --merge: {source} is {'a' if old.get('quick') else 'not a'} --quick report; "
                   "not merging quick and full results", file=sys.stderr)
             return 2
-        loaded[source] = [r for r in old.get("runs", []) if r.get("task") in TASKS]
-        loaded_ensembles[source] = [r for r in old.get("ensembles", []) if r.get("task") in TASKS]
+        loaded[source] = [nan_metrics(r) for r in old.get("runs", []) if r.get("task") in TASKS]
+        loaded_ensembles[source] = [nan_metrics(r) for r in old.get("ensembles", []) if r.get("task") in TASKS]
         previous_host = old.get("host") or previous_host
     # the --merge-from files' runs (all of them: seeds run apart add up) replace those tasks of the
     # existing report; the runs made now replace everything of their tasks

@@ -274,3 +274,20 @@ def test_a_diverged_run_is_written_as_strict_json(tmp_path: Path, monkeypatch) -
     report = json.loads((out / "quality.json").read_text(), parse_constant=refuse)
     assert [r["value"] for r in report["runs"]] == [None, 0.9]
     assert report["runs"][0]["metrics"] == {"test/auroc": None}
+
+
+def test_a_report_with_a_null_metric_can_be_merged(tmp_path: Path, monkeypatch) -> None:
+    """quality.json writes a NaN metric as null; --merge read it back as None, and the summary's mean of
+    an extra metric (ecg's test/f1) stopped with a TypeError, where the NaN it held before was averaged."""
+    bench = load_bench()
+    monkeypatch.setattr(bench, "run_one", lambda task, seed, *a: {
+        "task": task, "seed": seed, "value": 0.99, "metrics": {"test/auroc": 0.99, "test/f1": float("nan") if seed == 1
+                                                               else 0.9, "test/auprc": 0.9},
+        "epochs": 1, "best_epoch": 1, "params": 10, "wall_time_s": 1.0, "run_dir": "/x"})
+    out = tmp_path / "out"
+    assert bench.main(["ecg", "--seeds", "1", "2", "--out", str(out), "--data-root", str(tmp_path)]) == 0
+    assert json.loads((out / "quality.json").read_text())["runs"][0]["metrics"]["test/f1"] is None
+    assert bench.main(["ecg_unsupervised", "--seeds", "1", "--merge", "--out", str(out),
+                       "--data-root", str(tmp_path)]) == 0
+    summary = json.loads((out / "quality.json").read_text())["summary"]
+    assert set(summary) == {"ecg", "ecg_unsupervised"} and summary["ecg"]["mean_test/f1"] is None  # NaN, as before

@@ -233,3 +233,26 @@ def test_two_checkpoints_of_one_run_are_refused_from_a_glob_and_named_when_liste
     with caplog.at_level(logging.WARNING, logger="lstmkit"):
         SequenceEnsemble(members, names=listed)
     assert "are checkpoints of one run" in caplog.text and "counts 2 times in the mean" in caplog.text
+
+
+def test_members_of_a_run_from_before_tokenizer_versions_are_version_1() -> None:
+    """A member whose data config predates tokenizer versions (none stored) was said to differ from a
+    version-1 member in data.tokenizer_version (None vs 1), and from a version-2 one as None vs 2."""
+    from lstmkit.ensemble import setting_differences
+    from lstmkit.types import DataSpec
+
+    def member(version: int | None) -> SequenceModel:
+        tokenizer = {"level": "word", "lowercase": True, **({"version": version} if version else {})}
+        spec = DataSpec(input_kind="tokens", vocab=["<pad>", "<unk>", "good"], classes=["neg", "pos"],
+                        tokenizer=tokenizer, datamodule="lstmkit.data.sentiment.SentimentDataModule")
+        data = {"_target_": "lstmkit.data.sentiment.SentimentDataModule", "tokenizer": "word",
+                **({"tokenizer_version": version} if version else {})}
+        return SequenceModel(spec.to_dict(), {"_target_": "lstmkit.encoders.EmbeddingEncoder", "dim": 4},
+                             {"hidden_size": 4}, {"_target_": "lstmkit.heads.ClassificationHead"}, data=data,
+                             task="sentiment")
+
+    before = member(None)
+    assert setting_differences(before, member(1)) == {}
+    SequenceEnsemble([before, member(1)], ["before.ckpt", "v1.ckpt"])
+    with pytest.raises(ConfigError, match=r"differ in \['tokenizer\.version'\].*data\.tokenizer_version: 1 vs 2"):
+        SequenceEnsemble([before, member(2)], ["before.ckpt", "v2.ckpt"])

@@ -165,3 +165,18 @@ def test_eval_refuses_a_setting_the_models_spec_decides(target: str, stored: dic
     with pytest.raises(ConfigError, match=rf"^data\.{key}=.*the model was trained with data\.{key}="):
         check_spec_settings(stored, refused)
     check_spec_settings(stored, accepted)
+
+
+def test_eval_of_a_checkpoint_from_before_tokenizer_versions_knows_its_version() -> None:
+    """Its stored data config has no tokenizer_version: data.tokenizer_version=1, what it was trained with, was
+    refused as "the model was trained with data.tokenizer_version=None"."""
+    from lstmkit.commands.evaluate import check_spec_settings
+
+    stored = {"_target_": "lstmkit.data.sentiment.SentimentDataModule", "tokenizer": "word", "lowercase": True}
+    check_spec_settings(stored, {"tokenizer_version": 1})
+    with pytest.raises(ConfigError, match=r"^data\.tokenizer_version=2: the model was trained with "
+                                          r"data\.tokenizer_version=1,"):
+        check_spec_settings(stored, {"tokenizer_version": 2})
+    check_spec_settings({**stored, "tokenizer_version": 2}, {"tokenizer_version": 2})
+    with pytest.raises(ConfigError, match=r"^data\.window=10: .*eval may change path$"):  # not a text model's setting
+        check_spec_settings({"_target_": "lstmkit.data.stock.StockDataModule", "window": 30, "path": "a"}, {"window": 10})

@@ -165,7 +165,25 @@ def test_wandb_steps_are_the_trainers_and_never_go_back(tmp_path: Path) -> None:
     logger.log_metrics({"plot": 1.0})  # no step (an image): W&B's next one
     logger.log_metrics({"test/acc": 0.7}, step=6)
     assert logged == [(6, {"val/acc": 0.5, "trainer/global_step": 6}), (None, {"plot": 1.0}),
-                      (7, {"test/acc": 0.7, "trainer/global_step": 6})]
+                      (None, {"test/acc": 0.7, "trainer/global_step": 6})]  # W&B's next step, 7
+
+
+def test_steps_behind_wandbs_each_keep_a_row_of_their_own(tmp_path: Path) -> None:
+    """An online run resumed from a checkpoint older than its last logged step: W&B's step is ahead of the
+    trainer's. Logged at W&B's current step, every call until the trainer caught up fell into one row,
+    each overwriting the one before (the resumed attempt's curve lost all but one point there)."""
+    from lstmkit.loggers import WandbLogger
+
+    logger = WandbLogger(save_dir=str(tmp_path), offline=True, project="lstmkit")
+    run = logger.experiment
+    for _ in range(150):  # what the server holds: the killed attempt logged up to step 149
+        run.log({"earlier": 1.0})
+    for step in (101, 111, 121, 200):  # the resumed attempt, from its checkpoint at step 100
+        logger.log_metrics({"train/loss": float(step)}, step=step)
+    run.finish()
+    (folder,) = (tmp_path / "wandb").glob("offline-run-*")
+    _, rows = _wandb_run(folder)
+    assert [row for row in rows if row[0] >= 150] == [(150, 101), (151, 111), (152, 121), (200, 200)]
 
 
 def test_tensorboard_hparams_show_the_monitored_metric_and_yaml_follows_the_latest_attempt(tmp_path: Path) -> None:
@@ -191,6 +209,32 @@ def test_tensorboard_hparams_show_the_monitored_metric_and_yaml_follows_the_late
     attempt(2)  # resumed in the same folder
     text = (folder / "hparams.yaml").read_text()
     assert "max_epochs: 2" in text and "size: 3" in text
+
+
+def test_hparams_yaml_is_written_once_per_logged_config_not_at_every_save(tmp_path: Path, monkeypatch) -> None:
+    """Lightning calls ``save()`` after every ``log_metrics``: hparams.yaml (a text model's holds its
+    vocabulary: PTB's took 0.8 s to write) was rewritten every ``trainer.log_every_n_steps`` steps."""
+    from lightning.pytorch.loggers import tensorboard
+
+    from lstmkit import loggers
+    from lstmkit.loggers import TensorBoardLogger
+
+    writes = []
+    real = loggers.save_hparams_to_yaml
+    for module in (loggers, tensorboard):  # lstmkit's rewrite and Lightning's first write
+        monkeypatch.setattr(module, "save_hparams_to_yaml", lambda path, hparams: (writes.append(path),
+                                                                                  real(path, hparams)))
+    logger = TensorBoardLogger(save_dir=str(tmp_path), name="tensorboard", version="", default_hp_metric=False)
+    logger.log_hyperparams({"monitor": "val/acc", "trainer": {"max_epochs": 1}})
+    for step in range(5):  # as the trainer does: log, then save
+        logger.log_metrics({"train/loss": 1.0 / (step + 1)}, step=step)
+        logger.save()
+    assert len(writes) == 1
+    logger.log_hyperparams({"spec": {"size": 3}})  # a later call (Lightning's, with the module's) is written
+    logger.save()
+    logger.save()
+    assert len(writes) == 2 and "size: 3" in (Path(logger.log_dir) / "hparams.yaml").read_text()
+    logger.finalize("success")
 
 
 def test_data_preparation_progress_shows_on_terminals_only(monkeypatch, capsys) -> None:

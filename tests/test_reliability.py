@@ -858,6 +858,51 @@ def test_a_resume_with_a_new_patience_finds_its_earlier_run(make_cfg, tmp_path: 
     assert resolve_ckpt_path("last", cfg) == str(runs / "mine" / "checkpoints" / "last.ckpt")
 
 
+def test_a_run_from_before_tokenizer_versions_is_found_with_the_setting_its_refusal_advises(
+        make_cfg, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Resuming a run from before tokenizer versions is refused with the advice data.tokenizer_version=1;
+    with it, the overrides were no longer the earlier run's: resume=true took the task's newest last.ckpt
+    (another run's, here one of another dropout), and each job of a resumed sweep started afresh."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+    from omegaconf import open_dict, read_write
+
+    from lstmkit.commands.train import resolve_ckpt_path
+
+    monkeypatch.setattr(HydraConfig.instance(), "cfg", HydraConfig.instance().cfg)  # restored after the test
+    cfg = make_cfg(["model.dropout=0.1", "data.tokenizer_version=1", "trainer.max_epochs=9", "resume=true"])
+    with read_write(cfg.hydra.runtime), open_dict(cfg.hydra.runtime):
+        cfg.hydra.runtime.output_dir = str(tmp_path / "logs" / "sentiment" / "runs" / "now")
+    HydraConfig.instance().set_config(cfg)
+    runs = tmp_path / "logs" / "sentiment" / "runs"
+    before = [o for o in cfg.hydra.overrides.task if o.split("=")[0] not in ("resume", "trainer.max_epochs",
+                                                                            "data.tokenizer_version")]
+    old_config = "data:\n  tokenizer: word\n  lowercase: true\n"  # a run's data config before versions
+    for name, overrides, config, age in (
+            ("before_versions", before, old_config, 100),
+            ("other_dropout", [o.replace("0.1", "0.2") for o in before], old_config, 50),
+            ("version_2", before, old_config + "  tokenizer_version: 2\n", 10)):  # the same overrides, newer
+        (runs / name / ".hydra").mkdir(parents=True)
+        (runs / name / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
+        (runs / name / ".hydra" / "config.yaml").write_text(config)
+        (runs / name / "checkpoints").mkdir()
+        (runs / name / "checkpoints" / "last.ckpt").write_bytes(b"x")
+        os.utime(runs / name / "checkpoints" / "last.ckpt", (time.time() - age, time.time() - age))
+    assert resolve_ckpt_path("last", cfg) == str(runs / "before_versions" / "checkpoints" / "last.ckpt")
+
+    # a sweep job in a fixed sweep folder: its own folder's run, whose result.json lacks the setting
+    job = tmp_path / "sweep" / "0"
+    (job / "checkpoints").mkdir(parents=True)
+    (job / "checkpoints" / "last.ckpt").write_bytes(b"x")
+    (job / "result.json").write_text(json.dumps({"status": "ok", "overrides": before}))
+    with read_write(cfg.hydra), open_dict(cfg.hydra):
+        cfg.hydra.mode = RunMode.MULTIRUN
+        cfg.hydra.sweep.dir = str(job.parent)
+        cfg.hydra.runtime.output_dir = str(job)
+    HydraConfig.instance().set_config(cfg)
+    assert resolve_ckpt_path("last", cfg) == str(job / "checkpoints" / "last.ckpt")
+
+
 def test_a_plateau_schedule_resumes_where_it_was(tmp_path: Path) -> None:
     """Lightning steps ReduceLROnPlateau after the epoch's checkpoint and skips that step on resume:
     every resume lost an epoch of the schedule. Stopped after 2 epochs and resumed to 5, the run

@@ -310,6 +310,29 @@ def test_lstm_shape_errors_give_advice_that_works_and_unused_layers_are_reported
     assert "core.lstm.weight_ih_l1_reverse" in init_from_checkpoint(single, bi).unused
 
 
+def test_the_lstm_input_size_advice_names_the_encoders_own_setting(tmp_path: Path) -> None:
+    """The LSTM's input size was always advised as ``encoder.dim=``: a stock model's feature encoder has no
+    such setting (its size is ``encoder.project``), so the advice could not be followed."""
+    from lstmkit.data.stock import StockDataModule
+
+    def stock(project: int) -> SequenceModel:
+        data = StockDataModule(num_tickers=2, num_days=200, window=8, features=["open", "close"])
+        data.setup("fit")
+        return SequenceModel(data.spec.to_dict(), {"_target_": "lstmkit.encoders.features.FeatureEncoder",
+                                                   "project": project},
+                             {"hidden_size": 4}, {"_target_": "lstmkit.heads.regression.RegressionHead"})
+
+    projected = save(stock(3), tmp_path / "proj.ckpt")
+    with pytest.raises(ConfigError, match=r"\(16, 3\) in the checkpoint but \(16, 2\) in this model; set "
+                                          r"encoder\.project=3 \(the LSTM's input size: 3 there, 2 here\)"):
+        init_from_checkpoint(stock(0), projected, include=["core"])
+    init_from_checkpoint(stock(3), projected, include=["core"])  # the advice followed: copied
+    # an embedding's vectors are the LSTM's inputs: encoder.dim, as before
+    vocab = ["<pad>", "<unk>", "good"]
+    with pytest.raises(ConfigError, match=r"set encoder\.dim=6 \(the LSTM's input size: 6 there, 8 here\)"):
+        init_from_checkpoint(classifier(vocab, dim=8), save(classifier(vocab), tmp_path / "c.ckpt"), include=["core"])
+
+
 def test_a_checkpoint_of_another_tokenizer_version_is_noted(tmp_path: Path, caplog) -> None:
     """Rows are matched by token: a version-1 vocabulary's "'twist'" has no match in a version-2 one."""
     import logging

@@ -27,7 +27,7 @@ from torch import nn
 from lstmkit.errors import ConfigError
 from lstmkit.heads.base import Head
 from lstmkit.module import SequenceModel
-from lstmkit.types import spec_identity
+from lstmkit.types import spec_identity, stored_data
 
 log = logging.getLogger("lstmkit")
 
@@ -43,7 +43,8 @@ def _differences(first: dict[str, Any], other: dict[str, Any]) -> list[str]:
 
 def setting_differences(first: SequenceModel, other: SequenceModel) -> dict[str, tuple[Any, Any]]:
     """The data settings (``data.*`` of the two runs, batching aside) in which two members differ."""
-    a, b = dict(first.hparams.get("data") or {}), dict(other.hparams.get("data") or {})
+    # a member from before tokenizer versions is version 1 (it differed as None from one of version 1 or 2)
+    a, b = stored_data(first.hparams.get("data") or {}), stored_data(other.hparams.get("data") or {})
     return {k: (a.get(k), b.get(k)) for k in _differences(a, b) if k not in LOADER_KEYS}
 
 

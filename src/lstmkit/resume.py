@@ -57,6 +57,30 @@ def job_overrides(overrides: list[str]) -> list[str]:
     return sorted(canonical)
 
 
+def without_old_tokenizer(mine: list[str] | None) -> list[str] | None:
+    """``mine`` (canonical overrides) less ``data.tokenizer_version=1``; ``None`` if it has none.
+
+    Why: a run from before tokenizer versions read its text as version 1 does without that override,
+    and resuming it is refused with the advice to add it; the run so resumed then had other overrides
+    than its earlier run, so ``resume=true`` resumed the task's newest ``last.ckpt`` (another run's), and
+    each job of a resumed sweep started afresh.
+    """
+    if not mine:
+        return None
+    kept = [o for o in mine if o.lstrip("+") != "data.tokenizer_version=1"]
+    return kept if len(kept) < len(mine) else None
+
+
+def before_tokenizer_versions(folder: Path) -> bool:
+    """Whether the run in ``folder`` read text (``data.tokenizer``) before tokenizer versions were recorded:
+    its ``.hydra/config.yaml`` has no ``data.tokenizer_version``."""
+    try:
+        data = OmegaConf.select(OmegaConf.load(folder / ".hydra" / "config.yaml"), "data")
+    except Exception:  # noqa: BLE001 - no config to tell: not such a run
+        return False
+    return isinstance(data, DictConfig) and "tokenizer" in data and "tokenizer_version" not in data
+
+
 def run_files(roots: list[Path]) -> tuple[list[Path], list[Path]]:
     """Every ``checkpoints/last.ckpt`` and ``.hydra/overrides.yaml`` under ``roots``, in one walk of each.
 
@@ -110,6 +134,8 @@ class Search:
         # jobs name their task among their overrides)
         self.roots = [self.runs, Path(cfg.paths.log_dir) / MIXED_SWEEP]
         self.mine = job_overrides(list(hydra.overrides.task)) if hydra else None
+        # these overrides as a run from before tokenizer versions had them (data.tokenizer_version=1 implied)
+        self.mine_before_versions = without_old_tokenizer(self.mine)
         self.folder = Path(hydra.runtime.output_dir).resolve() if hydra else None  # this run's (job's) own
         left = self.folder / "checkpoints" / "last.ckpt" if self.folder is not None else None
         self.left_here = left if left is not None and left.is_file() else None  # by an earlier attempt in it
@@ -127,11 +153,21 @@ class Search:
         """Every earlier run's ``last.ckpt``, newest first."""
         return sorted(self.earlier(self._files[0]), key=lambda p: p.stat().st_mtime, reverse=True)
 
+    def same_overrides(self, theirs: list[str], folder: Path | None = None) -> bool:
+        """Whether an earlier run's canonical overrides are this run's: the same, or this run's less
+        ``data.tokenizer_version=1`` for a run from before tokenizer versions (that of ``folder``; with
+        no folder to tell, e.g. this sweep job's own, a run of another version is refused when resumed)."""
+        if theirs == self.mine:
+            return True
+        return (self.mine_before_versions is not None and theirs == self.mine_before_versions
+                and (folder is None or before_tokenizer_versions(folder)))
+
     @cached_property
     def matching(self) -> set[Path]:
         """The folders of the earlier runs with these overrides (each ``overrides.yaml`` read once)."""
         return {p.parent.parent for p in self.earlier(self._files[1])
-                if self.mine is not None and job_overrides(list(OmegaConf.load(p))) == self.mine}
+                if self.mine is not None and self.same_overrides(job_overrides(list(OmegaConf.load(p))),
+                                                                 p.parent.parent)}
 
     @cached_property
     def own(self) -> list[Path]:
@@ -174,7 +210,7 @@ def in_its_own_sweep_job_folder(s: Search) -> Decision | None:
     if not s.sweep or s.left_here is None:
         return None
     recorded = recorded_overrides(s.left_here.parent.parent)
-    if recorded is None or job_overrides(recorded) == s.mine:
+    if recorded is None or s.same_overrides(job_overrides(recorded)):
         log.info("resuming %s (this job's own folder in the sweep folder, from an earlier attempt%s)", s.left_here,
                  "" if recorded is not None else "; it left no result.json to compare its overrides with")
         return Decision(str(s.left_here))

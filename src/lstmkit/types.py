@@ -12,6 +12,7 @@ Two small types travel through every pipeline:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -143,6 +144,15 @@ def spec_identity(spec: dict[str, Any]) -> dict[str, Any]:
         stored = stored_part(spec, part)
         identity.update({f"{part}.{key}": stored.get(key) for key in keys})
     return identity
+
+
+def stored_data(data: Mapping[str, Any]) -> dict[str, Any]:
+    """A run's stored data config (``data.*``) with what a run from before a setting existed lacks filled in:
+    a text datamodule's (one with a ``tokenizer``) ``tokenizer_version`` is 1 (``TOKENIZER_DEFAULTS``)."""
+    settings = dict(data)
+    if "tokenizer" in settings and "tokenizer_version" not in settings:
+        settings["tokenizer_version"] = TOKENIZER_DEFAULTS["version"]
+    return settings
 
 
 def stored_part(spec: dict[str, Any], part: str) -> dict[str, Any]:

@@ -29,8 +29,8 @@ What is copied, for every parameter of the included parts (``init_from.include``
 * the head only when its outputs are the same (classes, and for a language model the same
   vocabulary in the same order), since its rows are not matched by token;
 * the same name with another shape is an error that names both shapes and, for the LSTM, the
-  settings to change (``model.hidden_size``, ``model.proj_size``, ``encoder.dim``...): a silent skip
-  would leave the user thinking the model was initialised.
+  settings to change (``model.hidden_size``, ``model.proj_size``, the encoder's ``dim`` or ``project``...):
+  a silent skip would leave the user thinking the model was initialised.
 * feature inputs (``data.features``) in another order are an error: the weights that read them
   have a column per feature.
 """
@@ -42,6 +42,7 @@ import re
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -146,7 +147,8 @@ def init_from_checkpoint(
                 raise ConfigError(
                     f"init_from.ckpt_path={ckpt_path}: {name} has shape {tuple(source.shape)} in the checkpoint "
                     f"but {tuple(target.shape)} in this model; "
-                    + (_lstm_advice(owner, name, source_state) if isinstance(owner, nn.LSTM) else
+                    + (_lstm_advice(owner, name, source_state, _encoders(model, ckpt))
+                       if isinstance(owner, nn.LSTM) else
                        "make the sizes match (encoder.dim, model.hidden_size...)")
                     + f", or leave {name.split('.', 1)[0]} out of init_from.include")
             done.add(id(target))
@@ -198,7 +200,7 @@ def init_reverse_from_checkpoint(model: nn.Module, ckpt_path: str | Path) -> War
                 raise ConfigError(
                     f"init_from.reverse_ckpt_path={ckpt_path}: core.lstm.{name.removesuffix('_reverse')} has shape "
                     f"{tuple(source.shape)} there but the reverse direction here is {tuple(target.shape)}; "
-                    + _lstm_advice(lstm, f"core.lstm.{name}", state)
+                    + _lstm_advice(lstm, f"core.lstm.{name}", state, _encoders(model, ckpt))
                     + " (the backward language model's sizes must be the forward direction's)")
             else:
                 target.copy_(source.to(target.dtype))
@@ -289,18 +291,41 @@ def _fill_half(lstm: nn.Module, name: str, source: torch.Tensor, target: torch.T
     return True
 
 
-def _lstm_advice(lstm: nn.Module, name: str, state: dict[str, torch.Tensor]) -> str:
-    """What to set for an LSTM tensor whose shape differs: the checkpoint's sizes against this model's."""
+# encoder settings that decide how many inputs per step the LSTM reads: EmbeddingEncoder's dim, FeatureEncoder's
+# project, SpectrogramEncoder's features / n_mels / n_mfcc / stack / deltas, BeatEncoder's difference
+ENCODER_SIZES = ("dim", "project", "features", "n_mels", "n_mfcc", "stack", "deltas", "difference")
+
+
+def _encoders(model: nn.Module, ckpt: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """This model's encoder config and the checkpoint's (``{}`` where not recorded)."""
+    ours = getattr(model, "hparams", {}).get("encoder") or {}
+    return dict(ours), dict(ckpt.get("hyper_parameters", {}).get("encoder") or {})
+
+
+def _lstm_advice(lstm: nn.Module, name: str, state: dict[str, torch.Tensor],
+                 encoders: tuple[dict[str, Any], dict[str, Any]] = ({}, {})) -> str:
+    """What to set for an LSTM tensor whose shape differs: the checkpoint's sizes against this model's
+    (``encoders``: this model's encoder config and the checkpoint's, for the LSTM's input size)."""
     owner = name[: name.rfind(".") + 1]
     source = _lstm_sizes(state, owner)
     if not isinstance(lstm, nn.LSTM) or source is None:
-        return "make the sizes match (encoder.dim, model.hidden_size, model.proj_size)"
+        return "make the sizes match (the encoder's output size, model.hidden_size, model.proj_size)"
     here = {"hidden_size": lstm.hidden_size, "proj_size": lstm.proj_size, "input": lstm.input_size,
             "bidirectional": lstm.bidirectional}
     fixes = [f"model.{key}={source[key]}" for key in ("hidden_size", "proj_size") if source[key] != here[key]]
     if source["input"] != here["input"]:
-        fixes.append(f"encoder.dim={source['input']} (the LSTM's input size: {source['input']} there, "
-                     f"{here['input']} here)")
+        # the encoder settings that decide the input size, as the checkpoint has them: encoder.dim is an
+        # embedding's, and was advised for feature and audio encoders too, which have no such setting
+        ours, theirs = encoders
+        inputs = [f"encoder.{key}={_plain(theirs[key])}" for key in ENCODER_SIZES
+                  if key in theirs and ours.get(key) != theirs[key]]
+        if not inputs and "dim" in ours:  # an embedding's vectors are the LSTM's inputs
+            inputs = [f"encoder.dim={source['input']}"]
+        size = f"the LSTM's input size: {source['input']} there, {here['input']} here"
+        if not inputs:
+            return (f"this model's encoder gives the LSTM another input size ({size}): give it the checkpoint's "
+                    f"encoder settings and data features" + (f", and set {' and '.join(fixes)}" if fixes else ""))
+        fixes.append(f"{' and '.join(inputs)} ({size})")
     if fixes:
         return f"set {' and '.join(fixes)} as the checkpoint's LSTM has"
     if source["bidirectional"] and not here["bidirectional"]:
@@ -308,6 +333,15 @@ def _lstm_advice(lstm: nn.Module, name: str, state: dict[str, torch.Tensor]) -> 
         return ("the checkpoint's LSTM is bidirectional, so from its second layer on each layer reads both "
                 "directions: set model.bidirectional=true, or model.num_layers=1 (its first layer is copied)")
     return "make the sizes match (encoder.dim, model.hidden_size, model.proj_size)"
+
+
+def _plain(value: Any) -> str:
+    """A config value as an override writes it (``true``, ``[a,b]``)."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(map(_plain, value)) + "]"
+    return str(value)
 
 
 def _lstm_sizes(state: dict[str, torch.Tensor], owner: str) -> dict[str, object] | None:

@@ -29,6 +29,7 @@ from lstmkit.ensemble import SequenceEnsemble, setting_differences
 from lstmkit.errors import CheckpointError, ConfigError, DataError
 from lstmkit.loggers import configure_wandb
 from lstmkit.module import SequenceModel
+from lstmkit.types import stored_data
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +100,7 @@ def check_spec_settings(stored: dict[str, Any], overrides: dict[str, Any]) -> No
     except Exception:  # noqa: BLE001 - building the datamodule reports a bad target itself
         return
     fixed = getattr(datamodule_cls, "spec_settings", ())
+    stored = stored_data(stored)  # a checkpoint from before tokenizer versions: version 1, not None
     changed = {k: v for k, v in overrides.items() if k in fixed and plain(v) != plain(stored.get(k))}
     if changed:
         key, value = next(iter(changed.items()))
