@@ -274,6 +274,55 @@ def test_a_classifiers_input_file_table_gives_its_text_column(tmp_path) -> None:
     lines = run_cli("predict", f"ckpt_path={ckpt}", f"input_file={tmp_path / 'texts.csv'}", cwd=tmp_path).stdout
     (result,) = [json.loads(line) for line in lines.strip().splitlines()]
     assert result["input"] == "what a wonderful film"
+    # a table whose text column is named otherwise: the error's advice, data.text_column=, works (predict
+    # refused every data.* setting of a sentiment model)
+    proc = run_cli("predict", f"ckpt_path={ckpt}", f"input_file={table}", cwd=tmp_path, check=False)
+    assert proc.returncode != 0 and "Set data.text_column to the right names" in proc.stderr, proc.stderr
+    lines = run_cli("predict", f"ckpt_path={ckpt}", f"input_file={table}", "data.text_column=review", cwd=tmp_path).stdout
+    assert [json.loads(line)["input"] for line in lines.strip().splitlines()] == ["lovely, and brilliant", "dull"]
+    proc = run_cli("predict", f"ckpt_path={ckpt}", "input=fine", "data.label_column=x", cwd=tmp_path, check=False)
+    assert proc.returncode != 0 and "reads its input files with data.text_column" in proc.stderr, proc.stderr
+
+
+def test_predict_reads_label_prefixed_lines_as_training_did(tmp_path) -> None:
+    """A text classifier trained on '<label> <text>' lines (SST-2's stsa.binary.*) predicts from such a
+    file by its texts: read as plain lines, "0 one long string of cliches ." was scored with its "0"."""
+    from omegaconf import OmegaConf
+
+    from lstmkit.commands.predict import collect_inputs_and_origins, prefixed_labels
+    from lstmkit.types import DataSpec
+
+    dev = tmp_path / "stsa.binary.dev"
+    dev.write_text("0 one long string of cliches .\n\n1\ta gorgeous , witty film .\n", encoding="utf-8")
+    cfg = OmegaConf.create({"input_file": str(dev)})
+    spec = DataSpec(input_kind="tokens", vocab=["<pad>", "<unk>"], classes=["negative", "positive"], pad_id=0)
+    named = {"format": "auto", "label_names": {0: "negative", 1: "positive"}}
+    labels = prefixed_labels(cfg, spec, named)
+    assert labels == {"0", "1", "negative", "positive"}
+    inputs, origins = collect_inputs_and_origins(cfg, "text", labels=labels)
+    assert inputs == ["one long string of cliches .", "a gorgeous , witty film ."]
+    assert origins == [(str(dev), 1), (str(dev), 3)]
+    # a file of plain texts (a line without a label) is read one text per line, as before
+    plain = tmp_path / "reviews.txt"
+    plain.write_text("0 stars from me\na gorgeous film\n", encoding="utf-8")
+    plain_cfg = OmegaConf.create({"input_file": str(plain)})
+    assert collect_inputs_and_origins(plain_cfg, "text", labels=prefixed_labels(plain_cfg, spec, named))[0] == [
+        "0 stars from me", "a gorgeous film"]
+    # a model whose training read tables (or a delimiter) reads no labels off lines
+    assert prefixed_labels(cfg, spec, {"format": "csv"}) is None
+    assert prefixed_labels(cfg, spec, {"format": "auto", "delimiter": ";"}) is None
+    assert prefixed_labels(OmegaConf.create({"input_file": "x.csv"}), spec, named) is None
+    assert prefixed_labels(cfg, spec, {"format": "prefixed"}) == {"negative", "positive"}
+    # end to end, with a model trained on such files
+    train = tmp_path / "data"
+    train.mkdir()
+    rows = "".join(f"{i % 2} {'a fine film' if i % 2 else 'a dull film'} {i}\n" for i in range(200))
+    (train / "stsa.binary.train").write_text(rows, encoding="utf-8")
+    run_cli("train", f"data.path={train}", "model.hidden_size=8", "encoder.dim=8", *QUICK, "test=false",
+            cwd=tmp_path)
+    ckpt = next((tmp_path / "logs" / "sentiment" / "runs").glob("*/checkpoints/last.ckpt"))
+    lines = run_cli("predict", f"ckpt_path={ckpt}", f"input_file={dev}", cwd=tmp_path).stdout
+    assert [json.loads(line)["input"] for line in lines.strip().splitlines()] == inputs
 
 
 def test_a_predict_error_in_a_row_does_not_question_the_checkpoint() -> None:

@@ -31,13 +31,20 @@ TABLE_SUFFIXES = {".csv": ",", ".tsv": "\t"}
 
 
 def collect_inputs_and_origins(cfg: DictConfig, text_column: str | None = None, paths: bool = False,
-                               delimiter: str | None = None) -> tuple[list[Any], list[tuple[str, int]]]:
+                               delimiter: str | None = None, labels: frozenset[str] | None = None,
+                               ) -> tuple[list[Any], list[tuple[str, int]]]:
     """The inputs, and where each came from: ``("input", item number)`` or ``(input_file, line)``.
 
     ``text_column``: for a text classifier, the column its training files' texts came from. An
     ``input_file`` that is a CSV/TSV/JSONL table then gives that column's texts, one per row: read
     as lines, its header and every ``text,label`` line were classified as texts, label included.
     ``delimiter``: the model's ``data.delimiter`` (``;``), for such a CSV table.
+
+    ``labels``: a text classifier's labels as its training files wrote them, when it read other files
+    than tables as ``<label> <text>`` lines (the SST-2 ``stsa.binary.*`` layout). An ``input_file``
+    whose every line starts with one of them is read so: its texts without the label (read as plain
+    lines, "0 one long string of cliches ." was classified with its "0"). A file of plain texts is
+    read one text per line, as before.
 
     ``paths``: the model reads files (wavs, price or beat files). A relative path on a line of
     ``input_file`` is then taken relative to that file's folder, as a manifest's are, when the file
@@ -54,7 +61,7 @@ def collect_inputs_and_origins(cfg: DictConfig, text_column: str | None = None, 
         path = Path(cfg.input_file)
         content = read_text(path)
         records = (csv_records(content, (table == ".csv" and delimiter) or TABLE_SUFFIXES[table], path, required=(text_column,),
-                               hint="the model's data.text_column") if table in TABLE_SUFFIXES
+                               hint="data.text_column") if table in TABLE_SUFFIXES
                    else jsonl_records(content, path))
         for row, record in records:
             text = record.get(text_column)
@@ -76,6 +83,10 @@ def collect_inputs_and_origins(cfg: DictConfig, text_column: str | None = None, 
                         cfg.input_file, len(lines) - len(kept))
         if paths:
             kept = _beside(Path(cfg.input_file), kept)
+        elif labels and all(len(line.split(None, 1)) == 2 and line.split(None, 1)[0] in labels for line in kept):
+            kept = [line.split(None, 1)[1].rstrip() for line in kept]
+            log.info("input_file=%s: read as '<label> <text>' lines, as the model's training files were: the "
+                     "texts without their labels, one result per line", cfg.input_file)
         inputs.extend(kept)
         origins += [(str(cfg.input_file), number) for number, line in enumerate(lines, start=1) if line.strip()]
     if not inputs:
@@ -122,6 +133,21 @@ def input_context(ckpt_path: str, model: Any, datamodule_cls: Any) -> Iterator[N
         ) from None
 
 
+def prefixed_labels(cfg: DictConfig, spec: DataSpec, data: Any) -> frozenset[str] | None:
+    """A text classifier's labels as its training files wrote them (``data.label_names``' keys for the
+    classes it renames), when its training read ``input_file`` as ``<label> <text>`` lines: its
+    ``data.format`` is ``prefixed``, or ``auto`` with no ``data.delimiter`` and the file no table."""
+    if spec.input_kind != "tokens" or not spec.classes or not cfg.get("input_file"):
+        return None
+    fmt = str(data.get("format") or "auto")
+    suffix = Path(str(cfg.input_file)).suffix.lower()
+    if not (fmt == "prefixed" or (fmt == "auto" and not data.get("delimiter")
+                                  and suffix not in {*TABLE_SUFFIXES, ".jsonl", ".json"})):
+        return None
+    renamed = {str(raw) for raw, name in (plain(data.get("label_names")) or {}).items() if str(name) in spec.classes}
+    return frozenset({*map(str, spec.classes), *renamed})
+
+
 def reading_spec(spec: DataSpec, datamodule_cls: type, data: Any) -> DataSpec:
     """The checkpoint's spec with ``data.*`` reading settings of the command line, for input files only.
 
@@ -161,10 +187,12 @@ def predict(cfg: DictConfig) -> list[dict[str, Any]]:
     datamodule_cls = build({"_target_": check_target(model.spec.datamodule), "_partial_": True}).func
     spec = reading_spec(model.spec, datamodule_cls, cfg.get("data"))  # how the inputs are read
     data = model.hparams.get("data") or {}
-    text_column = data.get("text_column") if model.spec.classes else None
+    text_column = (plain(cfg.get("data")) or {}).get("text_column") or data.get("text_column")  # data.text_column=
+    text_column = text_column if model.spec.classes else None
     raw_inputs, origins = collect_inputs_and_origins(cfg, text_column if model.spec.input_kind == "tokens" else None,
                                                      paths=model.spec.input_kind != "tokens",
-                                                     delimiter=data.get("delimiter"))
+                                                     delimiter=data.get("delimiter"),
+                                                     labels=prefixed_labels(cfg, model.spec, data))
     named = paths[0] if len(paths) == 1 else f"ensemble of {', '.join(paths)}"  # how input errors name it
     inputs: list[Any] = []
     item_origins: list[tuple[str, int] | None] = []  # where each item came from; None: a row of an input file

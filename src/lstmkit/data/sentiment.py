@@ -12,7 +12,7 @@ import logging
 import random
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -159,6 +159,8 @@ class SentimentDataModule(SequenceDataModule):
     """
 
     predict_input = "texts"  # what `lstmkit predict input=...` expects (named in errors)
+    # predict's input_file: a table's text column may be named otherwise than the training files' was
+    predict_read_options: ClassVar[dict[str, tuple[str, ...] | None]] = {"text_column": None}
     spec_settings = ("tokenizer", "tokenizer_version", "lowercase", "max_length", "subwords", "min_count", "max_vocab")
 
     def __init__(
