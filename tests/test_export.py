@@ -178,7 +178,12 @@ def test_exported_stock_model_says_how_to_read_its_forecasts(make_cfg, tmp_path:
 
 def test_exported_language_model_says_how_to_prepare_a_prompt(make_cfg, tmp_path: Path) -> None:
     """A server following spec.json (``prepare``: <eos> first; ``head``: the last valid step, <pad> left
-    out) proposes predict's next words from the ONNX graph; without the <eos> it did not (a tester)."""
+    out) proposes predict's next words from the ONNX graph; without the <eos> it did not (a tester).
+    It tokenises the prompts from ``prepare.tokenizer`` alone: a server splitting on ``\\w+|[^\\w\\s]``
+    (spec.json said only "tokenised with spec.tokenizer") read "isn't" and "it’s" otherwise than predict."""
+    import re
+    import unicodedata
+
     import onnxruntime
 
     from lstmkit.data.language_model import NextWordDataModule
@@ -187,7 +192,8 @@ def test_exported_language_model_says_how_to_prepare_a_prompt(make_cfg, tmp_path
     datamodule = instantiate(cfg.data, _convert_="all")
     datamodule.setup("fit")
     model = build_model(cfg, datamodule).eval()
-    prompts = ["the market", "we saw the"]
+    prompts = ["the market", "we saw the", ("it\u2019s great, isn't it? The \u2018twist\u2019 \u201cending\u201d: "
+                                            "rock 'n' roll, 'em, '70s 'quoted' ##tag cafe\u0301 the")]
     batch = NextWordDataModule.make_predict_batch(model.spec, prompts)
     with torch.no_grad():
         expected = [p["next_words"] for p in model.head.decode(*model(batch.inputs, batch.lengths))]
@@ -195,8 +201,48 @@ def test_exported_language_model_says_how_to_prepare_a_prompt(make_cfg, tmp_path
     record = json.loads(Path(result["spec_path"]).read_text())
     assert record["prepare"]["inputs"].startswith("(batch, time) int64: the id of <eos> first")
     vocab = record["spec"]["vocab"]
-    rows = [[vocab.index("<eos>"), *(vocab.index(w) if w in vocab else vocab.index("<unk>") for w in p.split())]
-            for p in prompts]
+    recipe = record["prepare"]["tokenizer"]
+    assert (recipe["level"], recipe["version"]) == ("word", 2) and recipe["reference"] == "lstmkit.data.text.tokenize"
+
+    def serve(text: str) -> list[str]:  # the tokenizer, from spec.json's words and data only
+        tokens: list[str] = []
+        for step in recipe["steps"]:
+            if step["step"] == "normalise":
+                text = unicodedata.normalize(step["unicode"], text).translate(str.maketrans(step["quotes"]))
+            elif step["step"] == "lowercase":
+                text = text.lower()
+            elif step["step"] == "match":
+                assert step["flags"] == ["UNICODE"]
+                tokens = re.findall(step["pattern"], text)
+            elif step["step"] == "split_quotes":
+                split = []
+                for token in tokens:
+                    if (token[0] != "'" and token[-1] != "'") or not token.strip("'") or token.casefold() in step["whole"]:
+                        split.append(token)
+                        continue
+                    rest = token.lstrip("'")
+                    lead, core = token[: len(token) - len(rest)], rest.rstrip("'")
+                    trail = rest[len(core):]
+                    if lead == "'" and not trail and (core.casefold() in step["elisions"] or core[0].isdigit()):
+                        split.append(token)
+                    else:
+                        split += [part for part in (lead, core, trail) if part]
+                tokens = split
+            elif step["step"] == "escape":
+                tokens = ["\\" + t if re.match(step["pattern"], t) else t for t in tokens]
+            else:
+                raise AssertionError(f"a step this server does not know: {step}")
+        return tokens
+
+    from lstmkit.data.text import tokenize
+
+    served = [serve(p) for p in prompts]
+    assert served == [tokenize(p, **model.spec.tokenizer, prompt=True) for p in prompts]
+    assert served[2][:6] == ["it's", "great", ",", "isn't", "it", "?"] and "café" in served[2], served[2]
+    assert ["'", "twist", "'"] == served[2][7:10] and "'n'" in served[2] and "'70s" in served[2], served[2]
+    assert served[2] != re.findall(r"\w+|[^\w\s]", prompts[2])  # the tester's server
+    rows = [[vocab.index("<eos>"), *(vocab.index(w) if w in vocab else vocab.index("<unk>") for w in p)]
+            for p in served]
     lengths = torch.tensor([len(r) for r in rows])
     inputs = torch.full((len(rows), int(lengths.max())), record["spec"]["pad_id"])
     for i, row in enumerate(rows):

@@ -46,6 +46,7 @@ from lstmkit.data.text import (
     learn_subwords,
     read_text,
     tokenize,
+    tokenizer_recipe,
 )
 from lstmkit.errors import ConfigError, DataError
 from lstmkit.types import Batch, DataSpec
@@ -838,7 +839,8 @@ class NextWordDataModule(SequenceDataModule):
     def serving_inputs(cls, spec: DataSpec) -> dict[str, Any]:
         order = "the prompt's ids reversed (a backward model)" if spec.extra.get("reverse") else "the prompt's ids"
         return {"inputs": f"(batch, time) int64: the id of {EOS} first, then {order}; padded with spec.pad_id",
-                "tokens": f"the prompt tokenised with spec.tokenizer, each token's index in spec.vocab ({UNK} if absent)",
+                "tokens": f"the prompt tokenised as tokenizer says, each token's index in spec.vocab ({UNK} if absent)",
+                "tokenizer": tokenizer_recipe(spec.tokenizer or {}, prompt=True),
                 "lengths": "(batch,) int64: ids per row, the <eos> included"}
 
     @classmethod

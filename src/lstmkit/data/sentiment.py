@@ -36,6 +36,7 @@ from lstmkit.data.text import (
     learn_subwords,
     read_labelled_text,
     tokenize,
+    tokenizer_recipe,
 )
 from lstmkit.errors import DataError
 from lstmkit.types import Batch, DataSpec
@@ -317,8 +318,9 @@ class SentimentDataModule(SequenceDataModule):
     @classmethod
     def serving_inputs(cls, spec: DataSpec) -> dict[str, Any]:
         return {"inputs": "(batch, time) int64: the text's ids, padded with spec.pad_id",
-                "tokens": "the text tokenised with spec.tokenizer (its max_length tokens at most), each token's "
+                "tokens": "the text tokenised as tokenizer says (its max_length tokens at most), each token's "
                           "index in spec.vocab (<unk> if absent); an empty text is one <unk>",
+                "tokenizer": tokenizer_recipe(spec.tokenizer or {}),
                 "lengths": "(batch,) int64: ids per row"}
 
     @classmethod

@@ -98,6 +98,57 @@ def tokenize(text: str, level: str = "word", lowercase: bool = True, subwords: s
     return Subwords.from_json(subwords).split(tokens) if subwords else tokens
 
 
+def tokenizer_recipe(settings: dict[str, Any], prompt: bool = False) -> dict[str, Any]:
+    r"""How :func:`tokenize` splits a text with ``settings`` (a spec's ``tokenizer``), as data and exact
+    words, for an exported model's ``spec.json``: a server without lstmkit must split text as training
+    did (splitting on ``\w+|[^\w\s]`` read "it's" as three tokens, and "it’s" with a typographic
+    quote as others again). ``steps`` are applied in order; ``reference`` is the implementation."""
+    level = settings.get("level", "word")
+    version = int(settings.get("version", 1))
+    quotes = {chr(k): v for k, v in sorted(_QUOTES.items())}
+    steps: list[dict[str, Any]] = [
+        {"step": "normalise", "unicode": "NFC", "quotes": quotes,
+         "rule": "unicodedata.normalize('NFC', text), then each character that is a key of quotes replaced by its "
+                 "value (typographic quotes as ASCII ones); an ASCII text is unchanged by both"},
+    ]
+    if settings.get("lowercase", True):
+        steps.append({"step": "lowercase", "rule": "Python's str.lower() of the whole text"})
+    if level == "char":
+        strip = ("text.lstrip().rstrip('\r\n'): the prompt's trailing spaces are kept" if prompt
+                 else "text.strip()")
+        steps.append({"step": "characters", "rule": f"the characters of {strip}, each a token"})
+    elif level == "whitespace":
+        steps.append({"step": "split", "rule": "Python's str.split(): runs of whitespace separate tokens"})
+    else:
+        steps.append({"step": "match", "pattern": _WORD.pattern, "flags": ["UNICODE"],
+                      "rule": "the tokens are the pattern's non-overlapping matches, left to right (Python's "
+                              "re.findall; \\w is Unicode word characters, letters of every script and digits and _)"})
+        if version >= 2:
+            steps.append({
+                "step": "split_quotes", "elisions": sorted(_ELISIONS), "whole": sorted(_WHOLE),
+                "rule": "for each token: kept as it is when neither its first nor its last character is ' , when it "
+                        "is made of ' alone, or when its lowercase form (str.casefold) is in whole. Otherwise lead is "
+                        "its run of ' at the start, trail its run of ' at the end of the rest, and core what is "
+                        "between. When lead is exactly one ' and trail is empty and (core.casefold() is in elisions "
+                        "or core's first character is a digit, str.isdigit), the token is kept as it is ('s, 'em, "
+                        "'70s). Otherwise it becomes lead, core, trail, in that order, leaving out the empty ones",
+            })
+    if version >= 2 and level != "char":
+        steps.append({"step": "escape", "pattern": _MARK.pattern,
+                      "rule": "a token on which the pattern matches at its start (re.match) gets a backslash "
+                              "before it: ##tag is \\##tag, so that it is not read as a subword's continuation"})
+    if settings.get("subwords"):
+        steps.append({"step": "subwords", "model": "spec.tokenizer.subwords",
+                      "rule": "each token split into byte-pair pieces by the SentencePiece model stored (base64, "
+                              "with its known pieces) in spec.tokenizer.subwords, as lstmkit.data.text.Subwords.split "
+                              "does: pieces after a word's first carry ## before them; a token such as <unk> is kept whole"})
+    if settings.get("max_length"):
+        steps.append({"step": "truncate", "max_length": settings["max_length"],
+                      "rule": "the first max_length tokens only"})
+    return {"level": level, "version": version, "lowercase": bool(settings.get("lowercase", True)),
+            "steps": steps, "reference": "lstmkit.data.text.tokenize"}
+
+
 def unescape(words: list[str], version: int = 1) -> list[str]:
     r"""Words of a version-2 tokenizer as the text wrote them: ``\##tag`` is ``##tag`` again (version 1
     escaped nothing). For display (generated text), not for looking tokens up in the vocabulary."""
