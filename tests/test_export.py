@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+import unicodedata
 from pathlib import Path
 
 import pytest
@@ -176,14 +178,69 @@ def test_exported_stock_model_says_how_to_read_its_forecasts(make_cfg, tmp_path:
     torch.testing.assert_close(served, torch.tensor(expected, dtype=torch.float64), rtol=1e-4, atol=1e-3)
 
 
+def serve_tokens(recipe: dict, text: str) -> list[str]:
+    """A server's tokenizer, written from spec.json's ``prepare.tokenizer`` (its data and words) alone."""
+    tokens: list[str] = []
+    for step in recipe["steps"]:
+        if step["step"] == "normalise":
+            text = unicodedata.normalize(step["unicode"], text).translate(str.maketrans(step["quotes"]))
+        elif step["step"] == "lowercase":
+            text = text.lower()
+        elif step["step"] == "match":
+            assert step["flags"] == ["UNICODE"]
+            tokens = re.findall(step["pattern"], text)
+        elif step["step"] == "split_quotes":
+            split = []
+            for token in tokens:
+                if (token[0] != "'" and token[-1] != "'") or not token.strip("'") or token.casefold() in step["whole"]:
+                    split.append(token)
+                    continue
+                rest = token.lstrip("'")
+                lead, core = token[: len(token) - len(rest)], rest.rstrip("'")
+                trail = rest[len(core):]
+                if lead == "'" and not trail and (core.casefold() in step["elisions"] or core[0].isdigit()):
+                    split.append(token)
+                else:
+                    split += [part for part in (lead, core, trail) if part]
+            tokens = split
+        elif step["step"] == "split":
+            tokens = text.split()
+        elif step["step"] == "characters":
+            tokens = list(text.lstrip().rstrip("\r\n") if "lstrip()" in step["rule"] else text.strip())
+        elif step["step"] == "truncate":
+            tokens = tokens[: step["max_length"]]
+        elif step["step"] == "escape":
+            tokens = ["\\" + t if re.match(step["pattern"], t) else t for t in tokens]
+        else:
+            raise AssertionError(f"a step this server does not know: {step}")
+    return tokens
+
+
+@pytest.mark.parametrize("settings", [
+    {"level": "word", "lowercase": True, "version": 2, "max_length": 12},
+    {"level": "word", "lowercase": False},  # version 1: a spec without a version
+    {"level": "whitespace", "lowercase": True, "version": 2},
+    {"level": "char", "lowercase": True, "version": 2},
+])
+def test_spec_json_tokenizer_steps_reproduce_tokenize(settings: dict) -> None:
+    """prepare.tokenizer of every level and version splits as predict does ("it's great, isn't it?" with
+    typographic quotes: a server splitting on \\w+|[^\\w\\s] did not)."""
+    from lstmkit.data.sentiment import SentimentDataModule
+    from lstmkit.data.text import tokenize
+
+    spec = DataSpec(input_kind="tokens", vocab=["<pad>", "<unk>"], classes=["a", "b"], pad_id=0, tokenizer=settings)
+    recipe = json.loads(json.dumps(SentimentDataModule.serving_inputs(spec)))["tokenizer"]
+    given = {k: v for k, v in settings.items() if k != "max_length"}
+    for text in ("It\u2019s great, isn't it? \u201cThe \u2018twist\u2019\u201d  ", "##tag rock 'n' roll 'em '70s cafe\u0301 ''x''"):
+        expected = tokenize(text, **given)[: settings.get("max_length")]
+        assert serve_tokens(recipe, text) == expected, (recipe, text)
+
+
 def test_exported_language_model_says_how_to_prepare_a_prompt(make_cfg, tmp_path: Path) -> None:
     """A server following spec.json (``prepare``: <eos> first; ``head``: the last valid step, <pad> left
     out) proposes predict's next words from the ONNX graph; without the <eos> it did not (a tester).
     It tokenises the prompts from ``prepare.tokenizer`` alone: a server splitting on ``\\w+|[^\\w\\s]``
     (spec.json said only "tokenised with spec.tokenizer") read "isn't" and "it’s" otherwise than predict."""
-    import re
-    import unicodedata
-
     import onnxruntime
 
     from lstmkit.data.language_model import NextWordDataModule
@@ -204,39 +261,10 @@ def test_exported_language_model_says_how_to_prepare_a_prompt(make_cfg, tmp_path
     recipe = record["prepare"]["tokenizer"]
     assert (recipe["level"], recipe["version"]) == ("word", 2) and recipe["reference"] == "lstmkit.data.text.tokenize"
 
-    def serve(text: str) -> list[str]:  # the tokenizer, from spec.json's words and data only
-        tokens: list[str] = []
-        for step in recipe["steps"]:
-            if step["step"] == "normalise":
-                text = unicodedata.normalize(step["unicode"], text).translate(str.maketrans(step["quotes"]))
-            elif step["step"] == "lowercase":
-                text = text.lower()
-            elif step["step"] == "match":
-                assert step["flags"] == ["UNICODE"]
-                tokens = re.findall(step["pattern"], text)
-            elif step["step"] == "split_quotes":
-                split = []
-                for token in tokens:
-                    if (token[0] != "'" and token[-1] != "'") or not token.strip("'") or token.casefold() in step["whole"]:
-                        split.append(token)
-                        continue
-                    rest = token.lstrip("'")
-                    lead, core = token[: len(token) - len(rest)], rest.rstrip("'")
-                    trail = rest[len(core):]
-                    if lead == "'" and not trail and (core.casefold() in step["elisions"] or core[0].isdigit()):
-                        split.append(token)
-                    else:
-                        split += [part for part in (lead, core, trail) if part]
-                tokens = split
-            elif step["step"] == "escape":
-                tokens = ["\\" + t if re.match(step["pattern"], t) else t for t in tokens]
-            else:
-                raise AssertionError(f"a step this server does not know: {step}")
-        return tokens
 
     from lstmkit.data.text import tokenize
 
-    served = [serve(p) for p in prompts]
+    served = [serve_tokens(recipe, p) for p in prompts]
     assert served == [tokenize(p, **model.spec.tokenizer, prompt=True) for p in prompts]
     assert served[2][:6] == ["it's", "great", ",", "isn't", "it", "?"] and "café" in served[2], served[2]
     assert ["'", "twist", "'"] == served[2][7:10] and "'n'" in served[2] and "'70s" in served[2], served[2]
