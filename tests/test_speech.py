@@ -122,6 +122,27 @@ def test_fsdd_names_and_official_split(tmp_path):
     assert set(dm.spec.classes) == {BLANK, " ", *"onetwhr"}
 
 
+def test_an_audio_file_as_data_path_is_not_read_as_a_manifest(tmp_path):
+    """eval data.path=some.wav said "row 1: not valid UTF-8 ... re-save the file as UTF-8"."""
+    clip = tmp_path / "some.wav"
+    sf.write(str(clip), np.zeros(800, dtype=np.float32), 8000)
+    odd = tmp_path / "clip.bin"  # a WAV by its content, whatever its name
+    odd.write_bytes(clip.read_bytes())
+    for path in (clip, odd):
+        with pytest.raises(DataError, match=re.escape(f"{path}: data.path is an audio file; expected a folder of "
+                                                      "recordings or a manifest CSV (to transcribe one clip: "
+                                                      "lstmkit predict")):
+            SpeechDataModule(path=str(path)).setup()
+
+
+def test_an_empty_audio_file_is_said_to_be_empty(tmp_path):
+    """A 0-byte .wav gave libsndfile's "cannot decode audio (Format not recognised)"."""
+    empty = tmp_path / "empty.wav"
+    empty.write_bytes(b"")
+    with pytest.raises(DataError, match=re.escape(f"{empty}: the file is empty (0 bytes)")):
+        read_audio(empty, 8000)
+
+
 def test_fsdd_holdout_speakers(tmp_path):
     write_fsdd(tmp_path, speakers=("anna", "bob", "carl"), count=3)
     dm = SpeechDataModule(path=str(tmp_path), holdout_speakers=["carl"], val_fraction=0.2)
