@@ -757,6 +757,23 @@ def test_lexicon_decoding_keeps_to_the_words(tmp_path, monkeypatch):
         head.decode(log_probs, lengths)
 
 
+def test_a_missing_decode_lexicon_names_decode_lexicon(tmp_path):
+    """decode.lexicon=/nope.txt failed at the first decode, naming head.lexicon= (which the user never set)."""
+    spec = DataSpec(input_kind="waveform", classes=[BLANK, " ", "a", "b"], blank_id=0, sample_rate=SR,
+                    extra={"words": ["ab"]})
+    model = torch.nn.Module()
+    model.head = CTCHead(spec, in_features=4)
+    missing = str(tmp_path / "nope.txt")
+    with pytest.raises(ConfigError, match=re.escape(f"decode.lexicon={missing!r}: no such file")) as err:
+        apply_decoding(model, {"lexicon": missing})
+    assert "head." not in str(err.value)
+    with pytest.raises(ConfigError, match=re.escape(f"decode.lexicon={missing!r}: no such file")):
+        model.head.decode(torch.zeros(1, 3, 4).log_softmax(-1), torch.tensor([3]))  # the same on first use
+    model.head.use_decoder(lexicon=missing)  # from Python (or the checkpoint's own head.lexicon): head.lexicon
+    with pytest.raises(ConfigError, match=re.escape(f"head.lexicon={missing!r}: no such file")):
+        model.head.decode(torch.zeros(1, 3, 4).log_softmax(-1), torch.tensor([3]))
+
+
 def test_decode_overrides_of_eval_and_predict(caplog):
     spec = DataSpec(input_kind="waveform", classes=[BLANK, " ", "a", "b"], blank_id=0, sample_rate=SR,
                     extra={"words": ["ab"]})
