@@ -69,6 +69,18 @@ def test_multirun_runs_each_value(tmp_path: Path) -> None:
     assert all("val/acc" in m for m in lrs)
 
 
+def test_a_typo_in_a_sweep_value_gets_the_hint_and_no_resume_advice(tmp_path: Path) -> None:
+    """Hydra checks every job's config before the first runs: no job ran and no summary was written,
+    yet "the sweep stopped ... the same command with resume=true runs the rest" came first."""
+    for typo, hint in [("task=ecg,stok", "did you mean task=stock?"),
+                       ("model.hiden_size=4,8", "did you mean model.hidden_size?")]:
+        args = ("task=ecg", typo) if typo.startswith("model.") else (typo,)
+        proc = run_cli("train", "-m", *args, cwd=tmp_path, check=False)
+        assert proc.returncode != 0
+        assert hint in proc.stderr
+        assert "resume=true" not in proc.stderr and "summary.md" not in proc.stderr, proc.stderr
+
+
 def test_errors_are_one_clear_line(tmp_path: Path) -> None:
     proc = run_cli("train", "data.path=no/such/file.csv", cwd=tmp_path, check=False)
     assert proc.returncode == 2

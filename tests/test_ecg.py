@@ -319,6 +319,18 @@ def test_reconstruction_head_scores_its_encoders_signal(target: str) -> None:
         ReconstructionHead(SPEC, in_features=8)(torch.zeros(1, 3, 8), torch.tensor([3]))
 
 
+def test_predict_says_a_missing_beat_file_or_a_folder_is_one(tmp_path: Path) -> None:
+    """input=/missing/file.txt was read as a beat: "field 'column 0': expected a number, found '/missing/..."."""
+    missing = str(tmp_path / "missing" / "beats.txt")
+    for given, expected in [(missing, "file not found"), ("beats.csv", "file not found"),
+                            (str(tmp_path), "a folder, expected a beat file")]:
+        with pytest.raises(DataError, match=re.escape(f"{given}: {expected}")) as err:
+            EcgDataModule.make_predict_batch(SPEC, [given])
+        assert "expected a number" not in str(err.value)
+    with pytest.raises(DataError, match="expected a number"):  # a line of numbers with a bad cell is still a beat
+        EcgDataModule.make_predict_batch(SPEC, [" ".join(["0.1"] * 139 + ["abc"])])
+
+
 def test_predict_batch_accepts_files_lines_and_optional_labels(tmp_path: Path) -> None:
     beats, kinds = generate_beats(3, seed=2)
     labelled = write_beats(tmp_path / "with_labels.txt", beats, kinds)

@@ -1124,3 +1124,24 @@ def test_the_epoch_reseed_stays_in_the_generators_range_for_large_seeds() -> Non
     second = torch.rand(3)
     torch.manual_seed(7 + 2 * 100_003)
     assert torch.equal(torch.rand(3), second)  # seeds in range are those they were
+
+
+@pytest.mark.parametrize("override", ["+head.threshold=0.99", "+model.hidden_size=3", "+foo=3"])
+def test_eval_refuses_an_override_it_does_not_apply(make_cfg, override) -> None:
+    """eval ran with exit 0 and silently ignored them: the model and its head are the checkpoint's."""
+    from lstmkit.commands.evaluate import evaluate
+    from lstmkit.errors import ConfigError
+
+    cfg = make_cfg(["ckpt_path=nowhere.ckpt", override], name="eval")
+    with pytest.raises(ConfigError, match=re.escape(override) + r": eval does not apply this setting .*eval takes "
+                                          r"ckpt_path, split, seed, tags, data\.\*, decode\.\*"):
+        evaluate(cfg)
+
+
+def test_eval_with_a_training_group_says_the_task_is_the_checkpoints() -> None:
+    """eval task=ecg / callbacks=none: only Hydra's "To append use +task=ecg", whose advice fails next."""
+    for given in ("task=ecg", "callbacks=none"):
+        hint = suggest_override(config_dir(), "eval", ["ckpt_path=x.ckpt", given])
+        assert hint is not None and hint.startswith(f"{given}: eval takes the task, model and training settings "
+                                                    f"from the checkpoint (ckpt_path=), so drop {given}"), hint
+    assert suggest_override(config_dir(), "eval", ["ckpt_path=x.ckpt", "trainer.max_epochs=1"]) is None

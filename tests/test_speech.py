@@ -122,6 +122,27 @@ def test_fsdd_names_and_official_split(tmp_path):
     assert set(dm.spec.classes) == {BLANK, " ", *"onetwhr"}
 
 
+def test_an_audio_file_as_data_path_is_not_read_as_a_manifest(tmp_path):
+    """eval data.path=some.wav said "row 1: not valid UTF-8 ... re-save the file as UTF-8"."""
+    clip = tmp_path / "some.wav"
+    sf.write(str(clip), np.zeros(800, dtype=np.float32), 8000)
+    odd = tmp_path / "clip.bin"  # a WAV by its content, whatever its name
+    odd.write_bytes(clip.read_bytes())
+    for path in (clip, odd):
+        with pytest.raises(DataError, match=re.escape(f"{path}: data.path is an audio file; expected a folder of "
+                                                      "recordings or a manifest CSV (to transcribe one clip: "
+                                                      "lstmkit predict")):
+            SpeechDataModule(path=str(path)).setup()
+
+
+def test_an_empty_audio_file_is_said_to_be_empty(tmp_path):
+    """A 0-byte .wav gave libsndfile's "cannot decode audio (Format not recognised)"."""
+    empty = tmp_path / "empty.wav"
+    empty.write_bytes(b"")
+    with pytest.raises(DataError, match=re.escape(f"{empty}: the file is empty (0 bytes)")):
+        read_audio(empty, 8000)
+
+
 def test_fsdd_holdout_speakers(tmp_path):
     write_fsdd(tmp_path, speakers=("anna", "bob", "carl"), count=3)
     dm = SpeechDataModule(path=str(tmp_path), holdout_speakers=["carl"], val_fraction=0.2)
@@ -734,6 +755,23 @@ def test_lexicon_decoding_keeps_to_the_words(tmp_path, monkeypatch):
     head.use_decoder("beam", 8, str(marked))
     with pytest.raises(DataError, match=r"marked\.txt.*not valid UTF-8"):
         head.decode(log_probs, lengths)
+
+
+def test_a_missing_decode_lexicon_names_decode_lexicon(tmp_path):
+    """decode.lexicon=/nope.txt failed at the first decode, naming head.lexicon= (which the user never set)."""
+    spec = DataSpec(input_kind="waveform", classes=[BLANK, " ", "a", "b"], blank_id=0, sample_rate=SR,
+                    extra={"words": ["ab"]})
+    model = torch.nn.Module()
+    model.head = CTCHead(spec, in_features=4)
+    missing = str(tmp_path / "nope.txt")
+    with pytest.raises(ConfigError, match=re.escape(f"decode.lexicon={missing!r}: no such file")) as err:
+        apply_decoding(model, {"lexicon": missing})
+    assert "head." not in str(err.value)
+    with pytest.raises(ConfigError, match=re.escape(f"decode.lexicon={missing!r}: no such file")):
+        model.head.decode(torch.zeros(1, 3, 4).log_softmax(-1), torch.tensor([3]))  # the same on first use
+    model.head.use_decoder(lexicon=missing)  # from Python (or the checkpoint's own head.lexicon): head.lexicon
+    with pytest.raises(ConfigError, match=re.escape(f"head.lexicon={missing!r}: no such file")):
+        model.head.decode(torch.zeros(1, 3, 4).log_softmax(-1), torch.tensor([3]))
 
 
 def test_decode_overrides_of_eval_and_predict(caplog):

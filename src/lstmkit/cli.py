@@ -283,6 +283,10 @@ def _report_broken_sweep(command: str) -> None:
     sweep_dir = Path(os.environ.pop(SWEEP_DIR_ENV, "") or ".")
     if not (sweep_dir / "multirun.yaml").is_file():  # Hydra failed before the sweep had a folder
         return
+    if not any(p.is_dir() and p.name.isdigit() for p in sweep_dir.iterdir()):
+        # no job started: Hydra checks every job's config first, so a typo in a sweep value stops it
+        # here; its error (and lstmkit's hint) is the whole story: no summary, and resume would fail alike
+        return
     died = close_broken_sweep(sweep_dir)
     why = ("see the error above" if not died else
            "1 job died without a result (a worker process killed, e.g. by the out-of-memory killer)" if died == 1 else

@@ -54,6 +54,9 @@ def suggest_override(config_dir: str, config_name: str, args: list[str]) -> str 
                 try:
                     cfg = compose(config_name=config_name, overrides=[*accepted, candidate])
                 except Exception:  # noqa: BLE001 - this is the override Hydra rejected
+                    from_checkpoint = _from_the_checkpoint(config_name, override, cfg, loader.get_group_options)
+                    if from_checkpoint:
+                        return from_checkpoint
                     if _is_known_option(override, loader.get_group_options):
                         # a valid choice (task=next_word) that an earlier override does not fit
                         return _earlier_misfit(config_name, candidate, accepted, overrides, loader.get_group_options)
@@ -64,6 +67,21 @@ def suggest_override(config_dir: str, config_name: str, args: list[str]) -> str 
     finally:
         GlobalHydra.instance().clear()
     return None
+
+
+# what ``lstmkit eval`` applies: every other setting (task, model, head, callbacks...) is the checkpoint's
+EVAL_TAKES = "ckpt_path, split, seed, tags, data.*, decode.*, trainer=/trainer.*, logger=/logger.*"
+
+
+def _from_the_checkpoint(config_name: str, override: Any, cfg: DictConfig, group_options_of: Any) -> str | None:
+    """``lstmkit eval ... task=ecg`` (a training config group eval does not have): Hydra's "No match in
+    the defaults list. To append use +task=ecg" proposes what eval would ignore; say where it comes from."""
+    key = override.get_key_element()
+    if config_name != "eval" or "." in key or key in cfg or not group_options_of(key):
+        return None
+    given = f"{key}={override.get_value_element_as_str()}"
+    return (f"{given}: eval takes the task, model and training settings from the checkpoint (ckpt_path=), so drop "
+            f"{given}; eval takes {EVAL_TAKES}")
 
 
 def _unknown_sweep_choice(override: Any, group_options_of: Any) -> str | None:

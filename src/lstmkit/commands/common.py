@@ -159,6 +159,12 @@ def apply_decoding(model: torch.nn.Module, decode: DictConfig | dict[str, Any] |
         use_decoder(**options)  # what is not given is kept
     except ConfigError as err:  # the head names its own options; on the command line they are decode.*
         raise ConfigError(str(err).replace("head.", "decode.")) from None
+    if options.get("lexicon") is not None and getattr(head, "lexicon", None) and getattr(head, "spec", None):
+        # the beam decoder reads its lexicon on first use: a missing file failed mid-eval, named head.lexicon=
+        head.lexicon_option = "decode.lexicon"
+        from lstmkit.heads.ctc import read_lexicon
+
+        read_lexicon(head.lexicon, head.spec, "decode.lexicon")
     for key in ("beam_size", "rescore"):
         if options.get(key) is not None and head.decoder != "beam":
             log.warning("decode.%s=%s is not used: this model decodes greedily (add decode.decoder=beam)",

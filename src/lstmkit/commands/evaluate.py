@@ -111,7 +111,28 @@ def check_spec_settings(stored: dict[str, Any], overrides: dict[str, Any]) -> No
             f"model's own). Train a model with the new setting; eval may change {', '.join(may)}")
 
 
+# the top-level keys of conf/eval.yaml and its groups: the settings eval applies
+EVAL_KEYS = ("task_name", "seed", "ckpt_path", "split", "data", "tags", "decode", "trainer", "logger", "paths",
+             "hydra")  # hydra: a config composed with return_hydra_config (the tests')
+
+
+def check_eval_keys(cfg: DictConfig) -> None:
+    """``+head.threshold=0.99``, ``+model.hidden_size=3``, ``+foo=3``: eval ran with exit 0 and ignored them
+    (the model and its head are the checkpoint's); a ConfigError naming the override and what eval takes."""
+    from lstmkit.suggest import EVAL_TAKES
+
+    unknown = [key for key in cfg if key not in EVAL_KEYS]
+    if not unknown:
+        return
+    given = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+    named = [o for o in given if o.lstrip("+~").split("=", 1)[0].split(".", 1)[0] in unknown]
+    what = ", ".join(named) if named else ", ".join(f"{key}.*" for key in unknown)
+    raise ConfigError(f"{what}: eval does not apply {'this setting' if len(named) <= 1 else 'these settings'} (the "
+                      f"task, model, head and training settings are the checkpoint's); eval takes {EVAL_TAKES}")
+
+
 def evaluate(cfg: DictConfig) -> float | None:
+    check_eval_keys(cfg)
     check_device(cfg)
     seed = int_option(cfg, "seed")
     if seed is not None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -410,6 +411,28 @@ def _is_file(raw: str) -> bool:
         return False
 
 
+def _is_dir(raw: str) -> bool:
+    try:
+        return Path(raw).expanduser().is_dir()
+    except (OSError, ValueError):
+        return False
+
+
+def _looks_like_a_path(raw: str) -> bool:
+    """A string that is no line of numbers and names a folder or reads as a path (a separator, a
+    leading ``~`` or a file extension): a beat file that is not there, not a beat with a bad sample."""
+    cells = raw.replace(",", " ").split()
+    try:
+        [float(cell) for cell in cells]
+    except ValueError:
+        pass
+    else:
+        return False
+    text = raw.strip()
+    return (_is_dir(text) or "/" in text or "\\" in text or text.startswith("~")
+            or re.search(r"\.[A-Za-z][A-Za-z0-9]{0,4}$", text) is not None)
+
+
 class BeatInput(str):
     """A beat to predict, named ``file:row``; carries its samples (JSON-serialises as its name)."""
 
@@ -597,6 +620,12 @@ class EcgDataModule(SequenceDataModule):
             if isinstance(raw, str) and not isinstance(raw, BeatInput) and _is_file(raw):
                 table = cls._read_predict_file(spec, Path(raw).expanduser())
                 items.extend(BeatInput(f"{raw}:{row}", beat) for row, beat in zip(table.rows, table.samples))
+            elif isinstance(raw, str) and not isinstance(raw, BeatInput) and _looks_like_a_path(raw):
+                # not "field 'column 0': expected a number, found '/missing/beats.txt'"
+                raise DataError("a folder, expected a beat file (one beat per row) or one beat's sample values"
+                                if _is_dir(raw) else
+                                "file not found (an input is a beat file, one beat per row, or one beat's sample values)",
+                                path=raw, readable=True)
             else:
                 items.append(raw)
         return items

@@ -234,6 +234,8 @@ def read_audio(path: str | Path, sample_rate: int) -> tuple[np.ndarray, int, int
     key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns, int(sample_rate))
     if key in _AUDIO_CACHE:
         return _AUDIO_CACHE[key]
+    if stat.st_size == 0:  # libsndfile: "Format not recognised"
+        raise DataError("the file is empty (0 bytes); expected a WAV/FLAC/OGG recording", path=path, readable=True)
     try:
         data, rate = sf.read(str(path), dtype="float32", always_2d=True)
     except Exception as err:  # noqa: BLE001 - libsndfile raises several types for bad files
@@ -276,6 +278,10 @@ def read_audio(path: str | Path, sample_rate: int) -> tuple[np.ndarray, int, int
     result = (np.ascontiguousarray(wave, dtype=np.float32), channels, int(rate))
     _AUDIO_CACHE[key] = result
     return result
+
+
+# audio files by extension (data.path naming one is no manifest, whether or not libsndfile reads it)
+_AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".m4a", ".aac", ".aif", ".aiff", ".wma", ".webm"}
 
 
 def _audio_container(path: Path) -> bool:
@@ -494,6 +500,11 @@ class SpeechDataModule(SequenceDataModule):
         if path.is_file():
             if fmt == "fsdd":
                 raise DataError("format=fsdd expects a folder of wav files, found a file", path=path)
+            if path.suffix.lower() in _AUDIO_SUFFIXES or _audio_container(path):
+                # not "row 1: not valid UTF-8 ... re-save the file as UTF-8": it was read as a manifest
+                raise DataError("data.path is an audio file; expected a folder of recordings or a manifest CSV "
+                                "(to transcribe one clip: lstmkit predict ckpt_path=<checkpoint> input=<file>)",
+                                path=path, readable=True)
             return self._read_manifest(path)
         manifests = [path / name for name in _MANIFEST_NAMES if (path / name).is_file()]
         if fmt in {"auto", "manifest"} and len(manifests) > 1:

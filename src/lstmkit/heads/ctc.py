@@ -124,18 +124,19 @@ def _flashlight_decoder(tokens: list[str], blank: str, beam_size: int, lexicon: 
                        blank_token=blank, sil_token=sil, log_add=True)
 
 
-def read_lexicon(source: str, spec: DataSpec) -> list[str]:
+def read_lexicon(source: str, spec: DataSpec, option: str = "head.lexicon") -> list[str]:
     """The words decoding may produce: ``train`` (every word of the training transcripts, kept in
-    the checkpoint's spec) or a text file with one word per line (``#`` comments, blank lines skipped)."""
+    the checkpoint's spec) or a text file with one word per line (``#`` comments, blank lines skipped).
+    ``option``: the setting that named ``source``, for the errors (``decode.lexicon`` on eval / predict)."""
     if source == "train":
         words = (spec.extra or {}).get("words")
         if not words:
-            raise ConfigError("head.lexicon=train: this model's data spec lists no training words (a checkpoint "
-                              "from before lexicon support?); give head.lexicon=<file with one word per line>")
+            raise ConfigError(f"{option}=train: this model's data spec lists no training words (a checkpoint "
+                              f"from before lexicon support?); give {option}=<file with one word per line>")
         return list(words)
     path = Path(source).expanduser()
     if not path.is_file():
-        raise ConfigError(f"head.lexicon={source!r}: no such file (expected `train` or a file with one word per line)")
+        raise ConfigError(f"{option}={source!r}: no such file (expected `train` or a file with one word per line)")
     words = []
     classes = list(spec.classes or [])
     blank = classes[spec.blank_id] if spec.blank_id is not None and spec.blank_id < len(classes) else None
@@ -278,6 +279,8 @@ class CTCHead(Head):
         ``greedy``) even where its lexicon file or flashlight-text is missing.
         """
         current = getattr(self, "lexicon", None)
+        if lexicon is not _KEEP or not hasattr(self, "lexicon_option"):
+            self.lexicon_option = "head.lexicon"  # the setting that named it, for errors; apply_decoding: decode.*
         if lexicon is _KEEP:
             lexicon = None if decoder == "greedy" else current
         elif lexicon is None or str(lexicon).strip().lower() in {"none", "null", "", "false"}:
@@ -303,7 +306,8 @@ class CTCHead(Head):
         if not (isinstance(self._flashlight, str) and self._flashlight == _UNBUILT):
             return self._flashlight
         tokens = ["|" if c == " " else c for c in self.classes]
-        lexicon_file = self._write_lexicon(read_lexicon(self.lexicon, self.spec)) if self.lexicon else None
+        option = getattr(self, "lexicon_option", "head.lexicon")
+        lexicon_file = self._write_lexicon(read_lexicon(self.lexicon, self.spec, option)) if self.lexicon else None
         try:
             self._flashlight = _flashlight_decoder(tokens, self.classes[self.blank], self.beam_size, lexicon_file,
                                                    nbest=self.beam_size if self.rescore else 1)
@@ -312,7 +316,8 @@ class CTCHead(Head):
                 os.unlink(lexicon_file)  # flashlight has read it into its trie
         if self._flashlight is None:
             if self.lexicon:
-                raise ConfigError("head.lexicon needs the flashlight-text package (pip install flashlight-text)")
+                raise ConfigError(f"{getattr(self, 'lexicon_option', 'head.lexicon')} needs the flashlight-text package "
+                                  "(pip install flashlight-text)")
             log.info("flashlight-text is not installed: beam search uses lstmkit's prefix beam search")
         return self._flashlight
 
