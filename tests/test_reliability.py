@@ -1138,6 +1138,18 @@ def test_eval_refuses_an_override_it_does_not_apply(make_cfg, override) -> None:
         evaluate(cfg)
 
 
+@pytest.mark.parametrize("override", ["+head.threshold=0.99", "+model.hidden_size=3", "+foo=3"])
+def test_predict_refuses_an_override_it_does_not_apply(make_cfg, override) -> None:
+    """As eval: predict ran and silently ignored a setting of the checkpoint's model or head."""
+    from lstmkit.commands.predict import predict
+    from lstmkit.errors import ConfigError
+
+    cfg = make_cfg(["ckpt_path=nowhere.ckpt", "input=x", override], name="predict")
+    with pytest.raises(ConfigError, match=re.escape(override) + r": predict does not apply this setting .*predict "
+                                          r"takes ckpt_path, input, input_file"):
+        predict(cfg)
+
+
 def test_eval_with_a_training_group_says_the_task_is_the_checkpoints() -> None:
     """eval task=ecg / callbacks=none: only Hydra's "To append use +task=ecg", whose advice fails next."""
     for given in ("task=ecg", "callbacks=none"):

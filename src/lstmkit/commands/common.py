@@ -248,3 +248,19 @@ def config_stage(what: str) -> Iterator[None]:
 def _first_line(err: BaseException) -> str:
     text = str(err).strip()
     return text.splitlines()[0] if text else type(err).__name__
+
+
+def check_command_keys(cfg: DictConfig, command: str, keys: tuple[str, ...], takes: str) -> None:
+    """Refuse top-level settings ``command`` (eval, predict) does not apply: ``+head.threshold=0.99``,
+    ``+model.hidden_size=3``, ``+foo=3`` were accepted with exit 0 and silently ignored, since the model
+    and its head are the checkpoint's. The ConfigError names the override(s) and what the command takes."""
+    unknown = [key for key in cfg if key not in keys]
+    if not unknown:
+        return
+    from hydra.core.hydra_config import HydraConfig
+
+    given = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+    named = [o for o in given if o.lstrip("+~").split("=", 1)[0].split(".", 1)[0] in unknown]
+    what = ", ".join(named) if named else ", ".join(f"{key}.*" for key in unknown)
+    raise ConfigError(f"{what}: {command} does not apply {'this setting' if len(named) <= 1 else 'these settings'} "
+                      f"(the task, model, head and training settings are the checkpoint's); {command} takes {takes}")

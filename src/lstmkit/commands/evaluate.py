@@ -16,6 +16,7 @@ from lstmkit.build import build, locate
 from lstmkit.checkpoints import checkpoint_paths, load_models
 from lstmkit.commands.common import (
     apply_decoding,
+    check_command_keys,
     check_device,
     check_option_types,
     config_stage,
@@ -121,14 +122,7 @@ def check_eval_keys(cfg: DictConfig) -> None:
     (the model and its head are the checkpoint's); a ConfigError naming the override and what eval takes."""
     from lstmkit.suggest import EVAL_TAKES
 
-    unknown = [key for key in cfg if key not in EVAL_KEYS]
-    if not unknown:
-        return
-    given = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
-    named = [o for o in given if o.lstrip("+~").split("=", 1)[0].split(".", 1)[0] in unknown]
-    what = ", ".join(named) if named else ", ".join(f"{key}.*" for key in unknown)
-    raise ConfigError(f"{what}: eval does not apply {'this setting' if len(named) <= 1 else 'these settings'} (the "
-                      f"task, model, head and training settings are the checkpoint's); eval takes {EVAL_TAKES}")
+    check_command_keys(cfg, "eval", EVAL_KEYS, EVAL_TAKES)
 
 
 def evaluate(cfg: DictConfig) -> float | None:

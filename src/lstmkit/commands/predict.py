@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from lstmkit.build import build, check_target
 from lstmkit.checkpoints import checkpoint_paths, load_models
-from lstmkit.commands.common import apply_decoding, check_torch_device, int_option, plain
+from lstmkit.commands.common import apply_decoding, check_command_keys, check_torch_device, int_option, plain
 from lstmkit.data.text import csv_records, jsonl_records, read_text
 from lstmkit.errors import ConfigError, DataError, LstmkitError
 from lstmkit.files import json_text, write_atomic
@@ -174,7 +174,16 @@ def reading_spec(spec: DataSpec, datamodule_cls: type, data: Any) -> DataSpec:
     return dataclasses.replace(spec, extra={**(spec.extra or {}), **options})
 
 
+# the top-level keys of conf/predict.yaml: the settings predict applies (hydra: a config composed with
+# return_hydra_config, the tests')
+PREDICT_KEYS = ("task_name", "ckpt_path", "input", "input_file", "output", "batch_size", "device", "generate",
+                "temperature", "seed", "data", "decode", "paths", "hydra")
+PREDICT_TAKES = ("ckpt_path, input, input_file, output, batch_size, device, generate, temperature, seed, "
+                 "data.* (how input files are read), decode.*")
+
+
 def predict(cfg: DictConfig) -> list[dict[str, Any]]:
+    check_command_keys(cfg, "predict", PREDICT_KEYS, PREDICT_TAKES)
     batch_size = int_option(cfg, "batch_size", minimum=1) or 1
     n_words = int_option(cfg, "generate")
     seed = int_option(cfg, "seed")
