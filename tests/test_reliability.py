@@ -1157,3 +1157,20 @@ def test_eval_with_a_training_group_says_the_task_is_the_checkpoints() -> None:
         assert hint is not None and hint.startswith(f"{given}: eval takes the task, model and training settings "
                                                     f"from the checkpoint (ckpt_path=), so drop {given}"), hint
     assert suggest_override(config_dir(), "eval", ["ckpt_path=x.ckpt", "trainer.max_epochs=1"]) is None
+
+
+@pytest.mark.parametrize("text", ["it's good", "not bad!", "(a) great film"])
+def test_free_text_hydra_cannot_read_gets_quoting_that_works(text: str) -> None:
+    """``input=it's good`` ended in Hydra's LexerNoViableAltException alone; the hint's quoted form is read back
+    (through the shell, as a user would paste it) into the same text."""
+    import shlex
+
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    hint = suggest_override(config_dir(), "predict", ["ckpt_path=x.ckpt", f"input={text}"])
+    assert hint is not None and hint.startswith(f"input={text}: Hydra reads quotes"), hint
+    pasted = hint.split("shell's: ", 1)[1].split(" (or give", 1)[0]
+    (arg,) = shlex.split(pasted)
+    (override,) = OverridesParser.create().parse_overrides([arg])
+    assert override.value() == text
+    assert suggest_override(config_dir(), "predict", ["ckpt_path=x.ckpt", 'input="it\'s"']) is None

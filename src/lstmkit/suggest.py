@@ -34,10 +34,11 @@ def suggest_override(config_dir: str, config_name: str, args: list[str]) -> str 
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
+    parser = OverridesParser.create()
     try:
-        overrides = OverridesParser.create().parse_overrides([a for a in args if not a.startswith("-")])
-    except Exception:  # noqa: BLE001 - a syntax error: Hydra's own message says where
-        return None
+        overrides = parser.parse_overrides([a for a in args if not a.startswith("-")])
+    except Exception:  # noqa: BLE001 - a syntax error: Hydra's own message says where; we say how to quote
+        return _quoting_hint(parser, [a for a in args if not a.startswith("-")])
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(version_base="1.3", config_dir=config_dir):
@@ -170,3 +171,22 @@ def _paths(node: DictConfig, prefix: str = "") -> list[str]:
         if isinstance(child, DictConfig):
             paths.extend(_paths(child, f"{path}."))
     return paths
+
+
+def _quoting_hint(parser: Any, args: list[str]) -> str | None:
+    """``input=it's good``: Hydra's LexerNoViableAltException points at the quote, but not at the way out.
+    Its override grammar reads quotes, commas, brackets, ``!`` and spaces as syntax, so free text needs
+    double quotes inside the shell's (the README's ``'input="it'\\''s great, really!"'``)."""
+    for arg in args:
+        try:
+            parser.parse_overrides([arg])
+        except Exception:  # noqa: BLE001 - this is the override Hydra could not read
+            key, equals, value = arg.partition("=")
+            if not equals or value.startswith(('"', "'")):
+                return None
+            inner = value.replace("\\", "\\\\").replace('"', '\\"')
+            shell = "'" + f'{key}="{inner}"'.replace("'", "'\\''") + "'"
+            return (f"{arg}: Hydra reads quotes, commas, brackets, ! and spaces in a value as override syntax; "
+                    f"put the value in double quotes inside the shell's: {shell}"
+                    + (" (or give the texts one per line with input_file=)" if key.lstrip("+") == "input" else ""))
+    return None
