@@ -201,6 +201,8 @@ CASES = [
     Case("ecg-one-class-split", lambda d: _ecg(d, lambda rows: [r.__setitem__(0, "1.0") for r in rows]),
          r"beats\.txt: the val split has 8 beats and no anomalous beats \(labels"),
     Case("config-key-typo", lambda d: ["model.hiden_size=32"], r"did you mean model\.hidden_size\?", exit_code=1),
+    Case("added-key-typo", lambda d: ["+model.hiden_size=32"],
+         r"unexpected keyword argument 'hiden_size'; did you mean hidden_size\?"),
     Case("config-key-in-a-group", lambda d: ["hidden_size=32"], r"did you mean model\.hidden_size\? \(hidden_size is not",
          exit_code=1),
     Case("config-group-typo", lambda d: ["task=sentimnt"], r"did you mean task=sentiment\?", exit_code=1),

@@ -1174,3 +1174,17 @@ def test_free_text_hydra_cannot_read_gets_quoting_that_works(text: str) -> None:
     (override,) = OverridesParser.create().parse_overrides([arg])
     assert override.value() == text
     assert suggest_override(config_dir(), "predict", ["ckpt_path=x.ckpt", 'input="it\'s"']) is None
+
+
+def test_a_misspelt_added_key_gets_a_did_you_mean() -> None:
+    """``+model.hiden_size=3`` composes (the + adds a key) and fails in the class: the one line now names the
+    parameter meant; an unknown word with no close parameter gets no guess."""
+    from lstmkit.commands.common import config_stage
+    from lstmkit.core import LSTMCore
+    from lstmkit.errors import ConfigError
+
+    meant = r"unexpected keyword argument 'hiden_size'; did you mean hidden_size\?"
+    with pytest.raises(ConfigError, match=meant), config_stage("model"):
+        LSTMCore(input_size=3, hiden_size=3)
+    with pytest.raises(ConfigError, match=r"unexpected keyword argument 'zzz' \("), config_stage("model"):
+        LSTMCore(input_size=3, zzz=3)

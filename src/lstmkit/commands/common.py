@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 import typing
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -235,7 +236,7 @@ def config_stage(what: str) -> Iterator[None]:
         if isinstance(root, LstmkitError):
             raise root from None
         inner = err.__cause__ if isinstance(err, InstantiationException) and err.__cause__ else err
-        message = _first_line(inner)
+        message = _first_line(inner) + _did_you_mean(_first_line(inner))
         if root is not inner:  # e.g. Hydra's "Error loading 'x.Y':" over the ImportError that says why
             message = f"{message.rstrip(':')}: {type(root).__name__}: {_first_line(root)}"
         overrides = " ".join(HydraConfig.get().overrides.task) if HydraConfig.initialized() else ""
@@ -243,6 +244,35 @@ def config_stage(what: str) -> Iterator[None]:
             f"cannot build the {what} from the config: {message} "
             f"(command-line overrides: {overrides or 'none'}; --cfg job prints the composed config)"
         ) from err
+
+
+_UNEXPECTED = re.compile(r"(\w+)\.__init__\(\) got an unexpected keyword argument '(\w+)'")
+# where the classes a config builds live (encoders, the core, heads, datamodules, callbacks)
+_BUILT_FROM = ("lstmkit.core", "lstmkit.encoders", "lstmkit.heads", "lstmkit.data", "lstmkit.callbacks")
+
+
+def _did_you_mean(message: str) -> str:
+    """``+model.hiden_size=3``: "LSTMCore.__init__() got an unexpected keyword argument 'hiden_size'" ends
+    with "; did you mean hidden_size?" when lstmkit's class of that name has a parameter close to it."""
+    found = _UNEXPECTED.search(message)
+    if not found:
+        return ""
+    import difflib
+    import importlib
+    import inspect
+    import pkgutil
+
+    name, given = found.groups()
+    for package in _BUILT_FROM:
+        module = importlib.import_module(package)
+        modules = [module] + [importlib.import_module(f"{package}.{info.name}")
+                              for info in pkgutil.iter_modules(getattr(module, "__path__", []))]
+        for candidate in modules:
+            cls = getattr(candidate, name, None)
+            if inspect.isclass(cls):
+                close = difflib.get_close_matches(given, list(inspect.signature(cls).parameters), n=1, cutoff=0.6)
+                return f"; did you mean {close[0]}?" if close else ""
+    return ""
 
 
 def _first_line(err: BaseException) -> str:
