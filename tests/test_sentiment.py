@@ -230,6 +230,16 @@ def test_trailing_empty_csv_fields_are_not_extra_fields(tmp_path: Path) -> None:
     assert read_labelled_text(data) == [(2, "good film", "1"), (3, "a long, slow film", "0")]
 
 
+def test_spaces_around_header_names_are_not_part_of_them(tmp_path: Path) -> None:
+    """``text, label`` (a space after the comma, as headers are typed) was refused: no column 'label',
+    the header has ['text', ' label']."""
+    from lstmkit.data.text import read_labelled_text
+
+    data = tmp_path / "reviews.csv"
+    data.write_text("text, label \ngood film,1\n")
+    assert read_labelled_text(data) == [(2, "good film", "1")]
+
+
 def test_pasted_typographic_quotes_and_combining_accents_read_as_typed_text() -> None:
     from lstmkit.data.text import tokenize
 

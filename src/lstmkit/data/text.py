@@ -552,6 +552,8 @@ def csv_records(
         header = reader.fieldnames or []
     except csv.Error as err:
         raise _quoting_error(err, reader, path) from None
+    # "text, label" (a space after the comma, as people type headers): the column is 'label', not ' label'
+    header = reader.fieldnames = [name.strip() if isinstance(name, str) else name for name in header]
     required = list(required)
     for column in dict.fromkeys(required):
         # DictReader keeps the last of two same-named columns: the first would be dropped silently
