@@ -229,8 +229,14 @@ class KillJobOne(L.Callback):
     (LSTMKIT_TEST_WAIT seconds) at its first batch, still running when job 1 dies.\"\"\"
 
     def on_train_batch_end(self, trainer, *rest):
+        mark = os.environ["LSTMKIT_TEST_MARK"]  # job 0 is running: on a loaded machine job 1 could die first
         if HydraConfig.get().job.num == 1:
+            for _ in range(600):
+                if os.path.exists(mark):
+                    break
+                time.sleep(0.1)
             os.kill(os.getpid(), signal.SIGKILL)
+        open(mark, "w").close()
         time.sleep(float(os.environ.get("LSTMKIT_TEST_WAIT", "0")))
 """
 
@@ -243,7 +249,8 @@ def test_a_parallel_sweep_whose_worker_is_killed_still_summarises(tmp_path: Path
     path = os.pathsep.join(p for p in (str(tmp_path), os.environ.get("PYTHONPATH")) if p)  # lstmkit's own kept
     proc = run_cli("train", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "optimizer.lr=1e-3,3e-3",
                    "+callbacks.kill._target_=killer.KillJobOne", *TINY, *QUICK, cwd=tmp_path, check=False,
-                   env={"PYTHONPATH": path, "LSTMKIT_TEST_WAIT": "120"})
+                   env={"PYTHONPATH": path, "LSTMKIT_TEST_WAIT": "120",
+                        "LSTMKIT_TEST_MARK": str(tmp_path / "job0_running")})
     assert proc.returncode == 1, proc.stderr[-2000:]
     assert "the sweep stopped: 2 jobs died without a result (a worker process killed, e.g. by the out-of-memory " \
            "killer, and joblib stopped the other workers with it)" in proc.stderr, proc.stderr[-2000:]
