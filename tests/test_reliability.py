@@ -818,6 +818,15 @@ def test_the_first_step_after_a_longer_resume_is_on_the_new_schedule(tmp_path: P
     assert [rates[step] for step in (4, 5, 6, 7)] == pytest.approx(expected[4:], rel=1e-9)
 
 
+def test_override_key_drops_hydras_prefixes_and_the_value() -> None:
+    from lstmkit.resume import override_key
+
+    assert override_key("+model.hidden_size=3") == "model.hidden_size"
+    assert override_key("++optimizer.lr=1e-3,3e-3") == "optimizer.lr"
+    assert override_key("~callbacks.early_stopping") == "callbacks.early_stopping"
+    assert override_key("data.text=a=b") == "data.text"
+
+
 def test_a_resume_keeps_the_patience_it_is_given() -> None:
     """Lightning restored the checkpoint's patience over the command line's; the counts are restored."""
     from lstmkit.callbacks import RunEarlyStopping

@@ -31,6 +31,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from lstmkit.files import write_atomic
+from lstmkit.resume import override_key
 
 log = logging.getLogger("lstmkit")
 
@@ -243,13 +244,9 @@ def trial_name(name: str, hydra: DictConfig) -> str:
     """
     overrides = [str(o) for o in hydra.overrides.task]
     swept = _swept_keys(hydra)
-    shown = [_short(o) for o in overrides if _key(o) in swept] if swept else overrides
+    shown = [_short(o) for o in overrides if override_key(o) in swept] if swept else overrides
     text = f"{name}-{hydra.job.num}" + (f" {' '.join(shown)}" if shown else "")
     return text if len(text) <= WANDB_NAME_LENGTH else text[:WANDB_NAME_LENGTH - 1] + "…"
-
-
-def _key(override: str) -> str:
-    return override.lstrip("+~").split("=", 1)[0]
 
 
 def _short(override: str) -> str:
@@ -278,5 +275,5 @@ def _swept_keys(hydra: DictConfig) -> set[str]:
         except Exception:  # noqa: BLE001, S112 - Hydra reports a bad override itself
             continue
         if override.is_sweep_override():
-            keys.add(_key(text))
+            keys.add(override_key(text))
     return keys

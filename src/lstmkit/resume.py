@@ -35,6 +35,15 @@ RESUME_OVERRIDES = {"resume", "ckpt_path", "trainer.max_epochs", "trainer.max_st
                     "callbacks.early_stopping.patience"}
 
 
+def override_key(override: str) -> str:
+    """The key a command-line override sets: ``+model.hidden_size=3`` -> ``model.hidden_size``.
+
+    Hydra's prefixes (``+``, ``++``, ``~``) and the value are dropped; an override without ``=``
+    (``~callbacks.early_stopping``) is its key.
+    """
+    return override.lstrip("+~").split("=", 1)[0]
+
+
 def job_overrides(overrides: list[str]) -> list[str]:
     """A run's command-line overrides, less those a resumed run may change, canonical and sorted.
 
@@ -46,7 +55,7 @@ def job_overrides(overrides: list[str]) -> list[str]:
     parser = OverridesParser.create()
     canonical = []
     for text in map(str, overrides):
-        if text.lstrip("+~").split("=", 1)[0] in RESUME_OVERRIDES:
+        if override_key(text) in RESUME_OVERRIDES:
             continue
         try:
             (override,) = parser.parse_overrides([text])

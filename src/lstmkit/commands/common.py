@@ -25,6 +25,7 @@ from rich.table import Table
 from lstmkit.build import locate
 from lstmkit.errors import ConfigError, LstmkitError
 from lstmkit.files import json_text, write_atomic
+from lstmkit.resume import override_key
 
 log = logging.getLogger("lstmkit")
 
@@ -290,7 +291,7 @@ def check_command_keys(cfg: DictConfig, command: str, keys: tuple[str, ...], tak
     from hydra.core.hydra_config import HydraConfig
 
     given = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
-    named = [o for o in given if o.lstrip("+~").split("=", 1)[0].split(".", 1)[0] in unknown]
+    named = [o for o in given if override_key(o).split(".", 1)[0] in unknown]
     what = ", ".join(named) if named else ", ".join(f"{key}.*" for key in unknown)
     raise ConfigError(f"{what}: {command} does not apply {'this setting' if len(named) <= 1 else 'these settings'} "
                       f"(the task, model, head and training settings are the checkpoint's); {command} takes {takes}")
