@@ -38,6 +38,22 @@ def _metrics(root: Path) -> dict[str, float]:
     return json.loads((run / "metrics.json").read_text())
 
 
+def _fake_run(folder: Path, overrides: list[str], age: float | None = None, config: str | None = None) -> Path:
+    """An earlier run's folder as ``resume=true`` reads it: ``.hydra/overrides.yaml`` (``overrides``),
+    ``.hydra/config.yaml`` when ``config`` is given, and ``checkpoints/last.ckpt`` (not a real
+    checkpoint), ``age`` seconds old when given. Returns the checkpoint's path."""
+    (folder / ".hydra").mkdir(parents=True)
+    (folder / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
+    if config is not None:
+        (folder / ".hydra" / "config.yaml").write_text(config)
+    (folder / "checkpoints").mkdir()
+    ckpt = folder / "checkpoints" / "last.ckpt"
+    ckpt.write_bytes(b"x")
+    if age is not None:
+        os.utime(ckpt, (time.time() - age, time.time() - age))
+    return ckpt
+
+
 def test_same_seed_same_config_gives_bit_identical_metrics(tmp_path: Path) -> None:
     for name in ("a", "b"):
         (tmp_path / name).mkdir()
@@ -527,12 +543,7 @@ def test_sweep_jobs_with_the_same_overrides_each_resume_their_own(make_cfg, tmp_
     mine = [o for o in cfg.hydra.overrides.task if not o.startswith("resume")]
     earlier = tmp_path / "logs" / "sentiment" / "multiruns" / "earlier"
     for job in (0, 1):
-        folder = earlier / str(job)
-        (folder / ".hydra").mkdir(parents=True)
-        (folder / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in mine))
-        (folder / "checkpoints").mkdir()
-        (folder / "checkpoints" / "last.ckpt").write_bytes(b"x")
-        os.utime(folder / "checkpoints" / "last.ckpt", (time.time() - 10 + job, time.time() - 10 + job))
+        _fake_run(earlier / str(job), mine, age=10 - job)
     (earlier / "1" / ".hydra" / "hydra.yaml").write_text("hydra:\n  job:\n    num: 1\n")
 
     def resumed(number: int) -> str | None:
@@ -859,11 +870,7 @@ def test_a_resume_with_a_new_patience_finds_its_earlier_run(make_cfg, tmp_path: 
                                                                           "callbacks.early_stopping.patience")]
     for name, overrides, age in (("mine", [*kept, "callbacks.early_stopping.patience=3"], 100),
                                  ("other", [o.replace("0.01", "0.02") for o in kept], 10)):
-        (runs / name / ".hydra").mkdir(parents=True)
-        (runs / name / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
-        (runs / name / "checkpoints").mkdir()
-        (runs / name / "checkpoints" / "last.ckpt").write_bytes(b"x")
-        os.utime(runs / name / "checkpoints" / "last.ckpt", (time.time() - age, time.time() - age))
+        _fake_run(runs / name, overrides, age)
     assert resolve_ckpt_path("last", cfg) == str(runs / "mine" / "checkpoints" / "last.ckpt")
 
 
@@ -891,12 +898,7 @@ def test_a_run_from_before_tokenizer_versions_is_found_with_the_setting_its_refu
             ("before_versions", before, old_config, 100),
             ("other_dropout", [o.replace("0.1", "0.2") for o in before], old_config, 50),
             ("version_2", before, old_config + "  tokenizer_version: 2\n", 10)):  # the same overrides, newer
-        (runs / name / ".hydra").mkdir(parents=True)
-        (runs / name / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
-        (runs / name / ".hydra" / "config.yaml").write_text(config)
-        (runs / name / "checkpoints").mkdir()
-        (runs / name / "checkpoints" / "last.ckpt").write_bytes(b"x")
-        os.utime(runs / name / "checkpoints" / "last.ckpt", (time.time() - age, time.time() - age))
+        _fake_run(runs / name, overrides, age, config)
     assert resolve_ckpt_path("last", cfg) == str(runs / "before_versions" / "checkpoints" / "last.ckpt")
 
     # a sweep job in a fixed sweep folder: its own folder's run, whose result.json lacks the setting
@@ -979,17 +981,8 @@ def test_resume_finds_its_own_run_and_never_adopts_another(make_cfg, tmp_path: P
     logs = tmp_path / "logs"
     mine = [o for o in cfg.hydra.overrides.task if not o.startswith("resume")]
 
-    def earlier(folder: Path, overrides: list[str], age: float) -> Path:
-        (folder / ".hydra").mkdir(parents=True)
-        (folder / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
-        (folder / "checkpoints").mkdir()
-        ckpt = folder / "checkpoints" / "last.ckpt"
-        ckpt.write_bytes(b"x")
-        os.utime(ckpt, (time.time() - age, time.time() - age))
-        return ckpt
-
     # a fixed folder (make_cfg's hydra.run.dir) with no checkpoint: never another run's
-    other = earlier(logs / "sentiment" / "runs" / "2026-01-01", [o.replace("1e-3", "0.01") for o in mine], 10)
+    other = _fake_run(logs / "sentiment" / "runs" / "2026-01-01", [o.replace("1e-3", "0.01") for o in mine], 10)
     with caplog.at_level(logging.WARNING, logger="lstmkit"):
         assert resolve_ckpt_path("last", cfg) is None
     assert "holds no checkpoints/last.ckpt yet" in caplog.text
@@ -998,10 +991,10 @@ def test_resume_finds_its_own_run_and_never_adopts_another(make_cfg, tmp_path: P
         cfg.hydra.runtime.output_dir = str(logs / "sentiment" / "runs" / "now")
     HydraConfig.instance().set_config(cfg)
     recorded = [o.replace("1e-3", "0.001").replace("=false", "=False") for o in mine]  # as a sweeper writes them
-    match = earlier(logs / "sentiment" / "multiruns" / "s" / "0", recorded, 100)
+    match = _fake_run(logs / "sentiment" / "multiruns" / "s" / "0", recorded, 100)
     assert resolve_ckpt_path("last", cfg) == str(match)
     match.unlink()  # ...and in a sweep over tasks' folder
-    in_multitask = earlier(logs / "multitask" / "multiruns" / "t" / "1", recorded, 50)
+    in_multitask = _fake_run(logs / "multitask" / "multiruns" / "t" / "1", recorded, 50)
     assert resolve_ckpt_path("last", cfg) == str(in_multitask)
     assert other.exists()
 
@@ -1023,11 +1016,7 @@ def test_resume_reads_each_folder_of_the_logs_once(make_cfg, tmp_path: Path, mon
     HydraConfig.instance().set_config(cfg)
     mine = [o for o in cfg.hydra.overrides.task if not o.startswith("resume")]
     for k in range(6):
-        run = logs / ("multitask" if k == 5 else "sentiment") / "multiruns" / "s" / str(k)
-        (run / ".hydra").mkdir(parents=True)
-        (run / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in mine) + f"- seed={k}\n")
-        (run / "checkpoints").mkdir()
-        (run / "checkpoints" / "last.ckpt").write_bytes(b"x")
+        _fake_run(logs / ("multitask" if k == 5 else "sentiment") / "multiruns" / "s" / str(k), [*mine, f"seed={k}"])
     elsewhere = tmp_path / "scratch"  # checkpoints kept on another disk, linked into a run folder
     (elsewhere / "ckpts").mkdir(parents=True)
     (elsewhere / "ckpts" / "last.ckpt").write_bytes(b"x")
