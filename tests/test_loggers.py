@@ -147,6 +147,30 @@ def test_sweep_trials_get_distinct_names_in_one_group(make_cfg, monkeypatch, tmp
     assert cfg.logger.wandb.name == "sentiment-1 optimizer.lr=0.0002416"
 
 
+def test_an_optuna_trial_name_lists_only_the_keys_that_vary(make_cfg, tmp_path: Path) -> None:
+    """``hparams_search=sentiment_optuna model.num_layers=1``: every trial's W&B name listed
+    ``model.num_layers=1`` (and any parameter the search fixes), as every key of the preset's search space."""
+    from omegaconf import OmegaConf, open_dict, read_write
+
+    from lstmkit.loggers import trial_name
+
+    sweep = tmp_path / "multiruns" / "2026-01-02_03-04-05_000006"
+    sweep.mkdir(parents=True)
+    OmegaConf.save({"hydra": {"overrides": {"task": ["hparams_search=sentiment_optuna", "model.num_layers=1",
+                                                      "model.dropout=choice(0.1,0.3)", "logger=wandb"]}}},
+                   sweep / "multirun.yaml")
+    # as Optuna writes a trial's overrides: the sampled values, then the fixed ones
+    cfg = make_cfg(["optimizer.lr=0.00024156772025296256", "model.hidden_size=128", "model.dropout=0.3",
+                    "data.batch_size=64", "model.num_layers=1", "logger=wandb"])
+    with read_write(cfg.hydra), open_dict(cfg.hydra):
+        cfg.hydra.sweep.dir = str(sweep)
+        cfg.hydra.job.num = 4
+        cfg.hydra.sweeper = {"params": {"optimizer.lr": "tag(log, interval(1e-4, 1e-2))",
+                                        "model.hidden_size": "choice(64, 128, 256)", "model.num_layers": "choice(1, 2)",
+                                        "data.batch_size": 64}}  # a parameter the search fixes
+    assert trial_name("sentiment", cfg.hydra) == "sentiment-4 optimizer.lr=0.0002416 model.hidden_size=128 model.dropout=0.3"
+
+
 def test_wandb_steps_are_the_trainers_and_never_go_back(tmp_path: Path) -> None:
     """W&B drops data logged to a step below one it has committed: such a step is logged at W&B's current one."""
     from types import SimpleNamespace

@@ -240,7 +240,8 @@ def trial_name(name: str, hydra: DictConfig) -> str:
 
     Swept keys: those with several values on the sweep's command line (``-m optimizer.lr=1e-3,3e-3``,
     read from the sweep's ``multirun.yaml``) and a search's parameters (``hydra.sweeper.params``,
-    the Optuna presets'). When none is found, all the job's overrides.
+    the Optuna presets'), less those the sweep's command line fixes to one value. When none is found,
+    all the job's overrides.
     """
     overrides = [str(o) for o in hydra.overrides.task]
     swept = _swept_keys(hydra)
@@ -260,14 +261,47 @@ def _short(override: str) -> str:
 
 
 def _swept_keys(hydra: DictConfig) -> set[str]:
-    from hydra.core.override_parser.overrides_parser import OverridesParser
+    """The keys whose values vary in this sweep: a search's parameters (``hydra.sweeper.params``) and the
+    sweep command line's sweeps (``a=1,2``, ``interval(...)``), less the keys that command line fixes.
 
-    keys = {str(k) for k in (OmegaConf.select(hydra, "sweeper.params", default=None) or {})}
+    Why less those: ``hparams_search=sentiment_optuna model.num_layers=1`` fixes ``model.num_layers`` (the
+    Optuna and basic sweepers take the command line's value over the search space's), yet every trial's
+    name listed ``model.num_layers=1``. A parameter the preset itself fixes (``key: 3``) is not swept either.
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import Override
+
+    parser = OverridesParser.create()
+
+    def parsed(text: str) -> Override | None:
+        try:
+            (override,) = parser.parse_overrides([text])
+        except Exception:  # noqa: BLE001 - Hydra reports a bad override itself
+            return None
+        return override
+
+    params = OmegaConf.select(hydra, "sweeper.params", default=None) or {}
+    if isinstance(params, DictConfig):
+        params = OmegaConf.to_container(params, resolve=False)  # as the sweeper reads them
+    keys = set()
+    for key, value in params.items():
+        override = parsed(f"{key}={value}")
+        if override is None or override.is_sweep_override():  # unparsed: counted swept, as before
+            keys.add(override_key(str(key)))
     try:
         sweep = OmegaConf.load(Path(hydra.sweep.dir) / "multirun.yaml")
         given = [str(o) for o in OmegaConf.select(sweep, "hydra.overrides.task", default=None) or []]
     except Exception:  # noqa: BLE001 - no multirun.yaml (another launcher): the search's keys, if any
         return keys
+    for text in given:
+        override = parsed(text)
+        if override is None:
+            continue
+        if override.is_sweep_override():
+            keys.add(override_key(text))
+        else:  # a value fixed on the command line, over the search space's
+            keys.discard(override_key(text))
+    return keys
     parser = OverridesParser.create()
     for text in given:
         try:
