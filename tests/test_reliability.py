@@ -1148,6 +1148,32 @@ def test_predict_refuses_an_override_it_does_not_apply(make_cfg, override) -> No
         predict(cfg)
 
 
+def test_predict_checks_its_output_path_before_it_predicts(make_cfg, tmp_path: Path) -> None:
+    """output=<a folder> (or a path through a file) printed every prediction and only then failed to
+    write them. It is refused first: here before the (missing) checkpoint is even read."""
+    from lstmkit.commands.predict import predict
+    from lstmkit.errors import ConfigError, LstmkitError
+
+    (tmp_path / "afile").write_text("")
+    for output, says in ((tmp_path, "is a folder; expected the path of the file to write"),
+                         (tmp_path / "afile" / "out.jsonl", "cannot write it (" + str(tmp_path / "afile") + " is a file")):
+        cfg = make_cfg(["ckpt_path=nowhere.ckpt", "input=x", f"output={output}"], name="predict")
+        with pytest.raises(ConfigError, match=re.escape(f"output={output}: {says}")):
+            predict(cfg)
+    if os.geteuid() != 0:  # root writes anywhere
+        (tmp_path / "locked").mkdir(mode=0o500)
+        cfg = make_cfg(["ckpt_path=nowhere.ckpt", "input=x", f"output={tmp_path / 'locked' / 'new' / 'out.jsonl'}"],
+                       name="predict")
+        with pytest.raises(ConfigError, match="is not writable"):
+            predict(cfg)
+    # a folder yet to be made is fine (made when the file is written): the missing checkpoint is what fails
+    cfg = make_cfg(["ckpt_path=nowhere.ckpt", "input=x", f"output={tmp_path / 'new' / 'out.jsonl'}"], name="predict")
+    with pytest.raises(LstmkitError) as err:
+        predict(cfg)
+    assert "output=" not in str(err.value) and "nowhere.ckpt" in str(err.value)
+    assert not (tmp_path / "new").exists()
+
+
 def test_eval_with_a_training_group_says_the_task_is_the_checkpoints() -> None:
     """eval task=ecg / callbacks=none: only Hydra's "To append use +task=ecg", whose advice fails next."""
     for given in ("task=ecg", "callbacks=none"):

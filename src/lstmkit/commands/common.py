@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import re
 import typing
 from collections.abc import Iterator
@@ -41,6 +42,28 @@ def int_option(cfg: Any, key: str, minimum: int = 0) -> int | None:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ConfigError(f"{key}={value!r}: expected a whole number >= {minimum}")
     return value
+
+
+def check_output_file(value: Any, option: str = "output") -> Path:
+    """``option=value`` as the path of a file to write, checked before any work is done.
+
+    Why: ``predict ... output=<folder>`` printed every prediction and only then failed to write them
+    (and a file standing where a folder of the path should be failed the same way, late). A folder
+    missing on the way is fine: it is made when the file is written. Nothing is created here.
+    """
+    output = Path(str(value)).expanduser()
+    if output.is_dir():
+        raise ConfigError(f"{option}={value}: is a folder; expected the path of the file to write")
+    folder = output.absolute().parent
+    while not folder.exists() and folder != folder.parent:  # the nearest folder that is there
+        folder = folder.parent
+    if not folder.is_dir():
+        raise ConfigError(f"{option}={value}: cannot write it ({folder} is a file, not a folder); "
+                          "expected the path of a file in a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ConfigError(f"{option}={value}: cannot write it (the folder {folder} is not writable); "
+                          "expected the path of a file in a folder you can write to")
+    return output
 
 
 def check_device(cfg: Any) -> None:

@@ -14,7 +14,14 @@ from omegaconf import DictConfig, OmegaConf
 
 from lstmkit.build import build, check_target
 from lstmkit.checkpoints import checkpoint_paths, load_models
-from lstmkit.commands.common import apply_decoding, check_command_keys, check_torch_device, int_option, plain
+from lstmkit.commands.common import (
+    apply_decoding,
+    check_command_keys,
+    check_output_file,
+    check_torch_device,
+    int_option,
+    plain,
+)
 from lstmkit.data.text import csv_records, jsonl_records, read_text
 from lstmkit.errors import ConfigError, DataError, LstmkitError
 from lstmkit.files import json_text, write_atomic
@@ -184,6 +191,7 @@ PREDICT_TAKES = ("ckpt_path, input, input_file, output, batch_size, device, gene
 
 def predict(cfg: DictConfig) -> list[dict[str, Any]]:
     check_command_keys(cfg, "predict", PREDICT_KEYS, PREDICT_TAKES)
+    output = check_output_file(cfg.output) if cfg.get("output") else None  # before the predictions are printed
     batch_size = int_option(cfg, "batch_size", minimum=1) or 1
     n_words = int_option(cfg, "generate")
     seed = int_option(cfg, "seed")
@@ -238,8 +246,7 @@ def predict(cfg: DictConfig) -> list[dict[str, Any]]:
                 results.append({"input": raw, **result})
     lines = [json_text(r, ensure_ascii=False) for r in results]
     print("\n".join(lines))
-    if cfg.get("output"):
-        output = Path(cfg.output).expanduser()
+    if output is not None:
         try:
             output.parent.mkdir(parents=True, exist_ok=True)
             write_atomic(output, "\n".join(lines) + "\n")
