@@ -22,6 +22,7 @@ import torchaudio
 
 from lstmkit.checkpoints import load_model
 from lstmkit.commands.common import apply_decoding
+from lstmkit.commands.evaluate import adapt_normalisation
 from lstmkit.data.speech import (
     BLANK,
     SpeechDataModule,
@@ -417,6 +418,46 @@ def test_global_normalisation_uses_the_training_frames_statistics():
     assert both.out_features == 40 and side_by_side.shape[-1] == 40
     assert torch.allclose(side_by_side[..., :20], per_utterance(x, lengths)[0], atol=1e-5)
     assert torch.allclose(side_by_side[..., 20:], enc(x, lengths)[0], atol=1e-5)
+
+
+def test_adapt_normalisation_re_estimates_the_statistics_on_unlabelled_audio(tmp_path):
+    """eval adapt=true: the global branch's statistics become the exact mean / variance of the scored
+    split's valid frames (read without augmentation), whatever the batches; the per-utterance branch and
+    the training mode are untouched; a model without running statistics is told so."""
+    torch.manual_seed(0)
+    x = torch.randn(4, 4000) * torch.tensor([[0.2], [1.0], [3.0], [0.5]])
+    lengths = torch.tensor([4000, 2500, 1200, 3000])
+    enc = SpectrogramEncoder(SPEC, n_mels=20, normalise="both", speed_factors=[0.9, 1.1], freq_mask=3)
+    enc.train()(x * 7, lengths)  # training statistics of other audio
+    raw = SpectrogramEncoder(SPEC, n_mels=20, normalise=False).eval()
+    feats, frames = raw(x, lengths)
+    valid = torch.cat([feats[i, : frames[i]] for i in range(4)])
+    assert not torch.allclose(enc.running_mean, valid.mean(0), atol=1e-2)
+    read = enc.adapt_normalisation([(x[:3], lengths[:3]), (x[3:], lengths[3:])])  # two batches
+    assert read == valid.shape[0] and enc.training  # the mode it had
+    assert torch.allclose(enc.running_mean, valid.mean(0), atol=1e-4)
+    assert torch.allclose(enc.running_var, valid.var(0, unbiased=False), rtol=1e-3)
+    adapted, _ = enc.eval()(x, lengths)
+    pooled = torch.cat([adapted[i, : frames[i], 20:] for i in range(4)])  # the global branch: standardised
+    assert torch.allclose(pooled.mean(0), torch.zeros(20), atol=1e-3)
+    assert torch.allclose(pooled.std(0, unbiased=False), torch.ones(20), atol=1e-2)
+    with pytest.raises(ConfigError, match="encoder.normalise=utterance, which has none"):
+        SpectrogramEncoder(SPEC, n_mels=20).adapt_normalisation([(x, lengths)])
+    with pytest.raises(ConfigError, match="no audio frames"):
+        enc.adapt_normalisation([])
+    # the eval command's step: the scored split's inputs (one held-out speaker), not the others'
+    write_fsdd(tmp_path, speakers=("anna", "bob"))
+    dm = SpeechDataModule(path=str(tmp_path), holdout_speakers=["bob"], batch_size=4)
+    dm.setup("test")
+    model = torch.nn.Module()
+    model.encoder = SpectrogramEncoder(dm.spec, n_mels=20, normalise="global")
+    adapt_normalisation(model, dm, "test")
+    raw = SpectrogramEncoder(dm.spec, n_mels=20, normalise=False).eval()
+    test_frames = torch.cat([f[:n] for batch in dm.test_dataloader() for f, n in zip(*raw(batch.inputs, batch.lengths))])
+    assert torch.allclose(model.encoder.running_mean, test_frames.mean(0), atol=1e-4)
+    model.encoder = torch.nn.Identity()
+    with pytest.raises(ConfigError, match="adapt=true: the Identity encoder keeps no running normalisation"):
+        adapt_normalisation(model, dm, "test")
 
 
 def test_speed_perturbation_stretches_training_batches_only():
@@ -868,6 +909,9 @@ def test_cli_train_then_predict(tmp_path):
                   "trainer.limit_val_batches=1", "trainer.enable_progress_bar=false", cwd=tmp_path)
     assert run.returncode == 0, run.stderr[-3000:]
     assert "'lexicon': 'train'" in run.stdout + run.stderr and "val/cer" in run.stdout
+    run = lstmkit("eval", f"ckpt_path={ckpts[0]}", "adapt=true", "trainer.limit_test_batches=1", cwd=tmp_path)
+    assert run.returncode != 0  # per-utterance CMVN (the preset): no running statistics to re-estimate
+    assert "adapt=true re-estimates the running statistics of encoder.normalise=global|both" in run.stderr
 
 
 def test_notebook_runs(tmp_path, monkeypatch):

@@ -71,7 +71,7 @@ def suggest_override(config_dir: str, config_name: str, args: list[str]) -> str 
 
 
 # what ``lstmkit eval`` applies: every other setting (task, model, head, callbacks...) is the checkpoint's
-EVAL_TAKES = "ckpt_path, split, seed, tags, data.*, decode.*, trainer=/trainer.*, logger=/logger.*"
+EVAL_TAKES = "ckpt_path, split, adapt, seed, tags, data.*, decode.*, trainer=/trainer.*, logger=/logger.*"
 
 
 def _from_the_checkpoint(config_name: str, override: Any, cfg: DictConfig, group_options_of: Any) -> str | None:

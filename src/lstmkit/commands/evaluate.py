@@ -113,8 +113,8 @@ def check_spec_settings(stored: dict[str, Any], overrides: dict[str, Any]) -> No
 
 
 # the top-level keys of conf/eval.yaml and its groups: the settings eval applies
-EVAL_KEYS = ("task_name", "seed", "ckpt_path", "split", "data", "tags", "decode", "trainer", "logger", "paths",
-             "hydra")  # hydra: a config composed with return_hydra_config (the tests')
+EVAL_KEYS = ("task_name", "seed", "ckpt_path", "split", "adapt", "data", "tags", "decode", "trainer", "logger",
+             "paths", "hydra")  # hydra: a config composed with return_hydra_config (the tests')
 
 
 def check_eval_keys(cfg: DictConfig) -> None:
@@ -123,6 +123,21 @@ def check_eval_keys(cfg: DictConfig) -> None:
     from lstmkit.suggest import EVAL_TAKES
 
     check_command_keys(cfg, "eval", EVAL_KEYS, EVAL_TAKES)
+
+
+def adapt_normalisation(model: SequenceModel, datamodule: Any, split: str) -> None:
+    """``adapt=true``: each encoder's running normalisation statistics re-estimated on the scored split's
+    inputs before scoring (unsupervised test-time adaptation; the encoder's ``adapt_normalisation``)."""
+    members = list(model.members) if isinstance(model, SequenceEnsemble) else [model]
+    loader = datamodule.val_dataloader() if split == "val" else datamodule.test_dataloader()
+    for member in members:
+        encoder = member.encoder
+        if not hasattr(encoder, "adapt_normalisation"):
+            raise ConfigError(f"adapt=true: the {type(encoder).__name__} encoder keeps no running normalisation "
+                              "statistics to re-estimate (the speech encoder with encoder.normalise=global|both does)")
+        frames = encoder.adapt_normalisation((batch.inputs, batch.lengths) for batch in loader)
+        log.info("adapt=true: the encoder's normalisation statistics re-estimated on the %d frames of the %s "
+                 "split's inputs (no labels read)", frames, split)
 
 
 def evaluate(cfg: DictConfig) -> float | None:
@@ -164,6 +179,8 @@ def evaluate(cfg: DictConfig) -> float | None:
                         path=getattr(datamodule, "path", None))
     if split == "all":
         model.name_test_split("all")  # its loggers' keys too, not only the table's
+    if cfg.get("adapt"):
+        adapt_normalisation(model, datamodule, split)
     configure_wandb(cfg, job_type="eval")
     trainer: L.Trainer = instantiate(cfg.trainer, logger=instantiate_group(cfg.get("logger")) or False)
     if split == "val":

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
 import torchaudio.functional as AF
 import torchaudio.transforms as AT
@@ -242,7 +244,10 @@ class SpectrogramEncoder(nn.Module):
         index = torch.where((j >= end) & (j < end + self.n_fft // 2), reflected, j)
         return inputs.gather(-1, index.expand(inputs.shape[0], -1))
 
-    def forward(self, inputs: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _frames(self, inputs: torch.Tensor, lengths: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Waveforms -> the front end's frames before normalisation ``(B, F, T)``, frame counts and the
+        valid-frame mask ``(B, 1, T)``: steps 0-2 up to the trimming (augmented in training mode)."""
         inputs = inputs.to(torch.get_default_dtype())  # float64 under trainer.precision=64-true
         if self.level == "peak" or self.preemphasis:
             inputs = self._condition(inputs, lengths)
@@ -277,6 +282,10 @@ class SpectrogramEncoder(nn.Module):
             feats, frames = self._trim(heard, feats, frames)
         mask = torch.arange(feats.shape[-1], device=feats.device)[None, :] < frames[:, None]  # (B, T)
         mask = mask[:, None, :]  # (B, 1, T)
+        return feats, frames, mask
+
+    def forward(self, inputs: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        feats, frames, mask = self._frames(inputs, lengths)
         if self.normalise == "utterance":
             feats = self._utterance_norm(feats, frames, mask)
         elif self.normalise == "global":
@@ -324,6 +333,43 @@ class SpectrogramEncoder(nn.Module):
                 self.batches_seen += 1
         scale = torch.rsqrt(self.running_var[None, :, None] + 1e-5)
         return ((feats - self.running_mean[None, :, None]) * scale).to(feats.dtype)
+
+    @torch.no_grad()
+    def adapt_normalisation(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> int:
+        """Re-estimate the global branch's statistics on unlabelled audio; returns the frames read.
+
+        Test-time adaptation (AdaBN, Li et al. 2016, applied to feature normalisation as per-speaker
+        CMVN is in Kaldi): the running mean and variance become the exact mean and (biased) variance
+        of every valid frame of ``batches`` (waveforms and sample counts, e.g. one unseen speaker's
+        recordings), read in evaluation mode (no augmentation). Only the inputs are read, never a
+        transcript, so scoring afterwards stays honest; what moves is the microphone's and the
+        voice's average colouring, which the training speakers' statistics would otherwise keep.
+        """
+        if self.normalise not in {"global", "both"}:
+            raise ConfigError(f"adapt=true re-estimates the running statistics of encoder.normalise=global|both; "
+                              f"this model was trained with encoder.normalise={self.normalise}, which has none")
+        was_training = self.training
+        self.eval()
+        dtype = torch.float64
+        total = torch.zeros((), dtype=dtype)
+        sums = sq = None
+        try:
+            for inputs, lengths in batches:
+                feats, _, mask = self._frames(inputs.to(self.running_mean.device), lengths)
+                frames, valid = feats.to(dtype), mask.to(dtype)
+                part, part_sq = (frames * valid).sum((0, 2)), (frames.pow(2) * valid).sum((0, 2))
+                sums = part if sums is None else sums + part
+                sq = part_sq if sq is None else sq + part_sq
+                total = total + valid.sum().cpu()
+        finally:
+            self.train(was_training)
+        if sums is None or total < 2:
+            raise ConfigError("adapt=true: the scored data has no audio frames to re-estimate the normalisation on")
+        mean = sums.cpu() / total
+        var = (sq.cpu() / total - mean.pow(2)).clamp(min=0.0)
+        self.running_mean.copy_(mean.to(self.running_mean.dtype))
+        self.running_var.copy_(var.to(self.running_var.dtype))
+        return int(total)
 
     def _perturb_channel(self, inputs: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """A random tilt and white noise per utterance (``tilt``, ``noise_snr``); the padding stays 0."""
