@@ -143,6 +143,9 @@ CASES = [
     Case("empty-file", lambda d: [f"data.path={_text(d / 'empty.csv', '  ')}"], r"empty\.csv.*file is empty"),
     Case("not-utf8", lambda d: ["data.path=" + str(_text(d / "l.txt", "1 caf\xe9 good".encode("latin-1")))],
          r"l\.txt, row 1: not valid UTF-8"),
+    Case("utf16-file", lambda d: ["data.path=" + str(_text(d / "u.csv", _reviews().encode("utf-16")))],
+         r"u\.csv: the file is UTF-16 \(little-endian, with a byte-order mark, as Windows Notepad and Excel save "
+         r"'Unicode text'\), not UTF-8; convert it, e\.g\. iconv -f UTF-16 -t UTF-8 'u\.csv' > 'u-utf8\.csv'"),
     Case("missing-column", lambda d: ["data.path=" + str(_text(d / "c.csv", "text,stars\nfine,1\n"))],
          r"c\.csv, row 1, field 'label': no column 'label'"),
     Case("unknown-label", lambda d: _splits(d, test="1 good\n2 meh\n"),
@@ -294,6 +297,31 @@ def test_readme_lists_every_case() -> None:
     section = readme.split("### Bad input and the message it gets", 1)[1].split("\n## ", 1)[0]
     listed = re.findall(r"^\| `([a-z0-9-]+)` \|", section, flags=re.MULTILINE)
     assert sorted(listed) == sorted(c.id for c in CASES)
+
+
+@pytest.mark.parametrize(("encoding", "bom", "named"), [
+    ("utf-16-le", b"\xff\xfe", "UTF-16 (little-endian"), ("utf-16-be", b"\xfe\xff", "UTF-16 (big-endian"),
+    ("utf-32-le", b"\xff\xfe\x00\x00", "UTF-32 (little-endian"), ("utf-32-be", b"\x00\x00\xfe\xff", "UTF-32 (big-endian"),
+], ids=["utf-16-le", "utf-16-be", "utf-32-le", "utf-32-be"])
+def test_a_utf16_or_utf32_file_is_named_with_how_to_convert_it(tmp_path: Path, encoding: str, bom: bytes,
+                                                                  named: str) -> None:
+    """Notepad's and Excel's "Unicode text" is UTF-16 with a byte-order mark: it was "not valid UTF-8
+    (byte 0xff at offset 0)", which says neither what the file is nor how to fix it. A UTF-8 mark is read."""
+    from lstmkit.data.stock import read_ohlcv
+    from lstmkit.data.text import read_labelled_text
+    from lstmkit.errors import DataError
+
+    text = _reviews(4)
+    with pytest.raises(DataError, match=re.escape(f"reviews.csv: the file is {named}") + r".*iconv -f UTF-\d\d -t UTF-8"):
+        read_labelled_text(_text(tmp_path / "reviews.csv", bom + text.encode(encoding)))
+    assert read_labelled_text(_text(tmp_path / "bom8.csv", text.encode("utf-8-sig")))[0] == (2, "bad film number 0", "0")
+    frame = generate_ohlcv(1, 30, seed=3).drop(columns="Name").to_csv(index=False)
+    with pytest.raises(DataError, match=re.escape(f"acme.csv: the file is {named}")):
+        read_ohlcv(_text(tmp_path / "acme.csv", bom + frame.encode(encoding)), ["close"])
+    import gzip
+    (tmp_path / "acme.csv.gz").write_bytes(gzip.compress(bom + frame.encode(encoding)))
+    with pytest.raises(DataError, match=re.escape(f"acme.csv.gz: the decompressed text is {named}")):
+        read_ohlcv(tmp_path / "acme.csv.gz", ["close"])
 
 
 def test_a_monitor_typo_is_one_line_naming_the_logged_metrics() -> None:

@@ -39,7 +39,7 @@ import torch
 from torch.utils.data import Dataset
 
 from lstmkit.data.base import PadCollate, SequenceDataModule
-from lstmkit.data.text import csv_records, read_text
+from lstmkit.data.text import check_unicode_bom, csv_records, read_text
 from lstmkit.encoders.features import KINDS, fit_feature_normaliser
 from lstmkit.errors import ConfigError, DataError
 from lstmkit.heads.regression import to_target_space
@@ -228,6 +228,7 @@ def _file_text(path: Path) -> str:
         return read_text(path)
     with _opened(path) as stream:
         raw = stream.read()
+    check_unicode_bom(raw, path, what="decompressed text")
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as err:

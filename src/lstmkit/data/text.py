@@ -397,6 +397,31 @@ def encode(tokens: list[str], index: dict[str, int], unk_id: int) -> list[int]:
 _COMPRESSED = ((b"\x1f\x8b", "gzip"), (b"PK\x03\x04", "zip"), (b"\xfd7zXZ\x00", "xz"))  # magic numbers
 
 
+# byte-order marks of the Unicode encodings other than UTF-8; UTF-32 first: its little-endian mark
+# starts with UTF-16's (FF FE)
+_OTHER_BOMS = ((b"\xff\xfe\x00\x00", "UTF-32", "little-endian"), (b"\x00\x00\xfe\xff", "UTF-32", "big-endian"),
+               (b"\xff\xfe", "UTF-16", "little-endian"), (b"\xfe\xff", "UTF-16", "big-endian"))
+
+
+def check_unicode_bom(raw: bytes, path: Path, what: str = "file") -> None:
+    """Refuse a text that starts with a UTF-16 or UTF-32 byte-order mark, saying how to convert it.
+
+    Why: Windows Notepad and Excel save "Unicode text" as UTF-16 with a byte-order mark; decoded as
+    UTF-8 it failed at its first byte with "not valid UTF-8 (byte 0xff at offset 0)", which does not
+    say what the file is nor how to fix it. A UTF-8 byte-order mark (EF BB BF) is read as UTF-8."""
+    for bom, encoding, order in _OTHER_BOMS:
+        if raw.startswith(bom):
+            name = Path(path).name
+            origin = ", as Windows Notepad and Excel save 'Unicode text'" if encoding == "UTF-16" else ""
+            if what == "file":
+                fix = (f"convert it, e.g. iconv -f {encoding} -t UTF-8 '{name}' > "
+                       f"'{Path(name).stem}-utf8{Path(name).suffix}', or re-save it as UTF-8")
+            else:
+                fix = f"decompress it and convert the text, e.g. with iconv -f {encoding} -t UTF-8, or re-save it as UTF-8"
+            raise DataError(f"the {what} is {encoding} ({order}, with a byte-order mark{origin}), not UTF-8; {fix}",
+                            path=path, readable=False)
+
+
 def read_text(path: Path) -> str:
     """Read a whole UTF-8 file with clear errors for missing, empty or non-UTF-8 files.
 
@@ -412,6 +437,7 @@ def read_text(path: Path) -> str:
     packed = next((name for magic, name in _COMPRESSED if raw.startswith(magic)), None)
     if packed:  # its bytes would be "not valid UTF-8 (byte 0x8b at offset 1)"
         raise DataError(f"a {packed} archive, not a text file; decompress it first", path=path)
+    check_unicode_bom(raw, path)
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as err:
