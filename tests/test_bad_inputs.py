@@ -197,6 +197,9 @@ CASES = [
          r"beats\.txt, row 2, field 'column 7': found 'nan'"),
     Case("ecg-unknown-class", lambda d: _ecg(d, lambda rows: rows[1].__setitem__(0, "7.0")),
          r"beats\.txt, row 2, field 'column 0': class label 7 is not a known class"),
+    Case("column-case-ambiguous", lambda d: ["data.path=" + str(_text(d / "t.csv", "Text,TEXT,label\ngood,fine,1\n"))],
+         r"t\.csv, row 1, field 'text': columns 'Text' \(column 1\) and 'TEXT' \(column 2\) both match 'text' .*set "
+         r"data\.text_column / data\.label_column to its exact name"),
     Case("csv-extra-field", lambda d: ["data.path=" + str(_text(d / "x.csv", _reviews(10) + "good, really good,1\n"))],
          r"x\.csv, row 12: 3 fields, but the header has 2 \(\['text', 'label'\]\); quote a field"),
     Case("empty-val-split", lambda d: ["data.path=" + str(_text(d / "tiny.csv", _reviews(4)))],

@@ -240,6 +240,31 @@ def test_spaces_around_header_names_are_not_part_of_them(tmp_path: Path) -> None
     assert read_labelled_text(data) == [(2, "good film", "1")]
 
 
+@pytest.mark.parametrize("suffix", [".csv", ".tsv", ".jsonl"])
+def test_column_names_are_matched_in_any_case(tmp_path: Path, suffix: str) -> None:
+    """``data.text_column=text`` did not find a header ``Text`` (the stock reader matches any case). A
+    name written exactly so wins over another case of it; two other cases of it are an error."""
+    from lstmkit.data.text import read_labelled_text
+
+    def table(header: list[str], rows: list[list[str]]) -> Path:
+        path = tmp_path / f"reviews{suffix}"
+        if suffix == ".jsonl":
+            path.write_text("".join(json.dumps(dict(zip(header, row))) + "\n" for row in rows))
+        else:
+            sep = "," if suffix == ".csv" else "\t"
+            path.write_text("".join(sep.join(line) + "\n" for line in [header, *rows]))
+        return path
+
+    first = 1 if suffix == ".jsonl" else 2
+    assert read_labelled_text(table(["Text", "LABEL"], [["good film", "1"]])) == [(first, "good film", "1")]
+    exact = table(["TEXT", "text", "Label"], [["not this", "good film", "1"]])
+    assert read_labelled_text(exact) == [(first, "good film", "1")]
+    assert read_labelled_text(exact, text_column="TEXT") == [(first, "not this", "1")]
+    with pytest.raises(DataError, match=r"reviews\.\w+, row 1, field 'text': (column|key)s 'Text'.* and 'TEXT'.* both "
+                                        r"match 'text' .*set data\.text_column / data\.label_column to its exact name"):
+        read_labelled_text(table(["Text", "TEXT", "label"], [["a", "b", "1"]]))
+
+
 def test_pasted_typographic_quotes_and_combining_accents_read_as_typed_text() -> None:
     from lstmkit.data.text import tokenize
 

@@ -65,7 +65,7 @@ def write_fsdd(folder: Path, speakers=("anna", "bob"), digits=(1, 2, 3), count: 
 def write_manifest(folder: Path, rows: list[dict], kind: str = "csv") -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     for row in rows:
-        if not (folder / row["path"]).exists():
+        if "path" in row and not (folder / row["path"]).exists():
             sf.write(folder / row["path"], tone(0.25), SR)
     if kind == "csv":
         path = folder / "manifest.csv"
@@ -192,6 +192,23 @@ def test_manifest_splits_and_relative_paths(tmp_path, kind):
     assert set(dm.spec.classes) == {BLANK, " ", *"yesnof"}
     ids = dm.splits["val"][0][1].tolist()
     assert "".join(dm.spec.classes[i] for i in ids) == "yes"
+
+
+@pytest.mark.parametrize("kind", ["csv", "jsonl"])
+def test_manifest_columns_are_found_in_any_case(tmp_path, kind):
+    """``Path,Text,Split`` (a spreadsheet's header) was "no column 'path'": the stock reader matched its
+    columns in any case, the manifest only the exact one."""
+    rows = [{"Path": r["path"], "TEXT": r["text"], "Split": r["split"], "Speaker": "ann" if i % 2 else "bob"}
+            for i, r in enumerate(split_rows())]
+    write_manifest(tmp_path / "corpus", split_rows(), kind)  # the clips
+    (tmp_path / "corpus" / f"manifest.{kind}").unlink()
+    write_manifest(tmp_path / "corpus", rows, kind)
+    dm = SpeechDataModule(path=str(tmp_path / "corpus"))
+    dm.setup()
+    assert {k: len(v) for k, v in dm.splits.items()} == {"train": 6, "val": 1, "test": 1}  # the Split column
+    assert {u.speaker for u in dm._utterances()} == {"ann", "bob"}  # the Speaker column
+    ids = dm.splits["val"][0][1].tolist()
+    assert "".join(dm.spec.classes[i] for i in ids) == "yes"  # the TEXT column
 
 
 def test_manifest_missing_column_and_audio(tmp_path):

@@ -69,7 +69,7 @@ def collect_inputs_and_origins(cfg: DictConfig, text_column: str | None = None, 
         content = read_text(path)
         records = (csv_records(content, (table == ".csv" and delimiter) or TABLE_SUFFIXES[table], path, required=(text_column,),
                                hint="data.text_column") if table in TABLE_SUFFIXES
-                   else jsonl_records(content, path))
+                   else jsonl_records(content, path, (text_column,), "data.text_column"))
         for row, record in records:
             text = record.get(text_column)
             if not isinstance(text, str) or not text.strip():

@@ -555,9 +555,14 @@ class SpeechDataModule(SequenceDataModule):
         if suffix in {".csv", ".tsv"}:
             records = list(csv_records(content, "," if suffix == ".csv" else "\t", manifest,
                                        required=(self.path_column, self.text_column),
-                                       hint="data.path_column / data.text_column"))
+                                       hint="data.path_column / data.text_column (data.split_column / "
+                                            "data.speaker_column)",
+                                       optional=(self.split_column, self.speaker_column)))
         elif suffix in {".jsonl", ".json"}:
-            records = list(jsonl_records(content, manifest))
+            records = list(jsonl_records(content, manifest, (self.path_column, self.text_column, self.split_column,
+                                                             self.speaker_column),
+                                         "data.path_column / data.text_column / data.split_column / "
+                                         "data.speaker_column"))
         else:
             raise DataError(f"unknown manifest type {suffix!r}; expected .csv, .tsv or .jsonl", path=manifest)
         utterances = []

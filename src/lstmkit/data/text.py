@@ -487,7 +487,8 @@ def read_labelled_text(
             pairs.append(_checked(record.get(text_column), record.get(label_column), path, row,
                                   text_column, label_column))
     elif fmt == "jsonl":
-        for row, record in jsonl_records(content, path):
+        for row, record in jsonl_records(content, path, (text_column, label_column),
+                                         "data.text_column / data.label_column"):
             if record.get(text_column) is not None and not isinstance(record[text_column], str):
                 raise DataError(f"expected a string, found {type(record[text_column]).__name__} "
                                 f"{record[text_column]!r}", path=path, row=row, field=text_column)
@@ -558,8 +559,33 @@ def check_delimiter(delimiter: Any) -> str | None:
     return delimiter
 
 
+def match_columns(
+    names: list[Any], wanted: Iterable[str], path: Path, row: int, hint: str, kind: str = "column"
+) -> list[Any]:
+    """``names`` (a header's, a JSON object's keys) with each ``wanted`` name that is there in another
+    case renamed to it: ``data.text_column=text`` reads a column ``Text``, as stock reads ``Close``.
+
+    A name given exactly as it is in the file wins over one that differs only in case; two names that
+    differ from a wanted one only in case (``Text`` and ``TEXT``) are a :class:`DataError` (which one
+    to read?). Why: only the exact case was found, so a spreadsheet's ``Text,Label`` header was "no
+    column 'text'", while the stock reader matched its columns in any case."""
+    names = list(names)
+    for column in dict.fromkeys(wanted):
+        if column in names:
+            continue
+        same = [i for i, name in enumerate(names) if isinstance(name, str) and name.casefold() == column.casefold()]
+        if len(same) > 1:
+            found = " and ".join(f"{names[i]!r}" + (f" ({kind} {i + 1})" if kind == "column" else "") for i in same)
+            raise DataError(f"{kind}s {found} both match {column!r} (names are matched in any case when none is "
+                            f"written exactly so); rename all but the one to read, or set {hint} to its exact name",
+                            path=path, row=row, field=column)
+        if same:
+            names[same[0]] = column
+    return names
+
+
 def csv_records(
-    content: str, delimiter: str, path: Path, required: Iterable[str], hint: str
+    content: str, delimiter: str, path: Path, required: Iterable[str], hint: str, optional: Iterable[str] = (),
 ) -> Iterable[tuple[int, dict[str, Any]]]:
     """``(row, record)`` for each record of a CSV/TSV text; ``row`` is the record's first line in the
     file (the header is line 1), so blank lines and quoted newlines do not shift it. TSV is read
@@ -567,7 +593,9 @@ def csv_records(
 
     Read as a stream, not as split lines: a quoted field may hold a newline, which ``splitlines()``
     would cut into two records. A missing ``required`` column or a record with more fields than the
-    header raises :class:`DataError`; ``hint`` names the options that choose the columns.
+    header raises :class:`DataError`; ``hint`` names the options that choose the columns. The
+    ``required`` and ``optional`` columns are found in any case (:func:`match_columns`), and the
+    records are keyed by the names asked for.
     """
     # TSV is unquoted: a text that starts with a quote ('"Twist" ending ...') is text, not a quoted field
     quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
@@ -579,8 +607,10 @@ def csv_records(
     except csv.Error as err:
         raise _quoting_error(err, reader, path) from None
     # "text, label" (a space after the comma, as people type headers): the column is 'label', not ' label'
-    header = reader.fieldnames = [name.strip() if isinstance(name, str) else name for name in header]
+    header = [name.strip() if isinstance(name, str) else name for name in header]
     required = list(required)
+    shown = header  # the messages show the file's own names
+    header = reader.fieldnames = match_columns(header, [*required, *optional], path, 1, hint)
     for column in dict.fromkeys(required):
         # DictReader keeps the last of two same-named columns: the first would be dropped silently
         if header.count(column) > 1:
@@ -600,7 +630,7 @@ def csv_records(
                                    for h in header):
                 other = (" (the first line looks like data, not a header: the first line must name the columns, "
                          f"{' and '.join(repr(c) for c in required)} among them)")
-            raise DataError(f"no column {column!r}; the header has {header}. Set {hint} to the right names{other}",
+            raise DataError(f"no column {column!r}; the header has {shown}. Set {hint} to the right names{other}",
                             path=path, row=1, field=column, readable=False)  # perhaps a table of another kind
     while True:
         try:
@@ -614,17 +644,21 @@ def csv_records(
         row = reader.line_num - inside  # the record's first line: its last, less its quoted newlines
         if any(str(v).strip() for v in record.get(None) or ()):  # DictReader's place for extra fields
             fields = len(header) + len(record[None])  # type: ignore[index]
-            raise DataError(f"{fields} fields, but the header has {len(header)} ({header}); quote a field "
+            raise DataError(f"{fields} fields, but the header has {len(header)} ({shown}); quote a field "
                             "that contains the delimiter", path=path, row=row)
         yield row, record
 
 
-def jsonl_records(content: str, path: Path) -> Iterable[tuple[int, dict[str, Any]]]:
-    """``(row, object)`` for each non-blank line of a JSON-lines text.
+def jsonl_records(
+    content: str, path: Path, columns: Iterable[str] = (), hint: str = "the key options"
+) -> Iterable[tuple[int, dict[str, Any]]]:
+    """``(row, object)`` for each non-blank line of a JSON-lines text; the keys ``columns`` are found in
+    any case, as a CSV header's columns are (:func:`match_columns`; ``hint``: the options naming them).
 
     Split at ``\\n`` only: ``splitlines()`` also splits at characters JSON strings may hold raw
     (U+2028, form feed), which would cut a record and shift every later row number.
     """
+    columns, keys_hint = list(columns), hint
     for row, line in enumerate(content.split("\n"), start=1):
         if not line.strip():
             continue
@@ -638,6 +672,8 @@ def jsonl_records(content: str, path: Path) -> Iterable[tuple[int, dict[str, Any
             hint = array if isinstance(record, list) else ""
             raise DataError(f"expected a JSON object per line (JSON Lines), found {type(record).__name__}{hint}",
                             path=path, row=row)
+        if columns and not all(column in record for column in columns):
+            record = dict(zip(match_columns(list(record), columns, path, row, keys_hint, kind="key"), record.values()))
         yield row, record
 
 
