@@ -118,10 +118,10 @@ def _set(frame: pd.DataFrame, row: int, column: str, value: object) -> pd.DataFr
     return frame
 
 
-def _trained_stock_checkpoint(d: Path) -> Path:
+def _trained_stock_checkpoint(d: Path, *data: str) -> Path:
     quick = ["trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
              "trainer.limit_test_batches=1", "test=false", *FDR[1:]]  # fast_dev_run saves no checkpoint
-    code = _run(["train", "task=stock", "data.num_tickers=1", "data.num_days=200", *quick,
+    code = _run(["train", "task=stock", "data.num_tickers=1", "data.num_days=200", *data, *quick,
                  f"hydra.run.dir={d / 'stock_run'}"], d)[0]
     assert code == 0
     return next((d / "stock_run" / "checkpoints").glob("*.ckpt"))
@@ -223,6 +223,13 @@ CASES = [
                                                                  .replace(",1\n", ",positive\n")))],
          r"five\.csv: the test split is empty \(val 0 / test 0 / train 5 examples\), so there is nothing to score; "
          r"split=all scores every example of the data", command="eval"),
+    Case("eval-after-test-start",
+         lambda d: [f"ckpt_path={_trained_stock_checkpoint(d, 'data.window=8', 'data.val_start=2016-07-01', 'data.test_start=2016-08-15')}",
+                    *_stock(d, lambda f: f.assign(date=pd.bdate_range("2018-01-02", periods=len(f)).strftime("%Y-%m-%d")),
+                            days=60)[1:2]],
+         r"acme\.csv: ticker 'acme': all of its dates \(2018-01-02 to 2018-03-26\) are on or after the checkpoint's "
+         r"data\.test_start=2016-08-15, so .* none in train or val .*: split=all scores every window of the data",
+         command="eval"),
     Case("impossible-size", lambda d: ["encoder.dim=-1"],
          r"cannot build the model \(encoder / model / head\) from the config: .*negative dimension -1.*encoder\.dim=-1"),
     Case("optimizer-not-a-number", lambda d: ["optimizer.lr=fast"], r"optimizer\.lr='fast': expected a number \(AdamW's lr\)"),

@@ -687,16 +687,28 @@ class StockDataModule(SequenceDataModule):
         # two train windows at least: the target's spread (its normaliser's scale) needs two values
         if n_train < w + h + 1 or val_end - n_train < h or n - val_end < h:
             needed = math.ceil((w + h + 1) / self.train_fraction) if self.val_start is None else w + 3 * h + 1
+            # eval (a checkpoint's spec): the normaliser is the model's, so no train rows are needed, but the
+            # split still wants them; split=all scores every window. Why: a file of dates after the checkpoint's
+            # test_start (new data to score, the usual case) was told it needs train rows
+            whole = ("; eval needs no train rows (the model's normaliser is the checkpoint's): split=all scores "
+                     "every window of the data" if self.fixed_spec is not None else "")
+            if self.val_start is not None and n and whole and n_train == 0 and val_end == 0:
+                raise DataError(
+                    f"ticker {series.ticker!r}: all of its dates ({series.dates[0]} to {series.dates[-1]}) are on or "
+                    f"after the checkpoint's data.test_start={self.test_start}, so the split the model was trained "
+                    f"with puts every row in test and none in train or val (data.val_start={self.val_start}); eval "
+                    "needs no train rows (the model's normaliser is the checkpoint's): split=all scores every window "
+                    "of the data (or set data.val_start / data.test_start to dates of this data)", path=series.source)
             if self.val_start is not None and n:
                 raise DataError(
                     f"ticker {series.ticker!r}: data.val_start={self.val_start} / data.test_start={self.test_start} "
                     f"leave {n_train} train / {val_end - n_train} val / {n - val_end} test rows of its dates "
                     f"{series.dates[0]} to {series.dates[-1]}; a window of {w} days with horizon {h} needs at least "
-                    f"{w + h + 1} train rows (two windows) and {h} in val and in test", path=series.source)
+                    f"{w + h + 1} train rows (two windows) and {h} in val and in test{whole}", path=series.source)
             raise DataError(
                 f"ticker {series.ticker!r} is too short: {n} rows ({n_train} train / {val_end - n_train} val / "
                 f"{n - val_end} test); a window of {w} days with horizon {h} needs at least {w + h + 1} train rows "
-                f"(two windows) and {h} in val and in test (about {needed} rows in all)",
+                f"(two windows) and {h} in val and in test (about {needed} rows in all){whole}",
                 path=series.source,
             )
         return n_train, val_end
