@@ -110,6 +110,35 @@ def test_eval_split_all_scores_every_row_of_a_new_file(make_cfg, tmp_path: Path,
         evaluate(make_cfg([f"ckpt_path={ckpt}", "split=train"], name="eval"))
 
 
+def test_eval_split_val_writes_the_plots_of_the_val_split(make_cfg, tmp_path: Path, monkeypatch) -> None:
+    """``eval split=val`` wrote no plots/ (the figures were collected in the test loop only); it now draws
+    the val split, as ``val_<name>.png`` beside the test split's unchanged ``<name>.png``, with titles that
+    say val. Fitting's val loops draw nothing."""
+    from lstmkit.heads import regression
+
+    train(make_cfg(["task=stock", "data.num_tickers=1", "data.num_days=200", "data.window=8", "model.hidden_size=8",
+                    "logger=none", *QUICK]))
+    plots = tmp_path / "plots"
+    assert sorted(p.name for p in plots.iterdir()) == ["forecast.png"]  # the test run's; no val_ plots
+    test_plot = (plots / "forecast.png").read_bytes()
+    titles: list[str] = []
+    original = regression.forecast_figure
+    monkeypatch.setattr(regression, "forecast_figure", lambda *a: titles.append(original(*a).axes[0].get_title())
+                        or original(*a))
+    ckpt = tmp_path / "checkpoints" / "last.ckpt"
+    evaluate(make_cfg([f"ckpt_path={ckpt}", "split=val", "logger=none", "trainer.enable_progress_bar=false"],
+                      name="eval"))
+    assert sorted(p.name for p in plots.iterdir()) == ["forecast.png", "val_forecast.png"]
+    assert (plots / "val_forecast.png").stat().st_size > 10_000
+    assert (plots / "forecast.png").read_bytes() == test_plot
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert titles and "(all val windows; MASE " + f"{metrics['val/mase']:.3f})" in titles[-1]
+    evaluate(make_cfg([f"ckpt_path={ckpt}", "split=test", "logger=none", "trainer.enable_progress_bar=false"],
+                      name="eval"))
+    assert sorted(p.name for p in plots.iterdir()) == ["forecast.png", "val_forecast.png"]
+    assert "(all test windows" in titles[-1]
+
+
 def test_a_datamodule_that_ignores_whole_is_refused() -> None:
     """A user's datamodule that never reads ``whole`` would score its test split as ``all/...``."""
     from lstmkit.data.base import SequenceDataModule, SequenceDataset

@@ -131,6 +131,9 @@ class SequenceModel(L.LightningModule):
                               "encoder.sparse=false")
 
     test_name = "test"  # what the test loop's metrics are called (eval split=all: "all")
+    # the loop whose examples the figures collect: the test loop, or the val loop of trainer.validate (eval
+    # split=val; never the val loops of fitting, which would draw every epoch)
+    figure_split = "test"
 
     def name_test_split(self, name: str) -> None:
         """Log the test loop's loss, metrics and figures as ``<name>/...``: ``lstmkit eval split=all``
@@ -195,7 +198,7 @@ class SequenceModel(L.LightningModule):
         self.head.check(lengths, batch)
         loss = self.head.loss(outputs, lengths, batch)
         self.head.update_metrics(self.metrics[split], outputs, lengths, batch)
-        if split == "test" and self.figure_metrics is not None:
+        if split == self.figure_split and self.figure_metrics is not None:
             self.head.update_metrics(self.figure_metrics, outputs, lengths, batch)
         self.losses[split].update(loss.detach(), weight=self.head.loss_weight(outputs, lengths, batch))
         name = self.test_name if split == "test" else split
@@ -268,16 +271,33 @@ class SequenceModel(L.LightningModule):
         # (not the sanity check's batches: they would choose it from the untrained model's scores, and it
         # would stay whenever no real validation followed: check_val_every_n_epoch, max_time)
         self.head.fitting = self.trainer.state.fn == TrainerFn.FITTING and not self.trainer.sanity_checking
+        # eval split=val draws the test loop's figures of the val split (it wrote no plots/ at all)
+        self.figure_split = "val" if self.trainer.state.fn == TrainerFn.VALIDATING else "test"
+        if self.figure_split == "val" and self.figure_metrics is not None:
+            self.figure_metrics.reset()
+
+    def on_validation_epoch_end(self) -> None:
+        if self.figure_split == "val":
+            self._save_figures("val")
 
     def on_test_epoch_start(self) -> None:
         self.reset_state("test")
+        self.figure_split = "test"
         if self.figure_metrics is not None:
             self.figure_metrics.reset()
 
     def on_test_epoch_end(self) -> None:
+        self._save_figures(self.test_name)
+
+    def _save_figures(self, split: str) -> None:
+        """The head's figures of ``split`` under ``plots/``: the test loop's as ``<name>.png`` (eval split=all's
+        too), the val split's as ``val_<name>.png``, so that a run folder's test plots keep their names."""
         if self.figure_metrics is None or self.trainer.sanity_checking:
             return
+        self.head.figure_split = split
         figures = self.head.figures(self.figure_metrics)  # computed on every rank (metric sync)
+        if split == "val":
+            figures = {f"val_{name}": fig for name, fig in figures.items()}
         if figures and self.trainer.is_global_zero:
             save_and_log(figures, self.trainer.default_root_dir, self.loggers, step=self.global_step)
 

@@ -257,8 +257,8 @@ class ScoreHead(Head):
         if math.isfinite(threshold):
             ax.axvline(threshold, color="black", linestyle="--", label=f"threshold {threshold:.4g}")
         ax.set_xlabel(self.score_name)
-        ax.set_ylabel("test beats")
-        ax.set_title("Test scores: normal vs anomalous")
+        ax.set_ylabel(f"{self.figure_split} beats")
+        ax.set_title(f"{self.figure_split.capitalize()} scores: normal vs anomalous")
         ax.legend()
         figures["score_histogram"] = fig
 
@@ -274,7 +274,7 @@ class ScoreHead(Head):
                     "ko", label="at threshold")
             ax.set_xlabel("false positive rate")
             ax.set_ylabel("true positive rate")
-            ax.set_title("ROC (test)")
+            ax.set_title(f"ROC ({self.figure_split})")
             ax.legend(loc="lower right")
             figures["roc_curve"] = fig
         return figures

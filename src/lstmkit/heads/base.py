@@ -63,6 +63,7 @@ class Head(nn.Module):
     pooling: str = "none"
     monitor: str = "val/loss"
     fitting: bool = True  # False when a trained model is only evaluated: decision values stay as stored
+    figure_split: str = "test"  # the split the figures show, named in their titles (test, val, all)
     mode: str = "min"
     # True when step t predicts a later input (the next token or sample): the LSTM must not have read it
     causal: bool = False
@@ -117,7 +118,8 @@ class Head(nn.Module):
         return None
 
     def figures(self, figure_metrics: MetricCollection) -> dict[str, Any]:
-        """Matplotlib figures (name -> Figure) made from :meth:`figure_metrics` at test end.
+        """Matplotlib figures (name -> Figure) made from :meth:`figure_metrics` at test end (and at the
+        end of ``lstmkit eval split=val``); titles name the split as :attr:`figure_split`.
 
         The module saves them as PNG under ``<run dir>/plots/`` and logs them to the loggers.
         """

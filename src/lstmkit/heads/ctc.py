@@ -523,7 +523,7 @@ class CTCHead(Head):
                 ax.text(x, y, str(c), ha="center", va="bottom", fontsize=7)
             ax.set_xlabel("reference length (characters)")
             ax.set_ylabel("CER")
-            ax.set_title("test CER by transcript length (bar labels: utterances)")
+            ax.set_title(f"{self.figure_split} CER by transcript length (bar labels: utterances)")
             figures["cer_by_length"] = fig
         posteriors = result["posteriors"]
         if posteriors:
@@ -535,7 +535,7 @@ class CTCHead(Head):
                 ref_text, hyp_text = self._text(ref.reshape(-1).tolist()), self._text(hyp.reshape(-1).tolist())
                 ax.set_title(f"ref: {ref_text!r}   hyp: {hyp_text!r}", fontsize=9)
             axes[-1, 0].set_xlabel("frame (after subsampling)")
-            fig.suptitle("CTC posteriors on test utterances")
+            fig.suptitle(f"CTC posteriors on {self.figure_split} utterances")
             fig.tight_layout()
             figures["ctc_posteriors"] = fig
         return figures

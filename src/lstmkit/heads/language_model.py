@@ -273,7 +273,7 @@ class LanguageModelHead(Head):
                         ha="center", va="bottom", fontsize=8)
         ax.set_yscale("log")
         ax.set_xlabel("target word's frequency rank in the training text")
-        ax.set_ylabel("test perplexity")
+        ax.set_ylabel(f"{self.figure_split} perplexity")
         total = float((state["nll_sum"].sum() / count.sum()).exp())
         ax.set_title(f"Perplexity by word frequency (overall {total:.1f})")
         fig.tight_layout()

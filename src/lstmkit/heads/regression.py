@@ -222,7 +222,7 @@ class RegressionHead(Head):
         mase = MeanAbsoluteScaledError()  # the title quotes the logged test/mase: scale free, every step
         mase.update(forecast, naive, actual, naive[:, 0])
         return {"forecast": forecast_figure(forecast[:, 0], naive[:, 0], actual[:, 0], self.names[0],
-                                            self.plot_points, float(mase.compute()))}
+                                            self.plot_points, float(mase.compute()), self.figure_split)}
 
     # -- predict --------------------------------------------------------------------------
     def decode(
@@ -265,9 +265,9 @@ def contiguous_prefix(naive: torch.Tensor, actual: torch.Tensor) -> int:
 
 def forecast_figure(
     forecast: torch.Tensor, naive: torch.Tensor, actual: torch.Tensor, name: str, max_points: int,
-    mase: float | None = None,
+    mase: float | None = None, split: str = "test",
 ) -> Any:
-    """Forecast vs actual (first series of the test split) and the change scatter (all of it).
+    """Forecast vs actual (first series of the ``split`` split) and the change scatter (all of it).
 
     The title gives the next step's MAE (in the target's units, pooled over every test window) and
     ``mase`` as logged (each window's errors relative to its last value, every horizon step): a
@@ -279,14 +279,14 @@ def forecast_figure(
     ax_line.plot(steps, actual[:n], color="black", lw=1.4, label="actual")
     ax_line.plot(steps, forecast[:n], color="tab:blue", lw=1.1, label="LSTM forecast")
     ax_line.plot(steps, naive[:n], color="tab:orange", lw=1.0, ls="--", label="persistence (last value)")
-    ax_line.set_xlabel("test window (first series, in time order)")
+    ax_line.set_xlabel(f"{split} window (first series, in time order)")
     ax_line.set_ylabel(name)
     ax_line.legend(loc="best", fontsize=8)
     model_mae = float((forecast - actual).abs().mean())
     naive_mae = float((naive - actual).abs().mean())
     ratio = "" if mase is None else f"; MASE {mase:.3f}"
     ax_line.set_title(f"{name}: next-step MAE {model_mae:.4g} vs persistence {naive_mae:.4g} "
-                      f"(all test windows{ratio})")
+                      f"(all {split} windows{ratio})")
     predicted = 100 * (forecast / naive - 1)
     realised = 100 * (actual / naive - 1)
     ax_scatter.scatter(predicted, realised, s=4, alpha=0.35, color="tab:blue")
