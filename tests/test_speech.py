@@ -22,7 +22,6 @@ import torchaudio
 
 from lstmkit.checkpoints import load_model
 from lstmkit.commands.common import apply_decoding
-from lstmkit.commands.evaluate import adapt_normalisation
 from lstmkit.data.speech import (
     BLANK,
     SpeechDataModule,
@@ -437,7 +436,7 @@ def test_global_normalisation_uses_the_training_frames_statistics():
     assert torch.allclose(side_by_side[..., 20:], enc(x, lengths)[0], atol=1e-5)
 
 
-def test_adapt_normalisation_re_estimates_the_statistics_on_unlabelled_audio(tmp_path):
+def test_adapt_normalisation_re_estimates_the_statistics_on_unlabelled_audio():
     """eval adapt=true: the global branch's statistics become the exact mean / variance of the scored
     split's valid frames (read without augmentation), whatever the batches; the per-utterance branch and
     the training mode are untouched; a model without running statistics is told so."""
@@ -459,22 +458,51 @@ def test_adapt_normalisation_re_estimates_the_statistics_on_unlabelled_audio(tmp
     assert torch.allclose(pooled.mean(0), torch.zeros(20), atol=1e-3)
     assert torch.allclose(pooled.std(0, unbiased=False), torch.ones(20), atol=1e-2)
     with pytest.raises(ConfigError, match="encoder.normalise=utterance, which has none"):
-        SpectrogramEncoder(SPEC, n_mels=20).adapt_normalisation([(x, lengths)])
+        SpectrogramEncoder(SPEC, n_mels=20).check_adapt()
     with pytest.raises(ConfigError, match="no audio frames"):
         enc.adapt_normalisation([])
-    # the eval command's step: the scored split's inputs (one held-out speaker), not the others'
-    write_fsdd(tmp_path, speakers=("anna", "bob"))
-    dm = SpeechDataModule(path=str(tmp_path), holdout_speakers=["bob"], batch_size=4)
-    dm.setup("test")
-    model = torch.nn.Module()
-    model.encoder = SpectrogramEncoder(dm.spec, n_mels=20, normalise="global")
-    adapt_normalisation(model, dm, "test")
-    raw = SpectrogramEncoder(dm.spec, n_mels=20, normalise=False).eval()
-    test_frames = torch.cat([f[:n] for batch in dm.test_dataloader() for f, n in zip(*raw(batch.inputs, batch.lengths))])
-    assert torch.allclose(model.encoder.running_mean, test_frames.mean(0), atol=1e-4)
+
+
+def test_adapt_re_estimates_on_the_scored_loop_after_the_checkpoint_is_loaded(make_cfg, tmp_path):
+    """adapt=true (train's test, eval): the test loop's inputs set the statistics, after Lightning has loaded
+    the checkpoint (which holds the training ones); the checkpoint on disk keeps them; eval split=val adapts
+    on val; fitting's val loops never adapt; a model without them is refused before any work."""
+    import lightning as L
+    from hydra.utils import instantiate
+
+    from lstmkit.commands.train import build_model
+
+    cfg = make_cfg(["task=speech", "data.num_examples=40", "data.batch_size=8", "model.hidden_size=8",
+                    "model.num_layers=1", "encoder.normalise=both"])
+    dm = instantiate(cfg.data, _convert_="all")
+    dm.setup("fit")
+    model = build_model(cfg, dm)
+    model.adapt = True
+    trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, max_epochs=1, limit_train_batches=2, limit_val_batches=2)
+    trainer.fit(model, datamodule=dm)  # its val loops read the training statistics
+    trained = model.encoder.running_mean.clone()
+    trainer.save_checkpoint(tmp_path / "m.ckpt")
+
+    def exact_mean(loader) -> torch.Tensor:
+        model.encoder.eval()
+        parts = []
+        for batch in loader:
+            feats, frames, _ = model.encoder._frames(batch.inputs, batch.lengths)
+            parts += [f[:, :n].T for f, n in zip(feats, frames)]
+        return torch.cat(parts).mean(0)
+
+    trainer.test(model, datamodule=dm, ckpt_path=tmp_path / "m.ckpt", weights_only=True)
+    test_mean = exact_mean(dm.test_dataloader())
+    assert torch.allclose(model.encoder.running_mean, test_mean, atol=1e-4)
+    assert not torch.allclose(trained, test_mean, atol=1e-3)
+    stored = torch.load(tmp_path / "m.ckpt", weights_only=True)["state_dict"]["encoder.running_mean"]
+    assert torch.equal(stored, trained)
+    trainer.validate(model, datamodule=dm, ckpt_path=tmp_path / "m.ckpt", weights_only=True)
+    assert torch.allclose(model.encoder.running_mean, exact_mean(dm.val_dataloader()), atol=1e-4)
     model.encoder = torch.nn.Identity()
     with pytest.raises(ConfigError, match="adapt=true: the Identity encoder keeps no running normalisation"):
-        adapt_normalisation(model, dm, "test")
+        model.check_adaptable()
 
 
 def test_speed_perturbation_stretches_training_batches_only():
@@ -902,6 +930,9 @@ def test_cli_train_then_predict(tmp_path):
     tiny = ["data.num_examples=48", "data.batch_size=8", "model.hidden_size=16", "model.num_layers=1",
             "trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
             "trainer.limit_test_batches=1", "trainer.enable_progress_bar=false"]
+    refused = lstmkit("train", "task=speech", *tiny, "adapt=true", cwd=tmp_path)  # before it trains
+    assert refused.returncode != 0 and "encoder.normalise=utterance, which has none" in refused.stderr
+    assert not list(tmp_path.glob("logs/speech/runs/*/checkpoints"))
     run = lstmkit("train", "task=speech", *tiny, cwd=tmp_path)
     assert run.returncode == 0, run.stderr[-3000:]
     ckpts = list((tmp_path / "logs" / "speech" / "runs").glob("*/checkpoints/last.ckpt"))

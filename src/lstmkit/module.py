@@ -280,6 +280,50 @@ class SequenceModel(L.LightningModule):
         if self.figure_split == "val":
             self._save_figures("val")
 
+    # ``adapt=true`` (eval, and the test after training): the encoders' normalisation statistics are
+    # re-estimated on the scored loop's inputs before it runs (after Lightning loads the checkpoint, which
+    # would otherwise put the training statistics back)
+    adapt = False
+
+    def encoders(self) -> list[nn.Module]:
+        """The encoder(s) whose inputs this model normalises: its own (an ensemble: each member's)."""
+        members = getattr(self, "members", None)
+        return [m.encoder for m in members] if members is not None else [self.encoder]
+
+    def check_adaptable(self) -> None:
+        """``adapt=true`` before any work: a ConfigError unless every encoder keeps statistics to re-estimate."""
+        for encoder in self.encoders():
+            if not hasattr(encoder, "check_adapt"):
+                raise ConfigError(f"adapt=true: the {type(encoder).__name__} encoder keeps no running "
+                                  "normalisation statistics to re-estimate (the speech encoder with "
+                                  "encoder.normalise=global|both does)")
+            encoder.check_adapt()  # its own settings (the speech encoder: normalise=global|both)
+
+    def _adapt(self, loaders: Any, split: str) -> None:
+        loaders = loaders if isinstance(loaders, (list, tuple)) else [loaders]
+        device = self.device
+
+        def batches() -> Any:
+            for loader in loaders:
+                for batch in loader:
+                    yield batch.inputs.to(device), batch.lengths.to(device)
+
+        def total(value: torch.Tensor) -> torch.Tensor:  # every rank's shard of the split (DDP)
+            return self.trainer.strategy.reduce(value, reduce_op="sum")
+
+        for encoder in self.encoders():
+            frames = encoder.adapt_normalisation(batches(), reduce=total)
+            log.info("adapt=true: the encoder's normalisation statistics re-estimated on the %d frames of the %s "
+                     "split's inputs (no labels read)", frames, split)
+
+    def on_validation_start(self) -> None:
+        if self.adapt and self.trainer.state.fn == TrainerFn.VALIDATING:  # eval split=val, not fitting's
+            self._adapt(self.trainer.val_dataloaders, "val")
+
+    def on_test_start(self) -> None:
+        if self.adapt:
+            self._adapt(self.trainer.test_dataloaders, self.test_name)
+
     def on_test_epoch_start(self) -> None:
         self.reset_state("test")
         self.figure_split = "test"

@@ -29,10 +29,11 @@ log = logging.getLogger("lstmkit")
 
 # overrides a resumed run may change, so left out when resume=true looks for the earlier run: how long it
 # trains, its early-stopping patience (give a stopped run more epochs; lstmkit.callbacks.RunEarlyStopping
-# uses the new one), and the resume options themselves. Without the patience, `... patience=10 resume=true`
+# uses the new one), how its test adapts (adapt: the trained weights do not depend on it), and the resume
+# options themselves. Without the patience, `... patience=10 resume=true`
 # found no run of its overrides and resumed the task's newest last.ckpt, another run's. README, Resume.
 RESUME_OVERRIDES = {"resume", "ckpt_path", "trainer.max_epochs", "trainer.max_steps", "trainer.max_time",
-                    "callbacks.early_stopping.patience"}
+                    "callbacks.early_stopping.patience", "adapt"}
 
 
 def override_key(override: str) -> str:

@@ -125,21 +125,6 @@ def check_eval_keys(cfg: DictConfig) -> None:
     check_command_keys(cfg, "eval", EVAL_KEYS, EVAL_TAKES)
 
 
-def adapt_normalisation(model: SequenceModel, datamodule: Any, split: str) -> None:
-    """``adapt=true``: each encoder's running normalisation statistics re-estimated on the scored split's
-    inputs before scoring (unsupervised test-time adaptation; the encoder's ``adapt_normalisation``)."""
-    members = list(model.members) if isinstance(model, SequenceEnsemble) else [model]
-    loader = datamodule.val_dataloader() if split == "val" else datamodule.test_dataloader()
-    for member in members:
-        encoder = member.encoder
-        if not hasattr(encoder, "adapt_normalisation"):
-            raise ConfigError(f"adapt=true: the {type(encoder).__name__} encoder keeps no running normalisation "
-                              "statistics to re-estimate (the speech encoder with encoder.normalise=global|both does)")
-        frames = encoder.adapt_normalisation((batch.inputs, batch.lengths) for batch in loader)
-        log.info("adapt=true: the encoder's normalisation statistics re-estimated on the %d frames of the %s "
-                 "split's inputs (no labels read)", frames, split)
-
-
 def evaluate(cfg: DictConfig) -> float | None:
     check_eval_keys(cfg)
     check_device(cfg)
@@ -151,6 +136,9 @@ def evaluate(cfg: DictConfig) -> float | None:
     if len(paths) > 1:
         log.info("evaluating the ensemble of %d checkpoints:\n  %s", len(paths), "\n  ".join(paths))
     apply_decoding(model, cfg.get("decode"))
+    if cfg.get("adapt"):
+        model.check_adaptable()
+        model.adapt = True  # the scored loop's inputs re-estimate the normalisation first (SequenceModel)
     data_cfg: dict[str, Any] = dict(model.hparams.get("data") or {})
     if not data_cfg:
         raise CheckpointError(f"{paths[0]}: checkpoint stores no data config to evaluate on")
@@ -179,8 +167,6 @@ def evaluate(cfg: DictConfig) -> float | None:
                         path=getattr(datamodule, "path", None))
     if split == "all":
         model.name_test_split("all")  # its loggers' keys too, not only the table's
-    if cfg.get("adapt"):
-        adapt_normalisation(model, datamodule, split)
     configure_wandb(cfg, job_type="eval")
     trainer: L.Trainer = instantiate(cfg.trainer, logger=instantiate_group(cfg.get("logger")) or False)
     if split == "val":

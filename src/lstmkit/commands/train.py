@@ -317,6 +317,9 @@ def train(cfg: DictConfig) -> float | None:
     check_splits(datamodule, cfg)
     with config_stage("model (encoder / model / head)"):
         model = build_model(cfg, datamodule)
+    if cfg.get("adapt") and cfg.get("test", True):
+        model.check_adaptable()  # before training, not after it
+        model.adapt = True  # the test loop re-estimates the normalisation on its inputs first (SequenceModel)
     with config_stage("optimizer"):
         optimizer = build(plain(cfg.optimizer))([torch.zeros(1, requires_grad=True)])
     schedule = dict(plain(cfg.get("scheduler")) or {})

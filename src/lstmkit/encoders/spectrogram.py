@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 import torchaudio.functional as AF
@@ -334,8 +334,15 @@ class SpectrogramEncoder(nn.Module):
         scale = torch.rsqrt(self.running_var[None, :, None] + 1e-5)
         return ((feats - self.running_mean[None, :, None]) * scale).to(feats.dtype)
 
+    def check_adapt(self) -> None:
+        """``adapt=true`` needs the running statistics of ``normalise=global|both``: a ConfigError otherwise."""
+        if self.normalise not in {"global", "both"}:
+            raise ConfigError(f"adapt=true re-estimates the running statistics of encoder.normalise=global|both; "
+                              f"this model was trained with encoder.normalise={self.normalise}, which has none")
+
     @torch.no_grad()
-    def adapt_normalisation(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> int:
+    def adapt_normalisation(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+                            reduce: Callable[[torch.Tensor], torch.Tensor] | None = None) -> int:
         """Re-estimate the global branch's statistics on unlabelled audio; returns the frames read.
 
         Test-time adaptation (AdaBN, Li et al. 2016, applied to feature normalisation as per-speaker
@@ -344,32 +351,34 @@ class SpectrogramEncoder(nn.Module):
         recordings), read in evaluation mode (no augmentation). Only the inputs are read, never a
         transcript, so scoring afterwards stays honest; what moves is the microphone's and the
         voice's average colouring, which the training speakers' statistics would otherwise keep.
+        ``reduce`` sums a tensor over processes (DDP: each rank reads its shard of the split).
         """
-        if self.normalise not in {"global", "both"}:
-            raise ConfigError(f"adapt=true re-estimates the running statistics of encoder.normalise=global|both; "
-                              f"this model was trained with encoder.normalise={self.normalise}, which has none")
+        self.check_adapt()
         was_training = self.training
         self.eval()
-        dtype = torch.float64
-        total = torch.zeros((), dtype=dtype)
-        sums = sq = None
+        device, size = self.running_mean.device, self.running_mean.numel()
+        sums = torch.zeros(size, dtype=torch.float64, device=device)
+        squares = torch.zeros(size, dtype=torch.float64, device=device)
+        count = torch.zeros((), dtype=torch.float64, device=device)
         try:
             for inputs, lengths in batches:
-                feats, _, mask = self._frames(inputs.to(self.running_mean.device), lengths)
-                frames, valid = feats.to(dtype), mask.to(dtype)
-                part, part_sq = (frames * valid).sum((0, 2)), (frames.pow(2) * valid).sum((0, 2))
-                sums = part if sums is None else sums + part
-                sq = part_sq if sq is None else sq + part_sq
-                total = total + valid.sum().cpu()
+                feats, _, mask = self._frames(inputs.to(device), lengths.to(device))
+                frames, valid = feats.to(torch.float64), mask.to(torch.float64)
+                sums += (frames * valid).sum((0, 2))
+                squares += (frames.pow(2) * valid).sum((0, 2))
+                count += valid.sum()
         finally:
             self.train(was_training)
-        if sums is None or total < 2:
+        stats = torch.cat([sums, squares, count[None]])
+        if reduce is not None:
+            stats = reduce(stats)
+        sums, squares, count = stats[:size], stats[size : 2 * size], stats[-1]
+        if count < 2:
             raise ConfigError("adapt=true: the scored data has no audio frames to re-estimate the normalisation on")
-        mean = sums.cpu() / total
-        var = (sq.cpu() / total - mean.pow(2)).clamp(min=0.0)
+        mean = sums / count
         self.running_mean.copy_(mean.to(self.running_mean.dtype))
-        self.running_var.copy_(var.to(self.running_var.dtype))
-        return int(total)
+        self.running_var.copy_((squares / count - mean.pow(2)).clamp(min=0.0).to(self.running_var.dtype))
+        return int(count)
 
     def _perturb_channel(self, inputs: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """A random tilt and white noise per utterance (``tilt``, ``noise_snr``); the padding stays 0."""
