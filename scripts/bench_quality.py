@@ -304,6 +304,14 @@ def run_one(task: str, seed: int | None, args: argparse.Namespace, overrides: li
     return record
 
 
+def run_adapts(run_dir: str) -> bool:
+    """Whether a run's test adapted its normalisation to the test inputs (``adapt: true``, its Hydra config)."""
+    from omegaconf import OmegaConf
+
+    config = Path(run_dir) / ".hydra" / "config.yaml"
+    return config.is_file() and bool(OmegaConf.select(OmegaConf.load(config), "adapt", default=False))
+
+
 def ensemble_one(task: str, fold: str | None, members: list[dict[str, Any]], args: argparse.Namespace
                  ) -> dict[str, Any]:
     """Evaluate the ensemble of ``members`` (runs of one task and fold) on its test split with
@@ -316,6 +324,8 @@ def ensemble_one(task: str, fold: str | None, members: list[dict[str, Any]], arg
     quoted = ",".join("'" + re.sub(r"(\\+)(?='|$)", r"\1\1", c).replace("'", "\\'") + "'" for c in ckpts)
     cmd = [*lstmkit_command(args.python), "eval", f"ckpt_path=[{quoted}]",
            "trainer.enable_progress_bar=false"]
+    if any(run_adapts(r["run_dir"]) for r in members):  # scored as its members were (the recipe's adapt: true)
+        cmd.append("adapt=true")
     if args.quick:  # the members were tested on QUICK's test batches: so is their ensemble
         cmd += [o for o in QUICK if o.startswith("trainer.limit_test_batches")]
     if args.log_dir:

@@ -228,12 +228,24 @@ def test_ensemble_of_seeds_is_evaluated_and_reported(tmp_path: Path) -> None:
     (ensemble,) = report["ensembles"]
     assert ensemble["task"] == "stock" and ensemble["seeds"] == [1, 2]
     assert "trainer.limit_test_batches=2" in ensemble["command"]  # --quick: scored like its members
+    assert "adapt=true" not in ensemble["command"]  # the stock recipe's test does not adapt
     assert math.isfinite(ensemble["value"]) and ensemble["value"] == ensemble["metrics"]["test/mase"]
     single = [r["value"] for r in report["runs"]]
     assert ensemble["value"] not in single  # the mean forecast is its own model, not a copy of one
     summary = report["ensemble_summary"]["stock"]
     assert summary["value"] == ensemble["value"] and isinstance(summary["target_met"], bool)
     assert "| stock | mase |" in (out / "quality.md").read_text()
+
+
+def test_an_ensemble_adapts_when_its_members_tests_did(tmp_path: Path) -> None:
+    """speech_loso_real's test adapts its normalisation to the held-out speaker (adapt: true): its ensembles
+    are scored the same way, read from the members' own Hydra configs."""
+    bench = load_bench()
+    for name, adapt in (("yes", "true"), ("no", "false")):
+        (tmp_path / name / ".hydra").mkdir(parents=True)
+        (tmp_path / name / ".hydra" / "config.yaml").write_text(f"task_name: speech_loso_real\nadapt: {adapt}\n")
+    assert bench.run_adapts(str(tmp_path / "yes")) and not bench.run_adapts(str(tmp_path / "no"))
+    assert not bench.run_adapts(str(tmp_path / "missing"))
 
 
 def test_ensemble_summary_averages_folds() -> None:
