@@ -324,7 +324,8 @@ def ensemble_one(task: str, fold: str | None, members: list[dict[str, Any]], arg
     quoted = ",".join("'" + re.sub(r"(\\+)(?='|$)", r"\1\1", c).replace("'", "\\'") + "'" for c in ckpts)
     cmd = [*lstmkit_command(args.python), "eval", f"ckpt_path=[{quoted}]",
            "trainer.enable_progress_bar=false"]
-    if any(run_adapts(r["run_dir"]) for r in members):  # scored as its members were (the recipe's adapt: true)
+    adapts = {run_adapts(r["run_dir"]) for r in members}  # scored as its members were (the recipe's adapt: true)
+    if adapts == {True}:
         cmd.append("adapt=true")
     if args.quick:  # the members were tested on QUICK's test batches: so is their ensemble
         cmd += [o for o in QUICK if o.startswith("trainer.limit_test_batches")]
@@ -337,6 +338,10 @@ def ensemble_one(task: str, fold: str | None, members: list[dict[str, Any]], arg
                               "params": sum(int(r.get("params") or 0) for r in members),
                               "epochs": [r.get("epochs") for r in members]}
     where = f"{task}{f' fold={fold}' if fold else ''}"
+    if len(adapts) > 1:  # (runs merged from reports of two recipes)
+        record["error"] = "its runs were tested with and without adapt=true: no one way to score their ensemble"
+        print(f"[bench_quality] {where} ensemble not evaluated: {record['error']}", flush=True)
+        return record
     print(f"[bench_quality] {where}: ensemble of {len(ckpts)}: {' '.join(cmd)}", flush=True)
     output, returncode, _ = train_subprocess(cmd, args, record)
     found = METRICS_FILE.findall(output)

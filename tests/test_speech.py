@@ -466,7 +466,10 @@ def test_adapt_normalisation_re_estimates_the_statistics_on_unlabelled_audio():
 def test_adapt_re_estimates_on_the_scored_loop_after_the_checkpoint_is_loaded(make_cfg, tmp_path):
     """adapt=true (train's test, eval): the test loop's inputs set the statistics, after Lightning has loaded
     the checkpoint (which holds the training ones); the checkpoint on disk keeps them; eval split=val adapts
-    on val; fitting's val loops never adapt; a model without them is refused before any work."""
+    on val; fitting's val loops never adapt; only the batches the loop scores count (limit_test_batches);
+    loader workers (persistent) still leave the loop its batches; a model without statistics is refused."""
+    import itertools
+
     import lightning as L
     from hydra.utils import instantiate
 
@@ -478,21 +481,23 @@ def test_adapt_re_estimates_on_the_scored_loop_after_the_checkpoint_is_loaded(ma
     dm.setup("fit")
     model = build_model(cfg, dm)
     model.adapt = True
-    trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, max_epochs=1, limit_train_batches=2, limit_val_batches=2)
-    trainer.fit(model, datamodule=dm)  # its val loops read the training statistics
+    options = {"logger": False, "enable_checkpointing": False, "enable_progress_bar": False,
+               "enable_model_summary": False, "default_root_dir": tmp_path}  # its plots/ under tmp_path
+    trainer = L.Trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=2, **options)
+    trainer.fit(model, datamodule=dm)
     trained = model.encoder.running_mean.clone()
     trainer.save_checkpoint(tmp_path / "m.ckpt")
 
-    def exact_mean(loader) -> torch.Tensor:
+    def exact_mean(batches) -> torch.Tensor:
         model.encoder.eval()
         parts = []
-        for batch in loader:
+        for batch in batches:
             feats, frames, _ = model.encoder._frames(batch.inputs, batch.lengths)
             parts += [f[:, :n].T for f, n in zip(feats, frames)]
         return torch.cat(parts).mean(0)
 
-    trainer.test(model, datamodule=dm, ckpt_path=tmp_path / "m.ckpt", weights_only=True)
+    assert not torch.allclose(trained, exact_mean(dm.val_dataloader()), atol=1e-3)  # fitting's val did not adapt
+    scored = trainer.test(model, datamodule=dm, ckpt_path=tmp_path / "m.ckpt", weights_only=True)
     test_mean = exact_mean(dm.test_dataloader())
     assert torch.allclose(model.encoder.running_mean, test_mean, atol=1e-4)
     assert not torch.allclose(trained, test_mean, atol=1e-3)
@@ -500,6 +505,16 @@ def test_adapt_re_estimates_on_the_scored_loop_after_the_checkpoint_is_loaded(ma
     assert torch.equal(stored, trained)
     trainer.validate(model, datamodule=dm, ckpt_path=tmp_path / "m.ckpt", weights_only=True)
     assert torch.allclose(model.encoder.running_mean, exact_mean(dm.val_dataloader()), atol=1e-4)
+    dm.batch_size = 2  # the test split (4 clips) in two batches, one of them scored
+    limited = L.Trainer(limit_test_batches=1, **options)
+    limited.test(model, datamodule=dm, ckpt_path=tmp_path / "m.ckpt", weights_only=True)
+    first = exact_mean(itertools.islice(dm.test_dataloader(), 1))
+    assert torch.allclose(model.encoder.running_mean, first, atol=1e-4) and not torch.allclose(first, test_mean)
+    workers = instantiate(cfg.data, num_workers=2, _convert_="all")  # persistent workers (SequenceDataModule)
+    workers.setup("fit")
+    with_workers = L.Trainer(**options).test(model, datamodule=workers, ckpt_path=tmp_path / "m.ckpt",
+                                             weights_only=True)
+    assert with_workers[0]["test/cer"] == pytest.approx(scored[0]["test/cer"])  # scored, and alike
     model.encoder = torch.nn.Identity()
     with pytest.raises(ConfigError, match="adapt=true: the Identity encoder keeps no running normalisation"):
         model.check_adaptable()
@@ -960,6 +975,8 @@ def test_cli_train_then_predict(tmp_path):
     run = lstmkit("eval", f"ckpt_path={ckpts[0]}", "adapt=true", "trainer.limit_test_batches=1", cwd=tmp_path)
     assert run.returncode != 0  # per-utterance CMVN (the preset): no running statistics to re-estimate
     assert "adapt=true re-estimates the running statistics of encoder.normalise=global|both" in run.stderr
+    run = lstmkit("eval", f"ckpt_path={ckpts[0]}", "trainer.limit_test_batches=0", cwd=tmp_path)
+    assert run.returncode != 0 and "eval scored no batches of the test split (trainer.limit_test_batches=0)" in run.stderr
 
 
 def test_notebook_runs(tmp_path, monkeypatch):

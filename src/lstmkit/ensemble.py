@@ -144,6 +144,9 @@ class SequenceEnsemble(SequenceModel):
                               "the same steps")
         return self.head.combine([outputs for outputs, _ in results]), results[0][1]
 
+    def encoders(self) -> list[nn.Module]:
+        return [member.encoder for member in self.members]
+
     def reset_state(self, stream: str) -> None:
         for member in self.members:
             member.reset_state(stream)

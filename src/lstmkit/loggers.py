@@ -302,12 +302,3 @@ def _swept_keys(hydra: DictConfig) -> set[str]:
         else:  # a value fixed on the command line, over the search space's
             keys.discard(override_key(text))
     return keys
-    parser = OverridesParser.create()
-    for text in given:
-        try:
-            (override,) = parser.parse_overrides([text])
-        except Exception:  # noqa: BLE001, S112 - Hydra reports a bad override itself
-            continue
-        if override.is_sweep_override():
-            keys.add(override_key(text))
-    return keys

@@ -286,9 +286,8 @@ class SequenceModel(L.LightningModule):
     adapt = False
 
     def encoders(self) -> list[nn.Module]:
-        """The encoder(s) whose inputs this model normalises: its own (an ensemble: each member's)."""
-        members = getattr(self, "members", None)
-        return [m.encoder for m in members] if members is not None else [self.encoder]
+        """The encoder(s) whose inputs this model normalises (an ensemble: each member's)."""
+        return [self.encoder]
 
     def check_adaptable(self) -> None:
         """``adapt=true`` before any work: a ConfigError unless every encoder keeps statistics to re-estimate."""
@@ -299,30 +298,44 @@ class SequenceModel(L.LightningModule):
                                   "encoder.normalise=global|both does)")
             encoder.check_adapt()  # its own settings (the speech encoder: normalise=global|both)
 
-    def _adapt(self, loaders: Any, split: str) -> None:
+    def _adapt(self, loaders: Any, limits: Sequence[float], split: str) -> None:
+        """Re-estimate every encoder's statistics on the batches the loop will score (``limit_*_batches``).
+
+        The loop's own loaders are not iterated: Lightning already holds their iterator, which a loader
+        with persistent workers hands out again, so reading it here left the loop nothing to score.
+        Loaders of the same dataset, sampler (DDP's shard) and collate are read instead, in this process.
+        """
+        from torch.utils.data import DataLoader
+
         loaders = loaders if isinstance(loaders, (list, tuple)) else [loaders]
         device = self.device
 
         def batches() -> Any:
-            for loader in loaders:
-                for batch in loader:
+            for loader, limit in zip(loaders, limits):
+                own = DataLoader(loader.dataset, batch_sampler=loader.batch_sampler, collate_fn=loader.collate_fn)
+                for number, batch in enumerate(own):
+                    if number >= limit:
+                        break
                     yield batch.inputs.to(device), batch.lengths.to(device)
 
         def total(value: torch.Tensor) -> torch.Tensor:  # every rank's shard of the split (DDP)
             return self.trainer.strategy.reduce(value, reduce_op="sum")
 
-        for encoder in self.encoders():
+        encoders = self.encoders()
+        for number, encoder in enumerate(encoders):
             frames = encoder.adapt_normalisation(batches(), reduce=total)
-            log.info("adapt=true: the encoder's normalisation statistics re-estimated on the %d frames of the %s "
-                     "split's inputs (no labels read)", frames, split)
+            if self.trainer.is_global_zero:
+                member = f" (member {number + 1} of {len(encoders)})" if len(encoders) > 1 else ""
+                log.info("adapt=true: the encoder's normalisation statistics%s re-estimated on the %d frames of "
+                         "the %s split's inputs (no labels read)", member, frames, split)
 
     def on_validation_start(self) -> None:
         if self.adapt and self.trainer.state.fn == TrainerFn.VALIDATING:  # eval split=val, not fitting's
-            self._adapt(self.trainer.val_dataloaders, "val")
+            self._adapt(self.trainer.val_dataloaders, self.trainer.num_val_batches, "val")
 
     def on_test_start(self) -> None:
         if self.adapt:
-            self._adapt(self.trainer.test_dataloaders, self.test_name)
+            self._adapt(self.trainer.test_dataloaders, self.trainer.num_test_batches, self.test_name)
 
     def on_test_epoch_start(self) -> None:
         self.reset_state("test")

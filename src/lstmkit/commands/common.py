@@ -44,6 +44,17 @@ def int_option(cfg: Any, key: str, minimum: int = 0) -> int | None:
     return value
 
 
+def bool_option(cfg: Any, key: str) -> bool:
+    """``cfg[key]`` as a bool (missing or null: false); ``adapt=no`` is the string 'no', which Python takes
+    for true, so anything but true / false is a ConfigError naming the option."""
+    value = cfg.get(key)
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise ConfigError(f"{key}={value!r}: expected true or false")
+    return value
+
+
 def check_output_file(value: Any, option: str = "output") -> Path:
     """``option=value`` as the path of a file to write, checked before any work is done.
 

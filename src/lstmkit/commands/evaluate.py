@@ -16,6 +16,7 @@ from lstmkit.build import build, locate
 from lstmkit.checkpoints import checkpoint_paths, load_models
 from lstmkit.commands.common import (
     apply_decoding,
+    bool_option,
     check_command_keys,
     check_device,
     check_option_types,
@@ -136,7 +137,7 @@ def evaluate(cfg: DictConfig) -> float | None:
     if len(paths) > 1:
         log.info("evaluating the ensemble of %d checkpoints:\n  %s", len(paths), "\n  ".join(paths))
     apply_decoding(model, cfg.get("decode"))
-    if cfg.get("adapt"):
+    if bool_option(cfg, "adapt"):
         model.check_adaptable()
         model.adapt = True  # the scored loop's inputs re-estimate the normalisation first (SequenceModel)
     data_cfg: dict[str, Any] = dict(model.hparams.get("data") or {})
@@ -174,6 +175,10 @@ def evaluate(cfg: DictConfig) -> float | None:
     else:
         results = trainer.test(model, datamodule=datamodule)
     metrics = scalar_metrics(results[0] if results else {})
+    if not metrics:  # an empty table and metrics.json with exit status 0 read as a success
+        raise ConfigError(f"eval scored no batches of the {split} split (trainer.limit_{'val' if split == 'val' else 'test'}"
+                          f"_batches={cfg.trainer.get('limit_val_batches' if split == 'val' else 'limit_test_batches')}"
+                          "), so there are no metrics to report")
     what = paths[0] if len(paths) == 1 else f"ensemble of {len(paths)} checkpoints"
     report(metrics, HydraConfig.get().runtime.output_dir, title=f"eval on {split}: {what}")
     value = metrics.get(f"{split}/{model.head.monitor.split('/', 1)[-1]}")

@@ -8,6 +8,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from lstmkit.checkpoints import checkpoint_paths, load_model
+from lstmkit.commands.common import check_output_file
 from lstmkit.errors import ConfigError
 from lstmkit.export import export as export_model
 from lstmkit.files import json_text
@@ -18,11 +19,10 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     if len(paths) != 1:
         raise ConfigError(f"export writes one model; ckpt_path names {len(paths)}: {paths} "
                           f"(an ensemble is evaluated and served from its checkpoints: lstmkit eval / predict)")
-    model = load_model(paths[0])
     suffix = {"onnx": ".onnx", "torchscript": ".ts.pt"}.get(str(cfg.format), f".{cfg.format}")
-    output = Path(cfg.output).expanduser() if cfg.get("output") else Path(paths[0]).with_suffix(suffix)
-    if output.is_dir():
-        raise ConfigError(f"output={output}: is a folder; expected the path of the file to write")
+    # checked before the checkpoint is loaded (a folder, a file on the way, a folder not writable)
+    output = check_output_file(cfg.output) if cfg.get("output") else Path(paths[0]).with_suffix(suffix)
+    model = load_model(paths[0])
     try:
         output.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:

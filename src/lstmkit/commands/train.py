@@ -22,6 +22,7 @@ from lstmkit.callbacks import ReseedEachEpoch, StopOnNonFiniteLoss
 from lstmkit.checkpoints import check_resumable, read_checkpoint
 from lstmkit.commands.common import (
     TYPED_GROUPS,
+    bool_option,
     check_device,
     check_option_types,
     config_stage,
@@ -280,10 +281,7 @@ def stored_seed(checkpoint: dict[str, Any] | None) -> int | None:
 def train(cfg: DictConfig) -> float | None:
     """Train (and test) one configuration; returns the monitored validation metric."""
     seed = int_option(cfg, "seed")
-    resume = cfg.get("resume")
-    resume = False if resume is None else resume
-    if not isinstance(resume, bool):
-        raise ConfigError(f"resume={resume!r}: expected true or false")
+    resume = bool_option(cfg, "resume")
     requested = cfg.get("ckpt_path") or ("last" if resume else None)
     if requested and not cfg.get("train", True):  # it would test the untrained model it builds, silently
         raise ConfigError(f"train=false with {'ckpt_path=' + str(cfg.ckpt_path) if cfg.get('ckpt_path') else 'resume=true'}: "
@@ -317,7 +315,7 @@ def train(cfg: DictConfig) -> float | None:
     check_splits(datamodule, cfg)
     with config_stage("model (encoder / model / head)"):
         model = build_model(cfg, datamodule)
-    if cfg.get("adapt") and cfg.get("test", True):
+    if bool_option(cfg, "adapt") and cfg.get("test", True):
         model.check_adaptable()  # before training, not after it
         model.adapt = True  # the test loop re-estimates the normalisation on its inputs first (SequenceModel)
     with config_stage("optimizer"):

@@ -357,13 +357,14 @@ class SpectrogramEncoder(nn.Module):
         was_training = self.training
         self.eval()
         device, size = self.running_mean.device, self.running_mean.numel()
-        sums = torch.zeros(size, dtype=torch.float64, device=device)
-        squares = torch.zeros(size, dtype=torch.float64, device=device)
-        count = torch.zeros((), dtype=torch.float64, device=device)
+        dtype = torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
+        sums = torch.zeros(size, dtype=dtype, device=device)
+        squares = torch.zeros(size, dtype=dtype, device=device)
+        count = torch.zeros((), dtype=dtype, device=device)
         try:
             for inputs, lengths in batches:
                 feats, _, mask = self._frames(inputs.to(device), lengths.to(device))
-                frames, valid = feats.to(torch.float64), mask.to(torch.float64)
+                frames, valid = feats.to(dtype), mask.to(dtype)
                 sums += (frames * valid).sum((0, 2))
                 squares += (frames.pow(2) * valid).sum((0, 2))
                 count += valid.sum()
