@@ -145,7 +145,7 @@ CASES = [
          r"l\.txt, row 1: not valid UTF-8"),
     Case("utf16-file", lambda d: ["data.path=" + str(_text(d / "u.csv", _reviews().encode("utf-16")))],
          r"u\.csv: the file is UTF-16 \(little-endian, with a byte-order mark, as Windows Notepad and Excel save "
-         r"'Unicode text'\), not UTF-8; convert it, e\.g\. iconv -f UTF-16 -t UTF-8 'u\.csv' > 'u-utf8\.csv'"),
+         r"'Unicode text'\), not UTF-8; convert it, e\.g\. iconv -f UTF-16 -t UTF-8 '\S*/u\.csv' > '\S*/u-utf8\.csv'"),
     Case("missing-column", lambda d: ["data.path=" + str(_text(d / "c.csv", "text,stars\nfine,1\n"))],
          r"c\.csv, row 1, field 'label': no column 'label'"),
     Case("unknown-label", lambda d: _splits(d, test="1 good\n2 meh\n"),

@@ -396,6 +396,26 @@ def test_divergence_stops_the_run_and_keeps_the_last_good_checkpoint(make_cfg, t
     assert all(torch.isfinite(t).all() for t in last["state_dict"].values())
 
 
+def test_switches_are_true_or_false_and_an_adapt_without_a_test_is_said(make_cfg, caplog) -> None:
+    """test=maybe / adapt=maybe were taken for true (a non-empty string); adapt=true with test=false
+    adapted nothing and said nothing."""
+    from lstmkit.commands.evaluate import evaluate
+    from lstmkit.commands.train import train
+    from lstmkit.errors import ConfigError
+
+    for given, says in (("test=maybe", "test='maybe'"), ("train=2", "train=2"), ("adapt=maybe", "adapt='maybe'"),
+                        ("resume=yes", "resume='yes'")):
+        with pytest.raises(ConfigError, match=re.escape(f"{says}: expected true or false")):
+            train(make_cfg([given]))
+    with pytest.raises(ConfigError, match=r"adapt='no': expected true or false"):
+        evaluate(make_cfg(["ckpt_path=nowhere.ckpt", "adapt=no"], name="eval"))
+    cfg = make_cfg(["adapt=true", "test=false", "data.num_examples=200", "model.hidden_size=8", "encoder.dim=8",
+                    "logger=none", "callbacks=none", *QUICK])
+    with caplog.at_level(logging.WARNING, logger="lstmkit"):
+        train(cfg)  # a sentiment model (no statistics to adapt): not refused, as nothing would be adapted
+    assert "adapt=true adapts the test after training; with test=false there is none: ignored" in caplog.text
+
+
 def test_callbacks_none_writes_no_checkpoint_and_tests_the_final_weights(make_cfg, tmp_path: Path, caplog) -> None:
     """``callbacks=none`` ("no checkpoints") still wrote Lightning's default checkpoint,
     csv/checkpoints/epoch=0-step=3.ckpt, and said it was "testing the best checkpoint" (the last one)."""
@@ -1172,6 +1192,31 @@ def test_predict_checks_its_output_path_before_it_predicts(make_cfg, tmp_path: P
         predict(cfg)
     assert "output=" not in str(err.value) and "nowhere.ckpt" in str(err.value)
     assert not (tmp_path / "new").exists()
+
+
+
+def test_predict_and_export_never_write_over_a_file_they_read(make_cfg, tmp_path: Path) -> None:
+    """output= naming the input file or the checkpoint replaced it with the results, exit 0 (a new
+    user's reviews and a checkpoint's weights were lost); refused before anything is read or written."""
+    from lstmkit.commands.export import export
+    from lstmkit.commands.predict import predict
+    from lstmkit.errors import ConfigError
+
+    reviews, ckpt = tmp_path / "reviews.txt", tmp_path / "model.ckpt"
+    reviews.write_text("great film\n")
+    ckpt.write_bytes(b"not read")
+    (tmp_path / "link.txt").symlink_to(reviews)
+    for given, output, named in ((["input_file=" + str(reviews)], reviews, f"input_file={reviews}"),
+                                 (["input_file=" + str(tmp_path / "link.txt")], reviews, "input_file="),
+                                 (["input=[" + str(reviews) + "]"], reviews, f"input={reviews}"),
+                                 (["input=x"], ckpt, f"ckpt_path={ckpt}")):
+        cfg = make_cfg([f"ckpt_path={ckpt}", *given, f"output={output}"], name="predict")
+        with pytest.raises(ConfigError, match=re.escape(f"output={output}: is the file {named}")):
+            predict(cfg)
+    cfg = make_cfg([f"ckpt_path={ckpt}", f"output={ckpt}"], name="export")
+    with pytest.raises(ConfigError, match=re.escape(f"output={ckpt}: is the file ckpt_path={ckpt} that this command reads")):
+        export(cfg)
+    assert reviews.read_text() == "great film\n" and ckpt.read_bytes() == b"not read"
 
 
 def test_eval_with_a_training_group_says_the_task_is_the_checkpoints() -> None:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
 import re
 import typing
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from types import UnionType
@@ -44,27 +45,37 @@ def int_option(cfg: Any, key: str, minimum: int = 0) -> int | None:
     return value
 
 
-def bool_option(cfg: Any, key: str) -> bool:
-    """``cfg[key]`` as a bool (missing or null: false); ``adapt=no`` is the string 'no', which Python takes
-    for true, so anything but true / false is a ConfigError naming the option."""
+def bool_option(cfg: Any, key: str, default: bool = False) -> bool:
+    """``cfg[key]`` as a bool (missing or null: ``default``); ``adapt=no`` is the string 'no', which Python
+    takes for true, so anything but true / false is a ConfigError naming the option."""
     value = cfg.get(key)
     if value is None:
-        return False
+        return default
     if not isinstance(value, bool):
         raise ConfigError(f"{key}={value!r}: expected true or false")
     return value
 
 
-def check_output_file(value: Any, option: str = "output") -> Path:
+def check_output_file(value: Any, option: str = "output", inputs: Sequence[tuple[str, Any]] = ()) -> Path:
     """``option=value`` as the path of a file to write, checked before any work is done.
 
     Why: ``predict ... output=<folder>`` printed every prediction and only then failed to write them
     (and a file standing where a folder of the path should be failed the same way, late). A folder
     missing on the way is fine: it is made when the file is written. Nothing is created here.
+    ``inputs`` (option name, path) are the files the command reads: ``output=`` naming one of them
+    (``input_file=reviews.txt output=reviews.txt``, the checkpoint itself) replaced it with the
+    results, silently, so it is refused.
     """
     output = Path(str(value)).expanduser()
     if output.is_dir():
         raise ConfigError(f"{option}={value}: is a folder; expected the path of the file to write")
+    if output.exists():
+        for name, path in inputs:
+            source = Path(str(path)).expanduser()
+            with contextlib.suppress(OSError):  # not a file: a text input, a missing path
+                if source.is_file() and os.path.samefile(source, output):
+                    raise ConfigError(f"{option}={value}: is the file {name}={path} that this command reads; writing "
+                                      f"there would replace it; expected the path of another file")
     folder = output.absolute().parent
     while not folder.exists() and folder != folder.parent:  # the nearest folder that is there
         folder = folder.parent

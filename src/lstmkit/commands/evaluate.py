@@ -128,6 +128,7 @@ def check_eval_keys(cfg: DictConfig) -> None:
 
 def evaluate(cfg: DictConfig) -> float | None:
     check_eval_keys(cfg)
+    adapt = bool_option(cfg, "adapt")
     check_device(cfg)
     seed = int_option(cfg, "seed")
     if seed is not None:
@@ -137,7 +138,7 @@ def evaluate(cfg: DictConfig) -> float | None:
     if len(paths) > 1:
         log.info("evaluating the ensemble of %d checkpoints:\n  %s", len(paths), "\n  ".join(paths))
     apply_decoding(model, cfg.get("decode"))
-    if bool_option(cfg, "adapt"):
+    if adapt:
         model.check_adaptable()
         model.adapt = True  # the scored loop's inputs re-estimate the normalisation first (SequenceModel)
     data_cfg: dict[str, Any] = dict(model.hparams.get("data") or {})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 from collections.abc import Iterator
@@ -191,7 +192,16 @@ PREDICT_TAKES = ("ckpt_path, input, input_file, output, batch_size, device, gene
 
 def predict(cfg: DictConfig) -> list[dict[str, Any]]:
     check_command_keys(cfg, "predict", PREDICT_KEYS, PREDICT_TAKES)
-    output = check_output_file(cfg.output) if cfg.get("output") else None  # before the predictions are printed
+    output = None
+    if cfg.get("output"):  # before the predictions are printed, and never one of the files read
+        read: list[tuple[str, Any]] = []
+        with contextlib.suppress(LstmkitError):  # a checkpoint that is not there is reported when it is loaded
+            read += [("ckpt_path", p) for p in checkpoint_paths(cfg.ckpt_path)]
+        read += [("input_file", cfg.input_file)] if cfg.get("input_file") else []
+        given = plain(cfg.get("input"))
+        read += [("input", item) for item in (given if isinstance(given, list) else [given])
+                 if isinstance(item, str)]
+        output = check_output_file(cfg.output, inputs=read)
     batch_size = int_option(cfg, "batch_size", minimum=1) or 1
     n_words = int_option(cfg, "generate")
     seed = int_option(cfg, "seed")

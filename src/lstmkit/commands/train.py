@@ -282,6 +282,8 @@ def train(cfg: DictConfig) -> float | None:
     """Train (and test) one configuration; returns the monitored validation metric."""
     seed = int_option(cfg, "seed")
     resume = bool_option(cfg, "resume")
+    for key in ("train", "test"):  # test=maybe was taken for true
+        bool_option(cfg, key, default=True)
     requested = cfg.get("ckpt_path") or ("last" if resume else None)
     if requested and not cfg.get("train", True):  # it would test the untrained model it builds, silently
         raise ConfigError(f"train=false with {'ckpt_path=' + str(cfg.ckpt_path) if cfg.get('ckpt_path') else 'resume=true'}: "
@@ -315,7 +317,9 @@ def train(cfg: DictConfig) -> float | None:
     check_splits(datamodule, cfg)
     with config_stage("model (encoder / model / head)"):
         model = build_model(cfg, datamodule)
-    if bool_option(cfg, "adapt") and cfg.get("test", True):
+    if bool_option(cfg, "adapt") and not cfg.get("test", True):
+        log.warning("adapt=true adapts the test after training; with test=false there is none: ignored")
+    elif bool_option(cfg, "adapt"):
         model.check_adaptable()  # before training, not after it
         model.adapt = True  # the test loop re-estimates the normalisation on its inputs first (SequenceModel)
     with config_stage("optimizer"):

@@ -411,11 +411,11 @@ def check_unicode_bom(raw: bytes, path: Path, what: str = "file") -> None:
     say what the file is nor how to fix it. A UTF-8 byte-order mark (EF BB BF) is read as UTF-8."""
     for bom, encoding, order in _OTHER_BOMS:
         if raw.startswith(bom):
-            name = Path(path).name
+            name = Path(path)  # as given: the command works from where the user typed the path
             origin = ", as Windows Notepad and Excel save 'Unicode text'" if encoding == "UTF-16" else ""
             if what == "file":
                 fix = (f"convert it, e.g. iconv -f {encoding} -t UTF-8 '{name}' > "
-                       f"'{Path(name).stem}-utf8{Path(name).suffix}', or re-save it as UTF-8")
+                       f"'{name.with_name(f'{name.stem}-utf8{name.suffix}')}', or re-save it as UTF-8")
             else:
                 fix = f"decompress it and convert the text, e.g. with iconv -f {encoding} -t UTF-8, or re-save it as UTF-8"
             raise DataError(f"the {what} is {encoding} ({order}, with a byte-order mark{origin}), not UTF-8; {fix}",
