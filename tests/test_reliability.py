@@ -1152,7 +1152,7 @@ def test_eval_refuses_an_override_it_does_not_apply(make_cfg, override) -> None:
 
     cfg = make_cfg(["ckpt_path=nowhere.ckpt", override], name="eval")
     with pytest.raises(ConfigError, match=re.escape(override) + r": eval does not apply this setting .*eval takes "
-                                          r"ckpt_path, split, seed, tags, data\.\*, decode\.\*"):
+                                          r"ckpt_path, split, adapt, seed, tags, data\.\*, decode\.\*"):
         evaluate(cfg)
 
 
@@ -1217,6 +1217,18 @@ def test_predict_and_export_never_write_over_a_file_they_read(make_cfg, tmp_path
     with pytest.raises(ConfigError, match=re.escape(f"output={ckpt}: is the file ckpt_path={ckpt} that this command reads")):
         export(cfg)
     assert reviews.read_text() == "great film\n" and ckpt.read_bytes() == b"not read"
+
+
+def test_a_setting_eval_or_predict_lacks_is_refused_in_one_line_not_with_hydras_plus_advice() -> None:
+    """eval model.hidden_size=3 got only Hydra's "use +model.hidden_size=3" (refused next); predict adapt=true
+    got "did you mean data?"."""
+    hint = suggest_override(config_dir(), "eval", ["ckpt_path=x.ckpt", "model.hidden_size=3"])
+    assert hint is not None and hint.startswith("eval does not apply model.hidden_size (the task, model, head")
+    assert "eval takes ckpt_path, split, adapt" in hint and "+" not in hint
+    hint = suggest_override(config_dir(), "predict", ["ckpt_path=x.ckpt", "input=x", "adapt=true"])
+    assert hint is not None and hint.startswith("predict does not apply adapt") and "did you mean" not in hint
+    hint = suggest_override(config_dir(), "predict", ["ckpt_path=x.ckpt", "input=x", "ouptut=y.jsonl"])
+    assert hint is not None and "did you mean output?" in hint
 
 
 def test_eval_with_a_training_group_says_the_task_is_the_checkpoints() -> None:

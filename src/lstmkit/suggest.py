@@ -72,6 +72,8 @@ def suggest_override(config_dir: str, config_name: str, args: list[str]) -> str 
 
 # what ``lstmkit eval`` applies: every other setting (task, model, head, callbacks...) is the checkpoint's
 EVAL_TAKES = "ckpt_path, split, adapt, seed, tags, data.*, decode.*, trainer=/trainer.*, logger=/logger.*"
+PREDICT_TAKES = ("ckpt_path, input, input_file, output, batch_size, device, generate, temperature, seed, "
+                 "data.* (how input files are read), decode.*")
 
 
 def _from_the_checkpoint(config_name: str, override: Any, cfg: DictConfig, group_options_of: Any) -> str | None:
@@ -135,6 +137,16 @@ def _hint(override: Any, cfg: DictConfig, group_options_of: Any) -> str | None:
             return f"did you mean {key}={guess}? ({key} options: {', '.join(group_options)})"
         return f"{key} options: {', '.join(group_options)}"
     parent_path, _, leaf = key.rpartition(".")
+    command = "predict" if "input" in cfg else "eval" if "split" in cfg else None  # of a checkpoint
+    root = key.split(".", 1)[0]
+    if command and root not in cfg and not override.is_delete():
+        # eval adapt=... in predict, model.hidden_size=3 in eval: Hydra's "use +key" would be refused next
+        # (a close spelling only: "adapt" is 0.67 like "data", which said "did you mean data?")
+        guess = next(iter(difflib.get_close_matches(root, [str(k) for k in cfg if k != "hydra"], n=1, cutoff=0.75)),
+                     None)
+        return (f"{command} does not apply {key} (the task, model, head and training settings are the checkpoint's)"
+                + (f"; did you mean {guess}?" if guess and "." not in key else "")
+                + f"; {command} takes {PREDICT_TAKES if command == 'predict' else EVAL_TAKES}")
     parent = OmegaConf.select(cfg, parent_path) if parent_path else cfg
     if not isinstance(parent, DictConfig):
         return None

@@ -186,11 +186,11 @@ def reading_spec(spec: DataSpec, datamodule_cls: type, data: Any) -> DataSpec:
 # return_hydra_config, the tests')
 PREDICT_KEYS = ("task_name", "ckpt_path", "input", "input_file", "output", "batch_size", "device", "generate",
                 "temperature", "seed", "data", "decode", "paths", "hydra")
-PREDICT_TAKES = ("ckpt_path, input, input_file, output, batch_size, device, generate, temperature, seed, "
-                 "data.* (how input files are read), decode.*")
 
 
 def predict(cfg: DictConfig) -> list[dict[str, Any]]:
+    from lstmkit.suggest import PREDICT_TAKES
+
     check_command_keys(cfg, "predict", PREDICT_KEYS, PREDICT_TAKES)
     output = None
     if cfg.get("output"):  # before the predictions are printed, and never one of the files read
