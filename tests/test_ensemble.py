@@ -256,3 +256,16 @@ def test_members_of_a_run_from_before_tokenizer_versions_are_version_1() -> None
     SequenceEnsemble([before, member(1)], ["before.ckpt", "v1.ckpt"])
     with pytest.raises(ConfigError, match=r"differ in \['tokenizer\.version'\].*data\.tokenizer_version: 1 vs 2"):
         SequenceEnsemble([before, member(2)], ["before.ckpt", "v2.ckpt"])
+
+
+def test_an_ensemble_that_cannot_adapt_names_the_member(make_cfg) -> None:
+    """adapt=true on an ensemble with a per-utterance member said "this model was trained with
+    encoder.normalise=utterance" without saying which of the checkpoints; each adaptable member adapts."""
+    members, _ = _members(make_cfg, "speech", ["data.batch_size=4", "model.hidden_size=8"])
+    with pytest.raises(ConfigError, match=r"ensemble: model 0: adapt=true re-estimates the running statistics .*"
+                                          r"encoder.normalise=utterance"):
+        SequenceEnsemble(members, names=["model 0", "model 1"]).check_adaptable()
+    adaptable, _ = _members(make_cfg, "speech", ["data.batch_size=4", "model.hidden_size=8", "encoder.normalise=both"])
+    ensemble = SequenceEnsemble(adaptable, names=["a.ckpt", "b.ckpt"])
+    ensemble.check_adaptable()
+    assert ensemble.encoders() == [m.encoder for m in adaptable]

@@ -147,6 +147,14 @@ class SequenceEnsemble(SequenceModel):
     def encoders(self) -> list[nn.Module]:
         return [member.encoder for member in self.members]
 
+    def check_adaptable(self) -> None:
+        """As a single model's, with the checkpoint that cannot adapt named."""
+        for name, member in zip(self.names, self.members):
+            try:
+                member.check_adaptable()
+            except ConfigError as err:
+                raise ConfigError(f"ensemble: {name}: {err}") from None
+
     def reset_state(self, stream: str) -> None:
         for member in self.members:
             member.reset_state(stream)

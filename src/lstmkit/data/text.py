@@ -448,6 +448,11 @@ def read_text(path: Path) -> str:
         ) from None
     if not text.strip():
         raise DataError("file is empty", path=path)
+    if "\x00" in text:  # valid UTF-8, but no text has NULs: UTF-16 without a byte-order mark (iconv -t UTF-16LE)
+        line = text.count("\n", 0, text.index("\x00")) + 1
+        raise DataError("NUL bytes in the text, as in a UTF-16 file without a byte-order mark; if it is one, convert "
+                        f"it, e.g. iconv -f UTF-16LE -t UTF-8 '{path}' > '{path.with_name(f'{path.stem}-utf8{path.suffix}')}'",
+                        path=path, row=line, readable=False)
     if "\r" in text:
         text = text.replace("\r\n", "\n").replace("\r", "\n")
     return text
