@@ -304,12 +304,15 @@ def run_one(task: str, seed: int | None, args: argparse.Namespace, overrides: li
     return record
 
 
-def run_adapts(run_dir: str) -> bool:
-    """Whether a run's test adapted its normalisation to the test inputs (``adapt: true``, its Hydra config)."""
+def run_adapts(run_dir: str) -> bool | None:
+    """Whether a run's test adapted its normalisation to the test inputs (``adapt: true``, its Hydra config);
+    ``None`` when the run folder has no config to tell (``hydra.output_subdir=null``)."""
     from omegaconf import OmegaConf
 
     config = Path(run_dir) / ".hydra" / "config.yaml"
-    return config.is_file() and bool(OmegaConf.select(OmegaConf.load(config), "adapt", default=False))
+    if not config.is_file():
+        return None
+    return bool(OmegaConf.select(OmegaConf.load(config), "adapt", default=False))
 
 
 def ensemble_one(task: str, fold: str | None, members: list[dict[str, Any]], args: argparse.Namespace
@@ -324,7 +327,7 @@ def ensemble_one(task: str, fold: str | None, members: list[dict[str, Any]], arg
     quoted = ",".join("'" + re.sub(r"(\\+)(?='|$)", r"\1\1", c).replace("'", "\\'") + "'" for c in ckpts)
     cmd = [*lstmkit_command(args.python), "eval", f"ckpt_path=[{quoted}]",
            "trainer.enable_progress_bar=false"]
-    adapts = {run_adapts(r["run_dir"]) for r in members}  # scored as its members were (the recipe's adapt: true)
+    adapts = {run_adapts(r["run_dir"]) for r in members} - {None}  # scored as its members were (adapt: true)
     if adapts == {True}:
         cmd.append("adapt=true")
     if args.quick:  # the members were tested on QUICK's test batches: so is their ensemble

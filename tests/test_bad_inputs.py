@@ -325,10 +325,14 @@ def test_a_utf16_or_utf32_file_is_named_with_how_to_convert_it(tmp_path: Path, e
     with pytest.raises(DataError, match=re.escape(f"reviews.csv: the file is {named}") + r".*iconv -f UTF-\d\d -t UTF-8"):
         read_labelled_text(_text(tmp_path / "reviews.csv", bom + text.encode(encoding)))
     assert read_labelled_text(_text(tmp_path / "bom8.csv", text.encode("utf-8-sig")))[0] == (2, "bad film number 0", "0")
-    if encoding == "utf-16-le":  # without its byte-order mark (iconv -t UTF-16LE): valid UTF-8, full of NULs
-        with pytest.raises(DataError, match=r"bare\.csv, row 1: NUL bytes in the text, as in a UTF-16 file without a "
-                                            r"byte-order mark; .*iconv -f UTF-16LE -t UTF-8 '\S*bare\.csv'"):
+    if encoding.startswith("utf-16"):  # without its byte-order mark (iconv -t UTF-16LE): valid UTF-8, full of NULs
+        order = encoding[-2:].upper()
+        with pytest.raises(DataError, match=r"bare\.csv, row 1: NUL bytes in every other position, as in a UTF-16 file "
+                                            rf"without a byte-order mark; .*iconv -f UTF-16{order} -t UTF-8 '\S*bare\.csv'"):
             read_labelled_text(_text(tmp_path / "bare.csv", text.encode(encoding)))
+        with pytest.raises(DataError, match=r"padded\.csv, row 6: a NUL byte, which no text has") as err:
+            read_labelled_text(_text(tmp_path / "padded.csv", text.encode() + b"\x00" * 64))  # UTF-8, NULs after it
+        assert "UTF-16" not in str(err.value)
     frame = generate_ohlcv(1, 30, seed=3).drop(columns="Name").to_csv(index=False)
     with pytest.raises(DataError, match=re.escape(f"acme.csv: the file is {named}")):
         read_ohlcv(_text(tmp_path / "acme.csv", bom + frame.encode(encoding)), ["close"])

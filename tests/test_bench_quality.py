@@ -245,7 +245,7 @@ def test_an_ensemble_adapts_when_its_members_tests_did(tmp_path: Path) -> None:
         (tmp_path / name / ".hydra").mkdir(parents=True)
         (tmp_path / name / ".hydra" / "config.yaml").write_text(f"task_name: speech_loso_real\nadapt: {adapt}\n")
     assert bench.run_adapts(str(tmp_path / "yes")) and not bench.run_adapts(str(tmp_path / "no"))
-    assert not bench.run_adapts(str(tmp_path / "missing"))
+    assert bench.run_adapts(str(tmp_path / "missing")) is None  # no config to tell: not counted either way
 
 
 def test_ensemble_summary_averages_folds() -> None:

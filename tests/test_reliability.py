@@ -414,6 +414,10 @@ def test_switches_are_true_or_false_and_an_adapt_without_a_test_is_said(make_cfg
     with caplog.at_level(logging.WARNING, logger="lstmkit"):
         train(cfg)  # a sentiment model (no statistics to adapt): not refused, as nothing would be adapted
     assert "adapt=true adapts the test after training; with test=false there is none: ignored" in caplog.text
+    cfg = make_cfg(["train=null", "test=false", "data.num_examples=200", "model.hidden_size=8", "encoder.dim=8",
+                    "logger=none", "callbacks=none", *QUICK])
+    train(cfg)
+    assert cfg.train is True  # null is the default (train), not a skipped fit and an untrained model tested
 
 
 def test_callbacks_none_writes_no_checkpoint_and_tests_the_final_weights(make_cfg, tmp_path: Path, caplog) -> None:
@@ -1217,6 +1221,10 @@ def test_predict_and_export_never_write_over_a_file_they_read(make_cfg, tmp_path
     with pytest.raises(ConfigError, match=re.escape(f"output={ckpt}: is the file ckpt_path={ckpt} that this command reads")):
         export(cfg)
     assert reviews.read_text() == "great film\n" and ckpt.read_bytes() == b"not read"
+    from lstmkit.commands.common import check_output_file
+
+    (tmp_path / "out.jsonl").write_text("")  # an input that is text starting with ~ is no path (no such user)
+    assert check_output_file(tmp_path / "out.jsonl", inputs=[("input", "~so bad it is good")]) == tmp_path / "out.jsonl"
 
 
 def test_a_setting_eval_or_predict_lacks_is_refused_in_one_line_not_with_hydras_plus_advice() -> None:

@@ -960,6 +960,11 @@ def test_cli_train_then_predict(tmp_path):
     assert run.returncode == 0, run.stderr[-3000:]
     rows = [json.loads(line) for line in run.stdout.splitlines() if line.startswith("{")]
     assert [r["input"] for r in rows] == ["u0.wav", "u1.wav"]
+    (tmp_path / "clips.txt").write_text("u0.wav\nu1.wav\n")  # a recording the list names is not an output
+    before = (tmp_path / "u0.wav").read_bytes()
+    run = lstmkit("predict", f"ckpt_path={ckpts[0]}", "input_file=clips.txt", "output=u0.wav", cwd=tmp_path)
+    assert run.returncode != 0 and "output=u0.wav: is the file input=" in run.stderr
+    assert (tmp_path / "u0.wav").read_bytes() == before and "{" not in run.stdout
     assert all(isinstance(r["transcript"], str) for r in rows)
     # decoding over the training words: every word of every transcript is one of them
     words = set(load_model(ckpts[0]).spec.extra["words"])

@@ -312,7 +312,9 @@ class SequenceModel(L.LightningModule):
 
         def batches() -> Any:
             for loader, limit in zip(loaders, limits):
-                own = DataLoader(loader.dataset, batch_sampler=loader.batch_sampler, collate_fn=loader.collate_fn)
+                batching = ({"batch_sampler": loader.batch_sampler} if loader.batch_sampler is not None
+                            else {"batch_size": None})  # a dataset of whole batches (next-word's stream windows)
+                own = DataLoader(loader.dataset, collate_fn=loader.collate_fn, **batching)
                 for number, batch in enumerate(own):
                     if number >= limit:
                         break

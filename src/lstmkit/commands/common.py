@@ -71,7 +71,7 @@ def check_output_file(value: Any, option: str = "output", inputs: Sequence[tuple
         raise ConfigError(f"{option}={value}: is a folder; expected the path of the file to write")
     if output.exists():
         for name, path in inputs:
-            source = Path(str(path)).expanduser()
+            source = Path(os.path.expanduser(str(path)))  # Path.expanduser raises on "~so bad" (no such user)
             with contextlib.suppress(OSError):  # not a file: a text input, a missing path
                 if source.is_file() and os.path.samefile(source, output):
                     raise ConfigError(f"{option}={value}: is the file {name}={path} that this command reads; writing "

@@ -21,8 +21,8 @@ def export(cfg: DictConfig) -> dict[str, Any]:
                           f"(an ensemble is evaluated and served from its checkpoints: lstmkit eval / predict)")
     suffix = {"onnx": ".onnx", "torchscript": ".ts.pt"}.get(str(cfg.format), f".{cfg.format}")
     # checked before the checkpoint is loaded (a folder, a file on the way, a folder not writable)
-    output = (check_output_file(cfg.output, inputs=[("ckpt_path", paths[0])]) if cfg.get("output")
-              else Path(paths[0]).with_suffix(suffix))
+    output = check_output_file(cfg.output if cfg.get("output") else Path(paths[0]).with_suffix(suffix),
+                               inputs=[("ckpt_path", paths[0])])
     model = load_model(paths[0])
     try:
         output.parent.mkdir(parents=True, exist_ok=True)

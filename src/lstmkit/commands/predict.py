@@ -220,6 +220,8 @@ def predict(cfg: DictConfig) -> list[dict[str, Any]]:
                                                      paths=model.spec.input_kind != "tokens",
                                                      delimiter=data.get("delimiter"),
                                                      labels=prefixed_labels(cfg, model.spec, data))
+    if output is not None and model.spec.input_kind != "tokens":  # the files an input_file lists are read too
+        check_output_file(cfg.output, inputs=[("input", item) for item in raw_inputs if isinstance(item, str)])
     named = paths[0] if len(paths) == 1 else f"ensemble of {', '.join(paths)}"  # how input errors name it
     inputs: list[Any] = []
     item_origins: list[tuple[str, int] | None] = []  # where each item came from; None: a row of an input file

@@ -282,8 +282,10 @@ def train(cfg: DictConfig) -> float | None:
     """Train (and test) one configuration; returns the monitored validation metric."""
     seed = int_option(cfg, "seed")
     resume = bool_option(cfg, "resume")
-    for key in ("train", "test"):  # test=maybe was taken for true
-        bool_option(cfg, key, default=True)
+    for key in ("train", "test"):  # test=maybe was taken for true, train=null for false
+        value = bool_option(cfg, key, default=True)
+        with open_dict(cfg):
+            cfg[key] = value
     requested = cfg.get("ckpt_path") or ("last" if resume else None)
     if requested and not cfg.get("train", True):  # it would test the untrained model it builds, silently
         raise ConfigError(f"train=false with {'ckpt_path=' + str(cfg.ckpt_path) if cfg.get('ckpt_path') else 'resume=true'}: "

@@ -422,6 +422,22 @@ def check_unicode_bom(raw: bytes, path: Path, what: str = "file") -> None:
                             path=path, readable=False)
 
 
+def _nul_bytes(raw: bytes, text: str, path: Path) -> DataError:
+    """The error for a text with NUL bytes: UTF-16 without a byte-order mark (``iconv -t UTF-16LE``: every
+    other byte of a mostly-ASCII text is NUL, at odd offsets little-endian, at even ones big-endian), or
+    stray NULs (padding after a crash, a binary file), for which converting would be the wrong advice."""
+    line = text.count("\n", 0, text.index("\x00")) + 1
+    head = raw[:4096]
+    odd, even = head[1::2].count(0), head[0::2].count(0)
+    if max(odd, even) > 0.3 * (len(head) // 2) and min(odd, even) < 0.2 * max(odd, even):  # one side only
+        order = "LE" if odd > even else "BE"
+        fixed = path.with_name(f"{path.stem}-utf8{path.suffix}")
+        return DataError(f"NUL bytes in every other position, as in a UTF-16 file without a byte-order mark; convert it, "
+                         f"e.g. iconv -f UTF-16{order} -t UTF-8 '{path}' > '{fixed}'", path=path, row=line, readable=False)
+    return DataError("a NUL byte, which no text has: a binary file, or one padded with NULs (after a crash, by some "
+                     "exporters)? remove them, e.g. tr -d '\\000'", path=path, row=line, readable=False)
+
+
 def read_text(path: Path) -> str:
     """Read a whole UTF-8 file with clear errors for missing, empty or non-UTF-8 files.
 
@@ -448,11 +464,8 @@ def read_text(path: Path) -> str:
         ) from None
     if not text.strip():
         raise DataError("file is empty", path=path)
-    if "\x00" in text:  # valid UTF-8, but no text has NULs: UTF-16 without a byte-order mark (iconv -t UTF-16LE)
-        line = text.count("\n", 0, text.index("\x00")) + 1
-        raise DataError("NUL bytes in the text, as in a UTF-16 file without a byte-order mark; if it is one, convert "
-                        f"it, e.g. iconv -f UTF-16LE -t UTF-8 '{path}' > '{path.with_name(f'{path.stem}-utf8{path.suffix}')}'",
-                        path=path, row=line, readable=False)
+    if "\x00" in text:  # valid UTF-8, but no text has NULs
+        raise _nul_bytes(raw, text, path)
     if "\r" in text:
         text = text.replace("\r\n", "\n").replace("\r", "\n")
     return text
