@@ -1237,6 +1237,11 @@ def test_a_setting_eval_or_predict_lacks_is_refused_in_one_line_not_with_hydras_
     assert hint is not None and hint.startswith("predict does not apply adapt") and "did you mean" not in hint
     hint = suggest_override(config_dir(), "predict", ["ckpt_path=x.ckpt", "input=x", "ouptut=y.jsonl"])
     assert hint is not None and "did you mean output?" in hint
+    hint = suggest_override(config_dir(), "predict", ["ckpt_path=x.ckpt", "input=x", "task=ecg"])
+    assert hint is not None and hint.startswith("task=ecg: predict takes the task, model and training settings")
+    hint = suggest_override(config_dir(), "export", ["ckpt_path=x.ckpt", "adapt=true"])
+    assert hint == ("export does not apply adapt (the task, model, head and training settings are the checkpoint's); "
+                    "export takes ckpt_path, format, output, tolerance")
 
 
 def test_eval_with_a_training_group_says_the_task_is_the_checkpoints() -> None:

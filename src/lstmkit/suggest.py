@@ -76,15 +76,31 @@ PREDICT_TAKES = ("ckpt_path, input, input_file, output, batch_size, device, gene
                  "data.* (how input files are read), decode.*")
 
 
+EXPORT_TAKES = "ckpt_path, format, output, tolerance"
+TAKES = {"eval": EVAL_TAKES, "predict": PREDICT_TAKES, "export": EXPORT_TAKES}
+
+
 def _from_the_checkpoint(config_name: str, override: Any, cfg: DictConfig, group_options_of: Any) -> str | None:
-    """``lstmkit eval ... task=ecg`` (a training config group eval does not have): Hydra's "No match in
-    the defaults list. To append use +task=ecg" proposes what eval would ignore; say where it comes from."""
-    key = override.get_key_element()
-    if config_name != "eval" or "." in key or key in cfg or not group_options_of(key):
+    """A setting that ``eval`` / ``predict`` / ``export`` do not have (the checkpoint's): one line saying so.
+
+    ``eval ... task=ecg`` got Hydra's "No match in the defaults list. To append use +task=ecg",
+    ``eval ... model.hidden_size=3`` its "use +model.hidden_size=3": advice that the command then refused,
+    and ``predict ... adapt=true`` was told "did you mean data?" (a close spelling is still proposed).
+    """
+    key = override.get_key_element().lstrip("+~")
+    root = key.split(".", 1)[0]
+    if config_name not in TAKES or root in cfg or override.is_delete():
         return None
     given = f"{key}={override.get_value_element_as_str()}"
-    return (f"{given}: eval takes the task, model and training settings from the checkpoint (ckpt_path=), so drop "
-            f"{given}; eval takes {EVAL_TAKES}")
+    takes = f"{config_name} takes {TAKES[config_name]}"
+    if "." not in key and group_options_of(key):  # a training config group (task=, callbacks=)
+        return (f"{given}: {config_name} takes the task, model and training settings from the checkpoint "
+                f"(ckpt_path=), so drop {given}; {takes}")
+    # (a close spelling only: "adapt" is 0.67 like "data", which said "did you mean data?")
+    guess = next(iter(difflib.get_close_matches(root, [str(k) for k in cfg if k != "hydra"], n=1, cutoff=0.75)),
+                 None)
+    return (f"{config_name} does not apply {key} (the task, model, head and training settings are the "
+            "checkpoint's)" + (f"; did you mean {guess}?" if guess and "." not in key else "") + f"; {takes}")
 
 
 def _unknown_sweep_choice(override: Any, group_options_of: Any) -> str | None:
@@ -137,16 +153,6 @@ def _hint(override: Any, cfg: DictConfig, group_options_of: Any) -> str | None:
             return f"did you mean {key}={guess}? ({key} options: {', '.join(group_options)})"
         return f"{key} options: {', '.join(group_options)}"
     parent_path, _, leaf = key.rpartition(".")
-    command = "predict" if "input" in cfg else "eval" if "split" in cfg else None  # of a checkpoint
-    root = key.split(".", 1)[0]
-    if command and root not in cfg and not override.is_delete():
-        # eval adapt=... in predict, model.hidden_size=3 in eval: Hydra's "use +key" would be refused next
-        # (a close spelling only: "adapt" is 0.67 like "data", which said "did you mean data?")
-        guess = next(iter(difflib.get_close_matches(root, [str(k) for k in cfg if k != "hydra"], n=1, cutoff=0.75)),
-                     None)
-        return (f"{command} does not apply {key} (the task, model, head and training settings are the checkpoint's)"
-                + (f"; did you mean {guess}?" if guess and "." not in key else "")
-                + f"; {command} takes {PREDICT_TAKES if command == 'predict' else EVAL_TAKES}")
     parent = OmegaConf.select(cfg, parent_path) if parent_path else cfg
     if not isinstance(parent, DictConfig):
         return None
