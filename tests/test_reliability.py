@@ -1282,3 +1282,16 @@ def test_a_misspelt_added_key_gets_a_did_you_mean() -> None:
         LSTMCore(input_size=3, hiden_size=3)
     with pytest.raises(ConfigError, match=r"unexpected keyword argument 'zzz' \("), config_stage("model"):
         LSTMCore(input_size=3, zzz=3)
+
+
+def test_what_eval_and_predict_say_they_take_is_what_they_apply() -> None:
+    """The keys eval / predict apply (their KEYS) and the list their refusals print (suggest's TAKES) are two
+    declarations: adding adapt to one and not the other made the refusal test fail. Kept in step here."""
+    from lstmkit.commands.evaluate import EVAL_KEYS
+    from lstmkit.commands.predict import PREDICT_KEYS
+    from lstmkit.suggest import EVAL_TAKES, PREDICT_TAKES
+
+    internal = {"task_name", "paths", "hydra"}
+    for keys, takes in ((EVAL_KEYS, EVAL_TAKES), (PREDICT_KEYS, PREDICT_TAKES)):
+        said = {re.split(r"[.=( ]", item.strip())[0] for item in takes.split(",")}
+        assert said == set(keys) - internal
