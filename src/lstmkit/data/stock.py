@@ -696,9 +696,8 @@ class StockDataModule(SequenceDataModule):
                 raise DataError(
                     f"ticker {series.ticker!r}: all of its dates ({series.dates[0]} to {series.dates[-1]}) are on or "
                     f"after the checkpoint's data.test_start={self.test_start}, so the split the model was trained "
-                    f"with puts every row in test and none in train or val (data.val_start={self.val_start}); eval "
-                    "needs no train rows (the model's normaliser is the checkpoint's): split=all scores every window "
-                    "of the data (or set data.val_start / data.test_start to dates of this data)", path=series.source)
+                    f"with puts every row in test and none in train or val (data.val_start={self.val_start}){whole} "
+                    "(or set data.val_start / data.test_start to dates of this data)", path=series.source)
             if self.val_start is not None and n:
                 raise DataError(
                     f"ticker {series.ticker!r}: data.val_start={self.val_start} / data.test_start={self.test_start} "

@@ -403,6 +403,11 @@ _OTHER_BOMS = ((b"\xff\xfe\x00\x00", "UTF-32", "little-endian"), (b"\x00\x00\xfe
                (b"\xff\xfe", "UTF-16", "little-endian"), (b"\xfe\xff", "UTF-16", "big-endian"))
 
 
+def _iconv(encoding: str, path: Path) -> str:
+    """The ``iconv`` command that converts ``path`` (as the user gave it) to a UTF-8 copy beside it."""
+    return f"iconv -f {encoding} -t UTF-8 '{path}' > '{path.with_name(f'{path.stem}-utf8{path.suffix}')}'"
+
+
 def check_unicode_bom(raw: bytes, path: Path, what: str = "file") -> None:
     """Refuse a text that starts with a UTF-16 or UTF-32 byte-order mark, saying how to convert it.
 
@@ -411,11 +416,9 @@ def check_unicode_bom(raw: bytes, path: Path, what: str = "file") -> None:
     say what the file is nor how to fix it. A UTF-8 byte-order mark (EF BB BF) is read as UTF-8."""
     for bom, encoding, order in _OTHER_BOMS:
         if raw.startswith(bom):
-            name = Path(path)  # as given: the command works from where the user typed the path
             origin = ", as Windows Notepad and Excel save 'Unicode text'" if encoding == "UTF-16" else ""
-            if what == "file":
-                fix = (f"convert it, e.g. iconv -f {encoding} -t UTF-8 '{name}' > "
-                       f"'{name.with_name(f'{name.stem}-utf8{name.suffix}')}', or re-save it as UTF-8")
+            if what == "file":  # the path as given: the command works from where the user typed it
+                fix = f"convert it, e.g. {_iconv(encoding, Path(path))}, or re-save it as UTF-8"
             else:
                 fix = f"decompress it and convert the text, e.g. with iconv -f {encoding} -t UTF-8, or re-save it as UTF-8"
             raise DataError(f"the {what} is {encoding} ({order}, with a byte-order mark{origin}), not UTF-8; {fix}",
@@ -431,9 +434,8 @@ def _nul_bytes(raw: bytes, text: str, path: Path) -> DataError:
     odd, even = head[1::2].count(0), head[0::2].count(0)
     if max(odd, even) > 0.3 * (len(head) // 2) and min(odd, even) < 0.2 * max(odd, even):  # one side only
         order = "LE" if odd > even else "BE"
-        fixed = path.with_name(f"{path.stem}-utf8{path.suffix}")
-        return DataError(f"NUL bytes in every other position, as in a UTF-16 file without a byte-order mark; convert it, "
-                         f"e.g. iconv -f UTF-16{order} -t UTF-8 '{path}' > '{fixed}'", path=path, row=line, readable=False)
+        return DataError("NUL bytes in every other position, as in a UTF-16 file without a byte-order mark; convert it, "
+                         f"e.g. {_iconv(f'UTF-16{order}', path)}", path=path, row=line, readable=False)
     return DataError("a NUL byte, which no text has: a binary file, or one padded with NULs (after a crash, by some "
                      "exporters)? remove them, e.g. tr -d '\\000'", path=path, row=line, readable=False)
 
@@ -676,7 +678,7 @@ def jsonl_records(
     Split at ``\\n`` only: ``splitlines()`` also splits at characters JSON strings may hold raw
     (U+2028, form feed), which would cut a record and shift every later row number.
     """
-    columns, keys_hint = list(columns), hint
+    columns = list(columns)
     for row, line in enumerate(content.split("\n"), start=1):
         if not line.strip():
             continue
@@ -684,14 +686,14 @@ def jsonl_records(
         try:
             record: Any = json.loads(line)
         except json.JSONDecodeError as err:
-            hint = array if line.lstrip().startswith("[") else ""
-            raise DataError(f"invalid JSON ({err.msg}){hint}", path=path, row=row) from None
+            looks = array if line.lstrip().startswith("[") else ""
+            raise DataError(f"invalid JSON ({err.msg}){looks}", path=path, row=row) from None
         if not isinstance(record, dict):
-            hint = array if isinstance(record, list) else ""
-            raise DataError(f"expected a JSON object per line (JSON Lines), found {type(record).__name__}{hint}",
+            looks = array if isinstance(record, list) else ""
+            raise DataError(f"expected a JSON object per line (JSON Lines), found {type(record).__name__}{looks}",
                             path=path, row=row)
         if columns and not all(column in record for column in columns):
-            record = dict(zip(match_columns(list(record), columns, path, row, keys_hint, kind="key"), record.values()))
+            record = dict(zip(match_columns(list(record), columns, path, row, hint, kind="key"), record.values()))
         yield row, record
 
 
