@@ -1204,3 +1204,87 @@ def test_a_folder_of_two_manifests_and_blank_split_cells_are_said(tmp_path, capl
     with caplog.at_level(logging.WARNING, logger="lstmkit"):
         SpeechDataModule(path=str(tmp_path / "blank"))._utterances()
     assert "1 row(s) have an empty 'split' (e.g. row 4)" in caplog.text
+
+
+def test_group_batches_holds_one_speaker_per_training_batch_and_counts_its_batches():
+    """data.group_batches: every training batch is one speaker's (so batch statistics are the speaker's),
+    each training utterance comes once per epoch, len() is the number of batches the loader yields (Lightning
+    counts steps with it), and val / test batches are not grouped."""
+    from torch.utils.data import DistributedSampler, RandomSampler, SequentialSampler
+
+    from lstmkit.data.base import BucketBatchSampler
+
+    dm = SpeechDataModule(num_examples=300, num_speakers=5, batch_size=8, group_batches=True)
+    dm.setup()
+    train = dm.splits["train"]
+    speakers = train.groups
+    assert speakers is not None and len(set(speakers)) == 5
+    loader = dm.train_dataloader()
+    batches = list(loader.batch_sampler)
+    assert len(batches) == len(loader.batch_sampler)
+    assert all(len({speakers[i] for i in batch}) == 1 for batch in batches)
+    assert sorted(i for batch in batches for i in batch) == list(range(len(train)))
+    assert len(list(dm.train_dataloader())) == len(batches)  # collated as usual
+    mixed = [b for b in dm.val_dataloader().batch_sampler if len({dm.splits["val"].groups[i] for i in b}) > 1]
+    assert mixed  # val is not grouped
+    for sampler in (RandomSampler(train), SequentialSampler(train),
+                    DistributedSampler(train, num_replicas=2, rank=1, shuffle=True, seed=3)):
+        grouped = BucketBatchSampler(sampler, 8, False, lengths=train.lengths, groups=speakers, pool_factor=2)
+        drawn = list(grouped)
+        assert len(drawn) == len(grouped) and all(len({speakers[i] for i in b}) == 1 for b in drawn)
+        assert sorted(i for b in drawn for i in b) == sorted(sampler)
+    # without groups the sampler is the one it was: the same batches for the same draws
+    torch.manual_seed(5)
+    plain = list(BucketBatchSampler(list(range(len(train))), 8, False, lengths=train.lengths, pool_factor=2))
+    order = list(range(len(train)))
+    pools = [sorted(order[i: i + 16], key=lambda k: train.lengths[k]) for i in range(0, len(order), 16)]
+    torch.manual_seed(5)
+    expected = []
+    for pool in pools:
+        cut = [pool[i: i + 8] for i in range(0, len(pool), 8)]
+        expected += [cut[k] for k in torch.randperm(len(cut)).tolist()]
+    assert plain == expected
+
+
+def test_group_batches_needs_examples_that_name_their_group(tmp_path):
+    from lstmkit.data.sentiment import SentimentDataModule
+
+    dm = SentimentDataModule(num_examples=100, group_batches=True)
+    with pytest.raises(ConfigError, match="data.group_batches=true: SentimentDataModule's training examples name no "
+                                          "group to batch by; only speech data has one"):
+        dm.setup()  # before any loader, so before Lightning's sanity check
+    rows = ["path,text,speaker"]
+    for i in range(12):
+        sf.write(tmp_path / f"{i}.wav", np.random.default_rng(i).normal(0, 0.1, 2000).astype(np.float32), 8000)
+        rows.append(f"{i}.wav,one,{'ann' if i % 3 else ''}")
+    (tmp_path / "manifest.csv").write_text("\n".join(rows) + "\n")
+    speech = SpeechDataModule(path=str(tmp_path / "manifest.csv"), group_batches=True, val_fraction=0.2,
+                              test_fraction=0.2)
+    with pytest.raises(ConfigError, match=r"data.group_batches=true: \d+ of \d+ training examples have no speaker "
+                                          r"\(a manifest's 'speaker' column, data.speaker_column.*\), e\.g\. "
+                                          r"\S*manifest\.csv row \d+ \(\S*\.wav\); give every example one"):
+        speech.setup()
+    SpeechDataModule(path=str(tmp_path / "manifest.csv"), val_fraction=0.2, test_fraction=0.2).setup()
+
+
+def test_batch_stats_normalise_each_training_batch_with_its_own_statistics():
+    """encoder.batch_stats: in training the global branch standardises the batch over its own valid frames
+    (with group_batches: the speaker's), the running statistics still follow for eval, where they are used;
+    it needs a global branch."""
+    torch.manual_seed(0)
+    x = torch.randn(3, 4000) * torch.tensor([[0.2], [1.0], [3.0]])
+    lengths = torch.tensor([4000, 2500, 1200])
+    enc = SpectrogramEncoder(SPEC, n_mels=20, normalise="both", batch_stats=True).train()
+    feats, frames = enc(x, lengths)
+    pooled = torch.cat([feats[i, : frames[i], 20:] for i in range(3)])
+    assert torch.allclose(pooled.mean(0), torch.zeros(20), atol=1e-4)
+    assert torch.allclose(pooled.std(0, unbiased=False), torch.ones(20), atol=1e-3)
+    shifted, _ = enc(x * 10, lengths)  # a louder batch: standardised all the same (log-Mels shift by a constant)
+    assert torch.allclose(shifted[..., 20:], feats[..., 20:], atol=1e-3)
+    running = SpectrogramEncoder(SPEC, n_mels=20, normalise="both").train()
+    running(x, lengths), running(x * 10, lengths)
+    assert torch.allclose(enc.running_mean, running.running_mean) and enc.batches_seen == 2
+    enc.eval()
+    assert torch.allclose(enc(x, lengths)[0], running.eval()(x, lengths)[0], atol=1e-5)  # eval: running ones
+    with pytest.raises(ConfigError, match="encoder.batch_stats=true .* encoder.normalise=utterance has no global"):
+        SpectrogramEncoder(SPEC, batch_stats=True)

@@ -9,7 +9,7 @@ return the :class:`~lstmkit.types.DataSpec`) and ``make_predict_batch()`` (raw u
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Hashable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -93,18 +93,22 @@ class SequenceDataset(Dataset[Example]):
     """A list of ``(input, target)`` tensor pairs; ``lengths`` is precomputed for bucketing.
 
     With ``sources`` (one description per example: its file, its manifest row), an item is
-    ``(input, target, source)`` and :class:`PadCollate` puts the sources on the batch.
+    ``(input, target, source)`` and :class:`PadCollate` puts the sources on the batch. ``groups``
+    (one key per example, e.g. its speaker) lets ``data.group_batches`` build batches of one group.
     """
 
     def __init__(self, inputs: Sequence[torch.Tensor], targets: Sequence[torch.Tensor],
-                 sources: Sequence[str] | None = None) -> None:
+                 sources: Sequence[str] | None = None, groups: Sequence[str] | None = None) -> None:
         if len(inputs) != len(targets):
             raise ValueError(f"{len(inputs)} inputs for {len(targets)} targets")
         if sources is not None and len(sources) != len(inputs):
             raise ValueError(f"{len(sources)} sources for {len(inputs)} inputs")
+        if groups is not None and len(groups) != len(inputs):
+            raise ValueError(f"{len(groups)} groups for {len(inputs)} inputs")
         self.inputs = list(inputs)
         self.targets = list(targets)
         self.sources = None if sources is None else list(sources)
+        self.groups = None if groups is None else list(groups)
         self.lengths = [int(x.shape[0]) for x in self.inputs]
 
     def __len__(self) -> int:
@@ -151,7 +155,10 @@ class BucketBatchSampler(BatchSampler):
     It draws indices from ``sampler`` (random, sequential or Lightning's DistributedSampler,
     which Lightning substitutes under DDP through the ``sampler`` argument), sorts each pool of
     ``batch_size * pool_factor`` indices by length, cuts it into batches and shuffles the batch
-    order, so batches stay random while padding shrinks.
+    order, so batches stay random while padding shrinks. With ``groups`` (one key per index, e.g.
+    the speaker) every batch holds one group only, so that batch statistics are that group's
+    (per-speaker normalisation in training, ``encoder.batch_stats``): the epoch's indices are
+    split by group first, then each group is pooled, sorted and cut as above.
     """
 
     def __init__(
@@ -162,27 +169,54 @@ class BucketBatchSampler(BatchSampler):
         lengths: Sequence[int] = (),
         pool_factor: int = 50,
         shuffle_batches: bool = True,
+        groups: Sequence[Hashable] = (),
     ) -> None:
         super().__init__(sampler, batch_size, drop_last)
         self.lengths = list(lengths)
         self.pool_factor = pool_factor
         self.shuffle_batches = shuffle_batches
+        self.groups = list(groups)
 
     def __iter__(self) -> Iterator[list[int]]:
+        if self.groups:
+            yield from self._shuffled([batch for part in self._parts(self.sampler) for batch in self._cut(part)])
+            return
         pool: list[int] = []
         for index in self.sampler:
             pool.append(index)
             if len(pool) == self.batch_size * self.pool_factor:
-                yield from self._batches(pool)
+                yield from self._shuffled(self._cut(pool))
                 pool = []
         if pool:
-            yield from self._batches(pool)
+            yield from self._shuffled(self._cut(pool))
 
-    def _batches(self, pool: list[int]) -> Iterator[list[int]]:
-        pool.sort(key=lambda i: self.lengths[i])
+    def __len__(self) -> int:
+        if not self.groups:
+            return super().__len__()
+        # the epoch's indices without drawing them: a DistributedSampler's shard is fixed by its seed
+        # and epoch (its own generator); a random or sequential sampler yields every index once
+        indices = self.sampler if isinstance(self.sampler, Sequence) else (
+            list(self.sampler) if isinstance(self.sampler, (DistributedSampler, SequentialSampler))
+            else range(len(self.sampler)))  # type: ignore[arg-type]
+        return sum(len(self._cut(part)) for part in self._parts(indices))
+
+    def _parts(self, indices: Iterable[int]) -> list[list[int]]:
+        """The indices split by group (in their drawn order), each group cut into pools."""
+        parts: dict[Hashable, list[int]] = {}
+        for index in indices:
+            parts.setdefault(self.groups[index], []).append(index)
+        size = self.batch_size * self.pool_factor
+        return [part[i : i + size] for part in parts.values() for i in range(0, len(part), size)]
+
+    def _cut(self, pool: list[int]) -> list[list[int]]:
+        """One pool sorted by length and cut into batches."""
+        pool = sorted(pool, key=lambda i: self.lengths[i]) if self.lengths else list(pool)
         batches = [pool[i : i + self.batch_size] for i in range(0, len(pool), self.batch_size)]
         if self.drop_last and batches and len(batches[-1]) < self.batch_size:
             batches.pop()
+        return batches
+
+    def _shuffled(self, batches: list[list[int]]) -> Iterator[list[int]]:
         order = torch.randperm(len(batches)).tolist() if self.shuffle_batches else range(len(batches))
         for k in order:
             yield batches[k]
@@ -202,6 +236,9 @@ class SequenceDataModule(L.LightningDataModule):
         whole: no train / val / test split: every example of the data is the ``test`` split
             (``lstmkit eval split=all``: a trained model scored on all of a new file). Needs
             ``spec``, since nothing is left to fit a vocabulary or normaliser on.
+        group_batches: every training batch holds examples of one group (speech: one speaker),
+            so that statistics computed over a batch (``encoder.batch_stats``) are the group's.
+            Needs data whose examples name their group; val and test batches are not grouped.
     """
 
     predict_input = "raw inputs"  # what `lstmkit predict input=...` expects (named in errors)
@@ -219,6 +256,7 @@ class SequenceDataModule(L.LightningDataModule):
         pin_memory: bool | None = None,
         spec: dict[str, Any] | None = None,
         whole: bool = False,
+        group_batches: bool = False,
     ) -> None:
         super().__init__()
         if batch_size < 1:
@@ -227,6 +265,7 @@ class SequenceDataModule(L.LightningDataModule):
             raise ConfigError("data.whole=true scores every example with a trained model's vocabulary / normaliser "
                               "and fits nothing: use it through `lstmkit eval ckpt_path=... split=all`")
         self.whole = bool(whole)
+        self.group_batches = bool(group_batches)
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.bucketing = bucketing
@@ -280,6 +319,8 @@ class SequenceDataModule(L.LightningDataModule):
                     kept = f"kept the {', '.join(leftover)} split(s)" if leftover else "made no test split"
                     raise ConfigError(f"{type(self).__name__} does not support data.whole (split=all): its build() {kept}")
             spec.datamodule = f"{type(self).__module__}.{type(self).__qualname__}"
+            if self.group_batches and len(self.splits.get("train", ())):  # type: ignore[arg-type]
+                self._groups(self.splits["train"])  # refused now, not after the sanity check
             self._spec = spec
 
     def split_sizes(self) -> str:
@@ -320,12 +361,32 @@ class SequenceDataModule(L.LightningDataModule):
             "generator": torch.Generator().manual_seed(torch.initial_seed()),
         }
         sampler = self._sampler(dataset, shuffle)
-        lengths = getattr(dataset, "lengths", None)
-        if self.bucketing and lengths is not None:
-            batches = BucketBatchSampler(sampler, self.batch_size, False, lengths=lengths,
-                                         shuffle_batches=shuffle)
+        lengths = getattr(dataset, "lengths", None) if self.bucketing else None
+        groups = self._groups(dataset) if split == "train" and self.group_batches else None
+        if lengths is not None or groups is not None:
+            batches = BucketBatchSampler(sampler, self.batch_size, False, lengths=lengths or (),
+                                         shuffle_batches=shuffle, groups=groups or ())
             return DataLoader(dataset, batch_sampler=batches, **common)
         return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, **common)
+
+    @property
+    def group_source(self) -> str:
+        """What names an example's group for ``data.group_batches`` (said in its errors)."""
+        return "a group"
+
+    def _groups(self, dataset: Dataset[Example]) -> list[str]:
+        """``data.group_batches``: the training examples' groups, or a ConfigError naming what is missing."""
+        groups = getattr(dataset, "groups", None)
+        if not groups:
+            raise ConfigError(f"data.group_batches=true: {type(self).__name__}'s training examples name no group "
+                              "to batch by; only speech data has one (the speaker)")
+        missing = [i for i, group in enumerate(groups) if not group]
+        if missing:
+            sources = getattr(dataset, "sources", None)
+            first = f", e.g. {sources[missing[0]]}" if sources else ""
+            raise ConfigError(f"data.group_batches=true: {len(missing)} of {len(groups)} training examples have no "
+                              f"{self.group_source}{first}; give every example one, or set data.group_batches=false")
+        return list(groups)
 
     def _sampler(self, dataset: Dataset[Example], shuffle: bool) -> Sampler[int]:
         """Samplers that shard by rank under DDP (the trainer sets ``use_distributed_sampler: false``).

@@ -678,6 +678,11 @@ class SpeechDataModule(SequenceDataModule):
                                 path=self.path)
         return splits
 
+    @property
+    def group_source(self) -> str:
+        return (f"speaker (a manifest's {self.speaker_column!r} column, data.speaker_column, or the speaker in an "
+                "FSDD file name)")
+
     # -- decoding audio -------------------------------------------------------------------------
     def _load_waves(self, split: str, utterances: list[Utterance]) -> list[Utterance]:
         """Decode every file (cached), report conversions once, handle empty clips."""
@@ -773,7 +778,7 @@ class SpeechDataModule(SequenceDataModule):
         self.splits["train"] = SequenceDataset([], [])
         for name in ("train", "val", "test") if self.fixed_spec is None else ("val", "test"):
             utterances = self._load_waves(name, splits[name])
-            inputs, targets, sources = [], [], []
+            inputs, targets, sources, speakers = [], [], [], []
             for utt in utterances:
                 ids = self._encode(utt, index, name)
                 if ids is None:
@@ -781,7 +786,8 @@ class SpeechDataModule(SequenceDataModule):
                 inputs.append(torch.from_numpy(utt.wave))
                 targets.append(torch.tensor(ids, dtype=torch.int64))
                 sources.append(utt.source if utt.row is None else f"{self.manifest} row {utt.row} ({utt.source})")
-            self.splits[name] = SequenceDataset(inputs, targets, sources)
+                speakers.append(utt.speaker)
+            self.splits[name] = SequenceDataset(inputs, targets, sources, groups=speakers)
         log.info("speech data: %s utterances (train/val/test), %d characters + blank",
                  "/".join(str(len(self.splits[s])) for s in ("train", "val", "test")), len(index) - 1)
         return spec

@@ -102,6 +102,11 @@ class SpectrogramEncoder(nn.Module):
             mean/variance normalisation of each coefficient over each utterance's frames, or over
             the training data's frames (running statistics), both side by side (twice the
             features), or none.
+        batch_stats: in training, the global branch normalises each batch with the batch's own
+            statistics (the running ones still follow them, for val, eval and predict), as batch
+            norm does. With ``data.group_batches`` every batch is one speaker, so the model trains
+            on per-speaker normalised features, which is what ``adapt=true`` gives an unseen
+            speaker at test time (Kaldi's per-speaker CMVN, in training as well as test).
         tilt: largest first-order tilt coefficient, e.g. 0.5 draws ``a`` in ``[-0.5, 0.5]``
             per utterance (0 = off).
         noise_snr: ``[low, high]`` signal-to-noise ratios in dB for the added white noise, drawn
@@ -138,6 +143,7 @@ class SpectrogramEncoder(nn.Module):
         f_min: float = 0.0,
         f_max: float | None = None,
         normalise: bool | str = "utterance",
+        batch_stats: bool = False,
         freq_mask: int = 0,
         time_mask: int = 0,
         num_freq_masks: int = 2,
@@ -189,6 +195,10 @@ class SpectrogramEncoder(nn.Module):
             self.register_buffer("running_mean", torch.zeros(size))
             self.register_buffer("running_var", torch.ones(size))
             self.register_buffer("batches_seen", torch.zeros((), dtype=torch.long))
+        if batch_stats and self.normalise not in {"global", "both"}:
+            raise ConfigError(f"encoder.batch_stats=true normalises the global branch with each training batch's "
+                              f"statistics; encoder.normalise={self.normalise} has no global branch (use global or both)")
+        self.batch_stats = bool(batch_stats)
         self.momentum = 0.05
         self.augment = nn.Sequential(
             *[AT.FrequencyMasking(freq_mask, iid_masks=True) for _ in range(num_freq_masks if freq_mask else 0)],
@@ -331,6 +341,9 @@ class SpectrogramEncoder(nn.Module):
                 self.running_mean.lerp_(mean, rate)
                 self.running_var.lerp_(var, rate)
                 self.batches_seen += 1
+            if self.batch_stats:  # this batch's own statistics (one speaker's, with data.group_batches)
+                return ((feats - mean[None, :, None].to(feats.dtype))
+                        * torch.rsqrt(var[None, :, None] + 1e-5).to(feats.dtype))
         scale = torch.rsqrt(self.running_var[None, :, None] + 1e-5)
         return ((feats - self.running_mean[None, :, None]) * scale).to(feats.dtype)
 
