@@ -1172,6 +1172,18 @@ def test_predict_refuses_an_override_it_does_not_apply(make_cfg, override) -> No
         predict(cfg)
 
 
+@pytest.mark.parametrize("override", ["+foo=1", "+model.hidden_size=3"])
+def test_export_refuses_an_override_it_does_not_apply(make_cfg, override) -> None:
+    """As eval and predict: `export +foo=1` exported with exit 0 and ignored the setting."""
+    from lstmkit.commands.export import export
+    from lstmkit.errors import ConfigError
+
+    cfg = make_cfg(["ckpt_path=nowhere.ckpt", override], name="export")
+    with pytest.raises(ConfigError, match=re.escape(override) + r": export does not apply this setting .*export "
+                                          r"takes ckpt_path, format, output, tolerance"):
+        export(cfg)
+
+
 def test_predict_checks_its_output_path_before_it_predicts(make_cfg, tmp_path: Path) -> None:
     """output=<a folder> (or a path through a file) printed every prediction and only then failed to
     write them. It is refused first: here before the (missing) checkpoint is even read."""
@@ -1288,10 +1300,11 @@ def test_what_eval_and_predict_say_they_take_is_what_they_apply() -> None:
     """The keys eval / predict apply (their KEYS) and the list their refusals print (suggest's TAKES) are two
     declarations: adding adapt to one and not the other made the refusal test fail. Kept in step here."""
     from lstmkit.commands.evaluate import EVAL_KEYS
+    from lstmkit.commands.export import EXPORT_KEYS
     from lstmkit.commands.predict import PREDICT_KEYS
-    from lstmkit.suggest import EVAL_TAKES, PREDICT_TAKES
+    from lstmkit.suggest import EVAL_TAKES, EXPORT_TAKES, PREDICT_TAKES
 
     internal = {"task_name", "paths", "hydra"}
-    for keys, takes in ((EVAL_KEYS, EVAL_TAKES), (PREDICT_KEYS, PREDICT_TAKES)):
+    for keys, takes in ((EVAL_KEYS, EVAL_TAKES), (PREDICT_KEYS, PREDICT_TAKES), (EXPORT_KEYS, EXPORT_TAKES)):
         said = {re.split(r"[.=( ]", item.strip())[0] for item in takes.split(",")}
         assert said == set(keys) - internal

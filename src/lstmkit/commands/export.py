@@ -8,13 +8,18 @@ from typing import Any
 from omegaconf import DictConfig
 
 from lstmkit.checkpoints import checkpoint_paths, load_model
-from lstmkit.commands.common import check_output_file
+from lstmkit.commands.common import check_command_keys, check_output_file
 from lstmkit.errors import ConfigError
 from lstmkit.export import export as export_model
 from lstmkit.files import json_text
+from lstmkit.suggest import EXPORT_TAKES
+
+
+EXPORT_KEYS = ("task_name", "ckpt_path", "format", "output", "tolerance", "paths", "hydra")
 
 
 def export(cfg: DictConfig) -> dict[str, Any]:
+    check_command_keys(cfg, "export", EXPORT_KEYS, EXPORT_TAKES)  # `export +foo=1` was ignored, exit 0
     paths = checkpoint_paths(cfg.ckpt_path)
     if len(paths) != 1:
         raise ConfigError(f"export writes one model; ckpt_path names {len(paths)}: {paths} "
