@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -209,3 +210,22 @@ def test_eval_of_a_checkpoint_from_before_tokenizer_versions_knows_its_version()
     check_spec_settings({**stored, "tokenizer_version": 2}, {"tokenizer_version": 2})
     with pytest.raises(ConfigError, match=r"^data\.window=10: .*eval may change path$"):  # not a text model's setting
         check_spec_settings({"_target_": "lstmkit.data.stock.StockDataModule", "window": 30, "path": "a"}, {"window": 10})
+
+
+def test_split_sizes_leave_out_what_a_trained_model_never_reads(caplog) -> None:
+    """eval reads no train split (the model's vocabulary is the checkpoint's), and split=all no val either:
+    its log said "0/0/60 (train/val/test)", as if the data had been lost."""
+    from lstmkit.data.speech import SpeechDataModule
+
+    fitted = SpeechDataModule(num_examples=60, seed=1)
+    fitted.setup()
+    assert fitted.split_sizes().startswith("train ") and " / val " in fitted.split_sizes()
+    spec = fitted.spec.to_dict()
+    scored = SpeechDataModule(num_examples=60, seed=1, spec=spec)
+    scored.setup()
+    assert scored.split_sizes() == f"val {len(fitted.splits['val'])} / test {len(fitted.splits['test'])}"
+    with caplog.at_level(logging.INFO, logger="lstmkit"):
+        whole = SpeechDataModule(num_examples=60, seed=1, spec=spec, whole=True)
+        whole.setup()
+    assert whole.split_sizes() == "test 60"
+    assert "speech data: test 60 utterances" in caplog.text

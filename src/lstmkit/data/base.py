@@ -324,8 +324,11 @@ class SequenceDataModule(L.LightningDataModule):
             self._spec = spec
 
     def split_sizes(self) -> str:
-        """``"train 5536 / val 692 / test 692"``: each split's examples, for logs and messages."""
-        return " / ".join(f"{name} {len(split)}" for name, split in self.splits.items())  # type: ignore[arg-type]
+        """``"train 5536 / val 692 / test 692"``: each split's examples, for logs and messages. A trained
+        model's data (``eval``) leaves out train, which it never reads, and ``split=all`` val too."""
+        skipped = ({"train"} if self.fixed_spec is not None else set()) | ({"train", "val"} if self.whole else set())
+        return " / ".join(f"{name} {len(split)}" for name, split in self.splits.items()  # type: ignore[arg-type]
+                          if name not in skipped)
 
     def train_dataloader(self) -> DataLoader[Batch]:
         return self._loader("train", shuffle=True)

@@ -788,8 +788,7 @@ class SpeechDataModule(SequenceDataModule):
                 sources.append(utt.source if utt.row is None else f"{self.manifest} row {utt.row} ({utt.source})")
                 speakers.append(utt.speaker)
             self.splits[name] = SequenceDataset(inputs, targets, sources, groups=speakers)
-        log.info("speech data: %s utterances (train/val/test), %d characters + blank",
-                 "/".join(str(len(self.splits[s])) for s in ("train", "val", "test")), len(index) - 1)
+        log.info("speech data: %s utterances, %d characters + blank", self.split_sizes(), len(index) - 1)
         return spec
 
     def _encode(self, utt: Utterance, index: dict[str, int], split: str) -> list[int] | None:
