@@ -14,7 +14,6 @@ from lstmkit.export import export as export_model
 from lstmkit.files import json_text
 from lstmkit.suggest import EXPORT_TAKES
 
-
 EXPORT_KEYS = ("task_name", "ckpt_path", "format", "output", "tolerance", "paths", "hydra")
 
 
