@@ -147,3 +147,17 @@ def test_seed_null_run_logs_and_uses_its_drawn_seed(tmp_path: Path) -> None:
     # as "another data spec")
     resumed = run_cli("train", "seed=null", "trainer.max_epochs=2", *tiny, "resume=true", cwd=tmp_path / "a")
     assert f"seed=null: resuming with the seed the run drew, {seed}" in resumed.stdout + resumed.stderr
+
+
+def test_speaker_batches_take_as_many_steps_on_every_rank(tmp_path: Path) -> None:
+    """data.group_batches under DDP: the two shards split the speakers unevenly, so the ranks had different
+    numbers of one-speaker batches; a rank that runs out first leaves the other waiting in its gradient sync.
+    Every rank now takes as many steps (the shorter repeats a batch), and the run ends. (Here the shards hold
+    6 and 5 batches; without the repeat this run hung until killed.)"""
+    _run_ddp("train", "task=speech", "data.num_examples=150", "data.num_speakers=5", "data.batch_size=16",
+             "data.group_batches=true", "encoder.normalise=both", "encoder.batch_stats=true", "model.hidden_size=16",
+             "trainer=ddp_cpu", "trainer.max_epochs=2", "trainer.enable_progress_bar=false",
+             "trainer.enable_model_summary=false", "trainer.num_sanity_val_steps=0", "logger=csv", cwd=tmp_path)
+    run = _latest(tmp_path, "speech")
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert "test/cer" in json.dumps(metrics)

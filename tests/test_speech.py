@@ -1232,7 +1232,17 @@ def test_group_batches_holds_one_speaker_per_training_batch_and_counts_its_batch
         grouped = BucketBatchSampler(sampler, 8, False, lengths=train.lengths, groups=speakers, pool_factor=2)
         drawn = list(grouped)
         assert len(drawn) == len(grouped) and all(len({speakers[i] for i in b}) == 1 for b in drawn)
-        assert sorted(i for b in drawn for i in b) == sorted(sampler)
+        assert {i for b in drawn for i in b} == set(sampler)  # DDP's rank may repeat a batch (below)
+    # DDP: the shards split the speakers unevenly, yet every rank must take as many steps (else they hang)
+    ranks = [BucketBatchSampler(DistributedSampler(train, num_replicas=3, rank=r, shuffle=True, seed=3), 8, False,
+                                lengths=train.lengths, groups=speakers) for r in range(3)]
+    own = [sum(1 for part in r._parts(r.sampler) for _ in r._cut(part)) for r in ranks]
+    assert len(set(own)) > 1  # the case at hand: uneven before padding
+    drawn = [list(r) for r in ranks]
+    assert [len(d) for d in drawn] == [len(r) for r in ranks] == [max(own)] * 3
+    assert all(len({speakers[i] for i in b}) == 1 for d in drawn for b in d)
+    for r, d in zip(ranks, drawn, strict=True):
+        assert sorted({i for b in d for i in b}) == sorted(set(r.sampler))  # padded by repeating, nothing lost
     # without groups the sampler is the one it was: the same batches for the same draws
     torch.manual_seed(5)
     plain = list(BucketBatchSampler(list(range(len(train))), 8, False, lengths=train.lengths, pool_factor=2))

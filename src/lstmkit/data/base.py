@@ -8,6 +8,7 @@ return the :class:`~lstmkit.types.DataSpec`) and ``make_predict_batch()`` (raw u
 
 from __future__ import annotations
 
+import copy
 import re
 from collections.abc import Hashable, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -179,7 +180,9 @@ class BucketBatchSampler(BatchSampler):
 
     def __iter__(self) -> Iterator[list[int]]:
         if self.groups:
-            yield from self._shuffled([batch for part in self._parts(self.sampler) for batch in self._cut(part)])
+            batches = [batch for part in self._parts(self.sampler) for batch in self._cut(part)]
+            missing = len(self) - len(batches)  # under DDP: as many batches as the rank with most
+            yield from self._shuffled(batches + [batches[k % len(batches)] for k in range(missing)])
             return
         pool: list[int] = []
         for index in self.sampler:
@@ -191,13 +194,18 @@ class BucketBatchSampler(BatchSampler):
             yield from self._shuffled(self._cut(pool))
 
     def __len__(self) -> int:
+        """With groups, the batches of this epoch; under DDP the most any rank has, since every rank must
+        take as many steps (the shards split the groups unevenly), so the others repeat a few batches, as
+        DistributedSampler pads its shards with repeated examples."""
         if not self.groups:
             return super().__len__()
-        # the epoch's indices without drawing them: a DistributedSampler's shard is fixed by its seed
-        # and epoch (its own generator); a random or sequential sampler yields every index once
-        indices = self.sampler if isinstance(self.sampler, Sequence) else (
-            list(self.sampler) if isinstance(self.sampler, (DistributedSampler, SequentialSampler))
-            else range(len(self.sampler)))  # type: ignore[arg-type]
+        sampler = self.sampler
+        if isinstance(sampler, DistributedSampler):  # every rank's shard: fixed by seed and epoch, no RNG drawn
+            return max(self._count(_shard(sampler, rank)) for rank in range(sampler.num_replicas))
+        # a random or sequential sampler yields every index once
+        return self._count(sampler if isinstance(sampler, (Sequence, SequentialSampler)) else range(len(sampler)))
+
+    def _count(self, indices: Iterable[int]) -> int:
         return sum(len(self._cut(part)) for part in self._parts(indices))
 
     def _parts(self, indices: Iterable[int]) -> list[list[int]]:
@@ -220,6 +228,13 @@ class BucketBatchSampler(BatchSampler):
         order = torch.randperm(len(batches)).tolist() if self.shuffle_batches else range(len(batches))
         for k in order:
             yield batches[k]
+
+
+def _shard(sampler: DistributedSampler[Any], rank: int) -> list[int]:
+    """The indices ``sampler`` gives ``rank`` this epoch (a copy of it, so the sampler is unchanged)."""
+    other = copy.copy(sampler)
+    other.rank = rank
+    return list(other)
 
 
 class SequenceDataModule(L.LightningDataModule):
