@@ -463,6 +463,26 @@ def test_adapt_normalisation_re_estimates_the_statistics_on_unlabelled_audio():
         enc.adapt_normalisation([])
 
 
+def test_adapt_normalisation_is_exact_in_float32_too(monkeypatch):
+    """MPS has no float64, so adapt sums in float32 there: E[x^2] - E[x]^2 of log-Mels whose mean is far from
+    0 and whose variance is small cancelled (here the lowest band's variance, 8e-8, came out 0, which the
+    normalisation then divides by). The sums are taken around the stored mean; float32 forced on the CPU."""
+    import lstmkit.encoders.spectrogram as module
+
+    torch.manual_seed(0)
+    x = 2000.0 * (1 + 0.001 * torch.randn(8, 4000))  # a loud hum: log-Mels near +15, varying by little
+    lengths = torch.full((8,), 4000)
+    exact = SpectrogramEncoder(SPEC, n_mels=20, normalise="global")
+    exact.train()(x, lengths)
+    exact.adapt_normalisation([(x, lengths)])  # float64 on the CPU
+    monkeypatch.setattr(module, "_accumulation_dtype", lambda device: torch.float32)
+    single = SpectrogramEncoder(SPEC, n_mels=20, normalise="global")
+    single.train()(x, lengths)
+    single.adapt_normalisation([(x[:4], lengths[:4]), (x[4:], lengths[4:])])
+    assert torch.allclose(single.running_mean, exact.running_mean, rtol=1e-5)
+    assert torch.allclose(single.running_var, exact.running_var, rtol=1e-3)
+
+
 def test_adapt_re_estimates_on_the_scored_loop_after_the_checkpoint_is_loaded(make_cfg, tmp_path):
     """adapt=true (train's test, eval): the test loop's inputs set the statistics, after Lightning has loaded
     the checkpoint (which holds the training ones); the checkpoint on disk keeps them; eval split=val adapts

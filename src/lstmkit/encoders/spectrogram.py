@@ -370,14 +370,17 @@ class SpectrogramEncoder(nn.Module):
         was_training = self.training
         self.eval()
         device, size = self.running_mean.device, self.running_mean.numel()
-        dtype = torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
+        dtype = _accumulation_dtype(device)
+        # sums of the frames less the stored mean: E[x^2] - E[x]^2 of raw log-Mels (means far from 0, small
+        # variances) cancels catastrophically in float32, and the shift keeps the sums small
+        shift = self.running_mean.to(dtype)
         sums = torch.zeros(size, dtype=dtype, device=device)
         squares = torch.zeros(size, dtype=dtype, device=device)
         count = torch.zeros((), dtype=dtype, device=device)
         try:
             for inputs, lengths in batches:
                 feats, _, mask = self._frames(inputs.to(device), lengths.to(device))
-                frames, valid = feats.to(dtype), mask.to(dtype)
+                frames, valid = feats.to(dtype) - shift[None, :, None], mask.to(dtype)
                 sums += (frames * valid).sum((0, 2))
                 squares += (frames.pow(2) * valid).sum((0, 2))
                 count += valid.sum()
@@ -389,9 +392,9 @@ class SpectrogramEncoder(nn.Module):
         sums, squares, count = stats[:size], stats[size : 2 * size], stats[-1]
         if count < 2:
             raise ConfigError("adapt=true: the scored data has no audio frames to re-estimate the normalisation on")
-        mean = sums / count
-        self.running_mean.copy_(mean.to(self.running_mean.dtype))
-        self.running_var.copy_((squares / count - mean.pow(2)).clamp(min=0.0).to(self.running_var.dtype))
+        offset = sums / count
+        self.running_mean.copy_((shift + offset).to(self.running_mean.dtype))
+        self.running_var.copy_((squares / count - offset.pow(2)).clamp(min=0.0).to(self.running_var.dtype))
         return int(count)
 
     def _perturb_channel(self, inputs: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -511,6 +514,11 @@ class SpectrogramEncoder(nn.Module):
         padded = nn.functional.pad(feats, (0, 0, 0, self.stack + self.stride))
         windows = padded.unfold(1, self.stack, self.stride)[:, :out_steps]  # (B, T', F, stack)
         return windows.transpose(2, 3).reshape(batch, out_steps, size * self.stack)
+
+
+def _accumulation_dtype(device: torch.device) -> torch.dtype:
+    """float64 for ``adapt_normalisation``'s sums, where the device has it (MPS has not)."""
+    return torch.float32 if device.type == "mps" else torch.float64
 
 
 def _deltas(x: torch.Tensor) -> torch.Tensor:
