@@ -229,3 +229,8 @@ def test_split_sizes_leave_out_what_a_trained_model_never_reads(caplog) -> None:
         whole.setup()
     assert whole.split_sizes() == "test 60"
     assert "speech data: test 60 utterances" in caplog.text
+    fitted_text = SentimentDataModule(num_examples=100)
+    fitted_text.setup()
+    read = SentimentDataModule(num_examples=100, spec=fitted_text.spec.to_dict())
+    read.setup()  # sentiment's eval does split its data: train is said, as it is where examples went
+    assert read.split_sizes() == fitted_text.split_sizes() and "train 80" in read.split_sizes()

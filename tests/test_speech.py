@@ -466,21 +466,24 @@ def test_adapt_normalisation_re_estimates_the_statistics_on_unlabelled_audio():
 def test_adapt_normalisation_is_exact_in_float32_too(monkeypatch):
     """MPS has no float64, so adapt sums in float32 there: E[x^2] - E[x]^2 of log-Mels whose mean is far from
     0 and whose variance is small cancelled (here the lowest band's variance, 8e-8, came out 0, which the
-    normalisation then divides by). The sums are taken around the stored mean; float32 forced on the CPU."""
+    normalisation then divides by). The sums are taken around the first scored batch's mean, so audio louder
+    than the training audio (an unseen microphone) is exact too; float32 forced on the CPU."""
     import lstmkit.encoders.spectrogram as module
 
     torch.manual_seed(0)
     x = 2000.0 * (1 + 0.001 * torch.randn(8, 4000))  # a loud hum: log-Mels near +15, varying by little
     lengths = torch.full((8,), 4000)
-    exact = SpectrogramEncoder(SPEC, n_mels=20, normalise="global")
-    exact.train()(x, lengths)
-    exact.adapt_normalisation([(x, lengths)])  # float64 on the CPU
-    monkeypatch.setattr(module, "_accumulation_dtype", lambda device: torch.float32)
-    single = SpectrogramEncoder(SPEC, n_mels=20, normalise="global")
-    single.train()(x, lengths)
-    single.adapt_normalisation([(x[:4], lengths[:4]), (x[4:], lengths[4:])])
-    assert torch.allclose(single.running_mean, exact.running_mean, rtol=1e-5)
-    assert torch.allclose(single.running_var, exact.running_var, rtol=1e-3)
+    for gain in (1.0, 10.0):  # scored as loud as the training audio, and 20 dB louder
+        exact = SpectrogramEncoder(SPEC, n_mels=20, normalise="global")
+        exact.train()(x, lengths)
+        exact.adapt_normalisation([(x * gain, lengths)])  # float64 on the CPU
+        with monkeypatch.context() as patch:
+            patch.setattr(module, "_accumulation_dtype", lambda device: torch.float32)
+            single = SpectrogramEncoder(SPEC, n_mels=20, normalise="global")
+            single.train()(x, lengths)
+            single.adapt_normalisation([(x[:4] * gain, lengths[:4]), (x[4:] * gain, lengths[4:])])
+        assert torch.allclose(single.running_mean, exact.running_mean, rtol=1e-5)
+        assert torch.allclose(single.running_var, exact.running_var, rtol=1e-3), gain
 
 
 def test_adapt_re_estimates_on_the_scored_loop_after_the_checkpoint_is_loaded(make_cfg, tmp_path):
@@ -1230,7 +1233,7 @@ def test_group_batches_holds_one_speaker_per_training_batch_and_counts_its_batch
     """data.group_batches: every training batch is one speaker's (so batch statistics are the speaker's),
     each training utterance comes once per epoch, len() is the number of batches the loader yields (Lightning
     counts steps with it), and val / test batches are not grouped."""
-    from torch.utils.data import DistributedSampler, RandomSampler, SequentialSampler
+    from torch.utils.data import DistributedSampler, RandomSampler, SequentialSampler, WeightedRandomSampler
 
     from lstmkit.data.base import BucketBatchSampler
 
@@ -1252,17 +1255,26 @@ def test_group_batches_holds_one_speaker_per_training_batch_and_counts_its_batch
         grouped = BucketBatchSampler(sampler, 8, False, lengths=train.lengths, groups=speakers, pool_factor=2)
         drawn = list(grouped)
         assert len(drawn) == len(grouped) and all(len({speakers[i] for i in b}) == 1 for b in drawn)
-        assert {i for b in drawn for i in b} == set(sampler)  # DDP's rank may repeat a batch (below)
-    # DDP: the shards split the speakers unevenly, yet every rank must take as many steps (else they hang)
-    ranks = [BucketBatchSampler(DistributedSampler(train, num_replicas=3, rank=r, shuffle=True, seed=3), 8, False,
-                                lengths=train.lengths, groups=speakers) for r in range(3)]
-    own = [sum(1 for part in r._parts(r.sampler) for _ in r._cut(part)) for r in ranks]
-    assert len(set(own)) > 1  # the case at hand: uneven before padding
-    drawn = [list(r) for r in ranks]
-    assert [len(d) for d in drawn] == [len(r) for r in ranks] == [max(own)] * 3
-    assert all(len({speakers[i] for i in b}) == 1 for d in drawn for b in d)
-    for r, d in zip(ranks, drawn, strict=True):
-        assert sorted({i for b in d for i in b}) == sorted(set(r.sampler))  # padded by repeating, nothing lost
+        assert sorted(i for b in drawn for i in b) == sorted(grouped._group_indices())
+    # DDP: DistributedSampler's shards split the speakers unevenly (ranks would cut different numbers of
+    # batches, and hang); each speaker is dealt out evenly instead, so every rank and every epoch has as many
+    uneven = [BucketBatchSampler(DistributedSampler(train, num_replicas=3, rank=r, shuffle=True, seed=3), 8, False,
+                                 groups=speakers) for r in range(3)]
+    assert len({r._count(r.sampler) for r in uneven}) > 1  # the case at hand
+    counts = set()
+    for epoch in range(4):
+        ranks = [BucketBatchSampler(DistributedSampler(train, num_replicas=3, rank=r, shuffle=True, seed=3), 8,
+                                    False, lengths=train.lengths, groups=speakers) for r in range(3)]
+        for r in ranks:
+            r.sampler.set_epoch(epoch)
+        drawn = [list(r) for r in ranks]
+        counts |= {len(d) for d in drawn} | {len(r) for r in ranks}
+        assert all(len({speakers[i] for i in b}) == 1 for d in drawn for b in d)
+        assert {i for d in drawn for b in d for i in b} == set(range(len(train)))  # repeats a few, loses none
+        assert sum(len(b) for d in drawn for b in d) < len(train) + 3 * 5  # at most ranks - 1 repeats a speaker
+    assert len(counts) == 1  # Lightning reads len() once: the same on every rank and epoch
+    with pytest.raises(TypeError, match="needs a sequential, random .* got WeightedRandomSampler"):
+        len(BucketBatchSampler(WeightedRandomSampler([1.0] * len(train), 20), 8, False, groups=speakers))
     # without groups the sampler is the one it was: the same batches for the same draws
     torch.manual_seed(5)
     plain = list(BucketBatchSampler(list(range(len(train))), 8, False, lengths=train.lengths, pool_factor=2))

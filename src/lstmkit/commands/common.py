@@ -327,7 +327,7 @@ def _first_line(err: BaseException) -> str:
 
 
 def check_command_keys(cfg: DictConfig, command: str, keys: tuple[str, ...], takes: str) -> None:
-    """Refuse top-level settings ``command`` (eval, predict) does not apply: ``+head.threshold=0.99``,
+    """Refuse top-level settings ``command`` (eval, predict, export) does not apply: ``+head.threshold=0.99``,
     ``+model.hidden_size=3``, ``+foo=3`` were accepted with exit 0 and silently ignored, since the model
     and its head are the checkpoint's. The ConfigError names the override(s) and what the command takes."""
     unknown = [key for key in cfg if key not in keys]

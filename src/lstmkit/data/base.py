@@ -8,7 +8,6 @@ return the :class:`~lstmkit.types.DataSpec`) and ``make_predict_batch()`` (raw u
 
 from __future__ import annotations
 
-import copy
 import re
 from collections.abc import Hashable, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -159,7 +158,8 @@ class BucketBatchSampler(BatchSampler):
     order, so batches stay random while padding shrinks. With ``groups`` (one key per index, e.g.
     the speaker) every batch holds one group only, so that batch statistics are that group's
     (per-speaker normalisation in training, ``encoder.batch_stats``): the epoch's indices are
-    split by group first, then each group is pooled, sorted and cut as above.
+    split by group first, then each group is pooled, sorted and cut as above; under DDP each group
+    is dealt out evenly over the ranks (:func:`_group_shard`), so that every rank takes as many steps.
     """
 
     def __init__(
@@ -180,9 +180,7 @@ class BucketBatchSampler(BatchSampler):
 
     def __iter__(self) -> Iterator[list[int]]:
         if self.groups:
-            batches = [batch for part in self._parts(self.sampler) for batch in self._cut(part)]
-            missing = len(self) - len(batches)  # under DDP: as many batches as the rank with most
-            yield from self._shuffled(batches + [batches[k % len(batches)] for k in range(missing)])
+            yield from self._shuffled([batch for part in self._parts(self._group_indices()) for batch in self._cut(part)])
             return
         pool: list[int] = []
         for index in self.sampler:
@@ -194,16 +192,31 @@ class BucketBatchSampler(BatchSampler):
             yield from self._shuffled(self._cut(pool))
 
     def __len__(self) -> int:
-        """With groups, the batches of this epoch; under DDP the most any rank has, since every rank must
-        take as many steps (the shards split the groups unevenly), so the others repeat a few batches, as
-        DistributedSampler pads its shards with repeated examples."""
+        """With groups, the batches of every epoch: Lightning reads the length once, so it must not change
+        from epoch to epoch (nor, under DDP, from rank to rank: see :func:`_group_shard`)."""
         if not self.groups:
             return super().__len__()
         sampler = self.sampler
-        if isinstance(sampler, DistributedSampler):  # every rank's shard: fixed by seed and epoch, no RNG drawn
-            return max(self._count(_shard(sampler, rank)) for rank in range(sampler.num_replicas))
-        # a random or sequential sampler yields every index once
-        return self._count(sampler if isinstance(sampler, (Sequence, SequentialSampler)) else range(len(sampler)))
+        if isinstance(sampler, DistributedSampler):  # the same count on every rank and epoch; no RNG drawn
+            return self._count(_group_shard(sampler, self.groups))
+        self._check_group_sampler()
+        return self._count(range(len(self.groups)) if isinstance(sampler, RandomSampler) else sampler)
+
+    def _check_group_sampler(self) -> None:
+        sampler = self.sampler
+        every_index_once = isinstance(sampler, (Sequence, SequentialSampler)) or (
+            isinstance(sampler, RandomSampler) and not sampler.replacement
+            and sampler.num_samples == len(sampler.data_source))  # type: ignore[arg-type]
+        if not every_index_once:
+            raise TypeError(f"BucketBatchSampler with groups needs a sequential, random (without replacement) or "
+                            f"distributed sampler, whose batches per epoch are known; got {type(sampler).__name__}")
+
+    def _group_indices(self) -> Iterable[int]:
+        """This epoch's indices (this rank's, under DDP)."""
+        if isinstance(self.sampler, DistributedSampler):
+            return _group_shard(self.sampler, self.groups)
+        self._check_group_sampler()
+        return self.sampler
 
     def _count(self, indices: Iterable[int]) -> int:
         return sum(len(self._cut(part)) for part in self._parts(indices))
@@ -230,11 +243,34 @@ class BucketBatchSampler(BatchSampler):
             yield batches[k]
 
 
-def _shard(sampler: DistributedSampler[Any], rank: int) -> list[int]:
-    """The indices ``sampler`` gives ``rank`` this epoch (a copy of it, so the sampler is unchanged)."""
-    other = copy.copy(sampler)
-    other.rank = rank
-    return list(other)
+def _group_shard(sampler: DistributedSampler[Any], groups: Sequence[Hashable]) -> list[int]:
+    """This rank's indices for one-group batches under DDP: every group split evenly over the ranks.
+
+    DistributedSampler's shards split each group unevenly, so ranks would cut different numbers of
+    one-group batches, and a rank that runs out first leaves the others waiting in their gradient sync.
+    Here each group's indices (in the order of the sampler's seeded permutation for this epoch) are
+    padded by repeating a few to a multiple of the ranks, as DistributedSampler pads its shards (or
+    cut, with its ``drop_last``), and dealt out: every rank holds as many of every group, in every
+    epoch, so all cut as many batches.
+    """
+    size, ranks = len(groups), sampler.num_replicas
+    if sampler.shuffle:
+        generator = torch.Generator()
+        generator.manual_seed(sampler.seed + sampler.epoch)
+        order = torch.randperm(size, generator=generator).tolist()
+    else:
+        order = list(range(size))
+    parts: dict[Hashable, list[int]] = {}
+    for index in order:  # groups in the order they first appear: the same on every rank
+        parts.setdefault(groups[index], []).append(index)
+    shard: list[int] = []
+    for part in parts.values():
+        if sampler.drop_last:
+            part = part[: len(part) - len(part) % ranks]
+        else:
+            part = part + (part * ranks)[: -len(part) % ranks]
+        shard += part[sampler.rank :: ranks]
+    return shard
 
 
 class SequenceDataModule(L.LightningDataModule):
@@ -339,11 +375,16 @@ class SequenceDataModule(L.LightningDataModule):
             self._spec = spec
 
     def split_sizes(self) -> str:
-        """``"train 5536 / val 692 / test 692"``: each split's examples, for logs and messages. A trained
-        model's data (``eval``) leaves out train, which it never reads, and ``split=all`` val too."""
-        skipped = ({"train"} if self.fixed_spec is not None else set()) | ({"train", "val"} if self.whole else set())
+        """``"train 5536 / val 692 / test 692"``: each split's examples, for logs and messages. An empty
+        split a trained model's data never fills (speech's train in ``eval``, val with ``split=all``) is
+        left out; one that is empty by the data's fault is not."""
         return " / ".join(f"{name} {len(split)}" for name, split in self.splits.items()  # type: ignore[arg-type]
-                          if name not in skipped)
+                          if len(split) or not self._unread(name))  # type: ignore[arg-type]
+
+    def _unread(self, split: str) -> bool:
+        """A split a trained model's data leaves empty by design: train (eval fits nothing), and val with
+        ``whole`` (every example is the test split)."""
+        return self.fixed_spec is not None and (split == "train" or (self.whole and split == "val"))
 
     def train_dataloader(self) -> DataLoader[Batch]:
         return self._loader("train", shuffle=True)
@@ -395,7 +436,7 @@ class SequenceDataModule(L.LightningDataModule):
     def _groups(self, dataset: Dataset[Example]) -> list[str]:
         """``data.group_batches``: the training examples' groups, or a ConfigError naming what is missing."""
         groups = getattr(dataset, "groups", None)
-        if not groups:
+        if groups is None:
             raise ConfigError(f"data.group_batches=true: {type(self).__name__}'s training examples name no group "
                               "to batch by; only speech data has one (the speaker)")
         missing = [i for i, group in enumerate(groups) if not group]

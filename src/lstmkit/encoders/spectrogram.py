@@ -104,7 +104,7 @@ class SpectrogramEncoder(nn.Module):
             features), or none.
         batch_stats: in training, the global branch normalises each batch with the batch's own
             statistics (the running ones still follow them, for val, eval and predict), as batch
-            norm does. With ``data.group_batches`` every batch is one speaker, so the model trains
+            norm does, though no gradient flows through them (nothing is learnt in this branch). With ``data.group_batches`` every batch is one speaker, so the model trains
             on per-speaker normalised features, which is what ``adapt=true`` gives an unseen
             speaker at test time (Kaldi's per-speaker CMVN, in training as well as test).
         tilt: largest first-order tilt coefficient, e.g. 0.5 draws ``a`` in ``[-0.5, 0.5]``
@@ -342,8 +342,7 @@ class SpectrogramEncoder(nn.Module):
                 self.running_var.lerp_(var, rate)
                 self.batches_seen += 1
             if self.batch_stats:  # this batch's own statistics (one speaker's, with data.group_batches)
-                return ((feats - mean[None, :, None].to(feats.dtype))
-                        * torch.rsqrt(var[None, :, None] + 1e-5).to(feats.dtype))
+                return ((feats.to(dtype) - mean[None, :, None]) * torch.rsqrt(var[None, :, None] + 1e-5)).to(feats.dtype)
         scale = torch.rsqrt(self.running_var[None, :, None] + 1e-5)
         return ((feats - self.running_mean[None, :, None]) * scale).to(feats.dtype)
 
@@ -371,24 +370,39 @@ class SpectrogramEncoder(nn.Module):
         self.eval()
         device, size = self.running_mean.device, self.running_mean.numel()
         dtype = _accumulation_dtype(device)
-        # sums of the frames less the stored mean: E[x^2] - E[x]^2 of raw log-Mels (means far from 0, small
-        # variances) cancels catastrophically in float32, and the shift keeps the sums small
-        shift = self.running_mean.to(dtype)
-        sums = torch.zeros(size, dtype=dtype, device=device)
-        squares = torch.zeros(size, dtype=dtype, device=device)
-        count = torch.zeros((), dtype=dtype, device=device)
+
+        def frames_of(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+            feats, _, mask = self._frames(batch[0].to(device), batch[1].to(device))
+            return feats.to(dtype), mask.to(dtype)
+
+        def total(value: torch.Tensor) -> torch.Tensor:
+            return value if reduce is None else reduce(value)
+
         try:
-            for inputs, lengths in batches:
-                feats, _, mask = self._frames(inputs.to(device), lengths.to(device))
-                frames, valid = feats.to(dtype) - shift[None, :, None], mask.to(dtype)
-                sums += (frames * valid).sum((0, 2))
-                squares += (frames.pow(2) * valid).sum((0, 2))
+            iterator = iter(batches)
+            first = next(iterator, None)
+            # the sums are taken around the first batch's mean (every rank's first, under DDP): E[x^2] - E[x]^2
+            # of raw log-Mels (means far from 0, small variances) cancels in float32 (MPS), and so would a
+            # shift by the stored training mean when the scored audio is louder or quieter
+            frames, valid = frames_of(first) if first is not None else (None, None)
+            seed = torch.zeros(size + 1, dtype=dtype, device=device)
+            if frames is not None:
+                seed[:size], seed[size] = (frames * valid).sum((0, 2)), valid.sum()
+            seed = total(seed)
+            shift = seed[:size] / seed[size].clamp(min=1)
+            sums = torch.zeros(size, dtype=dtype, device=device)
+            squares = torch.zeros(size, dtype=dtype, device=device)
+            count = torch.zeros((), dtype=dtype, device=device)
+            while frames is not None:
+                centred = frames - shift[None, :, None]
+                sums += (centred * valid).sum((0, 2))
+                squares += (centred.pow(2) * valid).sum((0, 2))
                 count += valid.sum()
+                batch = next(iterator, None)
+                frames, valid = frames_of(batch) if batch is not None else (None, None)
         finally:
             self.train(was_training)
-        stats = torch.cat([sums, squares, count[None]])
-        if reduce is not None:
-            stats = reduce(stats)
+        stats = total(torch.cat([sums, squares, count[None]]))
         sums, squares, count = stats[:size], stats[size : 2 * size], stats[-1]
         if count < 2:
             raise ConfigError("adapt=true: the scored data has no audio frames to re-estimate the normalisation on")
