@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -25,7 +26,7 @@ def _latest(root: Path, task: str) -> Path:
     return max((root / "logs" / task / "runs").iterdir())
 
 
-def _run_ddp(*args: str, cwd: Path) -> None:
+def _run_ddp(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     """``run_cli`` for a ddp_spawn run, once more when a spawned worker aborted (SIGABRT).
 
     Seen once in CI under load (2026-12-01): ``Trainer.fit stopped: max_epochs=6 reached``, then a
@@ -37,6 +38,7 @@ def _run_ddp(*args: str, cwd: Path) -> None:
     if proc.returncode != 0 and "terminated with signal SIGABRT" in proc.stderr:
         proc = run_cli(*args, cwd=cwd, check=False)
     assert proc.returncode == 0, f"lstmkit {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
+    return proc
 
 
 @pytest.fixture(scope="module")
@@ -152,12 +154,15 @@ def test_seed_null_run_logs_and_uses_its_drawn_seed(tmp_path: Path) -> None:
 def test_speaker_batches_take_as_many_steps_on_every_rank(tmp_path: Path) -> None:
     """data.group_batches under DDP: the two shards split the speakers unevenly, so the ranks had different
     numbers of one-speaker batches; a rank that runs out first leaves the other waiting in its gradient sync.
-    Every rank now takes as many steps (the shorter repeats a batch), and the run ends. (Here the shards hold
-    6 and 5 batches; without the repeat this run hung until killed.)"""
-    _run_ddp("train", "task=speech", "data.num_examples=150", "data.num_speakers=5", "data.batch_size=16",
-             "data.group_batches=true", "encoder.normalise=both", "encoder.batch_stats=true", "model.hidden_size=16",
+    Each speaker is now dealt out evenly over the ranks, so every rank takes as many steps, and the run ends.
+    (Here DistributedSampler's shards hold 6 and 5 batches; with them this run hung until killed.) The test's
+    adapt=true logs from the spawned rank zero (the ranks had no logging configured, so nothing was seen)."""
+    proc = _run_ddp("train", "task=speech", "data.num_examples=150", "data.num_speakers=5", "data.batch_size=16",
+             "data.group_batches=true", "encoder.normalise=both", "encoder.batch_stats=true", "adapt=true", "model.hidden_size=16",
              "trainer=ddp_cpu", "trainer.max_epochs=2", "trainer.enable_progress_bar=false",
              "trainer.enable_model_summary=false", "trainer.num_sanity_val_steps=0", "logger=csv", cwd=tmp_path)
     run = _latest(tmp_path, "speech")
     metrics = json.loads((run / "metrics.json").read_text())
     assert "test/cer" in json.dumps(metrics)
+    said = proc.stdout + proc.stderr
+    assert said.count("adapt=true: the encoder's normalisation statistics re-estimated on the") == 1  # rank zero's

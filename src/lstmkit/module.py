@@ -32,6 +32,20 @@ from lstmkit.types import Batch, DataSpec
 log = logging.getLogger("lstmkit")
 
 
+def log_in_spawned_process() -> None:
+    """Under ``ddp_spawn`` (``trainer=ddp_cpu``) the ranks are new interpreters without Hydra's logging
+    configuration, so lstmkit's INFO lines written there (``adapt=true``'s, for one) went nowhere. In such
+    a process, rank zero prints them to stderr in the parent's format; elsewhere logging is left alone."""
+    import multiprocessing
+
+    if multiprocessing.parent_process() is None or logging.getLogger().handlers or log.handlers:
+        return
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+
+
 class SequenceModel(L.LightningModule):
     """Encoder -> LSTM -> head, trained, evaluated and used for prediction the same way for every task.
 
@@ -330,6 +344,10 @@ class SequenceModel(L.LightningModule):
                 member = f" (member {number + 1} of {len(encoders)})" if len(encoders) > 1 else ""
                 log.info("adapt=true: the encoder's normalisation statistics%s re-estimated on the %d frames of "
                          "the %s split's inputs (no labels read)", member, frames, split)
+
+    def setup(self, stage: str) -> None:
+        if self.trainer.is_global_zero:
+            log_in_spawned_process()
 
     def on_validation_start(self) -> None:
         if self.adapt and self.trainer.state.fn == TrainerFn.VALIDATING:  # eval split=val, not fitting's
