@@ -187,8 +187,8 @@ CASES = [
     Case("empty-clip", lambda d: _speech(d, edit=lambda d: sf.write(d / "tr3.wav", np.zeros(0, np.float32), SR)),
          r"manifest\.csv, row 5, field 'path': clip \S*tr3\.wav has no samples.*empty_clips=skip"),
     Case("batches-without-speakers", lambda d: [*_speech(d), "data.group_batches=true"],
-         r"data\.group_batches=true: 6 of 6 training examples have no speaker \(a manifest's 'speaker' column, "
-         r"data\.speaker_column, .*\), e\.g\. \S*manifest\.csv row 2 \(\S*tr0\.wav\)"),
+         r"data\.group_batches=true: the data names no speakers; a manifest needs a 'speaker' column "
+         r"\(data\.speaker_column\) to batch by speaker"),
     Case("nan-samples", lambda d: _speech(d, edit=lambda d: sf.write(d / "tr2.wav", np.full(800, np.nan, np.float32), SR,
                                                                       subtype="FLOAT")),
          r"tr2\.wav: 800 sample\(s\) are not finite numbers \(NaN or infinity; the first at sample 0"),

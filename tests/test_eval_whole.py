@@ -227,8 +227,8 @@ def test_split_sizes_leave_out_what_a_trained_model_never_reads(caplog) -> None:
     with caplog.at_level(logging.INFO, logger="lstmkit"):
         whole = SpeechDataModule(num_examples=60, seed=1, spec=spec, whole=True)
         whole.setup()
-    assert whole.split_sizes() == "test 60"
-    assert "speech data: test 60 utterances" in caplog.text
+    assert whole.split_sizes() == "all 60"  # as its metrics are named (all/cer)
+    assert "speech data: all 60 utterances" in caplog.text
     fitted_text = SentimentDataModule(num_examples=100)
     fitted_text.setup()
     read = SentimentDataModule(num_examples=100, spec=fitted_text.spec.to_dict())

@@ -475,6 +475,13 @@ def test_a_resumed_run_keeps_the_best_checkpoint_of_its_earlier_epochs(tmp_path:
     proc = run_cli("train", *STALL, "trainer.max_epochs=3", "resume=true", cwd=tmp_path)
     log = " ".join((proc.stdout + proc.stderr).split())
     assert "it has trained 3 epoch(s) already, so trainer.max_epochs=3 leaves nothing to train" in log, log
+    # fewer epochs than it has trained: Lightning's "You restored a checkpoint with current_epoch=2, but you have
+    # set Trainer(max_epochs=2)" ended the run (exit 2) although the warning promised the test
+    proc = run_cli("train", *STALL, "trainer.max_epochs=2", "resume=true", cwd=tmp_path)
+    log = " ".join((proc.stdout + proc.stderr).split())
+    assert "it has trained 3 epoch(s) already, so trainer.max_epochs=2 leaves nothing to train" in log, log
+    newest = max((tmp_path / "logs" / "sentiment" / "runs").iterdir())
+    assert "test/acc" in json.loads((newest / "metrics.json").read_text())
 
 
 def test_a_resumed_sweep_continues_each_job_from_its_own_checkpoint(tmp_path: Path) -> None:

@@ -1330,3 +1330,13 @@ def test_batch_stats_normalise_each_training_batch_with_its_own_statistics():
     assert torch.allclose(enc(x, lengths)[0], running.eval()(x, lengths)[0], atol=1e-5)  # eval: running ones
     with pytest.raises(ConfigError, match="encoder.batch_stats=true .* encoder.normalise=utterance has no global"):
         SpectrogramEncoder(SPEC, batch_stats=True)
+
+
+def test_a_jsonl_speaker_numbered_0_is_a_speaker(tmp_path):
+    """JSONL speakers numbered 0, 1, 2...: `record.get(column) or ""` turned speaker 0 into no speaker, so
+    data.holdout_speakers=[0] found "no speaker(s) ['0']" and group_batches said its rows had none."""
+    rows = [{"path": f"u{i}.wav", "text": "yes" if i % 2 else "no", "speaker": i % 3} for i in range(18)]
+    path = write_manifest(tmp_path, rows, kind="jsonl")
+    dm = SpeechDataModule(path=str(path), holdout_speakers=[0], group_batches=True)
+    dm.setup()
+    assert len(dm.splits["test"]) == 6 and set(dm.splits["train"].groups) | set(dm.splits["val"].groups) == {"1", "2"}

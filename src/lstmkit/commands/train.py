@@ -360,6 +360,8 @@ def train(cfg: DictConfig) -> float | None:
             log.warning("resuming %s: it has trained %d epoch(s) already, so trainer.max_epochs=%d leaves nothing to "
                         "train%s; raise trainer.max_epochs to train on", ckpt_path, done, max_epochs,
                         " (the test split is still scored)" if cfg.get("test", True) else "")
+            with open_dict(cfg):  # Lightning refuses a max_epochs below the checkpoint's epoch: nothing to train
+                cfg.trainer.max_epochs = done
     if cfg.get("train", True):
         warm_start(model, cfg.get("init_from") or {}, ckpt_path)
     configure_wandb(cfg, resumed)

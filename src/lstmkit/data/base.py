@@ -377,8 +377,10 @@ class SequenceDataModule(L.LightningDataModule):
     def split_sizes(self) -> str:
         """``"train 5536 / val 692 / test 692"``: each split's examples, for logs and messages. An empty
         split a trained model's data never fills (speech's train in ``eval``, val with ``split=all``) is
-        left out; one that is empty by the data's fault is not."""
-        return " / ".join(f"{name} {len(split)}" for name, split in self.splits.items()  # type: ignore[arg-type]
+        left out; one that is empty by the data's fault is not. ``split=all``'s examples are ``all``, as its
+        metrics are named."""
+        return " / ".join(f"{'all' if self.whole and name == 'test' else name} {len(split)}"  # type: ignore[arg-type]
+                          for name, split in self.splits.items()
                           if len(split) or not self._unread(name))  # type: ignore[arg-type]
 
     def _unread(self, split: str) -> bool:

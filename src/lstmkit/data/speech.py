@@ -401,6 +401,12 @@ def _take_shuffled(utterances: list[Utterance], count: int, rng: random.Random) 
     return taken, rest
 
 
+def _cell(record: dict[str, Any], column: str) -> str:
+    """A manifest cell as text, stripped: "" where it is missing or null (never for a number such as 0)."""
+    value = record.get(column)
+    return "" if value is None else str(value).strip()
+
+
 class SpeechDataModule(SequenceDataModule):
     """Waveforms ``(B, S)`` + sample counts -> character targets for CTC.
 
@@ -580,11 +586,11 @@ class SpeechDataModule(SequenceDataModule):
             if not file.is_file():
                 raise DataError(f"audio file {file} not found (paths are relative to the manifest)",
                                 path=manifest, row=row, field=self.path_column)
-            split = str(record.get(self.split_column) or "").strip().lower()
+            split = _cell(record, self.split_column).lower()
             if split and split not in _SPLIT_ALIASES:
                 raise DataError(f"unknown split {split!r}; expected one of {sorted(_SPLIT_ALIASES)}",
                                 path=manifest, row=row, field=self.split_column)
-            speaker = str(record.get(self.speaker_column) or "").strip().lower()
+            speaker = _cell(record, self.speaker_column).lower()  # a JSONL speaker 0 is speaker "0", not none
             utterances.append(Utterance(str(file), str(text), speaker, row=row,
                                         split=_SPLIT_ALIASES.get(split, "")))
         if not utterances:
@@ -635,6 +641,9 @@ class SpeechDataModule(SequenceDataModule):
             if missing:
                 raise ConfigError(f"data.{option}: no speaker(s) {missing} in the data; "
                                   f"speakers are {sorted(speakers)}")
+        if self.group_batches and self.fixed_spec is None and speakers == {""}:
+            raise ConfigError(f"data.group_batches=true: the data names no speakers; a manifest needs a "
+                              f"{self.speaker_column!r} column (data.speaker_column) to batch by speaker")
         anonymous = sum(1 for u in utterances if not u.speaker)
         if anonymous and (self.holdout_speakers or self.val_speakers):
             log.warning("%d utterance(s) name no speaker (empty %r), so they cannot be held out: they are train",
