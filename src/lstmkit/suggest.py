@@ -74,8 +74,6 @@ def suggest_override(config_dir: str, config_name: str, args: list[str]) -> str 
 EVAL_TAKES = "ckpt_path, split, adapt, seed, tags, data.*, decode.*, trainer=/trainer.*, logger=/logger.*"
 PREDICT_TAKES = ("ckpt_path, input, input_file, output, batch_size, device, generate, temperature, seed, "
                  "data.* (how input files are read), decode.*")
-
-
 EXPORT_TAKES = "ckpt_path, format, output, tolerance"
 TAKES = {"eval": EVAL_TAKES, "predict": PREDICT_TAKES, "export": EXPORT_TAKES}
 

@@ -319,9 +319,10 @@ def train(cfg: DictConfig) -> float | None:
     check_splits(datamodule, cfg)
     with config_stage("model (encoder / model / head)"):
         model = build_model(cfg, datamodule)
-    if bool_option(cfg, "adapt") and not cfg.get("test", True):
+    adapt = bool_option(cfg, "adapt")
+    if adapt and not cfg.get("test", True):
         log.warning("adapt=true adapts the test after training; with test=false there is none: ignored")
-    elif bool_option(cfg, "adapt"):
+    elif adapt:
         model.check_adaptable()  # before training, not after it
         model.adapt = True  # the test loop re-estimates the normalisation on its inputs first (SequenceModel)
     with config_stage("optimizer"):

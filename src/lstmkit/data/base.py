@@ -196,38 +196,30 @@ class BucketBatchSampler(BatchSampler):
         from epoch to epoch (nor, under DDP, from rank to rank: see :func:`_group_shard`)."""
         if not self.groups:
             return super().__len__()
+        return self._count(self._group_indices(drawn=False))
+
+    def _count(self, indices: Iterable[int]) -> int:
+        """The one-group batches ``indices`` make."""
+        return sum(len(self._cut(part)) for part in self._parts(indices))
+
+    def _group_indices(self, drawn: bool = True) -> Iterable[int]:
+        """This epoch's indices (this rank's, under DDP). ``drawn=False`` counts without drawing: a random
+        sampler's batches depend on which indices it yields, not on their order, so every index once."""
         sampler = self.sampler
         if isinstance(sampler, DistributedSampler):  # the same count on every rank and epoch; no RNG drawn
-            return self._count(_group_shard(sampler, self.groups))
-        self._check_group_sampler()
-        return self._count(range(len(self.groups)) if isinstance(sampler, RandomSampler) else sampler)
-
-    def _check_group_sampler(self) -> None:
-        sampler = self.sampler
+            return _group_shard(sampler, self.groups)
         every_index_once = isinstance(sampler, (Sequence, SequentialSampler)) or (
             isinstance(sampler, RandomSampler) and not sampler.replacement
             and sampler.num_samples == len(sampler.data_source))  # type: ignore[arg-type]
         if not every_index_once:
             raise TypeError(f"BucketBatchSampler with groups needs a sequential, random (without replacement) or "
                             f"distributed sampler, whose batches per epoch are known; got {type(sampler).__name__}")
-
-    def _group_indices(self) -> Iterable[int]:
-        """This epoch's indices (this rank's, under DDP)."""
-        if isinstance(self.sampler, DistributedSampler):
-            return _group_shard(self.sampler, self.groups)
-        self._check_group_sampler()
-        return self.sampler
-
-    def _count(self, indices: Iterable[int]) -> int:
-        return sum(len(self._cut(part)) for part in self._parts(indices))
+        return sampler if drawn or not isinstance(sampler, RandomSampler) else range(len(self.groups))
 
     def _parts(self, indices: Iterable[int]) -> list[list[int]]:
         """The indices split by group (in their drawn order), each group cut into pools."""
-        parts: dict[Hashable, list[int]] = {}
-        for index in indices:
-            parts.setdefault(self.groups[index], []).append(index)
         size = self.batch_size * self.pool_factor
-        return [part[i : i + size] for part in parts.values() for i in range(0, len(part), size)]
+        return [part[i : i + size] for part in _by_group(indices, self.groups) for i in range(0, len(part), size)]
 
     def _cut(self, pool: list[int]) -> list[list[int]]:
         """One pool sorted by length and cut into batches."""
@@ -241,6 +233,14 @@ class BucketBatchSampler(BatchSampler):
         order = torch.randperm(len(batches)).tolist() if self.shuffle_batches else range(len(batches))
         for k in order:
             yield batches[k]
+
+
+def _by_group(indices: Iterable[int], groups: Sequence[Hashable]) -> list[list[int]]:
+    """``indices`` split by their group, each keeping the indices' order; groups as they first appear."""
+    parts: dict[Hashable, list[int]] = {}
+    for index in indices:
+        parts.setdefault(groups[index], []).append(index)
+    return list(parts.values())
 
 
 def _group_shard(sampler: DistributedSampler[Any], groups: Sequence[Hashable]) -> list[int]:
@@ -260,11 +260,8 @@ def _group_shard(sampler: DistributedSampler[Any], groups: Sequence[Hashable]) -
         order = torch.randperm(size, generator=generator).tolist()
     else:
         order = list(range(size))
-    parts: dict[Hashable, list[int]] = {}
-    for index in order:  # groups in the order they first appear: the same on every rank
-        parts.setdefault(groups[index], []).append(index)
     shard: list[int] = []
-    for part in parts.values():
+    for part in _by_group(order, groups):  # groups in the order they first appear: the same on every rank
         if sampler.drop_last:
             part = part[: len(part) - len(part) % ranks]
         else:

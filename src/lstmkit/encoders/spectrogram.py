@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterable
 
 import torch
@@ -104,9 +105,10 @@ class SpectrogramEncoder(nn.Module):
             features), or none.
         batch_stats: in training, the global branch normalises each batch with the batch's own
             statistics (the running ones still follow them, for val, eval and predict), as batch
-            norm does, though no gradient flows through them (nothing is learnt in this branch). With ``data.group_batches`` every batch is one speaker, so the model trains
-            on per-speaker normalised features, which is what ``adapt=true`` gives an unseen
-            speaker at test time (Kaldi's per-speaker CMVN, in training as well as test).
+            norm does, though no gradient flows through them (nothing is learnt in this branch).
+            With ``data.group_batches`` every batch is one speaker, so the model trains on
+            per-speaker normalised features, which is what ``adapt=true`` gives an unseen speaker
+            at test time (Kaldi's per-speaker CMVN, in training as well as test).
         tilt: largest first-order tilt coefficient, e.g. 0.5 draws ``a`` in ``[-0.5, 0.5]``
             per utterance (0 = off).
         noise_snr: ``[low, high]`` signal-to-noise ratios in dB for the added white noise, drawn
@@ -379,27 +381,24 @@ class SpectrogramEncoder(nn.Module):
             return value if reduce is None else reduce(value)
 
         try:
-            iterator = iter(batches)
-            first = next(iterator, None)
+            read = (frames_of(batch) for batch in batches)
+            first = next(read, None)
             # the sums are taken around the first batch's mean (every rank's first, under DDP): E[x^2] - E[x]^2
             # of raw log-Mels (means far from 0, small variances) cancels in float32 (MPS), and so would a
             # shift by the stored training mean when the scored audio is louder or quieter
-            frames, valid = frames_of(first) if first is not None else (None, None)
             seed = torch.zeros(size + 1, dtype=dtype, device=device)
-            if frames is not None:
-                seed[:size], seed[size] = (frames * valid).sum((0, 2)), valid.sum()
+            if first is not None:
+                seed[:size], seed[size] = (first[0] * first[1]).sum((0, 2)), first[1].sum()
             seed = total(seed)
             shift = seed[:size] / seed[size].clamp(min=1)
             sums = torch.zeros(size, dtype=dtype, device=device)
             squares = torch.zeros(size, dtype=dtype, device=device)
             count = torch.zeros((), dtype=dtype, device=device)
-            while frames is not None:
+            for frames, valid in itertools.chain([first] if first is not None else [], read):
                 centred = frames - shift[None, :, None]
                 sums += (centred * valid).sum((0, 2))
                 squares += (centred.pow(2) * valid).sum((0, 2))
                 count += valid.sum()
-                batch = next(iterator, None)
-                frames, valid = frames_of(batch) if batch is not None else (None, None)
         finally:
             self.train(was_training)
         stats = total(torch.cat([sums, squares, count[None]]))
