@@ -16,6 +16,8 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
 from torch.utils.data import DataLoader, Dataset
 
 from lstmkit.checkpoints import AtomicCheckpointIO, read_checkpoint
@@ -1305,13 +1307,31 @@ def test_a_misspelt_added_key_gets_a_did_you_mean() -> None:
 
 def test_what_eval_and_predict_say_they_take_is_what_they_apply() -> None:
     """The keys eval / predict apply (their KEYS) and the list their refusals print (suggest's TAKES) are two
-    declarations: adding adapt to one and not the other made the refusal test fail. Kept in step here."""
-    from lstmkit.commands.evaluate import EVAL_KEYS
-    from lstmkit.commands.export import EXPORT_KEYS
-    from lstmkit.commands.predict import PREDICT_KEYS
-    from lstmkit.suggest import EVAL_TAKES, EXPORT_TAKES, PREDICT_TAKES
+    declarations: adding adapt to one and not the other made the refusal test fail. Kept in step here, and
+    with the configs' own keys, which the refusal before Hydra reads (a key missing there would be refused)."""
+    from lstmkit.suggest import KEYS, TAKES
 
     internal = {"task_name", "paths", "hydra"}
-    for keys, takes in ((EVAL_KEYS, EVAL_TAKES), (PREDICT_KEYS, PREDICT_TAKES), (EXPORT_KEYS, EXPORT_TAKES)):
-        said = {re.split(r"[.=( ]", item.strip())[0] for item in takes.split(",")}
+    for command, keys in KEYS.items():
+        said = {re.split(r"[.=( ]", item.strip())[0] for item in TAKES[command].split(",")}
         assert said == set(keys) - internal
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(version_base="1.3", config_dir=config_dir()):
+            cfg = compose(config_name=command, overrides=[], return_hydra_config=True)
+        GlobalHydra.instance().clear()
+        assert set(cfg) == set(keys), command
+
+
+def test_a_setting_eval_lacks_gets_one_line_not_hydras_block_above_it(tmp_path: Path) -> None:
+    """``eval ... model.hidden_size=3`` printed Hydra's seven lines ("Could not override ... To append to your
+    config use +model.hidden_size=3 ... HYDRA_FULL_ERROR") above lstmkit's refusal. Refused before Hydra now,
+    with or without +; a typo under a key the command has still gets Hydra's error and the did-you-mean."""
+    for args in (["eval", "ckpt_path=x.ckpt", "model.hidden_size=3"], ["export", "ckpt_path=x.ckpt", "+foo=1"],
+                 ["predict", "ckpt_path=x.ckpt", "input=x", "adapt=true"]):
+        proc = run_cli(*args, cwd=tmp_path, check=False)
+        assert proc.returncode == 1, proc.stderr
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"lstmkit {args[0]}: ") and "does not apply" in lines[0], lines
+    proc = run_cli("predict", "ckpt_path=x.ckpt", "input=x", "data.colunm=text", cwd=tmp_path, check=False)
+    assert proc.returncode == 1 and "Could not override" in proc.stderr, proc.stderr
+    assert not (tmp_path / "outputs").exists() and not (tmp_path / "logs").exists()

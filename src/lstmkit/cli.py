@@ -347,6 +347,12 @@ def main(argv: list[str] | None = None) -> Any:
     from lstmkit.sweeps import register_resolvers
 
     register_resolvers()  # ${lstmkit_sweep_name:} in conf/hydra/default.yaml
+    from lstmkit.suggest import refuse_before_hydra
+
+    refused = refuse_before_hydra(config_dir(), command, args)  # one line, not Hydra's block above it
+    if refused:
+        print(f"lstmkit {command}: {refused}", file=sys.stderr)
+        raise SystemExit(1)
     sys.argv = [sys.argv[0], *args]
     app = hydra.main(version_base="1.3", config_path=config_dir(), config_name=command)(_task(command))
     try:

@@ -70,12 +70,43 @@ def suggest_override(config_dir: str, config_name: str, args: list[str]) -> str 
     return None
 
 
-# what ``lstmkit eval`` applies: every other setting (task, model, head, callbacks...) is the checkpoint's
+# The top-level keys of conf/eval.yaml, predict.yaml and export.yaml and their groups: the settings those
+# commands apply; every other one (task, model, head, callbacks...) is the checkpoint's. (hydra: a config
+# composed with return_hydra_config, the tests'.) Beside them, the lists their refusals print.
+EVAL_KEYS = ("task_name", "seed", "ckpt_path", "split", "adapt", "data", "tags", "decode", "trainer", "logger",
+             "paths", "hydra")
+PREDICT_KEYS = ("task_name", "ckpt_path", "input", "input_file", "output", "batch_size", "device", "generate",
+                "temperature", "seed", "data", "decode", "paths", "hydra")
+EXPORT_KEYS = ("task_name", "ckpt_path", "format", "output", "tolerance", "paths", "hydra")
+KEYS = {"eval": EVAL_KEYS, "predict": PREDICT_KEYS, "export": EXPORT_KEYS}
 EVAL_TAKES = "ckpt_path, split, adapt, seed, tags, data.*, decode.*, trainer=/trainer.*, logger=/logger.*"
 PREDICT_TAKES = ("ckpt_path, input, input_file, output, batch_size, device, generate, temperature, seed, "
                  "data.* (how input files are read), decode.*")
 EXPORT_TAKES = "ckpt_path, format, output, tolerance"
 TAKES = {"eval": EVAL_TAKES, "predict": PREDICT_TAKES, "export": EXPORT_TAKES}
+
+
+def refuse_before_hydra(config_dir: str, command: str, args: list[str]) -> str | None:
+    """The refusal of the first override that ``command`` (eval, predict, export) does not apply, or ``None``.
+
+    Checked before Hydra composes anything: ``eval ... model.hidden_size=3`` printed Hydra's seven-line
+    "Could not override ... To append to your config use +model.hidden_size=3" block (advice the command
+    then refuses) above lstmkit's one line. A key whose first part is none of the command's is refused
+    whatever its prefix; the rest (a typo under ``data.``, say) is left to Hydra and :func:`suggest_override`.
+    """
+    keys = KEYS.get(command)
+    if keys is None:
+        return None
+    for arg in args:
+        if arg.startswith("-") or "=" not in arg:  # -m, --cfg job, --config-name x: Hydra's own flags
+            continue
+        key = arg.split("=", 1)[0].lstrip("+~")
+        root = key.split("@", 1)[0].split(".", 1)[0].split("/", 1)[0]
+        if root and root not in keys:
+            return suggest_override(config_dir, command, [arg]) or (
+                f"{command} does not apply {key} (the task, model, head and training settings are the "
+                f"checkpoint's); {command} takes {TAKES[command]}")
+    return None
 
 
 def _from_the_checkpoint(config_name: str, override: Any, cfg: DictConfig, group_options_of: Any) -> str | None:

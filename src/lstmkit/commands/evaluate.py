@@ -113,15 +113,10 @@ def check_spec_settings(stored: dict[str, Any], overrides: dict[str, Any]) -> No
             f"model's own). Train a model with the new setting; eval may change {', '.join(may)}")
 
 
-# the top-level keys of conf/eval.yaml and its groups: the settings eval applies
-EVAL_KEYS = ("task_name", "seed", "ckpt_path", "split", "adapt", "data", "tags", "decode", "trainer", "logger",
-             "paths", "hydra")  # hydra: a config composed with return_hydra_config (the tests')
-
-
 def check_eval_keys(cfg: DictConfig) -> None:
     """``+head.threshold=0.99``, ``+model.hidden_size=3``, ``+foo=3``: eval ran with exit 0 and ignored them
     (the model and its head are the checkpoint's); a ConfigError naming the override and what eval takes."""
-    from lstmkit.suggest import EVAL_TAKES
+    from lstmkit.suggest import EVAL_KEYS, EVAL_TAKES
 
     check_command_keys(cfg, "eval", EVAL_KEYS, EVAL_TAKES)
 

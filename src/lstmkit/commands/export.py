@@ -12,9 +12,7 @@ from lstmkit.commands.common import check_command_keys, check_output_file
 from lstmkit.errors import ConfigError
 from lstmkit.export import export as export_model
 from lstmkit.files import json_text
-from lstmkit.suggest import EXPORT_TAKES
-
-EXPORT_KEYS = ("task_name", "ckpt_path", "format", "output", "tolerance", "paths", "hydra")
+from lstmkit.suggest import EXPORT_KEYS, EXPORT_TAKES
 
 
 def export(cfg: DictConfig) -> dict[str, Any]:

@@ -182,14 +182,8 @@ def reading_spec(spec: DataSpec, datamodule_cls: type, data: Any) -> DataSpec:
     return dataclasses.replace(spec, extra={**(spec.extra or {}), **options})
 
 
-# the top-level keys of conf/predict.yaml: the settings predict applies (hydra: a config composed with
-# return_hydra_config, the tests')
-PREDICT_KEYS = ("task_name", "ckpt_path", "input", "input_file", "output", "batch_size", "device", "generate",
-                "temperature", "seed", "data", "decode", "paths", "hydra")
-
-
 def predict(cfg: DictConfig) -> list[dict[str, Any]]:
-    from lstmkit.suggest import PREDICT_TAKES
+    from lstmkit.suggest import PREDICT_KEYS, PREDICT_TAKES
 
     check_command_keys(cfg, "predict", PREDICT_KEYS, PREDICT_TAKES)
     output = None
