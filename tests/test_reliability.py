@@ -1265,6 +1265,21 @@ def test_a_setting_eval_or_predict_lacks_is_refused_in_one_line_not_with_hydras_
                     "export takes ckpt_path, format, output, tolerance")
 
 
+def test_evals_data_hint_reads_the_checkpoints_own_data_keys(tmp_path: Path) -> None:
+    """eval of a speech model with data.holdout_speaker=[x] was told "data has the keys: path, text_column,
+    label_column, ..." (eval.yaml's generic keys). The checkpoint's stored keys are read when it can be."""
+    ckpt = tmp_path / "best.ckpt"
+    parts = {key: {} for key in ("spec", "encoder", "core", "head")}  # what read_checkpoint checks, no more
+    data = {"_target_": "x", "path": None, "holdout_speakers": [], "sample_rate": 8000}
+    torch.save({"state_dict": {}, "hyper_parameters": {**parts, "data": data}}, ckpt)
+    hint = suggest_override(config_dir(), "eval", [f"ckpt_path={ckpt}", "data.holdout_speaker=[lucas]"])
+    assert hint is not None and "+data.holdout_speakers=[lucas] (did you mean data.holdout_speakers?)" in hint
+    hint = suggest_override(config_dir(), "eval", [f"ckpt_path={ckpt}", "data.zzzq=1"])
+    assert hint is not None and "its data keys: holdout_speakers, path, sample_rate)" in hint and "+data.zzzq=1" in hint
+    hint = suggest_override(config_dir(), "eval", [f"ckpt_path={tmp_path / 'none.ckpt'}", "data.zzzq=1"])
+    assert hint is not None and "data has the keys: path, text_column" in hint  # unreadable: eval.yaml's keys
+
+
 def test_eval_with_a_training_group_says_the_task_is_the_checkpoints() -> None:
     """eval task=ecg / callbacks=none: only Hydra's "To append use +task=ecg", whose advice fails next."""
     for given in ("task=ecg", "callbacks=none"):

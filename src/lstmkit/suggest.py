@@ -45,6 +45,7 @@ def suggest_override(config_dir: str, config_name: str, args: list[str]) -> str 
             loader = GlobalHydra.instance().config_loader()
             accepted: list[str] = []
             cfg: DictConfig = compose(config_name=config_name, overrides=[])
+            stored = _stored_data_keys(overrides) if config_name == "eval" else None
             for override in overrides:
                 if override.is_hydra_override():
                     continue
@@ -61,7 +62,7 @@ def suggest_override(config_dir: str, config_name: str, args: list[str]) -> str 
                     if _is_known_option(override, loader.get_group_options):
                         # a valid choice (task=next_word) that an earlier override does not fit
                         return _earlier_misfit(config_name, candidate, accepted, overrides, loader.get_group_options)
-                    return _hint(override, cfg, loader.get_group_options)
+                    return _hint(override, cfg, loader.get_group_options, stored)
                 accepted.append(candidate)
     except Exception:  # noqa: BLE001 - a hint is best effort; Hydra's message already stands
         return None
@@ -172,8 +173,9 @@ def _earlier_misfit(config_name: str, choice: str, accepted: list[str], override
     return None
 
 
-def _hint(override: Any, cfg: DictConfig, group_options_of: Any) -> str | None:
-    """The closest config-group option or key for a rejected override."""
+def _hint(override: Any, cfg: DictConfig, group_options_of: Any, stored: list[str] | None = None) -> str | None:
+    """The closest config-group option or key for a rejected override (``stored``: eval's checkpoint's
+    data keys, when it could be read)."""
     key = override.key_or_group
     group_options = group_options_of(key) if "." not in key else []
     if group_options and not override.is_delete():
@@ -193,9 +195,17 @@ def _hint(override: Any, cfg: DictConfig, group_options_of: Any) -> str | None:
         return (f"predict's data.* settings say how input files are read ({', '.join(keys)}); the model's own "
                 "settings stay the checkpoint's" + (f" (did you mean data.{guess}?)" if guess else ""))
     if parent_path == "data" and "split" in cfg:  # eval: the checkpoint's data settings
+        value = override.get_value_element_as_str()
+        if stored:  # the checkpoint's own keys, not eval.yaml's generic ones (label_column for speech)
+            near = leaf if leaf in stored else _close(leaf, stored)
+            if near:
+                return (f"the checkpoint's data settings other than eval's own are overridden with a +: "
+                        f"+data.{near}={value}" + ("" if near == leaf else f" (did you mean data.{near}?)"))
+            return (f"data.{leaf} is no data setting of this checkpoint (its data keys: {', '.join(stored)}); "
+                    f"a datamodule option it did not store is added with a +: +{key}={value}")
         # (before the close match: data.eval_batch_size is a datamodule option, not a typo of batch_size)
         return (f"the checkpoint's other data settings are overridden with a +: "
-                f"+{key}={override.get_value_element_as_str()}"
+                f"+{key}={value}"
                 + (f" (or did you mean data.{guess}?)" if guess else "") + f"; data has the keys: {', '.join(keys)}")
     if guess:
         full = f"{parent_path}.{guess}" if parent_path else guess
@@ -204,6 +214,18 @@ def _hint(override: Any, cfg: DictConfig, group_options_of: Any) -> str | None:
     if elsewhere:  # `hidden_size=32` for model.hidden_size: the key lives in a group
         return f"did you mean {' or '.join(elsewhere[:3])}? ({key} is not a config key)"
     return f"{parent_path} has the keys: {', '.join(keys)}" if parent_path else None
+
+
+def _stored_data_keys(overrides: list[Any]) -> list[str] | None:
+    """The data keys stored in the first checkpoint that ``ckpt_path=`` names, or ``None`` (unreadable, none)."""
+    from lstmkit.checkpoints import checkpoint_paths, read_checkpoint
+
+    try:
+        given = next(o.value() for o in overrides if o.get_key_element().lstrip("+") == "ckpt_path")
+        data = read_checkpoint(checkpoint_paths(given)[0]).get("hyper_parameters", {}).get("data") or {}
+    except Exception:  # noqa: BLE001 - a hint is best effort: no ckpt_path, a missing or broken file
+        return None
+    return sorted(str(k) for k in data if not str(k).startswith("_")) or None
 
 
 def _paths(node: DictConfig, prefix: str = "") -> list[str]:
