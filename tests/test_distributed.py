@@ -156,9 +156,10 @@ def test_speaker_batches_take_as_many_steps_on_every_rank(tmp_path: Path) -> Non
     numbers of one-speaker batches; a rank that runs out first leaves the other waiting in its gradient sync.
     Each speaker is now dealt out evenly over the ranks, so every rank takes as many steps, and the run ends.
     (Here DistributedSampler's shards hold 6 and 5 batches; with them this run hung until killed.) The test's
-    adapt=true logs from the spawned rank zero (the ranks had no logging configured, so nothing was seen)."""
+    adapt=true logs from the spawned rank zero (the ranks had no logging configured, so nothing was seen); its
+    self_train runs on both ranks' shards."""
     proc = _run_ddp("train", "task=speech", "data.num_examples=150", "data.num_speakers=5", "data.batch_size=16",
-             "data.group_batches=true", "encoder.normalise=both", "encoder.batch_stats=true", "adapt=true", "model.hidden_size=16",
+             "data.group_batches=true", "encoder.normalise=both", "encoder.batch_stats=true", "adapt=true", "self_train.epochs=1", "model.hidden_size=16",
              "trainer=ddp_cpu", "trainer.max_epochs=2", "trainer.enable_progress_bar=false",
              "trainer.enable_model_summary=false", "trainer.num_sanity_val_steps=0", "logger=csv", cwd=tmp_path)
     run = _latest(tmp_path, "speech")
@@ -166,3 +167,5 @@ def test_speaker_batches_take_as_many_steps_on_every_rank(tmp_path: Path) -> Non
     assert "test/cer" in json.dumps(metrics)
     said = proc.stdout + proc.stderr
     assert said.count("adapt=true: the encoder's normalisation statistics re-estimated on the") == 1  # rank zero's
+    # self-training under DDP: one cut over both shards' utterances, the gradients averaged over the ranks
+    assert said.count("self_train: fine-tuned 1 epoch(s) at lr 0.001 on ") == 1, said

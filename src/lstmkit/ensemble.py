@@ -147,6 +147,10 @@ class SequenceEnsemble(SequenceModel):
     def encoders(self) -> list[nn.Module]:
         return [member.encoder for member in self.members]
 
+    def trained_models(self) -> list[SequenceModel]:
+        """Each member, tuned on the ensemble's transcripts (better than any member's own)."""
+        return list(self.members)
+
     def check_adaptable(self) -> None:
         """As a single model's, with the checkpoint that cannot adapt named."""
         for name, member in zip(self.names, self.members):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import inspect
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import lightning as L
@@ -27,6 +27,7 @@ from lstmkit.errors import ConfigError
 from lstmkit.heads.base import Head
 from lstmkit.optim import SPREAD_OVER_RUN
 from lstmkit.plots import save_and_log
+from lstmkit.self_train import SelfTraining
 from lstmkit.types import Batch, DataSpec
 
 log = logging.getLogger("lstmkit")
@@ -312,8 +313,17 @@ class SequenceModel(L.LightningModule):
                                   "encoder.normalise=global|both does)")
             encoder.check_adapt()  # its own settings (the speech encoder: normalise=global|both)
 
-    def _adapt(self, loaders: Any, limits: Sequence[float], split: str) -> None:
-        """Re-estimate every encoder's statistics on the batches the loop will score (``limit_*_batches``).
+    # ``self_train.epochs`` > 0 (eval, and the test after training): after ``adapt``, the model is fine-tuned
+    # on the scored split's utterances with its own most confident transcripts (lstmkit.self_train)
+    self_training: SelfTraining | None = None
+
+    def trained_models(self) -> list[SequenceModel]:
+        """The models whose weights self-training tunes (an ensemble: each member)."""
+        return [self]
+
+    @staticmethod
+    def _scored_batches(loaders: Any, limits: Sequence[float]) -> Iterator[Batch]:
+        """The batches the loop will score (``limit_*_batches``), on the host.
 
         The loop's own loaders are not iterated: Lightning already holds their iterator, which a loader
         with persistent workers hands out again, so reading it here left the loop nothing to score.
@@ -321,18 +331,22 @@ class SequenceModel(L.LightningModule):
         """
         from torch.utils.data import DataLoader
 
-        loaders = loaders if isinstance(loaders, (list, tuple)) else [loaders]
+        for loader, limit in zip(loaders if isinstance(loaders, (list, tuple)) else [loaders], limits):
+            batching = ({"batch_sampler": loader.batch_sampler} if loader.batch_sampler is not None
+                        else {"batch_size": None})  # a dataset of whole batches (next-word's stream windows)
+            own = DataLoader(loader.dataset, collate_fn=loader.collate_fn, **batching)
+            for number, batch in enumerate(own):
+                if number >= limit:
+                    break
+                yield batch
+
+    def _adapt(self, loaders: Any, limits: Sequence[float], split: str) -> None:
+        """Re-estimate every encoder's statistics on the batches the loop will score."""
         device = self.device
 
-        def batches() -> Any:
-            for loader, limit in zip(loaders, limits):
-                batching = ({"batch_sampler": loader.batch_sampler} if loader.batch_sampler is not None
-                            else {"batch_size": None})  # a dataset of whole batches (next-word's stream windows)
-                own = DataLoader(loader.dataset, collate_fn=loader.collate_fn, **batching)
-                for number, batch in enumerate(own):
-                    if number >= limit:
-                        break
-                    yield batch.inputs.to(device), batch.lengths.to(device)
+        def batches() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+            for batch in self._scored_batches(loaders, limits):
+                yield batch.inputs.to(device), batch.lengths.to(device)
 
         def total(value: torch.Tensor) -> torch.Tensor:  # every rank's shard of the split (DDP)
             return self.trainer.strategy.reduce(value, reduce_op="sum")
@@ -345,17 +359,57 @@ class SequenceModel(L.LightningModule):
                 log.info("adapt=true: the encoder's normalisation statistics%s re-estimated on the %d frames of "
                          "the %s split's inputs (no labels read)", member, frames, split)
 
+    def _self_train(self, loaders: Any, limits: Sequence[float], split: str) -> None:
+        """Label the scored batches with the model's own transcripts, then fine-tune on the surest share."""
+        from lstmkit.self_train import confidence_cut, fine_tune, pseudo_labelled
+
+        settings = self.self_training
+        assert settings is not None
+        strategy, world = self.trainer.strategy, self.trainer.world_size
+        # the test loop runs in inference mode, whose tensors autograd refuses
+        with torch.inference_mode(False), torch.enable_grad():
+            labelled = pseudo_labelled(self, self._scored_batches(loaders, limits), self.device)
+            confidences = torch.cat([c for _, c in labelled]) if labelled else torch.zeros(0)
+            steps = len(labelled)
+            average = None
+            if world > 1:  # every rank's shard: one cut for all, and as many steps on each
+                import torch.distributed as dist
+
+                size = torch.tensor([len(confidences), steps], device=self.device)
+                size = strategy.reduce(size, reduce_op=dist.ReduceOp.MAX)
+                padded = torch.full((int(size[0]),), float("nan"), device=self.device)
+                padded[: len(confidences)] = confidences.to(self.device)
+                gathered = strategy.all_gather(padded).flatten().cpu()
+                confidences, steps = gathered[~torch.isnan(gathered)], int(size[1])
+
+                def average(grad: torch.Tensor) -> torch.Tensor:
+                    return strategy.reduce(grad, reduce_op="mean")
+
+            cut = confidence_cut(confidences, settings.keep)
+            kept = int((confidences >= cut).sum())
+            for model in self.trained_models():
+                fine_tune(model, labelled, cut, settings, self.device, steps, average)
+        if self.trainer.is_global_zero:
+            log.info("self_train: fine-tuned %d epoch(s) at lr %g on %d of the %d utterances of the %s split, labelled "
+                     "with the model's own transcripts (the surest %.0f %%; no reference transcript read)",
+                     settings.epochs, settings.lr, kept, len(confidences), split, 100 * settings.keep)
+
+    def _adapt_to(self, loaders: Any, limits: Sequence[float], split: str) -> None:
+        if self.adapt:
+            self._adapt(loaders, limits, split)
+        if self.self_training is not None:
+            self._self_train(loaders, limits, split)
+
     def setup(self, stage: str) -> None:
         if self.trainer.is_global_zero:
             log_in_spawned_process()
 
     def on_validation_start(self) -> None:
-        if self.adapt and self.trainer.state.fn == TrainerFn.VALIDATING:  # eval split=val, not fitting's
-            self._adapt(self.trainer.val_dataloaders, self.trainer.num_val_batches, "val")
+        if self.trainer.state.fn == TrainerFn.VALIDATING:  # eval split=val, not fitting's
+            self._adapt_to(self.trainer.val_dataloaders, self.trainer.num_val_batches, "val")
 
     def on_test_start(self) -> None:
-        if self.adapt:
-            self._adapt(self.trainer.test_dataloaders, self.trainer.num_test_batches, self.test_name)
+        self._adapt_to(self.trainer.test_dataloaders, self.trainer.num_test_batches, self.test_name)
 
     def on_test_epoch_start(self) -> None:
         self.reset_state("test")

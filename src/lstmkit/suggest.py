@@ -74,13 +74,13 @@ def suggest_override(config_dir: str, config_name: str, args: list[str]) -> str 
 # The top-level keys of conf/eval.yaml, predict.yaml and export.yaml and their groups: the settings those
 # commands apply; every other one (task, model, head, callbacks...) is the checkpoint's. (hydra: a config
 # composed with return_hydra_config, the tests'.) Beside them, the lists their refusals print.
-EVAL_KEYS = ("task_name", "seed", "ckpt_path", "split", "adapt", "data", "tags", "decode", "trainer", "logger",
+EVAL_KEYS = ("task_name", "seed", "ckpt_path", "split", "adapt", "self_train", "data", "tags", "decode", "trainer", "logger",
              "paths", "hydra")
 PREDICT_KEYS = ("task_name", "ckpt_path", "input", "input_file", "output", "batch_size", "device", "generate",
                 "temperature", "seed", "data", "decode", "paths", "hydra")
 EXPORT_KEYS = ("task_name", "ckpt_path", "format", "output", "tolerance", "paths", "hydra")
 KEYS = {"eval": EVAL_KEYS, "predict": PREDICT_KEYS, "export": EXPORT_KEYS}
-EVAL_TAKES = "ckpt_path, split, adapt, seed, tags, data.*, decode.*, trainer=/trainer.*, logger=/logger.*"
+EVAL_TAKES = "ckpt_path, split, adapt, self_train.*, seed, tags, data.*, decode.*, trainer=/trainer.*, logger=/logger.*"
 PREDICT_TAKES = ("ckpt_path, input, input_file, output, batch_size, device, generate, temperature, seed, "
                  "data.* (how input files are read), decode.*")
 EXPORT_TAKES = "ckpt_path, format, output, tolerance"

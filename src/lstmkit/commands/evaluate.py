@@ -31,6 +31,7 @@ from lstmkit.ensemble import SequenceEnsemble, setting_differences
 from lstmkit.errors import CheckpointError, ConfigError, DataError
 from lstmkit.loggers import configure_wandb
 from lstmkit.module import SequenceModel
+from lstmkit.self_train import SelfTraining
 from lstmkit.types import stored_data
 
 log = logging.getLogger(__name__)
@@ -136,6 +137,10 @@ def evaluate(cfg: DictConfig) -> float | None:
     if adapt:
         model.check_adaptable()
         model.adapt = True  # the scored loop's inputs re-estimate the normalisation first (SequenceModel)
+    with config_stage("self_train"):
+        model.self_training = SelfTraining.from_config(cfg.get("self_train"))
+    if model.self_training is not None:
+        model.head.check_self_trainable()
     data_cfg: dict[str, Any] = dict(model.hparams.get("data") or {})
     if not data_cfg:
         raise CheckpointError(f"{paths[0]}: checkpoint stores no data config to evaluate on")

@@ -38,6 +38,7 @@ from lstmkit.errors import ConfigError, DataError, SweepError
 from lstmkit.loggers import configure_wandb, purge_resumed_tensorboard, trim_csv_logs
 from lstmkit.module import SequenceModel
 from lstmkit.resume import job_overrides, resolve_ckpt_path, run_files  # noqa: F401 - re-exported
+from lstmkit.self_train import SelfTraining
 from lstmkit.warm_start import init_from_checkpoint, init_reverse_from_checkpoint
 
 
@@ -325,6 +326,14 @@ def train(cfg: DictConfig) -> float | None:
     elif adapt:
         model.check_adaptable()  # before training, not after it
         model.adapt = True  # the test loop re-estimates the normalisation on its inputs first (SequenceModel)
+    with config_stage("self_train"):
+        self_training = SelfTraining.from_config(cfg.get("self_train"))
+    if self_training is not None and not cfg.get("test", True):
+        log.warning("self_train tunes the model to the test split after training; with test=false there is none: "
+                    "ignored")
+    elif self_training is not None:
+        model.head.check_self_trainable()  # before training, not after it
+        model.self_training = self_training  # lstmkit.self_train, in the test loop's first hook
     with config_stage("optimizer"):
         optimizer = build(plain(cfg.optimizer))([torch.zeros(1, requires_grad=True)])
     schedule = dict(plain(cfg.get("scheduler")) or {})

@@ -91,6 +91,19 @@ class Head(nn.Module):
         """
         return self.loss(self(features, lengths), lengths, batch)
 
+    def pseudo_labels(self, outputs: torch.Tensor, lengths: torch.Tensor
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The model's own decisions as training targets, and a confidence per example (higher: surer):
+        ``(targets, target_lengths, confidence)`` for :mod:`lstmkit.self_train`. Heads that cannot
+        (most) leave it; :meth:`check_self_trainable` says so before any work."""
+        raise NotImplementedError
+
+    def check_self_trainable(self) -> None:
+        """A ConfigError unless this head gives :meth:`pseudo_labels` (``self_train.epochs`` > 0)."""
+        if type(self).pseudo_labels is Head.pseudo_labels:
+            raise ConfigError(f"self_train: the {type(self).__name__} cannot label the scored data itself; "
+                              "self-training adapts CTC (speech) models to an unseen speaker")
+
     def loss_weight(self, outputs: torch.Tensor, lengths: torch.Tensor, batch: Batch) -> torch.Tensor | int:
         """How much of :meth:`loss`'s mean this batch holds, to average it over an epoch: the
         number of examples, unless the loss is a mean over something else (tokens, kept

@@ -438,6 +438,21 @@ class CTCHead(Head):
             best.append(hyps[int(scores.argmax())])  # ties: the beam's order
         return best
 
+    def pseudo_labels(self, outputs: torch.Tensor, lengths: torch.Tensor
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The decoded transcripts as padded label sequences, and minus the CTC loss of each per label
+        (an empty transcript: length 0 and ``-inf``, never kept)."""
+        ids = self.decode_ids(outputs, lengths)
+        target_lengths = torch.tensor([len(labels) for labels in ids], dtype=torch.long)
+        targets = torch.zeros(len(ids), max([1, *(len(labels) for labels in ids)]), dtype=torch.long)
+        for row, labels in enumerate(ids):
+            targets[row, : len(labels)] = torch.tensor(labels, dtype=torch.long)
+        device = outputs.device
+        loss = F.ctc_loss(outputs.transpose(0, 1).float(), targets.to(device), lengths.to(device),
+                          target_lengths.to(device), blank=self.blank, reduction="none", zero_infinity=False)
+        confidence = -loss / target_lengths.clamp(min=1).to(device)
+        return targets, target_lengths, torch.where(target_lengths.to(device) > 0, confidence, -torch.inf)
+
     def nbest(self, outputs: torch.Tensor, lengths: torch.Tensor) -> list[list[list[int]]]:
         """The beam's distinct hypotheses per utterance as label ids, its best first (one unless
         ``rescore``: then up to ``beam_size``)."""

@@ -1,0 +1,134 @@
+"""Self-training on the scored data: unsupervised adaptation to an unseen speaker (``self_train.*``).
+
+A model trained on five speakers meets a sixth whose voice and microphone it has never heard, and its
+errors there are systematic (one speaker's "two" heard as "four" 42 times in 50). ``adapt=true`` moves
+the input normalisation to the new speaker; this goes one step further, as unsupervised speaker
+adaptation does in ASR (first-pass transcripts, then a model adapted on them: Kaldi's fMLLR, and
+noisy-student self-training, Xie et al. 2020, Park et al. 2020):
+
+1. decode every utterance of the scored split with the model as it scores (an ensemble: the members'
+   combined outputs), and rate each transcript by the model's own CTC loss of it per label;
+2. keep the most confident share (``keep``) of them: the rest are likelier to be wrong;
+3. fine-tune the model (each member of an ensemble) on the kept utterances with those transcripts as
+   targets, for ``epochs`` passes, in training mode: dropout and the encoder's augmentation on, so the
+   model learns the transcripts from perturbed inputs rather than copying its own outputs.
+
+Only the inputs are read, never a reference transcript, so scoring afterwards stays honest. The
+settings were chosen on inner folds whose scored speaker is not a test speaker (README, Benchmarks).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from lstmkit.errors import ConfigError
+from lstmkit.types import Batch
+
+log = logging.getLogger("lstmkit")
+
+
+@dataclass(frozen=True)
+class SelfTraining:
+    """``self_train.*``: how many passes over the kept utterances, which share is kept, at what rate."""
+
+    epochs: int = 0
+    keep: float = 0.7
+    lr: float = 1e-3
+
+    @classmethod
+    def from_config(cls, node: Any) -> SelfTraining | None:
+        """The settings of a ``self_train`` node (``None``, or ``epochs: 0``: off), checked."""
+        if node is None:
+            return None
+        values = dict(node)
+        unknown = sorted(set(values) - {"epochs", "keep", "lr"})
+        if unknown:
+            raise ConfigError(f"self_train.{unknown[0]}: no such setting; self_train takes epochs, keep, lr")
+        epochs, keep, lr = values.get("epochs", 0), values.get("keep", cls.keep), values.get("lr", cls.lr)
+        if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
+            raise ConfigError(f"self_train.epochs={epochs!r}: expected a whole number of passes >= 0 (0 = off)")
+        if isinstance(keep, bool) or not isinstance(keep, (int, float)) or not 0.0 < keep <= 1.0:
+            raise ConfigError(f"self_train.keep={keep!r}: expected the share of utterances kept, in (0, 1]")
+        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
+            raise ConfigError(f"self_train.lr={lr!r}: expected a learning rate > 0")
+        return cls(int(epochs), float(keep), float(lr)) if epochs else None
+
+
+def pseudo_labelled(model: nn.Module, batches: Iterable[Batch], device: torch.device) -> list[tuple[Batch, torch.Tensor]]:
+    """Each batch with the model's own transcripts as targets, and each utterance's confidence.
+
+    The confidence is minus the model's CTC loss of its transcript per label (higher: surer); an
+    utterance decoded to nothing gets ``-inf`` and is never kept.
+    """
+    head = model.head
+    labelled = []
+    model.eval()
+    with torch.no_grad():
+        for batch in batches:
+            outputs, lengths = model(batch.inputs.to(device), batch.lengths.to(device), host_lengths=batch.host_lengths)
+            targets, target_lengths, confidence = head.pseudo_labels(outputs, lengths)
+            moved = Batch(batch.inputs, batch.lengths, targets.cpu(), target_lengths.cpu())
+            moved.sources = batch.sources
+            labelled.append((moved, confidence.float().cpu()))
+    return labelled
+
+
+def confidence_cut(confidences: torch.Tensor, keep: float) -> float:
+    """The confidence above which the ``keep`` share of the utterances lies (the finite ones)."""
+    finite = confidences[torch.isfinite(confidences)]
+    if finite.numel() == 0:
+        return float("inf")
+    return float(torch.quantile(finite.double(), 1.0 - keep)) if keep < 1.0 else float(finite.min())
+
+
+def fine_tune(member: nn.Module, labelled: Sequence[tuple[Batch, torch.Tensor]], cut: float, settings: SelfTraining,
+              device: torch.device, steps: int, average: Callable[[torch.Tensor], torch.Tensor] | None = None) -> int:
+    """``settings.epochs`` passes of AdamW over the utterances at or above ``cut``; returns the steps taken.
+
+    ``steps`` batches a pass (every process the same count under DDP: a process with fewer batches
+    steps on zero gradients), ``average`` the gradients' mean over processes (DDP). The encoder's
+    buffers (``adapt=true``'s statistics) are put back afterwards: training mode would move them.
+    """
+    params = [p for p in member.parameters() if p.requires_grad]
+    if not params:
+        return 0
+    saved = {name: buffer.clone() for name, buffer in member.encoder.named_buffers()}
+    optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=0.0)
+    taken = 0
+    member.train()
+    try:
+        for _ in range(settings.epochs):
+            for index in range(steps):
+                optimizer.zero_grad(set_to_none=False)
+                rows = torch.zeros(0, dtype=torch.long)
+                if index < len(labelled):
+                    batch, confidence = labelled[index]
+                    rows = (confidence >= cut).nonzero().squeeze(1)
+                    if rows.numel():
+                        kept = Batch(batch.inputs[rows].to(device), batch.lengths[rows].to(device),
+                                     batch.targets[rows].to(device), batch.target_lengths[rows].to(device))
+                        features, lengths, host = member.encode(kept.inputs, kept.lengths, kept.host_lengths)
+                        member.head.training_loss(member.pool(features, lengths, host_lengths=host), lengths,
+                                                  kept).backward()
+                        taken += 1
+                if average is None and not rows.numel():
+                    continue  # nothing kept in this batch: no step (Adam's momentum would still move the weights)
+                for param in params:
+                    if param.grad is None:
+                        param.grad = torch.zeros_like(param)
+                    if average is not None:
+                        param.grad = average(param.grad)
+                torch.nn.utils.clip_grad_norm_(params, 1.0)
+                optimizer.step()
+    finally:
+        member.eval()
+        with torch.no_grad():
+            for name, buffer in member.encoder.named_buffers():
+                buffer.copy_(saved[name])
+    return taken

@@ -1,0 +1,125 @@
+"""self_train.*: the model tuned to the scored split on its own surest transcripts (lstmkit.self_train)."""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from hydra.utils import instantiate
+
+from lstmkit.commands.train import build_model
+from lstmkit.ensemble import SequenceEnsemble
+from lstmkit.errors import ConfigError
+from lstmkit.self_train import SelfTraining, confidence_cut
+
+OPTIONS = {"logger": False, "enable_checkpointing": False, "enable_progress_bar": False, "enable_model_summary": False}
+
+
+def test_settings_are_checked_and_zero_epochs_is_off() -> None:
+    assert SelfTraining.from_config(None) is None
+    assert SelfTraining.from_config({"epochs": 0, "keep": 0.5, "lr": 1e-3}) is None
+    assert SelfTraining.from_config({"epochs": 3}) == SelfTraining(3, 0.7, 1e-3)
+    for node, says in (({"epochs": -1}, "self_train.epochs=-1"), ({"epochs": 2.5}, "self_train.epochs=2.5"),
+                       ({"epochs": 1, "keep": 0}, "self_train.keep=0"), ({"epochs": 1, "keep": 1.5}, "keep=1.5"),
+                       ({"epochs": 1, "lr": 0}, "self_train.lr=0"), ({"epochs": 1, "lr": "fast"}, "lr='fast'"),
+                       ({"epochs": 1, "rounds": 2}, "self_train.rounds: no such setting")):
+        with pytest.raises(ConfigError, match=says):
+            SelfTraining.from_config(node)
+
+
+def test_the_cut_keeps_the_surest_share_and_never_an_empty_transcript() -> None:
+    confidences = torch.tensor([-4.0, -1.0, -3.0, -2.0, -math.inf])
+    cut = confidence_cut(confidences, 0.5)
+    assert (confidences >= cut).tolist() == [False, True, False, True, False]
+    assert (confidences >= confidence_cut(confidences, 1.0)).sum() == 4  # every finite one, not the -inf
+    assert confidence_cut(torch.tensor([-math.inf]), 1.0) == math.inf
+
+
+def test_ctc_pseudo_labels_are_the_decoded_transcripts_rated_by_their_own_loss(make_cfg) -> None:
+    cfg = make_cfg(["task=speech", "data.num_examples=40", "model.hidden_size=8", "head.decoder=greedy"])
+    dm = instantiate(cfg.data, _convert_="all")
+    dm.setup("fit")
+    head = build_model(cfg, dm).head
+    blank, classes = head.blank, len(dm.spec.classes)
+    letter = next(i for i in range(classes) if i != blank)
+    logits = torch.full((3, 6, classes), -5.0)
+    logits[:, :, blank] = 5.0
+    logits[0, 2, letter] = 10.0  # a sure spike
+    logits[1, 2, letter] = 5.5  # a close call against the blank
+    outputs = logits.log_softmax(-1)
+    targets, target_lengths, confidence = head.pseudo_labels(outputs, torch.tensor([6, 6, 6]))
+    assert target_lengths.tolist() == [1, 1, 0] and targets[:2, 0].tolist() == [letter, letter]
+    assert confidence[0] > confidence[1] > -math.inf and confidence[2] == -math.inf
+    with pytest.raises(ConfigError, match="self_train: the ClassificationHead cannot label the scored data"):
+        build_model(make_cfg(["data.num_examples=200", "model.hidden_size=8", "encoder.dim=8"]),
+                    _setup(make_cfg(["data.num_examples=200"]))).head.check_self_trainable()
+
+
+def _setup(cfg):
+    dm = instantiate(cfg.data, _convert_="all")
+    dm.setup("fit")
+    return dm
+
+
+def _trained(make_cfg, tmp_path: Path, seed: int = 0):
+    cfg = make_cfg(["task=speech", "data.num_examples=40", "data.batch_size=8", "model.hidden_size=8",
+                    "model.num_layers=1", "encoder.normalise=both", "head.decoder=greedy"])
+    dm = _setup(cfg)
+    torch.manual_seed(seed)
+    model = build_model(cfg, dm)
+    trainer = L.Trainer(max_epochs=3, limit_val_batches=1, default_root_dir=tmp_path, **OPTIONS)
+    trainer.fit(model, datamodule=dm)
+    path = tmp_path / f"m{seed}.ckpt"
+    trainer.save_checkpoint(path)
+    return model, dm, path
+
+
+def _weights(model) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def test_the_test_tunes_the_weights_from_its_inputs_never_its_transcripts(make_cfg, tmp_path: Path, caplog) -> None:
+    """The loaded checkpoint is tuned in the test loop's first hook (after adapt), the checkpoint on disk is not;
+    the encoder's statistics stay adapt's; scrambled reference transcripts tune the weights identically (only
+    the model's own are trained on); the line says how many utterances were kept."""
+    model, dm, path = _trained(make_cfg, tmp_path)
+    stored = torch.load(path, weights_only=True)["state_dict"]
+    model.adapt = True
+    model.self_training = SelfTraining(epochs=2, keep=1.0, lr=1e-2)
+    with caplog.at_level(logging.INFO, logger="lstmkit"):
+        L.seed_everything(0)
+        scored = L.Trainer(default_root_dir=tmp_path, **OPTIONS).test(model, datamodule=dm, ckpt_path=path,
+                                                                       weights_only=True)
+    assert "test/cer" in scored[0]
+    tuned = _weights(model)
+    assert not torch.equal(tuned["core.lstm.weight_ih_l0"], stored["core.lstm.weight_ih_l0"])
+    assert torch.equal(torch.load(path, weights_only=True)["state_dict"]["core.lstm.weight_ih_l0"],
+                       stored["core.lstm.weight_ih_l0"])
+    assert not torch.equal(tuned["encoder.running_mean"], stored["encoder.running_mean"])  # adapt's, kept
+    model.self_training = None
+    L.Trainer(default_root_dir=tmp_path, **OPTIONS).test(model, datamodule=dm, ckpt_path=path, weights_only=True)
+    assert torch.equal(model.encoder.running_mean, tuned["encoder.running_mean"])  # what adapt alone gives
+    kept = [line for line in caplog.messages if line.startswith("self_train: fine-tuned 2 epoch(s) at lr 0.01 on ")]
+    assert len(kept) == 1 and "of the 4 utterances of the test split" in kept[0], caplog.messages
+    test = dm.splits["test"]
+    test.targets = [t.flip(0) if len(t) > 1 else t + 1 for t in test.targets]  # other reference transcripts
+    model.self_training = SelfTraining(epochs=2, keep=1.0, lr=1e-2)
+    L.seed_everything(0)
+    L.Trainer(default_root_dir=tmp_path, **OPTIONS).test(model, datamodule=dm, ckpt_path=path, weights_only=True)
+    assert all(torch.equal(v, tuned[k]) for k, v in model.state_dict().items())
+
+
+def test_an_ensemble_tunes_every_member_on_its_combined_transcripts(make_cfg, tmp_path: Path) -> None:
+    first, dm, a = _trained(make_cfg, tmp_path, seed=0)
+    second, _, b = _trained(make_cfg, tmp_path, seed=1)
+    before = [_weights(first), _weights(second)]
+    ensemble = SequenceEnsemble([first, second], names=[str(a), str(b)])
+    ensemble.self_training = SelfTraining(epochs=1, keep=1.0, lr=1e-2)
+    assert ensemble.trained_models() == [first, second]
+    L.Trainer(default_root_dir=tmp_path, **OPTIONS).test(ensemble, datamodule=dm)
+    for member, weights in zip((first, second), before):
+        assert not torch.equal(member.state_dict()["core.lstm.weight_ih_l0"], weights["core.lstm.weight_ih_l0"])
