@@ -304,15 +304,21 @@ def run_one(task: str, seed: int | None, args: argparse.Namespace, overrides: li
     return record
 
 
-def run_adapts(run_dir: str) -> bool | None:
-    """Whether a run's test adapted its normalisation to the test inputs (``adapt: true``, its Hydra config);
-    ``None`` when the run folder has no config to tell (``hydra.output_subdir=null``)."""
+def test_time_overrides(run_dir: str) -> tuple[str, ...] | None:
+    """How a run's test was adapted to the test inputs, as eval overrides: ``adapt=true`` (its normalisation)
+    and ``self_train.*`` (its weights; epochs 0 = none), from its Hydra config; ``None`` when the run folder
+    has no config to tell (``hydra.output_subdir=null``)."""
     from omegaconf import OmegaConf
 
     config = Path(run_dir) / ".hydra" / "config.yaml"
     if not config.is_file():
         return None
-    return bool(OmegaConf.select(OmegaConf.load(config), "adapt", default=False))
+    cfg = OmegaConf.load(config)
+    overrides = ["adapt=true"] if OmegaConf.select(cfg, "adapt", default=False) else []
+    tuned = OmegaConf.select(cfg, "self_train", default=None)
+    if tuned is not None and tuned.get("epochs"):
+        overrides += [f"self_train.{key}={tuned[key]}" for key in ("epochs", "keep", "lr") if key in tuned]
+    return tuple(overrides)
 
 
 def ensemble_one(task: str, fold: str | None, members: list[dict[str, Any]], args: argparse.Namespace
@@ -327,9 +333,10 @@ def ensemble_one(task: str, fold: str | None, members: list[dict[str, Any]], arg
     quoted = ",".join("'" + re.sub(r"(\\+)(?='|$)", r"\1\1", c).replace("'", "\\'") + "'" for c in ckpts)
     cmd = [*lstmkit_command(args.python), "eval", f"ckpt_path=[{quoted}]",
            "trainer.enable_progress_bar=false"]
-    adapts = {run_adapts(r["run_dir"]) for r in members} - {None}  # scored as its members were (adapt: true)
-    if adapts == {True}:
-        cmd.append("adapt=true")
+    # scored as its members' tests were (adapt: true, self_train.*)
+    adapts = {test_time_overrides(r["run_dir"]) for r in members} - {None}
+    if len(adapts) == 1:
+        cmd += list(next(iter(adapts)))
     if args.quick:  # the members were tested on QUICK's test batches: so is their ensemble
         cmd += [o for o in QUICK if o.startswith("trainer.limit_test_batches")]
     if args.log_dir:
@@ -342,7 +349,8 @@ def ensemble_one(task: str, fold: str | None, members: list[dict[str, Any]], arg
                               "epochs": [r.get("epochs") for r in members]}
     where = f"{task}{f' fold={fold}' if fold else ''}"
     if len(adapts) > 1:  # (runs merged from reports of two recipes)
-        record["error"] = "its runs were tested with and without adapt=true: no one way to score their ensemble"
+        record["error"] = ("its runs' tests were adapted differently (adapt, self_train: "
+                           + " / ".join(" ".join(a) or "none" for a in sorted(adapts)) + "): no one way to score their ensemble")
         print(f"[bench_quality] {where} ensemble not evaluated: {record['error']}", flush=True)
         return record
     print(f"[bench_quality] {where}: ensemble of {len(ckpts)}: {' '.join(cmd)}", flush=True)

@@ -238,14 +238,18 @@ def test_ensemble_of_seeds_is_evaluated_and_reported(tmp_path: Path) -> None:
 
 
 def test_an_ensemble_adapts_when_its_members_tests_did(tmp_path: Path) -> None:
-    """speech_loso_real's test adapts its normalisation to the held-out speaker (adapt: true): its ensembles
-    are scored the same way, read from the members' own Hydra configs."""
+    """speech_loso_real's test adapts its normalisation to the held-out speaker (adapt: true), and may tune its
+    weights (self_train.*): its ensembles are scored the same way, read from the members' own Hydra configs."""
     bench = load_bench()
-    for name, adapt in (("yes", "true"), ("no", "false")):
+    for name, text in (("yes", "adapt: true\n"), ("no", "adapt: false\nself_train:\n  epochs: 0\n  keep: 0.7\n"),
+                       ("tuned", "adapt: true\nself_train:\n  epochs: 10\n  keep: 0.7\n  lr: 0.001\n")):
         (tmp_path / name / ".hydra").mkdir(parents=True)
-        (tmp_path / name / ".hydra" / "config.yaml").write_text(f"task_name: speech_loso_real\nadapt: {adapt}\n")
-    assert bench.run_adapts(str(tmp_path / "yes")) and not bench.run_adapts(str(tmp_path / "no"))
-    assert bench.run_adapts(str(tmp_path / "missing")) is None  # no config to tell: not counted either way
+        (tmp_path / name / ".hydra" / "config.yaml").write_text(f"task_name: speech_loso_real\n{text}")
+    assert bench.test_time_overrides(str(tmp_path / "yes")) == ("adapt=true",)
+    assert bench.test_time_overrides(str(tmp_path / "no")) == ()
+    assert bench.test_time_overrides(str(tmp_path / "tuned")) == (
+        "adapt=true", "self_train.epochs=10", "self_train.keep=0.7", "self_train.lr=0.001")
+    assert bench.test_time_overrides(str(tmp_path / "missing")) is None  # no config to tell: not counted either way
 
 
 def test_ensemble_summary_averages_folds() -> None:
