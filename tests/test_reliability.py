@@ -1276,6 +1276,8 @@ def test_evals_data_hint_reads_the_checkpoints_own_data_keys(tmp_path: Path) -> 
     assert hint is not None and "+data.holdout_speakers=[lucas] (did you mean data.holdout_speakers?)" in hint
     hint = suggest_override(config_dir(), "eval", [f"ckpt_path={ckpt}", "data.zzzq=1"])
     assert hint is not None and "its data keys: holdout_speakers, path, sample_rate)" in hint and "+data.zzzq=1" in hint
+    hint = suggest_override(config_dir(), "eval", [f"ckpt_path={ckpt}", "data.pth=/x"])
+    assert hint == "did you mean data.path? (data.path=/x)"  # eval.yaml's own key: no +
     hint = suggest_override(config_dir(), "eval", [f"ckpt_path={tmp_path / 'none.ckpt'}", "data.zzzq=1"])
     assert hint is not None and "data has the keys: path, text_column" in hint  # unreadable: eval.yaml's keys
 
@@ -1347,6 +1349,13 @@ def test_a_setting_eval_lacks_gets_one_line_not_hydras_block_above_it(tmp_path: 
         assert proc.returncode == 1, proc.stderr
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith(f"lstmkit {args[0]}: ") and "does not apply" in lines[0], lines
+    from lstmkit.suggest import refuse_before_hydra
+
+    said = refuse_before_hydra(config_dir(), "eval", ["ckpt_path=x.ckpt", "self_trian.epochs=2"])
+    assert said is not None and said.startswith("self_trian.epochs is no eval setting: did you mean self_train.epochs?")
+    for fine in (["-sc", "install=bash"], ["--cfg", "job", "hydra.run.dir=x"], ["+data.seed=3", "trainer=cpu"],
+                 ["hydra/job_logging=disabled", "data.path=a=b"]):
+        assert refuse_before_hydra(config_dir(), "eval", ["ckpt_path=x.ckpt", *fine]) is None, fine
     proc = run_cli("predict", "ckpt_path=x.ckpt", "input=x", "data.colunm=text", cwd=tmp_path, check=False)
     assert proc.returncode == 1 and "Could not override" in proc.stderr, proc.stderr
     assert not (tmp_path / "outputs").exists() and not (tmp_path / "logs").exists()

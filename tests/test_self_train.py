@@ -103,7 +103,7 @@ def test_the_test_tunes_the_weights_from_its_inputs_never_its_transcripts(make_c
     model.self_training = None
     L.Trainer(default_root_dir=tmp_path, **OPTIONS).test(model, datamodule=dm, ckpt_path=path, weights_only=True)
     assert torch.equal(model.encoder.running_mean, tuned["encoder.running_mean"])  # what adapt alone gives
-    kept = [line for line in caplog.messages if line.startswith("self_train: fine-tuned 2 epoch(s) at lr 0.01 on ")]
+    kept = [line for line in caplog.messages if line.startswith("self_train: fine-tuned 2 epoch(s) (2 steps) at lr 0.01 on ")]
     assert len(kept) == 1 and "of the 4 utterances of the test split" in kept[0], caplog.messages
     test = dm.splits["test"]
     test.targets = [t.flip(0) if len(t) > 1 else t + 1 for t in test.targets]  # other reference transcripts
@@ -123,3 +123,56 @@ def test_an_ensemble_tunes_every_member_on_its_combined_transcripts(make_cfg, tm
     L.Trainer(default_root_dir=tmp_path, **OPTIONS).test(ensemble, datamodule=dm)
     for member, weights in zip((first, second), before):
         assert not torch.equal(member.state_dict()["core.lstm.weight_ih_l0"], weights["core.lstm.weight_ih_l0"])
+
+
+def test_nothing_decoded_is_said_and_leaves_the_weights(make_cfg, tmp_path: Path, caplog, monkeypatch) -> None:
+    """Every transcript empty: no cut, no step, a warning rather than "fine-tuned ... on 0 of the 4"."""
+    model, dm, path = _trained(make_cfg, tmp_path)
+    stored = torch.load(path, weights_only=True)["state_dict"]
+
+    def nothing(outputs, lengths):
+        rows = outputs.shape[0]
+        return torch.zeros(rows, 1, dtype=torch.long), torch.zeros(rows, dtype=torch.long), torch.full((rows,), -math.inf)
+
+    monkeypatch.setattr(model.head, "pseudo_labels", nothing)
+    model.self_training = SelfTraining(epochs=2, keep=1.0, lr=1e-2)
+    with caplog.at_level(logging.INFO, logger="lstmkit"):
+        L.Trainer(default_root_dir=tmp_path, **OPTIONS).test(model, datamodule=dm, ckpt_path=path, weights_only=True)
+    assert "self_train: the model decoded none of the 4 utterances of the test split" in caplog.text
+    assert "fine-tuned" not in caplog.text
+    assert all(torch.equal(v, stored[k]) for k, v in model.state_dict().items())
+
+
+def test_inputs_take_the_runs_precision(make_cfg, tmp_path: Path) -> None:
+    """bf16-true / 16-true: the weights are half, the loader's inputs float32 (a dtype error in the LSTM on a
+    GPU): the precision plugin's convert_input is applied to every batch read and trained on, as Lightning
+    applies it to the loop's own. (On this CPU the spectrogram's FFT refuses bf16 before that.)"""
+    from lstmkit.self_train import fine_tune, pseudo_labelled
+
+    model, dm, _ = _trained(make_cfg, tmp_path)
+    batches = list(dm.test_dataloader())
+    seen: list[torch.Size] = []
+
+    def convert(inputs: torch.Tensor) -> torch.Tensor:
+        seen.append(inputs.shape)
+        return inputs
+
+    labelled = pseudo_labelled(model, batches, torch.device("cpu"), convert=convert)
+    assert seen == [b.inputs.shape for b in batches]
+    before = model.core.lstm.weight_ih_l0.detach().clone()
+    taken = fine_tune(model, labelled, -math.inf, SelfTraining(1, 1.0, 1e-2), torch.device("cpu"), len(labelled),
+                      convert=convert)
+    assert taken == len(labelled) and len(seen) == 2 * len(batches)
+    assert not torch.equal(before, model.core.lstm.weight_ih_l0)
+
+
+def test_settings_that_are_no_mapping_and_a_tuned_test_that_never_runs_are_said(make_cfg, caplog) -> None:
+    from lstmkit.commands.train import train
+
+    with pytest.raises(ConfigError, match=r"self_train=3: expected its settings, e\.g\. self_train\.epochs=10"):
+        SelfTraining.from_config(3)
+    cfg = make_cfg(["task=speech", "data.num_examples=40", "model.hidden_size=8", "self_train.epochs=2", "test=false",
+                    "logger=none", "callbacks=none", "trainer.max_epochs=1", "trainer.limit_val_batches=1"])
+    with caplog.at_level(logging.WARNING, logger="lstmkit"):
+        train(cfg)
+    assert "self_train tunes the model to the test split after training; with test=false there is none" in caplog.text

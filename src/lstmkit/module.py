@@ -366,12 +366,13 @@ class SequenceModel(L.LightningModule):
         settings = self.self_training
         assert settings is not None
         strategy, world = self.trainer.strategy, self.trainer.world_size
+        convert = self.trainer.precision_plugin.convert_input  # bf16-true / 16-true: the inputs as the weights
+        reduce = None
         # the test loop runs in inference mode, whose tensors autograd refuses
         with torch.inference_mode(False), torch.enable_grad():
-            labelled = pseudo_labelled(self, self._scored_batches(loaders, limits), self.device)
+            labelled = pseudo_labelled(self, self._scored_batches(loaders, limits), self.device, convert)
             confidences = torch.cat([c for _, c in labelled]) if labelled else torch.zeros(0)
             steps = len(labelled)
-            average = None
             if world > 1:  # every rank's shard: one cut for all, and as many steps on each
                 import torch.distributed as dist
 
@@ -382,17 +383,23 @@ class SequenceModel(L.LightningModule):
                 gathered = strategy.all_gather(padded).flatten().cpu()
                 confidences, steps = gathered[~torch.isnan(gathered)], int(size[1])
 
-                def average(grad: torch.Tensor) -> torch.Tensor:
-                    return strategy.reduce(grad, reduce_op="mean")
+                def reduce(value: torch.Tensor, op: str) -> torch.Tensor:
+                    return strategy.reduce(value, reduce_op=op)
 
             cut = confidence_cut(confidences, settings.keep)
             kept = int((confidences >= cut).sum())
-            for model in self.trained_models():
-                fine_tune(model, labelled, cut, settings, self.device, steps, average)
-        if self.trainer.is_global_zero:
-            log.info("self_train: fine-tuned %d epoch(s) at lr %g on %d of the %d utterances of the %s split, labelled "
-                     "with the model's own transcripts (the surest %.0f %%; no reference transcript read)",
-                     settings.epochs, settings.lr, kept, len(confidences), split, 100 * settings.keep)
+            taken = [fine_tune(model, labelled, cut, settings, self.device, steps, reduce, convert)
+                     for model in self.trained_models()] if kept else [0]
+        if not self.trainer.is_global_zero:
+            return
+        # (under DDP, an utterance a sampler repeats to even out the shards counts, and trains, once per copy)
+        if not kept:
+            log.warning("self_train: the model decoded none of the %d utterances of the %s split to a transcript, "
+                        "so there is nothing to train on: scored as it is", len(confidences), split)
+            return
+        log.info("self_train: fine-tuned %d epoch(s) (%d steps) at lr %g on %d of the %d utterances of the %s split, "
+                 "labelled with the model's own transcripts (the surest %.0f %%; no reference transcript read)",
+                 settings.epochs, max(taken), settings.lr, kept, len(confidences), split, 100 * settings.keep)
 
     def _adapt_to(self, loaders: Any, limits: Sequence[float], split: str) -> None:
         if self.adapt:

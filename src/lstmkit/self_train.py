@@ -20,7 +20,7 @@ settings were chosen on inner folds whose scored speaker is not a test speaker (
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,6 +46,9 @@ class SelfTraining:
         """The settings of a ``self_train`` node (``None``, or ``epochs: 0``: off), checked."""
         if node is None:
             return None
+        if not isinstance(node, Mapping):
+            raise ConfigError(f"self_train={node!r}: expected its settings, e.g. self_train.epochs=10 (self_train takes "
+                              "epochs, keep, lr)")
         values = dict(node)
         unknown = sorted(set(values) - {"epochs", "keep", "lr"})
         if unknown:
@@ -60,8 +63,24 @@ class SelfTraining:
         return cls(int(epochs), float(keep), float(lr)) if epochs else None
 
 
-def pseudo_labelled(model: nn.Module, batches: Iterable[Batch], device: torch.device) -> list[tuple[Batch, torch.Tensor]]:
-    """Each batch with the model's own transcripts as targets, and each utterance's confidence.
+Convert = Callable[[torch.Tensor], torch.Tensor]
+Reduce = Callable[[torch.Tensor, str], torch.Tensor]
+
+
+def _on_device(batch: Batch, device: torch.device, convert: Convert | None) -> Batch:
+    """``batch`` on ``device`` with its host lengths kept (the LSTM packs without a device sync) and its
+    inputs in the run's precision (``convert``: the precision plugin's, e.g. bf16 under ``bf16-true``)."""
+    inputs = batch.inputs.to(device)
+    moved = Batch(convert(inputs) if convert is not None else inputs, batch.lengths.to(device),
+                  None if batch.targets is None else batch.targets.to(device),
+                  None if batch.target_lengths is None else batch.target_lengths.to(device))
+    moved.host_lengths, moved.sources = batch.host_lengths, batch.sources
+    return moved
+
+
+def pseudo_labelled(model: nn.Module, batches: Iterable[Batch], device: torch.device, convert: Convert | None = None
+                    ) -> list[tuple[Batch, torch.Tensor]]:
+    """Each batch (on the host) with the model's own transcripts as targets, and each utterance's confidence.
 
     The confidence is minus the model's CTC loss of its transcript per label (higher: surer); an
     utterance decoded to nothing gets ``-inf`` and is never kept.
@@ -71,11 +90,12 @@ def pseudo_labelled(model: nn.Module, batches: Iterable[Batch], device: torch.de
     model.eval()
     with torch.no_grad():
         for batch in batches:
-            outputs, lengths = model(batch.inputs.to(device), batch.lengths.to(device), host_lengths=batch.host_lengths)
+            scored = _on_device(batch, device, convert)
+            outputs, lengths = model(scored.inputs, scored.lengths, host_lengths=scored.host_lengths)
             targets, target_lengths, confidence = head.pseudo_labels(outputs, lengths)
-            moved = Batch(batch.inputs, batch.lengths, targets.cpu(), target_lengths.cpu())
-            moved.sources = batch.sources
-            labelled.append((moved, confidence.float().cpu()))
+            own = Batch(batch.inputs, batch.lengths, targets.cpu(), target_lengths.cpu())  # never batch.targets
+            own.sources = batch.sources
+            labelled.append((own, confidence.float().cpu()))
     return labelled
 
 
@@ -88,12 +108,15 @@ def confidence_cut(confidences: torch.Tensor, keep: float) -> float:
 
 
 def fine_tune(member: nn.Module, labelled: Sequence[tuple[Batch, torch.Tensor]], cut: float, settings: SelfTraining,
-              device: torch.device, steps: int, average: Callable[[torch.Tensor], torch.Tensor] | None = None) -> int:
+              device: torch.device, steps: int, reduce: Reduce | None = None, convert: Convert | None = None) -> int:
     """``settings.epochs`` passes of AdamW over the utterances at or above ``cut``; returns the steps taken.
 
-    ``steps`` batches a pass (every process the same count under DDP: a process with fewer batches
-    steps on zero gradients), ``average`` the gradients' mean over processes (DDP). The encoder's
-    buffers (``adapt=true``'s statistics) are put back afterwards: training mode would move them.
+    ``steps`` batches a pass; under DDP (``reduce``: a sum or mean over processes) every process takes
+    as many, the gradients are averaged, and a step that no process has an utterance for is skipped on
+    all of them, as it is alone (Adam's momentum would still move the weights on a zero gradient).
+    Every trainable weight gets ``settings.lr`` (the run's ``lr_scale`` is not applied; frozen parts
+    stay frozen). The encoder's buffers (``adapt=true``'s statistics) are put back afterwards:
+    training mode would move them.
     """
     params = [p for p in member.parameters() if p.requires_grad]
     if not params:
@@ -110,22 +133,23 @@ def fine_tune(member: nn.Module, labelled: Sequence[tuple[Batch, torch.Tensor]],
                 if index < len(labelled):
                     batch, confidence = labelled[index]
                     rows = (confidence >= cut).nonzero().squeeze(1)
-                    if rows.numel():
-                        kept = Batch(batch.inputs[rows].to(device), batch.lengths[rows].to(device),
-                                     batch.targets[rows].to(device), batch.target_lengths[rows].to(device))
-                        features, lengths, host = member.encode(kept.inputs, kept.lengths, kept.host_lengths)
-                        member.head.training_loss(member.pool(features, lengths, host_lengths=host), lengths,
-                                                  kept).backward()
-                        taken += 1
-                if average is None and not rows.numel():
-                    continue  # nothing kept in this batch: no step (Adam's momentum would still move the weights)
+                if rows.numel():
+                    kept = _on_device(Batch(batch.inputs[rows], batch.lengths[rows], batch.targets[rows],
+                                            batch.target_lengths[rows]), device, convert)
+                    features, lengths, host = member.encode(kept.inputs, kept.lengths, kept.host_lengths)
+                    member.head.training_loss(member.pool(features, lengths, host_lengths=host), lengths,
+                                              kept).backward()
+                count = torch.tensor(float(rows.numel()), device=device)
+                if int(reduce(count, "sum") if reduce is not None else count) == 0:
+                    continue  # no utterance kept at this step on any process: no step
                 for param in params:
                     if param.grad is None:
                         param.grad = torch.zeros_like(param)
-                    if average is not None:
-                        param.grad = average(param.grad)
+                    if reduce is not None:
+                        param.grad = reduce(param.grad, "mean")
                 torch.nn.utils.clip_grad_norm_(params, 1.0)
                 optimizer.step()
+                taken += 1
     finally:
         member.eval()
         with torch.no_grad():

@@ -87,6 +87,11 @@ EXPORT_TAKES = "ckpt_path, format, output, tolerance"
 TAKES = {"eval": EVAL_TAKES, "predict": PREDICT_TAKES, "export": EXPORT_TAKES}
 
 
+# Hydra's flags whose value is the next argument (which may hold an "=": -sc install=bash)
+_FLAGS_WITH_VALUES = frozenset({"-sc", "--shell-completion", "-cd", "--config-dir", "-cn", "--config-name", "-cp",
+                                "--config-path", "-p", "--package", "-c", "--cfg", "--experimental-rerun"})
+
+
 def refuse_before_hydra(config_dir: str, command: str, args: list[str]) -> str | None:
     """The refusal of the first override that ``command`` (eval, predict, export) does not apply, or ``None``.
 
@@ -98,12 +103,20 @@ def refuse_before_hydra(config_dir: str, command: str, args: list[str]) -> str |
     keys = KEYS.get(command)
     if keys is None:
         return None
+    flag_value = False
     for arg in args:
-        if arg.startswith("-") or "=" not in arg:  # -m, --cfg job, --config-name x: Hydra's own flags
+        if flag_value or arg.startswith("-") or "=" not in arg:  # -m, --cfg job, -sc install=bash: Hydra's flags
+            flag_value = arg in _FLAGS_WITH_VALUES
             continue
         key = arg.split("=", 1)[0].lstrip("+~")
         root = key.split("@", 1)[0].split(".", 1)[0].split("/", 1)[0]
         if root and root not in keys:
+            # (cutoff 0.75: "adapt" is 0.67 like "data", and predict adapt=true is no typo of data)
+            close = difflib.get_close_matches(root, [k for k in keys if k not in {"task_name", "paths", "hydra"}],
+                                              n=1, cutoff=0.75)
+            guess = close[0] if close else None
+            if guess:  # self_trian.epochs=2: a typo of the command's own setting, not the checkpoint's
+                return f"{key} is no {command} setting: did you mean {guess}{key[len(root):]}? ({command} takes {TAKES[command]})"
             return suggest_override(config_dir, command, [arg]) or (
                 f"{command} does not apply {key} (the task, model, head and training settings are the "
                 f"checkpoint's); {command} takes {TAKES[command]}")
@@ -198,6 +211,8 @@ def _hint(override: Any, cfg: DictConfig, group_options_of: Any, stored: list[st
         value = override.get_value_element_as_str()
         if stored:  # the checkpoint's own keys, not eval.yaml's generic ones (label_column for speech)
             near = leaf if leaf in stored else _close(leaf, stored)
+            if near in keys:  # one of eval.yaml's own data keys: set without a +
+                return f"did you mean data.{near}? (data.{near}={value})"
             if near:
                 return (f"the checkpoint's data settings other than eval's own are overridden with a +: "
                         f"+data.{near}={value}" + ("" if near == leaf else f" (did you mean data.{near}?)"))
