@@ -538,6 +538,8 @@ class SequenceModel(L.LightningModule):
                               f"{old} steps, the run now has {self.schedule_steps} (trainer.max_epochs / max_steps "
                               "changed). Resume with the run's length, or start a new run from its weights "
                               "(init_from.ckpt_path=)")
+        if not self.trainer.is_global_zero:  # said once, not once per DDP rank
+            return
         log.warning("resuming: the %s schedule covered %d steps and now covers %d (trainer.max_epochs / max_steps "
                     "changed); it continues from the same step of the new schedule, so the learning rate jumps "
                     "there (for a smooth continuation, resume with the run's length)", name, old, self.schedule_steps)
