@@ -1187,7 +1187,7 @@ def test_eval_refuses_an_override_it_does_not_apply(make_cfg, override) -> None:
 
     cfg = make_cfg(["ckpt_path=nowhere.ckpt", override], name="eval")
     with pytest.raises(ConfigError, match=re.escape(override) + r": eval does not apply this setting .*eval takes "
-                                          r"ckpt_path, split, adapt, seed, tags, data\.\*, decode\.\*"):
+                                          r"ckpt_path, split, adapt, self_train\.\*, seed, tags, data\.\*, decode\.\*"):
         evaluate(cfg)
 
 
