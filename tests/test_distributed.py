@@ -168,4 +168,4 @@ def test_speaker_batches_take_as_many_steps_on_every_rank(tmp_path: Path) -> Non
     said = proc.stdout + proc.stderr
     assert said.count("adapt=true: the encoder's normalisation statistics re-estimated on the") == 1  # rank zero's
     # self-training under DDP: one cut over both shards' utterances, the gradients averaged over the ranks
-    assert said.count("self_train: fine-tuned 1 epoch(s) (") == 1, said
+    assert said.count("self_train: fine-tuned 1 epoch(s), ") == 1, said

@@ -1287,6 +1287,43 @@ def test_a_setting_eval_or_predict_lacks_is_refused_in_one_line_not_with_hydras_
                     "export takes ckpt_path, format, output, tolerance")
 
 
+def test_typos_and_test_time_settings_get_one_line_before_hydra(tmp_path: Path) -> None:
+    """A new user's mistakes that printed Hydra's block first (self_train.epoch=2; eval's data.holdout_speaker
+    on a speech model), got no hint (train optimzer.lr=0.1), or were called "the checkpoint's" (predict
+    adapt=true: a setting of eval's)."""
+    from lstmkit.suggest import refuse_before_hydra
+
+    for command in ("train", "eval"):
+        said = refuse_before_hydra(config_dir(), command, ["self_train.epoch=2"])
+        assert said == "self_train.epoch: no such setting; did you mean self_train.epochs? (self_train takes epochs, keep, lr)"
+    said = refuse_before_hydra(config_dir(), "predict", ["ckpt_path=x.ckpt", "input=x", "adapt=true"])
+    assert said is not None and said.startswith("predict does not apply adapt: adapt is test-time adaptation")
+    assert refuse_before_hydra(config_dir(), "train", ["optimizer.lr=0.1", "self_train.epochs=2"]) is None
+    assert suggest_override(config_dir(), "train", ["optimzer.lr=0.1"]) == (
+        "did you mean optimizer.lr? (optimzer is not a config key)")
+    ckpt = tmp_path / "best.ckpt"
+    parts = {key: {} for key in ("spec", "encoder", "core", "head")}
+    torch.save({"state_dict": {}, "hyper_parameters": {**parts, "data": {"holdout_speakers": ["theo"]}}}, ckpt)
+    said = refuse_before_hydra(config_dir(), "eval", [f"ckpt_path={ckpt}", "data.holdout_speaker=[x]"])
+    assert said is not None and "+data.holdout_speakers=[x]" in said
+    assert refuse_before_hydra(config_dir(), "eval", [f"ckpt_path={ckpt}", "data.batch_size=4"]) is None
+
+
+def test_eval_says_when_a_held_out_speaker_is_one_the_model_trained_on(caplog) -> None:
+    from lstmkit.commands.evaluate import warn_trained_speakers
+
+    stored = {"holdout_speakers": ["theo", "lucas"], "val_speakers": ["nicolas"]}
+    with caplog.at_level(logging.WARNING, logger="lstmkit"):
+        for held in (["lucas"], ["Nicolas"], "theo"):
+            warn_trained_speakers(stored, {"holdout_speakers": held}, "test")
+        assert not caplog.text  # speakers the run never trained on
+        warn_trained_speakers(stored, {"holdout_speakers": ["george"], "path": "/other/data"}, "test")
+        warn_trained_speakers(stored, {"holdout_speakers": ["george"]}, "all")
+        assert not caplog.text  # other data, or split=all (which says so itself)
+        warn_trained_speakers(stored, {"holdout_speakers": ["george", "lucas"]}, "test")
+    assert "the model trained on george (its run held out theo, lucas): the test score measures fit" in caplog.text
+
+
 def test_evals_data_hint_reads_the_checkpoints_own_data_keys(tmp_path: Path) -> None:
     """eval of a speech model with data.holdout_speaker=[x] was told "data has the keys: path, text_column,
     label_column, ..." (eval.yaml's generic keys). The checkpoint's stored keys are read when it can be."""
@@ -1376,7 +1413,7 @@ def test_a_setting_eval_lacks_gets_one_line_not_hydras_block_above_it(tmp_path: 
     said = refuse_before_hydra(config_dir(), "eval", ["ckpt_path=x.ckpt", "self_trian.epochs=2"])
     assert said is not None and said.startswith("self_trian.epochs is no eval setting: did you mean self_train.epochs?")
     for fine in (["-sc", "install=bash"], ["--cfg", "job", "hydra.run.dir=x"], ["+data.seed=3", "trainer=cpu"],
-                 ["hydra/job_logging=disabled", "data.path=a=b"]):
+                 ["hydra/job_logging=disabled", 'data.path="a=b"']):
         assert refuse_before_hydra(config_dir(), "eval", ["ckpt_path=x.ckpt", *fine]) is None, fine
     proc = run_cli("predict", "ckpt_path=x.ckpt", "input=x", "data.colunm=text", cwd=tmp_path, check=False)
     assert proc.returncode == 1 and "Could not override" in proc.stderr, proc.stderr

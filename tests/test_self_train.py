@@ -103,7 +103,7 @@ def test_the_test_tunes_the_weights_from_its_inputs_never_its_transcripts(make_c
     model.self_training = None
     L.Trainer(default_root_dir=tmp_path, **OPTIONS).test(model, datamodule=dm, ckpt_path=path, weights_only=True)
     assert torch.equal(model.encoder.running_mean, tuned["encoder.running_mean"])  # what adapt alone gives
-    kept = [line for line in caplog.messages if line.startswith("self_train: fine-tuned 2 epoch(s) (2 steps) at lr 0.01 on ")]
+    kept = [line for line in caplog.messages if line.startswith("self_train: fine-tuned 2 epoch(s), 2 optimiser step(s), at lr 0.01 on ")]
     assert len(kept) == 1 and "of the 4 utterances of the test split" in kept[0], caplog.messages
     test = dm.splits["test"]
     test.targets = [t.flip(0) if len(t) > 1 else t + 1 for t in test.targets]  # other reference transcripts

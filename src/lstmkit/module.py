@@ -342,11 +342,11 @@ class SequenceModel(L.LightningModule):
 
     def _adapt(self, loaders: Any, limits: Sequence[float], split: str) -> None:
         """Re-estimate every encoder's statistics on the batches the loop will score."""
-        device = self.device
+        device, convert = self.device, self.trainer.precision_plugin.convert_input  # the loop's precision (*-true)
 
         def batches() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
             for batch in self._scored_batches(loaders, limits):
-                yield batch.inputs.to(device), batch.lengths.to(device)
+                yield convert(batch.inputs.to(device)), batch.lengths.to(device)
 
         def total(value: torch.Tensor) -> torch.Tensor:  # every rank's shard of the split (DDP)
             return self.trainer.strategy.reduce(value, reduce_op="sum")
@@ -397,9 +397,10 @@ class SequenceModel(L.LightningModule):
             log.warning("self_train: the model decoded none of the %d utterances of the %s split to a transcript, "
                         "so there is nothing to train on: scored as it is", len(confidences), split)
             return
-        log.info("self_train: fine-tuned %d epoch(s) (%d steps) at lr %g on %d of the %d utterances of the %s split, "
-                 "labelled with the model's own transcripts (the surest %.0f %%; no reference transcript read)",
-                 settings.epochs, max(taken), settings.lr, kept, len(confidences), split, 100 * settings.keep)
+        log.info("self_train: fine-tuned %d epoch(s), %d optimiser step(s), at lr %g on %d of the %d utterances of the "
+                 "%s split (the surest %.0f %%, self_train.keep=%g), labelled with the model's own transcripts; no "
+                 "reference transcript read", settings.epochs, max(taken), settings.lr, kept, len(confidences), split,
+                 100 * kept / max(1, len(confidences)), settings.keep)
 
     def _adapt_to(self, loaders: Any, limits: Sequence[float], split: str) -> None:
         if self.adapt:

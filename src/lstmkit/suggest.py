@@ -45,7 +45,6 @@ def suggest_override(config_dir: str, config_name: str, args: list[str]) -> str 
             loader = GlobalHydra.instance().config_loader()
             accepted: list[str] = []
             cfg: DictConfig = compose(config_name=config_name, overrides=[])
-            stored = _stored_data_keys(overrides) if config_name == "eval" else None
             for override in overrides:
                 if override.is_hydra_override():
                     continue
@@ -62,6 +61,8 @@ def suggest_override(config_dir: str, config_name: str, args: list[str]) -> str 
                     if _is_known_option(override, loader.get_group_options):
                         # a valid choice (task=next_word) that an earlier override does not fit
                         return _earlier_misfit(config_name, candidate, accepted, overrides, loader.get_group_options)
+                    # (the checkpoint is read only here, on the failure path)
+                    stored = _stored_data_keys(overrides) if config_name == "eval" else None
                     return _hint(override, cfg, loader.get_group_options, stored)
                 accepted.append(candidate)
     except Exception:  # noqa: BLE001 - a hint is best effort; Hydra's message already stands
@@ -92,17 +93,57 @@ _FLAGS_WITH_VALUES = frozenset({"-sc", "--shell-completion", "-cd", "--config-di
                                 "--config-path", "-p", "--package", "-c", "--cfg", "--experimental-rerun"})
 
 
+# settings of eval (and of train's test) that predict and export do not have: not the checkpoint's either
+_TEST_TIME = {"adapt": "test-time adaptation of the normalisation", "self_train": "self-training on the scored data"}
+_SELF_TRAIN_KEYS = ("epochs", "keep", "lr")
+
+
 def refuse_before_hydra(config_dir: str, command: str, args: list[str]) -> str | None:
-    """The refusal of the first override that ``command`` (eval, predict, export) does not apply, or ``None``.
+    """The refusal of the first override that ``command`` does not apply, or ``None``.
 
     Checked before Hydra composes anything: ``eval ... model.hidden_size=3`` printed Hydra's seven-line
     "Could not override ... To append to your config use +model.hidden_size=3" block (advice the command
-    then refuses) above lstmkit's one line. A key whose first part is none of the command's is refused
-    whatever its prefix; the rest (a typo under ``data.``, say) is left to Hydra and :func:`suggest_override`.
+    then refuses) above lstmkit's one line. For eval, predict and export a key whose first part is none of
+    the command's is refused whatever its prefix; ``self_train.<typo>`` (train and eval) is refused by
+    name; eval's ``data.<key>`` without a ``+`` that eval.yaml lacks gets :func:`suggest_override`'s line
+    (the checkpoint's own data keys). Anything else is left to Hydra.
     """
     keys = KEYS.get(command)
-    if keys is None:
-        return None
+    flag_value = False
+    for arg in args:
+        if flag_value or arg.startswith("-") or "=" not in arg:  # -m, --cfg job, -sc install=bash: Hydra's flags
+            flag_value = arg in _FLAGS_WITH_VALUES
+            continue
+        key = arg.split("=", 1)[0].lstrip("+~")
+        root = key.split("@", 1)[0].split(".", 1)[0].split("/", 1)[0]
+        if root == "self_train" and command in {"train", "eval"} and "." in key:
+            leaf = key.split(".", 1)[1]
+            if leaf not in _SELF_TRAIN_KEYS:
+                guess = _close(leaf, list(_SELF_TRAIN_KEYS))
+                return (f"{key}: no such setting" + (f"; did you mean self_train.{guess}?" if guess else "")
+                        + f" (self_train takes {', '.join(_SELF_TRAIN_KEYS)})")
+        if keys is None:
+            continue
+        if root and root not in keys:
+            if root in _TEST_TIME:  # predict / export adapt=true: eval's, not the checkpoint's
+                return (f"{command} does not apply {key}: {root} is {_TEST_TIME[root]}, which lstmkit eval (and "
+                        f"train's test) does; {command} takes {TAKES[command]}")
+            # (cutoff 0.75: "adapt" is 0.67 like "data", and predict adapt=true is no typo of data)
+            close = difflib.get_close_matches(root, [k for k in keys if k not in {"task_name", "paths", "hydra"}],
+                                              n=1, cutoff=0.75)
+            guess = close[0] if close else None
+            if guess:  # self_trian.epochs=2: a typo of the command's own setting, not the checkpoint's
+                return f"{key} is no {command} setting: did you mean {guess}{key[len(root):]}? ({command} takes {TAKES[command]})"
+            return suggest_override(config_dir, command, [arg]) or (
+                f"{command} does not apply {key} (the task, model, head and training settings are the "
+                f"checkpoint's); {command} takes {TAKES[command]}")
+        if command == "eval" and root == "data" and "." in key and not arg.startswith("+"):
+            # data.holdout_speaker=[x]: Hydra's block, then the line naming the checkpoint's +data.holdout_speakers
+            ckpt = [a for a in args if a.lstrip("+").startswith("ckpt_path=")]
+            hint = suggest_override(config_dir, command, [*ckpt[:1], arg])
+            if hint:
+                return hint
+    return None
     flag_value = False
     for arg in args:
         if flag_value or arg.startswith("-") or "=" not in arg:  # -m, --cfg job, -sc install=bash: Hydra's flags
@@ -199,7 +240,10 @@ def _hint(override: Any, cfg: DictConfig, group_options_of: Any, stored: list[st
     parent_path, _, leaf = key.rpartition(".")
     parent = OmegaConf.select(cfg, parent_path) if parent_path else cfg
     if not isinstance(parent, DictConfig):
-        return None
+        root, _, rest = key.partition(".")
+        guess = _close(root, [str(k) for k in cfg if k != "hydra"]) if root not in cfg else None
+        # optimzer.lr=0.1, self_trian.epochs=2: the first part is the typo
+        return f"did you mean {guess}.{rest}? ({root} is not a config key)" if guess else None
     keys = [str(k) for k in parent]
     if leaf in keys and override.is_add():  # `+key=value` for a key the config already has
         return f"{key} is already a config key: drop the + ({key}={override.get_value_element_as_str()})"

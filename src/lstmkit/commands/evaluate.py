@@ -27,6 +27,7 @@ from lstmkit.commands.common import (
     report,
     scalar_metrics,
 )
+from lstmkit.data.base import as_list
 from lstmkit.ensemble import SequenceEnsemble, setting_differences
 from lstmkit.errors import CheckpointError, ConfigError, DataError
 from lstmkit.loggers import configure_wandb
@@ -122,6 +123,19 @@ def check_eval_keys(cfg: DictConfig) -> None:
     check_command_keys(cfg, "eval", EVAL_KEYS, EVAL_TAKES)
 
 
+def warn_trained_speakers(stored: dict[str, Any], overrides: dict[str, Any], split: str) -> None:
+    """``+data.holdout_speakers=[george]`` on a model that trained on george scored (and, with ``self_train``,
+    tuned on) recordings of a voice it had learnt, without a word: said as ``split=all``'s fit is."""
+    if "holdout_speakers" not in overrides or overrides.get("path") or split == "all":
+        return
+    unseen = {str(s).lower() for s in as_list(stored.get("holdout_speakers")) + as_list(stored.get("val_speakers"))}
+    trained = [str(s) for s in as_list(overrides["holdout_speakers"]) if str(s).lower() not in unseen]
+    if trained:
+        log.warning("data.holdout_speakers: the model trained on %s (its run held out %s): the %s score measures "
+                    "fit on a known voice, not an unseen speaker", ", ".join(trained),
+                    ", ".join(as_list(stored.get("holdout_speakers"))) or "no speaker", split)
+
+
 def evaluate(cfg: DictConfig) -> float | None:
     check_eval_keys(cfg)
     adapt = bool_option(cfg, "adapt")
@@ -149,6 +163,7 @@ def evaluate(cfg: DictConfig) -> float | None:
         raise ConfigError(f"split={split!r}: expected one of {', '.join(SPLITS)}")
     overrides = {k: v for k, v in (plain(cfg.get("data")) or {}).items() if v is not None}
     check_spec_settings(data_cfg, overrides)
+    warn_trained_speakers(data_cfg, overrides, split)
     data_cfg.update(overrides)
     check_option_types({"data": data_cfg})
     if split == "all":
