@@ -144,24 +144,6 @@ def refuse_before_hydra(config_dir: str, command: str, args: list[str]) -> str |
             if hint:
                 return hint
     return None
-    flag_value = False
-    for arg in args:
-        if flag_value or arg.startswith("-") or "=" not in arg:  # -m, --cfg job, -sc install=bash: Hydra's flags
-            flag_value = arg in _FLAGS_WITH_VALUES
-            continue
-        key = arg.split("=", 1)[0].lstrip("+~")
-        root = key.split("@", 1)[0].split(".", 1)[0].split("/", 1)[0]
-        if root and root not in keys:
-            # (cutoff 0.75: "adapt" is 0.67 like "data", and predict adapt=true is no typo of data)
-            close = difflib.get_close_matches(root, [k for k in keys if k not in {"task_name", "paths", "hydra"}],
-                                              n=1, cutoff=0.75)
-            guess = close[0] if close else None
-            if guess:  # self_trian.epochs=2: a typo of the command's own setting, not the checkpoint's
-                return f"{key} is no {command} setting: did you mean {guess}{key[len(root):]}? ({command} takes {TAKES[command]})"
-            return suggest_override(config_dir, command, [arg]) or (
-                f"{command} does not apply {key} (the task, model, head and training settings are the "
-                f"checkpoint's); {command} takes {TAKES[command]}")
-    return None
 
 
 def _from_the_checkpoint(config_name: str, override: Any, cfg: DictConfig, group_options_of: Any) -> str | None:
