@@ -1296,6 +1296,9 @@ def test_typos_and_test_time_settings_get_one_line_before_hydra(tmp_path: Path) 
     for command in ("train", "eval"):
         said = refuse_before_hydra(config_dir(), command, ["self_train.epoch=2"])
         assert said == "self_train.epoch: no such setting; did you mean self_train.epochs? (self_train takes epochs, keep, lr)"
+    said = refuse_before_hydra(config_dir(), "eval", ["ckpt_path=x.ckpt", "self_train={epochs:1,kep:0.5}"])
+    assert said is not None and said.startswith("self_train.kep: no such setting; did you mean self_train.keep?")
+    assert refuse_before_hydra(config_dir(), "eval", ["ckpt_path=x.ckpt", "self_train={epochs:1,keep:0.5}"]) is None
     said = refuse_before_hydra(config_dir(), "predict", ["ckpt_path=x.ckpt", "input=x", "adapt=true"])
     assert said is not None and said.startswith("predict does not apply adapt: adapt is test-time adaptation")
     assert refuse_before_hydra(config_dir(), "train", ["optimizer.lr=0.1", "self_train.epochs=2"]) is None

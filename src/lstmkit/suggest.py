@@ -98,6 +98,20 @@ _TEST_TIME = {"adapt": "test-time adaptation of the normalisation", "self_train"
 _SELF_TRAIN_KEYS = ("epochs", "keep", "lr")
 
 
+def _self_train_leaves(key: str, arg: str) -> list[str]:
+    """The settings a ``self_train`` override names: ``self_train.keep=...`` -> keep; the whole node,
+    ``self_train={epochs:1,kep:0.5}`` -> its keys (Hydra's block, then a hint naming self_train itself)."""
+    if "." in key:
+        return [key.split(".", 1)[1]]
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        value = OverridesParser.create().parse_overrides([arg])[0].value()
+    except Exception:  # noqa: BLE001 - a syntax error is Hydra's to report
+        return []
+    return [str(k) for k in value] if isinstance(value, dict) else []
+
+
 def refuse_before_hydra(config_dir: str, command: str, args: list[str]) -> str | None:
     """The refusal of the first override that ``command`` does not apply, or ``None``.
 
@@ -116,12 +130,12 @@ def refuse_before_hydra(config_dir: str, command: str, args: list[str]) -> str |
             continue
         key = arg.split("=", 1)[0].lstrip("+~")
         root = key.split("@", 1)[0].split(".", 1)[0].split("/", 1)[0]
-        if root == "self_train" and command in {"train", "eval"} and "." in key:
-            leaf = key.split(".", 1)[1]
-            if leaf not in _SELF_TRAIN_KEYS:
-                guess = _close(leaf, list(_SELF_TRAIN_KEYS))
-                return (f"{key}: no such setting" + (f"; did you mean self_train.{guess}?" if guess else "")
-                        + f" (self_train takes {', '.join(_SELF_TRAIN_KEYS)})")
+        if root == "self_train" and command in {"train", "eval"}:
+            for leaf in _self_train_leaves(key, arg):
+                if leaf not in _SELF_TRAIN_KEYS:
+                    guess = _close(leaf, list(_SELF_TRAIN_KEYS))
+                    return (f"self_train.{leaf}: no such setting" + (f"; did you mean self_train.{guess}?" if guess else "")
+                            + f" (self_train takes {', '.join(_SELF_TRAIN_KEYS)})")
         if keys is None:
             continue
         if root and root not in keys:
