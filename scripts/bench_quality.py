@@ -317,7 +317,7 @@ def test_time_overrides(run_dir: str) -> tuple[str, ...] | None:
     overrides = ["adapt=true"] if OmegaConf.select(cfg, "adapt", default=False) else []
     tuned = OmegaConf.select(cfg, "self_train", default=None)
     if tuned is not None and tuned.get("epochs"):
-        overrides += [f"self_train.{key}={tuned[key]}" for key in ("epochs", "keep", "lr") if key in tuned]
+        overrides += [f"self_train.{key}={value}" for key, value in tuned.items()]
     return tuple(overrides)
 
 

@@ -148,7 +148,7 @@ class SequenceEnsemble(SequenceModel):
         return [member.encoder for member in self.members]
 
     def trained_models(self) -> list[SequenceModel]:
-        """Each member, tuned on the ensemble's transcripts (better than any member's own)."""
+        """Each member, tuned on the ensemble's combined transcripts."""
         return list(self.members)
 
     def check_adaptable(self) -> None:

@@ -14,14 +14,14 @@ noisy-student self-training, Xie et al. 2020, Park et al. 2020):
    model learns the transcripts from perturbed inputs rather than copying its own outputs.
 
 Only the inputs are read, never a reference transcript, so scoring afterwards stays honest. The
-settings were chosen on inner folds whose scored speaker is not a test speaker (README, Benchmarks).
+recipe's settings were chosen on inner folds that leave each test fold's speaker out (README, Benchmarks).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
@@ -48,11 +48,11 @@ class SelfTraining:
             return None
         if not isinstance(node, Mapping):
             raise ConfigError(f"self_train={node!r}: expected its settings, e.g. self_train.epochs=10 (self_train takes "
-                              "epochs, keep, lr)")
+                              f"{', '.join(SETTINGS)})")
         values = dict(node)
-        unknown = sorted(set(values) - {"epochs", "keep", "lr"})
+        unknown = sorted(set(values) - set(SETTINGS))
         if unknown:
-            raise ConfigError(f"self_train.{unknown[0]}: no such setting; self_train takes epochs, keep, lr")
+            raise ConfigError(f"self_train.{unknown[0]}: no such setting; self_train takes {', '.join(SETTINGS)}")
         epochs, keep, lr = values.get("epochs", 0), values.get("keep", cls.keep), values.get("lr", cls.lr)
         if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
             raise ConfigError(f"self_train.epochs={epochs!r}: expected a whole number of passes >= 0 (0 = off)")
@@ -62,6 +62,8 @@ class SelfTraining:
             raise ConfigError(f"self_train.lr={lr!r}: expected a learning rate > 0")
         return cls(int(epochs), float(keep), float(lr)) if epochs else None
 
+
+SETTINGS = tuple(field.name for field in fields(SelfTraining))  # what self_train.* takes
 
 Convert = Callable[[torch.Tensor], torch.Tensor]
 Reduce = Callable[[torch.Tensor, str], torch.Tensor]

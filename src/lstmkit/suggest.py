@@ -95,7 +95,6 @@ _FLAGS_WITH_VALUES = frozenset({"-sc", "--shell-completion", "-cd", "--config-di
 
 # settings of eval (and of train's test) that predict and export do not have: not the checkpoint's either
 _TEST_TIME = {"adapt": "test-time adaptation of the normalisation", "self_train": "self-training on the scored data"}
-_SELF_TRAIN_KEYS = ("epochs", "keep", "lr")
 
 
 def _self_train_leaves(key: str, arg: str) -> list[str]:
@@ -110,6 +109,11 @@ def _self_train_leaves(key: str, arg: str) -> list[str]:
     except Exception:  # noqa: BLE001 - a syntax error is Hydra's to report
         return []
     return [str(k) for k in value] if isinstance(value, dict) else []
+
+
+def _eval_data_keys(config_dir: str) -> list[str]:
+    """eval.yaml's own ``data`` keys (data.path=...), read as YAML: no composition on the common path."""
+    return [str(k) for k in OmegaConf.load(f"{config_dir}/eval.yaml").get("data") or {}]
 
 
 def refuse_before_hydra(config_dir: str, command: str, args: list[str]) -> str | None:
@@ -131,11 +135,13 @@ def refuse_before_hydra(config_dir: str, command: str, args: list[str]) -> str |
         key = arg.split("=", 1)[0].lstrip("+~")
         root = key.split("@", 1)[0].split(".", 1)[0].split("/", 1)[0]
         if root == "self_train" and command in {"train", "eval"}:
+            from lstmkit.self_train import SETTINGS
+
             for leaf in _self_train_leaves(key, arg):
-                if leaf not in _SELF_TRAIN_KEYS:
-                    guess = _close(leaf, list(_SELF_TRAIN_KEYS))
+                if leaf not in SETTINGS:
+                    guess = _close(leaf, list(SETTINGS))
                     return (f"self_train.{leaf}: no such setting" + (f"; did you mean self_train.{guess}?" if guess else "")
-                            + f" (self_train takes {', '.join(_SELF_TRAIN_KEYS)})")
+                            + f" (self_train takes {', '.join(SETTINGS)})")
         if keys is None:
             continue
         if root and root not in keys:
@@ -151,7 +157,8 @@ def refuse_before_hydra(config_dir: str, command: str, args: list[str]) -> str |
             return suggest_override(config_dir, command, [arg]) or (
                 f"{command} does not apply {key} (the task, model, head and training settings are the "
                 f"checkpoint's); {command} takes {TAKES[command]}")
-        if command == "eval" and root == "data" and "." in key and not arg.startswith("+"):
+        if (command == "eval" and root == "data" and "." in key and not arg.startswith("+")
+                and key.split(".")[1] not in _eval_data_keys(config_dir)):
             # data.holdout_speaker=[x]: Hydra's block, then the line naming the checkpoint's +data.holdout_speakers
             ckpt = [a for a in args if a.lstrip("+").startswith("ckpt_path=")]
             hint = suggest_override(config_dir, command, [*ckpt[:1], arg])
