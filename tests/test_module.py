@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import lightning as L
@@ -269,6 +270,67 @@ def test_adversarial_training_runs_and_refuses_carried_state(make_cfg, tiny_data
         build_model(make_cfg([*TINY_DATA, "adversarial=1.0", "model.stateful=true"]), tiny_datamodule)
     with pytest.raises(ConfigError, match="adversarial"):
         build_model(make_cfg([*TINY_DATA, "adversarial=-1"]), tiny_datamodule)
+
+
+def test_virtual_adversarial_loss_is_the_divergence_at_the_direction_that_moves_the_prediction_most(
+        make_cfg, tiny_datamodule) -> None:
+    model = build_model(make_cfg([*TINY_DATA, "virtual_adversarial=2.0", "encoder.dropout=0", "head.dropout=0"]),
+                        tiny_datamodule)
+    model.log = lambda *a, **k: None  # no trainer attached
+    batch = next(iter(tiny_datamodule.train_dataloader()))
+    model.eval()  # no dropout: every pass sees the same network
+
+    def outputs_at(x: torch.Tensor) -> torch.Tensor:
+        outputs, _ = model.core(x, batch.lengths)
+        return model.head(summarise(outputs, batch.lengths, model.head.pooling, model.core.num_directions),
+                          batch.lengths)
+
+    def kl(reference: torch.Tensor, outputs: torch.Tensor) -> torch.Tensor:
+        p = reference.softmax(-1)
+        return (p * (reference.log_softmax(-1) - outputs.log_softmax(-1))).sum(-1).mean()
+
+    # the reference, from the same random start: one power iteration, then the divergence there (the clean
+    # prediction a constant); the labels are not read
+    x, _ = model.encoder(batch.inputs, batch.lengths)
+    reference = outputs_at(x).detach()
+    torch.manual_seed(0)
+    valid = (torch.arange(x.shape[1])[None, :] < batch.lengths[:, None]).float()[..., None]
+    start = torch.randn_like(x) * valid
+    probe = (start / start.flatten(1).norm(dim=1).view(-1, 1, 1) * 0.2).requires_grad_()
+    (grad,) = torch.autograd.grad(kl(reference, outputs_at(x.detach() + probe)), probe)
+    assert grad[valid.expand_as(grad) == 0].abs().max() == 0  # padded steps are not read, so not moved
+    worst = (grad / grad.flatten(1).norm(dim=1).view(-1, 1, 1) * 2.0).detach()
+    clean = model.head.training_loss(summarise(model.core(x, batch.lengths)[0], batch.lengths, model.head.pooling,
+                                               model.core.num_directions), batch.lengths, batch)
+    expected = clean + kl(reference, outputs_at(x + worst))
+    torch.manual_seed(0)
+    loss = model.training_step(batch, 0)
+    torch.testing.assert_close(loss, expected)
+    # the direction moves the prediction more than a random one of the same size
+    noise = start / start.flatten(1).norm(dim=1).view(-1, 1, 1) * 2.0
+    with torch.no_grad():
+        assert kl(reference, outputs_at(x + worst)) > kl(reference, outputs_at(x + noise)) > 0
+    # labels play no part: scrambled targets change the clean loss only
+    scrambled = copy.copy(batch)
+    scrambled.targets = 1 - batch.targets
+    torch.manual_seed(0)
+    assert torch.isclose(model.training_step(scrambled, 0) - model.head.training_loss(
+        summarise(model.core(x, batch.lengths)[0], batch.lengths, model.head.pooling, model.core.num_directions),
+        batch.lengths, scrambled), expected - clean)
+
+
+def test_virtual_adversarial_training_runs_and_refuses_what_it_cannot_do(make_cfg, tiny_datamodule) -> None:
+    model = build_model(make_cfg([*TINY_DATA, "virtual_adversarial=1.0", "adversarial=0.5"]), tiny_datamodule)
+    trainer = _step_trainer()
+    trainer.fit(model, datamodule=tiny_datamodule)
+    assert trainer.callback_metrics["train/virtual_adversarial_loss"] > 0
+    assert trainer.callback_metrics["train/adversarial_loss"] > 0
+    with pytest.raises(ConfigError, match="stateful"):
+        build_model(make_cfg([*TINY_DATA, "virtual_adversarial=1.0", "model.stateful=true"]), tiny_datamodule)
+    with pytest.raises(ConfigError, match="virtual_adversarial must be >= 0"):
+        build_model(make_cfg([*TINY_DATA, "virtual_adversarial=-1"]), tiny_datamodule)
+    with pytest.raises(ConfigError, match="RegressionHead measures no divergence"):
+        train(make_cfg(["task=stock", "debug=fdr", "logger=none", "callbacks=none", "virtual_adversarial=1.0"]))
 
 
 def test_an_optimizer_without_lr_uses_its_own_default(make_cfg, tiny_datamodule) -> None:

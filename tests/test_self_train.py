@@ -146,7 +146,7 @@ def test_nothing_decoded_is_said_and_leaves_the_weights(make_cfg, tmp_path: Path
 def test_inputs_take_the_runs_precision(make_cfg, tmp_path: Path) -> None:
     """bf16-true / 16-true: the weights are half, the loader's inputs float32 (a dtype error in the LSTM on a
     GPU): the precision plugin's convert_input is applied to every batch read and trained on, as Lightning
-    applies it to the loop's own. (On this CPU the spectrogram's FFT refuses bf16 before that.)"""
+    applies it to the loop's own. The whole path under bf16-true is the test below."""
     from lstmkit.self_train import fine_tune, pseudo_labelled
 
     model, dm, _ = _trained(make_cfg, tmp_path)
@@ -164,6 +164,22 @@ def test_inputs_take_the_runs_precision(make_cfg, tmp_path: Path) -> None:
                       convert=convert)
     assert taken == len(labelled) and len(seen) == 2 * len(batches)
     assert not torch.equal(before, model.core.lstm.weight_ih_l0)
+
+
+def test_a_bfloat16_run_trains_adapts_and_self_trains_end_to_end(make_cfg, caplog) -> None:
+    """trainer.precision=bf16-true on a speech model: the front end's FFT (no bfloat16 kernel) runs in float32,
+    and self-training's passes, outside the loop's own forward, run in the precision plugin's context (the
+    LSTM refused float32 features on bfloat16 weights). Both used to stop with a traceback from inside torch."""
+    from lstmkit.commands.train import train
+
+    cfg = make_cfg(["task=speech", "data.num_examples=40", "data.batch_size=8", "model.hidden_size=8",
+                    "model.num_layers=1", "encoder.normalise=both", "head.decoder=greedy", "trainer.precision=bf16-true",
+                    "adapt=true", "self_train.epochs=1", "self_train.keep=1.0", "logger=none", "callbacks=none",
+                    "trainer.max_epochs=1", "trainer.limit_val_batches=1"])
+    with caplog.at_level(logging.INFO, logger="lstmkit"):
+        value = train(cfg)
+    assert "self_train: fine-tuned 1 epoch(s)" in caplog.text and "adapt=true" in caplog.text
+    assert value is not None and math.isfinite(value)  # val/cer
 
 
 def test_settings_that_are_no_mapping_and_a_tuned_test_that_never_runs_are_said(make_cfg, caplog) -> None:

@@ -436,6 +436,34 @@ def test_global_normalisation_uses_the_training_frames_statistics():
     assert torch.allclose(side_by_side[..., 20:], enc(x, lengths)[0], atol=1e-5)
 
 
+@pytest.mark.parametrize("features", ["logmel", "mfcc"])
+def test_a_half_precision_encoder_computes_its_front_end_in_float32(features):
+    """trainer.precision=bf16-true converts the model to bfloat16, and torch.stft has no bfloat16 kernel on
+    this CPU (MKL) or in cuFFT: the front end runs on a float32 copy of its window and filter bank, and the
+    features come out in the default dtype, as close to float32's as bfloat16 holds them."""
+    torch.manual_seed(0)
+    x, lengths = torch.randn(3, 4000), torch.tensor([4000, 2500, 1200])
+    reference = SpectrogramEncoder(SPEC, features=features, n_mels=20, normalise="global", trim_db=30, vtlp=0.1,
+                                   speed_factors=[0.9, 1.1], tilt=0.3, noise_snr=[10, 30])
+    reference.train()(x, lengths)  # statistics to normalise with
+    half = copy.deepcopy(reference).to(torch.bfloat16).eval()
+    assert next(half.frontend.buffers()).dtype == torch.bfloat16
+    want, frames = reference.eval()(x, lengths)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)  # as Lightning's bf16-true forward context does
+    try:
+        got, got_frames = half(x.to(torch.bfloat16), lengths)
+        torch.manual_seed(1)
+        trained, _ = half.train()(x.to(torch.bfloat16), lengths)  # every augmentation of the front end
+    finally:
+        torch.set_default_dtype(previous)
+    assert got.dtype == trained.dtype == torch.bfloat16 and torch.equal(got_frames, frames)
+    assert torch.isfinite(trained.float()).all()
+    # the input rounded to bfloat16 moves the quietest log-Mel bins most; the features stay close
+    assert (got.float() - want).abs().mean() < 0.05 and torch.allclose(got.float(), want, atol=0.5)
+    assert next(half.frontend.buffers()).dtype == torch.bfloat16  # the module's own buffers as Lightning left them
+
+
 def test_adapt_normalisation_re_estimates_the_statistics_on_unlabelled_audio():
     """eval adapt=true: the global branch's statistics become the exact mean / variance of the scored
     split's valid frames (read without augmentation), whatever the batches; the per-utterance branch and

@@ -62,6 +62,10 @@ class SequenceModel(L.LightningModule):
         adversarial: size (L2 norm per sequence) of an adversarial perturbation of the encoder's
             output, whose loss is added to the clean loss during training (Goodfellow et al.
             2015; Miyato et al. 2017, on word embeddings); 0 = off. Costs a second LSTM pass.
+        virtual_adversarial: size of a *virtual* adversarial perturbation (Miyato et al. 2017):
+            the direction that changes the model's own prediction most, found without labels, and
+            the divergence of the prediction there from the clean one added to the loss; 0 = off.
+            Costs two more LSTM passes. Needs a head that measures it (:meth:`Head.divergence`).
         lr_scale: learning-rate multipliers per part (``encoder``, ``core``, ``head``; 1.0 where
             absent): discriminative fine-tuning (Howard & Ruder 2018) of warm-started parts.
         data: the datamodule config the model was trained with (``eval`` reuses it).
@@ -81,6 +85,7 @@ class SequenceModel(L.LightningModule):
         l1: float = 0.0,
         lr_scale: dict[str, float] | None = None,
         adversarial: float = 0.0,
+        virtual_adversarial: float = 0.0,
         data: dict[str, Any] | None = None,
         task: str = "",
     ) -> None:
@@ -113,6 +118,14 @@ class SequenceModel(L.LightningModule):
             raise ConfigError("adversarial training needs independent sequences; it does not combine with "
                               "model.stateful=true (the perturbed pass would advance the carried state twice)")
         self.adversarial = float(adversarial)
+        if virtual_adversarial < 0:
+            raise ConfigError(f"virtual_adversarial must be >= 0 (the size of the perturbation), got {virtual_adversarial}")
+        if virtual_adversarial > 0:
+            if self.core.stateful:
+                raise ConfigError("virtual_adversarial needs independent sequences; it does not combine with "
+                                  "model.stateful=true (the perturbed passes would advance the carried state)")
+            self.head.check_divergence()
+        self.virtual_adversarial = float(virtual_adversarial)
         if self.core.stateful and not self.spec.extra.get("streams", "bptt" in self.spec.extra):
             raise ConfigError(
                 "model.stateful=true needs data of contiguous streams (next-word prediction's); this data's "
@@ -222,24 +235,54 @@ class SequenceModel(L.LightningModule):
         return loss
 
     def _training_loss(self, batch: Batch) -> torch.Tensor:
-        """The head's training loss, plus the L1 penalty and the adversarial term when they are on."""
+        """The head's training loss, plus the L1 penalty and the (virtual) adversarial terms when they are on."""
         features, lengths, host = self.encode(batch.inputs, batch.lengths, batch.host_lengths)
         self.head.check(lengths, batch)  # once per batch: the adversarial pass below computes a second loss
-        if self.adversarial > 0 and not features.requires_grad:  # an encoder without weights (spectrogram)
+        perturbed = self.adversarial > 0 or self.virtual_adversarial > 0
+        if perturbed and not features.requires_grad:  # an encoder without weights (spectrogram)
             features = features.detach().requires_grad_()
-        clean = self.head.training_loss(self.pool(features, lengths, stream="train", host_lengths=host),
-                                        lengths, batch)
+        pooled = self.pool(features, lengths, stream="train", host_lengths=host)
+        clean = self.head.training_loss(pooled, lengths, batch)
         loss = clean
         if self.l1 > 0:
             # trained weight matrices only: a frozen part (lr_scale 0, freeze) would add a constant
             loss = loss + self.l1 * sum(p.abs().sum() for p in self.parameters() if p.dim() > 1 and p.requires_grad)
         self.log("train/loss", loss, batch_size=len(batch))  # shown by callbacks.LossProgressBar, read without a wait
-        if self.adversarial <= 0:
-            return loss
-        moved = features + self._worst_direction(clean, features) * self.adversarial
-        adversarial = self.head.training_loss(self.pool(moved, lengths, host_lengths=host), lengths, batch)
-        self.log("train/adversarial_loss", adversarial, batch_size=len(batch))
-        return loss + adversarial
+        if self.adversarial > 0:
+            moved = features + self._worst_direction(clean, features) * self.adversarial
+            adversarial = self.head.training_loss(self.pool(moved, lengths, host_lengths=host), lengths, batch)
+            self.log("train/adversarial_loss", adversarial, batch_size=len(batch))
+            loss = loss + adversarial
+        if self.virtual_adversarial > 0:
+            virtual = self._virtual_adversarial_loss(features, lengths, host, self.head(pooled, lengths).detach())
+            self.log("train/virtual_adversarial_loss", virtual, batch_size=len(batch))
+            loss = loss + virtual
+        return loss
+
+    def _virtual_adversarial_loss(self, features: torch.Tensor, lengths: torch.Tensor,
+                                  host: Sequence[int] | None, reference: torch.Tensor) -> torch.Tensor:
+        """Virtual adversarial training (Miyato et al. 2016, 2017): how far the prediction moves from
+        ``reference`` (the clean one, a constant) when the encoder's output moves by
+        ``virtual_adversarial`` (L2 per sequence) in the direction that moves it most.
+
+        Why: unlike :meth:`_worst_direction` it needs no label, so it smooths the model around every
+        input rather than only towards the right answer. The direction is one power iteration from a
+        random one (its finite difference of size ``0.1`` times the perturbation); padded steps get none.
+        """
+        mask = (torch.arange(features.shape[1], device=features.device)[None, :] < lengths[:, None]).to(features.dtype)
+        mask = mask.view(*mask.shape, *([1] * (features.dim() - 2)))
+        probe = self._unit(torch.randn_like(features) * mask).mul_(0.1 * self.virtual_adversarial).requires_grad_()
+        moved = self.head(self.pool(features.detach() + probe, lengths, host_lengths=host), lengths)
+        (grad,) = torch.autograd.grad(self.head.divergence(reference, moved, lengths), probe)
+        direction = self._unit(torch.where(torch.isfinite(grad), grad, torch.zeros_like(grad)) * mask)
+        moved = self.head(self.pool(features + direction * self.virtual_adversarial, lengths, host_lengths=host),
+                          lengths)
+        return self.head.divergence(reference, moved, lengths)
+
+    @staticmethod
+    def _unit(tensor: torch.Tensor) -> torch.Tensor:
+        """``tensor`` scaled to unit L2 norm per sequence (the first dimension)."""
+        return tensor / tensor.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *([1] * (tensor.dim() - 1)))
 
     def _worst_direction(self, loss: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
         """The unit (L2 per sequence) direction that raises ``loss`` most, to first order; a constant.
@@ -256,8 +299,7 @@ class SequenceModel(L.LightningModule):
         # a scale that overflows fp16 (GradScaler raises it until one does) gives inf here, and inf / inf
         # a NaN loss that StopOnNonFiniteLoss would take for divergence; zeroed, the step goes on, and the
         # main backward's own overflow makes the scaler skip it as usual (no host sync)
-        grad = torch.where(torch.isfinite(grad), grad, torch.zeros_like(grad))
-        return grad / grad.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *([1] * (grad.dim() - 1)))
+        return self._unit(torch.where(torch.isfinite(grad), grad, torch.zeros_like(grad)))
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         return self._step(batch, "train")
@@ -366,11 +408,12 @@ class SequenceModel(L.LightningModule):
         settings = self.self_training
         assert settings is not None
         strategy, world = self.trainer.strategy, self.trainer.world_size
-        convert = self.trainer.precision_plugin.convert_input  # bf16-true / 16-true: the inputs as the weights
+        precision = self.trainer.precision_plugin  # bf16-true / 16-true: the inputs and the passes as the weights
+        convert, context = precision.convert_input, precision.forward_context
         reduce = None
         # the test loop runs in inference mode, whose tensors autograd refuses
         with torch.inference_mode(False), torch.enable_grad():
-            labelled = pseudo_labelled(self, self._scored_batches(loaders, limits), self.device, convert)
+            labelled = pseudo_labelled(self, self._scored_batches(loaders, limits), self.device, convert, context)
             confidences = torch.cat([c for _, c in labelled]) if labelled else torch.zeros(0)
             steps = len(labelled)
             if world > 1:  # every rank's shard: one cut for all, and as many steps on each
@@ -388,7 +431,7 @@ class SequenceModel(L.LightningModule):
 
             cut = confidence_cut(confidences, settings.keep)
             kept = int((confidences >= cut).sum())
-            taken = [fine_tune(model, labelled, cut, settings, self.device, steps, reduce, convert)
+            taken = [fine_tune(model, labelled, cut, settings, self.device, steps, reduce, convert, context)
                      for model in self.trained_models()] if kept else [0]
         if not self.trainer.is_global_zero:
             return

@@ -19,6 +19,7 @@ recipe's settings were chosen on inner folds that leave each test fold's speaker
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
@@ -67,6 +68,9 @@ SETTINGS = tuple(field.name for field in fields(SelfTraining))  # what self_trai
 
 Convert = Callable[[torch.Tensor], torch.Tensor]
 Reduce = Callable[[torch.Tensor, str], torch.Tensor]
+# the precision plugin's forward_context: the default dtype of bf16-true / 16-true (which the encoder's output
+# follows) or the autocast of the *-mixed precisions, as the loop's own forward passes run in
+Context = Callable[[], contextlib.AbstractContextManager[Any]]
 
 
 def _on_device(batch: Batch, device: torch.device, convert: Convert | None) -> Batch:
@@ -80,8 +84,8 @@ def _on_device(batch: Batch, device: torch.device, convert: Convert | None) -> B
     return moved
 
 
-def pseudo_labelled(model: nn.Module, batches: Iterable[Batch], device: torch.device, convert: Convert | None = None
-                    ) -> list[tuple[Batch, torch.Tensor]]:
+def pseudo_labelled(model: nn.Module, batches: Iterable[Batch], device: torch.device, convert: Convert | None = None,
+                    context: Context = contextlib.nullcontext) -> list[tuple[Batch, torch.Tensor]]:
     """Each batch (on the host) with the model's own transcripts as targets, and each utterance's confidence.
 
     The confidence is minus the model's CTC loss of its transcript per label (higher: surer); an
@@ -93,7 +97,8 @@ def pseudo_labelled(model: nn.Module, batches: Iterable[Batch], device: torch.de
     with torch.no_grad():
         for batch in batches:
             scored = _on_device(batch, device, convert)
-            outputs, lengths = model(scored.inputs, scored.lengths, host_lengths=scored.host_lengths)
+            with context():
+                outputs, lengths = model(scored.inputs, scored.lengths, host_lengths=scored.host_lengths)
             targets, target_lengths, confidence = head.pseudo_labels(outputs, lengths)
             own = Batch(batch.inputs, batch.lengths, targets.cpu(), target_lengths.cpu())  # never batch.targets
             own.sources = batch.sources
@@ -110,7 +115,8 @@ def confidence_cut(confidences: torch.Tensor, keep: float) -> float:
 
 
 def fine_tune(member: nn.Module, labelled: Sequence[tuple[Batch, torch.Tensor]], cut: float, settings: SelfTraining,
-              device: torch.device, steps: int, reduce: Reduce | None = None, convert: Convert | None = None) -> int:
+              device: torch.device, steps: int, reduce: Reduce | None = None, convert: Convert | None = None,
+              context: Context = contextlib.nullcontext) -> int:
     """``settings.epochs`` passes of AdamW over the utterances at or above ``cut``; returns the steps taken.
 
     ``steps`` batches a pass; under DDP (``reduce``: a sum or mean over processes) every process takes
@@ -138,9 +144,11 @@ def fine_tune(member: nn.Module, labelled: Sequence[tuple[Batch, torch.Tensor]],
                 if rows.numel():
                     kept = _on_device(Batch(batch.inputs[rows], batch.lengths[rows], batch.targets[rows],
                                             batch.target_lengths[rows]), device, convert)
-                    features, lengths, host = member.encode(kept.inputs, kept.lengths, kept.host_lengths)
-                    member.head.training_loss(member.pool(features, lengths, host_lengths=host), lengths,
-                                              kept).backward()
+                    with context():
+                        features, lengths, host = member.encode(kept.inputs, kept.lengths, kept.host_lengths)
+                        loss = member.head.training_loss(member.pool(features, lengths, host_lengths=host), lengths,
+                                                         kept)
+                    loss.backward()
                 count = torch.tensor(float(rows.numel()), device=device)
                 if int(reduce(count, "sum") if reduce is not None else count) == 0:
                     continue  # no utterance kept at this step on any process: no step

@@ -168,6 +168,7 @@ def build_model(cfg: DictConfig, datamodule: Any) -> SequenceModel:
         l1=float(cfg.l1),
         lr_scale=plain(cfg.get("lr_scale")) or None,
         adversarial=float(cfg.get("adversarial", 0.0)),
+        virtual_adversarial=float(cfg.get("virtual_adversarial", 0.0)),
         data=absolute_data_path(plain(cfg.data)),
         task=str(cfg.task_name),
     )

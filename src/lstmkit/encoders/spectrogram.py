@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import itertools
 from collections.abc import Callable, Iterable
 
@@ -187,6 +188,10 @@ class SpectrogramEncoder(nn.Module):
             raise ConfigError(f"encoder.n_mels={n_mels}: Mel band(s) {empty} fall between the frequency bins of "
                               f"encoder.n_fft={n_fft} at {spec.sample_rate} Hz and would be all zeros; use fewer "
                               "n_mels, a larger n_fft or a higher f_min")
+        # torch.stft has no bfloat16 / float16 kernel (MKL: "doesn't support tensors of type: BFloat16"), so
+        # under trainer.precision=bf16-true / 16-true the front end runs in float32, on this float32 copy of
+        # its window and filter bank: kept outside the module's buffers, .to(bfloat16) leaves it as it is
+        object.__setattr__(self, "_float_frontend", copy.deepcopy(self.frontend).float())
         self.log_mel = features == "logmel"
         self.hop = hop
         modes = {True: "utterance", False: "none", **{m: m for m in ("utterance", "global", "both", "none")}}
@@ -259,8 +264,13 @@ class SpectrogramEncoder(nn.Module):
     def _frames(self, inputs: torch.Tensor, lengths: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Waveforms -> the front end's frames before normalisation ``(B, F, T)``, frame counts and the
-        valid-frame mask ``(B, 1, T)``: steps 0-2 up to the trimming (augmented in training mode)."""
-        inputs = inputs.to(torch.get_default_dtype())  # float64 under trainer.precision=64-true
+        valid-frame mask ``(B, 1, T)``: steps 0-2 up to the trimming (augmented in training mode).
+        Computed in the default dtype (float64 under ``trainer.precision=64-true``), or in float32 when the
+        module is in a 16-bit one, and returned in the default dtype."""
+        dtype, frontend = torch.get_default_dtype(), self.frontend
+        if next(self.frontend.buffers()).dtype in (torch.bfloat16, torch.float16):  # bf16-true, 16-true
+            frontend = self._float_frontend.to(inputs.device)  # no copy once it is there
+        inputs = inputs.to(torch.float32 if frontend is not self.frontend else dtype)
         if self.level == "peak" or self.preemphasis:
             inputs = self._condition(inputs, lengths)
         if self.training and self.speed_factors:
@@ -282,9 +292,9 @@ class SpectrogramEncoder(nn.Module):
         if perturb and self.trim_db is not None:
             heard = self._reflect_tails(nn.functional.pad(clean, (0, self.n_fft // 2 + 1)), lengths)
         if self.training and self.vtlp:
-            feats = self._warped_features(inputs)
+            feats = self._warped_features(inputs, frontend)
         else:
-            feats = self.frontend(inputs)  # (B, F, T)
+            feats = frontend(inputs)  # (B, F, T)
         feats = feats[..., : samples // self.hop + 1]  # the frames of the batch as given (a traced size)
         if self.log_mel:
             feats = torch.log(feats + 1e-6)
@@ -294,7 +304,7 @@ class SpectrogramEncoder(nn.Module):
             feats, frames = self._trim(heard, feats, frames)
         mask = torch.arange(feats.shape[-1], device=feats.device)[None, :] < frames[:, None]  # (B, T)
         mask = mask[:, None, :]  # (B, 1, T)
-        return feats, frames, mask
+        return feats.to(dtype), frames, mask
 
     def forward(self, inputs: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         feats, frames, mask = self._frames(inputs, lengths)
@@ -470,7 +480,7 @@ class SpectrogramEncoder(nn.Module):
         new_lengths = torch.ceil(lengths.to(inputs.device).double() * self.sample_rate / source).long()
         return out, new_lengths.clamp(max=out.shape[-1])
 
-    def _warped_features(self, inputs: torch.Tensor) -> torch.Tensor:
+    def _warped_features(self, inputs: torch.Tensor, frontend: nn.Module) -> torch.Tensor:
         """The front end's output with each utterance's power spectrum warped in frequency (VTLP).
 
         The same steps as ``MelSpectrogram`` / ``MFCC``, with the warp between the STFT and the
@@ -479,7 +489,7 @@ class SpectrogramEncoder(nn.Module):
         straight line to the band's top above it (Jaitly & Hinton 2013), interpolated linearly
         between STFT bins.
         """
-        mel = self.frontend if self.log_mel else self.frontend.MelSpectrogram
+        mel = frontend if self.log_mel else frontend.MelSpectrogram
         power = mel.spectrogram(inputs)  # (B, K, T)
         bins = power.shape[-2]
         factors = 1.0 + (torch.rand(power.shape[0], 1, device=power.device) * 2.0 - 1.0) * self.vtlp  # (B, 1)
@@ -501,7 +511,7 @@ class SpectrogramEncoder(nn.Module):
         if self.log_mel:
             return feats
         log_mel = torch.log(feats + 1e-6)  # torchaudio.transforms.MFCC with log_mels=True
-        return torch.matmul(log_mel.transpose(-1, -2), self.frontend.dct_mat).transpose(-1, -2)
+        return torch.matmul(log_mel.transpose(-1, -2), frontend.dct_mat).transpose(-1, -2)
 
     def _add_deltas(self, feats: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
         """``(B, F, T)`` -> ``(B, F * (1 + deltas), T)``: statics, deltas (and delta-deltas).

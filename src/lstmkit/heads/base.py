@@ -91,6 +91,18 @@ class Head(nn.Module):
         """
         return self.loss(self(features, lengths), lengths, batch)
 
+    def divergence(self, reference: torch.Tensor, outputs: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """How far ``outputs`` are from ``reference`` (both this head's outputs for the same examples),
+        as one number to minimise, for ``virtual_adversarial``. Heads that cannot say leave it;
+        :meth:`check_divergence` says so before any work."""
+        raise NotImplementedError
+
+    def check_divergence(self) -> None:
+        """A ConfigError unless this head measures :meth:`divergence` (``virtual_adversarial`` > 0)."""
+        if type(self).divergence is Head.divergence:
+            raise ConfigError(f"virtual_adversarial: the {type(self).__name__} measures no divergence between "
+                              "two of its predictions; virtual adversarial training needs a classifier's")
+
     def pseudo_labels(self, outputs: torch.Tensor, lengths: torch.Tensor
                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The model's own decisions as training targets, and a confidence per example (higher: surer):

@@ -64,6 +64,11 @@ class ClassificationHead(Head):
             outputs, batch.targets, weight=self.class_weights, label_smoothing=self.label_smoothing
         )
 
+    def divergence(self, reference: torch.Tensor, outputs: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """KL(reference || outputs) of the class distributions, averaged over the examples."""
+        return F.kl_div(outputs.float().log_softmax(-1), reference.float().log_softmax(-1), log_target=True,
+                        reduction="batchmean")
+
     def loss_weight(self, outputs: torch.Tensor, lengths: torch.Tensor, batch: Batch) -> torch.Tensor | int:
         # with class weights, cross_entropy's mean divides by the targets' summed weights
         return len(batch) if self.class_weights is None else self.class_weights[batch.targets].sum()
