@@ -1421,3 +1421,26 @@ def test_a_setting_eval_lacks_gets_one_line_not_hydras_block_above_it(tmp_path: 
     proc = run_cli("predict", "ckpt_path=x.ckpt", "input=x", "data.colunm=text", cwd=tmp_path, check=False)
     assert proc.returncode == 1 and "Could not override" in proc.stderr, proc.stderr
     assert not (tmp_path / "outputs").exists() and not (tmp_path / "logs").exists()
+
+
+def test_a_refused_eval_leaves_no_run_folder_behind(tmp_path: Path) -> None:
+    """A failed eval left logs/eval/runs/<date>/ holding only .hydra and its log, one per attempt; it is removed.
+    A folder that holds anything else, or that is not named like a run, stays."""
+    from lstmkit.cli import _drop_unused_run_dir
+
+    proc = run_cli("eval", f"ckpt_path={tmp_path / 'missing.ckpt'}", cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and "missing.ckpt" in proc.stderr
+    runs = tmp_path / "logs" / "eval" / "runs"
+    assert not runs.exists() or not any(runs.iterdir())
+    kept = tmp_path / "elsewhere" / "runs" / "2026-12-03_01-02-03_000001"
+    (kept / ".hydra").mkdir(parents=True)
+    (kept / "metrics.json").write_text("{}")
+    mine = tmp_path / "mine"
+    (mine / ".hydra").mkdir(parents=True)
+    for folder in (kept, mine):
+        _drop_unused_run_dir(folder)
+        assert (folder / ".hydra").is_dir()
+    (kept / "metrics.json").unlink()
+    (kept / "eval.log").write_text("refused")
+    _drop_unused_run_dir(kept)
+    assert not kept.exists()

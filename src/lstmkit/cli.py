@@ -193,6 +193,8 @@ def _task(command: str) -> Callable[[Any], Any]:
                 return float("nan")
             if user_error is None:
                 raise
+            if command == "eval":
+                _drop_unused_run_dir(Path(hydra_cfg.runtime.output_dir))
             print(f"lstmkit {command}: error: {user_error}", file=sys.stderr)
             raise SystemExit(2) from None
         finally:
@@ -265,6 +267,19 @@ def _signals_interrupt(state: SimpleNamespace) -> Iterator[None]:
         lightning_log.removeFilter(not_sigint_as_sigterm)
         for signum, previous in installed.items():
             signal.signal(signum, previous)
+
+
+def _drop_unused_run_dir(run_dir: Path) -> None:
+    """An eval refused before it scored anything (a bad setting, an unreadable file) leaves nothing but Hydra's
+    ``.hydra`` and its log: the folder is removed, so that ``logs/eval/runs`` lists evaluations only. Folders
+    holding anything else are left, as are folders not named like a run (``hydra.run.dir=.``, say)."""
+    if run_dir.parent.name != "runs" or not re.fullmatch(r"[\d_-]+", run_dir.name) or not run_dir.is_dir():
+        return
+    if all(entry.name == ".hydra" or (entry.is_file() and entry.suffix == ".log") for entry in run_dir.iterdir()):
+        import shutil
+
+        logging.shutdown()  # the log file's handler, closed before its folder goes
+        shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def _finish_wandb(exit_code: int | None = None) -> None:
