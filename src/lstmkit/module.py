@@ -12,7 +12,7 @@ from __future__ import annotations
 import inspect
 import logging
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import lightning as L
@@ -403,32 +403,21 @@ class SequenceModel(L.LightningModule):
 
     def _self_train(self, loaders: Any, limits: Sequence[float], split: str) -> None:
         """Label the scored batches with the model's own transcripts, then fine-tune on the surest share."""
-        from lstmkit.self_train import confidence_cut, fine_tune, pseudo_labelled
+        from lstmkit.self_train import across_ranks, confidence_cut, fine_tune, pseudo_labelled
 
         settings = self.self_training
         assert settings is not None
         strategy, world = self.trainer.strategy, self.trainer.world_size
         precision = self.trainer.precision_plugin  # bf16-true / 16-true: the inputs and the passes as the weights
         convert, context = precision.convert_input, precision.forward_context
-        reduce = None
+        reduce: Callable[[torch.Tensor, str], torch.Tensor] | None = None
         # the test loop runs in inference mode, whose tensors autograd refuses
         with torch.inference_mode(False), torch.enable_grad():
             labelled = pseudo_labelled(self, self._scored_batches(loaders, limits), self.device, convert, context)
             confidences = torch.cat([c for _, c in labelled]) if labelled else torch.zeros(0)
             steps = len(labelled)
             if world > 1:  # every rank's shard: one cut for all, and as many steps on each
-                import torch.distributed as dist
-
-                size = torch.tensor([len(confidences), steps], device=self.device)
-                size = strategy.reduce(size, reduce_op=dist.ReduceOp.MAX)
-                padded = torch.full((int(size[0]),), float("nan"), device=self.device)
-                padded[: len(confidences)] = confidences.to(self.device)
-                gathered = strategy.all_gather(padded).flatten().cpu()
-                confidences, steps = gathered[~torch.isnan(gathered)], int(size[1])
-
-                def reduce(value: torch.Tensor, op: str) -> torch.Tensor:
-                    return strategy.reduce(value, reduce_op=op)
-
+                confidences, steps, reduce = across_ranks(strategy, confidences, steps, self.device)
             cut = confidence_cut(confidences, settings.keep)
             kept = int((confidences >= cut).sum())
             taken = [fine_tune(model, labelled, cut, settings, self.device, steps, reduce, convert, context)

@@ -106,6 +106,24 @@ def pseudo_labelled(model: nn.Module, batches: Iterable[Batch], device: torch.de
     return labelled
 
 
+def across_ranks(strategy: Any, confidences: torch.Tensor, steps: int, device: torch.device
+                 ) -> tuple[torch.Tensor, int, Reduce]:
+    """Under DDP, every rank's confidences (one cut for all), the most steps any rank has (each takes as many),
+    and the strategy's reduction for :func:`fine_tune`'s gradients. The shards differ in size, so each is
+    padded with NaN to the largest before the gather and the padding dropped after."""
+    import torch.distributed as dist
+
+    size = strategy.reduce(torch.tensor([len(confidences), steps], device=device), reduce_op=dist.ReduceOp.MAX)
+    padded = torch.full((int(size[0]),), float("nan"), device=device)
+    padded[: len(confidences)] = confidences.to(device)
+    gathered = strategy.all_gather(padded).flatten().cpu()
+
+    def reduce(value: torch.Tensor, op: str) -> torch.Tensor:
+        return strategy.reduce(value, reduce_op=op)
+
+    return gathered[~torch.isnan(gathered)], int(size[1]), reduce
+
+
 def confidence_cut(confidences: torch.Tensor, keep: float) -> float:
     """The confidence above which the ``keep`` share of the utterances lies (the finite ones)."""
     finite = confidences[torch.isfinite(confidences)]
