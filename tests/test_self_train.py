@@ -113,14 +113,28 @@ def test_the_test_tunes_the_weights_from_its_inputs_never_its_transcripts(make_c
     assert all(torch.equal(v, tuned[k]) for k, v in model.state_dict().items())
 
 
-def test_an_ensemble_tunes_every_member_on_its_combined_transcripts(make_cfg, tmp_path: Path) -> None:
+def test_an_ensemble_tunes_every_member_on_its_combined_transcripts(make_cfg, tmp_path: Path, monkeypatch) -> None:
+    """... with the scored split read and collated once, though adapt reads it per member and self-training again."""
+    from lstmkit.module import SequenceModel
+
     first, dm, a = _trained(make_cfg, tmp_path, seed=0)
     second, _, b = _trained(make_cfg, tmp_path, seed=1)
     before = [_weights(first), _weights(second)]
     ensemble = SequenceEnsemble([first, second], names=[str(a), str(b)])
     ensemble.self_training = SelfTraining(epochs=1, keep=1.0, lr=1e-2)
+    ensemble.adapt = True
     assert ensemble.trained_models() == [first, second]
+    reads = []
+    scored_batches = SequenceModel._scored_batches
+
+    def counted(loaders, limits):
+        for batch in scored_batches(loaders, limits):
+            reads.append(len(batch))
+            yield batch
+
+    monkeypatch.setattr(SequenceModel, "_scored_batches", staticmethod(counted))
     L.Trainer(default_root_dir=tmp_path, **OPTIONS).test(ensemble, datamodule=dm)
+    assert sum(reads) == len(dm.splits["test"])  # once
     for member, weights in zip((first, second), before):
         assert not torch.equal(member.state_dict()["core.lstm.weight_ih_l0"], weights["core.lstm.weight_ih_l0"])
 

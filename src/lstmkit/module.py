@@ -12,7 +12,7 @@ from __future__ import annotations
 import inspect
 import logging
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import lightning as L
@@ -382,12 +382,12 @@ class SequenceModel(L.LightningModule):
                     break
                 yield batch
 
-    def _adapt(self, loaders: Any, limits: Sequence[float], split: str) -> None:
-        """Re-estimate every encoder's statistics on the batches the loop will score."""
+    def _adapt(self, scored: Callable[[], Iterable[Batch]], split: str) -> None:
+        """Re-estimate every encoder's statistics on the batches the loop will score (``scored()``)."""
         device, convert = self.device, self.trainer.precision_plugin.convert_input  # the loop's precision (*-true)
 
         def batches() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-            for batch in self._scored_batches(loaders, limits):
+            for batch in scored():
                 yield convert(batch.inputs.to(device)), batch.lengths.to(device)
 
         def total(value: torch.Tensor) -> torch.Tensor:  # every rank's shard of the split (DDP)
@@ -401,7 +401,7 @@ class SequenceModel(L.LightningModule):
                 log.info("adapt=true: the encoder's normalisation statistics%s re-estimated on the %d frames of "
                          "the %s split's inputs (no labels read)", member, frames, split)
 
-    def _self_train(self, loaders: Any, limits: Sequence[float], split: str) -> None:
+    def _self_train(self, scored: Iterable[Batch], split: str) -> None:
         """Label the scored batches with the model's own transcripts, then fine-tune on the surest share."""
         from lstmkit.self_train import across_ranks, confidence_cut, fine_tune, pseudo_labelled
 
@@ -413,7 +413,7 @@ class SequenceModel(L.LightningModule):
         reduce: Callable[[torch.Tensor, str], torch.Tensor] | None = None
         # the test loop runs in inference mode, whose tensors autograd refuses
         with torch.inference_mode(False), torch.enable_grad():
-            labelled = pseudo_labelled(self, self._scored_batches(loaders, limits), self.device, convert, context)
+            labelled = pseudo_labelled(self, scored, self.device, convert, context)
             confidences = torch.cat([c for _, c in labelled]) if labelled else torch.zeros(0)
             steps = len(labelled)
             if world > 1:  # every rank's shard: one cut for all, and as many steps on each
@@ -435,10 +435,18 @@ class SequenceModel(L.LightningModule):
                  100 * kept / max(1, len(confidences)), settings.keep)
 
     def _adapt_to(self, loaders: Any, limits: Sequence[float], split: str) -> None:
+        reads = int(self.adapt) * len(self.encoders()) + int(self.self_training is not None)
+        if not reads:
+            return
+        if reads > 1:  # read and collated once, not once per encoder and again for self-training
+            held = list(self._scored_batches(loaders, limits))
+            scored: Callable[[], Iterable[Batch]] = lambda: held
+        else:
+            scored = lambda: self._scored_batches(loaders, limits)
         if self.adapt:
-            self._adapt(loaders, limits, split)
+            self._adapt(scored, split)
         if self.self_training is not None:
-            self._self_train(loaders, limits, split)
+            self._self_train(scored(), split)
 
     def setup(self, stage: str) -> None:
         if self.trainer.is_global_zero:
