@@ -196,6 +196,28 @@ def test_a_bfloat16_run_trains_adapts_and_self_trains_end_to_end(make_cfg, caplo
     assert value is not None and math.isfinite(value)  # val/cer
 
 
+def test_fine_tuning_keeps_the_runs_learning_rate_scale_per_part(make_cfg, tmp_path: Path, monkeypatch) -> None:
+    """A part slowed in training (lr_scale.core=0.25) is slowed in self-training too; none decays."""
+    from lstmkit.self_train import fine_tune, pseudo_labelled
+
+    model, dm, _ = _trained(make_cfg, tmp_path)
+    model.lr_scale = {"core": 0.25}
+    made = []
+
+    class Recorded(torch.optim.AdamW):
+        def __init__(self, groups, **options):
+            super().__init__(groups, **options)
+            made.append(self)
+
+    monkeypatch.setattr(torch.optim, "AdamW", Recorded)
+    labelled = pseudo_labelled(model, list(dm.test_dataloader()), torch.device("cpu"))
+    fine_tune(model, labelled, -math.inf, SelfTraining(1, 1.0, 1e-2), torch.device("cpu"), len(labelled))
+    lrs = {id(p): (group["lr"], group["weight_decay"]) for group in made[0].param_groups for p in group["params"]}
+    assert {lrs[id(p)] for p in model.core.parameters()} == {(2.5e-3, 0.0)}
+    assert {lrs[id(p)] for p in model.head.parameters()} == {(1e-2, 0.0)}
+    assert len(lrs) == sum(p.requires_grad for p in model.parameters())
+
+
 def test_settings_that_are_no_mapping_and_a_tuned_test_that_never_runs_are_said(make_cfg, caplog) -> None:
     from lstmkit.commands.train import train
 

@@ -140,15 +140,16 @@ def fine_tune(member: nn.Module, labelled: Sequence[tuple[Batch, torch.Tensor]],
     ``steps`` batches a pass; under DDP (``reduce``: a sum or mean over processes) every process takes
     as many, the gradients are averaged, and a step that no process has an utterance for is skipped on
     all of them, as it is alone (Adam's momentum would still move the weights on a zero gradient).
-    Every trainable weight gets ``settings.lr`` (the run's ``lr_scale`` is not applied; frozen parts
-    stay frozen). The encoder's buffers (``adapt=true``'s statistics) are put back afterwards:
+    Each part learns at ``settings.lr`` times the run's ``lr_scale`` for it, as in training (a part
+    warm-started and slowed stays slow; frozen parts stay frozen), without weight decay. The encoder's buffers (``adapt=true``'s statistics) are put back afterwards:
     training mode would move them.
     """
     params = [p for p in member.parameters() if p.requires_grad]
     if not params:
         return 0
     saved = {name: buffer.clone() for name, buffer in member.encoder.named_buffers()}
-    optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=0.0)
+    groups = member.param_groups(settings.lr) if hasattr(member, "param_groups") else [{"params": params}]
+    optimizer = torch.optim.AdamW(groups, lr=settings.lr, weight_decay=0.0)  # the groups' decay: none given
     taken = 0
     member.train()
     try:
