@@ -16,7 +16,7 @@ from lstmkit.core import summarise
 from lstmkit.data.sentiment import SentimentDataModule
 from lstmkit.errors import CheckpointError, ConfigError
 from lstmkit.module import SequenceModel
-from lstmkit.types import DataSpec
+from lstmkit.types import Batch, DataSpec
 
 from .conftest import QUICK, shared_data
 
@@ -219,13 +219,18 @@ def test_bad_lr_scale_is_a_config_error(make_cfg, tiny_datamodule, bad) -> None:
         build_model(make_cfg([*TINY_DATA, bad]), tiny_datamodule)
 
 
+def _model_without_dropout(make_cfg, tiny_datamodule, override: str) -> tuple[SequenceModel, Batch]:
+    """A tiny model with ``override``, no trainer, in eval mode (no dropout: every pass sees the same
+    network), and a training batch: the (virtual) adversarial losses can then be recomputed by hand."""
+    model = build_model(make_cfg([*TINY_DATA, override, "encoder.dropout=0", "head.dropout=0"]), tiny_datamodule)
+    model.log = lambda *a, **k: None  # no trainer attached
+    model.eval()
+    return model, next(iter(tiny_datamodule.train_dataloader()))
+
+
 def test_adversarial_loss_is_clean_loss_plus_loss_at_the_worst_nearby_input(make_cfg, tiny_datamodule) -> None:
     torch.manual_seed(0)
-    model = build_model(make_cfg([*TINY_DATA, "adversarial=0.5", "encoder.dropout=0", "head.dropout=0"]),
-                        tiny_datamodule)
-    model.log = lambda *a, **k: None  # no trainer attached
-    batch = next(iter(tiny_datamodule.train_dataloader()))
-    model.eval()  # no dropout: both passes see the same network
+    model, batch = _model_without_dropout(make_cfg, tiny_datamodule, "adversarial=0.5")
 
     def loss_at(x: torch.Tensor) -> torch.Tensor:
         outputs, _ = model.core(x, batch.lengths)
@@ -274,11 +279,7 @@ def test_adversarial_training_runs_and_refuses_carried_state(make_cfg, tiny_data
 
 def test_virtual_adversarial_loss_is_the_divergence_at_the_direction_that_moves_the_prediction_most(
         make_cfg, tiny_datamodule) -> None:
-    model = build_model(make_cfg([*TINY_DATA, "virtual_adversarial=2.0", "encoder.dropout=0", "head.dropout=0"]),
-                        tiny_datamodule)
-    model.log = lambda *a, **k: None  # no trainer attached
-    batch = next(iter(tiny_datamodule.train_dataloader()))
-    model.eval()  # no dropout: every pass sees the same network
+    model, batch = _model_without_dropout(make_cfg, tiny_datamodule, "virtual_adversarial=2.0")
 
     def outputs_at(x: torch.Tensor) -> torch.Tensor:
         outputs, _ = model.core(x, batch.lengths)
