@@ -399,6 +399,41 @@ def test_an_overflowing_loss_scale_gives_no_nan_direction(tiny_datamodule, make_
     assert torch.isfinite(direction).all()
 
 
+def test_the_virtual_adversarial_power_iteration_takes_the_gradient_of_the_scaled_divergence(
+        tiny_datamodule, make_cfg) -> None:
+    """Under 16-mixed its second-order gradient (~1e-10) underflows fp16 unless scaled, as the adversarial
+    gradient is; the scale must not change the direction, and an overflowing one gives no NaN."""
+    from types import SimpleNamespace
+
+    model, batch = _model_without_dropout(make_cfg, tiny_datamodule, "virtual_adversarial=2.0")
+    features, lengths, _ = model.encode(batch.inputs, batch.lengths)
+    reference = model.head(model.pool(features, lengths), lengths).detach()
+
+    def vat_loss(scale: float | None) -> torch.Tensor:
+        scaled = []
+        if scale is not None:
+            model._trainer = SimpleNamespace(precision_plugin=SimpleNamespace(scaler=SimpleNamespace(
+                scale=lambda value: scaled.append(value) or value * scale)))
+        torch.manual_seed(0)  # the same random start
+        try:
+            loss = model._virtual_adversarial_loss(features, lengths, None, reference)
+        finally:
+            model._trainer = None
+        assert len(scaled) == (scale is not None)
+        return loss
+
+    plain = vat_loss(None)
+    assert plain > 0
+    torch.testing.assert_close(vat_loss(2.0 ** 16), plain)
+    assert torch.isfinite(vat_loss(float("inf")))
+
+
+@pytest.mark.parametrize("bad", ["virtual_adversarial=abc", "adversarial=null", "l1=[1]"])
+def test_a_penalty_that_is_not_a_number_is_refused_by_name(make_cfg, tiny_datamodule, bad) -> None:
+    with pytest.raises(ConfigError, match=rf"{bad.split('=')[0]}=.*expected a number"):
+        build_model(make_cfg([*TINY_DATA, bad]), tiny_datamodule)
+
+
 def test_reviewed_config_mistakes_are_one_line_errors(make_cfg, tiny_datamodule, tmp_path: Path) -> None:
     """Each of these trained on with a setting ignored, or failed with a traceback from deep inside."""
     from lstmkit.commands.train import train

@@ -165,13 +165,22 @@ def build_model(cfg: DictConfig, datamodule: Any) -> SequenceModel:
         head=plain(cfg.head),
         optimizer=plain(cfg.optimizer),
         scheduler=plain(cfg.get("scheduler")) or None,
-        l1=float(cfg.l1),
+        l1=_number(cfg, "l1"),
         lr_scale=plain(cfg.get("lr_scale")) or None,
-        adversarial=float(cfg.get("adversarial", 0.0)),
-        virtual_adversarial=float(cfg.get("virtual_adversarial", 0.0)),
+        adversarial=_number(cfg, "adversarial"),
+        virtual_adversarial=_number(cfg, "virtual_adversarial"),
         data=absolute_data_path(plain(cfg.data)),
         task=str(cfg.task_name),
     )
+
+
+def _number(cfg: DictConfig, key: str) -> float:
+    """A top-level penalty strength as a float (absent: 0); ``adversarial=abc`` or ``l1=null`` is refused by name
+    rather than failing in ``float()`` with no key in the message."""
+    value = cfg.get(key, 0.0)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{key}={value!r}: expected a number >= 0 (0 = off)")
+    return float(value)
 
 
 def absolute_data_path(data: dict[str, Any] | None) -> dict[str, Any] | None:
