@@ -278,12 +278,8 @@ class SequenceModel(L.LightningModule):
         mask = mask.view(*mask.shape, *([1] * (features.dim() - 2)))
         probe = self._unit(torch.randn_like(features) * mask).mul_(0.1 * self.virtual_adversarial).requires_grad_()
         moved = self.head(self.pool(features.detach() + probe, lengths, host_lengths=host), lengths)
-        divergence = self.head.divergence(reference, moved, lengths)
-        # as in _worst_direction: under 16-mixed the gradient of the scaled divergence (this second-order
-        # gradient is ~1e-10, below fp16's smallest number, so unscaled most of it is zero); _unit removes the scale
-        scaler = getattr(self._trainer.precision_plugin, "scaler", None) if self._trainer is not None else None
-        (grad,) = torch.autograd.grad(scaler.scale(divergence) if scaler is not None else divergence, probe)
-        direction = self._unit(torch.where(torch.isfinite(grad), grad, torch.zeros_like(grad)) * mask)
+        # a second-order gradient (~1e-10): unscaled, most of it is zero in fp16 under 16-mixed
+        direction = self._unit(self._scaled_gradient(self.head.divergence(reference, moved, lengths), probe) * mask)
         moved = self.head(self.pool(features + direction * self.virtual_adversarial, lengths, host_lengths=host),
                           lengths)
         return self.head.divergence(reference, moved, lengths)
@@ -300,15 +296,19 @@ class SequenceModel(L.LightningModule):
         (for text: the word vectors, which an input-space attack could not move continuously) along
         it and adds the loss there to the clean one.
         """
-        # under 16-mixed the gradient is taken of the scaled loss, as backward does, so that fp16
-        # gradients do not underflow; the normalisation removes the scale again
+        return self._unit(self._scaled_gradient(loss, features, retain_graph=True))
+
+    def _scaled_gradient(self, loss: torch.Tensor, wrt: torch.Tensor, retain_graph: bool = False) -> torch.Tensor:
+        """The gradient of ``loss`` with respect to ``wrt``, for a direction (its scale does not matter).
+
+        Under 16-mixed it is taken of the scaled loss, as backward does, so that fp16 gradients do not
+        underflow. A scale that overflows fp16 (GradScaler raises it until one does) gives inf, and
+        inf / inf a NaN loss that StopOnNonFiniteLoss would take for divergence; zeroed, the step goes
+        on, and the main backward's own overflow makes the scaler skip it as usual (no host sync).
+        """
         scaler = getattr(self._trainer.precision_plugin, "scaler", None) if self._trainer is not None else None
-        (grad,) = torch.autograd.grad(scaler.scale(loss) if scaler is not None else loss, features,
-                                      retain_graph=True)
-        # a scale that overflows fp16 (GradScaler raises it until one does) gives inf here, and inf / inf
-        # a NaN loss that StopOnNonFiniteLoss would take for divergence; zeroed, the step goes on, and the
-        # main backward's own overflow makes the scaler skip it as usual (no host sync)
-        return self._unit(torch.where(torch.isfinite(grad), grad, torch.zeros_like(grad)))
+        (grad,) = torch.autograd.grad(scaler.scale(loss) if scaler is not None else loss, wrt, retain_graph=retain_graph)
+        return torch.where(torch.isfinite(grad), grad, torch.zeros_like(grad))
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         return self._step(batch, "train")
