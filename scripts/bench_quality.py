@@ -29,6 +29,7 @@ expected to reach. The real datasets are read from ``--data-root`` (``paths.data
     .venv/bin/python scripts/bench_quality.py ecg --seeds 1 2 3 --merge --out bench/runs/<folder>  # replace only ecg there
     .venv/bin/python scripts/bench_quality.py --merge-from /tmp/ptb/quality.json  # add a run made with --out /tmp/ptb
     .venv/bin/python scripts/bench_quality.py sentiment --seeds 1 2 3 4 5 --ensemble  # and their ensemble
+    .venv/bin/python scripts/bench_quality.py sentiment --seeds 1 2 3 4 5 --pretrained logs/sentiment_lm/runs/<date>
     .venv/bin/python scripts/bench_quality.py --quick                  # smoke check: seconds per task
     nice -n 10 .venv/bin/python scripts/bench_quality.py --threads 1 speech
 
@@ -224,6 +225,22 @@ def pretrain_one(task: str, args: argparse.Namespace) -> dict[str, Any]:
     metrics_file = run_dir / "metrics.json"
     if metrics_file.exists():
         record["metrics"] = read_metrics(metrics_file)
+    return record
+
+
+def reuse_pretrained(task: str, run_dir: Path) -> dict[str, Any]:
+    """Step 1 of a two-step recipe taken from an earlier run (``--pretrained``) instead of trained again:
+    a language model costs as much as several seeds of the classifier, and training is deterministic,
+    so a re-run would give the same weights. The record says where it came from; its training time
+    was spent elsewhere and is not added to this report's."""
+    from lstmkit.commands.common import read_metrics
+
+    record: dict[str, Any] = {"experiment": TASKS[task].pretrain, "command": f"reused: {run_dir}",
+                              "checkpoint": str(run_dir / "checkpoints" / "best.ckpt"), "run_dir": str(run_dir),
+                              "reused": True, "wall_time_s": None}
+    if (run_dir / "metrics.json").exists():
+        record["metrics"] = read_metrics(run_dir / "metrics.json")
+    print(f"[bench_quality] {task}: pretraining reused: {record['checkpoint']}", flush=True)
     return record
 
 
@@ -694,8 +711,9 @@ def markdown(report: dict[str, Any]) -> str:
             metrics = step.get("metrics") or {}
             keys = [k for k in metrics if "perplexity" in k] or [k for k in metrics if k.startswith("test/")]
             shown = ", ".join(f"{k} {fmt(metrics[k])}" for k in keys)
-            lines += ["", (f"{task}: every run starts from `experiment={step['experiment']}` (trained once, "
-                           f"{fmt(step.get('wall_time_s'), digits=1)} s, not in the runs' wall time; "
+            cost = ("reused from an earlier run" if step.get("reused") else
+                    f"trained once, {fmt(step.get('wall_time_s'), digits=1)} s, not in the runs' wall time")
+            lines += ["", (f"{task}: every run starts from `experiment={step['experiment']}` ({cost}; "
                            f"{shown or 'no metrics'}; `{shown_path(step.get('run_dir'))}`).")]
     lines += ["", "## Runs", "",
               "| task | seed | value | other test metrics | epochs (best) | wall time (s) | parameters | run directory |",
@@ -787,6 +805,10 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
     parser.add_argument("--ensemble", action="store_true",
                         help="also evaluate each task's (and fold's) seeds together as an ensemble (lstmkit eval "
                              "with their best checkpoints: the mean of their predictive distributions)")
+    parser.add_argument("--pretrained", default=None, metavar="RUN_DIR",
+                        help="for a two-step task (sentiment): start every seed from this earlier run of its first "
+                             "step (e.g. logs/sentiment_lm/runs/<date>, with checkpoints/best.ckpt) instead of "
+                             "training it again")
     parser.add_argument("--verbose", action="store_true", help="print every run's log")
     args = parser.parse_args(argv)
     tasks = [item for item in args.items if "=" not in item]
@@ -821,9 +843,32 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
                      "another --out (the default is a new folder under bench/runs/) and carry the figures over")
     if not tasks and args.merge_from:
         return args, [], overrides  # re-render only
+    if args.pretrained:
+        args.pretrained = check_pretrained(parser, Path(args.pretrained).expanduser(), tasks or list(TASKS))
     if args.log_dir:
         args.log_dir = str(Path(args.log_dir).expanduser().resolve())
     return args, tasks or list(TASKS), overrides
+
+
+def check_pretrained(parser: argparse.ArgumentParser, run_dir: Path, tasks: list[str]) -> Path:
+    """``--pretrained``: one selected task with a first step, and a run of that step's experiment
+    (its ``.hydra/config.yaml`` says which) with a best checkpoint; refused by name before any training."""
+    steps = [task for task in tasks if TASKS[task].pretrain]
+    if len(steps) != 1:
+        parser.error(f"--pretrained needs exactly one task with a first step among those run ({steps or 'none'}; "
+                     f"such tasks: {[t for t in TASKS if TASKS[t].pretrain]})")
+    expected = TASKS[steps[0]].pretrain
+    if not (run_dir / "checkpoints" / "best.ckpt").is_file():
+        parser.error(f"--pretrained {run_dir}: no checkpoints/best.ckpt there (expected a run folder of "
+                     f"experiment={expected})")
+    config = run_dir / ".hydra" / "config.yaml"
+    from omegaconf import OmegaConf
+
+    name = OmegaConf.select(OmegaConf.load(config), "task_name", default=None) if config.is_file() else None
+    if name != expected:
+        parser.error(f"--pretrained {run_dir}: its .hydra/config.yaml has task_name {name!r}; "
+                     f"{steps[0]} starts from experiment={expected}")
+    return run_dir.resolve()
 
 
 def selected_folds(task: Task, args: argparse.Namespace) -> tuple[tuple[str, str], ...]:
@@ -836,7 +881,8 @@ def main(argv: list[str] | None = None) -> int:
     args, tasks, overrides = parse_args(argv)
     seeds: list[int | None] = list(args.seeds) if args.seeds else [None]
     commit = git_commit()
-    pretrained = {task: pretrain_one(task, args) for task in tasks if TASKS[task].pretrain}
+    pretrained = {task: reuse_pretrained(task, args.pretrained) if args.pretrained else pretrain_one(task, args)
+                  for task in tasks if TASKS[task].pretrain}
     runs = [run_one(task, seed, args, overrides, fold, pretrained.get(task))
             for task in tasks for seed in seeds
             for fold in selected_folds(TASKS[task], args) or (None,)]

@@ -307,3 +307,40 @@ def test_a_report_with_a_null_metric_can_be_merged(tmp_path: Path, monkeypatch) 
                        "--data-root", str(tmp_path)]) == 0
     summary = json.loads((out / "quality.json").read_text())["summary"]
     assert set(summary) == {"ecg", "ecg_unsupervised"} and summary["ecg"]["mean_test/f1"] is None  # NaN, as before
+
+
+def test_a_pretraining_run_is_reused_and_a_wrong_one_refused(tmp_path: Path, monkeypatch, capsys) -> None:
+    """``--pretrained``: the seeds start from an earlier run of the first step, which is not trained again."""
+    bench = load_bench()
+    lm = tmp_path / "sentiment_lm" / "runs" / "x"
+    (lm / "checkpoints").mkdir(parents=True)
+    (lm / ".hydra").mkdir()
+    (lm / ".hydra" / "config.yaml").write_text("task_name: sentiment_lm\nseed: 42\n")
+    common = ["--data-root", str(tmp_path), "--out", str(tmp_path / "out"), "--pretrained", str(lm)]
+    with pytest.raises(SystemExit):  # no checkpoint yet
+        bench.parse_args(["sentiment", *common])
+    assert "no checkpoints/best.ckpt" in capsys.readouterr().err
+    (lm / "checkpoints" / "best.ckpt").write_bytes(b"")
+    (lm / "metrics.json").write_text(json.dumps({"val/perplexity": 195.8}))
+    with pytest.raises(SystemExit):  # ecg has no first step
+        bench.parse_args(["ecg", *common])
+    assert "exactly one task with a first step" in capsys.readouterr().err
+    (lm / ".hydra" / "config.yaml").write_text("task_name: next_word_real\n")
+    with pytest.raises(SystemExit):
+        bench.parse_args(["sentiment", *common])
+    assert "task_name 'next_word_real'" in capsys.readouterr().err
+    (lm / ".hydra" / "config.yaml").write_text("task_name: sentiment_lm\n")
+
+    def trained_again(*a):
+        raise AssertionError("the first step was trained again")
+
+    seen = []
+    monkeypatch.setattr(bench, "pretrain_one", trained_again)
+    monkeypatch.setattr(bench, "run_one", lambda task, seed, args, overrides, fold, pretrained: seen.append(
+        pretrained) or {"task": task, "seed": seed, "value": 0.84, "metrics": {"test/acc": 0.84}, "epochs": 1,
+                        "best_epoch": 1, "params": 10, "wall_time_s": 1.0, "run_dir": "/x", "pretrain": pretrained})
+    assert bench.main(["sentiment", "--seeds", "1", "2", *common]) == 0
+    assert [p["checkpoint"] for p in seen] == [str((lm / "checkpoints" / "best.ckpt").resolve())] * 2
+    assert seen[0]["reused"] and seen[0]["metrics"] == {"val/perplexity": 195.8}
+    md = (tmp_path / "out" / "quality.md").read_text()
+    assert "`experiment=sentiment_lm` (reused from an earlier run; val/perplexity 195.8" in md
