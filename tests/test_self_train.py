@@ -54,6 +54,8 @@ def test_ctc_pseudo_labels_are_the_decoded_transcripts_rated_by_their_own_loss(m
     targets, target_lengths, confidence = head.pseudo_labels(outputs, torch.tensor([6, 6, 6]))
     assert target_lengths.tolist() == [1, 1, 0] and targets[:2, 0].tolist() == [letter, letter]
     assert confidence[0] > confidence[1] > -math.inf and confidence[2] == -math.inf
+    targets, target_lengths, confidence = head.pseudo_labels(outputs[2:], torch.tensor([6]))  # all blank
+    assert targets.shape == (1, 1) and target_lengths.tolist() == [0] and confidence.tolist() == [-math.inf]
     with pytest.raises(ConfigError, match="self_train: the ClassificationHead cannot label the scored data"):
         build_model(make_cfg(["data.num_examples=200", "model.hidden_size=8", "encoder.dim=8"]),
                     _setup(make_cfg(["data.num_examples=200"]))).head.check_self_trainable()

@@ -109,7 +109,7 @@ def check_trainer_numbers(cfg: DictConfig) -> None:
         if value is None:
             continue
         whole = key in TRAINER_WHOLE
-        if isinstance(value, bool) or not isinstance(value, int if whole else (int, float)):
+        if not _is_number(value, whole):
             raise ConfigError(f"trainer.{key}={value!r}: expected " + ("a whole number" if whole else "a number"))
 
 
@@ -178,9 +178,14 @@ def _number(cfg: DictConfig, key: str) -> float:
     """A top-level penalty strength as a float (absent: 0); ``adversarial=abc`` or ``l1=null`` is refused by name
     rather than failing in ``float()`` with no key in the message."""
     value = cfg.get(key, 0.0)
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if not _is_number(value):
         raise ConfigError(f"{key}={value!r}: expected a number >= 0 (0 = off)")
     return float(value)
+
+
+def _is_number(value: Any, whole: bool = False) -> bool:
+    """A YAML number (a whole one if ``whole``); ``true`` is a bool in YAML and ``1e-3`` a float, not text."""
+    return not isinstance(value, bool) and isinstance(value, int if whole else (int, float))
 
 
 def absolute_data_path(data: dict[str, Any] | None) -> dict[str, Any] | None:

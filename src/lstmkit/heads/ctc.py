@@ -13,6 +13,7 @@ from typing import Any
 import torch
 import torchaudio.functional as AF
 from torch.nn import functional as F
+from torch.nn.utils.rnn import pad_sequence
 from torchmetrics import Metric, MetricCollection
 from torchmetrics.text import CharErrorRate, WordErrorRate
 
@@ -444,9 +445,9 @@ class CTCHead(Head):
         (an empty transcript: length 0 and ``-inf``, never kept)."""
         ids = self.decode_ids(outputs, lengths)
         target_lengths = torch.tensor([len(labels) for labels in ids], dtype=torch.long)
-        targets = torch.zeros(len(ids), max([1, *(len(labels) for labels in ids)]), dtype=torch.long)
-        for row, labels in enumerate(ids):
-            targets[row, : len(labels)] = torch.tensor(labels, dtype=torch.long)
+        targets = pad_sequence([torch.tensor(labels, dtype=torch.long) for labels in ids], batch_first=True)
+        if targets.shape[1] == 0:  # every transcript empty: one column of padding, as ctc_loss needs
+            targets = targets.new_zeros(len(ids), 1)
         device = outputs.device
         loss = F.ctc_loss(outputs.transpose(0, 1).float(), targets.to(device), lengths.to(device),
                           target_lengths.to(device), blank=self.blank, reduction="none", zero_infinity=False)
