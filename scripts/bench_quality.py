@@ -307,7 +307,8 @@ def run_one(task: str, seed: int | None, args: argparse.Namespace, overrides: li
         }
     if task == "stock" and (run_dir / "checkpoints" / "best.ckpt").exists():
         try:
-            record["per_ticker"] = stock_per_ticker(run_dir / "checkpoints" / "best.ckpt")
+            record["per_ticker"], record["against_persistence"] = stock_per_ticker(
+                run_dir / "checkpoints" / "best.ckpt")
         except Exception as err:  # noqa: BLE001 - an extra; the run's overall metric is what matters
             record["per_ticker"] = {"error": f"{type(err).__name__}: {err}"}
     if task in ("ecg", "ecg_unsupervised") and (run_dir / "checkpoints" / "best.ckpt").exists():
@@ -478,12 +479,18 @@ def ecg_template_baseline(checkpoint: Path) -> dict[str, Any]:
             "val_auroc": float(binary_auroc(val_scores.float(), val_labels))}
 
 
-def stock_per_ticker(checkpoint: Path) -> dict[str, dict[str, float]]:
-    """Test MASE (and MAE against persistence's) of every ticker alone, from the run's best checkpoint.
+def stock_per_ticker(checkpoint: Path) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
+    """Test MASE (and MAE against persistence's) of every ticker alone, from the run's best checkpoint,
+    and whether the model's errors differ from persistence's by more than chance (:func:`diebold_mariano`).
 
     The issue asks for MASE < 1 per ticker as well as overall. The head's own metrics are updated
     with one ticker's test windows at a time, so the figures are computed exactly as the overall ones.
+    The test's loss differential is the one MASE sums: each window's absolute error minus persistence's,
+    relative to its last close, averaged over the horizon. Per ticker it is tested over that ticker's
+    windows; overall over test *days* (each day's mean over the tickers), because the tickers of one day
+    move together and are not independent draws.
     """
+    import numpy as np
     import torch
 
     from lstmkit.build import build
@@ -495,22 +502,58 @@ def stock_per_ticker(checkpoint: Path) -> dict[str, dict[str, float]]:
     datamodule.setup("test")
     test = datamodule.splits["test"]
     out: dict[str, dict[str, float]] = {}
+    by_day: dict[Any, list[float]] = {}
     for k, series in enumerate(datamodule.series):
         rows = (test.anchors[:, 0] == k).nonzero().flatten().tolist()  # this ticker's test windows
         if not rows:
             continue
         metrics = model.head.metrics().clone(prefix="test/")
+        differentials = []
         with torch.no_grad():
             for start in range(0, len(rows), 256):
                 items = [test[i] for i in rows[start : start + 256]]
                 inputs, targets = torch.stack([x for x, _ in items]), torch.stack([y for _, y in items])
                 lengths = torch.full((len(items),), inputs.shape[1])
                 outputs, _ = model(inputs, lengths)
-                model.head.update_metrics(metrics, outputs, lengths, Batch(inputs, lengths, targets))
+                batch = Batch(inputs, lengths, targets)
+                model.head.update_metrics(metrics, outputs, lengths, batch)
+                last = model.head.last_values(inputs, lengths).double()
+                forecast = model.head.denormalise(outputs, last).double()
+                actual = targets.double()
+                differentials += (((forecast - actual).abs() - (last[:, None] - actual).abs())
+                                  / last[:, None].abs()).mean(dim=1).tolist()
+        for i, d in zip(rows, differentials):  # by the day the forecast is made (the window's last)
+            by_day.setdefault(series.dates[int(test.anchors[i, 1])], []).append(d)
         computed = {key: float(value) for key, value in metrics.compute().items()}
         out[series.ticker] = {key.removeprefix("test/"): computed[key]
                               for key in ("test/mase", "test/mae", "test/naive_mae") if key in computed}
-    return out
+        out[series.ticker]["dm_p"] = diebold_mariano(np.array(differentials), test.horizon)["p"]
+    days = sorted(by_day)
+    overall = diebold_mariano(np.array([np.mean(by_day[day]) for day in days]), test.horizon)
+    return out, {"days": len(days), **overall}
+
+
+def diebold_mariano(differential: Any, horizon: int = 1) -> dict[str, float]:
+    """Diebold & Mariano (1995): is the mean loss differential (model minus baseline, in time order) zero?
+
+    The statistic is its mean over its standard error, with the Newey-West variance over ``horizon - 1``
+    lags (an h-step forecast's errors overlap for h - 1 steps), against the normal distribution, two-sided.
+    ``mean`` > 0: the model's errors are the larger. ``p`` near 1: no evidence either way.
+    """
+    import numpy as np
+
+    d = np.asarray(differential, dtype=np.float64)
+    n = len(d)
+    if n < 2:
+        return {"mean": float(d.mean()) if n else math.nan, "t": math.nan, "p": math.nan}
+    centred = d - d.mean()
+    variance = centred @ centred / n
+    for lag in range(1, min(horizon, n)):
+        variance += 2 * (1 - lag / horizon) * (centred[lag:] @ centred[:-lag]) / n
+    if variance <= 0:
+        return {"mean": float(d.mean()), "t": math.nan, "p": math.nan}
+    t = float(d.mean() / math.sqrt(variance / n))
+    return {"mean": float(d.mean()), "t": t, "p": math.erfc(abs(t) / math.sqrt(2))}
 
 
 def epochs_logged(run_dir: Path) -> int | None:
@@ -696,6 +739,22 @@ def markdown(report: dict[str, Any]) -> str:
             below = sum(value < 1.0 for value in means.values())
             lines += ["", (f"Stock per ticker (test MASE, mean of {len(tickers)} seeds): {below} of {len(names)} "
                            "tickers below 1.0: " + ", ".join(f"{n} {fmt(means[n])}" for n in names) + ".")]
+        tests = [(r["seed"], r["against_persistence"], r.get("per_ticker") or {}) for r in stock
+                 if (r.get("against_persistence") or {}).get("days")]
+        if tests:
+            def tickers(per: dict[str, Any], better: bool) -> str:  # p < 0.05, on either side of persistence
+                names = [n for n, v in sorted(per.items()) if (v.get("dm_p") or 1.0) < 0.05 and (v["mase"] < 1) == better]
+                return ", ".join(names) or "none"
+
+            seeds = "; ".join(
+                f"seed {seed}: {fmt(None if t['mean'] is None else t['mean'] * 100)} % of the close (t "
+                f"{fmt(t['t'], digits=2)}, p {fmt(t['p'], digits=2)}), per ticker at p < 0.05 better on "
+                f"{tickers(per, True)}, worse on {tickers(per, False)}"  # None: a NaN written as null
+                for seed, t, per in tests)
+            lines += ["", ("Stock against persistence (Diebold-Mariano, two-sided; the differential is each "
+                           "window's absolute error minus persistence's relative to its last close, > 0 where the "
+                           f"model is worse; overall over the {tests[0][1]['days']} test days, each day's mean "
+                           f"over the tickers): {seeds}.")]
     for task in ("ecg", "ecg_unsupervised"):
         baselines = [r["template_baseline"] for r in report["runs"]
                      if r["task"] == task and "auroc" in (r.get("template_baseline") or {})]

@@ -86,6 +86,8 @@ def test_quick_bench_writes_complete_finite_records(tmp_path: Path) -> None:
     stock = next(r for r in report["runs"] if r["task"] == "stock")
     assert stock["naive_baseline"]["mase"] == 1.0 and stock["naive_baseline"]["mae"] > 0
     assert stock["per_ticker"] and all(0 < t["mase"] < 10 and t["naive_mae"] > 0 for t in stock["per_ticker"].values())
+    assert all(0 <= t["dm_p"] <= 1 for t in stock["per_ticker"].values())  # against persistence, per ticker
+    assert stock["against_persistence"]["days"] > 0 and 0 <= stock["against_persistence"]["p"] <= 1
     for task in ("ecg", "ecg_unsupervised"):  # the parameter-free template baseline beside the model
         baseline = next(r for r in report["runs"] if r["task"] == task)["template_baseline"]
         assert 0.5 < baseline["auroc"] <= 1.0 and 0.0 < baseline["f1"] <= 1.0, baseline
@@ -144,6 +146,30 @@ def test_summary_targets_and_markdown_from_records() -> None:
     md = bench.markdown(report)
     assert "| ecg |" in md and "0.9980 ± 0.0014" in md and "f1 0.9650" in md
     assert "| speech |" in md and "failed" in md
+    stock = {**run("stock", 1, 1.003), "naive_baseline": {"mae": 1.6}, "against_persistence": {
+        "days": 110, "mean": 2e-5, "t": 0.8, "p": 0.42}, "per_ticker": {
+        "AAPL": {"mase": 1.01, "dm_p": 0.01}, "GE": {"mase": 0.99, "dm_p": None}}}  # None: NaN read back
+    md = bench.markdown({**report, "summary": {"stock": bench.summarise("stock", [stock])}, "runs": [stock]})
+    assert "over the 110 test days" in md and ("seed 1: 0.0020 % of the close (t 0.80, p 0.42), per ticker at p < 0.05 better on none, "
+                                                 "worse on AAPL") in md
+
+
+def test_diebold_mariano_is_the_mean_over_its_newey_west_standard_error() -> None:
+    import numpy as np
+
+    bench = load_bench()
+    rng = np.random.default_rng(0)
+    noise = rng.normal(size=400)
+    one = bench.diebold_mariano(noise + 0.5)
+    assert one["t"] == pytest.approx((noise.mean() + 0.5) / (noise.std() / 20)) and one["p"] < 1e-6
+    assert bench.diebold_mariano(-noise)["t"] == pytest.approx(-bench.diebold_mariano(noise)["t"])
+    assert bench.diebold_mariano(noise)["p"] > 0.05  # no difference, and the test does not see one
+    overlapping = noise[1:] + noise[:-1]  # two-step forecasts' errors share a day: autocorrelated
+    c = overlapping - overlapping.mean()
+    n = len(c)
+    variance = c @ c / n + 2 * 0.5 * (c[1:] @ c[:-1]) / n
+    assert bench.diebold_mariano(overlapping, horizon=2)["t"] == pytest.approx(overlapping.mean() / np.sqrt(variance / n))
+    assert math.isnan(bench.diebold_mariano([0.1])["p"]) and math.isnan(bench.diebold_mariano([0.1, 0.1])["p"])
 
 
 def test_merge_from_re_renders_runs_of_other_reports(tmp_path: Path, capsys) -> None:
