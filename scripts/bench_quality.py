@@ -743,7 +743,8 @@ def markdown(report: dict[str, Any]) -> str:
                  if (r.get("against_persistence") or {}).get("days")]
         if tests:
             def tickers(per: dict[str, Any], better: bool) -> str:  # p < 0.05, on either side of persistence
-                names = [n for n, v in sorted(per.items()) if (v.get("dm_p") or 1.0) < 0.05 and (v["mase"] < 1) == better]
+                names = [n for n, v in sorted(per.items()) if v.get("dm_p") is not None and v["dm_p"] < 0.05
+                         and v.get("mase") is not None and (v["mase"] < 1) == better]  # None: a NaN read back
                 return ", ".join(names) or "none"
 
             seeds = "; ".join(

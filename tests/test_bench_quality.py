@@ -148,10 +148,11 @@ def test_summary_targets_and_markdown_from_records() -> None:
     assert "| speech |" in md and "failed" in md
     stock = {**run("stock", 1, 1.003), "naive_baseline": {"mae": 1.6}, "against_persistence": {
         "days": 110, "mean": 2e-5, "t": 0.8, "p": 0.42}, "per_ticker": {
-        "AAPL": {"mase": 1.01, "dm_p": 0.01}, "GE": {"mase": 0.99, "dm_p": None}}}  # None: NaN read back
+        "AAPL": {"mase": 1.01, "dm_p": 0.01}, "GE": {"mase": 0.99, "dm_p": None},  # None: NaN read back
+        "KO": {"mase": 1.2, "dm_p": 0.0}}}  # p underflows to 0 for a large t
     md = bench.markdown({**report, "summary": {"stock": bench.summarise("stock", [stock])}, "runs": [stock]})
     assert "over the 110 test days" in md and ("seed 1: 0.0020 % of the close (t 0.80, p 0.42), per ticker at p < 0.05 better on none, "
-                                                 "worse on AAPL") in md
+                                                 "worse on AAPL, KO") in md
 
 
 def test_diebold_mariano_is_the_mean_over_its_newey_west_standard_error() -> None:
