@@ -308,7 +308,7 @@ class SequenceModel(L.LightningModule):
         """
         scaler = getattr(self._trainer.precision_plugin, "scaler", None) if self._trainer is not None else None
         (grad,) = torch.autograd.grad(scaler.scale(loss) if scaler is not None else loss, wrt, retain_graph=retain_graph)
-        return torch.where(torch.isfinite(grad), grad, torch.zeros_like(grad))
+        return torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         return self._step(batch, "train")
