@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
 import os
+import signal
 import subprocess
 import sys
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -77,6 +82,69 @@ def run_cli(*args: str, cwd: Path, check: bool = True, timeout: int = 600,
     )
     if check and proc.returncode != 0:
         raise AssertionError(f"lstmkit {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def run_here(*args: str, cwd: Path, check: bool = True,
+             env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """``run_cli`` in this process: ``lstmkit.cli.main`` with the same arguments, what it prints and its
+    exit status collected alike.
+
+    Why: a tiny run of the console script spends ~6 of its ~9 s importing torch and Lightning, which
+    this process has done already. For tests of what a run does (resume, checkpoints, schedules), not
+    of the process itself: signals, DDP, parallel sweeps and the console script's own wiring keep
+    :func:`run_cli`. What ``main`` changes for the process (working directory, environment, argv,
+    logging handlers, signal handlers, torch's threads and deterministic mode) is put back after.
+    Messages of loggers that hold the real stderr (Lightning's own) are not in ``stderr``.
+    """
+    from lstmkit import cli
+
+    saved_env, saved_argv, saved_cwd = dict(os.environ), list(sys.argv), os.getcwd()
+    root = logging.getLogger()
+    saved_root = (list(root.handlers), root.level)
+    saved_loggers = {name: (list(lg.handlers), lg.level, lg.propagate, lg.disabled)
+                     for name, lg in logging.Logger.manager.loggerDict.items() if isinstance(lg, logging.Logger)}
+    saved_signals = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    saved_torch = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled())
+    out, err = io.StringIO(), io.StringIO()
+    os.environ.update({"WANDB_MODE": "offline", **(env or {})})
+    os.environ.pop("HYDRA_FULL_ERROR", None)
+    code: int = 0
+    try:
+        os.chdir(cwd)
+        GlobalHydra.instance().clear()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                cli.main(list(args))
+            except SystemExit as exc:  # as the interpreter reads it at exit
+                if isinstance(exc.code, int) or exc.code is None:
+                    code = exc.code or 0
+                else:
+                    print(exc.code, file=sys.stderr)
+                    code = 1
+            except Exception:  # noqa: BLE001 - a traceback and status 1, as the console script ends
+                traceback.print_exc()
+                code = 1
+    finally:
+        GlobalHydra.instance().clear()
+        os.chdir(saved_cwd)
+        os.environ.clear()
+        os.environ.update(saved_env)
+        sys.argv[:] = saved_argv
+        root.handlers[:] = saved_root[0]
+        root.setLevel(saved_root[1])
+        for name, (handlers, level, propagate, disabled) in saved_loggers.items():
+            lg = logging.getLogger(name)
+            lg.handlers[:] = handlers
+            lg.setLevel(level)
+            lg.propagate, lg.disabled = propagate, disabled
+        for s, handler in saved_signals.items():
+            signal.signal(s, handler)
+        torch.set_num_threads(saved_torch[0])
+        torch.use_deterministic_algorithms(saved_torch[1])
+    proc = subprocess.CompletedProcess(["lstmkit", *args], code, out.getvalue(), err.getvalue())
+    if check and code != 0:
+        raise AssertionError(f"lstmkit {' '.join(args)} failed ({code}) in process:\n{proc.stdout}\n{proc.stderr}")
     return proc
 
 

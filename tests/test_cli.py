@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import QUICK, REPO, run_cli
+from .conftest import QUICK, REPO, run_cli, run_here
 
 TINY = ["data.num_examples=300", "data.batch_size=16", "model.hidden_size=16", "encoder.dim=16"]
 
@@ -50,9 +50,9 @@ def test_train_eval_predict_through_the_console_script(tmp_path: Path) -> None:
 
 
 def test_resume_continues_from_the_checkpoint(tmp_path: Path) -> None:
-    run_cli("train", *TINY, *QUICK, cwd=tmp_path)
+    run_here("train", *TINY, *QUICK, cwd=tmp_path)
     first = _run_dir(tmp_path)
-    run_cli("train", *TINY, *QUICK, "trainer.max_epochs=2", "ckpt_path=last", "test=false", cwd=tmp_path)
+    run_here("train", *TINY, *QUICK, "trainer.max_epochs=2", "ckpt_path=last", "test=false", cwd=tmp_path)
     second = _run_dir(tmp_path)
     assert second != first
     with (second / "csv" / "metrics.csv").open() as fh:
@@ -61,7 +61,7 @@ def test_resume_continues_from_the_checkpoint(tmp_path: Path) -> None:
 
 
 def test_multirun_runs_each_value(tmp_path: Path) -> None:
-    proc = run_cli("train", "-m", "optimizer.lr=1e-3,3e-3", *TINY, *QUICK, "test=false", cwd=tmp_path)
+    proc = run_here("train", "-m", "optimizer.lr=1e-3,3e-3", *TINY, *QUICK, "test=false", cwd=tmp_path)
     sweeps = sorted((tmp_path / "logs" / "sentiment" / "multiruns").iterdir())
     jobs = sorted(p for p in sweeps[-1].iterdir() if p.is_dir() and p.name.isdigit())
     assert [j.name for j in jobs] == ["0", "1"], proc.stdout
@@ -75,22 +75,22 @@ def test_a_typo_in_a_sweep_value_gets_the_hint_and_no_resume_advice(tmp_path: Pa
     for typo, hint in [("task=ecg,stok", "did you mean task=stock?"),
                        ("model.hiden_size=4,8", "did you mean model.hidden_size?")]:
         args = ("task=ecg", typo) if typo.startswith("model.") else (typo,)
-        proc = run_cli("train", "-m", *args, cwd=tmp_path, check=False)
+        proc = run_here("train", "-m", *args, cwd=tmp_path, check=False)
         assert proc.returncode != 0
         assert hint in proc.stderr
         assert "resume=true" not in proc.stderr and "summary.md" not in proc.stderr, proc.stderr
 
 
 def test_errors_are_one_clear_line(tmp_path: Path) -> None:
-    proc = run_cli("train", "data.path=no/such/file.csv", cwd=tmp_path, check=False)
+    proc = run_here("train", "data.path=no/such/file.csv", cwd=tmp_path, check=False)
     assert proc.returncode == 2
     assert "no/such/file.csv: data.path does not exist" in proc.stderr
     assert "Traceback" not in proc.stderr
-    proc = run_cli("fly", cwd=tmp_path, check=False)
+    proc = run_here("fly", cwd=tmp_path, check=False)
     assert proc.returncode == 2 and "expected a command" in proc.stderr
-    proc = run_cli("predict", f"ckpt_path={tmp_path}/missing.ckpt", "input=x", cwd=tmp_path, check=False)
+    proc = run_here("predict", f"ckpt_path={tmp_path}/missing.ckpt", "input=x", cwd=tmp_path, check=False)
     assert proc.returncode == 2 and "checkpoint not found" in proc.stderr
-    proc = run_cli("train", "-m", "optimizer.lr=1e-3,3e-3", "--cfg", "hydra", cwd=tmp_path, check=False)
+    proc = run_here("train", "-m", "optimizer.lr=1e-3,3e-3", "--cfg", "hydra", cwd=tmp_path, check=False)
     assert proc.returncode == 2 and "drop -m" in proc.stderr and "Traceback" not in proc.stderr
 
 
@@ -167,17 +167,17 @@ def test_predict_input_file_is_one_input_per_line(tmp_path, caplog) -> None:
 def test_a_relative_data_path_is_stored_absolute_so_eval_runs_from_anywhere(tmp_path) -> None:
     from lstmkit.checkpoints import read_checkpoint
 
-    from .conftest import QUICK, run_cli
+    from .conftest import QUICK
 
     rows = "text,label\n" + "".join(f"{'a fine film' if i % 2 else 'a dull film'} {i},{i % 2}\n" for i in range(200))
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "reviews.csv").write_text(rows)
-    run_cli("train", "data.path=data/reviews.csv", "model.hidden_size=8", "encoder.dim=8", *QUICK, "test=false",
+    run_here("train", "data.path=data/reviews.csv", "model.hidden_size=8", "encoder.dim=8", *QUICK, "test=false",
             cwd=tmp_path)
     (ckpt,) = (tmp_path / "logs" / "sentiment" / "runs").glob("*/checkpoints/best.ckpt")
     assert read_checkpoint(ckpt)["hyper_parameters"]["data"]["path"] == str((tmp_path / "data" / "reviews.csv").resolve())
     elsewhere = tmp_path / "data"
-    proc = run_cli("eval", f"ckpt_path={ckpt}", "split=val", "trainer.enable_progress_bar=false", cwd=elsewhere)
+    proc = run_here("eval", f"ckpt_path={ckpt}", "split=val", "trainer.enable_progress_bar=false", cwd=elsewhere)
     assert "val/acc" in proc.stdout + proc.stderr
 
 
@@ -217,6 +217,31 @@ def test_version_is_printed(tmp_path: Path) -> None:
 
     proc = run_cli("--version", cwd=tmp_path)
     assert proc.stdout.strip() == f"lstmkit {version('lstmkit')}"
+
+
+def test_help_version_and_a_typo_answer_without_importing_torch(tmp_path: Path) -> None:
+    """Importing torch and Lightning takes ~6 s; ``--help``, ``--version`` and a typo that Hydra reports
+    before any job starts need neither (``import lstmkit`` loads its model classes on first use), so they
+    answer in about a second. Run in a fresh interpreter: this one has imported torch already."""
+    code = """
+import sys
+from lstmkit.cli import main
+main(["--help"])
+main(["--version"])
+try:
+    main(["train", "model.hiden_size=3"])
+except SystemExit as exc:
+    assert exc.code == 1, exc.code
+import lstmkit
+assert lstmkit.__version__
+print("heavy:", sorted(m for m in sys.modules if m.split(".")[0] in {"torch", "lightning", "torchaudio", "torchmetrics"}))
+print("SequenceModel:", lstmkit.SequenceModel.__module__)  # still there, on first use
+"""
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                          check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "usage: lstmkit <command>" in proc.stdout and "did you mean model.hidden_size?" in proc.stderr
+    assert "heavy: []" in proc.stdout and "SequenceModel: lstmkit.module" in proc.stdout
 
 
 def test_predict_and_export_help_list_their_own_options(tmp_path: Path) -> None:
@@ -280,19 +305,19 @@ def test_a_classifiers_input_file_table_gives_its_text_column(tmp_path) -> None:
     # other models (and other files) still read one input per line
     assert collect_inputs_and_origins(cfg)[0][0] == "stars,review,id"
     # end to end: a model trained on a CSV's column predicts from such a file by that column
-    run_cli("train", "data.num_examples=200", "model.hidden_size=8", "encoder.dim=8", *QUICK, "test=false", cwd=tmp_path)
+    run_here("train", "data.num_examples=200", "model.hidden_size=8", "encoder.dim=8", *QUICK, "test=false", cwd=tmp_path)
     ckpt = next((tmp_path / "logs" / "sentiment" / "runs").glob("*/checkpoints/last.ckpt"))
     (tmp_path / "texts.csv").write_text("text\nwhat a wonderful film\n", encoding="utf-8")
-    lines = run_cli("predict", f"ckpt_path={ckpt}", f"input_file={tmp_path / 'texts.csv'}", cwd=tmp_path).stdout
+    lines = run_here("predict", f"ckpt_path={ckpt}", f"input_file={tmp_path / 'texts.csv'}", cwd=tmp_path).stdout
     (result,) = [json.loads(line) for line in lines.strip().splitlines()]
     assert result["input"] == "what a wonderful film"
     # a table whose text column is named otherwise: the error's advice, data.text_column=, works (predict
     # refused every data.* setting of a sentiment model)
-    proc = run_cli("predict", f"ckpt_path={ckpt}", f"input_file={table}", cwd=tmp_path, check=False)
+    proc = run_here("predict", f"ckpt_path={ckpt}", f"input_file={table}", cwd=tmp_path, check=False)
     assert proc.returncode != 0 and "Set data.text_column to the right names" in proc.stderr, proc.stderr
-    lines = run_cli("predict", f"ckpt_path={ckpt}", f"input_file={table}", "data.text_column=review", cwd=tmp_path).stdout
+    lines = run_here("predict", f"ckpt_path={ckpt}", f"input_file={table}", "data.text_column=review", cwd=tmp_path).stdout
     assert [json.loads(line)["input"] for line in lines.strip().splitlines()] == ["lovely, and brilliant", "dull"]
-    proc = run_cli("predict", f"ckpt_path={ckpt}", "input=fine", "data.label_column=x", cwd=tmp_path, check=False)
+    proc = run_here("predict", f"ckpt_path={ckpt}", "input=fine", "data.label_column=x", cwd=tmp_path, check=False)
     assert proc.returncode != 0 and "reads its input files with data.text_column" in proc.stderr, proc.stderr
 
 
@@ -330,10 +355,10 @@ def test_predict_reads_label_prefixed_lines_as_training_did(tmp_path) -> None:
     train.mkdir()
     rows = "".join(f"{i % 2} {'a fine film' if i % 2 else 'a dull film'} {i}\n" for i in range(200))
     (train / "stsa.binary.train").write_text(rows, encoding="utf-8")
-    run_cli("train", f"data.path={train}", "model.hidden_size=8", "encoder.dim=8", *QUICK, "test=false",
+    run_here("train", f"data.path={train}", "model.hidden_size=8", "encoder.dim=8", *QUICK, "test=false",
             cwd=tmp_path)
     ckpt = next((tmp_path / "logs" / "sentiment" / "runs").glob("*/checkpoints/last.ckpt"))
-    lines = run_cli("predict", f"ckpt_path={ckpt}", f"input_file={dev}", cwd=tmp_path).stdout
+    lines = run_here("predict", f"ckpt_path={ckpt}", f"input_file={dev}", cwd=tmp_path).stdout
     assert [json.loads(line)["input"] for line in lines.strip().splitlines()] == inputs
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from lstmkit.checkpoints import read_checkpoint
 
-from .conftest import run_cli
+from .conftest import run_cli, run_here
 
 # 1,211 examples -> val and test splits of 121: the two ranks get uneven shards, which a padding
 # DistributedSampler would double-count. Large enough (and 6 epochs) that training has left the
@@ -46,7 +46,7 @@ def single_and_ddp_runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path,
     root = tmp_path_factory.mktemp("ddp")
     single, ddp = root / "single", root / "ddp"
     single.mkdir(), ddp.mkdir()
-    run_cli("train", *DATA, "data.batch_size=16", "trainer.max_epochs=6", cwd=single)
+    run_here("train", *DATA, "data.batch_size=16", "trainer.max_epochs=6", cwd=single)
     _run_ddp("train", *DATA, "trainer=ddp_cpu", "data.batch_size=8", "trainer.max_epochs=6", cwd=ddp)
     return _latest(single, "sentiment"), _latest(ddp, "sentiment")
 
@@ -75,7 +75,7 @@ def test_ddp_evaluation_equals_single_process_exactly(single_and_ddp_runs: tuple
     run = single_and_ddp_runs[0]
     ckpt = run / "checkpoints" / "best.ckpt"
     out = run.parent.parent.parent.parent
-    run_cli("eval", f"ckpt_path={ckpt}", "data.batch_size=8", "trainer.enable_progress_bar=false", cwd=out)
+    run_here("eval", f"ckpt_path={ckpt}", "data.batch_size=8", "trainer.enable_progress_bar=false", cwd=out)
     one = json.loads((_latest(out, "eval") / "metrics.json").read_text())
     _run_ddp("eval", f"ckpt_path={ckpt}", "data.batch_size=8", "trainer=ddp_cpu", "trainer.enable_progress_bar=false",
              cwd=out)
@@ -138,16 +138,16 @@ def test_seed_null_run_logs_and_uses_its_drawn_seed(tmp_path: Path) -> None:
     tiny = ["data.num_examples=200", "model.hidden_size=16", "encoder.dim=16",
             "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false", "test=false"]
     (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
-    first = run_cli("train", "seed=null", "trainer.max_epochs=1", *tiny, cwd=tmp_path / "a")
+    first = run_here("train", "seed=null", "trainer.max_epochs=1", *tiny, cwd=tmp_path / "a")
     found = [line for line in (first.stdout + first.stderr).splitlines() if "drew seed" in line]
     assert found, first.stdout + first.stderr
     seed = int(found[0].split("drew seed ")[1].split()[0])
-    run_cli("train", f"seed={seed}", "trainer.max_epochs=1", *tiny, cwd=tmp_path / "b")
+    run_here("train", f"seed={seed}", "trainer.max_epochs=1", *tiny, cwd=tmp_path / "b")
     a, b = (json.loads((_latest(tmp_path / d, "sentiment") / "metrics.json").read_text()) for d in ("a", "b"))
     assert a["val/loss"] == b["val/loss"], (a, b)
     # resuming a seed=null run takes the seed it drew (a new draw split the data otherwise: refused
     # as "another data spec")
-    resumed = run_cli("train", "seed=null", "trainer.max_epochs=2", *tiny, "resume=true", cwd=tmp_path / "a")
+    resumed = run_here("train", "seed=null", "trainer.max_epochs=2", *tiny, "resume=true", cwd=tmp_path / "a")
     assert f"seed=null: resuming with the seed the run drew, {seed}" in resumed.stdout + resumed.stderr
 
 

@@ -30,7 +30,7 @@ from lstmkit.heads.anomaly import AnomalyHead, ReconstructionHead, f1_threshold,
 from lstmkit.module import SequenceModel
 from lstmkit.types import Batch, DataSpec
 
-from .conftest import QUICK, run_cli, run_notebook, shared_data
+from .conftest import QUICK, run_cli, run_here, run_notebook, shared_data
 
 SPEC = DataSpec(input_kind="features", num_features=1, classes=["normal", "anomaly"],
                 extra={"samples_per_beat": 140, "label_column": "first", "format": "auto",
@@ -536,6 +536,7 @@ def test_supervised_training_on_normal_beats_only_is_refused(make_cfg) -> None:
 
 
 def test_train_then_predict_through_the_console_script(tmp_path: Path) -> None:
+    """Train and predict through the console script; predict's refusals in this process (``run_here``)."""
     run_cli("train", "task=ecg", *TINY, *QUICK, cwd=tmp_path)
     run = max((tmp_path / "logs" / "ecg" / "runs").iterdir())
     ckpt = run / "checkpoints" / "last.ckpt"
@@ -561,7 +562,7 @@ def test_train_then_predict_through_the_console_script(tmp_path: Path) -> None:
     bad = tmp_path / "mixed.txt"
     good = beats_file.read_text().splitlines()
     bad.write_text("\n".join([good[0], "", good[1], "the plot was dull"]) + "\n")
-    out = run_cli("predict", f"ckpt_path={ckpt}", f"input_file={bad}", "batch_size=2", cwd=tmp_path, check=False)
+    out = run_here("predict", f"ckpt_path={ckpt}", f"input_file={bad}", "batch_size=2", cwd=tmp_path, check=False)
     assert out.returncode != 0
     assert f"{bad}, row 4, field 'column 0': " in out.stderr
     # input_file lines with a label are checked as input=<file> rows are: a label-last line given to this
@@ -570,20 +571,20 @@ def test_train_then_predict_through_the_console_script(tmp_path: Path) -> None:
     label_first = " ".join(["1", *good[0].split()])
     label_last = " ".join([*good[1].split(), "2"])
     labelled.write_text(f"{label_first}\n{label_last}\n")
-    out = run_cli("predict", f"ckpt_path={ckpt}", f"input_file={labelled}", cwd=tmp_path, check=False)
+    out = run_here("predict", f"ckpt_path={ckpt}", f"input_file={labelled}", cwd=tmp_path, check=False)
     assert out.returncode != 0 and '"score"' not in out.stdout
     assert f"{labelled}, row 2, field 'column 0': class label " in out.stderr
     assert "is not a whole number (this model reads a beat of 141 values as its label in the first column" in out.stderr
     assert "set data.label_column=last if the label is the last column" in out.stderr
     # ... which predict takes: a label-last file scores as its bare beats do
     labelled.write_text(f"{label_last}\n")
-    out = run_cli("predict", f"ckpt_path={ckpt}", f"input={labelled}", "data.label_column=last", cwd=tmp_path)
-    bare = run_cli("predict", f"ckpt_path={ckpt}", f"input={good[1]}", cwd=tmp_path)
+    out = run_here("predict", f"ckpt_path={ckpt}", f"input={labelled}", "data.label_column=last", cwd=tmp_path)
+    bare = run_here("predict", f"ckpt_path={ckpt}", f"input={good[1]}", cwd=tmp_path)
     score = [json.loads(line)["score"] for line in out.stdout.splitlines() if line.startswith("{")]
     assert score == [json.loads(line)["score"] for line in bare.stdout.splitlines() if line.startswith("{")]
     # a file and inline beats together: a bad inline beat is named by its item, not by its place in a batch
     mixed = f"input=[{beats_file},'{good[0]}','{good[1]} 0.5 0.25']"
-    out = run_cli("predict", f"ckpt_path={ckpt}", mixed, "batch_size=3", cwd=tmp_path, check=False)
+    out = run_here("predict", f"ckpt_path={ckpt}", mixed, "batch_size=3", cwd=tmp_path, check=False)
     assert out.returncode != 0 and "input item 3" in out.stderr, out.stderr[-2000:]
 
 

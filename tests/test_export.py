@@ -17,7 +17,7 @@ from lstmkit.export import ExportError, UnpackedLSTM
 from lstmkit.export import export as export_model
 from lstmkit.types import DataSpec
 
-from .conftest import QUICK, run_cli
+from .conftest import QUICK, run_here
 from .test_module import TASKS
 
 
@@ -76,25 +76,25 @@ def test_every_task_exports_with_parity(make_cfg, tmp_path: Path, task: str, fmt
 
 
 def test_export_command(tmp_path: Path) -> None:
-    run_cli("train", "data.num_examples=200", "model.hidden_size=8", "encoder.dim=8", *QUICK, "test=false",
+    run_here("train", "data.num_examples=200", "model.hidden_size=8", "encoder.dim=8", *QUICK, "test=false",
             cwd=tmp_path)
     ckpt = next((tmp_path / "logs" / "sentiment" / "runs").glob("*/checkpoints/last.ckpt"))
-    proc = run_cli("export", f"ckpt_path={ckpt}", "format=onnx", cwd=tmp_path)
+    proc = run_here("export", f"ckpt_path={ckpt}", "format=onnx", cwd=tmp_path)
     assert '"max_abs_diff"' in proc.stdout and ckpt.with_suffix(".onnx").exists()
     # export and predict write only what they are asked to: no run folder, no cli.log
-    run_cli("predict", f"ckpt_path={ckpt}", "input=a fine film", cwd=tmp_path)
+    run_here("predict", f"ckpt_path={ckpt}", "input=a fine film", cwd=tmp_path)
     assert sorted(p.name for p in (tmp_path / "logs").iterdir()) == ["sentiment"]
     assert not list(tmp_path.glob("*.log"))
     # outputs that cannot be written, and a seed that is not a number: one line each, no traceback
     (tmp_path / "afile").write_text("")
     for output, says in (("afile/m.onnx", "output=afile/m.onnx: cannot write it"),
                          ("logs", "output=logs: is a folder; expected the path of the file to write")):
-        proc = run_cli("export", f"ckpt_path={ckpt}", "format=onnx", f"output={output}", cwd=tmp_path, check=False)
+        proc = run_here("export", f"ckpt_path={ckpt}", "format=onnx", f"output={output}", cwd=tmp_path, check=False)
         assert proc.returncode == 2 and says in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
-    proc = run_cli("predict", f"ckpt_path={ckpt}", "input=a fine film", "seed=abc", cwd=tmp_path, check=False)
+    proc = run_here("predict", f"ckpt_path={ckpt}", "input=a fine film", "seed=abc", cwd=tmp_path, check=False)
     assert proc.returncode == 2 and "seed='abc': expected a whole number >= 0" in proc.stderr, proc.stderr
     for bad in ("abc", "-1"):
-        proc = run_cli("export", f"ckpt_path={ckpt}", f"tolerance={bad}", cwd=tmp_path, check=False)
+        proc = run_here("export", f"ckpt_path={ckpt}", f"tolerance={bad}", cwd=tmp_path, check=False)
         assert proc.returncode == 2 and f"tolerance={bad}: expected a number >= 0" in proc.stderr, proc.stderr
         assert "Traceback" not in proc.stderr
 

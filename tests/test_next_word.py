@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import re
 import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 from types import SimpleNamespace
@@ -26,7 +24,7 @@ from lstmkit.heads.losses import IGNORE, linear_cross_entropy
 from lstmkit.module import SequenceModel
 from lstmkit.types import Batch, DataSpec
 
-from .conftest import run_notebook
+from .conftest import run_here, run_notebook
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "lm"
@@ -501,10 +499,8 @@ def test_generation_carries_the_state_and_matches_rereading_the_whole_text(layer
 
 # -- the console script and the notebook -------------------------------------------------------
 def lstmkit(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    env.pop("HYDRA_FULL_ERROR", None)
-    return subprocess.run([str(Path(sys.executable).parent / "lstmkit"), *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300, check=False)
+    """The console script's command, run in this process (:func:`tests.conftest.run_here`)."""
+    return run_here(*args, cwd=cwd, check=False)
 
 
 def test_cli_train_plots_then_predict(tmp_path: Path) -> None:

@@ -25,7 +25,7 @@ from lstmkit.cli import config_dir, explain_runtime_error
 from lstmkit.errors import CheckpointError
 from lstmkit.suggest import suggest_override
 
-from .conftest import BIN, QUICK, run_cli
+from .conftest import BIN, QUICK, run_here
 
 # Dropout on, so a resume that replayed different random numbers would give different metrics.
 RUN = [
@@ -59,12 +59,12 @@ def _fake_run(folder: Path, overrides: list[str], age: float | None = None, conf
 def test_same_seed_same_config_gives_bit_identical_metrics(tmp_path: Path) -> None:
     for name in ("a", "b"):
         (tmp_path / name).mkdir()
-        run_cli("train", *RUN, cwd=tmp_path / name)
+        run_here("train", *RUN, cwd=tmp_path / name)
     first, second = _metrics(tmp_path / "a"), _metrics(tmp_path / "b")
     assert first == second  # exact float equality, every metric
     for name in ("c",):
         (tmp_path / name).mkdir()
-        run_cli("train", *RUN, "seed=7", cwd=tmp_path / name)
+        run_here("train", *RUN, "seed=7", cwd=tmp_path / name)
     assert _metrics(tmp_path / "c")["val/loss"] != first["val/loss"]  # the seed does reach the run
 
 
@@ -72,7 +72,7 @@ def test_run_killed_mid_training_resumes_to_the_same_metrics(tmp_path: Path) -> 
     reference, killed = tmp_path / "reference", tmp_path / "killed"
     reference.mkdir()
     killed.mkdir()
-    run_cli("train", *RUN, cwd=reference)
+    run_here("train", *RUN, cwd=reference)
 
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     proc = subprocess.Popen([str(BIN / "lstmkit"), "train", *RUN], cwd=killed, env=env,
@@ -91,7 +91,7 @@ def test_run_killed_mid_training_resumes_to_the_same_metrics(tmp_path: Path) -> 
     assert read_checkpoint(last)["epoch"] in (0, 1)  # a complete checkpoint, never a torn file
     assert not list(runs.glob("*/checkpoints/.*tmp*"))
 
-    run_cli("train", *RUN, "resume=true", cwd=killed)
+    run_here("train", *RUN, "resume=true", cwd=killed)
     resumed = _metrics(killed)
     expected = _metrics(reference)
     for key in ("val/loss", "val/acc", "val/acc_best", "test/acc", "test/f1", "test/loss"):
@@ -226,12 +226,12 @@ def test_resume_after_a_run_that_saved_no_checkpoint_starts_afresh(tmp_path: Pat
     overrides continued *another* run's newest last.ckpt (its weights, epoch and metrics)."""
     small = [*STALL[:4], "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false", "logger=none",
              "test=false"]
-    run_cli("train", *small, "optimizer.lr=0.01", "trainer.max_epochs=1", cwd=tmp_path)  # another, finished run
+    run_here("train", *small, "optimizer.lr=0.01", "trainer.max_epochs=1", cwd=tmp_path)  # another, finished run
     stopped = tmp_path / "logs" / "sentiment" / "runs" / "2000-01-01_00-00-00_000000"  # killed before a checkpoint
     (stopped / ".hydra").mkdir(parents=True)
     mine = [*small, "l1=0.0001", "trainer.max_epochs=1"]
     (stopped / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in mine))
-    proc = run_cli("train", *mine, "resume=true", cwd=tmp_path)
+    proc = run_here("train", *mine, "resume=true", cwd=tmp_path)
     log = " ".join((proc.stdout + proc.stderr).split())
     assert f"the earlier run with these overrides, {stopped.relative_to(tmp_path)}, saved no checkpoint" in log, log
     assert "resuming the task's newest" not in log
@@ -290,7 +290,7 @@ def test_memory_stays_flat_over_hundreds_of_steps(make_cfg) -> None:
 
 
 def test_dataloader_workers_run_end_to_end(tmp_path: Path) -> None:
-    run_cli("train", "data.num_workers=2", "data.num_examples=300", "model.hidden_size=16", "encoder.dim=16",
+    run_here("train", "data.num_workers=2", "data.num_examples=300", "model.hidden_size=16", "encoder.dim=16",
             *QUICK, cwd=tmp_path)
     assert "test/acc" in _metrics(tmp_path)
 
@@ -334,7 +334,7 @@ def test_a_full_disk_is_said_in_one_line(tmp_path: Path) -> None:
 def test_gpu_trainer_without_a_gpu_says_so(tmp_path: Path) -> None:
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
-    proc = run_cli("train", "trainer=gpu", "debug=fdr", cwd=tmp_path, check=False)
+    proc = run_here("train", "trainer=gpu", "debug=fdr", cwd=tmp_path, check=False)
     assert proc.returncode == 2, proc.stderr
     assert "asks for a CUDA GPU, but none is available" in proc.stderr and "trainer=cpu" in proc.stderr
     assert "Traceback" not in proc.stderr
@@ -347,7 +347,7 @@ def test_gpu_trainer_without_a_gpu_says_so(tmp_path: Path) -> None:
     ("+lr_scale.encoder=0", "lr_scale.encoder is already a config key: drop the + (lr_scale.encoder=0)"),
 ])
 def test_config_typos_get_hydras_message_and_a_suggestion(tmp_path: Path, override: str, hint: str) -> None:
-    proc = run_cli("train", override, cwd=tmp_path, check=False)
+    proc = run_here("train", override, cwd=tmp_path, check=False)
     assert proc.returncode == 1
     key = override.split("=")[0].lstrip("+")
     assert key.split(".")[-1] in proc.stderr or "sentimnt" in proc.stderr  # Hydra's own message reaches the user
@@ -366,11 +366,11 @@ def test_a_valid_group_choice_names_the_earlier_override_it_does_not_fit() -> No
 
 def test_a_refused_value_names_the_overrides(tmp_path: Path) -> None:
     """A value of the right type that the component refuses (``nn.LSTM``'s ValueError)."""
-    proc = run_cli("train", "model.hidden_size=-3", cwd=tmp_path, check=False)
+    proc = run_here("train", "model.hidden_size=-3", cwd=tmp_path, check=False)
     assert proc.returncode == 2
     assert "cannot build the model" in proc.stderr and "hidden_size must be greater than zero" in proc.stderr
     assert "model.hidden_size=-3" in proc.stderr and "Traceback" not in proc.stderr
-    verbose = run_cli("train", "model.hidden_size=-3", "--verbose", cwd=tmp_path, check=False)
+    verbose = run_here("train", "model.hidden_size=-3", "--verbose", cwd=tmp_path, check=False)
     assert verbose.returncode != 0 and "Traceback" in verbose.stderr  # --verbose shows the stack
 
 
@@ -460,8 +460,8 @@ def test_a_resumed_run_keeps_the_best_checkpoint_of_its_earlier_epochs(tmp_path:
     """The resumed run writes into a new folder; Lightning's ModelCheckpoint then forgets the best
     score, and the first epoch after the resume became "best" (so did ``val/*_best`` and the test
     metrics measured on it)."""
-    run_cli("train", *STALL, "trainer.max_epochs=2", cwd=tmp_path)
-    run_cli("train", *STALL, "trainer.max_epochs=3", "resume=true", cwd=tmp_path)
+    run_here("train", *STALL, "trainer.max_epochs=2", cwd=tmp_path)
+    run_here("train", *STALL, "trainer.max_epochs=3", "resume=true", cwd=tmp_path)
     first, second = sorted((tmp_path / "logs" / "sentiment" / "runs").iterdir())
     assert read_checkpoint(second / "checkpoints" / "last.ckpt")["epoch"] == 2
     assert read_checkpoint(second / "checkpoints" / "best.ckpt")["epoch"] == 0  # carried over, not epoch 2
@@ -469,17 +469,17 @@ def test_a_resumed_run_keeps_the_best_checkpoint_of_its_earlier_epochs(tmp_path:
     metrics = [json.loads((run / "metrics.json").read_text()) for run in (first, second)]
     assert metrics[1]["val/acc_best"] == metrics[0]["val/acc_best"]
     # other optimiser settings: the restored optimiser state would ignore them silently
-    proc = run_cli("train", *STALL, "trainer.max_epochs=4", "resume=true", "optimizer.weight_decay=0.5", cwd=tmp_path)
+    proc = run_here("train", *STALL, "trainer.max_epochs=4", "resume=true", "optimizer.weight_decay=0.5", cwd=tmp_path)
     log = " ".join((proc.stdout + proc.stderr).split())
     assert "no earlier run of this task has the overrides" in log  # falls back to the newest, saying so
     assert "optimizer.weight_decay 0.01 -> 0.5 differ from the checkpoint's run" in log
     # a resume that has nothing left to train says so (only Lightning's "max_epochs=3 reached" did)
-    proc = run_cli("train", *STALL, "trainer.max_epochs=3", "resume=true", cwd=tmp_path)
+    proc = run_here("train", *STALL, "trainer.max_epochs=3", "resume=true", cwd=tmp_path)
     log = " ".join((proc.stdout + proc.stderr).split())
     assert "it has trained 3 epoch(s) already, so trainer.max_epochs=3 leaves nothing to train" in log, log
     # fewer epochs than it has trained: Lightning's "You restored a checkpoint with current_epoch=2, but you have
     # set Trainer(max_epochs=2)" ended the run (exit 2) although the warning promised the test
-    proc = run_cli("train", *STALL, "trainer.max_epochs=2", "resume=true", cwd=tmp_path)
+    proc = run_here("train", *STALL, "trainer.max_epochs=2", "resume=true", cwd=tmp_path)
     log = " ".join((proc.stdout + proc.stderr).split())
     assert "it has trained 3 epoch(s) already, so trainer.max_epochs=2 leaves nothing to train" in log, log
     newest = max((tmp_path / "logs" / "sentiment" / "runs").iterdir())
@@ -489,8 +489,8 @@ def test_a_resumed_run_keeps_the_best_checkpoint_of_its_earlier_epochs(tmp_path:
 def test_a_resumed_sweep_continues_each_job_from_its_own_checkpoint(tmp_path: Path) -> None:
     """``resume=true`` in a multirun: each job takes the earlier sweep's job with its overrides, never a
     sibling's checkpoint or one the running sweep has just written; a job without one starts afresh."""
-    run_cli("train", "-m", "optimizer.lr=0.001,0.002", *STALL[:4], *STALL[5:], "trainer.max_epochs=1", cwd=tmp_path)
-    run_cli("train", "-m", "optimizer.lr=0.001,0.002,0.003", *STALL[:4], *STALL[5:], "trainer.max_epochs=2",
+    run_here("train", "-m", "optimizer.lr=0.001,0.002", *STALL[:4], *STALL[5:], "trainer.max_epochs=1", cwd=tmp_path)
+    run_here("train", "-m", "optimizer.lr=0.001,0.002,0.003", *STALL[:4], *STALL[5:], "trainer.max_epochs=2",
             "resume=true", cwd=tmp_path)
     earlier, resumed = sorted((tmp_path / "logs" / "sentiment" / "multiruns").iterdir())
     for job, lr in enumerate((0.001, 0.002, 0.003)):
@@ -510,8 +510,8 @@ def test_a_sweep_in_a_fixed_folder_resumes_each_job_in_place(tmp_path: Path) -> 
     continues its own folder's last.ckpt, in place, as a single run in a fixed folder does."""
     sweep = tmp_path / "sweep"
     args = ["-m", "optimizer.lr=0.001,0.002", *STALL[:4], *STALL[5:], f"hydra.sweep.dir={sweep}"]
-    run_cli("train", *args, "trainer.max_epochs=1", cwd=tmp_path)
-    run_cli("train", *args, "trainer.max_epochs=2", "resume=true", cwd=tmp_path)
+    run_here("train", *args, "trainer.max_epochs=1", cwd=tmp_path)
+    run_here("train", *args, "trainer.max_epochs=2", "resume=true", cwd=tmp_path)
     for job, lr in enumerate((0.001, 0.002)):
         folder = sweep / str(job)
         assert sorted(p.name for p in (folder / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
@@ -603,12 +603,12 @@ def test_resuming_with_another_length_warns_for_cosine_and_refuses_one_cycle(tmp
     small = [*STALL[:4], "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false", "logger=none"]
     for schedule, folder in (("cosine", "c"), ("onecycle", "o")):
         (tmp_path / folder).mkdir()
-        run_cli("train", *small, f"scheduler={schedule}", "trainer.max_epochs=1", cwd=tmp_path / folder)
-    proc = run_cli("train", *small, "scheduler=cosine", "trainer.max_epochs=2", "resume=true", cwd=tmp_path / "c")
+        run_here("train", *small, f"scheduler={schedule}", "trainer.max_epochs=1", cwd=tmp_path / folder)
+    proc = run_here("train", *small, "scheduler=cosine", "trainer.max_epochs=2", "resume=true", cwd=tmp_path / "c")
     log = " ".join((proc.stdout + proc.stderr).split())
     covered = re.search(r"the cosine_with_warmup schedule covered (\d+) steps and now covers (\d+)", log)
     assert covered and 2 * int(covered.group(1)) == int(covered.group(2))  # twice the epochs
-    proc = run_cli("train", *small, "scheduler=onecycle", "trainer.max_epochs=2", "resume=true", cwd=tmp_path / "o",
+    proc = run_here("train", *small, "scheduler=onecycle", "trainer.max_epochs=2", "resume=true", cwd=tmp_path / "o",
                    check=False)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     assert "scheduler=onecycle cannot change its length when a run resumes: it was spread over" in proc.stderr
@@ -868,8 +868,8 @@ def test_the_first_step_after_a_longer_resume_is_on_the_new_schedule(tmp_path: P
     small = [*STALL[:4], "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false", "logger=csv",
              "trainer.limit_train_batches=4", "callbacks.lr_monitor.logging_interval=step", "trainer.log_every_n_steps=1",
              "test=false", "optimizer.lr=0.01"]
-    run_cli("train", *small, "trainer.max_epochs=1", cwd=tmp_path)
-    run_cli("train", *small, "trainer.max_epochs=2", "resume=true", cwd=tmp_path)
+    run_here("train", *small, "trainer.max_epochs=1", cwd=tmp_path)
+    run_here("train", *small, "trainer.max_epochs=2", "resume=true", cwd=tmp_path)
     resumed = max((tmp_path / "logs" / "sentiment" / "runs").iterdir())
     with (resumed / "csv" / "metrics.csv").open() as fh:
         rates = {int(row["step"]): float(row["lr-AdamW/decay"]) for row in csv.DictReader(fh) if row.get("lr-AdamW/decay")}
@@ -987,9 +987,9 @@ def test_a_plateau_schedule_resumes_where_it_was(tmp_path: Path) -> None:
 
     (tmp_path / "whole").mkdir()
     (tmp_path / "parts").mkdir()
-    run_cli("train", *run, "trainer.max_epochs=5", cwd=tmp_path / "whole")
-    run_cli("train", *run, "trainer.max_epochs=2", cwd=tmp_path / "parts")
-    run_cli("train", *run, "trainer.max_epochs=5", "resume=true", cwd=tmp_path / "parts")
+    run_here("train", *run, "trainer.max_epochs=5", cwd=tmp_path / "whole")
+    run_here("train", *run, "trainer.max_epochs=2", cwd=tmp_path / "parts")
+    run_here("train", *run, "trainer.max_epochs=5", "resume=true", cwd=tmp_path / "parts")
     expected = lrs(tmp_path / "whole")
     # the uninterrupted run cuts the rate after the resume point (else this would test nothing)
     assert len(expected) == 5 and any(b < a for a, b in itertools.pairwise(expected[1:])), expected
@@ -1407,7 +1407,7 @@ def test_a_setting_eval_lacks_gets_one_line_not_hydras_block_above_it(tmp_path: 
     with or without +; a typo under a key the command has still gets Hydra's error and the did-you-mean."""
     for args in (["eval", "ckpt_path=x.ckpt", "model.hidden_size=3"], ["export", "ckpt_path=x.ckpt", "+foo=1"],
                  ["predict", "ckpt_path=x.ckpt", "input=x", "adapt=true"]):
-        proc = run_cli(*args, cwd=tmp_path, check=False)
+        proc = run_here(*args, cwd=tmp_path, check=False)
         assert proc.returncode == 1, proc.stderr
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith(f"lstmkit {args[0]}: ") and "does not apply" in lines[0], lines
@@ -1418,7 +1418,7 @@ def test_a_setting_eval_lacks_gets_one_line_not_hydras_block_above_it(tmp_path: 
     for fine in (["-sc", "install=bash"], ["--cfg", "job", "hydra.run.dir=x"], ["+data.seed=3", "trainer=cpu"],
                  ["hydra/job_logging=disabled", 'data.path="a=b"']):
         assert refuse_before_hydra(config_dir(), "eval", ["ckpt_path=x.ckpt", *fine]) is None, fine
-    proc = run_cli("predict", "ckpt_path=x.ckpt", "input=x", "data.colunm=text", cwd=tmp_path, check=False)
+    proc = run_here("predict", "ckpt_path=x.ckpt", "input=x", "data.colunm=text", cwd=tmp_path, check=False)
     assert proc.returncode == 1 and "Could not override" in proc.stderr, proc.stderr
     assert not (tmp_path / "outputs").exists() and not (tmp_path / "logs").exists()
 
@@ -1428,7 +1428,7 @@ def test_a_refused_eval_leaves_no_run_folder_behind(tmp_path: Path) -> None:
     A folder that holds anything else, or that is not named like a run, stays."""
     from lstmkit.cli import _drop_unused_run_dir
 
-    proc = run_cli("eval", f"ckpt_path={tmp_path / 'missing.ckpt'}", cwd=tmp_path, check=False)
+    proc = run_here("eval", f"ckpt_path={tmp_path / 'missing.ckpt'}", cwd=tmp_path, check=False)
     assert proc.returncode == 2 and "missing.ckpt" in proc.stderr
     runs = tmp_path / "logs" / "eval" / "runs"
     assert not runs.exists() or not any(runs.iterdir())

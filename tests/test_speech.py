@@ -6,11 +6,9 @@ import copy
 import json
 import logging
 import math
-import os
 import pickle
 import re
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -40,7 +38,7 @@ from lstmkit.heads.ctc import (
 )
 from lstmkit.types import Batch, DataSpec
 
-from .conftest import run_notebook
+from .conftest import run_here, run_notebook
 
 REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "speech"
 ROOT = Path(__file__).resolve().parents[1]
@@ -986,10 +984,9 @@ def test_training_words_are_kept_in_the_spec():
 
 
 # -- end to end ----------------------------------------------------------------------------------------
-def lstmkit(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    return subprocess.run([sys.executable, "-m", "lstmkit", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=240, check=False)
+def lstmkit(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """The console script's command, run in this process (:func:`tests.conftest.run_here`)."""
+    return run_here(*args, cwd=cwd, check=False)
 
 
 def test_cli_train_then_predict(tmp_path):

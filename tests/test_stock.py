@@ -5,10 +5,8 @@ from __future__ import annotations
 import gzip
 import json
 import logging
-import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +24,7 @@ from lstmkit.heads.regression import RegressionHead
 from lstmkit.module import SequenceModel
 from lstmkit.types import Batch, DataSpec
 
-from .conftest import run_notebook
+from .conftest import run_here, run_notebook
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "stocks" / "sp500_5yr"
@@ -384,10 +382,8 @@ def test_predict_batch_takes_the_last_window_of_every_ticker(tmp_path: Path) -> 
 
 # -- end to end ------------------------------------------------------------------------------------------
 def lstmkit(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    env.pop("HYDRA_FULL_ERROR", None)
-    return subprocess.run([str(Path(sys.executable).parent / "lstmkit"), *args], cwd=cwd, env=env, check=False,
-                          capture_output=True, text=True, timeout=300)
+    """The console script's command, run in this process (:func:`tests.conftest.run_here`)."""
+    return run_here(*args, cwd=cwd, check=False)
 
 
 def test_cli_train_plots_then_predict(tmp_path: Path) -> None:
@@ -412,7 +408,7 @@ def test_cli_train_plots_then_predict(tmp_path: Path) -> None:
     assert set(row["forecast"]) == {"close_t+1", "close_t+2"} and all(v > 0 for v in row["forecast"].values())
     config = OmegaConf.create({"ckpt_path": str(ckpt), "input": str(tmp_path / "missing.csv"), "batch_size": 8})
     with pytest.raises(DataError, match="missing.csv: file or folder not found"):
-        predict(config)  # the same command in-process (a second subprocess costs ~20 s on a busy machine)
+        predict(config)
 
 
 def test_notebook_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -15,7 +15,7 @@ from torch.optim import SGD
 
 from lstmkit.callbacks import DivergedError, StopOnNonFiniteLoss
 
-from .conftest import QUICK, run_cli
+from .conftest import QUICK, run_cli, run_here
 
 TINY = ["data.num_examples=200", "data.batch_size=16", "model.hidden_size=8", "encoder.dim=8", "test=false"]
 
@@ -30,7 +30,7 @@ def _summary(sweep: Path) -> list[dict[str, str]]:
 
 
 def test_failing_trial_is_reported_and_the_sweep_goes_on(tmp_path: Path) -> None:
-    proc = run_cli("train", "-m", "model.proj_size=0,999", *TINY, *QUICK, cwd=tmp_path)
+    proc = run_here("train", "-m", "model.proj_size=0,999", *TINY, *QUICK, cwd=tmp_path)
     rows = _summary(_sweep_dir(tmp_path))
     assert [r["status"] for r in rows] == ["ok", "failed"], proc.stdout
     assert "proj_size (999) must be smaller" in rows[1]["error"]
@@ -39,7 +39,7 @@ def test_failing_trial_is_reported_and_the_sweep_goes_on(tmp_path: Path) -> None
 
 
 def test_optuna_sweep_optimises_the_heads_metric(tmp_path: Path) -> None:
-    run_cli("train", "hparams_search=sentiment_optuna", "hydra.sweeper.n_trials=2", "model.hidden_size=choice(8,16)",
+    run_here("train", "hparams_search=sentiment_optuna", "hydra.sweeper.n_trials=2", "model.hidden_size=choice(8,16)",
             "data.batch_size=choice(16,32)", *TINY[:1], *TINY[3:], *QUICK, cwd=tmp_path)
     sweep = _sweep_dir(tmp_path)
     results = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
@@ -52,7 +52,7 @@ def test_optuna_sweep_optimises_the_heads_metric(tmp_path: Path) -> None:
 def test_an_optuna_sweep_records_a_failed_trial_and_goes_on(tmp_path: Path) -> None:
     """A NaN objective crashed the Optuna plugin's tell (no summary, exit 1): a failed trial is now told
     as failed and the study goes on; a direction against the metric stops the sweep in one line."""
-    proc = run_cli("train", "hparams_search=sentiment_optuna", "hydra.sweeper.n_trials=2",
+    proc = run_here("train", "hparams_search=sentiment_optuna", "hydra.sweeper.n_trials=2",
                    "model.hidden_size=choice(8,16)", "model.proj_size=12", "model.bidirectional=false",
                    *TINY[:1], *TINY[3:], *QUICK, cwd=tmp_path)
     rows = _summary(_sweep_dir(tmp_path))
@@ -61,7 +61,7 @@ def test_an_optuna_sweep_records_a_failed_trial_and_goes_on(tmp_path: Path) -> N
     assert "proj_size (12) must be smaller than model.hidden_size (8)" in failed["error"]
     results = yaml.safe_load((_sweep_dir(tmp_path) / "optimization_results.yaml").read_text())
     assert results["best_value"] == pytest.approx(max(float(r["objective"]) for r in rows if r["status"] == "ok"))
-    wrong = run_cli("train", "hparams_search=sentiment_optuna", "hydra.sweeper.n_trials=2", "monitor=val/loss",
+    wrong = run_here("train", "hparams_search=sentiment_optuna", "hydra.sweeper.n_trials=2", "monitor=val/loss",
                     *TINY, *QUICK, cwd=tmp_path, check=False)
     assert wrong.returncode == 2 and "Traceback" not in wrong.stderr
     assert "set hydra.sweeper.direction=minimize" in wrong.stderr
@@ -111,7 +111,7 @@ def test_slurm_cluster_config_composes(make_cfg) -> None:
 
 def test_a_sweep_whose_every_trial_fails_exits_with_an_error(tmp_path: Path) -> None:
     """Scripts and CI read the exit status: a sweep in which nothing trained must not report success."""
-    proc = run_cli("train", "-m", "model.proj_size=998,999", *TINY, *QUICK, cwd=tmp_path, check=False)
+    proc = run_here("train", "-m", "model.proj_size=998,999", *TINY, *QUICK, cwd=tmp_path, check=False)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "every trial of the sweep failed (2 of 2); the first: " in proc.stderr
     assert [r["status"] for r in _summary(_sweep_dir(tmp_path))] == ["failed", "failed"]
@@ -120,7 +120,7 @@ def test_a_sweep_whose_every_trial_fails_exits_with_an_error(tmp_path: Path) -> 
 def test_an_experiment_whose_task_a_search_preset_replaced_is_refused(tmp_path: Path) -> None:
     """hparams_search=ecg_optuna's task (ecg) composed over experiment=ecg_unsupervised_real's: the run
     trained the supervised head under the unsupervised recipe's name, silently (found by a new user)."""
-    proc = run_cli("train", "experiment=ecg_unsupervised_real", "hparams_search=ecg_optuna",
+    proc = run_here("train", "experiment=ecg_unsupervised_real", "hparams_search=ecg_optuna",
                    "hydra.sweeper.n_trials=1", cwd=tmp_path, check=False)
     assert proc.returncode == 2, proc.stderr
     assert ("experiment=ecg_unsupervised_real is a recipe for task=ecg_unsupervised, but the composed task is ecg "
@@ -130,7 +130,7 @@ def test_an_experiment_whose_task_a_search_preset_replaced_is_refused(tmp_path: 
 def test_an_optuna_study_whose_every_trial_failed_exits_2_with_the_first_error(tmp_path: Path) -> None:
     """The Optuna plugin read study.best_trial after the last trial: a traceback ("No trials are
     completed yet."), exit 1, no summary. lstmkit's sweeper ends it as the basic sweeper does."""
-    proc = run_cli("train", "hparams_search=sentiment_optuna", "hydra.sweeper.n_trials=2",
+    proc = run_here("train", "hparams_search=sentiment_optuna", "hydra.sweeper.n_trials=2",
                    f"data.path={tmp_path / 'missing.csv'}", cwd=tmp_path, check=False)
     assert proc.returncode == 2, proc.stderr
     assert "lstmkit: error: every trial of the sweep failed (2 of 2); the first:" in proc.stderr
@@ -202,7 +202,7 @@ def test_a_diverged_trial_is_recorded_as_failed_in_strict_json_and_ranked_last(t
 def test_a_sweep_over_tasks_keeps_its_jobs_and_summary_in_one_folder(tmp_path: Path) -> None:
     """Each job's own task_name put -m task=ecg,stock's jobs under logs/ecg/ and logs/stock/, and the
     summary (looking under the default task's folder) found none: no table, exit 0 when all failed."""
-    proc = run_cli("train", "-m", "task=ecg,stock", "model.hidden_size=-1", *QUICK, cwd=tmp_path, check=False)
+    proc = run_here("train", "-m", "task=ecg,stock", "model.hidden_size=-1", *QUICK, cwd=tmp_path, check=False)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "every trial of the sweep failed (2 of 2)" in proc.stderr
     (sweep,) = (tmp_path / "logs" / "multitask" / "multiruns").iterdir()
@@ -210,7 +210,7 @@ def test_a_sweep_over_tasks_keeps_its_jobs_and_summary_in_one_folder(tmp_path: P
     assert [r["overrides"].split()[0] for r in _summary(sweep)] == ["task=ecg", "task=stock"]
     assert (sweep / "multirun.yaml").exists() and not (tmp_path / "logs" / "ecg").exists()
     # a sweep of one task keeps the task's folder
-    run_cli("train", "-m", "task=ecg", "model.hidden_size=4,5", *QUICK, "test=false", cwd=tmp_path)
+    run_here("train", "-m", "task=ecg", "model.hidden_size=4,5", *QUICK, "test=false", cwd=tmp_path)
     (sweep,) = (tmp_path / "logs" / "ecg" / "multiruns").iterdir()
     assert [r["status"] for r in _summary(sweep)] == ["ok", "ok"]
 

@@ -12,7 +12,7 @@ from lstmkit.module import SequenceModel
 from lstmkit.types import DataSpec
 from lstmkit.warm_start import init_from_checkpoint
 
-from .conftest import QUICK, run_cli
+from .conftest import QUICK, run_here
 
 EMBED = "lstmkit.encoders.EmbeddingEncoder"
 LM_HEAD = "lstmkit.heads.language_model.LanguageModelHead"
@@ -91,18 +91,18 @@ def test_mismatched_shapes_and_bad_include_are_clear_errors(tmp_path: Path) -> N
 
 def test_cli_language_model_then_classifier(tmp_path: Path) -> None:
     """The documented two-step recipe on the generated data: train an LM, warm-start a classifier."""
-    lm = run_cli("train", "task=next_word", "encoder.dim=16", "model.hidden_size=16", "head.tie_weights=false",
+    lm = run_here("train", "task=next_word", "encoder.dim=16", "model.hidden_size=16", "head.tie_weights=false",
                  "test=false", *QUICK, f"paths.log_dir={tmp_path}/logs", cwd=tmp_path)
     best = next((tmp_path / "logs").glob("next_word/**/checkpoints/best.ckpt"))
-    cls = run_cli("train", "task=sentiment", "encoder.dim=16", "model.hidden_size=16", f"init_from.ckpt_path={best}",
+    cls = run_here("train", "task=sentiment", "encoder.dim=16", "model.hidden_size=16", f"init_from.ckpt_path={best}",
                   "test=false", *QUICK, f"paths.log_dir={tmp_path}/logs", cwd=tmp_path)
     text = cls.stdout + cls.stderr
     assert "init_from" in text and "tensors copied" in text and "tokens found" in text, text[-2000:]
-    one_part = run_cli("train", "task=sentiment", "encoder.dim=16", "model.hidden_size=16", f"init_from.ckpt_path={best}",
+    one_part = run_here("train", "task=sentiment", "encoder.dim=16", "model.hidden_size=16", f"init_from.ckpt_path={best}",
                        "init_from.include=encoder", "test=false", *QUICK, f"paths.log_dir={tmp_path}/logs", cwd=tmp_path)
     assert "1 tensors copied" in one_part.stdout + one_part.stderr  # the embedding: a part, not its letters
     assert lm.returncode == 0
-    missing = run_cli("train", "task=sentiment", f"init_from.ckpt_path={tmp_path}/none.ckpt", *QUICK,
+    missing = run_here("train", "task=sentiment", f"init_from.ckpt_path={tmp_path}/none.ckpt", *QUICK,
                       f"paths.log_dir={tmp_path}/logs", cwd=tmp_path, check=False)
     assert missing.returncode != 0 and "init_from.ckpt_path" in missing.stderr + missing.stdout
 

@@ -1,11 +1,32 @@
-"""lstmkit: LSTM pipelines — an encoder, an LSTM and a head, composed by Hydra, trained by Lightning."""
+"""lstmkit: LSTM pipelines — an encoder, an LSTM and a head, composed by Hydra, trained by Lightning.
 
-from lstmkit.core import LSTMCore
-from lstmkit.module import SequenceModel
+The package's names are imported on first use (PEP 562): importing torch and Lightning takes several
+seconds, and ``lstmkit --help``, ``--version`` and the command-line errors Hydra reports before a job
+starts (a typo in an override) need neither.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
 from lstmkit.sweeps import register_resolvers
-from lstmkit.types import Batch, DataSpec
+
+if TYPE_CHECKING:
+    from lstmkit.core import LSTMCore
+    from lstmkit.module import SequenceModel
+    from lstmkit.types import Batch, DataSpec
 
 register_resolvers()  # the configs' ${lstmkit_sweep_name:}, for any code that composes and resolves them
 
+_LAZY = {"Batch": "lstmkit.types", "DataSpec": "lstmkit.types", "LSTMCore": "lstmkit.core",
+         "SequenceModel": "lstmkit.module"}
+
 __all__ = ["Batch", "DataSpec", "LSTMCore", "SequenceModel"]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'lstmkit' has no attribute {name!r}")
