@@ -305,6 +305,9 @@ def run_one(task: str, seed: int | None, args: argparse.Namespace, overrides: li
             **{k.removeprefix("test/naive_"): metrics[k] for k in ("test/naive_mae", "test/naive_rmse",
                                                                    "test/naive_mape") if k in metrics},
         }
+        if "test/drift_mase" in metrics:  # the second naive forecast: persistence grown by the train days' drift
+            record["drift_baseline"] = {"forecast": "persistence with drift (last close x the train days' mean "
+                                                    "return per step)", "mase": metrics["test/drift_mase"]}
     if task == "stock" and (run_dir / "checkpoints" / "best.ckpt").exists():
         try:
             record["per_ticker"], record["against_persistence"] = stock_per_ticker(
@@ -525,7 +528,8 @@ def stock_per_ticker(checkpoint: Path) -> tuple[dict[str, dict[str, float]], dic
             by_day.setdefault(series.dates[int(test.anchors[i, 1])], []).append(d)
         computed = {key: float(value) for key, value in metrics.compute().items()}
         out[series.ticker] = {key.removeprefix("test/"): computed[key]
-                              for key in ("test/mase", "test/mae", "test/naive_mae") if key in computed}
+                              for key in ("test/mase", "test/mae", "test/naive_mae", "test/drift_mase")
+                              if key in computed}
         out[series.ticker]["dm_p"] = diebold_mariano(np.array(differentials), test.horizon)["p"]
     days = sorted(by_day)
     overall = diebold_mariano(np.array([np.mean(by_day[day]) for day in days]), test.horizon)
@@ -730,6 +734,13 @@ def markdown(report: dict[str, Any]) -> str:
                        f"{fmt(naive.get('rmse'))} $, MAPE {fmt(naive.get('mape'), percent=True)}; "
                        "MASE = model MAE / persistence MAE, each window's errors relative to its last close "
                        "(scale free: every ticker counts alike).")]
+        drifts = [r["drift_baseline"]["mase"] for r in stock if (r.get("drift_baseline") or {}).get("mase") is not None]
+        if drifts:
+            mine = [r["value"] for r in stock if r.get("value") is not None]
+            lines += ["", (f"Stock against persistence with drift (the last close grown by the train days' mean "
+                           f"return; no parameters fitted to the test days): test MASE {fmt(statistics.mean(drifts))}, "
+                           f"against lstmkit's {fmt(statistics.mean(mine)) if mine else '—'}; a model that does not "
+                           "beat it has learnt no more than the mean return.")]
         tickers = [r["per_ticker"] for r in stock if isinstance(r.get("per_ticker"), dict)
                    and "error" not in r["per_ticker"]]
         if tickers:
@@ -738,6 +749,11 @@ def markdown(report: dict[str, Any]) -> str:
             below = sum(value < 1.0 for value in means.values())
             lines += ["", (f"Stock per ticker (test MASE, mean of {len(tickers)} seeds): {below} of {len(names)} "
                            "tickers below 1.0: " + ", ".join(f"{n} {fmt(means[n])}" for n in names) + ".")]
+            drift = {n: t[n]["drift_mase"] for t in tickers[:1] for n in names if t.get(n, {}).get("drift_mase")}
+            if drift:  # the same for every seed: no parameters
+                lines += ["", (f"Persistence with drift per ticker (test MASE): {sum(v < 1.0 for v in drift.values())} "
+                               f"of {len(drift)} tickers below 1.0: "
+                               + ", ".join(f"{n} {fmt(v)}" for n, v in sorted(drift.items())) + ".")]
         tests = [(r["seed"], r["against_persistence"], r.get("per_ticker") or {}) for r in stock
                  if (r.get("against_persistence") or {}).get("days")]
         if tests:

@@ -87,6 +87,7 @@ def test_quick_bench_writes_complete_finite_records(tmp_path: Path) -> None:
     assert stock["naive_baseline"]["mase"] == 1.0 and stock["naive_baseline"]["mae"] > 0
     assert stock["per_ticker"] and all(0 < t["mase"] < 10 and t["naive_mae"] > 0 for t in stock["per_ticker"].values())
     assert all(0 <= t["dm_p"] <= 1 for t in stock["per_ticker"].values())  # against persistence, per ticker
+    assert 0.9 < stock["drift_baseline"]["mase"] < 1.1 and all(0.9 < t["drift_mase"] < 1.1 for t in stock["per_ticker"].values())
     assert stock["against_persistence"]["days"] > 0 and 0 <= stock["against_persistence"]["p"] <= 1
     for task in ("ecg", "ecg_unsupervised"):  # the parameter-free template baseline beside the model
         baseline = next(r for r in report["runs"] if r["task"] == task)["template_baseline"]
@@ -148,11 +149,15 @@ def test_summary_targets_and_markdown_from_records() -> None:
     assert "| speech |" in md and "failed" in md
     stock = {**run("stock", 1, 1.003), "naive_baseline": {"mae": 1.6}, "against_persistence": {
         "days": 110, "mean": 2e-5, "t": 0.8, "p": 0.42}, "per_ticker": {
-        "AAPL": {"mase": 1.01, "dm_p": 0.01}, "GE": {"mase": 0.99, "dm_p": None},  # None: NaN read back
-        "KO": {"mase": 1.2, "dm_p": 0.0}}}  # p underflows to 0 for a large t
+        "AAPL": {"mase": 1.01, "dm_p": 0.01, "drift_mase": 0.995}, "GE": {"mase": 0.99, "dm_p": None,  # None: NaN
+        "drift_mase": 1.004}, "KO": {"mase": 1.2, "dm_p": 0.0, "drift_mase": 0.998}},  # p underflows to 0 for a large t
+        "drift_baseline": {"mase": 0.9972}}
     md = bench.markdown({**report, "summary": {"stock": bench.summarise("stock", [stock])}, "runs": [stock]})
     assert "over the 110 test days" in md and ("seed 1: 0.0020 % of the close (t 0.80, p 0.42), per ticker at p < 0.05 better on none, "
                                                  "worse on AAPL, KO") in md
+    assert "persistence with drift (the last close grown by the train days' mean return; no parameters fitted to " in md
+    assert "test MASE 0.9972, against lstmkit's 1.0030" in md
+    assert "Persistence with drift per ticker (test MASE): 2 of 3 tickers below 1.0: AAPL 0.9950, GE 1.0040, KO 0.9980." in md
 
 
 def test_diebold_mariano_is_the_mean_over_its_newey_west_standard_error() -> None:

@@ -301,6 +301,15 @@ def test_head_round_trip_loss_and_persistence_metrics(kind: str) -> None:
     assert perfect["mase"] < 1e-4 and perfect["naive_mae"] == pytest.approx(naive["naive_mae"])
     expected_mape = float(((last[:, None] - batch.targets).abs() / batch.targets).mean())
     assert naive["naive_mape"] == pytest.approx(expected_mape, rel=1e-4)
+    # persistence with drift (log-returns only): the forecast of a zero output, each step the mean return more
+    assert ("drift_mase" in naive) == (kind == "log_returns")
+    if kind == "log_returns":
+        grown = last[:, None] * torch.exp(head.shift.double())
+        torch.testing.assert_close(head.drift(last), grown)
+        drift = scores(grown.float())
+        assert drift["mase"] == pytest.approx(drift["drift_mase"], rel=1e-5)
+        assert naive["drift_mase"] == pytest.approx(drift["mase"], rel=1e-5)
+        assert drift["drift_mase"] != pytest.approx(1.0)  # a drift was learnt from the train days
 
 
 def test_mase_is_scale_free_across_tickers() -> None:

@@ -92,7 +92,8 @@ class RegressionHead(Head):
     Metrics, in the data's units: ``mae``, ``rmse``, ``mape`` (a fraction: 0.012 = 1.2 %),
     the same three for the persistence forecast (``naive_*``), and ``mase``: the two mean
     absolute errors' ratio with each window's errors relative to its last value (scale free
-    across tickers; see :class:`MeanAbsoluteScaledError`).
+    across tickers; see :class:`MeanAbsoluteScaledError`). With ``relative`` targets also
+    ``drift_mase``: the same ratio for persistence with drift (:meth:`drift`).
     """
 
     monitor = "val/mase"
@@ -177,18 +178,30 @@ class RegressionHead(Head):
 
     # -- metrics --------------------------------------------------------------------------
     def metrics(self) -> MetricCollection:
-        return MetricCollection(
-            {
-                "mae": MeanAbsoluteError(),
-                "rmse": MeanSquaredError(squared=False),
-                "mape": MeanAbsolutePercentageError(),
-                "naive_mae": MeanAbsoluteError(),
-                "naive_rmse": MeanSquaredError(squared=False),
-                "naive_mape": MeanAbsolutePercentageError(),
-                "mase": MeanAbsoluteScaledError(),
-            },
-            compute_groups=False,  # members get different inputs; shared state would mix them
-        )
+        metrics: dict[str, Metric] = {
+            "mae": MeanAbsoluteError(),
+            "rmse": MeanSquaredError(squared=False),
+            "mape": MeanAbsolutePercentageError(),
+            "naive_mae": MeanAbsoluteError(),
+            "naive_rmse": MeanSquaredError(squared=False),
+            "naive_mape": MeanAbsolutePercentageError(),
+            "mase": MeanAbsoluteScaledError(),
+        }
+        if self.relative:  # persistence with drift: the MASE a model that had learnt only the mean return gets
+            metrics["drift_mase"] = MeanAbsoluteScaledError()
+        # members get different inputs; shared state would mix them
+        return MetricCollection(metrics, compute_groups=False)
+
+    def drift(self, last: torch.Tensor) -> torch.Tensor:
+        """Persistence with drift ``(B, H)``: the last value grown by the train days' mean log-return per
+        step (the target normaliser's ``shift``), i.e. this head's forecast for an output of zero.
+
+        Why: the random-walk-with-drift forecast is the field's second naive baseline (Hyndman &
+        Athanasopoulos, *Forecasting: Principles and Practice*, 5.2). In a rising market it beats
+        persistence without forecasting anything; a model that does not beat it has learnt no more
+        than the mean return. Only for ``relative`` targets: for levels, a zero output is the mean level.
+        """
+        return self.denormalise(torch.zeros(last.shape[0], self.horizon, device=last.device), last)
 
     def figure_metrics(self) -> MetricCollection:
         return MetricCollection(
@@ -206,6 +219,8 @@ class RegressionHead(Head):
             "forecast": (forecast,), "naive": (naive,), "actual": (actual,),
             "mase": (forecast, naive, actual, last),
         }
+        if self.relative:
+            arguments["drift_mase"] = (self.drift(last).float(), naive, actual, last)
         for name, metric in metrics.items(keep_base=True, copy_state=False):
             if name in arguments:
                 metric.update(*arguments[name])
