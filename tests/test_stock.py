@@ -312,6 +312,22 @@ def test_head_round_trip_loss_and_persistence_metrics(kind: str) -> None:
         assert drift["drift_mase"] != pytest.approx(1.0)  # a drift was learnt from the train days
 
 
+def test_a_zero_initialised_head_starts_at_persistence_with_drift_and_still_learns() -> None:
+    """``head.zero_init=true``: before training the forecast is the drift forecast exactly (whatever the
+    window), and one optimiser step moves the output layer, so training is not stuck at zero."""
+    dm = tiny_module(horizon=2)
+    batch = next(iter(dm.train_dataloader()))
+    head = RegressionHead(dm.spec, in_features=4, zero_init=True)
+    features = torch.randn(len(batch), 4)
+    last = head.last_values(batch.inputs, batch.lengths)
+    torch.testing.assert_close(head.denormalise(head(features, batch.lengths), last), head.drift(last))
+    assert not torch.equal(RegressionHead(dm.spec, in_features=4).net[-1].weight, head.net[-1].weight)  # default init
+    optimiser = torch.optim.SGD(head.parameters(), lr=0.1)
+    head.loss(head(features, batch.lengths), batch.lengths, batch).backward()
+    optimiser.step()
+    assert head.net[-1].weight.abs().sum() > 0
+
+
 def test_mase_is_scale_free_across_tickers() -> None:
     """Pooled in dollars, a $1,000 ticker's errors outweighed a $10 one's: its own MASE 1.2 and the
     other's 0.1 gave 1.19 overall. Relative to each window's last value, both count alike."""

@@ -88,6 +88,12 @@ class RegressionHead(Head):
             the conditional median, the minimiser of the MAE that MASE scores), in normalised space.
         huber_delta: Huber's threshold, in normalised units.
         plot_points: most test points drawn in the forecast-vs-actual plot.
+        zero_init: start the output layer at zero, so that the untrained model forecasts the normaliser's
+            ``shift``: persistence with drift for log-return targets (:meth:`drift`). Why: a randomly
+            initialised output layer starts from drift plus a random function of the window, which on
+            near-random-walk prices is noise the model must first unlearn; from zero, training departs
+            from the naive forecast only as far as the data supports (gradients still reach every layer
+            once the output weights move, as with the zero-initialised last layer of residual nets).
 
     Metrics, in the data's units: ``mae``, ``rmse``, ``mape`` (a fraction: 0.012 = 1.2 %),
     the same three for the persistence forecast (``naive_*``), and ``mase``: the two mean
@@ -109,6 +115,7 @@ class RegressionHead(Head):
         loss: str = "mse",
         huber_delta: float = 1.0,
         plot_points: int = 250,
+        zero_init: bool = False,
     ) -> None:
         super().__init__()
         target = (spec.normaliser or {}).get("target")
@@ -131,6 +138,9 @@ class RegressionHead(Head):
         self.target_name = str(target.get("name", "value"))
         self.names = list(spec.target_names or [f"{self.target_name}_t+{h + 1}" for h in range(self.horizon)])
         self.net = dense_layers(in_features, self.horizon, hidden, dropout)
+        if zero_init:
+            nn.init.zeros_(self.net[-1].weight)
+            nn.init.zeros_(self.net[-1].bias)
         self.loss_name, self.huber_delta = loss, huber_delta
         self.plot_points = plot_points
         self._encoder: nn.Module | None = None
