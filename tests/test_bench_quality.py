@@ -135,6 +135,12 @@ def test_summary_targets_and_markdown_from_records() -> None:
     assert summary["target_met"] is False  # AUROC reached, F1 (mean 0.965 < 0.97) not
     assert bench.summarise("stock", [run("stock", 1, 0.999)])["target_met"] is True
     assert bench.summarise("stock", [run("stock", 1, 1.0)])["target_met"] is False  # MASE must be < 1
+    tickers = [{**run("stock", seed, 0.99), "per_ticker": {"A": {"mase": 0.98}, "B": {"mase": b}}}
+               for seed, b in ((1, 0.99), (2, 1.02))]  # B's mean over the seeds: 1.005
+    stock_summary = bench.summarise("stock", tickers)
+    assert stock_summary["target_met"] is False and stock_summary["tickers_meeting_target"] == "1/2"  # per ticker too
+    assert bench.summarise("stock", tickers[:1])["target_met"] is True
+    assert bench.ticker_means(tickers) == {"A": pytest.approx(0.98), "B": pytest.approx(1.005)}
     assert bench.summarise("next_word", [run("next_word", 1, 100.0)])["target_met"] is True
     failed = {"task": "speech", "seed": 1, "value": None, "error": "exit code 1", "wall_time_s": 2.0}
     assert bench.summarise("speech", [failed])["ok"] == 0
@@ -158,6 +164,7 @@ def test_summary_targets_and_markdown_from_records() -> None:
     assert "persistence with drift (the last close grown by the train days' mean return; no parameters fitted to " in md
     assert "test MASE 0.9972, against lstmkit's 1.0030" in md
     assert "Persistence with drift per ticker (test MASE): 2 of 3 tickers below 1.0: AAPL 0.9950, GE 1.0040, KO 0.9980." in md
+    assert "1/2 tickers below 1" in bench.markdown({**report, "summary": {"stock": stock_summary}, "runs": tickers})
 
 
 def test_diebold_mariano_is_the_mean_over_its_newey_west_standard_error() -> None:
@@ -294,6 +301,9 @@ def test_ensemble_summary_averages_folds() -> None:
     failed = {**folds[0], "value": None, "metrics": {}}
     assert bench.summarise_ensembles("speech_loso", [failed, folds[1]])["target_met"] is False
     assert bench.summarise_ensembles("speech_loso", []) is None
+    stock = [{"task": "stock", "seeds": [1, 2], "value": value, "metrics": {"test/mase": value}} for value in (0.998,)]
+    assert bench.summarise_ensembles("stock", stock)["target_met"] is None  # per ticker: not measured, not claimed
+    assert bench.summarise_ensembles("stock", [{**stock[0], "value": 1.001}])["target_met"] is False
 
 
 def test_a_run_whose_every_job_failed_writes_no_report(tmp_path: Path, monkeypatch, capsys) -> None:
