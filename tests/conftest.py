@@ -85,6 +85,19 @@ def run_cli(*args: str, cwd: Path, check: bool = True, timeout: int = 600,
     return proc
 
 
+class _Current:
+    """A stream that writes to ``sys.<name>`` as it is at each write (a handler's stream outliving a run)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def write(self, text: str) -> int:
+        return getattr(sys, self.name).write(text)
+
+    def flush(self) -> None:
+        getattr(sys, self.name).flush()
+
+
 def run_here(*args: str, cwd: Path, check: bool = True,
              env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """``run_cli`` in this process: ``lstmkit.cli.main`` with the same arguments, what it prints and its
@@ -93,10 +106,15 @@ def run_here(*args: str, cwd: Path, check: bool = True,
     Why: a tiny run of the console script spends ~6 of its ~9 s importing torch and Lightning, which
     this process has done already. For tests of what a run does (resume, checkpoints, schedules), not
     of the process itself: signals, DDP, parallel sweeps and the console script's own wiring keep
-    :func:`run_cli`. What ``main`` changes for the process (working directory, environment, argv,
-    logging handlers, signal handlers, torch's threads and deterministic mode) is put back after.
-    Messages of loggers that hold the real stderr (Lightning's own) are not in ``stderr``.
+    :func:`run_cli`. What ``main`` changes for the process is put back after: working directory,
+    environment, argv, logging (and handlers that loggers created during the run bound to its
+    captured streams), SIGTERM / SIGINT handlers, torch's threads and deterministic mode, and the
+    random number generators of torch, NumPy and ``random`` (a run seeds them all).
     """
+    import random
+
+    import numpy as np
+
     from lstmkit import cli
 
     saved_env, saved_argv, saved_cwd = dict(os.environ), list(sys.argv), os.getcwd()
@@ -105,7 +123,9 @@ def run_here(*args: str, cwd: Path, check: bool = True,
     saved_loggers = {name: (list(lg.handlers), lg.level, lg.propagate, lg.disabled)
                      for name, lg in logging.Logger.manager.loggerDict.items() if isinstance(lg, logging.Logger)}
     saved_signals = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
-    saved_torch = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled())
+    saved_torch = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),
+                   torch.is_deterministic_algorithms_warn_only_enabled())
+    saved_random = (random.getstate(), np.random.get_state())
     out, err = io.StringIO(), io.StringIO()
     os.environ.update({"WANDB_MODE": "offline", **(env or {})})
     os.environ.pop("HYDRA_FULL_ERROR", None)
@@ -113,7 +133,7 @@ def run_here(*args: str, cwd: Path, check: bool = True,
     try:
         os.chdir(cwd)
         GlobalHydra.instance().clear()
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        with torch.random.fork_rng(), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             try:
                 cli.main(list(args))
             except SystemExit as exc:  # as the interpreter reads it at exit
@@ -128,20 +148,28 @@ def run_here(*args: str, cwd: Path, check: bool = True,
     finally:
         GlobalHydra.instance().clear()
         os.chdir(saved_cwd)
-        os.environ.clear()
-        os.environ.update(saved_env)
+        for key in set(os.environ) - set(saved_env):
+            del os.environ[key]
+        os.environ.update({k: v for k, v in saved_env.items() if os.environ.get(k) != v})
         sys.argv[:] = saved_argv
         root.handlers[:] = saved_root[0]
         root.setLevel(saved_root[1])
-        for name, (handlers, level, propagate, disabled) in saved_loggers.items():
-            lg = logging.getLogger(name)
-            lg.handlers[:] = handlers
-            lg.setLevel(level)
-            lg.propagate, lg.disabled = propagate, disabled
+        for name, lg in list(logging.Logger.manager.loggerDict.items()):
+            if name in saved_loggers:
+                handlers, level, propagate, disabled = saved_loggers[name]
+                lg.handlers[:] = handlers
+                lg.setLevel(level)
+                lg.propagate, lg.disabled = propagate, disabled
+            elif isinstance(lg, logging.Logger):  # created during the run (e.g. optuna's, on its import)
+                for handler in lg.handlers:  # bound to this run's buffers: follow whatever stream is current
+                    if getattr(handler, "stream", None) in (out, err):
+                        handler.stream = _Current("stdout" if handler.stream is out else "stderr")
         for s, handler in saved_signals.items():
             signal.signal(s, handler)
         torch.set_num_threads(saved_torch[0])
-        torch.use_deterministic_algorithms(saved_torch[1])
+        torch.use_deterministic_algorithms(saved_torch[1], warn_only=saved_torch[2])
+        random.setstate(saved_random[0])
+        np.random.set_state(saved_random[1])
     proc = subprocess.CompletedProcess(["lstmkit", *args], code, out.getvalue(), err.getvalue())
     if check and code != 0:
         raise AssertionError(f"lstmkit {' '.join(args)} failed ({code}) in process:\n{proc.stdout}\n{proc.stderr}")

@@ -133,7 +133,7 @@ def test_summary_targets_and_markdown_from_records() -> None:
     summary = bench.summarise("ecg", ecg)
     assert summary["mean"] == pytest.approx(0.998) and summary["mean_test/f1"] == pytest.approx(0.965)
     assert summary["target_met"] is False  # AUROC reached, F1 (mean 0.965 < 0.97) not
-    assert bench.summarise("stock", [run("stock", 1, 0.999)])["target_met"] is True
+    assert bench.summarise("stock", [run("stock", 1, 0.999)])["target_met"] is None  # per ticker not measured
     assert bench.summarise("stock", [run("stock", 1, 1.0)])["target_met"] is False  # MASE must be < 1
     tickers = [{**run("stock", seed, 0.99), "per_ticker": {"A": {"mase": 0.98}, "B": {"mase": b}}}
                for seed, b in ((1, 0.99), (2, 1.02))]  # B's mean over the seeds: 1.005
@@ -161,9 +161,9 @@ def test_summary_targets_and_markdown_from_records() -> None:
     md = bench.markdown({**report, "summary": {"stock": bench.summarise("stock", [stock])}, "runs": [stock]})
     assert "over the 110 test days" in md and ("seed 1: 0.0020 % of the close (t 0.80, p 0.42), per ticker at p < 0.05 better on none, "
                                                  "worse on AAPL, KO") in md
-    assert "persistence with drift (the last close grown by the train days' mean return; no parameters fitted to " in md
+    assert "persistence with drift (the last close grown by the train days' mean return, pooled over the tickers; " in md
     assert "test MASE 0.9972, against lstmkit's 1.0030" in md
-    assert "Persistence with drift per ticker (test MASE): 2 of 3 tickers below 1.0: AAPL 0.9950, GE 1.0040, KO 0.9980." in md
+    assert "Persistence with drift per ticker (the pooled drift; test MASE): 2 of 3 tickers below 1.0: AAPL 0.9950, GE 1.0040, KO 0.9980." in md
     assert "1/2 tickers below 1" in bench.markdown({**report, "summary": {"stock": stock_summary}, "runs": tickers})
 
 

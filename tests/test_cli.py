@@ -236,6 +236,7 @@ import lstmkit
 assert lstmkit.__version__
 print("heavy:", sorted(m for m in sys.modules if m.split(".")[0] in {"torch", "lightning", "torchaudio", "torchmetrics"}))
 print("SequenceModel:", lstmkit.SequenceModel.__module__)  # still there, on first use
+assert "LSTMCore" in dir(lstmkit) and lstmkit.core.LSTMCore is lstmkit.LSTMCore  # submodules too, as before
 """
     proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120,
                           check=False)

@@ -25,7 +25,7 @@ from lstmkit.cli import config_dir, explain_runtime_error
 from lstmkit.errors import CheckpointError
 from lstmkit.suggest import suggest_override
 
-from .conftest import BIN, QUICK, run_here
+from .conftest import BIN, QUICK, run_cli, run_here
 
 # Dropout on, so a resume that replayed different random numbers would give different metrics.
 RUN = [
@@ -57,9 +57,11 @@ def _fake_run(folder: Path, overrides: list[str], age: float | None = None, conf
 
 
 def test_same_seed_same_config_gives_bit_identical_metrics(tmp_path: Path) -> None:
-    for name in ("a", "b"):
+    """One run in a process of its own (its own hash seed and import state), one in this process: the
+    same metrics, bit for bit, which also shows that ``run_here`` runs a command as the console script does."""
+    for name, run in (("a", run_cli), ("b", run_here)):
         (tmp_path / name).mkdir()
-        run_here("train", *RUN, cwd=tmp_path / name)
+        run("train", *RUN, cwd=tmp_path / name)
     first, second = _metrics(tmp_path / "a"), _metrics(tmp_path / "b")
     assert first == second  # exact float equality, every metric
     for name in ("c",):

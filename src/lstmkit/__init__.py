@@ -28,5 +28,19 @@ __version__ = "0.1.0"
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
-        return getattr(import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'lstmkit' has no attribute {name!r}")
+        value = getattr(import_module(_LAZY[name]), name)
+    elif name.startswith("__"):  # probes such as __wrapped__ or __test__ are not submodules
+        raise AttributeError(f"module 'lstmkit' has no attribute {name!r}")
+    else:  # a submodule (``lstmkit.module``), as the eager imports made available before
+        try:
+            value = import_module(f"lstmkit.{name}")
+        except ModuleNotFoundError as err:
+            if err.name != f"lstmkit.{name}":
+                raise
+            raise AttributeError(f"module 'lstmkit' has no attribute {name!r}") from None
+    globals()[name] = value  # found once
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})

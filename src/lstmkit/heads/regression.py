@@ -203,11 +203,13 @@ class RegressionHead(Head):
         return MetricCollection(metrics, compute_groups=False)
 
     def drift(self, last: torch.Tensor) -> torch.Tensor:
-        """Persistence with drift ``(B, H)``: the last value grown by the train days' mean log-return per
-        step (the target normaliser's ``shift``), i.e. this head's forecast for an output of zero.
+        """Persistence with drift ``(B, H)``: the last value grown, for step ``h``, by the train windows'
+        mean ``h``-step log-return (the target normaliser's ``shift[h]``, pooled over every series of the
+        train split), i.e. this head's forecast for an output of zero.
 
         Why: the random-walk-with-drift forecast is the field's second naive baseline (Hyndman &
-        Athanasopoulos, *Forecasting: Principles and Practice*, 5.2). In a rising market it beats
+        Athanasopoulos, *Forecasting: Principles and Practice*, 5.2; theirs takes each series' own
+        drift, this one the train split's, as the model does). In a rising market it beats
         persistence without forecasting anything; a model that does not beat it has learnt no more
         than the mean return. Only for ``relative`` targets: for levels, a zero output is the mean level.
         """
