@@ -308,7 +308,7 @@ def run_one(task: str, seed: int | None, args: argparse.Namespace, overrides: li
         }
         if "test/drift_mase" in metrics:  # the second naive forecast: persistence grown by the train days' drift
             record["drift_baseline"] = {"forecast": "persistence with drift (last close x the train days' mean "
-                                                    "return per step)", "mase": metrics["test/drift_mase"]}
+                                                    "return, pooled over the tickers)", "mase": metrics["test/drift_mase"]}
     if task == "stock" and (run_dir / "checkpoints" / "best.ckpt").exists():
         try:
             record["per_ticker"], record["against_persistence"] = stock_per_ticker(
@@ -610,9 +610,14 @@ def summarise_ensembles(task: str, records: list[dict[str, Any]]) -> dict[str, A
     return summary
 
 
+def measured_tickers(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The ``per_ticker`` figures of the stock runs that measured them (not an ``{"error": ...}``)."""
+    return [r["per_ticker"] for r in runs if isinstance(r.get("per_ticker"), dict) and "error" not in r["per_ticker"]]
+
+
 def ticker_means(runs: list[dict[str, Any]], key: str = "mase") -> dict[str, float]:
     """Each ticker's ``key`` (test MASE), the mean over the runs that measured it (stock's ``per_ticker``)."""
-    tickers = [r["per_ticker"] for r in runs if isinstance(r.get("per_ticker"), dict) and "error" not in r["per_ticker"]]
+    tickers = measured_tickers(runs)
     names = sorted(set().union(*tickers)) if tickers else []
     return {n: statistics.mean(t[n][key] for t in tickers if t.get(n, {}).get(key) is not None) for n in names
             if any(t.get(n, {}).get(key) is not None for t in tickers)}
@@ -640,8 +645,8 @@ def summarise(task: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
             if others:
                 summary[f"mean_{key}"] = statistics.fmean(others)
                 met = met and (summary[f"mean_{key}"] >= goal if higher else summary[f"mean_{key}"] <= goal)
-        per_ticker = ticker_means(runs)
-        if task == "stock" and per_ticker:  # the issue's target holds per ticker as well as overall
+        per_ticker = ticker_means(runs) if task == "stock" else {}
+        if per_ticker:  # the issue's target holds per ticker as well as overall
             summary["tickers_meeting_target"] = f"{sum(meets(task, v) for v in per_ticker.values())}/{len(per_ticker)}"
             met = met and all(meets(task, v) for v in per_ticker.values())
         summary["target_met"] = met and len(values) == len(runs)  # a failed seed or fold is not a pass
@@ -762,7 +767,7 @@ def markdown(report: dict[str, Any]) -> str:
                            "beat it has learnt no more than the mean return.")]
         means = ticker_means(stock)
         if means:
-            seeds = sum(isinstance(r.get("per_ticker"), dict) and "error" not in r["per_ticker"] for r in stock)
+            seeds = len(measured_tickers(stock))
             below = sum(value < 1.0 for value in means.values())
             lines += ["", (f"Stock per ticker (test MASE, mean of {seeds} seeds): {below} of {len(means)} "
                            "tickers below 1.0: " + ", ".join(f"{n} {fmt(v)}" for n, v in means.items()) + ".")]
@@ -770,7 +775,7 @@ def markdown(report: dict[str, Any]) -> str:
             if drift:
                 lines += ["", (f"Persistence with drift per ticker (the pooled drift; test MASE): {sum(v < 1.0 for v in drift.values())} "
                                f"of {len(drift)} tickers below 1.0: "
-                               + ", ".join(f"{n} {fmt(v)}" for n, v in sorted(drift.items())) + ".")]
+                               + ", ".join(f"{n} {fmt(v)}" for n, v in drift.items()) + ".")]
         tests = [(r["seed"], r["against_persistence"], r.get("per_ticker") or {}) for r in stock
                  if (r.get("against_persistence") or {}).get("days")]
         if tests:

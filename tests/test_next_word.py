@@ -6,7 +6,6 @@ import json
 import math
 import random
 import re
-import subprocess
 from collections import Counter
 from pathlib import Path
 from types import SimpleNamespace
@@ -498,17 +497,12 @@ def test_generation_carries_the_state_and_matches_rereading_the_whole_text(layer
 
 
 # -- the console script and the notebook -------------------------------------------------------
-def lstmkit(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    """The console script's command, run in this process (:func:`tests.conftest.run_here`)."""
-    return run_here(*args, cwd=cwd, check=False)
-
-
 def test_cli_train_plots_then_predict(tmp_path: Path) -> None:
     tiny = ["task=next_word", "data.num_tokens=20000", "data.batch_size=8", "encoder.dim=16",
             "model.hidden_size=16", "trainer.max_epochs=1", "trainer.limit_train_batches=3",
             "trainer.limit_val_batches=2", "trainer.limit_test_batches=2",
             "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]
-    run = lstmkit("train", *tiny, cwd=tmp_path)
+    run = run_here("train", *tiny, cwd=tmp_path, check=False)
     assert run.returncode == 0, run.stderr[-3000:]
     (ckpt,) = (tmp_path / "logs" / "next_word" / "runs").glob("*/checkpoints/last.ckpt")
     run_dir = ckpt.parents[1]
@@ -517,7 +511,7 @@ def test_cli_train_plots_then_predict(tmp_path: Path) -> None:
     assert metrics["test/perplexity"] == pytest.approx(math.exp(metrics["test/ce"]), rel=1e-4)
     assert 1 < metrics["test/perplexity"] < 5000
 
-    run = lstmkit("predict", f"ckpt_path={ckpt}", "input=[the company said,she]", cwd=tmp_path)
+    run = run_here("predict", f"ckpt_path={ckpt}", "input=[the company said,she]", cwd=tmp_path, check=False)
     assert run.returncode == 0, run.stderr[-3000:]
     rows = [json.loads(line) for line in run.stdout.splitlines() if line.startswith("{")]
     assert [r["input"] for r in rows] == ["the company said", "she"]

@@ -8,7 +8,6 @@ import logging
 import math
 import pickle
 import re
-import subprocess
 import tempfile
 from pathlib import Path
 
@@ -984,19 +983,14 @@ def test_training_words_are_kept_in_the_spec():
 
 
 # -- end to end ----------------------------------------------------------------------------------------
-def lstmkit(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    """The console script's command, run in this process (:func:`tests.conftest.run_here`)."""
-    return run_here(*args, cwd=cwd, check=False)
-
-
 def test_cli_train_then_predict(tmp_path):
     tiny = ["data.num_examples=48", "data.batch_size=8", "model.hidden_size=16", "model.num_layers=1",
             "trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
             "trainer.limit_test_batches=1", "trainer.enable_progress_bar=false"]
-    refused = lstmkit("train", "task=speech", *tiny, "adapt=true", cwd=tmp_path)  # before it trains
+    refused = run_here("train", "task=speech", *tiny, "adapt=true", cwd=tmp_path, check=False)  # before training
     assert refused.returncode != 0 and "encoder.normalise=utterance, which has none" in refused.stderr
     assert not list(tmp_path.glob("logs/speech/runs/*/checkpoints"))
-    run = lstmkit("train", "task=speech", *tiny, cwd=tmp_path)
+    run = run_here("train", "task=speech", *tiny, cwd=tmp_path, check=False)
     assert run.returncode == 0, run.stderr[-3000:]
     ckpts = list((tmp_path / "logs" / "speech" / "runs").glob("*/checkpoints/last.ckpt"))
     assert len(ckpts) == 1
@@ -1004,31 +998,33 @@ def test_cli_train_then_predict(tmp_path):
     assert plots == {"cer_by_length.png", "ctc_posteriors.png"}
     for k, (wave, _, _) in enumerate(generate_utterances(2, seed=9)):
         sf.write(tmp_path / f"u{k}.wav", wave, SR)
-    run = lstmkit("predict", f"ckpt_path={ckpts[0]}", "input=[u0.wav,u1.wav]", cwd=tmp_path)
+    run = run_here("predict", f"ckpt_path={ckpts[0]}", "input=[u0.wav,u1.wav]", cwd=tmp_path, check=False)
     assert run.returncode == 0, run.stderr[-3000:]
     rows = [json.loads(line) for line in run.stdout.splitlines() if line.startswith("{")]
     assert [r["input"] for r in rows] == ["u0.wav", "u1.wav"]
     (tmp_path / "clips.txt").write_text("u0.wav\nu1.wav\n")  # a recording the list names is not an output
     before = (tmp_path / "u0.wav").read_bytes()
-    run = lstmkit("predict", f"ckpt_path={ckpts[0]}", "input_file=clips.txt", "output=u0.wav", cwd=tmp_path)
+    run = run_here("predict", f"ckpt_path={ckpts[0]}", "input_file=clips.txt", "output=u0.wav", cwd=tmp_path,
+                   check=False)
     assert run.returncode != 0 and "output=u0.wav: is the file input=" in run.stderr
     assert (tmp_path / "u0.wav").read_bytes() == before and "{" not in run.stdout
     assert all(isinstance(r["transcript"], str) for r in rows)
     # decoding over the training words: every word of every transcript is one of them
     words = set(load_model(ckpts[0]).spec.extra["words"])
-    run = lstmkit("predict", f"ckpt_path={ckpts[0]}", "input=[u0.wav,u1.wav]", "decode.decoder=beam",
-                  "decode.lexicon=train", "decode.beam_size=4", cwd=tmp_path)
+    run = run_here("predict", f"ckpt_path={ckpts[0]}", "input=[u0.wav,u1.wav]", "decode.decoder=beam",
+                   "decode.lexicon=train", "decode.beam_size=4", cwd=tmp_path, check=False)
     assert run.returncode == 0, run.stderr[-3000:]
     rows = [json.loads(line) for line in run.stdout.splitlines() if line.startswith("{")]
     assert len(rows) == 2 and all(set(r["transcript"].split()) <= words for r in rows)
-    run = lstmkit("eval", f"ckpt_path={ckpts[0]}", "split=val", "decode.decoder=beam", "decode.lexicon=train",
-                  "trainer.limit_val_batches=1", "trainer.enable_progress_bar=false", cwd=tmp_path)
+    run = run_here("eval", f"ckpt_path={ckpts[0]}", "split=val", "decode.decoder=beam", "decode.lexicon=train",
+                   "trainer.limit_val_batches=1", "trainer.enable_progress_bar=false", cwd=tmp_path, check=False)
     assert run.returncode == 0, run.stderr[-3000:]
     assert "'lexicon': 'train'" in run.stdout + run.stderr and "val/cer" in run.stdout
-    run = lstmkit("eval", f"ckpt_path={ckpts[0]}", "adapt=true", "trainer.limit_test_batches=1", cwd=tmp_path)
+    run = run_here("eval", f"ckpt_path={ckpts[0]}", "adapt=true", "trainer.limit_test_batches=1", cwd=tmp_path,
+                   check=False)
     assert run.returncode != 0  # per-utterance CMVN (the preset): no running statistics to re-estimate
     assert "adapt=true re-estimates the running statistics of encoder.normalise=global|both" in run.stderr
-    run = lstmkit("eval", f"ckpt_path={ckpts[0]}", "trainer.limit_test_batches=0", cwd=tmp_path)
+    run = run_here("eval", f"ckpt_path={ckpts[0]}", "trainer.limit_test_batches=0", cwd=tmp_path, check=False)
     assert run.returncode != 0 and "eval scored no batches of the test split (trainer.limit_test_batches=0)" in run.stderr
 
 

@@ -6,7 +6,6 @@ import gzip
 import json
 import logging
 import re
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -406,16 +405,11 @@ def test_predict_batch_takes_the_last_window_of_every_ticker(tmp_path: Path) -> 
 
 
 # -- end to end ------------------------------------------------------------------------------------------
-def lstmkit(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    """The console script's command, run in this process (:func:`tests.conftest.run_here`)."""
-    return run_here(*args, cwd=cwd, check=False)
-
-
 def test_cli_train_plots_then_predict(tmp_path: Path) -> None:
     tiny = ["task=stock", "data.num_days=160", "data.window=10", "data.horizon=2", "model.hidden_size=8",
             "trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
             "trainer.limit_test_batches=1", "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]
-    run = lstmkit("train", *tiny, cwd=tmp_path)
+    run = run_here("train", *tiny, cwd=tmp_path, check=False)
     assert run.returncode == 0, run.stderr[-3000:]
     (ckpt,) = (tmp_path / "logs" / "stock" / "runs").glob("*/checkpoints/last.ckpt")
     run_dir = ckpt.parents[1]
@@ -425,7 +419,7 @@ def test_cli_train_plots_then_predict(tmp_path: Path) -> None:
     assert 0 < metrics["test/mase"] < 10  # scale free, so not exactly mae / naive_mae over several tickers
 
     write_csv(tmp_path / "AAPL.csv", one_ticker(40).rename(columns=str.capitalize))
-    run = lstmkit("predict", f"ckpt_path={ckpt}", "input=AAPL.csv", cwd=tmp_path)
+    run = run_here("predict", f"ckpt_path={ckpt}", "input=AAPL.csv", cwd=tmp_path, check=False)
     assert run.returncode == 0, run.stderr[-3000:]
     (row,) = [json.loads(line) for line in run.stdout.splitlines() if line.startswith("{")]
     assert row["input"] == {"file": "AAPL.csv", "ticker": "AAPL", "last_date": "2016-02-26"}
