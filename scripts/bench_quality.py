@@ -489,7 +489,7 @@ def stock_per_ticker(checkpoint: Path) -> tuple[dict[str, dict[str, float]], dic
 
     The issue asks for MASE < 1 per ticker as well as overall. The head's own metrics are updated
     with one ticker's test windows at a time, so the figures are computed exactly as the overall ones.
-    The test's loss differential is the one MASE sums: each window's absolute error minus persistence's,
+    The test's loss differential is the one MASE sums (the head's ``loss_differential``): each window's absolute error minus persistence's,
     relative to its last close, averaged over the horizon. Per ticker it is tested over that ticker's
     windows; overall over test *days* (each day's mean over the tickers), because the tickers of one day
     move together and are not independent draws.
@@ -519,12 +519,9 @@ def stock_per_ticker(checkpoint: Path) -> tuple[dict[str, dict[str, float]], dic
                 inputs, targets = torch.stack([x for x, _ in items]), torch.stack([y for _, y in items])
                 lengths = torch.full((len(items),), inputs.shape[1])
                 outputs, _ = model(inputs, lengths)
-                model.head.update_metrics(metrics, outputs, lengths, Batch(inputs, lengths, targets))
-                last = model.head.last_values(inputs, lengths).double()
-                forecast = model.head.denormalise(outputs, last).double()
-                actual = targets.double()
-                differentials += (((forecast - actual).abs() - (last[:, None] - actual).abs())
-                                  / last[:, None].abs()).mean(dim=1).tolist()
+                batch = Batch(inputs, lengths, targets)
+                model.head.update_metrics(metrics, outputs, lengths, batch)
+                differentials += model.head.loss_differential(outputs, batch).tolist()
         for i, d in zip(rows, differentials):  # by the day the forecast is made (the window's last)
             by_day.setdefault(series.dates[int(test.anchors[i, 1])], []).append(d)
         computed = {key: float(value) for key, value in metrics.compute().items()}
@@ -538,26 +535,34 @@ def stock_per_ticker(checkpoint: Path) -> tuple[dict[str, dict[str, float]], dic
 
 
 def diebold_mariano(differential: Any, horizon: int = 1) -> dict[str, float]:
-    """Diebold & Mariano (1995): is the mean loss differential (model minus baseline, in time order) zero?
+    """Diebold & Mariano (1995) with Harvey, Leybourne & Newbold's (1997) small-sample correction, as R's
+    ``forecast::dm.test``: is the mean loss differential (model minus baseline, in time order) zero?
 
-    The statistic is its mean over its standard error, with the Newey-West variance over ``horizon - 1``
-    lags (an h-step forecast's errors overlap for h - 1 steps), against the normal distribution, two-sided.
-    ``mean`` > 0: the model's errors are the larger. ``p`` near 1: no evidence either way.
+    The statistic is the mean over its standard error; the variance sums the autocovariances up to lag
+    ``horizon - 1`` (an h-step forecast's errors overlap for h - 1 steps), rescaled by
+    ``sqrt((n + 1 - 2h + h(h - 1) / n) / n)`` and read against Student's t with n - 1 degrees of freedom,
+    two-sided. Where those autocovariances sum to a variance <= 0 (possible for h > 1), the Bartlett
+    weights of Newey & West keep it positive. ``mean`` > 0: the model's errors are the larger.
+    ``p`` near 1: no evidence either way.
     """
     import numpy as np
+    from scipy import stats
 
     d = np.asarray(differential, dtype=np.float64)
     n = len(d)
     if n < 2:
         return {"mean": float(d.mean()) if n else math.nan, "t": math.nan, "p": math.nan}
     centred = d - d.mean()
-    variance = centred @ centred / n
-    for lag in range(1, min(horizon, n)):
-        variance += 2 * (1 - lag / horizon) * (centred[lag:] @ centred[:-lag]) / n
+    lags = range(1, min(horizon, n))
+    covariances = [centred @ centred / n] + [centred[lag:] @ centred[:-lag] / n for lag in lags]
+    variance = covariances[0] + 2 * sum(covariances[1:])
+    if variance <= 0:
+        variance = covariances[0] + 2 * sum((1 - lag / horizon) * covariances[lag] for lag in lags)
     if variance <= 0:
         return {"mean": float(d.mean()), "t": math.nan, "p": math.nan}
-    t = float(d.mean() / math.sqrt(variance / n))
-    return {"mean": float(d.mean()), "t": t, "p": math.erfc(abs(t) / math.sqrt(2))}
+    correction = math.sqrt(max(n + 1 - 2 * horizon + horizon * (horizon - 1) / n, 1e-12) / n)
+    t = float(d.mean() / math.sqrt(variance / n) * correction)
+    return {"mean": float(d.mean()), "t": t, "p": float(2 * stats.t.sf(abs(t), df=n - 1))}
 
 
 def epochs_logged(run_dir: Path) -> int | None:

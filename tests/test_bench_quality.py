@@ -167,21 +167,32 @@ def test_summary_targets_and_markdown_from_records() -> None:
     assert "1/2 tickers below 1" in bench.markdown({**report, "summary": {"stock": stock_summary}, "runs": tickers})
 
 
-def test_diebold_mariano_is_the_mean_over_its_newey_west_standard_error() -> None:
+def test_diebold_mariano_is_harvey_leybourne_newbolds_corrected_statistic() -> None:
     import numpy as np
+    from scipy import stats
 
     bench = load_bench()
     rng = np.random.default_rng(0)
     noise = rng.normal(size=400)
-    one = bench.diebold_mariano(noise + 0.5)
-    assert one["t"] == pytest.approx((noise.mean() + 0.5) / (noise.std() / 20)) and one["p"] < 1e-6
+    n = len(noise)
+    one = bench.diebold_mariano(noise + 0.5)  # h = 1: the mean over its standard error, times sqrt((n - 1) / n)
+    assert one["t"] == pytest.approx((noise.mean() + 0.5) / (noise.std() / np.sqrt(n)) * np.sqrt((n - 1) / n))
+    assert one["p"] < 1e-6
     assert bench.diebold_mariano(-noise)["t"] == pytest.approx(-bench.diebold_mariano(noise)["t"])
     assert bench.diebold_mariano(noise)["p"] > 0.05  # no difference, and the test does not see one
-    overlapping = noise[1:] + noise[:-1]  # two-step forecasts' errors share a day: autocorrelated
-    c = overlapping - overlapping.mean()
-    n = len(c)
-    variance = c @ c / n + 2 * 0.5 * (c[1:] @ c[:-1]) / n
-    assert bench.diebold_mariano(overlapping, horizon=2)["t"] == pytest.approx(overlapping.mean() / np.sqrt(variance / n))
+    overlapping = noise[1:] + noise[:-1] + 0.1  # two-step forecasts' errors share a day: autocorrelated
+    c, m = overlapping - overlapping.mean(), len(overlapping)
+    variance = c @ c / m + 2 * (c[1:] @ c[:-1]) / m  # autocovariances to lag h - 1, unweighted
+    t = overlapping.mean() / np.sqrt(variance / m) * np.sqrt((m + 1 - 4 + 2 / m) / m)
+    two = bench.diebold_mariano(overlapping, horizon=2)
+    assert two["t"] == pytest.approx(t) and two["p"] == pytest.approx(2 * stats.t.sf(abs(t), df=m - 1))
+    # lag-1 autocovariance below -gamma0 / 2: the unweighted variance is negative, Bartlett's keeps it positive
+    alternating = np.tile([1.0, -1.0], 50) + 0.01 * rng.normal(size=100)
+    c = alternating - alternating.mean()
+    assert c @ c + 2 * (c[1:] @ c[:-1]) < 0
+    bartlett = (c @ c + (c[1:] @ c[:-1])) / 100
+    assert bench.diebold_mariano(alternating, horizon=2)["t"] == pytest.approx(
+        alternating.mean() / np.sqrt(bartlett / 100) * np.sqrt((100 + 1 - 4 + 2 / 100) / 100))
     assert math.isnan(bench.diebold_mariano([0.1])["p"]) and math.isnan(bench.diebold_mariano([0.1, 0.1])["p"])
 
 

@@ -298,6 +298,15 @@ def test_head_round_trip_loss_and_persistence_metrics(kind: str) -> None:
     assert naive["mase"] == pytest.approx(1.0) and naive["mae"] == pytest.approx(naive["naive_mae"], rel=1e-5)
     perfect = scores(batch.targets)
     assert perfect["mase"] < 1e-4 and perfect["naive_mae"] == pytest.approx(naive["naive_mae"])
+    # the per-window terms a Diebold-Mariano test sums are MASE's own: mean(d) * H = (model - naive error) / n
+    guess = batch.targets * (1 + 0.01 * torch.randn_like(batch.targets))
+    differential = head.loss_differential(head.normalise(guess, last), batch)
+    relative = lambda levels: float(((levels - batch.targets).abs() / last[:, None].abs()).double().sum())
+    assert differential.shape == (len(batch),) and differential.dtype == torch.float64
+    assert float(differential.sum()) * head.horizon == pytest.approx(
+        relative(guess) - relative(last[:, None].expand_as(guess)), rel=1e-4)
+    assert scores(guess)["mase"] == pytest.approx(1 + float(differential.sum()) * head.horizon / relative(
+        last[:, None].expand_as(guess)), rel=1e-4)
     expected_mape = float(((last[:, None] - batch.targets).abs() / batch.targets).mean())
     assert naive["naive_mape"] == pytest.approx(expected_mape, rel=1e-4)
     # persistence with drift (log-returns only): the forecast of a zero output, each step the mean return more

@@ -215,6 +215,18 @@ class RegressionHead(Head):
         """
         return self.denormalise(torch.zeros(last.shape[0], self.horizon, device=last.device), last)
 
+    def loss_differential(self, outputs: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """Each window's MASE loss differential against persistence ``(B,)``, in float64: the forecast's
+        absolute error minus persistence's, relative to the window's last value, averaged over the horizon.
+
+        Why: :class:`MeanAbsoluteScaledError` sums exactly these terms, so a test of whether the model's
+        errors differ from persistence's by more than chance (Diebold-Mariano, ``scripts/bench_quality.py``)
+        tests the figure that is reported; < 0 on average: the model's errors are the smaller.
+        """
+        last = self.last_values(batch.inputs, batch.lengths)
+        forecast, actual = self.denormalise(outputs.detach(), last), batch.targets.double()
+        return (((forecast - actual).abs() - (last[:, None] - actual).abs()) / last[:, None].abs()).mean(dim=1)
+
     def figure_metrics(self) -> MetricCollection:
         return MetricCollection(
             {"forecast": CatMetric(), "naive": CatMetric(), "actual": CatMetric()}, compute_groups=False
