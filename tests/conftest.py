@@ -138,10 +138,11 @@ def run_here(*args: str, cwd: Path, check: bool = True,
                 cli.main(list(args))
             except SystemExit as exc:  # as the interpreter reads it at exit
                 if isinstance(exc.code, int) or exc.code is None:
-                    code = exc.code or 0
+                    code = (exc.code or 0) & 0xFF  # the status a process reports: sys.exit(256) ends with 0
                 else:
                     print(exc.code, file=sys.stderr)
                     code = 1
+            # (a KeyboardInterrupt is pytest's own Ctrl-C, so it goes on up to pytest)
             except Exception:  # noqa: BLE001 - a traceback and status 1, as the console script ends
                 traceback.print_exc()
                 code = 1

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 
 from lstmkit.cli import config_dir
 
@@ -40,6 +41,12 @@ def test_every_task_has_a_documented_real_recipe() -> None:
         assert "budget" in text.lower() and "expected" in text.lower(), f"{name} must state its budget and expectation"
 
 
+# settings a recipe's comment and the README's figures name as chosen (on val); a change must re-measure them
+RECIPE_CHOICES: dict[str, dict[str, object]] = {
+    "stock_real": {"head.zero_init": True, "optimizer.lr": 1e-4, "head.loss": "huber", "model.hidden_size": 32},
+}
+
+
 @pytest.mark.parametrize("experiment", REAL)
 def test_real_recipes_compose(make_cfg, experiment) -> None:
     task = experiment.removesuffix("_real")
@@ -48,6 +55,8 @@ def test_real_recipes_compose(make_cfg, experiment) -> None:
     assert str(cfg.data.path).startswith(f"/data/root/{DATA_FOLDER[task]}")
     assert cfg.trainer.max_epochs >= 1 and cfg.seed is not None
     assert cfg.test is True  # every recipe ends on the held-out test split
+    for key, value in RECIPE_CHOICES.get(experiment, {}).items():  # what the recorded figures were measured with
+        assert OmegaConf.select(cfg, key) == value, f"{experiment}: {key}"
 
 
 def test_quick_bench_writes_complete_finite_records(tmp_path: Path) -> None:
