@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -169,3 +170,6 @@ def test_speaker_batches_take_as_many_steps_on_every_rank(tmp_path: Path) -> Non
     assert said.count("adapt=true: the encoder's normalisation statistics re-estimated on the") == 1  # rank zero's
     # self-training under DDP: one cut over both shards' utterances, the gradients averaged over the ranks
     assert said.count("self_train: fine-tuned 1 epoch(s), ") == 1, said
+    # the shards are unpadded (UnrepeatedDistributedSampler): the 15 test utterances count once each, not 16
+    test_size = re.search(r"speech data: train \d+ / val \d+ / test (\d+) utterances", said)
+    assert test_size and f"of the {test_size.group(1)} utterances of the test split" in said, said

@@ -433,7 +433,6 @@ class SequenceModel(L.LightningModule):
                      for model in self.trained_models()] if kept else [0]
         if not self.trainer.is_global_zero:
             return
-        # (under DDP, an utterance a sampler repeats to even out the shards counts, and trains, once per copy)
         if not kept:
             log.warning("self_train: the model decoded none of the %d utterances of the %s split to a transcript, "
                         "so there is nothing to train on: scored as it is", len(confidences), split)
