@@ -1355,20 +1355,25 @@ def test_eval_with_a_training_group_says_the_task_is_the_checkpoints() -> None:
     assert suggest_override(config_dir(), "eval", ["ckpt_path=x.ckpt", "trainer.max_epochs=1"]) is None
 
 
-@pytest.mark.parametrize("text", ["it's good", "not bad!", "(a) great film"])
-def test_free_text_hydra_cannot_read_gets_quoting_that_works(text: str) -> None:
+@pytest.mark.parametrize("text, meant", [
+    ("it's good", "it's good"), ("not bad!", "not bad!"), ("(a) great film", "(a) great film"), ("café", "café"),
+    # a list: each item quoted; quoted whole, it was read as one text, brackets and all, without a word
+    ("[great film!,awful]", ["great film!", "awful"]), ("[the company said,日本語 テスト]", ["the company said", "日本語 テスト"]),
+])
+def test_free_text_hydra_cannot_read_gets_quoting_that_works(text: str, meant: str | list[str]) -> None:
     """``input=it's good`` ended in Hydra's LexerNoViableAltException alone; the hint's quoted form is read back
-    (through the shell, as a user would paste it) into the same text."""
+    (through the shell, as a user would paste it) into the same text, or the same list of texts."""
     import shlex
 
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     hint = suggest_override(config_dir(), "predict", ["ckpt_path=x.ckpt", f"input={text}"])
-    assert hint is not None and hint.startswith(f"input={text}: Hydra reads quotes"), hint
-    pasted = hint.split("shell's: ", 1)[1].split(" (or give", 1)[0]
+    assert hint is not None and hint.startswith(f"input={text}: Hydra's override grammar takes "), hint
+    assert ("non-ASCII characters" in hint) == (not text.isascii())
+    pasted = hint.split("inside the shell's quotes: ", 1)[1].split(" (or give", 1)[0]
     (arg,) = shlex.split(pasted)
     (override,) = OverridesParser.create().parse_overrides([arg])
-    assert override.value() == text
+    assert override.value() == meant
     assert suggest_override(config_dir(), "predict", ["ckpt_path=x.ckpt", 'input="it\'s"']) is None
 
 

@@ -161,6 +161,9 @@ def test_label_prefixed_lines_split_at_any_whitespace_and_jsonl_text_is_a_string
     numbers.write_text('{"text": "fine", "label": 1}\n{"text": 123, "label": 0}\n')
     with pytest.raises(DataError, match=r"reviews\.jsonl, row 2, field 'text': expected a string, found int 123"):
         read_labelled_text(numbers)
+    booleans = tmp_path / "flags.jsonl"  # JSON's booleans keep JSON's spelling (Python's would be "True")
+    booleans.write_text('{"text": "fine", "label": true}\n{"text": "dull", "label": false}\n')
+    assert read_labelled_text(booleans) == [(1, "fine", "true"), (2, "dull", "false")]
 
 
 def test_a_line_that_lost_its_label_is_refused_and_a_single_example_class_is_named(tmp_path: Path, caplog) -> None:
@@ -393,10 +396,29 @@ def test_labels_that_differ_only_in_case_are_named(tmp_path: Path, caplog) -> No
     assert "labels ['Positive', 'positive'] differ only in upper/lower case" in caplog.text
 
 
+def test_labels_that_are_the_same_number_are_named(tmp_path: Path, caplog) -> None:
+    """1 beside 1.0 (a label column pandas once held a NaN in writes floats) trained as two classes without a
+    word (found by a new user); 1 beside 10 or 2 is not a spelling of one label."""
+    import logging
+
+    labels = ["1" if i % 10 == 1 else "1.0" if i % 2 else "0" for i in range(300)]
+    (tmp_path / "reviews.csv").write_text("text,label\n" + "".join(f"review {i},{y}\n" for i, y in enumerate(labels)))
+    with caplog.at_level(logging.WARNING, logger="lstmkit"):
+        dm = SentimentDataModule(path=str(tmp_path / "reviews.csv"), val_fraction=0.0, test_fraction=0.0)
+        dm.setup()
+    assert dm.spec.classes == ["0", "1", "1.0"]
+    assert "labels ['1', '1.0'] are the same number, so each is a class of its own (120 examples of '1.0'" in caplog.text
+    caplog.clear()
+    (tmp_path / "reviews.csv").write_text("text,label\n" + "".join(f"review {i},{i % 3 * 5}\n" for i in range(300)))
+    with caplog.at_level(logging.WARNING, logger="lstmkit"):
+        SentimentDataModule(path=str(tmp_path / "reviews.csv"), val_fraction=0.0, test_fraction=0.0).setup()
+    assert "same number" not in caplog.text
+
+
 def test_a_semicolon_or_headerless_csv_gets_a_hint_that_fits(tmp_path: Path) -> None:
     """Both used to be told "set data.text_column / data.label_column", which cannot fix either."""
     (tmp_path / "semi.csv").write_text("text;label\ngood film;1\nbad film;0\n", encoding="utf-8")
-    with pytest.raises(DataError, match=r"semi\.csv, row 1.*a ';'-separated file.*set 'data\.delimiter=;'"):
+    with pytest.raises(DataError, match=r"semi\.csv, row 1.*a ';'-separated file.*set 'data\.delimiter=\";\"'"):
         read_labelled_text(tmp_path / "semi.csv")
     assert read_labelled_text(tmp_path / "semi.csv", delimiter=";") == [(2, "good film", "1"), (3, "bad film", "0")]
     (tmp_path / "bare.csv").write_text("a truly good film,1\nbad film,0\n", encoding="utf-8")

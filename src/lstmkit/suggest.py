@@ -304,10 +304,32 @@ def _paths(node: DictConfig, prefix: str = "") -> list[str]:
     return paths
 
 
+# the characters Hydra's override grammar does not take in an unquoted value (besides non-ASCII ones)
+_SYNTAX = set("!\"#&'(),;<=>[]^`{}~")
+
+
+def _quoted(text: str) -> str:
+    """``text`` as a double-quoted Hydra value."""
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _troubles(value: str) -> str:
+    """What in ``value`` Hydra cannot read unquoted, in words: ``! ' and non-ASCII characters (é)``."""
+    syntax = list(dict.fromkeys(c for c in value if c in _SYNTAX))
+    foreign = list(dict.fromkeys(c for c in value if not c.isascii()))
+    said = [" ".join(syntax)] if syntax else []
+    if foreign:
+        said.append(f"non-ASCII characters ({''.join(foreign[:5])}{'...' if len(foreign) > 5 else ''})")
+    return " and ".join(said) or "quotes, commas, brackets, ! or spaces"
+
+
 def _quoting_hint(parser: Any, args: list[str]) -> str | None:
     """``input=it's good``: Hydra's LexerNoViableAltException points at the quote, but not at the way out.
-    Its override grammar reads quotes, commas, brackets, ``!`` and spaces as syntax, so free text needs
-    double quotes inside the shell's (the README's ``'input="it'\\''s great, really!"'``)."""
+    Its override grammar reads quotes, commas, brackets, ``!`` (and more) as syntax and takes only ASCII
+    unquoted, so free text needs double quotes inside the shell's (the README's
+    ``'input="it'\\''s great, really!"'``). A list (``input=[great film!,awful]``) has each item quoted, not
+    the whole: quoted whole, it would be one text with brackets, read without a word of warning. The
+    suggestion is parsed back before it is offered."""
     for arg in args:
         try:
             parser.parse_overrides([arg])
@@ -315,9 +337,25 @@ def _quoting_hint(parser: Any, args: list[str]) -> str | None:
             key, equals, value = arg.partition("=")
             if not equals or value.startswith(('"', "'")):
                 return None
-            inner = value.replace("\\", "\\\\").replace('"', '\\"')
-            shell = "'" + f'{key}="{inner}"'.replace("'", "'\\''") + "'"
-            return (f"{arg}: Hydra reads quotes, commas, brackets, ! and spaces in a value as override syntax; "
-                    f"put the value in double quotes inside the shell's: {shell}"
+            items = value[1:-1].split(",") if value.startswith("[") and value.endswith("]") else None
+            if items is not None and not any('"' in item or "'" in item for item in items):
+                fixed = f"{key}=[" + ",".join(_quoted(item) if {*item} & _SYNTAX or not item.isascii() else item
+                                             for item in items) + "]"
+                how = "put each item of the list in double quotes"
+            elif items is not None:  # items with quotes of their own: quoted whole, the list would be one text
+                return None
+            else:
+                fixed, how = f"{key}={_quoted(value)}", "put the value in double quotes"
+            try:
+                (parsed,) = parser.parse_overrides([fixed])
+                read = parsed.value()
+            except Exception:  # noqa: BLE001 - no form to offer that Hydra reads back
+                return None
+            if items is not None and (not isinstance(read, list) or len(read) != len(items)):
+                return None
+            shell = "'" + fixed.replace("'", "'\\''") + "'"
+            troubles = _troubles("".join(items) if items is not None else value)
+            return (f"{arg}: Hydra's override grammar takes {troubles} in a value only in quotes; "
+                    f"{how}, inside the shell's quotes: {shell}"
                     + (" (or give the texts one per line with input_file=)" if key.lstrip("+") == "input" else ""))
     return None

@@ -9,6 +9,7 @@ clause after ``but`` dominates, neutral filler sentences and varied length.
 from __future__ import annotations
 
 import logging
+import math
 import random
 from collections import Counter
 from pathlib import Path
@@ -133,6 +134,15 @@ def generate_reviews(n: int, seed: int = 0, noise: float = 0.02) -> list[tuple[s
     return reviews
 
 
+
+
+def _label_key(label: str) -> str | float:
+    """What two spellings of one label share: the number (``1``, ``1.0``, ``+1``) or the casefolded text."""
+    try:
+        number = float(label)
+    except ValueError:
+        return label.casefold()
+    return number if math.isfinite(number) else label.casefold()
 
 
 class SentimentDataModule(SequenceDataModule):
@@ -281,14 +291,15 @@ class SentimentDataModule(SequenceDataModule):
                 source, row = next((src, r) for src, r, _, y in splits["train"] if self.label_names.get(y, y) == label)
                 log.warning("class %r has a single training example (%s, row %d): a row whose label is wrong or "
                             "missing? It is kept as a class of its own", label, source, row)
-            alike: dict[str, list[str]] = {}
-            for label in labels:  # "Positive" beside "positive": a spreadsheet's edit, not a class of its own
-                alike.setdefault(label.casefold(), []).append(label)
+            alike: dict[str | float, list[str]] = {}
+            for label in labels:  # "Positive" beside "positive", or 1 beside 1.0 (a column pandas once held a
+                alike.setdefault(_label_key(label), []).append(label)  # NaN in): an edit, not a class of its own
             for group in (g for g in alike.values() if len(g) > 1):
                 source, row = next((src, r) for src, r, _, y in splits["train"] if self.label_names.get(y, y) == group[1])
-                log.warning("labels %s differ only in upper/lower case, so each is a class of its own (%d examples "
-                            "of %r, e.g. %s, row %d); if they mean one class, write them alike or map them with "
-                            "data.label_names", group, counts[group[1]], group[1], source, row)
+                how = "are the same number" if isinstance(_label_key(group[0]), float) else "differ only in upper/lower case"
+                log.warning("labels %s %s, so each is a class of its own (%d examples of %r, e.g. %s, row %d); if "
+                            "they mean one class, write them alike or map them with data.label_names", group, how,
+                            counts[group[1]], group[1], source, row)
             if len(labels) < 2:
                 raise DataError(f"the training split has only the label(s) {labels}; need two or more",
                                 path=self.path)

@@ -512,8 +512,9 @@ def read_labelled_text(
             if record.get(text_column) is not None and not isinstance(record[text_column], str):
                 raise DataError(f"expected a string, found {type(record[text_column]).__name__} "
                                 f"{record[text_column]!r}", path=path, row=row, field=text_column)
-            pairs.append(_checked(record.get(text_column), record.get(label_column), path, row,
-                                  text_column, label_column))
+            label = record.get(label_column)  # JSON's true/false as JSON writes them, not Python's True/False
+            pairs.append(_checked(record.get(text_column), json.dumps(label) if isinstance(label, bool) else label,
+                                  path, row, text_column, label_column))
     elif fmt == "prefixed":
         for row, line in enumerate(content.split("\n"), start=1):
             if not line.strip():
@@ -575,7 +576,7 @@ def check_delimiter(delimiter: Any) -> str | None:
         return "\t"
     if not isinstance(delimiter, str) or len(delimiter) != 1 or delimiter in "\r\n\"" or delimiter.isalnum():
         raise ConfigError(f"data.delimiter={delimiter!r}: expected one character between fields, such as ';' or "
-                          "'|' (quote it on the command line: 'data.delimiter=;'), or tab")
+                          "'|' (quote it on the command line: 'data.delimiter=\";\"'), or tab")
     return delimiter
 
 
@@ -645,7 +646,7 @@ def csv_records(
                      if any(other_sep in str(h) for h in header) else "")
             if not other and len(header) == 1 and ";" in str(header[0]):
                 other = (" (the header is one column with ';' in it: a ';'-separated file, as spreadsheets of "
-                         "some locales write; set 'data.delimiter=;')")
+                         "some locales write; set 'data.delimiter=\";\"')")
             elif not other and any(str(h).strip().lstrip("-").replace(".", "", 1).isdigit() or len(str(h)) > 40
                                    for h in header):
                 other = (" (the first line looks like data, not a header: the first line must name the columns, "
