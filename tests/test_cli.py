@@ -359,8 +359,14 @@ def test_predict_reads_label_prefixed_lines_as_training_did(tmp_path) -> None:
     run_here("train", f"data.path={train}", "model.hidden_size=8", "encoder.dim=8", *QUICK, "test=false",
             cwd=tmp_path)
     ckpt = next((tmp_path / "logs" / "sentiment" / "runs").glob("*/checkpoints/last.ckpt"))
-    lines = run_here("predict", f"ckpt_path={ckpt}", f"input_file={dev}", cwd=tmp_path).stdout
-    assert [json.loads(line)["input"] for line in lines.strip().splitlines()] == inputs
+    said = run_here("predict", f"ckpt_path={ckpt}", f"input_file={dev}", cwd=tmp_path)
+    assert [json.loads(line)["input"] for line in said.stdout.strip().splitlines()] == inputs
+    assert "every line starts with one of the model's labels (0, 1), so it is read as '<label> <text>'" in said.stderr
+    # "1 star is too many" is a text too: data.format=lines scores each line whole, label-like words and all
+    whole = run_here("predict", f"ckpt_path={ckpt}", f"input_file={dev}", "data.format=lines", cwd=tmp_path)
+    assert [json.loads(line)["input"] for line in whole.stdout.strip().splitlines()] == [
+        "0 one long string of cliches .", "1\ta gorgeous , witty film ."]
+    assert "read as '<label> <text>'" not in whole.stderr
 
 
 def test_a_predict_error_in_a_row_does_not_question_the_checkpoint() -> None:

@@ -335,10 +335,20 @@ def test_a_folder_with_train_and_test_carves_only_val_and_loses_no_row(tmp_path:
         SentimentDataModule(path=str(tmp_path)).setup()
 
 
-def test_tsv_is_unquoted_and_rows_count_blank_lines(tmp_path: Path) -> None:
+def test_tsv_is_unquoted_unless_quoted_throughout_and_rows_count_blank_lines(tmp_path: Path) -> None:
     (tmp_path / "q.tsv").write_text('text\tlabel\n"a film\t1\nthe plot was dull\t0\nthe "twist\t1\n')
     assert read_labelled_text(tmp_path / "q.tsv") == [(2, '"a film', "1"), (3, "the plot was dull", "0"),
                                                      (4, 'the "twist', "1")]
+    # quoted throughout, as pandas' to_csv(sep="\t") writes a text with quotes or a newline: read quoted (read
+    # unquoted, the doubled quotes stayed and the newline cut a row off its label: "row 3, empty label")
+    import pandas as pd
+
+    pd.DataFrame({"text": ['he said "hi" and left', "two\nlines", '"Twist" ending', "plain"], "label": [1, 0, 1, 0]}
+                 ).to_csv(tmp_path / "pandas.tsv", sep="\t", index=False)
+    assert read_labelled_text(tmp_path / "pandas.tsv") == [(2, 'he said "hi" and left', "1"), (3, "two\nlines", "0"),
+                                                         (5, '"Twist" ending', "1"), (6, "plain", "0")]
+    (tmp_path / "paired.tsv").write_text('text\tlabel\n"a film\t1\nthe plot" was dull\t0\n')  # unpaired: as written
+    assert read_labelled_text(tmp_path / "paired.tsv") == [(2, '"a film', "1"), (3, 'the plot" was dull', "0")]
     (tmp_path / "blank.csv").write_text("text,label\ngood film,1\n\n\nbad film,\n")
     with pytest.raises(DataError, match=r"blank\.csv, row 5, field 'label': empty or missing label"):
         read_labelled_text(tmp_path / "blank.csv")

@@ -93,8 +93,11 @@ def collect_inputs_and_origins(cfg: DictConfig, text_column: str | None = None, 
             kept = _beside(Path(cfg.input_file), kept)
         elif labels and all(len(line.split(None, 1)) == 2 and line.split(None, 1)[0] in labels for line in kept):
             kept = [line.split(None, 1)[1].rstrip() for line in kept]
-            log.info("input_file=%s: read as '<label> <text>' lines, as the model's training files were: the "
-                     "texts without their labels, one result per line", cfg.input_file)
+            # a warning, not a note: "1 star is too many" is a text too, and its "1" would go unscored unsaid
+            log.warning("input_file=%s: every line starts with one of the model's labels (%s), so it is read as "
+                        "'<label> <text>' lines, as the model's training files were: the texts without their "
+                        "labels, one result per line. To score each line whole, set data.format=lines",
+                        cfg.input_file, ", ".join(sorted(labels)))
         inputs.extend(kept)
         origins += [(str(cfg.input_file), number) for number, line in enumerate(lines, start=1) if line.strip()]
     if not inputs:
@@ -144,7 +147,8 @@ def input_context(ckpt_path: str, model: Any, datamodule_cls: Any) -> Iterator[N
 def prefixed_labels(cfg: DictConfig, spec: DataSpec, data: Any) -> frozenset[str] | None:
     """A text classifier's labels as its training files wrote them (``data.label_names``' keys for the
     classes it renames), when its training read ``input_file`` as ``<label> <text>`` lines: its
-    ``data.format`` is ``prefixed``, or ``auto`` with no ``data.delimiter`` and the file no table."""
+    ``data.format`` is ``prefixed``, or ``auto`` with no ``data.delimiter`` and the file no table.
+    ``data.format=lines`` (predict's own): none; every line is a text, whatever it starts with."""
     if spec.input_kind != "tokens" or not spec.classes or not cfg.get("input_file"):
         return None
     fmt = str(data.get("format") or "auto")
@@ -213,7 +217,8 @@ def predict(cfg: DictConfig) -> list[dict[str, Any]]:
     raw_inputs, origins = collect_inputs_and_origins(cfg, text_column if model.spec.input_kind == "tokens" else None,
                                                      paths=model.spec.input_kind != "tokens",
                                                      delimiter=data.get("delimiter"),
-                                                     labels=prefixed_labels(cfg, model.spec, data))
+                                                     labels=prefixed_labels(cfg, model.spec,
+                                                                            {**data, **(plain(cfg.get("data")) or {})}))
     if output is not None and model.spec.input_kind != "tokens":  # the files an input_file lists are read too
         check_output_file(cfg.output, inputs=[("input", item) for item in raw_inputs if isinstance(item, str)])
     named = paths[0] if len(paths) == 1 else f"ensemble of {', '.join(paths)}"  # how input errors name it

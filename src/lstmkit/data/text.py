@@ -605,12 +605,36 @@ def match_columns(
     return names
 
 
+def tsv_quoting(content: str) -> int:
+    """How to read a TSV: unquoted (``csv.QUOTE_NONE``), its usual form (GLUE's SST-2), where a text that
+    starts with a quote (``"Twist" ending ...``) is text; or quoted (``csv.QUOTE_MINIMAL``) when the whole
+    file reads as the quoted TSV that pandas' ``to_csv(sep="\\t")`` and spreadsheets write.
+
+    Why: read unquoted, such a file kept its doubled quotes (``""hi""``) and cut a text holding a newline
+    into two rows, the first without its label. Quoted is chosen only when a field starts with a quote and
+    the file then parses strictly into rows of one width with no tab inside a field; an unquoted text whose
+    quotes do not pair up fails that, and stays as it is written.
+    """
+    if not re.search(r'(?:^|[\t\n])"', content):
+        return csv.QUOTE_NONE
+    try:
+        rows = [row for row in csv.reader(io.StringIO(content, newline=""), delimiter="\t",
+                                          quoting=csv.QUOTE_MINIMAL, strict=True) if row]
+    except csv.Error:
+        return csv.QUOTE_NONE
+    widths = {len(row) for row in rows}
+    if len(widths) == 1 and not any("\t" in field for row in rows for field in row):
+        return csv.QUOTE_MINIMAL
+    return csv.QUOTE_NONE
+
+
 def csv_records(
     content: str, delimiter: str, path: Path, required: Iterable[str], hint: str, optional: Iterable[str] = (),
 ) -> Iterable[tuple[int, dict[str, Any]]]:
     """``(row, record)`` for each record of a CSV/TSV text; ``row`` is the record's first line in the
     file (the header is line 1), so blank lines and quoted newlines do not shift it. TSV is read
-    unquoted (its usual form: GLUE's SST-2), CSV with standard quoting.
+    unquoted (its usual form: GLUE's SST-2) unless the file is quoted throughout (:func:`tsv_quoting`),
+    CSV with standard quoting.
 
     Read as a stream, not as split lines: a quoted field may hold a newline, which ``splitlines()``
     would cut into two records. A missing ``required`` column or a record with more fields than the
@@ -618,8 +642,7 @@ def csv_records(
     ``required`` and ``optional`` columns are found in any case (:func:`match_columns`), and the
     records are keyed by the names asked for.
     """
-    # TSV is unquoted: a text that starts with a quote ('"Twist" ending ...') is text, not a quoted field
-    quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
+    quoting = tsv_quoting(content) if delimiter == "\t" else csv.QUOTE_MINIMAL
     # strict: a stray quote ('"great movie,1') is an error; unstrict, it swallowed the next line into
     # one text, with the second line's label (an example lost, another mislabelled, without a word)
     reader = csv.DictReader(io.StringIO(content, newline=""), delimiter=delimiter, quoting=quoting, strict=True)
