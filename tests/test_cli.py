@@ -24,7 +24,10 @@ def _run_dir(root: Path, task: str = "sentiment") -> Path:
 
 
 def test_train_eval_predict_through_the_console_script(tmp_path: Path) -> None:
-    run_cli("train", *TINY, *QUICK, cwd=tmp_path)
+    trained_proc = run_cli("train", *TINY, *QUICK, cwd=tmp_path)
+    # Lightning's lines once, in the job's format (its own console handler printed each again: "INFO: ...")
+    assert trained_proc.stdout.count("][INFO] - `Trainer.fit` stopped") == 1, trained_proc.stdout
+    assert "INFO: " not in trained_proc.stderr, trained_proc.stderr
     run = _run_dir(tmp_path)
     assert (run / ".hydra" / "config.yaml").exists()
     assert (run / "checkpoints" / "best.ckpt").exists() and (run / "checkpoints" / "last.ckpt").exists()
@@ -245,12 +248,16 @@ assert "LSTMCore" in dir(lstmkit) and lstmkit.core.LSTMCore is lstmkit.LSTMCore 
     assert "heavy: []" in proc.stdout and "SequenceModel: lstmkit.module" in proc.stdout
 
 
-def test_predict_and_export_help_list_their_own_options(tmp_path: Path) -> None:
-    """They listed train's config groups (encoder, head, trainer...), none of which applies to them."""
+def test_every_commands_help_names_it_and_predict_and_export_list_their_own_options(tmp_path: Path) -> None:
+    """predict and export listed train's config groups (encoder, head, trainer...), none of which applies to them."""
     for command in ("predict", "export"):
         text = run_cli(command, "--help", cwd=tmp_path).stdout
         assert text.startswith(f"lstmkit {command}: every option is a key=value override")
         assert "ckpt_path: ???" in text and "Configuration groups" not in text and "encoder:" not in text
+    for command in ("train", "eval"):  # Hydra's own header named the Python module: "cli is powered by Hydra."
+        text = run_cli(command, "--help", cwd=tmp_path).stdout
+        assert text.startswith(f"lstmkit {command}: every option below is a key=value override"), text[:200]
+        assert "Configuration groups" in text and "powered by Hydra" not in text
 
 
 def test_predict_writes_strict_json_with_null_for_nan() -> None:

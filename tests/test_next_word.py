@@ -187,7 +187,7 @@ def test_fixed_spec_reuses_vocabulary_and_tokenizer(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("make", "message"), [
     (lambda d: d / "nope", "data.path does not exist"),
-    (lambda d: write(d / "empty.txt", "  \n\n"), "empty.txt: file is empty"),
+    (lambda d: write(d / "empty.txt", "  \n\n"), "empty.txt: file is empty (its 4 bytes are blank lines and spaces)"),
     (lambda d: (d / "bad.txt").write_bytes(b"fine line\nbad \xff byte\n") and d / "bad.txt",
      "bad.txt, row 2: not valid UTF-8"),
     (lambda d: write(d / "short.txt", "just a few words\n"), "short.txt (train part): too little text"),

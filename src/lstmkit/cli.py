@@ -122,6 +122,7 @@ def _task(command: str) -> Callable[[Any], Any]:
         from lstmkit.errors import Interrupted, SweepError, TrialFailed
         from lstmkit.sweeps import write_result
 
+        _one_console_for_lightning()
         hydra_cfg = HydraConfig.get() if HydraConfig.initialized() else None
         multirun = hydra_cfg is not None and hydra_cfg.mode == RunMode.MULTIRUN
         record = command == "train" and hydra_cfg is not None and os.environ.get("LOCAL_RANK", "0") == "0"
@@ -203,6 +204,21 @@ def _task(command: str) -> Callable[[Any], Any]:
         return value
 
     return run
+
+
+def _one_console_for_lightning() -> None:
+    """Lightning's INFO lines ("`Trainer.fit` stopped ...") once, in the job's log format, not twice.
+
+    Why: ``import lightning`` gives its logger a console handler of its own ("INFO: ...", to stderr), and the
+    logger also propagates to the root, where Hydra's handlers print it again (to stdout and the job's log
+    file). Where the root has handlers (a Hydra job), Lightning's own is removed; a process without them
+    (a ``ddp_spawn`` rank) keeps it, so that the lines are still seen there.
+    """
+    import lightning
+
+    if logging.getLogger().handlers:
+        logger = logging.getLogger("lightning")
+        logger.handlers = [h for h in logger.handlers if h is not getattr(lightning, "_console", None)]
 
 
 @contextlib.contextmanager

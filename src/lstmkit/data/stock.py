@@ -616,8 +616,8 @@ class StockDataModule(SequenceDataModule):
         for split, anchors in anchor_sets.items():
             self.splits[split] = WindowDataset(tensors, anchors, self.window, self.horizon, target)
         sizes = ", ".join(f"{k} {len(v)}" for k, v in self.splits.items())
-        log.info("stock windows (%d tickers, window %d, horizon %d): %s", len(self.series), self.window,
-                 self.horizon, sizes)
+        log.info("stock windows (%d ticker%s, window %d, horizon %d): %s", len(self.series),
+                 "s" if len(self.series) != 1 else "", self.window, self.horizon, sizes)
         return spec
 
     def _check_options(self) -> None:
