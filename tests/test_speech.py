@@ -339,6 +339,38 @@ def test_predict_batch_reads_and_resamples(tmp_path):
         SpeechDataModule.make_predict_batch(spec, [str(tmp_path / "empty.wav")])
 
 
+def test_predict_reads_a_folder_of_recordings_and_a_manifests_path_column(tmp_path, caplog):
+    """predict refused a folder ("expected an audio file, found a folder") that training reads, and a manifest
+    given as input_file= had its header taken for an audio path (found by a new user)."""
+    import logging
+
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    for name in ("b.wav", "a.FLAC", "notes.txt"):
+        if name.endswith("txt"):
+            (clips / name).write_text("not audio")
+        else:
+            sf.write(clips / name, tone(0.2, channels=2 if name == "b.wav" else 1), SR)
+    spec = DataSpec(input_kind="waveform", classes=[BLANK, " ", "a"], blank_id=0, sample_rate=SR,
+                    extra={"path_column": "file"})
+    assert SpeechDataModule.predict_items(spec, [str(clips), "x.wav"]) == [str(clips / "a.FLAC"), str(clips / "b.wav"),
+                                                                          "x.wav"]
+    (tmp_path / "test.csv").write_text("file,transcript\nclips/b.wav,\nclips/a.FLAC,a\n")  # no transcript needed
+    assert SpeechDataModule.predict_items(spec, [str(tmp_path / "test.csv")]) == [
+        str((clips / "b.wav").resolve()), str((clips / "a.FLAC").resolve())]
+    (tmp_path / "bad.csv").write_text("file\nclips/b.wav\nclips/gone.wav\n")
+    with pytest.raises(DataError, match=r"bad\.csv, row 3, field 'file': audio file .*gone\.wav not found"):
+        SpeechDataModule.predict_items(spec, [str(tmp_path / "bad.csv")])
+    with pytest.raises(DataError, match=r"bad\.csv, row 1.*no column 'path'"):
+        SpeechDataModule.predict_items(DataSpec(input_kind="waveform", classes=[BLANK], blank_id=0), [str(tmp_path / "bad.csv")])
+    (tmp_path / "none").mkdir()
+    with pytest.raises(DataError, match=r"none: a folder with no audio files"):
+        SpeechDataModule.predict_items(spec, [str(tmp_path / "none")])
+    with caplog.at_level(logging.INFO, logger="lstmkit"):
+        SpeechDataModule.make_predict_batch(spec, [str(clips / "b.wav")])
+    assert "b.wav: 2 channels mixed down to mono" in caplog.text
+
+
 def test_fixed_spec_reuses_the_vocabulary(tmp_path):
     write_manifest(tmp_path, split_rows())
     stored = DataSpec(input_kind="waveform", classes=[BLANK, " ", *"abcdefnosy"], blank_id=0, sample_rate=SR)
@@ -1008,6 +1040,11 @@ def test_cli_train_then_predict(tmp_path):
                    check=False)
     assert run.returncode != 0 and "output=u0.wav: is the file input=" in run.stderr
     assert (tmp_path / "u0.wav").read_bytes() == before and "{" not in run.stdout
+    (tmp_path / "manifest.csv").write_text("path,transcript\nu1.wav,\nu0.wav,\n")  # the training data's column
+    run = run_here("predict", f"ckpt_path={ckpts[0]}", "input_file=manifest.csv", cwd=tmp_path, check=False)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert [Path(json.loads(line)["input"]).name for line in run.stdout.splitlines() if line.startswith("{")] == [
+        "u1.wav", "u0.wav"]
     assert all(isinstance(r["transcript"], str) for r in rows)
     # decoding over the training words: every word of every transcript is one of them
     words = set(load_model(ckpts[0]).spec.extra["words"])

@@ -40,7 +40,7 @@ TABLE_SUFFIXES = {".csv": ",", ".tsv": "\t"}
 
 def collect_inputs_and_origins(cfg: DictConfig, text_column: str | None = None, paths: bool = False,
                                delimiter: str | None = None, labels: frozenset[str] | None = None,
-                               ) -> tuple[list[Any], list[tuple[str, int]]]:
+                               manifests: bool = False) -> tuple[list[Any], list[tuple[str, int]]]:
     """The inputs, and where each came from: ``("input", item number)`` or ``(input_file, line)``.
 
     ``text_column``: for a text classifier, the column its training files' texts came from. An
@@ -53,6 +53,10 @@ def collect_inputs_and_origins(cfg: DictConfig, text_column: str | None = None, 
     whose every line starts with one of them is read so: its texts without the label (read as plain
     lines, "0 one long string of cliches ." was classified with its "0"). A file of plain texts is
     read one text per line, as before.
+
+    ``manifests``: the model reads manifests (speech): an ``input_file`` that is a ``.csv`` / ``.tsv`` /
+    ``.jsonl`` table is one input, which the datamodule's ``predict_items`` expands to the files it lists
+    (read as lines, its header was taken for an audio path).
 
     ``paths``: the model reads files (wavs, price or beat files). A relative path on a line of
     ``input_file`` is then taken relative to that file's folder, as a manifest's are, when the file
@@ -79,6 +83,9 @@ def collect_inputs_and_origins(cfg: DictConfig, text_column: str | None = None, 
             inputs.append(text)
             origins.append((str(path), row))
         log.info("input_file=%s: the texts of its %r column, one result per row", path, text_column)
+    elif cfg.get("input_file") and manifests and table in {*TABLE_SUFFIXES, ".jsonl", ".json"}:
+        inputs.append(str(cfg.input_file))
+        origins.append((str(cfg.input_file), 1))
     elif cfg.get("input_file"):
         # split at "\n" only, as the data readers do: splitlines() also splits at U+2028, NEL and form
         # feed, which a text may hold, and results would no longer match the file's lines
@@ -217,6 +224,7 @@ def predict(cfg: DictConfig) -> list[dict[str, Any]]:
     raw_inputs, origins = collect_inputs_and_origins(cfg, text_column if model.spec.input_kind == "tokens" else None,
                                                      paths=model.spec.input_kind != "tokens",
                                                      delimiter=data.get("delimiter"),
+                                                     manifests=datamodule_cls.predict_manifests,
                                                      labels=prefixed_labels(cfg, model.spec,
                                                                             {**data, **(plain(cfg.get("data")) or {})}))
     if output is not None and model.spec.input_kind != "tokens":  # the files an input_file lists are read too

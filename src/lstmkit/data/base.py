@@ -290,6 +290,9 @@ class SequenceDataModule(L.LightningDataModule):
     """
 
     predict_input = "raw inputs"  # what `lstmkit predict input=...` expects (named in errors)
+    # predict's input_file=<a .csv/.tsv/.jsonl table> is one input (a manifest that predict_items expands),
+    # not a list of inputs one per line
+    predict_manifests: ClassVar[bool] = False
     # data settings a trained model's spec decides (its vocabulary, normaliser, window...): with
     # `spec` they are not read, so `lstmkit eval +data.<one>=` is refused rather than ignored
     spec_settings: ClassVar[tuple[str, ...]] = ()

@@ -41,7 +41,7 @@ import struct
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import soundfile as sf
@@ -354,6 +354,31 @@ def wav_files(folder: Path, recursive: bool = False) -> list[Path]:
     return sorted(p for p in pattern if p.suffix.lower() == ".wav" and p.is_file())
 
 
+_MANIFEST_SUFFIXES = {".csv", ".tsv", ".jsonl", ".json"}
+
+
+def _manifest_files(manifest: Path, column: str) -> list[str]:
+    """The audio files a manifest's ``column`` lists, relative to the manifest (predict: no transcript read)."""
+    content = read_text(manifest)
+    hint = "data.path_column"
+    records = (csv_records(content, "," if manifest.suffix.lower() == ".csv" else "\t", manifest, (column,), hint)
+               if manifest.suffix.lower() in {".csv", ".tsv"} else jsonl_records(content, manifest, (column,), hint))
+    files = []
+    for row, record in records:
+        audio = record.get(column)
+        if not isinstance(audio, str) or not audio.strip():
+            raise DataError(f"expected an audio file path, found {audio!r}", path=manifest, row=row, field=column)
+        file = (manifest.parent / audio.strip()).resolve()
+        if not file.is_file():
+            raise DataError(f"audio file {file} not found (paths are relative to the manifest)", path=manifest,
+                            row=row, field=column)
+        files.append(str(file))
+    if not files:
+        raise DataError("the manifest lists no recordings", path=manifest)
+    log.info("%s: the %d recording(s) of its %r column", manifest, len(files), column)
+    return files
+
+
 def fsdd_transcript(name: str) -> tuple[str, str, int] | None:
     """``7_jackson_32.wav`` -> ``("seven", "jackson", 32)``; ``None`` for other names."""
     match = FSDD_NAME.match(name)
@@ -438,8 +463,12 @@ class SpeechDataModule(SequenceDataModule):
         seed: seed for generation and splitting.
     """
 
-    predict_input = "wav file paths"  # what `lstmkit predict input=...` expects (named in errors)
+    # what `lstmkit predict input=...` expects (named in errors)
+    predict_input = "audio file paths, folders of recordings or manifests (.csv / .tsv / .jsonl: their path column)"
     spec_settings = ("sample_rate",)
+    # data.path_column=: the column of a manifest given to predict (the training data's by default)
+    predict_read_options: ClassVar[dict[str, tuple[str, ...] | None]] = {"path_column": None}
+    predict_manifests: ClassVar[bool] = True  # predict's input_file=<manifest.csv> is one, not a list of paths
 
     def __init__(
         self,
@@ -780,7 +809,7 @@ class SpeechDataModule(SequenceDataModule):
             classes = [BLANK, " ", *sorted(chars)]
             words = sorted({w for utt in splits["train"] for w in utt.text.split()})  # for head.lexicon=train
             spec = DataSpec(input_kind="waveform", classes=classes, blank_id=0, sample_rate=self.sample_rate,
-                            extra={"lowercase": self.lowercase, "words": words})
+                            extra={"lowercase": self.lowercase, "words": words, "path_column": self.path_column})
         index = {c: i for i, c in enumerate(spec.classes or [])}
         # a trained model's spec (eval): the train split is never scored, so its audio is not decoded
         # and its transcripts are not held to the model's characters
@@ -828,12 +857,36 @@ class SpeechDataModule(SequenceDataModule):
                 "lengths": "(batch,) int64: samples per clip (the model computes its features inside)"}
 
     @classmethod
+    def predict_items(cls, spec: DataSpec, inputs: list[Any]) -> list[Any]:
+        """A folder -> its recordings (audio files by extension, in name order); a manifest (``.csv`` /
+        ``.tsv`` / ``.jsonl``) -> the files of its path column, relative to it as in training (no transcript
+        needed). Why: training reads both, and a user transcribing a held-out folder or a test manifest
+        should not have to list its files one by one."""
+        items: list[Any] = []
+        for raw in inputs:
+            path = Path(raw).expanduser() if isinstance(raw, str) else None
+            if path is not None and path.is_dir():
+                files = sorted(f for f in path.iterdir() if f.is_file() and f.suffix.lower() in _AUDIO_SUFFIXES)
+                if not files:
+                    raise DataError(f"a folder with no audio files ({', '.join(sorted(_AUDIO_SUFFIXES))}) in it; "
+                                    "expected recordings, a folder of them or a manifest", path=path, readable=True)
+                log.info("%s: the %d recording(s) of the folder, in name order", path, len(files))
+                items += [str(f) for f in files]
+            elif path is not None and path.is_file() and path.suffix.lower() in _MANIFEST_SUFFIXES:
+                items += _manifest_files(path, str(spec.extra.get("path_column") or "path"))
+            else:
+                items.append(raw)
+        return items
+
+    @classmethod
     def make_predict_batch(cls, spec: DataSpec, inputs: list[Any]) -> Batch:
-        """Wav paths -> padded mono waveforms at the model's sample rate (empty targets)."""
+        """Audio paths -> padded mono waveforms at the model's sample rate (empty targets)."""
         rate = int(spec.sample_rate or 8000)
         examples = []
         for item in inputs:
-            wave, _, _ = read_audio(str(item), rate)
+            wave, channels, _ = read_audio(str(item), rate)
+            if channels > 1:  # training says so too
+                log.info("%s: %d channels mixed down to mono (their mean)", item, channels)
             if wave.size == 0:
                 raise DataError("clip has no samples", path=item, readable=True)
             peak = float(np.abs(wave).max())
