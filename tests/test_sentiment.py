@@ -319,12 +319,17 @@ def _rows(n: int, start: int = 0) -> str:
                                     for i in range(start, start + n))
 
 
-def test_a_folder_with_train_and_test_carves_only_val_and_loses_no_row(tmp_path: Path) -> None:
+def test_a_folder_with_train_and_test_carves_only_val_and_loses_no_row(tmp_path: Path, caplog) -> None:
+    import logging
+
     (tmp_path / "train_reviews.csv").write_text(_rows(100))  # a whole name part, not the whole stem
     (tmp_path / "test_reviews.csv").write_text(_rows(20, start=100))
     (tmp_path / "pretrain.csv").write_text(_rows(4, start=500))  # "pretrain" is not "train"
+    (tmp_path / "README.md").write_text("notes")  # a folder's notes: not data, no warning
     dm = SentimentDataModule(path=str(tmp_path), seed=0)
-    dm.setup()
+    with caplog.at_level(logging.WARNING, logger="lstmkit"):
+        dm.setup()
+    assert "1 file(s) not read, having no train / valid|val|dev / test part in their names: pretrain.csv" in caplog.text
     sizes = {k: len(v) for k, v in dm.splits.items()}
     assert sizes == {"train": 90, "val": 10, "test": 20}  # all 100 training rows are used
     whole = SentimentDataModule(path=str(tmp_path), seed=0, whole=True, spec=dm.spec.to_dict())

@@ -125,8 +125,16 @@ def test_duplicate_dates_and_missing_columns_are_errors(tmp_path: Path) -> None:
     with pytest.raises(DataError, match=r"dup\.csv, row 8, field 'date': duplicate date .* \(also on row 7\)"):
         read_ohlcv(path, FEATURES)
     path = write_csv(tmp_path / "novol.csv", one_ticker(20).drop(columns="volume"))
-    with pytest.raises(DataError, match=r"novol\.csv, field 'volume': missing column\(s\) \['volume'\]"):
+    with pytest.raises(DataError, match=r"novol\.csv, field 'volume': missing column\(s\) \['volume'\].*"
+                                        r"set data\.features=\[open,high,low,close\]"):
         read_ohlcv(path, FEATURES)
+    # a close-only export is a setting away; a 'Datum' header gets the names a date column may have
+    path = write_csv(tmp_path / "close.csv", one_ticker(20)[["date", "close"]].rename(columns={"date": "Datum"}))
+    with pytest.raises(DataError, match=r"missing column\(s\) \['date', 'open', 'high', 'low', 'volume'\].*'Date', "
+                                        r"'Datetime' or 'Timestamp' for date") as refused:
+        read_ohlcv(path, FEATURES)
+    assert "data.features" not in str(refused.value)  # no date column: the features are not the whole story
+    assert [len(s) for s in read_ohlcv(write_csv(tmp_path / "c.csv", one_ticker(20)[["date", "close"]]), ["close"])] == [20]
     with pytest.raises(DataError, match="empty file"):
         read_ohlcv(write_csv(tmp_path / "empty.csv", pd.DataFrame()), FEATURES)
     with pytest.raises(DataError, match="file or folder not found"):

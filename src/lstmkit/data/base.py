@@ -8,6 +8,7 @@ return the :class:`~lstmkit.types.DataSpec`) and ``make_predict_batch()`` (raw u
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Hashable, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -65,6 +66,9 @@ def check_fractions(val: Any, test: Any) -> tuple[float, float]:
 
 
 SPLIT_NAMES = {"train": {"train"}, "val": {"valid", "val", "dev", "validation"}, "test": {"test"}}
+# a data folder's notes, not data: not read, and not worth a warning
+_DOCUMENTS = {"readme", "source", "license", "licence", "notice", "changelog", "citation"}
+log = logging.getLogger(__name__)
 
 
 def split_files(folder: Path, example: str, require_train: bool = True) -> dict[str, Path]:
@@ -86,6 +90,12 @@ def split_files(folder: Path, example: str, require_train: bool = True) -> dict[
     if not found["train"] and (require_train or not (found["val"] or found["test"])):
         raise DataError(f"folder has no training file; expected file names with a train / valid|val|dev / test "
                         f"part (e.g. {example}), found {[f.name for f in files]}", path=folder)
+    matched = {m for matches in found.values() for m in matches}
+    unread = [f.name for f in files if f not in matched and not f.name.startswith(".")
+              and f.name.split(".")[0].lower() not in _DOCUMENTS]
+    if unread:  # pretrain_notes.tsv beside train.tsv was passed over without a word
+        log.warning("%s: %d file(s) not read, having no train / valid|val|dev / test part in their names: %s",
+                    folder, len(unread), ", ".join(unread[:5]) + (", ..." if len(unread) > 5 else ""))
     return {split: matches[0] for split, matches in found.items() if matches}
 
 

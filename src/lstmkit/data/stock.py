@@ -327,9 +327,14 @@ def validate_frame(
         columns[key] = str(name)
     missing = [c for c in ("date", *features) if c not in columns]
     if missing:
+        present = [f for f in features if f in columns]
+        # a close-only export (date, close): the features it has are a setting away, the target among them
+        fewer = (f"; to train a model on the columns it has, set data.features=[{','.join(present)}]"
+                 if "date" in columns and present and "close" in present else "")
         raise DataError(
             f"missing column(s) {missing}; found {[str(c) for c in frame.columns]}; expected "
-            f"date, {', '.join(features)} (any case; 'Adj Close' for adj_close)",
+            f"date, {', '.join(features)} (any case; 'Date', 'Datetime' or 'Timestamp' for date, 'Adj Close' for "
+            f"adj_close; an optional 'Ticker', 'Symbol' or 'Name' column){fewer}",
             path=source, field=missing[0],
         )
     if frame.empty:
