@@ -370,10 +370,17 @@ def test_predict_reads_label_prefixed_lines_as_training_did(tmp_path) -> None:
     assert [json.loads(line)["input"] for line in said.stdout.strip().splitlines()] == inputs
     assert "every line starts with one of the model's labels (0, 1), so it is read as '<label> <text>'" in said.stderr
     # "1 star is too many" is a text too: data.format=lines scores each line whole, label-like words and all
-    whole = run_here("predict", f"ckpt_path={ckpt}", f"input_file={dev}", "data.format=lines", cwd=tmp_path)
-    assert [json.loads(line)["input"] for line in whole.stdout.strip().splitlines()] == [
-        "0 one long string of cliches .", "1\ta gorgeous , witty film ."]
+    whole = run_here("predict", f"ckpt_path={ckpt}", f"input_file={dev}", "data.format=lines", "output=out/preds.csv",
+                     cwd=tmp_path)
+    printed = [json.loads(line) for line in whole.stdout.strip().splitlines()]
+    assert [p["input"] for p in printed] == ["0 one long string of cliches .", "1\ta gorgeous , witty film ."]
     assert "read as '<label> <text>'" not in whole.stderr
+    # output=<name>.csv is a CSV table (it was JSON lines under a .csv name), nested results as dotted columns
+    import pandas as pd
+
+    table = pd.read_csv(tmp_path / "out" / "preds.csv", dtype={"label": str})
+    assert table["input"].tolist() == [p["input"] for p in printed] and table["label"].tolist() == [p["label"] for p in printed]
+    assert table["probabilities.1"].tolist() == pytest.approx([p["probabilities"]["1"] for p in printed])
 
 
 def test_a_predict_error_in_a_row_does_not_question_the_checkpoint() -> None:

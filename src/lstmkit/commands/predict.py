@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -113,6 +114,21 @@ def collect_inputs_and_origins(cfg: DictConfig, text_column: str | None = None, 
     if blank:
         raise ConfigError(f"input: item {blank[0] + 1} of {len(inputs)} is empty; give text, a file path or numbers")
     return inputs, origins
+
+
+def table_text(results: list[dict[str, Any]], delimiter: str) -> str:
+    """Predictions as a CSV / TSV table (``output=preds.csv``): one row per input, nested results flattened
+    to dotted columns (``probabilities.positive``) by pandas, lists (a forecast's steps) as JSON.
+
+    Why: written as JSON lines whatever the name, a ``.csv`` did not open as one in a spreadsheet.
+    """
+    import pandas as pd
+
+    frame = pd.json_normalize([json.loads(json_text(r)) for r in results])  # JSON's own values: NaN as null
+    for column in frame.columns:
+        if frame[column].map(lambda v: isinstance(v, list)).any():
+            frame[column] = frame[column].map(lambda v: json.dumps(v) if isinstance(v, list) else v)
+    return frame.to_csv(index=False, sep=delimiter, lineterminator="\n")
 
 
 def _beside(list_file: Path, lines: list[str]) -> list[str]:
@@ -268,7 +284,8 @@ def predict(cfg: DictConfig) -> list[dict[str, Any]]:
     if output is not None:
         try:
             output.parent.mkdir(parents=True, exist_ok=True)
-            write_atomic(output, "\n".join(lines) + "\n")
+            write_atomic(output, table_text(results, TABLE_SUFFIXES[output.suffix.lower()])
+                         if output.suffix.lower() in TABLE_SUFFIXES else "\n".join(lines) + "\n")
         except OSError as err:
             raise ConfigError(f"output={cfg.output}: cannot write it ({err.strerror or err})") from None
     return results
