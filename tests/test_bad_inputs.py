@@ -375,7 +375,7 @@ def test_predict_questions_the_checkpoint_only_for_inputs_of_another_kind(tmp_pa
     sf.write(tmp_path / "nan.wav", np.full(800, np.nan, dtype=np.float32), SR, subtype="FLOAT")
     sf.write(tmp_path / "empty.wav", np.zeros(0, dtype=np.float32), SR)
     _text(tmp_path / "notes.wav", "not audio at all\n")
-    note = "is a model of task 'speech', which predicts from wav file paths"
+    note = "is a model of task 'speech', which predicts from audio file paths, folders of recordings or manifests"
     for name, expect, of_another_kind in [
         ("cut.wav", "the file is truncated", False),
         ("odd.wav", "cannot decode audio", False),

@@ -122,7 +122,6 @@ def _task(command: str) -> Callable[[Any], Any]:
         from lstmkit.errors import Interrupted, SweepError, TrialFailed
         from lstmkit.sweeps import write_result
 
-        _one_console_for_lightning()
         hydra_cfg = HydraConfig.get() if HydraConfig.initialized() else None
         multirun = hydra_cfg is not None and hydra_cfg.mode == RunMode.MULTIRUN
         record = command == "train" and hydra_cfg is not None and os.environ.get("LOCAL_RANK", "0") == "0"
@@ -160,6 +159,7 @@ def _task(command: str) -> Callable[[Any], Any]:
         stop = SimpleNamespace(received=None)  # the first stopping signal (SIGTERM, SIGINT) the job got
         try:
             with _signals_interrupt(stop) if command == "train" else contextlib.nullcontext():
+                _one_console_for_lightning()  # (its import takes seconds: a SIGTERM meanwhile is an interruption)
                 value = _load(COMMANDS[command])(cfg)
         except SystemExit as err:
             # Lightning's SIGTERMException, raised at the next batch after SIGTERM or SIGINT, or ours outside
