@@ -82,6 +82,8 @@ def test_a_typo_in_a_sweep_value_gets_the_hint_and_no_resume_advice(tmp_path: Pa
         assert proc.returncode != 0
         assert hint in proc.stderr
         assert "resume=true" not in proc.stderr and "summary.md" not in proc.stderr, proc.stderr
+    # nor is a sweep folder holding only the config of a sweep that never started left behind
+    assert not [p for p in tmp_path.glob("logs/*/multiruns/*") if p.is_dir()]
 
 
 def test_errors_are_one_clear_line(tmp_path: Path) -> None:

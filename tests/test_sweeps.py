@@ -11,6 +11,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 import yaml
+from omegaconf import OmegaConf
 from torch.optim import SGD
 
 from lstmkit.callbacks import DivergedError, StopOnNonFiniteLoss
@@ -47,6 +48,10 @@ def test_optuna_sweep_optimises_the_heads_metric(tmp_path: Path) -> None:
     assert len(rows) == 2 and all(r["status"] == "ok" for r in rows)
     assert all(r["monitor"] == "val/acc" for r in rows)
     assert results["best_value"] == pytest.approx(max(float(r["objective"]) for r in rows))
+    # the sweep's config, as the basic sweeper writes it (Optuna's did not): trial names and a broken sweep's
+    # report read the command line's sweeps from it
+    written = OmegaConf.load(sweep / "multirun.yaml")
+    assert "model.hidden_size=choice(8,16)" in written.hydra.overrides.task
 
 
 def test_an_optuna_sweep_records_a_failed_trial_and_goes_on(tmp_path: Path) -> None:
@@ -136,6 +141,13 @@ def test_an_optuna_study_whose_every_trial_failed_exits_2_with_the_first_error(t
     assert "lstmkit: error: every trial of the sweep failed (2 of 2); the first:" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert list((tmp_path / "logs" / "sentiment" / "multiruns").glob("*/summary.md"))
+    # trials that ran but returned no value (train=false): the same traceback; now one line, exit 2
+    (tmp_path / "untrained").mkdir()
+    proc = run_here("train", "hparams_search=sentiment_optuna", "hydra.sweeper.n_trials=2", "train=false",
+                    "model.hidden_size=8", *QUICK, cwd=tmp_path / "untrained", check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert "lstmkit: error: no trial of the Optuna study returned a value of its objective" in proc.stderr
+    assert "Traceback" not in proc.stderr
 
 
 def test_slurm_launch_without_sbatch_is_one_line(tmp_path: Path) -> None:

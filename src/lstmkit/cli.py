@@ -316,7 +316,15 @@ def _report_broken_sweep(command: str) -> None:
         return
     if not any(p.is_dir() and p.name.isdigit() for p in sweep_dir.iterdir()):
         # no job started: Hydra checks every job's config first, so a typo in a sweep value stops it
-        # here; its error (and lstmkit's hint) is the whole story: no summary, and resume would fail alike
+        # here; its error (and lstmkit's hint) is the whole story: no summary, and resume would fail alike.
+        # The folder, which holds nothing but the sweep's config then, goes (logs/<task>/multiruns lists sweeps)
+        if [p.name for p in sweep_dir.iterdir()] == ["multirun.yaml"]:
+            import shutil
+
+            shutil.rmtree(sweep_dir, ignore_errors=True)
+            with contextlib.suppress(OSError):  # <task>/multiruns, when this sweep made them (not the log root)
+                sweep_dir.parent.rmdir()
+                sweep_dir.parent.parent.rmdir()
         return
     died = close_broken_sweep(sweep_dir)
     why = ("see the error above" if not died else

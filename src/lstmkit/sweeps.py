@@ -142,6 +142,13 @@ class SweepSummary(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         os.environ[SWEEP_NAME_ENV] = sweep_name(config)  # every job's folder: see _sweep_folder
         os.environ[SWEEP_DIR_ENV] = str(config.hydra.sweep.dir)  # lstmkit.cli._report_broken_sweep
+        if not str(config.hydra.sweeper.get("_target_", "")).endswith("BasicSweeper"):
+            # Hydra's basic sweeper writes the sweep's config (multirun.yaml) into its folder, Optuna's does
+            # not; lstmkit reads it for the swept keys of trial names and to report a sweep whose worker died
+            folder = Path(str(config.hydra.sweep.dir))
+            folder.mkdir(parents=True, exist_ok=True)
+            if not (folder / "multirun.yaml").exists():
+                OmegaConf.save(config, folder / "multirun.yaml")
         launcher = str(config.hydra.launcher.get("_target_", ""))
         if launcher.endswith("SlurmLauncher") and shutil.which("sbatch") is None:
             # submitit fails deep inside with 'Could not detect "srun"' and a traceback

@@ -3,8 +3,9 @@
 Why: the plugin reads ``study.best_trial`` after the last trial, which raises "No trials are
 completed yet." (a traceback, exit 1) when all of them failed, and Hydra then never calls
 lstmkit's summary callback. Here the summary is written and the sweep exits 2 with the first
-trial's error, as a basic sweep whose every trial failed does. The ``hparams_search`` presets
-select it (``hydra.sweeper._target_``).
+trial's error, as a basic sweep whose every trial failed does; a study whose trials ran but returned
+no value (``train=false``) exits 2 with one line too. The ``hparams_search`` presets select it
+(``hydra.sweeper._target_``).
 """
 
 from __future__ import annotations
@@ -22,4 +23,10 @@ class OptunaSweeper(_PluginSweeper):
             from lstmkit.sweeps import finish_sweep
 
             finish_sweep(self.sweeper.config.hydra.sweep.dir)  # exits 2: every trial failed
-            raise
+            # the trials ran, but none returned a value (train=false: nothing trained, nothing to compare)
+            import sys
+
+            print("lstmkit: error: no trial of the Optuna study returned a value of its objective (the monitored "
+                  "metric): nothing to optimise (a sweep with train=false trains nothing; a grid sweep, without "
+                  "hparams_search, runs such trials)", file=sys.stderr)
+            raise SystemExit(2) from None
