@@ -915,7 +915,13 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
                              "step (e.g. logs/sentiment_lm/runs/<date>, with checkpoints/best.ckpt) instead of "
                              "training it again")
     parser.add_argument("--verbose", action="store_true", help="print every run's log")
-    args = parser.parse_args(argv)
+    # tasks and overrides anywhere on the line: after an option of several values (--seeds 1 2 model.x=1),
+    # argparse gave them to the option ("invalid int value: 'model.x=1'"); an option's own value is never one
+    argv = list(sys.argv[1:] if argv is None else argv)
+    one_value = {o for action in parser._actions if action.nargs is None for o in action.option_strings}
+    moved = {i for i, a in enumerate(argv) if not a.startswith("-") and ("=" in a or a in TASKS)
+             and not (i and argv[i - 1] in one_value)}
+    args = parser.parse_args([argv[i] for i in sorted(moved)] + [a for i, a in enumerate(argv) if i not in moved])
     tasks = [item for item in args.items if "=" not in item]
     overrides = [item for item in args.items if "=" in item]
     unknown = [t for t in tasks if t not in TASKS]

@@ -119,6 +119,17 @@ def test_bad_task_and_missing_data_root_are_refused(tmp_path: Path) -> None:
         assert proc.returncode == 2 and "error:" in proc.stderr
 
 
+def test_tasks_and_overrides_are_read_anywhere_on_the_line(tmp_path: Path) -> None:
+    """``--seeds 1 2 model.dropout=0.1`` was "invalid int value", and ``--quick model.x=1`` "unrecognized
+    arguments" (found by a tester); an option's own value stays the option's."""
+    bench = load_bench()
+    root = ["--data-root", str(tmp_path)]
+    args, tasks, overrides = bench.parse_args(["ecg", "--seeds", "1", "2", "model.dropout=0.1", "stock", *root])
+    assert (args.seeds, tasks, overrides) == ([1, 2], ["ecg", "stock"], ["model.dropout=0.1"])
+    args, tasks, overrides = bench.parse_args(["--quick", "ecg", "--out", str(tmp_path / "a=b"), "model.x=1", *root])
+    assert (args.quick, args.out, tasks, overrides) == (True, str(tmp_path / "a=b"), ["ecg"], ["model.x=1"])
+
+
 def test_folds_select_a_subset_of_a_tasks_folds(tmp_path: Path) -> None:
     bench = load_bench()
     args, _, _ = bench.parse_args(["speech_loso", "--folds", "theo", "george", "--data-root", str(tmp_path)])
