@@ -16,8 +16,8 @@ from omegaconf import OmegaConf, open_dict
 
 from lstmkit.checkpoints import read_checkpoint
 from lstmkit.commands.evaluate import evaluate
-from lstmkit.commands.train import build_model, check_sweep_direction, monitor_mode, train
-from lstmkit.errors import ConfigError
+from lstmkit.commands.train import build_model, check_monitor, check_sweep_direction, monitor_mode, train
+from lstmkit.errors import ConfigError, SweepError
 
 from .conftest import QUICK
 
@@ -44,6 +44,21 @@ def test_the_mode_follows_the_monitored_metric(make_cfg, task: str, monitor: str
     datamodule = instantiate(cfg.data, _convert_="all")
     datamodule.setup("fit")
     assert monitor_mode(monitor, build_model(cfg, datamodule)) == mode
+
+
+@pytest.mark.parametrize("task", ["sentiment", "next_word", "stock", "speech", "ecg", "ecg_unsupervised"])
+def test_a_monitor_the_model_does_not_log_is_refused_before_training(make_cfg, task: str) -> None:
+    """monitor=val/accuracy trained a whole epoch (in a sweep: every trial did) before Lightning said it was
+    not logged (found by a tester). Every head's own monitor and val/loss pass, with or without _best."""
+    cfg = make_cfg([f"task={task}"])
+    datamodule = instantiate(cfg.data, _convert_="all")
+    datamodule.setup("fit")
+    model = build_model(cfg, datamodule)
+    for fine in (model.head.monitor, "val/loss", f"{model.head.monitor}_best", "train/loss", "train/anything"):
+        check_monitor(fine, model)
+    with pytest.raises(SweepError, match=r"monitor=val/accuracy is not a metric this model logs; its validation "
+                                          r"metrics are val/loss, "):
+        check_monitor("val/accuracy", model)
 
 
 def test_monitor_val_loss_keeps_the_lowest_loss(make_cfg, tmp_path: Path) -> None:

@@ -59,6 +59,22 @@ def check_splits(datamodule: Any, cfg: DictConfig) -> None:
                             path=getattr(datamodule, "path", None))
 
 
+def check_monitor(monitor: str, model: SequenceModel) -> None:
+    """Refuse a ``monitor=val/<name>`` that the model does not log, before training.
+
+    Why: Lightning's callbacks find a misspelt monitor only after the first validation, a whole
+    epoch in (every trial of a sweep spent it). A validation metric is ``val/loss``, one of the head's
+    metrics or either's ``_best``; other monitors (``train/loss``) are left to Lightning's check.
+    """
+    split, _, name = monitor.partition("/")
+    if split != "val":
+        return
+    logged = ["loss", *model.head.metrics().keys()]
+    if name.removesuffix("_best") not in logged:
+        raise SweepError(f"monitor={monitor} is not a metric this model logs; its validation metrics are "
+                         f"{', '.join('val/' + k for k in logged)} (and each with _best)")
+
+
 def monitor_mode(monitor: str, model: SequenceModel) -> str:
     """Whether ``monitor`` is maximised or minimised, when ``monitor_mode`` is not given.
 
@@ -359,6 +375,7 @@ def train(cfg: DictConfig) -> float | None:
                             **({"mode": "min"} if str(schedule["_target_"]).endswith(".plateau") else {}))
     with open_dict(cfg):
         cfg.monitor = cfg.monitor or model.head.monitor
+        check_monitor(str(cfg.monitor), model)  # (a SweepError: wrong for every trial, it stops a sweep at once)
         cfg.monitor_mode = cfg.monitor_mode or monitor_mode(str(cfg.monitor), model)
     if cfg.monitor_mode not in ("min", "max"):
         raise ConfigError(f"monitor_mode={cfg.monitor_mode!r}: expected min or max")
