@@ -91,6 +91,15 @@ def test_divergence_stops_with_a_clear_error() -> None:
     with pytest.raises(DivergedError, match=r"loss became nan at epoch 2, step 17, batch 3 \(learning rate 0.5\).*"
                                             r"no checkpoint had been saved yet"):  # this trainer saved none
         callback.on_train_batch_end(trainer, None, {"loss": torch.tensor(float("nan"))}, None, 3)
+    # what is already set is not proposed again (it said "Try ... gradient_clip_val=1.0" to a clipped bf16 run)
+    clipped = SimpleNamespace(**vars(trainer), gradient_clip_val=0.5, precision_plugin=SimpleNamespace(precision="bf16-mixed"))
+    with pytest.raises(DivergedError) as said:
+        StopOnNonFiniteLoss(check_every_n_steps=1).on_train_batch_end(
+            clipped, None, {"loss": torch.tensor(float("nan"))}, None, 3)
+    assert "Try a lower optimizer.lr, or trainer.precision=32-true;" in str(said.value)
+    with pytest.raises(DivergedError, match=r"Try a lower optimizer\.lr, or trainer\.gradient_clip_val=1\.0;"):
+        StopOnNonFiniteLoss(check_every_n_steps=1).on_train_batch_end(
+            trainer, None, {"loss": torch.tensor(float("nan"))}, None, 3)
 
 
 @pytest.mark.parametrize(("task", "direction"), [("sentiment", "maximize"), ("next_word", "minimize"),

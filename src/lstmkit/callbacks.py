@@ -123,8 +123,14 @@ class StopOnNonFiniteLoss(L.Callback):
         saved = getattr(checkpoints, "best_model_path", "") or getattr(checkpoints, "last_model_path", "")
         kept = ("the last good checkpoints are kept" if saved else
                 "no checkpoint had been saved yet (it diverged before the first one)")
-        advice = (f"(learning rate {lr:.3g}). Try a lower optimizer.lr, trainer.gradient_clip_val=1.0, "
-                  f"or trainer.precision=32-true; {kept}")
+        # what is left to try: clipping and full precision only where they are not already set
+        clipped = bool(getattr(trainer, "gradient_clip_val", None)) and \
+            getattr(trainer, "gradient_clip_algorithm", "norm") != "value"
+        precision = str(getattr(getattr(trainer, "precision_plugin", None), "precision", "32-true"))
+        full = precision in ("32-true", "64-true", "32", "64")
+        tries = ["a lower optimizer.lr", *([] if clipped else ["trainer.gradient_clip_val=1.0"]),
+                 *([] if full else ["trainer.precision=32-true"])]
+        advice = (f"(learning rate {lr:.3g}). Try {', or '.join(tries)}; {kept}")
         if not here:
             raise DivergedError(f"training loss became non-finite on another process by epoch "
                                 f"{trainer.current_epoch}, step {trainer.global_step} {advice}")

@@ -127,6 +127,10 @@ def check_trainer_numbers(cfg: DictConfig) -> None:
         whole = key in TRAINER_WHOLE
         if not _is_number(value, whole):
             raise ConfigError(f"trainer.{key}={value!r}: expected " + ("a whole number" if whole else "a number"))
+    clip = cfg.trainer.get("gradient_clip_val")
+    if clip is not None and clip < 0:  # Lightning reads it as "no clipping", without a word
+        raise ConfigError(f"trainer.gradient_clip_val={clip}: expected a number >= 0 (a gradient norm; 0 or null: "
+                          "no clipping)")
 
 
 def check_experiment_task(cfg: DictConfig) -> None:
