@@ -512,8 +512,12 @@ def test_a_sweep_in_a_fixed_folder_resumes_each_job_in_place(tmp_path: Path) -> 
     continues its own folder's last.ckpt, in place, as a single run in a fixed folder does."""
     sweep = tmp_path / "sweep"
     args = ["-m", "optimizer.lr=0.001,0.002", *STALL[:4], *STALL[5:], f"hydra.sweep.dir={sweep}"]
-    run_here("train", *args, "trainer.max_epochs=1", cwd=tmp_path)
-    run_here("train", *args, "trainer.max_epochs=2", "resume=true", cwd=tmp_path)
+    first = run_here("train", *args, "trainer.max_epochs=1", cwd=tmp_path)
+    again = run_here("train", *args, "trainer.max_epochs=2", "resume=true", cwd=tmp_path)
+    # the folder used again without resume=true: its summary would mix the two sweeps' jobs, which is said
+    assert "already holds" not in first.stderr + again.stderr
+    assert run_here("train", *args[:1], "optimizer.lr=0.003", *args[2:], "train=false", cwd=tmp_path).stderr.count(
+        f"hydra.sweep.dir={sweep} already holds 2 job folder(s) of an earlier sweep (0..1)") == 1
     for job, lr in enumerate((0.001, 0.002)):
         folder = sweep / str(job)
         assert sorted(p.name for p in (folder / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]

@@ -142,6 +142,15 @@ class SweepSummary(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         os.environ[SWEEP_NAME_ENV] = sweep_name(config)  # every job's folder: see _sweep_folder
         os.environ[SWEEP_DIR_ENV] = str(config.hydra.sweep.dir)  # lstmkit.cli._report_broken_sweep
+        earlier = sorted((p for p in Path(str(config.hydra.sweep.dir)).glob("*") if p.is_dir() and p.name.isdigit()),
+                         key=lambda p: int(p.name))
+        resuming = any(str(o).split("=", 1)[0].lstrip("+") == "resume" and str(o).split("=", 1)[-1].lower() == "true"
+                       for o in config.hydra.overrides.task)
+        if earlier and not resuming:  # a fixed hydra.sweep.dir used again: the summary would mix two sweeps
+            print(f"lstmkit: warning: hydra.sweep.dir={config.hydra.sweep.dir} already holds {len(earlier)} job "
+                  f"folder(s) of an earlier sweep ({earlier[0].name}..{earlier[-1].name}): this sweep's jobs replace "
+                  "those of the same numbers, and its summary lists the others too; give a new folder (by default "
+                  "each sweep gets its own), or resume=true to continue that sweep", file=sys.stderr)
         if not str(config.hydra.sweeper.get("_target_", "")).endswith("BasicSweeper"):
             # Hydra's basic sweeper writes the sweep's config (multirun.yaml) into its folder, Optuna's does
             # not; lstmkit reads it for the swept keys of trial names and to report a sweep whose worker died
