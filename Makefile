@@ -37,4 +37,4 @@ lint: $(STAMP)
 	$(BIN)/ruff check src tests scripts
 
 clean:
-	rm -rf logs outputs multirun dist build .pytest_cache
+	rm -rf logs outputs multirun dist build .pytest_cache bench/runs

@@ -343,6 +343,7 @@ def main(argv: list[str] | None = None) -> int:
             print(text)
             (args.out / f"profile_gpu{suffix}.txt").write_text(text)
     print(save())
+    print(f"written: {args.out / f'speed_gpu{suffix}.json'} and .md")
     return 0
 
 

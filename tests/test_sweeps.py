@@ -198,6 +198,11 @@ def test_jobs_of_different_metrics_are_never_ranked_against_one_another(tmp_path
     summary = (tmp_path / "summary.md").read_text()
     assert "Best by val/auroc (max): job 3" in summary and "Best by val/mase (min): job 2" in summary
     assert "\nBest: " not in summary
+    # the table names each cell's metric (one "objective" column held AUROCs beside MASEs)
+    assert "| 3 | ok | val/auroc = 0.7100 | task=ecg seed=2 |" in summary and "| 2 | ok | val/mase = 0.9900 |" in summary
+    write_result(tmp_path / "one" / "0", ["optimizer.lr=0.1"], "val/acc", "max", 0.5)
+    summarise_sweep(tmp_path / "one")
+    assert "| job | status | val/acc | overrides | error |\n" in (tmp_path / "one" / "summary.md").read_text()
 
 
 @pytest.mark.parametrize("mode", ["min", "max"])

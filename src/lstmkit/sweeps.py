@@ -126,9 +126,12 @@ def summarise_sweep(sweep_dir: str | Path) -> list[dict[str, Any]]:
         lines += [f"{label}: job {best['job']} with {monitor} = {best['objective']:.4f} ({' '.join(best['overrides'])})"]
     if groups:
         lines += [""]
-    lines += ["| job | status | objective | overrides | error |", "|---|---|---|---|---|"]
+    # the column names its metric; a sweep over tasks (val/auroc beside val/mase) names it in every cell
+    column = next(iter(groups))[0] if len(groups) == 1 else "objective"
+    lines += [f"| job | status | {column} | overrides | error |", "|---|---|---|---|---|"]
     for r in ordered:
-        value = "" if r["objective"] is None else f"{r['objective']:.4f}"
+        value = ("" if r["objective"] is None else f"{r['objective']:.4f}" if len(groups) == 1
+                 else f"{r['monitor']} = {r['objective']:.4f}")
         error = (r["error"] or "").replace("|", "/")[:200]
         lines.append(f"| {r['job']} | {r['status']} | {value} | {' '.join(r['overrides'])} | {error} |")
     (sweep_dir / "summary.md").write_text("\n".join(lines) + "\n")
