@@ -70,6 +70,12 @@ def test_an_optuna_sweep_records_a_failed_trial_and_goes_on(tmp_path: Path) -> N
                     *TINY, *QUICK, cwd=tmp_path, check=False)
     assert wrong.returncode == 2 and "Traceback" not in wrong.stderr
     assert "set hydra.sweeper.direction=minimize" in wrong.stderr
+    # trainer.strategy=ddp in a sweep failed each trial in turn (found by a tester): it stops the sweep at once
+    (tmp_path / "ddp").mkdir()
+    ddp = run_here("train", "-m", "trainer.strategy=ddp", "optimizer.lr=1e-3,3e-3", *TINY, *QUICK,
+                   cwd=tmp_path / "ddp", check=False)
+    assert ddp.returncode == 2 and "trainer.strategy=ddp cannot run inside a Hydra multirun" in ddp.stderr
+    assert not list((tmp_path / "ddp").glob("logs/*/multiruns/*/1")), "the sweep went on to its second trial"
 
 
 def test_parallel_trials_with_the_joblib_launcher(tmp_path: Path) -> None:

@@ -171,7 +171,7 @@ def check_strategy(cfg: DictConfig) -> None:
     strategy = str(cfg.trainer.get("strategy", "auto"))
     launcher = str(HydraConfig.get().launcher.get("_target_", ""))
     if HydraConfig.get().mode == RunMode.MULTIRUN and strategy == "ddp" and "submitit" not in launcher:
-        raise ConfigError(
+        raise SweepError(  # wrong for every trial: the sweep stops at once rather than fail each in turn
             "trainer.strategy=ddp cannot run inside a Hydra multirun (each rank would re-run the sweep); "
             "use trainer.strategy=ddp_spawn, hydra/launcher=submitit_slurm, or single runs"
         )
