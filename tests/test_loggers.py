@@ -62,7 +62,8 @@ def test_many_loggers_write_their_files_and_resume_continues_the_wandb_run(tmp_p
 
     run = tmp_path / "run"
     fixed = f"hydra.run.dir={run}"
-    run_cli("train", "logger=many", *TINY, *QUICK, fixed, cwd=tmp_path)
+    first_run = run_cli("train", "logger=many", *TINY, *QUICK, fixed, cwd=tmp_path)
+    assert "anonymous setting has no effect" not in first_run.stdout + first_run.stderr  # W&B's warning, every run
     with (run / "csv" / "metrics.csv").open() as fh:
         rows = list(csv.DictReader(fh))
     assert any(r.get("val/acc") for r in rows) and any(r.get("test/acc") for r in rows)

@@ -184,6 +184,11 @@ class WandbLogger(_WandbLogger):
     trainer's own step.
     """
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self._wandb_init.get("anonymous") is None:  # Lightning passes anonymous=None: W&B warned on every run
+            self._wandb_init.pop("anonymous", None)     # "The anonymous setting has no effect"
+
     @rank_zero_only
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         if step is None or self._wandb_init.get("sync_tensorboard"):
