@@ -90,6 +90,7 @@ def test_errors_are_one_clear_line(tmp_path: Path) -> None:
     proc = run_here("train", "data.path=no/such/file.csv", cwd=tmp_path, check=False)
     assert proc.returncode == 2
     assert "no/such/file.csv: data.path does not exist" in proc.stderr
+    assert not list(tmp_path.glob("logs/sentiment/runs/*"))  # a refused run leaves no folder of .hydra and a log
     assert "Traceback" not in proc.stderr
     proc = run_here("fly", cwd=tmp_path, check=False)
     assert proc.returncode == 2 and "expected a command" in proc.stderr

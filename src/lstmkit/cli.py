@@ -194,7 +194,7 @@ def _task(command: str) -> Callable[[Any], Any]:
                 return float("nan")
             if user_error is None:
                 raise
-            if command == "eval":
+            if command in ("eval", "train"):  # (a sweep's trials returned above: their folders hold the record)
                 _drop_unused_run_dir(Path(hydra_cfg.runtime.output_dir))
             print(f"lstmkit {command}: error: {user_error}", file=sys.stderr)
             raise SystemExit(2) from None
@@ -286,9 +286,10 @@ def _signals_interrupt(state: SimpleNamespace) -> Iterator[None]:
 
 
 def _drop_unused_run_dir(run_dir: Path) -> None:
-    """An eval refused before it scored anything (a bad setting, an unreadable file) leaves nothing but Hydra's
-    ``.hydra`` and its log: the folder is removed, so that ``logs/eval/runs`` lists evaluations only. Folders
-    holding anything else are left, as are folders not named like a run (``hydra.run.dir=.``, say)."""
+    """An eval or a training run refused before it scored or trained anything (a bad setting, an unreadable
+    file) leaves nothing but Hydra's ``.hydra`` and its log: the folder is removed, so that ``logs/<task>/runs``
+    lists runs only (a new user counted 13 such folders). Folders holding anything else (a checkpoint, a
+    metrics file) are left, as are folders not named like a run (``hydra.run.dir=.``, say)."""
     if run_dir.parent.name != "runs" or not re.fullmatch(r"[\d_-]+", run_dir.name) or not run_dir.is_dir():
         return
     if all(entry.name == ".hydra" or (entry.is_file() and entry.suffix == ".log") for entry in run_dir.iterdir()):
