@@ -237,6 +237,8 @@ CASES = [
          r"cannot build the model \(encoder / model / head\) from the config: .*negative dimension -1.*encoder\.dim=-1"),
     Case("optimizer-not-a-number", lambda d: ["optimizer.lr=fast"], r"optimizer\.lr='fast': expected a number \(AdamW's lr\)"),
     Case("trainer-not-a-number", lambda d: ["trainer.max_epochs=abc"], r"trainer\.max_epochs='abc': expected a whole number"),
+    Case("unknown-monitor", lambda d: ["monitor=val/accuracy"],
+         r"monitor=val/accuracy is not a metric this model logs; its validation metrics are val/loss, val/acc, val/f1"),
     Case("negative-clip", lambda d: ["trainer.gradient_clip_val=-1"],
          r"trainer\.gradient_clip_val=-1: expected a number >= 0 \(a gradient norm; 0 or null: no clipping\)"),
     Case("unknown-pooling", lambda d: ["head.pooling=bogus"], r"head\.pooling='bogus': this head reads one summary of the sequence; expected one of last, mean, max"),

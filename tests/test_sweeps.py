@@ -241,6 +241,14 @@ def test_a_sweep_over_tasks_keeps_its_jobs_and_summary_in_one_folder(tmp_path: P
     assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0", "1"]
     assert [r["overrides"].split()[0] for r in _summary(sweep)] == ["task=ecg", "task=stock"]
     assert (sweep / "multirun.yaml").exists() and not (tmp_path / "logs" / "ecg").exists()
+    # a monitor that fits one task of the sweep: only the other's trial fails (not the whole sweep at once)
+    (tmp_path / "monitor").mkdir()
+    proc = run_here("train", "-m", "task=ecg,stock", "monitor=val/auroc", "model.hidden_size=4", *QUICK, "test=false",
+                    cwd=tmp_path / "monitor", check=False)
+    (sweep,) = (tmp_path / "monitor" / "logs" / "multitask" / "multiruns").iterdir()
+    rows = {r["overrides"].split()[0]: r for r in _summary(sweep)}
+    assert rows["task=ecg"]["status"] == "ok" and rows["task=stock"]["status"] == "failed", proc.stderr[-2000:]
+    assert "monitor=val/auroc is not a metric this model logs" in rows["task=stock"]["error"]
     # a sweep of one task keeps the task's folder
     run_here("train", "-m", "task=ecg", "model.hidden_size=4,5", *QUICK, "test=false", cwd=tmp_path)
     (sweep,) = (tmp_path / "logs" / "ecg" / "multiruns").iterdir()

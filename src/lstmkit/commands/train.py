@@ -63,16 +63,22 @@ def check_monitor(monitor: str, model: SequenceModel) -> None:
     """Refuse a ``monitor=val/<name>`` that the model does not log, before training.
 
     Why: Lightning's callbacks find a misspelt monitor only after the first validation, a whole
-    epoch in (every trial of a sweep spent it). A validation metric is ``val/loss``, one of the head's
-    metrics or either's ``_best``; other monitors (``train/loss``) are left to Lightning's check.
+    epoch in (every trial of a sweep spent it). A validation metric is ``val/loss`` or one of the head's
+    metrics (``val/acc_best`` is written to ``metrics.json`` after training, never logged during it);
+    other monitors (``train/loss``) are left to Lightning's check. In a sweep it stops the sweep at once,
+    unless a job's overrides choose its task, experiment or head: a sweep over tasks may hold trials the
+    monitor fits and trials it does not, and only these fail (each recorded).
     """
     split, _, name = monitor.partition("/")
     if split != "val":
         return
     logged = ["loss", *model.head.metrics().keys()]
-    if name.removesuffix("_best") not in logged:
-        raise SweepError(f"monitor={monitor} is not a metric this model logs; its validation metrics are "
-                         f"{', '.join('val/' + k for k in logged)} (and each with _best)")
+    if name not in logged:
+        message = (f"monitor={monitor} is not a metric this model logs; its validation metrics are "
+                   f"{', '.join('val/' + k for k in logged)}")
+        per_trial = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN and any(
+            str(o).split("=", 1)[0].lstrip("+~") in ("task", "experiment", "head") for o in HydraConfig.get().overrides.task)
+        raise (ConfigError if per_trial else SweepError)(message)
 
 
 def monitor_mode(monitor: str, model: SequenceModel) -> str:
