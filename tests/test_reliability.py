@@ -1363,6 +1363,10 @@ def test_eval_with_a_training_group_says_the_task_is_the_checkpoints() -> None:
     ("it's good", "it's good"), ("not bad!", "not bad!"), ("(a) great film", "(a) great film"), ("café", "café"),
     # a list: each item quoted; quoted whole, it was read as one text, brackets and all, without a word
     ("[great film!,awful]", ["great film!", "awful"]), ("[the company said,日本語 テスト]", ["the company said", "日本語 テスト"]),
+    ("[a, b!]", ["a", "b!"]),
+    # not lists: a text with brackets in it is quoted whole; a backslash is kept as written (not doubled)
+    ("[SPOILER] loved it, 9/10 [imdb]", "[SPOILER] loved it, 9/10 [imdb]"),
+    ("C:\\clips\\take(1).wav", "C:\\clips\\take(1).wav"), ('say "hi"!', 'say "hi"!'), ('a\\"b!', 'a\\"b!'),
 ])
 def test_free_text_hydra_cannot_read_gets_quoting_that_works(text: str, meant: str | list[str]) -> None:
     """``input=it's good`` ended in Hydra's LexerNoViableAltException alone; the hint's quoted form is read back

@@ -9,6 +9,7 @@ closest existing key or config-group option instead. It runs only on that failur
 from __future__ import annotations
 
 import difflib
+import re
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -309,8 +310,10 @@ _SYNTAX = set("!\"#&'(),;<=>[]^`{}~")
 
 
 def _quoted(text: str) -> str:
-    """``text`` as a double-quoted Hydra value."""
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    """``text`` as a double-quoted Hydra value. Inside quotes Hydra reads a backslash as an escape only
+    before a quote or at the end (``C:\\clips`` stays as it is), so only those are doubled."""
+    escaped = re.sub(r'(\\*)"', lambda m: m.group(1) * 2 + '\\"', text)
+    return '"' + re.sub(r"(\\+)$", lambda m: m.group(1) * 2, escaped) + '"'
 
 
 def _troubles(value: str) -> str:
@@ -337,7 +340,10 @@ def _quoting_hint(parser: Any, args: list[str]) -> str | None:
             key, equals, value = arg.partition("=")
             if not equals or value.startswith(('"', "'")):
                 return None
-            items = value[1:-1].split(",") if value.startswith("[") and value.endswith("]") else None
+            items = [item.strip() for item in value[1:-1].split(",")] if value.startswith("[") and \
+                value.endswith("]") else None
+            if items is not None and any(c in item for item in items for c in "[]"):
+                items = None  # "[SPOILER] loved it, 9/10 [imdb]": a text with brackets, not a list
             if items is not None and not any('"' in item or "'" in item for item in items):
                 fixed = f"{key}=[" + ",".join(_quoted(item) if {*item} & _SYNTAX or not item.isascii() else item
                                              for item in items) + "]"
@@ -351,7 +357,7 @@ def _quoting_hint(parser: Any, args: list[str]) -> str | None:
                 read = parsed.value()
             except Exception:  # noqa: BLE001 - no form to offer that Hydra reads back
                 return None
-            if items is not None and (not isinstance(read, list) or len(read) != len(items)):
+            if read != (value if items is None else items):  # offered only if Hydra reads back what was meant
                 return None
             shell = "'" + fixed.replace("'", "'\\''") + "'"
             troubles = _troubles("".join(items) if items is not None else value)
