@@ -354,6 +354,9 @@ def test_tsv_is_unquoted_unless_quoted_throughout_and_rows_count_blank_lines(tmp
                                                          (5, '"Twist" ending', "1"), (6, "plain", "0")]
     (tmp_path / "paired.tsv").write_text('text\tlabel\n"a film\t1\nthe plot" was dull\t0\n')  # unpaired: as written
     assert read_labelled_text(tmp_path / "paired.tsv") == [(2, '"a film', "1"), (3, 'the plot" was dull', "0")]
+    # quotes no writer needed: GLUE's text, kept as written (they were stripped when the file parsed quoted)
+    (tmp_path / "glue.tsv").write_text('text\tlabel\n"the best film of the year"\t1\nawful "comedy"\t0\n')
+    assert read_labelled_text(tmp_path / "glue.tsv") == [(2, '"the best film of the year"', "1"), (3, 'awful "comedy"', "0")]
     (tmp_path / "blank.csv").write_text("text,label\ngood film,1\n\n\nbad film,\n")
     with pytest.raises(DataError, match=r"blank\.csv, row 5, field 'label': empty or missing label"):
         read_labelled_text(tmp_path / "blank.csv")

@@ -606,17 +606,23 @@ def match_columns(
     return names
 
 
+_QUOTED_FIELD = re.compile(r'(?:^|(?<=[\t\n]))"((?:[^"]|"")*)"(?=[\t\r\n]|$)')
+
+
 def tsv_quoting(content: str) -> int:
     """How to read a TSV: unquoted (``csv.QUOTE_NONE``), its usual form (GLUE's SST-2), where a text that
     starts with a quote (``"Twist" ending ...``) is text; or quoted (``csv.QUOTE_MINIMAL``) when the whole
     file reads as the quoted TSV that pandas' ``to_csv(sep="\\t")`` and spreadsheets write.
 
     Why: read unquoted, such a file kept its doubled quotes (``""hi""``) and cut a text holding a newline
-    into two rows, the first without its label. Quoted is chosen only when a field starts with a quote and
-    the file then parses strictly into rows of one width with no tab inside a field; an unquoted text whose
-    quotes do not pair up fails that, and stays as it is written.
+    into two rows, the first without its label. Quoted is chosen only when a quoted field shows a quoting
+    writer's hand (a doubled quote, a newline or a tab inside it) and the file then parses strictly into
+    rows of one width with no tab inside a field; an unquoted text, whose quotes a writer would not have
+    needed or do not pair up, stays as it is written, in every file alike.
     """
-    if not re.search(r'(?:^|[\t\n])"', content):
+    # a quoting writer quotes a field only when it must: one holding a doubled quote, a tab or a newline.
+    # '"the best film of the year"' alone is GLUE's unquoted text, quotes and all
+    if not any('""' in m.group(1) or "\n" in m.group(1) or "\t" in m.group(1) for m in _QUOTED_FIELD.finditer(content)):
         return csv.QUOTE_NONE
     try:
         rows = [row for row in csv.reader(io.StringIO(content, newline=""), delimiter="\t",
