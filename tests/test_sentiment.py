@@ -161,9 +161,9 @@ def test_label_prefixed_lines_split_at_any_whitespace_and_jsonl_text_is_a_string
     numbers.write_text('{"text": "fine", "label": 1}\n{"text": 123, "label": 0}\n')
     with pytest.raises(DataError, match=r"reviews\.jsonl, row 2, field 'text': expected a string, found int 123"):
         read_labelled_text(numbers)
-    booleans = tmp_path / "flags.jsonl"  # JSON's booleans keep JSON's spelling (Python's would be "True")
+    booleans = tmp_path / "flags.jsonl"  # JSON's booleans are the classes "True" / "False", as checkpoints hold them
     booleans.write_text('{"text": "fine", "label": true}\n{"text": "dull", "label": false}\n')
-    assert read_labelled_text(booleans) == [(1, "fine", "true"), (2, "dull", "false")]
+    assert read_labelled_text(booleans) == [(1, "fine", "True"), (2, "dull", "False")]
 
 
 def test_a_line_that_lost_its_label_is_refused_and_a_single_example_class_is_named(tmp_path: Path, caplog) -> None:

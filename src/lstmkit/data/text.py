@@ -513,9 +513,8 @@ def read_labelled_text(
             if record.get(text_column) is not None and not isinstance(record[text_column], str):
                 raise DataError(f"expected a string, found {type(record[text_column]).__name__} "
                                 f"{record[text_column]!r}", path=path, row=row, field=text_column)
-            label = record.get(label_column)  # JSON's true/false as JSON writes them, not Python's True/False
-            pairs.append(_checked(record.get(text_column), json.dumps(label) if isinstance(label, bool) else label,
-                                  path, row, text_column, label_column))
+            pairs.append(_checked(record.get(text_column), record.get(label_column), path, row,
+                                  text_column, label_column))
     elif fmt == "prefixed":
         for row, line in enumerate(content.split("\n"), start=1):
             if not line.strip():
