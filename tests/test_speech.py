@@ -366,6 +366,13 @@ def test_predict_reads_a_folder_of_recordings_and_a_manifests_path_column(tmp_pa
     (tmp_path / "none").mkdir()
     with pytest.raises(DataError, match=r"none: a folder with no audio files"):
         SpeechDataModule.predict_items(spec, [str(tmp_path / "none")])
+    # as training finds a folder's data: its manifest, else a recordings/ folder (FSDD's root)
+    (tmp_path / "none" / "recordings").mkdir()
+    sf.write(tmp_path / "none" / "recordings" / "7_x_0.wav", tone(0.2), SR)
+    assert SpeechDataModule.predict_items(spec, [str(tmp_path / "none")]) == [str(tmp_path / "none" / "recordings" / "7_x_0.wav")]
+    (tmp_path / "none" / "manifest.csv").write_text("file\nrecordings/7_x_0.wav\n")
+    assert SpeechDataModule.predict_items(spec, [str(tmp_path / "none")]) == [
+        str((tmp_path / "none" / "recordings" / "7_x_0.wav").resolve())]
     with caplog.at_level(logging.INFO, logger="lstmkit"):
         SpeechDataModule.make_predict_batch(spec, [str(clips / "b.wav")])
     assert "b.wav: 2 channels mixed down to mono" in caplog.text
@@ -1045,6 +1052,9 @@ def test_cli_train_then_predict(tmp_path):
     assert run.returncode == 0, run.stderr[-3000:]
     assert [Path(json.loads(line)["input"]).name for line in run.stdout.splitlines() if line.startswith("{")] == [
         "u1.wav", "u0.wav"]
+    run = run_here("predict", f"ckpt_path={ckpts[0]}", "input_file=manifest.csv", "output=u1.wav", cwd=tmp_path,
+                   check=False)  # a recording the manifest lists is not an output either
+    assert run.returncode != 0 and "output=u1.wav" in run.stderr and (tmp_path / "u1.wav").read_bytes()[:4] == b"RIFF"
     assert all(isinstance(r["transcript"], str) for r in rows)
     # decoding over the training words: every word of every transcript is one of them
     words = set(load_model(ckpts[0]).spec.extra["words"])

@@ -235,6 +235,8 @@ def predict(cfg: DictConfig) -> list[dict[str, Any]]:
     datamodule_cls = build({"_target_": check_target(model.spec.datamodule), "_partial_": True}).func
     spec = reading_spec(model.spec, datamodule_cls, cfg.get("data"))  # how the inputs are read
     data = model.hparams.get("data") or {}
+    if data.get("path_column") and "path_column" not in (spec.extra or {}):  # a speech checkpoint that predates
+        spec = dataclasses.replace(spec, extra={**(spec.extra or {}), "path_column": data["path_column"]})  # it
     text_column = (plain(cfg.get("data")) or {}).get("text_column") or data.get("text_column")  # data.text_column=
     text_column = text_column if model.spec.classes else None
     raw_inputs, origins = collect_inputs_and_origins(cfg, text_column if model.spec.input_kind == "tokens" else None,
@@ -253,6 +255,9 @@ def predict(cfg: DictConfig) -> list[dict[str, Any]]:
             items = datamodule_cls.predict_items(spec, [raw])  # a file of beats: one item per row
             inputs.extend(items)
             item_origins.extend([origin] if len(items) == 1 and items[0] is raw else [None] * len(items))
+    if output is not None and model.spec.input_kind != "tokens" and len(inputs) != len(raw_inputs):
+        # the recordings a folder or manifest gave: none of them may be written over either
+        check_output_file(cfg.output, inputs=[("input", item) for item in inputs if type(item) is str])
     results: list[dict[str, Any]] = []
     if n_words:
         generate = getattr(model.head, "generate", None)

@@ -357,6 +357,12 @@ def wav_files(folder: Path, recursive: bool = False) -> list[Path]:
 _MANIFEST_SUFFIXES = {".csv", ".tsv", ".jsonl", ".json"}
 
 
+def _audio_in(folder: Path) -> list[Path]:
+    """The audio files (by extension) of ``folder`` itself, in name order; none if it is not a folder."""
+    return sorted(f for f in folder.iterdir() if f.is_file() and f.suffix.lower() in _AUDIO_SUFFIXES) \
+        if folder.is_dir() else []
+
+
 def _manifest_files(manifest: Path, column: str) -> list[str]:
     """The audio files a manifest's ``column`` lists, relative to the manifest (predict: no transcript read)."""
     content = read_text(manifest)
@@ -858,19 +864,26 @@ class SpeechDataModule(SequenceDataModule):
 
     @classmethod
     def predict_items(cls, spec: DataSpec, inputs: list[Any]) -> list[Any]:
-        """A folder -> its recordings (audio files by extension, in name order); a manifest (``.csv`` /
-        ``.tsv`` / ``.jsonl``) -> the files of its path column, relative to it as in training (no transcript
-        needed). Why: training reads both, and a user transcribing a held-out folder or a test manifest
+        """A folder -> as training finds its data: its manifest (``manifest.csv`` ...), else its recordings
+        (audio files by extension, in name order), else those of its ``recordings/`` folder (FSDD's root); a
+        manifest (``.csv`` / ``.tsv`` / ``.jsonl`` / ``.json``) -> the files of its path column, relative to it as
+        in training (no transcript needed). Why: training reads both, and a user transcribing a held-out folder or a test manifest
         should not have to list its files one by one."""
         items: list[Any] = []
         for raw in inputs:
             path = Path(raw).expanduser() if isinstance(raw, str) else None
             if path is not None and path.is_dir():
-                files = sorted(f for f in path.iterdir() if f.is_file() and f.suffix.lower() in _AUDIO_SUFFIXES)
+                manifests = [path / name for name in _MANIFEST_NAMES if (path / name).is_file()]
+                if len(manifests) == 1:  # as training finds a folder's data: its manifest first
+                    items += _manifest_files(manifests[0], str(spec.extra.get("path_column") or "path"))
+                    continue
+                folder = path if _audio_in(path) or not _audio_in(path / "recordings") else path / "recordings"
+                files = _audio_in(folder)
                 if not files:
-                    raise DataError(f"a folder with no audio files ({', '.join(sorted(_AUDIO_SUFFIXES))}) in it; "
-                                    "expected recordings, a folder of them or a manifest", path=path, readable=True)
-                log.info("%s: the %d recording(s) of the folder, in name order", path, len(files))
+                    raise DataError(f"a folder with no audio files ({', '.join(sorted(_AUDIO_SUFFIXES))}) in it "
+                                    "(nor one manifest, nor a recordings/ folder of them); expected recordings, a "
+                                    "folder of them or a manifest", path=path, readable=True)
+                log.info("%s: the %d recording(s) of the folder, in name order", folder, len(files))
                 items += [str(f) for f in files]
             elif path is not None and path.is_file() and path.suffix.lower() in _MANIFEST_SUFFIXES:
                 items += _manifest_files(path, str(spec.extra.get("path_column") or "path"))
