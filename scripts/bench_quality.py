@@ -539,7 +539,9 @@ def stock_per_ticker(checkpoint: Path) -> tuple[dict[str, dict[str, float]], dic
 
 def diebold_mariano(differential: Any, horizon: int = 1) -> dict[str, float]:
     """Diebold & Mariano (1995) with Harvey, Leybourne & Newbold's (1997) small-sample correction, as R's
-    ``forecast::dm.test``: is the mean loss differential (model minus baseline, in time order) zero?
+    ``forecast::dm.test`` computes it (the same figures at the recipe's horizon of 1; for h > 1 R falls back to
+    h = 1 where the variance is <= 0, this to Bartlett's weights): is the mean loss differential (model minus
+    baseline, in time order) zero?
 
     The statistic is the mean over its standard error; the variance sums the autocovariances up to lag
     ``horizon - 1`` (an h-step forecast's errors overlap for h - 1 steps), rescaled by

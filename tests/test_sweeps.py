@@ -106,6 +106,10 @@ def test_divergence_stops_with_a_clear_error() -> None:
     with pytest.raises(DivergedError, match=r"Try a lower optimizer\.lr, or trainer\.gradient_clip_val=1\.0;"):
         StopOnNonFiniteLoss(check_every_n_steps=1).on_train_batch_end(
             trainer, None, {"loss": torch.tensor(float("nan"))}, None, 3)
+    by_value = SimpleNamespace(**vars(trainer), gradient_clip_val=0.5, gradient_clip_algorithm="value")
+    with pytest.raises(DivergedError, match=r"Try a lower optimizer\.lr, or trainer\.gradient_clip_algorithm=norm;"):
+        StopOnNonFiniteLoss(check_every_n_steps=1).on_train_batch_end(
+            by_value, None, {"loss": torch.tensor(float("nan"))}, None, 3)
 
 
 @pytest.mark.parametrize(("task", "direction"), [("sentiment", "maximize"), ("next_word", "minimize"),

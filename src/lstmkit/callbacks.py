@@ -124,12 +124,13 @@ class StopOnNonFiniteLoss(L.Callback):
         kept = ("the last good checkpoints are kept" if saved else
                 "no checkpoint had been saved yet (it diverged before the first one)")
         # what is left to try: clipping and full precision only where they are not already set
-        clipped = bool(getattr(trainer, "gradient_clip_val", None)) and \
-            getattr(trainer, "gradient_clip_algorithm", "norm") != "value"
+        clip = getattr(trainer, "gradient_clip_val", None)
+        by_value = getattr(trainer, "gradient_clip_algorithm", "norm") == "value"
         precision = str(getattr(getattr(trainer, "precision_plugin", None), "precision", "32-true"))
         full = precision in ("32-true", "64-true", "32", "64")
-        tries = ["a lower optimizer.lr", *([] if clipped else ["trainer.gradient_clip_val=1.0"]),
-                 *([] if full else ["trainer.precision=32-true"])]
+        clipping = ([] if clip and not by_value else  # value clipping: the gradient's norm is still unbounded
+                    ["trainer.gradient_clip_algorithm=norm"] if clip else ["trainer.gradient_clip_val=1.0"])
+        tries = ["a lower optimizer.lr", *clipping, *([] if full else ["trainer.precision=32-true"])]
         advice = (f"(learning rate {lr:.3g}). Try {', or '.join(tries)}; {kept}")
         if not here:
             raise DivergedError(f"training loss became non-finite on another process by epoch "

@@ -323,9 +323,10 @@ def _report_broken_sweep(command: str) -> None:
             import shutil
 
             shutil.rmtree(sweep_dir, ignore_errors=True)
-            with contextlib.suppress(OSError):  # <task>/multiruns, when this sweep made them (not the log root)
-                sweep_dir.parent.rmdir()
-                sweep_dir.parent.parent.rmdir()
+            if sweep_dir.parent.name == "multiruns":  # <task>/multiruns, if empty now (never a folder of the user's)
+                with contextlib.suppress(OSError):
+                    sweep_dir.parent.rmdir()
+                    sweep_dir.parent.parent.rmdir()
         return
     died = close_broken_sweep(sweep_dir)
     why = ("see the error above" if not died else

@@ -77,7 +77,7 @@ def write_result(out_dir: str | Path, overrides: list[str], monitor: str | None,
     """
     if isinstance(objective, (int, float)) and math.isinf(objective):
         error = error or (f"{monitor or 'the monitored metric'} = {objective}: the run diverged (try a lower "
-                          "optimizer.lr, or trainer.gradient_clip_val=1.0)")
+                          "optimizer.lr, or gradient clipping: trainer.gradient_clip_val=1.0)")
         status = status or "failed"
         objective = None
     value = None if objective is None or (isinstance(objective, float) and math.isnan(objective)) else objective
@@ -127,7 +127,7 @@ def summarise_sweep(sweep_dir: str | Path) -> list[dict[str, Any]]:
     if groups:
         lines += [""]
     # the column names its metric; a sweep over tasks (val/auroc beside val/mase) names it in every cell
-    column = next(iter(groups))[0] if len(groups) == 1 else "objective"
+    column = (next(iter(groups))[0] or "objective") if len(groups) == 1 else "objective"
     lines += [f"| job | status | {column} | overrides | error |", "|---|---|---|---|---|"]
     for r in ordered:
         value = ("" if r["objective"] is None else f"{r['objective']:.4f}" if len(groups) == 1
@@ -145,22 +145,6 @@ class SweepSummary(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         os.environ[SWEEP_NAME_ENV] = sweep_name(config)  # every job's folder: see _sweep_folder
         os.environ[SWEEP_DIR_ENV] = str(config.hydra.sweep.dir)  # lstmkit.cli._report_broken_sweep
-        earlier = sorted((p for p in Path(str(config.hydra.sweep.dir)).glob("*") if p.is_dir() and p.name.isdigit()),
-                         key=lambda p: int(p.name))
-        resuming = any(str(o).split("=", 1)[0].lstrip("+") == "resume" and str(o).split("=", 1)[-1].lower() == "true"
-                       for o in config.hydra.overrides.task)
-        if earlier and not resuming:  # a fixed hydra.sweep.dir used again: the summary would mix two sweeps
-            print(f"lstmkit: warning: hydra.sweep.dir={config.hydra.sweep.dir} already holds {len(earlier)} job "
-                  f"folder(s) of an earlier sweep ({earlier[0].name}..{earlier[-1].name}): this sweep's jobs replace "
-                  "those of the same numbers, and its summary lists the others too; give a new folder (by default "
-                  "each sweep gets its own), or resume=true to continue that sweep", file=sys.stderr)
-        if not str(config.hydra.sweeper.get("_target_", "")).endswith("BasicSweeper"):
-            # Hydra's basic sweeper writes the sweep's config (multirun.yaml) into its folder, Optuna's does
-            # not; lstmkit reads it for the swept keys of trial names and to report a sweep whose worker died
-            folder = Path(str(config.hydra.sweep.dir))
-            folder.mkdir(parents=True, exist_ok=True)
-            if not (folder / "multirun.yaml").exists():
-                OmegaConf.save(config, folder / "multirun.yaml")
         launcher = str(config.hydra.launcher.get("_target_", ""))
         if launcher.endswith("SlurmLauncher") and shutil.which("sbatch") is None:
             # submitit fails deep inside with 'Could not detect "srun"' and a traceback
@@ -168,6 +152,21 @@ class SweepSummary(Callback):
                   "SLURM's sbatch, which this machine does not have on its PATH: run the command on a SLURM login "
                   "node, or drop cluster=slurm (hydra/launcher=submitit_local runs the jobs here)", file=sys.stderr)
             raise SystemExit(2)
+        earlier = sorted((p for p in Path(str(config.hydra.sweep.dir)).glob("*") if p.is_dir() and p.name.isdigit()),
+                         key=lambda p: int(p.name))
+        if earlier and config.get("resume") is not True:  # a fixed hydra.sweep.dir again: two sweeps in one summary
+            print(f"lstmkit: warning: hydra.sweep.dir={config.hydra.sweep.dir} already holds {len(earlier)} job "
+                  f"folder(s) of an earlier sweep ({earlier[0].name}..{earlier[-1].name}): this sweep's jobs write "
+                  "into the folders of their numbers (their records replace the earlier ones; checkpoints are kept "
+                  "beside), and its summary lists the others too; give a new folder (by default each sweep gets its "
+                  "own), or resume=true to continue that sweep", file=sys.stderr)
+        if not str(config.hydra.sweeper.get("_target_", "")).endswith("BasicSweeper"):
+            # Hydra's basic sweeper writes the sweep's config (multirun.yaml) into its folder, Optuna's does
+            # not; lstmkit reads it for the swept keys of trial names and to report a sweep whose worker died
+            folder = Path(str(config.hydra.sweep.dir))
+            folder.mkdir(parents=True, exist_ok=True)
+            if not (folder / "multirun.yaml").exists():
+                OmegaConf.save(config, folder / "multirun.yaml")
         if "joblib" in launcher:
             signal.signal(signal.SIGTERM, lambda signum, frame: stop_workers(config.hydra.sweep.dir, signum))
             if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not when ignored (nohup, &)
