@@ -328,9 +328,10 @@ def validate_frame(
     missing = [c for c in ("date", *features) if c not in columns]
     if missing:
         present = [f for f in features if f in columns]
-        # a close-only export (date, close): the features it has are a setting away, the target among them
-        fewer = (f"; to train a model on the columns it has, set data.features=[{','.join(present)}]"
-                 if "date" in columns and present and "close" in present else "")
+        # a close-only export (date, close): the features it has are a setting away (the target among them;
+        # this reader is not told which column that is, so the hint says it)
+        fewer = (f"; to train a model on the columns it has, set data.features=[{','.join(present)}] (data.target, "
+                 "close by default, must be one of them)" if "date" in columns and present else "")
         raise DataError(
             f"missing column(s) {missing}; found {[str(c) for c in frame.columns]}; expected "
             f"date, {', '.join(features)} (any case; 'Date', 'Datetime' or 'Timestamp' for date, 'Adj Close' for "

@@ -465,7 +465,7 @@ def read_text(path: Path) -> str:
             "re-save the file as UTF-8", path=path, row=line, readable=False,  # not a text: of another kind
         ) from None
     if not text.strip():
-        raise DataError("file is empty" + (f" (its {len(raw)} bytes are blank lines and spaces)" if text else ""),
+        raise DataError("file is empty" + (f" (its {len(text.encode())} bytes are blank lines and spaces)" if text else ""),
                         path=path)
     if "\x00" in text:  # valid UTF-8, but no text has NULs
         raise _nul_bytes(raw, text, path)
