@@ -156,6 +156,7 @@ def test_ctrl_c_in_a_sweep_records_the_job_as_interrupted(tmp_path: Path) -> Non
     recorded = json.loads((sweep / "0" / "result.json").read_text())
     assert (recorded["status"], recorded["error"]) == ("interrupted", "interrupted by SIGINT")
     assert "| 0 | interrupted |" in (sweep / "summary.md").read_text()
+    assert f"the sweep's jobs so far are in {(sweep / 'summary.md').relative_to(tmp_path)}" in stderr  # as joblib's says
     assert not (sweep / "1").exists()
 
 

@@ -151,6 +151,8 @@ def _task(command: str) -> Callable[[Any], Any]:
                        if saved else
                        f"{why} before this run saved a checkpoint; the same command with resume=true continues from "
                        "the newest last.ckpt of an earlier run with the same overrides, or starts afresh if there is none")
+            if multirun and record:  # as a parallel sweep's stop says it
+                message += f"; the sweep's jobs so far are in {Path(hydra_cfg.sweep.dir) / 'summary.md'}"
             with contextlib.suppress(OSError):  # stderr may be a pipe closed by the same signal
                 print(f"lstmkit {command}: {message}", file=sys.stderr)
             raise SystemExit(128 + signum) from None
