@@ -1424,11 +1424,14 @@ def test_a_setting_eval_lacks_gets_one_line_not_hydras_block_above_it(tmp_path: 
     for args in (["eval", "ckpt_path=x.ckpt", "model.hidden_size=3"], ["export", "ckpt_path=x.ckpt", "+foo=1"],
                  ["predict", "ckpt_path=x.ckpt", "input=x", "adapt=true"]):
         proc = run_here(*args, cwd=tmp_path, check=False)
-        assert proc.returncode == 1, proc.stderr
+        assert proc.returncode == 2, proc.stderr  # lstmkit's own refusal: "error:" and 2, as its other errors
         lines = proc.stderr.strip().splitlines()
-        assert len(lines) == 1 and lines[0].startswith(f"lstmkit {args[0]}: ") and "does not apply" in lines[0], lines
+        assert len(lines) == 1 and lines[0].startswith(f"lstmkit {args[0]}: error: ") and "does not apply" in lines[0], lines
     from lstmkit.suggest import refuse_before_hydra
 
+    # another command's setting is named as that command's, not as the checkpoint's
+    said = refuse_before_hydra(config_dir(), "eval", ["ckpt_path=x.ckpt", "input=hi"])
+    assert said is not None and said.startswith("eval does not apply input: it is a setting of lstmkit predict; eval takes")
     said = refuse_before_hydra(config_dir(), "eval", ["ckpt_path=x.ckpt", "self_trian.epochs=2"])
     assert said is not None and said.startswith("self_trian.epochs is no eval setting: did you mean self_train.epochs?")
     for fine in (["-sc", "install=bash"], ["--cfg", "job", "hydra.run.dir=x"], ["+data.seed=3", "trainer=cpu"],

@@ -393,9 +393,9 @@ def main(argv: list[str] | None = None) -> Any:
     from lstmkit.suggest import refuse_before_hydra
 
     refused = refuse_before_hydra(config_dir(), command, args)  # one line, not Hydra's block above it
-    if refused:
-        print(f"lstmkit {command}: {refused}", file=sys.stderr)
-        raise SystemExit(1)
+    if refused:  # lstmkit's own refusal: "error:" and status 2, as its other errors (Hydra's own exit 1)
+        print(f"lstmkit {command}: error: {refused}", file=sys.stderr)
+        raise SystemExit(2)
     sys.argv = [sys.argv[0], *args]
     app = hydra.main(version_base="1.3", config_path=config_dir(), config_name=command)(_task(command))
     try:

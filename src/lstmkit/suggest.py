@@ -155,6 +155,11 @@ def refuse_before_hydra(config_dir: str, command: str, args: list[str]) -> str |
             guess = close[0] if close else None
             if guess:  # self_trian.epochs=2: a typo of the command's own setting, not the checkpoint's
                 return f"{key} is no {command} setting: did you mean {guess}{key[len(root):]}? ({command} takes {TAKES[command]})"
+            others = [other for other in ("predict", "eval", "export") if other != command and root in KEYS[other]
+                      and root not in {"task_name", "paths", "hydra"}]
+            if others:  # eval input=hi: predict's input, not a setting of the checkpoint's
+                return (f"{command} does not apply {key}: it is a setting of lstmkit {' and '.join(others)}; "
+                        f"{command} takes {TAKES[command]}")
             return suggest_override(config_dir, command, [arg]) or (
                 f"{command} does not apply {key} (the task, model, head and training settings are the "
                 f"checkpoint's); {command} takes {TAKES[command]}")
