@@ -67,6 +67,19 @@ def test_core_and_head_variants_train(make_cfg, tiny_datamodule, variant) -> Non
     assert torch.isfinite(trainer.callback_metrics["train/loss"])
 
 
+def test_predict_step_called_from_python_runs_without_gradients(make_cfg, tiny_datamodule) -> None:
+    """Called outside Lightning's loop (a notebook, a script), torch warned "Consider using tensor.detach()"
+    as the head rounded its probabilities (found by a tester)."""
+    import warnings
+
+    model = build_model(make_cfg([*TINY_DATA]), tiny_datamodule).eval()
+    batch = SentimentDataModule.make_predict_batch(tiny_datamodule.spec, ["a fine film", "a dull one"])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        results = model.predict_step(batch, 0)
+    assert len(results) == 2 and not [w for w in caught if "detach" in str(w.message)], [str(w.message) for w in caught]
+
+
 def test_l1_penalty_is_added_to_the_loss(make_cfg, tiny_datamodule) -> None:
     torch.manual_seed(0)
     plain = build_model(make_cfg([*TINY_DATA]), tiny_datamodule)

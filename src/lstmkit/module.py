@@ -319,6 +319,7 @@ class SequenceModel(L.LightningModule):
     def test_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         return self._step(batch, "test")
 
+    @torch.no_grad()  # Lightning's loop runs it without gradients; a call from Python (notebooks) does too
     def predict_step(self, batch: Batch, batch_idx: int) -> list[dict[str, Any]]:
         outputs, lengths = self(batch.inputs, batch.lengths, host_lengths=batch.host_lengths)
         return self.head.decode(outputs, lengths)
