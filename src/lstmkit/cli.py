@@ -311,13 +311,13 @@ def _finish_wandb(exit_code: int | None = None) -> None:
 
 def _report_broken_sweep(command: str) -> None:
     """After a sweep's launcher died (a worker killed): record the jobs that died, summarise, say so."""
-    from lstmkit.sweeps import SWEEP_DIR_ENV, SWEEP_NAME_ENV, close_broken_sweep
+    from lstmkit.sweeps import SWEEP_DIR_ENV, SWEEP_NAME_ENV, close_broken_sweep, job_folders
 
     os.environ.pop(SWEEP_NAME_ENV, None)
     sweep_dir = Path(os.environ.pop(SWEEP_DIR_ENV, "") or ".")
     if not (sweep_dir / "multirun.yaml").is_file():  # Hydra failed before the sweep had a folder
         return
-    if not any(p.is_dir() and p.name.isdigit() for p in sweep_dir.iterdir()):
+    if not job_folders(sweep_dir):
         # no job started: Hydra checks every job's config first, so a typo in a sweep value stops it
         # here; its error (and lstmkit's hint) is the whole story: no summary, and resume would fail alike.
         # The folder, which holds nothing but the sweep's config then, goes (logs/<task>/multiruns lists sweeps)

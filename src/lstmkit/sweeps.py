@@ -152,8 +152,7 @@ class SweepSummary(Callback):
                   "SLURM's sbatch, which this machine does not have on its PATH: run the command on a SLURM login "
                   "node, or drop cluster=slurm (hydra/launcher=submitit_local runs the jobs here)", file=sys.stderr)
             raise SystemExit(2)
-        earlier = sorted((p for p in Path(str(config.hydra.sweep.dir)).glob("*") if p.is_dir() and p.name.isdigit()),
-                         key=lambda p: int(p.name))
+        earlier = job_folders(str(config.hydra.sweep.dir))
         if earlier and config.get("resume") is not True:  # a fixed hydra.sweep.dir again: two sweeps in one summary
             print(f"lstmkit: warning: hydra.sweep.dir={config.hydra.sweep.dir} already holds {len(earlier)} job "
                   f"folder(s) of an earlier sweep ({earlier[0].name}..{earlier[-1].name}): this sweep's jobs write "
@@ -213,7 +212,7 @@ def stop_workers(sweep_dir: str | Path, signum: int = signal.SIGTERM, grace_s: f
     counted = [w for w in trials if _parent_pid(w) == os.getpid()]
     # a loky worker stays alive (idle) after its trial has stopped and recorded itself: wait for the
     # records of the trials that were running, not for the processes
-    running = [d for d in Path(sweep_dir).glob("*") if d.name.isdigit() and not (d / "result.json").exists()]
+    running = [d for d in job_folders(sweep_dir) if not (d / "result.json").exists()]
     deadline = time.monotonic() + grace_s
     while (time.monotonic() < deadline and any(not (d / "result.json").exists() for d in running)
            and any(w.is_running() for w in trials)):
@@ -236,6 +235,11 @@ def _parent_pid(process: Any) -> int | None:
     return None
 
 
+def job_folders(sweep_dir: str | Path) -> list[Path]:
+    """The job folders (``0``, ``1``, ...) of a sweep's folder, in job order."""
+    return sorted((p for p in Path(sweep_dir).glob("*") if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name))
+
+
 def close_broken_sweep(sweep_dir: str | Path) -> int:
     """A sweep whose launcher died (a parallel worker killed by SIGKILL, as the out-of-memory killer
     does; joblib's ``TerminatedWorkerError``): record each started job that left no ``result.json``
@@ -249,9 +253,7 @@ def close_broken_sweep(sweep_dir: str | Path) -> int:
     said to be either (every one of them was said to be killed "out of memory?").
     """
     sweep_dir = Path(sweep_dir)
-    dead = [job for job in sorted((p for p in sweep_dir.glob("*") if p.is_dir() and p.name.isdigit()),
-                                  key=lambda p: int(p.name))
-            if not (job / "result.json").exists()]
+    dead = [job for job in job_folders(sweep_dir) if not (job / "result.json").exists()]
     error = ("its process died without recording a result (killed by a signal: out of memory?)" if len(dead) <= 1 else
              f"its process died without recording a result, like {len(dead) - 1} other job(s) of the sweep: killed by a "
              "signal (out of memory?), or stopped by joblib when another worker process of the sweep was")

@@ -37,7 +37,7 @@ from lstmkit.data.base import as_list
 from lstmkit.errors import ConfigError, DataError, SweepError
 from lstmkit.loggers import configure_wandb, purge_resumed_tensorboard, trim_csv_logs
 from lstmkit.module import SequenceModel
-from lstmkit.resume import job_overrides, resolve_ckpt_path, run_files  # noqa: F401 - re-exported
+from lstmkit.resume import job_overrides, override_key, resolve_ckpt_path, run_files  # noqa: F401 - re-exported
 from lstmkit.self_train import SelfTraining
 from lstmkit.warm_start import init_from_checkpoint, init_reverse_from_checkpoint
 
@@ -77,7 +77,7 @@ def check_monitor(monitor: str, model: SequenceModel) -> None:
         message = (f"monitor={monitor} is not a metric this model logs; its validation metrics are "
                    f"{', '.join('val/' + k for k in logged)}")
         per_trial = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN and any(
-            str(o).split("=", 1)[0].lstrip("+~") in ("task", "experiment", "head") for o in HydraConfig.get().overrides.task)
+            override_key(str(o)) in ("task", "experiment", "head") for o in HydraConfig.get().overrides.task)
         raise (ConfigError if per_trial else SweepError)(message)
 
 

@@ -39,6 +39,7 @@ import random
 import re
 import struct
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -347,38 +348,45 @@ def wav_declared_frames(path: Path) -> int | None:
         return None
 
 
-def wav_files(folder: Path, recursive: bool = False) -> list[Path]:
-    """The ``.wav`` files of ``folder`` (of its subfolders too if ``recursive``), any case of the
-    suffix (``.WAV`` from Windows tools), sorted."""
+def wav_files(folder: Path, recursive: bool = False, suffixes: Iterable[str] = (".wav",)) -> list[Path]:
+    """The ``.wav`` files (or those of other ``suffixes``) of ``folder`` (of its subfolders too if
+    ``recursive``), any case of the suffix (``.WAV`` from Windows tools), sorted; none if it is no folder."""
     pattern = folder.rglob("*") if recursive else folder.glob("*")
-    return sorted(p for p in pattern if p.suffix.lower() == ".wav" and p.is_file())
+    return sorted(p for p in pattern if p.suffix.lower() in suffixes and p.is_file())
 
 
 _MANIFEST_SUFFIXES = {".csv", ".tsv", ".jsonl", ".json"}
 
 
-def _audio_in(folder: Path) -> list[Path]:
-    """The audio files (by extension) of ``folder`` itself, in name order; none if it is not a folder."""
-    return sorted(f for f in folder.iterdir() if f.is_file() and f.suffix.lower() in _AUDIO_SUFFIXES) \
-        if folder.is_dir() else []
+def manifest_records(manifest: Path, required: tuple[str, ...], hint: str, optional: tuple[str, ...] = ()
+                     ) -> list[tuple[int, dict[str, Any]]]:
+    """``(row, record)`` of a manifest (``.csv`` / ``.tsv`` / ``.jsonl`` / ``.json``), its columns found in any case."""
+    content, suffix = read_text(manifest), manifest.suffix.lower()
+    if suffix in {".csv", ".tsv"}:
+        return list(csv_records(content, "," if suffix == ".csv" else "\t", manifest, required=required, hint=hint,
+                                optional=optional))
+    if suffix in {".jsonl", ".json"}:
+        return list(jsonl_records(content, manifest, (*required, *optional), hint))
+    raise DataError(f"unknown manifest type {suffix!r}; expected .csv, .tsv or .jsonl", path=manifest)
+
+
+def audio_beside(manifest: Path, row: int, column: str, audio: str) -> str:
+    """A manifest row's audio path, relative to the manifest, that must name a file."""
+    file = (manifest.parent / audio.strip()).resolve()
+    if not file.is_file():
+        raise DataError(f"audio file {file} not found (paths are relative to the manifest)", path=manifest, row=row,
+                        field=column)
+    return str(file)
 
 
 def _manifest_files(manifest: Path, column: str) -> list[str]:
-    """The audio files a manifest's ``column`` lists, relative to the manifest (predict: no transcript read)."""
-    content = read_text(manifest)
-    hint = "data.path_column"
-    records = (csv_records(content, "," if manifest.suffix.lower() == ".csv" else "\t", manifest, (column,), hint)
-               if manifest.suffix.lower() in {".csv", ".tsv"} else jsonl_records(content, manifest, (column,), hint))
+    """The audio files a manifest's ``column`` lists (predict: no transcript read)."""
     files = []
-    for row, record in records:
+    for row, record in manifest_records(manifest, (column,), "data.path_column"):
         audio = record.get(column)
         if not isinstance(audio, str) or not audio.strip():
             raise DataError(f"expected an audio file path, found {audio!r}", path=manifest, row=row, field=column)
-        file = (manifest.parent / audio.strip()).resolve()
-        if not file.is_file():
-            raise DataError(f"audio file {file} not found (paths are relative to the manifest)", path=manifest,
-                            row=row, field=column)
-        files.append(str(file))
+        files.append(audio_beside(manifest, row, column, audio))
     if not files:
         raise DataError("the manifest lists no recordings", path=manifest)
     log.info("%s: the %d recording(s) of its %r column", manifest, len(files), column)
@@ -590,22 +598,9 @@ class SpeechDataModule(SequenceDataModule):
 
     def _read_manifest(self, manifest: Path) -> list[Utterance]:
         self.manifest = manifest
-        content = read_text(manifest)
-        suffix = manifest.suffix.lower()
-        records: list[tuple[int, dict[str, Any]]] = []
-        if suffix in {".csv", ".tsv"}:
-            records = list(csv_records(content, "," if suffix == ".csv" else "\t", manifest,
-                                       required=(self.path_column, self.text_column),
-                                       hint="data.path_column / data.text_column (data.split_column / "
-                                            "data.speaker_column)",
-                                       optional=(self.split_column, self.speaker_column)))
-        elif suffix in {".jsonl", ".json"}:
-            records = list(jsonl_records(content, manifest, (self.path_column, self.text_column, self.split_column,
-                                                             self.speaker_column),
-                                         "data.path_column / data.text_column / data.split_column / "
-                                         "data.speaker_column"))
-        else:
-            raise DataError(f"unknown manifest type {suffix!r}; expected .csv, .tsv or .jsonl", path=manifest)
+        records = manifest_records(manifest, (self.path_column, self.text_column),
+                                   "data.path_column / data.text_column (data.split_column / data.speaker_column)",
+                                   optional=(self.split_column, self.speaker_column))
         utterances = []
         for row, record in records:
             audio, text = record.get(self.path_column), record.get(self.text_column)
@@ -617,10 +612,7 @@ class SpeechDataModule(SequenceDataModule):
                 if not isinstance(value, str | int | float) or isinstance(value, bool):  # JSON lists, objects
                     raise DataError(f"expected {kind}, found a JSON {type(value).__name__}: {json.dumps(value)[:60]}",
                                     path=manifest, row=row, field=column)
-            file = (manifest.parent / str(audio).strip()).resolve()
-            if not file.is_file():
-                raise DataError(f"audio file {file} not found (paths are relative to the manifest)",
-                                path=manifest, row=row, field=self.path_column)
+            file = audio_beside(manifest, row, self.path_column, str(audio))
             split = _cell(record, self.split_column).lower()
             if split and split not in _SPLIT_ALIASES:
                 raise DataError(f"unknown split {split!r}; expected one of {sorted(_SPLIT_ALIASES)}",
@@ -877,8 +869,8 @@ class SpeechDataModule(SequenceDataModule):
                 if len(manifests) == 1:  # as training finds a folder's data: its manifest first
                     items += _manifest_files(manifests[0], str(spec.extra.get("path_column") or "path"))
                     continue
-                folder = path if _audio_in(path) or not _audio_in(path / "recordings") else path / "recordings"
-                files = _audio_in(folder)
+                here, nested = wav_files(path, suffixes=_AUDIO_SUFFIXES), wav_files(path / "recordings", suffixes=_AUDIO_SUFFIXES)
+                folder, files = (path, here) if here or not nested else (path / "recordings", nested)
                 if not files:
                     raise DataError(f"a folder with no audio files ({', '.join(sorted(_AUDIO_SUFFIXES))}) in it "
                                     "(nor one manifest, nor a recordings/ folder of them); expected recordings, a "
