@@ -378,6 +378,11 @@ def test_predict_reads_label_prefixed_lines_as_training_did(tmp_path) -> None:
     printed = [json.loads(line) for line in whole.stdout.strip().splitlines()]
     assert [p["input"] for p in printed] == ["0 one long string of cliches .", "1\ta gorgeous , witty film ."]
     assert "read as '<label> <text>'" not in whole.stderr
+    # ... a table's lines too: data.format=lines was ignored for a .csv input_file, read by its text column
+    table_file = tmp_path / "texts.csv"
+    table_file.write_text("text\na fine film\n", encoding="utf-8")
+    as_lines = run_here("predict", f"ckpt_path={ckpt}", f"input_file={table_file}", "data.format=lines", cwd=tmp_path)
+    assert [json.loads(line)["input"] for line in as_lines.stdout.strip().splitlines()] == ["text", "a fine film"]
     # output=<name>.csv is a CSV table (it was JSON lines under a .csv name), nested results as dotted columns
     import pandas as pd
 

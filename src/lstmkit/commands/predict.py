@@ -171,7 +171,8 @@ def prefixed_labels(cfg: DictConfig, spec: DataSpec, data: Any) -> frozenset[str
     """A text classifier's labels as its training files wrote them (``data.label_names``' keys for the
     classes it renames), when its training read ``input_file`` as ``<label> <text>`` lines: its
     ``data.format`` is ``prefixed``, or ``auto`` with no ``data.delimiter`` and the file no table.
-    ``data.format=lines`` (predict's own): none; every line is a text, whatever it starts with."""
+    ``data.format=lines`` (predict's own): none; every line is a text, whatever it starts with, and a
+    ``.csv`` / ``.tsv`` / ``.jsonl`` ``input_file`` is read as lines too, not as a table."""
     if spec.input_kind != "tokens" or not spec.classes or not cfg.get("input_file"):
         return None
     fmt = str(data.get("format") or "auto")
@@ -238,7 +239,8 @@ def predict(cfg: DictConfig) -> list[dict[str, Any]]:
     if data.get("path_column") and "path_column" not in (spec.extra or {}):  # a speech checkpoint that predates
         spec = dataclasses.replace(spec, extra={**(spec.extra or {}), "path_column": data["path_column"]})  # it
     text_column = (plain(cfg.get("data")) or {}).get("text_column") or data.get("text_column")  # data.text_column=
-    text_column = text_column if model.spec.classes else None
+    lines = str((plain(cfg.get("data")) or {}).get("format")) == "lines"  # every line whole, a table's too
+    text_column = text_column if model.spec.classes and not lines else None
     raw_inputs, origins = collect_inputs_and_origins(cfg, text_column if model.spec.input_kind == "tokens" else None,
                                                      paths=model.spec.input_kind != "tokens",
                                                      delimiter=data.get("delimiter"),
