@@ -302,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     DEVICE = args.device
     if args.out is None:  # a dry run's figures are not results: they stay out of the repository
-        args.out = bs.REPO / "bench" / "results" if DEVICE == "cuda" else Path(tempfile.gettempdir()) / "lstmkit_bench_gpu"
+        args.out = bs.REPO / "bench" / "results" if DEVICE == "cuda" else bs.quick_folder("bench_gpu")
     if DEVICE == "cuda" and not torch.cuda.is_available():
         raise SystemExit("bench_gpu: no CUDA GPU is visible (torch.cuda.is_available() is False); use --device cpu")
     torch.backends.cuda.matmul.allow_tf32 = False  # float32 means float32 on both sides (cuBLAS

@@ -45,6 +45,7 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime as dt
+import getpass
 import json
 import math
 import os
@@ -61,6 +62,19 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def quick_folder(bench: str) -> Path:
+    """Where a ``--quick`` (or dry) run writes: a temp folder of this user's own.
+
+    Why: its figures are a smoke check, not results, so they stay out of the repository; one fixed
+    ``/tmp/lstmkit_bench_speed`` was shared by every user of a machine, and the second could not write it.
+    """
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no login name (a container's bare uid)
+        user = str(os.getuid()) if hasattr(os, "getuid") else "user"
+    return Path(tempfile.gettempdir()) / f"lstmkit_{bench}_{re.sub(r'[^A-Za-z0-9_.-]', '_', user)}"
 
 
 @dataclass(frozen=True)
@@ -945,7 +959,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
         parser.error("--merge keeps the other tasks of an earlier report: name its folder with --out")
     args.merge = args.merge or bool(args.merge_from)
     if args.out is None:
-        args.out = str(Path(tempfile.gettempdir()) / "lstmkit_bench_quality" if args.quick else
+        args.out = str(quick_folder("bench_quality") if args.quick else
                        REPO / "bench" / "runs" / dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d_%H-%M-%S"))
     out = Path(args.out).expanduser()
     if (out / "quality.md").exists() and not (out / "quality.json").exists():

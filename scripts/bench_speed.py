@@ -68,6 +68,9 @@ from torch.nn import functional as F
 from torch.nn.utils import clip_grad_norm_
 from torch.nn.utils.rnn import pack_padded_sequence, pad_sequence
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_quality import quick_folder  # stdlib only: where --quick runs write
+
 import lstmkit.callbacks
 from lstmkit.callbacks import StopOnNonFiniteLoss
 from lstmkit.cli import config_dir
@@ -79,6 +82,7 @@ from lstmkit.module import SequenceModel
 from lstmkit.types import DataSpec
 
 REPO = Path(__file__).resolve().parents[1]
+
 SECTIONS = ("training", "variable_length", "inference", "keras")
 # lstmkit's default optimiser, as `lstmkit train` composes it (conf/optimizer/adamw.yaml)
 OPTIMIZER: dict[str, Any] = dict(OmegaConf.to_container(OmegaConf.load(REPO / "conf" / "optimizer" / "adamw.yaml")))
@@ -1270,7 +1274,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     markdown = render(results)
     print(markdown)
     if args.out is None:
-        args.out = Path(tempfile.gettempdir()) / "lstmkit_bench_speed" if args.quick else REPO / "bench" / "results"
+        args.out = quick_folder("bench_speed") if args.quick else REPO / "bench" / "results"
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "speed.json").write_text(json_text(results, indent=2) + "\n", encoding="utf-8")
     (args.out / "speed.md").write_text(markdown, encoding="utf-8")

@@ -417,3 +417,19 @@ def test_a_pretraining_run_is_reused_and_a_wrong_one_refused(tmp_path: Path, mon
     assert seen[0]["reused"] and seen[0]["metrics"] == {"val/perplexity": 195.8}
     md = (tmp_path / "out" / "quality.md").read_text()
     assert "`experiment=sentiment_lm` (reused from an earlier run; val/perplexity 195.8" in md
+
+
+def test_quick_runs_write_to_a_temp_folder_of_the_users_own(monkeypatch) -> None:
+    """One fixed /tmp/lstmkit_bench_speed was shared by every user of a machine: the second could not write it."""
+    import getpass
+    import tempfile
+
+    bench = load_bench()
+    monkeypatch.setattr(getpass, "getuser", lambda: "ann lee")
+    assert bench.quick_folder("bench_speed") == Path(tempfile.gettempdir()) / "lstmkit_bench_speed_ann_lee"
+
+    def no_login() -> str:
+        raise OSError("No username set in the environment")
+
+    monkeypatch.setattr(getpass, "getuser", no_login)  # a container's bare uid
+    assert bench.quick_folder("bench_gpu").name == f"lstmkit_bench_gpu_{os.getuid()}"
