@@ -237,7 +237,7 @@ main(["--version"])
 try:
     main(["train", "model.hiden_size=3"])
 except SystemExit as exc:
-    assert exc.code == 1, exc.code
+    assert exc.code == 2, exc.code
 import lstmkit
 assert lstmkit.__version__
 print("heavy:", sorted(m for m in sys.modules if m.split(".")[0] in {"torch", "lightning", "torchaudio", "torchmetrics"}))

@@ -116,6 +116,7 @@ def _user_error(err: BaseException) -> str | None:
 
 def _task(command: str) -> Callable[[Any], Any]:
     def run(cfg: Any) -> Any:
+        release_stderr()  # the config composed: see _HeldStderr
         from hydra.core.hydra_config import HydraConfig
         from hydra.types import RunMode
 
@@ -206,6 +207,49 @@ def _task(command: str) -> Callable[[Any], Any]:
         return value
 
     return run
+
+
+class _HeldStderr:
+    """``sys.stderr`` while Hydra composes the config: its output held back until the config composes.
+
+    Why: a typo (``model.hiden_size=3``) got Hydra's 6-15 lines ("To append to your config use
+    +model.hiden_size=3", advice that only hides the typo) above lstmkit's one-line "did you mean". Held,
+    they are dropped when lstmkit has a hint (``HYDRA_FULL_ERROR=1`` still shows Hydra's error, as a
+    traceback), and printed as they were when it has none. Released (written through, and ``sys.stderr``
+    restored) once a job starts, or a sweep whose jobs run elsewhere begins; a logging handler that took
+    this object for its stream keeps writing through it.
+    """
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+        self.held: list[str] | None = []
+
+    def write(self, text: str) -> int:
+        if self.held is None:
+            return self.stream.write(text)
+        self.held.append(text)
+        return len(text)
+
+    def flush(self) -> None:
+        if self.held is None:
+            self.stream.flush()
+
+    def release(self, keep: bool = True) -> None:
+        held, self.held = self.held, None
+        if sys.stderr is self:
+            sys.stderr = self.stream
+        if held and keep:
+            self.stream.write("".join(held))
+            self.stream.flush()
+
+    def __getattr__(self, name: str) -> Any:  # fileno, isatty, encoding: the terminal's
+        return getattr(self.stream, name)
+
+
+def release_stderr() -> None:
+    """Write what Hydra's composition printed, and print straight to stderr from here on (see _HeldStderr)."""
+    if isinstance(sys.stderr, _HeldStderr):
+        sys.stderr.release()
 
 
 def _one_console_for_lightning() -> None:
@@ -398,6 +442,7 @@ def main(argv: list[str] | None = None) -> Any:
         raise SystemExit(2)
     sys.argv = [sys.argv[0], *args]
     app = hydra.main(version_base="1.3", config_path=config_dir(), config_name=command)(_task(command))
+    held = sys.stderr = _HeldStderr(sys.stderr)
     try:
         return app()
     except ValueError as exc:
@@ -416,9 +461,16 @@ def main(argv: list[str] | None = None) -> Any:
             from lstmkit.suggest import suggest_override
 
             hint = suggest_override(config_dir(), command, args)
-            if hint:
+            if hint and held.held is not None:  # Hydra's block, still held, is dropped: the hint says more
+                held.release(keep=False)
+                print(f"lstmkit {command}: error: {hint}", file=sys.stderr)
+                raise SystemExit(2) from None
+            held.release()
+            if hint:  # a sweep's job that did not compose: Hydra's block is out, the hint under it
                 print(f"lstmkit {command}: {hint}", file=sys.stderr)
         raise
+    finally:
+        held.release()
 
 
 if __name__ == "__main__":

@@ -245,7 +245,7 @@ def _hint(override: Any, cfg: DictConfig, group_options_of: Any, stored: list[st
         guess = _close(str(override.value()), group_options)
         if guess:
             return f"did you mean {key}={guess}? ({key} options: {', '.join(group_options)})"
-        return f"{key} options: {', '.join(group_options)}"
+        return f"{key}={override.value()}: no such {key} option ({key} options: {', '.join(group_options)})"
     parent_path, _, leaf = key.rpartition(".")
     parent = OmegaConf.select(cfg, parent_path) if parent_path else cfg
     if not isinstance(parent, DictConfig):
@@ -281,7 +281,7 @@ def _hint(override: Any, cfg: DictConfig, group_options_of: Any, stored: list[st
     elsewhere = [path for path in _paths(cfg) if path.rpartition(".")[2] == leaf and path != key]
     if elsewhere:  # `hidden_size=32` for model.hidden_size: the key lives in a group
         return f"did you mean {' or '.join(elsewhere[:3])}? ({key} is not a config key)"
-    return f"{parent_path} has the keys: {', '.join(keys)}" if parent_path else None
+    return f"{key} is not a config key; {parent_path} has the keys: {', '.join(keys)}" if parent_path else None
 
 
 def _stored_data_keys(overrides: list[Any]) -> list[str] | None:

@@ -143,9 +143,13 @@ class SweepSummary(Callback):
     workers when the sweep is sent SIGTERM or SIGINT (Ctrl-C)."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from lstmkit.cli import release_stderr
+
+        launcher = str(config.hydra.launcher.get("_target_", ""))
+        if not launcher.endswith("BasicLauncher"):  # jobs run elsewhere: this process prints from now on
+            release_stderr()  # (the basic launcher composes each job here; its first job releases it)
         os.environ[SWEEP_NAME_ENV] = sweep_name(config)  # every job's folder: see _sweep_folder
         os.environ[SWEEP_DIR_ENV] = str(config.hydra.sweep.dir)  # lstmkit.cli._report_broken_sweep
-        launcher = str(config.hydra.launcher.get("_target_", ""))
         if launcher.endswith("SlurmLauncher") and shutil.which("sbatch") is None:
             # submitit fails deep inside with 'Could not detect "srun"' and a traceback
             print("lstmkit train: error: cluster=slurm (hydra/launcher=submitit_slurm) submits the jobs with "
