@@ -160,12 +160,12 @@ def test_predict_input_file_is_one_input_per_line(tmp_path, caplog) -> None:
 
     from omegaconf import OmegaConf
 
-    from lstmkit.commands.predict import collect_inputs
+    from lstmkit.commands.predict import collect_inputs_and_origins
 
     path = tmp_path / "inputs.txt"
     path.write_text("a gorgeous film\x85 truly\r\n\nthe plot was dull\u2028and slow\n", encoding="utf-8")
     with caplog.at_level(logging.WARNING):
-        inputs = collect_inputs(OmegaConf.create({"input_file": str(path)}))
+        inputs = collect_inputs_and_origins(OmegaConf.create({"input_file": str(path)}))[0]
     assert inputs == ["a gorgeous film\x85 truly", "the plot was dull\u2028and slow"]
     assert "1 blank line(s) skipped" in caplog.text
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import json
+import math
 from pathlib import Path
 
 import lightning as L
@@ -102,9 +104,17 @@ def test_l1_penalty_is_added_to_the_loss(make_cfg, tiny_datamodule) -> None:
 
 
 @pytest.mark.parametrize("task", TASKS)
-def test_every_task_preset_runs_end_to_end(make_cfg, task) -> None:
+def test_every_task_preset_runs_end_to_end(make_cfg, task, tmp_path) -> None:
     cfg = make_cfg([f"task={task}", "debug=fdr", "logger=none", "callbacks=none"])
     train(cfg)  # raises on any failure
+    assert_tested(tmp_path)
+
+
+def assert_tested(run_dir: Path) -> None:
+    """The run was tested and its loss is a number: ``train`` returns None for a NaN monitor (and an
+    ECG batch of one class gives a NaN AUROC), so its return alone would pass a broken run."""
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert math.isfinite(metrics["test/loss"]), metrics
 
 
 def test_checkpoint_round_trip_without_pickle(make_cfg, tmp_path: Path) -> None:
@@ -164,11 +174,12 @@ EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
-def test_every_experiment_recipe_runs_end_to_end(make_cfg, experiment) -> None:
+def test_every_experiment_recipe_runs_end_to_end(make_cfg, experiment, tmp_path) -> None:
     root = shared_data("")  # the recipes read the real datasets
     cfg = make_cfg([f"experiment={experiment}", f"paths.data_root={root}", "debug=fdr", "logger=none",
                     "callbacks=none"])
     train(cfg)
+    assert_tested(tmp_path)
 
 
 
@@ -270,10 +281,11 @@ def test_adversarial_loss_is_clean_loss_plus_loss_at_the_worst_nearby_input(make
 
 
 @pytest.mark.parametrize("task", TASKS)
-def test_adversarial_training_runs_on_every_task(make_cfg, task) -> None:
+def test_adversarial_training_runs_on_every_task(make_cfg, task, tmp_path) -> None:
     extra = ["model.stateful=false"] if task == "next_word" else []  # its preset carries state
     cfg = make_cfg([f"task={task}", "debug=fdr", "logger=none", "callbacks=none", "adversarial=0.5", *extra])
     train(cfg)  # raises on any failure (the reconstruction head once did: it consumed its signal)
+    assert_tested(tmp_path)
 
 
 def test_adversarial_training_runs_and_refuses_carried_state(make_cfg, tiny_datamodule) -> None:

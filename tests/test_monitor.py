@@ -96,7 +96,7 @@ def test_an_unbounded_run_with_a_length_schedule_says_what_to_do(make_cfg) -> No
     cfg = make_cfg(["data.num_examples=100", "encoder.dim=8", *TINY, "trainer.max_epochs=-1",
                     "trainer.max_time=00:00:00:30"])
     with pytest.raises(ConfigError, match=r"scheduler cosine_with_warmup spreads its schedule over the run's "
-                                          r"length.*trainer\.max_epochs=-1.*scheduler=plateau or scheduler=none"):
+                                          r"length.*trainer\.max_epochs=-1.*scheduler=plateau, scheduler=step or scheduler=none"):
         train(cfg)
 
 

@@ -60,7 +60,8 @@ class LSTMCore(nn.Module):
             the valid steps, so it cannot reach them), backward directions read each row
             reversed within its own length, and padded outputs are zeroed. On CPU the packed
             path runs a slow per-step loop while the unpacked one uses the fused oneDNN kernel:
-            bi-LSTM classifier training measured 1.49x faster with bucketing. ``auto``
+            bi-LSTM classifier training measured 2.2x faster with bucketing (1 thread;
+            ``bench/results/speed_1thread.md``). ``auto``
             (default): unpacked on CPU, packed elsewhere. Stateful cores always use packing
             (their batches have equal lengths, so neither is needed).
     """

@@ -578,7 +578,7 @@ class SequenceModel(L.LightningModule):
             raise ConfigError(f"scheduler {name} spreads its schedule over the run's length, but the run has none "
                               f"(trainer.max_epochs={self.trainer.max_epochs}, trainer.max_steps="
                               f"{self.trainer.max_steps}); give trainer.max_epochs or trainer.max_steps, or use "
-                              "scheduler=plateau or scheduler=none")
+                              "scheduler=plateau, scheduler=step or scheduler=none")
         self.schedule_steps = int(total)
         old = self.resumed_schedule_steps
         if old is None or old == self.schedule_steps:

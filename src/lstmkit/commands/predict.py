@@ -32,10 +32,6 @@ from lstmkit.types import DataSpec
 log = logging.getLogger(__name__)
 
 
-def collect_inputs(cfg: DictConfig) -> list[Any]:
-    return collect_inputs_and_origins(cfg)[0]
-
-
 TABLE_SUFFIXES = {".csv": ",", ".tsv": "\t"}
 
 
@@ -284,7 +280,7 @@ def predict(cfg: DictConfig) -> list[dict[str, Any]]:
                            else err.at(source, number)) from None
             batch.inputs = batch.inputs.to(model.device)
             batch.lengths = batch.lengths.to(model.device)
-            for raw, result in zip(chunk, model.predict_step(batch, 0)):
+            for raw, result in zip(chunk, model.predict_step(batch, 0), strict=True):  # a lost row: an error
                 results.append({"input": raw, **result})
     lines = [json_text(r, ensure_ascii=False) for r in results]
     print("\n".join(lines))
