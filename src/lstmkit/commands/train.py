@@ -320,9 +320,9 @@ def stored_seed(checkpoint: dict[str, Any] | None) -> int | None:
     return int(data_seed) if isinstance(data_seed, int) else None
 
 
-def train(cfg: DictConfig) -> float | None:
-    """Train (and test) one configuration; returns the monitored validation metric."""
-    seed = int_option(cfg, "seed")
+def _switches_and_checkpoint(cfg: DictConfig) -> tuple[str | None, dict[str, Any] | None]:
+    """``train`` / ``test`` as booleans in ``cfg``, and the checkpoint a resumed run continues
+    (``ckpt_path=`` or ``resume=true``) with its contents, read once (its seed, checks, W&B run id)."""
     resume = bool_option(cfg, "resume")
     for key in ("train", "test"):  # test=maybe was taken for true, train=null for false
         value = bool_option(cfg, key, default=True)
@@ -334,7 +334,7 @@ def train(cfg: DictConfig) -> float | None:
                           "train=false tests the model this config builds, untrained; to score a checkpoint use "
                           "lstmkit eval ckpt_path=... (split=val for its val split)")
     ckpt_path = resolve_ckpt_path(requested, cfg)
-    resumed = read_checkpoint(ckpt_path) if ckpt_path else None  # read once: its seed, checked, its W&B run id
+    resumed = read_checkpoint(ckpt_path) if ckpt_path else None
     if not ckpt_path and cfg.get("train", True) and HydraConfig.initialized():
         folder = Path(HydraConfig.get().runtime.output_dir) / "checkpoints"
         held = sorted(p.name for p in folder.glob("*.ckpt")) if folder.is_dir() else []
@@ -343,7 +343,13 @@ def train(cfg: DictConfig) -> float | None:
                         "(Lightning names its best best-v1.ckpt, and the CSV log goes on), so the folder mixes two "
                         "runs; resume=true continues the earlier run, or give the run another folder",
                         folder.parent, ", ".join(held[:3]))
-    if seed is None:  # the resumed run's seed, or a drawn one; kept in cfg (so logged with the hyperparameters)
+    return ckpt_path, resumed
+
+
+def _seed(cfg: DictConfig, resumed: dict[str, Any] | None) -> int:
+    """``seed``, else the resumed run's, else a drawn one; kept in cfg (so logged with the hyperparameters)."""
+    seed = int_option(cfg, "seed")
+    if seed is None:
         seed = stored_seed(resumed)
         if seed is not None:
             log.info("seed=null: resuming with the seed the run drew, %d", seed)
@@ -352,20 +358,16 @@ def train(cfg: DictConfig) -> float | None:
             log.info("seed=null: this run drew seed %d (seed=%d repeats it)", seed, seed)
         with open_dict(cfg):
             cfg.seed = seed
-    L.seed_everything(seed, workers=True)
-    check_option_types({group: plain(cfg.get(group)) for group in TYPED_GROUPS})
-    check_experiment_task(cfg)
-    with config_stage("data"):
-        datamodule = instantiate(cfg.data, _convert_="all")
-        datamodule.setup("fit")
-    check_splits(datamodule, cfg)
-    with config_stage("model (encoder / model / head)"):
-        model = build_model(cfg, datamodule)
+    return seed
+
+
+def _test_time(cfg: DictConfig, model: SequenceModel) -> None:
+    """``adapt`` and ``self_train``, which act in the test after training: checked before training, not after it."""
     adapt = bool_option(cfg, "adapt")
     if adapt and not cfg.get("test", True):
         log.warning("adapt=true adapts the test after training; with test=false there is none: ignored")
     elif adapt:
-        model.check_adaptable()  # before training, not after it
+        model.check_adaptable()
         model.adapt = True  # the test loop re-estimates the normalisation on its inputs first (SequenceModel)
     with config_stage("self_train"):
         self_training = SelfTraining.from_config(cfg.get("self_train"))
@@ -373,12 +375,20 @@ def train(cfg: DictConfig) -> float | None:
         log.warning("self_train tunes the model to the test split after training; with test=false there is none: "
                     "ignored")
     elif self_training is not None:
-        model.head.check_self_trainable()  # before training, not after it
+        model.head.check_self_trainable()
         model.self_training = self_training  # lstmkit.self_train, in the test loop's first hook
+
+
+def _check_optimisation(cfg: DictConfig, model: SequenceModel) -> None:
+    """Build the optimiser and schedule once on a stand-in parameter, and settle the monitored metric.
+
+    Why: they are built for real in ``configure_optimizers``, once training has begun; a wrong
+    setting would otherwise fail after the data and model are set up, in Lightning's traceback.
+    """
     with config_stage("optimizer"):
         optimizer = build(plain(cfg.optimizer))([torch.zeros(1, requires_grad=True)])
     schedule = dict(plain(cfg.get("scheduler")) or {})
-    if schedule.get("_target_"):  # built for real in configure_optimizers, once training has begun
+    if schedule.get("_target_"):
         schedule.pop("interval", None)
         with config_stage("scheduler"):
             build(schedule)(optimizer, total_steps=10,
@@ -391,31 +401,28 @@ def train(cfg: DictConfig) -> float | None:
         raise ConfigError(f"monitor_mode={cfg.monitor_mode!r}: expected min or max")
     check_sweep_direction(cfg)
     model.monitor, model.monitor_mode = str(cfg.monitor), str(cfg.monitor_mode)  # for scheduler=plateau
-    callbacks = [*instantiate_group(cfg.get("callbacks")), StopOnNonFiniteLoss()]
-    callbacks.append(ReseedEachEpoch(seed))
+
+
+def _continue_run(cfg: DictConfig, ckpt_path: str, model: SequenceModel, resumed: dict[str, Any]) -> None:
+    """A resumed run: the checkpoint fits the model, the CSV rows written after it go, and a
+    ``trainer.max_epochs`` the checkpoint has reached already is said (and kept where Lightning accepts it)."""
+    check_resumable(ckpt_path, model, resumed)
+    if HydraConfig.initialized():  # resumed into the folder it was written in: its CSV rows after it go
+        trim_csv_logs(HydraConfig.get().runtime.output_dir, ckpt_path, int(resumed.get("global_step", 0)))
+    done, max_epochs = int(resumed.get("epoch", -1)) + 1, cfg.trainer.get("max_epochs")
+    if cfg.get("train", True) and isinstance(max_epochs, int) and 0 <= max_epochs <= done:
+        log.warning("resuming %s: it has trained %d epoch(s) already, so trainer.max_epochs=%d leaves nothing to "
+                    "train%s; raise trainer.max_epochs to train on", ckpt_path, done, max_epochs,
+                    " (the test split is still scored)" if cfg.get("test", True) else "")
+        with open_dict(cfg):  # Lightning refuses a max_epochs below the checkpoint's epoch: nothing to train
+            cfg.trainer.max_epochs = done
+
+
+def _trainer(cfg: DictConfig, seed: int, ckpt_path: str | None, resumed: dict[str, Any] | None) -> L.Trainer:
+    """The Trainer with the config's callbacks and loggers (and lstmkit's two that every run needs)."""
+    callbacks = [*instantiate_group(cfg.get("callbacks")), StopOnNonFiniteLoss(), ReseedEachEpoch(seed)]
     if not cfg.trainer.get("enable_progress_bar", True):
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
-    hydra_cfg = HydraConfig.get() if HydraConfig.initialized() else None
-    if hydra_cfg is not None and hydra_cfg.mode != RunMode.MULTIRUN and \
-            str(hydra_cfg.launcher.get("_target_", "")).endswith("SlurmLauncher"):
-        log.warning("cluster=slurm submits the jobs of a sweep (lstmkit train -m ...); without -m this run trains "
-                    "here, on this machine, and nothing is submitted")
-    check_strategy(cfg)
-    check_trainer_numbers(cfg)
-    check_device(cfg)
-    if ckpt_path and resumed:
-        check_resumable(ckpt_path, model, resumed)
-        if HydraConfig.initialized():  # resumed into the folder it was written in: its CSV rows after it go
-            trim_csv_logs(HydraConfig.get().runtime.output_dir, ckpt_path, int(resumed.get("global_step", 0)))
-        done, max_epochs = int(resumed.get("epoch", -1)) + 1, cfg.trainer.get("max_epochs")
-        if cfg.get("train", True) and isinstance(max_epochs, int) and 0 <= max_epochs <= done:
-            log.warning("resuming %s: it has trained %d epoch(s) already, so trainer.max_epochs=%d leaves nothing to "
-                        "train%s; raise trainer.max_epochs to train on", ckpt_path, done, max_epochs,
-                        " (the test split is still scored)" if cfg.get("test", True) else "")
-            with open_dict(cfg):  # Lightning refuses a max_epochs below the checkpoint's epoch: nothing to train
-                cfg.trainer.max_epochs = done
-    if cfg.get("train", True):
-        warm_start(model, cfg.get("init_from") or {}, ckpt_path)
     configure_wandb(cfg, resumed)
     loggers = instantiate_group(cfg.get("logger"))
     if ckpt_path and resumed and HydraConfig.initialized():
@@ -428,9 +435,15 @@ def train(cfg: DictConfig) -> float | None:
                                          **checkpointing(callbacks, cfg))
     for logger in trainer.loggers:
         logger.log_hyperparams(plain(cfg))
+    return trainer
+
+
+def _fit_and_test(cfg: DictConfig, trainer: L.Trainer, model: SequenceModel, datamodule: Any,
+                  ckpt_path: str | None) -> float | None:
+    """Fit (continuing ``ckpt_path``), test the best checkpoint, write ``metrics.json``; the monitored
+    metric's best value (a sweep's objective), ``None`` when there is none or it is NaN."""
     out_dir = HydraConfig.get().runtime.output_dir
     log.info("run directory: %s", out_dir)
-
     metrics: dict[str, float] = {}
     checkpoint = next((c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)), None)
     monitored = str(cfg.monitor)
@@ -455,3 +468,34 @@ def train(cfg: DictConfig) -> float | None:
     report(metrics, out_dir, title=f"{cfg.task_name}: final metrics")
     value = metrics.get(monitored)
     return None if value is None or math.isnan(value) else value
+
+
+def train(cfg: DictConfig) -> float | None:
+    """Train (and test) one configuration; returns the monitored validation metric."""
+    ckpt_path, resumed = _switches_and_checkpoint(cfg)
+    seed = _seed(cfg, resumed)
+    L.seed_everything(seed, workers=True)
+    check_option_types({group: plain(cfg.get(group)) for group in TYPED_GROUPS})
+    check_experiment_task(cfg)
+    with config_stage("data"):
+        datamodule = instantiate(cfg.data, _convert_="all")
+        datamodule.setup("fit")
+    check_splits(datamodule, cfg)
+    with config_stage("model (encoder / model / head)"):
+        model = build_model(cfg, datamodule)
+    _test_time(cfg, model)
+    _check_optimisation(cfg, model)
+    hydra_cfg = HydraConfig.get() if HydraConfig.initialized() else None
+    if hydra_cfg is not None and hydra_cfg.mode != RunMode.MULTIRUN and \
+            str(hydra_cfg.launcher.get("_target_", "")).endswith("SlurmLauncher"):
+        log.warning("cluster=slurm submits the jobs of a sweep (lstmkit train -m ...); without -m this run trains "
+                    "here, on this machine, and nothing is submitted")
+    check_strategy(cfg)
+    check_trainer_numbers(cfg)
+    check_device(cfg)
+    if ckpt_path and resumed:
+        _continue_run(cfg, ckpt_path, model, resumed)
+    if cfg.get("train", True):
+        warm_start(model, cfg.get("init_from") or {}, ckpt_path)
+    trainer = _trainer(cfg, seed, ckpt_path, resumed)
+    return _fit_and_test(cfg, trainer, model, datamodule, ckpt_path)
