@@ -1493,3 +1493,41 @@ def test_a_refused_eval_leaves_no_run_folder_behind(tmp_path: Path) -> None:
     (kept / "eval.log").write_text("refused")
     _drop_unused_run_dir(kept)
     assert not kept.exists()
+
+
+BOOM = """
+import lightning as L
+
+
+class Boom(L.Callback):
+    def on_train_start(self, trainer, pl_module):
+        raise RuntimeError("boom: a bug in the user's own code")
+"""
+
+
+def test_a_crashed_job_gets_no_config_hint_and_leaves_a_failed_record(tmp_path: Path, monkeypatch) -> None:
+    """A bug in the user's own code ended in its traceback and then "did you mean encoder=features?" for a
+    valid choice (the command line had composed); and a single run's folder kept no record that it failed."""
+    (tmp_path / "boom.py").write_text(BOOM)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    proc = run_here("train", "+callbacks.boom._target_=boom.Boom", "encoder=embedding", "data.num_examples=60",
+                    "model.hidden_size=4", "encoder.dim=4", cwd=tmp_path, check=False)
+    assert proc.returncode == 1 and "RuntimeError: boom" in proc.stderr, proc.stderr[-2000:]
+    assert "did you mean" not in proc.stderr and "options:" not in proc.stderr, proc.stderr[-2000:]
+    record = json.loads(next(tmp_path.glob("logs/sentiment/runs/*/result.json")).read_text())
+    assert record["status"] == "failed" and record["error"] == "RuntimeError: boom: a bug in the user's own code"
+
+
+def test_no_hint_replaces_hydras_message_for_the_users_own_configs(tmp_path: Path) -> None:
+    """With hydra.searchpath (or --config-dir) the user's own groups are options lstmkit's configs lack:
+    "encoder=mine: no such encoder option" replaced Hydra's message about the real typo."""
+    mine = tmp_path / "conf" / "encoder"
+    mine.mkdir(parents=True)
+    (mine / "mine.yaml").write_text("_target_: lstmkit.encoders.EmbeddingEncoder\ndim: 8\n")
+    for args in ([f"hydra.searchpath=[file://{tmp_path / 'conf'}]"], ["--config-dir", str(tmp_path / "conf")]):
+        proc = run_here("train", *args, "encoder=mine", "model.hiden=3", cwd=tmp_path, check=False)
+        assert proc.returncode == 1 and "Could not override 'model.hiden'" in proc.stderr, proc.stderr
+        assert "encoder option" not in proc.stderr
+    # ~key of a null key: Hydra says it "does not exist"; the hint said "did you mean" the same key
+    proc = run_here("train", "~encoder.pretrained", cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and "Hydra cannot delete a key whose value is null" in proc.stderr, proc.stderr

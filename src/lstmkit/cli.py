@@ -179,6 +179,7 @@ def _task(command: str) -> Callable[[Any], Any]:
                 exit_code = 128 + stop.received
                 interrupted()
             if os.environ.get("HYDRA_FULL_ERROR") == "1":
+                _JOB.crashed = True
                 raise
             user_error = _user_error(err)
             if multirun and isinstance(err, SweepError):  # wrong for every trial: stop the sweep now
@@ -195,7 +196,9 @@ def _task(command: str) -> Callable[[Any], Any]:
                     # tell); the presets' max_failure_rate lets the study go on
                     raise TrialFailed(message) from None
                 return float("nan")
-            if user_error is None:
+            if user_error is None:  # a bug (the user's own encoder's, ours): its traceback, and a failed record
+                _JOB.crashed = True  # no "did you mean" under it: the command line composed
+                result(None, f"{type(err).__name__}: {err}")
                 raise
             if command in ("eval", "train"):  # (a sweep's trials returned above: their folders hold the record)
                 _drop_unused_run_dir(Path(hydra_cfg.runtime.output_dir))
@@ -244,6 +247,9 @@ class _HeldStderr:
 
     def __getattr__(self, name: str) -> Any:  # fileno, isatty, encoding: the terminal's
         return getattr(self.stream, name)
+
+
+_JOB = SimpleNamespace(crashed=False)  # a job raised a bug's exception: Hydra's exit 1 is no command-line error
 
 
 def release_stderr() -> None:
@@ -442,6 +448,7 @@ def main(argv: list[str] | None = None) -> Any:
         raise SystemExit(2)
     sys.argv = [sys.argv[0], *args]
     app = hydra.main(version_base="1.3", config_path=config_dir(), config_name=command)(_task(command))
+    _JOB.crashed = False
     held = sys.stderr = _HeldStderr(sys.stderr)
     try:
         return app()
@@ -457,7 +464,7 @@ def main(argv: list[str] | None = None) -> Any:
     except SystemExit as exc:
         if exc.code == 1 and os.environ.get("LSTMKIT_SWEEP_DIR"):  # a sweep that never reached its end
             _report_broken_sweep(command)
-        if exc.code == 1:  # Hydra rejected the command line: add a "did you mean" when we can
+        if exc.code == 1 and not _JOB.crashed:  # Hydra rejected the command line: a "did you mean" when we can
             from lstmkit.suggest import suggest_override
 
             hint = suggest_override(config_dir(), command, args)

@@ -29,12 +29,19 @@ def _close(word: str, options: list[str]) -> str | None:
     return matches[0] if matches else None
 
 
+# configs beside or instead of lstmkit's (hydra.searchpath=[file://my_conf] encoder=mine, --config-dir)
+_OTHER_CONFIGS = frozenset({"hydra.searchpath", "+hydra.searchpath", "++hydra.searchpath", "-cd", "--config-dir",
+                            "-cp", "--config-path", "-cn", "--config-name"})
+
+
 def suggest_override(config_dir: str, config_name: str, args: list[str]) -> str | None:
     """A hint for the first override in ``args`` that does not compose, or ``None``."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
+    if any(a.split("=", 1)[0] in _OTHER_CONFIGS for a in args):
+        return None  # the user's own config groups, which lstmkit's configs alone would call typos: Hydra's message
     parser = OverridesParser.create()
     try:
         overrides = parser.parse_overrides([a for a in args if not a.startswith("-")])
@@ -254,6 +261,9 @@ def _hint(override: Any, cfg: DictConfig, group_options_of: Any, stored: list[st
         # optimzer.lr=0.1, self_trian.epochs=2: the first part is the typo
         return f"did you mean {guess}.{rest}? ({root} is not a config key)" if guess else None
     keys = [str(k) for k in parent]
+    if override.is_delete() and leaf in keys:  # Hydra reads a null value as no key: "does not exist"
+        return (f"~{key}: Hydra cannot delete a key whose value is null, and {key} is null already (unset); drop "
+                f"the ~, or give the key a value ({key}=...)") if parent[leaf] is None else None
     if leaf in keys and override.is_add():  # `+key=value` for a key the config already has
         return f"{key} is already a config key: drop the + ({key}={override.get_value_element_as_str()})"
     guess = _close(leaf, keys)
