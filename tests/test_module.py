@@ -17,6 +17,7 @@ from lstmkit.commands.train import build_model, train
 from lstmkit.core import summarise
 from lstmkit.data.sentiment import SentimentDataModule
 from lstmkit.errors import CheckpointError, ConfigError
+from lstmkit.heads.base import Head
 from lstmkit.module import SequenceModel
 from lstmkit.types import Batch, DataSpec
 
@@ -541,3 +542,88 @@ def test_a_model_with_pretrained_vectors_loads_without_their_file(make_cfg, tmp_
     model = load_model(tmp_path / "checkpoints" / "last.ckpt")
     assert model.hparams["encoder"]["pretrained"] == str(vectors)  # the record of where they came from
     assert not model.encoder.embedding.weight.requires_grad  # still frozen
+
+
+class _Encoder(torch.nn.Module):
+    """A user's encoder that breaks the contract as ``how`` says."""
+
+    def __init__(self, spec: DataSpec, how: str = "fine", dim: int = 4) -> None:
+        super().__init__()
+        self.how = how
+        self.embedding = torch.nn.Embedding(len(spec.vocab), dim)
+        if how != "no_out_features":
+            self.out_features = dim + 5 if how == "lying" else dim
+
+    def forward(self, inputs: torch.Tensor, lengths: torch.Tensor):
+        features = self.embedding(inputs)
+        if self.how == "time_first":
+            return features.transpose(0, 1), lengths
+        if self.how == "no_tuple":
+            return features
+        if self.how == "longer":
+            return features, lengths + features.shape[1]
+        return features, lengths
+
+
+class _PlainHead(torch.nn.Module):
+    def __init__(self, spec: DataSpec, in_features: int) -> None:
+        super().__init__()
+
+
+class _HalfHead(Head):
+    def __init__(self, spec: DataSpec, in_features: int) -> None:
+        super().__init__()
+
+    def forward(self, features, lengths):
+        return features
+
+
+@pytest.mark.parametrize(("how", "said"), [
+    ("lying", r"returned features of shape \(16, \d+, 4\) for a batch of 16; expected \(batch 16, steps, out_features 9\)"),
+    ("time_first", r"returned features of shape \(\d+, 16, 4\) for a batch of 16"),
+    ("no_tuple", r"returned Tensor; an encoder returns \(features \(B, T', F\), lengths \(B,\)\)"),
+    ("longer", r"returned a length of \d+ steps for features of \d+ steps"),
+    ("no_out_features", r"has out_features=None; an encoder states the number of features it returns per step"),
+])
+def test_an_encoder_that_breaks_the_contract_is_named(make_cfg, tiny_datamodule, monkeypatch, how, said) -> None:
+    """A user's encoder whose out_features did not match its output trained on wrong values on the CPU's fused
+    kernel (which does not check the input width); (T, B, F) output or longer lengths failed deep in torch."""
+    from lstmkit import build as building
+
+    monkeypatch.setattr(building, "_TRUSTED", {"tests"})
+    cfg = make_cfg(TINY_DATA)
+    cfg.encoder = {"_target_": "tests.test_module._Encoder", "how": how}
+    batch = next(iter(tiny_datamodule.train_dataloader()))
+    with pytest.raises(ConfigError, match=r"the encoder _Encoder \(tests\.test_module\._Encoder\) " + said):
+        build_model(cfg, tiny_datamodule).training_step(batch, 0)
+
+
+def test_a_head_that_breaks_the_contract_is_named(make_cfg, tiny_datamodule, monkeypatch) -> None:
+    from lstmkit import build as building
+
+    monkeypatch.setattr(building, "_TRUSTED", {"tests"})
+    for target, said in (("_PlainHead", r"is no lstmkit\.heads\.base\.Head: a head subclasses it"),
+                         ("_HalfHead", r"does not implement loss\(\), metrics\(\), update_metrics\(\): every head")):
+        cfg = make_cfg(TINY_DATA)
+        cfg.head = {"_target_": f"tests.test_module.{target}"}
+        with pytest.raises(ConfigError, match=rf"the head {target} \(tests\.test_module\.{target}\) {said}"):
+            build_model(cfg, tiny_datamodule)
+
+
+def test_a_datamodule_that_breaks_the_contract_is_named() -> None:
+    """build() returning None failed as "'NoneType' object has no attribute 'datamodule'"; a build() that
+    filled no splits was told "the train split is empty ( examples); give more data"."""
+    class NoSpec(SentimentDataModule):
+        def build(self):
+            super().build()
+
+    class NoSplits(SentimentDataModule):
+        def build(self):
+            spec = super().build()
+            self.splits = {}
+            return spec
+
+    with pytest.raises(ConfigError, match=r"NoSpec\.build\(\) returned NoneType; a datamodule's build\(\) fills"):
+        NoSpec(num_examples=40).setup()
+    with pytest.raises(ConfigError, match=r"NoSplits\.build\(\) left self\.splits empty"):
+        NoSplits(num_examples=40).setup()

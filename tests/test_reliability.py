@@ -1531,3 +1531,40 @@ def test_no_hint_replaces_hydras_message_for_the_users_own_configs(tmp_path: Pat
     # ~key of a null key: Hydra says it "does not exist"; the hint said "did you mean" the same key
     proc = run_here("train", "~encoder.pretrained", cwd=tmp_path, check=False)
     assert proc.returncode == 2 and "Hydra cannot delete a key whose value is null" in proc.stderr, proc.stderr
+
+
+MY_ENCODER = """
+from lstmkit.encoders import EmbeddingEncoder
+
+
+class MyEncoder(EmbeddingEncoder):
+    \"\"\"A user's own encoder, in a package of their own.\"\"\"
+"""
+
+
+def test_the_users_own_code_trains_and_loads_once_trusted(tmp_path: Path, monkeypatch) -> None:
+    """An encoder of the user's own package was refused by train itself ("component targets must start with
+    one of ('lstmkit.', 'torch.optim.')"), with no way to allow it. Train runs the config's own code and
+    says what loading its checkpoints needs; the other commands refuse it until trusted, before any work."""
+    from lstmkit import build
+
+    (tmp_path / "mypkg").mkdir()
+    (tmp_path / "mypkg" / "__init__.py").write_text("")
+    (tmp_path / "mypkg" / "parts.py").write_text(MY_ENCODER)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delenv(build.TRUST_ENV, raising=False)
+    monkeypatch.setattr(build, "_TRUSTED", set())
+    proc = run_here("train", "encoder._target_=mypkg.parts.MyEncoder", "data.num_examples=60", "model.hidden_size=4",
+                    "encoder.dim=4", *QUICK, cwd=tmp_path)
+    said = proc.stdout + proc.stderr
+    assert "this run builds code outside lstmkit (mypkg.parts.MyEncoder)" in said and "LSTMKIT_TRUSTED_MODULES=mypkg" in said
+    ckpt = next(tmp_path.glob("logs/sentiment/runs/*/checkpoints/last.ckpt"))
+    monkeypatch.setattr(build, "_TRUSTED", set())  # another process: only what it is told to trust
+    for command in (["predict", "input=fine"], ["export", f"output={tmp_path / 'm.onnx'}"], ["eval"]):
+        proc = run_here(command[0], f"ckpt_path={ckpt}", *command[1:], cwd=tmp_path, check=False)
+        assert proc.returncode == 2, proc.stderr[-2000:]
+        assert f"{ckpt}: refusing to build 'mypkg.parts.MyEncoder'" in proc.stderr
+        assert "set LSTMKIT_TRUSTED_MODULES=mypkg" in proc.stderr
+    assert not (tmp_path / "m.onnx").exists()
+    proc = run_here("predict", f"ckpt_path={ckpt}", "input=fine", cwd=tmp_path, env={build.TRUST_ENV: "mypkg"})
+    assert json.loads(proc.stdout.strip().splitlines()[-1])["input"] == "fine"

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
+from lstmkit.build import check_target, config_targets
 from lstmkit.ensemble import SequenceEnsemble, same_run_groups
 from lstmkit.errors import CheckpointError, ConfigError
 from lstmkit.module import SequenceModel
@@ -173,6 +174,13 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> Se
     if isinstance(encoder, dict) and encoder.get("pretrained"):
         # the vectors are in the state dict: the file they came from need not be read again, nor exist
         hparams["encoder"] = {**encoder, "pretrained": None}
+    spec = hparams.get("spec") if isinstance(hparams.get("spec"), dict) else {}
+    try:  # every target the commands build from it, before any work (export traced the model first)
+        for target in (*config_targets({k: hparams.get(k) for k in ("encoder", "head", "data")}),
+                       *([spec["datamodule"]] if spec.get("datamodule") else [])):
+            check_target(target)
+    except CheckpointError as err:
+        raise CheckpointError(f"{path}: {err}") from None
     try:
         model = SequenceModel(**hparams)
         model.load_state_dict(ckpt["state_dict"])

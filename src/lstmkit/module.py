@@ -47,6 +47,31 @@ def log_in_spawned_process() -> None:
     log.setLevel(logging.INFO)
 
 
+def _out_features(encoder: nn.Module, spec: dict[str, Any]) -> int:
+    """The encoder's ``out_features``, the LSTM's input size, checked."""
+    size = getattr(encoder, "out_features", None)
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise ConfigError(f"the encoder {type(encoder).__name__} ({spec.get('_target_')}) has out_features={size!r}; "
+                          "an encoder states the number of features it returns per step as out_features, a "
+                          "positive whole number (the LSTM's input size)")
+    return size
+
+
+HEAD_METHODS = ("forward", "loss", "metrics", "update_metrics")  # every head's own; decode too, for predict
+
+
+def _check_head(head: nn.Module, spec: dict[str, Any]) -> None:
+    """A head is a :class:`~lstmkit.heads.base.Head` with the methods training calls, checked when built."""
+    name = f"the head {type(head).__name__} ({spec.get('_target_')})"
+    if not isinstance(head, Head):
+        raise ConfigError(f"{name} is no lstmkit.heads.base.Head: a head subclasses it (its pooling, monitor, "
+                          f"loss, metrics and decoding: README, 'The contract between the parts')")
+    missing = [m for m in HEAD_METHODS if getattr(type(head), m) is getattr(Head, m)]
+    if missing:
+        raise ConfigError(f"{name} does not implement {', '.join(f'{m}()' for m in missing)}: every head implements "
+                          f"{', '.join(HEAD_METHODS)} (and decode, for predict)")
+
+
 class SequenceModel(L.LightningModule):
     """Encoder -> LSTM -> head, trained, evaluated and used for prediction the same way for every task.
 
@@ -93,8 +118,9 @@ class SequenceModel(L.LightningModule):
         self.save_hyperparameters()
         self.spec = DataSpec.from_dict(spec)
         self.encoder: nn.Module = build(encoder, spec=self.spec)
-        self.core = LSTMCore(input_size=self.encoder.out_features, **core)
+        self.core = LSTMCore(input_size=_out_features(self.encoder, encoder), **core)
         self.head: Head = build(head, spec=self.spec, in_features=self.core.out_features)
+        _check_head(self.head, head)
         if self.head.pooling not in POOLINGS:  # else it fails at the first forward pass, deep inside
             raise ConfigError(f"head.pooling={self.head.pooling!r}: expected one of {', '.join(POOLINGS[1:])}")
         if self.head.causal and self.core.num_directions == 2:
@@ -203,11 +229,43 @@ class SequenceModel(L.LightningModule):
         """The encoder's features and output lengths, with the host copy of those lengths: the same
         when it kept them, its ``host_lengths`` mapping when it has one, else ``None`` (the core then
         reads the device's)."""
-        features, out_lengths = self.encoder(inputs, lengths)
+        encoded = self.encoder(inputs, lengths)
+        if not (isinstance(encoded, tuple) and len(encoded) == 2):
+            raise ConfigError(f"{self._encoder_name()} returned {type(encoded).__name__}; an encoder returns "
+                              "(features (B, T', F), lengths (B,))")
+        features, out_lengths = encoded
         if host_lengths is not None and out_lengths is not lengths:
             mapping = getattr(self.encoder, "host_lengths", None)
             host_lengths = mapping(host_lengths) if callable(mapping) else None
+        self._check_encoded(inputs, features, out_lengths, host_lengths)
         return features, out_lengths, host_lengths
+
+    def _encoder_name(self) -> str:
+        return f"the encoder {type(self.encoder).__name__} ({(self.hparams.get('encoder') or {}).get('_target_')})"
+
+    def _check_encoded(self, inputs: torch.Tensor, features: Any, lengths: Any,
+                       host_lengths: Sequence[int] | None) -> None:
+        """The encoder's output as the LSTM reads it, checked from shapes (no device sync).
+
+        Why: an encoder of the user's own that returned (T, B, F), or fewer features than its
+        ``out_features`` said, failed deep inside torch ("index 44 is out of bounds"), or, on the
+        CPU's fused kernel, which does not check the input width, trained on wrong values.
+        """
+        batch = inputs.shape[0]
+        if not isinstance(features, torch.Tensor) or features.dim() != 3 or features.shape[0] != batch \
+                or features.shape[2] != self.core.lstm.input_size:
+            shape = tuple(features.shape) if isinstance(features, torch.Tensor) else type(features).__name__
+            raise ConfigError(f"{self._encoder_name()} returned features of shape {shape} for a batch of {batch}; "
+                              f"expected (batch {batch}, steps, out_features {self.core.lstm.input_size})")
+        if not isinstance(lengths, torch.Tensor) or lengths.shape != (batch,):
+            shape = tuple(lengths.shape) if isinstance(lengths, torch.Tensor) else type(lengths).__name__
+            raise ConfigError(f"{self._encoder_name()} returned lengths of shape {shape}; expected one per "
+                              f"example ({batch},)")
+        longest = max(host_lengths, default=0) if host_lengths is not None else (
+            int(lengths.max()) if lengths.device.type == "cpu" and batch else 0)  # (a GPU's: not waited for)
+        if longest > features.shape[1]:
+            raise ConfigError(f"{self._encoder_name()} returned a length of {longest} steps for features of "
+                              f"{features.shape[1]} steps; a length counts the valid steps of its row")
 
     def pool(self, features: torch.Tensor, lengths: torch.Tensor, stream: str | None = None,
              host_lengths: Sequence[int] | None = None) -> torch.Tensor:

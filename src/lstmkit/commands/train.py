@@ -17,7 +17,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, ProgressBar
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from lstmkit.build import build
+from lstmkit.build import TRUST_ENV, build, config_targets, trust, trusted_prefixes
 from lstmkit.callbacks import ReseedEachEpoch, StopOnNonFiniteLoss
 from lstmkit.checkpoints import check_resumable, read_checkpoint
 from lstmkit.commands.common import (
@@ -470,8 +470,25 @@ def _fit_and_test(cfg: DictConfig, trainer: L.Trainer, model: SequenceModel, dat
     return None if value is None or math.isnan(value) else value
 
 
+def _trust_own_code(cfg: DictConfig) -> None:
+    """The config's own encoder, head, data, optimiser and schedule may be built (the user runs that code);
+    said when its checkpoints will need ``LSTMKIT_TRUSTED_MODULES`` to be loaded by the other commands."""
+    targets = sorted(set(config_targets({group: plain(cfg.get(group)) for group in
+                                         ("encoder", "head", "data", "optimizer", "scheduler")})))
+    outside = [t for t in targets if not t.startswith(trusted_prefixes())]
+    if not outside:
+        return
+    trust(*outside)
+    if os.environ.get("LOCAL_RANK", "0") == "0":
+        packages = ",".join(sorted({t.split(".")[0] for t in outside}))
+        log.warning("this run builds code outside lstmkit (%s); its checkpoints name that code, so lstmkit eval, "
+                    "predict and export (and lstmkit.checkpoints.load_model) load them with %s=%s set", ", ".join(outside),
+                    TRUST_ENV, packages)
+
+
 def train(cfg: DictConfig) -> float | None:
     """Train (and test) one configuration; returns the monitored validation metric."""
+    _trust_own_code(cfg)
     ckpt_path, resumed = _switches_and_checkpoint(cfg)
     seed = _seed(cfg, resumed)
     L.seed_everything(seed, workers=True)

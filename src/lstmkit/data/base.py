@@ -374,12 +374,19 @@ class SequenceDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self._spec is None:  # idempotent: train.py sets up before Lightning does again
             spec = self.build()
+            name = f"{type(self).__module__}.{type(self).__qualname__}"
+            if not isinstance(spec, DataSpec):
+                raise ConfigError(f"{name}.build() returned {type(spec).__name__}; a datamodule's build() fills "
+                                  "self.splits and returns the DataSpec of its data (README, 'Adding a task')")
+            if not self.splits:
+                raise ConfigError(f"{name}.build() left self.splits empty; it fills self.splits "
+                                  "(train / val / test: SequenceDataset) before returning the DataSpec")
             if self.whole:
                 leftover = [n for n, split in self.splits.items() if n != "test" and len(split)]  # type: ignore[arg-type]
                 if leftover or "test" not in self.splits:
                     kept = f"kept the {', '.join(leftover)} split(s)" if leftover else "made no test split"
                     raise ConfigError(f"{type(self).__name__} does not support data.whole (split=all): its build() {kept}")
-            spec.datamodule = f"{type(self).__module__}.{type(self).__qualname__}"
+            spec.datamodule = name
             if self.group_batches and len(self.splits.get("train", ())):  # type: ignore[arg-type]
                 self._groups(self.splits["train"])  # refused now, not after the sanity check
             self._spec = spec

@@ -152,7 +152,8 @@ class Head(nn.Module):
 
     def decode(self, outputs: torch.Tensor, lengths: torch.Tensor) -> list[dict[str, Any]]:
         """Post-process raw outputs into one plain-typed prediction per sample."""
-        raise NotImplementedError
+        raise ConfigError(f"the head {type(self).__name__} implements no decode(): it has no predictions to give "
+                          "(lstmkit predict calls it)")
 
     def serving(self) -> dict[str, Any]:
         """What a served copy of the exported graph needs beyond the data spec to turn its
