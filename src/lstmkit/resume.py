@@ -300,9 +300,31 @@ def newest_of_the_task(s: Search) -> Decision:
     ``last.ckpt``, with a warning that names it (``ckpt_path=`` chooses another); none is an error."""
     if not s.task_checkpoints:
         raise ConfigError(f"ckpt_path=last: no checkpoints/last.ckpt under {s.runs}")
+    newest = s.task_checkpoints[0]
     log.warning("resume: no earlier run of this task has the overrides %s; resuming the task's newest "
-                "last.ckpt, %s (give ckpt_path= to choose)", s.mine, s.task_checkpoints[0])
-    return Decision(str(s.task_checkpoints[0]))
+                "last.ckpt, %s%s (give ckpt_path= to choose)", s.mine, newest, _differences(s.mine, newest))
+    return Decision(str(newest))
+
+
+def _differences(mine: list[str] | None, ckpt: Path) -> str:
+    """What this run sets otherwise than the run of ``ckpt`` did (its ``.hydra/overrides.yaml``), said.
+
+    Why: resumed with ``head.dropout=0.5 l1=0.001`` added, another run was continued and the two new
+    settings were never named; they apply to its weights from here on.
+    """
+    try:
+        theirs = job_overrides(list(OmegaConf.load(ckpt.parent.parent / ".hydra" / "overrides.yaml")))
+    except Exception:  # noqa: BLE001 - no record of its overrides: nothing to compare
+        return ""
+    def values(overrides: list[str]) -> dict[str, str]:
+        return {override_key(o): o.split("=", 1)[1] if "=" in o else "deleted" for o in overrides}
+
+    ours, before = values(mine or []), values(theirs)
+    changed = sorted({override_key(o) for o in set(mine or []) ^ set(theirs)})
+    if not changed:
+        return ""
+    said = ", ".join(f"{key}={ours.get(key, 'default')} (that run: {before.get(key, 'default')})" for key in changed)
+    return f", a run of other settings: this run sets {said}"
 
 
 # tried in this order; the first that decides wins
