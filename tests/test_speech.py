@@ -1197,8 +1197,21 @@ def test_fsdd_folders_read_any_suffix_case_say_what_subfolders_hold_and_take_one
         dm = SpeechDataModule(path=str(tmp_path), holdout_speakers="carl", val_fraction=0.2)  # no brackets
         dm.setup()
     assert len(dm.splits["test"]) == 3 * 3 and {u.speaker for u in dm._utterances()} == {"anna", "bob", "carl"}
-    assert "3 .wav file(s) in its subfolders are not read" in caplog.text
-    with pytest.raises(DataError, match=r"no \.wav files .*; 9 \.wav file\(s\) are in subfolders \(e\.g\. \S*nested"):
+    assert "3 audio file(s) in its subfolders are not read" in caplog.text
+    # .flac recordings beside .wav ones were dropped without a word in train and eval (predict read them)
+    for file in sorted(tmp_path.glob("*_anna_*.wav"))[:4]:
+        data, rate = sf.read(file)
+        sf.write(file.with_suffix(".flac"), data, rate)
+        file.unlink()
+    dm = SpeechDataModule(path=str(tmp_path), holdout_speakers="carl", val_fraction=0.2)
+    dm.setup()
+    assert len(dm._utterances()) == 27 and sum(u.source.endswith(".flac") for u in dm._utterances()) == 4
+    twin = next(tmp_path.glob("*_anna_*.flac"))
+    sf.write(twin.with_suffix(".wav"), tone(0.2, 400), SR)
+    with pytest.raises(DataError, match=rf"{twin.stem}\.flac and {twin.stem}\.wav are one recording in two formats"):
+        SpeechDataModule(path=str(tmp_path)).setup()
+    twin.with_suffix(".wav").unlink()
+    with pytest.raises(DataError, match=r"no audio files .*; 9 audio file\(s\) are in subfolders \(e\.g\. \S*nested"):
         write_fsdd(tmp_path / "top" / "nested", count=1)
         (tmp_path / "top" / "nested" / "x").mkdir()
         write_fsdd(tmp_path / "top" / "nested" / "x", speakers=("anna",), count=1)

@@ -68,7 +68,7 @@ SILENCE_PEAK = 1e-4  # a clip whose loudest sample is below it is silent (data.s
 BLANK = "<blank>"
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 COMMAND_WORDS = ("yes", "no", "up", "down", "left", "right", "stop", "go", "on", "off")
-FSDD_NAME = re.compile(r"^(\d)_([A-Za-z0-9-]+)_(\d+)\.wav$", re.IGNORECASE)
+FSDD_NAME = re.compile(r"^(\d)_([A-Za-z0-9-]+)_(\d+)(\.[A-Za-z0-9]+)$")  # an audio suffix: fsdd_transcript
 _MANIFEST_NAMES = ("manifest.csv", "manifest.tsv", "manifest.jsonl", "manifest.json")
 _SPLIT_ALIASES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "dev": "val",
                   "test": "test"}
@@ -394,9 +394,9 @@ def _manifest_files(manifest: Path, column: str) -> list[str]:
 
 
 def fsdd_transcript(name: str) -> tuple[str, str, int] | None:
-    """``7_jackson_32.wav`` -> ``("seven", "jackson", 32)``; ``None`` for other names."""
+    """``7_jackson_32.wav`` (or ``.flac``, any audio suffix) -> ``("seven", "jackson", 32)``; ``None`` for other names."""
     match = FSDD_NAME.match(name)
-    if match is None:
+    if match is None or match.group(4).lower() not in _AUDIO_SUFFIXES:
         return None
     return DIGIT_WORDS[int(match.group(1))], match.group(2).lower(), int(match.group(3))
 
@@ -563,30 +563,37 @@ class SpeechDataModule(SequenceDataModule):
             return self._read_manifest(manifests[0])
         if fmt == "manifest":
             raise DataError(f"no manifest in this folder; expected one of {list(_MANIFEST_NAMES)}", path=path)
-        top = wav_files(path)
+        top = wav_files(path, suffixes=_AUDIO_SUFFIXES)
         folder = path if top else path / "recordings"
-        if not (top or wav_files(folder)):
-            nested = wav_files(path, recursive=True)
-            where = (f"; {len(nested)} .wav file(s) are in subfolders (e.g. {nested[0].parent}), which are not "
+        if not (top or wav_files(folder, suffixes=_AUDIO_SUFFIXES)):
+            nested = wav_files(path, recursive=True, suffixes=_AUDIO_SUFFIXES)
+            where = (f"; {len(nested)} audio file(s) are in subfolders (e.g. {nested[0].parent}), which are not "
                      "read: point data.path at their folder or list them in a manifest") if nested else ""
             raise DataError(
-                "found no manifest and no .wav files (nor a recordings/ folder of them); expected "
-                f"one of {list(_MANIFEST_NAMES)} or FSDD-named wavs <digit>_<speaker>_<n>.wav{where}", path=path,
+                "found no manifest and no audio files (nor a recordings/ folder of them); expected "
+                f"one of {list(_MANIFEST_NAMES)} or FSDD-named recordings <digit>_<speaker>_<n>.wav (.flac, "
+                f".ogg, .mp3...){where}", path=path,
             )
         return self._read_fsdd(folder)
 
     def _read_fsdd(self, folder: Path) -> list[Utterance]:
         utterances = []
-        files = wav_files(folder)
-        nested = len(wav_files(folder, recursive=True)) - len(files)
+        files = wav_files(folder, suffixes=_AUDIO_SUFFIXES)
+        nested = len(wav_files(folder, recursive=True, suffixes=_AUDIO_SUFFIXES)) - len(files)
         if nested:
-            log.warning("%s: %d .wav file(s) in its subfolders are not read (a folder of FSDD recordings is "
+            log.warning("%s: %d audio file(s) in its subfolders are not read (a folder of FSDD recordings is "
                         "flat; list other layouts in a manifest)", folder, nested)
+        stems: dict[str, Path] = {}
+        for file in files:  # 7_jackson_3.wav beside 7_jackson_3.flac: one recording read twice, maybe split apart
+            twin = stems.setdefault(file.stem.lower(), file)
+            if twin is not file:
+                raise DataError(f"{twin.name} and {file.name} are one recording in two formats; keep one (each "
+                                "would be an utterance, and the two could land in train and test)", path=folder)
         for file in files:
             parsed = fsdd_transcript(file.name)
             if parsed is None:
                 raise DataError(
-                    "file name does not follow the Free Spoken Digit pattern <digit>_<speaker>_<n>.wav "
+                    "file name does not follow the Free Spoken Digit pattern <digit>_<speaker>_<n>.wav (or .flac...) "
                     "(e.g. 7_jackson_32.wav); use a manifest for other corpora", path=file,
                 )
             text, speaker, index = parsed
