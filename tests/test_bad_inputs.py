@@ -205,6 +205,8 @@ CASES = [
          r"data\.text_column / data\.label_column to its exact name"),
     Case("csv-extra-field", lambda d: ["data.path=" + str(_text(d / "x.csv", _reviews(10) + "good, really good,1\n"))],
          r"x\.csv, row 12: 3 fields, but the header has 2 \(\['text', 'label'\]\); quote a field"),
+    Case("csv-short-row", lambda d: ["data.path=" + str(_text(d / "x.csv", _reviews(10) + "a review cut off\n"))],
+         r"x\.csv, row 12: 1 field\(s\), but the header has 2 \(\['text', 'label'\]\): the row is cut short"),
     Case("empty-val-split", lambda d: ["data.path=" + str(_text(d / "tiny.csv", _reviews(4)))],
          r"tiny\.csv: the val split is empty \(val 0 / test 0 / train 4 examples\)"),
     Case("ecg-one-class-split", lambda d: _ecg(d, lambda rows: [r.__setitem__(0, "1.0") for r in rows]),

@@ -696,6 +696,11 @@ def csv_records(
             fields = len(header) + len(record[None])  # type: ignore[index]
             raise DataError(f"{fields} fields, but the header has {len(header)} ({shown}); quote a field "
                             "that contains the delimiter", path=path, row=row)
+        short = sum(value is None for key, value in record.items() if key is not None)  # DictReader's restval
+        if short:  # "wav/2_george_4.wav,tw" under path,text,speaker,split: a cut-off row, read as "tw"
+            raise DataError(f"{len(header) - short} field(s), but the header has {len(header)} ({shown}): the row "
+                            "is cut short (a truncated file?) or lacks its delimiters; an empty field is still "
+                            "written with its delimiter (a,,c)", path=path, row=row)
         yield row, record
 
 
