@@ -207,6 +207,11 @@ CASES = [
          r"x\.csv, row 12: 3 fields, but the header has 2 \(\['text', 'label'\]\); quote a field"),
     Case("csv-short-row", lambda d: ["data.path=" + str(_text(d / "x.csv", _reviews(10) + "a review cut off\n"))],
          r"x\.csv, row 12: 1 field\(s\), but the header has 2 \(\['text', 'label'\]\): the row is cut short"),
+    Case("csv-joined-header", lambda d: ["data.path=" + str(_text(d / "x.csv", _reviews(300) + _reviews(300)))],
+         r"x\.csv, row 302, field 'label': label 'label' is not a number, unlike the file's other labels \(0, 1\); "
+         r"is this row's label wrong \(a header line repeated where files were joined"),
+    Case("csv-nan-label", lambda d: ["data.path=" + str(_text(d / "x.csv", _reviews(30) + "a fine film,NaN\n"))],
+         r"x\.csv, row 32, field 'label': label 'NaN': a missing value \(NaN, as pandas writes one\), not a class"),
     Case("empty-val-split", lambda d: ["data.path=" + str(_text(d / "tiny.csv", _reviews(4)))],
          r"tiny\.csv: the val split is empty \(val 0 / test 0 / train 4 examples\)"),
     Case("ecg-one-class-split", lambda d: _ecg(d, lambda rows: [r.__setitem__(0, "1.0") for r in rows]),

@@ -529,28 +529,40 @@ def read_labelled_text(
                 raise DataError(f"{err.message}; the file is read as '<label> <text>' lines (its name ends in "
                                 f"{path.suffix or 'no known extension'}): for CSV, TSV or JSON lines set "
                                 "data.format=csv, tsv or jsonl", path=path, row=row, field=err.field) from None
-        _check_prefixed_labels(pairs, path)
     else:
         raise DataError(f"unknown format {fmt!r}; expected auto, csv, tsv, jsonl or prefixed", path=path)
     if not pairs:
         raise DataError("no examples found", path=path)
+    _check_label_kinds(pairs, path, "label" if fmt == "prefixed" else label_column, prefixed=fmt == "prefixed")
     return pairs
 
 
-def _check_prefixed_labels(pairs: list[tuple[int, str, str]], path: Path) -> None:
-    """Refuse a ``<label> <text>`` file whose labels are numbers on most lines and words on a few
-    (or the reverse): such a line lost its label, and its first word would become a class of one
-    example (found by a new user: "you" beside 0 and 1)."""
+def _check_label_kinds(pairs: list[tuple[int, str, str]], path: Path, field: str, prefixed: bool) -> None:
+    """Refuse labels that are numbers on most rows and words on a few (or the reverse), and ``NaN``.
+
+    Why: such a row's label is not a label, and it became a class of one example with only a warning:
+    a ``<label> <text>`` line that lost its label ("you" beside 0 and 1, found by a new user), a CSV
+    header repeated where two files were joined (``label``), a word from a shifted column, or the
+    ``NaN`` that ``astype(str)`` writes for a missing value (test accuracy 0.48 -> 0.10). In a table
+    only a few such rows (at most 0.5 %) are refused: a class named otherwise on many rows is meant.
+    """
+    row, label = next(((r, y) for r, _, y in pairs if y.strip().lower() == "nan"), (0, ""))
+    if row:
+        raise DataError(f"label {label!r}: a missing value (NaN, as pandas writes one), not a class; give the row "
+                        "its label or drop it", path=path, row=row, field=field)
     numeric = [_is_int(label) for _, _, label in pairs]
     minority = sum(numeric) < len(numeric) / 2  # the kind fewer rows have
     odd = [(row, label) for (row, _, label), kind in zip(pairs, numeric) if kind == minority]
-    if odd and len(odd) < len(pairs):
-        usual = sorted({label for (_, _, label), kind in zip(pairs, numeric) if kind != minority})
-        row, label = odd[0]
-        shown = ", ".join(usual[:5]) + (", ..." if len(usual) > 5 else "")
-        raise DataError(f"label {label!r} is {'a number' if minority else 'not a number'}, unlike the file's other "
-                        f"labels ({shown}); is this line missing its label? Lines are read as '<label> <text>' "
-                        f"({len(odd)} such line(s))", path=path, row=row, field="label")
+    if not odd or len(odd) == len(pairs) or (not prefixed and len(odd) > max(1, len(pairs) // 200)):
+        return
+    usual = sorted({label for (_, _, label), kind in zip(pairs, numeric) if kind != minority})
+    row, label = odd[0]
+    shown = ", ".join(usual[:5]) + (", ..." if len(usual) > 5 else "")
+    why = ("is this line missing its label? Lines are read as '<label> <text>'" if prefixed else
+           "is this row's label wrong (a header line repeated where files were joined, a shifted column)?")
+    raise DataError(f"label {label!r} is {'a number' if minority else 'not a number'}, unlike the file's other "
+                    f"labels ({shown}); {why} ({len(odd)} such {'line' if prefixed else 'row'}(s))", path=path,
+                    row=row, field=field)
 
 
 def _is_int(text: str) -> bool:
