@@ -485,6 +485,14 @@ def test_day_first_dates_are_read_with_one_format_per_file(tmp_path: Path) -> No
     assert told.spec.extra["date_format"] == "%d/%m/%Y"  # predict reads new files with it
     with pytest.raises(DataError, match=r"row 2, field 'date': expected a date in data\.date_format='%Y-%m-%d', found '\d\d/"):
         StockDataModule(path=str(tmp_path / "early.csv"), window=8, date_format="%Y-%m-%d").setup()
+    # ISO, then day-first after an edit: the row where the format changes is named, not row 2 (a valid ISO date,
+    # when the day-first part is the longer)
+    mixed = frame.copy()
+    mixed["date"] = [d if i < 40 else pd.Timestamp(d).strftime("%d/%m/%Y") for i, d in enumerate(iso)]
+    mixed.to_csv(tmp_path / "mixed.csv", index=False)
+    with pytest.raises(DataError, match=r"mixed\.csv, row 42, field 'date': the dates are written in two formats: "
+                                        r"'%Y-%m-%d' from row 2 \('\d{4}-\d\d-\d\d'\), then '%d/%m/%Y' from here"):
+        StockDataModule(path=str(tmp_path / "mixed.csv"), window=8).setup()
 
 
 # -- decimal commas, UTC offsets, compressed files ---------------------------------------------------------

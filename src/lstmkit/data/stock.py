@@ -427,6 +427,27 @@ DATE_FORMATS = ("%Y-%m-%d", "%Y/%m/%d", "%Y%m%d", "%Y-%m-%d %H:%M:%S", "%m/%d/%Y
                 "%d-%m-%Y", "%m-%d-%Y", "%d-%b-%Y", "%d %b %Y", "%b %d, %Y", "%m/%d/%y", "%d/%m/%y")
 
 
+def _mixed_formats(readings: dict[str, pd.Series], raw: pd.Series, lines: np.ndarray, source: str, column: str
+                   ) -> None:
+    """Refuse a date column written in two formats (ISO, then DD/MM/YYYY after an edit), naming the row
+    where the format changes.
+
+    Why: the first row that the format reading the most rows cannot read was named, which for a file
+    mostly in the second format is row 2, a valid ISO date ("expected a date ..., found '2013-02-08'").
+    """
+    best = max(readings, key=lambda fmt: int(readings[fmt].notna().sum()))
+    unread = readings[best].isna().to_numpy()
+    other = next((fmt for fmt in readings if fmt != best and readings[fmt].notna().to_numpy()[unread].all()), None)
+    if other is None or not unread.any():
+        return
+    first = best if not unread[0] else other  # the format the file starts in
+    change = int(np.flatnonzero(readings[first].isna().to_numpy())[0])
+    then = other if first == best else best
+    raise DataError(f"the dates are written in two formats: {first!r} from row {int(lines[0])} ({raw.iloc[0]!r}), "
+                    f"then {then!r} from here ({raw.iloc[change]!r}); write one format for the whole file (a day "
+                    "such as 05/10/2017 would read two ways)", path=source, row=int(lines[change]), field=column)
+
+
 def parse_dates(raw: pd.Series, lines: np.ndarray, source: str, column: str, date_format: str | None = None
                 ) -> np.ndarray:
     """A date column as ``datetime64[D]``, read with one format for the whole file.
@@ -464,6 +485,7 @@ def parse_dates(raw: pd.Series, lines: np.ndarray, source: str, column: str, dat
             return readings[fmt].to_numpy().astype("datetime64[D]")
     complete = {fmt: parsed for fmt, parsed in readings.items() if not parsed.isna().any()}
     if not complete:  # name the first row that the format reading the most rows cannot read
+        _mixed_formats(readings, raw, lines, source, column)
         best = max(readings.values(), key=lambda parsed: int(parsed.notna().sum()))
         _first_bad(best.isna().to_numpy(), raw, lines, source, column,
                    "a date (YYYY-MM-DD, or one format for the whole file such as DD/MM/YYYY; data.date_format "
