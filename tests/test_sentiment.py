@@ -282,14 +282,21 @@ def test_compressed_files_and_json_arrays_say_what_they_are(tmp_path: Path) -> N
     packed.write_bytes(gzip.compress(b"text,label\ngreat,1\n"))
     with pytest.raises(DataError, match=r"reviews\.csv\.gz: a gzip archive, not a text file; decompress it first"):
         read_labelled_text(packed, fmt="csv")
-    array = tmp_path / "reviews.json"
+    array = tmp_path / "reviews.jsonl"  # JSON Lines by name, one array inside
     array.write_text('[{"text": "great", "label": 1},\n {"text": "dull", "label": 0}]\n')
-    with pytest.raises(DataError, match=r"reviews\.json, row 1: invalid JSON .*looks like one JSON array: write one "
-                                        r"object per line \(JSON Lines\)"):
+    with pytest.raises(DataError, match=r"reviews\.jsonl, row 1: invalid JSON .*looks like one JSON array: write one "
+                                        r"object per line \(JSON Lines\), or name it \.json"):
         read_labelled_text(array)
     array.write_text('[{"text": "great", "label": 1}, {"text": "dull", "label": 0}]\n')
     with pytest.raises(DataError, match=r"expected a JSON object per line \(JSON Lines\), found list; the file looks"):
         read_labelled_text(array)
+    # a .json file that is one array (json.dump of a list) is read: its objects are the rows
+    named = tmp_path / "reviews.json"
+    named.write_text('[{"Text": "great", "label": 1},\n {"Text": "dull", "label": 0}]\n')
+    assert read_labelled_text(named) == [(1, "great", "1"), (2, "dull", "0")]
+    named.write_text('[{"text": "great", "label": 1}, ["dull", 0]]')
+    with pytest.raises(DataError, match=r"reviews\.json, row 2: expected a JSON object in the JSON array, found list"):
+        read_labelled_text(named)
 
 
 def test_a_column_named_twice_in_the_header_is_refused(tmp_path: Path) -> None:

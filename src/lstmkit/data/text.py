@@ -724,24 +724,48 @@ def jsonl_records(
 
     Split at ``\\n`` only: ``splitlines()`` also splits at characters JSON strings may hold raw
     (U+2028, form feed), which would cut a record and shift every later row number.
+
+    A ``.json`` file that is one JSON array of objects (``json.dump(records, f)``, a NeMo-style export)
+    is read too, its objects numbered from 1 as rows: its name promised JSON, not JSON Lines.
     """
     columns = list(columns)
-    for row, line in enumerate(content.split("\n"), start=1):
-        if not line.strip():
-            continue
-        array = "; the file looks like one JSON array: write one object per line (JSON Lines)"
-        try:
-            record: Any = json.loads(line)
-        except json.JSONDecodeError as err:
-            looks = array if line.lstrip().startswith("[") else ""
-            raise DataError(f"invalid JSON ({err.msg}){looks}", path=path, row=row) from None
+    for row, record in _json_array(content, path) if _is_json_array(content, path) else _json_lines(content, path):
         if not isinstance(record, dict):
-            looks = array if isinstance(record, list) else ""
-            raise DataError(f"expected a JSON object per line (JSON Lines), found {type(record).__name__}{looks}",
-                            path=path, row=row)
+            kind = "in the JSON array" if _is_json_array(content, path) else "per line (JSON Lines)"
+            looks = ("; the file looks like one JSON array: write one object per line (JSON Lines), or name it .json"
+                     if isinstance(record, list) and not _is_json_array(content, path) else "")
+            raise DataError(f"expected a JSON object {kind}, found {type(record).__name__}{looks}", path=path, row=row)
         if columns and not all(column in record for column in columns):
             record = dict(zip(match_columns(list(record), columns, path, row, hint, kind="key"), record.values()))
         yield row, record
+
+
+def _is_json_array(content: str, path: Path) -> bool:
+    return path.suffix.lower() == ".json" and content.lstrip().startswith("[")
+
+
+def _json_array(content: str, path: Path) -> Iterable[tuple[int, Any]]:
+    """The items of a ``.json`` file that is one array, numbered from 1."""
+    try:
+        items = json.loads(content)
+    except json.JSONDecodeError as err:
+        raise DataError(f"invalid JSON ({err.msg}, line {err.lineno} column {err.colno})", path=path) from None
+    if not isinstance(items, list):
+        raise DataError(f"expected a JSON array of objects, found {type(items).__name__}", path=path)
+    return enumerate(items, start=1)
+
+
+def _json_lines(content: str, path: Path) -> Iterable[tuple[int, Any]]:
+    """The objects of the non-blank lines of a JSON Lines text, with their line numbers."""
+    for row, line in enumerate(content.split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            yield row, json.loads(line)
+        except json.JSONDecodeError as err:
+            looks = ("; the file looks like one JSON array: write one object per line (JSON Lines), or name it .json"
+                     if line.lstrip().startswith("[") else "")
+            raise DataError(f"invalid JSON ({err.msg}){looks}", path=path, row=row) from None
 
 
 def _checked(
