@@ -454,3 +454,16 @@ def test_nested_list_inputs_are_plain_and_outputs_are_written_whole(tmp_path, mo
     with pytest.raises(OSError):
         write_atomic(out, "new, but cut short\n")
     assert out.read_text() == "complete\n" and sorted(p.name for p in tmp_path.iterdir()) == ["pred.jsonl"]
+
+
+def test_a_table_input_file_with_no_rows_says_so(tmp_path) -> None:
+    """``input_file=`` of a table with only its header was told "nothing to predict: pass input=... or input_file="."""
+    from omegaconf import OmegaConf
+
+    from lstmkit.commands.predict import collect_inputs_and_origins
+    from lstmkit.errors import DataError
+
+    header = tmp_path / "texts.csv"
+    header.write_text("text\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"texts\.csv: the table has a header and no rows to predict"):
+        collect_inputs_and_origins(OmegaConf.create({"input_file": str(header), "input": "fine"}), "text")

@@ -84,6 +84,18 @@ def test_ucr_and_csv_files_read_back(tmp_path: Path) -> None:
     assert table.rows[0] == 2  # row numbers count the header
     with pytest.raises(ConfigError, match="label_column=none"):
         read_beats(tmp_path / "beats.csv", label_column="none")
+    # a trailing comma on every row (as spreadsheets write) is no value; a ';'-separated file says so
+    (tmp_path / "trailing.csv").write_text("\n".join(line + "," for line in lines) + "\n")
+    np.testing.assert_allclose(read_beats(tmp_path / "trailing.csv", label_column="last").samples, beats, atol=1e-5)
+    euro = [line.replace(",", ";").replace(".", ",") for line in lines]
+    (tmp_path / "euro.csv").write_text("\n".join(euro) + "\n")
+    with pytest.raises(DataError, match=r"euro\.csv, row 1: found 's0;s1;s2;.{31}': the file looks ';'-separated"):
+        read_beats(tmp_path / "euro.csv", label_column="last")
+    # predict, a beat of 139 values: "expected 141 (first one is the label)" said nothing of the 140 it accepts
+    (tmp_path / "short.txt").write_text(" ".join(["0.1"] * 139) + "\n")
+    with pytest.raises(DataError, match=r"row 1: row has 139 values; expected the model's 140 samples of a beat, "
+                                        r"or 141 with its label first"):
+        read_beats(tmp_path / "short.txt", samples_per_beat=140, labels_required=False)
 
 
 @pytest.mark.parametrize(

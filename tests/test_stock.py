@@ -533,6 +533,11 @@ def test_decimal_commas_are_refused_by_default_and_read_with_data_decimal(
     semicolons.write_text(european_csv(frame).replace('","', ";").replace('"', ""))
     (series,) = read_ohlcv(semicolons, FEATURES, decimal=",")
     np.testing.assert_allclose(series.values, frame[FEATURES].to_numpy(), rtol=1e-12)
+    # a tab-separated export named .csv was one column ("missing columns")
+    tabs = tmp_path / "tabs.csv"
+    frame.to_csv(tabs, sep="\t", index=False)
+    (series,) = read_ohlcv(tabs, FEATURES)
+    np.testing.assert_allclose(series.values, frame[FEATURES].to_numpy(), rtol=1e-12)
     # three decimals everywhere ("67,714"): in a ';' file that is a decimal comma, not 67714 with a warning
     three = frame.assign(**{c: frame[c].round(3).clip(lower=10.0, upper=999.0) for c in ("open", "high", "low", "close")})
     rows = ["Date;Open;High;Low;Close;Volume"] + [

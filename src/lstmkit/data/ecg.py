@@ -310,6 +310,12 @@ def read_beats(
         if not line.strip():
             continue
         cells = [c.strip() for c in line.split(",")] if comma else line.split()
+        if comma and len(cells) > 1 and cells[-1] == "":
+            cells.pop()  # "0.1,0.2," as spreadsheets write rows: the empty cell after the last comma is no value
+        if comma and any(";" in c for c in cells):
+            raise DataError(f"found {next(c for c in cells if ';' in c)[:40]!r}: the file looks ';'-separated, as "
+                            "spreadsheets of locales with a decimal comma write CSV; save it with ',' between values "
+                            "and '.' as the decimal point (or whitespace between values)", path=path, row=row)
         if first and comma and len(cells) == 1 and len(line.split()) > 1 and all(map(_is_number, line.split())):
             # numbers without a comma, read as CSV: one cell that is no number, which would pass for a header
             raise DataError("a line of whitespace-separated numbers in a file read as CSV (data.format="
@@ -328,6 +334,9 @@ def read_beats(
                 expected_from = f"row {row} (a beat without its label)"
             elif expected is not None and len(values) == expected:
                 expected_from = f"row {row} (a label and {samples_per_beat} samples)"
+            elif samples_per_beat is not None and has_label:  # either is a beat here: "expected 141" alone misled
+                raise DataError(f"row has {len(values)} values; expected the model's {samples_per_beat} samples of a "
+                                f"beat, or {samples_per_beat + 1} with its label {label_column}", path=path, row=row)
         if expected is None:
             expected, expected_from = len(values), f"row {row}"
         elif len(values) != expected:

@@ -238,17 +238,18 @@ def _file_text(path: Path) -> str:
 
 
 def _delimiter(path: Path) -> str:
-    """``;`` when the header line holds more semicolons than commas, else ``,``.
+    """The one of ``,``, ``;`` and tab that the header line holds most of (``,`` when it holds none).
 
     Why: spreadsheets in locales whose decimal mark is a comma write ``;`` between fields; read
     with ``,`` such a file was one column ("missing columns") or, with decimal commas, rows of
-    several fields ("quote a field that contains the delimiter").
+    several fields ("quote a field that contains the delimiter"). A tab-separated export named
+    ``.csv`` was one column too.
     """
     try:
         header = _header_line(path)
     except (OSError, EOFError, lzma.LZMAError, zipfile.BadZipFile, ValueError, UnicodeDecodeError):
         return ","  # pandas reports the file's own problem
-    return ";" if header.count(";") > header.count(",") else ","
+    return max((",", ";", "\t"), key=header.count) if any(sep in header for sep in ";\t") else ","
 
 
 def _header_line(path: Path) -> str:
@@ -757,10 +758,10 @@ class StockDataModule(SequenceDataModule):
         for series in self.series:
             if len(series) < w + h:
                 others = [s.ticker for s in self.series if s is not series]
+                leave = (f". To score the others, leave it out: data.tickers=[{','.join(others[:3])}"
+                         f"{',...' if len(others) > 3 else ''}]" if others else "")
                 raise DataError(f"ticker {series.ticker!r} has {len(series)} rows; a window of {w} days with "
-                                f"horizon {h} needs at least {w + h}. To score the others, leave it out: "
-                                f"data.tickers=[{','.join(others[:3])}{',...' if len(others) > 3 else ''}]",
-                                path=series.source)
+                                f"horizon {h} needs at least {w + h}{leave}", path=series.source)
         rows = [(k, t) for k, series in enumerate(self.series) for t in range(w - 1, len(series) - h)]
         return torch.tensor(rows, dtype=torch.int64).reshape(-1, 2)
 
