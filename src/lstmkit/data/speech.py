@@ -844,7 +844,8 @@ class SpeechDataModule(SequenceDataModule):
                 where = {"path": self.manifest, "row": utt.row, "field": self.text_column} if utt.row is not None \
                     else {"path": utt.source}
                 raise DataError(
-                    f"{split} transcript {utt.text!r}{f' (of {utt.source})' if utt.row is not None else ''} has "
+                    f"{'all' if self.whole and split == 'test' else split} transcript {utt.text!r}"
+                    f"{f' (of {utt.source})' if utt.row is not None else ''} has "
                     f"character(s) {unknown} that are not in {known}; fix the transcript or set "
                     "data.unknown_chars=drop", **where,
                 )

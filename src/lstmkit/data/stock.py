@@ -644,7 +644,7 @@ class StockDataModule(SequenceDataModule):
         target = self.features.index(self.target)
         for split, anchors in anchor_sets.items():
             self.splits[split] = WindowDataset(tensors, anchors, self.window, self.horizon, target)
-        sizes = ", ".join(f"{k} {len(v)}" for k, v in self.splits.items())
+        sizes = self.split_sizes()  # (split=all's windows are "all", as its metrics are named)
         log.info("stock windows (%d ticker%s, window %d, horizon %d): %s", len(self.series),
                  "s" if len(self.series) != 1 else "", self.window, self.horizon, sizes)
         return spec
