@@ -522,6 +522,11 @@ def test_a_resumed_run_keeps_the_best_checkpoint_of_its_earlier_epochs(tmp_path:
     assert "it has trained 3 epoch(s) already, so trainer.max_epochs=2 leaves nothing to train" in log, log
     newest = max((tmp_path / "logs" / "sentiment" / "runs").iterdir())
     assert "test/acc" in json.loads((newest / "metrics.json").read_text())
+    # ... and its metrics.json keeps the validation metrics of the run it continued, which no epoch logged
+    # again (it held the test's and val/acc_best alone)
+    again = json.loads((newest / "metrics.json").read_text())
+    continued = json.loads((second / "metrics.json").read_text())
+    assert again["val/acc"] == continued["val/acc"] and again["train/loss"] == continued["train/loss"]
 
 
 def test_a_resumed_sweep_continues_each_job_from_its_own_checkpoint(tmp_path: Path) -> None:

@@ -30,6 +30,7 @@ from lstmkit.commands.common import (
     int_option,
     log,
     plain,
+    read_metrics,
     report,
     scalar_metrics,
 )
@@ -438,8 +439,23 @@ def _trainer(cfg: DictConfig, seed: int, ckpt_path: str | None, resumed: dict[st
     return trainer
 
 
+def _untrained_resume(ckpt_path: str | None, resumed: dict[str, Any] | None, step: int) -> dict[str, float]:
+    """A resumed run that trained nothing more (its ``trainer.max_epochs`` reached): the training and
+    validation metrics its checkpoint's run wrote, which no epoch logs again; else none.
+
+    Why: ``metrics.json`` was rewritten with the test metrics and ``val/..._best`` alone, losing
+    ``val/acc``, ``val/loss``, ``train/loss`` of the run it continued.
+    """
+    if not ckpt_path or resumed is None or step != int(resumed.get("global_step", -1)):
+        return {}
+    earlier = Path(ckpt_path).parent.parent / "metrics.json"
+    if not earlier.is_file():
+        return {}
+    return {k: v for k, v in read_metrics(earlier).items() if not k.startswith("test/")}
+
+
 def _fit_and_test(cfg: DictConfig, trainer: L.Trainer, model: SequenceModel, datamodule: Any,
-                  ckpt_path: str | None) -> float | None:
+                  ckpt_path: str | None, resumed: dict[str, Any] | None) -> float | None:
     """Fit (continuing ``ckpt_path``), test the best checkpoint, write ``metrics.json``; the monitored
     metric's best value (a sweep's objective), ``None`` when there is none or it is NaN."""
     out_dir = HydraConfig.get().runtime.output_dir
@@ -449,6 +465,7 @@ def _fit_and_test(cfg: DictConfig, trainer: L.Trainer, model: SequenceModel, dat
     monitored = str(cfg.monitor)
     if cfg.get("train", True):
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+        metrics.update(_untrained_resume(ckpt_path, resumed, trainer.global_step))
         metrics.update(scalar_metrics(trainer.callback_metrics))
         score = best_score(checkpoint)
         if score is not None:
@@ -515,4 +532,4 @@ def train(cfg: DictConfig) -> float | None:
     if cfg.get("train", True):
         warm_start(model, cfg.get("init_from") or {}, ckpt_path)
     trainer = _trainer(cfg, seed, ckpt_path, resumed)
-    return _fit_and_test(cfg, trainer, model, datamodule, ckpt_path)
+    return _fit_and_test(cfg, trainer, model, datamodule, ckpt_path, resumed)
