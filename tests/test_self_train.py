@@ -11,6 +11,8 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
+from lstmkit import adaptation
+from lstmkit.adaptation import AdaptToScoredData
 from lstmkit.commands.train import build_model
 from lstmkit.ensemble import SequenceEnsemble
 from lstmkit.errors import ConfigError
@@ -90,52 +92,49 @@ def test_the_test_tunes_the_weights_from_its_inputs_never_its_transcripts(make_c
     the model's own are trained on); the line says how many utterances were kept."""
     model, dm, path = _trained(make_cfg, tmp_path)
     stored = torch.load(path, weights_only=True)["state_dict"]
-    model.adapt = True
-    model.self_training = SelfTraining(epochs=2, keep=1.0, lr=1e-2)
+    both = AdaptToScoredData(adapt=True, self_training=SelfTraining(epochs=2, keep=1.0, lr=1e-2))
     with caplog.at_level(logging.INFO, logger="lstmkit"):
         L.seed_everything(0)
-        scored = L.Trainer(default_root_dir=tmp_path, **OPTIONS).test(model, datamodule=dm, ckpt_path=path,
-                                                                       weights_only=True)
+        scored = L.Trainer(default_root_dir=tmp_path, callbacks=[both], **OPTIONS).test(
+            model, datamodule=dm, ckpt_path=path, weights_only=True)
     assert "test/cer" in scored[0]
     tuned = _weights(model)
     assert not torch.equal(tuned["core.lstm.weight_ih_l0"], stored["core.lstm.weight_ih_l0"])
     assert torch.equal(torch.load(path, weights_only=True)["state_dict"]["core.lstm.weight_ih_l0"],
                        stored["core.lstm.weight_ih_l0"])
     assert not torch.equal(tuned["encoder.running_mean"], stored["encoder.running_mean"])  # adapt's, kept
-    model.self_training = None
-    L.Trainer(default_root_dir=tmp_path, **OPTIONS).test(model, datamodule=dm, ckpt_path=path, weights_only=True)
+    L.Trainer(default_root_dir=tmp_path, callbacks=[AdaptToScoredData(adapt=True)], **OPTIONS).test(
+        model, datamodule=dm, ckpt_path=path, weights_only=True)
     assert torch.equal(model.encoder.running_mean, tuned["encoder.running_mean"])  # what adapt alone gives
     kept = [line for line in caplog.messages if line.startswith("self_train: fine-tuned 2 epoch(s), 2 optimiser step(s), at lr 0.01 on ")]
     assert len(kept) == 1 and "of the 4 utterances of the test split" in kept[0], caplog.messages
     test = dm.splits["test"]
     test.targets = [t.flip(0) if len(t) > 1 else t + 1 for t in test.targets]  # other reference transcripts
-    model.self_training = SelfTraining(epochs=2, keep=1.0, lr=1e-2)
     L.seed_everything(0)
-    L.Trainer(default_root_dir=tmp_path, **OPTIONS).test(model, datamodule=dm, ckpt_path=path, weights_only=True)
+    L.Trainer(default_root_dir=tmp_path, callbacks=[both], **OPTIONS).test(model, datamodule=dm, ckpt_path=path,
+                                                                           weights_only=True)
     assert all(torch.equal(v, tuned[k]) for k, v in model.state_dict().items())
 
 
 def test_an_ensemble_tunes_every_member_on_its_combined_transcripts(make_cfg, tmp_path: Path, monkeypatch) -> None:
     """... with the scored split read and collated once, though adapt reads it per member and self-training again."""
-    from lstmkit.module import SequenceModel
 
     first, dm, a = _trained(make_cfg, tmp_path, seed=0)
     second, _, b = _trained(make_cfg, tmp_path, seed=1)
     before = [_weights(first), _weights(second)]
     ensemble = SequenceEnsemble([first, second], names=[str(a), str(b)])
-    ensemble.self_training = SelfTraining(epochs=1, keep=1.0, lr=1e-2)
-    ensemble.adapt = True
+    both = AdaptToScoredData(adapt=True, self_training=SelfTraining(epochs=1, keep=1.0, lr=1e-2))
     assert ensemble.trained_models() == [first, second]
     reads = []
-    scored_batches = SequenceModel._scored_batches
+    scored_batches = adaptation.scored_batches
 
     def counted(loaders, limits):
         for batch in scored_batches(loaders, limits):
             reads.append(len(batch))
             yield batch
 
-    monkeypatch.setattr(SequenceModel, "_scored_batches", staticmethod(counted))
-    L.Trainer(default_root_dir=tmp_path, **OPTIONS).test(ensemble, datamodule=dm)
+    monkeypatch.setattr(adaptation, "scored_batches", counted)
+    L.Trainer(default_root_dir=tmp_path, callbacks=[both], **OPTIONS).test(ensemble, datamodule=dm)
     assert sum(reads) == len(dm.splits["test"])  # once
     for member, weights in zip((first, second), before):
         assert not torch.equal(member.state_dict()["core.lstm.weight_ih_l0"], weights["core.lstm.weight_ih_l0"])
@@ -151,9 +150,10 @@ def test_nothing_decoded_is_said_and_leaves_the_weights(make_cfg, tmp_path: Path
         return torch.zeros(rows, 1, dtype=torch.long), torch.zeros(rows, dtype=torch.long), torch.full((rows,), -math.inf)
 
     monkeypatch.setattr(model.head, "pseudo_labels", nothing)
-    model.self_training = SelfTraining(epochs=2, keep=1.0, lr=1e-2)
+    tuning = AdaptToScoredData(self_training=SelfTraining(epochs=2, keep=1.0, lr=1e-2))
     with caplog.at_level(logging.INFO, logger="lstmkit"):
-        L.Trainer(default_root_dir=tmp_path, **OPTIONS).test(model, datamodule=dm, ckpt_path=path, weights_only=True)
+        L.Trainer(default_root_dir=tmp_path, callbacks=[tuning], **OPTIONS).test(model, datamodule=dm, ckpt_path=path,
+                                                                                weights_only=True)
     assert "self_train: the model decoded none of the 4 utterances of the test split" in caplog.text
     assert "fine-tuned" not in caplog.text
     assert all(torch.equal(v, stored[k]) for k, v in model.state_dict().items())

@@ -560,6 +560,7 @@ def test_adapt_re_estimates_on_the_scored_loop_after_the_checkpoint_is_loaded(ma
     import lightning as L
     from hydra.utils import instantiate
 
+    from lstmkit.adaptation import AdaptToScoredData
     from lstmkit.commands.train import build_model
 
     cfg = make_cfg(["task=speech", "data.num_examples=40", "data.batch_size=8", "model.hidden_size=8",
@@ -567,9 +568,9 @@ def test_adapt_re_estimates_on_the_scored_loop_after_the_checkpoint_is_loaded(ma
     dm = instantiate(cfg.data, _convert_="all")
     dm.setup("fit")
     model = build_model(cfg, dm)
-    model.adapt = True
     options = {"logger": False, "enable_checkpointing": False, "enable_progress_bar": False,
-               "enable_model_summary": False, "default_root_dir": tmp_path}  # its plots/ under tmp_path
+               "enable_model_summary": False, "default_root_dir": tmp_path,  # its plots/ under tmp_path
+               "callbacks": [AdaptToScoredData(adapt=True)]}
     trainer = L.Trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=2, **options)
     trainer.fit(model, datamodule=dm)
     trained = model.encoder.running_mean.clone()

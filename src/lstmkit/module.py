@@ -12,7 +12,7 @@ from __future__ import annotations
 import inspect
 import logging
 import math
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import lightning as L
@@ -27,7 +27,6 @@ from lstmkit.errors import ConfigError
 from lstmkit.heads.base import Head
 from lstmkit.optim import SPREAD_OVER_RUN
 from lstmkit.plots import save_and_log
-from lstmkit.self_train import SelfTraining
 from lstmkit.types import Batch, DataSpec
 
 log = logging.getLogger("lstmkit")
@@ -405,11 +404,7 @@ class SequenceModel(L.LightningModule):
         if self.figure_split == "val":
             self._save_figures("val")
 
-    # ``adapt=true`` (eval, and the test after training): the encoders' normalisation statistics are
-    # re-estimated on the scored loop's inputs before it runs (after Lightning loads the checkpoint, which
-    # would otherwise put the training statistics back)
-    adapt = False
-
+    # what test-time adaptation (lstmkit.adaptation.AdaptToScoredData: adapt, self_train) may change
     def encoders(self) -> list[nn.Module]:
         """The encoder(s) whose inputs this model normalises (an ensemble: each member's)."""
         return [self.encoder]
@@ -423,108 +418,13 @@ class SequenceModel(L.LightningModule):
                                   "encoder.normalise=global|both does)")
             encoder.check_adapt()  # its own settings (the speech encoder: normalise=global|both)
 
-    # ``self_train.epochs`` > 0 (eval, and the test after training): after ``adapt``, the model is fine-tuned
-    # on the scored split's utterances with its own most confident transcripts (lstmkit.self_train)
-    self_training: SelfTraining | None = None
-
     def trained_models(self) -> list[SequenceModel]:
         """The models whose weights self-training tunes (an ensemble: each member)."""
         return [self]
 
-    @staticmethod
-    def _scored_batches(loaders: Any, limits: Sequence[float]) -> Iterator[Batch]:
-        """The batches the loop will score (``limit_*_batches``), on the host.
-
-        The loop's own loaders are not iterated: Lightning already holds their iterator, which a loader
-        with persistent workers hands out again, so reading it here left the loop nothing to score.
-        Loaders of the same dataset, sampler (DDP's shard) and collate are read instead, in this process.
-        """
-        from torch.utils.data import DataLoader
-
-        for loader, limit in zip(loaders if isinstance(loaders, (list, tuple)) else [loaders], limits):
-            batching = ({"batch_sampler": loader.batch_sampler} if loader.batch_sampler is not None
-                        else {"batch_size": None})  # a dataset of whole batches (next-word's stream windows)
-            own = DataLoader(loader.dataset, collate_fn=loader.collate_fn, **batching)
-            for number, batch in enumerate(own):
-                if number >= limit:
-                    break
-                yield batch
-
-    def _adapt(self, scored: Callable[[], Iterable[Batch]], split: str) -> None:
-        """Re-estimate every encoder's statistics on the batches the loop will score (``scored()``)."""
-        device, convert = self.device, self.trainer.precision_plugin.convert_input  # the loop's precision (*-true)
-
-        def batches() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-            for batch in scored():
-                yield convert(batch.inputs.to(device)), batch.lengths.to(device)
-
-        def total(value: torch.Tensor) -> torch.Tensor:  # every rank's shard of the split (DDP)
-            return self.trainer.strategy.reduce(value, reduce_op="sum")
-
-        encoders = self.encoders()
-        for number, encoder in enumerate(encoders):
-            frames = encoder.adapt_normalisation(batches(), reduce=total)
-            if self.trainer.is_global_zero:
-                member = f" (member {number + 1} of {len(encoders)})" if len(encoders) > 1 else ""
-                log.info("adapt=true: the encoder's normalisation statistics%s re-estimated on the %d frames of "
-                         "the %s split's inputs (no labels read)", member, frames, split)
-
-    def _self_train(self, scored: Iterable[Batch], split: str) -> None:
-        """Label the scored batches with the model's own transcripts, then fine-tune on the surest share."""
-        from lstmkit.self_train import across_ranks, confidence_cut, fine_tune, pseudo_labelled
-
-        settings = self.self_training
-        assert settings is not None
-        strategy, world = self.trainer.strategy, self.trainer.world_size
-        precision = self.trainer.precision_plugin  # bf16-true / 16-true: the inputs and the passes as the weights
-        convert, context = precision.convert_input, precision.forward_context
-        reduce: Callable[[torch.Tensor, str], torch.Tensor] | None = None
-        # the test loop runs in inference mode, whose tensors autograd refuses
-        with torch.inference_mode(False), torch.enable_grad():
-            labelled = pseudo_labelled(self, scored, self.device, convert, context)
-            confidences = torch.cat([c for _, c in labelled]) if labelled else torch.zeros(0)
-            steps = len(labelled)
-            if world > 1:  # every rank's shard: one cut for all, and as many steps on each
-                confidences, steps, reduce = across_ranks(strategy, confidences, steps, self.device)
-            cut = confidence_cut(confidences, settings.keep)
-            kept = int((confidences >= cut).sum())
-            taken = [fine_tune(model, labelled, cut, settings, self.device, steps, reduce, convert, context)
-                     for model in self.trained_models()] if kept else [0]
-        if not self.trainer.is_global_zero:
-            return
-        if not kept:
-            log.warning("self_train: the model decoded none of the %d utterances of the %s split to a transcript, "
-                        "so there is nothing to train on: scored as it is", len(confidences), split)
-            return
-        log.info("self_train: fine-tuned %d epoch(s), %d optimiser step(s), at lr %g on %d of the %d utterances of the "
-                 "%s split (the surest %.0f %%, self_train.keep=%g), labelled with the model's own transcripts; no "
-                 "reference transcript read", settings.epochs, max(taken), settings.lr, kept, len(confidences), split,
-                 100 * kept / max(1, len(confidences)), settings.keep)
-
-    def _adapt_to(self, loaders: Any, limits: Sequence[float], split: str) -> None:
-        reads = int(self.adapt) * len(self.encoders()) + int(self.self_training is not None)
-        if not reads:
-            return
-        if reads > 1:  # read and collated once, not once per encoder and again for self-training
-            held = list(self._scored_batches(loaders, limits))
-            scored: Callable[[], Iterable[Batch]] = lambda: held
-        else:
-            scored = lambda: self._scored_batches(loaders, limits)
-        if self.adapt:
-            self._adapt(scored, split)
-        if self.self_training is not None:
-            self._self_train(scored(), split)
-
     def setup(self, stage: str) -> None:
         if self.trainer.is_global_zero:
             log_in_spawned_process()
-
-    def on_validation_start(self) -> None:
-        if self.trainer.state.fn == TrainerFn.VALIDATING:  # eval split=val, not fitting's
-            self._adapt_to(self.trainer.val_dataloaders, self.trainer.num_val_batches, "val")
-
-    def on_test_start(self) -> None:
-        self._adapt_to(self.trainer.test_dataloaders, self.trainer.num_test_batches, self.test_name)
 
     def on_test_epoch_start(self) -> None:
         self.reset_state("test")

@@ -12,6 +12,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from lstmkit.adaptation import AdaptToScoredData
 from lstmkit.build import build, locate
 from lstmkit.checkpoints import checkpoint_paths, load_models
 from lstmkit.commands.common import (
@@ -150,11 +151,12 @@ def evaluate(cfg: DictConfig) -> float | None:
     apply_decoding(model, cfg.get("decode"))
     if adapt:
         model.check_adaptable()
-        model.adapt = True  # the scored loop's inputs re-estimate the normalisation first (SequenceModel)
     with config_stage("self_train"):
-        model.self_training = SelfTraining.from_config(cfg.get("self_train"))
-    if model.self_training is not None:
+        self_training = SelfTraining.from_config(cfg.get("self_train"))
+    if self_training is not None:
         model.head.check_self_trainable()
+    # the scored loop's inputs re-estimate the normalisation, and tune the model, before it scores them
+    adapting = [AdaptToScoredData(adapt, self_training)] if adapt or self_training is not None else []
     data_cfg: dict[str, Any] = dict(model.hparams.get("data") or {})
     if not data_cfg:
         raise CheckpointError(f"{paths[0]}: checkpoint stores no data config to evaluate on")
@@ -185,7 +187,8 @@ def evaluate(cfg: DictConfig) -> float | None:
     if split == "all":
         model.name_test_split("all")  # its loggers' keys too, not only the table's
     configure_wandb(cfg, job_type="eval")
-    trainer: L.Trainer = instantiate(cfg.trainer, logger=instantiate_group(cfg.get("logger")) or False)
+    trainer: L.Trainer = instantiate(cfg.trainer, logger=instantiate_group(cfg.get("logger")) or False,
+                                     callbacks=adapting)
     if split == "val":
         results = trainer.validate(model, datamodule=datamodule)
     else:

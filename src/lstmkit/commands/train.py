@@ -17,6 +17,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, ProgressBar
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from lstmkit.adaptation import AdaptToScoredData
 from lstmkit.build import TRUST_ENV, build, config_targets, trust, trusted_prefixes
 from lstmkit.callbacks import ReseedEachEpoch, StopOnNonFiniteLoss
 from lstmkit.checkpoints import check_resumable, read_checkpoint
@@ -362,22 +363,23 @@ def _seed(cfg: DictConfig, resumed: dict[str, Any] | None) -> int:
     return seed
 
 
-def _test_time(cfg: DictConfig, model: SequenceModel) -> None:
+def _test_time(cfg: DictConfig, model: SequenceModel) -> AdaptToScoredData | None:
     """``adapt`` and ``self_train``, which act in the test after training: checked before training, not after it."""
     adapt = bool_option(cfg, "adapt")
     if adapt and not cfg.get("test", True):
         log.warning("adapt=true adapts the test after training; with test=false there is none: ignored")
+        adapt = False
     elif adapt:
         model.check_adaptable()
-        model.adapt = True  # the test loop re-estimates the normalisation on its inputs first (SequenceModel)
     with config_stage("self_train"):
         self_training = SelfTraining.from_config(cfg.get("self_train"))
     if self_training is not None and not cfg.get("test", True):
         log.warning("self_train tunes the model to the test split after training; with test=false there is none: "
                     "ignored")
+        self_training = None
     elif self_training is not None:
         model.head.check_self_trainable()
-        model.self_training = self_training  # lstmkit.self_train, in the test loop's first hook
+    return AdaptToScoredData(adapt, self_training) if adapt or self_training is not None else None
 
 
 def _check_optimisation(cfg: DictConfig, model: SequenceModel) -> None:
@@ -419,9 +421,10 @@ def _continue_run(cfg: DictConfig, ckpt_path: str, model: SequenceModel, resumed
             cfg.trainer.max_epochs = done
 
 
-def _trainer(cfg: DictConfig, seed: int, ckpt_path: str | None, resumed: dict[str, Any] | None) -> L.Trainer:
-    """The Trainer with the config's callbacks and loggers (and lstmkit's two that every run needs)."""
-    callbacks = [*instantiate_group(cfg.get("callbacks")), StopOnNonFiniteLoss(), ReseedEachEpoch(seed)]
+def _trainer(cfg: DictConfig, seed: int, ckpt_path: str | None, resumed: dict[str, Any] | None,
+             extra: list[L.Callback]) -> L.Trainer:
+    """The Trainer with the config's callbacks and loggers, lstmkit's two that every run needs, and ``extra``."""
+    callbacks = [*instantiate_group(cfg.get("callbacks")), StopOnNonFiniteLoss(), ReseedEachEpoch(seed), *extra]
     if not cfg.trainer.get("enable_progress_bar", True):
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     configure_wandb(cfg, resumed)
@@ -517,7 +520,7 @@ def train(cfg: DictConfig) -> float | None:
     check_splits(datamodule, cfg)
     with config_stage("model (encoder / model / head)"):
         model = build_model(cfg, datamodule)
-    _test_time(cfg, model)
+    adapting = _test_time(cfg, model)
     _check_optimisation(cfg, model)
     hydra_cfg = HydraConfig.get() if HydraConfig.initialized() else None
     if hydra_cfg is not None and hydra_cfg.mode != RunMode.MULTIRUN and \
@@ -531,5 +534,5 @@ def train(cfg: DictConfig) -> float | None:
         _continue_run(cfg, ckpt_path, model, resumed)
     if cfg.get("train", True):
         warm_start(model, cfg.get("init_from") or {}, ckpt_path)
-    trainer = _trainer(cfg, seed, ckpt_path, resumed)
+    trainer = _trainer(cfg, seed, ckpt_path, resumed, [adapting] if adapting else [])
     return _fit_and_test(cfg, trainer, model, datamodule, ckpt_path, resumed)
