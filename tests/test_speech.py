@@ -31,8 +31,6 @@ from lstmkit.errors import ConfigError, DataError
 from lstmkit.heads.ctc import (
     CTCHead,
     greedy_decode,
-    prefix_beam_search,
-    prefix_beam_search_nbest,
     sequence_log_likelihood,
 )
 from lstmkit.types import Batch, DataSpec
@@ -804,17 +802,6 @@ def test_too_short_error_names_the_clip_and_manifest_row(tmp_path):
         CTCHead(dm.spec, in_features=4).check(torch.ones(len(batch), dtype=torch.int64), batch)
 
 
-def test_prefix_beam_search_beats_best_path():
-    # best path is blank,blank (""), but "a" has more probability summed over its alignments
-    probs = torch.tensor([[0.4, 0.0, 0.35, 0.25], [0.4, 0.0, 0.35, 0.25]]).clamp(min=1e-9)
-    log_probs = probs.log()
-    assert greedy_decode(log_probs[None], torch.tensor([2]), 0) == [[]]
-    assert prefix_beam_search(log_probs, blank=0, beam_size=4) == [2]
-    # on confident outputs both agree, repeats separated by a blank survive
-    lp = peaky([2, 2, 0, 2, 3, 3, 1, 0])
-    assert prefix_beam_search(lp, blank=0, beam_size=4) == greedy_decode(lp[None], torch.tensor([8]), 0)[0]
-
-
 def _alignments_probability(probs: torch.Tensor, labels: list[int], blank: int = 0) -> float:
     """p(labels | x) by enumerating every path of the ``(T, C)`` frames (the definition CTC sums)."""
     import itertools
@@ -846,20 +833,21 @@ def test_exact_sequence_likelihood_and_rescoring(monkeypatch):
     assert head.decode_ids(probs.log()[None], torch.tensor([4])) == [candidates[order[0]]]
     head.use_decoder(beam_size=2)  # rescore is kept as set
     assert head.rescore is False
-    # prefix beam search's n-best: distinct, its best first (what nbest=1 returns)
+    # the beam's n-best (flashlight): distinct, its best first, what rescore=false keeps
     monkeypatch.undo()
-    found = prefix_beam_search_nbest(probs.log(), blank=0, beam_size=8, nbest=4)
-    assert found[0] == prefix_beam_search(probs.log(), blank=0, beam_size=8) and len(found) == 4
-    assert len({tuple(ids) for ids in found}) == 4
-    # without flashlight-text the head falls back to it: the n-best rescored, or its best alone
-    monkeypatch.setattr("lstmkit.heads.ctc._flashlight_decoder", lambda *args, **kwargs: None)
-    fallback = CTCHead(SPEC, in_features=4, decoder="beam", beam_size=8)
-    eight = prefix_beam_search_nbest(probs.log(), blank=0, beam_size=8, nbest=8)
-    assert fallback.nbest(probs.log()[None], torch.tensor([4])) == [eight]
-    best = eight[int(sequence_log_likelihood(probs.log(), eight, blank=0).argmax())]
-    assert fallback.decode_ids(probs.log()[None], torch.tensor([4])) == [best]
-    fallback.use_decoder(rescore=False)
-    assert fallback.decode_ids(probs.log()[None], torch.tensor([4])) == [found[0]]
+    beam = CTCHead(SPEC, in_features=4, decoder="beam", beam_size=8)
+    found = beam.nbest(probs.log()[None], torch.tensor([4]))[0]
+    assert len(found) > 1 and len({tuple(ids) for ids in found}) == len(found)
+    beam.use_decoder(rescore=False)
+    assert beam.decode_ids(probs.log()[None], torch.tensor([4])) == [found[0]]
+    # an install whose flashlight-text does not load: an error saying so, not another decoder's results
+    import sys
+    import types
+
+    monkeypatch.setitem(sys.modules, "torchaudio.models.decoder", types.ModuleType("torchaudio.models.decoder"))
+    with pytest.raises(ConfigError, match=r"head\.decoder=beam needs the flashlight-text package, a dependency of "
+                                          r"lstmkit, which does not load here .*or decode with head\.decoder=greedy"):
+        CTCHead(SPEC, in_features=4, decoder="beam").nbest(probs.log()[None], torch.tensor([4]))
 
 
 def test_beam_decoder_option_and_metrics():

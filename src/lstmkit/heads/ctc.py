@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import logging
-import math
 import os
 import tempfile
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -23,17 +21,8 @@ from lstmkit.heads.base import Head, dense_layers, mean_probabilities
 from lstmkit.types import Batch, DataSpec
 
 log = logging.getLogger("lstmkit")
-NEG_INF = float("-inf")
 _KEEP = object()  # CTCHead.use_decoder: "keep the current lexicon"
 _UNBUILT = "<unbuilt>"  # CTCHead._flashlight before the beam decoder is first needed (pickles by value)
-
-
-def _logaddexp(a: float, b: float) -> float:
-    if a == NEG_INF:
-        return b
-    if b == NEG_INF:
-        return a
-    return max(a, b) + math.log1p(math.exp(-abs(a - b)))
 
 
 def greedy_decode(log_probs: torch.Tensor, lengths: torch.Tensor, blank: int) -> list[list[int]]:
@@ -44,53 +33,6 @@ def greedy_decode(log_probs: torch.Tensor, lengths: torch.Tensor, blank: int) ->
         ids = torch.unique_consecutive(row[: int(length)])
         out.append([int(i) for i in ids if int(i) != blank])
     return out
-
-
-def prefix_beam_search(log_probs: torch.Tensor, blank: int, beam_size: int = 8,
-                       top_k: int | None = None) -> list[int]:
-    """The best label sequence of :func:`prefix_beam_search_nbest`."""
-    return prefix_beam_search_nbest(log_probs, blank, beam_size, top_k)[0]
-
-
-def prefix_beam_search_nbest(log_probs: torch.Tensor, blank: int, beam_size: int = 8, top_k: int | None = None,
-                             nbest: int = 1) -> list[list[int]]:
-    """CTC prefix beam search (Hannun et al. 2014, "First-pass LVCSR"), no language model.
-
-    Unlike the best path it sums the probability of every alignment of a prefix (blank- and
-    non-blank-ending separately), so a label spread thinly over several frames can win.
-    Pure Python on ``(T, C)`` log-probabilities of one utterance; each frame only extends
-    by the ``top_k`` most likely symbols (default ``beam_size``) plus each prefix's last one.
-    This is the fallback for ``torchaudio.models.decoder.ctc_decoder`` when the
-    ``flashlight-text`` package is missing. Returns the best ``nbest`` distinct prefixes, best first.
-    """
-    top_k = min(top_k or beam_size, log_probs.shape[-1])
-    frames = log_probs.float().cpu()
-    candidates = frames.topk(top_k, dim=-1).indices.tolist()
-    rows = frames.tolist()
-    beams: dict[tuple[int, ...], tuple[float, float]] = {(): (0.0, NEG_INF)}  # prefix -> (p_blank, p_label)
-    for row, cand in zip(rows, candidates):
-        nxt: dict[tuple[int, ...], list[float]] = defaultdict(lambda: [NEG_INF, NEG_INF])
-        for prefix, (p_b, p_nb) in beams.items():
-            total = _logaddexp(p_b, p_nb)
-            last = prefix[-1] if prefix else None
-            symbols = set(cand) | ({last} if last is not None else set())
-            for c in symbols:
-                p = row[c]
-                if c == blank:
-                    entry = nxt[prefix]
-                    entry[0] = _logaddexp(entry[0], total + p)
-                elif c == last:
-                    same = nxt[prefix]  # "aa" without a blank between collapses to "a"
-                    same[1] = _logaddexp(same[1], p_nb + p)
-                    longer = nxt[prefix + (c,)]  # a repeated label needs a blank between
-                    longer[1] = _logaddexp(longer[1], p_b + p)
-                else:
-                    longer = nxt[prefix + (c,)]
-                    longer[1] = _logaddexp(longer[1], total + p)
-        ranked = sorted(nxt.items(), key=lambda kv: _logaddexp(*kv[1]), reverse=True)[:beam_size]
-        beams = {prefix: (scores[0], scores[1]) for prefix, scores in ranked}
-    ranked = sorted(beams.items(), key=lambda kv: _logaddexp(*kv[1]), reverse=True)
-    return [list(prefix) for prefix, _ in ranked[: max(1, nbest)]]
 
 
 def sequence_log_likelihood(log_probs: torch.Tensor, candidates: list[list[int]], blank: int) -> torch.Tensor:
@@ -113,13 +55,18 @@ def sequence_log_likelihood(log_probs: torch.Tensor, candidates: list[list[int]]
 
 
 def _flashlight_decoder(tokens: list[str], blank: str, beam_size: int, lexicon: str | None = None,
-                        nbest: int = 1) -> Any | None:
+                        nbest: int = 1) -> Any:
     """torchaudio's flashlight beam decoder (lexicon-free, or over ``lexicon``, a flashlight
-    lexicon file) returning ``nbest`` hypotheses per utterance, or ``None`` without flashlight-text."""
+    lexicon file) returning ``nbest`` hypotheses per utterance.
+
+    ``flashlight-text`` is a dependency of lstmkit; an install that lacks it (or whose build does not
+    load) gets an error saying so, not another decoder of other results."""
     try:
         from torchaudio.models.decoder import ctc_decoder
-    except (ImportError, RuntimeError):  # torchaudio raises RuntimeError when flashlight is missing
-        return None
+    except (ImportError, RuntimeError) as err:  # torchaudio raises RuntimeError when flashlight is missing
+        raise ConfigError(f"head.decoder=beam needs the flashlight-text package, a dependency of lstmkit, which "
+                          f"does not load here ({err}); reinstall it (pip install flashlight-text), or decode with "
+                          "head.decoder=greedy (decode.decoder=greedy on eval / predict)") from None
     sil = "|" if "|" in tokens else blank  # the word separator; our vocabulary always has a space
     return ctc_decoder(lexicon=lexicon, tokens=tokens, lm=None, nbest=nbest, beam_size=beam_size,
                        blank_token=blank, sil_token=sil, log_add=True)
@@ -207,9 +154,8 @@ class CTCHead(Head):
     (naming the frame counts and transcripts, and what to change); ``skip`` drops those
     utterances from the loss and logs a running count. Nothing is dropped silently.
 
-    Decoding: ``greedy`` (best path) or ``beam``: torchaudio's lexicon-free
-    ``ctc_decoder`` (flashlight) when the ``flashlight-text`` package imports, else
-    :func:`prefix_beam_search` here. CER/WER (``torchmetrics.text``) are measured on the
+    Decoding: ``greedy`` (best path) or ``beam``: torchaudio's ``ctc_decoder`` (flashlight),
+    lexicon-free or over ``lexicon``. CER/WER (``torchmetrics.text``) are measured on the
     decoded strings against the reference transcripts, with the configured decoder.
 
     Why ``rescore``: flashlight's beam score is an approximation of a hypothesis's probability
@@ -303,7 +249,7 @@ class CTCHead(Head):
         self._flashlight: Any = _UNBUILT
 
     def _beam_decoder(self) -> Any | None:
-        """The flashlight decoder for the current settings (built once), or ``None`` without flashlight-text."""
+        """The flashlight decoder for the current settings (built once)."""
         if not (isinstance(self._flashlight, str) and self._flashlight == _UNBUILT):
             return self._flashlight
         tokens = ["|" if c == " " else c for c in self.classes]
@@ -315,11 +261,6 @@ class CTCHead(Head):
         finally:
             if lexicon_file:
                 os.unlink(lexicon_file)  # flashlight has read it into its trie
-        if self._flashlight is None:
-            if self.lexicon:
-                raise ConfigError(f"{getattr(self, 'lexicon_option', 'head.lexicon')} needs the flashlight-text package "
-                                  "(pip install flashlight-text)")
-            log.info("flashlight-text is not installed: beam search uses lstmkit's prefix beam search")
         return self._flashlight
 
     def __getstate__(self) -> dict[str, Any]:
@@ -457,22 +398,17 @@ class CTCHead(Head):
     def nbest(self, outputs: torch.Tensor, lengths: torch.Tensor) -> list[list[list[int]]]:
         """The beam's distinct hypotheses per utterance as label ids, its best first (one unless
         ``rescore``: then up to ``beam_size``)."""
-        count = self.beam_size if self.rescore else 1
-        flashlight = self._beam_decoder()
-        if flashlight is not None:
-            emissions = outputs.detach().float().cpu().contiguous()
-            decoded = flashlight(emissions, lengths.detach().cpu().to(torch.int32))
-            if self.lexicon:  # words from the lexicon, spelled with our characters
-                index = {c: i for i, c in enumerate(self.classes)}
-                texts = [[" ".join(h.words) for h in hyps] for hyps in decoded]
-                rows = [[[index[c] for c in text] for text in dict.fromkeys(row)] for row in texts]
-            else:
-                rows = [[self._strip_silence([int(i) for i in h.tokens.tolist() if int(i) != self.blank])
-                         for h in hyps] for hyps in decoded]
-                rows = [[list(ids) for ids in dict.fromkeys(tuple(ids) for ids in row)] for row in rows]
-            return [row or [[]] for row in rows]
-        return [prefix_beam_search_nbest(outputs[b, : int(n)], self.blank, self.beam_size, nbest=count)
-                for b, n in enumerate(lengths.tolist())]
+        emissions = outputs.detach().float().cpu().contiguous()
+        decoded = self._beam_decoder()(emissions, lengths.detach().cpu().to(torch.int32))
+        if self.lexicon:  # words from the lexicon, spelled with our characters
+            index = {c: i for i, c in enumerate(self.classes)}
+            texts = [[" ".join(h.words) for h in hyps] for hyps in decoded]
+            rows = [[[index[c] for c in text] for text in dict.fromkeys(row)] for row in texts]
+        else:
+            rows = [[self._strip_silence([int(i) for i in h.tokens.tolist() if int(i) != self.blank])
+                     for h in hyps] for hyps in decoded]
+            rows = [[list(ids) for ids in dict.fromkeys(tuple(ids) for ids in row)] for row in rows]
+        return [row or [[]] for row in rows]
 
     def _strip_silence(self, ids: list[int]) -> list[int]:
         """Flashlight brackets hypotheses with the word separator (our space): drop those, merge runs."""
