@@ -622,3 +622,42 @@ def test_resuming_a_run_of_another_tokenizer_version_names_the_setting(make_cfg,
     spec["tokenizer"]["version"] = 2
     torch.save({"state_dict": model.state_dict(), "hyper_parameters": {**dict(model.hparams), "spec": spec}}, path)
     check_resumable(path, model)
+
+
+def test_class_folders_of_texts_read_as_imdb_and_keras_lay_them_out(tmp_path: Path) -> None:
+    """aclImdb/train/pos/*.txt (and Keras' text_dataset_from_directory: one folder per class) was "folder has
+    no training file ... found []"."""
+    from lstmkit.data.sentiment import SentimentDataModule
+
+    imdb = tmp_path / "aclImdb"
+    for split, count in (("train", 30), ("test", 10)):
+        for label, word in (("pos", "great"), ("neg", "awful")):
+            (imdb / split / label).mkdir(parents=True)
+            for i in range(count):
+                (imdb / split / label / f"{i}_7.txt").write_text(f"A {word} film.<br /><br />Really {word} {i}.")
+    (imdb / "train" / "unsup").mkdir()
+    (imdb / "train" / "unsup" / "0_0.txt").write_text("no label here")
+    (imdb / "train" / "labeledBow.feat").write_text("0 0:1\n")
+    (imdb / "imdb.vocab").write_text("the\n")
+    dm = SentimentDataModule(path=str(imdb), val_fraction=0.1)
+    dm.setup()
+    assert dm.spec.classes == ["neg", "pos"]
+    assert {k: len(v) for k, v in dm.splits.items()} == {"val": 6, "test": 20, "train": 54}  # unsup left out
+    from lstmkit.data.sentiment import class_folders
+
+    rows = class_folders(imdb)["test"]
+    assert rows[0][2] == "A awful film.  Really awful 0." and rows[0][3] == "neg"  # IMDB's <br /> are spaces
+    flat = tmp_path / "flat"  # Keras' layout: class folders only, the splits carved by fraction
+    for label in ("pos", "neg"):
+        (flat / label).mkdir(parents=True)
+        for i in range(20):
+            (flat / label / f"{i}.txt").write_text(f"{label} text {i}")
+    dm = SentimentDataModule(path=str(flat), val_fraction=0.1, test_fraction=0.1)
+    dm.setup()
+    assert sum(len(v) for v in dm.splits.values()) == 40 and dm.spec.classes == ["neg", "pos"]
+    (imdb / "test" / "neg").rename(imdb / "test" / "negatives_elsewhere")
+    (imdb / "test" / "negatives_elsewhere" / "0_7.txt").rename(imdb / "test" / "stray.txt")
+    for file in (imdb / "test" / "negatives_elsewhere").iterdir():
+        file.unlink()
+    with pytest.raises(DataError, match=r"class folder negatives_elsewhere/ holds no \.txt files"):
+        SentimentDataModule(path=str(imdb)).setup()

@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 import torch
 
 from lstmkit.data.base import (
+    SPLIT_NAMES,
     PadCollate,
     SequenceDataModule,
     SequenceDataset,
@@ -36,6 +37,7 @@ from lstmkit.data.text import (
     encode,
     learn_subwords,
     read_labelled_text,
+    read_text,
     tokenize,
     tokenizer_recipe,
 )
@@ -145,6 +147,53 @@ def _label_key(label: str) -> str | float:
     return number if math.isfinite(number) else label.casefold()
 
 
+Row = tuple[str, int, str, str]  # (source, row, text, label)
+UNLABELLED = {"unsup", "unlabeled", "unlabelled"}  # aclImdb/train/unsup: reviews without a label
+
+
+def class_folders(folder: Path) -> dict[str, list[Row]] | list[Row] | None:
+    """A folder of ``.txt`` texts sorted into one subfolder per class (``pos/``, ``neg/``: Keras'
+    ``text_dataset_from_directory`` layout), or split folders of such (``train/``, ``test/``: the
+    IMDB ``aclImdb`` archive as unpacked); ``None`` for a folder of another layout.
+
+    Each file is one example whose label is its folder's name; the HTML line breaks of IMDB reviews
+    (``<br />``) become spaces. A split folder lacking class folders is an error; a folder of
+    unlabelled texts (``unsup``) is left out, said in the log.
+    """
+    subfolders = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    splits = {split: [d for d in subfolders if d.name.lower() in names] for split, names in SPLIT_NAMES.items()}
+    if not any(splits.values()):
+        return _class_rows(folder) if subfolders else None
+    found: dict[str, list[Row]] = {}
+    for split, named in splits.items():
+        if len(named) > 1:
+            raise DataError(f"several folders look like the {split} split: {[d.name for d in named]}", path=folder)
+        if named:
+            rows = _class_rows(named[0])
+            if rows is None:
+                raise DataError("expected one subfolder of .txt files per class in this split folder (e.g. pos/, "
+                                "neg/)", path=named[0])
+            found[split] = rows
+    return found
+
+
+def _class_rows(folder: Path) -> list[Row] | None:
+    """The texts of a folder's class subfolders, or ``None`` if they hold no ``.txt`` files."""
+    classes = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    files = {d.name: sorted(f for f in d.iterdir() if f.is_file() and f.suffix.lower() == ".txt") for d in classes}
+    if not any(files.values()):
+        return None
+    skipped = [name for name in files if name.lower() in UNLABELLED]
+    if skipped:
+        log.info("%s: %s left out (texts without a label)", folder, ", ".join(f"{name}/" for name in skipped))
+    empty = [name for name, texts in files.items() if not texts and name not in skipped]
+    if empty:
+        raise DataError(f"class folder {empty[0]}/ holds no .txt files; each class folder holds its texts",
+                        path=folder)
+    return [(str(file), 1, read_text(file).replace("<br />", " ").strip(), label)
+            for label, texts in files.items() if label not in skipped for file in texts]
+
+
 class SentimentDataModule(SequenceDataModule):
     """Labelled texts -> token ids; classes from the train split.
 
@@ -223,8 +272,12 @@ class SentimentDataModule(SequenceDataModule):
             raise path_not_found(path)
         if path.is_file():
             return self._split(self._read_file(path))
-        found = split_files(path, "stsa.binary.train, train.csv", require_train=self.fixed_spec is None)
-        splits = {s: self._read_file(f) for s, f in found.items()}
+        classes = class_folders(path)
+        if classes is not None:  # aclImdb/train/pos/*.txt, Keras' text_dataset_from_directory layout
+            splits = classes if isinstance(classes, dict) else {"train": classes}
+        else:
+            found = split_files(path, "stsa.binary.train, train.csv", require_train=self.fixed_spec is None)
+            splits = {s: self._read_file(f) for s, f in found.items()}
         if "train" not in splits:  # eval of a folder of held-out files: nothing to carve, nothing to fit
             return {"train": [], "val": splits.get("val", []), "test": splits.get("test", [])}
         if "val" not in splits or "test" not in splits:
