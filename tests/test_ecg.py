@@ -84,6 +84,29 @@ def test_ucr_and_csv_files_read_back(tmp_path: Path) -> None:
     assert table.rows[0] == 2  # row numbers count the header
     with pytest.raises(ConfigError, match="label_column=none"):
         read_beats(tmp_path / "beats.csv", label_column="none")
+    # the UCR archive's ARFF: its header says where the class is (last); quoted nominal values, % comments
+    arff = ["@relation ECG5000", *(f"@attribute att{i + 1} numeric" for i in range(140)),
+            "@attribute target {'1','2','3','4','5'}", "", "@data", "% a comment"]
+    arff += [",".join(f"{v:.6f}" for v in b) + f",'{k}'" for b, k in zip(beats, kinds)]
+    (tmp_path / "X_TRAIN.arff").write_text("\n".join(arff) + "\n")
+    table = read_beats(tmp_path / "X_TRAIN.arff")
+    np.testing.assert_allclose(table.samples, beats, atol=1e-5)
+    np.testing.assert_array_equal(table.labels, kinds)
+    assert table.rows[0] == 146  # the file's own line numbers
+    (tmp_path / "bad.arff").write_text("\n".join([*arff[:146], "0.1,?,0.3"]) + "\n")
+    with pytest.raises(DataError, match=r"bad\.arff, row 147, field 'column 1': expected a number, found '\?'"):
+        read_beats(tmp_path / "bad.arff")
+    # an unpacked UCR archive: X_TRAIN.txt beside X_TRAIN.arff is one split, read once (it was two TRAIN files)
+    from lstmkit.data.ecg import EcgDataModule
+
+    ucr = tmp_path / "ucr"
+    ucr.mkdir()
+    more, more_kinds = generate_beats(80, anomaly_fraction=0.5, seed=2)
+    write_beats(ucr / "X_TRAIN.txt", more, more_kinds)
+    (ucr / "X_TRAIN.arff").write_text("\n".join(arff) + "\n")  # (other beats: which one is read shows)
+    dm = EcgDataModule(path=str(ucr), batch_size=4)
+    dm.setup()
+    assert sum(len(split) for split in dm.splits.values()) == len(more)
     # a trailing comma on every row (as spreadsheets write) is no value; a ';'-separated file says so
     (tmp_path / "trailing.csv").write_text("\n".join(line + "," for line in lines) + "\n")
     np.testing.assert_allclose(read_beats(tmp_path / "trailing.csv", label_column="last").samples, beats, atol=1e-5)

@@ -40,7 +40,7 @@ NORMAL, ANOMALY = "normal", "anomaly"
 GENERATED_CLASSES = {1: "normal", 2: "pvc", 3: "supraventricular", 4: "inverted_t", 5: "st_elevation"}
 LABEL_COLUMNS = ("first", "last", "none")
 FORMATS = ("auto", "whitespace", "csv")
-_DATA_SUFFIXES = {".txt", ".tsv", ".csv", ".dat", ""}
+_DATA_SUFFIXES = {".txt", ".tsv", ".csv", ".dat", ".arff", ""}
 
 
 # -- generated beats ------------------------------------------------------------------------------
@@ -263,6 +263,47 @@ def _split_label(
     return (values[1:] if label_column == "first" else values[:-1]), label
 
 
+def _one_format_each(files: list[Path]) -> list[Path]:
+    """One file per name: an unpacked UCR archive holds ``ECG5000_TRAIN.txt`` and ``ECG5000_TRAIN.arff``,
+    the same beats twice; the text one is read (said in the log), the ARFF one where it is alone."""
+    kept: dict[str, Path] = {}
+    for file in sorted(files, key=lambda p: p.suffix.lower() == ".arff"):  # text formats first
+        twin = kept.setdefault(file.stem.upper(), file)
+        if twin is not file:
+            log.info("%s: %s holds the same split in another format; %s is read", file.parent, file.name, twin.name)
+    return sorted(kept.values())
+
+
+def _arff_data(lines: list[str], path: Path, label_column: str) -> tuple[list[str], str]:
+    """An ARFF file's data lines (its header blanked, so that rows keep the file's line numbers, quotes
+    around nominal values dropped) and where its class attribute is: ``first``, ``last`` or ``none``.
+
+    Why: the UCR archive ships every dataset as ``.arff`` beside ``.txt``; read as CSV, its ``@relation``
+    line passed for a header and ``@attribute`` was "expected a number" on row 2.
+    """
+    kinds: list[str] = []
+    data = next((i for i, line in enumerate(lines) if line.strip().lower() == "@data"), None)
+    if data is None:
+        raise DataError("an ARFF file without its @data line", path=path)
+    for number, line in enumerate(lines[:data], start=1):
+        text = line.strip()
+        if text.lower().startswith("@attribute"):
+            parts = re.match(r"@attribute\s+('[^']*'|\"[^\"]*\"|\S+)\s+(.+)$", text, re.IGNORECASE)
+            if parts is None:
+                raise DataError(f"unreadable attribute line {text[:60]!r}", path=path, row=number)
+            kinds.append("class" if parts.group(2).strip().startswith("{") else parts.group(2).strip().lower())
+    classes = [i for i, kind in enumerate(kinds) if kind == "class"]
+    where = ("none" if not classes else "first" if classes == [0] else "last" if classes == [len(kinds) - 1]
+             else "")
+    if not where:
+        raise DataError(f"the class attribute is attribute {classes[0] + 1} of {len(kinds)}; lstmkit reads it first "
+                        "or last", path=path)
+    if label_column not in (where, "first"):  # "first" is the default: the header decides
+        log.info("%s: its ARFF header puts the class %s, not %s: read so", path, where, label_column)
+    body = [re.sub(r"""['"]""", "", line) if not line.lstrip().startswith("%") else "" for line in lines[data + 1:]]
+    return [""] * (data + 1) + body, where
+
+
 def read_beats(
     path: str | Path,
     label_column: str = "first",
@@ -296,8 +337,14 @@ def read_beats(
     if labels_required and label_column == "none":
         raise ConfigError("data.label_column=none: training and evaluation need each beat's class label")
     lines = read_text(path).splitlines()
+    if path.suffix.lower() == ".arff":  # the UCR archive's other format: the header says where the class is
+        lines, label_column = _arff_data(lines, path, label_column)
+        has_label = label_column != "none"
+        if labels_required and not has_label:
+            raise DataError("the ARFF header declares no class attribute ({...} values, first or last); training "
+                            "and evaluation need each beat's label", path=path)
     first_line = next((line for line in lines if line.strip()), "")
-    comma = fmt == "csv" or (fmt == "auto" and (path.suffix.lower() == ".csv" or "," in first_line))
+    comma = fmt == "csv" or (fmt == "auto" and (path.suffix.lower() in {".csv", ".arff"} or "," in first_line))
     has_label = label_column != "none"
     table: list[np.ndarray] = []  # every row's values, label included
     rows: list[int] = []
@@ -545,6 +592,7 @@ class EcgDataModule(SequenceDataModule):
             return self._split(self._read(path, samples_per_beat), three_way)
         files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in _DATA_SUFFIXES
                        and not p.name.upper().startswith(("SOURCE", "README", "LICENSE", ".")))
+        files = _one_format_each(files)
         train = [p for p in files if p.stem.upper().endswith("TRAIN")]
         test = [p for p in files if p.stem.upper().endswith("TEST")]
         if len(train) != 1 or len(test) > 1:
