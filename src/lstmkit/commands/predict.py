@@ -208,66 +208,54 @@ def reading_spec(spec: DataSpec, datamodule_cls: type, data: Any) -> DataSpec:
     return dataclasses.replace(spec, extra={**(spec.extra or {}), **options})
 
 
-def predict(cfg: DictConfig) -> list[dict[str, Any]]:
-    from lstmkit.suggest import PREDICT_KEYS, PREDICT_TAKES
+def _output(cfg: DictConfig) -> Path | None:
+    """``output=``, checked before the predictions are printed: never one of the files read."""
+    if not cfg.get("output"):
+        return None
+    read: list[tuple[str, Any]] = []
+    with contextlib.suppress(LstmkitError):  # a checkpoint that is not there is reported when it is loaded
+        read += [("ckpt_path", p) for p in checkpoint_paths(cfg.ckpt_path)]
+    read += [("input_file", cfg.input_file)] if cfg.get("input_file") else []
+    given = plain(cfg.get("input"))
+    read += [("input", item) for item in (given if isinstance(given, list) else [given]) if isinstance(item, str)]
+    return check_output_file(cfg.output, inputs=read)
 
-    check_command_keys(cfg, "predict", PREDICT_KEYS, PREDICT_TAKES)
-    output = None
-    if cfg.get("output"):  # before the predictions are printed, and never one of the files read
-        read: list[tuple[str, Any]] = []
-        with contextlib.suppress(LstmkitError):  # a checkpoint that is not there is reported when it is loaded
-            read += [("ckpt_path", p) for p in checkpoint_paths(cfg.ckpt_path)]
-        read += [("input_file", cfg.input_file)] if cfg.get("input_file") else []
-        given = plain(cfg.get("input"))
-        read += [("input", item) for item in (given if isinstance(given, list) else [given])
-                 if isinstance(item, str)]
-        output = check_output_file(cfg.output, inputs=read)
-    batch_size = int_option(cfg, "batch_size", minimum=1) or 1
-    n_words = int_option(cfg, "generate")
-    seed = int_option(cfg, "seed")
-    if not n_words and float(cfg.get("temperature") or 0.0) > 0:
-        log.warning("temperature=%s is used with generate=<number of words> only; ignored", cfg.temperature)
-    check_torch_device(cfg.get("device"))
-    paths = checkpoint_paths(cfg.ckpt_path)
-    model = load_models(paths, map_location=cfg.get("device", "cpu"))  # several: their ensemble
-    apply_decoding(model, cfg.get("decode"))
-    datamodule_cls = build({"_target_": check_target(model.spec.datamodule), "_partial_": True}).func
-    spec = reading_spec(model.spec, datamodule_cls, cfg.get("data"))  # how the inputs are read
+
+def _items(cfg: DictConfig, model: Any, datamodule_cls: Any, spec: DataSpec, output: Path | None, named: str
+           ) -> tuple[list[Any], list[tuple[str, int] | None]]:
+    """The items to predict (a file of beats: one per row; a folder of recordings: one per clip) and
+    where each came from (``None``: a row of an input file), read as the checkpoint's data was."""
     data = model.hparams.get("data") or {}
-    if data.get("path_column") and "path_column" not in (spec.extra or {}):  # a speech checkpoint that predates
-        spec = dataclasses.replace(spec, extra={**(spec.extra or {}), "path_column": data["path_column"]})  # it
-    text_column = (plain(cfg.get("data")) or {}).get("text_column") or data.get("text_column")  # data.text_column=
-    lines = str((plain(cfg.get("data")) or {}).get("format")) == "lines"  # every line whole, a table's too
-    text_column = text_column if model.spec.classes and not lines else None
-    raw_inputs, origins = collect_inputs_and_origins(cfg, text_column if model.spec.input_kind == "tokens" else None,
-                                                     paths=model.spec.input_kind != "tokens",
+    given = plain(cfg.get("data")) or {}
+    whole_lines = str(given.get("format")) == "lines"  # every line whole, a table's too
+    text_column = given.get("text_column") or data.get("text_column")
+    text_column = text_column if model.spec.classes and not whole_lines else None
+    tokens = model.spec.input_kind == "tokens"
+    raw_inputs, origins = collect_inputs_and_origins(cfg, text_column if tokens else None, paths=not tokens,
                                                      delimiter=data.get("delimiter"),
                                                      manifests=datamodule_cls.predict_manifests,
-                                                     labels=prefixed_labels(cfg, model.spec,
-                                                                            {**data, **(plain(cfg.get("data")) or {})}))
-    if output is not None and model.spec.input_kind != "tokens":  # the files an input_file lists are read too
+                                                     labels=prefixed_labels(cfg, model.spec, {**data, **given}))
+    if output is not None and not tokens:  # the files an input_file lists are read too
         check_output_file(cfg.output, inputs=[("input", item) for item in raw_inputs if isinstance(item, str)])
-    named = paths[0] if len(paths) == 1 else f"ensemble of {', '.join(paths)}"  # how input errors name it
     inputs: list[Any] = []
-    item_origins: list[tuple[str, int] | None] = []  # where each item came from; None: a row of an input file
+    item_origins: list[tuple[str, int] | None] = []
     with input_context(named, model, datamodule_cls):
         for raw, origin in zip(raw_inputs, origins, strict=True):
             items = datamodule_cls.predict_items(spec, [raw])  # a file of beats: one item per row
             inputs.extend(items)
             item_origins.extend([origin] if len(items) == 1 and items[0] is raw else [None] * len(items))
-    if output is not None and model.spec.input_kind != "tokens" and len(inputs) != len(raw_inputs):
+    if output is not None and not tokens and len(inputs) != len(raw_inputs):
         # the recordings a folder or manifest gave: none of them may be written over either
         check_output_file(cfg.output, inputs=[("input", item) for item in inputs if type(item) is str])
+    return inputs, item_origins
+
+
+def _predicted(model: Any, datamodule_cls: Any, spec: DataSpec, inputs: list[Any],
+               item_origins: list[tuple[str, int] | None], batch_size: int, named: str) -> list[dict[str, Any]]:
+    """``predict_step`` over batches of the items; an item's error names its file line or input item."""
     results: list[dict[str, Any]] = []
-    if n_words:
-        generate = getattr(model.head, "generate", None)
-        if generate is None:
-            raise ConfigError(f"generate={cfg.generate}: this checkpoint's {type(model.head).__name__} cannot generate")
-        results = [{"input": raw, **generate(model, str(raw), n_words,
-                                            temperature=float(cfg.get("temperature") or 0.0), seed=seed)}
-                   for raw in inputs]
     with torch.inference_mode():
-        for start in range(0, len(inputs) if not results else 0, batch_size):
+        for start in range(0, len(inputs), batch_size):
             chunk = inputs[start : start + batch_size]
             with input_context(named, model, datamodule_cls):
                 try:
@@ -284,13 +272,53 @@ def predict(cfg: DictConfig) -> list[dict[str, Any]]:
             batch.lengths = batch.lengths.to(model.device)
             for raw, result in zip(chunk, model.predict_step(batch, 0), strict=True):  # a lost row: an error
                 results.append({"input": raw, **result})
+    return results
+
+
+def _write(results: list[dict[str, Any]], output: Path | None, given: str) -> None:
+    """Print the results as JSON lines, and write them to ``output`` (a table for ``.csv`` / ``.tsv``)."""
     lines = [json_text(r, ensure_ascii=False) for r in results]
     print("\n".join(lines))
-    if output is not None:
-        try:
-            output.parent.mkdir(parents=True, exist_ok=True)
-            write_atomic(output, table_text(results, TABLE_SUFFIXES[output.suffix.lower()])
-                         if output.suffix.lower() in TABLE_SUFFIXES else "\n".join(lines) + "\n")
-        except OSError as err:
-            raise ConfigError(f"output={cfg.output}: cannot write it ({err.strerror or err})") from None
+    if output is None:
+        return
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(output, table_text(results, TABLE_SUFFIXES[output.suffix.lower()])
+                     if output.suffix.lower() in TABLE_SUFFIXES else "\n".join(lines) + "\n")
+    except OSError as err:
+        raise ConfigError(f"output={given}: cannot write it ({err.strerror or err})") from None
+
+
+def predict(cfg: DictConfig) -> list[dict[str, Any]]:
+    """``lstmkit predict``: the checkpoint's predictions for ``input`` / ``input_file``, printed (and written)."""
+    from lstmkit.suggest import PREDICT_KEYS, PREDICT_TAKES
+
+    check_command_keys(cfg, "predict", PREDICT_KEYS, PREDICT_TAKES)
+    output = _output(cfg)
+    batch_size = int_option(cfg, "batch_size", minimum=1) or 1
+    n_words = int_option(cfg, "generate")
+    seed = int_option(cfg, "seed")
+    if not n_words and float(cfg.get("temperature") or 0.0) > 0:
+        log.warning("temperature=%s is used with generate=<number of words> only; ignored", cfg.temperature)
+    check_torch_device(cfg.get("device"))
+    paths = checkpoint_paths(cfg.ckpt_path)
+    model = load_models(paths, map_location=cfg.get("device", "cpu"))  # several: their ensemble
+    apply_decoding(model, cfg.get("decode"))
+    datamodule_cls = build({"_target_": check_target(model.spec.datamodule), "_partial_": True}).func
+    spec = reading_spec(model.spec, datamodule_cls, cfg.get("data"))  # how the inputs are read
+    data = model.hparams.get("data") or {}
+    if data.get("path_column") and "path_column" not in (spec.extra or {}):  # a speech checkpoint that predates
+        spec = dataclasses.replace(spec, extra={**(spec.extra or {}), "path_column": data["path_column"]})  # it
+    named = paths[0] if len(paths) == 1 else f"ensemble of {', '.join(paths)}"  # how input errors name it
+    inputs, item_origins = _items(cfg, model, datamodule_cls, spec, output, named)
+    if n_words:
+        generate = getattr(model.head, "generate", None)
+        if generate is None:
+            raise ConfigError(f"generate={cfg.generate}: this checkpoint's {type(model.head).__name__} cannot generate")
+        results = [{"input": raw, **generate(model, str(raw), n_words,
+                                            temperature=float(cfg.get("temperature") or 0.0), seed=seed)}
+                   for raw in inputs]
+    else:
+        results = _predicted(model, datamodule_cls, spec, inputs, item_origins, batch_size, named)
+    _write(results, output, str(cfg.output))
     return results
