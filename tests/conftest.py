@@ -163,8 +163,10 @@ def run_here(*args: str, cwd: Path, check: bool = True,
                 lg.propagate, lg.disabled = propagate, disabled
             elif isinstance(lg, logging.Logger):  # created during the run (e.g. optuna's, on its import)
                 for handler in lg.handlers:  # bound to this run's buffers: follow whatever stream is current
-                    if getattr(handler, "stream", None) in (out, err):
-                        handler.stream = _Current("stdout" if handler.stream is out else "stderr")
+                    stream = getattr(handler, "stream", None)
+                    stream = getattr(stream, "stream", stream) if isinstance(stream, cli._HeldStderr) else stream
+                    if stream is out or stream is err:
+                        handler.stream = _Current("stdout" if stream is out else "stderr")
         for s, handler in saved_signals.items():
             signal.signal(s, handler)
         torch.set_num_threads(saved_torch[0])

@@ -177,6 +177,20 @@ def test_too_short_series_names_ticker_rows_and_window(tmp_path: Path) -> None:
         tiny_module(path, window=30)
 
 
+
+def test_one_ticker_twice_is_refused_in_any_case(tmp_path: Path) -> None:
+    """AAPL.csv and aapl in a Name column, or two files of one ticker: one ticker trained as two (its days
+    in both), which only the leakage warning hinted at."""
+    frame = generate_ohlcv(1, 40, seed=3)
+    (tmp_path / "data").mkdir()
+    write_csv(tmp_path / "data" / "SYNA.csv", frame.drop(columns="Name"))
+    write_csv(tmp_path / "data" / "more.csv", frame.assign(Name="syna"))
+    with pytest.raises(DataError, match=r"more\.csv, field 'ticker': tickers 'SYNA' and 'syna' differ only in case"):
+        read_ohlcv(tmp_path / "data", FEATURES)
+    write_csv(tmp_path / "data" / "more.csv", frame.assign(Name="SYNA"))
+    with pytest.raises(DataError, match=r"ticker 'SYNA' appears in two files \(\S*SYNA\.csv and this one\)"):
+        read_ohlcv(tmp_path / "data", FEATURES)
+
 # -- splits and normaliser -------------------------------------------------------------------------
 def test_splits_are_chronological_and_the_normaliser_sees_train_days_only(tmp_path: Path) -> None:
     frame = generate_ohlcv(2, 120, seed=4)

@@ -160,15 +160,19 @@ def read_ohlcv(path: str | Path, features: list[str], date_format: str | None = 
         raise DataError("file or folder not found", path=path)
     files = _folder_files(path) if path.is_dir() else [path]
     series: list[Series] = []
-    seen: dict[str, str] = {}
+    seen: dict[str, Series] = {}  # by the ticker in capitals: AAPL and aapl are one ticker written two ways
     for file in track(files, "reading price files"):
         frame, lines, sep = _read_csv(file)
         for item in validate_frame(frame, str(file), features, default_ticker=ticker_of(file), lines=lines,
                                    date_format=date_format, decimal=decimal, sep=sep):
-            if item.ticker in seen:
-                raise DataError(f"ticker {item.ticker!r} appears in two files ({seen[item.ticker]} and this "
+            twin = seen.get(item.ticker.upper())
+            if twin is not None and twin.ticker != item.ticker:
+                raise DataError(f"tickers {twin.ticker!r} and {item.ticker!r} differ only in case: one ticker written "
+                                "two ways? write it one way", path=file, field="ticker", readable=True)
+            if twin is not None:
+                raise DataError(f"ticker {item.ticker!r} appears in two files ({twin.source} and this "
                                 "one); give each ticker one file", path=file, field="ticker", readable=True)
-            seen[item.ticker] = item.source
+            seen[item.ticker.upper()] = item
             series.append(item)
     return series
 
