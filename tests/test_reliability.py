@@ -1568,7 +1568,8 @@ def test_the_users_own_code_trains_and_loads_once_trusted(tmp_path: Path, monkey
     proc = run_here("train", "encoder._target_=mypkg.parts.MyEncoder", "data.num_examples=60", "model.hidden_size=4",
                     "encoder.dim=4", *QUICK, cwd=tmp_path)
     said = proc.stdout + proc.stderr
-    assert "this run builds code outside lstmkit (mypkg.parts.MyEncoder)" in said and "LSTMKIT_TRUSTED_MODULES=mypkg" in said
+    assert "this run builds code outside lstmkit (mypkg.parts.MyEncoder)" in said
+    assert "LSTMKIT_TRUSTED_MODULES=mypkg.parts set" in said
     ckpt = next(tmp_path.glob("logs/sentiment/runs/*/checkpoints/last.ckpt"))
     monkeypatch.setattr(build, "_TRUSTED", set())  # another process: only what it is told to trust
     for command in (["predict", "input=fine"], ["export", f"output={tmp_path / 'm.onnx'}"], ["eval"]):
@@ -1579,3 +1580,32 @@ def test_the_users_own_code_trains_and_loads_once_trusted(tmp_path: Path, monkey
     assert not (tmp_path / "m.onnx").exists()
     proc = run_here("predict", f"ckpt_path={ckpt}", "input=fine", cwd=tmp_path, env={build.TRUST_ENV: "mypkg"})
     assert json.loads(proc.stdout.strip().splitlines()[-1])["input"] == "fine"
+    # trusted but not importable here: one line saying so, not "does not match this lstmkit version"
+    monkeypatch.syspath_prepend(str(tmp_path / "elsewhere"))
+    import sys
+
+    monkeypatch.delitem(sys.modules, "mypkg.parts")
+    monkeypatch.delitem(sys.modules, "mypkg")
+    (tmp_path / "mypkg" / "parts.py").rename(tmp_path / "parts.py.away")
+    proc = run_here("predict", f"ckpt_path={ckpt}", "input=fine", cwd=tmp_path, env={build.TRUST_ENV: "mypkg"},
+                    check=False)
+    assert proc.returncode == 2 and "cannot import 'mypkg.parts.MyEncoder' (ModuleNotFoundError" in proc.stderr, \
+        proc.stderr[-1500:]
+
+
+def test_a_checkpoint_cannot_reach_other_code_through_lstmkits_imports(tmp_path: Path) -> None:
+    """A name is resolved attribute by attribute: ``lstmkit.commands.train.instantiate`` (Hydra's, which runs
+    any target of its config) passed a check of the name alone, and built what a checkpoint asked for."""
+    from lstmkit.build import build, check_targets
+    from lstmkit.errors import CheckpointError
+
+    touched = tmp_path / "touched"
+    spec = {"_target_": "lstmkit.commands.train.instantiate",
+            "config": {"_target_": "pathlib.Path.touch", "self": str(touched)}}
+    with pytest.raises(CheckpointError, match=r"refusing to build 'lstmkit\.commands\.train\.instantiate': it is "
+                                              r"hydra\._internal\.instantiate\._instantiate2's code"):
+        build(spec)
+    with pytest.raises(CheckpointError, match=r"it is posix's code|it is os's code"):
+        check_targets(["lstmkit.build.os.getpid"])
+    assert not touched.exists()
+    check_targets(["lstmkit.encoders.EmbeddingEncoder", "torch.optim.AdamW", "lstmkit.optim.cosine_with_warmup"])

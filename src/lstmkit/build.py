@@ -22,22 +22,27 @@ from lstmkit.errors import CheckpointError
 
 ALLOWED_PREFIXES = ("lstmkit.", "torch.optim.")
 TRUST_ENV = "LSTMKIT_TRUSTED_MODULES"
-_TRUSTED: set[str] = set()  # trust(): this process's trusted modules
+_TRUSTED: set[str] = set()  # trust(): this process's trusted modules (or targets)
 
 
 def trust(*modules: str) -> None:
-    """Build targets under these modules (``"mypkg"``, or a target: its top-level package) in this process.
+    """Build targets under these modules (``"mypkg"``, ``"mypkg.parts"``; a target: itself) in this process.
 
     Why: an encoder, head or datamodule of the user's own package is refused from a checkpoint unless
     trusted, as a checkpoint that names code runs it when loaded; ``train`` trusts its own config's.
     """
-    _TRUSTED.update(module.strip().split(".")[0] for module in modules if module.strip())
+    _TRUSTED.update(module.strip().rstrip(".") for module in modules if module.strip())
 
 
-def trusted_prefixes() -> tuple[str, ...]:
-    """lstmkit's own prefixes, then the modules of ``LSTMKIT_TRUSTED_MODULES`` and :func:`trust`."""
-    named = [m for m in re.split(r"[,:;\s]+", os.environ.get(TRUST_ENV, "")) if m]
-    return (*ALLOWED_PREFIXES, *sorted({f"{m.rstrip('.')}." for m in (*named, *_TRUSTED)}))
+def trusted_names() -> tuple[str, ...]:
+    """The modules (or targets) of ``LSTMKIT_TRUSTED_MODULES`` and :func:`trust`, beside lstmkit's own."""
+    named = [m.rstrip(".") for m in re.split(r"[,:;\s]+", os.environ.get(TRUST_ENV, "")) if m]
+    return tuple(sorted({*named, *_TRUSTED}))
+
+
+def is_trusted(name: str) -> bool:
+    """Whether a target (or a module name) is lstmkit's own or under a trusted module."""
+    return name.startswith(ALLOWED_PREFIXES) or any(name == t or name.startswith(f"{t}.") for t in trusted_names())
 
 
 def config_targets(node: Any) -> Iterable[str]:
@@ -78,16 +83,49 @@ def locate(target: str) -> Any:
 
 def check_target(target: str) -> str:
     """``target`` if it may be built: lstmkit's own code, or a module the user trusts (see :func:`trust`)."""
-    prefixes = trusted_prefixes()
-    if not isinstance(target, str) or not target.startswith(prefixes):
-        package = str(target).split(".")[0]
-        raise CheckpointError(
-            f"refusing to build {target!r}: a checkpoint names the code it is rebuilt with, and runs it when loaded, "
-            f"so only lstmkit's own ({', '.join(ALLOWED_PREFIXES)}) and trusted modules are built; if it is your own "
-            f"code (a model you trained with it), set {TRUST_ENV}={package} (module names, comma-separated), or "
-            f"call lstmkit.build.trust({package!r}) in Python"
-        )
+    if not isinstance(target, str) or not is_trusted(target):
+        raise CheckpointError(_refusal([str(target)]))
     return target
+
+
+def _refusal(targets: list[str]) -> str:
+    packages = ",".join(dict.fromkeys([*trusted_names(), *(t.split(".")[0] for t in targets)]))
+    return (f"refusing to build {', '.join(map(repr, targets))}: a checkpoint names the code it is rebuilt with, and "
+            f"runs it when loaded, so only lstmkit's own ({', '.join(ALLOWED_PREFIXES)}) and trusted modules are "
+            f"built; if it is your own code (a model you trained with it), set {TRUST_ENV}={packages} (module names, "
+            f"comma-separated), or call lstmkit.build.trust(...) in Python")
+
+
+def check_targets(targets: Iterable[str]) -> None:
+    """Every target trusted (the refusal names all that are not), and each importable, its object defined
+    under a trusted module: ``lstmkit.build.os.system`` starts with ``lstmkit.`` but is not lstmkit's code."""
+    targets = list(dict.fromkeys(targets))
+    refused = [t for t in targets if not isinstance(t, str) or not is_trusted(t)]
+    if refused:
+        raise CheckpointError(_refusal(refused))
+    for target in targets:
+        trusted_object(target)
+
+
+def trusted_object(target: str) -> Any:
+    """The object ``target`` names, refused unless both its name and the module defining it are trusted.
+
+    Why: a name is resolved attribute by attribute, so any module lstmkit imports is reachable under
+    ``lstmkit.`` (``lstmkit.commands.train.instantiate`` is Hydra's ``instantiate``, which runs any target
+    of its config); the object's own ``__module__`` says whose code it is.
+    """
+    check_target(target)
+    try:
+        found = locate(target)
+    except Exception as err:  # noqa: BLE001 - not importable: its own one line
+        cause = err.__cause__ or err
+        raise CheckpointError(f"cannot import {target!r} ({type(cause).__name__}: {cause}); the code a model was "
+                              "built with must be importable here (installed, or on PYTHONPATH)") from None
+    module = getattr(found, "__module__", None) or ""
+    if not is_trusted(f"{module}.") and target not in trusted_names():  # (trusted by its own name: the user's word)
+        raise CheckpointError(f"refusing to build {target!r}: it is {module or 'an object of no module'}'s code, not "
+                              f"lstmkit's or a trusted module's")
+    return found
 
 
 def build(component: dict[str, Any], **kwargs: Any) -> Any:
@@ -98,9 +136,8 @@ def build(component: dict[str, Any], **kwargs: Any) -> Any:
     """
     if "_target_" not in component:
         raise CheckpointError(f"component spec has no _target_: {component}")
-    check_target(component["_target_"])
     options = {k: v for k, v in component.items() if not k.startswith("_")}
-    factory = locate(component["_target_"])
+    factory = trusted_object(component["_target_"])
     if component.get("_partial_", False):
         return functools.partial(factory, **options, **kwargs)
     return factory(**options, **kwargs)

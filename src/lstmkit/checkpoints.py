@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
-from lstmkit.build import check_target, config_targets
+from lstmkit.build import check_targets, config_targets
 from lstmkit.ensemble import SequenceEnsemble, same_run_groups
 from lstmkit.errors import CheckpointError, ConfigError
 from lstmkit.module import SequenceModel
@@ -176,9 +176,8 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> Se
         hparams["encoder"] = {**encoder, "pretrained": None}
     spec = hparams.get("spec") if isinstance(hparams.get("spec"), dict) else {}
     try:  # every target the commands build from it, before any work (export traced the model first)
-        for target in (*config_targets({k: hparams.get(k) for k in ("encoder", "head", "data")}),
-                       *([spec["datamodule"]] if spec.get("datamodule") else [])):
-            check_target(target)
+        check_targets([*config_targets({k: hparams.get(k) for k in ("encoder", "head", "data")}),
+                       *([spec["datamodule"]] if spec.get("datamodule") else [])])
     except CheckpointError as err:
         raise CheckpointError(f"{path}: {err}") from None
     try:

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from lstmkit.build import check_target, locate
+from lstmkit.build import trusted_object
 from lstmkit.core import LSTMCore, summarise
 from lstmkit.errors import LstmkitError
 from lstmkit.files import json_text
@@ -166,7 +166,7 @@ def spec_file(path: Path) -> Path:
 
 def serving_inputs(spec: DataSpec) -> dict[str, Any]:
     """How the model's datamodule prepares inputs (empty for a spec that does not name one)."""
-    return locate(check_target(spec.datamodule)).serving_inputs(spec) if spec.datamodule else {}
+    return trusted_object(spec.datamodule).serving_inputs(spec) if spec.datamodule else {}
 
 
 def write_spec(model: SequenceModel, path: Path) -> Path:

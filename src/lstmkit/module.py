@@ -260,8 +260,8 @@ class SequenceModel(L.LightningModule):
             shape = tuple(lengths.shape) if isinstance(lengths, torch.Tensor) else type(lengths).__name__
             raise ConfigError(f"{self._encoder_name()} returned lengths of shape {shape}; expected one per "
                               f"example ({batch},)")
-        longest = max(host_lengths, default=0) if host_lengths is not None else (
-            int(lengths.max()) if lengths.device.type == "cpu" and batch else 0)  # (a GPU's: not waited for)
+        # the host copy of the lengths, when there is one: reading the tensor's would wait for the device
+        longest = max(host_lengths, default=0) if host_lengths is not None else 0
         if longest > features.shape[1]:
             raise ConfigError(f"{self._encoder_name()} returned a length of {longest} steps for features of "
                               f"{features.shape[1]} steps; a length counts the valid steps of its row")

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from lstmkit.build import build, check_target
+from lstmkit.build import trusted_object
 from lstmkit.checkpoints import checkpoint_paths, load_models
 from lstmkit.commands.common import (
     apply_decoding,
@@ -304,7 +304,7 @@ def predict(cfg: DictConfig) -> list[dict[str, Any]]:
     paths = checkpoint_paths(cfg.ckpt_path)
     model = load_models(paths, map_location=cfg.get("device", "cpu"))  # several: their ensemble
     apply_decoding(model, cfg.get("decode"))
-    datamodule_cls = build({"_target_": check_target(model.spec.datamodule), "_partial_": True}).func
+    datamodule_cls = trusted_object(model.spec.datamodule)
     spec = reading_spec(model.spec, datamodule_cls, cfg.get("data"))  # how the inputs are read
     data = model.hparams.get("data") or {}
     if data.get("path_column") and "path_column" not in (spec.extra or {}):  # a speech checkpoint that predates

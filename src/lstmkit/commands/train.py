@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import random
@@ -18,7 +19,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, Pr
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from lstmkit.adaptation import AdaptToScoredData
-from lstmkit.build import TRUST_ENV, build, config_targets, trust, trusted_prefixes
+from lstmkit.build import TRUST_ENV, build, config_targets, is_trusted, locate, trust
 from lstmkit.callbacks import ReseedEachEpoch, StopOnNonFiniteLoss
 from lstmkit.checkpoints import check_resumable, read_checkpoint
 from lstmkit.commands.common import (
@@ -491,19 +492,24 @@ def _fit_and_test(cfg: DictConfig, trainer: L.Trainer, model: SequenceModel, dat
 
 
 def _trust_own_code(cfg: DictConfig) -> None:
-    """The config's own encoder, head, data, optimiser and schedule may be built (the user runs that code);
-    said when its checkpoints will need ``LSTMKIT_TRUSTED_MODULES`` to be loaded by the other commands."""
-    targets = sorted(set(config_targets({group: plain(cfg.get(group)) for group in
-                                         ("encoder", "head", "data", "optimizer", "scheduler")})))
-    outside = [t for t in targets if not t.startswith(trusted_prefixes())]
+    """The config's own encoder, head, data, optimiser and schedule may be built (the user runs that code:
+    the modules of those targets are trusted in this process, no wider); said when its checkpoints will
+    need ``LSTMKIT_TRUSTED_MODULES`` for the other commands, which rebuild encoder, head and data."""
+    groups = ("encoder", "head", "data", "optimizer", "scheduler")
+    targets = {group: [t for t in config_targets(plain(cfg.get(group))) if not is_trusted(t)] for group in groups}
+    outside = sorted({t for found in targets.values() for t in found})
     if not outside:
         return
-    trust(*outside)
-    if os.environ.get("LOCAL_RANK", "0") == "0":
-        packages = ",".join(sorted({t.split(".")[0] for t in outside}))
+    for target in outside:
+        trust(target.rpartition(".")[0] or target)
+        with contextlib.suppress(Exception):  # an unimportable target fails where it is built, with its message
+            trust(getattr(locate(target), "__module__", None) or target)  # a re-exported class: where it lives
+    stored = sorted({t for group in ("encoder", "head", "data") for t in targets[group]})
+    if stored and os.environ.get("LOCAL_RANK", "0") == "0":
+        modules = ",".join(sorted({t.rpartition(".")[0] or t for t in stored}))
         log.warning("this run builds code outside lstmkit (%s); its checkpoints name that code, so lstmkit eval, "
-                    "predict and export (and lstmkit.checkpoints.load_model) load them with %s=%s set", ", ".join(outside),
-                    TRUST_ENV, packages)
+                    "predict and export (and lstmkit.checkpoints.load_model) load them with %s=%s set",
+                    ", ".join(stored), TRUST_ENV, modules)
 
 
 def train(cfg: DictConfig) -> float | None:

@@ -19,7 +19,7 @@ from torch import nn
 from torch.nn import functional as F
 from torchmetrics import MeanMetric, Metric, MetricCollection
 
-from lstmkit.build import check_target, locate
+from lstmkit.build import trusted_object
 from lstmkit.core import LSTMCore, dropout_layer
 from lstmkit.data.text import EOS, Subwords, unescape
 from lstmkit.errors import ConfigError
@@ -338,7 +338,7 @@ def generate(
     if temperature < 0:
         raise ConfigError(f"temperature must be >= 0, got {temperature}")
     vocab = list(spec.vocab or [])
-    datamodule = locate(check_target(spec.datamodule))
+    datamodule = trusted_object(spec.datamodule)
     batch = datamodule.make_predict_batch(spec, [prompt])
     device = next(model.parameters()).device
     ids = batch.inputs[0].to(device)  # (T,)
