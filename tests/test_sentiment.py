@@ -655,9 +655,17 @@ def test_class_folders_of_texts_read_as_imdb_and_keras_lay_them_out(tmp_path: Pa
     dm = SentimentDataModule(path=str(flat), val_fraction=0.1, test_fraction=0.1)
     dm.setup()
     assert sum(len(v) for v in dm.splits.values()) == 40 and dm.spec.classes == ["neg", "pos"]
+    # split files beside a folder of vectors (glove/*.txt) are read as before, not as a class layout
+    mixed = tmp_path / "mixed"
+    (mixed / "glove").mkdir(parents=True)
+    (mixed / "glove" / "glove.6B.50d.txt").write_text("the 0.1 0.2\n")
+    (mixed / "train.csv").write_text("text,label\n" + "".join(f"fine film {i},{i % 2}\n" for i in range(40)))
+    dm = SentimentDataModule(path=str(mixed), val_fraction=0.1, test_fraction=0.1)
+    dm.setup()
+    assert dm.spec.classes == ["0", "1"]
     (imdb / "test" / "neg").rename(imdb / "test" / "negatives_elsewhere")
     (imdb / "test" / "negatives_elsewhere" / "0_7.txt").rename(imdb / "test" / "stray.txt")
     for file in (imdb / "test" / "negatives_elsewhere").iterdir():
         file.unlink()
-    with pytest.raises(DataError, match=r"class folder negatives_elsewhere/ holds no \.txt files"):
+    with pytest.raises(DataError, match=r"aclImdb/test: expected one subfolder of \.txt files per class"):
         SentimentDataModule(path=str(imdb)).setup()

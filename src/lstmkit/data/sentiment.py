@@ -181,8 +181,13 @@ def _class_rows(folder: Path) -> list[Row] | None:
     """The texts of a folder's class subfolders, or ``None`` if they hold no ``.txt`` files."""
     classes = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
     files = {d.name: sorted(f for f in d.iterdir() if f.is_file() and f.suffix.lower() == ".txt") for d in classes}
-    if not any(files.values()):
-        return None
+    if sum(bool(texts) for name, texts in files.items() if name.lower() not in UNLABELLED) < 2:
+        return None  # one folder of .txt files beside others (glove/) is no class layout
+    unread = [p for d in classes if d.name.lower() not in UNLABELLED for p in d.rglob("*")
+              if p.is_file() and not p.name.startswith(".") and (p.parent != d or p.suffix.lower() != ".txt")]
+    if unread:  # Keras reads nested folders too; here a class folder's texts are its own .txt files
+        log.warning("%s: %d file(s) in its class folders are not read (not .txt, or in a subfolder), e.g. %s",
+                    folder, len(unread), unread[0])
     skipped = [name for name in files if name.lower() in UNLABELLED]
     if skipped:
         log.info("%s: %s left out (texts without a label)", folder, ", ".join(f"{name}/" for name in skipped))
@@ -272,12 +277,15 @@ class SentimentDataModule(SequenceDataModule):
             raise path_not_found(path)
         if path.is_file():
             return self._split(self._read_file(path))
-        classes = class_folders(path)
-        if classes is not None:  # aclImdb/train/pos/*.txt, Keras' text_dataset_from_directory layout
-            splits = classes if isinstance(classes, dict) else {"train": classes}
-        else:
-            found = split_files(path, "stsa.binary.train, train.csv", require_train=self.fixed_spec is None)
+        try:
+            found = split_files(path, "stsa.binary.train, train.csv, or class folders pos/ neg/",
+                                require_train=self.fixed_spec is None)
             splits = {s: self._read_file(f) for s, f in found.items()}
+        except DataError:  # no split files: aclImdb/train/pos/*.txt, Keras' text_dataset_from_directory layout
+            classes = class_folders(path)
+            if classes is None:
+                raise
+            splits = classes if isinstance(classes, dict) else {"train": classes}
         if "train" not in splits:  # eval of a folder of held-out files: nothing to carve, nothing to fit
             return {"train": [], "val": splits.get("val", []), "test": splits.get("test", [])}
         if "val" not in splits or "test" not in splits:
