@@ -208,8 +208,8 @@ CASES = [
     Case("csv-short-row", lambda d: ["data.path=" + str(_text(d / "x.csv", _reviews(10) + "a review cut off\n"))],
          r"x\.csv, row 12: 1 field\(s\), but the header has 2 \(\['text', 'label'\]\): the row is cut short"),
     Case("csv-joined-header", lambda d: ["data.path=" + str(_text(d / "x.csv", _reviews(300) + _reviews(300)))],
-         r"x\.csv, row 302, field 'label': label 'label' is not a number, unlike the file's other labels \(0, 1\); "
-         r"is this row's label wrong \(a header line repeated where files were joined"),
+         r"x\.csv, row 302, field 'label': label 'label' is not a number, unlike the file's other labels \(0, 1\): "
+         r"it is the column's name, a header line repeated where files were joined"),
     Case("csv-nan-label", lambda d: ["data.path=" + str(_text(d / "x.csv", _reviews(30) + "a fine film,NaN\n"))],
          r"x\.csv, row 32, field 'label': label 'NaN': a missing value \(NaN, as pandas writes one\), not a class"),
     Case("empty-val-split", lambda d: ["data.path=" + str(_text(d / "tiny.csv", _reviews(4)))],

@@ -669,3 +669,18 @@ def test_class_folders_of_texts_read_as_imdb_and_keras_lay_them_out(tmp_path: Pa
         file.unlink()
     with pytest.raises(DataError, match=r"aclImdb/test: expected one subfolder of \.txt files per class"):
         SentimentDataModule(path=str(imdb)).setup()
+
+
+def test_odd_labels_that_may_be_meant_are_warned_about_not_refused(tmp_path: Path, caplog) -> None:
+    """'unrated' beside 1-5 stars, or 'nan' (Min Nan's language code) among words, are real classes."""
+    import logging
+
+    stars = tmp_path / "stars.csv"
+    stars.write_text("text,label\n" + "".join(f"film {i},{i % 5 + 1}\n" for i in range(300)) + "no rating,unrated\n")
+    with caplog.at_level(logging.WARNING):
+        rows = read_labelled_text(stars)
+    assert rows[-1][2] == "unrated"
+    assert "row 302, field 'label': label 'unrated' is not a number, unlike the file's other labels" in caplog.text
+    languages = tmp_path / "lang.csv"
+    languages.write_text("text,label\n" + "".join(f"words {i},{('eng', 'nan', 'deu')[i % 3]}\n" for i in range(30)))
+    assert {y for *_, y in read_labelled_text(languages)} == {"eng", "nan", "deu"}

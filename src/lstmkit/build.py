@@ -104,7 +104,14 @@ def check_targets(targets: Iterable[str]) -> None:
     if refused:
         raise CheckpointError(_refusal(refused))
     for target in targets:
-        trusted_object(target)
+        try:
+            trusted_object(target)
+        except CheckpointError:
+            raise
+        except Exception as err:  # noqa: BLE001 - not importable: its own one line
+            cause = err.__cause__ or err
+            raise CheckpointError(f"cannot import {target!r} ({type(cause).__name__}: {cause}); the code a model "
+                                  "was built with must be importable here (installed, or on PYTHONPATH)") from None
 
 
 def trusted_object(target: str) -> Any:
@@ -115,12 +122,7 @@ def trusted_object(target: str) -> Any:
     of its config); the object's own ``__module__`` says whose code it is.
     """
     check_target(target)
-    try:
-        found = locate(target)
-    except Exception as err:  # noqa: BLE001 - not importable: its own one line
-        cause = err.__cause__ or err
-        raise CheckpointError(f"cannot import {target!r} ({type(cause).__name__}: {cause}); the code a model was "
-                              "built with must be importable here (installed, or on PYTHONPATH)") from None
+    found = locate(target)
     module = getattr(found, "__module__", None) or ""
     if not is_trusted(f"{module}.") and target not in trusted_names():  # (trusted by its own name: the user's word)
         raise CheckpointError(f"refusing to build {target!r}: it is {module or 'an object of no module'}'s code, not "

@@ -538,31 +538,38 @@ def read_labelled_text(
 
 
 def _check_label_kinds(pairs: list[tuple[int, str, str]], path: Path, field: str, prefixed: bool) -> None:
-    """Refuse labels that are numbers on most rows and words on a few (or the reverse), and ``NaN``.
+    """Labels that are numbers on most rows and words on a few (or the reverse).
 
-    Why: such a row's label is not a label, and it became a class of one example with only a warning:
-    a ``<label> <text>`` line that lost its label ("you" beside 0 and 1, found by a new user), a CSV
-    header repeated where two files were joined (``label``), a word from a shifted column, or the
-    ``NaN`` that ``astype(str)`` writes for a missing value (test accuracy 0.48 -> 0.10). In a table
-    only a few such rows (at most 0.5 %) are refused: a class named otherwise on many rows is meant.
+    Why: such a row's label is often not a label, and it became a class of one example: a
+    ``<label> <text>`` line that lost its label ("you" beside 0 and 1, found by a new user), a CSV header
+    repeated where two files were joined (``label``), or the ``NaN`` that ``astype(str)`` writes for a
+    missing value among numeric labels (test accuracy 0.48 -> 0.10). Those are refused; in a table,
+    other odd labels (``unrated`` beside 1-5 stars, a class ``2020`` among topics) may be meant, and are
+    named in a warning.
     """
+    numeric = [_is_int(label) for _, _, label in pairs]
+    mostly_numbers = sum(numeric) > len(numeric) / 2
     row, label = next(((r, y) for r, _, y in pairs if y.strip().lower() == "nan"), (0, ""))
-    if row:
+    if row and mostly_numbers:  # ("nan" among words is a word: Min Nan's language code)
         raise DataError(f"label {label!r}: a missing value (NaN, as pandas writes one), not a class; give the row "
                         "its label or drop it", path=path, row=row, field=field)
-    numeric = [_is_int(label) for _, _, label in pairs]
-    minority = sum(numeric) < len(numeric) / 2  # the kind fewer rows have
+    minority = not mostly_numbers  # the kind fewer rows have
     odd = [(row, label) for (row, _, label), kind in zip(pairs, numeric) if kind == minority]
     if not odd or len(odd) == len(pairs) or (not prefixed and len(odd) > max(1, len(pairs) // 200)):
         return
     usual = sorted({label for (_, _, label), kind in zip(pairs, numeric) if kind != minority})
     row, label = odd[0]
     shown = ", ".join(usual[:5]) + (", ..." if len(usual) > 5 else "")
-    why = ("is this line missing its label? Lines are read as '<label> <text>'" if prefixed else
-           "is this row's label wrong (a header line repeated where files were joined, a shifted column)?")
-    raise DataError(f"label {label!r} is {'a number' if minority else 'not a number'}, unlike the file's other "
-                    f"labels ({shown}); {why} ({len(odd)} such {'line' if prefixed else 'row'}(s))", path=path,
-                    row=row, field=field)
+    said = (f"label {label!r} is {'a number' if minority else 'not a number'}, unlike the file's other labels "
+            f"({shown})")
+    if prefixed:
+        raise DataError(f"{said}; is this line missing its label? Lines are read as '<label> <text>' ({len(odd)} "
+                        "such line(s))", path=path, row=row, field=field)
+    if label.strip().lower() == field.lower():
+        raise DataError(f"{said}: it is the column's name, a header line repeated where files were joined; drop "
+                        "it", path=path, row=row, field=field)
+    log.warning("%s, row %d, field %r: %s (%d such row(s)): a class of its own; if the row's label is wrong, fix it",
+                path, row, field, said, len(odd))
 
 
 def _is_int(text: str) -> bool:
