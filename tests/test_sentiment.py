@@ -684,3 +684,14 @@ def test_odd_labels_that_may_be_meant_are_warned_about_not_refused(tmp_path: Pat
     languages = tmp_path / "lang.csv"
     languages.write_text("text,label\n" + "".join(f"words {i},{('eng', 'nan', 'deu')[i % 3]}\n" for i in range(30)))
     assert {y for *_, y in read_labelled_text(languages)} == {"eng", "nan", "deu"}
+
+
+def test_a_row_may_leave_off_columns_that_are_not_read(tmp_path: Path) -> None:
+    """'text,label,' (a header ending in a comma) and a 'notes' column some rows lack were read before the
+    short-row refusal, which counted every column: only the columns read must be there."""
+    trailing = tmp_path / "t.csv"
+    trailing.write_text("text,label,\n" + "".join(f"fun {i},{i % 2}\n" for i in range(10)))
+    assert len(read_labelled_text(trailing)) == 10
+    notes = tmp_path / "n.csv"
+    notes.write_text("text,label,notes\nhello,1\nbye,0,seen twice\n")
+    assert read_labelled_text(notes) == [(2, "hello", "1"), (3, "bye", "0")]

@@ -680,6 +680,7 @@ def csv_records(
     required = list(required)
     shown = header  # the messages show the file's own names
     header = reader.fieldnames = match_columns(header, [*required, *optional], path, 1, hint)
+    read_columns = [column for column in dict.fromkeys([*required, *optional]) if column in header]
     for column in dict.fromkeys(required):
         # DictReader keeps the last of two same-named columns: the first would be dropped silently
         if header.count(column) > 1:
@@ -715,11 +716,13 @@ def csv_records(
             fields = len(header) + len(record[None])  # type: ignore[index]
             raise DataError(f"{fields} fields, but the header has {len(header)} ({shown}); quote a field "
                             "that contains the delimiter", path=path, row=row)
-        short = sum(value is None for key, value in record.items() if key is not None)  # DictReader's restval
-        if short:  # "wav/2_george_4.wav,tw" under path,text,speaker,split: a cut-off row, read as "tw"
-            raise DataError(f"{len(header) - short} field(s), but the header has {len(header)} ({shown}): the row "
-                            "is cut short (a truncated file?) or lacks its delimiters; an empty field is still "
-                            "written with its delimiter (a,,c)", path=path, row=row)
+        # a column this reader reads, missing from the row (DictReader's restval): "wav/2_george_4.wav,tw" under
+        # path,text,speaker,split was a cut-off row read as "tw"; a column it does not read may be left off
+        if any(record.get(column) is None for column in read_columns):
+            fields = sum(value is not None for key, value in record.items() if key is not None)
+            raise DataError(f"{fields} field(s), but the header has {len(header)} ({shown}): the row is cut short "
+                            "(a truncated file?) or lacks its delimiters; an empty field is still written with its "
+                            "delimiter (a,,c)", path=path, row=row)
         yield row, record
 
 
