@@ -93,6 +93,13 @@ def test_ucr_and_csv_files_read_back(tmp_path: Path) -> None:
     np.testing.assert_allclose(table.samples, beats, atol=1e-5)
     np.testing.assert_array_equal(table.labels, kinds)
     assert table.rows[0] == 146  # the file's own line numbers
+    # Weka's '?' class: an instance to classify; predict reads the beats, training refuses the missing label
+    unlabelled = [*arff[:145], *(",".join(f"{v:.6f}" for v in b) + ",?" for b in beats[:3])]
+    (tmp_path / "new.arff").write_text("\n".join(unlabelled) + "\n")
+    np.testing.assert_allclose(read_beats(tmp_path / "new.arff", samples_per_beat=140, labels_required=False).samples,
+                               beats[:3], atol=1e-5)
+    with pytest.raises(DataError, match=r"new\.arff, row 146, field 'class': class '\?': a missing label"):
+        read_beats(tmp_path / "new.arff")
     (tmp_path / "bad.arff").write_text("\n".join([*arff[:146], "0.1,?,0.3"]) + "\n")
     with pytest.raises(DataError, match=r"bad\.arff, row 147, field 'column 1': expected a number, found '\?'"):
         read_beats(tmp_path / "bad.arff")
@@ -107,6 +114,9 @@ def test_ucr_and_csv_files_read_back(tmp_path: Path) -> None:
     dm = EcgDataModule(path=str(ucr), batch_size=4)
     dm.setup()
     assert sum(len(split) for split in dm.splits.values()) == len(more)
+    write_beats(ucr / "X_TRAIN.csv", more, more_kinds)  # two text files of one name: which? an error, as before
+    with pytest.raises(DataError, match=r"expected one \*_TRAIN file"):
+        EcgDataModule(path=str(ucr), batch_size=4).setup()
     # a trailing comma on every row (as spreadsheets write) is no value; a ';'-separated file says so
     (tmp_path / "trailing.csv").write_text("\n".join(line + "," for line in lines) + "\n")
     np.testing.assert_allclose(read_beats(tmp_path / "trailing.csv", label_column="last").samples, beats, atol=1e-5)

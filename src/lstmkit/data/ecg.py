@@ -266,17 +266,23 @@ def _split_label(
 def _one_format_each(files: list[Path]) -> list[Path]:
     """One file per name: an unpacked UCR archive holds ``ECG5000_TRAIN.txt`` and ``ECG5000_TRAIN.arff``,
     the same beats twice; the text one is read (said in the log), the ARFF one where it is alone."""
-    kept: dict[str, Path] = {}
-    for file in sorted(files, key=lambda p: p.suffix.lower() == ".arff"):  # text formats first
-        twin = kept.setdefault(file.stem.upper(), file)
-        if twin is not file:
+    texts = {f.stem.upper(): f for f in files if f.suffix.lower() != ".arff"}
+    kept = []
+    for file in files:
+        twin = texts.get(file.stem.upper()) if file.suffix.lower() == ".arff" else None
+        if twin is not None:  # only an .arff beside its text twin: two text files of one name stay an error
             log.info("%s: %s holds the same split in another format; %s is read", file.parent, file.name, twin.name)
-    return sorted(kept.values())
+        else:
+            kept.append(file)
+    return kept
 
 
-def _arff_data(lines: list[str], path: Path, label_column: str) -> tuple[list[str], str]:
+def _arff_data(lines: list[str], path: Path, label_column: str, labels_required: bool = True
+               ) -> tuple[list[str], str]:
     """An ARFF file's data lines (its header blanked, so that rows keep the file's line numbers, quotes
     around nominal values dropped) and where its class attribute is: ``first``, ``last`` or ``none``.
+    A class value ``?`` (an instance still to classify, as Weka writes one) is a missing label: refused
+    for training, and for ``predict`` (``labels_required`` false) the class values are left out.
 
     Why: the UCR archive ships every dataset as ``.arff`` beside ``.txt``; read as CSV, its ``@relation``
     line passed for a header and ``@attribute`` was "expected a number" on row 2.
@@ -301,6 +307,16 @@ def _arff_data(lines: list[str], path: Path, label_column: str) -> tuple[list[st
     if label_column not in (where, "first"):  # "first" is the default: the header decides
         log.info("%s: its ARFF header puts the class %s, not %s: read so", path, where, label_column)
     body = [re.sub(r"""['"]""", "", line) if not line.lstrip().startswith("%") else "" for line in lines[data + 1:]]
+    if where != "none":
+        position = 0 if where == "first" else -1
+        cells = [line.split(",") if line.strip() else None for line in body]
+        unknown = next((i for i, row in enumerate(cells) if row is not None and row[position].strip() == "?"), None)
+        if not labels_required:  # predict: the beats alone, labelled or not
+            body = [",".join(row[1:] if position == 0 else row[:-1]) if row is not None else "" for row in cells]
+            where = "none"
+        elif unknown is not None:
+            raise DataError("class '?': a missing label (an instance still to classify); training and evaluation "
+                            "need each beat's label", path=path, row=data + 2 + unknown, field="class")
     return [""] * (data + 1) + body, where
 
 
@@ -338,9 +354,8 @@ def read_beats(
         raise ConfigError("data.label_column=none: training and evaluation need each beat's class label")
     lines = read_text(path).splitlines()
     if path.suffix.lower() == ".arff":  # the UCR archive's other format: the header says where the class is
-        lines, label_column = _arff_data(lines, path, label_column)
-        has_label = label_column != "none"
-        if labels_required and not has_label:
+        lines, label_column = _arff_data(lines, path, label_column, labels_required)
+        if labels_required and label_column == "none":
             raise DataError("the ARFF header declares no class attribute ({...} values, first or last); training "
                             "and evaluation need each beat's label", path=path)
     first_line = next((line for line in lines if line.strip()), "")
