@@ -562,10 +562,14 @@ class _Encoder(torch.nn.Module):
             return features
         if self.how == "longer":
             return features, lengths * 2
+        if self.how == "float_lengths":
+            return features, lengths / 1
+        if self.how == "zero_length":
+            return features, lengths * 0
         return features, lengths
 
     def host_lengths(self, lengths):  # the host copy of what forward returns
-        return [2 * n for n in lengths] if self.how == "longer" else list(lengths)
+        return {"longer": [2 * n for n in lengths], "zero_length": [0] * len(lengths)}.get(self.how, list(lengths))
 
 
 class _PlainHead(torch.nn.Module):
@@ -586,6 +590,8 @@ class _HalfHead(Head):
     ("time_first", r"returned features of shape \(\d+, 16, 4\) for a batch of 16"),
     ("no_tuple", r"returned Tensor; an encoder returns \(features \(B, T', F\), lengths \(B,\)\)"),
     ("longer", r"returned a length of \d+ steps for features of \d+ steps"),
+    ("float_lengths", r"returned lengths of dtype torch\.float32; lengths count steps, whole numbers"),
+    ("zero_length", r"returned a length of 0 steps; every row needs at least one step"),
     ("no_out_features", r"has out_features=None; an encoder states the number of features it returns per step"),
 ])
 def test_an_encoder_that_breaks_the_contract_is_named(make_cfg, tiny_datamodule, monkeypatch, how, said) -> None:

@@ -260,8 +260,14 @@ class SequenceModel(L.LightningModule):
             shape = tuple(lengths.shape) if isinstance(lengths, torch.Tensor) else type(lengths).__name__
             raise ConfigError(f"{self._encoder_name()} returned lengths of shape {shape}; expected one per "
                               f"example ({batch},)")
+        if lengths.dtype.is_floating_point or lengths.dtype == torch.bool:
+            raise ConfigError(f"{self._encoder_name()} returned lengths of dtype {lengths.dtype}; lengths count steps, "
+                              "whole numbers (int64: lengths // 2, not lengths / 2)")
         # the host copy of the lengths, when there is one: reading the tensor's would wait for the device
         longest = max(host_lengths, default=0) if host_lengths is not None else 0
+        if host_lengths is not None and min(host_lengths, default=1) < 1:
+            raise ConfigError(f"{self._encoder_name()} returned a length of {min(host_lengths)} steps; every row "
+                              "needs at least one step for the LSTM")
         if longest > features.shape[1]:
             raise ConfigError(f"{self._encoder_name()} returned a length of {longest} steps for features of "
                               f"{features.shape[1]} steps; a length counts the valid steps of its row")
