@@ -54,6 +54,17 @@ def sequence_log_likelihood(log_probs: torch.Tensor, candidates: list[list[int]]
     return -nll
 
 
+def _ctc_decoder() -> Any:
+    """torchaudio's ``ctc_decoder``, or an error saying that flashlight-text does not load."""
+    try:
+        from torchaudio.models.decoder import ctc_decoder
+    except (ImportError, RuntimeError) as err:  # torchaudio raises RuntimeError when flashlight is missing
+        raise ConfigError(f"head.decoder=beam needs the flashlight-text package, a dependency of lstmkit, which "
+                          f"does not load here ({err}); reinstall it (pip install flashlight-text), or decode with "
+                          "head.decoder=greedy (decode.decoder=greedy on eval / predict)") from None
+    return ctc_decoder
+
+
 def _flashlight_decoder(tokens: list[str], blank: str, beam_size: int, lexicon: str | None = None,
                         nbest: int = 1) -> Any:
     """torchaudio's flashlight beam decoder (lexicon-free, or over ``lexicon``, a flashlight
@@ -61,12 +72,7 @@ def _flashlight_decoder(tokens: list[str], blank: str, beam_size: int, lexicon: 
 
     ``flashlight-text`` is a dependency of lstmkit; an install that lacks it (or whose build does not
     load) gets an error saying so, not another decoder of other results."""
-    try:
-        from torchaudio.models.decoder import ctc_decoder
-    except (ImportError, RuntimeError) as err:  # torchaudio raises RuntimeError when flashlight is missing
-        raise ConfigError(f"head.decoder=beam needs the flashlight-text package, a dependency of lstmkit, which "
-                          f"does not load here ({err}); reinstall it (pip install flashlight-text), or decode with "
-                          "head.decoder=greedy (decode.decoder=greedy on eval / predict)") from None
+    ctc_decoder = _ctc_decoder()
     sil = "|" if "|" in tokens else blank  # the word separator; our vocabulary always has a space
     return ctc_decoder(lexicon=lexicon, tokens=tokens, lm=None, nbest=nbest, beam_size=beam_size,
                        blank_token=blank, sil_token=sil, log_add=True)
@@ -240,6 +246,8 @@ class CTCHead(Head):
             raise ConfigError(f"head.lexicon={lexicon!r} needs head.decoder=beam (greedy decoding has no lexicon)")
         if beam_size is not None and int(beam_size) < 1:  # 0 fell back to 8; a negative one decoded nothing
             raise ConfigError(f"head.beam_size={beam_size}: expected at least 1 hypothesis per frame")
+        if decoder == "beam":
+            _ctc_decoder()  # when the decoder is chosen, not at the first decode after an epoch of training
         self.decoder = decoder
         self.beam_size = int(beam_size or getattr(self, "beam_size", 8))
         self.lexicon = str(lexicon) if lexicon else None
