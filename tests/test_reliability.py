@@ -240,11 +240,12 @@ def test_resume_after_a_run_that_saved_no_checkpoint_starts_afresh(tmp_path: Pat
     assert f"the earlier run with these overrides, {stopped.relative_to(tmp_path)}, saved no checkpoint" in log, log
     assert "resuming the task's newest" not in log
     # with overrides no run has, the task's newest is continued, and what this run sets otherwise is named
-    proc = run_here("train", *small, "optimizer.lr=0.02", "head.dropout=0.5", "trainer.max_epochs=2", "resume=true",
-                    cwd=tmp_path)
+    proc = run_here("train", *small, "optimizer.lr=0.02", "head.dropout=0.5", "model.dropout=0.0",
+                    "trainer.max_epochs=2", "resume=true", cwd=tmp_path)
     log = " ".join((proc.stdout + proc.stderr).split())
-    assert ("a run of other settings: this run sets head.dropout=0.5 (that run: default), l1=default (that run: "
-            "0.0001), optimizer.lr=0.02 (that run: default)") in log, log
+    # (model.dropout=0.0 is the default, given: the same value, not named)
+    assert ("a run of other settings: this run sets head.dropout=0.5 (that run: 0.2), l1=0.0 (that run: 0.0001), "
+            "optimizer.lr=0.02 (that run: 0.003) (give ckpt_path=") in log, log
 
 
 def test_checkpoint_writes_are_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -139,6 +139,7 @@ class Search:
         self.sweep = hydra is not None and hydra.mode == RunMode.MULTIRUN
         # the folder of the run or sweep now running: nothing under it is an earlier run
         self.now = Path(hydra.sweep.dir if self.sweep else hydra.runtime.output_dir).resolve() if hydra else None
+        self.cfg = cfg
         self.runs = Path(cfg.paths.log_dir) / str(cfg.task_name)
         # where earlier runs with these overrides may be: the task's folder, and a sweep over tasks' (whose
         # jobs name their task among their overrides)
@@ -302,29 +303,29 @@ def newest_of_the_task(s: Search) -> Decision:
         raise ConfigError(f"ckpt_path=last: no checkpoints/last.ckpt under {s.runs}")
     newest = s.task_checkpoints[0]
     log.warning("resume: no earlier run of this task has the overrides %s; resuming the task's newest "
-                "last.ckpt, %s%s (give ckpt_path= to choose)", s.mine, newest, _differences(s.mine, newest))
+                "last.ckpt, %s%s (give ckpt_path= to choose)", s.mine, newest, _differences(s.mine, newest, s.cfg))
     return Decision(str(newest))
 
 
-def _differences(mine: list[str] | None, ckpt: Path) -> str:
-    """What this run sets otherwise than the run of ``ckpt`` did (its ``.hydra/overrides.yaml``), said.
+def _differences(mine: list[str] | None, ckpt: Path, cfg: DictConfig) -> str:
+    """What this run sets otherwise than the run of ``ckpt`` did, said: the keys their overrides differ in
+    whose values differ in the two composed configs (``head.dropout=0.2``, the default, given: no difference).
 
     Why: resumed with ``head.dropout=0.5 l1=0.001`` added, another run was continued and the two new
     settings were never named; they apply to its weights from here on.
     """
+    folder = ckpt.parent.parent / ".hydra"
     try:
-        theirs = job_overrides(list(OmegaConf.load(ckpt.parent.parent / ".hydra" / "overrides.yaml")))
-    except Exception:  # noqa: BLE001 - no record of its overrides: nothing to compare
+        theirs = job_overrides(list(OmegaConf.load(folder / "overrides.yaml")))
+        their_cfg = OmegaConf.load(folder / "config.yaml")
+    except Exception:  # noqa: BLE001 - no record of its settings: nothing to compare
         return ""
-    def values(overrides: list[str]) -> dict[str, str]:
-        return {override_key(o): o.split("=", 1)[1] if "=" in o else "deleted" for o in overrides}
-
-    ours, before = values(mine or []), values(theirs)
-    changed = sorted({override_key(o) for o in set(mine or []) ^ set(theirs)})
-    if not changed:
-        return ""
-    said = ", ".join(f"{key}={ours.get(key, 'default')} (that run: {before.get(key, 'default')})" for key in changed)
-    return f", a run of other settings: this run sets {said}"
+    said = []
+    for key in sorted({override_key(o) for o in set(mine or []) ^ set(theirs)}):
+        ours, before = (OmegaConf.select(c, key, default="unset", throw_on_missing=False) for c in (cfg, their_cfg))
+        if ours != before:
+            said.append(f"{key}={ours} (that run: {before})")
+    return f", a run of other settings: this run sets {', '.join(said)}" if said else ""
 
 
 # tried in this order; the first that decides wins
