@@ -465,5 +465,5 @@ def test_a_table_input_file_with_no_rows_says_so(tmp_path) -> None:
 
     header = tmp_path / "texts.csv"
     header.write_text("text\n", encoding="utf-8")
-    with pytest.raises(DataError, match=r"texts\.csv: the table has a header and no rows to predict"):
+    with pytest.raises(DataError, match=r"texts\.csv: the table has no rows to predict"):
         collect_inputs_and_origins(OmegaConf.create({"input_file": str(header), "input": "fine"}), "text")

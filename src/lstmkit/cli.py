@@ -233,6 +233,10 @@ class _HeldStderr:
         self.held.append(text)
         return len(text)
 
+    def writelines(self, lines: Any) -> None:
+        for line in lines:
+            self.write(line)
+
     def flush(self) -> None:
         if self.held is None:
             self.stream.flush()

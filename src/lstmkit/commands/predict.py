@@ -80,7 +80,7 @@ def collect_inputs_and_origins(cfg: DictConfig, text_column: str | None = None, 
             inputs.append(text)
             origins.append((str(path), row))
         if not any(source == str(path) for source, _ in origins):  # not "nothing to predict: pass input_file="
-            raise DataError("the table has a header and no rows to predict", path=path)
+            raise DataError("the table has no rows to predict", path=path)
         log.info("input_file=%s: the texts of its %r column, one result per row", path, text_column)
     elif cfg.get("input_file") and manifests and table in {*TABLE_SUFFIXES, ".jsonl", ".json"}:
         inputs.append(str(cfg.input_file))
