@@ -695,3 +695,16 @@ def test_a_row_may_leave_off_columns_that_are_not_read(tmp_path: Path) -> None:
     notes = tmp_path / "n.csv"
     notes.write_text("text,label,notes\nhello,1\nbye,0,seen twice\n")
     assert read_labelled_text(notes) == [(2, "hello", "1"), (3, "bye", "0")]
+
+
+def test_a_bad_split_file_beside_class_folders_keeps_its_own_error(tmp_path: Path) -> None:
+    """A split file's bad row was caught as "no split files" and the folder read as class folders instead."""
+    from lstmkit.data.sentiment import SentimentDataModule
+
+    for label in ("pos", "neg"):
+        (tmp_path / label).mkdir()
+        for i in range(5):
+            (tmp_path / label / f"{i}.txt").write_text(f"{label} {i}")
+    (tmp_path / "train.csv").write_text("text,label\nfine,1\ncut off\n")
+    with pytest.raises(DataError, match=r"train\.csv, row 3: 1 field\(s\), but the header has 2"):
+        SentimentDataModule(path=str(tmp_path)).setup()

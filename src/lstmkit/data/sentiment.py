@@ -280,12 +280,13 @@ class SentimentDataModule(SequenceDataModule):
         try:
             found = split_files(path, "stsa.binary.train, train.csv, or class folders pos/ neg/",
                                 require_train=self.fixed_spec is None)
-            splits = {s: self._read_file(f) for s, f in found.items()}
         except DataError:  # no split files: aclImdb/train/pos/*.txt, Keras' text_dataset_from_directory layout
             classes = class_folders(path)
             if classes is None:
                 raise
             splits = classes if isinstance(classes, dict) else {"train": classes}
+        else:  # (outside the try: a bad row of a split file is its own error, not a cue to try class folders)
+            splits = {s: self._read_file(f) for s, f in found.items()}
         if "train" not in splits:  # eval of a folder of held-out files: nothing to carve, nothing to fit
             return {"train": [], "val": splits.get("val", []), "test": splits.get("test", [])}
         if "val" not in splits or "test" not in splits:

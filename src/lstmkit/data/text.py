@@ -739,15 +739,18 @@ def jsonl_records(
     is read too, its objects numbered from 1 as rows: its name promised JSON, not JSON Lines.
     """
     columns = list(columns)
-    for row, record in _json_array(content, path) if _is_json_array(content, path) else _json_lines(content, path):
+    array = _is_json_array(content, path)
+    for row, record in _json_array(content, path) if array else _json_lines(content, path):
         if not isinstance(record, dict):
-            kind = "in the JSON array" if _is_json_array(content, path) else "per line (JSON Lines)"
-            looks = ("; the file looks like one JSON array: write one object per line (JSON Lines), or name it .json"
-                     if isinstance(record, list) and not _is_json_array(content, path) else "")
+            kind = "in the JSON array" if array else "per line (JSON Lines)"
+            looks = _LOOKS_LIKE_AN_ARRAY if isinstance(record, list) and not array else ""
             raise DataError(f"expected a JSON object {kind}, found {type(record).__name__}{looks}", path=path, row=row)
         if columns and not all(column in record for column in columns):
             record = dict(zip(match_columns(list(record), columns, path, row, hint, kind="key"), record.values()))
         yield row, record
+
+
+_LOOKS_LIKE_AN_ARRAY = "; the file looks like one JSON array: write one object per line (JSON Lines), or name it .json"
 
 
 def _is_json_array(content: str, path: Path) -> bool:
@@ -773,8 +776,7 @@ def _json_lines(content: str, path: Path) -> Iterable[tuple[int, Any]]:
         try:
             yield row, json.loads(line)
         except json.JSONDecodeError as err:
-            looks = ("; the file looks like one JSON array: write one object per line (JSON Lines), or name it .json"
-                     if line.lstrip().startswith("[") else "")
+            looks = _LOOKS_LIKE_AN_ARRAY if line.lstrip().startswith("[") else ""
             raise DataError(f"invalid JSON ({err.msg}){looks}", path=path, row=row) from None
 
 
