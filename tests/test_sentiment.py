@@ -297,6 +297,13 @@ def test_compressed_files_and_json_arrays_say_what_they_are(tmp_path: Path) -> N
     named.write_text('[{"text": "great", "label": 1}, ["dull", 0]]')
     with pytest.raises(DataError, match=r"reviews\.json, row 2: expected a JSON object in the JSON array, found list"):
         read_labelled_text(named)
+    # one object holding the records under a key (an API export) names the key, on one line or many
+    for indent in (None, 2):
+        named.write_text(json.dumps({"meta": {"n": 2}, "data": [{"text": "great", "label": 1}, {"text": "x", "label": 0}]},
+                                    indent=indent))
+        with pytest.raises(DataError, match=r"reviews\.json: expected a JSON array of objects .*found one object whose "
+                                            r"key 'data' \(2 objects\) holds the records"):
+            read_labelled_text(named)
 
 
 def test_a_column_named_twice_in_the_header_is_refused(tmp_path: Path) -> None:

@@ -138,6 +138,19 @@ def test_an_empty_audio_file_is_said_to_be_empty(tmp_path):
         read_audio(empty, 8000)
 
 
+def test_an_undecodable_file_is_told_by_its_format(tmp_path):
+    """A damaged .mp3 was told "expected a WAV/FLAC/OGG file", though MP3 is read: its owner converted
+    a format that works. A format libsndfile does not read (.m4a) is told how to convert it."""
+    damaged = tmp_path / "clip.mp3"
+    damaged.write_bytes(b"ID3\x04\x00\x00\x00\x00\x00\x00" + bytes(200))
+    with pytest.raises(DataError, match=r"clip\.mp3: cannot decode audio .*expected a valid MP3 recording"):
+        read_audio(damaged, 8000)
+    other = tmp_path / "clip.m4a"
+    other.write_bytes(b"\x00\x00\x00\x20ftypM4A " + bytes(200))
+    with pytest.raises(DataError, match=r"\.m4a is not read .*ffmpeg -i clip\.m4a clip\.wav"):
+        read_audio(other, 8000)
+
+
 def test_fsdd_holdout_speakers(tmp_path):
     write_fsdd(tmp_path, speakers=("anna", "bob", "carl"), count=3)
     dm = SpeechDataModule(path=str(tmp_path), holdout_speakers=["carl"], val_fraction=0.2)

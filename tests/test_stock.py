@@ -118,6 +118,18 @@ def test_bad_values_name_file_row_and_column(tmp_path: Path, column: str, row: i
     assert str(err.value) == f"{path}, row {row}, field {column!r}: {message}"
 
 
+def test_high_below_low_is_refused(tmp_path: Path) -> None:
+    """Swapped high/low columns (a header written the wrong way round) were read as ranges inside out."""
+    frame = one_ticker(20)
+    swapped = frame.rename(columns={"high": "low", "low": "high"})
+    path = write_csv(tmp_path / "swapped.csv", swapped)
+    with pytest.raises(DataError, match=r"swapped\.csv, row 2, field 'high': high '?[\d.]+'? is below low "
+                                        r"'?[\d.]+'? \(20 row\(s\) so; are the high and low columns swapped\?\)"):
+        read_ohlcv(path, FEATURES)
+    frame.loc[3, "high"] = frame.loc[3, "low"]  # a day that did not move is a day
+    assert len(read_ohlcv(write_csv(tmp_path / "flat.csv", frame), FEATURES)[0].values) == 20
+
+
 def test_duplicate_dates_and_missing_columns_are_errors(tmp_path: Path) -> None:
     frame = one_ticker(20)
     frame.loc[6, "date"] = frame.loc[5, "date"]

@@ -236,12 +236,13 @@ def read_audio(path: str | Path, sample_rate: int) -> tuple[np.ndarray, int, int
     if key in _AUDIO_CACHE:
         return _AUDIO_CACHE[key]
     if stat.st_size == 0:  # libsndfile: "Format not recognised"
-        raise DataError("the file is empty (0 bytes); expected a WAV/FLAC/OGG recording", path=path, readable=True)
+        raise DataError("the file is empty (0 bytes); expected a WAV, FLAC, OGG/Opus, MP3 or AIFF recording",
+                        path=path, readable=True)
     try:
         data, rate = sf.read(str(path), dtype="float32", always_2d=True)
     except Exception as err:  # noqa: BLE001 - libsndfile raises several types for bad files
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise DataError(f"cannot decode audio ({first}); expected a WAV/FLAC/OGG file", path=path,
+        raise DataError(f"cannot decode audio ({first}); {_expected_audio(path)}", path=path,
                         readable=_audio_container(path)) from None
     declared = wav_declared_frames(path)
     if declared is not None and declared > data.shape[0]:  # libsndfile reads what is there, silently
@@ -283,6 +284,21 @@ def read_audio(path: str | Path, sample_rate: int) -> tuple[np.ndarray, int, int
 
 # audio files by extension (data.path naming one is no manifest, whether or not libsndfile reads it)
 _AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".m4a", ".aac", ".aif", ".aiff", ".wma", ".webm"}
+
+
+_DECODED_SUFFIXES = {".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff"}  # libsndfile >= 1.1
+
+
+def _expected_audio(path: Path) -> str:
+    """What a file that did not decode should have been, by its name: a damaged ``.mp3`` was told
+    "expected a WAV/FLAC/OGG file", which sent its owner converting a format that is read."""
+    suffix = path.suffix.lower()
+    if suffix in _DECODED_SUFFIXES:
+        return f"expected a valid {suffix[1:].upper()} recording (is the file damaged, cut short or misnamed?)"
+    if suffix in _AUDIO_SUFFIXES:
+        return (f"{suffix} is not read (libsndfile reads WAV, FLAC, OGG/Opus, MP3, AIFF): convert it, e.g. "
+                f"ffmpeg -i {path.name} {path.with_suffix('.wav').name}")
+    return "expected a WAV, FLAC, OGG/Opus, MP3 or AIFF recording"
 
 
 def _audio_container(path: Path) -> bool:

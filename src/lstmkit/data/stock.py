@@ -28,7 +28,7 @@ import re
 import warnings
 import zipfile
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, ClassVar
@@ -361,6 +361,7 @@ def validate_frame(
         else:
             _first_bad(numbers < 0, raw, lines, source, columns[feature], "a non-negative number")
         values[:, j] = numbers
+    _check_range(values, features, frame, columns, lines, source)
 
     if "ticker" in columns:
         tickers = frame[columns["ticker"]].astype(str).str.strip().to_numpy()
@@ -506,6 +507,21 @@ def parse_dates(raw: pd.Series, lines: np.ndarray, source: str, column: str, dat
             f"data.date_format (e.g. data.date_format='{differing[0]}')",
             path=source, row=int(lines[i]), field=column)
     return days[first]
+
+
+def _check_range(values: np.ndarray, features: Sequence[str], frame: pd.DataFrame, columns: dict[str, str],
+                 lines: np.ndarray, source: str) -> None:
+    """A row whose high is below its low is refused: no trading day has one, and its usual cause, the
+    two columns swapped (by a header or a join), would train on a range turned inside out."""
+    if "high" not in features or "low" not in features:
+        return
+    high, low = values[:, list(features).index("high")], values[:, list(features).index("low")]
+    bad = np.flatnonzero(high < low)
+    if len(bad):
+        i = int(bad[0])
+        raise DataError(f"high {frame[columns['high']].iloc[i]!r} is below low {frame[columns['low']].iloc[i]!r} "
+                        f"({len(bad)} row(s) so; are the high and low columns swapped?)",
+                        path=source, row=int(lines[i]), field=columns["high"])
 
 
 def _first_bad(bad: np.ndarray, raw: pd.Series, lines: np.ndarray, source: str, column: str, expected: str) -> None:

@@ -740,6 +740,8 @@ def jsonl_records(
     """
     columns = list(columns)
     array = _is_json_array(content, path)
+    if not array:
+        _refuse_wrapped_array(content, path, columns)
     for row, record in _json_array(content, path) if array else _json_lines(content, path):
         if not isinstance(record, dict):
             kind = "in the JSON array" if array else "per line (JSON Lines)"
@@ -755,6 +757,25 @@ _LOOKS_LIKE_AN_ARRAY = "; the file looks like one JSON array: write one object p
 
 def _is_json_array(content: str, path: Path) -> bool:
     return path.suffix.lower() == ".json" and content.lstrip().startswith("[")
+
+
+def _refuse_wrapped_array(content: str, path: Path, columns: list[str]) -> None:
+    """A ``.json`` file that is one object holding the records under a key (``{"data": [...]}``, a
+    common export) is refused, naming the key: read as JSON Lines it was one record "missing" its
+    text, which sent the user looking at the wrong thing."""
+    if path.suffix.lower() != ".json" or not content.lstrip().startswith("{"):
+        return
+    try:
+        whole = json.loads(content)
+    except json.JSONDecodeError:
+        return  # JSON Lines after all, or broken: the line reader names the row
+    if not isinstance(whole, dict) or any(column.casefold() in map(str.casefold, map(str, whole)) for column in columns):
+        return
+    keys = [key for key, value in whole.items() if isinstance(value, list) and value and isinstance(value[0], dict)]
+    if keys:
+        found = ", ".join(f"{key!r} ({len(whole[key])} objects)" for key in keys)
+        raise DataError(f"expected a JSON array of objects (or one object per line), found one object whose key "
+                        f"{found} holds the records; write that list itself (json.dump(records, f))", path=path)
 
 
 def _json_array(content: str, path: Path) -> Iterable[tuple[int, Any]]:
