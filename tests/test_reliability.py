@@ -393,6 +393,35 @@ def test_held_stderr_writes_through_once_released(capsys) -> None:
         sys.stderr = real
 
 
+def test_a_dropped_hydra_report_keeps_the_warnings_held_with_it(capsys) -> None:
+    """Dropping Hydra's error block (a hint says more) dropped a warning printed while the config composed."""
+    import sys
+    import warnings
+
+    from hydra._internal.utils import run_and_report
+
+    from lstmkit.cli import _HeldStderr
+
+    real = sys.stderr
+    held = sys.stderr = _HeldStderr(real)
+    try:
+        # as warnings.showwarning writes it (pytest records warnings instead of letting them print)
+        sys.stderr.write(warnings.formatwarning("a composition warning", UserWarning, "conf.py", 3))
+
+        def compose() -> None:
+            from hydra.errors import ConfigCompositionException
+
+            raise ConfigCompositionException("Could not override 'model.hiden_size'.")
+
+        with pytest.raises(SystemExit):
+            run_and_report(compose)
+        held.release(keep=False)
+        err = capsys.readouterr().err
+        assert "a composition warning" in err and "Could not override" not in err
+    finally:
+        sys.stderr = real
+
+
 def test_a_valid_group_choice_names_the_earlier_override_it_does_not_fit() -> None:
     """``data.num_examples=300 task=next_word``: the task is right, the data key is the default task's."""
     hint = suggest_override(config_dir(), "train", ["data.num_examples=300", "model.hidden_size=8", "task=next_word"])

@@ -218,19 +218,23 @@ class _HeldStderr:
     Why: a typo (``model.hiden_size=3``) got Hydra's 6-15 lines ("To append to your config use
     +model.hiden_size=3", advice that only hides the typo) above lstmkit's one-line "did you mean". Held,
     they are dropped when lstmkit has a hint (``HYDRA_FULL_ERROR=1`` still shows Hydra's error, as a
-    traceback), and printed as they were when it has none. Released (written through, and ``sys.stderr``
-    restored) once a job starts, or a sweep whose jobs run elsewhere begins; a logging handler that took
-    this object for its stream keeps writing through it.
+    traceback), and printed as they were when it has none. Only Hydra's error report is dropped: what
+    else was written meanwhile (a warning while the config composed) is kept. Released (written through,
+    and ``sys.stderr`` restored) once a job starts, or a sweep whose jobs run elsewhere begins; a logging
+    handler that took this object for its stream keeps writing through it.
     """
+
+    _REPORTERS = ("hydra._internal.utils", "traceback")  # what writes Hydra's error report (run_and_report)
 
     def __init__(self, stream: Any) -> None:
         self.stream = stream
-        self.held: list[str] | None = []
+        self.held: list[tuple[str, bool]] | None = []
 
     def write(self, text: str) -> int:
         if self.held is None:
             return self.stream.write(text)
-        self.held.append(text)
+        writer = sys._getframe(1).f_globals.get("__name__", "")  # print() is C: frame 1 is its caller
+        self.held.append((text, writer in self._REPORTERS))
         return len(text)
 
     def writelines(self, lines: Any) -> None:
@@ -245,8 +249,9 @@ class _HeldStderr:
         held, self.held = self.held, None
         if sys.stderr is self:
             sys.stderr = self.stream
-        if held and keep:
-            self.stream.write("".join(held))
+        kept = "".join(text for text, report in held or () if keep or not report)
+        if kept:
+            self.stream.write(kept)
             self.stream.flush()
 
     def __getattr__(self, name: str) -> Any:  # fileno, isatty, encoding: the terminal's
