@@ -11,6 +11,7 @@ import lightning as L
 import pytest
 import torch
 
+from lstmkit.adversarial import virtual_adversarial_loss, worst_direction
 from lstmkit.checkpoints import load_model, read_checkpoint
 from lstmkit.cli import config_dir
 from lstmkit.commands.train import build_model, train
@@ -419,7 +420,7 @@ def test_an_overflowing_loss_scale_gives_no_nan_direction(tiny_datamodule, make_
     try:
         features, lengths, _ = model.encode(batch.inputs, batch.lengths)
         loss = model.head.training_loss(model.pool(features, lengths), lengths, batch)
-        direction = model._worst_direction(loss, features)
+        direction = worst_direction(loss, features, model._grad_scaler())
     finally:
         model._trainer = None
     assert torch.isfinite(direction).all()
@@ -442,7 +443,7 @@ def test_the_virtual_adversarial_power_iteration_takes_the_gradient_of_the_scale
                 scale=lambda value: scaled.append(value) or value * scale)))
         torch.manual_seed(0)  # the same random start
         try:
-            loss = model._virtual_adversarial_loss(features, lengths, None, reference)
+            loss = virtual_adversarial_loss(model, features, lengths, None, reference, 2.0, model._grad_scaler())
         finally:
             model._trainer = None
         assert len(scaled) == (scale is not None)

@@ -21,6 +21,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from torch import nn
 from torchmetrics import MeanMetric
 
+from lstmkit.adversarial import virtual_adversarial_loss, worst_direction
 from lstmkit.build import build
 from lstmkit.core import POOLINGS, LSTMCore, summarise
 from lstmkit.errors import ConfigError
@@ -312,66 +313,20 @@ class SequenceModel(L.LightningModule):
             loss = loss + self.l1 * sum(p.abs().sum() for p in self.parameters() if p.dim() > 1 and p.requires_grad)
         self.log("train/loss", loss, batch_size=len(batch))  # shown by callbacks.LossProgressBar, read without a wait
         if self.adversarial > 0:
-            moved = features + self._worst_direction(clean, features) * self.adversarial
-            adversarial = self.head.training_loss(self.pool(moved, lengths, host_lengths=host), lengths, batch)
-            self.log("train/adversarial_loss", adversarial, batch_size=len(batch))
-            loss = loss + adversarial
+            moved = features + worst_direction(clean, features, self._grad_scaler()) * self.adversarial
+            worst = self.head.training_loss(self.pool(moved, lengths, host_lengths=host), lengths, batch)
+            self.log("train/adversarial_loss", worst, batch_size=len(batch))
+            loss = loss + worst
         if self.virtual_adversarial > 0:
-            virtual = self._virtual_adversarial_loss(features, lengths, host, self.head(pooled, lengths).detach())
+            virtual = virtual_adversarial_loss(self, features, lengths, host, self.head(pooled, lengths).detach(),
+                                               self.virtual_adversarial, self._grad_scaler())
             self.log("train/virtual_adversarial_loss", virtual, batch_size=len(batch))
             loss = loss + virtual
         return loss
 
-    def _virtual_adversarial_loss(self, features: torch.Tensor, lengths: torch.Tensor,
-                                  host: Sequence[int] | None, reference: torch.Tensor) -> torch.Tensor:
-        """Virtual adversarial training (Miyato et al. 2016, 2017): how far the prediction moves from
-        ``reference`` (the clean one, a constant) when the encoder's output moves by
-        ``virtual_adversarial`` (L2 per sequence) in the direction that moves it most.
-
-        Why: unlike :meth:`_worst_direction` it needs no label, so it smooths the model around every
-        input rather than only towards the right answer. The direction is one power iteration from a
-        random one (its finite difference of size ``0.1`` times the perturbation); padded steps get none.
-        In training mode each pass (the reference, the probe and the perturbed one) draws its own dropout
-        masks in the LSTM and the head, so the direction is found through that noise and the divergence
-        also holds the dropout gap between two passes (a consistency term, as in R-Drop); the encoder's
-        dropout, before the perturbation, is shared as in Miyato et al. 2017. The SST-2 figures measure
-        this variant; with no dropout in the VAT passes instead (a probe, seeds 1-3) val was level with it.
-        """
-        mask = (torch.arange(features.shape[1], device=features.device)[None, :] < lengths[:, None]).to(features.dtype)
-        mask = mask.view(*mask.shape, *([1] * (features.dim() - 2)))
-        probe = self._unit(torch.randn_like(features) * mask).mul_(0.1 * self.virtual_adversarial).requires_grad_()
-        moved = self.head(self.pool(features.detach() + probe, lengths, host_lengths=host), lengths)
-        # a second-order gradient (~1e-10): unscaled, most of it is zero in fp16 under 16-mixed
-        direction = self._unit(self._scaled_gradient(self.head.divergence(reference, moved, lengths), probe) * mask)
-        moved = self.head(self.pool(features + direction * self.virtual_adversarial, lengths, host_lengths=host),
-                          lengths)
-        return self.head.divergence(reference, moved, lengths)
-
-    @staticmethod
-    def _unit(tensor: torch.Tensor) -> torch.Tensor:
-        """``tensor`` scaled to unit L2 norm per sequence (the first dimension)."""
-        return tensor / tensor.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *([1] * (tensor.dim() - 1)))
-
-    def _worst_direction(self, loss: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
-        """The unit (L2 per sequence) direction that raises ``loss`` most, to first order; a constant.
-
-        Adversarial training (Goodfellow et al. 2015; Miyato et al. 2017) moves the encoder's output
-        (for text: the word vectors, which an input-space attack could not move continuously) along
-        it and adds the loss there to the clean one.
-        """
-        return self._unit(self._scaled_gradient(loss, features, retain_graph=True))
-
-    def _scaled_gradient(self, loss: torch.Tensor, wrt: torch.Tensor, retain_graph: bool = False) -> torch.Tensor:
-        """The gradient of ``loss`` with respect to ``wrt``, for a direction (its scale does not matter).
-
-        Under 16-mixed it is taken of the scaled loss, as backward does, so that fp16 gradients do not
-        underflow. A scale that overflows fp16 (GradScaler raises it until one does) gives inf, and
-        inf / inf a NaN loss that StopOnNonFiniteLoss would take for divergence; zeroed, the step goes
-        on, and the main backward's own overflow makes the scaler skip it as usual (no host sync).
-        """
-        scaler = getattr(self._trainer.precision_plugin, "scaler", None) if self._trainer is not None else None
-        (grad,) = torch.autograd.grad(scaler.scale(loss) if scaler is not None else loss, wrt, retain_graph=retain_graph)
-        return torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)
+    def _grad_scaler(self) -> Any:
+        """The run's GradScaler under 16-mixed (the adversarial directions are taken of the scaled loss)."""
+        return getattr(self._trainer.precision_plugin, "scaler", None) if self._trainer is not None else None
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         return self._step(batch, "train")
