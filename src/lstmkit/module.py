@@ -26,7 +26,12 @@ from lstmkit.build import build
 from lstmkit.core import POOLINGS, LSTMCore, summarise
 from lstmkit.errors import ConfigError
 from lstmkit.heads.base import Head
-from lstmkit.optim import SPREAD_OVER_RUN
+from lstmkit.optim import (
+    SPREAD_OVER_RUN,
+    check_schedule_length,
+    continue_rebuilt_schedules,
+    save_plateau_as_stepped,
+)
 from lstmkit.plots import save_and_log
 from lstmkit.types import Batch, DataSpec
 
@@ -415,34 +420,8 @@ class SequenceModel(L.LightningModule):
                 checkpoint["wandb_run_id"] = str(logger.version)
         if self.schedule_steps is not None:
             checkpoint["schedule_steps"] = self.schedule_steps
-        self._save_plateau_as_stepped(checkpoint)
-
-    def _save_plateau_as_stepped(self, checkpoint: dict[str, Any]) -> None:
-        """Save a plateau schedule as it will be once this epoch's metric has stepped it.
-
-        Why: Lightning steps ``ReduceLROnPlateau`` after the epoch's checkpoints are written and,
-        resuming, skips that step (the metric is gone): every resume lost one epoch of the schedule,
-        so a cut the uninterrupted run made never came. The step is replayed on a stand-in over the
-        same learning rates, and the saved schedule and optimiser learning rates are its result.
-        """
-        trainer = self._trainer
-        if (trainer is None or not trainer.training or "lr_schedulers" not in checkpoint
-                or not trainer.fit_loop.epoch_loop.done):  # mid-epoch: the schedule steps at the epoch's end
-            return
-        for index, config in enumerate(trainer.lr_scheduler_configs):
-            scheduler = config.scheduler
-            value = trainer.callback_metrics.get(config.monitor or "")
-            if not isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau) or value is None:
-                continue
-            groups = scheduler.optimizer.param_groups
-            stand_in = torch.optim.SGD([{"params": [torch.zeros(1, requires_grad=True)], "lr": g["lr"]} for g in groups])
-            stepped = torch.optim.lr_scheduler.ReduceLROnPlateau(stand_in)
-            stepped.load_state_dict(scheduler.state_dict())
-            stepped.step(float(value))
-            checkpoint["lr_schedulers"][index] = stepped.state_dict()
-            saved = checkpoint["optimizer_states"][trainer.optimizers.index(scheduler.optimizer)]["param_groups"]
-            for group, new in zip(saved, stand_in.param_groups):
-                group["lr"] = new["lr"]
+        if self._trainer is not None:
+            save_plateau_as_stepped(self._trainer, checkpoint)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # read before configure_optimizers when a run resumes (Lightning restores the module first)
@@ -484,61 +463,8 @@ class SequenceModel(L.LightningModule):
                         "name": f"{prefix}no_decay", **extra}]
         return [group for group in groups if group["params"]]
 
-    def _check_schedule_length(self, name: str, total: float) -> None:
-        """A schedule spread over the run's length needs one, and keeps it when a run resumes.
-
-        A run without a length (``trainer.max_epochs=-1``: until early stopping or ``max_time``) is
-        refused. A resumed run whose length changed (``trainer.max_epochs=20 resume=true`` after 10
-        epochs) rebuilds the schedule over the new length while its step count continues, so the
-        learning rate jumps to where the longer schedule is (cosine: said in a warning); one-cycle,
-        whose length is part of its saved state, cannot step past its old end (refused before training).
-        """
-        if not math.isfinite(total) or total < 1:
-            raise ConfigError(f"scheduler {name} spreads its schedule over the run's length, but the run has none "
-                              f"(trainer.max_epochs={self.trainer.max_epochs}, trainer.max_steps="
-                              f"{self.trainer.max_steps}); give trainer.max_epochs or trainer.max_steps, or use "
-                              "scheduler=plateau, scheduler=step or scheduler=none")
-        self.schedule_steps = int(total)
-        old = self.resumed_schedule_steps
-        if old is None or old == self.schedule_steps:
-            return
-        if name == "one_cycle":
-            raise ConfigError(f"scheduler=onecycle cannot change its length when a run resumes: it was spread over "
-                              f"{old} steps, the run now has {self.schedule_steps} (trainer.max_epochs / max_steps "
-                              "changed). Resume with the run's length, or start a new run from its weights "
-                              "(init_from.ckpt_path=)")
-        if not self.trainer.is_global_zero:  # said once, not once per DDP rank
-            return
-        log.warning("resuming: the %s schedule covered %d steps and now covers %d (trainer.max_epochs / max_steps "
-                    "changed); it continues from the same step of the new schedule, so the learning rate jumps "
-                    "there (for a smooth continuation, resume with the run's length)", name, old, self.schedule_steps)
-
     def on_train_start(self) -> None:
-        self._continue_rebuilt_schedule()
-
-    def _continue_rebuilt_schedule(self) -> None:
-        """After a resume whose schedule length changed, set the learning rates to the new schedule's
-        at the restored step.
-
-        Why: Lightning restores the optimiser's state (its learning rates: the old schedule's, set at
-        its last step) and the scheduler's step count, but nothing recomputes the rates from them
-        until the scheduler next steps; the first step after ``trainer.max_epochs=20 resume=true``
-        trained at the old schedule's last rate (cosine: its floor), the next ones on the new
-        schedule. Only ``LambdaLR`` schedules (``cosine_with_warmup``) are rebuilt over a new length
-        (one-cycle is refused, the epoch schedules do not depend on it); an unchanged length is left
-        alone, so a resume stays bit-identical.
-        """
-        old = self.resumed_schedule_steps
-        if old is None or self.schedule_steps is None or old == self.schedule_steps:
-            return
-        for config in self.trainer.lr_scheduler_configs:
-            scheduler = config.scheduler
-            if not isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR):
-                continue
-            # step() moves on to last_epoch + 1 and sets the rates of that step (the optimiser's, and what
-            # get_last_lr() reports) from the rebuilt lambdas: one step back first, to set the restored one's
-            scheduler.last_epoch -= 1
-            scheduler.step()
+        continue_rebuilt_schedules(self.trainer, self.resumed_schedule_steps, self.schedule_steps)
 
     def configure_optimizers(self) -> Any:
         spec = dict(self.hparams.optimizer or {"_target_": "torch.optim.AdamW", "_partial_": True})
@@ -564,7 +490,8 @@ class SequenceModel(L.LightningModule):
         )
         target = str(sched_spec.get("_target_", ""))
         if target in SPREAD_OVER_RUN:
-            self._check_schedule_length(target.rsplit(".", 1)[-1], total)
+            self.schedule_steps = check_schedule_length(target.rsplit(".", 1)[-1], total, self.resumed_schedule_steps,
+                                                        self.trainer)
         total = int(total) if math.isfinite(total) else 1
         kwargs: dict[str, Any] = {}
         if target.endswith(".plateau"):

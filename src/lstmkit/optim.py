@@ -1,4 +1,5 @@
-"""Learning-rate schedules with one signature: ``factory(optimizer, total_steps, **options)``.
+"""Learning-rate schedules with one signature: ``factory(optimizer, total_steps, **options)``,
+and what keeps them right when a run resumes.
 
 The scheduler configs (``conf/scheduler/*.yaml``) name one of these as a Hydra partial; the
 module calls it with the optimiser and the number of optimiser steps Lightning estimates for
@@ -7,12 +8,17 @@ the run, so warmup and decay lengths can be given as fractions of the run.
 
 from __future__ import annotations
 
+import logging
 import math
+from typing import Any
 
+import torch
 from torch.optim import Optimizer
 from torch.optim import lr_scheduler as sched
 
 from lstmkit.errors import ConfigError
+
+log = logging.getLogger("lstmkit")
 
 # the schedules spread over the run's length (``total_steps``): a run without one cannot use them
 SPREAD_OVER_RUN = frozenset({"lstmkit.optim.cosine_with_warmup", "lstmkit.optim.one_cycle"})
@@ -98,3 +104,85 @@ def plateau(
     _check("min_lr", min_lr, 0.0)
     floors = [min_lr * float(group.get("lr_scale", 1.0)) for group in optimizer.param_groups]
     return sched.ReduceLROnPlateau(optimizer, mode=mode, factor=factor, patience=patience, min_lr=floors)
+
+
+# -- resuming a schedule ------------------------------------------------------------------------
+def check_schedule_length(name: str, total: float, old: int | None, trainer: Any) -> int:
+    """The steps a schedule spread over the run's length covers (``total``), checked against the
+    ``old`` count a resumed checkpoint saved.
+
+    A run without a length (``trainer.max_epochs=-1``: until early stopping or ``max_time``) is
+    refused. A resumed run whose length changed (``trainer.max_epochs=20 resume=true`` after 10
+    epochs) rebuilds the schedule over the new length while its step count continues, so the
+    learning rate jumps to where the longer schedule is (cosine: said in a warning, by rank zero only);
+    one-cycle, whose length is part of its saved state, cannot step past its old end (refused before
+    training).
+    """
+    if not math.isfinite(total) or total < 1:
+        raise ConfigError(f"scheduler {name} spreads its schedule over the run's length, but the run has none "
+                          f"(trainer.max_epochs={trainer.max_epochs}, trainer.max_steps={trainer.max_steps}); give "
+                          "trainer.max_epochs or trainer.max_steps, or use scheduler=plateau, scheduler=step or "
+                          "scheduler=none")
+    steps = int(total)
+    if old is None or old == steps:
+        return steps
+    if name == "one_cycle":
+        raise ConfigError(f"scheduler=onecycle cannot change its length when a run resumes: it was spread over "
+                          f"{old} steps, the run now has {steps} (trainer.max_epochs / max_steps changed). Resume "
+                          "with the run's length, or start a new run from its weights (init_from.ckpt_path=)")
+    if trainer.is_global_zero:  # said once, not once per DDP rank
+        log.warning("resuming: the %s schedule covered %d steps and now covers %d (trainer.max_epochs / max_steps "
+                    "changed); it continues from the same step of the new schedule, so the learning rate jumps "
+                    "there (for a smooth continuation, resume with the run's length)", name, old, steps)
+    return steps
+
+
+def continue_rebuilt_schedules(trainer: Any, old: int | None, new: int | None) -> None:
+    """After a resume whose schedule length changed (``old`` steps, now ``new``), set the learning
+    rates to the new schedule's at the restored step.
+
+    Why: Lightning restores the optimiser's state (its learning rates: the old schedule's, set at
+    its last step) and the scheduler's step count, but nothing recomputes the rates from them
+    until the scheduler next steps; the first step after ``trainer.max_epochs=20 resume=true``
+    trained at the old schedule's last rate (cosine: its floor), the next ones on the new
+    schedule. Only ``LambdaLR`` schedules (``cosine_with_warmup``) are rebuilt over a new length
+    (one-cycle is refused, the epoch schedules do not depend on it); an unchanged length is left
+    alone, so a resume stays bit-identical.
+    """
+    if old is None or new is None or old == new:
+        return
+    for config in trainer.lr_scheduler_configs:
+        scheduler = config.scheduler
+        if not isinstance(scheduler, sched.LambdaLR):
+            continue
+        # step() moves on to last_epoch + 1 and sets the rates of that step (the optimiser's, and what
+        # get_last_lr() reports) from the rebuilt lambdas: one step back first, to set the restored one's
+        scheduler.last_epoch -= 1
+        scheduler.step()
+
+
+def save_plateau_as_stepped(trainer: Any, checkpoint: dict[str, Any]) -> None:
+    """Save a plateau schedule as it will be once this epoch's metric has stepped it.
+
+    Why: Lightning steps ``ReduceLROnPlateau`` after the epoch's checkpoints are written and,
+    resuming, skips that step (the metric is gone): every resume lost one epoch of the schedule,
+    so a cut the uninterrupted run made never came. The step is replayed on a stand-in over the
+    same learning rates, and the saved schedule and optimiser learning rates are its result.
+    """
+    if (not trainer.training or "lr_schedulers" not in checkpoint
+            or not trainer.fit_loop.epoch_loop.done):  # mid-epoch: the schedule steps at the epoch's end
+        return
+    for index, config in enumerate(trainer.lr_scheduler_configs):
+        scheduler = config.scheduler
+        value = trainer.callback_metrics.get(config.monitor or "")
+        if not isinstance(scheduler, sched.ReduceLROnPlateau) or value is None:
+            continue
+        groups = scheduler.optimizer.param_groups
+        stand_in = torch.optim.SGD([{"params": [torch.zeros(1, requires_grad=True)], "lr": g["lr"]} for g in groups])
+        stepped = sched.ReduceLROnPlateau(stand_in)
+        stepped.load_state_dict(scheduler.state_dict())
+        stepped.step(float(value))
+        checkpoint["lr_schedulers"][index] = stepped.state_dict()
+        saved = checkpoint["optimizer_states"][trainer.optimizers.index(scheduler.optimizer)]["param_groups"]
+        for group, new in zip(saved, stand_in.param_groups):
+            group["lr"] = new["lr"]
