@@ -367,6 +367,16 @@ def test_config_typos_get_one_line_with_a_suggestion(tmp_path: Path, override: s
     assert "To append" not in proc.stderr and "Traceback" not in proc.stderr
 
 
+@pytest.mark.parametrize("flags", [["--cfg", "job"], ["-c", "all"], ["--cfg", "job", "-p", "model"]])
+def test_a_typo_gets_its_hint_beside_hydras_flags(tmp_path: Path, flags: list[str]) -> None:
+    """``--cfg job ~head.class_weights`` read ``job`` as an override: no hint, Hydra's message instead."""
+    proc = run_here("train", *flags, "~head.class_weights", cwd=tmp_path, check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines() == [(
+        "lstmkit train: error: ~head.class_weights: Hydra cannot delete a key whose value is null, and "
+        "head.class_weights is null already (unset); drop the ~, or give the key a value (head.class_weights=...)")]
+
+
 def test_a_typo_without_a_hint_keeps_hydras_message(tmp_path: Path) -> None:
     """Held back while the config composes, Hydra's message is printed as it was when lstmkit has no hint."""
     proc = run_here("train", "nothing_like_any_key=1", cwd=tmp_path, check=False)

@@ -43,10 +43,11 @@ def suggest_override(config_dir: str, config_name: str, args: list[str]) -> str 
     if any(a.split("=", 1)[0] in _OTHER_CONFIGS for a in args):
         return None  # the user's own config groups, which lstmkit's configs alone would call typos: Hydra's message
     parser = OverridesParser.create()
+    given = overrides_in(args)
     try:
-        overrides = parser.parse_overrides([a for a in args if not a.startswith("-")])
+        overrides = parser.parse_overrides(given)
     except Exception:  # noqa: BLE001 - a syntax error: Hydra's own message says where; we say how to quote
-        return _quoting_hint(parser, [a for a in args if not a.startswith("-")])
+        return _quoting_hint(parser, given)
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(version_base="1.3", config_dir=config_dir):
@@ -99,6 +100,24 @@ TAKES = {"eval": EVAL_TAKES, "predict": PREDICT_TAKES, "export": EXPORT_TAKES}
 # Hydra's flags whose value is the next argument (which may hold an "=": -sc install=bash)
 _FLAGS_WITH_VALUES = frozenset({"-sc", "--shell-completion", "-cd", "--config-dir", "-cn", "--config-name", "-cp",
                                 "--config-path", "-p", "--package", "-c", "--cfg", "--experimental-rerun"})
+
+
+_INFO_TOPICS = frozenset({"all", "config", "defaults", "defaults-tree", "plugins", "searchpath"})  # --info [topic]
+
+
+def overrides_in(args: list[str]) -> list[str]:
+    """The overrides among a command line's arguments: Hydra's flags and their values left out.
+
+    Why: ``--cfg job ~head.class_weights`` read ``job`` as an override, which did not parse, so the
+    hint the same override gets without ``--cfg`` was lost to Hydra's message."""
+    kept: list[str] = []
+    flag = ""
+    for arg in args:
+        takes_value = flag in _FLAGS_WITH_VALUES or (flag in {"-i", "--info"} and arg in _INFO_TOPICS)
+        flag = arg if arg.startswith("-") else ""
+        if not (takes_value or flag):
+            kept.append(arg)
+    return kept
 
 
 # settings of eval (and of train's test) that predict and export do not have: not the checkpoint's either
