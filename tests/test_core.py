@@ -172,3 +172,27 @@ def test_last_summary_from_the_final_state_equals_pooling_the_outputs(bidirectio
     assert LSTMCore(input_size=5, hidden_size=7, kernel="unpacked").last_summary(x, lengths) is None
     assert LSTMCore(input_size=5, hidden_size=7, kernel="packed", layer_norm=True).last_summary(x, lengths) is None
     assert core.last_summary(x, torch.full((4,), 6)) is None  # equal lengths: no packing
+
+
+@pytest.mark.parametrize("kernel", ["packed", "unpacked"])
+def test_cpu_autocast_without_lstm_instructions_runs_the_lstm_in_float32(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, kernel: str) -> None:
+    """bf16-mixed on an AVX2-only CPU stopped at the first step with oneDNN's "could not create a primitive
+    descriptor for the LSTM forward propagation primitive"; the LSTM now leaves autocast there, and says so."""
+    import logging
+
+    from lstmkit import core
+
+    monkeypatch.setattr(core, "_onednn_lstm_supports", lambda dtype: False)  # as on an AVX2-only CPU
+    monkeypatch.setattr(core, "_SAID_FLOAT32", [])
+    torch.manual_seed(0)
+    model = LSTMCore(input_size=4, hidden_size=6, bidirectional=True, kernel=kernel)
+    x, lengths = torch.randn(3, 5, 4), torch.tensor([5, 2, 4])
+    expected, _ = model(x, lengths)
+    with caplog.at_level(logging.WARNING, logger="lstmkit"), torch.autocast("cpu", dtype=torch.bfloat16):
+        outputs, _ = model(x.bfloat16(), lengths)
+        model(x, lengths)
+    assert outputs.dtype == torch.float32
+    torch.testing.assert_close(outputs, expected, atol=2e-2, rtol=0)  # the input was rounded to bf16
+    assert caplog.text.count("no bfloat16 instructions for oneDNN's LSTM") == 1
+    assert not core.cpu_autocast_lacks_lstm(x)  # outside autocast nothing changes

@@ -10,6 +10,9 @@ or regress a whole sequence.
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import logging
 from collections.abc import Sequence
 
 import torch
@@ -20,7 +23,43 @@ from lstmkit.errors import ConfigError, check_probability
 
 State = tuple[torch.Tensor, torch.Tensor]
 POOLINGS = ("none", "last", "mean", "max")
+log = logging.getLogger("lstmkit")
 KERNELS = ("auto", "packed", "unpacked")
+
+
+@functools.cache
+def _onednn_lstm_supports(dtype: torch.dtype) -> bool:
+    """Whether oneDNN's LSTM runs in ``dtype`` on this CPU (bf16: AVX-512 or newer; fp16: AVX-512 FP16/AMX)."""
+    if dtype == torch.bfloat16:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    if dtype == torch.float16:
+        return bool(torch.ops.mkldnn._is_mkldnn_fp16_supported())
+    return True
+
+
+def cpu_autocast_lacks_lstm(x: torch.Tensor) -> bool:
+    """Whether the LSTM must leave CPU autocast and run in float32: the CPU has no instructions for
+    the autocast dtype, and the LSTM is the one op that then fails.
+
+    Why: ``trainer.precision=bf16-mixed`` on an AVX2-only CPU stopped at the first step with oneDNN's
+    "could not create a primitive descriptor for the LSTM forward propagation primitive", a traceback
+    deep inside torch. The LSTM runs in float32 there (said once); the rest of the step stays in bf16.
+    """
+    if x.device.type != "cpu" or not torch.is_autocast_enabled("cpu"):
+        return False
+    dtype = torch.get_autocast_dtype("cpu")
+    if _onednn_lstm_supports(dtype):
+        return False
+    if not _SAID_FLOAT32:
+        _SAID_FLOAT32.append(dtype)
+        name = str(dtype).removeprefix("torch.")
+        log.warning("this CPU (%s) has no %s instructions for oneDNN's LSTM: under CPU autocast the LSTM runs in "
+                    "float32, the rest of the model in %s (trainer.precision=32-true runs it all in float32)",
+                    torch.backends.cpu.get_cpu_capability(), name, name)
+    return True
+
+
+_SAID_FLOAT32: list[torch.dtype] = []  # the warning above, once per process
 
 
 def dropout_layers(p: float, option: str) -> list[nn.Module]:
@@ -137,13 +176,18 @@ class LSTMCore(nn.Module):
         steps = x.shape[1]
         host_lengths = _on_host(lengths, host_lengths, x)
         final: State | None
-        if all(n == steps for n in host_lengths):
-            # Equal lengths (LM streams, fixed windows): packing would only cost time.
-            outputs, final = self.lstm(x, state)
-        elif self._unpacked(x):
-            outputs, final = self.run_unpacked(x, lengths.to(x.device)), None
-        else:
-            outputs, final = self._run_packed(x, host_lengths, state)
+        in_float32 = cpu_autocast_lacks_lstm(x)
+        if in_float32:
+            x = x.float()
+            state = None if state is None else (state[0].float(), state[1].float())
+        with torch.autocast("cpu", enabled=False) if in_float32 else contextlib.nullcontext():
+            if all(n == steps for n in host_lengths):
+                # Equal lengths (LM streams, fixed windows): packing would only cost time.
+                outputs, final = self.lstm(x, state)
+            elif self._unpacked(x):
+                outputs, final = self.run_unpacked(x, lengths.to(x.device)), None
+            else:
+                outputs, final = self._run_packed(x, host_lengths, state)
         self._carry(stream, final)
         outputs = self.dropout(self.padding_zeroed(self.norm(outputs), lengths, host_lengths))
         return outputs, final
