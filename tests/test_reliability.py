@@ -9,6 +9,7 @@ import logging
 import math
 import os
 import re
+import shutil
 import signal
 import subprocess
 import time
@@ -683,6 +684,12 @@ def test_sweep_jobs_with_the_same_overrides_each_resume_their_own(make_cfg, tmp_
     (earlier / "0" / "checkpoints" / "last.ckpt").unlink()  # job 0 stopped before its first checkpoint
     assert resumed(0) is None
 
+    # two earlier single runs of these overrides (a review): not twins of a sweep; the newest is continued
+    runs = tmp_path / "logs" / "sentiment" / "runs"
+    _fake_run(runs / "2026-01-01_10-00-00", mine, age=4)
+    newest = _fake_run(runs / "2026-01-01_11-00-00", mine, age=3)
+    assert resumed(0) == str(newest)
+
 
 def test_resuming_with_another_length_warns_for_cosine_and_refuses_one_cycle(tmp_path: Path) -> None:
     """The schedule is rebuilt over the new length while its step count continues: cosine jumps
@@ -938,6 +945,17 @@ def test_a_resume_with_another_optimizer_or_lr_scale_is_refused_before_lightning
     with pytest.raises(CheckpointError, match=r"other optimizer parameter groups \(2 groups of \[\d+, \d+\] tensors "
                                               r"against 3 of \[1, 3, 3\]: another lr_scale"):
         check_resumable("old.ckpt", model(optimizer=adamw, lr_scale={"encoder": 0.5}), ckpt)
+    # another schedule (a review): plateau's state loaded into cosine failed with KeyError 'lr_lambdas'; a run
+    # without one resumed with cosine restarted it at its step 0; both were "not used" in the warning
+    cosine = {"_target_": "lstmkit.optim.cosine_with_warmup", "_partial_": True, "interval": "step"}
+    plateau = {"_target_": "lstmkit.optim.plateau", "_partial_": True, "interval": "epoch"}
+    with pytest.raises(CheckpointError, match=r"another scheduler \(none against lstmkit\.optim\.cosine_with_warmup\)"):
+        check_resumable("old.ckpt", model(optimizer=adamw, scheduler=cosine), ckpt)
+    scheduled = {**ckpt, "hyper_parameters": {**ckpt["hyper_parameters"], "scheduler": plateau}}
+    with pytest.raises(CheckpointError, match=r"another scheduler \(lstmkit\.optim\.plateau against lstmkit\.optim\."
+                                              r"cosine_with_warmup\).*init_from\.ckpt_path=old\.ckpt"):
+        check_resumable("old.ckpt", model(optimizer=adamw, scheduler=cosine), scheduled)
+    check_resumable("old.ckpt", model(optimizer=adamw, scheduler={**plateau, "factor": 0.3}), scheduled)  # warned
 
 
 def test_the_first_step_after_a_longer_resume_is_on_the_new_schedule(tmp_path: Path) -> None:
@@ -1133,6 +1151,38 @@ def test_resume_finds_its_own_run_and_never_adopts_another(make_cfg, tmp_path: P
     in_multitask = _fake_run(logs / "multitask" / "multiruns" / "t" / "1", recorded, 50)
     assert resolve_ckpt_path("last", cfg) == str(in_multitask)
     assert other.exists()
+
+
+def test_resume_matches_an_override_that_names_the_default(make_cfg, tmp_path: Path) -> None:
+    """``logger=csv ... resume=true`` (csv is the default) found no earlier run of its overrides, as the
+    earlier one left logger alone, and resumed the task's newest last.ckpt, another seed's run."""
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict, read_write
+
+    from lstmkit.commands.train import resolve_ckpt_path
+
+    cfg = make_cfg(["task=sentiment", "logger=csv", "optimizer.lr=3e-3", "seed=5", "resume=true"])
+    runs = tmp_path / "logs" / "sentiment" / "runs"
+    with read_write(cfg.hydra.runtime), open_dict(cfg.hydra.runtime):
+        cfg.hydra.runtime.output_dir = str(runs / "now")
+    HydraConfig.instance().set_config(cfg)
+    config = "task_name: sentiment\noptimizer:\n  lr: 0.003\n"
+    choices = "hydra:\n  runtime:\n    choices:\n      task: sentiment\n      logger: {logger}\n"
+
+    given = [o for o in cfg.hydra.overrides.task if o.startswith("paths.")]  # make_cfg's own
+
+    def earlier(name: str, overrides: list[str], age: float, logger: str = "csv", conf: str = config) -> Path:
+        ckpt = _fake_run(runs / name, [*given, *overrides], age, conf)
+        (runs / name / ".hydra" / "hydra.yaml").write_text(choices.format(logger=logger))
+        return ckpt
+
+    mine = earlier("mine", ["seed=5"], 100)  # the defaults left alone
+    earlier("other_seed", ["seed=21"], 10)  # newer: what the fallback took
+    earlier("tensorboard", ["seed=5"], 20, logger="tensorboard")  # its logger was not this run's csv
+    earlier("other_lr", ["seed=5"], 30, conf=config.replace("0.003", "0.01"))
+    assert resolve_ckpt_path("last", cfg) == str(mine)
+    shutil.rmtree(runs / "mine")  # only runs of other settings are left: the task's newest, as before
+    assert resolve_ckpt_path("last", cfg) == str(runs / "other_seed" / "checkpoints" / "last.ckpt")
 
 
 def test_resume_reads_each_folder_of_the_logs_once(make_cfg, tmp_path: Path, monkeypatch) -> None:

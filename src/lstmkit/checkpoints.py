@@ -113,8 +113,9 @@ def check_resumable(path: str | Path, model: SequenceModel, ckpt: dict[str, Any]
 
 def _optimizer_differences(ckpt: dict[str, Any], model: SequenceModel) -> list[str]:
     """What stops the checkpoint's optimiser state from loading into this run's optimiser: another
-    optimiser class (its state has other keys) or other parameter groups (another ``lr_scale``
-    merges, splits or freezes parts). Lightning fails on either deep in ``load_state_dict``."""
+    optimiser class (its state has other keys), another schedule, or other parameter groups (another
+    ``lr_scale`` merges, splits or freezes parts). Lightning fails on these deep in ``load_state_dict``,
+    or silently restarts the schedule."""
     saved = ckpt.get("optimizer_states") or []
     if not saved:  # a weights-only checkpoint: nothing to restore
         return []
@@ -122,6 +123,13 @@ def _optimizer_differences(ckpt: dict[str, Any], model: SequenceModel) -> list[s
     new_target = str((model.hparams.get("optimizer") or {}).get("_target_", ""))
     if old_target and new_target and old_target != new_target:
         return [f"another optimizer ({old_target} against {new_target})"]
+    # another schedule: Lightning loads the saved one's state into it (plateau into cosine: KeyError
+    # 'lr_lambdas'; cosine into step: its batch count read as epochs) or, with none saved, starts it at
+    # its step 0 mid-run, while the warning below said the new settings were not used
+    old_schedule = str((ckpt["hyper_parameters"].get("scheduler") or {}).get("_target_", "none"))
+    new_schedule = str((model.hparams.get("scheduler") or {}).get("_target_", "none"))
+    if old_schedule != new_schedule:
+        return [f"another scheduler ({old_schedule} against {new_schedule})"]
     old_groups = [len(group.get("params", [])) for group in saved[0].get("param_groups", [])]
     new_groups = [len(group["params"]) for group in model.param_groups(1.0)]
     if old_groups != new_groups:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from lstmkit.errors import ConfigError
 from lstmkit.sweeps import MIXED_SWEEP
@@ -170,8 +170,45 @@ class Search:
         no folder to tell, e.g. this sweep job's own, a run of another version is refused when resumed)."""
         if theirs == self.mine:
             return True
-        return (self.mine_before_versions is not None and theirs == self.mine_before_versions
-                and (folder is None or before_tokenizer_versions(folder)))
+        if (self.mine_before_versions is not None and theirs == self.mine_before_versions
+                and (folder is None or before_tokenizer_versions(folder))):
+            return True
+        return folder is not None and self.same_settings(theirs, folder)
+
+    def same_settings(self, theirs: list[str], folder: Path) -> bool:
+        """Whether overrides that differ only name, on one side, what the other run had by default:
+        ``logger=csv`` or ``task=sentiment`` given to one run and not to the other.
+
+        Why: the lists were compared as written, so ``task=ecg logger=csv ... resume=true`` found no
+        earlier run (that one left ``logger`` at its default) and resumed the task's newest
+        ``last.ckpt``, another seed's. A key both runs set (to other values) differs; a key set on one
+        side only is the same when the two runs' choices of that config group (``.hydra/hydra.yaml``),
+        or their values of it (``.hydra/config.yaml``), are equal, and the two runs are of one task.
+        """
+        if self.mine is None or self.hydra is None:
+            return False
+        differing = {override_key(o) for o in set(self.mine) ^ set(theirs)}
+        ours_set, theirs_set = {override_key(o) for o in self.mine}, {override_key(o) for o in theirs}
+        if any(key in ours_set and key in theirs_set for key in differing):
+            return False
+        try:
+            their_cfg = OmegaConf.load(folder / ".hydra" / "config.yaml")
+            their_choices = OmegaConf.select(OmegaConf.load(folder / ".hydra" / "hydra.yaml"),
+                                             "hydra.runtime.choices") or {}
+        except Exception:  # noqa: BLE001 - no record of its settings: not the same
+            return False
+        if _setting(their_cfg, "task_name") != _setting(self.cfg, "task_name"):
+            return False
+        our_choices = self.hydra.runtime.choices
+        for key in differing:
+            if key in our_choices or key in their_choices:
+                if our_choices.get(key) != their_choices.get(key):
+                    return False
+                continue
+            ours = _setting(self.cfg, key)
+            if ours is _ABSENT or ours != _setting(their_cfg, key):
+                return False
+        return True
 
     @cached_property
     def matching(self) -> set[Path]:
@@ -189,6 +226,22 @@ class Search:
     def task_checkpoints(self) -> list[Path]:
         """The ``last.ckpt`` of each earlier run in the task's folder, of any overrides, newest first."""
         return [c for c in self.checkpoints if self.runs.resolve() in c.resolve().parents]
+
+
+_ABSENT = object()
+
+
+def _setting(cfg: DictConfig, key: str) -> object:
+    """The value of ``key`` in ``cfg`` as written (interpolations unresolved: another run's config has
+    Hydra's, which resolve only inside its job), a node as plain containers; ``_ABSENT`` if it has none."""
+    parent_key, _, leaf = key.rpartition(".")
+    parent = OmegaConf.select(cfg, parent_key) if parent_key else cfg
+    if not isinstance(parent, DictConfig) or leaf not in parent:
+        return _ABSENT
+    node = parent._get_node(leaf)
+    if isinstance(node, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(node, resolve=False)
+    return node._value() if node is not None else None
 
 
 @dataclass(frozen=True)
@@ -250,7 +303,9 @@ def its_twin_in_the_earlier_sweep(s: Search) -> Decision | None:
 
     Why: the newest of them was taken by every job, so all continued one and the same run.
     """
-    if not s.own or not s.sweep:
+    if not s.own or not s.sweep or job_number(s.own[0].parent.parent) is None:
+        # (the newest is a single run: the runs beside it in runs/ are no sweep's jobs, and taking them for
+        # twins started this job afresh, dropping that run, when two single runs had these overrides)
         return None
     earlier_sweep = s.own[0].parent.parent.parent
     twins = sorted(m for m in s.matching if m.parent == earlier_sweep)
