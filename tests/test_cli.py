@@ -467,3 +467,11 @@ def test_a_table_input_file_with_no_rows_says_so(tmp_path) -> None:
     header.write_text("text\n", encoding="utf-8")
     with pytest.raises(DataError, match=r"texts\.csv: the table has no rows to predict"):
         collect_inputs_and_origins(OmegaConf.create({"input_file": str(header), "input": "fine"}), "text")
+
+
+def test_flags_may_come_after_overrides(tmp_path: Path) -> None:
+    """Hydra's argparse takes the overrides as one run of words: ``train task=ecg -m seed=1,2`` was
+    "unrecognized arguments: seed=1,2". Flags are put first, so any order composes."""
+    proc = run_here("train", "model.hidden_size=12", "--cfg", "job", "trainer.max_epochs=3", cwd=tmp_path)
+    assert "unrecognized arguments" not in proc.stderr
+    assert "hidden_size: 12" in proc.stdout and "max_epochs: 3" in proc.stdout

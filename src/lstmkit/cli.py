@@ -449,13 +449,16 @@ def main(argv: list[str] | None = None) -> Any:
     from lstmkit.sweeps import register_resolvers
 
     register_resolvers()  # ${lstmkit_sweep_name:} in conf/hydra/default.yaml
-    from lstmkit.suggest import refuse_before_hydra
+    from lstmkit.suggest import refuse_before_hydra, split_flags
 
     refused = refuse_before_hydra(config_dir(), command, args)  # one line, not Hydra's block above it
     if refused:  # lstmkit's own refusal: "error:" and status 2, as its other errors (Hydra's own exit 1)
         print(f"lstmkit {command}: error: {refused}", file=sys.stderr)
         raise SystemExit(2)
-    sys.argv = [sys.argv[0], *args]
+    flags, overrides = split_flags(args)
+    # flags first: Hydra's argparse takes the overrides as one run of words, so `train task=ecg -m seed=1,2`
+    # was "unrecognized arguments: seed=1,2"
+    sys.argv = [sys.argv[0], *flags, *overrides]
     app = hydra.main(version_base="1.3", config_path=config_dir(), config_name=command)(_task(command))
     _JOB.crashed = False
     held = sys.stderr = _HeldStderr(sys.stderr)

@@ -105,19 +105,24 @@ _FLAGS_WITH_VALUES = frozenset({"-sc", "--shell-completion", "-cd", "--config-di
 _INFO_TOPICS = frozenset({"all", "config", "defaults", "defaults-tree", "plugins", "searchpath"})  # --info [topic]
 
 
+def split_flags(args: list[str]) -> tuple[list[str], list[str]]:
+    """A command line's Hydra flags (with their values, in order) and its overrides, apart."""
+    flags: list[str] = []
+    overrides: list[str] = []
+    flag = ""
+    for arg in args:
+        takes_value = flag in _FLAGS_WITH_VALUES or (flag in {"-i", "--info"} and arg in _INFO_TOPICS)
+        flag = arg if arg.startswith("-") else ""
+        (flags if takes_value or flag else overrides).append(arg)
+    return flags, overrides
+
+
 def overrides_in(args: list[str]) -> list[str]:
     """The overrides among a command line's arguments: Hydra's flags and their values left out.
 
     Why: ``--cfg job ~head.class_weights`` read ``job`` as an override, which did not parse, so the
     hint the same override gets without ``--cfg`` was lost to Hydra's message."""
-    kept: list[str] = []
-    flag = ""
-    for arg in args:
-        takes_value = flag in _FLAGS_WITH_VALUES or (flag in {"-i", "--info"} and arg in _INFO_TOPICS)
-        flag = arg if arg.startswith("-") else ""
-        if not (takes_value or flag):
-            kept.append(arg)
-    return kept
+    return split_flags(args)[1]
 
 
 # settings of eval (and of train's test) that predict and export do not have: not the checkpoint's either
