@@ -106,6 +106,12 @@ def test_divergence_stops_with_a_clear_error() -> None:
     with pytest.raises(DivergedError, match=r"Try a lower optimizer\.lr, or trainer\.gradient_clip_val=1\.0;"):
         StopOnNonFiniteLoss(check_every_n_steps=1).on_train_batch_end(
             trainer, None, {"loss": torch.tensor(float("nan"))}, None, 3)
+    # the first group is the encoder's at lr_scale.encoder=0.1: the rate quoted is optimizer.lr's (a review)
+    scaled = SimpleNamespace(**{**vars(trainer), "optimizers": [SGD([{"params": [torch.zeros(1)], "lr": 0.05,
+                                                                       "lr_scale": 0.1}], lr=0.5)]})
+    with pytest.raises(DivergedError, match=r"\(learning rate 0\.5\)\. Try a lower optimizer\.lr"):
+        StopOnNonFiniteLoss(check_every_n_steps=1).on_train_batch_end(
+            scaled, None, {"loss": torch.tensor(float("nan"))}, None, 3)
     by_value = SimpleNamespace(**vars(trainer), gradient_clip_val=0.5, gradient_clip_algorithm="value")
     with pytest.raises(DivergedError, match=r"Try a lower optimizer\.lr, or trainer\.gradient_clip_algorithm=norm;"):
         StopOnNonFiniteLoss(check_every_n_steps=1).on_train_batch_end(

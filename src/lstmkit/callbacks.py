@@ -36,8 +36,15 @@ def is_read_step(trainer: L.Trainer, every: int | None, last: int | None) -> boo
 
 
 def current_lr(trainer: L.Trainer) -> float:
-    """The first parameter group's learning rate now (NaN before the optimiser exists)."""
-    return float(trainer.optimizers[0].param_groups[0]["lr"]) if trainer.optimizers else float("nan")
+    """The run's learning rate now, ``optimizer.lr`` as scheduled (NaN before the optimiser exists).
+
+    The first parameter group's rate, over its ``lr_scale`` (``SequenceModel.param_groups``): with
+    ``lr_scale.encoder=0.1`` that group is the encoder's, and the divergence advice "a lower
+    optimizer.lr" quoted a rate ten times below the one the setting names."""
+    if not trainer.optimizers:
+        return float("nan")
+    group = trainer.optimizers[0].param_groups[0]
+    return float(group["lr"]) / float(group.get("lr_scale") or 1.0)
 
 
 class StopOnNonFiniteLoss(L.Callback):
