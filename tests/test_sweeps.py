@@ -118,6 +118,21 @@ def test_divergence_stops_with_a_clear_error() -> None:
             by_value, None, {"loss": torch.tensor(float("nan"))}, None, 3)
 
 
+def test_an_optuna_trial_whose_metric_is_nan_is_a_failed_trial(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A job that ends with a NaN metric (val/auroc of a split with one class) was returned to Optuna as NaN,
+    which crashed the plugin's tell, and recorded as "ok" without an objective (a review)."""
+    import lstmkit.commands.train
+
+    values = iter([0.75, float("nan")])
+    monkeypatch.setattr(lstmkit.commands.train, "train", lambda cfg: next(values))
+    run_here("train", "hparams_search=sentiment_optuna", "hydra.sweeper.n_trials=2", *QUICK, cwd=tmp_path)
+    rows = {r["job"]: r for r in _summary(_sweep_dir(tmp_path))}
+    assert (rows["0"]["status"], float(rows["0"]["objective"])) == ("ok", 0.75)
+    assert rows["1"]["status"] == "failed" and "is NaN: undefined on the validation split" in rows["1"]["error"]
+    results = yaml.safe_load((_sweep_dir(tmp_path) / "optimization_results.yaml").read_text())
+    assert results["best_value"] == pytest.approx(0.75)
+
+
 @pytest.mark.parametrize(("task", "direction"), [("sentiment", "maximize"), ("next_word", "minimize"),
                                                  ("stock", "minimize"), ("speech", "minimize"), ("ecg", "maximize")])
 def test_optuna_configs_follow_the_heads_direction(make_cfg, task: str, direction: str) -> None:
@@ -236,8 +251,11 @@ def test_a_diverged_trial_is_recorded_as_failed_in_strict_json_and_ranked_last(t
         record = strict(tmp_path / job / "result.json")
         assert (record["status"], record["objective"]) == ("failed", None)
         assert record["error"].startswith(f"val/mase = {value}: the run diverged")
+    write_result(tmp_path / "3", ["optimizer.lr=1e4"], "val/mase", mode, float("nan"))  # was "ok", no objective
+    record = strict(tmp_path / "3" / "result.json")
+    assert (record["status"], record["objective"]) == ("failed", None) and "val/mase is NaN" in record["error"]
     rows = summarise_sweep(tmp_path)
-    assert rows[0]["job"] == "0" and {r["job"] for r in rows[1:]} == {"1", "2"}
+    assert rows[0]["job"] == "0" and {r["job"] for r in rows[1:]} == {"1", "2", "3"}
     assert "Best: job 0 with val/mase = 1.5000" in (tmp_path / "summary.md").read_text()
 
 

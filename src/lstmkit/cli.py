@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
+import math
 import multiprocessing
 import os
 import re
@@ -206,7 +207,12 @@ def _task(command: str) -> Callable[[Any], Any]:
             raise SystemExit(2) from None
         finally:
             _finish_wandb(exit_code)
-        result(value)
+        result(value)  # (a NaN is recorded as a failed trial: lstmkit.sweeps.write_result)
+        if (multirun and isinstance(value, float) and math.isnan(value)
+                and "optuna" in str(hydra_cfg.sweeper.get("_target_", "")).lower()):
+            # a metric undefined on the split (val/auroc of one class): told as a failed trial, as above;
+            # returned, the NaN crashed the plugin's tell
+            raise TrialFailed(f"{cfg.get('monitor') or 'the monitored metric'} is NaN") from None
         return value
 
     return run

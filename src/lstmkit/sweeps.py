@@ -74,13 +74,21 @@ def write_result(out_dir: str | Path, overrides: list[str], monitor: str | None,
     error. Why: ``json.dumps`` wrote it as ``Infinity``, which is not JSON (strict readers, ``jq``,
     JavaScript refuse the file), and the trial counted as ``ok`` though it had diverged. As a failed
     trial it is ranked after every trial with a value, and a sweep where every trial diverged says so.
+    A NaN objective is a failed trial alike.
     """
     if isinstance(objective, (int, float)) and math.isinf(objective):
         error = error or (f"{monitor or 'the monitored metric'} = {objective}: the run diverged (try a lower "
                           "optimizer.lr, or gradient clipping: trainer.gradient_clip_val=1.0)")
         status = status or "failed"
         objective = None
-    value = None if objective is None or (isinstance(objective, float) and math.isnan(objective)) else objective
+    if isinstance(objective, float) and math.isnan(objective):
+        # not a number to rank: undefined on the split (val/auroc of a split with one class) or diverged;
+        # recorded as "ok" with no objective, it read as a trial that worked
+        error = error or (f"{monitor or 'the monitored metric'} is NaN: undefined on the validation split (an "
+                          "AUROC or F1 of a split with one class only) or the run diverged")
+        status = status or "failed"
+        objective = None
+    value = objective
     record = {"status": status or ("failed" if error else "ok"), "monitor": monitor, "mode": mode, "objective": value,
               "overrides": overrides, "error": error}
     path = Path(out_dir) / "result.json"
