@@ -196,3 +196,14 @@ def test_cpu_autocast_without_lstm_instructions_runs_the_lstm_in_float32(
     torch.testing.assert_close(outputs, expected, atol=2e-2, rtol=0)  # the input was rounded to bf16
     assert caplog.text.count("no bfloat16 instructions for oneDNN's LSTM") == 1
     assert not core.cpu_autocast_lacks_lstm(x)  # outside autocast nothing changes
+
+
+@pytest.mark.parametrize("kernel", ["packed", "unpacked"])
+def test_a_row_without_steps_is_refused_by_every_kernel(kernel: str) -> None:
+    """Packing refused it deep in torch (GPU); the CPU kernel gave the row zeros (max pooling: -inf) silently."""
+    model = LSTMCore(input_size=3, hidden_size=4, kernel=kernel)
+    with pytest.raises(ValueError, match=r"LSTMCore: a row of 0 steps \(lengths \[4, 0, 2\]\); every row needs"):
+        model(torch.randn(3, 4, 3), torch.tensor([4, 0, 2]))
+    if kernel == "packed":  # (the unpacked kernel has no last_summary: its caller pools forward's outputs)
+        with pytest.raises(ValueError, match="a row of 0 steps"):
+            model.last_summary(torch.randn(3, 4, 3), torch.tensor([4, 0, 2]), host_lengths=[4, 0, 2])

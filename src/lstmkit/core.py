@@ -334,5 +334,10 @@ def _on_host(lengths: torch.Tensor, host_lengths: Sequence[int] | None, x: torch
     """The batch's lengths as Python ints: the caller's host copy, or (none, or stale) the device's,
     read with a copy even on CPU so that lstmkit.syncs' CPU stand-in sees the read."""
     if host_lengths is None or len(host_lengths) != x.shape[0] or max(host_lengths, default=0) > x.shape[1]:
-        return lengths.detach().to("cpu", torch.int64, copy=True).tolist()
+        host_lengths = lengths.detach().to("cpu", torch.int64, copy=True).tolist()
+    if min(host_lengths, default=1) < 1:
+        # packing refuses it with a RuntimeError deep in torch on a GPU; the CPU kernel gave its row zeros (max
+        # pooling: -inf) without a word
+        raise ValueError(f"LSTMCore: a row of {min(host_lengths)} steps (lengths {list(host_lengths)[:8]}"
+                         f"{' ...' if len(host_lengths) > 8 else ''}); every row needs at least one step")
     return host_lengths
