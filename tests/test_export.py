@@ -181,6 +181,9 @@ def test_exported_stock_model_says_how_to_read_its_forecasts(make_cfg, tmp_path:
     last = inputs[torch.arange(len(inputs)), lengths - 1, head["feature"]].double()
     served = last[:, None] * values.exp() if head["relative"] else values
     torch.testing.assert_close(served, torch.tensor(expected, dtype=torch.float64), rtol=1e-4, atol=1e-3)
+    # one shift and scale in spec.json: the head's equal the normaliser's (they differed in the ninth digit)
+    target = json.loads(Path(result["spec_path"]).read_text())["spec"]["normaliser"]["target"]
+    assert (head["shift"], head["scale"]) == (list(target["shift"]), list(target["scale"]))
 
 
 def serve_tokens(recipe: dict, text: str) -> list[str]:

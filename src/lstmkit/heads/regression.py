@@ -135,6 +135,10 @@ class RegressionHead(Head):
         self.horizon = int(shift.numel())
         self.register_buffer("shift", shift, persistent=False)
         self.register_buffer("scale", torch.tensor(target["scale"], dtype=torch.float32), persistent=False)
+        # the values as the data computed them (float64), for the serving record: the float32 buffers'
+        # rounding made spec.json hold two shifts that differed in the ninth digit (a tester asked which to use)
+        self._serving_shift = [float(v) for v in torch.tensor(target["shift"], dtype=torch.float64).flatten()]
+        self._serving_scale = [float(v) for v in torch.tensor(target["scale"], dtype=torch.float64).flatten()]
         self.target_name = str(target.get("name", "value"))
         self.names = list(spec.target_names or [f"{self.target_name}_t+{h + 1}" for h in range(self.horizon)])
         self.net = dense_layers(in_features, self.horizon, hidden, dropout)
@@ -156,7 +160,7 @@ class RegressionHead(Head):
                 "forecast": f"{space} with v = outputs * scale + shift; last = the window's last raw value of "
                             f"input feature {self.feature} ({self.target_name}, the raw inputs, last valid step)",
                 "feature": self.feature, "relative": self.relative,
-                "shift": [float(v) for v in self.shift.flatten()], "scale": [float(v) for v in self.scale.flatten()]}
+                "shift": self._serving_shift, "scale": self._serving_scale}
 
     # -- model ----------------------------------------------------------------------------
     def forward(self, features: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
