@@ -1014,6 +1014,9 @@ def test_a_resume_with_a_new_patience_finds_its_earlier_run(make_cfg, tmp_path: 
     from lstmkit.commands.train import job_overrides, resolve_ckpt_path
 
     assert job_overrides(["callbacks.early_stopping.patience=10", "optimizer.lr=0.01"]) == ["optimizer.lr=0.01"]
+    # how a run is logged and shown is not what it trains (a sweep resumed with test=false started afresh)
+    assert job_overrides(["logger=tensorboard", "logger.wandb.project=p", "test=false", "model.dropout=0.1",
+                          "trainer.enable_progress_bar=false", "trainer.log_every_n_steps=5"]) == ["model.dropout=0.1"]
     cfg = make_cfg(["optimizer.lr=0.01", "callbacks.early_stopping.patience=10", "trainer.max_epochs=9",
                     "resume=true"])
     with read_write(cfg.hydra.runtime), open_dict(cfg.hydra.runtime):
@@ -1154,31 +1157,31 @@ def test_resume_finds_its_own_run_and_never_adopts_another(make_cfg, tmp_path: P
 
 
 def test_resume_matches_an_override_that_names_the_default(make_cfg, tmp_path: Path) -> None:
-    """``logger=csv ... resume=true`` (csv is the default) found no earlier run of its overrides, as the
-    earlier one left logger alone, and resumed the task's newest last.ckpt, another seed's run."""
+    """``optimizer=adamw ... resume=true`` (adamw is the default) found no earlier run of its overrides, as
+    the earlier one left the optimizer alone, and resumed the task's newest last.ckpt, another seed's run."""
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import open_dict, read_write
 
     from lstmkit.commands.train import resolve_ckpt_path
 
-    cfg = make_cfg(["task=sentiment", "logger=csv", "optimizer.lr=3e-3", "seed=5", "resume=true"])
+    cfg = make_cfg(["task=sentiment", "optimizer=adamw", "optimizer.lr=3e-3", "seed=5", "resume=true"])
     runs = tmp_path / "logs" / "sentiment" / "runs"
     with read_write(cfg.hydra.runtime), open_dict(cfg.hydra.runtime):
         cfg.hydra.runtime.output_dir = str(runs / "now")
     HydraConfig.instance().set_config(cfg)
     config = "task_name: sentiment\noptimizer:\n  lr: 0.003\n"
-    choices = "hydra:\n  runtime:\n    choices:\n      task: sentiment\n      logger: {logger}\n"
+    choices = "hydra:\n  runtime:\n    choices:\n      task: sentiment\n      optimizer: {optimizer}\n"
 
     given = [o for o in cfg.hydra.overrides.task if o.startswith("paths.")]  # make_cfg's own
 
-    def earlier(name: str, overrides: list[str], age: float, logger: str = "csv", conf: str = config) -> Path:
+    def earlier(name: str, overrides: list[str], age: float, optimizer: str = "adamw", conf: str = config) -> Path:
         ckpt = _fake_run(runs / name, [*given, *overrides], age, conf)
-        (runs / name / ".hydra" / "hydra.yaml").write_text(choices.format(logger=logger))
+        (runs / name / ".hydra" / "hydra.yaml").write_text(choices.format(optimizer=optimizer))
         return ckpt
 
     mine = earlier("mine", ["seed=5"], 100)  # the defaults left alone
     earlier("other_seed", ["seed=21"], 10)  # newer: what the fallback took
-    earlier("tensorboard", ["seed=5"], 20, logger="tensorboard")  # its logger was not this run's csv
+    earlier("sgd", ["seed=5"], 20, optimizer="sgd")  # its optimizer was not this run's adamw
     earlier("other_lr", ["seed=5"], 30, conf=config.replace("0.003", "0.01"))
     assert resolve_ckpt_path("last", cfg) == str(mine)
     shutil.rmtree(runs / "mine")  # only runs of other settings are left: the task's newest, as before

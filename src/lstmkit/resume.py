@@ -33,7 +33,11 @@ log = logging.getLogger("lstmkit")
 # options themselves. Without the patience, `... patience=10 resume=true`
 # found no run of its overrides and resumed the task's newest last.ckpt, another run's. README, Resume.
 RESUME_OVERRIDES = {"resume", "ckpt_path", "trainer.max_epochs", "trainer.max_steps", "trainer.max_time",
-                    "callbacks.early_stopping.patience", "adapt"}
+                    "callbacks.early_stopping.patience", "adapt",
+                    # how a run is shown and logged, and whether it is tested at its end: not its weights (a sweep
+                    # resumed with logger=tensorboard or test=false started every job afresh)
+                    "test", "trainer.enable_progress_bar", "trainer.enable_model_summary", "trainer.log_every_n_steps"}
+RESUME_GROUPS = {"logger"}  # logger=..., logger.wandb.project=...: every key under them
 
 
 def override_key(override: str) -> str:
@@ -56,7 +60,8 @@ def job_overrides(overrides: list[str]) -> list[str]:
     parser = OverridesParser.create()
     canonical = []
     for text in map(str, overrides):
-        if override_key(text) in RESUME_OVERRIDES:
+        key = override_key(text)
+        if key in RESUME_OVERRIDES or key.split(".", 1)[0] in RESUME_GROUPS:
             continue
         try:
             (override,) = parser.parse_overrides([text])
