@@ -87,7 +87,7 @@ def test_ddp_evaluation_equals_single_process_exactly(single_and_ddp_runs: tuple
 
 
 @pytest.mark.parametrize("precision", ["bf16-mixed", "64-true"])
-@pytest.mark.parametrize("task", ["sentiment", "next_word", "stock", "speech", "ecg"])
+@pytest.mark.parametrize("task", ["sentiment", "next_word", "stock", "speech", "ecg", "ecg_unsupervised"])
 def test_other_precisions_run_every_task(make_cfg, task: str, precision: str) -> None:
     """The autocast path of ``trainer=gpu`` (bf16-mixed), exercised on CPU, where Lightning supports it,
     and float64 weights (64-true, e.g. for gradient checks).

@@ -14,6 +14,7 @@ import contextlib
 import functools
 import logging
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -60,6 +61,18 @@ def cpu_autocast_lacks_lstm(x: torch.Tensor) -> bool:
 
 
 _SAID_FLOAT32: list[torch.dtype] = []  # the warning above, once per process
+
+
+def lstm_precision(x: torch.Tensor, state: State | None = None
+                   ) -> tuple[torch.Tensor, State | None, contextlib.AbstractContextManager[Any]]:
+    """``x`` and ``state`` as an LSTM can take them under the autocast in force, and the context to run
+    it in: unchanged, or in float32 outside CPU autocast where the CPU lacks the instructions
+    (:func:`cpu_autocast_lacks_lstm`). Every ``nn.LSTM`` call goes through it: the core's, and a
+    head's own (the ECG autoencoder's decoder)."""
+    if not cpu_autocast_lacks_lstm(x):
+        return x, state, contextlib.nullcontext()
+    state = None if state is None else (state[0].float(), state[1].float())
+    return x.float(), state, torch.autocast("cpu", enabled=False)
 
 
 def dropout_layers(p: float, option: str) -> list[nn.Module]:
@@ -176,11 +189,8 @@ class LSTMCore(nn.Module):
         steps = x.shape[1]
         host_lengths = _on_host(lengths, host_lengths, x)
         final: State | None
-        in_float32 = cpu_autocast_lacks_lstm(x)
-        if in_float32:
-            x = x.float()
-            state = None if state is None else (state[0].float(), state[1].float())
-        with torch.autocast("cpu", enabled=False) if in_float32 else contextlib.nullcontext():
+        x, state, precision = lstm_precision(x, state)
+        with precision:
             if all(n == steps for n in host_lengths):
                 # Equal lengths (LM streams, fixed windows): packing would only cost time.
                 outputs, final = self.lstm(x, state)

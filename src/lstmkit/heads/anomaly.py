@@ -34,7 +34,7 @@ from torchmetrics.functional.classification import (
 )
 from torchmetrics.utilities import dim_zero_cat
 
-from lstmkit.core import dropout_layer
+from lstmkit.core import dropout_layer, lstm_precision
 from lstmkit.errors import ConfigError
 from lstmkit.heads.base import Head, dense_layers, summary_pooling
 from lstmkit.types import Batch, DataSpec
@@ -460,7 +460,9 @@ class ReconstructionHead(ScoreHead):
             inputs = features.unsqueeze(1).expand(-1, steps, -1)  # (B, D) -> (B, T, D)
             if self.positions:
                 inputs = torch.cat([inputs, self._clock(signal, lengths)], dim=-1)  # (B, T, D + 2P + 1)
-            hidden, _ = self.decoder(inputs)  # (B, T, decoder_size)
+            inputs, _, precision = lstm_precision(inputs)  # (float32 where the CPU's autocast lacks an LSTM)
+            with precision:
+                hidden, _ = self.decoder(inputs)  # (B, T, decoder_size)
             goal = signal
         else:
             hidden = features  # (B, T, D)
