@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 from types import SimpleNamespace
 
+import lightning as L
 import pytest
 import torch
 import yaml
@@ -118,19 +119,22 @@ def test_divergence_stops_with_a_clear_error() -> None:
             by_value, None, {"loss": torch.tensor(float("nan"))}, None, 3)
 
 
-def test_an_optuna_trial_whose_metric_is_nan_is_a_failed_trial(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A job that ends with a NaN metric (val/auroc of a split with one class) was returned to Optuna as NaN,
-    which crashed the plugin's tell, and recorded as "ok" without an objective (a review)."""
-    import lstmkit.commands.train
+class NaNValidation(L.Callback):
+    """Makes the validation metric NaN, as val/auroc of a split with one class is (test helper)."""
 
-    values = iter([0.75, float("nan")])
-    monkeypatch.setattr(lstmkit.commands.train, "train", lambda cfg: next(values))
-    run_here("train", "hparams_search=sentiment_optuna", "hydra.sweeper.n_trials=2", *QUICK, cwd=tmp_path)
-    rows = {r["job"]: r for r in _summary(_sweep_dir(tmp_path))}
-    assert (rows["0"]["status"], float(rows["0"]["objective"])) == ("ok", 0.75)
-    assert rows["1"]["status"] == "failed" and "is NaN: undefined on the validation split" in rows["1"]["error"]
-    results = yaml.safe_load((_sweep_dir(tmp_path) / "optimization_results.yaml").read_text())
-    assert results["best_value"] == pytest.approx(0.75)
+    def on_validation_end(self, trainer: L.Trainer, *args: object) -> None:  # (Lightning runs checkpoints last)
+        trainer.callback_metrics["val/acc"] = torch.tensor(float("nan"))
+
+
+def test_an_optuna_trial_whose_metric_is_nan_is_a_failed_trial(tmp_path: Path) -> None:
+    """A trial whose metric was NaN (val/auroc of a split with one class) was recorded as "ok" without an
+    objective: Lightning's checkpoint kept NaN as -inf (told "diverged" once that was failed) and train()
+    returned None for NaN. Returned as NaN, it crashed the Optuna plugin's tell. Now: a failed trial."""
+    proc = run_here("train", "hparams_search=sentiment_optuna", "hydra.sweeper.n_trials=1",
+                    "+callbacks.nan._target_=tests.test_sweeps.NaNValidation", *TINY, *QUICK, cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and "every trial of the sweep failed (1 of 1); the first: val/acc is NaN" in proc.stderr
+    (row,) = _summary(_sweep_dir(tmp_path))
+    assert row["status"] == "failed" and "val/acc is NaN: undefined on the validation split" in row["error"], row
 
 
 @pytest.mark.parametrize(("task", "direction"), [("sentiment", "maximize"), ("next_word", "minimize"),

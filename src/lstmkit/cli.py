@@ -165,6 +165,10 @@ def _task(command: str) -> Callable[[Any], Any]:
             with _signals_interrupt(stop) if command == "train" else contextlib.nullcontext():
                 _one_console_for_lightning()  # (its import takes seconds: a SIGTERM meanwhile is an interruption)
                 value = _load(COMMANDS[command])(cfg)
+            # a metric undefined on the split (val/auroc of one class): a failed trial, on W&B too
+            nan_trial = multirun and isinstance(value, float) and math.isnan(value)
+            if nan_trial:
+                exit_code = 1
         except SystemExit as err:
             # Lightning's SIGTERMException, raised at the next batch after SIGTERM or SIGINT, or ours outside
             # its loops
@@ -208,10 +212,8 @@ def _task(command: str) -> Callable[[Any], Any]:
         finally:
             _finish_wandb(exit_code)
         result(value)  # (a NaN is recorded as a failed trial: lstmkit.sweeps.write_result)
-        if (multirun and isinstance(value, float) and math.isnan(value)
-                and "optuna" in str(hydra_cfg.sweeper.get("_target_", "")).lower()):
-            # a metric undefined on the split (val/auroc of one class): told as a failed trial, as above;
-            # returned, the NaN crashed the plugin's tell
+        if nan_trial and "optuna" in str(hydra_cfg.sweeper.get("_target_", "")).lower():
+            # told to Optuna as a failed trial, as above: returned, the NaN crashed the plugin's tell
             raise TrialFailed(f"{cfg.get('monitor') or 'the monitored metric'} is NaN") from None
         return value
 

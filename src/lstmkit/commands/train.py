@@ -461,7 +461,8 @@ def _untrained_resume(ckpt_path: str | None, resumed: dict[str, Any] | None, ste
 def _fit_and_test(cfg: DictConfig, trainer: L.Trainer, model: SequenceModel, datamodule: Any,
                   ckpt_path: str | None, resumed: dict[str, Any] | None) -> float | None:
     """Fit (continuing ``ckpt_path``), test the best checkpoint, write ``metrics.json``; the monitored
-    metric's best value (a sweep's objective), ``None`` when there is none or it is NaN."""
+    metric's best value (a sweep's objective; NaN where the metric is undefined on the split, which the job
+    wrapper records as a failed trial), ``None`` when there is none."""
     out_dir = HydraConfig.get().runtime.output_dir
     log.info("run directory: %s", out_dir)
     metrics: dict[str, float] = {}
@@ -472,6 +473,9 @@ def _fit_and_test(cfg: DictConfig, trainer: L.Trainer, model: SequenceModel, dat
         metrics.update(_untrained_resume(ckpt_path, resumed, trainer.global_step))
         metrics.update(scalar_metrics(trainer.callback_metrics))
         score = best_score(checkpoint)
+        last = metrics.get(str(cfg.monitor))
+        if score is not None and math.isinf(score) and last is not None and math.isnan(last):
+            score = math.nan  # Lightning's ModelCheckpoint keeps a NaN metric as its worst value, +-inf: no divergence
         if score is not None:
             monitored = f"{cfg.monitor}_best"
             metrics[monitored] = score
@@ -487,8 +491,7 @@ def _fit_and_test(cfg: DictConfig, trainer: L.Trainer, model: SequenceModel, dat
         trainer.test(model, datamodule=datamodule, ckpt_path=best or None, weights_only=True)
         metrics.update(scalar_metrics(trainer.callback_metrics))
     report(metrics, out_dir, title=f"{cfg.task_name}: final metrics")
-    value = metrics.get(monitored)
-    return None if value is None or math.isnan(value) else value
+    return metrics.get(monitored)
 
 
 def _trust_own_code(cfg: DictConfig) -> None:
