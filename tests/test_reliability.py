@@ -1184,6 +1184,10 @@ def test_resume_matches_an_override_that_names_the_default(make_cfg, tmp_path: P
     earlier("sgd", ["seed=5"], 20, optimizer="sgd")  # its optimizer was not this run's adamw
     earlier("other_lr", ["seed=5"], 30, conf=config.replace("0.003", "0.01"))
     assert resolve_ckpt_path("last", cfg) == str(mine)
+    # a run of the very overrides wins over a newer one of the same settings written otherwise (tiers)
+    exact = _fake_run(runs / "exact", [o for o in cfg.hydra.overrides.task if not o.startswith("resume")], 200)
+    assert resolve_ckpt_path("last", cfg) == str(exact)
+    shutil.rmtree(runs / "exact")
     shutil.rmtree(runs / "mine")  # only runs of other settings are left: the task's newest, as before
     assert resolve_ckpt_path("last", cfg) == str(runs / "other_seed" / "checkpoints" / "last.ckpt")
 

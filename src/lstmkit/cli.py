@@ -241,7 +241,10 @@ class _HeldStderr:
     def write(self, text: str) -> int:
         if self.held is None:
             return self.stream.write(text)
-        writer = sys._getframe(1).f_globals.get("__name__", "")  # print() is C: frame 1 is its caller
+        try:
+            writer = sys._getframe(1).f_globals.get("__name__", "")  # print() is C: frame 1 is its caller
+        except ValueError:  # called from C with no Python frame under it (an unraisable hook at teardown)
+            writer = ""
         self.held.append((text, writer in self._REPORTERS))
         return len(text)
 

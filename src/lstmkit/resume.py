@@ -175,10 +175,8 @@ class Search:
         no folder to tell, e.g. this sweep job's own, a run of another version is refused when resumed)."""
         if theirs == self.mine:
             return True
-        if (self.mine_before_versions is not None and theirs == self.mine_before_versions
-                and (folder is None or before_tokenizer_versions(folder))):
-            return True
-        return folder is not None and self.same_settings(theirs, folder)
+        return (self.mine_before_versions is not None and theirs == self.mine_before_versions
+                and (folder is None or before_tokenizer_versions(folder)))
 
     def same_settings(self, theirs: list[str], folder: Path) -> bool:
         """Whether overrides that differ only name, on one side, what the other run had by default:
@@ -217,10 +215,19 @@ class Search:
 
     @cached_property
     def matching(self) -> set[Path]:
-        """The folders of the earlier runs with these overrides (each ``overrides.yaml`` read once)."""
-        return {p.parent.parent for p in self.earlier(self._files[1])
-                if self.mine is not None and self.same_overrides(job_overrides(list(OmegaConf.load(p))),
-                                                                 p.parent.parent)}
+        """The folders of the earlier runs with these overrides (each ``overrides.yaml`` read once); for a
+        single run with none, those of the same settings (:meth:`same_settings`).
+
+        In tiers: a run of the same overrides always wins over one of the same settings written otherwise,
+        and a sweep job matches its overrides only, so that it continues its own job of the earlier sweep
+        (with the settings tier, a resumed sweep's twins took another sweep's job, found by a review)."""
+        if self.mine is None:
+            return set()
+        recorded = [(p.parent.parent, job_overrides(list(OmegaConf.load(p)))) for p in self.earlier(self._files[1])]
+        exact = {folder for folder, theirs in recorded if self.same_overrides(theirs, folder)}
+        if exact or self.sweep:
+            return exact
+        return {folder for folder, theirs in recorded if self.same_settings(theirs, folder)}
 
     @cached_property
     def own(self) -> list[Path]:
