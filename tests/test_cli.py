@@ -361,6 +361,14 @@ def test_predict_reads_label_prefixed_lines_as_training_did(tmp_path) -> None:
     assert prefixed_labels(cfg, spec, {"format": "auto", "delimiter": ";"}) is None
     assert prefixed_labels(OmegaConf.create({"input_file": "x.csv"}), spec, named) is None
     assert prefixed_labels(cfg, spec, {"format": "prefixed"}) == {"negative", "positive"}
+    # a model whose spec says how its training files were read: '<label> <text>' lines only if they were
+    # (one trained on a CSV read "1 star is too many" as "star is too many", tester-2)
+    from dataclasses import replace
+    on_csv = replace(spec, extra={"read_as": ["csv"]})
+    assert prefixed_labels(cfg, on_csv, named) is None
+    assert prefixed_labels(cfg, replace(spec, extra={"read_as": []}), named) is None  # the generated corpus
+    assert prefixed_labels(cfg, replace(spec, extra={"read_as": ["csv", "prefixed"]}), named) == labels
+    assert prefixed_labels(cfg, on_csv, {"format": "prefixed"}) == {"negative", "positive"}  # asked for
     # end to end, with a model trained on such files
     train = tmp_path / "data"
     train.mkdir()
@@ -383,6 +391,17 @@ def test_predict_reads_label_prefixed_lines_as_training_did(tmp_path) -> None:
     table_file.write_text("text\na fine film\n", encoding="utf-8")
     as_lines = run_here("predict", f"ckpt_path={ckpt}", f"input_file={table_file}", "data.format=lines", cwd=tmp_path)
     assert [json.loads(line)["input"] for line in as_lines.stdout.strip().splitlines()] == ["text", "a fine film"]
+    # a model trained on a CSV reads every line of a .txt whole, label-like first words and all
+    table_train = tmp_path / "reviews.csv"
+    table_train.write_text("text,label\n" + "".join(f"{'a fine film' if i % 2 else 'a dull film'} {i},{i % 2}\n"
+                                                     for i in range(200)), encoding="utf-8")
+    run_here("train", f"data.path={table_train}", "model.hidden_size=8", "encoder.dim=8", *QUICK, "test=false",
+             "task_name=on_csv", cwd=tmp_path)
+    csv_ckpt = next((tmp_path / "logs" / "on_csv" / "runs").glob("*/checkpoints/last.ckpt"))
+    whole_lines = run_here("predict", f"ckpt_path={csv_ckpt}", f"input_file={dev}", cwd=tmp_path)
+    assert [json.loads(line)["input"] for line in whole_lines.stdout.strip().splitlines()] == [
+        "0 one long string of cliches .", "1\ta gorgeous , witty film ."]
+    assert "read as '<label> <text>'" not in whole_lines.stderr
     # output=<name>.csv is a CSV table (it was JSON lines under a .csv name), nested results as dotted columns
     import pandas as pd
 

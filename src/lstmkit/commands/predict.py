@@ -168,7 +168,9 @@ def input_context(ckpt_path: str, model: Any, datamodule_cls: Any) -> Iterator[N
 def prefixed_labels(cfg: DictConfig, spec: DataSpec, data: Any) -> frozenset[str] | None:
     """A text classifier's labels as its training files wrote them (``data.label_names``' keys for the
     classes it renames), when its training read ``input_file`` as ``<label> <text>`` lines: its
-    ``data.format`` is ``prefixed``, or ``auto`` with no ``data.delimiter`` and the file no table.
+    ``data.format`` is ``prefixed``, or ``auto`` with no ``data.delimiter`` and the file no table, and
+    its training files were such lines (``spec.extra["read_as"]``; a model trained on a CSV or on the
+    generated corpus reads every line of a ``.txt`` whole).
     ``data.format=lines`` (predict's own): none; every line is a text, whatever it starts with, and a
     ``.csv`` / ``.tsv`` / ``.jsonl`` ``input_file`` is read as lines too, not as a table."""
     if spec.input_kind != "tokens" or not spec.classes or not cfg.get("input_file"):
@@ -178,6 +180,9 @@ def prefixed_labels(cfg: DictConfig, spec: DataSpec, data: Any) -> frozenset[str
     if not (fmt == "prefixed" or (fmt == "auto" and not data.get("delimiter")
                                   and suffix not in {*TABLE_SUFFIXES, ".jsonl", ".json"})):
         return None
+    read_as = spec.extra.get("read_as")  # how the training files were read (checkpoints since 2026-12)
+    if read_as is not None and "prefixed" not in read_as and fmt != "prefixed":
+        return None  # trained on tables or the generated corpus: a line "1 star is too many" is a text
     renamed = {str(raw) for raw, name in (plain(data.get("label_names")) or {}).items() if str(name) in spec.classes}
     return frozenset({*map(str, spec.classes), *renamed})
 

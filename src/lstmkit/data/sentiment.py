@@ -35,6 +35,7 @@ from lstmkit.data.text import (
     check_subwords,
     check_tokenizer_version,
     encode,
+    labelled_format,
     learn_subwords,
     read_labelled_text,
     read_text,
@@ -255,6 +256,7 @@ class SentimentDataModule(SequenceDataModule):
         self.path = path
         self.text_column, self.label_column, self.format = text_column, label_column, format
         self.delimiter = check_delimiter(delimiter)
+        self.read_as: set[str] = set()  # how the files were read (csv, tsv, jsonl, prefixed), for the spec
         self.label_names = {str(k): str(v) for k, v in (label_names or {}).items()}
         self.num_examples = num_examples
         self.val_fraction, self.test_fraction = check_fractions(val_fraction, test_fraction)
@@ -296,6 +298,7 @@ class SentimentDataModule(SequenceDataModule):
         return splits
 
     def _read_file(self, path: Path) -> list[tuple[str, int, str, str]]:
+        self.read_as.add(labelled_format(path, self.format, self.delimiter))
         return [(str(path), row, text, label) for row, text, label in
                 read_labelled_text(path, self.text_column, self.label_column, self.format, self.delimiter)]
 
@@ -366,8 +369,11 @@ class SentimentDataModule(SequenceDataModule):
             if len(labels) < 2:
                 raise DataError(f"the training split has only the label(s) {labels}; need two or more",
                                 path=self.path)
+            # how the training files were read: predict reads an input_file as '<label> <text>' lines only
+            # for a model trained on such (a CSV-trained model's "1 star is too many" is a text)
             spec = DataSpec(input_kind="tokens", vocab=vocab, classes=labels, pad_id=0,
-                            tokenizer={**self.tokenizer, "max_length": self.max_length})
+                            tokenizer={**self.tokenizer, "max_length": self.max_length},
+                            extra={"read_as": sorted(self.read_as)})
         index = {tok: i for i, tok in enumerate(spec.vocab or [])}
         class_index = {c: i for i, c in enumerate(spec.classes or [])}
         unknown = sorted((str(source), row, label) for rows in splits.values() for source, row, _, label in rows

@@ -474,6 +474,22 @@ def read_text(path: Path) -> str:
     return text
 
 
+def labelled_format(path: Path, fmt: str = "auto", delimiter: str | None = None) -> str:
+    """How :func:`read_labelled_text` reads ``path``: ``csv``, ``tsv``, ``jsonl`` or ``prefixed``.
+
+    Why its own function: a text classifier records how its training files were read, so that
+    predict reads an ``input_file`` of ``<label> <text>`` lines so only for a model trained on such.
+    """
+    if delimiter is not None and fmt in {"auto", "csv", "tsv"}:
+        return "csv"
+    if delimiter is not None:
+        raise ConfigError(f"data.delimiter={delimiter!r} is for delimited files; data.format={fmt} has no "
+                          "delimiter (set data.format=csv, or leave data.delimiter unset)")
+    if fmt == "auto":
+        return {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl"}.get(path.suffix.lower(), "prefixed")
+    return fmt
+
+
 def read_labelled_text(
     path: Path,
     text_column: str = "text",
@@ -491,15 +507,7 @@ def read_labelled_text(
     """
     delimiter = check_delimiter(delimiter)
     content = read_text(path)
-    if delimiter is not None and fmt in {"auto", "csv", "tsv"}:
-        fmt = "csv"
-    elif delimiter is not None:
-        raise ConfigError(f"data.delimiter={delimiter!r} is for delimited files; data.format={fmt} has no "
-                          "delimiter (set data.format=csv, or leave data.delimiter unset)")
-    if fmt == "auto":
-        fmt = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl"}.get(
-            path.suffix.lower(), "prefixed"
-        )
+    fmt = labelled_format(path, fmt, delimiter)
     pairs: list[tuple[int, str, str]] = []
     if fmt in {"csv", "tsv"}:
         for row, record in csv_records(content, delimiter or ("," if fmt == "csv" else "\t"), path,
