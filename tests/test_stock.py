@@ -594,6 +594,21 @@ def test_decimal_commas_are_refused_by_default_and_read_with_data_decimal(
         (series,) = read_ohlcv(write_csv(tmp_path / "yen.csv", whole), FEATURES)
     assert series.values[0, 3] == 1000.0
     assert """row 2, field 'close': '1,000' is read as 1000 (',' as a thousands separator)""" in caplog.text
+    # ... but not when that makes one row ~1000x its neighbours: "47.000" among decimal commas, "100,410" among
+    # '.' decimals (tester-2: read as 47000 with a warning, or silently)
+    mixed = frame.astype(str)
+    for c in ("open", "high", "low", "close"):
+        mixed[c] = [f"{v:.1f}".replace(".", ",") for v in frame[c]]
+    mixed.loc[5, "close"] = f"{int(frame['close'].iloc[5])}.000"
+    with pytest.raises(DataError, match=rf"mixed\.csv, row 7, field 'close': '{int(frame['close'].iloc[5])}\.000' is read "
+                                        r"as \d+ \('\.' between thousands, the decimal point being ','\), \d+ times the "
+                                        r"price of the row beside it"):
+        read_ohlcv(write_csv(tmp_path / "mixed.csv", mixed), FEATURES, decimal=",")
+    quoted = frame.astype(str)
+    quoted.loc[5, "close"] = "100,410"
+    quoted.loc[4, "close"] = "100.3"
+    with pytest.raises(DataError, match=r"quoted\.csv, row 7, field 'close': '100,410' is read as 100410"):
+        read_ohlcv(write_csv(tmp_path / "quoted.csv", quoted), FEATURES)
     with pytest.raises(ConfigError, match=r"""data\.decimal=';': expected '\.' \(1,234\.56\) or ','"""):
         StockDataModule(path=str(path), decimal=";").setup()
 

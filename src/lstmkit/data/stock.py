@@ -421,7 +421,36 @@ def parse_numbers(raw: pd.Series, lines: np.ndarray, source: str, column: str, d
     plain = text.str.replace(group, "", regex=False)
     if decimal != ".":
         plain = plain.str.replace(decimal, ".", regex=False)
-    return pd.to_numeric(plain, errors="coerce").to_numpy(dtype=float)
+    values = pd.to_numeric(plain, errors="coerce").to_numpy(dtype=float)
+    if price and len(marked):
+        _check_thousands_scale(text, values, marked, lines, source, column, group, decimal)
+    return values
+
+
+def _check_thousands_scale(text: pd.Series, values: np.ndarray, marked: np.ndarray, lines: np.ndarray,
+                           source: str, column: str, group: str, decimal: str) -> None:
+    """Refuse a price read as thousands (``47.000`` -> 47000) that is ~1000x the rows beside it.
+
+    Why: ``47.000`` among ``46,5`` and ``47,2`` (a file whose decimal marks are mixed, or ``"100,410"``
+    quoted in a '.' file) is a valid number with a thousands separator, and was read as 47000, a
+    1000-fold jump in one day that no price makes: the forecast was trained on it, unsaid.
+    """
+    three = np.zeros(len(text), dtype=bool)  # exactly "d{1,3}<group>ddd": the only values that read both ways
+    three[marked] = text.iloc[marked].str.fullmatch(rf"[+-]?\d{{1,3}}{re.escape(group)}\d{{3}}").to_numpy()
+    if not three.any() or three.all():
+        return
+    beside = pd.Series(np.where(three | ~np.isfinite(values) | (values <= 0), np.nan, values))
+    before, after = beside.ffill().to_numpy(), beside.bfill().to_numpy()
+    near = np.where(np.isfinite(before), before, after)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = values / near
+    wrong = np.flatnonzero(three & (ratio > 100) & (ratio / 1000 > 0.1) & (ratio / 1000 < 10))
+    if len(wrong):
+        i = int(wrong[0])
+        raise DataError(f"{text.iloc[i]!r} is read as {values[i]:g} ({group!r} between thousands, the decimal point "
+                        f"being {decimal!r}), {ratio[i]:.0f} times the price of the row beside it ({near[i]:g}); is "
+                        f"{group!r} its decimal point? Write every price of the file with one decimal point",
+                        path=source, row=int(lines[i]), field=column)
 
 
 # a UTC offset (or zone) after a time of day: "00:00:00-05:00", "09:30+0900", "00:00:00Z", "00:00 UTC"
