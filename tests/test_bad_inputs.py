@@ -207,6 +207,10 @@ CASES = [
          r"x\.csv, row 12: 3 fields, but the header has 2 \(\['text', 'label'\]\); quote a field"),
     Case("csv-short-row", lambda d: ["data.path=" + str(_text(d / "x.csv", _reviews(10) + "a review cut off\n"))],
          r"x\.csv, row 12: 1 field\(s\), but the header has 2 \(\['text', 'label'\]\): the row is cut short"),
+    Case("csv-unclosed-quote", lambda d: ["data.path=" + str(_text(d / "x.csv", _reviews(5) + '"a fine film,1\n'
+                                                                    + _reviews(5).split("\n", 1)[1]))],
+         r"x\.csv, row 7: a quote opened on this row is never closed: the rest of the file \(6 line\(s\)\) was read as "
+         r"one field"),
     Case("csv-joined-header", lambda d: ["data.path=" + str(_text(d / "x.csv", _reviews(300) + _reviews(300)))],
          r"x\.csv, row 302, field 'label': label 'label' is not a number, unlike the file's other labels \(0, 1\): "
          r"it is the column's name, a header line repeated where files were joined"),

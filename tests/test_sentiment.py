@@ -366,6 +366,9 @@ def test_tsv_is_unquoted_unless_quoted_throughout_and_rows_count_blank_lines(tmp
                  ).to_csv(tmp_path / "pandas.tsv", sep="\t", index=False)
     assert read_labelled_text(tmp_path / "pandas.tsv") == [(2, 'he said "hi" and left', "1"), (3, "two\nlines", "0"),
                                                          (5, '"Twist" ending', "1"), (6, "plain", "0")]
+    # a tab inside a quoted field (pandas quotes it): read quoted, as read unquoted the row is a field too wide
+    pd.DataFrame({"text": ["a\ttabbed text", "plain"], "label": [1, 0]}).to_csv(tmp_path / "tab.tsv", sep="\t", index=False)
+    assert read_labelled_text(tmp_path / "tab.tsv") == [(2, "a\ttabbed text", "1"), (3, "plain", "0")]
     (tmp_path / "paired.tsv").write_text('text\tlabel\n"a film\t1\nthe plot" was dull\t0\n')  # unpaired: as written
     assert read_labelled_text(tmp_path / "paired.tsv") == [(2, '"a film', "1"), (3, 'the plot" was dull', "0")]
     # quotes no writer needed: GLUE's text, kept as written (they were stripped when the file parsed quoted)
@@ -482,9 +485,17 @@ def test_a_stray_quote_is_an_error_not_two_examples_merged(tmp_path: Path) -> No
     (tmp_path / "m.csv").write_text('text,label\n"great movie,1\n"bad" movie,0\nok film,1\n', encoding="utf-8")
     with pytest.raises(DataError, match=r"m\.csv, row 3: bad CSV quoting \(',' expected after '\"'\)"):
         read_labelled_text(tmp_path / "m.csv")
-    (tmp_path / "end.csv").write_text('text,label\ngood,1\n"unclosed,0\n', encoding="utf-8")
-    with pytest.raises(DataError, match=r"end\.csv, row 3: bad CSV quoting \(unexpected end of data\)"):
+    # a quote never closed: named at the row it opened on, not at the end of the file the reader reached
+    (tmp_path / "end.csv").write_text('text,label\ngood,1\n"unclosed,0\n\nfine,1\nalso fine,1\n', encoding="utf-8")
+    with pytest.raises(DataError, match=r"end\.csv, row 3: a quote opened on this row is never closed: the rest of "
+                                        r"the file \(4 line\(s\)\) was read as one field \('\"unclosed,0'\)"):
         read_labelled_text(tmp_path / "end.csv")
+    # blank lines above the header: the header is the first line with text ("the header has []" before)
+    (tmp_path / "top.csv").write_text('\n\r\ntext,label\ngood,1\n"open,0\n', encoding="utf-8")
+    with pytest.raises(DataError, match=r"top\.csv, row 5: a quote opened on this row"):
+        read_labelled_text(tmp_path / "top.csv")
+    (tmp_path / "top.csv").write_text('\n\ntext,label\ngood,1\nbad,0\n', encoding="utf-8")
+    assert read_labelled_text(tmp_path / "top.csv") == [(4, "good", "1"), (5, "bad", "0")]
     (tmp_path / "ok.csv").write_text('text,label\n"a ""quoted"" word",1\n"two\nlines",0\n', encoding="utf-8")
     assert read_labelled_text(tmp_path / "ok.csv") == [(2, 'a "quoted" word', "1"), (3, "two\nlines", "0")]
 

@@ -735,3 +735,15 @@ def test_reviewed_reading_and_splitting_edges(tmp_path: Path, caplog) -> None:
     with caplog.at_level(logging.WARNING, logger="lstmkit"):  # the same dates for both: nothing to say
         tiny_module()
     assert "train days end" not in caplog.text
+
+
+def test_a_quote_never_closed_is_named_at_its_row(tmp_path: Path) -> None:
+    """pandas said 'EOF inside string starting at row 3' (counted from 0, under the header): the file's
+    row 5, and the predict error added that the checkpoint might be of another task."""
+    rows = ["Date,Open,High,Low,Close,Volume"] + [f"2020-01-{d:02d},10,11,9,10.5,1000" for d in range(1, 9)]
+    rows[4] = '2020-01-04,"10,11,9,10.5,1000'
+    path = tmp_path / "open.csv"
+    path.write_text("\n".join(rows) + "\n")
+    with pytest.raises(DataError, match=r"open\.csv, row 5: a quote opened on this row is never closed") as err:
+        read_ohlcv(path, FEATURES)
+    assert err.value.readable  # a CSV of the right kind, with one bad row: not "a model of another task?"

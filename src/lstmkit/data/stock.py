@@ -296,7 +296,11 @@ def _read_csv(path: Path) -> tuple[pd.DataFrame, np.ndarray, str]:
         _file_text(path)  # raises with the row and byte offset (pandas' message names neither)
         raise
     except pd.errors.ParserError as err:
-        raise DataError(f"not a readable CSV file ({str(err).strip().splitlines()[-1]})", path=path) from None
+        # the csv module's reading names the row and what is wrong (a quote never closed, a row too wide);
+        # pandas' "Error tokenizing data. C error: EOF inside string starting at row 4" counts from 0
+        deque(csv_records(_file_text(path), sep, path, (), "the header"), maxlen=0)
+        raise DataError(f"not a readable CSV file ({str(err).strip().splitlines()[-1]})", path=path,
+                        readable=True) from None
     except (OSError, EOFError, lzma.LZMAError, zipfile.BadZipFile) as err:  # a damaged .gz / .zip / ...
         raise DataError(f"cannot read the file ({type(err).__name__}: {err})", path=path) from None
     except ValueError as err:  # pandas: a .zip holding several files

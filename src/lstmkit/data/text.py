@@ -588,11 +588,24 @@ def _is_int(text: str) -> bool:
     return True
 
 
-def _quoting_error(err: csv.Error, reader: csv.DictReader, path: Path) -> DataError:
-    """A CSV record the reader cannot parse (a stray or unclosed quote), at the line it stopped on."""
+def _quoting_error(err: csv.Error, reader: csv.DictReader, path: Path, content: str, done: int,
+                   above: int) -> DataError:
+    """A CSV record the reader cannot parse (a stray or unclosed quote), at the line it stopped on; a
+    quote never closed, at the record it opened in (``done``: the line the record before it ended on;
+    ``above``: blank lines cut from the top of the file).
+
+    Why: the reader fails at the end of the file for a quote opened rows before, and that row was
+    named: the user looked at the last line, which is fine."""
     hint = ("a field that starts with a quote runs to its closing quote, over lines if need be; a quote "
             "inside a field is written twice (\"\"), and a field that holds a quote is quoted")
-    return DataError(f"bad CSV quoting ({err}); {hint}", path=path, row=reader.reader.line_num)
+    if "end of data" not in str(err):
+        return DataError(f"bad CSV quoting ({err}); {hint}", path=path, row=reader.reader.line_num + above)
+    lines = content.split("\n")
+    start = next((i for i in range(done, len(lines)) if lines[i].strip()), done)  # the record's first line
+    shown = lines[start].strip() if start < len(lines) else ""
+    shown = shown if len(shown) <= 60 else shown[:57] + "..."
+    return DataError(f"a quote opened on this row is never closed: the rest of the file ({reader.reader.line_num - start} "
+                     f"line(s)) was read as one field ({shown!r}); {hint}", path=path, row=start + 1 + above)
 
 
 def check_delimiter(delimiter: Any) -> str | None:
@@ -656,9 +669,15 @@ def tsv_quoting(content: str) -> int:
     except csv.Error:
         return csv.QUOTE_NONE
     widths = {len(row) for row in rows}
-    if len(widths) == 1 and not any("\t" in field for row in rows for field in row):
+    if len(widths) != 1:
+        return csv.QUOTE_NONE
+    if not any("\t" in field for row in rows for field in row):
         return csv.QUOTE_MINIMAL
-    return csv.QUOTE_NONE
+    # a tab inside a quoted field: quoted, when read unquoted the file's rows are not of one width (the tab
+    # split a text in two); an unquoted file whose rows all fit stays as written
+    unquoted = {len(row) for row in csv.reader(io.StringIO(content, newline=""), delimiter="\t",
+                                               quoting=csv.QUOTE_NONE) if row}
+    return csv.QUOTE_MINIMAL if len(unquoted) > 1 else csv.QUOTE_NONE
 
 
 def csv_records(
@@ -675,6 +694,11 @@ def csv_records(
     ``required`` and ``optional`` columns are found in any case (:func:`match_columns`), and the
     records are keyed by the names asked for.
     """
+    # blank lines above the header (a file written with a leading newline): the header is the first line
+    # with text, and rows keep their numbers in the file ("the header has []" otherwise)
+    stripped = content.lstrip("\r\n")
+    above = content[: len(content) - len(stripped)].count("\n")
+    content = stripped
     quoting = tsv_quoting(content) if delimiter == "\t" else csv.QUOTE_MINIMAL
     # strict: a stray quote ('"great movie,1') is an error; unstrict, it swallowed the next line into
     # one text, with the second line's label (an example lost, another mislabelled, without a word)
@@ -682,19 +706,19 @@ def csv_records(
     try:
         header = reader.fieldnames or []
     except csv.Error as err:
-        raise _quoting_error(err, reader, path) from None
+        raise _quoting_error(err, reader, path, content, 0, above) from None
     # "text, label" (a space after the comma, as people type headers): the column is 'label', not ' label'
     header = [name.strip() if isinstance(name, str) else name for name in header]
     required = list(required)
     shown = header  # the messages show the file's own names
-    header = reader.fieldnames = match_columns(header, [*required, *optional], path, 1, hint)
+    header = reader.fieldnames = match_columns(header, [*required, *optional], path, 1 + above, hint)
     read_columns = [column for column in dict.fromkeys([*required, *optional]) if column in header]
     for column in dict.fromkeys(required):
         # DictReader keeps the last of two same-named columns: the first would be dropped silently
         if header.count(column) > 1:
             places = [str(i + 1) for i, name in enumerate(header) if name == column]
             raise DataError(f"the header names column {column!r} {len(places)} times (columns {', '.join(places)}); "
-                            f"rename all but the one to read, or set {hint}", path=path, row=1, field=column)
+                            f"rename all but the one to read, or set {hint}", path=path, row=1 + above, field=column)
     for column in required:
         if column not in header:
             other_sep, other_name, other_fmt = ("\t", "tab", "tsv") if delimiter == "," else (",", "comma", "csv")
@@ -709,17 +733,18 @@ def csv_records(
                 other = (" (the first line looks like data, not a header: the first line must name the columns, "
                          f"{' and '.join(repr(c) for c in required)} among them)")
             raise DataError(f"no column {column!r}; the header has {shown}. Set {hint} to the right names{other}",
-                            path=path, row=1, field=column, readable=False)  # perhaps a table of another kind
+                            path=path, row=1 + above, field=column, readable=False)  # perhaps a table of another kind
     while True:
+        done = reader.line_num  # the last line of the record before: an unclosed quote opened after it
         try:
             record = next(reader, None)  # skips blank lines, so the row is counted back from its last line
         except csv.Error as err:
-            raise _quoting_error(err, reader, path) from None
+            raise _quoting_error(err, reader, path, content, done, above) from None
         if record is None:
             return
         inside = sum(str(v).count("\n") for v in record.values() if isinstance(v, str))
         inside += sum(str(v).count("\n") for v in record.get(None) or ())  # type: ignore[union-attr]
-        row = reader.line_num - inside  # the record's first line: its last, less its quoted newlines
+        row = reader.line_num - inside + above  # the record's first line: its last, less its quoted newlines
         if any(str(v).strip() for v in record.get(None) or ()):  # DictReader's place for extra fields
             fields = len(header) + len(record[None])  # type: ignore[index]
             raise DataError(f"{fields} fields, but the header has {len(header)} ({shown}); quote a field "
