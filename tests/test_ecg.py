@@ -603,6 +603,17 @@ def test_train_then_predict_through_the_console_script(tmp_path: Path) -> None:
     for line in lines:
         assert 0.0 <= line["score"] <= 1.0 and line["threshold"] == pytest.approx(threshold, abs=1e-6)
         assert line["anomaly"] == (line["score"] >= line["threshold"])
+    # an input_file with a header line is read as input=<file> is (its header was scored as a beat: "expected
+    # a number", tester-2), rows named by their line
+    headed = tmp_path / "headed.csv"
+    headed.write_text(",".join(f"t{i}" for i in range(len(beats[0]))) + "\n"
+                      + "".join(",".join(f"{v:.6g}" for v in beat) + "\n" for beat in beats))
+    as_file = [json.loads(line) for line in run_here("predict", f"ckpt_path={ckpt}", f"input_file={headed}",
+                                                       cwd=tmp_path).stdout.strip().splitlines()]
+    given = [json.loads(line) for line in run_here("predict", f"ckpt_path={ckpt}", f"input={headed}",
+                                                     cwd=tmp_path).stdout.strip().splitlines()]
+    assert [r["score"] for r in as_file] == [r["score"] for r in given] and len(as_file) == 4
+    assert [r["score"] for r in as_file] == pytest.approx([r["score"] for r in lines], abs=1e-5)
     # a bad line names the file and its line (not "<input>, row <position in its batch>")
     bad = tmp_path / "mixed.txt"
     good = beats_file.read_text().splitlines()

@@ -51,9 +51,10 @@ def collect_inputs_and_origins(cfg: DictConfig, text_column: str | None = None, 
     lines, "0 one long string of cliches ." was classified with its "0"). A file of plain texts is
     read one text per line, as before.
 
-    ``manifests``: the model reads manifests (speech): an ``input_file`` that is a ``.csv`` / ``.tsv`` /
-    ``.jsonl`` table is one input, which the datamodule's ``predict_items`` expands to the files it lists
-    (read as lines, its header was taken for an audio path).
+    ``manifests``: the ``input_file`` is one input, which the datamodule's ``predict_items`` expands
+    (:meth:`~lstmkit.data.base.SequenceDataModule.predict_file_is_one_input`): a speech manifest, to the
+    files it lists (read as lines, its header was taken for an audio path); a file of ECG beats, to its
+    rows (read as lines, its header was taken for a beat).
 
     ``paths``: the model reads files (wavs, price or beat files). A relative path on a line of
     ``input_file`` is then taken relative to that file's folder, as a manifest's are, when the file
@@ -82,7 +83,7 @@ def collect_inputs_and_origins(cfg: DictConfig, text_column: str | None = None, 
         if not any(source == str(path) for source, _ in origins):  # not "nothing to predict: pass input_file="
             raise DataError("the table has no rows to predict", path=path)
         log.info("input_file=%s: the texts of its %r column, one result per row", path, text_column)
-    elif cfg.get("input_file") and manifests and table in {*TABLE_SUFFIXES, ".jsonl", ".json"}:
+    elif cfg.get("input_file") and manifests:
         inputs.append(str(cfg.input_file))
         origins.append((str(cfg.input_file), 1))
     elif cfg.get("input_file"):
@@ -238,7 +239,8 @@ def _items(cfg: DictConfig, model: Any, datamodule_cls: Any, spec: DataSpec, out
     tokens = model.spec.input_kind == "tokens"
     raw_inputs, origins = collect_inputs_and_origins(cfg, text_column if tokens else None, paths=not tokens,
                                                      delimiter=data.get("delimiter"),
-                                                     manifests=datamodule_cls.predict_manifests,
+                                                     manifests=bool(cfg.get("input_file")) and
+                                                     datamodule_cls.predict_file_is_one_input(Path(cfg.input_file)),
                                                      labels=prefixed_labels(cfg, model.spec, {**data, **given}))
     if output is not None and not tokens:  # the files an input_file lists are read too
         check_output_file(cfg.output, inputs=[("input", item) for item in raw_inputs if isinstance(item, str)])

@@ -309,6 +309,13 @@ class SequenceDataModule(L.LightningDataModule):
 
     collate: PadCollate = PadCollate()
 
+    @classmethod
+    def predict_file_is_one_input(cls, path: Path) -> bool:
+        """Whether predict's ``input_file=path`` is one input, which :meth:`predict_items` expands (a
+        manifest; a file of beats, read with its header as training read it), rather than a list of
+        inputs, one per line."""
+        return cls.predict_manifests and path.suffix.lower() in {".csv", ".tsv", ".jsonl", ".json"}
+
     def __init__(
         self,
         batch_size: int = 32,

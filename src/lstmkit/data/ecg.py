@@ -30,7 +30,7 @@ from typing_extensions import Self
 
 from lstmkit.data.base import PadCollate, SequenceDataModule, SequenceDataset, path_not_found
 from lstmkit.data.text import read_text
-from lstmkit.errors import ConfigError, DataError
+from lstmkit.errors import ConfigError, DataError, LstmkitError
 from lstmkit.types import Batch, DataSpec
 
 log = logging.getLogger(__name__)
@@ -684,6 +684,17 @@ class EcgDataModule(SequenceDataModule):
         return spec
 
     # -- predict ------------------------------------------------------------------------------
+    @classmethod
+    def predict_file_is_one_input(cls, path: Path) -> bool:
+        """An ``input_file`` of beats (not a list of beat files) is read as ``input=<file>`` is, by the
+        training reader: its header skipped, an ARFF read by its header (read line by line, a header
+        line was "expected a number"). A list of beat files, one per line, stays a list."""
+        try:
+            first = next((line.strip() for line in read_text(path).split("\n") if line.strip()), "")
+        except LstmkitError:
+            return False  # the line reader reports the file's own problem
+        return bool(first) and not _is_file(first) and not _is_file(str(path.parent / first))
+
     @classmethod
     def predict_items(cls, spec: DataSpec, inputs: list[Any]) -> list[Any]:
         """Expand file paths into one :class:`BeatInput` per row (``beats.txt:7``); keep the rest."""
