@@ -330,6 +330,20 @@ def test_a_classifiers_input_file_table_gives_its_text_column(tmp_path) -> None:
     assert [json.loads(line)["input"] for line in lines.strip().splitlines()] == ["lovely, and brilliant", "dull"]
     proc = run_here("predict", f"ckpt_path={ckpt}", "input=fine", "data.label_column=x", cwd=tmp_path, check=False)
     assert proc.returncode != 0 and "reads its input files with data.text_column" in proc.stderr, proc.stderr
+    # a ';' table: the error's advice, data.delimiter, is taken by predict, and by eval without a '+' (refused
+    # in predict, and eval said "Could not override 'data.delimiter'", tester-2)
+    semi = tmp_path / "semi.csv"
+    semi.write_text("text;label\nwhat a wonderful film;1\na dull film;0\n", encoding="utf-8")
+    proc = run_here("predict", f"ckpt_path={ckpt}", f"input_file={semi}", cwd=tmp_path, check=False)
+    assert proc.returncode != 0 and "set 'data.delimiter=\";\"'" in proc.stderr, proc.stderr
+    lines = run_here("predict", f"ckpt_path={ckpt}", f"input_file={semi}", "data.delimiter=\";\"", cwd=tmp_path).stdout
+    assert [json.loads(line)["input"] for line in lines.strip().splitlines()] == ["what a wonderful film", "a dull film"]
+    labelled = tmp_path / "semi_labelled.csv"
+    labelled.write_text("text;label\n" + "".join(f"{'a fine' if i % 2 else 'a dull'} film;{('negative', 'positive')[i % 2]}\n"
+                                                  for i in range(20)), encoding="utf-8")
+    scored = run_here("eval", f"ckpt_path={ckpt}", f"data.path={labelled}", "data.delimiter=\";\"", "split=all",
+                      cwd=tmp_path)
+    assert "all/acc" in scored.stdout + scored.stderr
 
 
 def test_predict_reads_label_prefixed_lines_as_training_did(tmp_path) -> None:

@@ -24,7 +24,7 @@ from lstmkit.commands.common import (
     int_option,
     plain,
 )
-from lstmkit.data.text import csv_records, jsonl_records, read_text
+from lstmkit.data.text import check_delimiter, csv_records, jsonl_records, read_text
 from lstmkit.errors import ConfigError, DataError, LstmkitError
 from lstmkit.files import json_text, write_atomic
 from lstmkit.types import DataSpec
@@ -238,7 +238,7 @@ def _items(cfg: DictConfig, model: Any, datamodule_cls: Any, spec: DataSpec, out
     text_column = text_column if model.spec.classes and not whole_lines else None
     tokens = model.spec.input_kind == "tokens"
     raw_inputs, origins = collect_inputs_and_origins(cfg, text_column if tokens else None, paths=not tokens,
-                                                     delimiter=data.get("delimiter"),
+                                                     delimiter=check_delimiter(given.get("delimiter")) or data.get("delimiter"),
                                                      manifests=bool(cfg.get("input_file")) and
                                                      datamodule_cls.predict_file_is_one_input(Path(cfg.input_file)),
                                                      labels=prefixed_labels(cfg, model.spec, {**data, **given}))

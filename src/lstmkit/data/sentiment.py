@@ -227,7 +227,9 @@ class SentimentDataModule(SequenceDataModule):
     predict_input = "texts"  # what `lstmkit predict input=...` expects (named in errors)
     # predict's input_file: a table's text column may be named otherwise than the training files' was
     # data.format=lines: predict scores every line of an input_file whole (no '<label> <text>' reading)
-    predict_read_options: ClassVar[dict[str, tuple[str, ...] | None]] = {"text_column": None, "format": ("lines",)}
+    # data.delimiter: a table input_file written with another separator than the training files' (';')
+    predict_read_options: ClassVar[dict[str, tuple[str, ...] | None]] = {"text_column": None, "format": ("lines",),
+                                                                          "delimiter": None}
     spec_settings = ("tokenizer", "tokenizer_version", "lowercase", "max_length", "subwords", "min_count", "max_vocab")
 
     def __init__(
