@@ -456,6 +456,13 @@ def test_a_predict_error_in_a_row_does_not_question_the_checkpoint() -> None:
     with pytest.raises(DataError, match="no data rows below the header") as caught, input_context("s.ckpt", model, kind):
         StockDataModule.make_predict_batch(dm.spec, [str(header_only)])
     assert "model of task" not in str(caught.value)
+    # a text file in Latin-1 (a manifest or price file saved by older Excel) is of the right kind too (tester-2)
+    latin = short.with_name("latin.csv")
+    latin.write_bytes(short.read_bytes().replace(b"date", "d\xe9te".encode("latin-1"), 1))
+    with pytest.raises(DataError, match=r"not valid UTF-8 .*'é' in Windows-1252") as caught, \
+            input_context("s.ckpt", model, kind):
+        StockDataModule.make_predict_batch(dm.spec, [str(latin)])
+    assert "model of task" not in str(caught.value)
     # an error that names a row but says the file is of another kind (bytes, not text) still asks
     binary = short.with_name("clip.wav")
     binary.write_bytes(b"RIFF\xff\xfe\x00\x00WAVEfmt ")

@@ -155,8 +155,10 @@ def test_duplicate_dates_and_missing_columns_are_errors(tmp_path: Path) -> None:
     text = write_csv(tmp_path / "ok.csv", one_ticker(20)).read_text().splitlines()
     text[3] = text[3].replace(",", ",\xe9", 1)
     (tmp_path / "latin.csv").write_bytes("\n".join(text).encode("latin-1"))
-    with pytest.raises(DataError, match=r"latin\.csv, row 4: not valid UTF-8 \(byte 0xe9 at offset \d+\)"):
+    with pytest.raises(DataError, match=r"latin\.csv, row 4: not valid UTF-8 \(byte 0xe9 at offset \d+, 'é' in "
+                                        r"Windows-1252 / Latin-1, as older Excel") as err:
         read_ohlcv(tmp_path / "latin.csv", FEATURES)
+    assert err.value.readable  # a text file of the right kind: predict adds no "a model of another task?"
 
 
 

@@ -39,7 +39,7 @@ import torch
 from torch.utils.data import Dataset
 
 from lstmkit.data.base import PadCollate, SequenceDataModule
-from lstmkit.data.text import check_unicode_bom, csv_records, read_text
+from lstmkit.data.text import check_unicode_bom, csv_records, not_utf8, read_text
 from lstmkit.encoders.features import KINDS, fit_feature_normaliser
 from lstmkit.errors import ConfigError, DataError
 from lstmkit.heads.regression import to_target_space
@@ -236,9 +236,7 @@ def _file_text(path: Path) -> str:
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as err:
-        raise DataError(f"not valid UTF-8 (byte 0x{raw[err.start]:02x} at offset {err.start} of the decompressed "
-                        "text); re-save the file as UTF-8", path=path, row=raw[: err.start].count(b"\n") + 1,
-                        readable=False) from None
+        raise not_utf8(raw, err, path, raw[: err.start].count(b"\n") + 1, " of the decompressed text") from None
 
 
 def _delimiter(path: Path) -> str:

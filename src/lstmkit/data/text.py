@@ -440,6 +440,33 @@ def _nul_bytes(raw: bytes, text: str, path: Path) -> DataError:
                      "exporters)? remove them, e.g. tr -d '\\000'", path=path, row=line, readable=False)
 
 
+def legacy_text(raw: bytes) -> bool:
+    """Whether bytes that are not UTF-8 read as text in Windows-1252 / Latin-1 (no NUL, hardly a control
+    character): a text file saved in an older encoding, not a file of another kind (audio, an archive)."""
+    sample = raw[:65536]
+    if b"\x00" in sample:
+        return False
+    controls = sum(b < 32 and b not in (9, 10, 13) for b in sample)
+    return controls <= len(sample) // 1000
+
+
+def not_utf8(raw: bytes, err: UnicodeDecodeError, path: Path | str, line: int, where: str = "") -> DataError:
+    """The error for bytes that are not UTF-8: a text in a legacy encoding names the character it reads
+    as there (``0xe9``: ``'é'`` in Windows-1252) and is a readable file of the right kind (no "a model
+    of another task?" hint in predict); other bytes are a file of another kind.
+
+    Why: a Latin-1 manifest or CSV got predict's "the checkpoint is a model of task ..., which predicts
+    from ..." as if the user had picked the wrong checkpoint."""
+    byte = raw[err.start]
+    if legacy_text(raw):
+        shown = bytes([byte]).decode("cp1252", errors="replace")
+        return DataError(f"not valid UTF-8 (byte 0x{byte:02x} at offset {err.start}{where}, {shown!r} in Windows-1252 / "
+                         "Latin-1, as older Excel and Windows tools save text); re-save the file as UTF-8",
+                         path=path, row=line, readable=True)
+    return DataError(f"not valid UTF-8 (byte 0x{byte:02x} at offset {err.start}{where}); re-save the file as UTF-8",
+                     path=path, row=line, readable=False)  # not a text: of another kind
+
+
 def read_text(path: Path) -> str:
     """Read a whole UTF-8 file with clear errors for missing, empty or non-UTF-8 files.
 
@@ -460,10 +487,7 @@ def read_text(path: Path) -> str:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as err:
         line = len(re.split(rb"\r\n|\r|\n", raw[: err.start]))  # the line ends the text will have
-        raise DataError(
-            f"not valid UTF-8 (byte 0x{raw[err.start]:02x} at offset {err.start}); "
-            "re-save the file as UTF-8", path=path, row=line, readable=False,  # not a text: of another kind
-        ) from None
+        raise not_utf8(raw, err, path, line) from None
     if not text.strip():
         raise DataError("file is empty" + (f" (its {len(text.encode())} bytes are blank lines and spaces)" if text else ""),
                         path=path)
