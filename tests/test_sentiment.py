@@ -496,6 +496,9 @@ def test_a_stray_quote_is_an_error_not_two_examples_merged(tmp_path: Path) -> No
         read_labelled_text(tmp_path / "top.csv")
     (tmp_path / "top.csv").write_text('\n\ntext,label\ngood,1\nbad,0\n', encoding="utf-8")
     assert read_labelled_text(tmp_path / "top.csv") == [(4, "good", "1"), (5, "bad", "0")]
+    # Excel's first line "sep=;" declares the delimiter (it was read as the header: "no column 'text'")
+    (tmp_path / "excel.csv").write_text('"sep=;"\ntext;label\ngood, really;1\nbad;0\n', encoding="utf-8")
+    assert read_labelled_text(tmp_path / "excel.csv") == [(3, "good, really", "1"), (4, "bad", "0")]
     (tmp_path / "ok.csv").write_text('text,label\n"a ""quoted"" word",1\n"two\nlines",0\n', encoding="utf-8")
     assert read_labelled_text(tmp_path / "ok.csv") == [(2, 'a "quoted" word', "1"), (3, "two\nlines", "0")]
 

@@ -749,3 +749,28 @@ def test_a_quote_never_closed_is_named_at_its_row(tmp_path: Path) -> None:
     with pytest.raises(DataError, match=r"open\.csv, row 5: a quote opened on this row is never closed") as err:
         read_ohlcv(path, FEATURES)
     assert err.value.readable  # a CSV of the right kind, with one bad row: not "a model of another task?"
+
+
+def test_french_and_swiss_thousands_and_an_excel_sep_line_are_read(tmp_path: Path) -> None:
+    """'1 234,56' (a no-break space between thousands, as French spreadsheets write) was "expected a number",
+    and Excel's first line 'sep=;' was read as the header: every column "missing" (tester-2)."""
+    frame = one_ticker(30)
+    frame["volume"] = frame["volume"].round() + 1_000_000
+    rows = ["sep=;", "Date;Open;High;Low;Close;Volume"] + [
+        ";".join([r.date, *(f"{getattr(r, c):.2f}".replace(".", ",") for c in ("open", "high", "low", "close")),
+                  f"{int(r.volume):,}".replace(",", "\u00a0")]) for r in frame.itertuples()]
+    path = tmp_path / "fr.csv"
+    path.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    (series,) = read_ohlcv(path, FEATURES, decimal=",")
+    np.testing.assert_allclose(series.values, frame[FEATURES].round({"open": 2, "high": 2, "low": 2, "close": 2})
+                               .to_numpy(), rtol=1e-9)
+    swiss = frame.astype(str)
+    swiss.loc[2, "volume"] = f"{int(frame['volume'].iloc[2]):,}".replace(",", "'")
+    (series,) = read_ohlcv(write_csv(tmp_path / "ch.csv", swiss), FEATURES)
+    assert series.values[2, 4] == frame["volume"].iloc[2]
+    # a bad row below the 'sep=' line keeps its line number in the file
+    cells = rows[5].split(";")
+    rows[5] = ";".join([*cells[:4], "abc", *cells[5:]])
+    path.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"fr\.csv, row 6, field 'Close': expected a finite number, found 'abc'"):
+        read_ohlcv(path, FEATURES, decimal=",")

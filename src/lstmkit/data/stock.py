@@ -39,7 +39,7 @@ import torch
 from torch.utils.data import Dataset
 
 from lstmkit.data.base import PadCollate, SequenceDataModule
-from lstmkit.data.text import check_unicode_bom, csv_records, not_utf8, read_text
+from lstmkit.data.text import check_unicode_bom, csv_records, declared_delimiter, not_utf8, read_text
 from lstmkit.encoders.features import KINDS, fit_feature_normaliser
 from lstmkit.errors import ConfigError, DataError
 from lstmkit.heads.regression import to_target_space
@@ -248,25 +248,26 @@ def _delimiter(path: Path) -> str:
     ``.csv`` was one column too.
     """
     try:
-        header = _header_line(path)
+        _, header, declared = _header(path)
     except (OSError, EOFError, lzma.LZMAError, zipfile.BadZipFile, ValueError, UnicodeDecodeError):
         return ","  # pandas reports the file's own problem
+    if declared is not None:  # Excel's "sep=;" first line
+        return declared
     return max((",", ";", "\t"), key=header.count) if any(sep in header for sep in ";\t") else ","
 
 
-def _header_line(path: Path) -> str:
-    """The first non-blank line of a (possibly compressed) CSV, read without reading the rest."""
-    return _header(path)[1]
-
-
-def _header(path: Path) -> tuple[int, str]:
-    """The blank lines before the header of a (possibly compressed) CSV, and the header line."""
+def _header(path: Path) -> tuple[int, str, str | None]:
+    """The lines before the header of a (possibly compressed) CSV (blank ones, and Excel's ``sep=;``),
+    the header line, and the delimiter such a ``sep=`` line declares (``None`` without one)."""
+    declared = None
     with _opened(path) as stream:
         lines = io.TextIOWrapper(stream, encoding="utf-8-sig", errors="replace")
         for number, line in enumerate(lines):
+            if line.strip() and declared is None and (declared := declared_delimiter(line)) is not None:
+                continue
             if line.strip():
-                return number, line
-    return 0, ""
+                return number, line, declared
+    return 0, "", declared
 
 
 def _read_csv(path: Path) -> tuple[pd.DataFrame, np.ndarray, str]:
@@ -388,8 +389,10 @@ def parse_numbers(raw: pd.Series, lines: np.ndarray, source: str, column: str, d
     error that suggests the other ``data.decimal``. ``1,234`` alone reads both ways: a price column
     with such values and no decimal point anywhere is read as thousands, with a warning.
     """
-    text = raw.astype(str).str.strip()
     group = "," if decimal == "." else "."
+    # a space between groups of digits, as French and other locales write thousands ("1 234,56" with a
+    # no-break or narrow no-break space; Swiss "1'234.56"): the locale's group mark, checked as it is
+    text = raw.astype(str).str.strip().str.replace(r"(?<=\d)[ \u00a0\u202f'](?=\d)", group, regex=True)
     g, d = re.escape(group), re.escape(decimal)
     has_group = text.str.contains(group, regex=False).to_numpy()
     grouped = np.zeros(len(text), dtype=bool)

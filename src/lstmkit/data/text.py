@@ -704,6 +704,17 @@ def tsv_quoting(content: str) -> int:
     return csv.QUOTE_MINIMAL if len(unquoted) > 1 else csv.QUOTE_NONE
 
 
+_EXCEL_SEP = re.compile(r'\s*"?sep=(.)"?\s*', re.IGNORECASE)
+
+
+def declared_delimiter(line: str) -> str | None:
+    """The delimiter a first line ``sep=;`` declares (Excel writes and reads it), or ``None``.
+
+    Why: read as the header, such a file had one column, "sep=;", and every column was "missing"."""
+    match = _EXCEL_SEP.fullmatch(line.rstrip("\r\n"))
+    return match.group(1) if match else None
+
+
 def csv_records(
     content: str, delimiter: str, path: Path, required: Iterable[str], hint: str, optional: Iterable[str] = (),
 ) -> Iterable[tuple[int, dict[str, Any]]]:
@@ -723,6 +734,12 @@ def csv_records(
     stripped = content.lstrip("\r\n")
     above = content[: len(content) - len(stripped)].count("\n")
     content = stripped
+    first, _, rest = content.partition("\n")
+    declared = declared_delimiter(first)
+    if declared is not None:  # Excel's "sep=;" line: the file says its delimiter, and the header follows
+        if declared != delimiter:
+            log.info("%s: its first line %r declares the delimiter %r; read so", path, first.strip(), declared)
+        delimiter, content, above = declared, rest, above + 1
     quoting = tsv_quoting(content) if delimiter == "\t" else csv.QUOTE_MINIMAL
     # strict: a stray quote ('"great movie,1') is an error; unstrict, it swallowed the next line into
     # one text, with the second line's label (an example lost, another mislabelled, without a word)
