@@ -122,7 +122,8 @@ def test_each_ddp_rank_reads_its_own_contiguous_part() -> None:
     assert torch.equal(parts[1][0], ids[half : half + parts[1].shape[1]])
 
 
-def test_lines_end_with_eos_and_the_vocabulary_comes_from_train_only(tmp_path: Path) -> None:
+def test_lines_end_with_eos_and_the_vocabulary_comes_from_train_only(tmp_path: Path,
+                                                                     caplog: pytest.LogCaptureFixture) -> None:
     folder = tmp_path / "corpus"
     folder.mkdir()
     body = "the cat sat on the mat .\n\nthe dog sat .\n" * 40
@@ -130,9 +131,13 @@ def test_lines_end_with_eos_and_the_vocabulary_comes_from_train_only(tmp_path: P
     write(folder / "ptb.valid.txt", "the zebra sat .\n" * 40)
     write(folder / "ptb.test.txt", body)
     write(folder / "README.md", "not a split")
-    dm = tiny_module(folder)
+    with caplog.at_level("INFO", logger="lstmkit"):
+        dm = tiny_module(folder)
     vocab = dm.spec.vocab
     assert vocab[:3] == [PAD, UNK, EOS] and "zebra" not in vocab and "the" in vocab
+    # the log says what was read, as the other pipelines do: tokens per split, vocabulary, <unk> share
+    assert (f"{{'train': 520, 'val': 200, 'test': 520}} tokens, vocabulary {len(vocab)}, <unk> train 0.0%, "
+            "val 20.0%, test 0.0%") in caplog.text
     ids = dm.splits["train"].ids.tolist()
     assert ids.count(2) == 80 and len(ids) == 40 * (8 + 5)  # blank lines skipped
     assert [vocab[i] for i in dm.splits["val"].ids[:5]] == ["the", UNK, "sat", ".", EOS]

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import bisect
 import itertools
+import logging
 import math
 import random
 import re
@@ -50,6 +51,8 @@ from lstmkit.data.text import (
 )
 from lstmkit.errors import ConfigError, DataError
 from lstmkit.types import Batch, DataSpec
+
+log = logging.getLogger(__name__)
 
 # ---------------------------------------------------------------------------------------------
 # The generated corpus
@@ -808,6 +811,13 @@ class NextWordDataModule(SequenceDataModule):
             if self.fixed_spec is None:  # training: fail early on too little text in any split (an eval
                 batchify(stream, self._batch_size(split), self.bptt)  # checks only the split it scores)
             self.splits[split] = stream
+        # what was read, as the other pipelines say it: tokens per split, the vocabulary, and how much of
+        # each split it does not cover (an <unk> rate that is high says min_count / max_vocab cut too much)
+        unknown = {split: float((stream.ids == unk).float().mean()) * 100 if len(stream.ids) else 0.0
+                   for split, stream in self.splits.items()}
+        log.info("language-model text from %s: %s tokens, vocabulary %d, <unk> %s", self.path or "<generated>",
+                 {split: len(stream.ids) for split, stream in self.splits.items()}, len(spec.vocab or []),
+                 ", ".join(f"{split} {share:.1f}%" for split, share in unknown.items()))
         return spec
 
     def _batch_size(self, split: str) -> int:
