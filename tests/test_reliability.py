@@ -368,7 +368,8 @@ def test_config_typos_get_one_line_with_a_suggestion(tmp_path: Path, override: s
     assert "To append" not in proc.stderr and "Traceback" not in proc.stderr
 
 
-@pytest.mark.parametrize("flags", [["--cfg", "job"], ["-c", "all"], ["--cfg", "job", "-p", "model"]])
+@pytest.mark.parametrize("flags", [["--cfg", "job"], ["-c", "all"], ["--cfg", "job", "-p", "model"],
+                                   ["--cf", "job"], ["--cfg=job"], ["--cfg", "job", "--"]])
 def test_a_typo_gets_its_hint_beside_hydras_flags(tmp_path: Path, flags: list[str]) -> None:
     """``--cfg job ~head.class_weights`` read ``job`` as an override: no hint, Hydra's message instead."""
     proc = run_here("train", *flags, "~head.class_weights", cwd=tmp_path, check=False)
@@ -376,6 +377,19 @@ def test_a_typo_gets_its_hint_beside_hydras_flags(tmp_path: Path, flags: list[st
     assert proc.stderr.strip().splitlines() == [(
         "lstmkit train: error: ~head.class_weights: Hydra cannot delete a key whose value is null, and "
         "head.class_weights is null already (unset); drop the ~, or give the key a value (head.class_weights=...)")]
+
+
+def test_split_flags_reads_a_command_line_as_hydras_parser_does() -> None:
+    """Abbreviated long flags (argparse takes --config-d for --config-dir) and ``--`` (the rest are
+    overrides): the flag's value was read as an override, and ``--`` as a flag."""
+    from lstmkit.suggest import split_flags
+
+    assert split_flags(["--config-d", "conf", "a=1"]) == (["--config-d", "conf"], ["a=1"])
+    assert split_flags(["--cfg=job", "a=1"]) == (["--cfg=job"], ["a=1"])
+    assert split_flags(["task=ecg", "-m", "seed=1,2"]) == (["-m"], ["task=ecg", "seed=1,2"])
+    assert split_flags(["-m", "--", "a=1", "b=2"]) == (["-m"], ["a=1", "b=2"])
+    assert split_flags(["--info", "x=1"]) == (["--info"], ["x=1"])  # --info's topic is optional
+    assert split_flags(["-i", "config", "x=1"]) == (["-i", "config"], ["x=1"])
 
 
 def test_a_typo_without_a_hint_keeps_hydras_message(tmp_path: Path) -> None:

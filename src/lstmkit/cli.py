@@ -469,7 +469,7 @@ def main(argv: list[str] | None = None) -> Any:
     flags, overrides = split_flags(args)
     # flags first: Hydra's argparse takes the overrides as one run of words, so `train task=ecg -m seed=1,2`
     # was "unrecognized arguments: seed=1,2"
-    sys.argv = [sys.argv[0], *flags, *overrides]
+    sys.argv = [sys.argv[0], *flags, *(["--"] if "--" in args else []), *overrides]
     app = hydra.main(version_base="1.3", config_path=config_dir(), config_name=command)(_task(command))
     _JOB.crashed = False
     held = sys.stderr = _HeldStderr(sys.stderr)

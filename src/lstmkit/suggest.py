@@ -105,15 +105,43 @@ _FLAGS_WITH_VALUES = frozenset({"-sc", "--shell-completion", "-cd", "--config-di
 _INFO_TOPICS = frozenset({"all", "config", "defaults", "defaults-tree", "plugins", "searchpath"})  # --info [topic]
 
 
+# Hydra's long options (its argparse parser's, which takes any unambiguous prefix of one: --config-d)
+_LONG_FLAGS = ("--help", "--hydra-help", "--version", "--cfg", "--resolve", "--package", "--run", "--multirun",
+               "--shell-completion", "--config-path", "--config-name", "--config-dir", "--info", "--experimental-rerun")
+
+
+def _flag_name(arg: str) -> str:
+    """A flag as Hydra's parser reads it: ``--cfg=job`` is ``--cfg``, ``--config-d`` is ``--config-dir``."""
+    name = arg.split("=", 1)[0]
+    if name.startswith("--") and name not in _LONG_FLAGS:
+        matches = [flag for flag in _LONG_FLAGS if flag.startswith(name)]
+        return matches[0] if len(matches) == 1 else name
+    return name
+
+
 def split_flags(args: list[str]) -> tuple[list[str], list[str]]:
-    """A command line's Hydra flags (with their values, in order) and its overrides, apart."""
+    """A command line's Hydra flags (with their values, in order) and its overrides, apart.
+
+    A flag's value is the next argument unless given with ``=`` (``--cfg=job``); abbreviated long flags
+    (``--config-d``) are known as Hydra's parser knows them; every argument after ``--`` is an override."""
     flags: list[str] = []
     overrides: list[str] = []
-    flag = ""
-    for arg in args:
-        takes_value = flag in _FLAGS_WITH_VALUES or (flag in {"-i", "--info"} and arg in _INFO_TOPICS)
-        flag = arg if arg.startswith("-") else ""
-        (flags if takes_value or flag else overrides).append(arg)
+    takes_value = ""
+    for i, arg in enumerate(args):
+        if takes_value and (takes_value != "--info" or arg in _INFO_TOPICS):
+            flags.append(arg)
+            takes_value = ""
+            continue
+        takes_value = ""
+        if arg == "--":  # argparse's end of options: the rest are overrides, whatever they start with
+            overrides.extend(args[i + 1:])
+            break
+        if arg.startswith("-"):
+            flags.append(arg)
+            name = "--info" if _flag_name(arg) in {"-i", "--info"} else _flag_name(arg)
+            takes_value = name if "=" not in arg and (name in _FLAGS_WITH_VALUES or name == "--info") else ""
+        else:
+            overrides.append(arg)
     return flags, overrides
 
 
