@@ -142,8 +142,8 @@ CASES = [
          r"no_such_dir.*(does not exist|not found)"),
     Case("empty-file", lambda d: [f"data.path={_text(d / 'empty.csv', '  ')}"], r"empty\.csv.*file is empty"),
     Case("not-utf8", lambda d: ["data.path=" + str(_text(d / "l.txt", "1 caf\xe9 good".encode("latin-1")))],
-         r"l\.txt, row 1: not valid UTF-8 \(byte 0xe9 at offset 5, 'é' in Windows-1252 / Latin-1, as older Excel and "
-         r"Windows tools save text\); re-save the file as UTF-8"),
+         r"l\.txt, row 1: not valid UTF-8 \(byte 0xe9 at offset 5, 'é' in Windows-1252 / Latin-1\): a text saved in "
+         r"another encoding, as older Excel and Windows tools save it; re-save the file as UTF-8"),
     Case("utf16-file", lambda d: ["data.path=" + str(_text(d / "u.csv", _reviews().encode("utf-16")))],
          r"u\.csv: the file is UTF-16 \(little-endian, with a byte-order mark, as Windows Notepad and Excel save "
          r"'Unicode text'\), not UTF-8; convert it, e\.g\. iconv -f UTF-16 -t UTF-8 '\S*/u\.csv' > '\S*/u-utf8\.csv'"),

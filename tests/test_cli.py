@@ -293,6 +293,12 @@ def test_input_file_paths_are_read_from_the_lists_folder(tmp_path, monkeypatch) 
     semi.write_text('text;label\n"one; two";1\nthree;0\n')
     cfg = OmegaConf.create({"input_file": str(semi)})
     assert collect_inputs_and_origins(cfg, "text", delimiter=";")[0] == ["one; two", "three"]
+    # data.delimiter on predict's command line: a table whatever the name ends in (training reads so)
+    for name in ("semi.tsv", "semi.txt"):
+        other = tmp_path / name
+        other.write_text(semi.read_text())
+        given = OmegaConf.create({"input_file": str(other)})
+        assert collect_inputs_and_origins(given, "text", given_delimiter=";")[0] == ["one; two", "three"]
 
 
 def test_a_classifiers_input_file_table_gives_its_text_column(tmp_path) -> None:

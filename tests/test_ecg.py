@@ -376,6 +376,20 @@ def test_predict_says_a_missing_beat_file_or_a_folder_is_one(tmp_path: Path) -> 
         EcgDataModule.make_predict_batch(SPEC, [" ".join(["0.1"] * 139 + ["abc"])])
 
 
+def test_an_input_file_of_beats_is_one_input_and_a_list_of_beat_files_is_a_list(tmp_path: Path) -> None:
+    """predict's input_file: a file of beats is read as a beat file (its header skipped); a list of beat
+    files stays a list, even when its first file is missing (said so, not "expected a number")."""
+    beats, _ = generate_beats(2, seed=4)
+    write_beats(tmp_path / "b.txt", beats)
+    (tmp_path / "headed.csv").write_text("t0,t1\n0.1,0.2\n")
+    (tmp_path / "list.txt").write_text("b.txt\n")
+    (tmp_path / "missing_first.txt").write_text("nope.txt\nb.txt\n")
+    (tmp_path / "commented.txt").write_text("# my beats\nb.txt\n")
+    one = EcgDataModule.predict_file_is_one_input
+    assert one(tmp_path / "b.txt") and one(tmp_path / "headed.csv")
+    assert not any(one(tmp_path / name) for name in ("list.txt", "missing_first.txt", "commented.txt", "none.txt"))
+
+
 def test_predict_batch_accepts_files_lines_and_optional_labels(tmp_path: Path) -> None:
     beats, kinds = generate_beats(3, seed=2)
     labelled = write_beats(tmp_path / "with_labels.txt", beats, kinds)

@@ -77,6 +77,10 @@ def test_bad_inputs_name_the_file_and_row(tmp_path: Path) -> None:
     latin1.write_bytes("1 caf\xe9 good\n".encode("latin-1"))
     with pytest.raises(DataError, match=r"l.txt, row 1: not valid UTF-8"):
         SentimentDataModule(path=str(latin1)).setup()
+    # after a UTF-8 byte-order mark the offset is still the file's (utf-8-sig counted it after the mark)
+    latin1.write_bytes(b"\xef\xbb\xbf" + "text,label\ncaf\xe9 good,1\n".encode("latin-1"))
+    with pytest.raises(DataError, match=r"l.txt, row 2: not valid UTF-8 \(byte 0xe9 at offset 17, 'é' in Windows-1252"):
+        read_labelled_text(latin1, fmt="csv")
     _write(tmp_path / "empty.tsv", "  \n")
     with pytest.raises(DataError, match="file is empty"):
         SentimentDataModule(path=str(tmp_path / "empty.tsv")).setup()
@@ -499,6 +503,9 @@ def test_a_stray_quote_is_an_error_not_two_examples_merged(tmp_path: Path) -> No
     # Excel's first line "sep=;" declares the delimiter (it was read as the header: "no column 'text'")
     (tmp_path / "excel.csv").write_text('"sep=;"\ntext;label\ngood, really;1\nbad;0\n', encoding="utf-8")
     assert read_labelled_text(tmp_path / "excel.csv") == [(3, "good, really", "1"), (4, "bad", "0")]
+    (tmp_path / "excel.csv").write_text(' \nsep=;\n\t\ntext;label\ngood, really;1\n"bad;0\n', encoding="utf-8")
+    with pytest.raises(DataError, match=r"excel\.csv, row 6: a quote opened on this row is never closed"):
+        read_labelled_text(tmp_path / "excel.csv")  # blank (and blank-looking) lines around it are skipped too
     (tmp_path / "ok.csv").write_text('text,label\n"a ""quoted"" word",1\n"two\nlines",0\n', encoding="utf-8")
     assert read_labelled_text(tmp_path / "ok.csv") == [(2, 'a "quoted" word', "1"), (3, "two\nlines", "0")]
 

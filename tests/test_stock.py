@@ -156,7 +156,7 @@ def test_duplicate_dates_and_missing_columns_are_errors(tmp_path: Path) -> None:
     text[3] = text[3].replace(",", ",\xe9", 1)
     (tmp_path / "latin.csv").write_bytes("\n".join(text).encode("latin-1"))
     with pytest.raises(DataError, match=r"latin\.csv, row 4: not valid UTF-8 \(byte 0xe9 at offset \d+, 'é' in "
-                                        r"Windows-1252 / Latin-1, as older Excel") as err:
+                                        r"Windows-1252 / Latin-1\): a text saved in another encoding") as err:
         read_ohlcv(tmp_path / "latin.csv", FEATURES)
     assert err.value.readable  # a text file of the right kind: predict adds no "a model of another task?"
 
@@ -774,3 +774,24 @@ def test_french_and_swiss_thousands_and_an_excel_sep_line_are_read(tmp_path: Pat
     path.write_text("\n".join(rows) + "\n", encoding="utf-8")
     with pytest.raises(DataError, match=r"fr\.csv, row 6, field 'Close': expected a finite number, found 'abc'"):
         read_ohlcv(path, FEATURES, decimal=",")
+
+
+def test_thousands_are_checked_against_the_same_tickers_rows(tmp_path: Path) -> None:
+    """In a file of many tickers AMZN's "2,501" follows F's 12.1: compared with the row beside it, it was
+    refused as 207 times its price (reviewer). A space-grouped value is never ambiguous, and an error
+    quotes the file's own value."""
+    rows = ["Date,Ticker,Open,High,Low,Close,Volume"]
+    rows += [f"2020-01-{d:02d},F,12.1,12.2,12.0,12.1,1000" for d in range(1, 21)]
+    rows += [f'2020-01-{d:02d},AMZN,"2,501","2,510","2,490","2,501",1000' for d in range(1, 21)]
+    (tmp_path / "long.csv").write_text("\n".join(rows) + "\n")
+    amzn, f = sorted(read_ohlcv(tmp_path / "long.csv", FEATURES), key=lambda s: s.ticker)
+    assert amzn.values[0, 3] == 2501.0 and f.values[0, 3] == 12.1
+    # integer prices grouped by a space, in a ';' file: 1251, not "could be 1.251 (a decimal comma)"
+    rows = ["Date;Open;High;Low;Close;Volume"] + [f"2020-01-{d:02d};1 251;1 260;1 240;1 251;1000" for d in range(1, 21)]
+    (tmp_path / "spaced.csv").write_text("\n".join(rows) + "\n")
+    (series,) = read_ohlcv(tmp_path / "spaced.csv", FEATURES)
+    assert series.values[0, 3] == 1251.0
+    rows[3] = "2020-01-03;1 251;1 260;1 240;1 25x;1000"
+    (tmp_path / "spaced.csv").write_text("\n".join(rows) + "\n")
+    with pytest.raises(DataError, match=r"row 4, field 'Close': expected a number .*found '1 25x'"):
+        read_ohlcv(tmp_path / "spaced.csv", FEATURES)

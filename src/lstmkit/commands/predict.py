@@ -37,13 +37,16 @@ TABLE_SUFFIXES = {".csv": ",", ".tsv": "\t"}
 
 def collect_inputs_and_origins(cfg: DictConfig, text_column: str | None = None, paths: bool = False,
                                delimiter: str | None = None, labels: frozenset[str] | None = None,
-                               manifests: bool = False) -> tuple[list[Any], list[tuple[str, int]]]:
+                               manifests: bool = False, given_delimiter: str | None = None,
+                               ) -> tuple[list[Any], list[tuple[str, int]]]:
     """The inputs, and where each came from: ``("input", item number)`` or ``(input_file, line)``.
 
     ``text_column``: for a text classifier, the column its training files' texts came from. An
     ``input_file`` that is a CSV/TSV/JSONL table then gives that column's texts, one per row: read
     as lines, its header and every ``text,label`` line were classified as texts, label included.
-    ``delimiter``: the model's ``data.delimiter`` (``;``), for such a CSV table.
+    ``delimiter``: the model's ``data.delimiter`` (``;``), for such a CSV table. ``given_delimiter``: the
+    command line's ``data.delimiter``: the ``input_file`` is such a table whatever its name ends in, as
+    training reads a file with a delimiter (a ``.tsv`` or ``.txt`` of ``;``-separated fields).
 
     ``labels``: a text classifier's labels as its training files wrote them, when it read other files
     than tables as ``<label> <text>`` lines (the SST-2 ``stsa.binary.*`` layout). An ``input_file``
@@ -67,11 +70,13 @@ def collect_inputs_and_origins(cfg: DictConfig, text_column: str | None = None, 
         inputs.extend(list(raw) if not isinstance(raw, (str, int, float)) else [raw])
         origins += [("input", i) for i in range(1, len(inputs) + 1)]
     table = Path(str(cfg.get("input_file") or "")).suffix.lower()
-    if cfg.get("input_file") and text_column and (table in TABLE_SUFFIXES or table in {".jsonl", ".json"}):
+    if cfg.get("input_file") and text_column and (table in TABLE_SUFFIXES or table in {".jsonl", ".json"}
+                                                  or given_delimiter):
         path = Path(cfg.input_file)
         content = read_text(path)
-        records = (csv_records(content, (table == ".csv" and delimiter) or TABLE_SUFFIXES[table], path, required=(text_column,),
-                               hint="data.text_column") if table in TABLE_SUFFIXES
+        separator = given_delimiter or (table == ".csv" and delimiter) or TABLE_SUFFIXES.get(table)
+        records = (csv_records(content, separator, path, required=(text_column,), hint="data.text_column")
+                   if separator
                    else jsonl_records(content, path, (text_column,), "data.text_column"))
         for row, record in records:
             text = record.get(text_column)
@@ -238,7 +243,8 @@ def _items(cfg: DictConfig, model: Any, datamodule_cls: Any, spec: DataSpec, out
     text_column = text_column if model.spec.classes and not whole_lines else None
     tokens = model.spec.input_kind == "tokens"
     raw_inputs, origins = collect_inputs_and_origins(cfg, text_column if tokens else None, paths=not tokens,
-                                                     delimiter=check_delimiter(given.get("delimiter")) or data.get("delimiter"),
+                                                     delimiter=data.get("delimiter"),
+                                                     given_delimiter=check_delimiter(given.get("delimiter")),
                                                      manifests=bool(cfg.get("input_file")) and
                                                      datamodule_cls.predict_file_is_one_input(Path(cfg.input_file)),
                                                      labels=prefixed_labels(cfg, model.spec, {**data, **given}))

@@ -17,6 +17,7 @@ learnable but not trivially separable.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import re
@@ -690,10 +691,14 @@ class EcgDataModule(SequenceDataModule):
         training reader: its header skipped, an ARFF read by its header (read line by line, a header
         line was "expected a number"). A list of beat files, one per line, stays a list."""
         try:
-            first = next((line.strip() for line in read_text(path).split("\n") if line.strip()), "")
+            first = [line.strip() for line in itertools.islice(
+                (line for line in read_text(path).split("\n") if line.strip()), 5)]
         except LstmkitError:
             return False  # the line reader reports the file's own problem
-        return bool(first) and not _is_file(first) and not _is_file(str(path.parent / first))
+        # a path among its first lines, there or not (a list whose first beat file is missing is said to be
+        # missing, not "expected a number"; a list under a comment line is a list)
+        listed = any(_is_file(line) or _is_file(str(path.parent / line)) or _looks_like_a_path(line) for line in first)
+        return bool(first) and not listed
 
     @classmethod
     def predict_items(cls, spec: DataSpec, inputs: list[Any]) -> list[Any]:

@@ -236,7 +236,7 @@ def _file_text(path: Path) -> str:
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as err:
-        raise not_utf8(raw, err, path, raw[: err.start].count(b"\n") + 1, " of the decompressed text") from None
+        raise not_utf8(raw, err, path, " of the decompressed text") from None
 
 
 def _delimiter(path: Path) -> str:
@@ -297,7 +297,7 @@ def _read_csv(path: Path) -> tuple[pd.DataFrame, np.ndarray, str]:
     except pd.errors.ParserError as err:
         # the csv module's reading names the row and what is wrong (a quote never closed, a row too wide);
         # pandas' "Error tokenizing data. C error: EOF inside string starting at row 4" counts from 0
-        deque(csv_records(_file_text(path), sep, path, (), "the header"), maxlen=0)
+        deque(csv_records(_file_text(path), sep, path, (), "the header", skipinitialspace=True), maxlen=0)
         raise DataError(f"not a readable CSV file ({str(err).strip().splitlines()[-1]})", path=path,
                         readable=True) from None
     except (OSError, EOFError, lzma.LZMAError, zipfile.BadZipFile) as err:  # a damaged .gz / .zip / ...
@@ -307,7 +307,7 @@ def _read_csv(path: Path) -> tuple[pd.DataFrame, np.ndarray, str]:
             raise
         raise DataError(f"cannot read the archive ({err}); expected one CSV file in it", path=path) from None
     if any(issubclass(w.category, pd.errors.ParserWarning) for w in caught):  # rows wider than the header:
-        deque(csv_records(_file_text(path), sep, path, (), "the header"), maxlen=0)  # raises at a non-empty one
+        deque(csv_records(_file_text(path), sep, path, (), "the header", skipinitialspace=True), maxlen=0)
     lines = np.arange(len(frame)) + 2 + skip
     blank = frame.apply(lambda column: column.str.strip().eq("")).all(axis=1).to_numpy()
     return frame[~blank].reset_index(drop=True), lines[~blank], sep
@@ -353,11 +353,12 @@ def validate_frame(
     raw_dates = frame[columns["date"]].astype(str).str.strip()
     dates = parse_dates(raw_dates, lines, source, columns["date"], date_format)
 
+    tickers = frame[columns["ticker"]].astype(str).str.strip().to_numpy() if "ticker" in columns else None
     values = np.empty((len(frame), len(features)))
     for j, feature in enumerate(features):
         raw = frame[columns[feature]]
         numbers = parse_numbers(raw, lines, source, columns[feature], decimal, price=feature in PRICE_COLUMNS,
-                                sep=sep)
+                                sep=sep, tickers=tickers)
         _first_bad(~np.isfinite(numbers), raw, lines, source, columns[feature], "a finite number")
         if feature in PRICE_COLUMNS:
             _first_bad(numbers <= 0, raw, lines, source, columns[feature], "a positive price")
@@ -366,8 +367,7 @@ def validate_frame(
         values[:, j] = numbers
     _check_range(values, features, frame, columns, lines, source)
 
-    if "ticker" in columns:
-        tickers = frame[columns["ticker"]].astype(str).str.strip().to_numpy()
+    if tickers is not None:
         _first_bad(tickers == "", pd.Series(tickers), lines, source, columns["ticker"], "a ticker name")
     else:
         tickers = np.full(len(frame), default_ticker)
@@ -379,7 +379,7 @@ def validate_frame(
 
 
 def parse_numbers(raw: pd.Series, lines: np.ndarray, source: str, column: str, decimal: str = ".",
-                  price: bool = False, sep: str = ",") -> np.ndarray:
+                  price: bool = False, sep: str = ",", tickers: np.ndarray | None = None) -> np.ndarray:
     """A numeric column as float64 (NaN where a value is no number), ``decimal`` being the decimal point.
 
     Why: stripping every comma as a thousands separator read a decimal comma (``67,7142``, from a
@@ -387,12 +387,16 @@ def parse_numbers(raw: pd.Series, lines: np.ndarray, source: str, column: str, d
     other mark (``,`` for ``decimal="."``, ``.`` for ``decimal=","``) is only a thousands separator
     where it groups three digits (``1,234,567.89`` / ``1.234.567,89``); anywhere else the value is an
     error that suggests the other ``data.decimal``. ``1,234`` alone reads both ways: a price column
-    with such values and no decimal point anywhere is read as thousands, with a warning.
+    with such values and no decimal point anywhere is read as thousands, with a warning, unless that
+    makes it ~1000x the ticker's row beside it (``tickers``: each row's ticker, ``None`` for one).
+    A space or an apostrophe between groups of digits (French ``1 234,56``, Swiss ``1'234.56``) is a
+    thousands mark that no locale writes as a decimal point: never ambiguous.
     """
     group = "," if decimal == "." else "."
-    # a space between groups of digits, as French and other locales write thousands ("1 234,56" with a
-    # no-break or narrow no-break space; Swiss "1'234.56"): the locale's group mark, checked as it is
-    text = raw.astype(str).str.strip().str.replace(r"(?<=\d)[ \u00a0\u202f'](?=\d)", group, regex=True)
+    stripped = raw.astype(str).str.strip()
+    spaced = stripped.str.contains(r"\d[ \u00a0\u202f']\d", regex=True).to_numpy()
+    # checked as the locale's own group mark (the messages quote the file's value, raw)
+    text = stripped.str.replace(r"(?<=\d)[ \u00a0\u202f'](?=\d)", group, regex=True) if spaced.any() else stripped
     g, d = re.escape(group), re.escape(decimal)
     has_group = text.str.contains(group, regex=False).to_numpy()
     grouped = np.zeros(len(text), dtype=bool)
@@ -407,52 +411,52 @@ def parse_numbers(raw: pd.Series, lines: np.ndarray, source: str, column: str, d
             f"expected a number with {decimal!r} as the decimal point and {group!r} only between groups of three "
             f"digits ({'1,234.56' if decimal == '.' else '1.234,56'}), found {raw.iloc[i]!r} (is {group!r} the "
             f"decimal point? then set {other})", path=source, row=int(lines[i]), field=column)
-    if price and len(marked) and not text.str.contains(decimal, regex=False).any():
-        ambiguous = np.zeros(len(text), dtype=bool)
+    # exactly "d{1,3}<group>ddd", written with the mark itself: the only values that read both ways
+    ambiguous = np.zeros(len(text), dtype=bool)
+    if price and len(marked):
         ambiguous[marked] = text.iloc[marked].str.fullmatch(rf"[+-]?\d{{1,3}}{g}\d{{3}}").to_numpy()
-        if ambiguous.any() and sep == ";" and decimal == ".":
+        ambiguous &= ~spaced
+    if ambiguous.any() and not text.str.contains(decimal, regex=False).any():
+        i = int(np.flatnonzero(ambiguous)[0])
+        if sep == ";" and decimal == ".":
             # ';' between fields is the habit of the locales whose decimal mark is ',': "67,714" is 67.714
-            i = int(np.flatnonzero(ambiguous)[0])
             raise DataError(f"{text.iloc[i]!r} could be {text.iloc[i].replace(',', '')} (',' between thousands) or "
                             f"{text.iloc[i].replace(',', '.')} (a decimal comma), and this ';'-separated file's "
                             "prices have no '.' anywhere: set 'data.decimal=\",\"' if ',' is the decimal point",
                             path=source, row=int(lines[i]), field=column)
-        if ambiguous.any():
-            i = int(np.flatnonzero(ambiguous)[0])
-            log.warning("%s, row %d, field %r: %r is read as %s (%r as a thousands separator), and no value of the "
-                        "column has a decimal point %r; if %r is the decimal point, set %s", source,
-                        int(lines[i]), column, text.iloc[i], text.iloc[i].replace(group, ""), group, decimal,
-                        group, other)
+        log.warning("%s, row %d, field %r: %r is read as %s (%r as a thousands separator), and no value of the "
+                    "column has a decimal point %r; if %r is the decimal point, set %s", source,
+                    int(lines[i]), column, text.iloc[i], text.iloc[i].replace(group, ""), group, decimal,
+                    group, other)
     plain = text.str.replace(group, "", regex=False)
     if decimal != ".":
         plain = plain.str.replace(decimal, ".", regex=False)
     values = pd.to_numeric(plain, errors="coerce").to_numpy(dtype=float)
-    if price and len(marked):
-        _check_thousands_scale(text, values, marked, lines, source, column, group, decimal)
+    if ambiguous.any() and not ambiguous.all():
+        _check_thousands_scale(raw, values, ambiguous, tickers, lines, source, column, group, decimal)
     return values
 
 
-def _check_thousands_scale(text: pd.Series, values: np.ndarray, marked: np.ndarray, lines: np.ndarray,
-                           source: str, column: str, group: str, decimal: str) -> None:
-    """Refuse a price read as thousands (``47.000`` -> 47000) that is ~1000x the rows beside it.
+def _check_thousands_scale(raw: pd.Series, values: np.ndarray, ambiguous: np.ndarray, tickers: np.ndarray | None,
+                           lines: np.ndarray, source: str, column: str, group: str, decimal: str) -> None:
+    """Refuse a price read as thousands (``47.000`` -> 47000) that is ~1000x its ticker's row beside it.
 
     Why: ``47.000`` among ``46,5`` and ``47,2`` (a file whose decimal marks are mixed, or ``"100,410"``
     quoted in a '.' file) is a valid number with a thousands separator, and was read as 47000, a
-    1000-fold jump in one day that no price makes: the forecast was trained on it, unsaid.
+    1000-fold jump in one day that no price makes: the forecast was trained on it, unsaid. The row
+    beside it is the same ticker's (in a file of many, AMZN's 2,501 follows F's 12.1).
     """
-    three = np.zeros(len(text), dtype=bool)  # exactly "d{1,3}<group>ddd": the only values that read both ways
-    three[marked] = text.iloc[marked].str.fullmatch(rf"[+-]?\d{{1,3}}{re.escape(group)}\d{{3}}").to_numpy()
-    if not three.any() or three.all():
-        return
-    beside = pd.Series(np.where(three | ~np.isfinite(values) | (values <= 0), np.nan, values))
-    before, after = beside.ffill().to_numpy(), beside.bfill().to_numpy()
+    beside = pd.Series(np.where(ambiguous | ~np.isfinite(values) | (values <= 0), np.nan, values))
+    keys = pd.Series(tickers if tickers is not None else np.zeros(len(values)))
+    before = beside.groupby(keys).ffill().to_numpy()
+    after = beside.groupby(keys).bfill().to_numpy()
     near = np.where(np.isfinite(before), before, after)
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = values / near
-    wrong = np.flatnonzero(three & (ratio > 100) & (ratio / 1000 > 0.1) & (ratio / 1000 < 10))
+    wrong = np.flatnonzero(ambiguous & (ratio > 100) & (ratio < 10_000))  # read / 1000 within 10x of its neighbour
     if len(wrong):
         i = int(wrong[0])
-        raise DataError(f"{text.iloc[i]!r} is read as {values[i]:g} ({group!r} between thousands, the decimal point "
+        raise DataError(f"{raw.iloc[i]!r} is read as {values[i]:g} ({group!r} between thousands, the decimal point "
                         f"being {decimal!r}), {ratio[i]:.0f} times the price of the row beside it ({near[i]:g}); is "
                         f"{group!r} its decimal point? Write every price of the file with one decimal point",
                         path=source, row=int(lines[i]), field=column)

@@ -443,27 +443,32 @@ def _nul_bytes(raw: bytes, text: str, path: Path) -> DataError:
 def legacy_text(raw: bytes) -> bool:
     """Whether bytes that are not UTF-8 read as text in Windows-1252 / Latin-1 (no NUL, hardly a control
     character): a text file saved in an older encoding, not a file of another kind (audio, an archive)."""
-    sample = raw[:65536]
+    sample = raw[:65536].rstrip(b"\x1a")  # DOS's end-of-file mark (^Z), which old tools still write
     if b"\x00" in sample:
         return False
     controls = sum(b < 32 and b not in (9, 10, 13) for b in sample)
     return controls <= len(sample) // 1000
 
 
-def not_utf8(raw: bytes, err: UnicodeDecodeError, path: Path | str, line: int, where: str = "") -> DataError:
+def not_utf8(raw: bytes, err: UnicodeDecodeError, path: Path | str, where: str = "") -> DataError:
     """The error for bytes that are not UTF-8: a text in a legacy encoding names the character it reads
     as there (``0xe9``: ``'é'`` in Windows-1252) and is a readable file of the right kind (no "a model
     of another task?" hint in predict); other bytes are a file of another kind.
 
     Why: a Latin-1 manifest or CSV got predict's "the checkpoint is a model of task ..., which predicts
     from ..." as if the user had picked the wrong checkpoint."""
-    byte = raw[err.start]
+    start = err.start + (3 if raw.startswith(b"\xef\xbb\xbf") else 0)  # utf-8-sig counts after its BOM
+    byte = raw[start]
+    line = len(re.split(rb"\r\n|\r|\n", raw[:start]))  # the line ends the text will have
     if legacy_text(raw):
-        shown = bytes([byte]).decode("cp1252", errors="replace")
-        return DataError(f"not valid UTF-8 (byte 0x{byte:02x} at offset {err.start}{where}, {shown!r} in Windows-1252 / "
-                         "Latin-1, as older Excel and Windows tools save text); re-save the file as UTF-8",
+        try:  # the character it is in the encoding older Excel and Windows tools save text in, when it is one
+            shown = f", {bytes([byte]).decode('cp1252')!r} in Windows-1252 / Latin-1"
+        except UnicodeDecodeError:
+            shown = ""
+        return DataError(f"not valid UTF-8 (byte 0x{byte:02x} at offset {start}{where}{shown}): a text saved in another "
+                         "encoding, as older Excel and Windows tools save it; re-save the file as UTF-8",
                          path=path, row=line, readable=True)
-    return DataError(f"not valid UTF-8 (byte 0x{byte:02x} at offset {err.start}{where}); re-save the file as UTF-8",
+    return DataError(f"not valid UTF-8 (byte 0x{byte:02x} at offset {start}{where}); re-save the file as UTF-8",
                      path=path, row=line, readable=False)  # not a text: of another kind
 
 
@@ -486,8 +491,7 @@ def read_text(path: Path) -> str:
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as err:
-        line = len(re.split(rb"\r\n|\r|\n", raw[: err.start]))  # the line ends the text will have
-        raise not_utf8(raw, err, path, line) from None
+        raise not_utf8(raw, err, path) from None
     if not text.strip():
         raise DataError("file is empty" + (f" (its {len(text.encode())} bytes are blank lines and spaces)" if text else ""),
                         path=path)
@@ -717,6 +721,7 @@ def declared_delimiter(line: str) -> str | None:
 
 def csv_records(
     content: str, delimiter: str, path: Path, required: Iterable[str], hint: str, optional: Iterable[str] = (),
+    skipinitialspace: bool = False,
 ) -> Iterable[tuple[int, dict[str, Any]]]:
     """``(row, record)`` for each record of a CSV/TSV text; ``row`` is the record's first line in the
     file (the header is line 1), so blank lines and quoted newlines do not shift it. TSV is read
@@ -731,19 +736,21 @@ def csv_records(
     """
     # blank lines above the header (a file written with a leading newline): the header is the first line
     # with text, and rows keep their numbers in the file ("the header has []" otherwise)
-    stripped = content.lstrip("\r\n")
-    above = content[: len(content) - len(stripped)].count("\n")
-    content = stripped
-    first, _, rest = content.partition("\n")
-    declared = declared_delimiter(first)
-    if declared is not None:  # Excel's "sep=;" line: the file says its delimiter, and the header follows
-        if declared != delimiter:
-            log.info("%s: its first line %r declares the delimiter %r; read so", path, first.strip(), declared)
-        delimiter, content, above = declared, rest, above + 1
+    # and Excel's "sep=;" line above it: the file says its delimiter, and the header follows
+    above, declared = 0, None
+    while content:
+        first, _, rest = content.partition("\n")
+        if first.strip() and (declared is not None or (declared := declared_delimiter(first)) is None):
+            break
+        content, above = rest, above + 1
+    if declared is not None and declared != delimiter:
+        log.info("%s: its 'sep=' line declares the delimiter %r; read so", path, declared)
+    delimiter = declared or delimiter
     quoting = tsv_quoting(content) if delimiter == "\t" else csv.QUOTE_MINIMAL
     # strict: a stray quote ('"great movie,1') is an error; unstrict, it swallowed the next line into
     # one text, with the second line's label (an example lost, another mislabelled, without a word)
-    reader = csv.DictReader(io.StringIO(content, newline=""), delimiter=delimiter, quoting=quoting, strict=True)
+    reader = csv.DictReader(io.StringIO(content, newline=""), delimiter=delimiter, quoting=quoting, strict=True,
+                            skipinitialspace=skipinitialspace)  # the stock reader's pandas reads "a, b" so
     try:
         header = reader.fieldnames or []
     except csv.Error as err:
