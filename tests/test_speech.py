@@ -1423,3 +1423,37 @@ def test_a_jsonl_speaker_numbered_0_is_a_speaker(tmp_path):
     dm = SpeechDataModule(path=str(path), holdout_speakers=[0], group_batches=True)
     dm.setup()
     assert len(dm.splits["test"]) == 6 and set(dm.splits["train"].groups) | set(dm.splits["val"].groups) == {"1", "2"}
+
+
+def test_a_nemo_manifest_of_segments_reads_each_segment(tmp_path):
+    """NeMo's offset / duration were ignored: every row of a long recording's segments was the whole file,
+    each transcript beside all of its speech (tester-2). Training and predict cut the segment."""
+    folder = tmp_path / "seg"
+    folder.mkdir()
+    recording = np.concatenate([tone(0.3, 300), np.zeros(int(0.2 * SR), np.float32), tone(0.4, 600)])
+    sf.write(folder / "long.wav", recording, SR)
+    rows = [{"audio_filepath": "long.wav", "offset": 0.0, "duration": 0.3, "text": "yes", "split": split}
+            for split in ("train", "val", "test")]
+    rows[1] = {**rows[1], "offset": 0.5, "duration": 0.4, "text": "sey"}
+    rows[2] = {**rows[2], "offset": "0.5", "duration": None, "text": "sey"}  # to the end of the file
+    manifest = folder / "manifest.jsonl"
+    manifest.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    dm = SpeechDataModule(path=str(folder), path_column="audio_filepath")
+    dm.setup()
+    lengths = {name: [int(x.shape[0]) for x, *_ in (dataset[i] for i in range(len(dataset)))]
+               for name, dataset in dm.splits.items()}
+    assert lengths == {"train": [int(0.3 * SR)], "val": [int(0.4 * SR)], "test": [int(0.4 * SR)]}
+    assert dm.splits["val"].sources[0].endswith("long.wav@0.5+0.4)")
+    # predict from the manifest: each row its segment, named so
+    items = SpeechDataModule.predict_items(dm.spec, [str(manifest)])
+    assert [str(i).rsplit("/", 1)[-1] for i in items] == ["long.wav@0+0.3", "long.wav@0.5+0.4", "long.wav@0.5"]
+    batch = SpeechDataModule.make_predict_batch(dm.spec, items)
+    assert batch.lengths.tolist() == [int(0.3 * SR), int(0.4 * SR), int(0.4 * SR)]
+    # a segment past the end of its file, or a duration that is no number: the row and what is wrong
+    for change, expected in [({"offset": 2.0}, r"long\.wav: the segment 2 s \+ 0\.3 s runs past the end of the "
+                                                r"recording \(0\.900 s\).*\(listed in .*manifest\.jsonl, row 1\)"),
+                             ({"duration": "abc"}, r"manifest\.jsonl, row 1, field 'duration': expected the segment's "
+                                                   r"duration in seconds \(> 0\), found 'abc'")]:
+        manifest.write_text("\n".join(json.dumps({**r, **change} if i == 0 else r) for i, r in enumerate(rows)) + "\n")
+        with pytest.raises(DataError, match=expected):
+            SpeechDataModule(path=str(folder), path_column="audio_filepath").setup()

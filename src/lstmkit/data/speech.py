@@ -397,12 +397,14 @@ def audio_beside(manifest: Path, row: int, column: str, audio: str) -> str:
 
 def _manifest_files(manifest: Path, column: str) -> list[str]:
     """The audio files a manifest's ``column`` lists (predict: no transcript read)."""
-    files = []
-    for row, record in manifest_records(manifest, (column,), "data.path_column"):
+    files: list[str] = []
+    for row, record in manifest_records(manifest, (column,), "data.path_column", optional=("offset", "duration")):
         audio = record.get(column)
         if not isinstance(audio, str) or not audio.strip():
             raise DataError(f"expected an audio file path, found {audio!r}", path=manifest, row=row, field=column)
-        files.append(audio_beside(manifest, row, column, audio))
+        file = audio_beside(manifest, row, column, audio)
+        offset, duration = manifest_segment(record, manifest, row)
+        files.append(Segment(file, offset, duration) if offset or duration is not None else file)
     if not files:
         raise DataError("the manifest lists no recordings", path=manifest)
     log.info("%s: the %d recording(s) of its %r column", manifest, len(files), column)
@@ -433,12 +435,76 @@ class Utterance:
     row: int | None = None  # manifest row
     split: str = ""  # from a manifest's split column
     wave: np.ndarray | None = None
+    offset: float = 0.0  # a manifest's segment of its file (NeMo's offset / duration, in seconds)
+    duration: float | None = None
+
+    @property
+    def key(self) -> str:
+        """The clip: its file, and the segment of it when the manifest gives one."""
+        return segment_name(self.source, self.offset, self.duration)
+
+
+def segment_name(source: str, offset: float, duration: float | None) -> str:
+    """``file`` for a whole file, ``file@0.975+0.644`` for a segment (seconds): a name for messages,
+    results and the audio cache."""
+    if not offset and duration is None:
+        return source
+    return f"{source}@{offset:g}" + (f"+{duration:g}" if duration is not None else "")
+
+
+class Segment(str):
+    """A segment of a recording to transcribe (a manifest row with NeMo's ``offset`` / ``duration``),
+    named ``file@offset+duration``; JSON-serialises as its name."""
+
+    file: str
+    offset: float
+    duration: float | None
+
+    def __new__(cls, file: str, offset: float, duration: float | None) -> Segment:
+        item = super().__new__(cls, segment_name(file, offset, duration))
+        item.file, item.offset, item.duration = file, offset, duration
+        return item
+
+
+def manifest_segment(record: dict[str, Any], manifest: Path, row: int) -> tuple[float, float | None]:
+    """A manifest row's segment of its file: NeMo's ``offset`` and ``duration`` columns (seconds; both
+    optional). Why: a NeMo manifest of a long recording's segments was read as the whole file for
+    each row, every transcript beside all of the recording's speech."""
+    values: dict[str, float | None] = {}
+    for column in ("offset", "duration"):
+        value = record.get(column)
+        if value is None or (isinstance(value, str) and not value.strip()):
+            values[column] = None
+            continue
+        try:
+            number = float(value) if not isinstance(value, bool) else math.nan
+        except (TypeError, ValueError):
+            number = math.nan
+        if not math.isfinite(number) or number < 0 or (column == "duration" and number == 0):
+            raise DataError(f"expected the segment's {column} in seconds ({'> 0' if column == 'duration' else '>= 0'}), "
+                            f"found {value!r}", path=manifest, row=row, field=column)
+        values[column] = number
+    return values["offset"] or 0.0, values["duration"]
+
+
+def cut_segment(wave: np.ndarray, rate: int, offset: float, duration: float | None, name: str) -> np.ndarray:
+    """The samples of a segment of a decoded file; a segment that starts past the file's end, or runs
+    more than 0.1 s past it (a manifest of another recording, durations in ms?), is an error."""
+    if not offset and duration is None:
+        return wave
+    length = wave.size / rate
+    end = offset + duration if duration is not None else length
+    if offset >= length or end > length + 0.1:
+        raise DataError(f"the segment {offset:g} s + {(duration if duration is not None else length - offset):g} s "
+                        f"runs past the end of the recording ({length:.3f} s); offset and duration are in seconds",
+                        path=name, readable=True)
+    return wave[int(round(offset * rate)) : min(wave.size, int(round(end * rate)))]
 
 
 def _clip(utt: Utterance) -> object:
-    """What makes two utterances the same clip: a manifest's file (it may list one twice); any other
-    utterance is its own (generated ones share the source "<generated>")."""
-    return utt.source if utt.row is not None else id(utt)
+    """What makes two utterances the same clip: a manifest's file, or its segment (it may list one
+    twice); any other utterance is its own (generated ones share the source "<generated>")."""
+    return utt.key if utt.row is not None else id(utt)
 
 
 def _take_shuffled(utterances: list[Utterance], count: int, rng: random.Random) -> tuple[list[Utterance], list[Utterance]]:
@@ -623,7 +689,7 @@ class SpeechDataModule(SequenceDataModule):
         self.manifest = manifest
         records = manifest_records(manifest, (self.path_column, self.text_column),
                                    "data.path_column / data.text_column (data.split_column / data.speaker_column)",
-                                   optional=(self.split_column, self.speaker_column))
+                                   optional=(self.split_column, self.speaker_column, "offset", "duration"))
         utterances = []
         for row, record in records:
             audio, text = record.get(self.path_column), record.get(self.text_column)
@@ -641,8 +707,9 @@ class SpeechDataModule(SequenceDataModule):
                 raise DataError(f"unknown split {split!r}; expected one of {sorted(_SPLIT_ALIASES)}",
                                 path=manifest, row=row, field=self.split_column)
             speaker = _cell(record, self.speaker_column).lower()  # a JSONL speaker 0 is speaker "0", not none
+            offset, duration = manifest_segment(record, manifest, row)
             utterances.append(Utterance(str(file), str(text), speaker, row=row,
-                                        split=_SPLIT_ALIASES.get(split, "")))
+                                        split=_SPLIT_ALIASES.get(split, ""), offset=offset, duration=duration))
         if not utterances:
             raise DataError("the manifest lists no utterances", path=manifest)
         self._check_repeated_files(utterances, manifest)
@@ -749,13 +816,18 @@ class SpeechDataModule(SequenceDataModule):
         cache_file = self._cache_file(utterances)  # named by every file of the split, skipped ones too
         cached = self._disk_cache(cache_file)
         kept = []
+        last: tuple[str, tuple[np.ndarray, int, int]] | None = None  # a file's segments decode it once
         for utt in track(utterances, f"decoding {split} audio"):
             if utt.wave is None:
-                if cached is not None and utt.source in cached:
-                    utt.wave = cached[utt.source]
+                if cached is not None and utt.key in cached:
+                    utt.wave = cached[utt.key]
                 else:
                     try:
-                        utt.wave, channels, rate = read_audio(utt.source, self.sample_rate)
+                        decoded = last[1] if last is not None and last[0] == utt.source else \
+                            read_audio(utt.source, self.sample_rate)
+                        last = (utt.source, decoded)
+                        wave, channels, rate = decoded
+                        utt.wave = cut_segment(wave, self.sample_rate, utt.offset, utt.duration, utt.source)
                     except DataError as err:  # a manifest's file: name the manifest's row as well
                         if utt.row is None:
                             raise
@@ -792,9 +864,9 @@ class SpeechDataModule(SequenceDataModule):
         if not self.cache_dir or self.path is None:
             return None
         signature = hashlib.sha1(str(self.sample_rate).encode())
-        for utt in sorted(utterances, key=lambda u: u.source):
+        for utt in sorted(utterances, key=lambda u: u.key):
             stat = Path(utt.source).stat()
-            signature.update(f"{utt.source}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+            signature.update(f"{utt.key}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
         return Path(self.cache_dir).expanduser() / f"speech-{signature.hexdigest()[:16]}.pt"
 
     def _disk_cache(self, file: Path | None) -> dict[str, np.ndarray] | None:
@@ -812,7 +884,7 @@ class SpeechDataModule(SequenceDataModule):
         if file is None:
             return
         file.parent.mkdir(parents=True, exist_ok=True)
-        torch.save({u.source: torch.from_numpy(u.wave) for u in utterances if u.wave is not None}, file)
+        torch.save({u.key: torch.from_numpy(u.wave) for u in utterances if u.wave is not None}, file)
         log.info("decoded audio cached in %s", file)
 
     # -- building -------------------------------------------------------------------------------
@@ -844,7 +916,7 @@ class SpeechDataModule(SequenceDataModule):
                     continue
                 inputs.append(torch.from_numpy(utt.wave))
                 targets.append(torch.tensor(ids, dtype=torch.int64))
-                sources.append(utt.source if utt.row is None else f"{self.manifest} row {utt.row} ({utt.source})")
+                sources.append(utt.source if utt.row is None else f"{self.manifest} row {utt.row} ({utt.key})")
                 speakers.append(utt.speaker)
             self.splits[name] = SequenceDataset(inputs, targets, sources, groups=speakers)
         log.info("speech data: %s utterances, %d characters + blank", self.split_sizes(), len(index) - 1)
@@ -861,7 +933,7 @@ class SpeechDataModule(SequenceDataModule):
                     else {"path": utt.source}
                 raise DataError(
                     f"{'all' if self.whole and split == 'test' else split} transcript {utt.text!r}"
-                    f"{f' (of {utt.source})' if utt.row is not None else ''} has "
+                    f"{f' (of {utt.key})' if utt.row is not None else ''} has "
                     f"character(s) {unknown} that are not in {known}; fix the transcript or set "
                     "data.unknown_chars=drop", **where,
                 )
@@ -913,7 +985,11 @@ class SpeechDataModule(SequenceDataModule):
         rate = int(spec.sample_rate or 8000)
         examples = []
         for item in inputs:
-            wave, channels, _ = read_audio(str(item), rate)
+            if isinstance(item, Segment):  # a manifest row's segment of its recording
+                wave, channels, _ = read_audio(item.file, rate)
+                wave = cut_segment(wave, rate, item.offset, item.duration, item.file)
+            else:
+                wave, channels, _ = read_audio(str(item), rate)
             if channels > 1:  # training says so too
                 log.info("%s: %d channels mixed down to mono (their mean)", item, channels)
             if wave.size == 0:
