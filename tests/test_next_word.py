@@ -825,3 +825,24 @@ def test_real_ptb_reads_the_same_in_both_tokenizer_versions() -> None:
         v1, v2 = (tiny_module(REAL, tokenizer=level, batch_size=20, bptt=35, tokenizer_version=v) for v in (1, 2))
         assert v1.spec.vocab == v2.spec.vocab and len(v1.spec.vocab) == (10_001 if level == "whitespace" else 9_660)
         assert all(torch.equal(v1.splits[s].ids, v2.splits[s].ids) for s in ("train", "val", "test"))
+
+
+def test_a_json_lines_or_csv_file_gives_its_text_column(tmp_path: Path) -> None:
+    """A Hugging Face ``datasets`` export ({"text": ...} per line) was read as plain text: its braces,
+    quotes and the key "text" were words of the vocabulary (tester-2)."""
+    import json as _json
+
+    folder = tmp_path / "hf"
+    folder.mkdir()
+    lines = [f"the {'cat' if i % 2 else 'dog'} sat on mat {i % 7} ." for i in range(120)]
+    for split in ("train", "validation", "test"):
+        write(folder / f"{split}.jsonl", "".join(_json.dumps({"text": line, "id": i}) + "\n" for i, line in enumerate(lines)))
+    dm = tiny_module(folder)
+    assert not {'"', "{", "}", ":", "text"} & set(dm.spec.vocab)
+    assert [dm.spec.vocab[i] for i in dm.splits["train"].ids[:8]] == ["the", "dog", "sat", "on", "mat", "0", ".", EOS]
+    table = tmp_path / "t.csv"
+    write(table, "id,body\n" + "".join(f'{i},"{line}"\n' for i, line in enumerate(lines)))
+    dm = tiny_module(table, text_column="body")
+    assert "body" not in dm.spec.vocab and dm.spec.vocab[3:5] != ['"', ","]
+    with pytest.raises(DataError, match=r"t\.csv, row 1, field 'text': no column 'text'; the header has \['id', 'body'\]"):
+        tiny_module(table)

@@ -43,7 +43,9 @@ from lstmkit.data.text import (
     build_vocab,
     check_subwords,
     check_tokenizer_version,
+    csv_records,
     encode,
+    jsonl_records,
     learn_subwords,
     read_text,
     tokenize,
@@ -642,6 +644,9 @@ class NextWordDataModule(SequenceDataModule):
         subwords: split words into byte-pair-encoded pieces, learnt on the train split with about
             this many pieces (:class:`~lstmkit.data.text.Subwords`); ``None``: whole words.
             Perplexity is then per piece, not per word.
+        text_column: the column (CSV/TSV) or key (JSON Lines, a JSON array: a Hugging Face
+            ``datasets`` export) whose texts a ``.csv`` / ``.tsv`` / ``.jsonl`` / ``.json`` file gives, one
+            line each; any other file is plain text.
 
     Every line becomes its tokens plus ``<eos>``; blank lines are skipped. Under DDP each rank
     reads its own contiguous part of each split: the loaders read ``self.trainer.global_rank``
@@ -673,10 +678,12 @@ class NextWordDataModule(SequenceDataModule):
         reverse: bool = False,
         subwords: int | None = None,
         tokenizer_version: int = TOKENIZER_VERSION,
+        text_column: str = "text",
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.subwords = check_subwords(subwords, tokenizer)
+        self.text_column = text_column
         self.reverse = bool(reverse)
         if isinstance(extra_train, str):
             extra_train = [extra_train]
@@ -720,6 +727,26 @@ class NextWordDataModule(SequenceDataModule):
                 tokens.append(EOS)
         return tokens
 
+    def _file_text(self, path: Path) -> str:
+        """A file's text: a table's or JSON Lines file's ``text_column``, one line per record; any other
+        file as it is. Why: a Hugging Face ``datasets`` export (``{"text": ...}`` per line) was read as
+        plain text, its braces, quotes and key trained on as words."""
+        suffix = path.suffix.lower()
+        if suffix not in {".csv", ".tsv", ".jsonl", ".json"}:
+            return read_text(path)
+        content, hint = read_text(path), "data.text_column"
+        records = (csv_records(content, "," if suffix == ".csv" else "\t", path, (self.text_column,), hint)
+                   if suffix in {".csv", ".tsv"} else jsonl_records(content, path, (self.text_column,), hint))
+        lines = []
+        for row, record in records:
+            text = record.get(self.text_column)
+            if text is not None and not isinstance(text, str):
+                raise DataError(f"expected a text, found {type(text).__name__} {text!r}", path=path, row=row,
+                                field=self.text_column)
+            lines.append((text or "").replace("\r", ""))
+        log.info("%s: the %r texts of its %d records, one line each", path, self.text_column, len(lines))
+        return "\n".join(lines)
+
     def _read_splits(self) -> dict[str, tuple[str, list[str]]]:
         """Split name -> (source, tokens)."""
         if self.path is None:
@@ -729,11 +756,11 @@ class NextWordDataModule(SequenceDataModule):
         if not path.exists():
             raise path_not_found(path)
         if path.is_file():
-            return self._cut(str(path), self._tokens(read_text(path)))
+            return self._cut(str(path), self._tokens(self._file_text(path)))
         # with a checkpoint's spec (eval) the vocabulary is the checkpoint's: a folder of held-out files
         # needs no training file, as a sentiment folder does not
         found = split_files(path, "ptb.train.txt", require_train=self.fixed_spec is None)
-        splits = {s: (str(f), self._tokens(read_text(f))) for s, f in found.items()}
+        splits = {s: (str(f), self._tokens(self._file_text(f))) for s, f in found.items()}
         if "train" not in splits:  # eval of held-out files: each scored as it is, nothing carved out of them
             return {split: splits.get(split, (f"{path} (no {split} file)", [])) for split in ("train", "val", "test")}
         if "val" not in splits or "test" not in splits:
@@ -752,7 +779,7 @@ class NextWordDataModule(SequenceDataModule):
             if not path.is_file():
                 raise DataError("data.extra_train: not a file (expected plain text, one line per sentence)",
                                 path=path)
-            extra = self._tokens(read_text(path), skip_fields=0)
+            extra = self._tokens(self._file_text(path), skip_fields=0)
             if not extra:
                 raise DataError("data.extra_train: the file holds no text", path=path)
             tokens.extend(extra)
