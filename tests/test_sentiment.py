@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import random
 from pathlib import Path
 
 import pytest
@@ -736,3 +738,32 @@ def test_a_bad_split_file_beside_class_folders_keeps_its_own_error(tmp_path: Pat
     (tmp_path / "train.csv").write_text("text,label\nfine,1\ncut off\n")
     with pytest.raises(DataError, match=r"train\.csv, row 3: 1 field\(s\), but the header has 2"):
         SentimentDataModule(path=str(tmp_path)).setup()
+
+
+def test_text_tab_label_lines_without_a_header_are_found(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """UCI's "Sentiment Labelled Sentences" (imdb_labelled.txt: '<text><TAB><label>', no header) was read as
+    '<label> <text>': every first word a class, 238 warnings, then an unknown label (tester-2); as .tsv, the
+    hint said "the header holds commas: set data.format=csv"."""
+    rng = random.Random(0)
+    words = "good bad film movie plot acting great awful the a was is very not".split()
+    lines = "".join(" ".join(rng.choice(words) for _ in range(6)).capitalize() + f" , fine  \t{i % 2}\n"
+                    for i in range(300))
+    (tmp_path / "imdb_labelled.txt").write_text(lines)
+    rows = read_labelled_text(tmp_path / "imdb_labelled.txt")
+    assert len(rows) == 300 and {label for *_, label in rows} == {"0", "1"} and rows[0][1].endswith(", fine")
+    dm = SentimentDataModule(path=str(tmp_path / "imdb_labelled.txt"))
+    dm.setup()
+    assert dm.spec.classes == ["0", "1"] and dm.spec.extra["read_as"] == ["suffixed"]
+    (tmp_path / "imdb_labelled.tsv").write_text(lines)
+    with pytest.raises(DataError, match=r"the first line looks like data, not a header.*; a file of '<text><TAB><label>' "
+                                        r"lines without a header reads with data\.format=suffixed") as err:
+        read_labelled_text(tmp_path / "imdb_labelled.tsv")
+    assert "the header holds commas" not in str(err.value)
+    assert len(read_labelled_text(tmp_path / "imdb_labelled.tsv", fmt="suffixed")) == 300
+    # a '<label> <text>' file of many one-example classes (a layout misread) warns a few times, then counts
+    many = "".join(f"w{i} a fine film\n" for i in range(150)) + "".join(f"{('neg', 'pos')[i % 2]} a film\n" for i in range(150))
+    (tmp_path / "odd.txt").write_text(many)
+    with caplog.at_level(logging.WARNING, logger="lstmkit"):
+        SentimentDataModule(path=str(tmp_path / "odd.txt"), val_fraction=0.0, test_fraction=0.0).setup()
+    assert caplog.text.count("has a single training example") == 5
+    assert "145 more classes have a single training example (150 of 152 classes in all)" in caplog.text

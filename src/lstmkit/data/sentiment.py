@@ -208,7 +208,8 @@ class SentimentDataModule(SequenceDataModule):
             lines), split by ``val_fraction``/``test_fraction``; or a folder whose file names
             contain ``train``/``dev|valid|val``/``test`` (their split is kept).
         text_column / label_column: column or key names in CSV/TSV/JSONL files.
-        format: ``auto`` (by extension), ``csv``, ``tsv``, ``jsonl`` or ``prefixed``.
+        format: ``auto`` (by extension; a file of ``<text><TAB><label>`` lines without a header is found
+            by its lines), ``csv``, ``tsv``, ``jsonl``, ``prefixed`` or ``suffixed`` (``<text><TAB><label>``).
         delimiter: the character between a delimited file's fields when it is not the format's
             own (``;`` from a spreadsheet of some locales, ``|``); the files are then read as CSV.
         label_names: optional mapping from raw labels to class names (e.g. ``{0: negative}``).
@@ -300,7 +301,8 @@ class SentimentDataModule(SequenceDataModule):
         return splits
 
     def _read_file(self, path: Path) -> list[tuple[str, int, str, str]]:
-        self.read_as.add(labelled_format(path, self.format, self.delimiter))
+        auto = labelled_format(path, self.format, self.delimiter) == "prefixed" and self.format == "auto"
+        self.read_as.add(labelled_format(path, self.format, self.delimiter, read_text(path) if auto else None))
         return [(str(path), row, text, label) for row, text, label in
                 read_labelled_text(path, self.text_column, self.label_column, self.format, self.delimiter)]
 
@@ -355,10 +357,15 @@ class SentimentDataModule(SequenceDataModule):
                                 f"{unmapped} are not among them; name every label (or none)", path=self.path)
             labels = sorted({self.label_names.get(y, y) for y in raw})
             counts = Counter(self.label_names.get(y, y) for *_, y in splits["train"])
-            for label in sorted(name for name, n in counts.items() if n == 1 < len(splits["train"]) // 100):
+            single = sorted(name for name, n in counts.items() if n == 1 < len(splits["train"]) // 100)
+            for label in single[:5]:  # a few, then a count: a file read in the wrong layout has hundreds
                 source, row = next((src, r) for src, r, _, y in splits["train"] if self.label_names.get(y, y) == label)
                 log.warning("class %r has a single training example (%s, row %d): a row whose label is wrong or "
                             "missing? It is kept as a class of its own", label, source, row)
+            if len(single) > 5:
+                log.warning("%d more classes have a single training example (%d of %d classes in all): is the file "
+                            "read in its layout? (data.format, data.text_column / data.label_column)",
+                            len(single) - 5, len(single), len(counts))
             alike: dict[str | float, list[str]] = {}
             for label in labels:  # "Positive" beside "positive", or 1 beside 1.0 (a column pandas once held a
                 alike.setdefault(_label_key(label), []).append(label)  # NaN in): an edit, not a class of its own

@@ -502,8 +502,9 @@ def read_text(path: Path) -> str:
     return text
 
 
-def labelled_format(path: Path, fmt: str = "auto", delimiter: str | None = None) -> str:
-    """How :func:`read_labelled_text` reads ``path``: ``csv``, ``tsv``, ``jsonl`` or ``prefixed``.
+def labelled_format(path: Path, fmt: str = "auto", delimiter: str | None = None, content: str | None = None) -> str:
+    """How :func:`read_labelled_text` reads ``path``: ``csv``, ``tsv``, ``jsonl``, ``prefixed`` or
+    ``suffixed`` (``<text><TAB><label>`` lines without a header, found in ``content`` for ``auto``).
 
     Why its own function: a text classifier records how its training files were read, so that
     predict reads an ``input_file`` of ``<label> <text>`` lines so only for a model trained on such.
@@ -514,8 +515,23 @@ def labelled_format(path: Path, fmt: str = "auto", delimiter: str | None = None)
         raise ConfigError(f"data.delimiter={delimiter!r} is for delimited files; data.format={fmt} has no "
                           "delimiter (set data.format=csv, or leave data.delimiter unset)")
     if fmt == "auto":
-        return {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl"}.get(path.suffix.lower(), "prefixed")
+        found = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl"}.get(path.suffix.lower(), "prefixed")
+        return "suffixed" if found == "prefixed" and content is not None and _label_after_a_tab(content) else found
     return fmt
+
+
+def _label_after_a_tab(content: str) -> bool:
+    """Lines of ``<text><TAB><label>`` with no header (UCI's "Sentiment Labelled Sentences",
+    ``imdb_labelled.txt``): every line's last tab-separated field is one short word of a few values, where
+    the first words, read as ``<label> <text>``, would be hundreds of classes of one example each."""
+    lines = [line for line in content.split("\n") if line.strip()]
+    if len(lines) < 4 or not all("\t" in line for line in lines):
+        return False
+    labels = [line.rsplit("\t", 1)[1].strip() for line in lines]
+    if not all(labels) or any(len(label.split()) != 1 for label in labels):
+        return False
+    firsts = {line.split(None, 1)[0] for line in lines}
+    return len(set(labels)) <= max(2, min(50, len(lines) // 10)) and len(firsts) > 2 * len(set(labels))
 
 
 def read_labelled_text(
@@ -535,14 +551,22 @@ def read_labelled_text(
     """
     delimiter = check_delimiter(delimiter)
     content = read_text(path)
-    fmt = labelled_format(path, fmt, delimiter)
+    fmt = labelled_format(path, fmt, delimiter, content)
+    if fmt == "suffixed":
+        log.info("%s: every line is '<text><TAB><label>' (no header), read so", path)
     pairs: list[tuple[int, str, str]] = []
     if fmt in {"csv", "tsv"}:
-        for row, record in csv_records(content, delimiter or ("," if fmt == "csv" else "\t"), path,
-                                       required=(text_column, label_column),
-                                       hint="data.text_column / data.label_column"):
-            pairs.append(_checked(record.get(text_column), record.get(label_column), path, row,
-                                  text_column, label_column))
+        try:
+            for row, record in csv_records(content, delimiter or ("," if fmt == "csv" else "\t"), path,
+                                           required=(text_column, label_column),
+                                           hint="data.text_column / data.label_column"):
+                pairs.append(_checked(record.get(text_column), record.get(label_column), path, row,
+                                      text_column, label_column))
+        except DataError as err:
+            if err.row != 1 or fmt != "tsv" or not _label_after_a_tab(content):
+                raise
+            raise DataError(f"{err.message}; a file of '<text><TAB><label>' lines without a header reads with "
+                            "data.format=suffixed", path=path, row=1, field=err.field, readable=err.readable) from None
     elif fmt == "jsonl":
         for row, record in jsonl_records(content, path, (text_column, label_column),
                                          "data.text_column / data.label_column"):
@@ -551,6 +575,11 @@ def read_labelled_text(
                                 f"{record[text_column]!r}", path=path, row=row, field=text_column)
             pairs.append(_checked(record.get(text_column), record.get(label_column), path, row,
                                   text_column, label_column))
+    elif fmt == "suffixed":
+        for row, line in enumerate(content.split("\n"), start=1):
+            if line.strip():
+                text, label = line.rsplit("\t", 1)
+                pairs.append(_checked(text.strip(), label.strip(), path, row, "text", "label"))
     elif fmt == "prefixed":
         for row, line in enumerate(content.split("\n"), start=1):
             if not line.strip():
@@ -566,10 +595,11 @@ def read_labelled_text(
                                 f"{path.suffix or 'no known extension'}): for CSV, TSV or JSON lines set "
                                 "data.format=csv, tsv or jsonl", path=path, row=row, field=err.field) from None
     else:
-        raise DataError(f"unknown format {fmt!r}; expected auto, csv, tsv, jsonl or prefixed", path=path)
+        raise DataError(f"unknown format {fmt!r}; expected auto, csv, tsv, jsonl, prefixed or suffixed", path=path)
     if not pairs:
         raise DataError("no examples found", path=path)
-    _check_label_kinds(pairs, path, "label" if fmt == "prefixed" else label_column, prefixed=fmt == "prefixed")
+    _check_label_kinds(pairs, path, "label" if fmt in {"prefixed", "suffixed"} else label_column,
+                       prefixed=fmt == "prefixed")
     return pairs
 
 
@@ -771,8 +801,10 @@ def csv_records(
         if column not in header:
             other_sep, other_name, other_fmt = ("\t", "tab", "tsv") if delimiter == "," else (",", "comma", "csv")
             fix = f"data.format={other_fmt}" if delimiter in ",\t" else "data.delimiter to it, or unset it"
+            # split at the other separator, the header names the columns asked for: not a sentence's commas
             other = (f" (the header holds {other_name}s: set {fix})"
-                     if any(other_sep in str(h) for h in header) else "")
+                     if any(column.casefold() in (name.strip().casefold() for h in header for name in str(h).split(other_sep))
+                            for column in required) else "")
             if not other and len(header) == 1 and ";" in str(header[0]):
                 other = (" (the header is one column with ';' in it: a ';'-separated file, as spreadsheets of "
                          "some locales write; set 'data.delimiter=\";\"')")
