@@ -795,3 +795,45 @@ def test_thousands_are_checked_against_the_same_tickers_rows(tmp_path: Path) -> 
     (tmp_path / "spaced.csv").write_text("\n".join(rows) + "\n")
     with pytest.raises(DataError, match=r"row 4, field 'Close': expected a number .*found '1 25x'"):
         read_ohlcv(tmp_path / "spaced.csv", FEATURES)
+
+
+def test_yfinance_download_csv_with_three_header_rows_is_read(tmp_path: Path) -> None:
+    """yf.download(...).to_csv() writes 'Price,...' / 'Ticker,...' / 'Date,,,' above the rows: it was "missing
+    column(s) ['date']" (tester-2). Read as a long table, a ticker's rows before its listing left out."""
+    a, b = one_ticker(30, seed=1), one_ticker(30, seed=2)
+    prices = ("close", "high", "low", "open", "volume")
+    rows = ["Price," + ",".join(f"{p.capitalize()},{p.capitalize()}" for p in prices),
+            "Ticker," + ",".join("AAPL,MSFT" for _ in prices), "Date" + "," * (2 * len(prices))]
+    for i in range(30):
+        cells = [a["date"].iloc[i]]
+        for p in prices:
+            cells += [f"{a[p].iloc[i]:.6f}", "" if i < 2 else f"{b[p].iloc[i]:.6f}"]  # MSFT listed on day 3
+        rows.append(",".join(cells))
+    path = tmp_path / "yf.csv"
+    path.write_text("\n".join(rows) + "\n")
+    aapl, msft = sorted(read_ohlcv(path, FEATURES), key=lambda s: s.ticker)
+    np.testing.assert_allclose(aapl.values, a[FEATURES].to_numpy(), rtol=1e-6)
+    np.testing.assert_allclose(msft.values, b[FEATURES].to_numpy()[2:], rtol=1e-6)
+    rows[10] = rows[10].replace(rows[10].split(",")[2], "abc", 1)  # MSFT's close on the file's line 11
+    path.write_text("\n".join(rows) + "\n")
+    with pytest.raises(DataError, match=r"yf\.csv, row 11, field 'Close': expected a finite number, found 'abc'"):
+        read_ohlcv(path, FEATURES)
+
+
+def test_nasdaq_and_stooq_exports_are_read(tmp_path: Path) -> None:
+    """Nasdaq.com's 'Close/Last' with '$' prices was "missing close", and Stooq's '<DATE>,<OPEN>,...' header
+    every column missing (tester-2)."""
+    frame = one_ticker(20)
+    nasdaq = ["Date,Close/Last,Volume,Open,High,Low"] + [
+        f"{pd.Timestamp(r.date):%m/%d/%Y},${r.close:.2f},{int(r.volume)},${r.open:.2f},${r.high:.2f},${r.low:.2f}"
+        for r in frame.iloc[::-1].itertuples()]  # newest first, as the site writes it
+    (tmp_path / "nasdaq.csv").write_text("\n".join(nasdaq) + "\n")
+    (series,) = read_ohlcv(tmp_path / "nasdaq.csv", FEATURES, date_format="%m/%d/%Y")
+    np.testing.assert_allclose(series.values, frame[FEATURES].to_numpy(), rtol=1e-4)  # prices to the cent
+    stooq = ["<TICKER>,<PER>,<DATE>,<TIME>,<OPEN>,<HIGH>,<LOW>,<CLOSE>,<VOL>,<OPENINT>"] + [
+        f"ACME.US,D,{pd.Timestamp(r.date):%Y%m%d},000000,{r.open},{r.high},{r.low},{r.close},{int(r.volume)},0"
+        for r in frame.itertuples()]
+    (tmp_path / "acme.csv").write_text("\n".join(stooq) + "\n")
+    (series,) = read_ohlcv(tmp_path / "acme.csv", FEATURES)
+    assert series.ticker == "ACME.US"
+    np.testing.assert_allclose(series.values, frame[FEATURES].to_numpy(), rtol=1e-12)

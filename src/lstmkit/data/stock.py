@@ -53,6 +53,7 @@ PRICE_COLUMNS = ("open", "high", "low", "close", "adj_close")
 _CANONICAL = {
     "adjclose": "adj_close", "adjusted_close": "adj_close", "adj_close": "adj_close",
     "name": "ticker", "symbol": "ticker", "ticker": "ticker", "datetime": "date", "timestamp": "date",
+    "close/last": "close", "vol": "volume",  # Nasdaq.com's historical-data export; Stooq's <VOL>
 }
 _GAP_DAYS = 10  # calendar days; longer gaps than a long weekend + holiday are reported
 SYNTHETIC_TICKERS = ("SYNA", "SYNB", "SYNC", "SYND", "SYNE", "SYNF", "SYNG", "SYNH")
@@ -63,8 +64,10 @@ DECIMALS = (".", ",")  # data.decimal: the decimal point of the files' numbers (
 
 
 def canonical(column: str) -> str:
-    """``"Adj Close"`` -> ``adj_close``, ``"Name"`` -> ``ticker``, ``"Open"`` -> ``open``."""
-    key = re.sub(r"[\s\-_.]+", "_", str(column).strip().lower()).strip("_")
+    """``"Adj Close"`` -> ``adj_close``, ``"Name"`` -> ``ticker``, ``"Open"`` -> ``open``, ``"Close/Last"``
+    (Nasdaq.com) -> ``close``, ``"<DATE>"`` (Stooq) -> ``date``."""
+    # Stooq's bulk files write <DATE>,<OPEN>,...: the brackets are no part of the name
+    key = re.sub(r"[\s\-_.]+", "_", str(column).strip().lower().removeprefix("<").removesuffix(">")).strip("_")
     return _CANONICAL.get(key, key)
 
 
@@ -310,7 +313,41 @@ def _read_csv(path: Path) -> tuple[pd.DataFrame, np.ndarray, str]:
         deque(csv_records(_file_text(path), sep, path, (), "the header", skipinitialspace=True), maxlen=0)
     lines = np.arange(len(frame)) + 2 + skip
     blank = frame.apply(lambda column: column.str.strip().eq("")).all(axis=1).to_numpy()
-    return frame[~blank].reset_index(drop=True), lines[~blank], sep
+    frame, lines = frame[~blank].reset_index(drop=True), lines[~blank]
+    if _yfinance_header(frame):
+        frame, lines = _flatten_yfinance(frame, lines, path)
+    return frame, lines, sep
+
+
+def _yfinance_header(frame: pd.DataFrame) -> bool:
+    """The three header rows ``yf.download(...).to_csv()`` writes: ``Price,Close,...``, ``Ticker,AAPL,...``
+    and ``Date,,,...`` (yfinance's column MultiIndex of price and ticker)."""
+    if len(frame) < 2 or len(frame.columns) < 2 or str(frame.columns[0]).strip().lower() != "price":
+        return False
+    first, second = frame.iloc[0], frame.iloc[1]
+    return (str(first.iloc[0]).strip().lower() == "ticker" and str(second.iloc[0]).strip().lower() in {"date", "datetime"}
+            and all(not str(v).strip() for v in second.iloc[1:]))
+
+
+def _flatten_yfinance(frame: pd.DataFrame, lines: np.ndarray, path: Path) -> tuple[pd.DataFrame, np.ndarray]:
+    """yfinance's wide table (a column per price and ticker) as the long one the reader reads: a row per
+    date and ticker, with a ``Ticker`` column; a ticker's rows before it was listed (every field blank)
+    are left out. Why: its header was "missing column(s) ['date']", and the user had to flatten it."""
+    columns = [str(c) for c in frame.columns]
+    names = [re.sub(r"\.\d+$", "", c) if re.sub(r"\.\d+$", "", c) in columns else c for c in columns]  # pandas' Close.1
+    tickers_row = [str(v).strip() for v in frame.iloc[0]]
+    body, body_lines = frame.iloc[2:].reset_index(drop=True), lines[2:]
+    parts, part_lines = [], []
+    for ticker in dict.fromkeys(t for t in tickers_row[1:] if t):
+        own = [j for j in range(1, len(columns)) if tickers_row[j] == ticker]
+        part = pd.DataFrame({"Date": body.iloc[:, 0].to_numpy(), "Ticker": ticker,
+                             **{names[j]: body.iloc[:, j].to_numpy() for j in own}})
+        listed = ~part[[names[j] for j in own]].apply(lambda c: c.str.strip().eq("")).all(axis=1).to_numpy()
+        parts.append(part[listed])
+        part_lines.append(body_lines[listed])
+    log.info("%s: yfinance's three header rows (price, ticker, date): %d ticker(s) read as a long table",
+             path, len(parts))
+    return pd.concat(parts, ignore_index=True), np.concatenate(part_lines)
 
 
 def validate_frame(
@@ -393,7 +430,8 @@ def parse_numbers(raw: pd.Series, lines: np.ndarray, source: str, column: str, d
     thousands mark that no locale writes as a decimal point: never ambiguous.
     """
     group = "," if decimal == "." else "."
-    stripped = raw.astype(str).str.strip()
+    # a currency sign before a price, as Nasdaq.com's export writes ($189.84) and spreadsheets format them
+    stripped = raw.astype(str).str.strip().str.replace(r"^([+-]?)[$€£¥]\s*", r"\1", regex=True)
     spaced = stripped.str.contains(r"\d[ \u00a0\u202f']\d", regex=True).to_numpy()
     # checked as the locale's own group mark (the messages quote the file's value, raw)
     text = stripped.str.replace(r"(?<=\d)[ \u00a0\u202f'](?=\d)", group, regex=True) if spaced.any() else stripped
