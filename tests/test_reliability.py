@@ -1609,6 +1609,20 @@ def test_a_refused_eval_leaves_no_run_folder_behind(tmp_path: Path) -> None:
     (kept / "eval.log").write_text("refused")
     _drop_unused_run_dir(kept)
     assert not kept.exists()
+    # a run refused inside fit before a batch (made_since): its logger files and copied checkpoints go, but
+    # never a folder holding a file from before the job (an earlier run's, in a fixed run dir)
+    import time
+
+    made = tmp_path / "logs2" / "runs" / "2026-12-04_01-02-03_000001"
+    (made / "checkpoints").mkdir(parents=True)
+    (made / "checkpoints" / "last.ckpt").write_bytes(b"copied")
+    _drop_unused_run_dir(made, made_since=time.time() + 60)  # a file older than the job: kept
+    assert (made / "checkpoints" / "last.ckpt").is_file()
+    _drop_unused_run_dir(made, made_since=time.time() - 60)
+    assert not made.exists()
+    proc = run_here("train", "trainer.max_epochs=-1", "data.num_examples=200", cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and "spreads its schedule over the run's length" in proc.stderr, proc.stderr
+    assert not any((tmp_path / "logs" / "sentiment" / "runs").iterdir())
 
 
 BOOM = """

@@ -19,6 +19,7 @@ import os
 import re
 import signal
 import sys
+import time
 from collections.abc import Callable, Iterator
 from importlib import resources
 from pathlib import Path
@@ -206,7 +207,8 @@ def _task(command: str) -> Callable[[Any], Any]:
                 result(None, f"{type(err).__name__}: {err}")
                 raise
             if command in ("eval", "train"):  # (a sweep's trials returned above: their folders hold the record)
-                _drop_unused_run_dir(Path(hydra_cfg.runtime.output_dir))
+                _drop_unused_run_dir(Path(hydra_cfg.runtime.output_dir),
+                                     made_since=_JOB.started if getattr(err, "nothing_trained", False) else None)
             print(f"lstmkit {command}: error: {user_error}", file=sys.stderr)
             raise SystemExit(2) from None
         finally:
@@ -269,7 +271,7 @@ class _HeldStderr:
         return getattr(self.stream, name)
 
 
-_JOB = SimpleNamespace(crashed=False)  # a job raised a bug's exception: Hydra's exit 1 is no command-line error
+_JOB = SimpleNamespace(crashed=False, started=0.0)  # a job raised a bug's exception: Hydra's exit 1 is no command-line error
 
 
 def release_stderr() -> None:
@@ -357,14 +359,20 @@ def _signals_interrupt(state: SimpleNamespace) -> Iterator[None]:
             signal.signal(signum, previous)
 
 
-def _drop_unused_run_dir(run_dir: Path) -> None:
+def _drop_unused_run_dir(run_dir: Path, made_since: float | None = None) -> None:
     """An eval or a training run refused before it scored or trained anything (a bad setting, an unreadable
     file) leaves nothing but Hydra's ``.hydra`` and its log: the folder is removed, so that ``logs/<task>/runs``
     lists runs only (a new user counted 13 such folders). Folders holding anything else (a checkpoint, a
-    metrics file) are left, as are folders not named like a run (``hydra.run.dir=.``, say)."""
+    metrics file) are left, as are folders not named like a run (``hydra.run.dir=.``, say). ``made_since``:
+    a training run refused inside ``fit`` before a batch (a scheduler without a run length, a schedule a
+    resume cannot rebuild) also left logger files and the checkpoints a resume copied; its folder goes
+    too when every file in it was made since then (the job's start), so never an earlier run's."""
     if run_dir.parent.name != "runs" or not re.fullmatch(r"[\d_-]+", run_dir.name) or not run_dir.is_dir():
         return
-    if all(entry.name == ".hydra" or (entry.is_file() and entry.suffix == ".log") for entry in run_dir.iterdir()):
+    made_now = made_since is not None and all(  # every file made by this job: none an earlier run's (a fixed run dir)
+        entry.stat().st_ctime >= made_since for entry in run_dir.rglob("*") if entry.is_file())
+    if made_now or all(entry.name == ".hydra" or (entry.is_file() and entry.suffix == ".log")
+                       for entry in run_dir.iterdir()):
         import shutil
 
         logging.shutdown()  # the log file's handler, closed before its folder goes
@@ -472,6 +480,8 @@ def main(argv: list[str] | None = None) -> Any:
     sys.argv = [sys.argv[0], *flags, *(["--"] if "--" in args else []), *overrides]
     app = hydra.main(version_base="1.3", config_path=config_dir(), config_name=command)(_task(command))
     _JOB.crashed = False
+    # before Hydra makes the run folder (less a second: file times are coarser than the clock)
+    _JOB.started = time.time() - 1.0
     held = sys.stderr = _HeldStderr(sys.stderr)
     try:
         return app()

@@ -37,7 +37,7 @@ from lstmkit.commands.common import (
     scalar_metrics,
 )
 from lstmkit.data.base import as_list
-from lstmkit.errors import ConfigError, DataError, SweepError
+from lstmkit.errors import ConfigError, DataError, LstmkitError, SweepError
 from lstmkit.loggers import configure_wandb, purge_resumed_tensorboard, trim_csv_logs
 from lstmkit.module import SequenceModel
 from lstmkit.resume import job_overrides, override_key, resolve_ckpt_path, run_files  # noqa: F401 - re-exported
@@ -458,6 +458,18 @@ def _untrained_resume(ckpt_path: str | None, resumed: dict[str, Any] | None, ste
     return {k: v for k, v in read_metrics(earlier).items() if not k.startswith("test/")}
 
 
+class _Stepped(L.Callback):
+    """Whether this process trained a batch: a run refused inside ``fit`` before one (a schedule that cannot
+    be rebuilt, a scheduler without a run length) leaves a folder of logger files and copied checkpoints,
+    which the job wrapper removes (``lstmkit.cli``), so that ``resume=true`` never takes it for a run."""
+
+    def __init__(self) -> None:
+        self.any = False
+
+    def on_train_batch_end(self, *args: Any, **kwargs: Any) -> None:
+        self.any = True
+
+
 def _fit_and_test(cfg: DictConfig, trainer: L.Trainer, model: SequenceModel, datamodule: Any,
                   ckpt_path: str | None, resumed: dict[str, Any] | None) -> float | None:
     """Fit (continuing ``ckpt_path``), test the best checkpoint, write ``metrics.json``; the monitored
@@ -469,7 +481,13 @@ def _fit_and_test(cfg: DictConfig, trainer: L.Trainer, model: SequenceModel, dat
     checkpoint = next((c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)), None)
     monitored = str(cfg.monitor)
     if cfg.get("train", True):
-        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+        stepped = _Stepped()
+        trainer.callbacks.append(stepped)
+        try:
+            trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+        except LstmkitError as err:  # refused inside fit (a schedule's length): the job wrapper may drop the folder
+            err.nothing_trained = not stepped.any  # type: ignore[attr-defined]
+            raise
         metrics.update(_untrained_resume(ckpt_path, resumed, trainer.global_step))
         metrics.update(scalar_metrics(trainer.callback_metrics))
         score = best_score(checkpoint)
