@@ -745,7 +745,7 @@ def test_text_tab_label_lines_without_a_header_are_found(tmp_path: Path, caplog:
     '<label> <text>': every first word a class, 238 warnings, then an unknown label (tester-2); as .tsv, the
     hint said "the header holds commas: set data.format=csv"."""
     rng = random.Random(0)
-    words = "good bad film movie plot acting great awful the a was is very not".split()
+    words = ["good", "bad", "film", "movie", "plot", "acting", "great", "awful", "the", "a", "was", "is", "very", "not"]
     lines = "".join(" ".join(rng.choice(words) for _ in range(6)).capitalize() + f" , fine  \t{i % 2}\n"
                     for i in range(300))
     (tmp_path / "imdb_labelled.txt").write_text(lines)

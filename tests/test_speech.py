@@ -1450,10 +1450,10 @@ def test_a_nemo_manifest_of_segments_reads_each_segment(tmp_path):
     batch = SpeechDataModule.make_predict_batch(dm.spec, items)
     assert batch.lengths.tolist() == [int(0.3 * SR), int(0.4 * SR), int(0.4 * SR)]
     # a segment past the end of its file, or a duration that is no number: the row and what is wrong
-    for change, expected in [({"offset": 2.0}, r"long\.wav: the segment 2 s \+ 0\.3 s runs past the end of the "
-                                                r"recording \(0\.900 s\).*\(listed in .*manifest\.jsonl, row 1\)"),
-                             ({"duration": "abc"}, r"manifest\.jsonl, row 1, field 'duration': expected the segment's "
-                                                   r"duration in seconds \(> 0\), found 'abc'")]:
+    past = (r"long\.wav: the segment 2 s \+ 0\.3 s runs past the end of the recording \(0\.900 s\).*"
+            r"\(listed in .*manifest\.jsonl, row 1\)")
+    no_number = r"manifest\.jsonl, row 1, field 'duration': expected the segment's duration in seconds \(> 0\), found 'abc'"
+    for change, expected in [({"offset": 2.0}, past), ({"duration": "abc"}, no_number)]:
         manifest.write_text("\n".join(json.dumps({**r, **change} if i == 0 else r) for i, r in enumerate(rows)) + "\n")
         with pytest.raises(DataError, match=expected):
             SpeechDataModule(path=str(folder), path_column="audio_filepath").setup()

@@ -42,7 +42,7 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Self
 
 import numpy as np
 import soundfile as sf
@@ -460,7 +460,7 @@ class Segment(str):
     offset: float
     duration: float | None
 
-    def __new__(cls, file: str, offset: float, duration: float | None) -> Segment:
+    def __new__(cls, file: str, offset: float, duration: float | None) -> Self:
         item = super().__new__(cls, segment_name(file, offset, duration))
         item.file, item.offset, item.duration = file, offset, duration
         return item
@@ -498,7 +498,7 @@ def cut_segment(wave: np.ndarray, rate: int, offset: float, duration: float | No
         raise DataError(f"the segment {offset:g} s + {(duration if duration is not None else length - offset):g} s "
                         f"runs past the end of the recording ({length:.3f} s); offset and duration are in seconds",
                         path=name, readable=True)
-    return wave[int(round(offset * rate)) : min(wave.size, int(round(end * rate)))]
+    return wave[round(offset * rate) : min(wave.size, round(end * rate))]
 
 
 def _clip(utt: Utterance) -> object:
