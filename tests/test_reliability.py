@@ -584,6 +584,23 @@ def test_a_resumed_run_keeps_the_best_checkpoint_of_its_earlier_epochs(tmp_path:
     assert again["val/acc"] == continued["val/acc"] and again["train/loss"] == continued["train/loss"]
 
 
+def test_an_untrained_resume_of_an_interrupted_run_keeps_its_logged_metrics(tmp_path: Path) -> None:
+    """An interrupted run writes no metrics.json: a resume with nothing left to train kept only the test
+    metrics (tester-2). Its CSV log holds each metric's last value."""
+    from lstmkit.commands.train import _untrained_resume
+
+    run = tmp_path / "runs" / "r"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "csv" / "version_0").mkdir(parents=True)
+    (run / "csv" / "version_0" / "metrics.csv").write_text(
+        "epoch,lr-AdamW,step,train/loss,val/acc,test/acc\n0,0.001,9,0.7,,\n0,,9,,0.6,\n1,,19,0.5,,\n1,,19,,0.8,\n")
+    ckpt = str(run / "checkpoints" / "last.ckpt")
+    assert _untrained_resume(ckpt, {"global_step": 20}, 20) == {"train/loss": 0.5, "val/acc": 0.8}
+    assert _untrained_resume(ckpt, {"global_step": 20}, 30) == {}  # it trained: its own metrics are logged
+    (run / "metrics.json").write_text(json.dumps({"val/acc": 0.9, "test/acc": 0.1}))
+    assert _untrained_resume(ckpt, {"global_step": 20}, 20) == {"val/acc": 0.9}
+
+
 def test_a_resumed_sweep_continues_each_job_from_its_own_checkpoint(tmp_path: Path) -> None:
     """``resume=true`` in a multirun: each job takes the earlier sweep's job with its overrides, never a
     sibling's checkpoint or one the running sweep has just written; a job without one starts afresh."""

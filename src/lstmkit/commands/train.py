@@ -453,9 +453,26 @@ def _untrained_resume(ckpt_path: str | None, resumed: dict[str, Any] | None, ste
     if not ckpt_path or resumed is None or step != int(resumed.get("global_step", -1)):
         return {}
     earlier = Path(ckpt_path).parent.parent / "metrics.json"
-    if not earlier.is_file():
-        return {}
-    return {k: v for k, v in read_metrics(earlier).items() if not k.startswith("test/")}
+    if earlier.is_file():
+        return {k: v for k, v in read_metrics(earlier).items() if not k.startswith("test/")}
+    # an interrupted run writes no metrics.json: its CSV log holds them, each metric's last value
+    logged = sorted(Path(ckpt_path).parent.parent.glob("csv/**/metrics.csv"))
+    return _last_logged(logged[-1]) if logged else {}
+
+
+def _last_logged(metrics_csv: Path) -> dict[str, float]:
+    """Each training and validation metric's last value in a CSV logger's ``metrics.csv`` (not the step,
+    epoch or learning-rate columns, which ``metrics.json`` does not hold either)."""
+    import csv
+
+    last: dict[str, float] = {}
+    with contextlib.suppress(OSError, csv.Error), open(metrics_csv, newline="") as fh:
+        for row in csv.DictReader(fh):
+            for key, value in row.items():
+                if key and value not in (None, "") and key not in {"step", "epoch"} and not key.startswith(("lr", "test/")):
+                    with contextlib.suppress(ValueError):
+                        last[key] = float(value)
+    return last
 
 
 class _Stepped(L.Callback):
