@@ -767,3 +767,23 @@ def test_text_tab_label_lines_without_a_header_are_found(tmp_path: Path, caplog:
         SentimentDataModule(path=str(tmp_path / "odd.txt"), val_fraction=0.0, test_fraction=0.0).setup()
     assert caplog.text.count("has a single training example") == 5
     assert "145 more classes have a single training example (150 of 152 classes in all)" in caplog.text
+
+
+def test_glue_sst2_folder_as_downloaded_leaves_its_unlabelled_test_file_out(tmp_path: Path,
+                                                                            caplog: pytest.LogCaptureFixture) -> None:
+    """GLUE's SST-2 folder holds train.tsv and dev.tsv (sentence, label) and an unlabelled test.tsv (index,
+    sentence): it was refused with "no column 'label' ... Set data.label_column" (tester-2)."""
+    folder = tmp_path / "SST-2"
+    folder.mkdir()
+    rows = "".join(f"{'a fine film' if i % 2 else 'a dull film'} {i}\t{i % 2}\n" for i in range(60))
+    (folder / "train.tsv").write_text("sentence\tlabel\n" + rows)
+    (folder / "dev.tsv").write_text("sentence\tlabel\n" + "".join(rows.splitlines(keepends=True)[:20]))
+    (folder / "test.tsv").write_text("index\tsentence\n" + "".join(f"{i}\ta film {i}\n" for i in range(10)))
+    with caplog.at_level(logging.WARNING, logger="lstmkit"):
+        dm = SentimentDataModule(path=str(folder), text_column="sentence", test_fraction=0.1)
+        dm.setup()
+    assert "test.tsv: the test file has no 'label' column (GLUE's test.tsv is unlabelled): left out" in caplog.text
+    assert len(dm.splits["test"]) == 6 and len(dm.splits["train"]) == 54
+    # eval with the model's spec still refuses it: there is nothing to score
+    with pytest.raises(DataError, match=r"test\.tsv, row 1, field 'label': no column 'label'"):
+        SentimentDataModule(path=str(folder), text_column="sentence", spec=dm.spec.to_dict()).setup("test")

@@ -291,7 +291,15 @@ class SentimentDataModule(SequenceDataModule):
                 raise
             splits = classes if isinstance(classes, dict) else {"train": classes}
         else:  # (outside the try: a bad row of a split file is its own error, not a cue to try class folders)
-            splits = {s: self._read_file(f) for s, f in found.items()}
+            splits = {}
+            for split, file in found.items():
+                try:
+                    splits[split] = self._read_file(file)
+                except DataError as err:
+                    if not self._unlabelled_split(split, err):
+                        raise
+                    log.warning("%s: the %s file has no %r column (GLUE's test.tsv is unlabelled): left out, and "
+                                "a %s split is carved from train instead", file, split, self.label_column, split)
         if "train" not in splits:  # eval of a folder of held-out files: nothing to carve, nothing to fit
             return {"train": [], "val": splits.get("val", []), "test": splits.get("test", [])}
         if "val" not in splits or "test" not in splits:
@@ -299,6 +307,14 @@ class SentimentDataModule(SequenceDataModule):
             carved = self._split(splits["train"], val="val" not in splits, test="test" not in splits)
             splits = {**carved, **splits, "train": carved["train"]}
         return splits
+
+    def _unlabelled_split(self, split: str, err: DataError) -> bool:
+        """A val or test file without the label column at all, as GLUE's SST-2 ``test.tsv`` (its labels are
+        withheld): training leaves it out, as it leaves IMDB's ``unsup/`` out. Why: the folder as downloaded
+        was refused with "no column 'label'", a hint to rename columns that it has not. ``eval`` (a model's
+        spec) still refuses it: there is nothing to score."""
+        return (self.fixed_spec is None and split != "train" and err.field == self.label_column
+                and err.message.startswith(f"no column {self.label_column!r}"))
 
     def _read_file(self, path: Path) -> list[tuple[str, int, str, str]]:
         auto = labelled_format(path, self.format, self.delimiter) == "prefixed" and self.format == "auto"
